@@ -1,0 +1,135 @@
+//! Destination names and their owner shard.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// The longest name ActiveMQ's JDBC schema can hold (`CONTAINER varchar(250)`).
+pub const MAX_NAME_BYTES: usize = 250;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Queue(Arc<str>),
+    Topic(Arc<str>),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DestinationError {
+    #[error("destination '{0}' must start with /queue/ or /topic/")]
+    UnknownKind(String),
+    #[error("destination '{0}' has an empty name")]
+    Empty(String),
+    #[error("destination name is longer than {MAX_NAME_BYTES} bytes")]
+    TooLong,
+    #[error("destination '{0}' contains a control character or whitespace")]
+    BadCharacter(String),
+}
+
+impl Destination {
+    /// Parses the STOMP form used by ActiveMQ: `/queue/NAME` or `/topic/NAME`.
+    pub fn parse(s: &str) -> Result<Destination, DestinationError> {
+        let (queue, name) = if let Some(n) = s.strip_prefix("/queue/") {
+            (true, n)
+        } else if let Some(n) = s.strip_prefix("/topic/") {
+            (false, n)
+        } else {
+            return Err(DestinationError::UnknownKind(short(s)));
+        };
+        if name.is_empty() {
+            return Err(DestinationError::Empty(short(s)));
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(DestinationError::TooLong);
+        }
+        if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(DestinationError::BadCharacter(short(s)));
+        }
+        Ok(if queue {
+            Destination::Queue(name.into())
+        } else {
+            Destination::Topic(name.into())
+        })
+    }
+
+    pub fn queue(name: &str) -> Destination {
+        Destination::Queue(name.into())
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(n) | Destination::Topic(n) => n,
+        }
+    }
+
+    pub fn is_topic(&self) -> bool {
+        matches!(self, Destination::Topic(_))
+    }
+
+    /// The shard that owns this destination: a pure function of the name, so
+    /// every shard computes the same routing without shared tables.
+    pub fn owner(&self, shards: usize) -> usize {
+        // FNV-1a: stable across builds and platforms, unlike std's SipHash keys.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let kind = if self.is_topic() { b't' } else { b'q' };
+        for &b in std::iter::once(&kind).chain(self.name().as_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % shards as u64) as usize
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Queue(n) => write!(f, "/queue/{n}"),
+            Destination::Topic(n) => write!(f, "/topic/{n}"),
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_queue_and_topic_and_round_trips() {
+        let q = Destination::parse("/queue/orders").unwrap();
+        assert_eq!(q, Destination::queue("orders"));
+        assert_eq!(q.to_string(), "/queue/orders");
+        assert!(Destination::parse("/topic/prices").unwrap().is_topic());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(matches!(
+            Destination::parse("orders"),
+            Err(DestinationError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            Destination::parse("/queue/"),
+            Err(DestinationError::Empty(_))
+        ));
+        assert!(matches!(
+            Destination::parse("/queue/a b"),
+            Err(DestinationError::BadCharacter(_))
+        ));
+        let long = format!("/queue/{}", "x".repeat(251));
+        assert_eq!(Destination::parse(&long), Err(DestinationError::TooLong));
+    }
+
+    #[test]
+    fn owner_is_stable_and_in_range() {
+        let d = Destination::queue("a");
+        for n in 1..8 {
+            assert!(d.owner(n) < n);
+            assert_eq!(d.owner(n), d.owner(n));
+        }
+        assert_eq!(d.owner(1), 0);
+    }
+}

@@ -1,0 +1,12 @@
+//! Destinations, subscriptions, dispatch, acks, redelivery, dead-lettering
+//! and expiry. Knows no wire protocol and does no I/O: each shard owns a
+//! [`shard::ShardBroker`] for the destinations that hash to it.
+
+pub mod destination;
+pub mod message;
+pub mod ops;
+pub mod queue;
+pub mod shard;
+
+pub use destination::{Destination, DestinationError};
+pub use message::{Message, MessageId, SharedMessage};

@@ -1,0 +1,82 @@
+//! What shards say to each other: operations for a destination's owner, and
+//! replies for a connection's shard. Both cross executors in batches.
+
+use super::destination::Destination;
+use super::message::{MessageId, SharedMessage};
+use super::queue::{ConsumerKey, Delivery};
+
+/// A connection anywhere in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: u16,
+    pub conn: u64,
+}
+
+/// A durable topic subscription's identity, as ActiveMQ names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DurableName {
+    pub client_id: String,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub struct SubscribeOp {
+    pub destination: Destination,
+    pub consumer: ConsumerKey,
+    pub prefetch: u32,
+    pub durable: Option<DurableName>,
+}
+
+/// Sent to the shard that owns the destination.
+#[derive(Debug)]
+pub enum Op {
+    Send(SharedMessage),
+    Subscribe(SubscribeOp),
+    Unsubscribe {
+        destination: Destination,
+        consumer: ConsumerKey,
+        /// Also delete the durable subscription and its messages.
+        destroy_durable: bool,
+    },
+    Ack {
+        destination: Destination,
+        consumer: ConsumerKey,
+        ids: Vec<MessageId>,
+    },
+    Nack {
+        destination: Destination,
+        consumer: ConsumerKey,
+        ids: Vec<MessageId>,
+    },
+    /// Answered with [`Reply::Fenced`] once everything this connection sent
+    /// to this shard before it has been applied (and, with a durable store,
+    /// made durable): the basis of every RECEIPT.
+    Fence {
+        conn: ConnRef,
+        token: u64,
+    },
+}
+
+/// Sent back to the shard that holds the connection.
+#[derive(Debug)]
+pub enum Reply {
+    Deliver {
+        consumer: ConsumerKey,
+        deliveries: Vec<Delivery>,
+    },
+    Fenced {
+        conn: ConnRef,
+        token: u64,
+    },
+    /// An operation was refused (e.g. a durable subscription already active).
+    Refused {
+        conn: ConnRef,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    Op(Op),
+    Reply(Reply),
+}

@@ -1,0 +1,331 @@
+//! One queue of messages with competing consumers: priority order, prefetch
+//! credit, round-robin dispatch, acks, redelivery. A queue destination is one
+//! of these; a topic holds one per subscription.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::message::{MessageId, SharedMessage};
+
+/// Identifies one subscription of one connection anywhere in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConsumerKey {
+    pub shard: u16,
+    pub conn: u64,
+    pub sub: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub msg: SharedMessage,
+    /// How often this message was handed out and came back unacknowledged.
+    pub redeliveries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: SharedMessage,
+    pub redelivered: bool,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    key: ConsumerKey,
+    prefetch: u32,
+    in_flight: u32,
+}
+
+/// What a dispatch pass produced.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    pub deliveries: Vec<(ConsumerKey, Delivery)>,
+    /// Expired before delivery: never handed to anyone.
+    pub expired: Vec<Entry>,
+}
+
+#[derive(Debug, Default)]
+pub struct MessageQueue {
+    /// One FIFO per priority 0..=9; dispatch takes from the highest first.
+    pending: [VecDeque<Entry>; 10],
+    pending_len: usize,
+    consumers: Vec<Consumer>,
+    /// Round-robin cursor into `consumers`.
+    next: usize,
+    in_flight: HashMap<MessageId, (ConsumerKey, Entry)>,
+    pub enqueued: u64,
+    pub dequeued: u64,
+}
+
+impl MessageQueue {
+    pub fn enqueue(&mut self, entry: Entry) {
+        self.enqueued += 1;
+        self.push(entry, false);
+    }
+
+    fn push(&mut self, entry: Entry, front: bool) {
+        let p = entry.msg.priority.min(9) as usize;
+        if front {
+            self.pending[p].push_front(entry);
+        } else {
+            self.pending[p].push_back(entry);
+        }
+        self.pending_len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let q = self.pending.iter_mut().rev().find(|q| !q.is_empty())?;
+        self.pending_len -= 1;
+        q.pop_front()
+    }
+
+    /// Messages not yet acknowledged: waiting plus in flight.
+    pub fn pending(&self) -> usize {
+        self.pending_len + self.in_flight.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    pub fn add_consumer(&mut self, key: ConsumerKey, prefetch: u32) {
+        self.consumers.push(Consumer {
+            key,
+            prefetch: prefetch.max(1),
+            in_flight: 0,
+        });
+    }
+
+    /// Removes a consumer; its unacknowledged messages go back to the head of
+    /// the queue as redeliveries. Returns those that exceeded
+    /// `max_redeliveries` (for the dead-letter queue).
+    pub fn remove_consumer(&mut self, key: ConsumerKey, max_redeliveries: u32) -> Vec<Entry> {
+        self.consumers.retain(|c| c.key != key);
+        if self.next >= self.consumers.len() {
+            self.next = 0;
+        }
+        let mut ids: Vec<MessageId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (k, _))| *k == key)
+            .map(|(id, _)| *id)
+            .collect();
+        // Put them back in their original order (ids grow per producer shard).
+        ids.sort_unstable();
+        self.requeue(key, &ids, max_redeliveries)
+    }
+
+    /// Hands pending messages to consumers that have prefetch credit.
+    pub fn dispatch(&mut self, now_ms: u64, out: &mut Dispatched) {
+        while self.pending_len > 0 {
+            let Some(ci) = self.next_with_credit() else {
+                return;
+            };
+            let Some(entry) = self.pop() else { return };
+            if entry.msg.is_expired(now_ms) {
+                out.expired.push(entry);
+                continue;
+            }
+            let c = &mut self.consumers[ci];
+            c.in_flight += 1;
+            let key = c.key;
+            out.deliveries.push((
+                key,
+                Delivery {
+                    msg: entry.msg.clone(),
+                    redelivered: entry.redeliveries > 0,
+                },
+            ));
+            self.in_flight.insert(entry.msg.id, (key, entry));
+            self.next = (ci + 1) % self.consumers.len();
+        }
+    }
+
+    fn next_with_credit(&self) -> Option<usize> {
+        let n = self.consumers.len();
+        (0..n)
+            .map(|i| (self.next + i) % n)
+            .find(|&i| self.consumers[i].in_flight < self.consumers[i].prefetch)
+    }
+
+    fn release_credit(&mut self, key: ConsumerKey, n: u32) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
+            c.in_flight = c.in_flight.saturating_sub(n);
+        }
+    }
+
+    /// Acknowledges messages delivered to `key`; ids it does not hold are
+    /// ignored (they were already redelivered elsewhere). Returns how many
+    /// were acknowledged.
+    pub fn ack(&mut self, key: ConsumerKey, ids: &[MessageId]) -> usize {
+        let mut n = 0;
+        for id in ids {
+            if matches!(self.in_flight.get(id), Some((k, _)) if *k == key) {
+                self.in_flight.remove(id);
+                n += 1;
+            }
+        }
+        self.release_credit(key, n as u32);
+        self.dequeued += n as u64;
+        n
+    }
+
+    /// Returns messages to the queue as redeliveries; those past
+    /// `max_redeliveries` are taken out and returned for dead-lettering.
+    pub fn requeue(
+        &mut self,
+        key: ConsumerKey,
+        ids: &[MessageId],
+        max_redeliveries: u32,
+    ) -> Vec<Entry> {
+        let mut dead = Vec::new();
+        let mut back = Vec::new();
+        for id in ids {
+            if !matches!(self.in_flight.get(id), Some((k, _)) if *k == key) {
+                continue;
+            }
+            let Some((_, mut entry)) = self.in_flight.remove(id) else {
+                continue;
+            };
+            entry.redeliveries += 1;
+            if entry.redeliveries > max_redeliveries {
+                self.dequeued += 1;
+                dead.push(entry);
+            } else {
+                back.push(entry);
+            }
+        }
+        self.release_credit(key, (dead.len() + back.len()) as u32);
+        // Reverse so that push_front restores the original order.
+        for entry in back.into_iter().rev() {
+            self.push(entry, true);
+        }
+        dead
+    }
+
+    /// Takes out every waiting message that has expired.
+    pub fn take_expired(&mut self, now_ms: u64) -> Vec<Entry> {
+        let mut expired = Vec::new();
+        for q in &mut self.pending {
+            if q.iter().any(|e| e.msg.is_expired(now_ms)) {
+                let (gone, keep): (VecDeque<Entry>, VecDeque<Entry>) =
+                    q.drain(..).partition(|e| e.msg.is_expired(now_ms));
+                *q = keep;
+                expired.extend(gone);
+            }
+        }
+        self.pending_len -= expired.len();
+        self.dequeued += expired.len() as u64;
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::destination::Destination;
+    use crate::broker::message::{MemoryUsage, Message};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn msg(id: u64, priority: u8, expires_ms: u64) -> Entry {
+        let usage = Arc::new(MemoryUsage::default());
+        Entry {
+            msg: Arc::new(Message {
+                id,
+                destination: Destination::queue("q"),
+                properties: vec![],
+                body: Bytes::new(),
+                priority,
+                expires_ms,
+                persistent: false,
+                timestamp_ms: 0,
+                charge: usage.charge(1),
+            }),
+            redeliveries: 0,
+        }
+    }
+
+    fn key(sub: u64) -> ConsumerKey {
+        ConsumerKey {
+            shard: 0,
+            conn: 1,
+            sub,
+        }
+    }
+
+    fn ids(d: &Dispatched) -> Vec<(u64, u64)> {
+        d.deliveries
+            .iter()
+            .map(|(k, d)| (k.sub, d.msg.id))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_respects_prefetch() {
+        let mut q = MessageQueue::default();
+        for i in 0..5 {
+            q.enqueue(msg(i, 4, 0));
+        }
+        q.add_consumer(key(1), 1);
+        q.add_consumer(key(2), 2);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(ids(&d), vec![(1, 0), (2, 1), (2, 2)]);
+        assert_eq!(q.pending(), 5);
+        assert_eq!(q.ack(key(1), &[0]), 1);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(ids(&d), vec![(1, 3)]);
+    }
+
+    #[test]
+    fn higher_priority_first() {
+        let mut q = MessageQueue::default();
+        q.enqueue(msg(1, 1, 0));
+        q.enqueue(msg(2, 9, 0));
+        q.enqueue(msg(3, 4, 0));
+        q.add_consumer(key(1), 10);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(ids(&d), vec![(1, 2), (1, 3), (1, 1)]);
+    }
+
+    #[test]
+    fn expired_messages_are_never_delivered() {
+        let mut q = MessageQueue::default();
+        q.enqueue(msg(1, 4, 100));
+        q.enqueue(msg(2, 4, 0));
+        q.add_consumer(key(1), 10);
+        let mut d = Dispatched::default();
+        q.dispatch(200, &mut d);
+        assert_eq!(ids(&d), vec![(1, 2)]);
+        assert_eq!(d.expired.len(), 1);
+    }
+
+    #[test]
+    fn closed_consumer_messages_are_redelivered_in_order_then_dead_lettered() {
+        let mut q = MessageQueue::default();
+        q.enqueue(msg(1, 4, 0));
+        q.enqueue(msg(2, 4, 0));
+        for round in 1..=3 {
+            q.add_consumer(key(round), 10);
+            let mut d = Dispatched::default();
+            q.dispatch(0, &mut d);
+            assert_eq!(ids(&d), vec![(round, 1), (round, 2)]);
+            assert_eq!(d.deliveries[0].1.redelivered, round > 1);
+            let dead = q.remove_consumer(key(round), 2);
+            assert_eq!(dead.len(), if round == 3 { 2 } else { 0 });
+        }
+        assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn ack_from_wrong_consumer_is_ignored() {
+        let mut q = MessageQueue::default();
+        q.enqueue(msg(1, 4, 0));
+        q.add_consumer(key(1), 10);
+        q.dispatch(0, &mut Dispatched::default());
+        assert_eq!(q.ack(key(2), &[1]), 0);
+        assert_eq!(q.ack(key(1), &[1]), 1);
+        assert_eq!(q.pending(), 0);
+    }
+}

@@ -1,0 +1,329 @@
+//! One TOML file -> typed, validated configuration. Unknown keys and bad
+//! values are errors that name the key; `brokk` exits with code 2 on them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreMode {
+    /// Messages in memory only; lost on restart.
+    Memory,
+    /// Direct-I/O journal in a shared directory, file-lock master/standby.
+    File,
+    /// MySQL/MariaDB or PostgreSQL, lease-row master/standby.
+    Db,
+    /// ZooKeeper election, replicated log.
+    Zk,
+}
+
+impl std::str::FromStr for StoreMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StoreMode::Memory),
+            "file" => Ok(StoreMode::File),
+            "db" => Ok(StoreMode::Db),
+            "zk" => Ok(StoreMode::Zk),
+            _ => Err(format!(
+                "unknown mode '{s}' (expected memory, file, db or zk)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Executor threads, each pinned to a core; default: one per core.
+    pub shards: Option<usize>,
+    pub listeners: Listeners,
+    pub limits: Limits,
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    pub stomp: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_frame_size: usize,
+    /// Bytes of messages held in memory before producers are paused.
+    pub memory_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub max_redeliveries: u32,
+    pub default_prefetch: u32,
+    pub dead_letter_queue: String,
+    /// Longest heart-beat interval the broker offers to send, and the
+    /// shortest it accepts to receive.
+    pub heartbeat_min_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub mode: StoreMode,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub login: String,
+    pub passcode: String,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            stomp: ([0, 0, 0, 0], 61613).into(),
+            admin: ([0, 0, 0, 0], 8161).into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1000,
+            max_frame_size: 104_857_600,
+            memory_limit_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_redeliveries: 6,
+            default_prefetch: 1000,
+            dead_letter_queue: "ActiveMQ.DLQ".into(),
+            heartbeat_min_ms: 1000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            mode: StoreMode::Memory,
+            dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            shards: None,
+            listeners: Listeners::default(),
+            limits: Limits::default(),
+            broker: BrokerConfig::default(),
+            store: StoreConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// What operators override most often on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub stomp: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub mode: Option<StoreMode>,
+    pub shards: Option<usize>,
+}
+
+pub const MAX_SHARDS: usize = 256;
+
+impl Config {
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message,
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(a) = o.stomp {
+            self.listeners.stomp = a;
+        }
+        if let Some(a) = o.admin {
+            self.listeners.admin = a;
+        }
+        if let Some(d) = &o.data {
+            self.store.dir = d.clone();
+        }
+        if let Some(m) = o.mode {
+            self.store.mode = m;
+        }
+        if let Some(s) = o.shards {
+            self.shards = Some(s);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(s) = self.shards {
+            if s == 0 || s > MAX_SHARDS {
+                return Err(invalid(
+                    "shards",
+                    format!("must be between 1 and {MAX_SHARDS}, got {s}"),
+                ));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.limits.max_frame_size < 1024 {
+            return Err(invalid(
+                "limits.max_frame_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if self.limits.memory_limit_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "limits.memory_limit_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if self.broker.default_prefetch == 0 {
+            return Err(invalid("broker.default_prefetch", "must be at least 1"));
+        }
+        if crate::broker::Destination::parse(&format!("/queue/{}", self.broker.dead_letter_queue))
+            .is_err()
+        {
+            return Err(invalid(
+                "broker.dead_letter_queue",
+                "is not a valid queue name",
+            ));
+        }
+        if self.broker.heartbeat_min_ms == 0 {
+            return Err(invalid("broker.heartbeat_min_ms", "must be at least 1"));
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.login.is_empty() {
+                return Err(invalid(
+                    "users.login",
+                    format!("user #{} has an empty login", i + 1),
+                ));
+            }
+        }
+        if self.store.mode != StoreMode::Memory {
+            return Err(invalid(
+                "store.mode",
+                format!(
+                    "mode {:?} is not available in this build yet; use \"memory\"",
+                    self.store.mode
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard count in force: configured, or one per online core.
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_SHARDS)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_activemq_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listeners.stomp.port(), 61613);
+        assert_eq!(c.listeners.admin.port(), 8161);
+        assert_eq!(c.limits.max_frame_size, 104_857_600);
+        assert_eq!(c.broker.max_redeliveries, 6);
+        assert_eq!(c.broker.default_prefetch, 1000);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let mut c = Config::parse("shards = 0").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`shards`"), "{e}");
+        c.shards = Some(2);
+        c.limits.max_connections = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let mut c = Config::parse("[listeners]\nstomp = \"127.0.0.1:1\"").unwrap();
+        c.apply(&Overrides {
+            stomp: Some("127.0.0.1:2".parse().unwrap()),
+            shards: Some(3),
+            ..Overrides::default()
+        });
+        assert_eq!(c.listeners.stomp.port(), 2);
+        assert_eq!(c.shard_count(), 3);
+    }
+}

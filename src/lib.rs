@@ -1,0 +1,10 @@
+//! Brokk: a thread-per-core STOMP message broker with ActiveMQ-compatible
+//! master/standby deployments. Layers point one way:
+//! `server -> protocol -> broker -> store`; `admin` reads broker stats.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -1,0 +1,136 @@
+//! `brokk`: the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use brokk::config::{Config, Overrides, StoreMode};
+
+#[derive(Parser)]
+#[command(
+    name = "brokk",
+    version,
+    about = "A thread-per-core STOMP message broker (ActiveMQ-compatible HA)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Check a configuration file and print the effective settings.
+    CheckConfig(ServeArgs),
+    /// Print a running broker's status (GET /status on its admin port).
+    Status {
+        /// Admin address of the broker.
+        #[arg(long, default_value = "127.0.0.1:8161")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see README: Configuration). Without it, defaults apply.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// STOMP listen address, overrides `listeners.stomp` (default 0.0.0.0:61613).
+    #[arg(long, value_name = "HOST:PORT")]
+    stomp: Option<SocketAddr>,
+    /// Admin/status HTTP address, overrides `listeners.admin` (default 0.0.0.0:8161).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<SocketAddr>,
+    /// Data directory, overrides `store.dir` (default ./data).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Store/HA mode, overrides `store.mode`: memory, file, db or zk.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<StoreMode>,
+    /// Number of shards (pinned executor threads), overrides `shards` (default: one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<Config, brokk::config::ConfigError> {
+        let overrides = Overrides {
+            stomp: self.stomp,
+            admin: self.admin,
+            data: self.data.clone(),
+            mode: self.mode,
+            shards: self.shards,
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Exit code for configuration errors, as for command-line usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BROKK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Cmd::Serve(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("brokk: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match brokk::server::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("brokk: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::CheckConfig(args) => match args.load() {
+            Ok(c) => {
+                println!("{c:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("brokk: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Cmd::Status { admin } => match status(admin) {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("brokk: cannot read status from {admin}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn status(admin: SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(resp))
+}

@@ -1,0 +1,4 @@
+//! Wire protocols. Each one turns its frames into broker operations; nothing
+//! below `broker` knows any of them.
+
+pub mod stomp;

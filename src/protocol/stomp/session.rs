@@ -1,0 +1,802 @@
+//! One STOMP connection's state machine: frames in, broker operations and
+//! reply frames out. No I/O here; `server::connection` drives it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame::{finish_body, put_header, Command, Frame, Version};
+use crate::broker::message::{now_ms, MemoryUsage, Property};
+use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
+use crate::broker::queue::{ConsumerKey, Delivery};
+use crate::broker::{Destination, Message, MessageId, SharedMessage};
+
+const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
+
+/// Settings every session on a shard shares.
+#[derive(Debug)]
+pub struct SessionConfig {
+    pub shards: usize,
+    pub users: Vec<(String, String)>,
+    pub default_prefetch: u32,
+    pub heartbeat_min_ms: u64,
+    pub usage: Arc<MemoryUsage>,
+}
+
+/// Issues message ids on one shard: shard number in the top byte, then a
+/// counter seeded from the clock so ids do not repeat across restarts.
+#[derive(Debug)]
+pub struct IdGen {
+    next: std::cell::Cell<u64>,
+}
+
+impl IdGen {
+    pub fn new(shard: usize) -> IdGen {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        IdGen {
+            next: std::cell::Cell::new(((shard as u64) << 56) | (micros & ((1 << 56) - 1))),
+        }
+    }
+
+    fn next(&self) -> MessageId {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        id
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+/// What the connection must do on the session's behalf.
+#[derive(Debug)]
+pub enum Action {
+    /// Write this frame to the client.
+    Write(Frame),
+    /// Apply this operation on the shard that owns its destination.
+    Route(usize, Op),
+    /// Heart-beats agreed on CONNECT: send every `send_ms`, drop the peer
+    /// after `read_timeout_ms` of silence (0 = off).
+    Heartbeat { send_ms: u64, read_timeout_ms: u64 },
+    /// Close after the frames already queued are written.
+    Close,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitConnect,
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Sub {
+    id: Bytes,
+    destination: Destination,
+    destination_header: Bytes,
+    mode: AckMode,
+    /// Delivered, not yet acknowledged, in delivery order.
+    unacked: VecDeque<MessageId>,
+}
+
+#[derive(Debug)]
+enum TxOp {
+    Send(SharedMessage),
+    Ack { id: MessageId, nack: bool },
+}
+
+#[derive(Debug)]
+struct PendingReceipt {
+    remaining: usize,
+    receipt: Bytes,
+    close: bool,
+}
+
+pub struct Session {
+    cfg: Rc<SessionConfig>,
+    ids: Rc<IdGen>,
+    conn: ConnRef,
+    phase: Phase,
+    version: Version,
+    client_id: Option<String>,
+    subs: HashMap<u64, Sub>,
+    sub_by_id: HashMap<Bytes, u64>,
+    next_sub: u64,
+    unacked: HashMap<MessageId, u64>,
+    transactions: HashMap<Bytes, Vec<TxOp>>,
+    receipts: HashMap<u64, PendingReceipt>,
+    next_token: u64,
+}
+
+/// A protocol error: becomes an ERROR frame and closes the connection.
+struct Refusal {
+    message: String,
+}
+
+fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal {
+        message: message.into(),
+    })
+}
+
+impl Session {
+    pub fn new(cfg: Rc<SessionConfig>, ids: Rc<IdGen>, conn: ConnRef) -> Session {
+        Session {
+            cfg,
+            ids,
+            conn,
+            phase: Phase::AwaitConnect,
+            version: Version::V1_0,
+            client_id: None,
+            subs: HashMap::new(),
+            sub_by_id: HashMap::new(),
+            next_sub: 0,
+            unacked: HashMap::new(),
+            transactions: HashMap::new(),
+            receipts: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Handles one frame from the client.
+    pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let receipt = frame
+            .headers
+            .iter()
+            .find(|(k, _)| k.as_ref() == b"receipt")
+            .map(|(_, v)| v.clone());
+        let result = match (&self.phase, frame.command) {
+            (Phase::AwaitConnect, Command::Connect | Command::Stomp) => self.connect(&frame, out),
+            (Phase::AwaitConnect, c) => {
+                refuse(format!("expected CONNECT or STOMP, got {}", c.as_str()))
+            }
+            (Phase::Open, Command::Connect | Command::Stomp) => refuse("already connected"),
+            (Phase::Open, Command::Send) => self.send(frame, out),
+            (Phase::Open, Command::Subscribe) => self.subscribe(&frame, out),
+            (Phase::Open, Command::Unsubscribe) => self.unsubscribe(&frame, out),
+            (Phase::Open, Command::Ack) => self.ack(&frame, false, out),
+            (Phase::Open, Command::Nack) => self.ack(&frame, true, out),
+            (Phase::Open, Command::Begin) => self.begin(&frame),
+            (Phase::Open, Command::Commit) => self.commit(&frame, out),
+            (Phase::Open, Command::Abort) => self.abort(&frame),
+            (Phase::Open, Command::Disconnect) => {
+                let all: Vec<usize> = (0..self.cfg.shards).collect();
+                match receipt {
+                    Some(r) => self.fence(all, r, true, out),
+                    None => {
+                        self.phase = Phase::Closed;
+                        out.push(Action::Close);
+                    }
+                }
+                return;
+            }
+            (Phase::Open, c) => refuse(format!("{} is a server frame", c.as_str())),
+            (Phase::Closed, _) => return,
+        };
+        match result {
+            Ok(shards) => {
+                if let Some(r) = receipt {
+                    self.fence(shards, r, false, out);
+                }
+            }
+            Err(Refusal { message }) => self.error(&message, receipt, out),
+        }
+    }
+
+    /// Reports a frame that could not be parsed; the connection closes.
+    pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        self.error(message, None, out);
+    }
+
+    fn error(&mut self, message: &str, receipt: Option<Bytes>, out: &mut Vec<Action>) {
+        let mut f = Frame::new(Command::Error)
+            .with("message", Bytes::from(message.to_string()))
+            .with("content-type", "text/plain");
+        if let Some(r) = receipt {
+            f = f.with("receipt-id", r);
+        }
+        f.body = Bytes::from(format!("{message}\n"));
+        out.push(Action::Write(f));
+        out.push(Action::Close);
+        self.phase = Phase::Closed;
+    }
+
+    /// Answers `receipt` once every shard in `shards` has applied what this
+    /// connection sent it before. No shard involved: answered at once.
+    fn fence(
+        &mut self,
+        mut shards: Vec<usize>,
+        receipt: Bytes,
+        close: bool,
+        out: &mut Vec<Action>,
+    ) {
+        shards.sort_unstable();
+        shards.dedup();
+        if shards.is_empty() {
+            out.push(Action::Write(
+                Frame::new(Command::Receipt).with("receipt-id", receipt),
+            ));
+            if close {
+                self.phase = Phase::Closed;
+                out.push(Action::Close);
+            }
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.receipts.insert(
+            token,
+            PendingReceipt {
+                remaining: shards.len(),
+                receipt,
+                close,
+            },
+        );
+        for s in shards {
+            out.push(Action::Route(
+                s,
+                Op::Fence {
+                    conn: self.conn,
+                    token,
+                },
+            ));
+        }
+    }
+
+    /// A shard has applied everything up to fence `token`.
+    pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        let Some(p) = self.receipts.get_mut(&token) else {
+            return;
+        };
+        p.remaining -= 1;
+        if p.remaining > 0 {
+            return;
+        }
+        let Some(p) = self.receipts.remove(&token) else {
+            return;
+        };
+        out.push(Action::Write(
+            Frame::new(Command::Receipt).with("receipt-id", p.receipt),
+        ));
+        if p.close {
+            self.phase = Phase::Closed;
+            out.push(Action::Close);
+        }
+    }
+
+    /// A broker refusal (e.g. a durable subscription in use elsewhere).
+    pub fn refused(&mut self, reason: &str, out: &mut Vec<Action>) {
+        self.error(reason, None, out);
+    }
+
+    fn connect(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let version = match f.header_str("accept-version") {
+            None => Version::V1_0,
+            Some(list) => {
+                let mut best = None;
+                for v in list.split(',').map(str::trim) {
+                    let v = match v {
+                        "1.0" => Version::V1_0,
+                        "1.1" => Version::V1_1,
+                        "1.2" => Version::V1_2,
+                        _ => continue,
+                    };
+                    best = best.max(Some(v));
+                }
+                match best {
+                    Some(v) => v,
+                    None => {
+                        let mut e = Frame::new(Command::Error)
+                            .with("version", "1.0,1.1,1.2")
+                            .with("message", "Supported protocol versions are 1.0 1.1 1.2")
+                            .with("content-type", "text/plain");
+                        e.body =
+                            Bytes::from_static(b"Supported protocol versions are 1.0 1.1 1.2\n");
+                        out.push(Action::Write(e));
+                        out.push(Action::Close);
+                        self.phase = Phase::Closed;
+                        return Ok(vec![]);
+                    }
+                }
+            }
+        };
+        if !self.cfg.users.is_empty() {
+            let login = f.header_str("login").unwrap_or("");
+            let passcode = f.header_str("passcode").unwrap_or("");
+            if !self
+                .cfg
+                .users
+                .iter()
+                .any(|(l, p)| l == login && p == passcode)
+            {
+                return refuse("Authentication failed: login or passcode is wrong");
+            }
+        }
+        let (cx, cy) = match f.header_str("heart-beat") {
+            None => (0, 0),
+            Some(hb) => parse_heartbeat(hb)
+                .ok_or(())
+                .or_else(|_| refuse(format!("invalid heart-beat header '{hb}'")))?,
+        };
+        let min = self.cfg.heartbeat_min_ms;
+        let send_ms = if cy > 0 { cy.max(min) } else { 0 };
+        let recv_ms = if cx > 0 { cx.max(min) } else { 0 };
+        self.version = version;
+        self.client_id = f
+            .header_str("client-id")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        self.phase = Phase::Open;
+        let mut reply = Frame::new(Command::Connected)
+            .with("version", version.as_str())
+            .with("server", concat!("Brokk/", env!("CARGO_PKG_VERSION")))
+            .with(
+                "session",
+                Bytes::from(format!("brokk-{}-{}", self.conn.shard, self.conn.conn)),
+            )
+            .with("heart-beat", Bytes::from(format!("{send_ms},{recv_ms}")));
+        if let Some(r) = f.header("receipt") {
+            // Not required by the spec, but some 1.0 clients wait for it.
+            reply = reply.with("receipt-id", Bytes::copy_from_slice(r));
+        }
+        out.push(Action::Write(reply));
+        out.push(Action::Heartbeat {
+            send_ms,
+            // Twice the agreed interval: one late beat is not a dead peer.
+            read_timeout_ms: recv_ms * 2,
+        });
+        Ok(vec![])
+    }
+
+    fn send(&mut self, f: Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let dest = match f.header_str("destination") {
+            None => return refuse("SEND requires a destination header"),
+            Some(d) => Destination::parse(d).or_else(|e| refuse(e.to_string()))?,
+        };
+        let priority = match f.header_str("priority") {
+            None => 4,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= 9 => p,
+                _ => return refuse(format!("invalid priority '{p}': expected 0-9")),
+            },
+        };
+        let expires_ms = match f.header_str("expires") {
+            None => 0,
+            Some(e) => e.trim().parse::<u64>().or_else(|_| {
+                refuse(format!(
+                    "invalid expires '{e}': expected ms since the epoch"
+                ))
+            })?,
+        };
+        let persistent = f.header("persistent") == Some(b"true");
+        let tx = f.header("transaction").map(Bytes::copy_from_slice);
+        if let Some(t) = &tx {
+            if !self.transactions.contains_key(t) {
+                return refuse(format!(
+                    "unknown transaction '{}'",
+                    String::from_utf8_lossy(t)
+                ));
+            }
+        }
+        let properties: Vec<Property> = f
+            .headers
+            .into_iter()
+            .filter(|(k, _)| !is_routing_header(k))
+            .collect();
+        let footprint = Message::footprint(&properties, &f.body);
+        let msg = Arc::new(Message {
+            id: self.ids.next(),
+            destination: dest,
+            properties,
+            body: f.body,
+            priority,
+            expires_ms,
+            persistent,
+            timestamp_ms: now_ms(),
+            charge: self.cfg.usage.charge(footprint),
+        });
+        match tx {
+            Some(t) => {
+                if let Some(ops) = self.transactions.get_mut(&t) {
+                    ops.push(TxOp::Send(msg));
+                }
+                Ok(vec![])
+            }
+            None => {
+                let owner = msg.destination.owner(self.cfg.shards);
+                out.push(Action::Route(owner, Op::Send(msg)));
+                Ok(vec![owner])
+            }
+        }
+    }
+
+    fn subscribe(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let Some(raw_dest) = f.header_str("destination") else {
+            return refuse("SUBSCRIBE requires a destination header");
+        };
+        let destination = Destination::parse(raw_dest).or_else(|e| refuse(e.to_string()))?;
+        let id = match f.header("id") {
+            Some(id) => Bytes::copy_from_slice(id),
+            None if self.version == Version::V1_0 => Bytes::copy_from_slice(raw_dest.as_bytes()),
+            None => return refuse("SUBSCRIBE requires an id header"),
+        };
+        if self.sub_by_id.contains_key(&id) {
+            return refuse(format!(
+                "subscription id '{}' is already in use",
+                String::from_utf8_lossy(&id)
+            ));
+        }
+        let mode = match f.header_str("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::ClientIndividual,
+            m => {
+                return refuse(format!(
+                    "invalid ack mode '{m}': expected auto, client or client-individual"
+                ))
+            }
+        };
+        let prefetch = match f.header_str("activemq.prefetchSize") {
+            None => self.cfg.default_prefetch,
+            Some(p) => match p.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return refuse(format!(
+                        "invalid activemq.prefetchSize '{p}': expected a number >= 1"
+                    ))
+                }
+            },
+        };
+        let durable = match durable_name(f) {
+            Some(name) if destination.is_topic() => match &self.client_id {
+                Some(client_id) => Some(DurableName {
+                    client_id: client_id.clone(),
+                    name: name.to_string(),
+                }),
+                None => {
+                    return refuse("a durable subscription needs a client-id header on CONNECT")
+                }
+            },
+            _ => None,
+        };
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let owner = destination.owner(self.cfg.shards);
+        self.sub_by_id.insert(id.clone(), sub);
+        self.subs.insert(
+            sub,
+            Sub {
+                id,
+                destination_header: Bytes::from(destination.to_string()),
+                destination: destination.clone(),
+                mode,
+                unacked: VecDeque::new(),
+            },
+        );
+        out.push(Action::Route(
+            owner,
+            Op::Subscribe(SubscribeOp {
+                destination,
+                consumer: self.consumer(sub),
+                prefetch,
+                durable,
+            }),
+        ));
+        Ok(vec![owner])
+    }
+
+    fn consumer(&self, sub: u64) -> ConsumerKey {
+        ConsumerKey {
+            shard: self.conn.shard,
+            conn: self.conn.conn,
+            sub,
+        }
+    }
+
+    fn unsubscribe(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let id = match f.header("id").or_else(|| {
+            (self.version == Version::V1_0)
+                .then(|| f.header("destination"))
+                .flatten()
+        }) {
+            Some(id) => id,
+            None => return refuse("UNSUBSCRIBE requires an id header"),
+        };
+        let Some(sub) = self.sub_by_id.remove(id) else {
+            return refuse(format!(
+                "no subscription with id '{}'",
+                String::from_utf8_lossy(id)
+            ));
+        };
+        let destroy = durable_name(f).is_some();
+        Ok(vec![self.close_sub(sub, destroy, out)])
+    }
+
+    fn close_sub(&mut self, sub: u64, destroy_durable: bool, out: &mut Vec<Action>) -> usize {
+        let Some(s) = self.subs.remove(&sub) else {
+            return 0;
+        };
+        for id in &s.unacked {
+            self.unacked.remove(id);
+        }
+        let owner = s.destination.owner(self.cfg.shards);
+        out.push(Action::Route(
+            owner,
+            Op::Unsubscribe {
+                destination: s.destination,
+                consumer: self.consumer(sub),
+                destroy_durable,
+            },
+        ));
+        owner
+    }
+
+    /// The connection is gone: every subscription closes, and what it had
+    /// not acknowledged goes back to its queue for redelivery.
+    pub fn teardown(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Closed;
+        let subs: Vec<u64> = self.subs.keys().copied().collect();
+        for sub in subs {
+            self.close_sub(sub, false, out);
+        }
+        self.sub_by_id.clear();
+    }
+
+    fn ack(&mut self, f: &Frame, nack: bool, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let what = if nack { "NACK" } else { "ACK" };
+        let raw = match f.header_str("id").or_else(|| f.header_str("message-id")) {
+            Some(r) => r,
+            None => return refuse(format!("{what} requires an id header")),
+        };
+        let id = match parse_message_id(raw) {
+            Some(id) if self.unacked.contains_key(&id) => id,
+            _ => return refuse(format!("{what} of unknown message id '{raw}'")),
+        };
+        if let Some(t) = f.header("transaction") {
+            return match self.transactions.get_mut(t) {
+                Some(ops) => {
+                    ops.push(TxOp::Ack { id, nack });
+                    Ok(vec![])
+                }
+                None => refuse(format!(
+                    "unknown transaction '{}'",
+                    String::from_utf8_lossy(t)
+                )),
+            };
+        }
+        self.apply_ack(id, nack, out).map(|s| vec![s])
+    }
+
+    fn apply_ack(
+        &mut self,
+        id: MessageId,
+        nack: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<usize, Refusal> {
+        let Some(&sub) = self.unacked.get(&id) else {
+            return refuse(format!(
+                "ACK of unknown message id '{MESSAGE_ID_PREFIX}{id}'"
+            ));
+        };
+        let Some(s) = self.subs.get_mut(&sub) else {
+            return refuse("ACK for a closed subscription");
+        };
+        let ids: Vec<MessageId> = match s.mode {
+            AckMode::Client => {
+                // Cumulative: this message and every one delivered before it.
+                let upto = s.unacked.iter().position(|m| *m == id).map_or(0, |p| p + 1);
+                s.unacked.drain(..upto).collect()
+            }
+            _ => {
+                if let Some(p) = s.unacked.iter().position(|m| *m == id) {
+                    s.unacked.remove(p);
+                }
+                vec![id]
+            }
+        };
+        for m in &ids {
+            self.unacked.remove(m);
+        }
+        let destination = s.destination.clone();
+        let owner = destination.owner(self.cfg.shards);
+        let consumer = self.consumer(sub);
+        let op = if nack {
+            Op::Nack {
+                destination,
+                consumer,
+                ids,
+            }
+        } else {
+            Op::Ack {
+                destination,
+                consumer,
+                ids,
+            }
+        };
+        out.push(Action::Route(owner, op));
+        Ok(owner)
+    }
+
+    fn begin(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
+        let Some(t) = f.header("transaction") else {
+            return refuse("BEGIN requires a transaction header");
+        };
+        if self.transactions.contains_key(t) {
+            return refuse(format!(
+                "transaction '{}' is already open",
+                String::from_utf8_lossy(t)
+            ));
+        }
+        self.transactions
+            .insert(Bytes::copy_from_slice(t), Vec::new());
+        Ok(vec![])
+    }
+
+    fn commit(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let Some(t) = f.header("transaction") else {
+            return refuse("COMMIT requires a transaction header");
+        };
+        let Some(ops) = self.transactions.remove(t) else {
+            return refuse(format!(
+                "unknown transaction '{}'",
+                String::from_utf8_lossy(t)
+            ));
+        };
+        let mut shards = Vec::new();
+        for op in ops {
+            match op {
+                TxOp::Send(msg) => {
+                    let owner = msg.destination.owner(self.cfg.shards);
+                    out.push(Action::Route(owner, Op::Send(msg)));
+                    shards.push(owner);
+                }
+                TxOp::Ack { id, nack } => {
+                    // Already covered by an earlier cumulative ACK in the same transaction.
+                    if self.unacked.contains_key(&id) {
+                        shards.push(self.apply_ack(id, nack, out)?);
+                    }
+                }
+            }
+        }
+        Ok(shards)
+    }
+
+    fn abort(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
+        let Some(t) = f.header("transaction") else {
+            return refuse("ABORT requires a transaction header");
+        };
+        // Sends are dropped; acknowledged messages stay unacknowledged.
+        match self.transactions.remove(t) {
+            Some(_) => Ok(vec![]),
+            None => refuse(format!(
+                "unknown transaction '{}'",
+                String::from_utf8_lossy(t)
+            )),
+        }
+    }
+
+    /// Encodes deliveries for subscription `sub` into `buf`. Returns the
+    /// acknowledgement to send once they are written (auto-ack mode), which
+    /// is also what returns prefetch credit.
+    pub fn deliver(
+        &mut self,
+        sub: u64,
+        deliveries: Vec<Delivery>,
+        buf: &mut BytesMut,
+    ) -> Option<(usize, Op)> {
+        let Some(s) = self.subs.get_mut(&sub) else {
+            // Unsubscribed meanwhile: the owner took these back already.
+            return None;
+        };
+        let escape = self.version.escapes();
+        let mut auto = Vec::new();
+        for d in deliveries {
+            let m = &d.msg;
+            buf.reserve(256 + m.body.len());
+            buf.put_slice(b"MESSAGE\n");
+            put_header(buf, b"subscription", &s.id, escape);
+            let _ = write!(buf, "message-id:{MESSAGE_ID_PREFIX}{}\n", m.id);
+            put_header(buf, b"destination", &s.destination_header, escape);
+            if self.version == Version::V1_2 {
+                let _ = write!(buf, "ack:{MESSAGE_ID_PREFIX}{}\n", m.id);
+            }
+            if d.redelivered {
+                buf.put_slice(b"redelivered:true\n");
+            }
+            let _ = write!(
+                buf,
+                "priority:{}\ntimestamp:{}\n",
+                m.priority, m.timestamp_ms
+            );
+            if m.expires_ms != 0 {
+                let _ = write!(buf, "expires:{}\n", m.expires_ms);
+            }
+            if m.persistent {
+                buf.put_slice(b"persistent:true\n");
+            }
+            for (k, v) in &m.properties {
+                put_header(buf, k, v, escape);
+            }
+            finish_body(&m.body, buf);
+            match s.mode {
+                AckMode::Auto => auto.push(m.id),
+                _ => {
+                    s.unacked.push_back(m.id);
+                    self.unacked.insert(m.id, sub);
+                }
+            }
+        }
+        if auto.is_empty() {
+            return None;
+        }
+        let owner = s.destination.owner(self.cfg.shards);
+        Some((
+            owner,
+            Op::Ack {
+                destination: s.destination.clone(),
+                consumer: ConsumerKey {
+                    shard: self.conn.shard,
+                    conn: self.conn.conn,
+                    sub,
+                },
+                ids: auto,
+            },
+        ))
+    }
+}
+
+fn durable_name(f: &Frame) -> Option<&str> {
+    f.header_str("activemq.subscriptionName")
+        .or_else(|| f.header_str("durable-subscription-name"))
+        .filter(|n| !n.is_empty())
+}
+
+/// Headers the broker consumes or sets itself; everything else travels with
+/// the message as an application property.
+fn is_routing_header(k: &[u8]) -> bool {
+    matches!(
+        k,
+        b"destination"
+            | b"receipt"
+            | b"transaction"
+            | b"content-length"
+            | b"priority"
+            | b"expires"
+            | b"persistent"
+            | b"message-id"
+            | b"subscription"
+            | b"ack"
+            | b"redelivered"
+            | b"timestamp"
+    )
+}
+
+fn parse_heartbeat(hb: &str) -> Option<(u64, u64)> {
+    let (a, b) = hb.split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+fn parse_message_id(raw: &str) -> Option<MessageId> {
+    raw.strip_prefix(MESSAGE_ID_PREFIX)?.parse().ok()
+}

@@ -1,0 +1,270 @@
+//! One client connection: a reader task that parses frames and drives the
+//! session, and a writer task that batches everything queued for the client
+//! into one socket write.
+
+use std::cell::RefCell;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{spawn_local, timer::sleep};
+use tracing::{debug, debug_span, Instrument};
+
+use super::mailbox::Mailbox;
+use super::shard::{Outbound, ShardContext};
+use crate::broker::ops::{ConnRef, ShardMsg};
+use crate::protocol::stomp::session::{Action, Session};
+use crate::protocol::stomp::{parse, Command, Frame, Parsed};
+
+/// Read granularity: large enough that a burst of small SENDs is one read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Answers a connection over `limits.max_connections` with an ERROR frame.
+pub async fn refuse(mut stream: TcpStream, max: usize) {
+    let mut f = Frame::new(Command::Error).with("message", "maximum connections reached");
+    f.body = bytes::Bytes::from(format!(
+        "this broker accepts at most {max} connections (limits.max_connections)\n"
+    ));
+    let mut buf = BytesMut::new();
+    f.encode(crate::protocol::stomp::Version::V1_0, &mut buf);
+    let _ = stream.write_all(&buf).await;
+    let _ = stream.close().await;
+}
+
+pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
+    let id = ctx.next_conn_id();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let span = debug_span!("conn", conn = id, peer = %peer);
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let conn = ConnRef {
+        shard: ctx.id as u16,
+        conn: id,
+    };
+    let outbound: Mailbox<Outbound> = Mailbox::default();
+    ctx.conns.borrow_mut().insert(id, outbound.clone());
+    let session = Rc::new(RefCell::new(Session::new(
+        ctx.session_cfg.clone(),
+        ctx.ids.clone(),
+        conn,
+    )));
+    let (reader, writer) = futures_lite::io::split(stream);
+    let writer_task = spawn_local(
+        write_loop(ctx.clone(), session.clone(), outbound.clone(), writer, fd)
+            .instrument(span.clone()),
+    );
+    read_loop(&ctx, &session, &outbound, reader)
+        .instrument(span)
+        .await;
+    // Whatever ended the reader, the session's subscriptions end with it.
+    let mut actions = Vec::new();
+    session.borrow_mut().teardown(&mut actions);
+    execute(&ctx, &outbound, actions);
+    outbound.push(Outbound::Close);
+    writer_task.await;
+    ctx.conns.borrow_mut().remove(&id);
+    debug!(conn = id, "closed");
+}
+
+async fn read_loop(
+    ctx: &ShardContext,
+    session: &RefCell<Session>,
+    outbound: &Mailbox<Outbound>,
+    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut read_timeout: Option<Duration> = None;
+    let mut actions = Vec::new();
+    loop {
+        let filled = buf.len();
+        if buf.capacity() - filled < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        buf.resize(buf.capacity(), 0);
+        let read = match read_timeout {
+            None => reader.read(&mut buf[filled..]).await,
+            Some(t) => {
+                futures_lite::future::or(reader.read(&mut buf[filled..]), async {
+                    sleep(t).await;
+                    Err(std::io::ErrorKind::TimedOut.into())
+                })
+                .await
+            }
+        };
+        let n = match read {
+            Ok(0) => {
+                buf.truncate(filled);
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(filled);
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    debug!("no heart-beat from the client; dropping it");
+                }
+                return;
+            }
+        };
+        buf.truncate(filled + n);
+        loop {
+            let version = session.borrow().version();
+            match parse(&mut buf, version, &ctx.shared.limits) {
+                Ok(None) => break,
+                Ok(Some(Parsed::Heartbeat)) => {}
+                Ok(Some(Parsed::Frame(frame))) => {
+                    if frame.command == Command::Send {
+                        wait_for_memory(ctx).await;
+                    }
+                    session.borrow_mut().handle(frame, &mut actions);
+                }
+                Err(e) => {
+                    session
+                        .borrow_mut()
+                        .protocol_error(&e.to_string(), &mut actions);
+                    break;
+                }
+            }
+            // Keep the negotiated timeout in force for the next read.
+            for a in &actions {
+                if let Action::Heartbeat {
+                    read_timeout_ms, ..
+                } = a
+                {
+                    read_timeout =
+                        (*read_timeout_ms > 0).then(|| Duration::from_millis(*read_timeout_ms));
+                }
+            }
+            if session.borrow().is_closed() {
+                break;
+            }
+        }
+        // One routing pass per read: ops bound for the same shard leave together.
+        execute(ctx, outbound, std::mem::take(&mut actions));
+        if session.borrow().is_closed() {
+            return;
+        }
+    }
+}
+
+/// Producer flow control: while held messages exceed the memory limit, stop
+/// reading from this producer. Nothing is dropped; TCP pushes back.
+async fn wait_for_memory(ctx: &ShardContext) {
+    let limit = ctx.shared.memory_limit_bytes;
+    if ctx.shared.usage.used() < limit {
+        return;
+    }
+    debug!(
+        used = ctx.shared.usage.used(),
+        limit, "memory limit reached; pausing producer"
+    );
+    while ctx.shared.usage.used() >= limit && !ctx.shutdown.is_set() {
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action>) {
+    let mut routes = Vec::new();
+    for a in actions {
+        match a {
+            Action::Write(f) => {
+                outbound.push(Outbound::Frame(f));
+            }
+            Action::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
+            Action::Heartbeat { send_ms, .. } => {
+                if send_ms > 0 {
+                    outbound.push(Outbound::HeartbeatEvery(Duration::from_millis(send_ms)));
+                }
+            }
+            Action::Close => {
+                outbound.push(Outbound::Close);
+            }
+        }
+    }
+    if !routes.is_empty() {
+        ctx.route_all(routes);
+    }
+}
+
+async fn write_loop(
+    ctx: Rc<ShardContext>,
+    session: Rc<RefCell<Session>>,
+    outbound: Mailbox<Outbound>,
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    fd: i32,
+) {
+    let mut heartbeat: Option<Duration> = None;
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut spare = Vec::new();
+    let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
+    let mut actions = Vec::new();
+    'outer: loop {
+        let items = match heartbeat {
+            None => outbound.take_all(std::mem::take(&mut spare)).await,
+            Some(every) => {
+                futures_lite::future::or(outbound.take_all(std::mem::take(&mut spare)), async {
+                    sleep(every).await;
+                    Vec::new()
+                })
+                .await
+            }
+        };
+        let mut close = items.is_empty() && heartbeat.is_none();
+        if items.is_empty() && heartbeat.is_some() {
+            wbuf.put_u8(b'\n');
+        }
+        let mut items = items;
+        {
+            let mut s = session.borrow_mut();
+            let version = s.version();
+            for item in items.drain(..) {
+                match item {
+                    Outbound::Frame(f) => f.encode(version, &mut wbuf),
+                    Outbound::Deliver(sub, deliveries) => {
+                        if let Some((shard, op)) = s.deliver(sub, deliveries, &mut wbuf) {
+                            acks.push((shard, ShardMsg::Op(op)));
+                        }
+                    }
+                    Outbound::Fenced(token) => s.fenced(token, &mut actions),
+                    Outbound::Refused(reason) => s.refused(&reason, &mut actions),
+                    Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
+                    Outbound::Close => close = true,
+                }
+                for a in actions.drain(..) {
+                    match a {
+                        Action::Write(f) => f.encode(version, &mut wbuf),
+                        Action::Close => close = true,
+                        Action::Route(shard, op) => acks.push((shard, ShardMsg::Op(op))),
+                        Action::Heartbeat { .. } => {}
+                    }
+                }
+            }
+        }
+        spare = items;
+        if !wbuf.is_empty() {
+            if writer.write_all(&wbuf).await.is_err() {
+                break 'outer;
+            }
+            wbuf.clear();
+        }
+        // Auto-acks return prefetch credit only once the bytes are written.
+        if !acks.is_empty() {
+            ctx.route_all(acks.drain(..));
+        }
+        if close {
+            break;
+        }
+    }
+    outbound.close();
+    let _ = writer.flush().await;
+    // Wakes the reader too, wherever it is blocked.
+    // SAFETY: fd stays open until the connection's halves are dropped after this.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

@@ -1,0 +1,292 @@
+//! One shard: a pinned glommio executor with its own listener, its own
+//! destinations, and channels to every other shard. Everything here is
+//! single-threaded; other shards are reached only by messages.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::{spawn_local, timer::sleep};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::connection;
+use super::latch::Latch;
+use super::mailbox::Mailbox;
+use crate::broker::message::MemoryUsage;
+use crate::broker::ops::{Reply, ShardMsg};
+use crate::broker::queue::Delivery;
+use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
+use crate::protocol::stomp::session::{IdGen, SessionConfig};
+use crate::protocol::stomp::Limits;
+
+/// A batch of messages for one peer shard.
+pub type Batch = Vec<ShardMsg>;
+
+/// Bound on batches queued between two shards; a full channel makes the
+/// sending shard's forwarder wait, not drop.
+pub const MESH_CHANNEL_BATCHES: usize = 1024;
+
+/// What a connection's writer receives.
+pub enum Outbound {
+    Frame(crate::protocol::stomp::Frame),
+    Deliver(u64, Vec<Delivery>),
+    Fenced(u64),
+    Refused(String),
+    /// Send a heart-beat after this much write silence.
+    HeartbeatEvery(Duration),
+    Close,
+}
+
+/// Requests from outside the shard threads (admin endpoint, signals).
+pub enum Control {
+    Stats(flume::Sender<ShardStats>),
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    pub connections: usize,
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// Everything shared by the shards, created before they start.
+#[derive(Clone)]
+pub struct Shared {
+    pub shards: usize,
+    pub settings: BrokerSettings,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub memory_limit_bytes: usize,
+    pub usage: Arc<MemoryUsage>,
+    pub connections: Arc<AtomicUsize>,
+    pub users: Vec<(String, String)>,
+    pub default_prefetch: u32,
+    pub heartbeat_min_ms: u64,
+}
+
+pub struct ShardContext {
+    pub id: usize,
+    pub shared: Shared,
+    pub broker: RefCell<ShardBroker>,
+    /// Per peer shard: messages waiting to cross. Index `id` is unused.
+    outboxes: Vec<Mailbox<ShardMsg>>,
+    pub conns: RefCell<HashMap<u64, Mailbox<Outbound>>>,
+    pub session_cfg: Rc<SessionConfig>,
+    pub ids: Rc<IdGen>,
+    pub shutdown: Latch,
+    next_conn: Cell<u64>,
+}
+
+impl ShardContext {
+    pub fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    /// Delivers addressed messages: local ones are applied at once, in
+    /// order (their outputs join the end of the work list); remote ones are
+    /// queued for their shard's forwarder, which sends them as one batch.
+    pub fn route_all(&self, work: impl IntoIterator<Item = (usize, ShardMsg)>) {
+        let mut work: VecDeque<(usize, ShardMsg)> = work.into_iter().collect();
+        let mut produced = Vec::new();
+        while let Some((target, msg)) = work.pop_front() {
+            if target != self.id {
+                self.outboxes[target].push(msg);
+                continue;
+            }
+            match msg {
+                ShardMsg::Op(op) => {
+                    self.broker.borrow_mut().apply(op, &mut produced);
+                    work.extend(produced.drain(..));
+                }
+                ShardMsg::Reply(reply) => self.reply(reply),
+            }
+        }
+    }
+
+    fn reply(&self, reply: Reply) {
+        let conns = self.conns.borrow();
+        let (conn, item) = match reply {
+            Reply::Deliver {
+                consumer,
+                deliveries,
+            } => (consumer.conn, Outbound::Deliver(consumer.sub, deliveries)),
+            Reply::Fenced { conn, token } => (conn.conn, Outbound::Fenced(token)),
+            Reply::Refused { conn, reason } => (conn.conn, Outbound::Refused(reason)),
+        };
+        // A connection that is gone already released its subscriptions; the
+        // owner took its deliveries back.
+        if let Some(mb) = conns.get(&conn) {
+            mb.push(item);
+        }
+    }
+}
+
+/// Runs one shard until shutdown. `ready` gets the outcome of binding.
+pub async fn run(
+    id: usize,
+    shared: Shared,
+    stomp: std::net::SocketAddr,
+    mesh: Option<MeshBuilder<Batch, Full>>,
+    control: flume::Receiver<Control>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let span = info_span!("shard", role = "master", shard = id);
+    async move {
+        let listener = match TcpListener::bind(stomp) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen for STOMP on {stomp}: {e}")));
+                return;
+            }
+        };
+        let outboxes: Vec<Mailbox<ShardMsg>> =
+            (0..shared.shards).map(|_| Mailbox::default()).collect();
+        let session_cfg = Rc::new(SessionConfig {
+            shards: shared.shards,
+            users: shared.users.clone(),
+            default_prefetch: shared.default_prefetch,
+            heartbeat_min_ms: shared.heartbeat_min_ms,
+            usage: shared.usage.clone(),
+        });
+        let ctx = Rc::new(ShardContext {
+            id,
+            broker: RefCell::new(ShardBroker::new(
+                id,
+                shared.settings.clone(),
+                shared.usage.clone(),
+            )),
+            shared,
+            outboxes,
+            conns: RefCell::new(HashMap::new()),
+            session_cfg,
+            ids: Rc::new(IdGen::new(id)),
+            shutdown: Latch::default(),
+            next_conn: Cell::new(0),
+        });
+        if let Some(mesh) = mesh {
+            let Ok((senders, mut receivers)) = mesh.join().await else {
+                let _ = ready.send(Err("shard mesh could not be joined".into()));
+                return;
+            };
+            let senders = Rc::new(senders);
+            for peer in (0..ctx.shared.shards).filter(|p| *p != id) {
+                let outbox = ctx.outboxes[peer].clone();
+                let senders = senders.clone();
+                spawn_local(async move {
+                    loop {
+                        let batch = outbox.take_all(Vec::new()).await;
+                        if batch.is_empty() || senders.send_to(peer, batch).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .detach();
+            }
+            for (peer, rx) in receivers.streams() {
+                let ctx = ctx.clone();
+                spawn_local(async move {
+                    while let Some(batch) = rx.recv().await {
+                        ctx.route_all(batch.into_iter().map(|m| (id, m)));
+                    }
+                    tracing::debug!(peer, "mesh channel closed");
+                })
+                .detach();
+            }
+        }
+        spawn_local(expiry_sweeper(ctx.clone())).detach();
+        spawn_local(control_loop(ctx.clone(), control)).detach();
+        let _ = ready.send(Ok(()));
+        accept_loop(ctx.clone(), listener).await;
+        info!("stopped accepting; closing connections");
+        drain(&ctx).await;
+        for o in &ctx.outboxes {
+            o.close();
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                warn!(error = %e, "accept failed");
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let open = ctx.shared.connections.fetch_add(1, Ordering::Relaxed);
+        if open >= ctx.shared.max_connections {
+            ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            spawn_local(connection::refuse(stream, ctx.shared.max_connections)).detach();
+            continue;
+        }
+        let ctx = ctx.clone();
+        spawn_local(async move {
+            connection::run(ctx.clone(), stream).await;
+            ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        })
+        .detach();
+    }
+}
+
+/// Waits for open connections to finish what they have queued and close.
+async fn drain(ctx: &ShardContext) {
+    for _ in 0..500 {
+        if ctx.conns.borrow().is_empty() {
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    warn!(
+        open = ctx.conns.borrow().len(),
+        "connections still open at shutdown"
+    );
+}
+
+async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) {
+    while let Ok(c) = control.recv_async().await {
+        match c {
+            Control::Stats(reply) => {
+                let _ = reply.send(ShardStats {
+                    connections: ctx.conns.borrow().len(),
+                    destinations: ctx.broker.borrow().stats(),
+                });
+            }
+            Control::Shutdown => {
+                ctx.shutdown.set();
+                // Writers flush what is queued, then close; readers follow.
+                for mb in ctx.conns.borrow().values() {
+                    mb.push(Outbound::Close);
+                }
+            }
+        }
+    }
+}
+
+/// Expired messages leave their queues even when nobody consumes them.
+async fn expiry_sweeper(ctx: Rc<ShardContext>) {
+    let mut out = Vec::new();
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        ctx.broker.borrow_mut().sweep_expired(&mut out);
+        if !out.is_empty() {
+            ctx.route_all(out.drain(..));
+        }
+    }
+}
