@@ -56,7 +56,7 @@ impl std::str::FromStr for StoreMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Executor threads, each pinned to a core; default: one per core.
@@ -144,19 +144,6 @@ impl Default for StoreConfig {
         StoreConfig {
             mode: StoreMode::Memory,
             dir: PathBuf::from("./data"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            shards: None,
-            listeners: Listeners::default(),
-            limits: Limits::default(),
-            broker: BrokerConfig::default(),
-            store: StoreConfig::default(),
-            users: Vec::new(),
         }
     }
 }

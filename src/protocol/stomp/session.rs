@@ -716,10 +716,10 @@ impl Session {
             buf.reserve(256 + m.body.len());
             buf.put_slice(b"MESSAGE\n");
             put_header(buf, b"subscription", &s.id, escape);
-            let _ = write!(buf, "message-id:{MESSAGE_ID_PREFIX}{}\n", m.id);
+            let _ = writeln!(buf, "message-id:{MESSAGE_ID_PREFIX}{}", m.id);
             put_header(buf, b"destination", &s.destination_header, escape);
             if self.version == Version::V1_2 {
-                let _ = write!(buf, "ack:{MESSAGE_ID_PREFIX}{}\n", m.id);
+                let _ = writeln!(buf, "ack:{MESSAGE_ID_PREFIX}{}", m.id);
             }
             if d.redelivered {
                 buf.put_slice(b"redelivered:true\n");
@@ -730,7 +730,7 @@ impl Session {
                 m.priority, m.timestamp_ms
             );
             if m.expires_ms != 0 {
-                let _ = write!(buf, "expires:{}\n", m.expires_ms);
+                let _ = writeln!(buf, "expires:{}", m.expires_ms);
             }
             if m.persistent {
                 buf.put_slice(b"persistent:true\n");

@@ -1,0 +1,299 @@
+//! Test harness: runs the real `brokk` binary on ephemeral ports and talks
+//! STOMP to it over real sockets with a small blocking client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
+use bytes::BytesMut;
+
+pub struct Broker {
+    pub child: Child,
+    pub stomp: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    pub fn start(extra: &[&str]) -> Broker {
+        Broker::start_with_config(None, extra)
+    }
+
+    /// Starts brokk with `config` (TOML text) written to a temp file.
+    pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokk"));
+        if std::env::var_os("BROKK_LOG").is_none() {
+            cmd.env("BROKK_LOG", "warn");
+        }
+        cmd.arg("serve")
+            .args(["--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        if let Some(c) = config {
+            let p = dir.path().join("brokk.toml");
+            std::fs::write(&p, c).unwrap();
+            cmd.arg("--config").arg(p);
+        }
+        cmd.args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("brokk binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("brokk listening"),
+            "unexpected first line: {line:?}"
+        );
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Broker {
+            stomp: field("stomp="),
+            admin: field("admin="),
+            child,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.stomp, &[("accept-version", "1.2")])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        write!(s, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let body = resp.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap()
+    }
+
+    /// The status entry of one destination (pending, consumers, ...).
+    pub fn destination(&self, name: &str) -> Option<serde_json::Value> {
+        self.status()["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["destination"] == name)
+            .cloned()
+    }
+
+    /// Polls the status endpoint until `f` holds (fails after 10 s).
+    pub fn wait_until(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    pub version: Version,
+    pub connected: Option<Frame>,
+    /// MESSAGE frames that arrived while waiting for a RECEIPT.
+    held: std::collections::VecDeque<Frame>,
+}
+
+impl Client {
+    /// Connects and sends CONNECT with `headers`; the reply is in `connected`.
+    pub fn connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Client {
+        let mut c = Client::raw(addr);
+        let mut f = String::from("CONNECT\nhost:localhost\n");
+        for (k, v) in headers {
+            f.push_str(&format!("{k}:{v}\n"));
+        }
+        f.push_str("\n\0");
+        c.write(f.as_bytes());
+        let reply = c.recv().expect("reply to CONNECT");
+        if reply.command == brokk::protocol::stomp::Command::Connected {
+            c.version = match reply.header_str("version") {
+                Some("1.1") => Version::V1_1,
+                Some("1.2") => Version::V1_2,
+                _ => Version::V1_0,
+            };
+        }
+        c.connected = Some(reply);
+        c
+    }
+
+    pub fn raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            version: Version::V1_0,
+            connected: None,
+            held: Default::default(),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(&self.connected, Some(f) if f.command == brokk::protocol::stomp::Command::Connected)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends a frame given as `COMMAND`, headers and body.
+    pub fn frame(&mut self, command: &str, headers: &[(&str, &str)], body: &[u8]) {
+        let mut f = format!("{command}\n");
+        for (k, v) in headers {
+            f.push_str(&format!("{k}:{v}\n"));
+        }
+        f.push_str(&format!("content-length:{}\n\n", body.len()));
+        let mut bytes = f.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes.push(0);
+        self.write(&bytes);
+    }
+
+    pub fn send(&mut self, dest: &str, body: &str) {
+        self.frame("SEND", &[("destination", dest)], body.as_bytes());
+    }
+
+    /// SEND and wait for its RECEIPT.
+    pub fn send_sync(&mut self, dest: &str, body: &str, headers: &[(&str, &str)]) {
+        let mut h = vec![("destination", dest), ("receipt", "r-send")];
+        h.extend_from_slice(headers);
+        self.frame("SEND", &h, body.as_bytes());
+        self.expect_receipt("r-send");
+    }
+
+    pub fn subscribe(&mut self, id: &str, dest: &str, ack: &str, extra: &[(&str, &str)]) {
+        let receipt = format!("sub-{id}");
+        let mut h = vec![
+            ("id", id),
+            ("destination", dest),
+            ("ack", ack),
+            ("receipt", receipt.as_str()),
+        ];
+        h.extend_from_slice(extra);
+        self.frame("SUBSCRIBE", &h, b"");
+        self.expect_receipt(&receipt);
+    }
+
+    pub fn expect_receipt(&mut self, id: &str) {
+        let f = self.recv_skipping_messages().expect("RECEIPT");
+        assert_eq!(f.command.as_str(), "RECEIPT", "expected RECEIPT, got {f:?}");
+        assert_eq!(f.header_str("receipt-id"), Some(id));
+    }
+
+    fn recv_skipping_messages(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.read_frame(Duration::from_secs(10))?;
+            if f.command.as_str() != "MESSAGE" {
+                return Some(f);
+            }
+            self.held.push_back(f);
+        }
+    }
+
+    /// Next frame, skipping heart-beats; None on EOF.
+    pub fn recv(&mut self) -> Option<Frame> {
+        self.recv_timeout(Duration::from_secs(10))
+    }
+
+    pub fn recv_timeout(&mut self, t: Duration) -> Option<Frame> {
+        if let Some(f) = self.held.pop_front() {
+            return Some(f);
+        }
+        self.read_frame(t)
+    }
+
+    fn read_frame(&mut self, t: Duration) -> Option<Frame> {
+        self.stream.set_read_timeout(Some(t)).unwrap();
+        loop {
+            match parse(&mut self.buf, self.version, &Limits::default()) {
+                Ok(Some(Parsed::Frame(f))) => return Some(f),
+                Ok(Some(Parsed::Heartbeat)) => continue,
+                Ok(None) => {}
+                Err(e) => panic!("broker sent a malformed frame: {e}"),
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives within `t` (a negative check, not a timing one).
+    pub fn expect_nothing(&mut self, t: Duration) {
+        if let Some(f) = self.recv_timeout(t) {
+            panic!("expected no frame, got {f:?}");
+        }
+    }
+
+    pub fn expect_message(&mut self) -> Frame {
+        let f = self.recv().expect("a MESSAGE");
+        assert_eq!(f.command.as_str(), "MESSAGE", "expected MESSAGE, got {f:?}");
+        f
+    }
+
+    pub fn expect_error(&mut self) -> Frame {
+        let f = self.recv().expect("an ERROR");
+        assert_eq!(f.command.as_str(), "ERROR", "expected ERROR, got {f:?}");
+        f
+    }
+
+    /// True once the broker has closed the connection.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        self.recv_timeout(Duration::from_secs(10)).is_none()
+    }
+
+    pub fn ack(&mut self, msg: &Frame) {
+        let id = msg.header_str("ack").unwrap().to_string();
+        self.frame("ACK", &[("id", &id)], b"");
+    }
+
+    pub fn disconnect(mut self) {
+        self.frame("DISCONNECT", &[("receipt", "bye")], b"");
+        self.expect_receipt("bye");
+    }
+}
+
+pub fn body(f: &Frame) -> String {
+    String::from_utf8(f.body.to_vec()).unwrap()
+}

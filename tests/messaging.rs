@@ -1,0 +1,328 @@
+//! Messaging semantics ActiveMQ users rely on, against the real binary.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{body, Broker, Client};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[test]
+fn queue_keeps_messages_until_a_consumer_takes_them() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    for i in 0..10 {
+        p.send_sync("/queue/keep", &format!("m{i}"), &[]);
+    }
+    b.wait_until("10 pending", |_| {
+        b.destination("/queue/keep").unwrap()["pending"] == 10
+    });
+    let mut c = b.client();
+    c.subscribe("s", "/queue/keep", "auto", &[]);
+    for i in 0..10 {
+        let m = c.expect_message();
+        assert_eq!(body(&m), format!("m{i}"));
+        assert_eq!(m.header_str("destination"), Some("/queue/keep"));
+        assert_eq!(m.header_str("subscription"), Some("s"));
+    }
+    c.expect_nothing(QUIET);
+    b.wait_until("queue drained", |_| {
+        let d = b.destination("/queue/keep").unwrap();
+        d["pending"] == 0 && d["dequeued"] == 10 && d["enqueued"] == 10
+    });
+}
+
+#[test]
+fn competing_consumers_share_a_queue_without_duplicates() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut c1 = b.client();
+    let mut c2 = b.client();
+    c1.subscribe(
+        "a",
+        "/queue/work",
+        "client-individual",
+        &[("activemq.prefetchSize", "1")],
+    );
+    c2.subscribe(
+        "b",
+        "/queue/work",
+        "client-individual",
+        &[("activemq.prefetchSize", "1")],
+    );
+    let mut p = b.client();
+    for i in 0..20 {
+        p.send_sync("/queue/work", &format!("{i}"), &[]);
+    }
+    let mut seen = HashSet::new();
+    let (mut n1, mut n2) = (0, 0);
+    while seen.len() < 20 {
+        for (c, n) in [(&mut c1, &mut n1), (&mut c2, &mut n2)] {
+            if let Some(m) = c.recv_timeout(Duration::from_millis(200)) {
+                assert!(seen.insert(body(&m)), "duplicate {}", body(&m));
+                *n += 1;
+                c.ack(&m);
+            }
+        }
+    }
+    assert!(n1 > 0 && n2 > 0, "both consumers get work: {n1} / {n2}");
+}
+
+#[test]
+fn prefetch_limits_unacknowledged_deliveries() {
+    let b = Broker::start(&[]);
+    let mut p = b.client();
+    for i in 0..5 {
+        p.send_sync("/queue/pf", &format!("{i}"), &[]);
+    }
+    let mut c = b.client();
+    c.subscribe(
+        "s",
+        "/queue/pf",
+        "client-individual",
+        &[("activemq.prefetchSize", "2")],
+    );
+    let m0 = c.expect_message();
+    let _m1 = c.expect_message();
+    c.expect_nothing(QUIET);
+    c.ack(&m0);
+    assert_eq!(body(&c.expect_message()), "2");
+    c.expect_nothing(QUIET);
+}
+
+#[test]
+fn client_ack_is_cumulative_and_client_individual_is_not() {
+    let b = Broker::start(&[]);
+    let mut p = b.client();
+    for i in 0..3 {
+        p.send_sync("/queue/cum", &format!("{i}"), &[]);
+        p.send_sync("/queue/ind", &format!("{i}"), &[]);
+    }
+    let mut c = b.client();
+    c.subscribe("c", "/queue/cum", "client", &[]);
+    let ms: Vec<_> = (0..3).map(|_| c.expect_message()).collect();
+    // Acking the second acknowledges the first as well.
+    c.ack(&ms[1]);
+    let mut i = b.client();
+    i.subscribe("i", "/queue/ind", "client-individual", &[]);
+    let is: Vec<_> = (0..3).map(|_| i.expect_message()).collect();
+    i.ack(&is[1]);
+    b.wait_until("acks applied", |_| {
+        b.destination("/queue/cum").unwrap()["pending"] == 1
+            && b.destination("/queue/ind").unwrap()["pending"] == 2
+    });
+    // Closing redelivers exactly what was not acknowledged.
+    drop(c);
+    drop(i);
+    let mut r = b.client();
+    r.subscribe("r1", "/queue/cum", "auto", &[]);
+    let m = r.expect_message();
+    assert_eq!(body(&m), "2");
+    assert_eq!(m.header_str("redelivered"), Some("true"));
+    r.subscribe("r2", "/queue/ind", "auto", &[]);
+    let got: HashSet<String> = (0..2).map(|_| body(&r.expect_message())).collect();
+    assert_eq!(got, HashSet::from(["0".to_string(), "2".to_string()]));
+    r.expect_nothing(QUIET);
+}
+
+#[test]
+fn topics_fan_out_to_current_subscribers_only() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    p.send_sync("/topic/news", "before anyone listened", &[]);
+    let mut s1 = b.client();
+    let mut s2 = b.client();
+    s1.subscribe("1", "/topic/news", "auto", &[]);
+    s2.subscribe("2", "/topic/news", "auto", &[]);
+    p.send_sync("/topic/news", "hello", &[]);
+    assert_eq!(body(&s1.expect_message()), "hello");
+    assert_eq!(body(&s2.expect_message()), "hello");
+    s1.expect_nothing(QUIET);
+}
+
+#[test]
+fn durable_subscription_keeps_messages_while_the_subscriber_is_away() {
+    let b = Broker::start(&[]);
+    let durable = [("activemq.subscriptionName", "audit")];
+    let mut s = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("client-id", "auditor")],
+    );
+    s.subscribe("d", "/topic/events", "client-individual", &durable);
+    s.disconnect();
+    let mut p = b.client();
+    for i in 0..3 {
+        p.send_sync("/topic/events", &format!("e{i}"), &[]);
+    }
+    let mut s = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("client-id", "auditor")],
+    );
+    s.subscribe("d", "/topic/events", "client-individual", &durable);
+    for i in 0..3 {
+        let m = s.expect_message();
+        assert_eq!(body(&m), format!("e{i}"));
+        s.ack(&m);
+    }
+    // Unsubscribing with the name removes the subscription for good.
+    s.frame(
+        "UNSUBSCRIBE",
+        &[
+            ("id", "d"),
+            ("activemq.subscriptionName", "audit"),
+            ("receipt", "u"),
+        ],
+        b"",
+    );
+    s.expect_receipt("u");
+    p.send_sync("/topic/events", "after", &[]);
+    s.subscribe("d2", "/topic/events", "auto", &durable);
+    s.expect_nothing(QUIET);
+}
+
+#[test]
+fn durable_subscription_requires_a_client_id() {
+    let b = Broker::start(&[]);
+    let mut c = b.client();
+    c.frame(
+        "SUBSCRIBE",
+        &[
+            ("id", "d"),
+            ("destination", "/topic/t"),
+            ("activemq.subscriptionName", "x"),
+        ],
+        b"",
+    );
+    let e = c.expect_error();
+    assert!(e.header_str("message").unwrap().contains("client-id"));
+}
+
+#[test]
+fn nack_redelivers_then_dead_letters_after_max_redeliveries() {
+    let b = Broker::start_with_config(Some("[broker]\nmax_redeliveries = 2\n"), &["--shards", "2"]);
+    let mut p = b.client();
+    p.send_sync("/queue/poison", "bad", &[("persistent", "true")]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/poison", "client-individual", &[]);
+    for round in 0..3 {
+        let m = c.expect_message();
+        assert_eq!(m.header_str("redelivered").is_some(), round > 0);
+        let id = m.header_str("ack").unwrap().to_string();
+        c.frame("NACK", &[("id", &id)], b"");
+    }
+    c.expect_nothing(QUIET);
+    let mut d = b.client();
+    d.subscribe("dlq", "/queue/ActiveMQ.DLQ", "auto", &[]);
+    let m = d.expect_message();
+    assert_eq!(body(&m), "bad");
+    assert_eq!(m.header_str("original-destination"), Some("/queue/poison"));
+}
+
+#[test]
+fn transactions_apply_sends_and_acks_on_commit_only() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    p.frame("BEGIN", &[("transaction", "t1")], b"");
+    p.frame(
+        "SEND",
+        &[("destination", "/queue/tx"), ("transaction", "t1")],
+        b"one",
+    );
+    p.frame(
+        "SEND",
+        &[("destination", "/queue/tx2"), ("transaction", "t1")],
+        b"two",
+    );
+    let mut c = b.client();
+    c.subscribe("s", "/queue/tx", "client-individual", &[]);
+    c.expect_nothing(QUIET);
+    p.frame("COMMIT", &[("transaction", "t1"), ("receipt", "c")], b"");
+    p.expect_receipt("c");
+    let m = c.expect_message();
+    assert_eq!(body(&m), "one");
+    // Aborted sends vanish.
+    p.frame("BEGIN", &[("transaction", "t2")], b"");
+    p.frame(
+        "SEND",
+        &[("destination", "/queue/tx"), ("transaction", "t2")],
+        b"never",
+    );
+    p.frame("ABORT", &[("transaction", "t2"), ("receipt", "a")], b"");
+    p.expect_receipt("a");
+    c.expect_nothing(QUIET);
+    // A transacted ACK takes effect on COMMIT.
+    let id = m.header_str("ack").unwrap().to_string();
+    c.frame("BEGIN", &[("transaction", "t3")], b"");
+    c.frame("ACK", &[("id", &id), ("transaction", "t3")], b"");
+    assert_eq!(b.destination("/queue/tx").unwrap()["pending"], 1);
+    c.frame("COMMIT", &[("transaction", "t3"), ("receipt", "c3")], b"");
+    c.expect_receipt("c3");
+    assert_eq!(b.destination("/queue/tx").unwrap()["pending"], 0);
+    assert_eq!(b.destination("/queue/tx2").unwrap()["pending"], 1);
+}
+
+#[test]
+fn expired_messages_are_never_delivered() {
+    let b = Broker::start(&[]);
+    let mut p = b.client();
+    p.send_sync("/queue/exp", "stale", &[("expires", "1000")]);
+    let far = (brokk::broker::message::now_ms() + 3_600_000).to_string();
+    p.send_sync("/queue/exp", "fresh", &[("expires", &far)]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/exp", "auto", &[]);
+    let m = c.expect_message();
+    assert_eq!(body(&m), "fresh");
+    assert_eq!(m.header_str("expires"), Some(far.as_str()));
+    c.expect_nothing(QUIET);
+}
+
+#[test]
+fn higher_priority_is_delivered_first() {
+    let b = Broker::start(&[]);
+    let mut p = b.client();
+    for (body, prio) in [("low", "1"), ("high", "9"), ("mid", "5")] {
+        p.send_sync("/queue/prio", body, &[("priority", prio)]);
+    }
+    let mut c = b.client();
+    c.subscribe("s", "/queue/prio", "auto", &[]);
+    let order: Vec<String> = (0..3).map(|_| body(&c.expect_message())).collect();
+    assert_eq!(order, ["high", "mid", "low"]);
+}
+
+#[test]
+fn application_headers_and_binary_bodies_pass_through() {
+    let b = Broker::start(&[]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/hdr", "auto", &[]);
+    let mut p = b.client();
+    let payload = b"a\0b\0c";
+    // 1.2 escaping: the value contains a colon and a newline.
+    p.write(b"SEND\ndestination:/queue/hdr\nx-weird:a\\cb\\nc\ncorrelation-id:42\npersistent:true\ncontent-length:5\n\na\0b\0c\0");
+    let m = c.expect_message();
+    assert_eq!(&m.body[..], payload);
+    assert_eq!(m.header_str("x-weird"), Some("a:b\nc"));
+    assert_eq!(m.header_str("correlation-id"), Some("42"));
+    assert_eq!(m.header_str("persistent"), Some("true"));
+    assert!(m.header_str("message-id").unwrap().starts_with("ID:"));
+}
+
+#[test]
+fn many_destinations_across_shards_all_deliver() {
+    let b = Broker::start(&["--shards", "4"]);
+    let mut c = b.client();
+    for i in 0..16 {
+        c.subscribe(&format!("s{i}"), &format!("/queue/multi{i}"), "auto", &[]);
+    }
+    let mut p = b.client();
+    for round in 0..5 {
+        for i in 0..16 {
+            p.send(&format!("/queue/multi{i}"), &format!("{i}-{round}"));
+        }
+    }
+    let mut got = HashSet::new();
+    for _ in 0..80 {
+        assert!(got.insert(body(&c.expect_message())));
+    }
+    c.expect_nothing(QUIET);
+}

@@ -1,0 +1,369 @@
+//! STOMP protocol behaviour: versions, heart-beats, authentication, limits
+//! and bad input, against the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Broker, Client};
+
+#[test]
+fn connect_negotiates_the_highest_common_version() {
+    let b = Broker::start(&[]);
+    let c = Client::connect(b.stomp, &[("accept-version", "1.0,1.1")]);
+    assert_eq!(
+        c.connected.as_ref().unwrap().header_str("version"),
+        Some("1.1")
+    );
+    let c = Client::connect(b.stomp, &[]);
+    assert!(
+        c.is_connected(),
+        "a 1.0 client without accept-version connects"
+    );
+    let mut c = Client::connect(b.stomp, &[("accept-version", "2.0")]);
+    let e = c.connected.take().unwrap();
+    assert_eq!(e.command.as_str(), "ERROR");
+    assert_eq!(e.header_str("version"), Some("1.0,1.1,1.2"));
+    assert!(c.is_closed_by_peer());
+}
+
+#[test]
+fn stomp_frame_works_like_connect() {
+    let b = Broker::start(&[]);
+    let mut c = Client::raw(b.stomp);
+    c.write(b"STOMP\naccept-version:1.2\nhost:x\n\n\0");
+    assert_eq!(c.recv().unwrap().command.as_str(), "CONNECTED");
+}
+
+#[test]
+fn frames_before_connect_are_refused() {
+    let b = Broker::start(&[]);
+    let mut c = Client::raw(b.stomp);
+    c.write(b"SEND\ndestination:/queue/a\n\nx\0");
+    c.expect_error();
+    assert!(c.is_closed_by_peer());
+}
+
+#[test]
+fn configured_users_must_authenticate() {
+    let cfg = "[[users]]\nlogin = \"admin\"\npasscode = \"secret\"\n";
+    let b = Broker::start_with_config(Some(cfg), &[]);
+    let mut bad = Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "admin"),
+            ("passcode", "nope"),
+        ],
+    );
+    let e = bad.connected.take().unwrap();
+    assert_eq!(e.command.as_str(), "ERROR");
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("Authentication failed"));
+    assert!(bad.is_closed_by_peer());
+    let none = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    assert!(!none.is_connected());
+    let good = Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "admin"),
+            ("passcode", "secret"),
+        ],
+    );
+    assert!(good.is_connected());
+}
+
+#[test]
+fn broker_sends_heartbeats_and_drops_a_silent_client() {
+    let b = Broker::start_with_config(Some("[broker]\nheartbeat_min_ms = 100\n"), &[]);
+    let mut c = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("heart-beat", "100,100")],
+    );
+    assert_eq!(
+        c.connected.as_ref().unwrap().header_str("heart-beat"),
+        Some("100,100")
+    );
+    // Reading raw bytes: the broker's heart-beats are bare newlines.
+    let mut got = [0u8; 1];
+    use std::io::Read;
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    c.stream.read_exact(&mut got).unwrap();
+    assert_eq!(got[0], b'\n');
+    // We never send anything: the broker must close the connection.
+    assert!(c.is_closed_by_peer());
+}
+
+#[test]
+fn a_client_that_sends_heartbeats_stays_connected() {
+    let b = Broker::start_with_config(Some("[broker]\nheartbeat_min_ms = 100\n"), &[]);
+    let mut c = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("heart-beat", "100,0")],
+    );
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(50));
+        c.write(b"\n");
+    }
+    c.send_sync("/queue/alive", "still here", &[]);
+}
+
+#[test]
+fn malformed_frames_get_an_error_and_close() {
+    let b = Broker::start(&[]);
+    for bad in [
+        &b"BOGUS\n\n\0"[..],
+        b"SEND\nno-colon-here\n\n\0",
+        b"SEND\ndestination:/queue/a\ncontent-length:zz\n\n\0",
+        b"SEND\ndestination:/queue/a\ncontent-length:2\n\nabc\0",
+        b"SEND\ndestination:/queue/a\nx:bad\\tescape\n\n\0",
+    ] {
+        let mut c = b.client();
+        c.write(bad);
+        let e = c.expect_error();
+        assert!(e.header_str("message").is_some());
+        assert!(
+            c.is_closed_by_peer(),
+            "closed after {:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn oversized_frames_are_refused() {
+    let b = Broker::start_with_config(Some("[limits]\nmax_frame_size = 4096\n"), &[]);
+    let mut c = b.client();
+    c.frame("SEND", &[("destination", "/queue/big")], &[b'x'; 5000]);
+    let e = c.expect_error();
+    assert!(e.header_str("message").unwrap().contains("max_frame_size"));
+    // Without content-length the broker also stops buffering at the limit.
+    let mut c = b.client();
+    let mut raw = b"SEND\ndestination:/queue/big\n\n".to_vec();
+    raw.extend(std::iter::repeat_n(b'x', 10_000));
+    c.write(&raw);
+    c.expect_error();
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let b = Broker::start(&[]);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        ("SEND", &[("destination", "nowhere")], "/queue/"),
+        ("SEND", &[], "destination"),
+        (
+            "SEND",
+            &[("destination", "/queue/a"), ("priority", "12")],
+            "priority",
+        ),
+        ("ACK", &[("id", "ID:brokk-12345")], "unknown message id"),
+        (
+            "SUBSCRIBE",
+            &[
+                ("id", "1"),
+                ("destination", "/queue/a"),
+                ("ack", "sometimes"),
+            ],
+            "ack mode",
+        ),
+        (
+            "COMMIT",
+            &[("transaction", "never-begun")],
+            "unknown transaction",
+        ),
+    ];
+    for (cmd, headers, expect) in cases {
+        let mut c = b.client();
+        let mut h = headers.to_vec();
+        h.push(("receipt", "77"));
+        c.frame(cmd, &h, b"");
+        let e = c.expect_error();
+        let msg = e.header_str("message").unwrap();
+        assert!(
+            msg.contains(expect),
+            "{cmd}: '{msg}' should mention '{expect}'"
+        );
+        assert_eq!(e.header_str("receipt-id"), Some("77"));
+        assert!(c.is_closed_by_peer());
+    }
+}
+
+#[test]
+fn disconnect_receipt_comes_after_everything_sent_before() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    for i in 0..100 {
+        p.send(&format!("/queue/d{}", i % 7), "x");
+    }
+    p.disconnect();
+    let total: u64 = b.status()["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["enqueued"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 100);
+}
+
+#[test]
+fn max_connections_is_enforced_with_an_error() {
+    let b = Broker::start_with_config(Some("[limits]\nmax_connections = 3\n"), &[]);
+    let held: Vec<Client> = (0..3).map(|_| b.client()).collect();
+    assert!(held.iter().all(Client::is_connected));
+    let mut extra = Client::raw(b.stomp);
+    let e = extra.expect_error();
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("maximum connections"));
+    drop(held);
+    b.wait_until("connections closed", |s| s["connections"] == 0);
+    assert!(b.client().is_connected());
+}
+
+#[test]
+fn a_thousand_concurrent_connections_are_served() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut clients: Vec<Client> = (0..1000).map(|_| b.client()).collect();
+    assert!(clients.iter().all(Client::is_connected));
+    b.wait_until("1000 connections", |s| s["connections"] == 1000);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&format!("/queue/k{}", i % 10), "x");
+    }
+    for c in clients.iter_mut() {
+        c.frame("DISCONNECT", &[("receipt", "bye")], b"");
+    }
+    for c in clients.iter_mut() {
+        c.expect_receipt("bye");
+    }
+    let total: u64 = b.status()["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["pending"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1000);
+}
+
+#[test]
+fn status_endpoint_reports_role_and_destination_counts() {
+    let b = Broker::start(&[]);
+    let mut p = b.client();
+    p.send_sync("/queue/s", "x", &[]);
+    let s = b.status();
+    assert_eq!(s["role"], "master");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["uptime_secs"].is_u64());
+    let d = b.destination("/queue/s").unwrap();
+    assert_eq!(
+        (
+            d["pending"].as_u64(),
+            d["consumers"].as_u64(),
+            d["enqueued"].as_u64(),
+            d["dequeued"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1), Some(0))
+    );
+    let mut http = TcpStream::connect(b.admin).unwrap();
+    write!(http, "GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    use std::io::Read;
+    http.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let mut b = Broker::start(&[]);
+    let mut c = b.client();
+    c.send_sync("/queue/bye", "x", &[]);
+    let status = b.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(c.is_closed_by_peer());
+    assert!(TcpStream::connect(b.stomp).is_err());
+}
+
+#[test]
+fn producers_are_paused_at_the_memory_limit_and_nothing_is_lost() {
+    let b = Broker::start_with_config(
+        Some("[limits]\nmemory_limit_bytes = 1048576\n"),
+        &["--shards", "2"],
+    );
+    const N: usize = 1500;
+    let addr = b.stomp;
+    let producer = std::thread::spawn(move || {
+        let mut p = Client::connect(addr, &[("accept-version", "1.2")]);
+        let body = "y".repeat(4096);
+        for i in 0..N {
+            p.frame(
+                "SEND",
+                &[("destination", "/queue/flow"), ("seq", &i.to_string())],
+                body.as_bytes(),
+            );
+        }
+        p.disconnect();
+    });
+    // With no consumer the producer must stall near the limit, not grow past it.
+    b.wait_until("memory to fill", |s| {
+        s["memory_used_bytes"].as_u64().unwrap() >= 1_048_576
+    });
+    for _ in 0..10 {
+        let used = b.status()["memory_used_bytes"].as_u64().unwrap();
+        assert!(used < 2 * 1_048_576, "memory use {used} ran past the limit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!producer.is_finished());
+    let mut c = b.client();
+    c.subscribe(
+        "s",
+        "/queue/flow",
+        "client",
+        &[("activemq.prefetchSize", "100")],
+    );
+    for i in 0..N {
+        let m = c.expect_message();
+        assert_eq!(m.header_str("seq"), Some(i.to_string().as_str()));
+        if i % 50 == 49 {
+            c.ack(&m);
+        }
+    }
+    producer.join().unwrap();
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[limits]\nmax_conections = 5\n", "max_conections"),
+        ("shards = 0\n", "shards"),
+        ("[limits]\nmax_frame_size = \"big\"\n", "max_frame_size"),
+        ("[store]\nmode = \"tape\"\n", "mode"),
+    ] {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+            .args(["serve", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {text:?} should name {key}: {err}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .args(["serve", "--shards", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
