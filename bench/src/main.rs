@@ -1,1 +1,498 @@
-fn main() {}
+//! `bench`: a STOMP load generator. Producers send sequenced, timestamped
+//! messages with a window of outstanding receipts; consumers check that every
+//! message arrives exactly once. Prints throughput, HDR latency percentiles,
+//! losses and duplicates, then one JSON line.
+
+mod audit;
+mod stomp;
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+use audit::Audit;
+use stomp::Conn;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bench",
+    about = "STOMP load generator: throughput, latency percentiles, loss audit"
+)]
+struct Args {
+    /// Failover list of STOMP brokers; on a broken connection the next one is tried.
+    #[arg(long, default_value = "127.0.0.1:61613", value_delimiter = ',')]
+    brokers: Vec<String>,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Consumer connections (0: produce only; no end-to-end figures).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Messages in total, split evenly across producers.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value = "/queue/bench")]
+    destination: String,
+    /// Send with `persistent:true`.
+    #[arg(long)]
+    persistent: bool,
+    /// Outstanding receipts allowed per producer.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Consumer prefetch (`activemq.prefetchSize`).
+    #[arg(long, default_value_t = 1000)]
+    prefetch: u32,
+    /// Give up waiting for consumers after this many seconds without progress.
+    #[arg(long, default_value_t = 10)]
+    idle_timeout: u64,
+    #[arg(long)]
+    login: Option<String>,
+    #[arg(long, default_value = "")]
+    passcode: String,
+}
+
+struct Shared {
+    args: Args,
+    start: Instant,
+    audit: Audit,
+    producers_done: AtomicBool,
+    consumed: AtomicU64,
+    send_receipt: Mutex<Histogram<u64>>,
+    end_to_end: Mutex<Histogram<u64>>,
+    receipted: Mutex<Vec<Vec<bool>>>,
+    reconnects: AtomicU64,
+    last_consumed_ns: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn per_producer(messages: u64, producers: usize) -> Vec<u64> {
+    let base = messages / producers as u64;
+    let extra = messages % producers as u64;
+    (0..producers as u64)
+        .map(|p| base + u64::from(p < extra))
+        .collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.producers == 0 || args.window == 0 {
+        bail!("--producers and --window must be at least 1");
+    }
+    let counts = per_producer(args.messages, args.producers);
+    let shared = Arc::new(Shared {
+        audit: Audit::new(&counts),
+        receipted: Mutex::new(counts.iter().map(|&n| vec![false; n as usize]).collect()),
+        args: args.clone(),
+        start: Instant::now(),
+        producers_done: AtomicBool::new(false),
+        consumed: AtomicU64::new(0),
+        send_receipt: Mutex::new(histogram()),
+        end_to_end: Mutex::new(histogram()),
+        reconnects: AtomicU64::new(0),
+        last_consumed_ns: AtomicU64::new(0),
+    });
+    let ready = Arc::new(std::sync::Barrier::new(args.consumers + 1));
+    let consumers: Vec<_> = (0..args.consumers)
+        .map(|i| {
+            let s = shared.clone();
+            let r = ready.clone();
+            std::thread::spawn(move || consumer(i, s, r))
+        })
+        .collect();
+    ready.wait();
+    let t0 = Instant::now();
+    let producers: Vec<_> = counts
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| {
+            let s = shared.clone();
+            std::thread::spawn(move || producer(p, n, s))
+        })
+        .collect();
+    for p in producers {
+        match p.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("bench: producer failed: {e:#}"),
+            Err(_) => eprintln!("bench: producer panicked"),
+        }
+    }
+    let produce_secs = t0.elapsed().as_secs_f64();
+    shared.producers_done.store(true, Ordering::SeqCst);
+    for c in consumers {
+        if let Ok(Err(e)) = c.join() {
+            eprintln!("bench: consumer failed: {e:#}");
+        }
+    }
+    let consumed_at = shared.last_consumed_ns.load(Ordering::SeqCst);
+    let total_secs = if args.consumers > 0 && consumed_at > 0 {
+        (Duration::from_nanos(consumed_at).as_secs_f64() - (t0 - shared.start).as_secs_f64())
+            .max(produce_secs)
+    } else {
+        produce_secs
+    };
+    report(&shared, produce_secs, total_secs)
+}
+
+fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
+    let a = &s.args;
+    let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
+    let body = vec![b'x'; a.size];
+    let mut hist = histogram();
+    let mut broker = 0;
+    let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
+    let mut receipted_upto = 0u64;
+    'reconnect: while receipted_upto < n {
+        let (mut conn, idx) = match Conn::connect(&a.brokers, broker, login) {
+            Ok(c) => c,
+            Err(e) => {
+                if s.start.elapsed() > Duration::from_secs(3600) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                s.reconnects.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        broker = idx;
+        next = next.min(receipted_upto);
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
+        loop {
+            while in_flight.len() < a.window && next < n {
+                let ts = s.start.elapsed().as_nanos() as u64;
+                let w = &mut conn.wbuf;
+                let _ = write!(
+                    w,
+                    "SEND\ndestination:{}\nreceipt:{next}\nbench-p:{p}\nbench-seq:{next}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
+                    a.destination, a.persistent, body.len()
+                );
+                w.extend_from_slice(&body);
+                w.push(0);
+                in_flight.push_back((next, ts));
+                next += 1;
+            }
+            if conn.flush().is_err() {
+                s.reconnects.fetch_add(1, Ordering::Relaxed);
+                broker += 1;
+                continue 'reconnect;
+            }
+            if in_flight.is_empty() {
+                break 'reconnect;
+            }
+            // Wait for at least one receipt, then take every one buffered.
+            let mut frame = conn.read_frame();
+            loop {
+                let f = match frame {
+                    Ok(f) => f,
+                    Err(_) => {
+                        s.reconnects.fetch_add(1, Ordering::Relaxed);
+                        broker += 1;
+                        continue 'reconnect;
+                    }
+                };
+                if f.command.as_str() == "ERROR" {
+                    bail!("broker error: {:?}", f.header_str("message"));
+                }
+                if let Some(id) = f
+                    .header_str("receipt-id")
+                    .and_then(|r| r.parse::<u64>().ok())
+                {
+                    let now = s.start.elapsed().as_nanos() as u64;
+                    while let Some(&(seq, ts)) = in_flight.front() {
+                        if seq > id {
+                            break;
+                        }
+                        in_flight.pop_front();
+                        let _ = hist.record(((now - ts) / 1000).max(1));
+                        receipted_upto = seq + 1;
+                    }
+                }
+                frame = match conn.try_frame() {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+    {
+        let mut r = s.receipted.lock().unwrap_or_else(|e| e.into_inner());
+        for seq in 0..receipted_upto {
+            r[p][seq as usize] = true;
+        }
+    }
+    s.send_receipt
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(&hist)?;
+    Ok(())
+}
+
+fn header_u64(f: &brokk::protocol::stomp::Frame, name: &str) -> Option<u64> {
+    f.header_str(name)?.parse().ok()
+}
+
+fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<()> {
+    let a = &s.args;
+    let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
+    let expected = a.messages;
+    let mut hist = histogram();
+    let mut broker = i;
+    let mut signalled = false;
+    let mut last_progress = Instant::now();
+    'reconnect: loop {
+        let (mut conn, idx) = match Conn::connect(&a.brokers, broker, login) {
+            Ok(c) => c,
+            Err(e) => {
+                if !signalled {
+                    ready.wait();
+                    return Err(e);
+                }
+                if last_progress.elapsed() > Duration::from_secs(a.idle_timeout) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        broker = idx;
+        let sub = format!(
+            "SUBSCRIBE\nid:bench-{i}\ndestination:{}\nack:client\nactivemq.prefetchSize:{}\nreceipt:sub\n\n\0",
+            a.destination, a.prefetch
+        );
+        conn.wbuf.extend_from_slice(sub.as_bytes());
+        if conn.flush().is_err() {
+            continue;
+        }
+        conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let ack_every = (a.prefetch / 2).max(1) as u64;
+        let mut unacked = 0u64;
+        let mut last_ack: Option<String> = None;
+        loop {
+            let f = match conn.read_frame() {
+                Ok(f) => f,
+                Err(e) => {
+                    let timed_out = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        )
+                    });
+                    if !timed_out {
+                        broker += 1;
+                        continue 'reconnect;
+                    }
+                    let done = s.audit.unique_so_far() >= expected;
+                    if done
+                        || (s.producers_done.load(Ordering::SeqCst)
+                            && last_progress.elapsed() > Duration::from_secs(a.idle_timeout))
+                    {
+                        // Acknowledge what we hold so that leaving does not
+                        // hand it to the other consumers as redeliveries.
+                        if let Some(ack) = last_ack.take() {
+                            let _ = write!(
+                                conn.wbuf,
+                                "ACK\nid:{ack}\nmessage-id:{ack}\nsubscription:bench-{i}\n\n\0"
+                            );
+                        }
+                        conn.wbuf
+                            .extend_from_slice(b"DISCONNECT\nreceipt:bye\n\n\0");
+                        if conn.flush().is_ok() {
+                            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            while let Ok(f) = conn.read_frame() {
+                                if f.command.as_str() == "RECEIPT"
+                                    && f.header_str("receipt-id") == Some("bye")
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                        break 'reconnect;
+                    }
+                    continue;
+                }
+            };
+            match f.command.as_str() {
+                "RECEIPT" => {
+                    if !signalled {
+                        signalled = true;
+                        ready.wait();
+                    }
+                }
+                "MESSAGE" => {
+                    let now = s.start.elapsed().as_nanos() as u64;
+                    if let (Some(p), Some(seq), Some(ts)) = (
+                        header_u64(&f, "bench-p"),
+                        header_u64(&f, "bench-seq"),
+                        header_u64(&f, "bench-ts"),
+                    ) {
+                        if s.audit.record(p as usize, seq) {
+                            let _ = hist.record((now.saturating_sub(ts) / 1000).max(1));
+                            s.consumed.fetch_add(1, Ordering::Relaxed);
+                            s.last_consumed_ns.store(now, Ordering::Relaxed);
+                            last_progress = Instant::now();
+                        }
+                    }
+                    unacked += 1;
+                    last_ack = f
+                        .header_str("ack")
+                        .or(f.header_str("message-id"))
+                        .map(str::to_string);
+                    if unacked >= ack_every {
+                        if let Some(ack) = last_ack.take() {
+                            let _ = write!(
+                                conn.wbuf,
+                                "ACK\nid:{ack}\nmessage-id:{ack}\nsubscription:bench-{i}\n\n\0"
+                            );
+                            if conn.flush().is_err() {
+                                continue 'reconnect;
+                            }
+                        }
+                        unacked = 0;
+                    }
+                }
+                "ERROR" => bail!("broker error: {:?}", f.header_str("message")),
+                _ => {}
+            }
+        }
+    }
+    if !signalled {
+        ready.wait();
+    }
+    s.end_to_end
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(&hist)?;
+    Ok(())
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |v: u64| v as f64 / 1000.0;
+    serde_json::json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+fn report(s: &Shared, produce_secs: f64, total_secs: f64) -> Result<()> {
+    let a = &s.args;
+    let receipted = s.receipted.lock().unwrap_or_else(|e| e.into_inner());
+    let receipted_count: u64 = receipted
+        .iter()
+        .map(|r| r.iter().filter(|&&b| b).count() as u64)
+        .sum();
+    let send = s.send_receipt.lock().unwrap_or_else(|e| e.into_inner());
+    let e2e = s.end_to_end.lock().unwrap_or_else(|e| e.into_inner());
+    let tally = if a.consumers > 0 {
+        Some(s.audit.tally(&receipted))
+    } else {
+        None
+    };
+    let rate = receipted_count as f64 / produce_secs;
+    let consumed = s.consumed.load(Ordering::Relaxed);
+    println!(
+        "bench: {} producers, {} consumers, {} x {} B to {} (persistent: {}, window {})",
+        a.producers, a.consumers, a.messages, a.size, a.destination, a.persistent, a.window
+    );
+    println!(
+        "  sent+receipted   {receipted_count:>10} in {produce_secs:.2} s = {rate:>10.0} msg/s"
+    );
+    if a.consumers > 0 {
+        println!(
+            "  consumed         {consumed:>10} in {total_secs:.2} s = {:>10.0} msg/s",
+            consumed as f64 / total_secs
+        );
+    }
+    println!("  latency (ms)          p50      p90      p99    p99.9      max");
+    for (name, h) in [("send->receipt", &*send), ("end-to-end", &*e2e)] {
+        if h.is_empty() {
+            continue;
+        }
+        let q = |x| h.value_at_quantile(x) as f64 / 1000.0;
+        println!(
+            "  {name:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
+    if let Some(t) = &tally {
+        println!(
+            "  lost (receipted) {:>10}   duplicates {:>10}   unconfirmed missing {:>6}",
+            t.lost_receipted, t.duplicates, t.unconfirmed_missing
+        );
+        if !t.lost_ids.is_empty() {
+            println!("  lost ids: {}", t.lost_ids.join(" "));
+        }
+    }
+    let json = serde_json::json!({
+        "brokers": a.brokers,
+        "producers": a.producers,
+        "consumers": a.consumers,
+        "messages": a.messages,
+        "size": a.size,
+        "persistent": a.persistent,
+        "window": a.window,
+        "receipted": receipted_count,
+        "consumed": consumed,
+        "produce_secs": produce_secs,
+        "throughput_msgs_per_sec": rate,
+        "consume_throughput_msgs_per_sec": if a.consumers > 0 { consumed as f64 / total_secs } else { 0.0 },
+        "send_to_receipt": percentiles(&send),
+        "end_to_end": percentiles(&e2e),
+        "lost_receipted": tally.as_ref().map(|t| t.lost_receipted),
+        "duplicates": tally.as_ref().map(|t| t.duplicates),
+        "unconfirmed_missing": tally.as_ref().map(|t| t.unconfirmed_missing),
+        "lost_ids": tally.as_ref().map(|t| t.lost_ids.clone()),
+        "reconnects": s.reconnects.load(Ordering::Relaxed),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_evenly_across_producers() {
+        assert_eq!(per_producer(10, 3), vec![4, 3, 3]);
+        assert_eq!(per_producer(2, 4), vec![1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn percentiles_read_from_the_histogram() {
+        let mut h = histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let p = percentiles(&h);
+        assert_eq!(p["count"], 1000);
+        assert!((p["p50_ms"].as_f64().unwrap() - 500.0).abs() < 1.0);
+        assert!((p["p99_ms"].as_f64().unwrap() - 990.0).abs() < 1.0);
+        assert!((p["max_ms"].as_f64().unwrap() - 1000.0).abs() < 1.0);
+    }
+}

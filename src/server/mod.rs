@@ -44,6 +44,10 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
     Ok(local)
 }
 
+/// Per-shard io_uring registered buffer memory. glommio's 10 MiB default
+/// would count against RLIMIT_MEMLOCK (8 MiB here) and idle RSS.
+const IO_MEMORY_BYTES: usize = 512 * 1024;
+
 pub fn serve(config: Config) -> Result<()> {
     let shards = config.shard_count();
     let started = Instant::now();
@@ -91,6 +95,8 @@ pub fn serve(config: Config) -> Result<()> {
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("brokk-shard-{id}"))
+            // Registered DMA buffers: nothing in memory mode reads files.
+            .io_memory(IO_MEMORY_BYTES)
             .spawn(move || shard::run(id, shared, stomp, mesh, ctl_rx, ready))
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         threads.push(handle);

@@ -1,0 +1,116 @@
+//! A blocking STOMP connection for load generation: batched writes, one
+//! read buffer, Brokk's zero-copy frame parser.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
+use bytes::BytesMut;
+
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    pub wbuf: Vec<u8>,
+    limits: Limits,
+}
+
+impl Conn {
+    /// Connects to the first broker in `brokers` that accepts, starting at `start`.
+    pub fn connect(
+        brokers: &[String],
+        start: usize,
+        login: Option<(&str, &str)>,
+    ) -> Result<(Conn, usize)> {
+        let mut last = None;
+        for i in 0..brokers.len() {
+            let idx = (start + i) % brokers.len();
+            match Conn::connect_one(&brokers[idx], login) {
+                Ok(c) => return Ok((c, idx)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
+    }
+
+    fn connect_one(broker: &str, login: Option<(&str, &str)>) -> Result<Conn> {
+        let addr: SocketAddr = broker
+            .to_socket_addrs()
+            .with_context(|| format!("bad broker address {broker}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{broker} resolves to nothing"))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: Vec::with_capacity(256 * 1024),
+            limits: Limits::default(),
+        };
+        let mut connect = format!("CONNECT\naccept-version:1.2,1.1\nhost:{broker}\n");
+        if let Some((l, p)) = login {
+            connect.push_str(&format!("login:{l}\npasscode:{p}\n"));
+        }
+        connect.push_str("\n\0");
+        c.stream.write_all(connect.as_bytes())?;
+        let f = c.read_frame()?;
+        if f.command.as_str() != "CONNECTED" {
+            bail!("{broker} refused CONNECT: {:?}", f.header_str("message"));
+        }
+        Ok(c)
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf)?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
+        Ok(self.stream.set_read_timeout(t)?)
+    }
+
+    /// Next frame, blocking for more bytes as needed.
+    pub fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(f);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// A frame already buffered, if any.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            match parse(&mut self.rbuf, Version::V1_2, &self.limits)? {
+                Some(Parsed::Heartbeat) => continue,
+                Some(Parsed::Frame(f)) => return Ok(Some(f)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    pub fn fill(&mut self) -> Result<()> {
+        let len = self.rbuf.len();
+        if self.rbuf.capacity() - len < 64 * 1024 {
+            self.rbuf.reserve(256 * 1024);
+        }
+        self.rbuf.resize(self.rbuf.capacity(), 0);
+        let n = match self.stream.read(&mut self.rbuf[len..]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.rbuf.truncate(len);
+                return Err(e.into());
+            }
+        };
+        self.rbuf.truncate(len + n);
+        if n == 0 {
+            bail!("connection closed by broker");
+        }
+        Ok(())
+    }
+}
