@@ -330,11 +330,9 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                 }
             };
             match f.command.as_str() {
-                "RECEIPT" => {
-                    if !signalled {
-                        signalled = true;
-                        ready.wait();
-                    }
+                "RECEIPT" if !signalled => {
+                    signalled = true;
+                    ready.wait();
                 }
                 "MESSAGE" => {
                     let now = s.start.elapsed().as_nanos() as u64;
