@@ -81,7 +81,7 @@ pub fn parse(
         }
         _ => {}
     }
-    let Some(scan) = scan(buf, limits)? else {
+    let Some(scan) = scan(buf, version, limits)? else {
         return Ok(None);
     };
     let frame = buf.split_to(scan.total).freeze();
@@ -96,7 +96,7 @@ struct Scan {
     total: usize,
 }
 
-fn scan(buf: &[u8], limits: &Limits) -> Result<Option<Scan>, FrameError> {
+fn scan(buf: &[u8], version: Version, limits: &Limits) -> Result<Option<Scan>, FrameError> {
     let mut pos = 0;
     let mut headers = 0usize;
     let mut content_length: Option<usize> = None;
@@ -128,9 +128,7 @@ fn scan(buf: &[u8], limits: &Limits) -> Result<Option<Scan>, FrameError> {
             }
             // The first content-length wins, as for any repeated header.
             if content_length.is_none() {
-                if let Some(v) = line.strip_prefix(b"content-length:") {
-                    content_length = Some(parse_len(v)?);
-                }
+                content_length = content_length_of(line, version)?;
             }
         }
         pos = next;
@@ -169,6 +167,20 @@ fn scan(buf: &[u8], limits: &Limits) -> Result<Option<Scan>, FrameError> {
             None => Ok(None),
         },
     }
+}
+
+/// The value of a `content-length` header line, read the way [`build`]
+/// will read the header (1.0 trims whitespace around name and value).
+fn content_length_of(line: &[u8], version: Version) -> Result<Option<usize>, FrameError> {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return Ok(None);
+    };
+    let (k, v) = (&line[..colon], &line[colon + 1..]);
+    let k = if version == Version::V1_0 { k.trim_ascii() } else { k };
+    if k != b"content-length" {
+        return Ok(None);
+    }
+    parse_len(v).map(Some)
 }
 
 fn parse_len(v: &[u8]) -> Result<usize, FrameError> {
@@ -320,6 +332,15 @@ mod tests {
             one(b"SEND\nk:a\\rb\n\n\0", Version::V1_1),
             Err(FrameError::BadEscape(_))
         ));
+    }
+
+    #[test]
+    fn content_length_with_whitespace_counts_in_1_0() {
+        let mut buf = BytesMut::from(&b"SEND\n  content-length: 3 \n\na\0b\0"[..]);
+        match parse(&mut buf, Version::V1_0, &Limits::default()) {
+            Ok(Some(Parsed::Frame(f))) => assert_eq!(&f.body[..], b"a\0b"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

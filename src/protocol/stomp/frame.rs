@@ -26,6 +26,11 @@ impl Version {
     pub fn escapes(self) -> bool {
         self != Version::V1_0
     }
+
+    /// The escaping to use for headers of `command` sent to this peer.
+    pub fn escaping_for(self, command: Command) -> Option<Version> {
+        command.escapes_headers().then_some(self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,14 +149,16 @@ impl Frame {
 pub fn encode_head(command: Command, version: Version, headers: &[Header], out: &mut BytesMut) {
     out.put_slice(command.as_str().as_bytes());
     out.put_u8(b'\n');
-    let escape = version.escapes() && command.escapes_headers();
-    for (k, v) in headers {
+    let escape = version.escaping_for(command);
+    // content-length is always written by `finish_body` from the real body.
+    for (k, v) in headers.iter().filter(|(k, _)| k.as_ref() != b"content-length") {
         put_header(out, k, v, escape);
     }
 }
 
 /// Writes one `name:value` line, escaping both when the version requires it.
-pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8], escape: bool) {
+/// `escape` is the peer's version, or None for CONNECT/CONNECTED headers.
+pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8], escape: Option<Version>) {
     put_value(out, name, escape);
     out.put_u8(b':');
     put_value(out, value, escape);
@@ -191,18 +198,30 @@ fn itoa_buf(mut n: usize) -> ItoaBuf {
     ItoaBuf { bytes, start: i }
 }
 
-fn put_value(out: &mut BytesMut, v: &[u8], escape: bool) {
-    if !escape || !v.iter().any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\')) {
+fn put_value(out: &mut BytesMut, v: &[u8], escape: Option<Version>) {
+    if !v.iter().any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\')) {
         out.put_slice(v);
         return;
     }
-    for &b in v {
-        match b {
-            b'\n' => out.put_slice(b"\\n"),
-            b'\r' => out.put_slice(b"\\r"),
-            b':' => out.put_slice(b"\\c"),
-            b'\\' => out.put_slice(b"\\\\"),
-            _ => out.put_u8(b),
+    match escape {
+        Some(Version::V1_1) | Some(Version::V1_2) => {
+            for &b in v {
+                match b {
+                    b'\n' => out.put_slice(b"\\n"),
+                    // 1.1 has no escape for CR; a literal one is legal there.
+                    b'\r' if escape == Some(Version::V1_2) => out.put_slice(b"\\r"),
+                    b':' => out.put_slice(b"\\c"),
+                    b'\\' => out.put_slice(b"\\\\"),
+                    _ => out.put_u8(b),
+                }
+            }
+        }
+        // 1.0 and CONNECT-family frames cannot carry a line break in a value:
+        // it would end the header line, so it travels as a space.
+        _ => {
+            for &b in v {
+                out.put_u8(if matches!(b, b'\n' | b'\r') { b' ' } else { b });
+            }
         }
     }
 }
@@ -219,7 +238,18 @@ mod tests {
         assert!(out.starts_with(b"MESSAGE\nk:a\\cb\\nc\ncontent-length:0\n\n\0"));
         let mut out = BytesMut::new();
         f.encode(Version::V1_0, &mut out);
-        assert!(out.starts_with(b"MESSAGE\nk:a:b\nc\n"));
+        assert!(out.starts_with(b"MESSAGE\nk:a:b c\n"));
+    }
+
+    #[test]
+    fn carriage_return_is_escaped_only_in_1_2() {
+        let f = Frame::new(Command::Message).with("k", Bytes::from_static(b"a\rb"));
+        let mut out = BytesMut::new();
+        f.encode(Version::V1_2, &mut out);
+        assert!(out.starts_with(b"MESSAGE\nk:a\\rb\n"));
+        let mut out = BytesMut::new();
+        f.encode(Version::V1_1, &mut out);
+        assert!(out.starts_with(b"MESSAGE\nk:a\rb\n"));
     }
 
     #[test]

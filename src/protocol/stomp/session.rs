@@ -709,7 +709,7 @@ impl Session {
             // Unsubscribed meanwhile: the owner took these back already.
             return None;
         };
-        let escape = self.version.escapes();
+        let escape = self.version.escaping_for(Command::Message);
         let mut auto = Vec::new();
         for d in deliveries {
             let m = &d.msg;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project on a fresh Debian 12 machine:
+# installs what the tests need (a Python virtualenv with stomp.py for the
+# interoperability test), checks formatting and lints, then runs the Python
+# interop suite and every Rust test. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== toolchain components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== python virtualenv for the stomp.py interop test"
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3-venv
+    python3 -m venv .venv
+  fi
+fi
+.venv/bin/pip install -q --disable-pip-version-check 'stomp.py>=8,<10' 'pytest>=7'
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build"
+cargo build --workspace
+
+echo "== interop: stomp.py against brokk"
+BROKK_BIN="$PWD/target/debug/brokk" .venv/bin/python -m pytest -q tests/interop
+
+echo "== cargo test"
+cargo test --workspace
