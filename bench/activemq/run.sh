@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs Debian's ActiveMQ Classic in the foreground for side-by-side bench runs:
+#   bench/activemq/run.sh [STOMP_PORT]   (default 61623; KahaDB in a temp dir)
+# Install it first: apt-get install -y activemq
+set -euo pipefail
+port=${1:-61623}
+here=$(cd "$(dirname "$0")" && pwd)
+base=$(mktemp -d /tmp/activemq-bench.XXXXXX)
+mkdir -p "$base/conf" "$base/data" "$base/tmp"
+sed -e "s#@STOMP_PORT@#$port#" -e "s#@DATA@#$base/data#" "$here/activemq.xml" > "$base/conf/activemq.xml"
+cp /etc/activemq/instances-available/main/log4j2.properties "$base/conf/" 2>/dev/null || true
+export ACTIVEMQ_HOME=/usr/share/activemq ACTIVEMQ_BASE="$base" ACTIVEMQ_CONF="$base/conf" \
+       ACTIVEMQ_DATA="$base/data" ACTIVEMQ_TMP="$base/tmp" ACTIVEMQ_USER=root
+export ACTIVEMQ_OPTS="-Xms512M -Xmx512M"
+exec /usr/bin/activemq console xbean:file:"$base/conf/activemq.xml"
