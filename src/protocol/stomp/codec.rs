@@ -135,13 +135,15 @@ fn scan(buf: &[u8], version: Version, limits: &Limits) -> Result<Option<Scan>, F
     };
     match content_length {
         Some(len) => {
-            let total = header_end + len + 1;
-            if total - 1 > limits.max_frame_size {
+            // Checked: content-length is the peer's number and may be huge.
+            let size = header_end.saturating_add(len);
+            if size > limits.max_frame_size {
                 return Err(FrameError::TooLarge {
-                    size: total - 1,
+                    size,
                     max: limits.max_frame_size,
                 });
             }
+            let total = size + 1;
             if buf.len() < total {
                 return Ok(None);
             }
@@ -358,6 +360,11 @@ mod tests {
         let mut buf = BytesMut::from(&b"SEND\ncontent-length:100\n\n"[..]);
         assert!(matches!(
             parse(&mut buf, Version::V1_2, &limits),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut buf = BytesMut::from(&b"SEND\ncontent-length:18446744073709551615\n\n"[..]);
+        assert!(matches!(
+            parse(&mut buf, Version::V1_2, &Limits::default()),
             Err(FrameError::TooLarge { .. })
         ));
         let mut buf = BytesMut::from(&[b'a'; 20_000][..]);
