@@ -65,7 +65,21 @@ pub struct Config {
     pub limits: Limits,
     pub broker: BrokerConfig,
     pub store: StoreConfig,
+    pub ha: HaConfig,
     pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// How often the master re-checks that it still holds the lock.
+    pub lock_keepalive_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig { lock_keepalive_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +114,12 @@ pub struct BrokerConfig {
 pub struct StoreConfig {
     pub mode: StoreMode,
     pub dir: PathBuf,
+    /// Size of each preallocated journal segment (file mode).
+    pub segment_size_bytes: u64,
+    /// Journal disk budget; at the limit persistent producers are paused.
+    pub limit_bytes: u64,
+    /// Skip corrupt records in the middle of the journal instead of refusing to start.
+    pub skip_corrupt: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,8 +162,11 @@ impl Default for BrokerConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            mode: StoreMode::Memory,
+            mode: StoreMode::File,
             dir: PathBuf::from("./data"),
+            segment_size_bytes: 64 * 1024 * 1024,
+            limit_bytes: 8 * 1024 * 1024 * 1024,
+            skip_corrupt: false,
         }
     }
 }
@@ -248,11 +271,21 @@ impl Config {
                 ));
             }
         }
-        if self.store.mode != StoreMode::Memory {
+        let seg = self.store.segment_size_bytes;
+        if seg < 1024 * 1024 || seg % 4096 != 0 {
+            return Err(invalid("store.segment_size_bytes", "must be at least 1 MiB and a multiple of 4096"));
+        }
+        if self.store.limit_bytes < 2 * seg {
+            return Err(invalid("store.limit_bytes", "must hold at least two segments (2 x store.segment_size_bytes)"));
+        }
+        if self.ha.lock_keepalive_ms == 0 {
+            return Err(invalid("ha.lock_keepalive_ms", "must be at least 1"));
+        }
+        if matches!(self.store.mode, StoreMode::Db | StoreMode::Zk) {
             return Err(invalid(
                 "store.mode",
                 format!(
-                    "mode {:?} is not available in this build yet; use \"memory\"",
+                    "mode {:?} is not available in this build yet; use \"file\" or \"memory\"",
                     self.store.mode
                 ),
             ));
@@ -283,6 +316,8 @@ mod tests {
         assert_eq!(c.limits.max_frame_size, 104_857_600);
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.default_prefetch, 1000);
+        assert_eq!(c.store.mode, StoreMode::File);
+        assert_eq!(c.store.dir, PathBuf::from("./data"));
     }
 
     #[test]

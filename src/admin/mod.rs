@@ -11,14 +11,15 @@ use tracing::debug;
 
 use crate::broker::message::MemoryUsage;
 use crate::broker::shard::DestinationStats;
+use crate::ha::RoleCell;
 use crate::server::shard::Control;
 
 pub struct AdminState {
-    pub role: &'static str,
+    pub role: Arc<RoleCell>,
     pub mode: String,
     pub started: Instant,
-    pub shards: usize,
-    pub controls: Vec<flume::Sender<Control>>,
+    /// Set once the shards run (never, while standby).
+    pub controls: std::sync::OnceLock<Vec<flume::Sender<Control>>>,
     pub usage: Arc<MemoryUsage>,
 }
 
@@ -83,7 +84,8 @@ fn handle(stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
 fn status_json(state: &AdminState) -> String {
     let mut connections = 0;
     let mut destinations = Vec::new();
-    for c in &state.controls {
+    let controls: &[flume::Sender<Control>] = state.controls.get().map(Vec::as_slice).unwrap_or(&[]);
+    for c in controls {
         let (tx, rx) = flume::bounded(1);
         if c.send(Control::Stats(tx)).is_ok() {
             if let Ok(s) = rx.recv_timeout(Duration::from_secs(2)) {
@@ -94,11 +96,11 @@ fn status_json(state: &AdminState) -> String {
     }
     destinations.sort_by(|a, b| a.destination.cmp(&b.destination));
     let status = Status {
-        role: state.role,
+        role: state.role.get().as_str(),
         version: env!("CARGO_PKG_VERSION"),
         mode: &state.mode,
         uptime_secs: state.started.elapsed().as_secs(),
-        shards: state.shards,
+        shards: controls.len(),
         connections,
         memory_used_bytes: state.usage.used(),
         destinations,

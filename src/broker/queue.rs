@@ -19,6 +19,8 @@ pub struct Entry {
     pub msg: SharedMessage,
     /// How often this message was handed out and came back unacknowledged.
     pub redeliveries: u32,
+    /// Journaled: its retirement must be journaled too.
+    pub stored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +34,15 @@ struct Consumer {
     key: ConsumerKey,
     prefetch: u32,
     in_flight: u32,
+}
+
+/// What came back from consumers.
+#[derive(Debug, Default)]
+pub struct Requeued {
+    /// Past `max_redeliveries`: for the dead-letter queue.
+    pub dead: Vec<Entry>,
+    /// Stored messages now waiting again, with their redelivery count.
+    pub counted: Vec<(MessageId, u32)>,
 }
 
 /// What a dispatch pass produced.
@@ -97,7 +108,7 @@ impl MessageQueue {
     /// Removes a consumer; its unacknowledged messages go back to the head of
     /// the queue as redeliveries. Returns those that exceeded
     /// `max_redeliveries` (for the dead-letter queue).
-    pub fn remove_consumer(&mut self, key: ConsumerKey, max_redeliveries: u32) -> Vec<Entry> {
+    pub fn remove_consumer(&mut self, key: ConsumerKey, max_redeliveries: u32) -> Requeued {
         self.consumers.retain(|c| c.key != key);
         if self.next >= self.consumers.len() {
             self.next = 0;
@@ -153,30 +164,26 @@ impl MessageQueue {
     }
 
     /// Acknowledges messages delivered to `key`; ids it does not hold are
-    /// ignored (they were already redelivered elsewhere). Returns how many
-    /// were acknowledged.
-    pub fn ack(&mut self, key: ConsumerKey, ids: &[MessageId]) -> usize {
-        let mut n = 0;
+    /// ignored (they were already redelivered elsewhere). Returns the
+    /// acknowledged entries.
+    pub fn ack(&mut self, key: ConsumerKey, ids: &[MessageId]) -> Vec<Entry> {
+        let mut acked = Vec::new();
         for id in ids {
             if matches!(self.in_flight.get(id), Some((k, _)) if *k == key) {
-                self.in_flight.remove(id);
-                n += 1;
+                if let Some((_, e)) = self.in_flight.remove(id) {
+                    acked.push(e);
+                }
             }
         }
-        self.release_credit(key, n as u32);
-        self.dequeued += n as u64;
-        n
+        self.release_credit(key, acked.len() as u32);
+        self.dequeued += acked.len() as u64;
+        acked
     }
 
     /// Returns messages to the queue as redeliveries; those past
-    /// `max_redeliveries` are taken out and returned for dead-lettering.
-    pub fn requeue(
-        &mut self,
-        key: ConsumerKey,
-        ids: &[MessageId],
-        max_redeliveries: u32,
-    ) -> Vec<Entry> {
-        let mut dead = Vec::new();
+    /// `max_redeliveries` are taken out for dead-lettering.
+    pub fn requeue(&mut self, key: ConsumerKey, ids: &[MessageId], max_redeliveries: u32) -> Requeued {
+        let mut out = Requeued::default();
         let mut back = Vec::new();
         for id in ids {
             if !matches!(self.in_flight.get(id), Some((k, _)) if *k == key) {
@@ -188,17 +195,34 @@ impl MessageQueue {
             entry.redeliveries += 1;
             if entry.redeliveries > max_redeliveries {
                 self.dequeued += 1;
-                dead.push(entry);
+                out.dead.push(entry);
             } else {
+                if entry.stored {
+                    out.counted.push((entry.msg.id, entry.redeliveries));
+                }
                 back.push(entry);
             }
         }
-        self.release_credit(key, (dead.len() + back.len()) as u32);
+        self.release_credit(key, (out.dead.len() + back.len()) as u32);
         // Reverse so that push_front restores the original order.
         for entry in back.into_iter().rev() {
             self.push(entry, true);
         }
-        dead
+        out
+    }
+
+    /// Takes out everything, waiting and in flight (a durable subscription
+    /// being deleted).
+    pub fn drain_all(&mut self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.pending.iter_mut().flat_map(|q| q.drain(..)).collect();
+        all.extend(self.in_flight.drain().map(|(_, (_, e))| e));
+        self.pending_len = 0;
+        all
+    }
+
+    /// Puts a recovered message back in journal order.
+    pub fn restore(&mut self, entry: Entry) {
+        self.push(entry, false);
     }
 
     /// Takes out every waiting message that has expired.
@@ -241,6 +265,7 @@ mod tests {
                 charge: usage.charge(1),
             }),
             redeliveries: 0,
+            stored: false,
         }
     }
 
@@ -271,7 +296,7 @@ mod tests {
         q.dispatch(0, &mut d);
         assert_eq!(ids(&d), vec![(1, 0), (2, 1), (2, 2)]);
         assert_eq!(q.pending(), 5);
-        assert_eq!(q.ack(key(1), &[0]), 1);
+        assert_eq!(q.ack(key(1), &[0]).len(), 1);
         let mut d = Dispatched::default();
         q.dispatch(0, &mut d);
         assert_eq!(ids(&d), vec![(1, 3)]);
@@ -312,8 +337,8 @@ mod tests {
             q.dispatch(0, &mut d);
             assert_eq!(ids(&d), vec![(round, 1), (round, 2)]);
             assert_eq!(d.deliveries[0].1.redelivered, round > 1);
-            let dead = q.remove_consumer(key(round), 2);
-            assert_eq!(dead.len(), if round == 3 { 2 } else { 0 });
+            let back = q.remove_consumer(key(round), 2);
+            assert_eq!(back.dead.len(), if round == 3 { 2 } else { 0 });
         }
         assert_eq!(q.pending(), 0);
     }
@@ -324,8 +349,8 @@ mod tests {
         q.enqueue(msg(1, 4, 0));
         q.add_consumer(key(1), 10);
         q.dispatch(0, &mut Dispatched::default());
-        assert_eq!(q.ack(key(2), &[1]), 0);
-        assert_eq!(q.ack(key(1), &[1]), 1);
+        assert!(q.ack(key(2), &[1]).is_empty());
+        assert_eq!(q.ack(key(1), &[1]).len(), 1);
         assert_eq!(q.pending(), 0);
     }
 }

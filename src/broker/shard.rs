@@ -1,8 +1,11 @@
 //! The destinations one shard owns, and what it does with operations on them.
-//! Pure state machine: no I/O, no awaiting. Outputs are addressed messages
-//! for the router to deliver (locally or to other shards) in batches.
+//! A state machine without I/O or awaiting: outputs are addressed messages
+//! for the router (locally or to other shards) and records for the store,
+//! which the shard's runtime makes durable before answering fences.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +14,8 @@ use tracing::{debug, warn};
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::ops::{ConnRef, DurableName, Op, Reply, ShardMsg, SubscribeOp};
-use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue};
+use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
+use crate::store::{Record, RecordRef, Store, StoredDestination, StoredSub};
 
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
@@ -41,9 +45,14 @@ struct Topic {
 }
 
 impl Topic {
-    fn sub_of(&mut self, key: ConsumerKey) -> Option<&mut TopicSub> {
+    fn sub_of(&mut self, key: ConsumerKey) -> Option<(&SubId, &mut TopicSub)> {
         let id = self.by_consumer.get(&key)?;
-        self.subs.get_mut(id)
+        let sub = self.subs.get_mut(id)?;
+        Some((id, sub))
+    }
+
+    fn durable_count(&self) -> u32 {
+        self.subs.keys().filter(|k| matches!(k, SubId::Durable(_))).count() as u32
     }
 }
 
@@ -59,22 +68,44 @@ pub struct DestinationStats {
 
 pub type Outbox = Vec<(usize, ShardMsg)>;
 
+fn stored_dest(d: &Destination) -> StoredDestination {
+    match d {
+        Destination::Queue(n) => StoredDestination {
+            topic: false,
+            name: n.clone(),
+        },
+        Destination::Topic(n) => StoredDestination {
+            topic: true,
+            name: n.clone(),
+        },
+    }
+}
+
+fn stored_sub(d: &DurableName) -> StoredSub {
+    StoredSub {
+        client_id: d.client_id.as_str().into(),
+        name: d.name.as_str().into(),
+    }
+}
+
 pub struct ShardBroker {
     shard: usize,
     settings: BrokerSettings,
     queues: HashMap<Arc<str>, MessageQueue>,
     topics: HashMap<Arc<str>, Topic>,
     usage: Arc<MemoryUsage>,
+    store: Rc<RefCell<dyn Store>>,
 }
 
 impl ShardBroker {
-    pub fn new(shard: usize, settings: BrokerSettings, usage: Arc<MemoryUsage>) -> ShardBroker {
+    pub fn new(shard: usize, settings: BrokerSettings, usage: Arc<MemoryUsage>, store: Rc<RefCell<dyn Store>>) -> ShardBroker {
         ShardBroker {
             shard,
             settings,
             queues: HashMap::new(),
             topics: HashMap::new(),
             usage,
+            store,
         }
     }
 
@@ -92,10 +123,13 @@ impl ShardBroker {
                 consumer,
                 ids,
             } => {
-                if let Some(q) = self.queue_of(&destination, consumer) {
-                    q.ack(consumer, &ids);
-                    self.dispatch_one(&destination, consumer, out);
-                }
+                let acked = match self.queue_of(&destination, consumer) {
+                    Some((_, q)) => q.ack(consumer, &ids),
+                    None => return,
+                };
+                let sub = self.durable_of(&destination, consumer);
+                self.retire(&destination, sub.as_ref(), &acked);
+                self.dispatch_one(&destination, consumer, out);
             }
             Op::Nack {
                 destination,
@@ -103,26 +137,49 @@ impl ShardBroker {
                 ids,
             } => {
                 let max = self.settings.max_redeliveries;
-                if let Some(q) = self.queue_of(&destination, consumer) {
-                    let dead = q.requeue(consumer, &ids, max);
-                    self.dead_letter(dead, "delivery failed", out);
-                    self.dispatch_one(&destination, consumer, out);
+                let back = match self.queue_of(&destination, consumer) {
+                    Some((_, q)) => q.requeue(consumer, &ids, max),
+                    None => return,
+                };
+                let sub = self.durable_of(&destination, consumer);
+                self.came_back(&destination, sub.as_ref(), back, out);
+                self.dispatch_one(&destination, consumer, out);
+            }
+            Op::Fence { conn, token } => {
+                out.push((conn.shard as usize, ShardMsg::Reply(Reply::Fenced { conn, token })))
+            }
+        }
+        self.after_append();
+    }
+
+    /// Journal bookkeeping once per operation: after the store started a
+    /// new segment, every durable subscription is recorded again so that
+    /// older segments can be reused.
+    fn after_append(&mut self) {
+        if !self.store.borrow_mut().take_rolled() {
+            return;
+        }
+        let mut store = self.store.borrow_mut();
+        for (topic, t) in &self.topics {
+            for id in t.subs.keys() {
+                if let SubId::Durable(d) = id {
+                    store.append(&RecordRef::DurableAdd { topic, sub: &stored_sub(d) }, 0);
                 }
             }
-            Op::Fence { conn, token } => out.push((
-                conn.shard as usize,
-                ShardMsg::Reply(Reply::Fenced { conn, token }),
-            )),
         }
     }
 
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
         match &msg.destination {
             Destination::Queue(name) => {
+                if msg.persistent {
+                    self.store.borrow_mut().append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
+                }
                 let q = self.queues.entry(name.clone()).or_default();
                 q.enqueue(Entry {
                     msg: msg.clone(),
                     redeliveries: 0,
+                    stored: msg.persistent,
                 });
             }
             Destination::Topic(name) => {
@@ -131,10 +188,16 @@ impl ShardBroker {
                     return;
                 };
                 t.enqueued += 1;
-                for sub in t.subs.values_mut() {
+                let durable = t.durable_count();
+                let stored = msg.persistent && durable > 0;
+                if stored {
+                    self.store.borrow_mut().append(&send_record(&msg, &stored_dest(&msg.destination)), durable);
+                }
+                for (id, sub) in t.subs.iter_mut() {
                     sub.queue.enqueue(Entry {
                         msg: msg.clone(),
                         redeliveries: 0,
+                        stored: stored && matches!(id, SubId::Durable(_)),
                     });
                 }
             }
@@ -146,10 +209,7 @@ impl ShardBroker {
         let key = s.consumer;
         match &s.destination {
             Destination::Queue(name) => {
-                self.queues
-                    .entry(name.clone())
-                    .or_default()
-                    .add_consumer(key, s.prefetch);
+                self.queues.entry(name.clone()).or_default().add_consumer(key, s.prefetch);
             }
             Destination::Topic(name) => {
                 let t = self.topics.entry(name.clone()).or_default();
@@ -157,21 +217,20 @@ impl ShardBroker {
                     Some(d) => SubId::Durable(d),
                     None => SubId::Plain(key),
                 };
+                if let SubId::Durable(d) = &id {
+                    if !t.subs.contains_key(&id) {
+                        self.store.borrow_mut().append(&RecordRef::DurableAdd { topic: name, sub: &stored_sub(d) }, 0);
+                    }
+                }
                 let sub = t.subs.entry(id.clone()).or_default();
                 if let Some(active) = sub.consumer {
                     if active != key {
-                        let conn = ConnRef {
-                            shard: key.shard,
-                            conn: key.conn,
-                        };
+                        let conn = ConnRef { shard: key.shard, conn: key.conn };
                         let reason = format!(
                             "durable subscription on {} is already active on another connection",
                             s.destination
                         );
-                        out.push((
-                            key.shard as usize,
-                            ShardMsg::Reply(Reply::Refused { conn, reason }),
-                        ));
+                        out.push((key.shard as usize, ShardMsg::Reply(Reply::Refused { conn, reason })));
                         return;
                     }
                 }
@@ -184,90 +243,138 @@ impl ShardBroker {
         self.dispatch_one(&s.destination, key, out);
     }
 
-    fn unsubscribe(
-        &mut self,
-        dest: &Destination,
-        key: ConsumerKey,
-        destroy: bool,
-        out: &mut Outbox,
-    ) {
+    fn unsubscribe(&mut self, dest: &Destination, key: ConsumerKey, destroy: bool, out: &mut Outbox) {
         let max = self.settings.max_redeliveries;
-        let dead = match dest {
+        match dest {
             Destination::Queue(name) => {
-                let Some(q) = self.queues.get_mut(name) else {
-                    return;
-                };
+                let Some(q) = self.queues.get_mut(name) else { return };
                 // The queue itself stays: it keeps its messages and statistics.
-                q.remove_consumer(key, max)
+                let back = q.remove_consumer(key, max);
+                self.came_back(dest, None, back, out);
             }
             Destination::Topic(name) => {
-                let Some(t) = self.topics.get_mut(name) else {
-                    return;
-                };
-                let Some(id) = t.by_consumer.remove(&key) else {
-                    return;
-                };
-                let Some(sub) = t.subs.get_mut(&id) else {
-                    return;
-                };
-                let dead = sub.queue.remove_consumer(key, max);
+                let Some(t) = self.topics.get_mut(name) else { return };
+                let Some(id) = t.by_consumer.remove(&key) else { return };
+                let Some(sub) = t.subs.get_mut(&id) else { return };
+                let back = sub.queue.remove_consumer(key, max);
                 sub.consumer = None;
-                if destroy || matches!(id, SubId::Plain(_)) {
-                    // A plain subscription's messages die with it.
-                    t.subs.remove(&id);
+                let durable = match &id {
+                    SubId::Durable(d) => Some(stored_sub(d)),
+                    SubId::Plain(_) => None,
+                };
+                let mut dropped = Vec::new();
+                if destroy || durable.is_none() {
+                    // A plain subscription's messages die with it; so do a
+                    // deleted durable one's.
+                    if let Some(mut s) = t.subs.remove(&id) {
+                        dropped = s.queue.drain_all();
+                    }
                 }
                 if t.subs.is_empty() {
                     self.topics.remove(name);
                 }
-                dead
+                self.came_back(dest, durable.as_ref(), back, out);
+                self.retire(dest, durable.as_ref(), &dropped);
+                if destroy {
+                    if let Some(d) = &durable {
+                        self.store.borrow_mut().append(&RecordRef::DurableRemove { topic: name, sub: d }, 0);
+                    }
+                }
             }
-        };
-        self.dead_letter(dead, "delivery failed", out);
+        }
         self.dispatch_destination(dest, out);
     }
 
-    fn queue_of(&mut self, dest: &Destination, key: ConsumerKey) -> Option<&mut MessageQueue> {
+    fn queue_of(&mut self, dest: &Destination, key: ConsumerKey) -> Option<(Option<&SubId>, &mut MessageQueue)> {
         match dest {
-            Destination::Queue(name) => self.queues.get_mut(name),
+            Destination::Queue(name) => self.queues.get_mut(name).map(|q| (None, q)),
             Destination::Topic(name) => {
-                self.topics.get_mut(name)?.sub_of(key).map(|s| &mut s.queue)
+                let (id, sub) = self.topics.get_mut(name)?.sub_of(key)?;
+                Some((Some(id), &mut sub.queue))
             }
         }
+    }
+
+    fn durable_of(&mut self, dest: &Destination, key: ConsumerKey) -> Option<StoredSub> {
+        match self.queue_of(dest, key)? {
+            (Some(SubId::Durable(d)), _) => Some(stored_sub(d)),
+            _ => None,
+        }
+    }
+
+    /// Journals the retirement of stored entries (ack, expiry, dead-letter).
+    fn retire(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
+        if !entries.iter().any(|e| e.stored) {
+            return;
+        }
+        let sd = stored_dest(dest);
+        let mut store = self.store.borrow_mut();
+        for e in entries.iter().filter(|e| e.stored) {
+            store.append(&RecordRef::Ack { destination: &sd, sub, id: e.msg.id }, 0);
+            store.release(e.msg.id);
+        }
+    }
+
+    /// Messages a consumer gave back: journal their redelivery counts, and
+    /// dead-letter those past the limit.
+    fn came_back(&mut self, dest: &Destination, sub: Option<&StoredSub>, back: Requeued, out: &mut Outbox) {
+        if !back.counted.is_empty() {
+            let sd = stored_dest(dest);
+            let mut store = self.store.borrow_mut();
+            for (id, count) in &back.counted {
+                store.append(&RecordRef::Redelivered { destination: &sd, sub, id: *id, count: *count }, 0);
+            }
+        }
+        self.retire(dest, sub, &back.dead);
+        self.dead_letter(back.dead, "delivery failed", out);
     }
 
     /// After credit came back to one consumer: only its queue can move.
     fn dispatch_one(&mut self, dest: &Destination, key: ConsumerKey, out: &mut Outbox) {
         let now = now_ms();
         let mut d = Dispatched::default();
-        if let Some(q) = self.queue_of(dest, key) {
+        if let Some((_, q)) = self.queue_of(dest, key) {
             q.dispatch(now, &mut d);
         }
-        self.emit(d, out);
+        let sub = self.durable_of(dest, key);
+        self.emit(dest, sub.as_ref(), d, out);
     }
 
     fn dispatch_destination(&mut self, dest: &Destination, out: &mut Outbox) {
         let now = now_ms();
-        let mut d = Dispatched::default();
         match dest {
             Destination::Queue(name) => {
+                let mut d = Dispatched::default();
                 if let Some(q) = self.queues.get_mut(name) {
                     q.dispatch(now, &mut d);
                 }
+                self.emit(dest, None, d, out);
             }
             Destination::Topic(name) => {
+                let mut per_sub = Vec::new();
                 if let Some(t) = self.topics.get_mut(name) {
-                    for sub in t.subs.values_mut() {
+                    for (id, sub) in t.subs.iter_mut() {
+                        let mut d = Dispatched::default();
                         sub.queue.dispatch(now, &mut d);
+                        let durable = match id {
+                            SubId::Durable(n) => Some(stored_sub(n)),
+                            SubId::Plain(_) => None,
+                        };
+                        per_sub.push((durable, d));
                     }
+                }
+                for (durable, d) in per_sub {
+                    self.emit(dest, durable.as_ref(), d, out);
                 }
             }
         }
-        self.emit(d, out);
     }
 
     /// Groups deliveries per consumer so each crosses to its shard as one batch.
-    fn emit(&mut self, d: Dispatched, out: &mut Outbox) {
-        self.expire(d.expired, out);
+    fn emit(&mut self, dest: &Destination, sub: Option<&StoredSub>, d: Dispatched, out: &mut Outbox) {
+        if !d.expired.is_empty() {
+            self.expire(dest, sub, d.expired, out);
+        }
         let mut batches: Vec<(ConsumerKey, Vec<Delivery>)> = Vec::new();
         for (key, delivery) in d.deliveries {
             match batches.iter_mut().find(|(k, _)| *k == key) {
@@ -278,17 +385,15 @@ impl ShardBroker {
         for (consumer, deliveries) in batches {
             out.push((
                 consumer.shard as usize,
-                ShardMsg::Reply(Reply::Deliver {
-                    consumer,
-                    deliveries,
-                }),
+                ShardMsg::Reply(Reply::Deliver { consumer, deliveries }),
             ));
         }
     }
 
     /// Expired persistent messages go to the dead-letter queue, as in
     /// ActiveMQ; non-persistent ones are discarded.
-    fn expire(&mut self, expired: Vec<Entry>, out: &mut Outbox) {
+    fn expire(&mut self, dest: &Destination, sub: Option<&StoredSub>, expired: Vec<Entry>, out: &mut Outbox) {
+        self.retire(dest, sub, &expired);
         let persistent: Vec<Entry> = expired.into_iter().filter(|e| e.msg.persistent).collect();
         self.dead_letter(persistent, "expired", out);
     }
@@ -297,11 +402,7 @@ impl ShardBroker {
         let dlq = &self.settings.dead_letter_queue;
         for e in entries {
             if e.msg.destination == *dlq {
-                warn!(
-                    shard = self.shard,
-                    id = e.msg.id,
-                    "message dropped from the dead-letter queue itself"
-                );
+                warn!(shard = self.shard, id = e.msg.id, "message dropped from the dead-letter queue itself");
                 continue;
             }
             let m = &e.msg;
@@ -310,10 +411,7 @@ impl ShardBroker {
                 Bytes::from_static(b"original-destination"),
                 Bytes::from(m.destination.to_string()),
             ));
-            properties.push((
-                Bytes::from_static(b"dlqDeliveryFailureCause"),
-                Bytes::from_static(reason.as_bytes()),
-            ));
+            properties.push((Bytes::from_static(b"dlqDeliveryFailureCause"), Bytes::from_static(reason.as_bytes())));
             let footprint = Message::footprint(&properties, &m.body);
             let dead = Arc::new(Message {
                 id: m.id,
@@ -327,10 +425,7 @@ impl ShardBroker {
                 charge: self.usage.charge(footprint),
             });
             debug!(shard = self.shard, destination = %m.destination, id = m.id, reason, "dead-lettered");
-            out.push((
-                dlq.owner(self.settings.shards),
-                ShardMsg::Op(Op::Send(dead)),
-            ));
+            out.push((dlq.owner(self.settings.shards), ShardMsg::Op(Op::Send(dead))));
         }
     }
 
@@ -338,15 +433,146 @@ impl ShardBroker {
     pub fn sweep_expired(&mut self, out: &mut Outbox) {
         let now = now_ms();
         let mut expired = Vec::new();
-        for q in self.queues.values_mut() {
-            expired.extend(q.take_expired(now));
-        }
-        for t in self.topics.values_mut() {
-            for s in t.subs.values_mut() {
-                expired.extend(s.queue.take_expired(now));
+        for (name, q) in self.queues.iter_mut() {
+            let e = q.take_expired(now);
+            if !e.is_empty() {
+                expired.push((Destination::Queue(name.clone()), None, e));
             }
         }
-        self.expire(expired, out);
+        for (name, t) in self.topics.iter_mut() {
+            for (id, s) in t.subs.iter_mut() {
+                let e = s.queue.take_expired(now);
+                if !e.is_empty() {
+                    let durable = match id {
+                        SubId::Durable(d) => Some(stored_sub(d)),
+                        SubId::Plain(_) => None,
+                    };
+                    expired.push((Destination::Topic(name.clone()), durable, e));
+                }
+            }
+        }
+        for (dest, sub, e) in expired {
+            self.expire(&dest, sub.as_ref(), e, out);
+        }
+        self.after_append();
+    }
+
+    /// Rebuilds queues and durable subscriptions from the journal's records
+    /// (in journal order). Bodies are copied out of the segment buffers so
+    /// that a surviving message does not pin a whole segment in memory.
+    pub fn restore(&mut self, records: Vec<Record>) -> usize {
+        #[derive(Default)]
+        struct Held {
+            order: Vec<u64>,
+            by_id: HashMap<u64, (SharedMessage, u32)>,
+        }
+        let mut queues: HashMap<Arc<str>, Held> = HashMap::new();
+        let mut durables: HashMap<(Arc<str>, StoredSub), Held> = HashMap::new();
+        for r in records {
+            match r {
+                Record::Send {
+                    id,
+                    destination,
+                    priority,
+                    expires_ms,
+                    timestamp_ms,
+                    properties,
+                    body,
+                } => {
+                    let properties: Vec<(Bytes, Bytes)> = properties
+                        .iter()
+                        .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+                        .collect();
+                    let body = Bytes::copy_from_slice(&body);
+                    let footprint = Message::footprint(&properties, &body);
+                    let dest = if destination.topic {
+                        Destination::Topic(destination.name.clone())
+                    } else {
+                        Destination::Queue(destination.name.clone())
+                    };
+                    let msg = Arc::new(Message {
+                        id,
+                        destination: dest,
+                        properties,
+                        body,
+                        priority,
+                        expires_ms,
+                        persistent: true,
+                        timestamp_ms,
+                        charge: self.usage.charge(footprint),
+                    });
+                    if destination.topic {
+                        for ((topic, _), held) in durables.iter_mut() {
+                            if *topic == destination.name {
+                                held.order.push(id);
+                                held.by_id.insert(id, (msg.clone(), 0));
+                            }
+                        }
+                    } else {
+                        let held = queues.entry(destination.name).or_default();
+                        held.order.push(id);
+                        held.by_id.insert(id, (msg, 0));
+                    }
+                }
+                Record::Ack { destination, sub, id } => {
+                    let held = match (destination.topic, sub) {
+                        (false, _) => queues.get_mut(&destination.name),
+                        (true, Some(s)) => durables.get_mut(&(destination.name, s)),
+                        (true, None) => None,
+                    };
+                    if let Some(h) = held {
+                        h.by_id.remove(&id);
+                    }
+                }
+                Record::Redelivered {
+                    destination,
+                    sub,
+                    id,
+                    count,
+                } => {
+                    let held = match (destination.topic, sub) {
+                        (false, _) => queues.get_mut(&destination.name),
+                        (true, Some(s)) => durables.get_mut(&(destination.name, s)),
+                        (true, None) => None,
+                    };
+                    if let Some((_, c)) = held.and_then(|h| h.by_id.get_mut(&id)) {
+                        *c = count;
+                    }
+                }
+                Record::DurableAdd { topic, sub } => {
+                    durables.entry((topic, sub)).or_default();
+                }
+                Record::DurableRemove { topic, sub } => {
+                    durables.remove(&(topic, sub));
+                }
+            }
+        }
+        let mut restored = 0;
+        let mut fill = |q: &mut MessageQueue, mut held: Held| {
+            for id in held.order {
+                if let Some((msg, redeliveries)) = held.by_id.remove(&id) {
+                    q.restore(Entry {
+                        msg,
+                        redeliveries,
+                        stored: true,
+                    });
+                    restored += 1;
+                }
+            }
+        };
+        for (name, held) in queues {
+            fill(self.queues.entry(name).or_default(), held);
+        }
+        for ((topic, sub), held) in durables {
+            let name = DurableName {
+                client_id: sub.client_id.to_string(),
+                name: sub.name.to_string(),
+            };
+            let t = self.topics.entry(topic).or_default();
+            let s = t.subs.entry(SubId::Durable(name)).or_default();
+            fill(&mut s.queue, held);
+        }
+        restored
     }
 
     pub fn stats(&self) -> Vec<DestinationStats> {
@@ -369,5 +595,17 @@ impl ShardBroker {
             dequeued: t.subs.values().map(|s| s.queue.dequeued).sum(),
         }));
         v
+    }
+}
+
+fn send_record<'a>(m: &'a Message, destination: &'a StoredDestination) -> RecordRef<'a> {
+    RecordRef::Send {
+        id: m.id,
+        destination,
+        priority: m.priority,
+        expires_ms: m.expires_ms,
+        timestamp_ms: m.timestamp_ms,
+        properties: &m.properties,
+        body: &m.body,
     }
 }

@@ -119,7 +119,7 @@ async fn read_loop(
                 Ok(Some(Parsed::Heartbeat)) => {}
                 Ok(Some(Parsed::Frame(frame))) => {
                     if frame.command == Command::Send {
-                        wait_for_memory(ctx).await;
+                        wait_for_capacity(ctx, frame.header("persistent") == Some(b"true")).await;
                     }
                     session.borrow_mut().handle(frame, &mut actions);
                 }
@@ -152,18 +152,21 @@ async fn read_loop(
     }
 }
 
-/// Producer flow control: while held messages exceed the memory limit, stop
-/// reading from this producer. Nothing is dropped; TCP pushes back.
-async fn wait_for_memory(ctx: &ShardContext) {
-    let limit = ctx.shared.memory_limit_bytes;
-    if ctx.shared.usage.used() < limit {
+/// Producer flow control: while held messages exceed the memory limit (or,
+/// for persistent messages, the journal its disk budget), stop reading from
+/// this producer. Nothing is dropped; TCP pushes back.
+async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
+    let over = || {
+        ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
+            || (persistent
+                && ctx.shared.journal.is_some()
+                && ctx.shared.store_usage.used_bytes.load(std::sync::atomic::Ordering::Relaxed) >= ctx.shared.store_limit_bytes)
+    };
+    if !over() {
         return;
     }
-    debug!(
-        used = ctx.shared.usage.used(),
-        limit, "memory limit reached; pausing producer"
-    );
-    while ctx.shared.usage.used() >= limit && !ctx.shutdown.is_set() {
+    debug!(memory_used = ctx.shared.usage.used(), "limit reached; pausing producer");
+    while over() && !ctx.shutdown.is_set() {
         sleep(Duration::from_millis(5)).await;
     }
 }

@@ -9,20 +9,23 @@ pub mod shard;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::broker::message::MemoryUsage;
 use crate::broker::shard::BrokerSettings;
 use crate::broker::Destination;
-use crate::config::Config;
+use crate::config::{Config, StoreMode};
+use crate::ha::{FileLock, Role, RoleCell};
+use crate::store::journal::StoreUsage;
+use crate::store::meta;
 use crate::protocol::stomp::Limits;
-use shard::{Control, Shared};
+use shard::{Control, JournalSettings, Shared};
 
 /// Binds a port-0 address to a concrete port first, so that every shard's
 /// SO_REUSEPORT listener shares one port.
@@ -49,14 +52,53 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
 const IO_MEMORY_BYTES: usize = 512 * 1024;
 
 pub fn serve(config: Config) -> Result<()> {
-    let shards = config.shard_count();
     let started = Instant::now();
-    let stomp = resolve_port(config.listeners.stomp)
-        .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
+    let stomp = resolve_port(config.listeners.stomp).with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
     let admin_listener = std::net::TcpListener::bind(config.listeners.admin)
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.listeners.admin))?;
     let admin_addr = admin_listener.local_addr()?;
     let usage = Arc::new(MemoryUsage::default());
+    let role = Arc::new(RoleCell::new(Role::Standby));
+    let state = Arc::new(AdminState {
+        role: role.clone(),
+        mode: format!("{:?}", config.store.mode).to_lowercase(),
+        started,
+        controls: std::sync::OnceLock::new(),
+        usage: usage.clone(),
+    });
+    {
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("brokk-admin".into())
+            .spawn(move || admin::serve(admin_listener, state))?;
+    }
+    let controls_slot: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>> = Arc::new(std::sync::OnceLock::new());
+    spawn_signal_thread(role.clone(), controls_slot.clone())?;
+
+    let file_mode = config.store.mode == StoreMode::File;
+    let mut lock = None;
+    if file_mode {
+        let dir = &config.store.dir;
+        lock = Some(match FileLock::try_acquire(dir)? {
+            Some(l) => l,
+            None => {
+                info!(role = "standby", lock = %dir.join("lock").display(), "another broker holds the lock; waiting as standby");
+                println!("brokk standby stomp={stomp} admin={admin_addr}");
+                FileLock::acquire(dir)?
+            }
+        });
+        role.set(Role::Recovering);
+        info!(role = "recovering", "lock acquired; recovering the journal");
+    }
+    let shards = if file_mode {
+        let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
+        if n != config.shard_count() {
+            warn!(recorded = n, configured = config.shard_count(), "the data directory records another shard count; using it");
+        }
+        n
+    } else {
+        config.shard_count()
+    };
     let shared = Shared {
         shards,
         settings: BrokerSettings {
@@ -72,17 +114,18 @@ pub fn serve(config: Config) -> Result<()> {
         memory_limit_bytes: config.limits.memory_limit_bytes,
         usage: usage.clone(),
         connections: Arc::new(AtomicUsize::new(0)),
-        users: config
-            .users
-            .iter()
-            .map(|u| (u.login.clone(), u.passcode.clone()))
-            .collect(),
+        users: config.users.iter().map(|u| (u.login.clone(), u.passcode.clone())).collect(),
         default_prefetch: config.broker.default_prefetch,
         heartbeat_min_ms: config.broker.heartbeat_min_ms,
+        journal: file_mode.then(|| JournalSettings {
+            dir: config.store.dir.clone(),
+            segment_size_bytes: config.store.segment_size_bytes,
+            skip_corrupt: config.store.skip_corrupt,
+        }),
+        store_usage: Arc::new(StoreUsage::default()),
+        store_limit_bytes: config.store.limit_bytes,
     };
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mesh = (shards > 1).then(|| MeshBuilder::full(shards, shard::MESH_CHANNEL_BATCHES));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut controls = Vec::new();
@@ -95,7 +138,8 @@ pub fn serve(config: Config) -> Result<()> {
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("brokk-shard-{id}"))
-            // Registered DMA buffers: nothing in memory mode reads files.
+            // Registered DMA buffers: journal writes use their own aligned
+            // buffers, so a small pool is enough.
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || shard::run(id, shared, stomp, mesh, ctl_rx, ready))
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
@@ -109,39 +153,54 @@ pub fn serve(config: Config) -> Result<()> {
             Err(_) => return Err(anyhow!("a shard failed to start")),
         }
     }
+    let _ = state.controls.set(controls.clone());
+    let _ = controls_slot.set(controls);
+    role.set(Role::Master);
     info!(role = "master", %stomp, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
     // A line for scripts and tests that start brokk on port 0.
     println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}");
-    let state = Arc::new(AdminState {
-        role: "master",
-        mode: format!("{:?}", config.store.mode).to_lowercase(),
-        started,
-        shards,
-        controls: controls.clone(),
-        usage,
-    });
-    std::thread::Builder::new()
-        .name("brokk-admin".into())
-        .spawn(move || admin::serve(admin_listener, state))?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
-    let controls_for_signal = controls.clone();
-    std::thread::Builder::new()
-        .name("brokk-signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                info!(signal = sig, "shutting down");
-                for c in &controls_for_signal {
-                    let _ = c.send(Control::Shutdown);
-                }
-            }
-        })?;
+    if let Some(lock) = lock {
+        spawn_lock_keepalive(lock, Duration::from_millis(config.ha.lock_keepalive_ms))?;
+    }
     for t in threads {
-        t.join()
-            .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
+        t.join().map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
     }
     info!("stopped");
     Ok(())
 }
+
+/// SIGTERM/SIGINT: a master shuts its shards down gracefully; a standby
+/// (nothing to drain) exits at once.
+fn spawn_signal_thread(role: Arc<RoleCell>, controls: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    std::thread::Builder::new().name("brokk-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!(signal = sig, role = role.get().as_str(), "shutting down");
+            match controls.get() {
+                Some(cs) => {
+                    for c in cs {
+                        let _ = c.send(Control::Shutdown);
+                    }
+                }
+                None => std::process::exit(0),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Re-checks the lock; if it is gone the broker is fenced: it stops serving
+/// at once, without draining, since another broker may already be master.
+fn spawn_lock_keepalive(lock: FileLock, every: Duration) -> Result<()> {
+    std::thread::Builder::new().name("brokk-lock".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        if !lock.still_held() {
+            error!(role = "fenced", lock = %lock.path().display(), "lost the master lock; stopping now");
+            std::process::exit(EXIT_FENCED);
+        }
+    })?;
+    Ok(())
+}
+
+/// Exit code of a broker that lost mastership.
+pub const EXIT_FENCED: i32 = 3;

@@ -18,11 +18,14 @@ use super::connection;
 use super::latch::Latch;
 use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
-use crate::broker::ops::{Reply, ShardMsg};
+use crate::broker::ops::{Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
 use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
 use crate::protocol::stomp::session::{IdGen, SessionConfig};
 use crate::protocol::stomp::Limits;
+use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
 
 /// A batch of messages for one peer shard.
 pub type Batch = Vec<ShardMsg>;
@@ -67,6 +70,17 @@ pub struct Shared {
     pub users: Vec<(String, String)>,
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
+    /// Journal settings (file mode); None = memory mode.
+    pub journal: Option<JournalSettings>,
+    pub store_usage: Arc<StoreUsage>,
+    pub store_limit_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct JournalSettings {
+    pub dir: std::path::PathBuf,
+    pub segment_size_bytes: u64,
+    pub skip_corrupt: bool,
 }
 
 pub struct ShardContext {
@@ -80,6 +94,10 @@ pub struct ShardContext {
     pub ids: Rc<IdGen>,
     pub shutdown: Latch,
     next_conn: Cell<u64>,
+    journal: Option<Rc<RefCell<Journal>>>,
+    /// Fence replies waiting for the journal to reach a sequence number.
+    deferred: RefCell<VecDeque<(u64, (usize, ShardMsg))>>,
+    flush_wakeup: Mailbox<()>,
 }
 
 impl ShardContext {
@@ -101,11 +119,28 @@ impl ShardContext {
                 continue;
             }
             match msg {
+                ShardMsg::Op(Op::Fence { conn, token }) => {
+                    // A receipt means durable: hold it until the journal
+                    // has flushed everything appended before it.
+                    let reply = (conn.shard as usize, ShardMsg::Reply(Reply::Fenced { conn, token }));
+                    match &self.journal {
+                        Some(j) if j.borrow().appended() > j.borrow().durable() => {
+                            let upto = j.borrow().appended();
+                            self.deferred.borrow_mut().push_back((upto, reply));
+                        }
+                        _ => work.push_back(reply),
+                    }
+                }
                 ShardMsg::Op(op) => {
                     self.broker.borrow_mut().apply(op, &mut produced);
                     work.extend(produced.drain(..));
                 }
                 ShardMsg::Reply(reply) => self.reply(reply),
+            }
+        }
+        if let Some(j) = &self.journal {
+            if j.borrow().has_pending() {
+                self.flush_wakeup.push(());
             }
         }
     }
@@ -139,6 +174,23 @@ pub async fn run(
 ) {
     let span = info_span!("shard", role = "master", shard = id);
     async move {
+        let usage = shared.usage.clone();
+        let (store, journal, records): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
+            None => (Rc::new(RefCell::new(MemoryStore)), None, Vec::new()),
+            Some(js) => match open_journal(id, js, shared.store_usage.clone()).await {
+                Ok((j, records)) => (j.clone(), Some(j), records),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            },
+        };
+        let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store);
+        let restored = broker.restore(records);
+        if journal.is_some() {
+            info!(restored, "journal replayed");
+        }
+        // Listen only once the state is back: no client sees a half-recovered shard.
         let listener = match TcpListener::bind(stomp) {
             Ok(l) => l,
             Err(e) => {
@@ -157,12 +209,11 @@ pub async fn run(
         });
         let ctx = Rc::new(ShardContext {
             id,
-            broker: RefCell::new(ShardBroker::new(
-                id,
-                shared.settings.clone(),
-                shared.usage.clone(),
-            )),
+            broker: RefCell::new(broker),
             shared,
+            journal,
+            deferred: RefCell::new(VecDeque::new()),
+            flush_wakeup: Mailbox::default(),
             outboxes,
             conns: RefCell::new(HashMap::new()),
             session_cfg,
@@ -199,6 +250,9 @@ pub async fn run(
                 })
                 .detach();
             }
+        }
+        if ctx.journal.is_some() {
+            spawn_local(flusher(ctx.clone())).detach();
         }
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
@@ -288,5 +342,76 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
         if !out.is_empty() {
             ctx.route_all(out.drain(..));
         }
+    }
+}
+
+/// Opens (recovering) this shard's journal. The store's `meta` file is opened
+/// with O_DIRECT first: glommio probes io-poll support on the first DMA open
+/// per device by reading offset 0, and an empty first file fools the probe.
+async fn open_journal(
+    id: usize,
+    js: &JournalSettings,
+    usage: Arc<StoreUsage>,
+) -> Result<(Rc<RefCell<Journal>>, Vec<crate::store::Record>), String> {
+    let meta = js.dir.join("meta");
+    match glommio::io::DmaFile::open(&meta).await {
+        Ok(f) => {
+            let _ = f.close().await;
+        }
+        Err(e) => return Err(format!("cannot open {}: {e}", meta.display())),
+    }
+    let dir = js.dir.join(format!("shard-{id}"));
+    let recovered = journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt).map_err(|e| e.to_string())?;
+    let cfg = JournalConfig {
+        dir,
+        segment_size_bytes: js.segment_size_bytes,
+        skip_corrupt: js.skip_corrupt,
+    };
+    let j = Rc::new(RefCell::new(Journal::from_recovery(cfg, usage, recovered.layout)));
+    // Make the first segment and a spare now, not on the first persistent SEND.
+    journal::flush(&j).await.map_err(|e| e.to_string())?;
+    journal::ensure_spare(&j).await.map_err(|e| e.to_string())?;
+    Ok((j, recovered.records))
+}
+
+/// Group commit: each round writes and fdatasyncs everything appended since
+/// the last one, then releases the receipts that were waiting for it.
+async fn flusher(ctx: Rc<ShardContext>) {
+    let Some(journal) = ctx.journal.clone() else { return };
+    let mut spare = Vec::new();
+    loop {
+        spare = ctx.flush_wakeup.take_all(spare).await;
+        if spare.is_empty() {
+            return;
+        }
+        while journal.borrow().has_pending() {
+            if let Err(e) = journal::flush(&journal).await {
+                // Without a working journal no receipt may be given: stop
+                // serving at once; a standby takes over.
+                tracing::error!(error = %e, "journal write failed; stopping");
+                std::process::exit(1);
+            }
+            let durable = journal.borrow().durable();
+            let mut ready = Vec::new();
+            {
+                let mut d = ctx.deferred.borrow_mut();
+                while d.front().is_some_and(|(seq, _)| *seq <= durable) {
+                    if let Some((_, r)) = d.pop_front() {
+                        ready.push(r);
+                    }
+                }
+            }
+            if !ready.is_empty() {
+                ctx.route_all(ready);
+            }
+        }
+        let j = journal.clone();
+        spawn_local(async move {
+            if let Err(e) = journal::ensure_spare(&j).await {
+                tracing::error!(error = %e, "cannot make a journal segment; stopping");
+                std::process::exit(1);
+            }
+        })
+        .detach();
     }
 }

@@ -1,19 +1,17 @@
 //! `memory` mode: messages live only in the broker's queues; a restart
-//! loses them. Non-persistent traffic and tests use it.
+//! loses them.
 
-use super::{Record, Recovered, Store, StoreError};
+use super::{RecordRef, Store};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore;
 
 impl Store for MemoryStore {
-    fn append(&mut self, _record: Record) {}
+    fn append(&mut self, _rec: &RecordRef<'_>, _holders: u32) {}
 
-    async fn sync(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    fn release(&mut self, _id: u64) {}
 
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        Ok(Recovered::default())
+    fn take_rolled(&mut self) -> bool {
+        false
     }
 }

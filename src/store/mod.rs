@@ -1,46 +1,28 @@
-//! Where messages live. The broker appends what must survive a restart; a
-//! store says when it is durable and rebuilds state on start. The durable
-//! modes (`file`, `db`, `zk`) come behind this trait; `memory` keeps nothing.
+//! Where messages live. The broker appends what must survive a restart
+//! (persistent SENDs, their acknowledgements, redelivery counts, durable
+//! subscriptions) and tells the store when a message is retired; the store
+//! makes records durable in batches (group commit) and reads them back on
+//! start. Nothing here knows the broker's types: records are plain data.
+//!
+//! Modes: `memory` keeps nothing; `file` is the per-shard journal. The `db`
+//! and `zk` modes come behind the same trait.
 
+pub mod journal;
 pub mod memory;
+pub mod meta;
+pub mod record;
 
-use thiserror::Error;
+pub use record::{Record, RecordRef, StoredDestination, StoredSub};
 
-use crate::broker::{Destination, MessageId, SharedMessage};
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("store I/O failed on {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// One change to durable state.
-#[derive(Debug)]
-pub enum Record {
-    Send(SharedMessage),
-    Ack {
-        destination: Destination,
-        id: MessageId,
-    },
-}
-
-/// Everything a shard needs to resume after a restart or a failover.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// Pending messages per destination, in journal order.
-    pub messages: Vec<SharedMessage>,
-}
-
-#[allow(async_fn_in_trait)] // used with concrete types on one executor, never boxed
+/// What the broker asks of a store, synchronously: appends are buffered;
+/// the store's own flusher makes them durable and says how far it got.
 pub trait Store {
-    /// Adds a record; it is durable once a later [`Store::sync`] returns.
-    fn append(&mut self, record: Record);
-    /// Makes every record appended so far durable (one flush for all: group commit).
-    async fn sync(&mut self) -> Result<(), StoreError>;
-    /// Reads back what survived.
-    fn recover(&mut self) -> Result<Recovered, StoreError>;
+    /// Buffers a record. For a SEND, `holders` is how many acknowledgements
+    /// retire it (1 for a queue, the durable subscribers for a topic).
+    fn append(&mut self, rec: &RecordRef<'_>, holders: u32);
+    /// One holder of message `id` let go of it.
+    fn release(&mut self, id: u64);
+    /// True once after the store started a new segment: the broker then
+    /// re-appends state that must outlive older segments.
+    fn take_rolled(&mut self) -> bool;
 }

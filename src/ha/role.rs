@@ -1,0 +1,42 @@
+//! The role state machine: standby -> recovering -> master (-> fenced: exit).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Standby,
+    Recovering,
+    Master,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standby => "standby",
+            Role::Recovering => "recovering",
+            Role::Master => "master",
+        }
+    }
+}
+
+/// The current role, readable from any thread (status endpoint, signals).
+#[derive(Debug)]
+pub struct RoleCell(AtomicU8);
+
+impl RoleCell {
+    pub fn new(role: Role) -> RoleCell {
+        RoleCell(AtomicU8::new(role as u8))
+    }
+
+    pub fn get(&self) -> Role {
+        match self.0.load(Ordering::SeqCst) {
+            0 => Role::Standby,
+            1 => Role::Recovering,
+            _ => Role::Master,
+        }
+    }
+
+    pub fn set(&self, role: Role) {
+        self.0.store(role as u8, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,203 @@
+//! Reading a shard's journal back on start: order segments by generation,
+//! verify every record, cut a torn tail, stop (or skip, if configured) at
+//! corruption, and hand back the records in journal order together with
+//! the layout the writer resumes from.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::store::record::{decode_at, Decoded, Record, StoredSub};
+use super::{io_err, read_header, JournalError, BLOCK};
+
+/// Where the writer resumes.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// Per segment file: path, generation (0 = none), live sends.
+    pub segments: Vec<(PathBuf, u64, usize)>,
+    pub in_use: VecDeque<usize>,
+    pub free: VecDeque<usize>,
+    pub next_generation: u64,
+    pub next_file_number: u64,
+    /// End of data in the active (last in-use) segment.
+    pub active_len: u64,
+    /// The active segment's bytes from the last block boundary to `active_len`.
+    pub tail: Vec<u8>,
+    pub holders: HashMap<u64, (usize, u32)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub records: Vec<Record>,
+    pub layout: Layout,
+    pub bytes_scanned: u64,
+    /// A torn tail was cut off (offset in the last segment).
+    pub truncated_at: Option<(PathBuf, u64)>,
+    pub skipped_corrupt: usize,
+}
+
+struct Found {
+    path: PathBuf,
+    number: u64,
+    generation: Option<u64>,
+    data: Bytes,
+}
+
+pub fn recover(dir: &Path, segment_size: u64, skip_corrupt: bool) -> Result<Recovered, JournalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(number) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let data = Bytes::from(std::fs::read(&path).map_err(io_err(&path))?);
+        let generation = read_header(&data[..data.len().min(BLOCK as usize)]);
+        if generation.is_none() && (data.len() as u64) < segment_size {
+            // A segment whose creation never finished: make it again later.
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        found.push(Found {
+            path,
+            number,
+            generation,
+            data,
+        });
+    }
+    let mut out = Recovered::default();
+    out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
+    let mut with_gen: Vec<usize> = (0..found.len()).filter(|&i| found[i].generation.is_some()).collect();
+    with_gen.sort_by_key(|&i| found[i].generation);
+    let mut durable: HashMap<Arc<str>, HashSet<StoredSub>> = HashMap::new();
+    let mut live: Vec<usize> = vec![0; found.len()];
+    let mut holders: HashMap<u64, (usize, u32)> = HashMap::new();
+    let mut active_len = BLOCK;
+    for (rank, &i) in with_gen.iter().enumerate() {
+        let f = &found[i];
+        let gen = f.generation.unwrap_or(0);
+        let last = rank + 1 == with_gen.len();
+        out.bytes_scanned += f.data.len() as u64;
+        let mut pos = BLOCK as usize;
+        loop {
+            match decode_at(&f.data, pos, gen) {
+                Decoded::Record(r, next) => {
+                    track(&r, i, &mut durable, &mut holders, &mut live);
+                    out.records.push(r);
+                    pos = next;
+                }
+                Decoded::End => break,
+                Decoded::Bad { reason, claimed_len } => {
+                    let next = claimed_len.map(|l| pos + 12 + l);
+                    let more_follows = !last || next.is_some_and(|n| matches!(decode_at(&f.data, n, gen), Decoded::Record(..)));
+                    if !more_follows {
+                        warn!(path = %f.path.display(), offset = pos, reason, "torn tail: cutting the journal here");
+                        zero_from(&f.path, pos as u64)?;
+                        out.truncated_at = Some((f.path.clone(), pos as u64));
+                        break;
+                    }
+                    if !skip_corrupt {
+                        return Err(JournalError::Corrupt {
+                            path: f.path.clone(),
+                            offset: pos as u64,
+                            reason,
+                        });
+                    }
+                    warn!(path = %f.path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
+                    out.skipped_corrupt += 1;
+                    match next {
+                        Some(n) => pos = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        if last {
+            active_len = pos as u64;
+            let block_start = active_len / BLOCK * BLOCK;
+            out.layout.tail = f.data[block_start as usize..pos].to_vec();
+        }
+    }
+    let l = &mut out.layout;
+    l.segments = found.iter().enumerate().map(|(i, f)| (f.path.clone(), f.generation.unwrap_or(0), live[i])).collect();
+    l.next_generation = with_gen.last().and_then(|&i| found[i].generation).unwrap_or(0) + 1;
+    l.free = (0..found.len()).filter(|&i| found[i].generation.is_none()).collect();
+    l.in_use = with_gen.iter().copied().collect();
+    // Oldest segments with nothing live are reusable (the newest stays active).
+    while l.in_use.len() > 1 && live[l.in_use[0]] == 0 {
+        let i = l.in_use.pop_front().unwrap_or_default();
+        l.free.push_back(i);
+    }
+    l.active_len = active_len;
+    l.holders = holders;
+    info!(
+        dir = %dir.display(),
+        records = out.records.len(),
+        segments = found.len(),
+        bytes = out.bytes_scanned,
+        "journal recovered"
+    );
+    Ok(out)
+}
+
+fn track(
+    r: &Record,
+    seg: usize,
+    durable: &mut HashMap<Arc<str>, HashSet<StoredSub>>,
+    holders: &mut HashMap<u64, (usize, u32)>,
+    live: &mut [usize],
+) {
+    match r {
+        Record::Send { id, destination, .. } => {
+            let n = if destination.topic {
+                durable.get(&destination.name).map_or(0, |s| s.len() as u32)
+            } else {
+                1
+            };
+            if n > 0 {
+                holders.insert(*id, (seg, n));
+                live[seg] += 1;
+            }
+        }
+        Record::Ack { id, .. } => {
+            if let Some((s, left)) = holders.get_mut(id) {
+                *left -= 1;
+                if *left == 0 {
+                    live[*s] -= 1;
+                    holders.remove(id);
+                }
+            }
+        }
+        Record::Redelivered { .. } => {}
+        Record::DurableAdd { topic, sub } => {
+            durable.entry(topic.clone()).or_default().insert(sub.clone());
+        }
+        Record::DurableRemove { topic, sub } => {
+            if let Some(s) = durable.get_mut(topic) {
+                s.remove(sub);
+            }
+        }
+    }
+}
+
+/// Zeroes a segment from `offset` to its end, so the bytes of a torn write
+/// can never be read as records after new data is written before them.
+fn zero_from(path: &Path, offset: u64) -> Result<(), JournalError> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len.saturating_sub(offset);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(io_err(path))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(io_err(path))
+}
