@@ -78,7 +78,9 @@ pub struct HaConfig {
 
 impl Default for HaConfig {
     fn default() -> Self {
-        HaConfig { lock_keepalive_ms: 1000 }
+        HaConfig {
+            lock_keepalive_ms: 1000,
+        }
     }
 }
 
@@ -273,10 +275,16 @@ impl Config {
         }
         let seg = self.store.segment_size_bytes;
         if seg < 1024 * 1024 || seg % 4096 != 0 {
-            return Err(invalid("store.segment_size_bytes", "must be at least 1 MiB and a multiple of 4096"));
+            return Err(invalid(
+                "store.segment_size_bytes",
+                "must be at least 1 MiB and a multiple of 4096",
+            ));
         }
         if self.store.limit_bytes < 2 * seg {
-            return Err(invalid("store.limit_bytes", "must hold at least two segments (2 x store.segment_size_bytes)"));
+            return Err(invalid(
+                "store.limit_bytes",
+                "must hold at least two segments (2 x store.segment_size_bytes)",
+            ));
         }
         if self.ha.lock_keepalive_ms == 0 {
             return Err(invalid("ha.lock_keepalive_ms", "must be at least 1"));

@@ -371,6 +371,13 @@ fn config_errors_name_the_key_and_exit_2() {
 #[test]
 fn shipped_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/ops/brokk.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk")).args(["check-config", "--config", path]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .args(["check-config", "--config", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -84,7 +84,8 @@ fn handle(stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
 fn status_json(state: &AdminState) -> String {
     let mut connections = 0;
     let mut destinations = Vec::new();
-    let controls: &[flume::Sender<Control>] = state.controls.get().map(Vec::as_slice).unwrap_or(&[]);
+    let controls: &[flume::Sender<Control>] =
+        state.controls.get().map(Vec::as_slice).unwrap_or(&[]);
     for c in controls {
         let (tx, rx) = flume::bounded(1);
         if c.send(Control::Stats(tx)).is_ok() {

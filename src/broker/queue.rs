@@ -182,7 +182,12 @@ impl MessageQueue {
 
     /// Returns messages to the queue as redeliveries; those past
     /// `max_redeliveries` are taken out for dead-lettering.
-    pub fn requeue(&mut self, key: ConsumerKey, ids: &[MessageId], max_redeliveries: u32) -> Requeued {
+    pub fn requeue(
+        &mut self,
+        key: ConsumerKey,
+        ids: &[MessageId],
+        max_redeliveries: u32,
+    ) -> Requeued {
         let mut out = Requeued::default();
         let mut back = Vec::new();
         for id in ids {

@@ -52,7 +52,10 @@ impl Topic {
     }
 
     fn durable_count(&self) -> u32 {
-        self.subs.keys().filter(|k| matches!(k, SubId::Durable(_))).count() as u32
+        self.subs
+            .keys()
+            .filter(|k| matches!(k, SubId::Durable(_)))
+            .count() as u32
     }
 }
 
@@ -98,7 +101,12 @@ pub struct ShardBroker {
 }
 
 impl ShardBroker {
-    pub fn new(shard: usize, settings: BrokerSettings, usage: Arc<MemoryUsage>, store: Rc<RefCell<dyn Store>>) -> ShardBroker {
+    pub fn new(
+        shard: usize,
+        settings: BrokerSettings,
+        usage: Arc<MemoryUsage>,
+        store: Rc<RefCell<dyn Store>>,
+    ) -> ShardBroker {
         ShardBroker {
             shard,
             settings,
@@ -145,9 +153,10 @@ impl ShardBroker {
                 self.came_back(&destination, sub.as_ref(), back, out);
                 self.dispatch_one(&destination, consumer, out);
             }
-            Op::Fence { conn, token } => {
-                out.push((conn.shard as usize, ShardMsg::Reply(Reply::Fenced { conn, token })))
-            }
+            Op::Fence { conn, token } => out.push((
+                conn.shard as usize,
+                ShardMsg::Reply(Reply::Fenced { conn, token }),
+            )),
         }
         self.after_append();
     }
@@ -163,7 +172,13 @@ impl ShardBroker {
         for (topic, t) in &self.topics {
             for id in t.subs.keys() {
                 if let SubId::Durable(d) = id {
-                    store.append(&RecordRef::DurableAdd { topic, sub: &stored_sub(d) }, 0);
+                    store.append(
+                        &RecordRef::DurableAdd {
+                            topic,
+                            sub: &stored_sub(d),
+                        },
+                        0,
+                    );
                 }
             }
         }
@@ -173,7 +188,9 @@ impl ShardBroker {
         match &msg.destination {
             Destination::Queue(name) => {
                 if msg.persistent {
-                    self.store.borrow_mut().append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
+                    self.store
+                        .borrow_mut()
+                        .append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
                 }
                 let q = self.queues.entry(name.clone()).or_default();
                 q.enqueue(Entry {
@@ -191,7 +208,9 @@ impl ShardBroker {
                 let durable = t.durable_count();
                 let stored = msg.persistent && durable > 0;
                 if stored {
-                    self.store.borrow_mut().append(&send_record(&msg, &stored_dest(&msg.destination)), durable);
+                    self.store
+                        .borrow_mut()
+                        .append(&send_record(&msg, &stored_dest(&msg.destination)), durable);
                 }
                 for (id, sub) in t.subs.iter_mut() {
                     sub.queue.enqueue(Entry {
@@ -209,7 +228,10 @@ impl ShardBroker {
         let key = s.consumer;
         match &s.destination {
             Destination::Queue(name) => {
-                self.queues.entry(name.clone()).or_default().add_consumer(key, s.prefetch);
+                self.queues
+                    .entry(name.clone())
+                    .or_default()
+                    .add_consumer(key, s.prefetch);
             }
             Destination::Topic(name) => {
                 let t = self.topics.entry(name.clone()).or_default();
@@ -219,18 +241,30 @@ impl ShardBroker {
                 };
                 if let SubId::Durable(d) = &id {
                     if !t.subs.contains_key(&id) {
-                        self.store.borrow_mut().append(&RecordRef::DurableAdd { topic: name, sub: &stored_sub(d) }, 0);
+                        self.store.borrow_mut().append(
+                            &RecordRef::DurableAdd {
+                                topic: name,
+                                sub: &stored_sub(d),
+                            },
+                            0,
+                        );
                     }
                 }
                 let sub = t.subs.entry(id.clone()).or_default();
                 if let Some(active) = sub.consumer {
                     if active != key {
-                        let conn = ConnRef { shard: key.shard, conn: key.conn };
+                        let conn = ConnRef {
+                            shard: key.shard,
+                            conn: key.conn,
+                        };
                         let reason = format!(
                             "durable subscription on {} is already active on another connection",
                             s.destination
                         );
-                        out.push((key.shard as usize, ShardMsg::Reply(Reply::Refused { conn, reason })));
+                        out.push((
+                            key.shard as usize,
+                            ShardMsg::Reply(Reply::Refused { conn, reason }),
+                        ));
                         return;
                     }
                 }
@@ -243,19 +277,33 @@ impl ShardBroker {
         self.dispatch_one(&s.destination, key, out);
     }
 
-    fn unsubscribe(&mut self, dest: &Destination, key: ConsumerKey, destroy: bool, out: &mut Outbox) {
+    fn unsubscribe(
+        &mut self,
+        dest: &Destination,
+        key: ConsumerKey,
+        destroy: bool,
+        out: &mut Outbox,
+    ) {
         let max = self.settings.max_redeliveries;
         match dest {
             Destination::Queue(name) => {
-                let Some(q) = self.queues.get_mut(name) else { return };
+                let Some(q) = self.queues.get_mut(name) else {
+                    return;
+                };
                 // The queue itself stays: it keeps its messages and statistics.
                 let back = q.remove_consumer(key, max);
                 self.came_back(dest, None, back, out);
             }
             Destination::Topic(name) => {
-                let Some(t) = self.topics.get_mut(name) else { return };
-                let Some(id) = t.by_consumer.remove(&key) else { return };
-                let Some(sub) = t.subs.get_mut(&id) else { return };
+                let Some(t) = self.topics.get_mut(name) else {
+                    return;
+                };
+                let Some(id) = t.by_consumer.remove(&key) else {
+                    return;
+                };
+                let Some(sub) = t.subs.get_mut(&id) else {
+                    return;
+                };
                 let back = sub.queue.remove_consumer(key, max);
                 sub.consumer = None;
                 let durable = match &id {
@@ -277,7 +325,13 @@ impl ShardBroker {
                 self.retire(dest, durable.as_ref(), &dropped);
                 if destroy {
                     if let Some(d) = &durable {
-                        self.store.borrow_mut().append(&RecordRef::DurableRemove { topic: name, sub: d }, 0);
+                        self.store.borrow_mut().append(
+                            &RecordRef::DurableRemove {
+                                topic: name,
+                                sub: d,
+                            },
+                            0,
+                        );
                     }
                 }
             }
@@ -285,7 +339,11 @@ impl ShardBroker {
         self.dispatch_destination(dest, out);
     }
 
-    fn queue_of(&mut self, dest: &Destination, key: ConsumerKey) -> Option<(Option<&SubId>, &mut MessageQueue)> {
+    fn queue_of(
+        &mut self,
+        dest: &Destination,
+        key: ConsumerKey,
+    ) -> Option<(Option<&SubId>, &mut MessageQueue)> {
         match dest {
             Destination::Queue(name) => self.queues.get_mut(name).map(|q| (None, q)),
             Destination::Topic(name) => {
@@ -310,19 +368,40 @@ impl ShardBroker {
         let sd = stored_dest(dest);
         let mut store = self.store.borrow_mut();
         for e in entries.iter().filter(|e| e.stored) {
-            store.append(&RecordRef::Ack { destination: &sd, sub, id: e.msg.id }, 0);
+            store.append(
+                &RecordRef::Ack {
+                    destination: &sd,
+                    sub,
+                    id: e.msg.id,
+                },
+                0,
+            );
             store.release(e.msg.id);
         }
     }
 
     /// Messages a consumer gave back: journal their redelivery counts, and
     /// dead-letter those past the limit.
-    fn came_back(&mut self, dest: &Destination, sub: Option<&StoredSub>, back: Requeued, out: &mut Outbox) {
+    fn came_back(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        back: Requeued,
+        out: &mut Outbox,
+    ) {
         if !back.counted.is_empty() {
             let sd = stored_dest(dest);
             let mut store = self.store.borrow_mut();
             for (id, count) in &back.counted {
-                store.append(&RecordRef::Redelivered { destination: &sd, sub, id: *id, count: *count }, 0);
+                store.append(
+                    &RecordRef::Redelivered {
+                        destination: &sd,
+                        sub,
+                        id: *id,
+                        count: *count,
+                    },
+                    0,
+                );
             }
         }
         self.retire(dest, sub, &back.dead);
@@ -371,7 +450,13 @@ impl ShardBroker {
     }
 
     /// Groups deliveries per consumer so each crosses to its shard as one batch.
-    fn emit(&mut self, dest: &Destination, sub: Option<&StoredSub>, d: Dispatched, out: &mut Outbox) {
+    fn emit(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        d: Dispatched,
+        out: &mut Outbox,
+    ) {
         if !d.expired.is_empty() {
             self.expire(dest, sub, d.expired, out);
         }
@@ -385,14 +470,23 @@ impl ShardBroker {
         for (consumer, deliveries) in batches {
             out.push((
                 consumer.shard as usize,
-                ShardMsg::Reply(Reply::Deliver { consumer, deliveries }),
+                ShardMsg::Reply(Reply::Deliver {
+                    consumer,
+                    deliveries,
+                }),
             ));
         }
     }
 
     /// Expired persistent messages go to the dead-letter queue, as in
     /// ActiveMQ; non-persistent ones are discarded.
-    fn expire(&mut self, dest: &Destination, sub: Option<&StoredSub>, expired: Vec<Entry>, out: &mut Outbox) {
+    fn expire(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        expired: Vec<Entry>,
+        out: &mut Outbox,
+    ) {
         self.retire(dest, sub, &expired);
         let persistent: Vec<Entry> = expired.into_iter().filter(|e| e.msg.persistent).collect();
         self.dead_letter(persistent, "expired", out);
@@ -402,7 +496,11 @@ impl ShardBroker {
         let dlq = &self.settings.dead_letter_queue;
         for e in entries {
             if e.msg.destination == *dlq {
-                warn!(shard = self.shard, id = e.msg.id, "message dropped from the dead-letter queue itself");
+                warn!(
+                    shard = self.shard,
+                    id = e.msg.id,
+                    "message dropped from the dead-letter queue itself"
+                );
                 continue;
             }
             let m = &e.msg;
@@ -411,7 +509,10 @@ impl ShardBroker {
                 Bytes::from_static(b"original-destination"),
                 Bytes::from(m.destination.to_string()),
             ));
-            properties.push((Bytes::from_static(b"dlqDeliveryFailureCause"), Bytes::from_static(reason.as_bytes())));
+            properties.push((
+                Bytes::from_static(b"dlqDeliveryFailureCause"),
+                Bytes::from_static(reason.as_bytes()),
+            ));
             let footprint = Message::footprint(&properties, &m.body);
             let dead = Arc::new(Message {
                 id: m.id,
@@ -425,7 +526,10 @@ impl ShardBroker {
                 charge: self.usage.charge(footprint),
             });
             debug!(shard = self.shard, destination = %m.destination, id = m.id, reason, "dead-lettered");
-            out.push((dlq.owner(self.settings.shards), ShardMsg::Op(Op::Send(dead))));
+            out.push((
+                dlq.owner(self.settings.shards),
+                ShardMsg::Op(Op::Send(dead)),
+            ));
         }
     }
 
@@ -514,7 +618,11 @@ impl ShardBroker {
                         held.by_id.insert(id, (msg, 0));
                     }
                 }
-                Record::Ack { destination, sub, id } => {
+                Record::Ack {
+                    destination,
+                    sub,
+                    id,
+                } => {
                     let held = match (destination.topic, sub) {
                         (false, _) => queues.get_mut(&destination.name),
                         (true, Some(s)) => durables.get_mut(&(destination.name, s)),

@@ -66,7 +66,9 @@ impl FileLock {
     /// deleted or replaced, as happens when a shared mount is re-made).
     pub fn still_held(&self) -> bool {
         let _ = &self.file;
-        std::fs::metadata(&self.path).map(|m| m.ino() == self.inode).unwrap_or(false)
+        std::fs::metadata(&self.path)
+            .map(|m| m.ino() == self.inode)
+            .unwrap_or(false)
     }
 
     pub fn path(&self) -> &Path {
@@ -88,5 +90,7 @@ fn open(dir: &Path) -> Result<(PathBuf, File)> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

@@ -160,12 +160,20 @@ async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
         ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
             || (persistent
                 && ctx.shared.journal.is_some()
-                && ctx.shared.store_usage.used_bytes.load(std::sync::atomic::Ordering::Relaxed) >= ctx.shared.store_limit_bytes)
+                && ctx
+                    .shared
+                    .store_usage
+                    .used_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= ctx.shared.store_limit_bytes)
     };
     if !over() {
         return;
     }
-    debug!(memory_used = ctx.shared.usage.used(), "limit reached; pausing producer");
+    debug!(
+        memory_used = ctx.shared.usage.used(),
+        "limit reached; pausing producer"
+    );
     while over() && !ctx.shutdown.is_set() {
         sleep(Duration::from_millis(5)).await;
     }

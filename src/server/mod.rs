@@ -22,9 +22,9 @@ use crate::broker::shard::BrokerSettings;
 use crate::broker::Destination;
 use crate::config::{Config, StoreMode};
 use crate::ha::{FileLock, Role, RoleCell};
+use crate::protocol::stomp::Limits;
 use crate::store::journal::StoreUsage;
 use crate::store::meta;
-use crate::protocol::stomp::Limits;
 use shard::{Control, JournalSettings, Shared};
 
 /// Binds a port-0 address to a concrete port first, so that every shard's
@@ -53,7 +53,8 @@ const IO_MEMORY_BYTES: usize = 512 * 1024;
 
 pub fn serve(config: Config) -> Result<()> {
     let started = Instant::now();
-    let stomp = resolve_port(config.listeners.stomp).with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
+    let stomp = resolve_port(config.listeners.stomp)
+        .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
     let admin_listener = std::net::TcpListener::bind(config.listeners.admin)
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.listeners.admin))?;
     let admin_addr = admin_listener.local_addr()?;
@@ -72,7 +73,8 @@ pub fn serve(config: Config) -> Result<()> {
             .name("brokk-admin".into())
             .spawn(move || admin::serve(admin_listener, state))?;
     }
-    let controls_slot: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>> = Arc::new(std::sync::OnceLock::new());
+    let controls_slot: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>> =
+        Arc::new(std::sync::OnceLock::new());
     spawn_signal_thread(role.clone(), controls_slot.clone())?;
 
     let file_mode = config.store.mode == StoreMode::File;
@@ -93,7 +95,11 @@ pub fn serve(config: Config) -> Result<()> {
     let shards = if file_mode {
         let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
         if n != config.shard_count() {
-            warn!(recorded = n, configured = config.shard_count(), "the data directory records another shard count; using it");
+            warn!(
+                recorded = n,
+                configured = config.shard_count(),
+                "the data directory records another shard count; using it"
+            );
         }
         n
     } else {
@@ -114,7 +120,11 @@ pub fn serve(config: Config) -> Result<()> {
         memory_limit_bytes: config.limits.memory_limit_bytes,
         usage: usage.clone(),
         connections: Arc::new(AtomicUsize::new(0)),
-        users: config.users.iter().map(|u| (u.login.clone(), u.passcode.clone())).collect(),
+        users: config
+            .users
+            .iter()
+            .map(|u| (u.login.clone(), u.passcode.clone()))
+            .collect(),
         default_prefetch: config.broker.default_prefetch,
         heartbeat_min_ms: config.broker.heartbeat_min_ms,
         journal: file_mode.then(|| JournalSettings {
@@ -125,7 +135,9 @@ pub fn serve(config: Config) -> Result<()> {
         store_usage: Arc::new(StoreUsage::default()),
         store_limit_bytes: config.store.limit_bytes,
     };
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mesh = (shards > 1).then(|| MeshBuilder::full(shards, shard::MESH_CHANNEL_BATCHES));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut controls = Vec::new();
@@ -163,7 +175,8 @@ pub fn serve(config: Config) -> Result<()> {
         spawn_lock_keepalive(lock, Duration::from_millis(config.ha.lock_keepalive_ms))?;
     }
     for t in threads {
-        t.join().map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
+        t.join()
+            .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
     }
     info!("stopped");
     Ok(())
@@ -171,21 +184,29 @@ pub fn serve(config: Config) -> Result<()> {
 
 /// SIGTERM/SIGINT: a master shuts its shards down gracefully; a standby
 /// (nothing to drain) exits at once.
-fn spawn_signal_thread(role: Arc<RoleCell>, controls: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>>) -> Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-    std::thread::Builder::new().name("brokk-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            info!(signal = sig, role = role.get().as_str(), "shutting down");
-            match controls.get() {
-                Some(cs) => {
-                    for c in cs {
-                        let _ = c.send(Control::Shutdown);
+fn spawn_signal_thread(
+    role: Arc<RoleCell>,
+    controls: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>>,
+) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::Builder::new()
+        .name("brokk-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, role = role.get().as_str(), "shutting down");
+                match controls.get() {
+                    Some(cs) => {
+                        for c in cs {
+                            let _ = c.send(Control::Shutdown);
+                        }
                     }
+                    None => std::process::exit(0),
                 }
-                None => std::process::exit(0),
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 

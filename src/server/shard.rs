@@ -122,7 +122,10 @@ impl ShardContext {
                 ShardMsg::Op(Op::Fence { conn, token }) => {
                     // A receipt means durable: hold it until the journal
                     // has flushed everything appended before it.
-                    let reply = (conn.shard as usize, ShardMsg::Reply(Reply::Fenced { conn, token }));
+                    let reply = (
+                        conn.shard as usize,
+                        ShardMsg::Reply(Reply::Fenced { conn, token }),
+                    );
                     match &self.journal {
                         Some(j) if j.borrow().appended() > j.borrow().durable() => {
                             let upto = j.borrow().appended();
@@ -361,13 +364,18 @@ async fn open_journal(
         Err(e) => return Err(format!("cannot open {}: {e}", meta.display())),
     }
     let dir = js.dir.join(format!("shard-{id}"));
-    let recovered = journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt).map_err(|e| e.to_string())?;
+    let recovered = journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt)
+        .map_err(|e| e.to_string())?;
     let cfg = JournalConfig {
         dir,
         segment_size_bytes: js.segment_size_bytes,
         skip_corrupt: js.skip_corrupt,
     };
-    let j = Rc::new(RefCell::new(Journal::from_recovery(cfg, usage, recovered.layout)));
+    let j = Rc::new(RefCell::new(Journal::from_recovery(
+        cfg,
+        usage,
+        recovered.layout,
+    )));
     // Make the first segment and a spare now, not on the first persistent SEND.
     journal::flush(&j).await.map_err(|e| e.to_string())?;
     journal::ensure_spare(&j).await.map_err(|e| e.to_string())?;
@@ -377,7 +385,9 @@ async fn open_journal(
 /// Group commit: each round writes and fdatasyncs everything appended since
 /// the last one, then releases the receipts that were waiting for it.
 async fn flusher(ctx: Rc<ShardContext>) {
-    let Some(journal) = ctx.journal.clone() else { return };
+    let Some(journal) = ctx.journal.clone() else {
+        return;
+    };
     let mut spare = Vec::new();
     loop {
         spare = ctx.flush_wakeup.take_all(spare).await;

@@ -12,13 +12,16 @@ const HEADER: &str = "brokk-store 1";
 /// Returns the shard count recorded in `dir`, recording `shards` first if
 /// the directory is new.
 pub fn load_or_init(dir: &Path, shards: usize) -> Result<usize> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let path = dir.join("meta");
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text).with_context(|| format!("{} is not a Brokk store meta file", path.display())),
+        Ok(text) => parse(&text)
+            .with_context(|| format!("{} is not a Brokk store meta file", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = dir.join("meta.tmp");
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             write!(f, "{HEADER}\nshards {shards}\n")?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;

@@ -67,8 +67,14 @@ pub enum RecordRef<'a> {
         id: u64,
         count: u32,
     },
-    DurableAdd { topic: &'a str, sub: &'a StoredSub },
-    DurableRemove { topic: &'a str, sub: &'a StoredSub },
+    DurableAdd {
+        topic: &'a str,
+        sub: &'a StoredSub,
+    },
+    DurableRemove {
+        topic: &'a str,
+        sub: &'a StoredSub,
+    },
 }
 
 /// A record read back.
@@ -94,8 +100,14 @@ pub enum Record {
         id: u64,
         count: u32,
     },
-    DurableAdd { topic: Arc<str>, sub: StoredSub },
-    DurableRemove { topic: Arc<str>, sub: StoredSub },
+    DurableAdd {
+        topic: Arc<str>,
+        sub: StoredSub,
+    },
+    DurableRemove {
+        topic: Arc<str>,
+        sub: StoredSub,
+    },
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -146,7 +158,11 @@ pub fn encode(r: &RecordRef<'_>, generation: u64, out: &mut Vec<u8>) {
             }
             put_bytes(out, body);
         }
-        RecordRef::Ack { destination, sub, id } => {
+        RecordRef::Ack {
+            destination,
+            sub,
+            id,
+        } => {
             out.push(T_ACK);
             put_dest(out, destination);
             put_sub(out, *sub);
@@ -189,7 +205,10 @@ pub enum Decoded {
     /// No more records of this generation: clean end of data.
     End,
     /// A record of this generation that does not check out.
-    Bad { reason: &'static str, claimed_len: Option<usize> },
+    Bad {
+        reason: &'static str,
+        claimed_len: Option<usize>,
+    },
 }
 
 /// Reads the record at `pos` of `buf` written under `generation`.
@@ -249,7 +268,10 @@ impl Reader {
     }
     fn dest(&mut self) -> Option<StoredDestination> {
         let topic = self.u8()? != 0;
-        Some(StoredDestination { topic, name: self.str()? })
+        Some(StoredDestination {
+            topic,
+            name: self.str()?,
+        })
     }
     fn sub(&mut self) -> Option<Option<StoredSub>> {
         match self.u8()? {
@@ -345,9 +367,33 @@ mod tests {
             3,
             &mut buf,
         );
-        encode(&RecordRef::Ack { destination: &d, sub: Some(&sub), id: 7 }, 3, &mut buf);
-        encode(&RecordRef::Redelivered { destination: &d, sub: None, id: 7, count: 2 }, 3, &mut buf);
-        encode(&RecordRef::DurableAdd { topic: "t", sub: &sub }, 3, &mut buf);
+        encode(
+            &RecordRef::Ack {
+                destination: &d,
+                sub: Some(&sub),
+                id: 7,
+            },
+            3,
+            &mut buf,
+        );
+        encode(
+            &RecordRef::Redelivered {
+                destination: &d,
+                sub: None,
+                id: 7,
+                count: 2,
+            },
+            3,
+            &mut buf,
+        );
+        encode(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+            },
+            3,
+            &mut buf,
+        );
         let b = Bytes::from(buf);
         let mut pos = 0;
         let mut got = Vec::new();
@@ -368,7 +414,13 @@ mod tests {
                 body: Bytes::from_static(b"a\0b"),
             }
         );
-        assert_eq!(got[3], Record::DurableAdd { topic: "t".into(), sub });
+        assert_eq!(
+            got[3],
+            Record::DurableAdd {
+                topic: "t".into(),
+                sub
+            }
+        );
         assert_eq!(decode_at(&b, pos, 3), Decoded::End);
     }
 
@@ -376,12 +428,23 @@ mod tests {
     fn other_generation_is_end_and_flipped_byte_is_bad() {
         let d = dest();
         let mut buf = Vec::new();
-        encode(&RecordRef::Ack { destination: &d, sub: None, id: 1 }, 4, &mut buf);
+        encode(
+            &RecordRef::Ack {
+                destination: &d,
+                sub: None,
+                id: 1,
+            },
+            4,
+            &mut buf,
+        );
         let b = Bytes::from(buf.clone());
         assert_eq!(decode_at(&b, 0, 5), Decoded::End);
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
-        assert!(matches!(decode_at(&Bytes::from(buf), 0, 4), Decoded::Bad { .. }));
+        assert!(matches!(
+            decode_at(&Bytes::from(buf), 0, 4),
+            Decoded::Bad { .. }
+        ));
         assert_eq!(decode_at(&Bytes::from(vec![0u8; 64]), 0, 4), Decoded::End);
     }
 }

@@ -15,6 +15,8 @@ pub struct Broker {
     pub stomp: SocketAddr,
     pub admin: SocketAddr,
     _dir: Option<tempfile::TempDir>,
+    pub role_line: String,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Broker {
@@ -22,44 +24,115 @@ impl Broker {
         Broker::start_with_config(None, extra)
     }
 
-    /// Starts brokk with `config` (TOML text) written to a temp file.
+    /// Starts brokk with `config` (TOML text) written to a temp file, in
+    /// file mode on a fresh data directory unless `extra` says otherwise.
     pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--data") {
+            args.push("--data".into());
+            args.push(dir.path().join("data").display().to_string());
+        }
+        let mut b = Broker::spawn(config, &args, Some(dir.path()));
+        b._dir = Some(dir);
+        b
+    }
+
+    /// Starts brokk and waits for it to serve (first stdout line).
+    pub fn spawn(
+        config: Option<&str>,
+        args: &[String],
+        config_dir: Option<&std::path::Path>,
+    ) -> Broker {
+        let mut b = Broker::spawn_any(config, args, config_dir);
+        assert!(
+            b.role_line.starts_with("brokk listening"),
+            "expected a master, got {:?}",
+            b.role_line
+        );
+        b.parse_ports();
+        b
+    }
+
+    /// Starts brokk, returning once it printed its first line (a master's
+    /// `brokk listening ...` or a standby's `brokk standby ...`).
+    pub fn spawn_any(
+        config: Option<&str>,
+        args: &[String],
+        config_dir: Option<&std::path::Path>,
+    ) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokk"));
         if std::env::var_os("BROKK_LOG").is_none() {
             cmd.env("BROKK_LOG", "warn");
         }
-        cmd.arg("serve")
-            .args(["--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        cmd.arg("serve");
+        if !args.iter().any(|a| a == "--stomp") {
+            cmd.args(["--stomp", "127.0.0.1:0"]);
+        }
+        if !args.iter().any(|a| a == "--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
         if let Some(c) = config {
-            let p = dir.path().join("brokk.toml");
+            let dir = config_dir.expect("a directory for the config file");
+            let p = dir.join(format!("brokk-{}.toml", std::process::id()));
             std::fs::write(&p, c).unwrap();
             cmd.arg("--config").arg(p);
         }
-        cmd.args(extra)
+        cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("brokk binary runs");
         let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        reader.read_line(&mut line).unwrap();
+        let mut b = Broker {
+            child,
+            stomp: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            _dir: None,
+            role_line: line,
+            stdout: Some(reader),
+        };
+        b.parse_ports();
+        b
+    }
+
+    fn parse_ports(&mut self) {
+        let field = |k: &str| -> Option<SocketAddr> {
+            self.role_line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|a| a.parse().ok())
+        };
+        if let (Some(s), Some(a)) = (field("stomp="), field("admin=")) {
+            self.stomp = s;
+            self.admin = a;
+        }
+    }
+
+    /// For a standby: blocks until it prints that it became master.
+    pub fn wait_for_master(&mut self) {
+        let reader = self.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
         assert!(
             line.starts_with("brokk listening"),
-            "unexpected first line: {line:?}"
+            "standby did not take over: {line:?}"
         );
-        let field = |k: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        Broker {
-            stomp: field("stomp="),
-            admin: field("admin="),
-            child,
-            _dir: Some(dir),
+        self.role_line = line;
+        self.parse_ports();
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
         }
+        let _ = self.child.wait();
     }
 
     pub fn client(&self) -> Client {

@@ -178,7 +178,11 @@ fn content_length_of(line: &[u8], version: Version) -> Result<Option<usize>, Fra
         return Ok(None);
     };
     let (k, v) = (&line[..colon], &line[colon + 1..]);
-    let k = if version == Version::V1_0 { k.trim_ascii() } else { k };
+    let k = if version == Version::V1_0 {
+        k.trim_ascii()
+    } else {
+        k
+    };
     if k != b"content-length" {
         return Ok(None);
     }

@@ -151,7 +151,10 @@ pub fn encode_head(command: Command, version: Version, headers: &[Header], out: 
     out.put_u8(b'\n');
     let escape = version.escaping_for(command);
     // content-length is always written by `finish_body` from the real body.
-    for (k, v) in headers.iter().filter(|(k, _)| k.as_ref() != b"content-length") {
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, _)| k.as_ref() != b"content-length")
+    {
         put_header(out, k, v, escape);
     }
 }

@@ -66,7 +66,8 @@ pub struct JournalConfig {
     pub skip_corrupt: bool,
 }
 
-/// Bytes of segments in use across all shards, for store-limit flow control.
+/// Bytes of segments holding data across all shards (spares not counted),
+/// for store-limit flow control.
 #[derive(Debug, Default)]
 pub struct StoreUsage {
     pub used_bytes: AtomicU64,
@@ -190,7 +191,10 @@ impl Journal {
     }
 
     fn active(&self) -> usize {
-        *self.in_use.back().expect("a journal always has an active segment")
+        *self
+            .in_use
+            .back()
+            .expect("a journal always has an active segment")
     }
 
     /// Starts the next segment: the oldest free one, or a new file.
@@ -207,10 +211,13 @@ impl Journal {
                     live: 0,
                     file: None,
                 });
-                self.usage.used_bytes.fetch_add(self.cfg.segment_size_bytes, Ordering::Relaxed);
                 index
             }
         };
+        // Counted while it holds data; spares are not counted.
+        self.usage
+            .used_bytes
+            .fetch_add(self.cfg.segment_size_bytes, Ordering::Relaxed);
         self.segments[next].generation = self.next_generation;
         self.next_generation += 1;
         self.in_use.push_back(next);
@@ -225,7 +232,9 @@ impl Journal {
 
     /// One holder of message `id` let go of it (ack, dead-letter, expiry).
     pub fn release(&mut self, id: u64) {
-        let Some((seg, left)) = self.holders.get_mut(&id) else { return };
+        let Some((seg, left)) = self.holders.get_mut(&id) else {
+            return;
+        };
         *left -= 1;
         if *left == 0 {
             let seg = *seg;
@@ -246,6 +255,9 @@ impl Journal {
             }
             self.in_use.pop_front();
             self.free.push_back(oldest);
+            self.usage
+                .used_bytes
+                .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
         }
     }
 
@@ -283,14 +295,18 @@ pub fn read_header(block: &[u8]) -> Option<u64> {
 /// Creates a zero-filled segment file of `size` bytes: every block written
 /// once, so later writes and fdatasyncs do not allocate.
 async fn create_segment(path: &Path, size: u64) -> Result<Rc<DmaFile>, JournalError> {
-    let file = DmaFile::create(path).await.map_err(|e| glommio_err(path, e))?;
+    let file = DmaFile::create(path)
+        .await
+        .map_err(|e| glommio_err(path, e))?;
     const CHUNK: u64 = 1 << 20;
     let mut pos = 0;
     while pos < size {
         let n = CHUNK.min(size - pos);
         let mut buf = file.alloc_dma_buffer(n as usize);
         buf.as_bytes_mut().fill(0);
-        file.write_at(buf, pos).await.map_err(|e| glommio_err(path, e))?;
+        file.write_at(buf, pos)
+            .await
+            .map_err(|e| glommio_err(path, e))?;
         pos += n;
     }
     file.fdatasync().await.map_err(|e| glommio_err(path, e))?;
@@ -298,7 +314,13 @@ async fn create_segment(path: &Path, size: u64) -> Result<Rc<DmaFile>, JournalEr
 }
 
 async fn open_segment(path: &Path) -> Result<Rc<DmaFile>, JournalError> {
-    DmaFile::open(path).await.map(Rc::new).map_err(|e| glommio_err(path, e))
+    glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map(Rc::new)
+        .map_err(|e| glommio_err(path, e))
 }
 
 /// Writes everything pending, fdatasyncs, and advances `durable`. Called by
@@ -313,7 +335,12 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
         let (path, size, file, generation) = {
             let j = journal.borrow();
             let s = &j.segments[chunk.segment];
-            (s.path.clone(), j.cfg.segment_size_bytes, s.file.clone(), s.generation)
+            (
+                s.path.clone(),
+                j.cfg.segment_size_bytes,
+                s.file.clone(),
+                s.generation,
+            )
         };
         let file = match file {
             Some(f) => f,
@@ -350,7 +377,10 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
         let bytes = buf.as_bytes_mut();
         bytes[..data.len()].copy_from_slice(&data);
         bytes[data.len()..].fill(0);
-        let n = file.write_at(buf, start).await.map_err(|e| glommio_err(&path, e))?;
+        let n = file
+            .write_at(buf, start)
+            .await
+            .map_err(|e| glommio_err(&path, e))?;
         if (n as u64) < padded {
             return Err(JournalError::Io {
                 path,
@@ -368,7 +398,9 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
         }
     }
     for f in touched {
-        f.fdatasync().await.map_err(|e| glommio_err(Path::new("segment"), e))?;
+        f.fdatasync()
+            .await
+            .map_err(|e| glommio_err(Path::new("segment"), e))?;
     }
     journal.borrow_mut().durable = upto;
     Ok(())
@@ -392,9 +424,10 @@ impl Journal {
         usage: Arc<StoreUsage>,
         state: recovery::Layout,
     ) -> Journal {
-        usage
-            .used_bytes
-            .fetch_add(state.segments.len() as u64 * cfg.segment_size_bytes, Ordering::Relaxed);
+        usage.used_bytes.fetch_add(
+            state.in_use.len() as u64 * cfg.segment_size_bytes,
+            Ordering::Relaxed,
+        );
         let mut j = Journal {
             segments: state
                 .segments
@@ -441,7 +474,10 @@ pub async fn ensure_spare(journal: &std::cell::RefCell<Journal>) -> Result<(), J
         j.making_spare = true;
         let number = j.next_file_number;
         j.next_file_number += 1;
-        (Journal::segment_path(&j.cfg.dir, number), j.cfg.segment_size_bytes)
+        (
+            Journal::segment_path(&j.cfg.dir, number),
+            j.cfg.segment_size_bytes,
+        )
     };
     let made = create_segment(&path, size).await;
     let mut j = journal.borrow_mut();
@@ -454,7 +490,6 @@ pub async fn ensure_spare(journal: &std::cell::RefCell<Journal>) -> Result<(), J
         live: 0,
         file: Some(file),
     });
-    j.usage.used_bytes.fetch_add(size, Ordering::Relaxed);
     // A fresh segment holds nothing: reuse it before any older one.
     j.free.push_front(index);
     Ok(())

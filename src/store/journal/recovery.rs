@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::store::record::{decode_at, Decoded, Record, StoredSub};
 use super::{io_err, read_header, JournalError, BLOCK};
+use crate::store::record::{decode_at, Decoded, Record, StoredSub};
 
 /// Where the writer resumes.
 #[derive(Debug, Default)]
@@ -47,13 +47,21 @@ struct Found {
     data: Bytes,
 }
 
-pub fn recover(dir: &Path, segment_size: u64, skip_corrupt: bool) -> Result<Recovered, JournalError> {
+pub fn recover(
+    dir: &Path,
+    segment_size: u64,
+    skip_corrupt: bool,
+) -> Result<Recovered, JournalError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(number) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(number) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         let path = entry.path();
@@ -73,7 +81,9 @@ pub fn recover(dir: &Path, segment_size: u64, skip_corrupt: bool) -> Result<Reco
     }
     let mut out = Recovered::default();
     out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
-    let mut with_gen: Vec<usize> = (0..found.len()).filter(|&i| found[i].generation.is_some()).collect();
+    let mut with_gen: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].generation.is_some())
+        .collect();
     with_gen.sort_by_key(|&i| found[i].generation);
     let mut durable: HashMap<Arc<str>, HashSet<StoredSub>> = HashMap::new();
     let mut live: Vec<usize> = vec![0; found.len()];
@@ -93,9 +103,15 @@ pub fn recover(dir: &Path, segment_size: u64, skip_corrupt: bool) -> Result<Reco
                     pos = next;
                 }
                 Decoded::End => break,
-                Decoded::Bad { reason, claimed_len } => {
+                Decoded::Bad {
+                    reason,
+                    claimed_len,
+                } => {
                     let next = claimed_len.map(|l| pos + 12 + l);
-                    let more_follows = !last || next.is_some_and(|n| matches!(decode_at(&f.data, n, gen), Decoded::Record(..)));
+                    let more_follows = !last
+                        || next.is_some_and(|n| {
+                            matches!(decode_at(&f.data, n, gen), Decoded::Record(..))
+                        });
                     if !more_follows {
                         warn!(path = %f.path.display(), offset = pos, reason, "torn tail: cutting the journal here");
                         zero_from(&f.path, pos as u64)?;
@@ -125,9 +141,19 @@ pub fn recover(dir: &Path, segment_size: u64, skip_corrupt: bool) -> Result<Reco
         }
     }
     let l = &mut out.layout;
-    l.segments = found.iter().enumerate().map(|(i, f)| (f.path.clone(), f.generation.unwrap_or(0), live[i])).collect();
-    l.next_generation = with_gen.last().and_then(|&i| found[i].generation).unwrap_or(0) + 1;
-    l.free = (0..found.len()).filter(|&i| found[i].generation.is_none()).collect();
+    l.segments = found
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.path.clone(), f.generation.unwrap_or(0), live[i]))
+        .collect();
+    l.next_generation = with_gen
+        .last()
+        .and_then(|&i| found[i].generation)
+        .unwrap_or(0)
+        + 1;
+    l.free = (0..found.len())
+        .filter(|&i| found[i].generation.is_none())
+        .collect();
     l.in_use = with_gen.iter().copied().collect();
     // Oldest segments with nothing live are reusable (the newest stays active).
     while l.in_use.len() > 1 && live[l.in_use[0]] == 0 {
@@ -154,7 +180,9 @@ fn track(
     live: &mut [usize],
 ) {
     match r {
-        Record::Send { id, destination, .. } => {
+        Record::Send {
+            id, destination, ..
+        } => {
             let n = if destination.topic {
                 durable.get(&destination.name).map_or(0, |s| s.len() as u32)
             } else {
@@ -176,7 +204,10 @@ fn track(
         }
         Record::Redelivered { .. } => {}
         Record::DurableAdd { topic, sub } => {
-            durable.entry(topic.clone()).or_default().insert(sub.clone());
+            durable
+                .entry(topic.clone())
+                .or_default()
+                .insert(sub.clone());
         }
         Record::DurableRemove { topic, sub } => {
             if let Some(s) = durable.get_mut(topic) {
@@ -189,7 +220,10 @@ fn track(
 /// Zeroes a segment from `offset` to its end, so the bytes of a torn write
 /// can never be read as records after new data is written before them.
 fn zero_from(path: &Path, offset: u64) -> Result<(), JournalError> {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
     let zeros = vec![0u8; 1 << 20];

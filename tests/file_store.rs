@@ -1,0 +1,470 @@
+//! The `file` store and file-lock master/standby, with real processes,
+//! real files and real SIGKILL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{body, Broker, Client};
+
+const SMALL_SEGMENTS: &str = "[store]\nsegment_size_bytes = 1048576\nlimit_bytes = 4194304\n";
+
+fn start_on(dir: &std::path::Path, config: Option<&str>, extra: &[&str]) -> Broker {
+    let mut args: Vec<String> = vec!["--data".into(), dir.join("data").display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Broker::spawn(config, &args, Some(dir))
+}
+
+/// Drains a queue until it is quiet; returns the bodies received.
+fn drain(b: &Broker, queue: &str) -> Vec<String> {
+    let mut c = b.client();
+    c.subscribe(
+        "drain",
+        queue,
+        "client-individual",
+        &[("activemq.prefetchSize", "500")],
+    );
+    let mut got = Vec::new();
+    while let Some(m) = c.recv_timeout(Duration::from_millis(500)) {
+        assert_eq!(m.command.as_str(), "MESSAGE");
+        got.push(body(&m));
+        c.ack(&m);
+    }
+    c.disconnect();
+    got
+}
+
+#[test]
+fn persistent_messages_survive_a_kill_and_acked_ones_stay_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start_on(dir.path(), None, &["--shards", "2"]);
+    let mut p = b.client();
+    for i in 0..50 {
+        p.send_sync(
+            &format!("/queue/keep{}", i % 3),
+            &format!("m{i}"),
+            &[("persistent", "true")],
+        );
+    }
+    p.send_sync("/queue/keep0", "not persistent", &[]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/keep1", "client-individual", &[]);
+    let mut acked = HashSet::new();
+    for _ in 0..5 {
+        let m = c.expect_message();
+        let id = m.header_str("ack").unwrap().to_string();
+        c.frame("ACK", &[("id", &id), ("receipt", "a")], b"");
+        c.expect_receipt("a");
+        acked.insert(body(&m));
+    }
+    b.kill9();
+    let b = start_on(dir.path(), None, &["--shards", "2"]);
+    let mut all: Vec<String> = (0..3)
+        .flat_map(|q| drain(&b, &format!("/queue/keep{q}")))
+        .collect();
+    all.sort();
+    let mut expected: Vec<String> = (0..50)
+        .map(|i| format!("m{i}"))
+        .filter(|m| !acked.contains(m))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        all, expected,
+        "every receipted persistent message, minus the acknowledged ones"
+    );
+}
+
+#[test]
+fn receipted_messages_survive_twenty_random_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let receipted: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let consumed: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut next: u64 = 0;
+    // A small deterministic generator: kill points differ per iteration.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20 {
+        let mut b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "2"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (addr, receipted, stop) = (b.stomp, receipted.clone(), stop.clone());
+            let start = next;
+            std::thread::spawn(move || -> u64 {
+                let mut p = Client::connect(addr, &[("accept-version", "1.2")]);
+                let mut n = start;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = n.to_string();
+                    p.frame(
+                        "SEND",
+                        &[
+                            ("destination", "/queue/crash"),
+                            ("persistent", "true"),
+                            ("receipt", &id),
+                        ],
+                        id.as_bytes(),
+                    );
+                    n += 1;
+                    match p.recv_timeout(Duration::from_secs(5)) {
+                        Some(f) if f.command.as_str() == "RECEIPT" => {
+                            receipted
+                                .lock()
+                                .unwrap()
+                                .insert(f.header_str("receipt-id").unwrap().parse().unwrap());
+                        }
+                        other => {
+                            eprintln!("producer stopped on {other:?}");
+                            break;
+                        }
+                    }
+                }
+                n
+            })
+        };
+        let consumer = {
+            let (addr, acked, consumed, stop) =
+                (b.stomp, acked.clone(), consumed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, &[("accept-version", "1.2")]);
+                c.frame(
+                    "SUBSCRIBE",
+                    &[
+                        ("id", "c"),
+                        ("destination", "/queue/crash"),
+                        ("ack", "client-individual"),
+                    ],
+                    b"",
+                );
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(m) = c.recv_timeout(Duration::from_secs(5)) else {
+                        break;
+                    };
+                    if m.command.as_str() != "MESSAGE" {
+                        continue;
+                    }
+                    let n: u64 = body(&m).parse().unwrap();
+                    consumed.lock().unwrap().insert(n);
+                    let id = m.header_str("ack").unwrap().to_string();
+                    c.frame("ACK", &[("id", &id), ("receipt", &format!("ack-{n}"))], b"");
+                    // The ACK's receipt may come after more MESSAGE frames;
+                    // only a RECEIPT makes the acknowledgement durable.
+                    if let Some(r) = c.recv_timeout(Duration::from_secs(5)) {
+                        if let Some(rid) = r.header_str("receipt-id") {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(rid.trim_start_matches("ack-").parse().unwrap());
+                        }
+                    }
+                }
+            })
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 250));
+        b.kill9();
+        stop.store(true, Ordering::Relaxed);
+        next = producer.join().unwrap();
+        consumer.join().unwrap();
+    }
+    let b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "2"]);
+    let left: HashSet<u64> = drain(&b, "/queue/crash")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let receipted = receipted.lock().unwrap();
+    let acked = acked.lock().unwrap();
+    let consumed = consumed.lock().unwrap();
+    assert!(
+        receipted.len() > 100,
+        "the test produced too little: {}",
+        receipted.len()
+    );
+    for id in receipted.iter() {
+        assert!(
+            left.contains(id) || consumed.contains(id),
+            "receipted message {id} was lost"
+        );
+    }
+    for id in acked.iter() {
+        assert!(
+            !left.contains(id),
+            "message {id} was acknowledged with a receipt but came back"
+        );
+    }
+    for id in left.iter() {
+        assert!(*id < next, "message {id} was never sent");
+    }
+}
+
+/// The end of valid data in the newest segment of `shard`, and the file.
+fn last_segment(data: &std::path::Path, shard: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let dir = data.join(format!("shard-{shard}"));
+    let mut best = None;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        if &bytes[..8] != b"BRKJNL01" {
+            continue;
+        }
+        let gen = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        if best.as_ref().is_none_or(|(g, _, _)| gen > *g) {
+            best = Some((gen, p, bytes));
+        }
+    }
+    let (_, p, b) = best.expect("a segment with data");
+    (p, b)
+}
+
+/// Offsets of the records in a segment (format: len u32, gen u32, crc u32, payload).
+fn record_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let gen = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    let mut pos = 4096;
+    let mut out = Vec::new();
+    while pos + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let g = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
+        if len == 0 || g != gen {
+            break;
+        }
+        out.push((pos, 12 + len));
+        pos += 12 + len;
+    }
+    out
+}
+
+#[test]
+fn torn_tail_is_truncated_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut b = start_on(dir.path(), None, &["--shards", "1"]);
+    let mut p = b.client();
+    for i in 0..10 {
+        p.send_sync("/queue/torn", &format!("m{i}"), &[("persistent", "true")]);
+    }
+    b.kill9();
+    // Tear the last record: its second half never reached the disk.
+    let (path, mut bytes) = last_segment(&data, 0);
+    let recs = record_offsets(&bytes);
+    assert_eq!(recs.len(), 10);
+    let (off, len) = recs[9];
+    bytes[off + len / 2..off + len].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let mut b = start_on(dir.path(), None, &["--shards", "1"]);
+    let mut p = b.client();
+    p.send_sync("/queue/torn", "after", &[("persistent", "true")]);
+    b.kill9();
+    let b = start_on(dir.path(), None, &["--shards", "1"]);
+    let got = drain(&b, "/queue/torn");
+    let mut expected: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
+    expected.push("after".into());
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn corruption_in_the_middle_stops_the_start_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut b = start_on(dir.path(), None, &["--shards", "1"]);
+    let mut p = b.client();
+    for i in 0..10 {
+        p.send_sync("/queue/bad", &format!("m{i}"), &[("persistent", "true")]);
+    }
+    b.kill9();
+    let (path, mut bytes) = last_segment(&data, 0);
+    let (off, len) = record_offsets(&bytes)[3];
+    bytes[off + len - 2] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .args([
+            "serve",
+            "--stomp",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains(&format!("offset {off}")),
+        "{err}"
+    );
+    let b = start_on(
+        dir.path(),
+        Some("[store]\nskip_corrupt = true\n"),
+        &["--shards", "1"],
+    );
+    let got = drain(&b, "/queue/bad");
+    let expected: Vec<String> = (0..10)
+        .filter(|&i| i != 3)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn shard_count_is_taken_from_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start_on(dir.path(), None, &["--shards", "3"]);
+    let mut p = b.client();
+    for i in 0..12 {
+        p.send_sync(&format!("/queue/sh{i}"), "x", &[("persistent", "true")]);
+    }
+    b.kill9();
+    let b = start_on(dir.path(), None, &["--shards", "1"]);
+    assert_eq!(b.status()["shards"], 3);
+    let total: usize = (0..12)
+        .map(|i| drain(&b, &format!("/queue/sh{i}")).len())
+        .sum();
+    assert_eq!(total, 12);
+}
+
+#[test]
+fn segments_are_reused_and_disk_use_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/cycle", "auto", &[]);
+    let mut p = b.client();
+    let payload = "z".repeat(8192);
+    // 10 MiB through 1 MiB segments.
+    for i in 0..1280 {
+        p.frame(
+            "SEND",
+            &[
+                ("destination", "/queue/cycle"),
+                ("persistent", "true"),
+                ("receipt", "r"),
+            ],
+            payload.as_bytes(),
+        );
+        p.expect_receipt("r");
+        let _ = c.expect_message();
+        if i % 200 == 0 {
+            let used: u64 = std::fs::read_dir(data.join("shard-0"))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            assert!(used <= 4 * 1048576 + 1048576, "journal uses {used} bytes");
+        }
+    }
+    let files = std::fs::read_dir(data.join("shard-0")).unwrap().count();
+    assert!(files <= 5, "{files} segment files for a 4 MiB limit");
+}
+
+#[test]
+fn standby_takes_over_when_master_is_killed_and_old_master_stays_standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (s1, a1, s2, a2) = (free(()), free(()), free(()), free(()));
+    let args = |s: &str, a: &str| -> Vec<String> {
+        ["--data", &data, "--stomp", s, "--admin", a, "--shards", "2"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let mut master = Broker::spawn(None, &args(&s1, &a1), Some(dir.path()));
+    let mut standby = Broker::spawn_any(None, &args(&s2, &a2), Some(dir.path()));
+    assert!(
+        standby.role_line.starts_with("brokk standby"),
+        "{}",
+        standby.role_line
+    );
+    assert_eq!(standby.status()["role"], "standby");
+    assert!(
+        std::net::TcpStream::connect(&s2).is_err(),
+        "a standby does not listen for clients"
+    );
+    let brokers = [master.stomp, standby.stomp];
+    let receipted: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let producer = {
+        let receipted = receipted.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut which = 0;
+            let mut fails = 0;
+            while n < 400 && fails < 200 {
+                let Ok(s) = std::net::TcpStream::connect(brokers[which]) else {
+                    which = 1 - which;
+                    fails += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                drop(s);
+                let mut p = Client::connect(brokers[which], &[("accept-version", "1.2")]);
+                if !p.is_connected() {
+                    which = 1 - which;
+                    continue;
+                }
+                loop {
+                    let id = n.to_string();
+                    // After a failover the last unreceipted one is sent again.
+                    p.frame(
+                        "SEND",
+                        &[
+                            ("destination", "/queue/ha"),
+                            ("persistent", "true"),
+                            ("receipt", &id),
+                        ],
+                        id.as_bytes(),
+                    );
+                    match p.recv_timeout(Duration::from_secs(5)) {
+                        Some(f) if f.command.as_str() == "RECEIPT" => {
+                            receipted.lock().unwrap().push(n);
+                            n += 1;
+                            if n == 400 {
+                                break;
+                            }
+                        }
+                        _ => {
+                            which = 1 - which;
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    while receipted.lock().unwrap().len() < 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    master.kill9();
+    standby.wait_for_master();
+    assert_eq!(standby.status()["role"], "master");
+    producer.join().unwrap();
+    let receipted = receipted.lock().unwrap().clone();
+    assert_eq!(receipted.len(), 400);
+    // The old master comes back as a standby.
+    let old = Broker::spawn_any(None, &args(&s1, &a1), Some(dir.path()));
+    assert!(
+        old.role_line.starts_with("brokk standby"),
+        "{}",
+        old.role_line
+    );
+    assert_eq!(old.status()["role"], "standby");
+    let got: HashSet<u64> = drain(&standby, "/queue/ha")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for id in &receipted {
+        assert!(
+            got.contains(id),
+            "receipted message {id} lost in the failover"
+        );
+    }
+}
