@@ -274,7 +274,7 @@ impl Config {
             }
         }
         let seg = self.store.segment_size_bytes;
-        if seg < 1024 * 1024 || seg % 4096 != 0 {
+        if seg < 1024 * 1024 || !seg.is_multiple_of(4096) {
             return Err(invalid(
                 "store.segment_size_bytes",
                 "must be at least 1 MiB and a multiple of 4096",

@@ -381,3 +381,19 @@ fn shipped_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn shipped_master_standby_configs_are_valid() {
+    for f in ["broker-a.toml", "broker-b.toml"] {
+        let path = format!("{}/ops/file-ha/{f}", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
