@@ -4,6 +4,7 @@
 # interoperability test), checks formatting and lints, then runs the Python
 # interop suite and every Rust test. CI runs exactly this.
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 echo "== toolchain components"
@@ -27,8 +28,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== interop: stomp.py against brokk"
-BROKK_BIN="$PWD/target/debug/brokk" .venv/bin/python -m pytest -q tests/interop
+BROKK_BIN="$PWD/target/debug/brokk" .venv/bin/python -m pytest -q tests/interop 2>&1 | tee -a "$log"
 
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee -a "$log"
+
+# One closing line over both runners (pytest's and cargo's).
+passed=$(grep -oE '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo "${passed:-0} passed, ${failed:-0} failed"

@@ -4,6 +4,7 @@
 //! losses and duplicates, then one JSON line.
 
 mod audit;
+mod cluster;
 mod stomp;
 
 use std::io::Write as _;
@@ -24,9 +25,22 @@ use stomp::Conn;
     about = "STOMP load generator: throughput, latency percentiles, loss audit"
 )]
 struct Args {
-    /// Failover list of STOMP brokers; on a broken connection the next one is tried.
-    #[arg(long, default_value = "127.0.0.1:61613", value_delimiter = ',')]
-    brokers: Vec<String>,
+    /// Failover list of STOMP brokers (any STOMP broker); on a broken
+    /// connection the next one is tried. Default 127.0.0.1:61613 unless
+    /// --mode starts brokers.
+    #[arg(long, value_delimiter = ',')]
+    brokers: Option<Vec<String>>,
+    /// Start Brokk itself in this mode (memory: one broker; file: a
+    /// master/standby pair on one data directory) when --brokers is not given.
+    #[arg(long, value_enum)]
+    mode: Option<cluster::Mode>,
+    /// Shards for the brokers bench starts.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// SIGKILL the current master once this many messages are receipted
+    /// (needs --mode file without --brokers); reports the failover gap.
+    #[arg(long)]
+    kill_master_after: Option<u64>,
     /// Producer connections.
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -61,6 +75,11 @@ struct Args {
 
 struct Shared {
     args: Args,
+    brokers: Vec<String>,
+    receipted_total: AtomicU64,
+    /// Per broker: time (ns since start) of the last and first receipt it gave.
+    last_receipt_ns: Vec<AtomicU64>,
+    first_receipt_ns: Vec<AtomicU64>,
     start: Instant,
     audit: Audit,
     producers_done: AtomicBool,
@@ -96,8 +115,29 @@ fn run(args: Args) -> Result<()> {
     if args.producers == 0 || args.window == 0 {
         bail!("--producers and --window must be at least 1");
     }
+    let cluster = match (&args.brokers, args.mode) {
+        (None, Some(mode)) => Some(Arc::new(Mutex::new(cluster::Cluster::start(
+            mode,
+            args.shards,
+        )?))),
+        _ => None,
+    };
+    if args.kill_master_after.is_some() && !matches!(args.mode, Some(cluster::Mode::File))
+        || (args.kill_master_after.is_some() && args.brokers.is_some())
+    {
+        bail!("--kill-master-after needs --mode file and no --brokers (bench must start the pair to kill its master)");
+    }
+    let brokers = match (&args.brokers, &cluster) {
+        (Some(b), _) => b.clone(),
+        (None, Some(c)) => c.lock().unwrap_or_else(|e| e.into_inner()).brokers(),
+        (None, None) => vec!["127.0.0.1:61613".to_string()],
+    };
     let counts = per_producer(args.messages, args.producers);
     let shared = Arc::new(Shared {
+        receipted_total: AtomicU64::new(0),
+        last_receipt_ns: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
+        first_receipt_ns: brokers.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
+        brokers,
         audit: Audit::new(&counts),
         receipted: Mutex::new(counts.iter().map(|&n| vec![false; n as usize]).collect()),
         args: args.clone(),
@@ -119,6 +159,13 @@ fn run(args: Args) -> Result<()> {
         .collect();
     ready.wait();
     let t0 = Instant::now();
+    let killer = match (args.kill_master_after, &cluster) {
+        (Some(n), Some(c)) => {
+            let (s, c) = (shared.clone(), c.clone());
+            Some(std::thread::spawn(move || kill_master_when(n, &s, &c)))
+        }
+        _ => None,
+    };
     let producers: Vec<_> = counts
         .iter()
         .enumerate()
@@ -136,6 +183,7 @@ fn run(args: Args) -> Result<()> {
     }
     let produce_secs = t0.elapsed().as_secs_f64();
     shared.producers_done.store(true, Ordering::SeqCst);
+    let failover = killer.and_then(|k| k.join().ok()).flatten();
     for c in consumers {
         if let Ok(Err(e)) = c.join() {
             eprintln!("bench: consumer failed: {e:#}");
@@ -148,7 +196,67 @@ fn run(args: Args) -> Result<()> {
     } else {
         produce_secs
     };
-    report(&shared, produce_secs, total_secs)
+    report(&shared, produce_secs, total_secs, failover)
+}
+
+/// What one master kill looked like from the clients' side.
+#[derive(Debug, Clone)]
+struct Failover {
+    /// Last receipt from the old master to the first from the new one.
+    gap_ms: f64,
+    /// From SIGKILL to the standby announcing it serves.
+    new_master_ms: Option<f64>,
+}
+
+fn kill_master_when(after: u64, s: &Shared, cluster: &Mutex<cluster::Cluster>) -> Option<Failover> {
+    while s.receipted_total.load(Ordering::Relaxed) < after {
+        if s.producers_done.load(Ordering::Relaxed) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let (killed_at, old) = {
+        let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+        // The broker that last gave receipts is the master being killed.
+        let old = (0..s.brokers.len())
+            .max_by_key(|&i| s.last_receipt_ns[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        (c.kill_master().ok()?, old)
+    };
+    eprintln!(
+        "bench: killed the master ({}) after {after} receipts",
+        s.brokers[old]
+    );
+    let mut new_master = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(t) = cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .new_master_since(killed_at)
+        {
+            new_master = Some((t - killed_at).as_secs_f64() * 1000.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Wait for the first receipt from another broker.
+    let last_old = s.last_receipt_ns[old].load(Ordering::Relaxed);
+    let first_new = loop {
+        let f = (0..s.brokers.len())
+            .filter(|&i| i != old)
+            .map(|i| s.first_receipt_ns[i].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        if f != u64::MAX || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    Some(Failover {
+        gap_ms: first_new.saturating_sub(last_old) as f64 / 1e6,
+        new_master_ms: new_master,
+    })
 }
 
 fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
@@ -160,7 +268,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
     let mut receipted_upto = 0u64;
     'reconnect: while receipted_upto < n {
-        let (mut conn, idx) = match Conn::connect(&a.brokers, broker, login) {
+        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
             Ok(c) => c,
             Err(e) => {
                 if s.start.elapsed() > Duration::from_secs(3600) {
@@ -215,6 +323,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                     .and_then(|r| r.parse::<u64>().ok())
                 {
                     let now = s.start.elapsed().as_nanos() as u64;
+                    let mut n = 0;
                     while let Some(&(seq, ts)) = in_flight.front() {
                         if seq > id {
                             break;
@@ -222,7 +331,11 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                         in_flight.pop_front();
                         let _ = hist.record(((now - ts) / 1000).max(1));
                         receipted_upto = seq + 1;
+                        n += 1;
                     }
+                    s.receipted_total.fetch_add(n, Ordering::Relaxed);
+                    s.last_receipt_ns[broker].fetch_max(now, Ordering::Relaxed);
+                    s.first_receipt_ns[broker].fetch_min(now, Ordering::Relaxed);
                 }
                 frame = match conn.try_frame() {
                     Ok(Some(f)) => Ok(f),
@@ -258,7 +371,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     let mut signalled = false;
     let mut last_progress = Instant::now();
     'reconnect: loop {
-        let (mut conn, idx) = match Conn::connect(&a.brokers, broker, login) {
+        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
             Ok(c) => c,
             Err(e) => {
                 if !signalled {
@@ -393,7 +506,12 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn report(s: &Shared, produce_secs: f64, total_secs: f64) -> Result<()> {
+fn report(
+    s: &Shared,
+    produce_secs: f64,
+    total_secs: f64,
+    failover: Option<Failover>,
+) -> Result<()> {
     let a = &s.args;
     let receipted = s.receipted.lock().unwrap_or_else(|e| e.into_inner());
     let receipted_count: u64 = receipted
@@ -410,8 +528,15 @@ fn report(s: &Shared, produce_secs: f64, total_secs: f64) -> Result<()> {
     let rate = receipted_count as f64 / produce_secs;
     let consumed = s.consumed.load(Ordering::Relaxed);
     println!(
-        "bench: {} producers, {} consumers, {} x {} B to {} (persistent: {}, window {})",
-        a.producers, a.consumers, a.messages, a.size, a.destination, a.persistent, a.window
+        "bench: {} producers, {} consumers, {} x {} B to {} on {} (persistent: {}, window {})",
+        a.producers,
+        a.consumers,
+        a.messages,
+        a.size,
+        a.destination,
+        s.brokers.join(","),
+        a.persistent,
+        a.window
     );
     println!(
         "  sent+receipted   {receipted_count:>10} in {produce_secs:.2} s = {rate:>10.0} msg/s"
@@ -446,8 +571,17 @@ fn report(s: &Shared, produce_secs: f64, total_secs: f64) -> Result<()> {
             println!("  lost ids: {}", t.lost_ids.join(" "));
         }
     }
+    if let Some(f) = &failover {
+        println!(
+            "  failover gap     {:>10.1} ms (last receipt from the old master -> first from the new); new master after {} ms",
+            f.gap_ms,
+            f.new_master_ms.map_or("?".to_string(), |m| format!("{m:.1}"))
+        );
+    }
     let json = serde_json::json!({
-        "brokers": a.brokers,
+        "brokers": s.brokers,
+        "mode": a.mode.map(|m| format!("{m:?}").to_lowercase()),
+        "failover": failover.as_ref().map(|f| serde_json::json!({"gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})),
         "producers": a.producers,
         "consumers": a.consumers,
         "messages": a.messages,
