@@ -468,3 +468,104 @@ fn standby_takes_over_when_master_is_killed_and_old_master_stays_standby() {
         );
     }
 }
+
+#[test]
+fn durable_subscription_survives_segment_reuse_and_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);
+    let durable = [("activemq.subscriptionName", "keep")];
+    let mut s = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "dur")]);
+    s.subscribe("d", "/topic/reuse", "client-individual", &durable);
+    s.disconnect();
+    // Push several segments' worth through a queue so that the segment that
+    // recorded the subscription is reused.
+    let mut c = b.client();
+    c.subscribe("q", "/queue/filler", "auto", &[]);
+    let mut p = b.client();
+    let payload = "f".repeat(16 * 1024);
+    for _ in 0..400 {
+        p.frame(
+            "SEND",
+            &[
+                ("destination", "/queue/filler"),
+                ("persistent", "true"),
+                ("receipt", "r"),
+            ],
+            payload.as_bytes(),
+        );
+        p.expect_receipt("r");
+        let _ = c.expect_message();
+    }
+    let first = data.join("shard-0").join("seg-000000.log");
+    let header = std::fs::read(&first).unwrap();
+    assert_ne!(
+        u64::from_le_bytes(header[8..16].try_into().unwrap()),
+        1,
+        "the first segment should have been reused"
+    );
+    p.send_sync(
+        "/topic/reuse",
+        "kept for the durable subscriber",
+        &[("persistent", "true")],
+    );
+    b.kill9();
+    let b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);
+    let mut s = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "dur")]);
+    s.subscribe("d", "/topic/reuse", "client-individual", &durable);
+    assert_eq!(body(&s.expect_message()), "kept for the durable subscriber");
+}
+
+#[test]
+fn producers_are_held_back_at_the_store_limit_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);
+    let addr = b.stomp;
+    const N: usize = 600;
+    let producer = std::thread::spawn(move || {
+        let mut p = Client::connect(addr, &[("accept-version", "1.2")]);
+        let payload = "s".repeat(16 * 1024);
+        for i in 0..N {
+            p.frame(
+                "SEND",
+                &[
+                    ("destination", "/queue/full"),
+                    ("persistent", "true"),
+                    ("seq", &i.to_string()),
+                ],
+                payload.as_bytes(),
+            );
+        }
+        p.disconnect();
+    });
+    // 600 x 16 KiB is more than the 4 MiB limit: without a consumer the
+    // producer must stall, not fail and not grow the journal without bound.
+    b.wait_until("journal to fill", |_| {
+        b.destination("/queue/full")
+            .is_some_and(|d| d["pending"].as_u64().unwrap() >= 150)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !producer.is_finished(),
+        "the producer should be held back at the store limit"
+    );
+    let files = std::fs::read_dir(dir.path().join("data/shard-0"))
+        .unwrap()
+        .count();
+    assert!(files <= 6, "{files} segment files for a 4 MiB limit");
+    let mut c = b.client();
+    c.subscribe(
+        "s",
+        "/queue/full",
+        "client",
+        &[("activemq.prefetchSize", "50")],
+    );
+    for i in 0..N {
+        let m = c.expect_message();
+        assert_eq!(m.header_str("seq"), Some(i.to_string().as_str()));
+        if i % 25 == 24 {
+            c.ack(&m);
+        }
+    }
+    producer.join().unwrap();
+}

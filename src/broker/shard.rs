@@ -158,30 +158,6 @@ impl ShardBroker {
                 ShardMsg::Reply(Reply::Fenced { conn, token }),
             )),
         }
-        self.after_append();
-    }
-
-    /// Journal bookkeeping once per operation: after the store started a
-    /// new segment, every durable subscription is recorded again so that
-    /// older segments can be reused.
-    fn after_append(&mut self) {
-        if !self.store.borrow_mut().take_rolled() {
-            return;
-        }
-        let mut store = self.store.borrow_mut();
-        for (topic, t) in &self.topics {
-            for id in t.subs.keys() {
-                if let SubId::Durable(d) = id {
-                    store.append(
-                        &RecordRef::DurableAdd {
-                            topic,
-                            sub: &stored_sub(d),
-                        },
-                        0,
-                    );
-                }
-            }
-        }
     }
 
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
@@ -558,7 +534,6 @@ impl ShardBroker {
         for (dest, sub, e) in expired {
             self.expire(&dest, sub.as_ref(), e, out);
         }
-        self.after_append();
     }
 
     /// Rebuilds queues and durable subscriptions from the journal's records

@@ -10,8 +10,4 @@ impl Store for MemoryStore {
     fn append(&mut self, _rec: &RecordRef<'_>, _holders: u32) {}
 
     fn release(&mut self, _id: u64) {}
-
-    fn take_rolled(&mut self) -> bool {
-        false
-    }
 }

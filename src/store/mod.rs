@@ -22,7 +22,4 @@ pub trait Store {
     fn append(&mut self, rec: &RecordRef<'_>, holders: u32);
     /// One holder of message `id` let go of it.
     fn release(&mut self, id: u64);
-    /// True once after the store started a new segment: the broker then
-    /// re-appends state that must outlive older segments.
-    fn take_rolled(&mut self) -> bool;
 }

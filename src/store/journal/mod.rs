@@ -14,7 +14,7 @@
 
 pub mod recovery;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use glommio::io::DmaFile;
 use thiserror::Error;
 
-use super::record::{self, RecordRef};
+use super::record::{self, RecordRef, StoredSub};
 
 pub const BLOCK: u64 = 4096;
 const MAGIC: &[u8; 8] = b"BRKJNL01";
@@ -114,7 +114,9 @@ pub struct Journal {
     /// Message id -> (segment, holders left).
     holders: HashMap<u64, (usize, u32)>,
     next_file_number: u64,
-    rolled: bool,
+    /// Durable subscriptions per topic: written again at the head of every
+    /// new segment, so that no older segment is needed to know them.
+    durables: HashMap<Arc<str>, HashSet<StoredSub>>,
     /// A spare segment is being made in the background.
     making_spare: bool,
 }
@@ -141,12 +143,6 @@ impl Journal {
         !self.pending.is_empty()
     }
 
-    /// True once after each switch to a new segment: the caller re-appends
-    /// state that must outlive older segments (durable subscriptions).
-    pub fn take_rolled(&mut self) -> bool {
-        std::mem::take(&mut self.rolled)
-    }
-
     /// Encodes a record for the next flush. `holders`: for a SEND, how many
     /// acknowledgements retire it (1 for a queue, the durable subscriber
     /// count for a topic); 0 for other records.
@@ -161,11 +157,26 @@ impl Journal {
             size = self.encode_pending(rec);
         }
         let active = self.active();
-        if let RecordRef::Send { id, .. } = rec {
-            if holders > 0 {
+        match rec {
+            RecordRef::Send { id, .. } if holders > 0 => {
                 self.holders.insert(*id, (active, holders));
                 self.segments[active].live += 1;
             }
+            RecordRef::DurableAdd { topic, sub } => {
+                self.durables
+                    .entry(Arc::from(*topic))
+                    .or_default()
+                    .insert((*sub).clone());
+            }
+            RecordRef::DurableRemove { topic, sub } => {
+                if let Some(s) = self.durables.get_mut(*topic) {
+                    s.remove(*sub);
+                    if s.is_empty() {
+                        self.durables.remove(*topic);
+                    }
+                }
+            }
+            _ => {}
         }
         self.active_len += size;
         self.appended += 1;
@@ -227,7 +238,16 @@ impl Journal {
             fresh: true,
             bytes: Vec::new(),
         });
-        self.rolled = true;
+        // The snapshot goes first: every later record in this segment (a
+        // topic SEND in particular) is read back knowing its subscribers.
+        let gen = self.segments[next].generation;
+        let chunk = self.pending.last_mut().expect("pushed above");
+        for (topic, subs) in &self.durables {
+            for sub in subs {
+                record::encode(&RecordRef::DurableAdd { topic, sub }, gen, &mut chunk.bytes);
+            }
+        }
+        self.active_len += chunk.bytes.len() as u64;
     }
 
     /// One holder of message `id` let go of it (ack, dead-letter, expiry).
@@ -413,9 +433,6 @@ impl super::Store for Journal {
     fn release(&mut self, id: u64) {
         Journal::release(self, id);
     }
-    fn take_rolled(&mut self) -> bool {
-        Journal::take_rolled(self)
-    }
 }
 
 impl Journal {
@@ -450,14 +467,13 @@ impl Journal {
             durable: 0,
             holders: state.holders,
             next_file_number: state.next_file_number,
-            rolled: false,
+            durables: state.durables,
             making_spare: false,
             usage,
             cfg,
         };
         if j.in_use.is_empty() {
             j.roll();
-            j.rolled = false;
         }
         j
     }

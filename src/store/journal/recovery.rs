@@ -28,6 +28,8 @@ pub struct Layout {
     /// The active segment's bytes from the last block boundary to `active_len`.
     pub tail: Vec<u8>,
     pub holders: HashMap<u64, (usize, u32)>,
+    /// Durable subscriptions per topic at the end of the journal.
+    pub durables: HashMap<Arc<str>, HashSet<StoredSub>>,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +164,8 @@ pub fn recover(
     }
     l.active_len = active_len;
     l.holders = holders;
+    durable.retain(|_, s| !s.is_empty());
+    l.durables = durable;
     info!(
         dir = %dir.display(),
         records = out.records.len(),
