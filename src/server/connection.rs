@@ -78,15 +78,16 @@ async fn read_loop(
     outbound: &Mailbox<Outbound>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
 ) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Idle connections stay small: the read size starts at 4 KiB and
+    // doubles (up to READ_CHUNK) only while reads fill it.
+    let mut chunk = 4096;
+    let mut buf = BytesMut::new();
     let mut read_timeout: Option<Duration> = None;
     let mut actions = Vec::new();
     loop {
         let filled = buf.len();
-        if buf.capacity() - filled < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        buf.resize(buf.capacity(), 0);
+        buf.reserve(chunk);
+        buf.resize(filled + chunk, 0);
         let read = match read_timeout {
             None => reader.read(&mut buf[filled..]).await,
             Some(t) => {
@@ -112,6 +113,9 @@ async fn read_loop(
             }
         };
         buf.truncate(filled + n);
+        if n == chunk {
+            chunk = (chunk * 2).min(READ_CHUNK);
+        }
         loop {
             let version = session.borrow().version();
             match parse(&mut buf, version, &ctx.shared.limits) {
@@ -210,7 +214,7 @@ async fn write_loop(
     fd: i32,
 ) {
     let mut heartbeat: Option<Duration> = None;
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::new();
     let mut spare = Vec::new();
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
     let mut actions = Vec::new();
