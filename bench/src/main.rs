@@ -61,6 +61,11 @@ struct Args {
     /// Outstanding receipts allowed per producer.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// Open loop: send this many messages per second in total, on a fixed
+    /// schedule; latency counts from the scheduled send time, so a stall is
+    /// not hidden (no coordinated omission). Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Consumer prefetch (`activemq.prefetchSize`).
     #[arg(long, default_value_t = 1000)]
     prefetch: u32,
@@ -266,6 +271,9 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     let mut hist = histogram();
     let mut broker = 0;
     let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
+    let schedule = a
+        .rate
+        .map(|r| Schedule::new(r, a.producers, p, s.start.elapsed().as_nanos() as u64));
     let mut receipted_upto = 0u64;
     'reconnect: while receipted_upto < n {
         let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
@@ -283,8 +291,15 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
         next = next.min(receipted_upto);
         let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
         loop {
-            while in_flight.len() < a.window && next < n {
-                let ts = s.start.elapsed().as_nanos() as u64;
+            let now = s.start.elapsed().as_nanos() as u64;
+            while in_flight.len() < a.window
+                && next < n
+                && schedule.as_ref().is_none_or(|sc| sc.due(next) <= now)
+            {
+                let ts = match &schedule {
+                    Some(sc) => sc.due(next),
+                    None => s.start.elapsed().as_nanos() as u64,
+                };
                 let w = &mut conn.wbuf;
                 let _ = write!(
                     w,
@@ -301,11 +316,31 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                 broker += 1;
                 continue 'reconnect;
             }
-            if in_flight.is_empty() {
+            if in_flight.is_empty() && next >= n {
                 break 'reconnect;
             }
+            // Open loop: wait for receipts only until the next send is due.
+            let wait = match &schedule {
+                Some(sc) if next < n && in_flight.len() < a.window => {
+                    let now = s.start.elapsed().as_nanos() as u64;
+                    Some(Duration::from_nanos(
+                        sc.due(next).saturating_sub(now).max(50_000),
+                    ))
+                }
+                _ => None,
+            };
+            if in_flight.is_empty() {
+                std::thread::sleep(wait.unwrap_or_default());
+                continue;
+            }
+            let _ = conn.set_read_timeout(wait);
             // Wait for at least one receipt, then take every one buffered.
             let mut frame = conn.read_frame();
+            if let (Err(e), Some(_)) = (&frame, wait) {
+                if is_timeout(e) {
+                    continue;
+                }
+            }
             loop {
                 let f = match frame {
                     Ok(f) => f,
@@ -356,6 +391,37 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .add(&hist)?;
     Ok(())
+}
+
+/// When each message of one producer is due in open-loop mode.
+struct Schedule {
+    start_ns: u64,
+    interval_ns: f64,
+}
+
+impl Schedule {
+    fn new(total_rate: f64, producers: usize, p: usize, now_ns: u64) -> Schedule {
+        let interval_ns = 1e9 * producers as f64 / total_rate.max(1e-9);
+        // Producers start out of phase so the load is smooth, not bursty.
+        let offset = (interval_ns * p as f64 / producers as f64) as u64;
+        Schedule {
+            start_ns: now_ns + offset,
+            interval_ns,
+        }
+    }
+
+    fn due(&self, seq: u64) -> u64 {
+        self.start_ns + (seq as f64 * self.interval_ns) as u64
+    }
+}
+
+fn is_timeout(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    })
 }
 
 fn header_u64(f: &brokk::protocol::stomp::Frame, name: &str) -> Option<u64> {
@@ -588,6 +654,7 @@ fn report(
         "size": a.size,
         "persistent": a.persistent,
         "window": a.window,
+        "rate": a.rate,
         "receipted": receipted_count,
         "consumed": consumed,
         "produce_secs": produce_secs,
@@ -613,6 +680,15 @@ mod tests {
     fn messages_split_evenly_across_producers() {
         assert_eq!(per_producer(10, 3), vec![4, 3, 3]);
         assert_eq!(per_producer(2, 4), vec![1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn open_loop_schedule_spaces_sends_evenly() {
+        let sc = Schedule::new(1000.0, 2, 0, 0);
+        assert_eq!(sc.due(0), 0);
+        assert_eq!(sc.due(1), 2_000_000);
+        let sc1 = Schedule::new(1000.0, 2, 1, 0);
+        assert_eq!(sc1.due(0), 1_000_000);
     }
 
     #[test]
