@@ -84,6 +84,13 @@ fn stored_dest(d: &Destination) -> StoredDestination {
     }
 }
 
+fn durable_name(s: &StoredSub) -> DurableName {
+    DurableName {
+        client_id: s.client_id.to_string(),
+        name: s.name.to_string(),
+    }
+}
+
 fn stored_sub(d: &DurableName) -> StoredSub {
     StoredSub {
         client_id: d.client_id.as_str().into(),
@@ -537,16 +544,51 @@ impl ShardBroker {
     }
 
     /// Rebuilds queues and durable subscriptions from the journal's records
-    /// (in journal order). Bodies are copied out of the segment buffers so
-    /// that a surviving message does not pin a whole segment in memory.
+    /// (in journal order). Two passes: the first collects what was retired
+    /// and redelivery counts, the second builds only the surviving messages
+    /// and puts them straight into their queues, so recovery costs one
+    /// allocation per live message and none per retired one.
     pub fn restore(&mut self, records: Vec<Record>) -> usize {
-        #[derive(Default)]
-        struct Held {
-            order: Vec<u64>,
-            by_id: HashMap<u64, (SharedMessage, u32)>,
+        type SubKey = (Arc<str>, StoredSub);
+        let mut queue_acks: HashMap<Arc<str>, std::collections::HashSet<u64>> = HashMap::new();
+        let mut sub_acks: HashMap<SubKey, std::collections::HashSet<u64>> = HashMap::new();
+        let mut counts: HashMap<(StoredDestination, Option<StoredSub>, u64), u32> = HashMap::new();
+        for r in &records {
+            match r {
+                Record::Ack {
+                    destination,
+                    sub,
+                    id,
+                } => match (destination.topic, sub) {
+                    (false, _) => {
+                        queue_acks
+                            .entry(destination.name.clone())
+                            .or_default()
+                            .insert(*id);
+                    }
+                    (true, Some(s)) => {
+                        sub_acks
+                            .entry((destination.name.clone(), s.clone()))
+                            .or_default()
+                            .insert(*id);
+                    }
+                    (true, None) => {}
+                },
+                Record::Redelivered {
+                    destination,
+                    sub,
+                    id,
+                    count,
+                } => {
+                    counts.insert((destination.clone(), sub.clone(), *id), *count);
+                }
+                _ => {}
+            }
         }
-        let mut queues: HashMap<Arc<str>, Held> = HashMap::new();
-        let mut durables: HashMap<(Arc<str>, StoredSub), Held> = HashMap::new();
+        let mut restored = 0;
+        // Durable subscriptions as the journal goes: a topic message belongs
+        // to the subscriptions that existed when it was sent.
+        let mut durables: HashMap<Arc<str>, Vec<StoredSub>> = HashMap::new();
         for r in records {
             match r {
                 Record::Send {
@@ -558,6 +600,32 @@ impl ShardBroker {
                     properties,
                     body,
                 } => {
+                    let live_for_queue = !destination.topic
+                        && !queue_acks
+                            .get(&destination.name)
+                            .is_some_and(|a| a.contains(&id));
+                    let subs: Vec<StoredSub> = if destination.topic {
+                        durables
+                            .get(&destination.name)
+                            .map(|subs| {
+                                subs.iter()
+                                    .filter(|s| {
+                                        !sub_acks
+                                            .get(&(destination.name.clone(), (*s).clone()))
+                                            .is_some_and(|a| a.contains(&id))
+                                    })
+                                    .cloned()
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    if !live_for_queue && subs.is_empty() {
+                        continue;
+                    }
+                    // Copied out of the segment buffer: a surviving message
+                    // must not pin a whole segment in memory.
                     let properties: Vec<(Bytes, Bytes)> = properties
                         .iter()
                         .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
@@ -580,82 +648,66 @@ impl ShardBroker {
                         timestamp_ms,
                         charge: self.usage.charge(footprint),
                     });
-                    if destination.topic {
-                        for ((topic, _), held) in durables.iter_mut() {
-                            if *topic == destination.name {
-                                held.order.push(id);
-                                held.by_id.insert(id, (msg.clone(), 0));
-                            }
-                        }
-                    } else {
-                        let held = queues.entry(destination.name).or_default();
-                        held.order.push(id);
-                        held.by_id.insert(id, (msg, 0));
+                    if live_for_queue {
+                        let redeliveries = counts
+                            .get(&(destination.clone(), None, id))
+                            .copied()
+                            .unwrap_or(0);
+                        self.queues
+                            .entry(destination.name.clone())
+                            .or_default()
+                            .restore(Entry {
+                                msg: msg.clone(),
+                                redeliveries,
+                                stored: true,
+                            });
+                        restored += 1;
                     }
-                }
-                Record::Ack {
-                    destination,
-                    sub,
-                    id,
-                } => {
-                    let held = match (destination.topic, sub) {
-                        (false, _) => queues.get_mut(&destination.name),
-                        (true, Some(s)) => durables.get_mut(&(destination.name, s)),
-                        (true, None) => None,
-                    };
-                    if let Some(h) = held {
-                        h.by_id.remove(&id);
-                    }
-                }
-                Record::Redelivered {
-                    destination,
-                    sub,
-                    id,
-                    count,
-                } => {
-                    let held = match (destination.topic, sub) {
-                        (false, _) => queues.get_mut(&destination.name),
-                        (true, Some(s)) => durables.get_mut(&(destination.name, s)),
-                        (true, None) => None,
-                    };
-                    if let Some((_, c)) = held.and_then(|h| h.by_id.get_mut(&id)) {
-                        *c = count;
+                    for sub in subs {
+                        let redeliveries = counts
+                            .get(&(destination.clone(), Some(sub.clone()), id))
+                            .copied()
+                            .unwrap_or(0);
+                        self.durable_queue(&destination.name, &sub).restore(Entry {
+                            msg: msg.clone(),
+                            redeliveries,
+                            stored: true,
+                        });
+                        restored += 1;
                     }
                 }
                 Record::DurableAdd { topic, sub } => {
-                    durables.entry((topic, sub)).or_default();
+                    let subs = durables.entry(topic.clone()).or_default();
+                    if !subs.contains(&sub) {
+                        self.durable_queue(&topic, &sub);
+                        subs.push(sub);
+                    }
                 }
                 Record::DurableRemove { topic, sub } => {
-                    durables.remove(&(topic, sub));
+                    if let Some(subs) = durables.get_mut(&topic) {
+                        subs.retain(|s| *s != sub);
+                    }
+                    if let Some(t) = self.topics.get_mut(&topic) {
+                        t.subs.remove(&SubId::Durable(durable_name(&sub)));
+                        if t.subs.is_empty() {
+                            self.topics.remove(&topic);
+                        }
+                    }
                 }
+                Record::Ack { .. } | Record::Redelivered { .. } => {}
             }
-        }
-        let mut restored = 0;
-        let mut fill = |q: &mut MessageQueue, mut held: Held| {
-            for id in held.order {
-                if let Some((msg, redeliveries)) = held.by_id.remove(&id) {
-                    q.restore(Entry {
-                        msg,
-                        redeliveries,
-                        stored: true,
-                    });
-                    restored += 1;
-                }
-            }
-        };
-        for (name, held) in queues {
-            fill(self.queues.entry(name).or_default(), held);
-        }
-        for ((topic, sub), held) in durables {
-            let name = DurableName {
-                client_id: sub.client_id.to_string(),
-                name: sub.name.to_string(),
-            };
-            let t = self.topics.entry(topic).or_default();
-            let s = t.subs.entry(SubId::Durable(name)).or_default();
-            fill(&mut s.queue, held);
         }
         restored
+    }
+
+    /// The queue of a durable subscription, made if new.
+    fn durable_queue(&mut self, topic: &Arc<str>, sub: &StoredSub) -> &mut MessageQueue {
+        let t = self.topics.entry(topic.clone()).or_default();
+        &mut t
+            .subs
+            .entry(SubId::Durable(durable_name(sub)))
+            .or_default()
+            .queue
     }
 
     pub fn stats(&self) -> Vec<DestinationStats> {

@@ -189,9 +189,14 @@ pub async fn run(
             },
         };
         let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store);
+        let restore_started = std::time::Instant::now();
         let restored = broker.restore(records);
         if journal.is_some() {
-            info!(restored, "journal replayed");
+            info!(
+                restored,
+                restore_ms = restore_started.elapsed().as_millis() as u64,
+                "journal replayed"
+            );
         }
         // Listen only once the state is back: no client sees a half-recovered shard.
         let listener = match TcpListener::bind(stomp) {

@@ -54,6 +54,7 @@ pub fn recover(
     segment_size: u64,
     skip_corrupt: bool,
 ) -> Result<Recovered, JournalError> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -83,6 +84,7 @@ pub fn recover(
     }
     let mut out = Recovered::default();
     out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
+    let read_ms = started.elapsed().as_millis() as u64;
     let mut with_gen: Vec<usize> = (0..found.len())
         .filter(|&i| found[i].generation.is_some())
         .collect();
@@ -171,6 +173,8 @@ pub fn recover(
         records = out.records.len(),
         segments = found.len(),
         bytes = out.bytes_scanned,
+        read_ms,
+        total_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
     Ok(out)
