@@ -98,6 +98,9 @@ pub struct Limits {
     pub max_frame_size: usize,
     /// Bytes of messages held in memory before producers are paused.
     pub memory_limit_bytes: usize,
+    /// At the memory or store limit, answer SENDs with an ERROR instead of
+    /// pausing the producer (ActiveMQ's `sendFailIfNoSpace`).
+    pub send_fail_if_no_space: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +149,7 @@ impl Default for Limits {
             max_connections: 1000,
             max_frame_size: 104_857_600,
             memory_limit_bytes: 256 * 1024 * 1024,
+            send_fail_if_no_space: false,
         }
     }
 }

@@ -569,3 +569,37 @@ fn producers_are_held_back_at_the_store_limit_and_nothing_is_lost() {
     }
     producer.join().unwrap();
 }
+
+#[test]
+fn send_fail_if_no_space_answers_with_an_error_instead_of_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{SMALL_SEGMENTS}[limits]\nsend_fail_if_no_space = true\n");
+    let b = start_on(dir.path(), Some(&config), &["--shards", "1"]);
+    let mut p = b.client();
+    let payload = "e".repeat(16 * 1024);
+    let mut accepted = 0;
+    let error = loop {
+        p.frame(
+            "SEND",
+            &[
+                ("destination", "/queue/nospace"),
+                ("persistent", "true"),
+                ("receipt", "r"),
+            ],
+            payload.as_bytes(),
+        );
+        let f = p.recv().expect("a reply");
+        if f.command.as_str() == "ERROR" {
+            break f;
+        }
+        accepted += 1;
+        assert!(accepted < 1000, "the store limit never refused a SEND");
+    };
+    assert!(error
+        .header_str("message")
+        .unwrap()
+        .contains("out of space"));
+    assert_eq!(error.header_str("receipt-id"), Some("r"));
+    // Everything accepted before the refusal is kept.
+    assert_eq!(drain(&b, "/queue/nospace").len(), accepted);
+}

@@ -123,7 +123,17 @@ async fn read_loop(
                 Ok(Some(Parsed::Heartbeat)) => {}
                 Ok(Some(Parsed::Frame(frame))) => {
                     if frame.command == Command::Send {
-                        wait_for_capacity(ctx, frame.header("persistent") == Some(b"true")).await;
+                        let persistent = frame.header("persistent") == Some(b"true");
+                        if ctx.shared.send_fail_if_no_space && over_limit(ctx, persistent) {
+                            // The operator asked for errors instead of waiting (ActiveMQ's sendFailIfNoSpace).
+                            session.borrow_mut().reject(
+                                &frame,
+                                "broker is out of space (limits.memory_limit_bytes or store.limit_bytes reached); message not accepted",
+                                &mut actions,
+                            );
+                            break;
+                        }
+                        wait_for_capacity(ctx, persistent).await;
                     }
                     session.borrow_mut().handle(frame, &mut actions);
                 }
@@ -160,17 +170,7 @@ async fn read_loop(
 /// for persistent messages, the journal its disk budget), stop reading from
 /// this producer. Nothing is dropped; TCP pushes back.
 async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
-    let over = || {
-        ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
-            || (persistent
-                && ctx.shared.journal.is_some()
-                && ctx
-                    .shared
-                    .store_usage
-                    .used_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    >= ctx.shared.store_limit_bytes)
-    };
+    let over = || over_limit(ctx, persistent);
     if !over() {
         return;
     }
@@ -181,6 +181,18 @@ async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
     while over() && !ctx.shutdown.is_set() {
         sleep(Duration::from_millis(5)).await;
     }
+}
+
+fn over_limit(ctx: &ShardContext, persistent: bool) -> bool {
+    let store_used = ctx
+        .shared
+        .store_usage
+        .used_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
+        || (persistent
+            && ctx.shared.journal.is_some()
+            && store_used >= ctx.shared.store_limit_bytes)
 }
 
 fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action>) {

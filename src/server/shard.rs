@@ -74,6 +74,8 @@ pub struct Shared {
     pub journal: Option<JournalSettings>,
     pub store_usage: Arc<StoreUsage>,
     pub store_limit_bytes: u64,
+    /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
+    pub send_fail_if_no_space: bool,
 }
 
 #[derive(Clone)]

@@ -209,6 +209,17 @@ impl Session {
         self.error(message, None, out);
     }
 
+    /// Refuses a well-formed frame (e.g. no space left): ERROR with the
+    /// frame's receipt id, then close.
+    pub fn reject(&mut self, frame: &Frame, message: &str, out: &mut Vec<Action>) {
+        let receipt = frame
+            .headers
+            .iter()
+            .find(|(k, _)| k.as_ref() == b"receipt")
+            .map(|(_, v)| v.clone());
+        self.error(message, receipt, out);
+    }
+
     fn error(&mut self, message: &str, receipt: Option<Bytes>, out: &mut Vec<Action>) {
         let mut f = Frame::new(Command::Error)
             .with("message", Bytes::from(message.to_string()))
