@@ -5,6 +5,8 @@
 
 mod audit;
 mod cluster;
+mod report;
+mod sink;
 mod stomp;
 
 use std::io::Write as _;
@@ -22,9 +24,12 @@ use stomp::Conn;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "bench",
-    about = "STOMP load generator: throughput, latency percentiles, loss audit"
+    about = "STOMP load generator: throughput, latency percentiles, loss audit",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Failover list of STOMP brokers (any STOMP broker); on a broken
     /// connection the next one is tried. Default 127.0.0.1:61613 unless
     /// --mode starts brokers.
@@ -72,10 +77,22 @@ struct Args {
     /// Give up waiting for consumers after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
+    /// Write summary.json and HDR percentile files (.hgrm) here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
     #[arg(long)]
     login: Option<String>,
     #[arg(long, default_value = "")]
     passcode: String,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+enum Sub {
+    /// A trivial STOMP sink (answers receipts, delivers nothing): bench's own ceiling.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:61699")]
+        listen: String,
+    },
 }
 
 struct Shared {
@@ -110,7 +127,11 @@ fn per_producer(messages: u64, producers: usize) -> Vec<u64> {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(args) {
+    let result = match &args.command {
+        Some(Sub::Sink { listen }) => sink::run(&listen.clone()),
+        None => run(args),
+    };
+    if let Err(e) = result {
         eprintln!("bench: {e:#}");
         std::process::exit(1);
     }
@@ -669,6 +690,9 @@ fn report(
         "reconnects": s.reconnects.load(Ordering::Relaxed),
     });
     println!("{json}");
+    if let Some(dir) = &a.out {
+        report::write(dir, &json, &send, &e2e)?;
+    }
     Ok(())
 }
 

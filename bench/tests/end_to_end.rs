@@ -1,0 +1,86 @@
+//! bench run end to end against brokers it starts itself (the workspace's
+//! brokk binary), checking what it reports.
+
+use std::process::Command;
+
+fn bench(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+    let exe = env!("CARGO_BIN_EXE_bench");
+    let brokk = std::path::Path::new(exe).with_file_name("brokk");
+    assert!(
+        brokk.exists(),
+        "build the workspace first: {} is missing",
+        brokk.display()
+    );
+    let status = Command::new(exe)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env("BROKK_BIN", &brokk)
+        .status()
+        .expect("bench runs");
+    assert!(status.success(), "bench {args:?} failed: {status:?}");
+    assert!(out.join("send_to_receipt.hgrm").exists());
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn memory_mode_run_delivers_everything_once() {
+    let d = tempfile_dir("mem");
+    let s = bench(
+        &[
+            "--mode",
+            "memory",
+            "--shards",
+            "2",
+            "--producers",
+            "4",
+            "--consumers",
+            "2",
+            "--messages",
+            "2000",
+            "--size",
+            "256",
+        ],
+        &d,
+    );
+    assert_eq!(s["receipted"], 2000);
+    assert_eq!(s["consumed"], 2000);
+    assert_eq!(s["lost_receipted"], 0);
+    assert_eq!(s["duplicates"], 0);
+    assert!(s["send_to_receipt"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(d.join("end_to_end.hgrm").exists());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn file_mode_failover_loses_no_receipted_message() {
+    let d = tempfile_dir("file");
+    let s = bench(
+        &[
+            "--mode",
+            "file",
+            "--shards",
+            "2",
+            "--producers",
+            "4",
+            "--consumers",
+            "2",
+            "--messages",
+            "20000",
+            "--size",
+            "256",
+            "--persistent",
+            "--kill-master-after",
+            "5000",
+        ],
+        &d,
+    );
+    assert_eq!(s["receipted"], 20000);
+    assert_eq!(s["lost_receipted"], 0, "{s}");
+    assert!(s["failover"]["gap_ms"].as_f64().is_some(), "{s}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bench-test-{tag}-{}", std::process::id()))
+}
