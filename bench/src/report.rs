@@ -87,8 +87,7 @@ mod tests {
         );
         let last_row = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
             .unwrap();
         assert!(last_row.contains("1.000000000000"), "{last_row}");
     }
