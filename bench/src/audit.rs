@@ -3,9 +3,14 @@
 
 use std::sync::Mutex;
 
+/// Sequence numbers above this are not from this run.
+const MAX_SEQ: u64 = 1 << 32;
+
 /// Per producer, how many times each sequence number was consumed.
 pub struct Audit {
     seen: Vec<Mutex<Vec<u16>>>,
+    /// Per producer, sequences at or above this are not from this run.
+    limit: Vec<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -22,47 +27,52 @@ pub struct Tally {
 }
 
 impl Audit {
-    pub fn new(per_producer: &[u64]) -> Audit {
+    /// `limits`: per producer, how many messages it may send (u64::MAX:
+    /// unknown, as with --duration).
+    pub fn new(limits: &[u64]) -> Audit {
         Audit {
-            seen: per_producer
+            seen: limits
                 .iter()
-                .map(|&n| Mutex::new(vec![0; n as usize]))
+                .map(|&n| Mutex::new(vec![0; n.min(1 << 24) as usize]))
                 .collect(),
+            limit: limits.iter().map(|&n| n.min(MAX_SEQ)).collect(),
         }
     }
 
     /// Records one consumed message; returns false for an id out of range
     /// (not from this run).
     pub fn record(&self, producer: usize, seq: u64) -> bool {
-        let Some(slot) = self.seen.get(producer) else {
+        let (Some(slot), Some(&limit)) = (self.seen.get(producer), self.limit.get(producer)) else {
             return false;
         };
-        let mut v = slot.lock().unwrap_or_else(|e| e.into_inner());
-        match v.get_mut(seq as usize) {
-            Some(c) => {
-                *c = c.saturating_add(1);
-                true
-            }
-            None => false,
+        if seq >= limit {
+            return false;
         }
+        let mut v = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if seq as usize >= v.len() {
+            let grown = (seq as usize + 1).max(v.len() * 2);
+            v.resize(grown, 0);
+        }
+        let c = &mut v[seq as usize];
+        *c = c.saturating_add(1);
+        true
     }
 
-    /// `receipted[p][s]` says whether the broker receipted that message.
-    pub fn tally(&self, receipted: &[Vec<bool>]) -> Tally {
+    /// `sent[p]`: how many messages producer p sent; the first
+    /// `receipted[p]` of them were receipted by the broker.
+    pub fn tally(&self, sent: &[u64], receipted: &[u64]) -> Tally {
         let mut t = Tally::default();
         for (p, slot) in self.seen.iter().enumerate() {
             let v = slot.lock().unwrap_or_else(|e| e.into_inner());
-            for (s, &c) in v.iter().enumerate() {
+            let n = sent.get(p).copied().unwrap_or(0);
+            let r = receipted.get(p).copied().unwrap_or(0);
+            for s in 0..n {
+                let c = v.get(s as usize).copied().unwrap_or(0);
                 t.expected += 1;
                 if c > 0 {
                     t.unique += 1;
                     t.duplicates += u64::from(c - 1);
-                } else if receipted
-                    .get(p)
-                    .and_then(|r| r.get(s))
-                    .copied()
-                    .unwrap_or(false)
-                {
+                } else if s < r {
                     t.lost_receipted += 1;
                     if t.lost_ids.len() < 20 {
                         t.lost_ids.push(format!("{p}:{s}"));
@@ -102,8 +112,7 @@ mod tests {
         assert!(a.record(1, 1));
         assert!(!a.record(1, 5));
         assert!(!a.record(7, 0));
-        let receipted = vec![vec![true, true, true], vec![false, true]];
-        let t = a.tally(&receipted);
+        let t = a.tally(&[3, 2], &[3, 0]);
         assert_eq!(t.expected, 5);
         assert_eq!(t.unique, 3);
         assert_eq!(t.duplicates, 1);
@@ -111,5 +120,14 @@ mod tests {
         assert_eq!(t.lost_ids, vec!["0:1"]);
         assert_eq!(t.unconfirmed_missing, 1);
         assert_eq!(a.unique_so_far(), 3);
+    }
+
+    #[test]
+    fn unknown_counts_grow_as_messages_arrive() {
+        let a = Audit::new(&[u64::MAX]);
+        assert!(a.record(0, 100_000));
+        let t = a.tally(&[100_001], &[100_001]);
+        assert_eq!(t.unique, 1);
+        assert_eq!(t.lost_receipted, 100_000);
     }
 }

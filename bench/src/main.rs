@@ -46,6 +46,13 @@ struct Args {
     /// (needs --mode file without --brokers); reports the failover gap.
     #[arg(long)]
     kill_master_after: Option<u64>,
+    /// SIGKILL the current master this many seconds into the run.
+    #[arg(long, conflicts_with = "kill_master_after")]
+    kill_master_at: Option<f64>,
+    /// Kill the master this many times, the same interval apart (the killed
+    /// broker is restarted and rejoins as standby).
+    #[arg(long, default_value_t = 1)]
+    kills: u32,
     /// Producer connections.
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -55,6 +62,13 @@ struct Args {
     /// Messages in total, split evenly across producers.
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
+    /// Produce for this many seconds instead of a message count.
+    #[arg(long, conflicts_with = "messages")]
+    duration: Option<f64>,
+    /// Spread messages over this many queues (DEST.0, DEST.1, ...); consumers
+    /// subscribe to all of them.
+    #[arg(long, default_value_t = 1)]
+    destinations: usize,
     /// Body size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
@@ -102,13 +116,21 @@ struct Shared {
     /// Per broker: time (ns since start) of the last and first receipt it gave.
     last_receipt_ns: Vec<AtomicU64>,
     first_receipt_ns: Vec<AtomicU64>,
+    /// Per broker: first receipt since the last kill (0 = none yet).
+    first_since_kill: Vec<AtomicU64>,
+    /// Everything is done: the progress line stops.
+    finished: AtomicBool,
     start: Instant,
     audit: Audit,
     producers_done: AtomicBool,
     consumed: AtomicU64,
     send_receipt: Mutex<Histogram<u64>>,
+    /// A coarse copy for the progress line, merged from producers now and then.
+    send_receipt_live: Mutex<Histogram<u64>>,
     end_to_end: Mutex<Histogram<u64>>,
-    receipted: Mutex<Vec<Vec<bool>>>,
+    /// Per producer: messages sent, and how many of the first were receipted.
+    sent: Vec<AtomicU64>,
+    receipted_upto: Vec<AtomicU64>,
     reconnects: AtomicU64,
     last_consumed_ns: AtomicU64,
 }
@@ -148,29 +170,44 @@ fn run(args: Args) -> Result<()> {
         )?))),
         _ => None,
     };
-    if args.kill_master_after.is_some() && !matches!(args.mode, Some(cluster::Mode::File))
-        || (args.kill_master_after.is_some() && args.brokers.is_some())
+    let trigger = match (args.kill_master_after, args.kill_master_at) {
+        (Some(n), _) => Some(KillTrigger::Receipts(n.max(1))),
+        (None, Some(t)) => Some(KillTrigger::Seconds(t.max(0.001))),
+        (None, None) => None,
+    };
+    if trigger.is_some()
+        && (!matches!(args.mode, Some(cluster::Mode::File)) || args.brokers.is_some())
     {
-        bail!("--kill-master-after needs --mode file and no --brokers (bench must start the pair to kill its master)");
+        bail!("--kill-master-after/--kill-master-at need --mode file and no --brokers (bench must start the pair to kill its master)");
     }
     let brokers = match (&args.brokers, &cluster) {
         (Some(b), _) => b.clone(),
         (None, Some(c)) => c.lock().unwrap_or_else(|e| e.into_inner()).brokers(),
         (None, None) => vec!["127.0.0.1:61613".to_string()],
     };
-    let counts = per_producer(args.messages, args.producers);
+    if args.destinations == 0 || args.kills == 0 {
+        bail!("--destinations and --kills must be at least 1");
+    }
+    let counts: Vec<u64> = match args.duration {
+        Some(_) => vec![u64::MAX; args.producers],
+        None => per_producer(args.messages, args.producers),
+    };
     let shared = Arc::new(Shared {
         receipted_total: AtomicU64::new(0),
         last_receipt_ns: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
         first_receipt_ns: brokers.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
+        first_since_kill: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
+        finished: AtomicBool::new(false),
         brokers,
         audit: Audit::new(&counts),
-        receipted: Mutex::new(counts.iter().map(|&n| vec![false; n as usize]).collect()),
+        sent: counts.iter().map(|_| AtomicU64::new(0)).collect(),
+        receipted_upto: counts.iter().map(|_| AtomicU64::new(0)).collect(),
         args: args.clone(),
         start: Instant::now(),
         producers_done: AtomicBool::new(false),
         consumed: AtomicU64::new(0),
         send_receipt: Mutex::new(histogram()),
+        send_receipt_live: Mutex::new(histogram()),
         end_to_end: Mutex::new(histogram()),
         reconnects: AtomicU64::new(0),
         last_consumed_ns: AtomicU64::new(0),
@@ -185,12 +222,21 @@ fn run(args: Args) -> Result<()> {
         .collect();
     ready.wait();
     let t0 = Instant::now();
-    let killer = match (args.kill_master_after, &cluster) {
-        (Some(n), Some(c)) => {
-            let (s, c) = (shared.clone(), c.clone());
-            Some(std::thread::spawn(move || kill_master_when(n, &s, &c)))
+    let killer = match (trigger, &cluster) {
+        (Some(t), Some(c)) => {
+            let (s, c, kills) = (shared.clone(), c.clone(), args.kills);
+            Some(std::thread::spawn(move || {
+                kill_masters(t, kills, &s, &c, t0)
+            }))
         }
         _ => None,
+    };
+    if let Some(c) = &cluster {
+        stop_on_ctrl_c(Arc::downgrade(c))?;
+    }
+    let progress = {
+        let s = shared.clone();
+        std::thread::spawn(move || show_progress(&s, t0))
     };
     let producers: Vec<_> = counts
         .iter()
@@ -209,12 +255,14 @@ fn run(args: Args) -> Result<()> {
     }
     let produce_secs = t0.elapsed().as_secs_f64();
     shared.producers_done.store(true, Ordering::SeqCst);
-    let failover = killer.and_then(|k| k.join().ok()).flatten();
+    let failover = killer.and_then(|k| k.join().ok()).unwrap_or_default();
     for c in consumers {
         if let Ok(Err(e)) = c.join() {
             eprintln!("bench: consumer failed: {e:#}");
         }
     }
+    shared.finished.store(true, Ordering::SeqCst);
+    let _ = progress.join();
     let consumed_at = shared.last_consumed_ns.load(Ordering::SeqCst);
     let total_secs = if args.consumers > 0 && consumed_at > 0 {
         (Duration::from_nanos(consumed_at).as_secs_f64() - (t0 - shared.start).as_secs_f64())
@@ -229,60 +277,147 @@ fn run(args: Args) -> Result<()> {
 #[derive(Debug, Clone)]
 struct Failover {
     /// Last receipt from the old master to the first from the new one.
-    gap_ms: f64,
+    gap_ms: Option<f64>,
     /// From SIGKILL to the standby announcing it serves.
     new_master_ms: Option<f64>,
+    killed: String,
 }
 
-fn kill_master_when(after: u64, s: &Shared, cluster: &Mutex<cluster::Cluster>) -> Option<Failover> {
-    while s.receipted_total.load(Ordering::Relaxed) < after {
-        if s.producers_done.load(Ordering::Relaxed) {
-            return None;
+/// Ctrl-C: stop the brokers bench started (and remove their data), then exit.
+fn stop_on_ctrl_c(cluster: std::sync::Weak<Mutex<cluster::Cluster>>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("bench: interrupted; stopping the brokers it started");
+            // Weak: once the run is over the cluster is gone and nothing is left to stop.
+            if let Some(c) = cluster.upgrade() {
+                c.lock().unwrap_or_else(|e| e.into_inner()).kill_all();
+            }
+            std::process::exit(130);
         }
-        std::thread::sleep(Duration::from_micros(200));
+    });
+    Ok(())
+}
+
+/// A live line on stderr: receipts, rate over the last second, consumed,
+/// elapsed. Only when stderr is a terminal, so logs and CI stay clean.
+fn show_progress(s: &Shared, t0: Instant) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
     }
-    let (killed_at, old) = {
-        let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-        // The broker that last gave receipts is the master being killed.
-        let old = (0..s.brokers.len())
-            .max_by_key(|&i| s.last_receipt_ns[i].load(Ordering::Relaxed))
-            .unwrap_or(0);
-        (c.kill_master().ok()?, old)
-    };
-    eprintln!(
-        "bench: killed the master ({}) after {after} receipts",
-        s.brokers[old]
-    );
-    let mut new_master = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(t) = cluster
+    let mut last = 0u64;
+    while !s.finished.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = s.receipted_total.load(Ordering::Relaxed);
+        let p99 = s
+            .send_receipt_live
+            .lock()
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        eprint!(
+            "\r  {:>6.1} s  receipted {:>10}  {:>9} msg/s  consumed {:>10}  p99 so far {:>8.3} ms ",
+            t0.elapsed().as_secs_f64(),
+            now,
+            now - last,
+            s.consumed.load(Ordering::Relaxed),
+            p99
+        );
+        last = now;
+    }
+    eprintln!();
+}
+
+/// When to kill the master: after every N receipts, or every T seconds.
+#[derive(Debug, Clone, Copy)]
+enum KillTrigger {
+    Receipts(u64),
+    Seconds(f64),
+}
+
+/// Kills the master `kills` times at the trigger's multiples, measuring each
+/// failover, and restarts the killed broker so it rejoins as standby.
+fn kill_masters(
+    trigger: KillTrigger,
+    kills: u32,
+    s: &Shared,
+    cluster: &Mutex<cluster::Cluster>,
+    t0: Instant,
+) -> Vec<Failover> {
+    let mut out = Vec::new();
+    for k in 1..=kills {
+        loop {
+            if s.producers_done.load(Ordering::Relaxed) {
+                return out;
+            }
+            let due = match trigger {
+                KillTrigger::Receipts(n) => {
+                    s.receipted_total.load(Ordering::Relaxed) >= n * u64::from(k)
+                }
+                KillTrigger::Seconds(t) => t0.elapsed().as_secs_f64() >= t * f64::from(k),
+            };
+            if due {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let killed = cluster
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .new_master_since(killed_at)
+            .kill_master();
+        let Ok((killed_at, old)) = killed else {
+            return out;
+        };
+        // Receipts counted from here on mark the new master's first.
+        for f in &s.first_since_kill {
+            f.store(0, Ordering::SeqCst);
+        }
+        eprintln!("bench: kill {k}: SIGKILL to the master {}", s.brokers[old]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut new_master = None;
+        while Instant::now() < deadline {
+            if let Some(t) = cluster
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .new_master_since(killed_at)
+            {
+                new_master = Some((t - killed_at).as_secs_f64() * 1000.0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let last_old = s.last_receipt_ns[old].load(Ordering::SeqCst);
+        let first_new = loop {
+            let f = (0..s.brokers.len())
+                .filter(|&i| i != old)
+                .map(|i| s.first_since_kill[i].load(Ordering::SeqCst))
+                .filter(|&v| v != 0)
+                .min();
+            if let Some(f) = f {
+                break Some(f);
+            }
+            if Instant::now() > deadline || s.producers_done.load(Ordering::Relaxed) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        out.push(Failover {
+            gap_ms: first_new.map(|f| f.saturating_sub(last_old) as f64 / 1e6),
+            new_master_ms: new_master,
+            killed: s.brokers[old].clone(),
+        });
+        if let Err(e) = cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restart_killed()
         {
-            new_master = Some((t - killed_at).as_secs_f64() * 1000.0);
-            break;
+            eprintln!("bench: cannot restart the killed broker: {e:#}");
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
-    // Wait for the first receipt from another broker.
-    let last_old = s.last_receipt_ns[old].load(Ordering::Relaxed);
-    let first_new = loop {
-        let f = (0..s.brokers.len())
-            .filter(|&i| i != old)
-            .map(|i| s.first_receipt_ns[i].load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(u64::MAX);
-        if f != u64::MAX || Instant::now() > deadline {
-            break f;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    Some(Failover {
-        gap_ms: first_new.saturating_sub(last_old) as f64 / 1e6,
-        new_master_ms: new_master,
-    })
+    out
 }
 
 fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
@@ -290,12 +425,18 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
     let body = vec![b'x'; a.size];
     let mut hist = histogram();
+    let mut live = histogram();
+    let mut last_merge = Instant::now();
     let mut broker = 0;
     let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
     let schedule = a
         .rate
         .map(|r| Schedule::new(r, a.producers, p, s.start.elapsed().as_nanos() as u64));
     let mut receipted_upto = 0u64;
+    let mut n = n;
+    let deadline = a
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
     'reconnect: while receipted_upto < n {
         let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
             Ok(c) => c,
@@ -312,6 +453,10 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
         next = next.min(receipted_upto);
         let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
         loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) && n == u64::MAX {
+                // --duration is over: send nothing new, collect the receipts.
+                n = next;
+            }
             let now = s.start.elapsed().as_nanos() as u64;
             while in_flight.len() < a.window
                 && next < n
@@ -325,7 +470,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                 let _ = write!(
                     w,
                     "SEND\ndestination:{}\nreceipt:{next}\nbench-p:{p}\nbench-seq:{next}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
-                    a.destination, a.persistent, body.len()
+                    destination_name(&a.destination, a.destinations, next), a.persistent, body.len()
                 );
                 w.extend_from_slice(&body);
                 w.push(0);
@@ -386,12 +531,26 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                         }
                         in_flight.pop_front();
                         let _ = hist.record(((now - ts) / 1000).max(1));
+                        let _ = live.record(((now - ts) / 1000).max(1));
                         receipted_upto = seq + 1;
                         n += 1;
                     }
                     s.receipted_total.fetch_add(n, Ordering::Relaxed);
+                    if last_merge.elapsed() > Duration::from_millis(500) {
+                        if let Ok(mut h) = s.send_receipt_live.lock() {
+                            let _ = h.add(&live);
+                        }
+                        live.reset();
+                        last_merge = Instant::now();
+                    }
                     s.last_receipt_ns[broker].fetch_max(now, Ordering::Relaxed);
                     s.first_receipt_ns[broker].fetch_min(now, Ordering::Relaxed);
+                    let _ = s.first_since_kill[broker].compare_exchange(
+                        0,
+                        now,
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
                 }
                 frame = match conn.try_frame() {
                     Ok(Some(f)) => Ok(f),
@@ -401,12 +560,8 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
             }
         }
     }
-    {
-        let mut r = s.receipted.lock().unwrap_or_else(|e| e.into_inner());
-        for seq in 0..receipted_upto {
-            r[p][seq as usize] = true;
-        }
-    }
+    s.sent[p].store(n, Ordering::SeqCst);
+    s.receipted_upto[p].store(receipted_upto, Ordering::SeqCst);
     s.send_receipt
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -445,6 +600,25 @@ fn is_timeout(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Cumulative ACKs for every subscription with unacknowledged messages.
+fn write_acks(wbuf: &mut Vec<u8>, last: &mut std::collections::BTreeMap<String, String>) {
+    for (sub, ack) in std::mem::take(last) {
+        let _ = write!(
+            wbuf,
+            "ACK\nid:{ack}\nmessage-id:{ack}\nsubscription:{sub}\n\n\0"
+        );
+    }
+}
+
+/// The queue a message goes to: the base name, or one of `count` numbered ones.
+fn destination_name(base: &str, count: usize, seq: u64) -> std::borrow::Cow<'_, str> {
+    if count <= 1 {
+        std::borrow::Cow::Borrowed(base)
+    } else {
+        std::borrow::Cow::Owned(format!("{base}.{}", seq % count as u64))
+    }
+}
+
 fn header_u64(f: &brokk::protocol::stomp::Frame, name: &str) -> Option<u64> {
     f.header_str(name)?.parse().ok()
 }
@@ -473,18 +647,29 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
             }
         };
         broker = idx;
-        let sub = format!(
-            "SUBSCRIBE\nid:bench-{i}\ndestination:{}\nack:client\nactivemq.prefetchSize:{}\nreceipt:sub\n\n\0",
-            a.destination, a.prefetch
-        );
-        conn.wbuf.extend_from_slice(sub.as_bytes());
+        for k in 0..a.destinations {
+            // Only the last SUBSCRIBE asks for a receipt: then all are in place.
+            let receipt = if k + 1 == a.destinations {
+                "receipt:sub\n"
+            } else {
+                ""
+            };
+            let _ = write!(
+                conn.wbuf,
+                "SUBSCRIBE\nid:bench-{i}-{k}\ndestination:{}\nack:client\nactivemq.prefetchSize:{}\n{receipt}\n\0",
+                destination_name(&a.destination, a.destinations, k as u64),
+                a.prefetch
+            );
+        }
         if conn.flush().is_err() {
             continue;
         }
         conn.set_read_timeout(Some(Duration::from_millis(200)))?;
         let ack_every = (a.prefetch / 2).max(1) as u64;
         let mut unacked = 0u64;
-        let mut last_ack: Option<String> = None;
+        // Per subscription, the newest message not yet acknowledged
+        // (client mode: one ACK covers it and everything before it).
+        let mut last_ack: std::collections::BTreeMap<String, String> = Default::default();
         loop {
             let f = match conn.read_frame() {
                 Ok(f) => f,
@@ -499,19 +684,21 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                         broker += 1;
                         continue 'reconnect;
                     }
-                    let done = s.audit.unique_so_far() >= expected;
+                    let done = match a.duration {
+                        None => s.audit.unique_so_far() >= expected,
+                        Some(_) => {
+                            s.producers_done.load(Ordering::SeqCst)
+                                && s.audit.unique_so_far()
+                                    >= s.sent.iter().map(|x| x.load(Ordering::SeqCst)).sum::<u64>()
+                        }
+                    };
                     if done
                         || (s.producers_done.load(Ordering::SeqCst)
                             && last_progress.elapsed() > Duration::from_secs(a.idle_timeout))
                     {
                         // Acknowledge what we hold so that leaving does not
                         // hand it to the other consumers as redeliveries.
-                        if let Some(ack) = last_ack.take() {
-                            let _ = write!(
-                                conn.wbuf,
-                                "ACK\nid:{ack}\nmessage-id:{ack}\nsubscription:bench-{i}\n\n\0"
-                            );
-                        }
+                        write_acks(&mut conn.wbuf, &mut last_ack);
                         conn.wbuf
                             .extend_from_slice(b"DISCONNECT\nreceipt:bye\n\n\0");
                         if conn.flush().is_ok() {
@@ -549,19 +736,16 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                         }
                     }
                     unacked += 1;
-                    last_ack = f
-                        .header_str("ack")
-                        .or(f.header_str("message-id"))
-                        .map(str::to_string);
+                    if let (Some(sub), Some(ack)) = (
+                        f.header_str("subscription"),
+                        f.header_str("ack").or(f.header_str("message-id")),
+                    ) {
+                        last_ack.insert(sub.to_string(), ack.to_string());
+                    }
                     if unacked >= ack_every {
-                        if let Some(ack) = last_ack.take() {
-                            let _ = write!(
-                                conn.wbuf,
-                                "ACK\nid:{ack}\nmessage-id:{ack}\nsubscription:bench-{i}\n\n\0"
-                            );
-                            if conn.flush().is_err() {
-                                continue 'reconnect;
-                            }
+                        write_acks(&mut conn.wbuf, &mut last_ack);
+                        if conn.flush().is_err() {
+                            continue 'reconnect;
                         }
                         unacked = 0;
                     }
@@ -593,22 +777,19 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn report(
-    s: &Shared,
-    produce_secs: f64,
-    total_secs: f64,
-    failover: Option<Failover>,
-) -> Result<()> {
+fn report(s: &Shared, produce_secs: f64, total_secs: f64, failover: Vec<Failover>) -> Result<()> {
     let a = &s.args;
-    let receipted = s.receipted.lock().unwrap_or_else(|e| e.into_inner());
-    let receipted_count: u64 = receipted
+    let sent: Vec<u64> = s.sent.iter().map(|x| x.load(Ordering::SeqCst)).collect();
+    let receipted: Vec<u64> = s
+        .receipted_upto
         .iter()
-        .map(|r| r.iter().filter(|&&b| b).count() as u64)
-        .sum();
+        .map(|x| x.load(Ordering::SeqCst))
+        .collect();
+    let receipted_count: u64 = receipted.iter().sum();
     let send = s.send_receipt.lock().unwrap_or_else(|e| e.into_inner());
     let e2e = s.end_to_end.lock().unwrap_or_else(|e| e.into_inner());
     let tally = if a.consumers > 0 {
-        Some(s.audit.tally(&receipted))
+        Some(s.audit.tally(&sent, &receipted))
     } else {
         None
     };
@@ -658,17 +839,21 @@ fn report(
             println!("  lost ids: {}", t.lost_ids.join(" "));
         }
     }
-    if let Some(f) = &failover {
+    for (k, f) in failover.iter().enumerate() {
+        let ms = |v: Option<f64>| v.map_or("?".to_string(), |m| format!("{m:.1}"));
         println!(
-            "  failover gap     {:>10.1} ms (last receipt from the old master -> first from the new); new master after {} ms",
-            f.gap_ms,
-            f.new_master_ms.map_or("?".to_string(), |m| format!("{m:.1}"))
+            "  kill {}: failover gap {} ms (last receipt from the old master -> first from the new); new master after {} ms",
+            k + 1,
+            ms(f.gap_ms),
+            ms(f.new_master_ms)
         );
     }
     let json = serde_json::json!({
         "brokers": s.brokers,
         "mode": a.mode.map(|m| format!("{m:?}").to_lowercase()),
-        "failover": failover.as_ref().map(|f| serde_json::json!({"gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})),
+        "failover": failover.iter().map(|f| serde_json::json!({"killed": f.killed, "gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})).collect::<Vec<_>>(),
+        "duration": a.duration,
+        "destinations": a.destinations,
         "producers": a.producers,
         "consumers": a.consumers,
         "messages": a.messages,

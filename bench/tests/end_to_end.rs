@@ -77,7 +77,67 @@ fn file_mode_failover_loses_no_receipted_message() {
     );
     assert_eq!(s["receipted"], 20000);
     assert_eq!(s["lost_receipted"], 0, "{s}");
-    assert!(s["failover"]["gap_ms"].as_f64().is_some(), "{s}");
+    assert!(s["failover"][0]["gap_ms"].as_f64().is_some(), "{s}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn duration_run_over_several_queues_accounts_for_every_message() {
+    let d = tempfile_dir("dur");
+    let s = bench(
+        &[
+            "--mode",
+            "memory",
+            "--shards",
+            "2",
+            "--producers",
+            "3",
+            "--consumers",
+            "2",
+            "--duration",
+            "1",
+            "--destinations",
+            "3",
+            "--size",
+            "128",
+        ],
+        &d,
+    );
+    let receipted = s["receipted"].as_u64().unwrap();
+    assert!(receipted > 0);
+    assert_eq!(s["consumed"].as_u64().unwrap(), receipted, "{s}");
+    assert_eq!(s["lost_receipted"], 0);
+    assert_eq!(s["destinations"], 3);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn repeated_kills_by_time_lose_nothing() {
+    let d = tempfile_dir("kills");
+    let s = bench(
+        &[
+            "--mode",
+            "file",
+            "--shards",
+            "1",
+            "--producers",
+            "2",
+            "--consumers",
+            "1",
+            "--duration",
+            "2.5",
+            "--size",
+            "128",
+            "--persistent",
+            "--kill-master-at",
+            "0.7",
+            "--kills",
+            "2",
+        ],
+        &d,
+    );
+    assert_eq!(s["lost_receipted"], 0, "{s}");
+    assert_eq!(s["failover"].as_array().unwrap().len(), 2, "{s}");
     let _ = std::fs::remove_dir_all(d);
 }
 
