@@ -5,6 +5,7 @@
 
 mod audit;
 mod cluster;
+mod compare;
 mod report;
 mod sink;
 mod stomp;
@@ -107,6 +108,22 @@ enum Sub {
         #[arg(long, default_value = "127.0.0.1:61699")]
         listen: String,
     },
+    /// Run the same load against each mode and write one comparison
+    /// (compare.json, compare.html); e.g.
+    /// `bench compare --modes memory,file --out /tmp/cmp -- --producers 64 --persistent`.
+    Compare {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "memory,file,mysql,postgres,zk"
+        )]
+        modes: Vec<String>,
+        #[arg(long, default_value = "bench-compare")]
+        out: std::path::PathBuf,
+        /// Load options passed to every run (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        load: Vec<String>,
+    },
 }
 
 struct Shared {
@@ -120,6 +137,8 @@ struct Shared {
     first_since_kill: Vec<AtomicU64>,
     /// Everything is done: the progress line stops.
     finished: AtomicBool,
+    /// (seconds, receipted, consumed) every 250 ms.
+    timeline: Mutex<Vec<(f64, u64, u64)>>,
     start: Instant,
     audit: Audit,
     producers_done: AtomicBool,
@@ -151,6 +170,7 @@ fn main() {
     let args = Args::parse();
     let result = match &args.command {
         Some(Sub::Sink { listen }) => sink::run(&listen.clone()),
+        Some(Sub::Compare { modes, out, load }) => compare::run(modes, out, load),
         None => run(args),
     };
     if let Err(e) = result {
@@ -198,6 +218,7 @@ fn run(args: Args) -> Result<()> {
         first_receipt_ns: brokers.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
         first_since_kill: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
         finished: AtomicBool::new(false),
+        timeline: Mutex::new(Vec::new()),
         brokers,
         audit: Audit::new(&counts),
         sent: counts.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -302,33 +323,37 @@ fn stop_on_ctrl_c(cluster: std::sync::Weak<Mutex<cluster::Cluster>>) -> Result<(
     Ok(())
 }
 
-/// A live line on stderr: receipts, rate over the last second, consumed,
-/// elapsed. Only when stderr is a terminal, so logs and CI stay clean.
+/// Samples progress every 250 ms for the report's throughput-over-time
+/// plot and, when stderr is a terminal, shows a live line: elapsed,
+/// receipts, rate over the last second, consumed, p99 so far.
 fn show_progress(s: &Shared, t0: Instant) {
     use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let mut last = 0u64;
+    let live = std::io::stderr().is_terminal();
+    let mut last = (0.0f64, 0u64);
+    let mut shown = Instant::now();
     while !s.finished.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1000));
-        let now = s.receipted_total.load(Ordering::Relaxed);
-        let p99 = s
-            .send_receipt_live
-            .lock()
-            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        eprint!(
-            "\r  {:>6.1} s  receipted {:>10}  {:>9} msg/s  consumed {:>10}  p99 so far {:>8.3} ms ",
-            t0.elapsed().as_secs_f64(),
-            now,
-            now - last,
-            s.consumed.load(Ordering::Relaxed),
-            p99
-        );
-        last = now;
+        std::thread::sleep(Duration::from_millis(250));
+        let t = t0.elapsed().as_secs_f64();
+        let receipted = s.receipted_total.load(Ordering::Relaxed);
+        let consumed = s.consumed.load(Ordering::Relaxed);
+        if let Ok(mut tl) = s.timeline.lock() {
+            tl.push((t, receipted, consumed));
+        }
+        if live && shown.elapsed() >= Duration::from_secs(1) {
+            let p99 = s
+                .send_receipt_live
+                .lock()
+                .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            let rate = (receipted - last.1) as f64 / (t - last.0).max(1e-9);
+            eprint!("\r  {t:>6.1} s  receipted {receipted:>10}  {rate:>9.0} msg/s  consumed {consumed:>10}  p99 so far {p99:>8.3} ms ");
+            last = (t, receipted);
+            shown = Instant::now();
+        }
     }
-    eprintln!();
+    if live {
+        eprintln!();
+    }
 }
 
 /// When to kill the master: after every N receipts, or every T seconds.
@@ -876,7 +901,8 @@ fn report(s: &Shared, produce_secs: f64, total_secs: f64, failover: Vec<Failover
     });
     println!("{json}");
     if let Some(dir) = &a.out {
-        report::write(dir, &json, &send, &e2e)?;
+        let timeline = s.timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        report::write(dir, &json, &send, &e2e, &timeline)?;
     }
     Ok(())
 }

@@ -144,3 +144,40 @@ fn repeated_kills_by_time_lose_nothing() {
 fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("bench-test-{tag}-{}", std::process::id()))
 }
+
+#[test]
+fn compare_runs_each_mode_and_reports_missing_ones_as_skipped() {
+    let d = tempfile_dir("compare");
+    let exe = env!("CARGO_BIN_EXE_bench");
+    let brokk = std::path::Path::new(exe).with_file_name("brokk");
+    let status = Command::new(exe)
+        .args(["compare", "--modes", "memory,zk", "--out"])
+        .arg(&d)
+        .args([
+            "--",
+            "--producers",
+            "2",
+            "--consumers",
+            "1",
+            "--messages",
+            "1000",
+            "--size",
+            "64",
+        ])
+        .env("BROKK_BIN", &brokk)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("compare.json")).unwrap()).unwrap();
+    let modes = c["modes"].as_array().unwrap();
+    assert_eq!(modes[0]["summary"]["receipted"], 1000);
+    assert!(modes[1]["skipped"]
+        .as_str()
+        .unwrap()
+        .contains("does not have yet"));
+    assert!(std::fs::read_to_string(d.join("compare.html"))
+        .unwrap()
+        .contains("<svg"));
+    let _ = std::fs::remove_dir_all(d);
+}
