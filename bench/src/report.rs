@@ -222,8 +222,11 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// (x, y) points of one line.
+pub type Series = Vec<(f64, f64)>;
+
 /// Throughput per interval from (seconds, receipted, consumed) samples.
-pub fn rates(timeline: &[(f64, u64, u64)]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+pub fn rates(timeline: &[(f64, u64, u64)]) -> (Series, Series) {
     let mut sent = Vec::new();
     let mut consumed = Vec::new();
     for w in timeline.windows(2) {
