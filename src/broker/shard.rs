@@ -84,6 +84,36 @@ fn stored_dest(d: &Destination) -> StoredDestination {
     }
 }
 
+/// Copies a recovered message's headers and body out of the segment buffer
+/// into one allocation of their own (slices of it), so recovery costs one
+/// allocation per message rather than one per header.
+fn detach(properties: &[(Bytes, Bytes)], body: &Bytes) -> (Vec<(Bytes, Bytes)>, Bytes) {
+    let total = body.len()
+        + properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(total);
+    for (k, v) in properties {
+        buf.extend_from_slice(k);
+        buf.extend_from_slice(v);
+    }
+    buf.extend_from_slice(body);
+    let all = Bytes::from(buf);
+    let mut off = 0;
+    let mut take = |n: usize| {
+        let b = all.slice(off..off + n);
+        off += n;
+        b
+    };
+    let props = properties
+        .iter()
+        .map(|(k, v)| (take(k.len()), take(v.len())))
+        .collect();
+    let body = take(body.len());
+    (props, body)
+}
+
 fn durable_name(s: &StoredSub) -> DurableName {
     DurableName {
         client_id: s.client_id.to_string(),
@@ -626,11 +656,7 @@ impl ShardBroker {
                     }
                     // Copied out of the segment buffer: a surviving message
                     // must not pin a whole segment in memory.
-                    let properties: Vec<(Bytes, Bytes)> = properties
-                        .iter()
-                        .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
-                        .collect();
-                    let body = Bytes::copy_from_slice(&body);
+                    let (properties, body) = detach(&properties, &body);
                     let footprint = Message::footprint(&properties, &body);
                     let dest = if destination.topic {
                         Destination::Topic(destination.name.clone())

@@ -47,6 +47,107 @@ struct Found {
     number: u64,
     generation: Option<u64>,
     data: Bytes,
+    records: Vec<Record>,
+    stop: Stop,
+}
+
+/// Where decoding a segment stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Clean end of data at this offset.
+    End(usize),
+    /// A record of this generation that does not check out.
+    Bad {
+        pos: usize,
+        reason: &'static str,
+        claimed_len: Option<usize>,
+    },
+}
+
+struct Scan {
+    generation: Option<u64>,
+    file_len: u64,
+    data: Bytes,
+    records: Vec<Record>,
+    stop: Stop,
+}
+
+/// Decodes records from `pos` until the end of data or a bad record.
+fn decode_from(data: &Bytes, mut pos: usize, gen: u64) -> (Vec<Record>, Stop) {
+    let mut records = Vec::new();
+    loop {
+        match decode_at(data, pos, gen) {
+            Decoded::Record(r, next) => {
+                records.push(r);
+                pos = next;
+            }
+            Decoded::End => return (records, Stop::End(pos)),
+            Decoded::Bad {
+                reason,
+                claimed_len,
+            } => {
+                return (
+                    records,
+                    Stop::Bad {
+                        pos,
+                        reason,
+                        claimed_len,
+                    },
+                )
+            }
+        }
+    }
+}
+
+fn scan_one(path: &Path) -> Result<Scan, JournalError> {
+    let (data, file_len) = read_live_part(path)?;
+    let generation = read_header(&data[..data.len().min(BLOCK as usize)]);
+    let (records, stop) = match generation {
+        Some(gen) => decode_from(&data, BLOCK as usize, gen),
+        None => (Vec::new(), Stop::End(BLOCK as usize)),
+    };
+    Ok(Scan {
+        generation,
+        file_len,
+        data,
+        records,
+        stop,
+    })
+}
+
+/// Scans every file on as many threads as there are cores.
+fn scan_all(files: &[(PathBuf, u64)]) -> Result<Vec<Scan>, JournalError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(files.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<Scan, JournalError>>>> =
+        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((path, _)) = files.get(i) else { break };
+                let r = scan_one(path);
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(JournalError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("segment scan did not run"),
+                })
+            })
+        })
+        .collect()
 }
 
 pub fn recover(
@@ -56,7 +157,7 @@ pub fn recover(
 ) -> Result<Recovered, JournalError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut found = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -67,10 +168,15 @@ pub fn recover(
         else {
             continue;
         };
-        let path = entry.path();
-        let (data, file_len) = read_live_part(&path)?;
-        let generation = read_header(&data[..data.len().min(BLOCK as usize)]);
-        if generation.is_none() && file_len < segment_size {
+        files.push((entry.path(), number));
+    }
+    // Read and verify segments in parallel: each one decodes on its own
+    // (it needs only its generation); ordering and the torn-or-corrupt
+    // decision happen afterwards, in generation order.
+    let scans = scan_all(&files)?;
+    let mut found = Vec::new();
+    for ((path, number), scan) in files.into_iter().zip(scans) {
+        if scan.generation.is_none() && scan.file_len < segment_size {
             // A segment whose creation never finished: make it again later.
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             continue;
@@ -78,8 +184,10 @@ pub fn recover(
         found.push(Found {
             path,
             number,
-            generation,
-            data,
+            generation: scan.generation,
+            data: scan.data,
+            records: scan.records,
+            stop: scan.stop,
         });
     }
     let mut out = Recovered::default();
@@ -94,50 +202,49 @@ pub fn recover(
     let mut holders: HashMap<u64, (usize, u32)> = HashMap::new();
     let mut active_len = BLOCK;
     for (rank, &i) in with_gen.iter().enumerate() {
-        let f = &found[i];
-        let gen = f.generation.unwrap_or(0);
+        let gen = found[i].generation.unwrap_or(0);
         let last = rank + 1 == with_gen.len();
-        out.bytes_scanned += f.data.len() as u64;
-        let mut pos = BLOCK as usize;
-        loop {
-            match decode_at(&f.data, pos, gen) {
-                Decoded::Record(r, next) => {
-                    track(&r, i, &mut durable, &mut holders, &mut live);
-                    out.records.push(r);
-                    pos = next;
-                }
-                Decoded::End => break,
-                Decoded::Bad {
+        out.bytes_scanned += found[i].data.len() as u64;
+        let mut records = std::mem::take(&mut found[i].records);
+        let mut stop = found[i].stop;
+        let f = &found[i];
+        // Normally one pass; more only when skipping corrupt records.
+        let pos = loop {
+            let (pos, reason, claimed_len) = match stop {
+                Stop::End(end) => break end,
+                Stop::Bad {
+                    pos,
                     reason,
                     claimed_len,
-                } => {
-                    let next = claimed_len.map(|l| pos + 12 + l);
-                    let more_follows = !last
-                        || next.is_some_and(|n| {
-                            matches!(decode_at(&f.data, n, gen), Decoded::Record(..))
-                        });
-                    if !more_follows {
-                        warn!(path = %f.path.display(), offset = pos, reason, "torn tail: cutting the journal here");
-                        zero_from(&f.path, pos as u64)?;
-                        out.truncated_at = Some((f.path.clone(), pos as u64));
-                        break;
-                    }
-                    if !skip_corrupt {
-                        return Err(JournalError::Corrupt {
-                            path: f.path.clone(),
-                            offset: pos as u64,
-                            reason,
-                        });
-                    }
-                    warn!(path = %f.path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
-                    out.skipped_corrupt += 1;
-                    match next {
-                        Some(n) => pos = n,
-                        None => break,
-                    }
-                }
+                } => (pos, reason, claimed_len),
+            };
+            let next = claimed_len.map(|l| pos + 12 + l);
+            let more_follows = !last
+                || next.is_some_and(|n| matches!(decode_at(&f.data, n, gen), Decoded::Record(..)));
+            if !more_follows {
+                warn!(path = %f.path.display(), offset = pos, reason, "torn tail: cutting the journal here");
+                zero_from(&f.path, pos as u64)?;
+                out.truncated_at = Some((f.path.clone(), pos as u64));
+                break pos;
             }
+            if !skip_corrupt {
+                return Err(JournalError::Corrupt {
+                    path: f.path.clone(),
+                    offset: pos as u64,
+                    reason,
+                });
+            }
+            warn!(path = %f.path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
+            out.skipped_corrupt += 1;
+            let Some(n) = next else { break pos };
+            let (more, s) = decode_from(&f.data, n, gen);
+            records.extend(more);
+            stop = s;
+        };
+        for r in &records {
+            track(r, i, &mut durable, &mut holders, &mut live);
         }
+        out.records.extend(records);
         if last {
             active_len = pos as u64;
             let block_start = active_len / BLOCK * BLOCK;
