@@ -603,3 +603,42 @@ fn send_fail_if_no_space_answers_with_an_error_instead_of_waiting() {
     // Everything accepted before the refusal is kept.
     assert_eq!(drain(&b, "/queue/nospace").len(), accepted);
 }
+
+#[test]
+fn dead_lettered_persistent_message_survives_a_kill_exactly_once() {
+    use brokk::broker::Destination;
+    // A queue owned by the other shard than the DLQ: the move crosses shards.
+    let dlq_owner = Destination::queue("ActiveMQ.DLQ").owner(2);
+    let name = (0..100)
+        .map(|i| format!("poison{i}"))
+        .find(|n| Destination::queue(n).owner(2) != dlq_owner)
+        .unwrap();
+    let queue = format!("/queue/{name}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[broker]\nmax_redeliveries = 0\n";
+    let mut b = start_on(dir.path(), Some(config), &["--shards", "2"]);
+    let mut p = b.client();
+    p.send_sync(&queue, "poison", &[("persistent", "true")]);
+    let mut c = b.client();
+    c.subscribe("s", &queue, "client-individual", &[]);
+    let m = c.expect_message();
+    let id = m.header_str("ack").unwrap().to_string();
+    c.frame("NACK", &[("id", &id), ("receipt", "n")], b"");
+    c.expect_receipt("n");
+    b.wait_until("the message in the DLQ", |_| {
+        b.destination("/queue/ActiveMQ.DLQ")
+            .is_some_and(|d| d["pending"] == 1)
+    });
+    // The origin journals the retirement after the DLQ's flush answers it;
+    // give that round trip time, then fence both journals and crash.
+    std::thread::sleep(Duration::from_millis(300));
+    p.frame("DISCONNECT", &[("receipt", "bye")], b"");
+    p.expect_receipt("bye");
+    b.kill9();
+    let b = start_on(dir.path(), Some(config), &["--shards", "2"]);
+    assert_eq!(drain(&b, "/queue/ActiveMQ.DLQ"), vec!["poison".to_string()]);
+    assert!(
+        drain(&b, &queue).is_empty(),
+        "the original must be retired once its DLQ copy is durable"
+    );
+}

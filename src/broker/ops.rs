@@ -48,6 +48,14 @@ pub enum Op {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
     },
+    /// A message moving to the dead-letter queue. Its owner answers with
+    /// [`Reply::Retire`] once the copy is durable; only then does the shard
+    /// it came from journal that it left there, so a crash in between can
+    /// duplicate it but never lose it.
+    DeadLetter {
+        msg: SharedMessage,
+        retire: Option<Retire>,
+    },
     /// Answered with [`Reply::Fenced`] once everything this connection sent
     /// to this shard before it has been applied (and, with a durable store,
     /// made durable): the basis of every RECEIPT.
@@ -73,6 +81,17 @@ pub enum Reply {
         conn: ConnRef,
         reason: String,
     },
+    /// The dead-letter copy is durable: journal the original's retirement.
+    Retire(Retire),
+}
+
+/// Which stored message to retire, and on which shard.
+#[derive(Debug, Clone)]
+pub struct Retire {
+    pub shard: usize,
+    pub destination: Destination,
+    pub sub: Option<crate::store::StoredSub>,
+    pub id: MessageId,
 }
 
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
-use super::ops::{ConnRef, DurableName, Op, Reply, ShardMsg, SubscribeOp};
+use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use crate::store::{Record, RecordRef, Store, StoredDestination, StoredSub};
 
@@ -189,6 +189,14 @@ impl ShardBroker {
                 let sub = self.durable_of(&destination, consumer);
                 self.came_back(&destination, sub.as_ref(), back, out);
                 self.dispatch_one(&destination, consumer, out);
+            }
+            Op::DeadLetter { msg, retire } => {
+                // Without a runtime that waits for durability (see
+                // server::shard), the retirement follows at once.
+                self.send(msg, out);
+                if let Some(r) = retire {
+                    out.push((r.shard, ShardMsg::Reply(Reply::Retire(r))));
+                }
             }
             Op::Fence { conn, token } => out.push((
                 conn.shard as usize,
@@ -373,6 +381,22 @@ impl ShardBroker {
         }
     }
 
+    /// The dead-letter copy of a stored message is durable: journal that the
+    /// original left its queue.
+    pub fn retire_one(&mut self, r: &Retire) {
+        let sd = stored_dest(&r.destination);
+        let mut store = self.store.borrow_mut();
+        store.append(
+            &RecordRef::Ack {
+                destination: &sd,
+                sub: r.sub.as_ref(),
+                id: r.id,
+            },
+            0,
+        );
+        store.release(r.id);
+    }
+
     /// Journals the retirement of stored entries (ack, expiry, dead-letter).
     fn retire(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
         if !entries.iter().any(|e| e.stored) {
@@ -417,8 +441,7 @@ impl ShardBroker {
                 );
             }
         }
-        self.retire(dest, sub, &back.dead);
-        self.dead_letter(back.dead, "delivery failed", out);
+        self.dead_letter(dest, sub, back.dead, "delivery failed", out);
     }
 
     /// After credit came back to one consumer: only its queue can move.
@@ -500,20 +523,32 @@ impl ShardBroker {
         expired: Vec<Entry>,
         out: &mut Outbox,
     ) {
-        self.retire(dest, sub, &expired);
-        let persistent: Vec<Entry> = expired.into_iter().filter(|e| e.msg.persistent).collect();
-        self.dead_letter(persistent, "expired", out);
+        let (persistent, gone): (Vec<Entry>, Vec<Entry>) =
+            expired.into_iter().partition(|e| e.msg.persistent);
+        self.retire(dest, sub, &gone);
+        self.dead_letter(dest, sub, persistent, "expired", out);
     }
 
-    fn dead_letter(&mut self, entries: Vec<Entry>, reason: &'static str, out: &mut Outbox) {
-        let dlq = &self.settings.dead_letter_queue;
+    /// Moves entries to the dead-letter queue. A stored entry is retired
+    /// here only once the DLQ's owner says its copy is durable
+    /// ([`Reply::Retire`]); until then a crash keeps the original.
+    fn dead_letter(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        entries: Vec<Entry>,
+        reason: &'static str,
+        out: &mut Outbox,
+    ) {
+        let dlq = self.settings.dead_letter_queue.clone();
         for e in entries {
-            if e.msg.destination == *dlq {
+            if e.msg.destination == dlq {
                 warn!(
                     shard = self.shard,
                     id = e.msg.id,
                     "message dropped from the dead-letter queue itself"
                 );
+                self.retire(dest, sub, std::slice::from_ref(&e));
                 continue;
             }
             let m = &e.msg;
@@ -539,9 +574,15 @@ impl ShardBroker {
                 charge: self.usage.charge(footprint),
             });
             debug!(shard = self.shard, destination = %m.destination, id = m.id, reason, "dead-lettered");
+            let retire = e.stored.then(|| Retire {
+                shard: self.shard,
+                destination: dest.clone(),
+                sub: sub.cloned(),
+                id: m.id,
+            });
             out.push((
                 dlq.owner(self.settings.shards),
-                ShardMsg::Op(Op::Send(dead)),
+                ShardMsg::Op(Op::DeadLetter { msg: dead, retire }),
             ));
         }
     }

@@ -136,10 +136,26 @@ impl ShardContext {
                         _ => work.push_back(reply),
                     }
                 }
+                ShardMsg::Op(Op::DeadLetter { msg, retire }) => {
+                    self.broker.borrow_mut().apply(Op::Send(msg), &mut produced);
+                    work.extend(produced.drain(..));
+                    if let Some(r) = retire {
+                        // The origin retires its copy only after ours is durable.
+                        let reply = (r.shard, ShardMsg::Reply(Reply::Retire(r)));
+                        match &self.journal {
+                            Some(j) if j.borrow().appended() > j.borrow().durable() => {
+                                let upto = j.borrow().appended();
+                                self.deferred.borrow_mut().push_back((upto, reply));
+                            }
+                            _ => work.push_back(reply),
+                        }
+                    }
+                }
                 ShardMsg::Op(op) => {
                     self.broker.borrow_mut().apply(op, &mut produced);
                     work.extend(produced.drain(..));
                 }
+                ShardMsg::Reply(Reply::Retire(r)) => self.broker.borrow_mut().retire_one(&r),
                 ShardMsg::Reply(reply) => self.reply(reply),
             }
         }
@@ -159,6 +175,8 @@ impl ShardContext {
             } => (consumer.conn, Outbound::Deliver(consumer.sub, deliveries)),
             Reply::Fenced { conn, token } => (conn.conn, Outbound::Fenced(token)),
             Reply::Refused { conn, reason } => (conn.conn, Outbound::Refused(reason)),
+            // Handled by the broker in route_all; never addressed to a connection.
+            Reply::Retire(_) => return,
         };
         // A connection that is gone already released its subscriptions; the
         // owner took its deliveries back.
