@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}; size=${2:-1024}
 cargo build --release --workspace -q
-dir=$(mktemp -d /tmp/brokk-recovery.XXXXXX)
+dir=$(mktemp -d --suffix=-brokk-recovery)
 trap 'pkill -9 -f "brokk serve --stomp 127.0.0.1:61900" || true; sleep 0.2; rm -rf "$dir"' EXIT
 cfg="$dir/brokk.toml"
 printf '[limits]\nmemory_limit_bytes = 8589934592\n[store]\nlimit_bytes = 17179869184\n' > "$cfg"

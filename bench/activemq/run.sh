@@ -5,7 +5,7 @@
 set -euo pipefail
 port=${1:-61623}
 here=$(cd "$(dirname "$0")" && pwd)
-base=$(mktemp -d /tmp/activemq-bench.XXXXXX)
+base=$(mktemp -d --suffix=-activemq-bench)
 mkdir -p "$base/conf" "$base/data" "$base/tmp"
 sed -e "s#@STOMP_PORT@#$port#" -e "s#@DATA@#$base/data#" "$here/activemq.xml" > "$base/conf/activemq.xml"
 cp /etc/activemq/instances-available/main/log4j2.properties "$base/conf/" 2>/dev/null || true
