@@ -440,7 +440,12 @@ fn standby_takes_over_when_master_is_killed_and_old_master_stays_standby() {
             }
         })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while receipted.lock().unwrap().len() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline && !producer.is_finished(),
+            "the producer stopped before 100 receipts"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     master.kill9();

@@ -103,13 +103,13 @@ fn broker_sends_heartbeats_and_drops_a_silent_client() {
 
 #[test]
 fn a_client_that_sends_heartbeats_stays_connected() {
-    let b = Broker::start_with_config(Some("[broker]\nheartbeat_min_ms = 100\n"), &[]);
+    let b = Broker::start_with_config(Some("[broker]\nheartbeat_min_ms = 300\n"), &[]);
     let mut c = Client::connect(
         b.stomp,
-        &[("accept-version", "1.2"), ("heart-beat", "100,0")],
+        &[("accept-version", "1.2"), ("heart-beat", "300,0")],
     );
     for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
         c.write(b"\n");
     }
     c.send_sync("/queue/alive", "still here", &[]);
