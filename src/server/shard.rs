@@ -401,9 +401,13 @@ async fn open_journal(
         usage,
         recovered.layout,
     )));
-    // Make the first segment and a spare now, not on the first persistent SEND.
+    // Make the first segment and a spare now (only a new data directory
+    // lacks them), not on the first persistent SEND; the flusher keeps a
+    // spare ready in the background from here on.
     journal::flush(&j).await.map_err(|e| e.to_string())?;
-    journal::ensure_spare(&j).await.map_err(|e| e.to_string())?;
+    journal::ensure_spare(&j, journal::Pace::Now)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((j, recovered.records))
 }
 
@@ -442,7 +446,7 @@ async fn flusher(ctx: Rc<ShardContext>) {
         }
         let j = journal.clone();
         spawn_local(async move {
-            if let Err(e) = journal::ensure_spare(&j).await {
+            if let Err(e) = journal::ensure_spare(&j, journal::Pace::Background).await {
                 tracing::error!(error = %e, "cannot make a journal segment; stopping");
                 std::process::exit(1);
             }

@@ -314,23 +314,40 @@ pub fn read_header(block: &[u8]) -> Option<u64> {
 
 /// Creates a zero-filled segment file of `size` bytes: every block written
 /// once, so later writes and fdatasyncs do not allocate.
-async fn create_segment(path: &Path, size: u64) -> Result<Rc<DmaFile>, JournalError> {
+async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile>, JournalError> {
     let file = DmaFile::create(path)
         .await
         .map_err(|e| glommio_err(path, e))?;
-    const CHUNK: u64 = 1 << 20;
+    let chunk: u64 = match pace {
+        Pace::Now => 1 << 20,
+        Pace::Background => 256 << 10,
+    };
     let mut pos = 0;
     while pos < size {
-        let n = CHUNK.min(size - pos);
+        let n = chunk.min(size - pos);
         let mut buf = file.alloc_dma_buffer(n as usize);
         buf.as_bytes_mut().fill(0);
         file.write_at(buf, pos)
             .await
             .map_err(|e| glommio_err(path, e))?;
         pos += n;
+        if pace == Pace::Background {
+            // Leave the disk to the journal's own writes and fdatasyncs:
+            // a spare made at full speed stalls receipts for tens of ms.
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
     file.fdatasync().await.map_err(|e| glommio_err(path, e))?;
     Ok(Rc::new(file))
+}
+
+/// How hard to push the disk when zero-filling a new segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// A write is waiting for this segment.
+    Now,
+    /// A spare made ahead of need, beside live traffic.
+    Background,
 }
 
 async fn open_segment(path: &Path) -> Result<Rc<DmaFile>, JournalError> {
@@ -368,7 +385,7 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
                 let f = if path.exists() {
                     open_segment(&path).await?
                 } else {
-                    create_segment(&path, size).await?
+                    create_segment(&path, size, Pace::Now).await?
                 };
                 journal.borrow_mut().segments[chunk.segment].file = Some(f.clone());
                 f
@@ -481,7 +498,10 @@ impl Journal {
 
 /// Keeps one zero-filled segment ready so that rolling to a new segment
 /// never waits for a file to be made. Runs beside the flusher.
-pub async fn ensure_spare(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
+pub async fn ensure_spare(
+    journal: &std::cell::RefCell<Journal>,
+    pace: Pace,
+) -> Result<(), JournalError> {
     let (path, size) = {
         let mut j = journal.borrow_mut();
         if j.making_spare || !j.free.is_empty() {
@@ -495,7 +515,7 @@ pub async fn ensure_spare(journal: &std::cell::RefCell<Journal>) -> Result<(), J
             j.cfg.segment_size_bytes,
         )
     };
-    let made = create_segment(&path, size).await;
+    let made = create_segment(&path, size, pace).await;
     let mut j = journal.borrow_mut();
     j.making_spare = false;
     let file = made?;
