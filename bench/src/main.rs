@@ -130,9 +130,8 @@ struct Shared {
     args: Args,
     brokers: Vec<String>,
     receipted_total: AtomicU64,
-    /// Per broker: time (ns since start) of the last and first receipt it gave.
+    /// Per broker: time (ns since start) of the last receipt it gave.
     last_receipt_ns: Vec<AtomicU64>,
-    first_receipt_ns: Vec<AtomicU64>,
     /// Per broker: first receipt since the last kill (0 = none yet).
     first_since_kill: Vec<AtomicU64>,
     /// Everything is done: the progress line stops.
@@ -215,7 +214,6 @@ fn run(args: Args) -> Result<()> {
     let shared = Arc::new(Shared {
         receipted_total: AtomicU64::new(0),
         last_receipt_ns: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
-        first_receipt_ns: brokers.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
         first_since_kill: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
         finished: AtomicBool::new(false),
         timeline: Mutex::new(Vec::new()),
@@ -569,7 +567,6 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                         last_merge = Instant::now();
                     }
                     s.last_receipt_ns[broker].fetch_max(now, Ordering::Relaxed);
-                    s.first_receipt_ns[broker].fetch_min(now, Ordering::Relaxed);
                     let _ = s.first_since_kill[broker].compare_exchange(
                         0,
                         now,

@@ -114,6 +114,25 @@ fn detach(properties: &[(Bytes, Bytes)], body: &Bytes) -> (Vec<(Bytes, Bytes)>, 
     (props, body)
 }
 
+/// Journals that a stored message left a queue (or durable subscription)
+/// and lets go of its hold on the journal segment.
+fn journal_ack(
+    store: &mut dyn Store,
+    destination: &StoredDestination,
+    sub: Option<&StoredSub>,
+    id: u64,
+) {
+    store.append(
+        &RecordRef::Ack {
+            destination,
+            sub,
+            id,
+        },
+        0,
+    );
+    store.release(id);
+}
+
 fn durable_name(s: &StoredSub) -> DurableName {
     DurableName {
         client_id: s.client_id.to_string(),
@@ -384,17 +403,12 @@ impl ShardBroker {
     /// The dead-letter copy of a stored message is durable: journal that the
     /// original left its queue.
     pub fn retire_one(&mut self, r: &Retire) {
-        let sd = stored_dest(&r.destination);
-        let mut store = self.store.borrow_mut();
-        store.append(
-            &RecordRef::Ack {
-                destination: &sd,
-                sub: r.sub.as_ref(),
-                id: r.id,
-            },
-            0,
+        journal_ack(
+            &mut *self.store.borrow_mut(),
+            &stored_dest(&r.destination),
+            r.sub.as_ref(),
+            r.id,
         );
-        store.release(r.id);
     }
 
     /// Journals the retirement of stored entries (ack, expiry, dead-letter).
@@ -405,15 +419,7 @@ impl ShardBroker {
         let sd = stored_dest(dest);
         let mut store = self.store.borrow_mut();
         for e in entries.iter().filter(|e| e.stored) {
-            store.append(
-                &RecordRef::Ack {
-                    destination: &sd,
-                    sub,
-                    id: e.msg.id,
-                },
-                0,
-            );
-            store.release(e.msg.id);
+            journal_ack(&mut *store, &sd, sub, e.msg.id);
         }
     }
 

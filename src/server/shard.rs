@@ -128,13 +128,7 @@ impl ShardContext {
                         conn.shard as usize,
                         ShardMsg::Reply(Reply::Fenced { conn, token }),
                     );
-                    match &self.journal {
-                        Some(j) if j.borrow().appended() > j.borrow().durable() => {
-                            let upto = j.borrow().appended();
-                            self.deferred.borrow_mut().push_back((upto, reply));
-                        }
-                        _ => work.push_back(reply),
-                    }
+                    self.when_durable(reply, &mut work);
                 }
                 ShardMsg::Op(Op::DeadLetter { msg, retire }) => {
                     self.broker.borrow_mut().apply(Op::Send(msg), &mut produced);
@@ -142,13 +136,7 @@ impl ShardContext {
                     if let Some(r) = retire {
                         // The origin retires its copy only after ours is durable.
                         let reply = (r.shard, ShardMsg::Reply(Reply::Retire(r)));
-                        match &self.journal {
-                            Some(j) if j.borrow().appended() > j.borrow().durable() => {
-                                let upto = j.borrow().appended();
-                                self.deferred.borrow_mut().push_back((upto, reply));
-                            }
-                            _ => work.push_back(reply),
-                        }
+                        self.when_durable(reply, &mut work);
                     }
                 }
                 ShardMsg::Op(op) => {
@@ -163,6 +151,18 @@ impl ShardContext {
             if j.borrow().has_pending() {
                 self.flush_wakeup.push(());
             }
+        }
+    }
+
+    /// Sends `reply` once the journal has flushed everything appended so
+    /// far (at once without a journal, or when nothing is pending).
+    fn when_durable(&self, reply: (usize, ShardMsg), work: &mut VecDeque<(usize, ShardMsg)>) {
+        match &self.journal {
+            Some(j) if j.borrow().appended() > j.borrow().durable() => {
+                let upto = j.borrow().appended();
+                self.deferred.borrow_mut().push_back((upto, reply));
+            }
+            _ => work.push_back(reply),
         }
     }
 
@@ -394,7 +394,6 @@ async fn open_journal(
     let cfg = JournalConfig {
         dir,
         segment_size_bytes: js.segment_size_bytes,
-        skip_corrupt: js.skip_corrupt,
     };
     let j = Rc::new(RefCell::new(Journal::from_recovery(
         cfg,

@@ -126,6 +126,14 @@ impl Frame {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// A header's value as a shared slice of the frame (no copy).
+    pub fn header_bytes(&self, name: &str) -> Option<Bytes> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.as_ref() == name.as_bytes())
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }

@@ -161,11 +161,7 @@ impl Session {
         if self.phase == Phase::Closed {
             return;
         }
-        let receipt = frame
-            .headers
-            .iter()
-            .find(|(k, _)| k.as_ref() == b"receipt")
-            .map(|(_, v)| v.clone());
+        let receipt = frame.header_bytes("receipt");
         let result = match (&self.phase, frame.command) {
             (Phase::AwaitConnect, Command::Connect | Command::Stomp) => self.connect(&frame, out),
             (Phase::AwaitConnect, c) => {
@@ -212,12 +208,7 @@ impl Session {
     /// Refuses a well-formed frame (e.g. no space left): ERROR with the
     /// frame's receipt id, then close.
     pub fn reject(&mut self, frame: &Frame, message: &str, out: &mut Vec<Action>) {
-        let receipt = frame
-            .headers
-            .iter()
-            .find(|(k, _)| k.as_ref() == b"receipt")
-            .map(|(_, v)| v.clone());
-        self.error(message, receipt, out);
+        self.error(message, frame.header_bytes("receipt"), out);
     }
 
     fn error(&mut self, message: &str, receipt: Option<Bytes>, out: &mut Vec<Action>) {
@@ -367,9 +358,9 @@ impl Session {
                 Bytes::from(format!("brokk-{}-{}", self.conn.shard, self.conn.conn)),
             )
             .with("heart-beat", Bytes::from(format!("{send_ms},{recv_ms}")));
-        if let Some(r) = f.header("receipt") {
+        if let Some(r) = f.header_bytes("receipt") {
             // Not required by the spec, but some 1.0 clients wait for it.
-            reply = reply.with("receipt-id", Bytes::copy_from_slice(r));
+            reply = reply.with("receipt-id", r);
         }
         out.push(Action::Write(reply));
         out.push(Action::Heartbeat {

@@ -63,7 +63,6 @@ pub struct JournalConfig {
     /// This shard's journal directory.
     pub dir: PathBuf,
     pub segment_size_bytes: u64,
-    pub skip_corrupt: bool,
 }
 
 /// Bytes of segments holding data across all shards (spares not counted),
@@ -124,10 +123,6 @@ pub struct Journal {
 impl Journal {
     pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
         dir.join(format!("seg-{number:06}.log"))
-    }
-
-    pub fn config(&self) -> &JournalConfig {
-        &self.cfg
     }
 
     /// Sequence number of the last append; durable once `durable() >= it`.
@@ -279,15 +274,6 @@ impl Journal {
                 .used_bytes
                 .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
         }
-    }
-
-    /// Segments holding data (for tests and status).
-    pub fn segments_in_use(&self) -> usize {
-        self.in_use.len()
-    }
-
-    pub fn segment_files(&self) -> usize {
-        self.segments.len()
     }
 }
 

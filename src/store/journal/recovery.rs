@@ -280,6 +280,8 @@ pub fn recover(
         records = out.records.len(),
         segments = found.len(),
         bytes = out.bytes_scanned,
+        truncated = out.truncated_at.is_some(),
+        skipped_corrupt = out.skipped_corrupt,
         read_ms,
         total_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
