@@ -6,6 +6,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod ha;
+pub mod idmap;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -2,9 +2,10 @@
 //! credit, round-robin dispatch, acks, redelivery. A queue destination is one
 //! of these; a topic holds one per subscription.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::message::{MessageId, SharedMessage};
+use crate::idmap::IdMap;
 
 /// Identifies one subscription of one connection anywhere in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +62,7 @@ pub struct MessageQueue {
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
     next: usize,
-    in_flight: HashMap<MessageId, (ConsumerKey, Entry)>,
+    in_flight: IdMap<(ConsumerKey, Entry)>,
     pub enqueued: u64,
     pub dequeued: u64,
 }

@@ -15,6 +15,7 @@ use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
+use crate::idmap::{IdMap, IdSet};
 use crate::store::{Record, RecordRef, Store, StoredDestination, StoredSub};
 
 #[derive(Debug, Clone)]
@@ -82,36 +83,6 @@ fn stored_dest(d: &Destination) -> StoredDestination {
             name: n.clone(),
         },
     }
-}
-
-/// Copies a recovered message's headers and body out of the segment buffer
-/// into one allocation of their own (slices of it), so recovery costs one
-/// allocation per message rather than one per header.
-fn detach(properties: &[(Bytes, Bytes)], body: &Bytes) -> (Vec<(Bytes, Bytes)>, Bytes) {
-    let total = body.len()
-        + properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
-    let mut buf = Vec::with_capacity(total);
-    for (k, v) in properties {
-        buf.extend_from_slice(k);
-        buf.extend_from_slice(v);
-    }
-    buf.extend_from_slice(body);
-    let all = Bytes::from(buf);
-    let mut off = 0;
-    let mut take = |n: usize| {
-        let b = all.slice(off..off + n);
-        off += n;
-        b
-    };
-    let props = properties
-        .iter()
-        .map(|(k, v)| (take(k.len()), take(v.len())))
-        .collect();
-    let body = take(body.len());
-    (props, body)
 }
 
 /// Journals that a stored message left a queue (or durable subscription)
@@ -623,13 +594,16 @@ impl ShardBroker {
     /// Rebuilds queues and durable subscriptions from the journal's records
     /// (in journal order). Two passes: the first collects what was retired
     /// and redelivery counts, the second builds only the surviving messages
-    /// and puts them straight into their queues, so recovery costs one
-    /// allocation per live message and none per retired one.
+    /// and puts them straight into their queues. A message keeps the bytes
+    /// the store read back (the store decides whether those are slices of
+    /// the segment it read or copies), so recovery copies no body here.
     pub fn restore(&mut self, records: Vec<Record>) -> usize {
         type SubKey = (Arc<str>, StoredSub);
-        let mut queue_acks: HashMap<Arc<str>, std::collections::HashSet<u64>> = HashMap::new();
-        let mut sub_acks: HashMap<SubKey, std::collections::HashSet<u64>> = HashMap::new();
-        let mut counts: HashMap<(StoredDestination, Option<StoredSub>, u64), u32> = HashMap::new();
+        let mut queue_acks: HashMap<Arc<str>, IdSet> = HashMap::new();
+        let mut sub_acks: HashMap<SubKey, IdSet> = HashMap::new();
+        // By id first: most messages were never redelivered, and a miss
+        // costs one id hash instead of building a (destination, sub) key.
+        let mut counts: IdMap<Vec<(StoredDestination, Option<StoredSub>, u32)>> = IdMap::default();
         for r in &records {
             match r {
                 Record::Ack {
@@ -657,15 +631,34 @@ impl ShardBroker {
                     id,
                     count,
                 } => {
-                    counts.insert((destination.clone(), sub.clone(), *id), *count);
+                    let seen = counts.entry(*id).or_default();
+                    match seen
+                        .iter_mut()
+                        .find(|(d, s, _)| d == destination && s == sub)
+                    {
+                        Some(c) => c.2 = *count,
+                        None => seen.push((destination.clone(), sub.clone(), *count)),
+                    }
                 }
                 _ => {}
             }
         }
+        let redeliveries = |dest: &StoredDestination, sub: Option<&StoredSub>, id: u64| {
+            counts.get(&id).map_or(0, |seen| {
+                seen.iter()
+                    .find(|(d, s, _)| d == dest && s.as_ref() == sub)
+                    .map_or(0, |c| c.2)
+            })
+        };
         let mut restored = 0;
         // Durable subscriptions as the journal goes: a topic message belongs
         // to the subscriptions that existed when it was sent.
         let mut durables: HashMap<Arc<str>, Vec<StoredSub>> = HashMap::new();
+        // Queue messages are gathered per queue, in journal order, and put
+        // in place at the end: one map lookup per run of one queue's
+        // records rather than one per message.
+        let mut runs: HashMap<Arc<str>, Vec<Entry>> = HashMap::new();
+        let mut run: Option<(Arc<str>, Option<&IdSet>, Vec<Entry>)> = None;
         for r in records {
             match r {
                 Record::Send {
@@ -677,10 +670,24 @@ impl ShardBroker {
                     properties,
                     body,
                 } => {
-                    let live_for_queue = !destination.topic
-                        && !queue_acks
-                            .get(&destination.name)
-                            .is_some_and(|a| a.contains(&id));
+                    let mut for_queue = None;
+                    if !destination.topic {
+                        let same = run.as_ref().is_some_and(|(name, ..)| {
+                            Arc::ptr_eq(name, &destination.name) || *name == destination.name
+                        });
+                        if !same {
+                            if let Some((name, _, entries)) = run.take() {
+                                runs.insert(name, entries);
+                            }
+                            let entries = runs.remove(&destination.name).unwrap_or_default();
+                            let acks = queue_acks.get(&destination.name);
+                            run = Some((destination.name.clone(), acks, entries));
+                        }
+                        for_queue = run
+                            .as_mut()
+                            .filter(|(_, acks, _)| !acks.is_some_and(|a| a.contains(&id)))
+                            .map(|(_, _, entries)| entries);
+                    }
                     let subs: Vec<StoredSub> = if destination.topic {
                         durables
                             .get(&destination.name)
@@ -698,12 +705,9 @@ impl ShardBroker {
                     } else {
                         Vec::new()
                     };
-                    if !live_for_queue && subs.is_empty() {
+                    if for_queue.is_none() && subs.is_empty() {
                         continue;
                     }
-                    // Copied out of the segment buffer: a surviving message
-                    // must not pin a whole segment in memory.
-                    let (properties, body) = detach(&properties, &body);
                     let footprint = Message::footprint(&properties, &body);
                     let dest = if destination.topic {
                         Destination::Topic(destination.name.clone())
@@ -721,26 +725,16 @@ impl ShardBroker {
                         timestamp_ms,
                         charge: self.usage.charge(footprint),
                     });
-                    if live_for_queue {
-                        let redeliveries = counts
-                            .get(&(destination.clone(), None, id))
-                            .copied()
-                            .unwrap_or(0);
-                        self.queues
-                            .entry(destination.name.clone())
-                            .or_default()
-                            .restore(Entry {
-                                msg: msg.clone(),
-                                redeliveries,
-                                stored: true,
-                            });
+                    if let Some(entries) = for_queue {
+                        entries.push(Entry {
+                            msg: msg.clone(),
+                            redeliveries: redeliveries(&destination, None, id),
+                            stored: true,
+                        });
                         restored += 1;
                     }
                     for sub in subs {
-                        let redeliveries = counts
-                            .get(&(destination.clone(), Some(sub.clone()), id))
-                            .copied()
-                            .unwrap_or(0);
+                        let redeliveries = redeliveries(&destination, Some(&sub), id);
                         self.durable_queue(&destination.name, &sub).restore(Entry {
                             msg: msg.clone(),
                             redeliveries,
@@ -768,6 +762,15 @@ impl ShardBroker {
                     }
                 }
                 Record::Ack { .. } | Record::Redelivered { .. } => {}
+            }
+        }
+        if let Some((name, _, entries)) = run {
+            runs.insert(name, entries);
+        }
+        for (name, entries) in runs.into_iter().filter(|(_, e)| !e.is_empty()) {
+            let q = self.queues.entry(name).or_default();
+            for entry in entries {
+                q.restore(entry);
             }
         }
         restored

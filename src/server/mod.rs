@@ -135,6 +135,7 @@ pub fn serve(config: Config) -> Result<()> {
         store_usage: Arc::new(StoreUsage::default()),
         store_limit_bytes: config.store.limit_bytes,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
+        recovered: Arc::new(std::sync::Barrier::new(shards)),
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -76,6 +76,8 @@ pub struct Shared {
     pub store_limit_bytes: u64,
     /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
     pub send_fail_if_no_space: bool,
+    /// Every shard passes it once its state is recovered, before listening.
+    pub recovered: Arc<std::sync::Barrier>,
 }
 
 #[derive(Clone)]
@@ -197,6 +199,19 @@ pub async fn run(
 ) {
     let span = info_span!("shard", role = "master", shard = id);
     async move {
+        // Join the mesh before recovering: glommio busy-polls while a
+        // shared channel waits for its peer, and a shard that finished its
+        // own recovery would spin a core away from one still recovering.
+        let mesh = match mesh {
+            None => None,
+            Some(mesh) => match mesh.join().await {
+                Ok(joined) => Some(joined),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard mesh could not be joined: {e}")));
+                    return;
+                }
+            },
+        };
         let usage = shared.usage.clone();
         let (store, journal, records): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
             None => (Rc::new(RefCell::new(MemoryStore)), None, Vec::new()),
@@ -218,7 +233,10 @@ pub async fn run(
                 "journal replayed"
             );
         }
-        // Listen only once the state is back: no client sees a half-recovered shard.
+        // Listen only once every shard's state is back: no client sees a
+        // half-recovered broker. A blocking wait, on purpose: nothing else
+        // runs on this shard yet, and the thread sleeps instead of polling.
+        shared.recovered.wait();
         let listener = match TcpListener::bind(stomp) {
             Ok(l) => l,
             Err(e) => {
@@ -249,11 +267,7 @@ pub async fn run(
             shutdown: Latch::default(),
             next_conn: Cell::new(0),
         });
-        if let Some(mesh) = mesh {
-            let Ok((senders, mut receivers)) = mesh.join().await else {
-                let _ = ready.send(Err("shard mesh could not be joined".into()));
-                return;
-            };
+        if let Some((senders, mut receivers)) = mesh {
             let senders = Rc::new(senders);
             for peer in (0..ctx.shared.shards).filter(|p| *p != id) {
                 let outbox = ctx.outboxes[peer].clone();

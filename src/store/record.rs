@@ -211,8 +211,36 @@ pub enum Decoded {
     },
 }
 
+/// Destination and subscription names met while decoding: the records of
+/// one destination share one `Arc<str>` rather than allocating one each.
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashMap<Bytes, Arc<str>>);
+
+impl Names {
+    /// Distinct names kept before the cache starts over (bounds its memory
+    /// on a journal with very many destinations).
+    const MAX: usize = 4096;
+
+    fn get(&mut self, raw: Bytes) -> Option<Arc<str>> {
+        if let Some(name) = self.0.get(&raw) {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = Arc::from(std::str::from_utf8(&raw).ok()?);
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(raw, name.clone());
+        Some(name)
+    }
+}
+
 /// Reads the record at `pos` of `buf` written under `generation`.
 pub fn decode_at(buf: &Bytes, pos: usize, generation: u64) -> Decoded {
+    decode_named(buf, pos, generation, &mut Names::default())
+}
+
+/// [`decode_at`], sharing names through `names` across calls.
+pub fn decode_named(buf: &Bytes, pos: usize, generation: u64, names: &mut Names) -> Decoded {
     if pos + 12 > buf.len() {
         return Decoded::End;
     }
@@ -237,7 +265,7 @@ pub fn decode_at(buf: &Bytes, pos: usize, generation: u64) -> Decoded {
             claimed_len: Some(len),
         };
     }
-    match parse(buf.slice(pos + 12..end)) {
+    match parse(buf.slice(pos + 12..end), names) {
         Some(r) => Decoded::Record(r, end),
         None => Decoded::Bad {
             reason: "malformed payload",
@@ -246,9 +274,9 @@ pub fn decode_at(buf: &Bytes, pos: usize, generation: u64) -> Decoded {
     }
 }
 
-struct Reader(Bytes);
+struct Reader<'a>(Bytes, &'a mut Names);
 
-impl Reader {
+impl Reader<'_> {
     fn u8(&mut self) -> Option<u8> {
         (self.0.remaining() >= 1).then(|| self.0.get_u8())
     }
@@ -264,7 +292,7 @@ impl Reader {
     }
     fn str(&mut self) -> Option<Arc<str>> {
         let b = self.bytes()?;
-        std::str::from_utf8(&b).ok().map(Arc::from)
+        self.1.get(b)
     }
     fn dest(&mut self) -> Option<StoredDestination> {
         let topic = self.u8()? != 0;
@@ -284,8 +312,8 @@ impl Reader {
     }
 }
 
-fn parse(payload: Bytes) -> Option<Record> {
-    let mut r = Reader(payload);
+fn parse(payload: Bytes, names: &mut Names) -> Option<Record> {
+    let mut r = Reader(payload, names);
     let record = match r.u8()? {
         T_SEND => {
             let id = r.u64()?;

@@ -13,6 +13,7 @@ use crate::broker::message::{now_ms, MemoryUsage, Property};
 use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
+use crate::idmap::IdMap;
 
 const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 
@@ -112,7 +113,7 @@ pub struct Session {
     subs: HashMap<u64, Sub>,
     sub_by_id: HashMap<Bytes, u64>,
     next_sub: u64,
-    unacked: HashMap<MessageId, u64>,
+    unacked: IdMap<u64>,
     transactions: HashMap<Bytes, Vec<TxOp>>,
     receipts: HashMap<u64, PendingReceipt>,
     next_token: u64,
@@ -141,7 +142,7 @@ impl Session {
             subs: HashMap::new(),
             sub_by_id: HashMap::new(),
             next_sub: 0,
-            unacked: HashMap::new(),
+            unacked: IdMap::default(),
             transactions: HashMap::new(),
             receipts: HashMap::new(),
             next_token: 0,

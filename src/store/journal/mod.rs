@@ -13,6 +13,7 @@
 //! bits so the stale records of a reused segment read as end-of-data.
 
 pub mod recovery;
+mod segment_read;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use glommio::io::DmaFile;
 use thiserror::Error;
 
 use super::record::{self, RecordRef, StoredSub};
+use crate::idmap::IdMap;
 
 pub const BLOCK: u64 = 4096;
 const MAGIC: &[u8; 8] = b"BRKJNL01";
@@ -111,7 +113,7 @@ pub struct Journal {
     appended: u64,
     durable: u64,
     /// Message id -> (segment, holders left).
-    holders: HashMap<u64, (usize, u32)>,
+    holders: IdMap<(usize, u32)>,
     next_file_number: u64,
     /// Durable subscriptions per topic: written again at the head of every
     /// new segment, so that no older segment is needed to know them.

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{info, warn};
 
+use super::segment_read::read_live_part;
 use super::{io_err, read_header, JournalError, BLOCK};
-use crate::store::record::{decode_at, Decoded, Record, StoredSub};
+use crate::idmap::IdMap;
+use crate::store::record::{decode_at, decode_named, Decoded, Names, Record, StoredSub};
 
 /// Where the writer resumes.
 #[derive(Debug, Default)]
@@ -27,7 +29,7 @@ pub struct Layout {
     pub active_len: u64,
     /// The active segment's bytes from the last block boundary to `active_len`.
     pub tail: Vec<u8>,
-    pub holders: HashMap<u64, (usize, u32)>,
+    pub holders: IdMap<(usize, u32)>,
     /// Durable subscriptions per topic at the end of the journal.
     pub durables: HashMap<Arc<str>, HashSet<StoredSub>>,
 }
@@ -42,13 +44,12 @@ pub struct Recovered {
     pub skipped_corrupt: usize,
 }
 
-struct Found {
+/// A segment file as listed before reading: its header says whether it
+/// holds data and in which order.
+struct Listed {
     path: PathBuf,
     number: u64,
     generation: Option<u64>,
-    data: Bytes,
-    records: Vec<Record>,
-    stop: Stop,
 }
 
 /// Where decoding a segment stopped.
@@ -64,9 +65,8 @@ enum Stop {
     },
 }
 
+/// One segment read and decoded.
 struct Scan {
-    generation: Option<u64>,
-    file_len: u64,
     data: Bytes,
     records: Vec<Record>,
     stop: Stop,
@@ -75,8 +75,9 @@ struct Scan {
 /// Decodes records from `pos` until the end of data or a bad record.
 fn decode_from(data: &Bytes, mut pos: usize, gen: u64) -> (Vec<Record>, Stop) {
     let mut records = Vec::new();
+    let mut names = Names::default();
     loop {
-        match decode_at(data, pos, gen) {
+        match decode_named(data, pos, gen, &mut names) {
             Decoded::Record(r, next) => {
                 records.push(r);
                 pos = next;
@@ -99,64 +100,21 @@ fn decode_from(data: &Bytes, mut pos: usize, gen: u64) -> (Vec<Record>, Stop) {
     }
 }
 
-fn scan_one(path: &Path) -> Result<Scan, JournalError> {
-    let (data, file_len) = read_live_part(path)?;
-    let generation = read_header(&data[..data.len().min(BLOCK as usize)]);
-    let (records, stop) = match generation {
-        Some(gen) => decode_from(&data, BLOCK as usize, gen),
-        None => (Vec::new(), Stop::End(BLOCK as usize)),
-    };
+fn scan_one(path: &Path, gen: u64) -> Result<Scan, JournalError> {
+    let (data, _) = read_live_part(path)?;
+    let (records, stop) = decode_from(&data, BLOCK as usize, gen);
     Ok(Scan {
-        generation,
-        file_len,
         data,
         records,
         stop,
     })
 }
 
-/// Scans every file on as many threads as there are cores.
-fn scan_all(files: &[(PathBuf, u64)]) -> Result<Vec<Scan>, JournalError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(files.len())
-        .max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<Scan, JournalError>>>> =
-        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((path, _)) = files.get(i) else { break };
-                let r = scan_one(path);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner().ok().flatten().unwrap_or_else(|| {
-                Err(JournalError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other("segment scan did not run"),
-                })
-            })
-        })
-        .collect()
-}
-
-pub fn recover(
-    dir: &Path,
-    segment_size: u64,
-    skip_corrupt: bool,
-) -> Result<Recovered, JournalError> {
-    let started = std::time::Instant::now();
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+/// Lists the segment files with their generations (one block read each).
+/// A file without a header that is shorter than a segment was being made
+/// when the broker stopped: it is removed, to be made again when needed.
+fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
+    use std::io::Read;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -168,46 +126,143 @@ pub fn recover(
         else {
             continue;
         };
-        files.push((entry.path(), number));
-    }
-    // Read and verify segments in parallel: each one decodes on its own
-    // (it needs only its generation); ordering and the torn-or-corrupt
-    // decision happen afterwards, in generation order.
-    let scans = scan_all(&files)?;
-    let mut found = Vec::new();
-    for ((path, number), scan) in files.into_iter().zip(scans) {
-        if scan.generation.is_none() && scan.file_len < segment_size {
-            // A segment whose creation never finished: make it again later.
+        let path = entry.path();
+        let mut f = std::fs::File::open(&path).map_err(io_err(&path))?;
+        let file_len = f.metadata().map_err(io_err(&path))?.len();
+        let mut head = Vec::with_capacity(BLOCK as usize);
+        (&mut f)
+            .take(BLOCK)
+            .read_to_end(&mut head)
+            .map_err(io_err(&path))?;
+        let generation = read_header(&head);
+        if generation.is_none() && file_len < segment_size {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             continue;
         }
-        found.push(Found {
+        files.push(Listed {
             path,
             number,
-            generation: scan.generation,
-            data: scan.data,
-            records: scan.records,
-            stop: scan.stop,
+            generation,
         });
     }
+    Ok(files)
+}
+
+/// Reads and decodes `segments` (path, generation) on a few threads and
+/// hands each to `each` in the given order, as soon as it and all before it
+/// are ready: the caller's bookkeeping overlaps the reading of later
+/// segments. The first error stops the threads and is returned.
+fn scan_in_order(
+    segments: &[(&Path, u64)],
+    mut each: impl FnMut(usize, Scan) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::{Condvar, Mutex};
+    // Two per core: while one thread verifies and decodes a segment, the
+    // other keeps the disk busy with the next one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores * 2).min(segments.len());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let slots: Mutex<Vec<Option<Result<Scan, JournalError>>>> =
+        Mutex::new(segments.iter().map(|_| None).collect());
+    let filled = Condvar::new();
+    std::thread::scope(|s| {
+        let mut started = 0;
+        for _ in 0..threads {
+            let scan = || {
+                while !stop.load(Relaxed) {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some(&(path, gen)) = segments.get(i) else {
+                        break;
+                    };
+                    // A panic becomes an error here, so the caller never
+                    // waits for a segment that will not come.
+                    let r = std::panic::catch_unwind(|| scan_one(path, gen))
+                        .unwrap_or_else(|_| Err(poisoned(path)));
+                    if let Ok(mut slots) = slots.lock() {
+                        slots[i] = Some(r);
+                    }
+                    filled.notify_all();
+                }
+            };
+            // A thread that cannot be started leaves its share to the others.
+            started += usize::from(
+                std::thread::Builder::new()
+                    .name("brokk-recovery".into())
+                    .spawn_scoped(s, scan)
+                    .is_ok(),
+            );
+        }
+        let result = (|| {
+            for (i, &(path, _)) in segments.iter().enumerate() {
+                let scan = {
+                    let mut guard = slots.lock().map_err(|_| poisoned(path))?;
+                    loop {
+                        if started == 0 {
+                            return Err(JournalError::Io {
+                                path: path.to_path_buf(),
+                                source: std::io::Error::other("no recovery thread could start"),
+                            });
+                        }
+                        if let Some(r) = guard[i].take() {
+                            break r;
+                        }
+                        guard = filled.wait(guard).map_err(|_| poisoned(path))?;
+                    }
+                };
+                each(i, scan?)?;
+            }
+            Ok(())
+        })();
+        stop.store(true, Relaxed);
+        result
+    })
+}
+
+fn poisoned(path: &Path) -> JournalError {
+    JournalError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("reading this segment panicked"),
+    }
+}
+
+pub fn recover(
+    dir: &Path,
+    segment_size: u64,
+    skip_corrupt: bool,
+) -> Result<Recovered, JournalError> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let found = list(dir, segment_size)?;
     let mut out = Recovered::default();
     out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
-    let read_ms = started.elapsed().as_millis() as u64;
     let mut with_gen: Vec<usize> = (0..found.len())
         .filter(|&i| found[i].generation.is_some())
         .collect();
     with_gen.sort_by_key(|&i| found[i].generation);
+    let order: Vec<(&Path, u64)> = with_gen
+        .iter()
+        .map(|&i| (found[i].path.as_path(), found[i].generation.unwrap_or(0)))
+        .collect();
     let mut durable: HashMap<Arc<str>, HashSet<StoredSub>> = HashMap::new();
     let mut live: Vec<usize> = vec![0; found.len()];
-    let mut holders: HashMap<u64, (usize, u32)> = HashMap::new();
+    let mut holders: IdMap<(usize, u32)> = IdMap::default();
     let mut active_len = BLOCK;
-    for (rank, &i) in with_gen.iter().enumerate() {
-        let gen = found[i].generation.unwrap_or(0);
-        let last = rank + 1 == with_gen.len();
-        out.bytes_scanned += found[i].data.len() as u64;
-        let mut records = std::mem::take(&mut found[i].records);
-        let mut stop = found[i].stop;
-        let f = &found[i];
+    // Per segment: where its records sit in `out.records`, and its sends.
+    let mut spans: Vec<(std::ops::Range<usize>, usize)> = vec![(0..0, 0); found.len()];
+    // Segments are read and verified in parallel; the bookkeeping below
+    // runs in generation order as each one becomes ready.
+    scan_in_order(&order, |rank, scan| {
+        let i = with_gen[rank];
+        let (path, gen) = order[rank];
+        let last = rank + 1 == order.len();
+        out.bytes_scanned += scan.data.len() as u64;
+        let Scan {
+            data,
+            mut records,
+            mut stop,
+        } = scan;
         // Normally one pass; more only when skipping corrupt records.
         let pos = loop {
             let (pos, reason, claimed_len) = match stop {
@@ -220,35 +275,63 @@ pub fn recover(
             };
             let next = claimed_len.map(|l| pos + 12 + l);
             let more_follows = !last
-                || next.is_some_and(|n| matches!(decode_at(&f.data, n, gen), Decoded::Record(..)));
+                || next.is_some_and(|n| matches!(decode_at(&data, n, gen), Decoded::Record(..)));
             if !more_follows {
-                warn!(path = %f.path.display(), offset = pos, reason, "torn tail: cutting the journal here");
-                zero_from(&f.path, pos as u64)?;
-                out.truncated_at = Some((f.path.clone(), pos as u64));
+                warn!(path = %path.display(), offset = pos, reason, "torn tail: cutting the journal here");
+                zero_from(path, pos as u64)?;
+                out.truncated_at = Some((path.to_path_buf(), pos as u64));
                 break pos;
             }
             if !skip_corrupt {
                 return Err(JournalError::Corrupt {
-                    path: f.path.clone(),
+                    path: path.to_path_buf(),
                     offset: pos as u64,
                     reason,
                 });
             }
-            warn!(path = %f.path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
+            warn!(path = %path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
             out.skipped_corrupt += 1;
             let Some(n) = next else { break pos };
-            let (more, s) = decode_from(&f.data, n, gen);
+            let (more, s) = decode_from(&data, n, gen);
             records.extend(more);
             stop = s;
         };
+        let mut sends = 0;
         for r in &records {
+            sends += usize::from(matches!(r, Record::Send { .. }));
             track(r, i, &mut durable, &mut holders, &mut live);
         }
+        let from = out.records.len();
         out.records.extend(records);
+        spans[i] = (from..out.records.len(), sends);
         if last {
             active_len = pos as u64;
             let block_start = active_len / BLOCK * BLOCK;
-            out.layout.tail = f.data[block_start as usize..pos].to_vec();
+            out.layout.tail = data[block_start as usize..pos].to_vec();
+        }
+        Ok(())
+    })?;
+    let read_ms = started.elapsed().as_millis() as u64;
+    for (i, (span, sends)) in spans.into_iter().enumerate() {
+        // A mostly live segment stays in memory as read, and its messages
+        // are slices of it (no copy); a mostly dead one would be pinned by
+        // a few survivors, so those get memory of their own. Either way a
+        // recovered message holds at most about twice its size.
+        if live[i] * 2 >= sends {
+            continue;
+        }
+        for r in &mut out.records[span] {
+            if let Record::Send {
+                id,
+                properties,
+                body,
+                ..
+            } = r
+            {
+                if holders.get(id).is_some_and(|(s, _)| *s == i) {
+                    detach(properties, body);
+                }
+            }
         }
     }
     let l = &mut out.layout;
@@ -293,7 +376,7 @@ fn track(
     r: &Record,
     seg: usize,
     durable: &mut HashMap<Arc<str>, HashSet<StoredSub>>,
-    holders: &mut HashMap<u64, (usize, u32)>,
+    holders: &mut IdMap<(usize, u32)>,
     live: &mut [usize],
 ) {
     match r {
@@ -334,63 +417,32 @@ fn track(
     }
 }
 
-/// Reads a segment only as far as it holds records of its own generation
-/// (plus the block after, so a torn record is seen whole): a mostly empty
-/// 64 MiB segment costs a few blocks, not 64 MiB, and recovery time follows
-/// the data, not the preallocation. Returns those bytes and the file length.
-fn read_live_part(path: &Path) -> Result<(Bytes, u64), JournalError> {
-    use std::io::Read;
-    const CHUNK: usize = 1 << 20;
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let file_len = f.metadata().map_err(io_err(path))?.len();
-    let mut data: Vec<u8> = Vec::new();
-    let mut fill = |data: &mut Vec<u8>, upto: usize| -> Result<(), JournalError> {
-        let want = (upto.max(data.len() + CHUNK).min(file_len as usize)).max(data.len());
-        let start = data.len();
-        data.resize(want, 0);
-        let mut got = start;
-        while got < want {
-            let n = f.read(&mut data[got..want]).map_err(io_err(path))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        data.truncate(got);
-        Ok(())
-    };
-    fill(&mut data, BLOCK as usize)?;
-    let Some(gen) = read_header(&data[..data.len().min(BLOCK as usize)]) else {
-        return Ok((Bytes::from(data), file_len));
-    };
-    let mut pos = BLOCK as usize;
-    loop {
-        if data.len() < pos + 12 && (data.len() as u64) < file_len {
-            fill(&mut data, pos + 12)?;
-        }
-        if data.len() < pos + 12 {
-            break;
-        }
-        let len =
-            u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
-        let g = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
-        if len == 0 || g != gen as u32 {
-            break;
-        }
-        let end = pos + 12 + len;
-        if end as u64 > file_len {
-            break;
-        }
-        if data.len() < end {
-            fill(&mut data, end)?;
-        }
-        pos = end;
+/// Copies a message's headers and body out of the segment buffer into one
+/// allocation of their own (slices of it).
+fn detach(properties: &mut [(Bytes, Bytes)], body: &mut Bytes) {
+    let total = body.len()
+        + properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(total);
+    for (k, v) in properties.iter() {
+        buf.extend_from_slice(k);
+        buf.extend_from_slice(v);
     }
-    // One more block: enough to tell a torn record from the end of data.
-    if (data.len() as u64) < file_len {
-        fill(&mut data, pos + BLOCK as usize)?;
+    buf.extend_from_slice(body);
+    let all = Bytes::from(buf);
+    let mut off = 0;
+    let mut take = |n: usize| {
+        let b = all.slice(off..off + n);
+        off += n;
+        b
+    };
+    for (k, v) in properties.iter_mut() {
+        *k = take(k.len());
+        *v = take(v.len());
     }
-    Ok((Bytes::from(data), file_len))
+    *body = take(body.len());
 }
 
 /// Zeroes a segment from `offset` to its end, so the bytes of a torn write
