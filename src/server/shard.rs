@@ -293,8 +293,9 @@ pub async fn run(
                 .detach();
             }
         }
-        if ctx.journal.is_some() {
+        if let Some(j) = ctx.journal.clone() {
             spawn_local(flusher(ctx.clone())).detach();
+            spawn_local(make_spare(j)).detach();
         }
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
@@ -405,6 +406,7 @@ async fn open_journal(
     let dir = js.dir.join(format!("shard-{id}"));
     let recovered = journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt)
         .map_err(|e| e.to_string())?;
+    let new_dir = recovered.layout.segments.is_empty();
     let cfg = JournalConfig {
         dir,
         segment_size_bytes: js.segment_size_bytes,
@@ -414,13 +416,17 @@ async fn open_journal(
         usage,
         recovered.layout,
     )));
-    // Make the first segment and a spare now (only a new data directory
-    // lacks them), not on the first persistent SEND; the flusher keeps a
-    // spare ready in the background from here on.
+    // Make the first segment now, not on the first persistent SEND. A new
+    // data directory also gets its spare before serving (a fast producer
+    // would fill the first segment before a paced spare is ready); a
+    // recovered journal has room in its active segment, so its spare is
+    // made in the background once serving (see `run`), off the failover path.
     journal::flush(&j).await.map_err(|e| e.to_string())?;
-    journal::ensure_spare(&j, journal::Pace::Now)
-        .await
-        .map_err(|e| e.to_string())?;
+    if new_dir {
+        journal::ensure_spare(&j, journal::Pace::Now)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok((j, recovered.records))
 }
 
@@ -457,13 +463,14 @@ async fn flusher(ctx: Rc<ShardContext>) {
                 ctx.route_all(ready);
             }
         }
-        let j = journal.clone();
-        spawn_local(async move {
-            if let Err(e) = journal::ensure_spare(&j, journal::Pace::Background).await {
-                tracing::error!(error = %e, "cannot make a journal segment; stopping");
-                std::process::exit(1);
-            }
-        })
-        .detach();
+        spawn_local(make_spare(journal.clone())).detach();
+    }
+}
+
+/// Makes a spare segment beside live traffic if none is ready.
+async fn make_spare(journal: Rc<RefCell<Journal>>) {
+    if let Err(e) = journal::ensure_spare(&journal, journal::Pace::Background).await {
+        tracing::error!(error = %e, "cannot make a journal segment; stopping");
+        std::process::exit(1);
     }
 }
