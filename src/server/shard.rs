@@ -430,40 +430,66 @@ async fn open_journal(
     Ok((j, recovered.records))
 }
 
-/// Group commit: each round writes and fdatasyncs everything appended since
-/// the last one, then releases the receipts that were waiting for it.
+/// Group commit, pipelined in two stages: each round writes everything
+/// appended since the last one, then fdatasyncs it and releases the
+/// receipts that were waiting for it. The next round's write runs while
+/// the previous round's fdatasync is in flight (at most one sync at a time,
+/// so rounds become durable in order): a message that arrives during a
+/// sync waits for that sync's end, not for it and a write after it.
 async fn flusher(ctx: Rc<ShardContext>) {
     let Some(journal) = ctx.journal.clone() else {
         return;
     };
     let mut spare = Vec::new();
+    let mut syncing: Option<glommio::task::JoinHandle<()>> = None;
     loop {
         spare = ctx.flush_wakeup.take_all(spare).await;
         if spare.is_empty() {
             return;
         }
         while journal.borrow().has_pending() {
-            if let Err(e) = journal::flush(&journal).await {
-                // Without a working journal no receipt may be given: stop
-                // serving at once; a standby takes over.
-                tracing::error!(error = %e, "journal write failed; stopping");
-                std::process::exit(1);
+            let written = journal::write_pending(&journal)
+                .await
+                .unwrap_or_else(|e| journal_failed(e));
+            if let Some(previous) = syncing.take() {
+                previous.await;
             }
-            let durable = journal.borrow().durable();
-            let mut ready = Vec::new();
-            {
-                let mut d = ctx.deferred.borrow_mut();
-                while d.front().is_some_and(|(seq, _)| *seq <= durable) {
-                    if let Some((_, r)) = d.pop_front() {
-                        ready.push(r);
-                    }
-                }
-            }
-            if !ready.is_empty() {
-                ctx.route_all(ready);
-            }
+            let ctx = ctx.clone();
+            let journal = journal.clone();
+            syncing = Some(
+                spawn_local(async move {
+                    journal::sync(&journal, written)
+                        .await
+                        .unwrap_or_else(|e| journal_failed(e));
+                    release_durable(&ctx, journal.borrow().durable());
+                })
+                .detach(),
+            );
         }
         spawn_local(make_spare(journal.clone())).detach();
+    }
+}
+
+/// Without a working journal no receipt may be given: stop serving at
+/// once; a standby takes over.
+fn journal_failed(e: journal::JournalError) -> ! {
+    tracing::error!(error = %e, "journal write failed; stopping");
+    std::process::exit(1);
+}
+
+/// Sends the replies that were waiting for the journal to reach `durable`.
+fn release_durable(ctx: &ShardContext, durable: u64) {
+    let mut ready = Vec::new();
+    {
+        let mut d = ctx.deferred.borrow_mut();
+        while d.front().is_some_and(|(seq, _)| *seq <= durable) {
+            if let Some((_, r)) = d.pop_front() {
+                ready.push(r);
+            }
+        }
+    }
+    if !ready.is_empty() {
+        ctx.route_all(ready);
     }
 }
 

@@ -348,9 +348,41 @@ async fn open_segment(path: &Path) -> Result<Rc<DmaFile>, JournalError> {
         .map_err(|e| glommio_err(path, e))
 }
 
-/// Writes everything pending, fdatasyncs, and advances `durable`. Called by
-/// the shard's flusher task; one call is one group commit.
+/// Writes everything pending, fdatasyncs, and advances `durable`: one group
+/// commit, start to end.
 pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
+    let written = write_pending(journal).await?;
+    sync(journal, written).await
+}
+
+/// What one round of [`write_pending`] wrote: durable once [`sync`]ed.
+#[must_use = "written records are durable only after sync"]
+pub struct Written {
+    files: Vec<Rc<DmaFile>>,
+    upto: u64,
+}
+
+/// Makes a written round durable (fdatasync of every file it touched) and
+/// advances [`Journal::durable`] to cover it. The flusher may run this
+/// while it writes the next round: that round's bytes are on disk only
+/// after their own sync, but they need not wait for this one to start.
+pub async fn sync(
+    journal: &std::cell::RefCell<Journal>,
+    written: Written,
+) -> Result<(), JournalError> {
+    for f in written.files {
+        f.fdatasync()
+            .await
+            .map_err(|e| glommio_err(Path::new("segment"), e))?;
+    }
+    let mut j = journal.borrow_mut();
+    j.durable = j.durable.max(written.upto);
+    Ok(())
+}
+
+/// Writes everything appended since the last round, without waiting for
+/// durability: the first half of a group commit.
+pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Written, JournalError> {
     let (chunks, upto) = {
         let mut j = journal.borrow_mut();
         (std::mem::take(&mut j.pending), j.appended)
@@ -422,13 +454,10 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
             touched.push(file);
         }
     }
-    for f in touched {
-        f.fdatasync()
-            .await
-            .map_err(|e| glommio_err(Path::new("segment"), e))?;
-    }
-    journal.borrow_mut().durable = upto;
-    Ok(())
+    Ok(Written {
+        files: touched,
+        upto,
+    })
 }
 
 impl super::Store for Journal {
