@@ -159,8 +159,10 @@ fn scan_in_order(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     use std::sync::{Condvar, Mutex};
     // Two per core: while one thread verifies and decodes a segment, the
-    // other keeps the disk busy with the next one.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // other keeps the disk busy with the next one. All the machine's cores:
+    // recovery runs before any shard serves, and a shard's own thread (the
+    // caller) is pinned to one core, which its children would inherit.
+    let cores = online_cpus();
     let threads = (cores * 2).min(segments.len());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -171,6 +173,7 @@ fn scan_in_order(
         let mut started = 0;
         for _ in 0..threads {
             let scan = || {
+                unpin(cores);
                 while !stop.load(Relaxed) {
                     let i = next.fetch_add(1, Relaxed);
                     let Some(&(path, gen)) = segments.get(i) else {
@@ -218,6 +221,27 @@ fn scan_in_order(
         stop.store(true, Relaxed);
         result
     })
+}
+
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Lets the calling thread run on any of the first `cores` CPUs. Best
+/// effort: where it fails (a cpuset that forbids it) the thread simply
+/// stays where it was started.
+fn unpin(cores: usize) {
+    // SAFETY: cpu_set_t is plain data, zeroed is the empty set; the calls
+    // only read and write it and the calling thread's own affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cores.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 fn poisoned(path: &Path) -> JournalError {
