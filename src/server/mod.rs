@@ -91,9 +91,6 @@ pub fn serve(config: Config) -> Result<()> {
         });
         role.set(Role::Recovering);
         info!(role = "recovering", "lock acquired; recovering the journal");
-        if let Some(advice) = crate::store::journal::fs_check::lazytime_advice(dir) {
-            warn!(role = "recovering", "{advice}");
-        }
     }
     let shards = if file_mode {
         let n = meta::load_or_init(&config.store.dir, config.shard_count())?;

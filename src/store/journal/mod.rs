@@ -12,7 +12,6 @@
 //! (see [`record`]). The generation orders segments; records carry its low
 //! bits so the stale records of a reused segment read as end-of-data.
 
-pub mod fs_check;
 pub mod recovery;
 mod segment_read;
 
