@@ -6,6 +6,7 @@ pub mod destination;
 pub mod message;
 pub mod ops;
 pub mod queue;
+pub mod restore;
 pub mod shard;
 
 pub use destination::{Destination, DestinationError};

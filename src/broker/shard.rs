@@ -15,8 +15,8 @@ use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
-use crate::idmap::{IdMap, IdSet};
-use crate::store::{Record, RecordRef, Store, StoredDestination, StoredSub};
+use super::restore::Restored;
+use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
@@ -591,189 +591,23 @@ impl ShardBroker {
         }
     }
 
-    /// Rebuilds queues and durable subscriptions from the journal's records
-    /// (in journal order). Two passes: the first collects what was retired
-    /// and redelivery counts, the second builds only the surviving messages
-    /// and puts them straight into their queues. A message keeps the bytes
-    /// the store read back (the store decides whether those are slices of
-    /// the segment it read or copies), so recovery copies no body here.
-    pub fn restore(&mut self, records: Vec<Record>) -> usize {
-        type SubKey = (Arc<str>, StoredSub);
-        let mut queue_acks: HashMap<Arc<str>, IdSet> = HashMap::new();
-        let mut sub_acks: HashMap<SubKey, IdSet> = HashMap::new();
-        // By id first: most messages were never redelivered, and a miss
-        // costs one id hash instead of building a (destination, sub) key.
-        let mut counts: IdMap<Vec<(StoredDestination, Option<StoredSub>, u32)>> = IdMap::default();
-        for r in &records {
-            match r {
-                Record::Ack {
-                    destination,
-                    sub,
-                    id,
-                } => match (destination.topic, sub) {
-                    (false, _) => {
-                        queue_acks
-                            .entry(destination.name.clone())
-                            .or_default()
-                            .insert(*id);
-                    }
-                    (true, Some(s)) => {
-                        sub_acks
-                            .entry((destination.name.clone(), s.clone()))
-                            .or_default()
-                            .insert(*id);
-                    }
-                    (true, None) => {}
-                },
-                Record::Redelivered {
-                    destination,
-                    sub,
-                    id,
-                    count,
-                } => {
-                    let seen = counts.entry(*id).or_default();
-                    match seen
-                        .iter_mut()
-                        .find(|(d, s, _)| d == destination && s == sub)
-                    {
-                        Some(c) => c.2 = *count,
-                        None => seen.push((destination.clone(), sub.clone(), *count)),
-                    }
-                }
-                _ => {}
-            }
-        }
-        let redeliveries = |dest: &StoredDestination, sub: Option<&StoredSub>, id: u64| {
-            counts.get(&id).map_or(0, |seen| {
-                seen.iter()
-                    .find(|(d, s, _)| d == dest && s.as_ref() == sub)
-                    .map_or(0, |c| c.2)
-            })
-        };
-        let mut restored = 0;
-        // Durable subscriptions as the journal goes: a topic message belongs
-        // to the subscriptions that existed when it was sent.
-        let mut durables: HashMap<Arc<str>, Vec<StoredSub>> = HashMap::new();
-        // Queue messages are gathered per queue, in journal order, and put
-        // in place at the end: one map lookup per run of one queue's
-        // records rather than one per message.
-        let mut runs: HashMap<Arc<str>, Vec<Entry>> = HashMap::new();
-        let mut run: Option<(Arc<str>, Option<&IdSet>, Vec<Entry>)> = None;
-        for r in records {
-            match r {
-                Record::Send {
-                    id,
-                    destination,
-                    priority,
-                    expires_ms,
-                    timestamp_ms,
-                    properties,
-                    body,
-                } => {
-                    let mut for_queue = None;
-                    if !destination.topic {
-                        let same = run.as_ref().is_some_and(|(name, ..)| {
-                            Arc::ptr_eq(name, &destination.name) || *name == destination.name
-                        });
-                        if !same {
-                            if let Some((name, _, entries)) = run.take() {
-                                runs.insert(name, entries);
-                            }
-                            let entries = runs.remove(&destination.name).unwrap_or_default();
-                            let acks = queue_acks.get(&destination.name);
-                            run = Some((destination.name.clone(), acks, entries));
-                        }
-                        for_queue = run
-                            .as_mut()
-                            .filter(|(_, acks, _)| !acks.is_some_and(|a| a.contains(&id)))
-                            .map(|(_, _, entries)| entries);
-                    }
-                    let subs: Vec<StoredSub> = if destination.topic {
-                        durables
-                            .get(&destination.name)
-                            .map(|subs| {
-                                subs.iter()
-                                    .filter(|s| {
-                                        !sub_acks
-                                            .get(&(destination.name.clone(), (*s).clone()))
-                                            .is_some_and(|a| a.contains(&id))
-                                    })
-                                    .cloned()
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    };
-                    if for_queue.is_none() && subs.is_empty() {
-                        continue;
-                    }
-                    let footprint = Message::footprint(&properties, &body);
-                    let dest = if destination.topic {
-                        Destination::Topic(destination.name.clone())
-                    } else {
-                        Destination::Queue(destination.name.clone())
-                    };
-                    let msg = Arc::new(Message {
-                        id,
-                        destination: dest,
-                        properties,
-                        body,
-                        priority,
-                        expires_ms,
-                        persistent: true,
-                        timestamp_ms,
-                        charge: self.usage.charge(footprint),
-                    });
-                    if let Some(entries) = for_queue {
-                        entries.push(Entry {
-                            msg: msg.clone(),
-                            redeliveries: redeliveries(&destination, None, id),
-                            stored: true,
-                        });
-                        restored += 1;
-                    }
-                    for sub in subs {
-                        let redeliveries = redeliveries(&destination, Some(&sub), id);
-                        self.durable_queue(&destination.name, &sub).restore(Entry {
-                            msg: msg.clone(),
-                            redeliveries,
-                            stored: true,
-                        });
-                        restored += 1;
-                    }
-                }
-                Record::DurableAdd { topic, sub } => {
-                    let subs = durables.entry(topic.clone()).or_default();
-                    if !subs.contains(&sub) {
-                        self.durable_queue(&topic, &sub);
-                        subs.push(sub);
-                    }
-                }
-                Record::DurableRemove { topic, sub } => {
-                    if let Some(subs) = durables.get_mut(&topic) {
-                        subs.retain(|s| *s != sub);
-                    }
-                    if let Some(t) = self.topics.get_mut(&topic) {
-                        t.subs.remove(&SubId::Durable(durable_name(&sub)));
-                        if t.subs.is_empty() {
-                            self.topics.remove(&topic);
-                        }
-                    }
-                }
-                Record::Ack { .. } | Record::Redelivered { .. } => {}
-            }
-        }
-        if let Some((name, _, entries)) = run {
-            runs.insert(name, entries);
-        }
-        for (name, entries) in runs.into_iter().filter(|(_, e)| !e.is_empty()) {
+    /// Puts restored queues and durable subscriptions in place (see
+    /// [`super::restore`]); returns how many messages came back.
+    pub fn install(&mut self, restored: Restored) -> usize {
+        let count = restored.message_count();
+        for (name, entries) in restored.queues {
             let q = self.queues.entry(name).or_default();
             for entry in entries {
                 q.restore(entry);
             }
         }
-        restored
+        for (topic, sub, entries) in restored.subs {
+            let q = self.durable_queue(&topic, &sub);
+            for entry in entries {
+                q.restore(entry);
+            }
+        }
+        count
     }
 
     /// The queue of a durable subscription, made if new.

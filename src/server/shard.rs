@@ -20,6 +20,7 @@ use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
 use crate::broker::ops::{Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
+use crate::broker::restore::{Restored, Restorer};
 use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
 use crate::protocol::stomp::session::{IdGen, SessionConfig};
 use crate::protocol::stomp::Limits;
@@ -213,10 +214,15 @@ pub async fn run(
             },
         };
         let usage = shared.usage.clone();
-        let (store, journal, records): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
-            None => (Rc::new(RefCell::new(MemoryStore)), None, Vec::new()),
-            Some(js) => match open_journal(id, js, shared.store_usage.clone()).await {
-                Ok((j, records)) => (j.clone(), Some(j), records),
+        let (store, journal, restored): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
+            None => (
+                Rc::new(RefCell::new(MemoryStore)),
+                None,
+                Restored::default(),
+            ),
+            Some(js) => match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await
+            {
+                Ok((j, restored)) => (j.clone(), Some(j), restored),
                 Err(e) => {
                     let _ = ready.send(Err(e));
                     return;
@@ -224,12 +230,12 @@ pub async fn run(
             },
         };
         let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store);
-        let restore_started = std::time::Instant::now();
-        let restored = broker.restore(records);
+        let install_started = std::time::Instant::now();
+        let restored = broker.install(restored);
         if journal.is_some() {
             info!(
                 restored,
-                restore_ms = restore_started.elapsed().as_millis() as u64,
+                restore_ms = install_started.elapsed().as_millis() as u64,
                 "journal replayed"
             );
         }
@@ -388,14 +394,16 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
     }
 }
 
-/// Opens (recovering) this shard's journal. The store's `meta` file is opened
-/// with O_DIRECT first: glommio probes io-poll support on the first DMA open
-/// per device by reading offset 0, and an empty first file fools the probe.
+/// Opens (recovering) this shard's journal, rebuilding its queues as the
+/// segments are read. The store's `meta` file is opened with O_DIRECT
+/// first: glommio probes io-poll support on the first DMA open per device
+/// by reading offset 0, and an empty first file fools the probe.
 async fn open_journal(
     id: usize,
     js: &JournalSettings,
-    usage: Arc<StoreUsage>,
-) -> Result<(Rc<RefCell<Journal>>, Vec<crate::store::Record>), String> {
+    store_usage: Arc<StoreUsage>,
+    memory: Arc<MemoryUsage>,
+) -> Result<(Rc<RefCell<Journal>>, Restored), String> {
     let meta = js.dir.join("meta");
     match glommio::io::DmaFile::open(&meta).await {
         Ok(f) => {
@@ -404,8 +412,13 @@ async fn open_journal(
         Err(e) => return Err(format!("cannot open {}: {e}", meta.display())),
     }
     let dir = js.dir.join(format!("shard-{id}"));
-    let recovered = journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt)
+    let mut restorer = Restorer::new(memory);
+    let recovered =
+        journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt, |records| {
+            restorer.feed(records)
+        })
         .map_err(|e| e.to_string())?;
+    let restored = restorer.finish(&recovered.copy_out);
     let new_dir = recovered.layout.segments.is_empty();
     let cfg = JournalConfig {
         dir,
@@ -413,7 +426,7 @@ async fn open_journal(
     };
     let j = Rc::new(RefCell::new(Journal::from_recovery(
         cfg,
-        usage,
+        store_usage,
         recovered.layout,
     )));
     // Make the first segment now, not on the first persistent SEND. A new
@@ -427,7 +440,7 @@ async fn open_journal(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok((j, recovered.records))
+    Ok((j, restored))
 }
 
 /// Group commit, pipelined in two stages: each round writes everything

@@ -362,6 +362,34 @@ fn parse(payload: Bytes, names: &mut Names) -> Option<Record> {
     r.0.is_empty().then_some(record)
 }
 
+/// Copies a message's headers and body out of the buffer they were read
+/// into (a journal segment) into one allocation of their own (slices of it).
+pub fn detach(properties: &mut [(Bytes, Bytes)], body: &mut Bytes) {
+    let total = body.len()
+        + properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(total);
+    for (k, v) in properties.iter() {
+        buf.extend_from_slice(k);
+        buf.extend_from_slice(v);
+    }
+    buf.extend_from_slice(body);
+    let all = Bytes::from(buf);
+    let mut off = 0;
+    let mut take = |n: usize| {
+        let b = all.slice(off..off + n);
+        off += n;
+        b
+    };
+    for (k, v) in properties.iter_mut() {
+        *k = take(k.len());
+        *v = take(v.len());
+    }
+    *body = take(body.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

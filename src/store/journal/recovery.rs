@@ -1,6 +1,6 @@
 //! Reading a shard's journal back on start: order segments by generation,
 //! verify every record, cut a torn tail, stop (or skip, if configured) at
-//! corruption, and hand back the records in journal order together with
+//! corruption, hand the records to the caller in journal order, and return
 //! the layout the writer resumes from.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::segment_read::read_live_part;
 use super::{io_err, read_header, JournalError, BLOCK};
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_at, decode_named, Decoded, Names, Record, StoredSub};
 
 /// Where the writer resumes.
@@ -36,8 +36,12 @@ pub struct Layout {
 
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub records: Vec<Record>,
     pub layout: Layout,
+    /// Records handed to the sink.
+    pub records: usize,
+    /// Live messages in mostly acknowledged segments: whoever keeps them
+    /// should copy their bytes out (see `recover`).
+    pub copy_out: IdSet,
     pub bytes_scanned: u64,
     /// A torn tail was cut off (offset in the last segment).
     pub truncated_at: Option<(PathBuf, u64)>,
@@ -251,10 +255,15 @@ fn poisoned(path: &Path) -> JournalError {
     }
 }
 
+/// Recovers the journal in `dir`, handing its records to `sink` segment by
+/// segment in journal order, as each is read and verified (the caller's
+/// rebuilding overlaps the reading of later segments). Records share the
+/// memory a segment was read into.
 pub fn recover(
     dir: &Path,
     segment_size: u64,
     skip_corrupt: bool,
+    mut sink: impl FnMut(Vec<Record>),
 ) -> Result<Recovered, JournalError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -273,8 +282,8 @@ pub fn recover(
     let mut live: Vec<usize> = vec![0; found.len()];
     let mut holders: IdMap<(usize, u32)> = IdMap::default();
     let mut active_len = BLOCK;
-    // Per segment: where its records sit in `out.records`, and its sends.
-    let mut spans: Vec<(std::ops::Range<usize>, usize)> = vec![(0..0, 0); found.len()];
+    // Per segment: how many sends it holds.
+    let mut sends: Vec<usize> = vec![0; found.len()];
     // Segments are read and verified in parallel; the bookkeeping below
     // runs in generation order as each one becomes ready.
     scan_in_order(&order, |rank, scan| {
@@ -320,44 +329,30 @@ pub fn recover(
             records.extend(more);
             stop = s;
         };
-        let mut sends = 0;
         for r in &records {
-            sends += usize::from(matches!(r, Record::Send { .. }));
+            sends[i] += usize::from(matches!(r, Record::Send { .. }));
             track(r, i, &mut durable, &mut holders, &mut live);
         }
-        let from = out.records.len();
-        out.records.extend(records);
-        spans[i] = (from..out.records.len(), sends);
+        out.records += records.len();
         if last {
             active_len = pos as u64;
             let block_start = active_len / BLOCK * BLOCK;
             out.layout.tail = data[block_start as usize..pos].to_vec();
         }
+        sink(records);
         Ok(())
     })?;
     let read_ms = started.elapsed().as_millis() as u64;
-    for (i, (span, sends)) in spans.into_iter().enumerate() {
-        // A mostly live segment stays in memory as read, and its messages
-        // are slices of it (no copy); a mostly dead one would be pinned by
-        // a few survivors, so those get memory of their own. Either way a
-        // recovered message holds at most about twice its size.
-        if live[i] * 2 >= sends {
-            continue;
-        }
-        for r in &mut out.records[span] {
-            if let Record::Send {
-                id,
-                properties,
-                body,
-                ..
-            } = r
-            {
-                if holders.get(id).is_some_and(|(s, _)| *s == i) {
-                    detach(properties, body);
-                }
-            }
-        }
-    }
+    // A mostly live segment stays in memory as read, and its messages are
+    // slices of it (no copy); a mostly dead one would be pinned by a few
+    // survivors, so those should get memory of their own. Either way a
+    // recovered message holds at most about twice its size.
+    let mostly_dead: Vec<bool> = (0..found.len()).map(|i| live[i] * 2 < sends[i]).collect();
+    out.copy_out = holders
+        .iter()
+        .filter(|(_, (seg, _))| mostly_dead[*seg])
+        .map(|(id, _)| *id)
+        .collect();
     let l = &mut out.layout;
     l.segments = found
         .iter()
@@ -384,7 +379,8 @@ pub fn recover(
     l.durables = durable;
     info!(
         dir = %dir.display(),
-        records = out.records.len(),
+        records = out.records,
+        copy_out = out.copy_out.len(),
         segments = found.len(),
         bytes = out.bytes_scanned,
         truncated = out.truncated_at.is_some(),
@@ -439,34 +435,6 @@ fn track(
             }
         }
     }
-}
-
-/// Copies a message's headers and body out of the segment buffer into one
-/// allocation of their own (slices of it).
-fn detach(properties: &mut [(Bytes, Bytes)], body: &mut Bytes) {
-    let total = body.len()
-        + properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
-    let mut buf = Vec::with_capacity(total);
-    for (k, v) in properties.iter() {
-        buf.extend_from_slice(k);
-        buf.extend_from_slice(v);
-    }
-    buf.extend_from_slice(body);
-    let all = Bytes::from(buf);
-    let mut off = 0;
-    let mut take = |n: usize| {
-        let b = all.slice(off..off + n);
-        off += n;
-        b
-    };
-    for (k, v) in properties.iter_mut() {
-        *k = take(k.len());
-        *v = take(v.len());
-    }
-    *body = take(body.len());
 }
 
 /// Zeroes a segment from `offset` to its end, so the bytes of a torn write
