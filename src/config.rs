@@ -170,7 +170,10 @@ impl Default for StoreConfig {
         StoreConfig {
             mode: StoreMode::File,
             dir: PathBuf::from("./data"),
-            segment_size_bytes: 64 * 1024 * 1024,
+            // KahaDB's journalMaxFileLength too. Against 64 MiB, measured
+            // here: failover gap ~105 vs ~130 ms (less live data at a kill,
+            // read in parallel), same throughput and receipt latency.
+            segment_size_bytes: 32 * 1024 * 1024,
             limit_bytes: 8 * 1024 * 1024 * 1024,
             skip_corrupt: false,
         }
