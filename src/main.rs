@@ -90,6 +90,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            exit_on_panic();
             match brokk::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -119,6 +120,24 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Exit code of a broker that panicked.
+const EXIT_PANIC: i32 = 101;
+
+/// A panic on any thread ends the process at once. A shard whose thread
+/// died would otherwise leave a master that holds the lock (so no standby
+/// takes over) and answers nothing for the destinations it owned.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "panic; the broker stops now (a standby takes over)");
+        // _exit: no atexit handlers or destructors from a broken state;
+        // the lock goes with the process.
+        // SAFETY: _exit has no preconditions and never returns.
+        unsafe { libc::_exit(EXIT_PANIC) }
+    }));
 }
 
 fn status(admin: SocketAddr) -> std::io::Result<String> {

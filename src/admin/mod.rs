@@ -13,6 +13,7 @@ use crate::broker::message::MemoryUsage;
 use crate::broker::shard::DestinationStats;
 use crate::ha::RoleCell;
 use crate::server::shard::Control;
+use crate::store::journal::StoreUsage;
 
 pub struct AdminState {
     pub role: Arc<RoleCell>,
@@ -21,6 +22,8 @@ pub struct AdminState {
     /// Set once the shards run (never, while standby).
     pub controls: std::sync::OnceLock<Vec<flume::Sender<Control>>>,
     pub usage: Arc<MemoryUsage>,
+    /// Journal segments holding data (file mode).
+    pub store_usage: Arc<StoreUsage>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +35,7 @@ struct Status<'a> {
     shards: usize,
     connections: usize,
     memory_used_bytes: usize,
+    store_used_bytes: u64,
     destinations: Vec<DestinationStats>,
 }
 
@@ -104,6 +108,10 @@ fn status_json(state: &AdminState) -> String {
         shards: controls.len(),
         connections,
         memory_used_bytes: state.usage.used(),
+        store_used_bytes: state
+            .store_usage
+            .used_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
         destinations,
     };
     serde_json::to_string(&status).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))

@@ -4,6 +4,7 @@
 
 pub mod destination;
 pub mod message;
+pub mod message_ids;
 pub mod ops;
 pub mod queue;
 pub mod restore;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::destination::Destination;
 use super::message::{MemoryUsage, Message, SharedMessage};
+use super::message_ids::counter;
 use super::queue::Entry;
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
@@ -29,6 +30,9 @@ pub struct Restored {
     /// Durable subscriptions that exist at the end of the journal, in the
     /// order they were made, with their messages in journal order.
     pub subs: Vec<(Arc<str>, StoredSub, Vec<Entry>)>,
+    /// The highest message id (counter part) any record named, live or
+    /// not: new ids must start above it (see [`super::message_ids`]).
+    pub max_id_counter: u64,
 }
 
 impl Restored {
@@ -57,6 +61,7 @@ pub struct Restorer {
     /// By id: most messages were never redelivered, and a miss costs one
     /// id hash instead of building a (destination, sub) key.
     counts: IdMap<Vec<(StoredDestination, Option<StoredSub>, u32)>>,
+    max_id_counter: u64,
 }
 
 impl Restorer {
@@ -70,12 +75,16 @@ impl Restorer {
             queue_acks: HashMap::new(),
             sub_acks: HashMap::new(),
             counts: IdMap::default(),
+            max_id_counter: 0,
         }
     }
 
     /// Takes the next records of the journal, in journal order.
     pub fn feed(&mut self, records: Vec<Record>) {
         for r in records {
+            if let Some(id) = r.message_id() {
+                self.max_id_counter = self.max_id_counter.max(counter(id));
+            }
             match r {
                 Record::Send {
                     id,
@@ -212,7 +221,10 @@ impl Restorer {
             self.queues.insert(run, entries);
         }
         let mut copies: IdMap<SharedMessage> = IdMap::default();
-        let mut out = Restored::default();
+        let mut out = Restored {
+            max_id_counter: self.max_id_counter,
+            ..Restored::default()
+        };
         for (name, mut entries) in self.queues {
             let dest = StoredDestination {
                 topic: false,

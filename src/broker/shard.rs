@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
+use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
@@ -125,6 +126,9 @@ pub struct ShardBroker {
     topics: HashMap<Arc<str>, Topic>,
     usage: Arc<MemoryUsage>,
     store: Rc<RefCell<dyn Store>>,
+    /// This shard's id issuer, shared with its connections: a dead-letter
+    /// copy is a new message with an id of its own.
+    ids: Rc<MessageIds>,
 }
 
 impl ShardBroker {
@@ -133,6 +137,7 @@ impl ShardBroker {
         settings: BrokerSettings,
         usage: Arc<MemoryUsage>,
         store: Rc<RefCell<dyn Store>>,
+        ids: Rc<MessageIds>,
     ) -> ShardBroker {
         ShardBroker {
             shard,
@@ -141,6 +146,7 @@ impl ShardBroker {
             topics: HashMap::new(),
             usage,
             store,
+            ids,
         }
     }
 
@@ -539,8 +545,11 @@ impl ShardBroker {
                 Bytes::from_static(reason.as_bytes()),
             ));
             let footprint = Message::footprint(&properties, &m.body);
+            // A new id: the copy is a message of its own in the store, and
+            // the original (same id) may still be live until it is retired,
+            // in this destination or, for a topic, in other subscriptions.
             let dead = Arc::new(Message {
-                id: m.id,
+                id: self.ids.next(),
                 destination: dlq.clone(),
                 properties,
                 body: m.body.clone(),

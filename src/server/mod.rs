@@ -59,6 +59,7 @@ pub fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.listeners.admin))?;
     let admin_addr = admin_listener.local_addr()?;
     let usage = Arc::new(MemoryUsage::default());
+    let store_usage = Arc::new(StoreUsage::default());
     let role = Arc::new(RoleCell::new(Role::Standby));
     let state = Arc::new(AdminState {
         role: role.clone(),
@@ -66,6 +67,7 @@ pub fn serve(config: Config) -> Result<()> {
         started,
         controls: std::sync::OnceLock::new(),
         usage: usage.clone(),
+        store_usage: store_usage.clone(),
     });
     {
         let state = state.clone();
@@ -132,10 +134,16 @@ pub fn serve(config: Config) -> Result<()> {
             segment_size_bytes: config.store.segment_size_bytes,
             skip_corrupt: config.store.skip_corrupt,
         }),
-        store_usage: Arc::new(StoreUsage::default()),
+        store_usage,
         store_limit_bytes: config.store.limit_bytes,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
         recovered: Arc::new(std::sync::Barrier::new(shards)),
+        recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        drained: Arc::new(AtomicUsize::new(0)),
+        fault_panic_destination: std::env::var("BROKK_FAULT_PANIC_DESTINATION")
+            .ok()
+            .and_then(|d| Destination::parse(&d).ok()),
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -18,11 +18,12 @@ use super::connection;
 use super::latch::Latch;
 use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
+use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
 use crate::broker::restore::{Restored, Restorer};
 use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
-use crate::protocol::stomp::session::{IdGen, SessionConfig};
+use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
 use crate::store::memory::MemoryStore;
@@ -79,6 +80,19 @@ pub struct Shared {
     pub send_fail_if_no_space: bool,
     /// Every shard passes it once its state is recovered, before listening.
     pub recovered: Arc<std::sync::Barrier>,
+    /// The highest message id counter any shard recovered, published before
+    /// `recovered` is passed: every shard's new ids start above it.
+    pub recovered_max_id: Arc<std::sync::atomic::AtomicU64>,
+    /// Work that can still produce journal records on some shard: messages
+    /// queued for or crossing to another shard and not yet applied there,
+    /// and replies waiting for a flush. A clean shutdown waits for it to
+    /// reach zero (see [`quiesce`]). Counted per routing pass, not per message.
+    pub in_flight: Arc<std::sync::atomic::AtomicI64>,
+    /// Shards whose connections are closed, during a clean shutdown.
+    pub drained: Arc<AtomicUsize>,
+    /// Test-only fault switch (`BROKK_FAULT_PANIC_DESTINATION`): the owner
+    /// of this destination panics when a SEND to it is applied.
+    pub fault_panic_destination: Option<crate::broker::Destination>,
 }
 
 #[derive(Clone)]
@@ -96,7 +110,7 @@ pub struct ShardContext {
     outboxes: Vec<Mailbox<ShardMsg>>,
     pub conns: RefCell<HashMap<u64, Mailbox<Outbound>>>,
     pub session_cfg: Rc<SessionConfig>,
-    pub ids: Rc<IdGen>,
+    pub ids: Rc<MessageIds>,
     pub shutdown: Latch,
     next_conn: Cell<u64>,
     journal: Option<Rc<RefCell<Journal>>>,
@@ -118,10 +132,20 @@ impl ShardContext {
     pub fn route_all(&self, work: impl IntoIterator<Item = (usize, ShardMsg)>) {
         let mut work: VecDeque<(usize, ShardMsg)> = work.into_iter().collect();
         let mut produced = Vec::new();
+        // Counted before this pass yields, so before any peer can apply them.
+        let mut crossing = 0;
         while let Some((target, msg)) = work.pop_front() {
             if target != self.id {
-                self.outboxes[target].push(msg);
+                crossing += i64::from(self.outboxes[target].push(msg));
                 continue;
+            }
+            if let (Some(boom), ShardMsg::Op(Op::Send(m))) =
+                (&self.shared.fault_panic_destination, &msg)
+            {
+                assert!(
+                    m.destination != *boom,
+                    "fault switch: panic on a SEND to {boom}"
+                );
             }
             match msg {
                 ShardMsg::Op(Op::Fence { conn, token }) => {
@@ -150,6 +174,9 @@ impl ShardContext {
                 ShardMsg::Reply(reply) => self.reply(reply),
             }
         }
+        if crossing > 0 {
+            self.shared.in_flight.fetch_add(crossing, Ordering::SeqCst);
+        }
         if let Some(j) = &self.journal {
             if j.borrow().has_pending() {
                 self.flush_wakeup.push(());
@@ -164,6 +191,7 @@ impl ShardContext {
             Some(j) if j.borrow().appended() > j.borrow().durable() => {
                 let upto = j.borrow().appended();
                 self.deferred.borrow_mut().push_back((upto, reply));
+                self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
             }
             _ => work.push_back(reply),
         }
@@ -229,7 +257,18 @@ pub async fn run(
                 }
             },
         };
-        let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store);
+        // Listen only once every shard's state is back: no client sees a
+        // half-recovered broker. A blocking wait, on purpose: nothing else
+        // runs on this shard yet, and the thread sleeps instead of polling.
+        shared
+            .recovered_max_id
+            .fetch_max(restored.max_id_counter, Ordering::SeqCst);
+        shared.recovered.wait();
+        let ids = Rc::new(MessageIds::new(
+            id,
+            shared.recovered_max_id.load(Ordering::SeqCst),
+        ));
+        let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store, ids.clone());
         let install_started = std::time::Instant::now();
         let restored = broker.install(restored);
         if journal.is_some() {
@@ -239,10 +278,6 @@ pub async fn run(
                 "journal replayed"
             );
         }
-        // Listen only once every shard's state is back: no client sees a
-        // half-recovered broker. A blocking wait, on purpose: nothing else
-        // runs on this shard yet, and the thread sleeps instead of polling.
-        shared.recovered.wait();
         let listener = match TcpListener::bind(stomp) {
             Ok(l) => l,
             Err(e) => {
@@ -269,7 +304,7 @@ pub async fn run(
             outboxes,
             conns: RefCell::new(HashMap::new()),
             session_cfg,
-            ids: Rc::new(IdGen::new(id)),
+            ids,
             shutdown: Latch::default(),
             next_conn: Cell::new(0),
         });
@@ -292,23 +327,34 @@ pub async fn run(
                 let ctx = ctx.clone();
                 spawn_local(async move {
                     while let Some(batch) = rx.recv().await {
+                        let n = batch.len() as i64;
                         ctx.route_all(batch.into_iter().map(|m| (id, m)));
+                        ctx.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
                     }
                     tracing::debug!(peer, "mesh channel closed");
                 })
                 .detach();
             }
         }
-        if let Some(j) = ctx.journal.clone() {
-            spawn_local(flusher(ctx.clone())).detach();
+        let flusher = ctx.journal.clone().map(|j| {
             spawn_local(make_spare(j)).detach();
-        }
+            spawn_local(flusher(ctx.clone()))
+        });
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
         let _ = ready.send(Ok(()));
         accept_loop(ctx.clone(), listener).await;
         info!("stopped accepting; closing connections");
         drain(&ctx).await;
+        quiesce(&ctx).await;
+        // Nothing can append any more: the last flush, awaited, so that
+        // acknowledgements and redelivery counts of the final moments are
+        // on disk before the process exits.
+        ctx.flush_wakeup.push(());
+        ctx.flush_wakeup.close();
+        if let Some(f) = flusher {
+            f.await;
+        }
         for o in &ctx.outboxes {
             o.close();
         }
@@ -362,6 +408,29 @@ async fn drain(ctx: &ShardContext) {
     );
 }
 
+/// Clean shutdown, after this shard's connections are closed: waits until
+/// every shard has closed its own and no work that could still append a
+/// record anywhere is left (operations crossing shards, dead-letter copies
+/// waiting to be durable, their retirements on the way back). Connections
+/// are gone and the expiry sweep has stopped, so nothing new can start;
+/// everything in flight was counted before it could be applied.
+async fn quiesce(ctx: &ShardContext) {
+    ctx.shared.drained.fetch_add(1, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ctx.shared.drained.load(Ordering::SeqCst) < ctx.shared.shards
+        || ctx.shared.in_flight.load(Ordering::SeqCst) > 0
+    {
+        if std::time::Instant::now() > deadline {
+            warn!(
+                in_flight = ctx.shared.in_flight.load(Ordering::SeqCst),
+                "shutdown: work still crossing shards after 10 s; stopping anyway"
+            );
+            return;
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) {
     while let Ok(c) = control.recv_async().await {
         match c {
@@ -387,6 +456,10 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
     let mut out = Vec::new();
     loop {
         sleep(Duration::from_secs(1)).await;
+        if ctx.shutdown.is_set() {
+            // A clean shutdown waits for quiet (see `quiesce`).
+            return;
+        }
         ctx.broker.borrow_mut().sweep_expired(&mut out);
         if !out.is_empty() {
             ctx.route_all(out.drain(..));
@@ -457,9 +530,9 @@ async fn flusher(ctx: Rc<ShardContext>) {
     let mut syncing: Option<glommio::task::JoinHandle<()>> = None;
     loop {
         spare = ctx.flush_wakeup.take_all(spare).await;
-        if spare.is_empty() {
-            return;
-        }
+        // Closed (clean shutdown): write what is left, wait for the last
+        // sync, and stop.
+        let closing = spare.is_empty();
         while journal.borrow().has_pending() {
             let written = journal::write_pending(&journal)
                 .await
@@ -474,10 +547,19 @@ async fn flusher(ctx: Rc<ShardContext>) {
                     journal::sync(&journal, written)
                         .await
                         .unwrap_or_else(|e| journal_failed(e));
-                    release_durable(&ctx, journal.borrow().durable());
+                    // Read first: the borrow must not live across the
+                    // routing, which appends (dead-letter retirements).
+                    let durable = journal.borrow().durable();
+                    release_durable(&ctx, durable);
                 })
                 .detach(),
             );
+        }
+        if closing {
+            if let Some(last) = syncing.take() {
+                last.await;
+            }
+            return;
         }
         spawn_local(make_spare(journal.clone())).detach();
     }
@@ -502,7 +584,9 @@ fn release_durable(ctx: &ShardContext, durable: u64) {
         }
     }
     if !ready.is_empty() {
+        let n = ready.len() as i64;
         ctx.route_all(ready);
+        ctx.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 }
 

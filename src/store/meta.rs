@@ -26,6 +26,10 @@ pub fn load_or_init(dir: &Path, shards: usize) -> Result<usize> {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()?;
+            // The data directory may be new as well: its own name, too.
+            if let Some(parent) = dir.canonicalize()?.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
             Ok(shards)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

@@ -110,6 +110,18 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The message a SEND, ACK or redelivery count record is about.
+    pub fn message_id(&self) -> Option<u64> {
+        match self {
+            Record::Send { id, .. } | Record::Ack { id, .. } | Record::Redelivered { id, .. } => {
+                Some(*id)
+            }
+            Record::DurableAdd { .. } | Record::DurableRemove { .. } => None,
+        }
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);

@@ -61,7 +61,19 @@ impl Broker {
         args: &[String],
         config_dir: Option<&std::path::Path>,
     ) -> Broker {
+        Broker::spawn_env(config, args, config_dir, &[])
+    }
+
+    /// [`Broker::spawn_any`] with extra environment variables (the test-only
+    /// fault switches).
+    pub fn spawn_env(
+        config: Option<&str>,
+        args: &[String],
+        config_dir: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokk"));
+        cmd.envs(env.iter().copied());
         if std::env::var_os("BROKK_LOG").is_none() {
             cmd.env("BROKK_LOG", "warn");
         }
@@ -171,6 +183,22 @@ impl Broker {
                 "timed out waiting for {what}; status: {s}"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself; fails after `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "brokk (pid {}) still running after {secs} s",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

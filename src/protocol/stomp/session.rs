@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::message::{now_ms, MemoryUsage, Property};
+use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
@@ -25,31 +26,6 @@ pub struct SessionConfig {
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
     pub usage: Arc<MemoryUsage>,
-}
-
-/// Issues message ids on one shard: shard number in the top byte, then a
-/// counter seeded from the clock so ids do not repeat across restarts.
-#[derive(Debug)]
-pub struct IdGen {
-    next: std::cell::Cell<u64>,
-}
-
-impl IdGen {
-    pub fn new(shard: usize) -> IdGen {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        IdGen {
-            next: std::cell::Cell::new(((shard as u64) << 56) | (micros & ((1 << 56) - 1))),
-        }
-    }
-
-    fn next(&self) -> MessageId {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        id
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +81,7 @@ struct PendingReceipt {
 
 pub struct Session {
     cfg: Rc<SessionConfig>,
-    ids: Rc<IdGen>,
+    ids: Rc<MessageIds>,
     conn: ConnRef,
     phase: Phase,
     version: Version,
@@ -131,7 +107,7 @@ fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
 }
 
 impl Session {
-    pub fn new(cfg: Rc<SessionConfig>, ids: Rc<IdGen>, conn: ConnRef) -> Session {
+    pub fn new(cfg: Rc<SessionConfig>, ids: Rc<MessageIds>, conn: ConnRef) -> Session {
         Session {
             cfg,
             ids,

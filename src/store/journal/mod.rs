@@ -326,7 +326,24 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         }
     }
     file.fdatasync().await.map_err(|e| glommio_err(path, e))?;
+    // The file's name must be durable too, or a crash could leave records
+    // acknowledged in a segment the directory does not list.
+    if let Some(dir) = path.parent() {
+        let d = glommio::io::Directory::open(dir)
+            .await
+            .map_err(|e| glommio_err(dir, e))?;
+        d.sync().await.map_err(|e| glommio_err(dir, e))?;
+        let _ = d.close().await;
+    }
     Ok(Rc::new(file))
+}
+
+/// Makes the entries of directory `dir` durable (files created or removed
+/// in it), for the synchronous start-up paths.
+pub fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// How hard to push the disk when zero-filling a new segment.

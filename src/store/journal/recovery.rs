@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::segment_read::read_live_part;
-use super::{io_err, read_header, JournalError, BLOCK};
+use super::{fsync_dir, io_err, read_header, JournalError, BLOCK};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_at, decode_named, Decoded, Names, Record, StoredSub};
 
@@ -120,6 +120,7 @@ fn scan_one(path: &Path, gen: u64) -> Result<Scan, JournalError> {
 fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
     use std::io::Read;
     let mut files = Vec::new();
+    let mut removed = false;
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -141,6 +142,7 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
         let generation = read_header(&head);
         if generation.is_none() && file_len < segment_size {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
+            removed = true;
             continue;
         }
         files.push(Listed {
@@ -148,6 +150,9 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
             number,
             generation,
         });
+    }
+    if removed {
+        fsync_dir(dir)?;
     }
     Ok(files)
 }
@@ -266,7 +271,12 @@ pub fn recover(
     mut sink: impl FnMut(Vec<Record>),
 ) -> Result<Recovered, JournalError> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some(parent) = dir.parent() {
+            fsync_dir(parent)?;
+        }
+    }
     let found = list(dir, segment_size)?;
     let mut out = Recovered::default();
     out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
