@@ -508,6 +508,11 @@ async fn open_journal(
     // recovered journal has room in its active segment, so its spare is
     // made in the background once serving (see `run`), off the failover path.
     journal::flush(&j).await.map_err(|e| e.to_string())?;
+    // A durable seal before anything is overwritten: it records which
+    // segments recovery found free, and where the journal was durable.
+    journal::write_seal(&j, true)
+        .await
+        .map_err(|e| e.to_string())?;
     if new_dir {
         journal::ensure_spare(&j, journal::Pace::Now)
             .await
@@ -529,9 +534,34 @@ async fn flusher(ctx: Rc<ShardContext>) {
     let mut spare = Vec::new();
     let mut syncing: Option<glommio::task::JoinHandle<()>> = None;
     loop {
-        spare = ctx.flush_wakeup.take_all(spare).await;
+        // Wait for appends; while a sync is in flight, also for its end:
+        // if nothing new came meanwhile, the journal is idle and gets a seal.
+        let woken = match syncing.as_mut() {
+            None => Some(ctx.flush_wakeup.take_all(spare).await),
+            Some(s) => {
+                futures_lite::future::or(
+                    async { Some(ctx.flush_wakeup.take_all(spare).await) },
+                    async {
+                        s.await;
+                        None
+                    },
+                )
+                .await
+            }
+        };
+        let Some(woken) = woken else {
+            spare = Vec::new();
+            syncing = None;
+            if !journal.borrow().has_pending() {
+                journal::write_seal(&journal, false)
+                    .await
+                    .unwrap_or_else(|e| journal_failed(e));
+            }
+            continue;
+        };
+        spare = woken;
         // Closed (clean shutdown): write what is left, wait for the last
-        // sync, and stop.
+        // sync, seal, and stop.
         let closing = spare.is_empty();
         while journal.borrow().has_pending() {
             let written = journal::write_pending(&journal)
@@ -559,6 +589,9 @@ async fn flusher(ctx: Rc<ShardContext>) {
             if let Some(last) = syncing.take() {
                 last.await;
             }
+            journal::write_seal(&journal, true)
+                .await
+                .unwrap_or_else(|e| journal_failed(e));
             return;
         }
         spawn_local(make_spare(journal.clone())).detach();

@@ -4,15 +4,18 @@
 //!
 //! Writes are O_DIRECT, 4 KiB-aligned, through glommio's `DmaFile`. Group
 //! commit: [`Journal::append`] only encodes into memory; the flusher task
-//! writes everything appended since the last flush in one write and one
-//! fdatasync, then advances [`Journal::durable`]. Callers wait for the
-//! sequence number their append returned.
+//! writes everything appended since the last flush as one *round* per
+//! segment (see [`round`]) and fdatasyncs, then advances
+//! [`Journal::durable`]. Callers wait for the sequence number their append
+//! returned.
 //!
-//! Segment file: a 4 KiB header block (magic, generation, CRC) then records
-//! (see [`record`]). The generation orders segments; records carry its low
-//! bits so the stale records of a reused segment read as end-of-data.
+//! Segment file: a 4 KiB header block (magic, generation, salt, CRC) then
+//! rounds of records (see [`record`]), each round starting on a block
+//! boundary. The generation orders segments; rounds and records carry its
+//! low bits so the stale content of a reused segment reads as foreign.
 
 pub mod recovery;
+pub mod round;
 mod segment_read;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,9 +29,12 @@ use thiserror::Error;
 
 use super::record::{self, RecordRef, StoredSub};
 use crate::idmap::IdMap;
+use round::{next_block, Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 
 pub const BLOCK: u64 = 4096;
-const MAGIC: &[u8; 8] = b"BRKJNL01";
+const MAGIC: &[u8; 8] = b"BRKJNL02";
+/// The first format (records without rounds), for a clear refusal.
+const MAGIC_V1: &[u8; 8] = b"BRKJNL01";
 
 #[derive(Debug, Error)]
 pub enum JournalError {
@@ -44,6 +50,8 @@ pub enum JournalError {
         offset: u64,
         reason: &'static str,
     },
+    #[error("{path} was written by an older Brokk (journal format 1); drain it with that version, or move the data directory away")]
+    OldFormat { path: PathBuf },
 }
 
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -79,8 +87,13 @@ struct Segment {
     path: PathBuf,
     /// 0 = no valid header (fresh or never used).
     generation: u64,
+    /// Random per use of the segment, mixed into its round headers' CRC:
+    /// a message body that imitates a round header cannot pass for one.
+    salt: u64,
     /// Sends in this segment not yet acknowledged by every holder.
     live: usize,
+    /// Where the next round goes (a block boundary).
+    write_at: u64,
     file: Option<Rc<DmaFile>>,
 }
 
@@ -91,6 +104,8 @@ struct Chunk {
     /// Write the header block first (segment just started).
     fresh: bool,
     bytes: Vec<u8>,
+    /// Close the segment with an End round after these records.
+    ends_segment: bool,
 }
 
 pub struct Journal {
@@ -100,18 +115,20 @@ pub struct Journal {
     /// Segments holding data, oldest generation first; the last is active.
     in_use: VecDeque<usize>,
     /// Reusable segments, oldest generation first (reuse order matters: see
-    /// `release_dead_segments`).
-    free: VecDeque<usize>,
+    /// `release_dead_segments`), each with the append sequence number that
+    /// freed it: a segment is overwritten only once a durable round says it
+    /// is free, so recovery never mistakes it for live data.
+    free: VecDeque<(usize, u64)>,
     next_generation: u64,
-    /// Logical end of data in the active segment, including pending bytes.
-    active_len: u64,
-    /// Bytes of the active segment's partial last block already on disk.
-    tail: Vec<u8>,
-    /// Where the flusher writes next in the active segment.
-    written_len: u64,
+    /// Record bytes appended to the active segment and not yet written.
+    pending_len: u64,
     pending: Vec<Chunk>,
     appended: u64,
     durable: u64,
+    /// The journal position after the last round known durable.
+    durable_pos: Position,
+    /// The watermark of the last seal written (no need to write it twice).
+    sealed: Position,
     /// Message id -> (segment, holders left).
     holders: IdMap<(usize, u32)>,
     next_file_number: u64,
@@ -120,6 +137,8 @@ pub struct Journal {
     durables: HashMap<Arc<str>, HashSet<StoredSub>>,
     /// A spare segment is being made in the background.
     making_spare: bool,
+    /// The master's epoch, written into every round (0: none).
+    epoch: u64,
 }
 
 impl Journal {
@@ -145,14 +164,17 @@ impl Journal {
     /// count for a topic); 0 for other records.
     pub fn append(&mut self, rec: &RecordRef<'_>, holders: u32) -> u64 {
         let mut size = self.encode_pending(rec);
-        if self.active_len + size > self.cfg.segment_size_bytes && self.active_len > BLOCK {
+        let alone = self.segments[self.active()].write_at == BLOCK && self.pending_len == size;
+        if !self.fits() && !alone {
             // Does not fit: take it back out and start the next segment.
             if let Some(c) = self.pending.last_mut() {
                 c.bytes.truncate(c.bytes.len() - size as usize);
             }
-            self.roll();
+            self.pending_len -= size;
+            self.roll(true);
             size = self.encode_pending(rec);
         }
+        let _ = size;
         let active = self.active();
         match rec {
             RecordRef::Send { id, .. } if holders > 0 => {
@@ -175,9 +197,16 @@ impl Journal {
             }
             _ => {}
         }
-        self.active_len += size;
         self.appended += 1;
         self.appended
+    }
+
+    /// Whether the active segment holds its pending records in one round
+    /// and still has a block for its End round.
+    fn fits(&self) -> bool {
+        let s = &self.segments[self.active()];
+        next_block(s.write_at + ROUND_HEADER_BYTES + self.pending_len) + BLOCK
+            <= self.cfg.segment_size_bytes
     }
 
     /// Encodes straight into the active segment's pending chunk (no
@@ -190,12 +219,15 @@ impl Journal {
                 segment: active,
                 fresh: false,
                 bytes: Vec::with_capacity(64 * 1024),
+                ends_segment: false,
             });
         }
         let chunk = self.pending.last_mut().expect("pushed above");
         let before = chunk.bytes.len();
         record::encode(rec, gen, &mut chunk.bytes);
-        (chunk.bytes.len() - before) as u64
+        let size = (chunk.bytes.len() - before) as u64;
+        self.pending_len += size;
+        size
     }
 
     fn active(&self) -> usize {
@@ -205,10 +237,25 @@ impl Journal {
             .expect("a journal always has an active segment")
     }
 
-    /// Starts the next segment: the oldest free one, or a new file.
-    fn roll(&mut self) {
-        let next = match self.free.pop_front() {
-            Some(i) => i,
+    /// Closes the active segment (an End round, unless `close` is false:
+    /// it has one already) and starts the next one: the oldest free segment
+    /// if a durable round already says it is free, else a new file.
+    fn roll(&mut self, close: bool) {
+        if let Some(&old) = self.in_use.back().filter(|_| close) {
+            match self.pending.last_mut() {
+                Some(c) if c.segment == old => c.ends_segment = true,
+                _ => self.pending.push(Chunk {
+                    segment: old,
+                    fresh: false,
+                    bytes: Vec::new(),
+                    ends_segment: true,
+                }),
+            }
+        }
+        let reusable =
+            matches!(self.free.front(), Some(&(_, freed_at)) if freed_at <= self.durable);
+        let next = match reusable.then(|| self.free.pop_front()).flatten() {
+            Some((i, _)) => i,
             None => {
                 let index = self.segments.len();
                 let number = self.next_file_number;
@@ -216,7 +263,9 @@ impl Journal {
                 self.segments.push(Segment {
                     path: Journal::segment_path(&self.cfg.dir, number),
                     generation: 0,
+                    salt: 0,
                     live: 0,
+                    write_at: BLOCK,
                     file: None,
                 });
                 index
@@ -226,25 +275,28 @@ impl Journal {
         self.usage
             .used_bytes
             .fetch_add(self.cfg.segment_size_bytes, Ordering::Relaxed);
-        self.segments[next].generation = self.next_generation;
+        let s = &mut self.segments[next];
+        s.generation = self.next_generation;
+        s.salt = random_u64();
+        s.write_at = BLOCK;
         self.next_generation += 1;
         self.in_use.push_back(next);
-        self.active_len = BLOCK;
-        self.pending.push(Chunk {
+        let mut chunk = Chunk {
             segment: next,
             fresh: true,
             bytes: Vec::new(),
-        });
+            ends_segment: false,
+        };
         // The snapshot goes first: every later record in this segment (a
         // topic SEND in particular) is read back knowing its subscribers.
         let gen = self.segments[next].generation;
-        let chunk = self.pending.last_mut().expect("pushed above");
         for (topic, subs) in &self.durables {
             for sub in subs {
                 record::encode(&RecordRef::DurableAdd { topic, sub }, gen, &mut chunk.bytes);
             }
         }
-        self.active_len += chunk.bytes.len() as u64;
+        self.pending_len = chunk.bytes.len() as u64;
+        self.pending.push(chunk);
     }
 
     /// One holder of message `id` let go of it (ack, dead-letter, expiry).
@@ -271,33 +323,85 @@ impl Journal {
                 break;
             }
             self.in_use.pop_front();
-            self.free.push_back(oldest);
+            self.free.push_back((oldest, self.appended));
             self.usage
                 .used_bytes
                 .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
         }
     }
+
+    /// The generation of the oldest segment holding data.
+    fn first_gen(&self) -> u64 {
+        self.in_use
+            .front()
+            .map_or(0, |&i| self.segments[i].generation)
+    }
+
+    fn round_header(&self, kind: RoundKind, len: u64) -> RoundHeader {
+        RoundHeader {
+            kind,
+            len,
+            durable: self.durable_pos,
+            first_gen: self.first_gen(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// A random value for segment salts (not for secrets: it only has to be
+/// unknown to whoever writes message bodies).
+fn random_u64() -> u64 {
+    let mut v = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into `v`.
+    let n = unsafe { libc::getrandom(v.as_mut_ptr().cast(), v.len(), 0) };
+    if n != 8 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        return h.finish();
+    }
+    u64::from_le_bytes(v)
 }
 
 /// Writes a segment header block into `block` (BLOCK bytes).
-fn put_header(block: &mut [u8], generation: u64) {
+fn put_header(block: &mut [u8], generation: u64, salt: u64) {
     block[..BLOCK as usize].fill(0);
     block[..8].copy_from_slice(MAGIC);
     block[8..16].copy_from_slice(&generation.to_le_bytes());
-    let crc = crc32c::crc32c(&block[..16]);
-    block[16..20].copy_from_slice(&crc.to_le_bytes());
+    block[16..24].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c(&block[..24]);
+    block[24..28].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The generation in a header block, if it is one.
-pub fn read_header(block: &[u8]) -> Option<u64> {
-    if block.len() < 20 || &block[..8] != MAGIC {
+/// What a segment's header block says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHeader {
+    /// (generation, salt)
+    Current(u64, u64),
+    /// Written by the first journal format.
+    OldFormat,
+}
+
+/// The header in a header block, if it is one.
+pub fn read_header(block: &[u8]) -> Option<SegmentHeader> {
+    if block.len() >= 8 && &block[..8] == MAGIC_V1 {
+        return Some(SegmentHeader::OldFormat);
+    }
+    if block.len() < 28 || &block[..8] != MAGIC {
         return None;
     }
-    let crc = u32::from_le_bytes(block[16..20].try_into().ok()?);
-    if crc32c::crc32c(&block[..16]) != crc {
+    let crc = u32::from_le_bytes(block[24..28].try_into().ok()?);
+    if crc32c::crc32c(&block[..24]) != crc {
         return None;
     }
-    Some(u64::from_le_bytes(block[8..16].try_into().ok()?))
+    Some(SegmentHeader::Current(
+        u64::from_le_bytes(block[8..16].try_into().ok()?),
+        u64::from_le_bytes(block[16..24].try_into().ok()?),
+    ))
 }
 
 /// Creates a zero-filled segment file of `size` bytes: every block written
@@ -375,8 +479,10 @@ pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalE
 /// What one round of [`write_pending`] wrote: durable once [`sync`]ed.
 #[must_use = "written records are durable only after sync"]
 pub struct Written {
-    files: Vec<Rc<DmaFile>>,
+    files: Vec<(PathBuf, Rc<DmaFile>)>,
     upto: u64,
+    /// The journal position after the last round written.
+    end: Option<Position>,
 }
 
 /// Makes a written round durable (fdatasync of every file it touched) and
@@ -387,34 +493,34 @@ pub async fn sync(
     journal: &std::cell::RefCell<Journal>,
     written: Written,
 ) -> Result<(), JournalError> {
-    for f in written.files {
-        f.fdatasync()
-            .await
-            .map_err(|e| glommio_err(Path::new("segment"), e))?;
+    for (path, f) in written.files {
+        f.fdatasync().await.map_err(|e| glommio_err(&path, e))?;
     }
     let mut j = journal.borrow_mut();
     j.durable = j.durable.max(written.upto);
+    if let Some(end) = written.end {
+        j.durable_pos = j.durable_pos.max(end);
+    }
     Ok(())
 }
 
 /// Writes everything appended since the last round, without waiting for
-/// durability: the first half of a group commit.
+/// durability: the first half of a group commit. Each segment touched gets
+/// one round (plus its header block if it is new, and an End round if the
+/// journal rolled past it) in one write.
 pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Written, JournalError> {
     let (chunks, upto) = {
         let mut j = journal.borrow_mut();
+        j.pending_len = 0;
         (std::mem::take(&mut j.pending), j.appended)
     };
-    let mut touched: Vec<Rc<DmaFile>> = Vec::new();
+    let mut touched: Vec<(PathBuf, Rc<DmaFile>)> = Vec::new();
+    let mut end: Option<Position> = None;
     for chunk in chunks {
-        let (path, size, file, generation) = {
+        let (path, size, file) = {
             let j = journal.borrow();
             let s = &j.segments[chunk.segment];
-            (
-                s.path.clone(),
-                j.cfg.segment_size_bytes,
-                s.file.clone(),
-                s.generation,
-            )
+            (s.path.clone(), j.cfg.segment_size_bytes, s.file.clone())
         };
         let file = match file {
             Some(f) => f,
@@ -428,53 +534,118 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                 f
             }
         };
-        // Assemble: [header block if fresh] + tail of the last partial block + new bytes.
-        let (start, data) = {
+        // Lay the rounds out and claim their space before the first await
+        // of the write, so that appends meanwhile see where the next round
+        // goes.
+        let (start, buf, gen) = {
             let mut j = journal.borrow_mut();
-            if chunk.fresh {
-                j.tail.clear();
-                j.written_len = BLOCK;
-                let mut data = vec![0u8; BLOCK as usize];
-                put_header(&mut data, generation);
-                data.extend_from_slice(&chunk.bytes);
-                (0u64, data)
-            } else {
-                let block_start = j.written_len - j.tail.len() as u64;
-                let mut data = std::mem::take(&mut j.tail);
-                data.extend_from_slice(&chunk.bytes);
-                (block_start, data)
+            let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
+            let end_header = j.round_header(RoundKind::End, 0);
+            let s = &mut j.segments[chunk.segment];
+            let start = if chunk.fresh { 0 } else { s.write_at };
+            let mut at = if chunk.fresh { BLOCK } else { start };
+            let data_at = (!chunk.bytes.is_empty()).then_some(at);
+            if data_at.is_some() {
+                at = data_header.next(at);
             }
+            let end_at = chunk.ends_segment.then_some(at);
+            if end_at.is_some() {
+                at += BLOCK;
+            }
+            s.write_at = at;
+            let mut buf = file.alloc_dma_buffer((at - start) as usize);
+            let bytes = buf.as_bytes_mut();
+            bytes.fill(0);
+            if chunk.fresh {
+                put_header(bytes, s.generation, s.salt);
+            }
+            if let Some(d) = data_at {
+                let h = (d - start) as usize;
+                data_header.put(s.generation, s.salt, &mut bytes[h..]);
+                let r = h + ROUND_HEADER_BYTES as usize;
+                bytes[r..r + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+            }
+            if let Some(e) = end_at {
+                end_header.put(s.generation, s.salt, &mut bytes[(e - start) as usize..]);
+            }
+            (start, buf, s.generation)
         };
-        let end = start + data.len() as u64;
-        let padded = end.div_ceil(BLOCK) * BLOCK - start;
-        let mut buf = file.alloc_dma_buffer(padded as usize);
-        let bytes = buf.as_bytes_mut();
-        bytes[..data.len()].copy_from_slice(&data);
-        bytes[data.len()..].fill(0);
+        let want = buf.len();
         let n = file
             .write_at(buf, start)
             .await
             .map_err(|e| glommio_err(&path, e))?;
-        if (n as u64) < padded {
+        if n < want {
             return Err(JournalError::Io {
                 path,
-                source: std::io::Error::other(format!("short write: {n} of {padded} bytes")),
+                source: std::io::Error::other(format!("short write: {n} of {want} bytes")),
             });
         }
-        {
-            let mut j = journal.borrow_mut();
-            let tail_start = (end / BLOCK * BLOCK - start) as usize;
-            j.tail = data[tail_start..].to_vec();
-            j.written_len = end;
-        }
-        if !touched.iter().any(|f| Rc::ptr_eq(f, &file)) {
-            touched.push(file);
+        let written_to = journal.borrow().segments[chunk.segment].write_at;
+        end = end.max(Some((gen, written_to)));
+        if !touched.iter().any(|(_, f)| Rc::ptr_eq(f, &file)) {
+            touched.push((path, file));
         }
     }
     Ok(Written {
         files: touched,
         upto,
+        end,
     })
+}
+
+/// Writes a seal: an empty round at the active segment's next round
+/// position carrying the current durable watermark, so that recovery can
+/// tell damage in the journal's last rounds from a torn write. The next
+/// data round is written over it. Only while nothing is pending (the
+/// flusher calls it when it goes idle); `fsync` when it must be durable
+/// itself (at start, recording which segments recovery freed).
+pub async fn write_seal(
+    journal: &std::cell::RefCell<Journal>,
+    fsync: bool,
+) -> Result<(), JournalError> {
+    let (active, path, opened) = {
+        let j = journal.borrow();
+        if j.has_pending() || (j.sealed == j.durable_pos && !fsync) {
+            return Ok(());
+        }
+        let active = j.active();
+        let s = &j.segments[active];
+        if s.write_at + BLOCK > j.cfg.segment_size_bytes {
+            return Ok(());
+        }
+        (active, s.path.clone(), s.file.clone())
+    };
+    let file = match opened {
+        Some(f) => f,
+        None => {
+            let f = open_segment(&path).await?;
+            journal.borrow_mut().segments[active].file = Some(f.clone());
+            f
+        }
+    };
+    let (at, buf) = {
+        let j = journal.borrow();
+        if j.has_pending() || j.active() != active {
+            return Ok(());
+        }
+        let s = &j.segments[active];
+        let mut buf = file.alloc_dma_buffer(BLOCK as usize);
+        let bytes = buf.as_bytes_mut();
+        bytes.fill(0);
+        j.round_header(RoundKind::Seal, 0)
+            .put(s.generation, s.salt, bytes);
+        (s.write_at, buf)
+    };
+    let sealed = journal.borrow().durable_pos;
+    file.write_at(buf, at)
+        .await
+        .map_err(|e| glommio_err(&path, e))?;
+    if fsync {
+        file.fdatasync().await.map_err(|e| glommio_err(&path, e))?;
+    }
+    journal.borrow_mut().sealed = sealed;
+    Ok(())
 }
 
 impl super::Store for Journal {
@@ -496,35 +667,44 @@ impl Journal {
             state.in_use.len() as u64 * cfg.segment_size_bytes,
             Ordering::Relaxed,
         );
+        let active_gen = state
+            .in_use
+            .back()
+            .map_or(0, |&i| state.segments[i].generation);
         let mut j = Journal {
             segments: state
                 .segments
                 .into_iter()
-                .map(|(path, generation, live)| Segment {
-                    path,
-                    generation,
-                    live,
+                .map(|s| Segment {
+                    path: s.path,
+                    generation: s.generation,
+                    salt: s.salt,
+                    live: s.live,
+                    write_at: s.write_at,
                     file: None,
                 })
                 .collect(),
             in_use: state.in_use,
-            free: state.free,
+            // Recovery's free segments are overwritten only after the start
+            // seal (fsynced) records that they are free.
+            free: state.free.into_iter().map(|i| (i, 0)).collect(),
             next_generation: state.next_generation,
-            active_len: state.active_len,
-            tail: state.tail,
-            written_len: state.active_len,
+            pending_len: 0,
             pending: Vec::new(),
             appended: 0,
             durable: 0,
+            durable_pos: (active_gen, state.active_write_at),
+            sealed: (0, 0),
             holders: state.holders,
             next_file_number: state.next_file_number,
             durables: state.durables,
             making_spare: false,
+            epoch: 0,
             usage,
             cfg,
         };
-        if j.in_use.is_empty() {
-            j.roll();
+        if j.in_use.is_empty() || state.ended {
+            j.roll(false);
         }
         j
     }
@@ -557,10 +737,12 @@ pub async fn ensure_spare(
     j.segments.push(Segment {
         path,
         generation: 0,
+        salt: 0,
         live: 0,
+        write_at: BLOCK,
         file: Some(file),
     });
     // A fresh segment holds nothing: reuse it before any older one.
-    j.free.push_front(index);
+    j.free.push_front((index, 0));
     Ok(())
 }

@@ -1,7 +1,16 @@
 //! Reading a shard's journal back on start: order segments by generation,
-//! verify every record, cut a torn tail, stop (or skip, if configured) at
-//! corruption, hand the records to the caller in journal order, and return
+//! walk every segment's rounds (see [`super::round`]), verify every record,
+//! tell a torn tail (cut off) from damage to durable data (stop, or skip if
+//! configured), hand the records to the caller in journal order, and return
 //! the layout the writer resumes from.
+//!
+//! Deciding torn versus damaged: a round that does not check out at journal
+//! position P was durable, and so damaged, if any valid round anywhere says
+//! that the journal was durable past P (its watermark); otherwise it was
+//! never acknowledged and is a torn write: the journal is cut at P and
+//! everything after it is dropped. Segments older than the oldest segment a
+//! recent round still counted as holding data are free: their content is
+//! stale and never replayed (see `Journal::roll`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Seek, SeekFrom, Write};
@@ -11,24 +20,37 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{info, warn};
 
+use super::round::{Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 use super::segment_read::read_live_part;
-use super::{fsync_dir, io_err, read_header, JournalError, BLOCK};
+use super::{fsync_dir, io_err, read_header, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
-use crate::store::record::{decode_at, decode_named, Decoded, Names, Record, StoredSub};
+use crate::store::record::{decode_named, Decoded, Names, Record, StoredSub};
+
+/// One segment file as the writer resumes it.
+#[derive(Debug, Clone)]
+pub struct SegmentLayout {
+    pub path: PathBuf,
+    /// 0 = no valid header (free).
+    pub generation: u64,
+    pub salt: u64,
+    /// Live sends.
+    pub live: usize,
+    /// Where its next round would go.
+    pub write_at: u64,
+}
 
 /// Where the writer resumes.
 #[derive(Debug, Default)]
 pub struct Layout {
-    /// Per segment file: path, generation (0 = none), live sends.
-    pub segments: Vec<(PathBuf, u64, usize)>,
+    pub segments: Vec<SegmentLayout>,
     pub in_use: VecDeque<usize>,
     pub free: VecDeque<usize>,
     pub next_generation: u64,
     pub next_file_number: u64,
-    /// End of data in the active (last in-use) segment.
-    pub active_len: u64,
-    /// The active segment's bytes from the last block boundary to `active_len`.
-    pub tail: Vec<u8>,
+    /// Where the next round goes in the active (last in-use) segment.
+    pub active_write_at: u64,
+    /// The active segment is closed by its End round: start the next one.
+    pub ended: bool,
     pub holders: IdMap<(usize, u32)>,
     /// Durable subscriptions per topic at the end of the journal.
     pub durables: HashMap<Arc<str>, HashSet<StoredSub>>,
@@ -43,7 +65,7 @@ pub struct Recovered {
     /// should copy their bytes out (see `recover`).
     pub copy_out: IdSet,
     pub bytes_scanned: u64,
-    /// A torn tail was cut off (offset in the last segment).
+    /// A torn write was cut off (segment and offset).
     pub truncated_at: Option<(PathBuf, u64)>,
     pub skipped_corrupt: usize,
 }
@@ -53,68 +75,123 @@ pub struct Recovered {
 struct Listed {
     path: PathBuf,
     number: u64,
-    generation: Option<u64>,
+    /// (generation, salt)
+    header: Option<(u64, u64)>,
 }
 
-/// Where decoding a segment stopped.
-#[derive(Debug, Clone, Copy)]
+/// Where walking a segment's rounds stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    /// Clean end of data at this offset.
-    End(usize),
-    /// A record of this generation that does not check out.
-    Bad {
-        pos: usize,
-        reason: &'static str,
-        claimed_len: Option<usize>,
-    },
+    /// The segment's End round; the offset after it.
+    End(u64),
+    /// No valid round at this offset: the end of the data, a torn write or
+    /// damage (recovery decides which).
+    At { pos: u64, reason: &'static str },
 }
 
-/// One segment read and decoded.
-struct Scan {
-    data: Bytes,
+/// Rounds walked from one position.
+struct Rounds {
     records: Vec<Record>,
     stop: Stop,
+    /// Highest durable watermark and oldest-live generation they carry.
+    watermark: Position,
+    first_gen: Option<u64>,
 }
 
-/// Decodes records from `pos` until the end of data or a bad record.
-fn decode_from(data: &Bytes, mut pos: usize, gen: u64) -> (Vec<Record>, Stop) {
-    let mut records = Vec::new();
-    let mut names = Names::default();
+/// Walks valid rounds of generation `gen` from `pos`, decoding their records.
+fn walk(data: &Bytes, mut pos: u64, gen: u64, salt: u64, names: &mut Names) -> Rounds {
+    let mut out = Rounds {
+        records: Vec::new(),
+        stop: Stop::End(pos),
+        watermark: (0, 0),
+        first_gen: None,
+    };
     loop {
-        match decode_named(data, pos, gen, &mut names) {
-            Decoded::Record(r, next) => {
-                records.push(r);
-                pos = next;
-            }
-            Decoded::End => return (records, Stop::End(pos)),
-            Decoded::Bad {
-                reason,
-                claimed_len,
-            } => {
-                return (
-                    records,
-                    Stop::Bad {
+        let Some(h) = RoundHeader::read(data, pos as usize, gen, salt) else {
+            out.stop = Stop::At {
+                pos,
+                reason: "no valid round header",
+            };
+            return out;
+        };
+        let body_end = pos + ROUND_HEADER_BYTES + h.len;
+        if body_end > data.len() as u64 {
+            out.stop = Stop::At {
+                pos,
+                reason: "round runs past the end of the segment",
+            };
+            return out;
+        }
+        let first = out.records.len();
+        let mut p = (pos + ROUND_HEADER_BYTES) as usize;
+        while (p as u64) < body_end {
+            match decode_named(data, p, gen, names) {
+                Decoded::Record(r, next) if next as u64 <= body_end => {
+                    out.records.push(r);
+                    p = next;
+                }
+                _ => {
+                    out.records.truncate(first);
+                    out.stop = Stop::At {
                         pos,
-                        reason,
-                        claimed_len,
-                    },
-                )
+                        reason: "damaged record in a round",
+                    };
+                    return out;
+                }
             }
         }
+        out.watermark = out.watermark.max(h.durable);
+        out.first_gen = out.first_gen.max(Some(h.first_gen));
+        if h.kind == RoundKind::End {
+            out.stop = Stop::End(h.next(pos));
+            return out;
+        }
+        pos = h.next(pos);
     }
 }
 
-fn scan_one(path: &Path, gen: u64) -> Result<Scan, JournalError> {
-    let (data, _) = read_live_part(path)?;
-    let (records, stop) = decode_from(&data, BLOCK as usize, gen);
-    Ok(Scan {
+/// One segment read and walked.
+struct Walk {
+    data: Bytes,
+    rounds: Rounds,
+    /// Valid rounds of this generation past a stop (a later block of a
+    /// torn write that survived, or what follows damage): where the first
+    /// begins. Their watermarks are in `rounds.watermark`.
+    beyond: Option<u64>,
+}
+
+fn walk_one(path: &Path, gen: u64, salt: u64) -> Result<Walk, JournalError> {
+    let (data, _) = read_live_part(path, gen, salt)?;
+    let mut names = Names::default();
+    let mut rounds = walk(&data, BLOCK, gen, salt, &mut names);
+    let mut beyond = None;
+    if let Stop::At { pos, .. } = rounds.stop {
+        // Look past the stop, block by block, for rounds of this
+        // generation; only their watermarks matter here.
+        let mut p = pos + BLOCK;
+        while p + ROUND_HEADER_BYTES <= data.len() as u64 {
+            if RoundHeader::read(&data, p as usize, gen, salt).is_none() {
+                p += BLOCK;
+                continue;
+            }
+            beyond.get_or_insert(p);
+            let later = walk(&data, p, gen, salt, &mut names);
+            rounds.watermark = rounds.watermark.max(later.watermark);
+            rounds.first_gen = rounds.first_gen.max(later.first_gen);
+            p = match later.stop {
+                Stop::End(_) => break,
+                Stop::At { pos, .. } => pos + BLOCK,
+            };
+        }
+    }
+    Ok(Walk {
         data,
-        records,
-        stop,
+        rounds,
+        beyond,
     })
 }
 
-/// Lists the segment files with their generations (one block read each).
+/// Lists the segment files with their headers (one block read each).
 /// A file without a header that is shorter than a segment was being made
 /// when the broker stopped: it is removed, to be made again when needed.
 fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
@@ -139,8 +216,12 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
             .take(BLOCK)
             .read_to_end(&mut head)
             .map_err(io_err(&path))?;
-        let generation = read_header(&head);
-        if generation.is_none() && file_len < segment_size {
+        let header = match read_header(&head) {
+            Some(SegmentHeader::OldFormat) => return Err(JournalError::OldFormat { path }),
+            Some(SegmentHeader::Current(gen, salt)) => Some((gen, salt)),
+            None => None,
+        };
+        if header.is_none() && file_len < segment_size {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             removed = true;
             continue;
@@ -148,7 +229,7 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
         files.push(Listed {
             path,
             number,
-            generation,
+            header,
         });
     }
     if removed {
@@ -157,13 +238,13 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
     Ok(files)
 }
 
-/// Reads and decodes `segments` (path, generation) on a few threads and
+/// Reads and walks `segments` (path, generation, salt) on a few threads and
 /// hands each to `each` in the given order, as soon as it and all before it
 /// are ready: the caller's bookkeeping overlaps the reading of later
 /// segments. The first error stops the threads and is returned.
 fn scan_in_order(
-    segments: &[(&Path, u64)],
-    mut each: impl FnMut(usize, Scan) -> Result<(), JournalError>,
+    segments: &[(&Path, u64, u64)],
+    mut each: impl FnMut(usize, Walk) -> Result<(), JournalError>,
 ) -> Result<(), JournalError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     use std::sync::{Condvar, Mutex};
@@ -175,7 +256,7 @@ fn scan_in_order(
     let threads = (cores * 2).min(segments.len());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let slots: Mutex<Vec<Option<Result<Scan, JournalError>>>> =
+    let slots: Mutex<Vec<Option<Result<Walk, JournalError>>>> =
         Mutex::new(segments.iter().map(|_| None).collect());
     let filled = Condvar::new();
     std::thread::scope(|s| {
@@ -185,12 +266,12 @@ fn scan_in_order(
                 unpin(cores);
                 while !stop.load(Relaxed) {
                     let i = next.fetch_add(1, Relaxed);
-                    let Some(&(path, gen)) = segments.get(i) else {
+                    let Some(&(path, gen, salt)) = segments.get(i) else {
                         break;
                     };
                     // A panic becomes an error here, so the caller never
                     // waits for a segment that will not come.
-                    let r = std::panic::catch_unwind(|| scan_one(path, gen))
+                    let r = std::panic::catch_unwind(|| walk_one(path, gen, salt))
                         .unwrap_or_else(|_| Err(poisoned(path)));
                     if let Ok(mut slots) = slots.lock() {
                         slots[i] = Some(r);
@@ -207,7 +288,7 @@ fn scan_in_order(
             );
         }
         let result = (|| {
-            for (i, &(path, _)) in segments.iter().enumerate() {
+            for (i, &(path, _, _)) in segments.iter().enumerate() {
                 let scan = {
                     let mut guard = slots.lock().map_err(|_| poisoned(path))?;
                     loop {
@@ -280,79 +361,85 @@ pub fn recover(
     let found = list(dir, segment_size)?;
     let mut out = Recovered::default();
     out.layout.next_file_number = found.iter().map(|f| f.number + 1).max().unwrap_or(0);
-    let mut with_gen: Vec<usize> = (0..found.len())
-        .filter(|&i| found[i].generation.is_some())
+    // Journal order: by generation.
+    let mut journal: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].header.is_some())
         .collect();
-    with_gen.sort_by_key(|&i| found[i].generation);
-    let order: Vec<(&Path, u64)> = with_gen
+    journal.sort_by_key(|&i| found[i].header);
+    let n = journal.len();
+    let gen_of = |i: usize| found[i].header.map_or(0, |h| h.0);
+    // Read the two newest segments first: their last rounds say which
+    // older segments are free (stale), before any segment is replayed.
+    let newest = n.min(2);
+    let read_order: Vec<usize> = journal[n - newest..]
         .iter()
-        .map(|&i| (found[i].path.as_path(), found[i].generation.unwrap_or(0)))
+        .rev()
+        .chain(&journal[..n - newest])
+        .copied()
         .collect();
-    let mut durable: HashMap<Arc<str>, HashSet<StoredSub>> = HashMap::new();
-    let mut live: Vec<usize> = vec![0; found.len()];
-    let mut holders: IdMap<(usize, u32)> = IdMap::default();
-    let mut active_len = BLOCK;
-    // Per segment: how many sends it holds.
-    let mut sends: Vec<usize> = vec![0; found.len()];
-    // Segments are read and verified in parallel; the bookkeeping below
-    // runs in generation order as each one becomes ready.
-    scan_in_order(&order, |rank, scan| {
-        let i = with_gen[rank];
-        let (path, gen) = order[rank];
-        let last = rank + 1 == order.len();
-        out.bytes_scanned += scan.data.len() as u64;
-        let Scan {
-            data,
-            mut records,
-            mut stop,
-        } = scan;
-        // Normally one pass; more only when skipping corrupt records.
-        let pos = loop {
-            let (pos, reason, claimed_len) = match stop {
-                Stop::End(end) => break end,
-                Stop::Bad {
-                    pos,
-                    reason,
-                    claimed_len,
-                } => (pos, reason, claimed_len),
-            };
-            let next = claimed_len.map(|l| pos + 12 + l);
-            let more_follows = !last
-                || next.is_some_and(|n| matches!(decode_at(&data, n, gen), Decoded::Record(..)));
-            if !more_follows {
-                warn!(path = %path.display(), offset = pos, reason, "torn tail: cutting the journal here");
-                zero_from(path, pos as u64)?;
-                out.truncated_at = Some((path.to_path_buf(), pos as u64));
-                break pos;
+    let order: Vec<(&Path, u64, u64)> = read_order
+        .iter()
+        .map(|&i| {
+            let (gen, salt) = found[i].header.unwrap_or((0, 0));
+            (found[i].path.as_path(), gen, salt)
+        })
+        .collect();
+    let mut replay = Replay {
+        found: &found,
+        skip_corrupt,
+        oldest_live_gen: 0,
+        watermark: (0, 0),
+        newest: Vec::new(),
+        held: Vec::new(),
+        live: vec![0; found.len()],
+        sends: vec![0; found.len()],
+        write_at: vec![BLOCK; found.len()],
+        stale: vec![false; found.len()],
+        dropped: vec![false; found.len()],
+        holders: IdMap::default(),
+        durable: HashMap::new(),
+        cut: None,
+        ended: false,
+        out: &mut out,
+    };
+    scan_in_order(&order, |rank, walk| {
+        let i = read_order[rank];
+        replay.out.bytes_scanned += walk.data.len() as u64;
+        replay.watermark = replay.watermark.max(walk.rounds.watermark);
+        if rank < newest {
+            replay.newest.push((i, walk));
+            if rank + 1 == newest {
+                replay.oldest_live_gen = replay
+                    .newest
+                    .iter()
+                    .filter_map(|(_, w)| w.rounds.first_gen)
+                    .max()
+                    .unwrap_or(0);
             }
-            if !skip_corrupt {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: pos as u64,
-                    reason,
-                });
-            }
-            warn!(path = %path.display(), offset = pos, reason, "skipping a corrupt record (store.skip_corrupt)");
-            out.skipped_corrupt += 1;
-            let Some(n) = next else { break pos };
-            let (more, s) = decode_from(&data, n, gen);
-            records.extend(more);
-            stop = s;
-        };
-        for r in &records {
-            sends[i] += usize::from(matches!(r, Record::Send { .. }));
-            track(r, i, &mut durable, &mut holders, &mut live);
+            return Ok(());
         }
-        out.records += records.len();
-        if last {
-            active_len = pos as u64;
-            let block_start = active_len / BLOCK * BLOCK;
-            out.layout.tail = data[block_start as usize..pos].to_vec();
-        }
-        sink(records);
-        Ok(())
+        replay.next(i, walk, &mut sink)
     })?;
+    // The newest segments come last in journal order.
+    let mut newest_walks = std::mem::take(&mut replay.newest);
+    newest_walks.sort_by_key(|(i, _)| gen_of(*i));
+    for (i, walk) in newest_walks {
+        replay.next(i, walk, &mut sink)?;
+    }
+    replay.settle_held(&mut sink)?;
     let read_ms = started.elapsed().as_millis() as u64;
+    let Replay {
+        live,
+        sends,
+        write_at,
+        stale,
+        dropped,
+        holders,
+        mut durable,
+        cut,
+        ended,
+        ..
+    } = replay;
     // A mostly live segment stays in memory as read, and its messages are
     // slices of it (no copy); a mostly dead one would be pinned by a few
     // survivors, so those should get memory of their own. Either way a
@@ -364,26 +451,30 @@ pub fn recover(
         .map(|(id, _)| *id)
         .collect();
     let l = &mut out.layout;
+    let usable = |i: usize| found[i].header.is_some() && !stale[i] && !dropped[i];
     l.segments = found
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.path.clone(), f.generation.unwrap_or(0), live[i]))
+        .map(|(i, f)| SegmentLayout {
+            path: f.path.clone(),
+            generation: if usable(i) { gen_of(i) } else { 0 },
+            salt: f.header.map_or(0, |h| h.1),
+            live: live[i],
+            write_at: write_at[i],
+        })
         .collect();
-    l.next_generation = with_gen
-        .last()
-        .and_then(|&i| found[i].generation)
-        .unwrap_or(0)
-        + 1;
-    l.free = (0..found.len())
-        .filter(|&i| found[i].generation.is_none())
-        .collect();
-    l.in_use = with_gen.iter().copied().collect();
+    // Generations only grow, even past dropped segments.
+    l.next_generation = found.iter().map(gen_of_listed).max().unwrap_or(0) + 1;
+    l.free = (0..found.len()).filter(|&i| !usable(i)).collect();
+    l.in_use = journal.iter().copied().filter(|&i| usable(i)).collect();
     // Oldest segments with nothing live are reusable (the newest stays active).
     while l.in_use.len() > 1 && live[l.in_use[0]] == 0 {
         let i = l.in_use.pop_front().unwrap_or_default();
         l.free.push_back(i);
     }
-    l.active_len = active_len;
+    let active = l.in_use.back().copied();
+    l.active_write_at = active.map_or(BLOCK, |a| write_at[a]);
+    l.ended = ended && cut.is_none();
     l.holders = holders;
     durable.retain(|_, s| !s.is_empty());
     l.durables = durable;
@@ -400,6 +491,177 @@ pub fn recover(
         "journal recovered"
     );
     Ok(out)
+}
+
+fn gen_of_listed(f: &Listed) -> u64 {
+    f.header.map_or(0, |h| h.0)
+}
+
+/// Replays walked segments in journal order and decides, for each place
+/// where a segment's rounds stop short of its End round, whether the data
+/// there was torn (cut) or damaged (stop, or skip).
+struct Replay<'a> {
+    found: &'a [Listed],
+    skip_corrupt: bool,
+    /// Segments older than this generation are free; their content is stale.
+    oldest_live_gen: u64,
+    /// The highest durable watermark any valid round carries.
+    watermark: Position,
+    /// The newest segments' walks, read first, replayed last.
+    newest: Vec<(usize, Walk)>,
+    /// Segments after the first that stopped short of its End round: they
+    /// wait until every watermark is known.
+    held: Vec<(usize, Walk)>,
+    live: Vec<usize>,
+    sends: Vec<usize>,
+    write_at: Vec<u64>,
+    stale: Vec<bool>,
+    /// Dropped by a cut: after a torn write, never acknowledged.
+    dropped: Vec<bool>,
+    holders: IdMap<(usize, u32)>,
+    durable: HashMap<Arc<str>, HashSet<StoredSub>>,
+    /// The segment a torn write was cut in; everything after is dropped.
+    cut: Option<usize>,
+    /// The last segment replayed ends with its End round.
+    ended: bool,
+    out: &'a mut Recovered,
+}
+
+impl Replay<'_> {
+    fn next(
+        &mut self,
+        i: usize,
+        walk: Walk,
+        sink: &mut impl FnMut(Vec<Record>),
+    ) -> Result<(), JournalError> {
+        let gen = gen_of_listed(&self.found[i]);
+        if gen < self.oldest_live_gen {
+            self.stale[i] = true;
+            return Ok(());
+        }
+        if !self.held.is_empty() || matches!(walk.rounds.stop, Stop::At { .. }) {
+            // Decided once every watermark is known (normally just the
+            // newest segment, whose data simply ends).
+            self.held.push((i, walk));
+            return Ok(());
+        }
+        self.replay(i, walk, sink)
+    }
+
+    fn replay(
+        &mut self,
+        i: usize,
+        mut w: Walk,
+        sink: &mut impl FnMut(Vec<Record>),
+    ) -> Result<(), JournalError> {
+        let (path, (gen, salt)) = (&self.found[i].path, self.found[i].header.unwrap_or((0, 0)));
+        loop {
+            let records = std::mem::take(&mut w.rounds.records);
+            self.feed(i, records, sink);
+            let (pos, reason) = match w.rounds.stop {
+                Stop::End(at) => {
+                    self.write_at[i] = at;
+                    self.ended = true;
+                    return Ok(());
+                }
+                Stop::At { pos, reason } => (pos, reason),
+            };
+            self.ended = false;
+            if (gen, pos) >= self.watermark {
+                // Never durable: the end of the data, or a torn write.
+                self.write_at[i] = pos;
+                if w.beyond.is_some() || reason != "no valid round header" {
+                    warn!(path = %path.display(), offset = pos, reason, "torn write: cutting the journal here");
+                    if w.beyond.is_some() {
+                        zero_from(path, pos)?;
+                    }
+                    self.out.truncated_at = Some((path.clone(), pos));
+                }
+                self.cut = Some(i);
+                return Ok(());
+            }
+            // A round the journal had made durable does not check out.
+            if !self.skip_corrupt {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: pos,
+                    reason,
+                });
+            }
+            warn!(path = %path.display(), offset = pos, reason, "skipping damaged journal data (store.skip_corrupt)");
+            self.out.skipped_corrupt += 1;
+            match w.beyond.filter(|&b| b > pos) {
+                Some(b) => {
+                    let mut names = Names::default();
+                    w.rounds = walk(&w.data, b, gen, salt, &mut names);
+                    w.beyond = None;
+                    if let Stop::At { pos: p, .. } = w.rounds.stop {
+                        // Further damage or the end: look once more.
+                        w.beyond = find_round(&w.data, p + BLOCK, gen, salt);
+                    }
+                }
+                None => {
+                    // Nothing valid after the damage in this segment.
+                    self.write_at[i] = next_free_block(&w.data, pos);
+                    self.ended = false;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Replays the segments held back, now that every watermark is known;
+    /// after a cut, the rest is dropped (their headers erased).
+    fn settle_held(&mut self, sink: &mut impl FnMut(Vec<Record>)) -> Result<(), JournalError> {
+        for (i, walk) in std::mem::take(&mut self.held) {
+            if self.cut.is_some() {
+                let path = &self.found[i].path;
+                warn!(path = %path.display(), "dropping a segment written after a torn write");
+                erase_header(path)?;
+                self.dropped[i] = true;
+                continue;
+            }
+            self.replay(i, walk, sink)?;
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, i: usize, records: Vec<Record>, sink: &mut impl FnMut(Vec<Record>)) {
+        for r in &records {
+            self.sends[i] += usize::from(matches!(r, Record::Send { .. }));
+            track(r, i, &mut self.durable, &mut self.holders, &mut self.live);
+        }
+        self.out.records += records.len();
+        sink(records);
+    }
+}
+
+/// The first valid round of generation `gen` at or after `from`.
+fn find_round(data: &Bytes, from: u64, gen: u64, salt: u64) -> Option<u64> {
+    let mut p = from;
+    while p + ROUND_HEADER_BYTES <= data.len() as u64 {
+        if RoundHeader::read(data, p as usize, gen, salt).is_some() {
+            return Some(p);
+        }
+        p += BLOCK;
+    }
+    None
+}
+
+/// Where writing may resume after skipped damage at `pos`: past everything
+/// read, so that nothing damaged is ever mistaken for new data.
+fn next_free_block(data: &Bytes, pos: u64) -> u64 {
+    (data.len() as u64).max(pos + BLOCK).div_ceil(BLOCK) * BLOCK
+}
+
+/// Makes a segment read as free (no header) from now on.
+fn erase_header(path: &Path) -> Result<(), JournalError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(&[0u8; BLOCK as usize]).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
 }
 
 fn track(

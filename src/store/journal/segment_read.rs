@@ -15,7 +15,8 @@ use std::ptr::NonNull;
 
 use bytes::Bytes;
 
-use super::{io_err, read_header, JournalError, BLOCK};
+use super::round::{RoundHeader, RoundKind, ROUND_HEADER_BYTES};
+use super::{io_err, JournalError, BLOCK};
 
 /// One read request: large enough to keep the device busy, small enough
 /// that the walk over records stops close to the end of the live data.
@@ -129,11 +130,6 @@ impl Reader<'_> {
         }
         Ok(())
     }
-
-    fn u32_at(&self, pos: usize) -> u32 {
-        let b = self.buf.as_ref();
-        u32::from_le_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]])
-    }
 }
 
 fn open_direct(path: &Path) -> std::io::Result<File> {
@@ -148,11 +144,13 @@ fn open_direct(path: &Path) -> std::io::Result<File> {
     }
 }
 
-/// Reads a segment only as far as it holds records of its own generation
-/// (plus the block after, so a torn record is seen whole): a mostly empty
-/// 64 MiB segment costs a few blocks, not 64 MiB, and recovery time follows
-/// the data, not the preallocation. Returns those bytes and the file length.
-pub fn read_live_part(path: &Path) -> Result<(Bytes, u64), JournalError> {
+/// Reads a segment only as far as it holds rounds of its own generation,
+/// up to its End round: a closed segment costs what its data fills, not
+/// the preallocation. A segment without an End round (the journal's newest,
+/// or a damaged or torn one) is read whole: recovery looks past where its
+/// rounds stop for later ones (see `recovery`). Returns those bytes and the
+/// file length.
+pub fn read_live_part(path: &Path, gen: u64, salt: u64) -> Result<(Bytes, u64), JournalError> {
     let file = open_direct(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut r = Reader {
@@ -161,27 +159,23 @@ pub fn read_live_part(path: &Path) -> Result<(Bytes, u64), JournalError> {
         file_len: file_len as usize,
         buf: SegmentBuf::new(file_len as usize).map_err(io_err(path))?,
     };
-    r.fill(BLOCK as usize)?;
-    if let Some(gen) = read_header(r.buf.as_ref()) {
-        let mut pos = BLOCK as usize;
-        loop {
-            r.fill(pos + 12)?;
-            if r.buf.len < pos + 12 {
-                break;
-            }
-            let (len, g) = (r.u32_at(pos) as usize, r.u32_at(pos + 4));
-            if len == 0 || g != gen as u32 {
-                break;
-            }
-            let end = pos + 12 + len;
-            if end > r.file_len {
-                break;
-            }
-            r.fill(end)?;
-            pos = end;
+    let mut pos = BLOCK;
+    let mut ended = false;
+    loop {
+        r.fill((pos + ROUND_HEADER_BYTES) as usize)?;
+        let Some(h) = RoundHeader::read(r.buf.as_ref(), pos as usize, gen, salt) else {
+            break;
+        };
+        let next = h.next(pos);
+        r.fill(next as usize)?;
+        if h.kind == RoundKind::End || next >= file_len {
+            ended = h.kind == RoundKind::End;
+            break;
         }
-        // One more block: enough to tell a torn record from the end of data.
-        r.fill(pos + BLOCK as usize)?;
+        pos = next;
+    }
+    if !ended {
+        r.fill(file_len as usize)?;
     }
     r.buf.shrink_to_len();
     Ok((Bytes::from_owner(r.buf), file_len))
@@ -197,7 +191,7 @@ mod tests {
         let path = dir.path().join("seg-000000.log");
         // No header, and a length that O_DIRECT can only read short.
         std::fs::write(&path, vec![7u8; 10_000]).expect("write");
-        let (data, len) = read_live_part(&path).expect("read");
+        let (data, len) = read_live_part(&path, 1, 0).expect("read");
         assert_eq!(len, 10_000);
         assert!(data.len() >= BLOCK as usize && data.len() <= 10_000);
         assert!(data.iter().all(|&b| b == 7));
