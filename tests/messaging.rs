@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use brokk::protocol::stomp::Frame;
 use common::{body, Broker, Client};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -325,4 +326,140 @@ fn many_destinations_across_shards_all_deliver() {
         assert!(got.insert(body(&c.expect_message())));
     }
     c.expect_nothing(QUIET);
+}
+
+/// ACKs `m` the way a client of `version` does: 1.2 with the MESSAGE's
+/// `ack` value, 1.1 with `message-id` and `subscription`; with a receipt,
+/// so that an ERROR shows up here and not later.
+fn ack_delivery(c: &mut Client, version: &str, m: &Frame, receipt: &str) {
+    let mut h = vec![("receipt", receipt)];
+    if version == "1.2" {
+        h.push((
+            "id",
+            m.header_str("ack").expect("1.2 MESSAGE has an ack header"),
+        ));
+    } else {
+        h.push(("message-id", m.header_str("message-id").unwrap()));
+        h.push(("subscription", m.header_str("subscription").unwrap()));
+    }
+    c.frame("ACK", &h, b"");
+    c.expect_receipt(receipt);
+}
+
+#[test]
+fn a_topic_subscribed_twice_on_one_connection_acks_each_delivery_individually() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/topic/twice-individual-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client-individual", &[]);
+        c.subscribe("b", &dest, "client-individual", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        let subs: HashSet<_> = got
+            .iter()
+            .map(|m| (m.header_str("subscription").unwrap(), body(m)))
+            .collect();
+        assert_eq!(subs.len(), 4, "each subscription gets each message once");
+        // Both deliveries of a message carry its one message-id.
+        let ids: HashSet<_> = got.iter().map(|m| m.header_str("message-id")).collect();
+        assert_eq!(ids.len(), 2);
+        for (i, m) in got.iter().enumerate() {
+            ack_delivery(&mut c, version, m, &format!("ack-{i}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(4)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn a_topic_subscribed_twice_on_one_connection_acks_cumulatively_per_subscription() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/topic/twice-client-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client", &[]);
+        c.subscribe("b", &dest, "client", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        // The last delivery on each subscription acknowledges both of its messages.
+        for sub in ["a", "b"] {
+            let last = got
+                .iter()
+                .rfind(|m| m.header_str("subscription") == Some(sub))
+                .unwrap();
+            assert_eq!(body(last), "two");
+            ack_delivery(&mut c, version, last, &format!("ack-{sub}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(4)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn a_queue_subscribed_twice_on_one_connection_acks_each_delivery() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/queue/twice-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client-individual", &[]);
+        c.subscribe("b", &dest, "client-individual", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..2).map(|_| c.expect_message()).collect();
+        let subs: HashSet<_> = got.iter().map(|m| m.header_str("subscription")).collect();
+        assert_eq!(subs, HashSet::from([Some("a"), Some("b")]));
+        for (i, m) in got.iter().enumerate() {
+            ack_delivery(&mut c, version, m, &format!("ack-{i}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(2)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn an_ack_without_subscription_takes_the_oldest_delivery_of_the_message() {
+    let b = Broker::start(&[]);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.1")]);
+    c.subscribe("a", "/topic/nosub", "client-individual", &[]);
+    c.subscribe("b", "/topic/nosub", "client-individual", &[]);
+    b.client().send_sync("/topic/nosub", "x", &[]);
+    let first = c.expect_message();
+    let second = c.expect_message();
+    let id = first.header_str("message-id").unwrap();
+    assert_eq!(second.header_str("message-id"), Some(id));
+    // One ACK per MESSAGE received, as a client unaware of subscriptions sends them.
+    for r in ["r1", "r2"] {
+        c.frame("ACK", &[("message-id", id), ("receipt", r)], b"");
+        c.expect_receipt(r);
+    }
+    let d = b.destination("/topic/nosub").unwrap();
+    assert_eq!(
+        (d["pending"].as_u64(), d["dequeued"].as_u64()),
+        (Some(0), Some(2))
+    );
+    // A third has no delivery left to name.
+    c.frame("ACK", &[("message-id", id), ("receipt", "r3")], b"");
+    let e = c.expect_error();
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("unknown message id"));
 }
