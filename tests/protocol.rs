@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Broker, Client};
 
@@ -343,6 +343,67 @@ fn producers_are_paused_at_the_memory_limit_and_nothing_is_lost() {
 }
 
 #[test]
+fn half_connect_is_closed_after_connect_timeout() {
+    let b = Broker::start_with_config(Some("[limits]\nconnect_timeout_ms = 300\n"), &[]);
+    let started = Instant::now();
+    let mut c = Client::raw(b.stomp);
+    c.write(b"CONNECT\naccept-version:1.2\nhost:h\n");
+    let e = c.expect_error();
+    assert!(
+        e.header_str("message")
+            .unwrap()
+            .contains("connect_timeout_ms"),
+        "{e:?}"
+    );
+    c.expect_closed_by_peer();
+    // A lower bound only: the broker must not give up before the timeout.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn http_and_tls_on_the_stomp_port_are_refused_at_once() {
+    // Far longer than the harness waits for a close: a close seen here is
+    // not the connect timeout.
+    let b = Broker::start_with_config(Some("[limits]\nconnect_timeout_ms = 600000\n"), &[]);
+    let tls_client_hello: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x5e, 0x91, 0x0a, 0x2c,
+    ];
+    for (request, what) in [
+        (&b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n"[..], "HTTP"),
+        (b"POST /api HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", "HTTP"),
+        (b"CONNECT broker:61613 HTTP/1.1\r\n\r\n", "HTTP"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP"),
+        (tls_client_hello, "TLS"),
+    ] {
+        eprintln!("request {:?}", String::from_utf8_lossy(request));
+        let mut c = Client::raw(b.stomp);
+        c.write(request);
+        let e = c.expect_error();
+        let message = e.header_str("message").unwrap();
+        assert!(message.contains(what), "{message}");
+        c.expect_closed_by_peer();
+    }
+}
+
+#[test]
+fn a_connection_slot_held_by_a_silent_socket_is_freed_by_the_connect_timeout() {
+    let b = Broker::start_with_config(
+        Some("[limits]\nmax_connections = 1\nconnect_timeout_ms = 300\n"),
+        &[],
+    );
+    let mut silent = Client::raw(b.stomp);
+    b.wait_until("the silent socket to hold the slot", |s| {
+        s["connections"] == 1
+    });
+    let refused = b.client();
+    assert!(!refused.is_connected(), "only one slot");
+    silent.expect_error();
+    silent.expect_closed_by_peer();
+    b.wait_until("the slot to be free", |s| s["connections"] == 0);
+    assert!(b.client().is_connected());
+}
+
+#[test]
 fn config_errors_name_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for (text, key) in [
@@ -350,6 +411,11 @@ fn config_errors_name_the_key_and_exit_2() {
         ("shards = 0\n", "shards"),
         ("[limits]\nmax_frame_size = \"big\"\n", "max_frame_size"),
         ("[store]\nmode = \"tape\"\n", "mode"),
+        ("[limits]\nconnect_timeout_ms = 0\n", "connect_timeout_ms"),
+        (
+            "[limits]\nconnect_timeout_ms = \"soon\"\n",
+            "connect_timeout_ms",
+        ),
     ] {
         let p = dir.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();

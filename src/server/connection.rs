@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -83,12 +83,20 @@ async fn read_loop(
     let mut chunk = 4096;
     let mut buf = BytesMut::new();
     let mut read_timeout: Option<Duration> = None;
+    // Counted from the accept, not per read: a peer that trickles bytes
+    // cannot keep a slot longer than one that sends nothing.
+    let connect_by = Instant::now() + ctx.shared.connect_timeout;
     let mut actions = Vec::new();
     loop {
         let filled = buf.len();
         buf.reserve(chunk);
         buf.resize(filled + chunk, 0);
-        let read = match read_timeout {
+        let timeout = if session.borrow().is_open() {
+            read_timeout
+        } else {
+            Some(connect_by.saturating_duration_since(Instant::now()))
+        };
+        let read = match timeout {
             None => reader.read(&mut buf[filled..]).await,
             Some(t) => {
                 futures_lite::future::or(reader.read(&mut buf[filled..]), async {
@@ -106,8 +114,19 @@ async fn read_loop(
             Ok(n) => n,
             Err(e) => {
                 buf.truncate(filled);
-                if e.kind() == std::io::ErrorKind::TimedOut {
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    return;
+                }
+                if session.borrow().is_open() {
                     debug!("no heart-beat from the client; dropping it");
+                } else {
+                    debug!("no CONNECT in time; dropping the connection");
+                    let message = format!(
+                        "no CONNECT frame within limits.connect_timeout_ms ({} ms)",
+                        ctx.shared.connect_timeout.as_millis()
+                    );
+                    session.borrow_mut().protocol_error(&message, &mut actions);
+                    execute(ctx, outbound, std::mem::take(&mut actions));
                 }
                 return;
             }

@@ -253,7 +253,8 @@ impl Session {
         }
     }
 
-    /// Reports a frame that could not be parsed; the connection closes.
+    /// Reports a fault that is no frame's (bytes that do not parse, no
+    /// CONNECT in time): ERROR, then the connection closes.
     pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
         self.error(message, None, out);
     }
