@@ -343,6 +343,115 @@ fn producers_are_paused_at_the_memory_limit_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_client_that_consumes_and_produces_on_one_connection_keeps_going_at_the_memory_limit() {
+    // 1 MiB: four 256 KiB messages delivered and not yet acknowledged fill it.
+    let b = Broker::start_with_config(
+        Some("[limits]\nmemory_limit_bytes = 1048576\n"),
+        &["--shards", "2"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/self", "client-individual", &[]);
+    let body = vec![b'z'; 256 * 1024];
+    let send = |seq: usize| -> Vec<u8> {
+        let mut f = format!(
+            "SEND\ndestination:/queue/self\nseq:{seq}\ncontent-length:{}\n\n",
+            body.len()
+        )
+        .into_bytes();
+        f.extend_from_slice(&body);
+        f.push(0);
+        f
+    };
+    let mut wbuf = Vec::new();
+    for seq in 0..4 {
+        wbuf.extend(send(seq));
+    }
+    c.write(&wbuf);
+    let mut next = 4;
+    for round in 0..20 {
+        assert!(Instant::now() < deadline, "stalled in round {round}");
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        // One write: this round's ACKs and the next round's SENDs; on even
+        // rounds all ACKs first, on odd ones each SEND ahead of an ACK.
+        // Memory is full until ACKs are applied, so SENDs wait for them.
+        let acks = got
+            .iter()
+            .map(|m| format!("ACK\nid:{}\n\n\0", m.header_str("ack").unwrap()).into_bytes());
+        let sends = (next..next + 4).map(send);
+        next += 4;
+        let wbuf: Vec<u8> = if round % 2 == 0 {
+            acks.chain(sends).flatten().collect()
+        } else {
+            sends
+                .zip(acks)
+                .flat_map(|(s, a)| [s, a])
+                .flatten()
+                .collect()
+        };
+        c.write(&wbuf);
+    }
+    for _ in 0..4 {
+        c.expect_message();
+    }
+    assert!(Instant::now() < deadline);
+}
+
+#[test]
+fn a_send_that_waits_for_memory_does_not_hold_back_the_ack_behind_it() {
+    let b = Broker::start_with_config(Some("[limits]\nmemory_limit_bytes = 1048576\n"), &[]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/behind", "client-individual", &[]);
+    // One message as large as the memory limit, delivered, not acknowledged.
+    c.frame(
+        "SEND",
+        &[("destination", "/queue/behind"), ("receipt", "big")],
+        &vec![b'b'; 1024 * 1024],
+    );
+    c.expect_receipt("big");
+    let big = c.expect_message();
+    // A SEND, then the ACK that frees the memory it waits for, in one write.
+    let ack = big.header_str("ack").unwrap();
+    c.write(
+        format!("SEND\ndestination:/queue/behind\nreceipt:small\n\nsmall\0ACK\nid:{ack}\n\n\0")
+            .as_bytes(),
+    );
+    c.expect_receipt("small");
+    assert_eq!(common::body(&c.expect_message()), "small");
+}
+
+#[test]
+fn a_producer_that_leaves_while_paused_loses_nothing_it_sent() {
+    let b = Broker::start_with_config(Some("[limits]\nmemory_limit_bytes = 1048576\n"), &[]);
+    // About 1 MiB and 30 KiB of messages: the SENDs past the limit are
+    // read (and held) before the broker sees the end of the stream.
+    const N: usize = 250;
+    let addr = b.stomp;
+    let producer = std::thread::spawn(move || {
+        let mut p = Client::connect(addr, &[("accept-version", "1.2")]);
+        let body = vec![b'y'; 4096];
+        for i in 0..N {
+            p.frame(
+                "SEND",
+                &[("destination", "/queue/gone"), ("seq", &i.to_string())],
+                &body,
+            );
+        }
+        // Dropped: closed without DISCONNECT, SENDs still unapplied.
+    });
+    b.wait_until("memory to fill", |s| {
+        s["memory_used_bytes"].as_u64().unwrap() >= 1_048_576
+    });
+    let mut c = b.client();
+    c.subscribe("s", "/queue/gone", "auto", &[]);
+    for i in 0..N {
+        let m = c.expect_message();
+        assert_eq!(m.header_str("seq"), Some(i.to_string().as_str()));
+    }
+    producer.join().unwrap();
+}
+
+#[test]
 fn half_connect_is_closed_after_connect_timeout() {
     let b = Broker::start_with_config(Some("[limits]\nconnect_timeout_ms = 300\n"), &[]);
     let started = Instant::now();
