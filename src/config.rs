@@ -96,6 +96,10 @@ pub struct Listeners {
 pub struct Limits {
     pub max_connections: usize,
     pub max_frame_size: usize,
+    /// A connection that has not completed CONNECT this long after it was
+    /// accepted is closed, so sockets that never speak STOMP cannot hold
+    /// every `max_connections` slot (ActiveMQ's `connectAttemptTimeout`).
+    pub connect_timeout_ms: u64,
     /// Bytes of messages held in memory before producers are paused.
     pub memory_limit_bytes: usize,
     /// At the memory or store limit, answer SENDs with an ERROR instead of
@@ -148,6 +152,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1000,
             max_frame_size: 104_857_600,
+            connect_timeout_ms: 30_000,
             memory_limit_bytes: 256 * 1024 * 1024,
             send_fail_if_no_space: false,
         }
@@ -252,6 +257,9 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        if self.limits.connect_timeout_ms == 0 {
+            return Err(invalid("limits.connect_timeout_ms", "must be at least 1"));
+        }
         if self.limits.memory_limit_bytes < 1024 * 1024 {
             return Err(invalid(
                 "limits.memory_limit_bytes",
@@ -329,6 +337,7 @@ mod tests {
         assert_eq!(c.listeners.stomp.port(), 61613);
         assert_eq!(c.listeners.admin.port(), 8161);
         assert_eq!(c.limits.max_frame_size, 104_857_600);
+        assert_eq!(c.limits.connect_timeout_ms, 30_000);
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.default_prefetch, 1000);
         assert_eq!(c.store.mode, StoreMode::File);

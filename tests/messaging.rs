@@ -3,11 +3,17 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use brokk::protocol::stomp::Frame;
 use common::{body, Broker, Client};
 
-const QUIET: Duration = Duration::from_millis(300);
+/// Sends a marker to `dest` and waits for its receipt: every message that
+/// was waiting or in flight before it is delivered ahead of it, so "the
+/// next message is the marker" proves that nothing else was.
+fn send_marker(p: &mut Client, dest: &str) {
+    p.send_sync(dest, "marker", &[]);
+}
 
 #[test]
 fn queue_keeps_messages_until_a_consumer_takes_them() {
@@ -27,10 +33,11 @@ fn queue_keeps_messages_until_a_consumer_takes_them() {
         assert_eq!(m.header_str("destination"), Some("/queue/keep"));
         assert_eq!(m.header_str("subscription"), Some("s"));
     }
-    c.expect_nothing(QUIET);
+    send_marker(&mut p, "/queue/keep");
+    assert_eq!(body(&c.expect_message()), "marker");
     b.wait_until("queue drained", |_| {
         let d = b.destination("/queue/keep").unwrap();
-        d["pending"] == 0 && d["dequeued"] == 10 && d["enqueued"] == 10
+        d["pending"] == 0 && d["dequeued"] == 11 && d["enqueued"] == 11
     });
 }
 
@@ -57,7 +64,13 @@ fn competing_consumers_share_a_queue_without_duplicates() {
     }
     let mut seen = HashSet::new();
     let (mut n1, mut n2) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while seen.len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 20 messages arrived",
+            seen.len()
+        );
         for (c, n) in [(&mut c1, &mut n1), (&mut c2, &mut n2)] {
             if let Some(m) = c.recv_timeout(Duration::from_millis(200)) {
                 assert!(seen.insert(body(&m)), "duplicate {}", body(&m));
@@ -77,18 +90,22 @@ fn prefetch_limits_unacknowledged_deliveries() {
         p.send_sync("/queue/pf", &format!("{i}"), &[]);
     }
     let mut c = b.client();
-    c.subscribe(
-        "s",
-        "/queue/pf",
-        "client-individual",
-        &[("activemq.prefetchSize", "2")],
+    // The deliveries a SUBSCRIBE or an ACK makes possible come before its
+    // RECEIPT: exactly the prefetch window, then one per ACK.
+    let first = c.messages_before_receipt(
+        "SUBSCRIBE",
+        &[
+            ("id", "s"),
+            ("destination", "/queue/pf"),
+            ("ack", "client-individual"),
+            ("activemq.prefetchSize", "2"),
+        ],
+        "sub",
     );
-    let m0 = c.expect_message();
-    let _m1 = c.expect_message();
-    c.expect_nothing(QUIET);
-    c.ack(&m0);
-    assert_eq!(body(&c.expect_message()), "2");
-    c.expect_nothing(QUIET);
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["0", "1"]);
+    let next =
+        c.messages_before_receipt("ACK", &[("id", first[0].header_str("ack").unwrap())], "ack");
+    assert_eq!(next.iter().map(body).collect::<Vec<_>>(), ["2"]);
 }
 
 #[test]
@@ -123,7 +140,11 @@ fn client_ack_is_cumulative_and_client_individual_is_not() {
     r.subscribe("r2", "/queue/ind", "auto", &[]);
     let got: HashSet<String> = (0..2).map(|_| body(&r.expect_message())).collect();
     assert_eq!(got, HashSet::from(["0".to_string(), "2".to_string()]));
-    r.expect_nothing(QUIET);
+    send_marker(&mut p, "/queue/cum");
+    send_marker(&mut p, "/queue/ind");
+    for _ in 0..2 {
+        assert_eq!(body(&r.expect_message()), "marker");
+    }
 }
 
 #[test]
@@ -138,7 +159,8 @@ fn topics_fan_out_to_current_subscribers_only() {
     p.send_sync("/topic/news", "hello", &[]);
     assert_eq!(body(&s1.expect_message()), "hello");
     assert_eq!(body(&s2.expect_message()), "hello");
-    s1.expect_nothing(QUIET);
+    send_marker(&mut p, "/topic/news");
+    assert_eq!(body(&s1.expect_message()), "marker");
 }
 
 #[test]
@@ -178,7 +200,8 @@ fn durable_subscription_keeps_messages_while_the_subscriber_is_away() {
     s.expect_receipt("u");
     p.send_sync("/topic/events", "after", &[]);
     s.subscribe("d2", "/topic/events", "auto", &durable);
-    s.expect_nothing(QUIET);
+    send_marker(&mut p, "/topic/events");
+    assert_eq!(body(&s.expect_message()), "marker");
 }
 
 #[test]
@@ -205,13 +228,22 @@ fn nack_redelivers_then_dead_letters_after_max_redeliveries() {
     p.send_sync("/queue/poison", "bad", &[("persistent", "true")]);
     let mut c = b.client();
     c.subscribe("s", "/queue/poison", "client-individual", &[]);
+    let mut m = c.expect_message();
     for round in 0..3 {
-        let m = c.expect_message();
         assert_eq!(m.header_str("redelivered").is_some(), round > 0);
         let id = m.header_str("ack").unwrap().to_string();
-        c.frame("NACK", &[("id", &id)], b"");
+        // A redelivery the NACK causes comes before the NACK's receipt.
+        let back = c.messages_before_receipt("NACK", &[("id", &id)], &format!("n{round}"));
+        if round < 2 {
+            assert_eq!(back.len(), 1, "round {round}: redelivered once");
+            m = back.into_iter().next().unwrap();
+        } else {
+            assert!(back.is_empty(), "past max_redeliveries: {back:?}");
+        }
     }
-    c.expect_nothing(QUIET);
+    // Dead-lettered, not back in the queue ahead of a newer message.
+    send_marker(&mut p, "/queue/poison");
+    assert_eq!(body(&c.expect_message()), "marker");
     let mut d = b.client();
     d.subscribe("dlq", "/queue/ActiveMQ.DLQ", "auto", &[]);
     let m = d.expect_message();
@@ -236,7 +268,12 @@ fn transactions_apply_sends_and_acks_on_commit_only() {
     );
     let mut c = b.client();
     c.subscribe("s", "/queue/tx", "client-individual", &[]);
-    c.expect_nothing(QUIET);
+    // The marker, sent after the transacted SEND, comes first: that SEND
+    // is not in the queue yet.
+    send_marker(&mut p, "/queue/tx");
+    let marker = c.expect_message();
+    assert_eq!(body(&marker), "marker");
+    ack_delivery(&mut c, "1.2", &marker, "m1");
     p.frame("COMMIT", &[("transaction", "t1"), ("receipt", "c")], b"");
     p.expect_receipt("c");
     let m = c.expect_message();
@@ -250,11 +287,20 @@ fn transactions_apply_sends_and_acks_on_commit_only() {
     );
     p.frame("ABORT", &[("transaction", "t2"), ("receipt", "a")], b"");
     p.expect_receipt("a");
-    c.expect_nothing(QUIET);
-    // A transacted ACK takes effect on COMMIT.
+    send_marker(&mut p, "/queue/tx");
+    let marker = c.expect_message();
+    assert_eq!(body(&marker), "marker");
+    ack_delivery(&mut c, "1.2", &marker, "m2");
+    // A transacted ACK takes effect on COMMIT: its receipt says the broker
+    // has read it, and the message is still pending.
     let id = m.header_str("ack").unwrap().to_string();
     c.frame("BEGIN", &[("transaction", "t3")], b"");
-    c.frame("ACK", &[("id", &id), ("transaction", "t3")], b"");
+    c.frame(
+        "ACK",
+        &[("id", &id), ("transaction", "t3"), ("receipt", "a3")],
+        b"",
+    );
+    c.expect_receipt("a3");
     assert_eq!(b.destination("/queue/tx").unwrap()["pending"], 1);
     c.frame("COMMIT", &[("transaction", "t3"), ("receipt", "c3")], b"");
     c.expect_receipt("c3");
@@ -274,7 +320,8 @@ fn expired_messages_are_never_delivered() {
     let m = c.expect_message();
     assert_eq!(body(&m), "fresh");
     assert_eq!(m.header_str("expires"), Some(far.as_str()));
-    c.expect_nothing(QUIET);
+    send_marker(&mut p, "/queue/exp");
+    assert_eq!(body(&c.expect_message()), "marker");
 }
 
 #[test]
@@ -324,5 +371,146 @@ fn many_destinations_across_shards_all_deliver() {
     for _ in 0..80 {
         assert!(got.insert(body(&c.expect_message())));
     }
-    c.expect_nothing(QUIET);
+    for i in 0..16 {
+        send_marker(&mut p, &format!("/queue/multi{i}"));
+    }
+    for _ in 0..16 {
+        assert_eq!(body(&c.expect_message()), "marker");
+    }
+}
+
+/// ACKs `m` the way a client of `version` does: 1.2 with the MESSAGE's
+/// `ack` value, 1.1 with `message-id` and `subscription`; with a receipt,
+/// so that an ERROR shows up here and not later.
+fn ack_delivery(c: &mut Client, version: &str, m: &Frame, receipt: &str) {
+    let mut h = vec![("receipt", receipt)];
+    if version == "1.2" {
+        h.push((
+            "id",
+            m.header_str("ack").expect("1.2 MESSAGE has an ack header"),
+        ));
+    } else {
+        h.push(("message-id", m.header_str("message-id").unwrap()));
+        h.push(("subscription", m.header_str("subscription").unwrap()));
+    }
+    c.frame("ACK", &h, b"");
+    c.expect_receipt(receipt);
+}
+
+#[test]
+fn a_topic_subscribed_twice_on_one_connection_acks_each_delivery_individually() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/topic/twice-individual-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client-individual", &[]);
+        c.subscribe("b", &dest, "client-individual", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        let subs: HashSet<_> = got
+            .iter()
+            .map(|m| (m.header_str("subscription").unwrap(), body(m)))
+            .collect();
+        assert_eq!(subs.len(), 4, "each subscription gets each message once");
+        // Both deliveries of a message carry its one message-id.
+        let ids: HashSet<_> = got.iter().map(|m| m.header_str("message-id")).collect();
+        assert_eq!(ids.len(), 2);
+        for (i, m) in got.iter().enumerate() {
+            ack_delivery(&mut c, version, m, &format!("ack-{i}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(4)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn a_topic_subscribed_twice_on_one_connection_acks_cumulatively_per_subscription() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/topic/twice-client-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client", &[]);
+        c.subscribe("b", &dest, "client", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        // The last delivery on each subscription acknowledges both of its messages.
+        for sub in ["a", "b"] {
+            let last = got
+                .iter()
+                .rfind(|m| m.header_str("subscription") == Some(sub))
+                .unwrap();
+            assert_eq!(body(last), "two");
+            ack_delivery(&mut c, version, last, &format!("ack-{sub}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(4)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn a_queue_subscribed_twice_on_one_connection_acks_each_delivery() {
+    let b = Broker::start(&["--shards", "2"]);
+    for version in ["1.1", "1.2"] {
+        let dest = format!("/queue/twice-{version}");
+        let mut c = Client::connect(b.stomp, &[("accept-version", version)]);
+        c.subscribe("a", &dest, "client-individual", &[]);
+        c.subscribe("b", &dest, "client-individual", &[]);
+        let mut p = b.client();
+        p.send_sync(&dest, "one", &[]);
+        p.send_sync(&dest, "two", &[]);
+        let got: Vec<_> = (0..2).map(|_| c.expect_message()).collect();
+        let subs: HashSet<_> = got.iter().map(|m| m.header_str("subscription")).collect();
+        assert_eq!(subs, HashSet::from([Some("a"), Some("b")]));
+        for (i, m) in got.iter().enumerate() {
+            ack_delivery(&mut c, version, m, &format!("ack-{i}"));
+        }
+        let d = b.destination(&dest).unwrap();
+        assert_eq!(
+            (d["pending"].as_u64(), d["dequeued"].as_u64()),
+            (Some(0), Some(2)),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn an_ack_without_subscription_takes_the_oldest_delivery_of_the_message() {
+    let b = Broker::start(&[]);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.1")]);
+    c.subscribe("a", "/topic/nosub", "client-individual", &[]);
+    c.subscribe("b", "/topic/nosub", "client-individual", &[]);
+    b.client().send_sync("/topic/nosub", "x", &[]);
+    let first = c.expect_message();
+    let second = c.expect_message();
+    let id = first.header_str("message-id").unwrap();
+    assert_eq!(second.header_str("message-id"), Some(id));
+    // One ACK per MESSAGE received, as a client unaware of subscriptions sends them.
+    for r in ["r1", "r2"] {
+        c.frame("ACK", &[("message-id", id), ("receipt", r)], b"");
+        c.expect_receipt(r);
+    }
+    let d = b.destination("/topic/nosub").unwrap();
+    assert_eq!(
+        (d["pending"].as_u64(), d["dequeued"].as_u64()),
+        (Some(0), Some(2))
+    );
+    // A third has no delivery left to name.
+    c.frame("ACK", &[("message-id", id), ("receipt", "r3")], b"");
+    let e = c.expect_error();
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("unknown message id"));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Broker, Client};
 
@@ -26,7 +26,7 @@ fn connect_negotiates_the_highest_common_version() {
     let e = c.connected.take().unwrap();
     assert_eq!(e.command.as_str(), "ERROR");
     assert_eq!(e.header_str("version"), Some("1.0,1.1,1.2"));
-    assert!(c.is_closed_by_peer());
+    c.expect_closed_by_peer();
 }
 
 #[test]
@@ -43,7 +43,7 @@ fn frames_before_connect_are_refused() {
     let mut c = Client::raw(b.stomp);
     c.write(b"SEND\ndestination:/queue/a\n\nx\0");
     c.expect_error();
-    assert!(c.is_closed_by_peer());
+    c.expect_closed_by_peer();
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn configured_users_must_authenticate() {
         .header_str("message")
         .unwrap()
         .contains("Authentication failed"));
-    assert!(bad.is_closed_by_peer());
+    bad.expect_closed_by_peer();
     let none = Client::connect(b.stomp, &[("accept-version", "1.2")]);
     assert!(!none.is_connected());
     let good = Client::connect(
@@ -98,7 +98,7 @@ fn broker_sends_heartbeats_and_drops_a_silent_client() {
     c.stream.read_exact(&mut got).unwrap();
     assert_eq!(got[0], b'\n');
     // We never send anything: the broker must close the connection.
-    assert!(c.is_closed_by_peer());
+    c.expect_closed_by_peer();
 }
 
 #[test]
@@ -125,15 +125,13 @@ fn malformed_frames_get_an_error_and_close() {
         b"SEND\ndestination:/queue/a\ncontent-length:2\n\nabc\0",
         b"SEND\ndestination:/queue/a\nx:bad\\tescape\n\n\0",
     ] {
+        // Names the case in the output if one of the checks below fails.
+        eprintln!("malformed frame {:?}", String::from_utf8_lossy(bad));
         let mut c = b.client();
         c.write(bad);
         let e = c.expect_error();
         assert!(e.header_str("message").is_some());
-        assert!(
-            c.is_closed_by_peer(),
-            "closed after {:?}",
-            String::from_utf8_lossy(bad)
-        );
+        c.expect_closed_by_peer();
     }
 }
 
@@ -192,7 +190,7 @@ fn bad_requests_get_clear_errors() {
             "{cmd}: '{msg}' should mention '{expect}'"
         );
         assert_eq!(e.header_str("receipt-id"), Some("77"));
-        assert!(c.is_closed_by_peer());
+        c.expect_closed_by_peer();
     }
 }
 
@@ -287,7 +285,7 @@ fn sigterm_shuts_down_gracefully() {
     c.send_sync("/queue/bye", "x", &[]);
     let status = b.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(c.is_closed_by_peer());
+    c.expect_closed_by_peer();
     assert!(TcpStream::connect(b.stomp).is_err());
 }
 
@@ -311,15 +309,21 @@ fn producers_are_paused_at_the_memory_limit_and_nothing_is_lost() {
         }
         p.disconnect();
     });
-    // With no consumer the producer must stall near the limit, not grow past it.
+    // With no consumer the producer must stall near the limit, not grow past
+    // it: once memory is full, what the broker holds stays bounded, and the
+    // producer's DISCONNECT receipt (which follows all N sends) cannot have come.
     b.wait_until("memory to fill", |s| {
         s["memory_used_bytes"].as_u64().unwrap() >= 1_048_576
     });
-    for _ in 0..10 {
-        let used = b.status()["memory_used_bytes"].as_u64().unwrap();
-        assert!(used < 2 * 1_048_576, "memory use {used} ran past the limit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let used = b.status()["memory_used_bytes"].as_u64().unwrap();
+    assert!(used < 2 * 1_048_576, "memory use {used} ran past the limit");
+    let enqueued = b.destination("/queue/flow").unwrap()["enqueued"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        enqueued < N as u64,
+        "all {N} messages were taken in at the limit"
+    );
     assert!(!producer.is_finished());
     let mut c = b.client();
     c.subscribe(
@@ -339,6 +343,176 @@ fn producers_are_paused_at_the_memory_limit_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_client_that_consumes_and_produces_on_one_connection_keeps_going_at_the_memory_limit() {
+    // 1 MiB: four 256 KiB messages delivered and not yet acknowledged fill it.
+    let b = Broker::start_with_config(
+        Some("[limits]\nmemory_limit_bytes = 1048576\n"),
+        &["--shards", "2"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/self", "client-individual", &[]);
+    let body = vec![b'z'; 256 * 1024];
+    let send = |seq: usize| -> Vec<u8> {
+        let mut f = format!(
+            "SEND\ndestination:/queue/self\nseq:{seq}\ncontent-length:{}\n\n",
+            body.len()
+        )
+        .into_bytes();
+        f.extend_from_slice(&body);
+        f.push(0);
+        f
+    };
+    let mut wbuf = Vec::new();
+    for seq in 0..4 {
+        wbuf.extend(send(seq));
+    }
+    c.write(&wbuf);
+    let mut next = 4;
+    for round in 0..20 {
+        assert!(Instant::now() < deadline, "stalled in round {round}");
+        let got: Vec<_> = (0..4).map(|_| c.expect_message()).collect();
+        // One write: this round's ACKs and the next round's SENDs; on even
+        // rounds all ACKs first, on odd ones each SEND ahead of an ACK.
+        // Memory is full until ACKs are applied, so SENDs wait for them.
+        let acks = got
+            .iter()
+            .map(|m| format!("ACK\nid:{}\n\n\0", m.header_str("ack").unwrap()).into_bytes());
+        let sends = (next..next + 4).map(send);
+        next += 4;
+        let wbuf: Vec<u8> = if round % 2 == 0 {
+            acks.chain(sends).flatten().collect()
+        } else {
+            sends
+                .zip(acks)
+                .flat_map(|(s, a)| [s, a])
+                .flatten()
+                .collect()
+        };
+        c.write(&wbuf);
+    }
+    for _ in 0..4 {
+        c.expect_message();
+    }
+    assert!(Instant::now() < deadline);
+}
+
+#[test]
+fn a_send_that_waits_for_memory_does_not_hold_back_the_ack_behind_it() {
+    let b = Broker::start_with_config(Some("[limits]\nmemory_limit_bytes = 1048576\n"), &[]);
+    let mut c = b.client();
+    c.subscribe("s", "/queue/behind", "client-individual", &[]);
+    // One message as large as the memory limit, delivered, not acknowledged.
+    c.frame(
+        "SEND",
+        &[("destination", "/queue/behind"), ("receipt", "big")],
+        &vec![b'b'; 1024 * 1024],
+    );
+    c.expect_receipt("big");
+    let big = c.expect_message();
+    // A SEND, then the ACK that frees the memory it waits for, in one write.
+    let ack = big.header_str("ack").unwrap();
+    c.write(
+        format!("SEND\ndestination:/queue/behind\nreceipt:small\n\nsmall\0ACK\nid:{ack}\n\n\0")
+            .as_bytes(),
+    );
+    c.expect_receipt("small");
+    assert_eq!(common::body(&c.expect_message()), "small");
+}
+
+#[test]
+fn a_producer_that_leaves_while_paused_loses_nothing_it_sent() {
+    let b = Broker::start_with_config(Some("[limits]\nmemory_limit_bytes = 1048576\n"), &[]);
+    // About 1 MiB and 30 KiB of messages: the SENDs past the limit are
+    // read (and held) before the broker sees the end of the stream.
+    const N: usize = 250;
+    let addr = b.stomp;
+    let producer = std::thread::spawn(move || {
+        let mut p = Client::connect(addr, &[("accept-version", "1.2")]);
+        let body = vec![b'y'; 4096];
+        for i in 0..N {
+            p.frame(
+                "SEND",
+                &[("destination", "/queue/gone"), ("seq", &i.to_string())],
+                &body,
+            );
+        }
+        // Dropped: closed without DISCONNECT, SENDs still unapplied.
+    });
+    b.wait_until("memory to fill", |s| {
+        s["memory_used_bytes"].as_u64().unwrap() >= 1_048_576
+    });
+    let mut c = b.client();
+    c.subscribe("s", "/queue/gone", "auto", &[]);
+    for i in 0..N {
+        let m = c.expect_message();
+        assert_eq!(m.header_str("seq"), Some(i.to_string().as_str()));
+    }
+    producer.join().unwrap();
+}
+
+#[test]
+fn half_connect_is_closed_after_connect_timeout() {
+    let b = Broker::start_with_config(Some("[limits]\nconnect_timeout_ms = 300\n"), &[]);
+    let started = Instant::now();
+    let mut c = Client::raw(b.stomp);
+    c.write(b"CONNECT\naccept-version:1.2\nhost:h\n");
+    let e = c.expect_error();
+    assert!(
+        e.header_str("message")
+            .unwrap()
+            .contains("connect_timeout_ms"),
+        "{e:?}"
+    );
+    c.expect_closed_by_peer();
+    // A lower bound only: the broker must not give up before the timeout.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn http_and_tls_on_the_stomp_port_are_refused_at_once() {
+    // Far longer than the harness waits for a close: a close seen here is
+    // not the connect timeout.
+    let b = Broker::start_with_config(Some("[limits]\nconnect_timeout_ms = 600000\n"), &[]);
+    let tls_client_hello: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x5e, 0x91, 0x0a, 0x2c,
+    ];
+    for (request, what) in [
+        (&b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n"[..], "HTTP"),
+        (b"POST /api HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", "HTTP"),
+        (b"CONNECT broker:61613 HTTP/1.1\r\n\r\n", "HTTP"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP"),
+        (tls_client_hello, "TLS"),
+    ] {
+        eprintln!("request {:?}", String::from_utf8_lossy(request));
+        let mut c = Client::raw(b.stomp);
+        c.write(request);
+        let e = c.expect_error();
+        let message = e.header_str("message").unwrap();
+        assert!(message.contains(what), "{message}");
+        c.expect_closed_by_peer();
+    }
+}
+
+#[test]
+fn a_connection_slot_held_by_a_silent_socket_is_freed_by_the_connect_timeout() {
+    let b = Broker::start_with_config(
+        Some("[limits]\nmax_connections = 1\nconnect_timeout_ms = 300\n"),
+        &[],
+    );
+    let mut silent = Client::raw(b.stomp);
+    b.wait_until("the silent socket to hold the slot", |s| {
+        s["connections"] == 1
+    });
+    let refused = b.client();
+    assert!(!refused.is_connected(), "only one slot");
+    silent.expect_error();
+    silent.expect_closed_by_peer();
+    b.wait_until("the slot to be free", |s| s["connections"] == 0);
+    assert!(b.client().is_connected());
+}
+
+#[test]
 fn config_errors_name_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for (text, key) in [
@@ -346,6 +520,11 @@ fn config_errors_name_the_key_and_exit_2() {
         ("shards = 0\n", "shards"),
         ("[limits]\nmax_frame_size = \"big\"\n", "max_frame_size"),
         ("[store]\nmode = \"tape\"\n", "mode"),
+        ("[limits]\nconnect_timeout_ms = 0\n", "connect_timeout_ms"),
+        (
+            "[limits]\nconnect_timeout_ms = \"soon\"\n",
+            "connect_timeout_ms",
+        ),
     ] {
         let p = dir.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();

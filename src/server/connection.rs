@@ -3,9 +3,10 @@
 //! into one socket write.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -72,6 +73,44 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
     debug!(conn = id, "closed");
 }
 
+/// While a SEND waits for memory, the reader goes on reading this many
+/// bytes past it, so that ACKs the client wrote after that SEND are seen
+/// and applied (they are what frees the memory), while TCP still pushes
+/// back on a client that only produces.
+const LOOKAHEAD: usize = READ_CHUNK;
+
+/// Frames read behind a SEND that waits for memory, that SEND first.
+#[derive(Default)]
+struct Held {
+    frames: VecDeque<(Frame, usize)>,
+    /// Wire bytes of the frames behind the first.
+    behind: usize,
+}
+
+impl Held {
+    fn push(&mut self, frame: Frame, size: usize) {
+        if !self.frames.is_empty() {
+            self.behind += size;
+        }
+        self.frames.push_back((frame, size));
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        let (frame, _) = self.frames.pop_front()?;
+        if let Some((_, size)) = self.frames.front() {
+            self.behind -= size;
+        }
+        Some(frame)
+    }
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    /// Memory was freed (or the broker is shutting down): held frames may go.
+    Capacity,
+    TimedOut,
+}
+
 async fn read_loop(
     ctx: &ShardContext,
     session: &RefCell<Session>,
@@ -83,102 +122,215 @@ async fn read_loop(
     let mut chunk = 4096;
     let mut buf = BytesMut::new();
     let mut read_timeout: Option<Duration> = None;
+    // Counted from the accept, not per read: a peer that trickles bytes
+    // cannot keep a slot longer than one that sends nothing.
+    let connect_by = Instant::now() + ctx.shared.connect_timeout;
     let mut actions = Vec::new();
+    let mut held = Held::default();
     loop {
-        let filled = buf.len();
-        buf.reserve(chunk);
-        buf.resize(filled + chunk, 0);
-        let read = match read_timeout {
-            None => reader.read(&mut buf[filled..]).await,
-            Some(t) => {
-                futures_lite::future::or(reader.read(&mut buf[filled..]), async {
-                    sleep(t).await;
-                    Err(std::io::ErrorKind::TimedOut.into())
-                })
-                .await
-            }
+        let timeout = if session.borrow().is_open() {
+            read_timeout
+        } else {
+            Some(connect_by.saturating_duration_since(Instant::now()))
         };
-        let n = match read {
-            Ok(0) => {
-                buf.truncate(filled);
-                return;
-            }
-            Ok(n) => n,
-            Err(e) => {
-                buf.truncate(filled);
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    debug!("no heart-beat from the client; dropping it");
-                }
-                return;
-            }
-        };
-        buf.truncate(filled + n);
-        if n == chunk {
-            chunk = (chunk * 2).min(READ_CHUNK);
-        }
-        loop {
-            let version = session.borrow().version();
-            match parse(&mut buf, version, &ctx.shared.limits) {
-                Ok(None) => break,
-                Ok(Some(Parsed::Heartbeat)) => {}
-                Ok(Some(Parsed::Frame(frame))) => {
-                    if frame.command == Command::Send {
-                        let persistent = frame.header("persistent") == Some(b"true");
-                        if ctx.shared.send_fail_if_no_space && over_limit(ctx, persistent) {
-                            // The operator asked for errors instead of waiting (ActiveMQ's sendFailIfNoSpace).
-                            session.borrow_mut().reject(
-                                &frame,
-                                "broker is out of space (limits.memory_limit_bytes or store.limit_bytes reached); message not accepted",
-                                &mut actions,
-                            );
-                            break;
-                        }
-                        wait_for_capacity(ctx, persistent).await;
+        let event = next_event(ctx, &mut reader, &mut buf, chunk, &held, timeout).await;
+        match event {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => {
+                // Flow control delays a SEND, it never drops one: what the
+                // client sent in full before it left is still applied.
+                while let Some((front, _)) = held.frames.front() {
+                    wait_for_capacity(ctx, is_persistent(front)).await;
+                    release_held(ctx, session, &mut held, &mut actions);
+                    route(ctx, outbound, &mut actions, &mut read_timeout);
+                    if session.borrow().is_closed() {
+                        break;
                     }
-                    session.borrow_mut().handle(frame, &mut actions);
                 }
+                return;
+            }
+            Event::Read(Ok(n)) => {
+                if n == chunk {
+                    chunk = (chunk * 2).min(READ_CHUNK);
+                }
+            }
+            Event::Capacity => {}
+            Event::TimedOut => {
+                if session.borrow().is_open() {
+                    debug!("no heart-beat from the client; dropping it");
+                } else {
+                    debug!("no CONNECT in time; dropping the connection");
+                    let message = format!(
+                        "no CONNECT frame within limits.connect_timeout_ms ({} ms)",
+                        ctx.shared.connect_timeout.as_millis()
+                    );
+                    session.borrow_mut().protocol_error(&message, &mut actions);
+                    route(ctx, outbound, &mut actions, &mut read_timeout);
+                }
+                return;
+            }
+        }
+        // Frames held behind a waiting SEND go first; then what this read brought.
+        release_held(ctx, session, &mut held, &mut actions);
+        while !session.borrow().is_closed() {
+            let version = session.borrow().version();
+            let before = buf.len();
+            let frame = match parse(&mut buf, version, &ctx.shared.limits) {
+                Ok(None) => break,
+                Ok(Some(Parsed::Heartbeat)) => continue,
+                Ok(Some(Parsed::Frame(frame))) => frame,
                 Err(e) => {
                     session
                         .borrow_mut()
                         .protocol_error(&e.to_string(), &mut actions);
                     break;
                 }
-            }
-            // Keep the negotiated timeout in force for the next read.
-            for a in &actions {
-                if let Action::Heartbeat {
-                    read_timeout_ms, ..
-                } = a
-                {
-                    read_timeout =
-                        (*read_timeout_ms > 0).then(|| Duration::from_millis(*read_timeout_ms));
+            };
+            let size = before - buf.len();
+            if !held.frames.is_empty() {
+                if overtakes_held(&frame) {
+                    session.borrow_mut().handle(frame, &mut actions);
+                } else {
+                    held.push(frame, size);
                 }
-            }
-            if session.borrow().is_closed() {
-                break;
+            } else if must_wait(ctx, session, &frame) {
+                if ctx.shared.send_fail_if_no_space {
+                    // The operator asked for errors instead of waiting (ActiveMQ's sendFailIfNoSpace).
+                    session.borrow_mut().reject(
+                        &frame,
+                        "broker is out of space (limits.memory_limit_bytes or store.limit_bytes reached); message not accepted",
+                        &mut actions,
+                    );
+                    break;
+                }
+                debug!(
+                    memory_used = ctx.shared.usage.used(),
+                    "limit reached; pausing producer"
+                );
+                // What came before this SEND goes now: the client's ACKs
+                // among it free the memory the SEND waits for.
+                route(ctx, outbound, &mut actions, &mut read_timeout);
+                held.push(frame, size);
+            } else {
+                session.borrow_mut().handle(frame, &mut actions);
             }
         }
         // One routing pass per read: ops bound for the same shard leave together.
-        execute(ctx, outbound, std::mem::take(&mut actions));
+        route(ctx, outbound, &mut actions, &mut read_timeout);
         if session.borrow().is_closed() {
             return;
         }
     }
 }
 
-/// Producer flow control: while held messages exceed the memory limit (or,
-/// for persistent messages, the journal its disk budget), stop reading from
-/// this producer. Nothing is dropped; TCP pushes back.
-async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
-    let over = || over_limit(ctx, persistent);
-    if !over() {
-        return;
+/// Waits for bytes from the client (appended to `buf`) or `timeout`; while
+/// a SEND is held, for bytes or memory, or, with enough read past that
+/// SEND, for memory alone.
+async fn next_event(
+    ctx: &ShardContext,
+    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    buf: &mut BytesMut,
+    chunk: usize,
+    held: &Held,
+    timeout: Option<Duration>,
+) -> Event {
+    let filled = buf.len();
+    let waiting = held.frames.front().map(|(f, _)| is_persistent(f));
+    let capacity = |persistent| async move {
+        wait_for_capacity(ctx, persistent).await;
+        Event::Capacity
+    };
+    if let Some(persistent) = waiting {
+        if held.behind + filled >= LOOKAHEAD {
+            return capacity(persistent).await;
+        }
     }
-    debug!(
-        memory_used = ctx.shared.usage.used(),
-        "limit reached; pausing producer"
-    );
-    while over() && !ctx.shutdown.is_set() {
+    buf.resize(filled + chunk, 0);
+    let read = async { Event::Read(reader.read(&mut buf[filled..]).await) };
+    let event = match (waiting, timeout) {
+        (Some(persistent), _) => futures_lite::future::or(read, capacity(persistent)).await,
+        (None, None) => read.await,
+        (None, Some(t)) => {
+            futures_lite::future::or(read, async {
+                sleep(t).await;
+                Event::TimedOut
+            })
+            .await
+        }
+    };
+    let n = match event {
+        Event::Read(Ok(n)) => n,
+        _ => 0,
+    };
+    buf.truncate(filled + n);
+    event
+}
+
+/// Handles held frames in order, as far as memory allows.
+fn release_held(
+    ctx: &ShardContext,
+    session: &RefCell<Session>,
+    held: &mut Held,
+    actions: &mut Vec<Action>,
+) {
+    while let Some((front, _)) = held.frames.front() {
+        if must_wait(ctx, session, front) || session.borrow().is_closed() {
+            return;
+        }
+        if let Some(frame) = held.pop() {
+            session.borrow_mut().handle(frame, actions);
+        }
+    }
+}
+
+fn is_persistent(f: &Frame) -> bool {
+    f.header("persistent") == Some(b"true")
+}
+
+/// A SEND that must wait for memory (or journal space) before it is applied.
+/// Before CONNECT the session refuses it anyway, and at shutdown nothing
+/// frees memory any more.
+fn must_wait(ctx: &ShardContext, session: &RefCell<Session>, f: &Frame) -> bool {
+    f.command == Command::Send
+        && session.borrow().is_open()
+        && !ctx.shutdown.is_set()
+        && over_limit(ctx, is_persistent(f))
+}
+
+/// An ACK or NACK may be applied ahead of held frames: it settles a
+/// delivery made before it was written, which no held frame can create or
+/// move (at most one could have made it an error, e.g. an UNSUBSCRIBE of
+/// its subscription; applied early it succeeds instead), and without a
+/// receipt it answers nothing whose order the client could see. Within a
+/// transaction it frees nothing until COMMIT, so it keeps its place.
+fn overtakes_held(f: &Frame) -> bool {
+    matches!(f.command, Command::Ack | Command::Nack)
+        && f.header("receipt").is_none()
+        && f.header("transaction").is_none()
+}
+
+/// Routes `actions`, keeping the negotiated heart-beat timeout for later reads.
+fn route(
+    ctx: &ShardContext,
+    outbound: &Mailbox<Outbound>,
+    actions: &mut Vec<Action>,
+    read_timeout: &mut Option<Duration>,
+) {
+    for a in actions.iter() {
+        if let Action::Heartbeat {
+            read_timeout_ms, ..
+        } = a
+        {
+            *read_timeout = (*read_timeout_ms > 0).then(|| Duration::from_millis(*read_timeout_ms));
+        }
+    }
+    execute(ctx, outbound, std::mem::take(actions));
+}
+
+/// Producer flow control: while held messages exceed the memory limit (or,
+/// for persistent messages, the journal its disk budget), a SEND waits.
+/// Nothing is dropped; TCP pushes back.
+async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
+    while over_limit(ctx, persistent) && !ctx.shutdown.is_set() {
         sleep(Duration::from_millis(5)).await;
     }
 }

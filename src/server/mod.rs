@@ -119,6 +119,7 @@ pub fn serve(config: Config) -> Result<()> {
             ..Limits::default()
         },
         max_connections: config.limits.max_connections,
+        connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
         memory_limit_bytes: config.limits.memory_limit_bytes,
         usage: usage.clone(),
         connections: Arc::new(AtomicUsize::new(0)),

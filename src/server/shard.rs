@@ -66,6 +66,8 @@ pub struct Shared {
     pub settings: BrokerSettings,
     pub limits: Limits,
     pub max_connections: usize,
+    /// How long a connection may take to complete CONNECT.
+    pub connect_timeout: Duration,
     pub memory_limit_bytes: usize,
     pub usage: Arc<MemoryUsage>,
     pub connections: Arc<AtomicUsize>,

@@ -360,11 +360,22 @@ impl Client {
         }
     }
 
-    /// Asserts that nothing arrives within `t` (a negative check, not a timing one).
-    pub fn expect_nothing(&mut self, t: Duration) {
-        if let Some(f) = self.recv_timeout(t) {
-            panic!("expected no frame, got {f:?}");
-        }
+    /// Sends `command` with a receipt and returns the MESSAGE frames that
+    /// arrived before the RECEIPT (and any held from earlier). The broker
+    /// answers only once the owning shard has applied the frame, and the
+    /// deliveries that frame (or anything before it) caused travel ahead of
+    /// the answer: a positive fence for "nothing else was delivered".
+    pub fn messages_before_receipt(
+        &mut self,
+        command: &str,
+        headers: &[(&str, &str)],
+        receipt: &str,
+    ) -> Vec<Frame> {
+        let mut h = headers.to_vec();
+        h.push(("receipt", receipt));
+        self.frame(command, &h, b"");
+        self.expect_receipt(receipt);
+        self.held.drain(..).collect()
     }
 
     pub fn expect_message(&mut self) -> Frame {
@@ -379,9 +390,49 @@ impl Client {
         f
     }
 
-    /// True once the broker has closed the connection.
-    pub fn is_closed_by_peer(&mut self) -> bool {
-        self.recv_timeout(Duration::from_secs(10)).is_none()
+    /// Waits for the broker to close the connection: end of stream or a
+    /// reset. Heart-beats are skipped; a frame, or 10 s of silence, fails
+    /// the test (silence is not a close).
+    pub fn expect_closed_by_peer(&mut self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match parse(&mut self.buf, self.version, &Limits::default()) {
+                Ok(Some(Parsed::Heartbeat)) => continue,
+                Ok(Some(Parsed::Frame(f))) => {
+                    panic!("expected the broker to close the connection, got {f:?}")
+                }
+                Ok(None) => {}
+                Err(e) => panic!("broker sent a malformed frame: {e}"),
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the broker did not close the connection within 10 s"
+            );
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("the broker did not close the connection within 10 s")
+                }
+                Err(e) => panic!("reading while waiting for a close: {e}"),
+            }
+        }
     }
 
     pub fn ack(&mut self, msg: &Frame) {

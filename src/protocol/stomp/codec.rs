@@ -39,6 +39,9 @@ pub enum FrameError {
     TooManyHeaders { max: usize },
     #[error("unknown command '{0}'")]
     UnknownCommand(String),
+    /// The peer speaks another protocol on the STOMP port.
+    #[error("expected a STOMP frame, got {0}; this port speaks plain STOMP")]
+    NotStomp(&'static str),
     #[error("malformed header line '{0}': expected name:value")]
     MalformedHeader(String),
     #[error("invalid escape sequence in header '{0}'")]
@@ -97,6 +100,7 @@ struct Scan {
 }
 
 fn scan(buf: &[u8], version: Version, limits: &Limits) -> Result<Option<Scan>, FrameError> {
+    check_command(buf)?;
     let mut pos = 0;
     let mut headers = 0usize;
     let mut content_length: Option<usize> = None;
@@ -168,6 +172,56 @@ fn scan(buf: &[u8], version: Version, limits: &Limits) -> Result<Option<Scan>, F
             }),
             None => Ok(None),
         },
+    }
+}
+
+/// Refuses a frame as soon as its first line cannot become a command, not
+/// once it is complete: an HTTP request or a TLS handshake sent to this port
+/// never ends the way a frame does, and would otherwise be buffered until
+/// a limit or a timeout ends it.
+fn check_command(buf: &[u8]) -> Result<(), FrameError> {
+    let ok = match memchr::memchr(b'\n', buf) {
+        Some(nl) => Command::parse(trim_cr(&buf[..nl])).is_some(),
+        None => match buf.strip_suffix(b"\r") {
+            // Only a whole command may stand before the CR of a CRLF.
+            Some(cmd) => Command::parse(cmd).is_some(),
+            None => Command::ALL
+                .iter()
+                .any(|c| c.as_str().as_bytes().starts_with(buf)),
+        },
+    };
+    if ok {
+        return Ok(());
+    }
+    if let Some(what) = foreign_protocol(buf) {
+        return Err(FrameError::NotStomp(what));
+    }
+    let line = memchr::memchr(b'\n', buf).map_or(buf, |nl| trim_cr(&buf[..nl]));
+    Err(FrameError::UnknownCommand(lossy(line)))
+}
+
+/// Names the protocol a client that is not speaking STOMP speaks, when its
+/// first bytes make that plain: an HTTP request line (HTTP/2's preface
+/// included) or a TLS handshake record (content type 22, version 3.x).
+fn foreign_protocol(buf: &[u8]) -> Option<&'static str> {
+    const HTTP: [&[u8]; 10] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"CONNECT ",
+        b"PRI * HTTP/2",
+    ];
+    if buf.starts_with(&[0x16, 0x03]) {
+        Some("a TLS handshake")
+    } else if HTTP.iter().any(|m| buf.starts_with(m)) {
+        Some("an HTTP request")
+    } else {
+        None
     }
 }
 
@@ -371,7 +425,9 @@ mod tests {
             parse(&mut buf, Version::V1_2, &Limits::default()),
             Err(FrameError::TooLarge { .. })
         ));
-        let mut buf = BytesMut::from(&[b'a'; 20_000][..]);
+        let mut long_header = b"SEND\n".to_vec();
+        long_header.extend_from_slice(&[b'a'; 20_000]);
+        let mut buf = BytesMut::from(&long_header[..]);
         assert!(matches!(
             parse(&mut buf, Version::V1_2, &Limits::default()),
             Err(FrameError::HeadersTooLarge { .. })
@@ -395,6 +451,41 @@ mod tests {
         assert_eq!(
             one(b"SEND\ncontent-length:1\n\nab", Version::V1_2),
             Err(FrameError::MissingNul)
+        );
+    }
+
+    #[test]
+    fn an_unknown_command_is_refused_before_the_frame_is_complete() {
+        assert!(matches!(
+            one(b"BOGUS", Version::V1_2),
+            Err(FrameError::UnknownCommand(c)) if c == "BOGUS"
+        ));
+        assert!(matches!(
+            one(b"SEN\r", Version::V1_2),
+            Err(FrameError::UnknownCommand(_))
+        ));
+        for prefix in [&b"S"[..], b"SUBSC", b"CONNECT", b"CONNECT\r", b"CONNECT\n"] {
+            assert_eq!(one(prefix, Version::V1_0), Ok(None), "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn http_and_tls_are_named_from_their_first_bytes() {
+        for http in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"POST ",
+            b"CONNECT host:443 HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(
+                one(http, Version::V1_0),
+                Err(FrameError::NotStomp("an HTTP request")),
+                "{http:?}"
+            );
+        }
+        assert_eq!(
+            one(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01], Version::V1_0),
+            Err(FrameError::NotStomp("a TLS handshake"))
         );
     }
 

@@ -53,6 +53,24 @@ pub enum Command {
 }
 
 impl Command {
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     pub fn parse(raw: &[u8]) -> Option<Command> {
         Some(match raw {
             b"CONNECT" => Command::Connect,
@@ -261,6 +279,13 @@ mod tests {
         let mut out = BytesMut::new();
         f.encode(Version::V1_1, &mut out);
         assert!(out.starts_with(b"MESSAGE\nk:a\rb\n"));
+    }
+
+    #[test]
+    fn every_command_parses_from_its_name() {
+        for c in Command::ALL {
+            assert_eq!(Command::parse(c.as_str().as_bytes()), Some(c));
+        }
     }
 
     #[test]

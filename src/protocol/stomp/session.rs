@@ -69,7 +69,51 @@ struct Sub {
 #[derive(Debug)]
 enum TxOp {
     Send(SharedMessage),
-    Ack { id: MessageId, nack: bool },
+    Ack { id: MessageId, sub: u64, nack: bool },
+}
+
+/// The subscriptions of this connection that hold one message
+/// unacknowledged, oldest delivery first. Nearly always one: only a topic
+/// subscribed more than once on a connection hands it the same message
+/// twice, so the common case costs no allocation.
+#[derive(Debug)]
+enum Holders {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Holders {
+    fn push(&mut self, sub: u64) {
+        match self {
+            Holders::One(first) => *self = Holders::Many(vec![*first, sub]),
+            Holders::Many(subs) => subs.push(sub),
+        }
+    }
+
+    fn oldest(&self) -> u64 {
+        match self {
+            Holders::One(sub) => *sub,
+            Holders::Many(subs) => subs[0],
+        }
+    }
+
+    fn contains(&self, sub: u64) -> bool {
+        match self {
+            Holders::One(s) => *s == sub,
+            Holders::Many(subs) => subs.contains(&sub),
+        }
+    }
+
+    /// Drops `sub`; true when no holder is left.
+    fn remove(&mut self, sub: u64) -> bool {
+        match self {
+            Holders::One(s) => *s == sub,
+            Holders::Many(subs) => {
+                subs.retain(|s| *s != sub);
+                subs.is_empty()
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -89,7 +133,10 @@ pub struct Session {
     subs: HashMap<u64, Sub>,
     sub_by_id: HashMap<Bytes, u64>,
     next_sub: u64,
-    unacked: IdMap<u64>,
+    /// Per message id, the subscriptions it awaits an ACK on. One message
+    /// can be out on several subscriptions of this connection at once, so
+    /// an ACK names a delivery (message and subscription), not a message.
+    unacked: IdMap<Holders>,
     transactions: HashMap<Bytes, Vec<TxOp>>,
     receipts: HashMap<u64, PendingReceipt>,
     next_token: u64,
@@ -131,6 +178,11 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// CONNECT has been accepted and the connection is not closed.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
     }
 
     /// Handles one frame from the client.
@@ -177,7 +229,8 @@ impl Session {
         }
     }
 
-    /// Reports a frame that could not be parsed; the connection closes.
+    /// Reports a fault that is no frame's (bytes that do not parse, no
+    /// CONNECT in time): ERROR, then the connection closes.
     pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
         self.error(message, None, out);
     }
@@ -517,7 +570,7 @@ impl Session {
             return 0;
         };
         for id in &s.unacked {
-            self.unacked.remove(id);
+            self.release(*id, sub);
         }
         let owner = s.destination.owner(self.cfg.shards);
         out.push(Action::Route(
@@ -543,19 +596,11 @@ impl Session {
     }
 
     fn ack(&mut self, f: &Frame, nack: bool, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        let what = if nack { "NACK" } else { "ACK" };
-        let raw = match f.header_str("id").or_else(|| f.header_str("message-id")) {
-            Some(r) => r,
-            None => return refuse(format!("{what} requires an id header")),
-        };
-        let id = match parse_message_id(raw) {
-            Some(id) if self.unacked.contains_key(&id) => id,
-            _ => return refuse(format!("{what} of unknown message id '{raw}'")),
-        };
+        let (id, sub) = self.delivery_named_by(f, nack)?;
         if let Some(t) = f.header("transaction") {
             return match self.transactions.get_mut(t) {
                 Some(ops) => {
-                    ops.push(TxOp::Ack { id, nack });
+                    ops.push(TxOp::Ack { id, sub, nack });
                     Ok(vec![])
                 }
                 None => refuse(format!(
@@ -564,26 +609,77 @@ impl Session {
                 )),
             };
         }
-        self.apply_ack(id, nack, out).map(|s| vec![s])
+        self.apply_ack(id, sub, nack, out).map(|s| vec![s])
+    }
+
+    /// The delivery an ACK/NACK names. 1.2 names it with the MESSAGE's
+    /// `ack` value, which carries the subscription. 1.0/1.1 name a message
+    /// (`message-id`) and, if the client sends it, a `subscription`; without
+    /// one, the oldest unacknowledged delivery of that message on this
+    /// connection is meant, so a client that ACKs every MESSAGE it gets
+    /// ACKs each delivery once however many subscriptions it has.
+    fn delivery_named_by(&self, f: &Frame, nack: bool) -> Result<(MessageId, u64), Refusal> {
+        let what = if nack { "NACK" } else { "ACK" };
+        let raw = match f.header_str("id").or_else(|| f.header_str("message-id")) {
+            Some(r) => r,
+            None if self.version == Version::V1_2 => {
+                return refuse(format!("{what} requires an id header"))
+            }
+            None => return refuse(format!("{what} requires a message-id header")),
+        };
+        let unknown = || refuse(format!("{what} of unknown message id '{raw}'"));
+        let Some((id, named_sub)) = parse_ack_id(raw) else {
+            return unknown();
+        };
+        let Some(holders) = self.unacked.get(&id) else {
+            return unknown();
+        };
+        let sub = match (named_sub, f.header("subscription")) {
+            (Some(sub), _) => sub,
+            (None, Some(client_sub)) => match self.sub_by_id.get(client_sub) {
+                Some(&sub) => sub,
+                None => {
+                    return refuse(format!(
+                        "{what} for unknown subscription '{}'",
+                        String::from_utf8_lossy(client_sub)
+                    ))
+                }
+            },
+            (None, None) => holders.oldest(),
+        };
+        if !holders.contains(sub) {
+            return unknown();
+        }
+        Ok((id, sub))
+    }
+
+    /// Forgets that `sub` awaits an ACK for message `id`.
+    fn release(&mut self, id: MessageId, sub: u64) {
+        if let Some(h) = self.unacked.get_mut(&id) {
+            if h.remove(sub) {
+                self.unacked.remove(&id);
+            }
+        }
+    }
+
+    fn is_unacked(&self, id: MessageId, sub: u64) -> bool {
+        self.unacked.get(&id).is_some_and(|h| h.contains(sub))
     }
 
     fn apply_ack(
         &mut self,
         id: MessageId,
+        sub: u64,
         nack: bool,
         out: &mut Vec<Action>,
     ) -> Result<usize, Refusal> {
-        let Some(&sub) = self.unacked.get(&id) else {
-            return refuse(format!(
-                "ACK of unknown message id '{MESSAGE_ID_PREFIX}{id}'"
-            ));
-        };
         let Some(s) = self.subs.get_mut(&sub) else {
             return refuse("ACK for a closed subscription");
         };
         let ids: Vec<MessageId> = match s.mode {
             AckMode::Client => {
-                // Cumulative: this message and every one delivered before it.
+                // Cumulative: this message and every one delivered before it
+                // on the same subscription.
                 let upto = s.unacked.iter().position(|m| *m == id).map_or(0, |p| p + 1);
                 s.unacked.drain(..upto).collect()
             }
@@ -594,10 +690,10 @@ impl Session {
                 vec![id]
             }
         };
-        for m in &ids {
-            self.unacked.remove(m);
-        }
         let destination = s.destination.clone();
+        for m in &ids {
+            self.release(*m, sub);
+        }
         let owner = destination.owner(self.cfg.shards);
         let consumer = self.consumer(sub);
         let op = if nack {
@@ -650,10 +746,10 @@ impl Session {
                     out.push(Action::Route(owner, Op::Send(msg)));
                     shards.push(owner);
                 }
-                TxOp::Ack { id, nack } => {
+                TxOp::Ack { id, sub, nack } => {
                     // Already covered by an earlier cumulative ACK in the same transaction.
-                    if self.unacked.contains_key(&id) {
-                        shards.push(self.apply_ack(id, nack, out)?);
+                    if self.is_unacked(id, sub) {
+                        shards.push(self.apply_ack(id, sub, nack, out)?);
                     }
                 }
             }
@@ -698,7 +794,7 @@ impl Session {
             let _ = writeln!(buf, "message-id:{MESSAGE_ID_PREFIX}{}", m.id);
             put_header(buf, b"destination", &s.destination_header, escape);
             if self.version == Version::V1_2 {
-                let _ = writeln!(buf, "ack:{MESSAGE_ID_PREFIX}{}", m.id);
+                let _ = writeln!(buf, "ack:{MESSAGE_ID_PREFIX}{}-{sub}", m.id);
             }
             if d.redelivered {
                 buf.put_slice(b"redelivered:true\n");
@@ -722,7 +818,10 @@ impl Session {
                 AckMode::Auto => auto.push(m.id),
                 _ => {
                     s.unacked.push_back(m.id);
-                    self.unacked.insert(m.id, sub);
+                    self.unacked
+                        .entry(m.id)
+                        .and_modify(|h| h.push(sub))
+                        .or_insert(Holders::One(sub));
                 }
             }
         }
@@ -776,6 +875,46 @@ fn parse_heartbeat(hb: &str) -> Option<(u64, u64)> {
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
-fn parse_message_id(raw: &str) -> Option<MessageId> {
-    raw.strip_prefix(MESSAGE_ID_PREFIX)?.parse().ok()
+/// Reads an ACK/NACK id: a 1.2 `ack` value (`ID:brokk-<message>-<sub>`,
+/// naming the delivery), or a message id (`ID:brokk-<message>`), which
+/// 1.0/1.1 clients send and some 1.2 clients send in place of `ack`.
+fn parse_ack_id(raw: &str) -> Option<(MessageId, Option<u64>)> {
+    let rest = raw.strip_prefix(MESSAGE_ID_PREFIX)?;
+    match rest.split_once('-') {
+        Some((id, sub)) => Some((id.parse().ok()?, Some(sub.parse().ok()?))),
+        None => Some((rest.parse().ok()?, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_ids_name_a_delivery_or_a_message() {
+        assert_eq!(parse_ack_id("ID:brokk-42-7"), Some((42, Some(7))));
+        assert_eq!(parse_ack_id("ID:brokk-42"), Some((42, None)));
+        for bad in [
+            "42",
+            "ID:brokk-",
+            "ID:brokk-x",
+            "ID:brokk-42-",
+            "ID:brokk-42-x",
+            "ID:other-42",
+        ] {
+            assert_eq!(parse_ack_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn holders_keep_delivery_order() {
+        let mut h = Holders::One(3);
+        h.push(1);
+        assert_eq!(h.oldest(), 3);
+        assert!(h.contains(1) && h.contains(3) && !h.contains(2));
+        assert!(!h.remove(3));
+        assert_eq!(h.oldest(), 1);
+        assert!(h.remove(1));
+        assert!(Holders::One(5).remove(5));
+    }
 }
