@@ -134,7 +134,9 @@ impl ShardContext {
     pub fn route_all(&self, work: impl IntoIterator<Item = (usize, ShardMsg)>) {
         let mut work: VecDeque<(usize, ShardMsg)> = work.into_iter().collect();
         let mut produced = Vec::new();
-        // Counted before this pass yields, so before any peer can apply them.
+        // Messages for other shards and deferred replies, counted once per
+        // pass (one shared atomic per batch, not per message), before this
+        // pass yields, so before any peer can apply them.
         let mut crossing = 0;
         while let Some((target, msg)) = work.pop_front() {
             if target != self.id {
@@ -157,7 +159,7 @@ impl ShardContext {
                         conn.shard as usize,
                         ShardMsg::Reply(Reply::Fenced { conn, token }),
                     );
-                    self.when_durable(reply, &mut work);
+                    crossing += i64::from(self.when_durable(reply, &mut work));
                 }
                 ShardMsg::Op(Op::DeadLetter { msg, retire }) => {
                     self.broker.borrow_mut().apply(Op::Send(msg), &mut produced);
@@ -165,7 +167,7 @@ impl ShardContext {
                     if let Some(r) = retire {
                         // The origin retires its copy only after ours is durable.
                         let reply = (r.shard, ShardMsg::Reply(Reply::Retire(r)));
-                        self.when_durable(reply, &mut work);
+                        crossing += i64::from(self.when_durable(reply, &mut work));
                     }
                 }
                 ShardMsg::Op(op) => {
@@ -188,14 +190,23 @@ impl ShardContext {
 
     /// Sends `reply` once the journal has flushed everything appended so
     /// far (at once without a journal, or when nothing is pending).
-    fn when_durable(&self, reply: (usize, ShardMsg), work: &mut VecDeque<(usize, ShardMsg)>) {
+    /// Returns whether the reply was deferred (counted in `in_flight` by
+    /// the caller, once per routing pass).
+    fn when_durable(
+        &self,
+        reply: (usize, ShardMsg),
+        work: &mut VecDeque<(usize, ShardMsg)>,
+    ) -> bool {
         match &self.journal {
             Some(j) if j.borrow().appended() > j.borrow().durable() => {
                 let upto = j.borrow().appended();
                 self.deferred.borrow_mut().push_back((upto, reply));
-                self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+                true
             }
-            _ => work.push_back(reply),
+            _ => {
+                work.push_back(reply);
+                false
+            }
         }
     }
 
