@@ -14,6 +14,8 @@
 //! boundary. The generation orders segments; rounds and records carry its
 //! low bits so the stale content of a reused segment reads as foreign.
 
+#[cfg(test)]
+mod crash_cases;
 pub mod recovery;
 pub mod round;
 mod segment_read;
@@ -116,9 +118,15 @@ pub struct Journal {
     in_use: VecDeque<usize>,
     /// Reusable segments, oldest generation first (reuse order matters: see
     /// `release_dead_segments`), each with the append sequence number that
-    /// freed it: a segment is overwritten only once a durable round says it
-    /// is free, so recovery never mistakes it for live data.
-    free: VecDeque<(usize, u64)>,
+    /// freed it (None: it holds nothing recovery could replay). A segment is
+    /// overwritten only once a synced round has said it is free (see
+    /// `claimed`), so recovery never mistakes its old content for live data.
+    free: VecDeque<(usize, Option<u64>)>,
+    /// Segments freed up to this append sequence number are declared free
+    /// by a round that is durable: every round says which segments are
+    /// free (`first_gen`) counting only those whose freeing acknowledgement
+    /// was already durable when it was laid out. None until the first.
+    claimed: Option<u64>,
     next_generation: u64,
     /// Record bytes appended to the active segment and not yet written.
     pending_len: u64,
@@ -252,9 +260,10 @@ impl Journal {
                 }),
             }
         }
-        let reusable =
-            matches!(self.free.front(), Some(&(_, freed_at)) if freed_at <= self.durable);
-        let next = match reusable.then(|| self.free.pop_front()).flatten() {
+        // Segments freed later are never reusable before one freed earlier
+        // (claims only grow), so this takes the oldest reusable one.
+        let reusable = self.free.iter().position(|&(_, f)| self.is_reusable(f));
+        let next = match reusable.and_then(|k| self.free.remove(k)) {
             Some((i, _)) => i,
             None => {
                 let index = self.segments.len();
@@ -323,18 +332,32 @@ impl Journal {
                 break;
             }
             self.in_use.pop_front();
-            self.free.push_back((oldest, self.appended));
+            self.free.push_back((oldest, Some(self.appended)));
             self.usage
                 .used_bytes
                 .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
         }
     }
 
-    /// The generation of the oldest segment holding data.
+    /// Whether a free segment freed at `freed_at` may be overwritten.
+    fn is_reusable(&self, freed_at: Option<u64>) -> bool {
+        freed_at.is_none_or(|f| self.claimed.is_some_and(|c| f <= c))
+    }
+
+    /// The oldest generation a round laid out now may call live: segments
+    /// older than it are free for good. Conservative: a segment freed by an
+    /// acknowledgement that is not durable yet still counts as live, since
+    /// this round may survive a crash that the acknowledgement does not.
     fn first_gen(&self) -> u64 {
-        self.in_use
+        let front = self
+            .in_use
             .front()
-            .map_or(0, |&i| self.segments[i].generation)
+            .map_or(u64::MAX, |&i| self.segments[i].generation);
+        self.free
+            .iter()
+            .filter(|(_, f)| f.is_some_and(|f| f > self.durable))
+            .map(|&(i, _)| self.segments[i].generation)
+            .fold(front, u64::min)
     }
 
     fn round_header(&self, kind: RoundKind, len: u64) -> RoundHeader {
@@ -483,6 +506,9 @@ pub struct Written {
     upto: u64,
     /// The journal position after the last round written.
     end: Option<Position>,
+    /// `durable` when the rounds were laid out: once they are durable,
+    /// segments freed up to it are declared free on disk.
+    claim_basis: u64,
 }
 
 /// Makes a written round durable (fdatasync of every file it touched) and
@@ -501,28 +527,70 @@ pub async fn sync(
     if let Some(end) = written.end {
         j.durable_pos = j.durable_pos.max(end);
     }
+    j.claimed = j.claimed.max(Some(written.claim_basis));
     Ok(())
+}
+
+/// Where one chunk's rounds go, decided before anything is awaited.
+struct Planned {
+    chunk: Chunk,
+    path: PathBuf,
+    file: Option<Rc<DmaFile>>,
+    gen: u64,
+    salt: u64,
+    start: u64,
+    end: u64,
+    data: Option<(u64, RoundHeader)>,
+    end_round: Option<(u64, RoundHeader)>,
 }
 
 /// Writes everything appended since the last round, without waiting for
 /// durability: the first half of a group commit. Each segment touched gets
 /// one round (plus its header block if it is new, and an End round if the
-/// journal rolled past it) in one write.
+/// journal rolled past it) in one write. Every chunk's place is claimed
+/// before the first await, so appends meanwhile see where the next round
+/// of each segment goes.
 pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Written, JournalError> {
-    let (chunks, upto) = {
+    let (plans, upto, claim_basis) = {
         let mut j = journal.borrow_mut();
         j.pending_len = 0;
-        (std::mem::take(&mut j.pending), j.appended)
+        let chunks = std::mem::take(&mut j.pending);
+        let mut plans = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
+            let end_header = j.round_header(RoundKind::End, 0);
+            let s = &mut j.segments[chunk.segment];
+            let start = if chunk.fresh { 0 } else { s.write_at };
+            let mut at = if chunk.fresh { BLOCK } else { start };
+            let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
+            if data.is_some() {
+                at = data_header.next(at);
+            }
+            let end_round = chunk.ends_segment.then_some((at, end_header));
+            if end_round.is_some() {
+                at += BLOCK;
+            }
+            s.write_at = at;
+            plans.push(Planned {
+                path: s.path.clone(),
+                file: s.file.clone(),
+                gen: s.generation,
+                salt: s.salt,
+                start,
+                end: at,
+                data,
+                end_round,
+                chunk,
+            });
+        }
+        (plans, j.appended, j.durable)
     };
+    let size = journal.borrow().cfg.segment_size_bytes;
     let mut touched: Vec<(PathBuf, Rc<DmaFile>)> = Vec::new();
     let mut end: Option<Position> = None;
-    for chunk in chunks {
-        let (path, size, file) = {
-            let j = journal.borrow();
-            let s = &j.segments[chunk.segment];
-            (s.path.clone(), j.cfg.segment_size_bytes, s.file.clone())
-        };
-        let file = match file {
+    for plan in plans {
+        let path = plan.path;
+        let file = match plan.file {
             Some(f) => f,
             None => {
                 let f = if path.exists() {
@@ -530,49 +598,32 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                 } else {
                     create_segment(&path, size, Pace::Now).await?
                 };
-                journal.borrow_mut().segments[chunk.segment].file = Some(f.clone());
+                journal.borrow_mut().segments[plan.chunk.segment].file = Some(f.clone());
                 f
             }
         };
-        // Lay the rounds out and claim their space before the first await
-        // of the write, so that appends meanwhile see where the next round
-        // goes.
-        let (start, buf, gen) = {
-            let mut j = journal.borrow_mut();
-            let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
-            let end_header = j.round_header(RoundKind::End, 0);
-            let s = &mut j.segments[chunk.segment];
-            let start = if chunk.fresh { 0 } else { s.write_at };
-            let mut at = if chunk.fresh { BLOCK } else { start };
-            let data_at = (!chunk.bytes.is_empty()).then_some(at);
-            if data_at.is_some() {
-                at = data_header.next(at);
-            }
-            let end_at = chunk.ends_segment.then_some(at);
-            if end_at.is_some() {
-                at += BLOCK;
-            }
-            s.write_at = at;
-            let mut buf = file.alloc_dma_buffer((at - start) as usize);
-            let bytes = buf.as_bytes_mut();
-            bytes.fill(0);
-            if chunk.fresh {
-                put_header(bytes, s.generation, s.salt);
-            }
-            if let Some(d) = data_at {
-                let h = (d - start) as usize;
-                data_header.put(s.generation, s.salt, &mut bytes[h..]);
-                let r = h + ROUND_HEADER_BYTES as usize;
-                bytes[r..r + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
-            }
-            if let Some(e) = end_at {
-                end_header.put(s.generation, s.salt, &mut bytes[(e - start) as usize..]);
-            }
-            (start, buf, s.generation)
-        };
+        let mut buf = file.alloc_dma_buffer((plan.end - plan.start) as usize);
+        let bytes = buf.as_bytes_mut();
+        bytes.fill(0);
+        if plan.chunk.fresh {
+            put_header(bytes, plan.gen, plan.salt);
+        }
+        if let Some((at, h)) = plan.data {
+            let h_at = (at - plan.start) as usize;
+            h.put(plan.gen, plan.salt, &mut bytes[h_at..]);
+            let r = h_at + ROUND_HEADER_BYTES as usize;
+            bytes[r..r + plan.chunk.bytes.len()].copy_from_slice(&plan.chunk.bytes);
+        }
+        if let Some((at, h)) = plan.end_round {
+            h.put(
+                plan.gen,
+                plan.salt,
+                &mut bytes[(at - plan.start) as usize..],
+            );
+        }
         let want = buf.len();
         let n = file
-            .write_at(buf, start)
+            .write_at(buf, plan.start)
             .await
             .map_err(|e| glommio_err(&path, e))?;
         if n < want {
@@ -581,8 +632,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                 source: std::io::Error::other(format!("short write: {n} of {want} bytes")),
             });
         }
-        let written_to = journal.borrow().segments[chunk.segment].write_at;
-        end = end.max(Some((gen, written_to)));
+        end = end.max(Some((plan.gen, plan.end)));
         if !touched.iter().any(|(_, f)| Rc::ptr_eq(f, &file)) {
             touched.push((path, file));
         }
@@ -591,6 +641,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
         files: touched,
         upto,
         end,
+        claim_basis,
     })
 }
 
@@ -637,14 +688,22 @@ pub async fn write_seal(
             .put(s.generation, s.salt, bytes);
         (s.write_at, buf)
     };
-    let sealed = journal.borrow().durable_pos;
+    let (sealed, basis) = {
+        let j = journal.borrow();
+        (j.durable_pos, j.durable)
+    };
     file.write_at(buf, at)
         .await
         .map_err(|e| glommio_err(&path, e))?;
+    let mut j = journal.borrow_mut();
     if fsync {
+        drop(j);
         file.fdatasync().await.map_err(|e| glommio_err(&path, e))?;
+        j = journal.borrow_mut();
+        // A durable seal declares what it names free, like any round.
+        j.claimed = j.claimed.max(Some(basis));
     }
-    journal.borrow_mut().sealed = sealed;
+    j.sealed = sealed;
     Ok(())
 }
 
@@ -685,9 +744,14 @@ impl Journal {
                 })
                 .collect(),
             in_use: state.in_use,
-            // Recovery's free segments are overwritten only after the start
-            // seal (fsynced) records that they are free.
-            free: state.free.into_iter().map(|i| (i, 0)).collect(),
+            // Segments recovery freed by its own count (nothing live) are
+            // overwritten only after the start seal (fsynced) says so.
+            free: state
+                .free
+                .into_iter()
+                .map(|(i, declared)| (i, (!declared).then_some(0)))
+                .collect(),
+            claimed: None,
             next_generation: state.next_generation,
             pending_len: 0,
             pending: Vec::new(),
@@ -718,7 +782,7 @@ pub async fn ensure_spare(
 ) -> Result<(), JournalError> {
     let (path, size) = {
         let mut j = journal.borrow_mut();
-        if j.making_spare || !j.free.is_empty() {
+        if j.making_spare || j.free.iter().any(|&(_, f)| j.is_reusable(f)) {
             return Ok(());
         }
         j.making_spare = true;
@@ -743,6 +807,6 @@ pub async fn ensure_spare(
         file: Some(file),
     });
     // A fresh segment holds nothing: reuse it before any older one.
-    j.free.push_front((index, 0));
+    j.free.push_front((index, None));
     Ok(())
 }

@@ -44,7 +44,11 @@ pub struct SegmentLayout {
 pub struct Layout {
     pub segments: Vec<SegmentLayout>,
     pub in_use: VecDeque<usize>,
-    pub free: VecDeque<usize>,
+    /// Free segments, in the order to reuse them, each with whether the
+    /// journal on disk already says it is free (no header, stale, dropped):
+    /// the others (freed here because nothing in them is live) may be
+    /// overwritten only after a durable round says so.
+    pub free: VecDeque<(usize, bool)>,
     pub next_generation: u64,
     pub next_file_number: u64,
     /// Where the next round goes in the active (last in-use) segment.
@@ -387,7 +391,7 @@ pub fn recover(
     let mut replay = Replay {
         found: &found,
         skip_corrupt,
-        oldest_live_gen: 0,
+        oldest_live_gen: None,
         watermark: (0, 0),
         newest: Vec::new(),
         held: Vec::new(),
@@ -409,12 +413,18 @@ pub fn recover(
         if rank < newest {
             replay.newest.push((i, walk));
             if rank + 1 == newest {
+                // Normally the newest segment's last rounds say it. If
+                // neither of the two newest has a valid round (a torn write
+                // across them), every segment must be read first.
                 replay.oldest_live_gen = replay
                     .newest
                     .iter()
                     .filter_map(|(_, w)| w.rounds.first_gen)
-                    .max()
-                    .unwrap_or(0);
+                    .max();
+                if replay.oldest_live_gen.is_none() {
+                    let newest = std::mem::take(&mut replay.newest);
+                    replay.held.extend(newest);
+                }
             }
             return Ok(());
         }
@@ -425,6 +435,20 @@ pub fn recover(
     newest_walks.sort_by_key(|(i, _)| gen_of(*i));
     for (i, walk) in newest_walks {
         replay.next(i, walk, &mut sink)?;
+    }
+    if replay.oldest_live_gen.is_none() {
+        let all = std::mem::take(&mut replay.held);
+        replay.oldest_live_gen = Some(
+            all.iter()
+                .filter_map(|(_, w)| w.rounds.first_gen)
+                .max()
+                .unwrap_or(0),
+        );
+        let mut all = all;
+        all.sort_by_key(|(i, _)| gen_of(*i));
+        for (i, walk) in all {
+            replay.next(i, walk, &mut sink)?;
+        }
     }
     replay.settle_held(&mut sink)?;
     let read_ms = started.elapsed().as_millis() as u64;
@@ -465,12 +489,16 @@ pub fn recover(
         .collect();
     // Generations only grow, even past dropped segments.
     l.next_generation = found.iter().map(gen_of_listed).max().unwrap_or(0) + 1;
-    l.free = (0..found.len()).filter(|&i| !usable(i)).collect();
+    // Reuse order: what the disk already calls free first (oldest first),
+    // then what is free only by this count, oldest first.
+    let mut declared: Vec<usize> = (0..found.len()).filter(|&i| !usable(i)).collect();
+    declared.sort_by_key(|&i| (found[i].header.is_some(), gen_of(i)));
+    l.free = declared.into_iter().map(|i| (i, true)).collect();
     l.in_use = journal.iter().copied().filter(|&i| usable(i)).collect();
     // Oldest segments with nothing live are reusable (the newest stays active).
     while l.in_use.len() > 1 && live[l.in_use[0]] == 0 {
         let i = l.in_use.pop_front().unwrap_or_default();
-        l.free.push_back(i);
+        l.free.push_back((i, false));
     }
     let active = l.in_use.back().copied();
     l.active_write_at = active.map_or(BLOCK, |a| write_at[a]);
@@ -503,8 +531,9 @@ fn gen_of_listed(f: &Listed) -> u64 {
 struct Replay<'a> {
     found: &'a [Listed],
     skip_corrupt: bool,
-    /// Segments older than this generation are free; their content is stale.
-    oldest_live_gen: u64,
+    /// Segments older than this generation are free; their content is
+    /// stale. None until known: then every walk waits in `held`.
+    oldest_live_gen: Option<u64>,
     /// The highest durable watermark any valid round carries.
     watermark: Position,
     /// The newest segments' walks, read first, replayed last.
@@ -534,8 +563,12 @@ impl Replay<'_> {
         walk: Walk,
         sink: &mut impl FnMut(Vec<Record>),
     ) -> Result<(), JournalError> {
+        let Some(oldest_live) = self.oldest_live_gen else {
+            self.held.push((i, walk));
+            return Ok(());
+        };
         let gen = gen_of_listed(&self.found[i]);
-        if gen < self.oldest_live_gen {
+        if gen < oldest_live {
             self.stale[i] = true;
             return Ok(());
         }
