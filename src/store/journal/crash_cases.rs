@@ -142,11 +142,7 @@ fn eager_first_gen_makes_everything_stale() {
     eprintln!("durables after recovery: {:?}", r.layout.durables);
     eprintln!(
         "live holders: {:?}",
-        r.layout
-            .holders
-            .iter()
-            .map(|(id, _)| *id)
-            .collect::<Vec<_>>()
+        r.layout.holders.keys().copied().collect::<Vec<_>>()
     );
     assert!(
         !r.layout.durables.is_empty(),
@@ -206,11 +202,7 @@ fn appends_between_chunks_overflow_the_segment() {
         "recovered {} records, truncated {:?}, live {:?}",
         recs.len(),
         r.truncated_at,
-        r.layout
-            .holders
-            .iter()
-            .map(|(id, _)| *id)
-            .collect::<Vec<_>>()
+        r.layout.holders.keys().copied().collect::<Vec<_>>()
     );
     for (p, _) in files(&dir) {
         assert!(
@@ -296,7 +288,7 @@ fn two_newest_without_rounds_replays_stale_segments() {
         }
     }
     let (recs, r) = open(&dir);
-    let live: Vec<u64> = r.layout.holders.iter().map(|(id, _)| *id).collect();
+    let live: Vec<u64> = r.layout.holders.keys().copied().collect();
     eprintln!("recovered {} records; live {:?}", recs.len(), live);
     assert!(
         !live.iter().any(|id| *id <= 12),
