@@ -18,8 +18,17 @@ fn start_on(dir: &std::path::Path, config: Option<&str>, extra: &[&str]) -> Brok
     Broker::spawn(config, &args, Some(dir))
 }
 
-/// Drains a queue until it is quiet; returns the bodies received.
+/// Drains a queue: receives (and acknowledges) exactly the messages the
+/// broker says it holds, each within a deadline; returns their bodies.
 fn drain(b: &Broker, queue: &str) -> Vec<String> {
+    let expected = b
+        .destination(queue)
+        .and_then(|d| d["pending"].as_u64())
+        .unwrap_or(0) as usize;
+    let mut got = Vec::new();
+    if expected == 0 {
+        return got;
+    }
     let mut c = b.client();
     c.subscribe(
         "drain",
@@ -27,13 +36,29 @@ fn drain(b: &Broker, queue: &str) -> Vec<String> {
         "client-individual",
         &[("activemq.prefetchSize", "500")],
     );
-    let mut got = Vec::new();
-    while let Some(m) = c.recv_timeout(Duration::from_millis(500)) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < expected {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "drained {} of {expected} from {queue}",
+            got.len()
+        );
+        let m = c.recv_timeout(left).unwrap_or_else(|| {
+            panic!(
+                "{queue}: connection ended after {} of {expected}",
+                got.len()
+            )
+        });
         assert_eq!(m.command.as_str(), "MESSAGE");
         got.push(body(&m));
         c.ack(&m);
     }
     c.disconnect();
+    b.wait_until("the drained queue empty", |_| {
+        b.destination(queue)
+            .is_none_or(|d| d["pending"].as_u64() == Some(0))
+    });
     got
 }
 
