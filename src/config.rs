@@ -72,15 +72,35 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaConfig {
-    /// How often the master re-checks that it still holds the lock.
+    /// The fencing interval (file mode): the master re-checks its lock and
+    /// the store's epoch four times per interval, and writes to the journal
+    /// or sends a RECEIPT only while its last good check is younger than
+    /// this. It bounds how long a master that lost mastership without
+    /// noticing (paused, NFS lease expired) can still act.
     pub lock_keepalive_ms: u64,
+    /// How long a broker that won the lock waits, after raising the epoch,
+    /// before it reads the journal: the previous master's fencing interval
+    /// plus a margin for its journal writes still in flight. Must exceed
+    /// `lock_keepalive_ms`; default twice it. Adds to every failover.
+    pub takeover_wait_ms: Option<u64>,
 }
 
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
-            lock_keepalive_ms: 1000,
+            // Small, because a successor waits twice this before it reads
+            // the journal: failover stays well under 500 ms. A check is a
+            // stat and a small file read, 40 per second at this setting.
+            lock_keepalive_ms: 100,
+            takeover_wait_ms: None,
         }
+    }
+}
+
+impl HaConfig {
+    /// The takeover wait in force (see `takeover_wait_ms`).
+    pub fn takeover_wait_ms(&self) -> u64 {
+        self.takeover_wait_ms.unwrap_or(2 * self.lock_keepalive_ms)
     }
 }
 
@@ -301,8 +321,19 @@ impl Config {
                 "must hold at least two segments (2 x store.segment_size_bytes)",
             ));
         }
-        if self.ha.lock_keepalive_ms == 0 {
-            return Err(invalid("ha.lock_keepalive_ms", "must be at least 1"));
+        if self.ha.lock_keepalive_ms < 10 {
+            // Checked four times per interval; below this the checks would
+            // be most of what the keep-alive thread does.
+            return Err(invalid("ha.lock_keepalive_ms", "must be at least 10"));
+        }
+        if self.ha.takeover_wait_ms() <= self.ha.lock_keepalive_ms {
+            return Err(invalid(
+                "ha.takeover_wait_ms",
+                format!(
+                    "must be more than ha.lock_keepalive_ms ({} ms): the excess is the margin for the previous master's writes in flight",
+                    self.ha.lock_keepalive_ms
+                ),
+            ));
         }
         if matches!(self.store.mode, StoreMode::Db | StoreMode::Zk) {
             return Err(invalid(
@@ -359,6 +390,19 @@ mod tests {
         c.limits.max_connections = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn takeover_wait_defaults_to_twice_the_fencing_interval_and_must_exceed_it() {
+        let c = Config::parse("[ha]\nlock_keepalive_ms = 250\n").unwrap();
+        assert_eq!(c.ha.takeover_wait_ms(), 500);
+        c.validate().unwrap();
+        let c = Config::parse("[ha]\nlock_keepalive_ms = 250\ntakeover_wait_ms = 250\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("ha.takeover_wait_ms"), "{e}");
+        let c = Config::parse("[ha]\nlock_keepalive_ms = 5\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("ha.lock_keepalive_ms"), "{e}");
     }
 
     #[test]

@@ -40,18 +40,31 @@ fn lock(file: &File, wait: bool) -> std::io::Result<bool> {
 impl FileLock {
     /// Takes the lock if it is free.
     pub fn try_acquire(dir: &Path) -> Result<Option<FileLock>> {
-        let (path, file) = open(dir)?;
-        if lock(&file, false).with_context(|| format!("cannot lock {}", path.display()))? {
-            return Ok(Some(FileLock::held(path, file)?));
+        loop {
+            let (path, file) = open(dir)?;
+            if !lock(&file, false).with_context(|| format!("cannot lock {}", path.display()))? {
+                return Ok(None);
+            }
+            if names(&path, &file)? {
+                return Ok(Some(FileLock::held(path, file)?));
+            }
         }
-        Ok(None)
     }
 
     /// Blocks until the lock is ours.
     pub fn acquire(dir: &Path) -> Result<FileLock> {
-        let (path, file) = open(dir)?;
-        lock(&file, true).with_context(|| format!("cannot lock {}", path.display()))?;
-        FileLock::held(path, file)
+        loop {
+            let (path, file) = open(dir)?;
+            lock(&file, true).with_context(|| format!("cannot lock {}", path.display()))?;
+            if names(&path, &file)? {
+                return FileLock::held(path, file);
+            }
+            // The file we waited on was removed or replaced while we
+            // waited (another broker may hold the new one): its lock is
+            // worth nothing, and taking over with it would raise the epoch
+            // over a live master. Wait on the file the path names now.
+            tracing::info!(role = "standby", lock = %path.display(), "the lock file was replaced while waiting; waiting on the new one");
+        }
     }
 
     fn held(path: PathBuf, mut file: File) -> Result<FileLock> {
@@ -62,13 +75,17 @@ impl FileLock {
         Ok(FileLock { path, file, inode })
     }
 
-    /// Still ours: the lock file at the path is the one we locked (it was not
-    /// deleted or replaced, as happens when a shared mount is re-made).
-    pub fn still_held(&self) -> bool {
+    /// Still ours: Ok(true) while the lock file at the path is the one we
+    /// locked, Ok(false) once it was deleted or replaced (as happens when a
+    /// shared mount is re-made, or an operator removes it), Err when that
+    /// cannot be told.
+    pub fn check(&self) -> std::io::Result<bool> {
         let _ = &self.file;
-        std::fs::metadata(&self.path)
-            .map(|m| m.ino() == self.inode)
-            .unwrap_or(false)
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok(m.ino() == self.inode),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -87,6 +104,19 @@ fn open(dir: &Path) -> Result<(PathBuf, File)> {
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok((path, file))
+}
+
+/// Whether `path` still names the file we opened as `file`.
+fn names(path: &Path, file: &File) -> Result<bool> {
+    let ours = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .ino();
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.ino() == ours),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
 }
 
 fn hostname() -> String {

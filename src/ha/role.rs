@@ -1,4 +1,7 @@
-//! The role state machine: standby -> recovering -> master (-> fenced: exit).
+//! The role state machine: standby -> recovering -> master -> fenced.
+//! Recovering starts when the lock is won: the epoch is raised, the broker
+//! waits out the previous master's fencing interval, then reads the
+//! journal. Fenced is final: the process exits (code 3) right after.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -7,6 +10,9 @@ pub enum Role {
     Standby,
     Recovering,
     Master,
+    /// Lost mastership (lock file replaced, epoch raised by another
+    /// broker): no more journal writes or receipts; exiting.
+    Fenced,
 }
 
 impl Role {
@@ -15,6 +21,7 @@ impl Role {
             Role::Standby => "standby",
             Role::Recovering => "recovering",
             Role::Master => "master",
+            Role::Fenced => "fenced",
         }
     }
 }
@@ -32,7 +39,8 @@ impl RoleCell {
         match self.0.load(Ordering::SeqCst) {
             0 => Role::Standby,
             1 => Role::Recovering,
-            _ => Role::Master,
+            2 => Role::Master,
+            _ => Role::Fenced,
         }
     }
 

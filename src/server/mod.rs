@@ -20,8 +20,9 @@ use crate::admin::{self, AdminState};
 use crate::broker::message::MemoryUsage;
 use crate::broker::shard::BrokerSettings;
 use crate::broker::Destination;
-use crate::config::{Config, StoreMode};
-use crate::ha::{FileLock, Role, RoleCell};
+use crate::config::{Config, HaConfig, StoreMode};
+use crate::ha::fence::{self, Monitor, Verdict};
+use crate::ha::{epoch, FileLock, Role, RoleCell};
 use crate::protocol::stomp::Limits;
 use crate::store::journal::StoreUsage;
 use crate::store::meta;
@@ -80,19 +81,22 @@ pub fn serve(config: Config) -> Result<()> {
     spawn_signal_thread(role.clone(), controls_slot.clone())?;
 
     let file_mode = config.store.mode == StoreMode::File;
-    let mut lock = None;
     if file_mode {
         let dir = &config.store.dir;
-        lock = Some(match FileLock::try_acquire(dir)? {
+        let lock = match FileLock::try_acquire(dir)? {
             Some(l) => l,
             None => {
                 info!(role = "standby", lock = %dir.join("lock").display(), "another broker holds the lock; waiting as standby");
                 println!("brokk standby stomp={stomp} admin={admin_addr}");
                 FileLock::acquire(dir)?
             }
-        });
+        };
         role.set(Role::Recovering);
-        info!(role = "recovering", "lock acquired; recovering the journal");
+        take_over(lock, dir, &config.ha, &role)?;
+        info!(
+            role = "recovering",
+            "lock acquired and epoch raised; recovering the journal"
+        );
     }
     let shards = if file_mode {
         let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
@@ -182,9 +186,6 @@ pub fn serve(config: Config) -> Result<()> {
     info!(role = "master", %stomp, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
     // A line for scripts and tests that start brokk on port 0.
     println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}");
-    if let Some(lock) = lock {
-        spawn_lock_keepalive(lock, Duration::from_millis(config.ha.lock_keepalive_ms))?;
-    }
     for t in threads {
         t.join()
             .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
@@ -221,17 +222,133 @@ fn spawn_signal_thread(
     Ok(())
 }
 
-/// Re-checks the lock; if it is gone the broker is fenced: it stops serving
-/// at once, without draining, since another broker may already be master.
-fn spawn_lock_keepalive(lock: FileLock, every: Duration) -> Result<()> {
-    std::thread::Builder::new().name("brokk-lock".into()).spawn(move || loop {
-        std::thread::sleep(every);
-        if !lock.still_held() {
-            error!(role = "fenced", lock = %lock.path().display(), "lost the master lock; stopping now");
-            std::process::exit(EXIT_FENCED);
-        }
-    })?;
+/// Makes this broker the master the store knows (file mode), before
+/// anything reads the journal: raises the epoch, starts the keep-alive
+/// thread, then waits until any previous master - one that lost the lock
+/// without noticing, paused or cut off - can no longer write to the journal
+/// or send a receipt: its last good check is older than its fencing
+/// interval by then, and its writes in flight have had the margin to land.
+fn take_over(
+    lock: FileLock,
+    dir: &std::path::Path,
+    ha: &HaConfig,
+    role: &Arc<RoleCell>,
+) -> Result<()> {
+    // Armed before the raise: from here on, journal writes and receipts
+    // need a good check.
+    fence::arm();
+    let own_wait = ha.takeover_wait_ms();
+    let raised = epoch::raise(dir, &epoch::owner_id(), own_wait)
+        .with_context(|| format!("cannot raise the epoch in {}", dir.display()))?;
+    let span = ha_span(Role::Recovering, raised.ours.epoch);
+    let _in = span.enter();
+    let validity = Duration::from_millis(ha.lock_keepalive_ms);
+    let monitor = Monitor::new(lock, dir.to_path_buf(), raised.ours.clone());
+    let checked_at = fence::now_ns();
+    match monitor.check() {
+        Verdict::Master => fence::renew(checked_at, validity),
+        Verdict::Lost(reason) => fenced(role, monitor.epoch(), &reason),
+        Verdict::Unknown(e) => return Err(e.context("cannot verify the epoch just raised")),
+    }
+    // A predecessor configured with a longer interval gets its own wait.
+    let previous_wait = raised.previous.as_ref().map_or(0, |p| p.takeover_wait_ms);
+    if previous_wait > own_wait {
+        warn!(
+            previous_wait_ms = previous_wait,
+            own_wait_ms = own_wait,
+            "the previous master asked for a longer takeover wait; using it (brokers sharing a directory should share their [ha] settings)"
+        );
+    }
+    let wait = Duration::from_millis(own_wait.max(previous_wait));
+    spawn_lock_keepalive(monitor, role.clone(), validity, wait, checked_at)?;
+    info!(
+        previous = ?raised.previous.as_ref().map(|p| (p.epoch, &p.owner)),
+        wait_ms = wait.as_millis() as u64,
+        "epoch raised; waiting out the previous master's fencing interval before reading the journal"
+    );
+    std::thread::sleep(wait);
     Ok(())
+}
+
+/// Re-checks the lock and the epoch four times per fencing interval
+/// (`validity`), and renews the shards' gate after each good check. If
+/// another broker took either, this one is fenced: it stops at once,
+/// without draining. A check that cannot be completed renews nothing (the
+/// gate closes by itself); after `give_up` without a good check the broker
+/// gives way as well, since it cannot show that it is master.
+fn spawn_lock_keepalive(
+    monitor: Monitor,
+    role: Arc<RoleCell>,
+    validity: Duration,
+    give_up: Duration,
+    mut last_good: u64,
+) -> Result<()> {
+    let every = validity / 4;
+    // Test-only fault switch: every check takes this much longer, as on a
+    // slow NFS server, so that tests can resume a paused master whose
+    // verdict is not in yet.
+    let fault_delay = std::env::var("BROKK_FAULT_CHECK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    std::thread::Builder::new()
+        .name("brokk-lock".into())
+        .spawn(move || {
+            let mut shown = role.get();
+            let mut span = ha_span(shown, monitor.epoch());
+            loop {
+                std::thread::sleep(every);
+                if role.get() != shown {
+                    shown = role.get();
+                    span = ha_span(shown, monitor.epoch());
+                }
+                let _in = span.enter();
+                let started = fence::now_ns();
+                if let Some(d) = fault_delay {
+                    std::thread::sleep(d);
+                }
+                match monitor.check() {
+                    Verdict::Master => {
+                        fence::renew(started, validity);
+                        last_good = started;
+                    }
+                    Verdict::Lost(reason) => fenced(&role, monitor.epoch(), &reason),
+                    Verdict::Unknown(e) => {
+                        let unverified = Duration::from_nanos(started.saturating_sub(last_good));
+                        if unverified > give_up {
+                            fenced(
+                                &role,
+                                monitor.epoch(),
+                                &format!(
+                                    "no good mastership check for {} ms: {e:#}",
+                                    unverified.as_millis()
+                                ),
+                            );
+                        }
+                        warn!(error = format!("{e:#}"), "cannot verify mastership; journal writes and receipts hold until a check succeeds");
+                    }
+                }
+            }
+        })
+        .context("cannot start the lock keep-alive thread")?;
+    Ok(())
+}
+
+/// The span of mastership events: which role, which epoch.
+fn ha_span(role: Role, epoch: u64) -> tracing::Span {
+    tracing::info_span!(parent: None, "ha", role = role.as_str(), epoch)
+}
+
+/// Another broker is (or may be) master: close the gate first, so that no
+/// shard writes or releases anything more, then exit at once. `_exit`: no
+/// exit handlers run while the shard threads still do.
+fn fenced(role: &RoleCell, epoch: u64, reason: &str) -> ! {
+    fence::revoke();
+    role.set(Role::Fenced);
+    let _in = ha_span(Role::Fenced, epoch).entered();
+    error!(reason, "lost mastership; stopping now, without draining");
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { libc::_exit(EXIT_FENCED) }
 }
 
 /// Exit code of a broker that lost mastership.
