@@ -398,12 +398,16 @@ async fn write_loop(
             wbuf.put_u8(b'\n');
         }
         let mut items = items;
+        let mut receipts = false;
         {
             let mut s = session.borrow_mut();
             let version = s.version();
             for item in items.drain(..) {
                 match item {
-                    Outbound::Frame(f) => f.encode(version, &mut wbuf),
+                    Outbound::Frame(f) => {
+                        receipts |= f.command == Command::Receipt;
+                        f.encode(version, &mut wbuf)
+                    }
                     Outbound::Deliver(sub, deliveries) => {
                         if let Some((shard, op)) = s.deliver(sub, deliveries, &mut wbuf) {
                             acks.push((shard, ShardMsg::Op(op)));
@@ -416,7 +420,10 @@ async fn write_loop(
                 }
                 for a in actions.drain(..) {
                     match a {
-                        Action::Write(f) => f.encode(version, &mut wbuf),
+                        Action::Write(f) => {
+                            receipts |= f.command == Command::Receipt;
+                            f.encode(version, &mut wbuf)
+                        }
                         Action::Close => close = true,
                         Action::Route(shard, op) => acks.push((shard, ShardMsg::Op(op))),
                         Action::Heartbeat { .. } => {}
@@ -425,6 +432,13 @@ async fn write_loop(
             }
         }
         spare = items;
+        if receipts {
+            // The flusher released these under a fresh mastership check,
+            // but a reply can wait a while between there and here (another
+            // shard's hop, a pause): check again right before the send,
+            // so that a fenced master sends no RECEIPT at all (`ha::fence`).
+            crate::ha::fence::hold().await;
+        }
         if !wbuf.is_empty() {
             if writer.write_all(&wbuf).await.is_err() {
                 break 'outer;

@@ -198,7 +198,12 @@ impl ShardContext {
         work: &mut VecDeque<(usize, ShardMsg)>,
     ) -> bool {
         match &self.journal {
-            Some(j) if j.borrow().appended() > j.borrow().durable() => {
+            // Behind replies still held (see `flusher`): wait in line, so
+            // that receipts keep their order.
+            Some(j)
+                if j.borrow().appended() > j.borrow().durable()
+                    || !self.deferred.borrow().is_empty() =>
+            {
                 let upto = j.borrow().appended();
                 self.deferred.borrow_mut().push_back((upto, reply));
                 true
@@ -540,6 +545,8 @@ async fn open_journal(
 /// the previous round's fdatasync is in flight (at most one sync at a time,
 /// so rounds become durable in order): a message that arrives during a
 /// sync waits for that sync's end, not for it and a write after it.
+/// Both stages pass the fencing gate (`ha::fence`): `write_pending` before
+/// each write it submits, the sync task before it releases replies.
 async fn flusher(ctx: Rc<ShardContext>) {
     let Some(journal) = ctx.journal.clone() else {
         return;
@@ -590,6 +597,11 @@ async fn flusher(ctx: Rc<ShardContext>) {
                     journal::sync(&journal, written)
                         .await
                         .unwrap_or_else(|e| journal_failed(e));
+                    // Durable is not enough: a receipt also needs a recent
+                    // good mastership check, taken after the sync ended
+                    // (see `ha::fence`). Otherwise hold until the keep-alive
+                    // thread renews it or ends the process.
+                    crate::ha::fence::hold().await;
                     // Read first: the borrow must not live across the
                     // routing, which appends (dead-letter retirements).
                     let durable = journal.borrow().durable();

@@ -430,6 +430,9 @@ pub fn read_header(block: &[u8]) -> Option<SegmentHeader> {
 /// Creates a zero-filled segment file of `size` bytes: every block written
 /// once, so later writes and fdatasyncs do not allocate.
 async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile>, JournalError> {
+    // Creating truncates: a fenced master must not do it to a file that a
+    // new master may already use (see `ha::fence`); nor write a block of it.
+    crate::ha::fence::hold().await;
     let file = DmaFile::create(path)
         .await
         .map_err(|e| glommio_err(path, e))?;
@@ -442,6 +445,7 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         let n = chunk.min(size - pos);
         let mut buf = file.alloc_dma_buffer(n as usize);
         buf.as_bytes_mut().fill(0);
+        crate::ha::fence::hold().await;
         file.write_at(buf, pos)
             .await
             .map_err(|e| glommio_err(path, e))?;
@@ -622,6 +626,9 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
             );
         }
         let want = buf.len();
+        // Last thing before the write is submitted: a master whose last
+        // good mastership check is too old writes nothing (see `ha::fence`).
+        crate::ha::fence::hold().await;
         let n = file
             .write_at(buf, plan.start)
             .await
@@ -675,6 +682,9 @@ pub async fn write_seal(
             f
         }
     };
+    // The fencing gate (see `ha::fence`), before the position is read: a
+    // hold is an await, and the flusher may write a round there meanwhile.
+    crate::ha::fence::hold().await;
     let (at, buf) = {
         let j = journal.borrow();
         if j.has_pending() || j.active() != active {
