@@ -284,9 +284,9 @@ fn spawn_lock_keepalive(
     mut last_good: u64,
 ) -> Result<()> {
     let every = validity / 4;
-    // Test-only fault switch: every check takes this much longer, as on a
-    // slow NFS server, so that tests can resume a paused master whose
-    // verdict is not in yet.
+    // Test-only fault switch: the answer of every check arrives this much
+    // later, as from a slow NFS server, so that tests can resume a paused
+    // master whose verdict is not in yet (wherever the pause hit the loop).
     let fault_delay = std::env::var("BROKK_FAULT_CHECK_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -304,10 +304,11 @@ fn spawn_lock_keepalive(
                 }
                 let _in = span.enter();
                 let started = fence::now_ns();
+                let verdict = monitor.check();
                 if let Some(d) = fault_delay {
                     std::thread::sleep(d);
                 }
-                match monitor.check() {
+                match verdict {
                     Verdict::Master => {
                         fence::renew(started, validity);
                         last_good = started;
