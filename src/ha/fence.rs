@@ -46,6 +46,20 @@ pub fn now_ns() -> u64 {
 static FRESH_UNTIL_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Someone is holding: for one warning per episode, not one per task.
 static HOLDING: AtomicBool = AtomicBool::new(false);
+/// The epoch this process raised (0: none, as in memory mode).
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The epoch this process is master under (0: none). The journal writes it
+/// into every round, so that what a master wrote can be told apart from
+/// what a fenced predecessor wrote.
+pub fn epoch() -> u64 {
+    EPOCH.load(Ordering::Acquire)
+}
+
+/// Records the epoch just raised (before any journal is opened).
+pub fn set_epoch(epoch: u64) {
+    EPOCH.store(epoch, Ordering::Release);
+}
 
 /// True while this process may write to the journal and send receipts.
 pub fn fresh() -> bool {

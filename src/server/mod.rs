@@ -240,6 +240,7 @@ fn take_over(
     let own_wait = ha.takeover_wait_ms();
     let raised = epoch::raise(dir, &epoch::owner_id(), own_wait)
         .with_context(|| format!("cannot raise the epoch in {}", dir.display()))?;
+    fence::set_epoch(raised.ours.epoch);
     let span = ha_span(Role::Recovering, raised.ours.epoch);
     let _in = span.enter();
     let validity = Duration::from_millis(ha.lock_keepalive_ms);

@@ -773,7 +773,8 @@ impl Journal {
             next_file_number: state.next_file_number,
             durables: state.durables,
             making_spare: false,
-            epoch: 0,
+            // Raised before the journal was opened (0 without fencing).
+            epoch: crate::ha::fence::epoch(),
             usage,
             cfg,
         };
