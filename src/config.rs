@@ -90,7 +90,7 @@ impl Default for HaConfig {
         HaConfig {
             // Small, because a successor waits twice this before it reads
             // the journal: measured under load, the failover gap grew by
-            // ~100 ms at 50 and ~180 ms at 100 (bench/RESULTS.md). A check
+            // ~100-120 ms at 50 and ~180 ms at 100 (bench/RESULTS.md). A check
             // is a stat and a small file read, 80 per second at 50 ms.
             lock_keepalive_ms: 50,
             takeover_wait_ms: None,
