@@ -244,11 +244,9 @@ fn a_torn_final_write_across_a_segment_roll_never_stops_the_start() {
         }
     }
     for (name, blocks) in variants {
-        let files = apply(&blocks);
-        if blocks.len() == changed.len() {
-            assert_eq!(files, after);
-        }
-        write_segments(&files);
+        // (With every block applied this is the final write without any
+        // seal that followed it.)
+        write_segments(&apply(&blocks));
         let mut b = Broker::spawn_any(Some(CONFIG), &args(&data), Some(dir.path()));
         assert!(
             b.role_line.starts_with("brokk listening"),
