@@ -63,6 +63,48 @@ pub enum Op {
         conn: ConnRef,
         token: u64,
     },
+    /// To the connection's own shard, ahead of the transaction's
+    /// [`Op::TxPrepare`]s: coordinate transaction `tx` among `participants`
+    /// and answer [`Reply::Fenced`] with `token` once all of them have
+    /// applied it. The state lives in the shard, not the connection: a
+    /// transaction finishes even if its connection closes.
+    TxCoordinate {
+        tx: u64,
+        conn: ConnRef,
+        token: u64,
+        participants: Vec<usize>,
+    },
+    /// A participant's part of transaction `tx`: journal it as prepared
+    /// records without applying it, and answer [`Reply::TxPrepared`] to
+    /// `coordinator` once durable. `alone`: the only participant, which
+    /// decides by itself: it journals its TxDone with the records, applies
+    /// at once, and answers [`Reply::TxDone`].
+    TxPrepare {
+        tx: u64,
+        coordinator: usize,
+        part: TxPart,
+        alone: bool,
+    },
+    /// The decision of `tx` is durable: apply the prepared part, answer
+    /// [`Reply::TxApplied`] at once and [`Reply::TxDone`] once its TxDone
+    /// is durable.
+    TxApply { tx: u64, coordinator: usize },
+}
+
+/// What a transaction does on one shard.
+#[derive(Debug, Default)]
+pub struct TxPart {
+    pub sends: Vec<SharedMessage>,
+    pub acks: Vec<TxAck>,
+}
+
+/// A transacted ACK or NACK of deliveries to one consumer.
+#[derive(Debug)]
+pub struct TxAck {
+    pub destination: Destination,
+    pub consumer: ConsumerKey,
+    pub ids: Vec<MessageId>,
+    pub nack: bool,
 }
 
 /// Sent back to the shard that holds the connection.
@@ -83,6 +125,14 @@ pub enum Reply {
     },
     /// The dead-letter copy is durable: journal the original's retirement.
     Retire(Retire),
+    /// To a transaction's coordinator: this participant's prepared records
+    /// are durable.
+    TxPrepared { tx: u64 },
+    /// To a transaction's coordinator: this participant applied its part.
+    TxApplied { tx: u64 },
+    /// To a transaction's coordinator: this participant's TxDone is durable
+    /// (it no longer needs the decision record).
+    TxDone { tx: u64 },
 }
 
 /// Which stored message to retire, and on which shard.

@@ -63,6 +63,8 @@ pub struct MessageQueue {
     /// Round-robin cursor into `consumers`.
     next: usize,
     in_flight: IdMap<(ConsumerKey, Entry)>,
+    /// Deliveries a prepared transaction acknowledges (see `reserve`).
+    reserved: usize,
     pub enqueued: u64,
     pub dequeued: u64,
 }
@@ -91,7 +93,7 @@ impl MessageQueue {
 
     /// Messages not yet acknowledged: waiting plus in flight.
     pub fn pending(&self) -> usize {
-        self.pending_len + self.in_flight.len()
+        self.pending_len + self.in_flight.len() + self.reserved
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -179,6 +181,31 @@ impl MessageQueue {
         self.release_credit(key, acked.len() as u32);
         self.dequeued += acked.len() as u64;
         acked
+    }
+
+    /// Takes deliveries to `key` that a transaction acknowledges out of
+    /// flight until it is applied ([`MessageQueue::settle_reserved`]): they
+    /// are no one else's, a consumer that leaves meanwhile does not get
+    /// them back, and they keep the consumer's prefetch credit and count as
+    /// pending. Ids `key` does not hold are ignored.
+    pub fn reserve(&mut self, key: ConsumerKey, ids: &[MessageId]) -> Vec<Entry> {
+        let mut taken = Vec::new();
+        for id in ids {
+            if matches!(self.in_flight.get(id), Some((k, _)) if *k == key) {
+                if let Some((_, e)) = self.in_flight.remove(id) {
+                    taken.push(e);
+                }
+            }
+        }
+        self.reserved += taken.len();
+        taken
+    }
+
+    /// `n` reserved deliveries to `key` are acknowledged for good.
+    pub fn settle_reserved(&mut self, key: ConsumerKey, n: usize) {
+        self.reserved = self.reserved.saturating_sub(n);
+        self.release_credit(key, n as u32);
+        self.dequeued += n as u64;
     }
 
     /// Returns messages to the queue as redeliveries; those past
@@ -347,6 +374,31 @@ mod tests {
             assert_eq!(back.dead.len(), if round == 3 { 2 } else { 0 });
         }
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn reserved_deliveries_stay_pending_and_do_not_come_back() {
+        let mut q = MessageQueue::default();
+        q.enqueue(msg(1, 4, 0));
+        q.enqueue(msg(2, 4, 0));
+        q.enqueue(msg(3, 4, 0));
+        q.add_consumer(key(1), 2);
+        q.dispatch(0, &mut Dispatched::default());
+        assert_eq!(q.reserve(key(2), &[1]).len(), 0, "not its delivery");
+        let taken = q.reserve(key(1), &[1, 3]);
+        assert_eq!(taken.len(), 1, "3 was never delivered");
+        assert_eq!(q.pending(), 3);
+        // The consumer leaves before the transaction is applied: only the
+        // unreserved delivery comes back.
+        let back = q.remove_consumer(key(1), 6);
+        assert!(back.dead.is_empty());
+        q.add_consumer(key(2), 10);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(ids(&d), vec![(2, 2), (2, 3)]);
+        q.settle_reserved(key(1), 1);
+        assert_eq!(q.pending(), 2);
+        assert_eq!(q.dequeued, 1);
     }
 
     #[test]

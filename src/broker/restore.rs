@@ -33,6 +33,24 @@ pub struct Restored {
     /// The highest message id (counter part) any record named, live or
     /// not: new ids must start above it (see [`super::message_ids`]).
     pub max_id_counter: u64,
+    /// What the transactions found in the journal leave to do.
+    pub tx: TxOutcome,
+}
+
+/// The journal's side of the transactions recovery decided (see
+/// [`Restorer::finish`]).
+#[derive(Debug, Default)]
+pub struct TxOutcome {
+    /// Applied here without a TxDone in this journal: one must be journaled
+    /// (and made durable) before the decision may be forgotten elsewhere.
+    pub undone: Vec<u64>,
+    /// Messages of prepared SENDs that were dropped: nothing holds them.
+    pub dropped_sends: Vec<u64>,
+    /// Messages retired by applied prepared ACKs: one holder each.
+    pub applied_acks: Vec<u64>,
+    /// Transaction decisions (TxCommit) in this journal: held until every
+    /// shard has made its TxDone durable.
+    pub commits: Vec<u64>,
 }
 
 impl Restored {
@@ -62,6 +80,18 @@ pub struct Restorer {
     /// id hash instead of building a (destination, sub) key.
     counts: IdMap<Vec<(StoredDestination, Option<StoredSub>, u32)>>,
     max_id_counter: u64,
+    /// Prepared SENDs: message id -> transaction. They are staged like
+    /// SENDs, in journal order, and dropped at the end unless their
+    /// transaction is applied.
+    tagged: IdMap<u64>,
+    /// Prepared ACKs per transaction, kept aside until it is decided.
+    tx_acks: IdMap<Vec<(StoredDestination, Option<StoredSub>, u64)>>,
+    /// Transactions with prepared records in this journal.
+    prepared: IdSet,
+    /// Transactions this shard applied (TxDone).
+    done: IdSet,
+    /// Transactions this shard coordinated and decided (TxCommit).
+    commits: IdSet,
 }
 
 impl Restorer {
@@ -76,13 +106,29 @@ impl Restorer {
             sub_acks: HashMap::new(),
             counts: IdMap::default(),
             max_id_counter: 0,
+            tagged: IdMap::default(),
+            tx_acks: IdMap::default(),
+            prepared: IdSet::default(),
+            done: IdSet::default(),
+            commits: IdSet::default(),
         }
+    }
+
+    /// The highest id counter met so far (messages and transactions).
+    pub fn max_id_counter(&self) -> u64 {
+        self.max_id_counter
+    }
+
+    /// The transactions decided in this journal: every shard's recovery
+    /// needs them all (see [`Restorer::finish`]).
+    pub fn commits(&self) -> &IdSet {
+        &self.commits
     }
 
     /// Takes the next records of the journal, in journal order.
     pub fn feed(&mut self, records: Vec<Record>) {
         for r in records {
-            if let Some(id) = r.message_id() {
+            for id in r.message_id().into_iter().chain(r.tx_id()) {
                 self.max_id_counter = self.max_id_counter.max(counter(id));
             }
             match r {
@@ -94,44 +140,56 @@ impl Restorer {
                     timestamp_ms,
                     properties,
                     body,
+                } => self.stage(
+                    id,
+                    destination,
+                    priority,
+                    expires_ms,
+                    timestamp_ms,
+                    properties,
+                    body,
+                ),
+                Record::TxSend {
+                    tx,
+                    id,
+                    destination,
+                    priority,
+                    expires_ms,
+                    timestamp_ms,
+                    properties,
+                    body,
                 } => {
-                    let subs = match destination.topic {
-                        true => self
-                            .durables
-                            .get(&destination.name)
-                            .filter(|s| !s.is_empty())
-                            .cloned(),
-                        false => None,
-                    };
-                    if destination.topic && subs.is_none() {
-                        continue;
-                    }
-                    let footprint = Message::footprint(&properties, &body);
-                    let name = destination.name;
-                    let msg = Arc::new(Message {
+                    // In journal order like any SEND; whether it stays is
+                    // known only once every shard's decisions are.
+                    self.tagged.insert(id, tx);
+                    self.prepared.insert(tx);
+                    self.stage(
                         id,
-                        destination: match destination.topic {
-                            true => Destination::Topic(name.clone()),
-                            false => Destination::Queue(name.clone()),
-                        },
-                        properties,
-                        body,
+                        destination,
                         priority,
                         expires_ms,
-                        persistent: true,
                         timestamp_ms,
-                        charge: self.usage.charge(footprint),
-                    });
-                    match subs {
-                        None => self.queue_entries(name).push(entry(msg)),
-                        Some(subs) => {
-                            for sub in subs {
-                                if let Some(staged) = self.sub_entries(&name, &sub) {
-                                    staged.push(entry(msg.clone()));
-                                }
-                            }
-                        }
-                    }
+                        properties,
+                        body,
+                    );
+                }
+                Record::TxAck {
+                    tx,
+                    destination,
+                    sub,
+                    id,
+                } => {
+                    self.prepared.insert(tx);
+                    self.tx_acks
+                        .entry(tx)
+                        .or_default()
+                        .push((destination, sub, id));
+                }
+                Record::TxCommit { tx } => {
+                    self.commits.insert(tx);
+                }
+                Record::TxDone { tx } => {
+                    self.done.insert(tx);
                 }
                 Record::Ack {
                     destination,
@@ -184,6 +242,59 @@ impl Restorer {
         }
     }
 
+    /// Stages a stored message for its queue, or for the durable
+    /// subscriptions of its topic that exist at this point of the journal.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &mut self,
+        id: u64,
+        destination: StoredDestination,
+        priority: u8,
+        expires_ms: u64,
+        timestamp_ms: u64,
+        properties: Vec<(bytes::Bytes, bytes::Bytes)>,
+        body: bytes::Bytes,
+    ) {
+        let subs = match destination.topic {
+            true => match self
+                .durables
+                .get(&destination.name)
+                .filter(|s| !s.is_empty())
+            {
+                Some(subs) => Some(subs.clone()),
+                // Nobody to keep it for.
+                None => return,
+            },
+            false => None,
+        };
+        let footprint = Message::footprint(&properties, &body);
+        let name = destination.name;
+        let msg = Arc::new(Message {
+            id,
+            destination: match destination.topic {
+                true => Destination::Topic(name.clone()),
+                false => Destination::Queue(name.clone()),
+            },
+            properties,
+            body,
+            priority,
+            expires_ms,
+            persistent: true,
+            timestamp_ms,
+            charge: self.usage.charge(footprint),
+        });
+        match subs {
+            None => self.queue_entries(name).push(entry(msg)),
+            Some(subs) => {
+                for sub in subs {
+                    if let Some(staged) = self.sub_entries(&name, &sub) {
+                        staged.push(entry(msg.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     /// The staged entries of queue `name`, making it the current run.
     fn queue_entries(&mut self, name: Arc<str>) -> &mut Vec<Entry> {
         let same = self
@@ -213,16 +324,68 @@ impl Restorer {
             .map(|(_, _, e)| e)
     }
 
-    /// Drops the retired messages, sets redelivery counts, and copies out
-    /// the messages whose ids are in `copy_out` (the store's choice: they
-    /// would pin a mostly dead segment), once per message.
-    pub fn finish(mut self, copy_out: &IdSet) -> Restored {
+    /// Decides the transactions, drops the retired messages, sets
+    /// redelivery counts, and copies out the messages whose ids are in
+    /// `copy_out` (the store's choice: they would pin a mostly dead
+    /// segment), once per message.
+    ///
+    /// A transaction is applied if this journal has its TxDone or any
+    /// shard's journal its TxCommit (`committed`: every shard's
+    /// [`Restorer::commits`]); its prepared records then count as plain
+    /// SENDs and ACKs. Otherwise it never reached its decision and is
+    /// dropped: no shard applied any of it, since a participant applies
+    /// only after the decision is durable (or, alone in its transaction,
+    /// journals its TxDone with its records).
+    pub fn finish(mut self, copy_out: &IdSet, committed: &IdSet) -> Restored {
         if let Some((run, entries)) = self.run.take() {
             self.queues.insert(run, entries);
         }
+        let done = std::mem::take(&mut self.done);
+        let applies = |tx: &u64| done.contains(tx) || committed.contains(tx);
+        let mut tx = TxOutcome {
+            undone: self
+                .prepared
+                .iter()
+                .filter(|t| applies(t) && !done.contains(*t))
+                .copied()
+                .collect(),
+            commits: self.commits.iter().copied().collect(),
+            ..TxOutcome::default()
+        };
+        for (t, acks) in std::mem::take(&mut self.tx_acks) {
+            if !applies(&t) {
+                continue;
+            }
+            for (destination, sub, id) in acks {
+                match (destination.topic, sub) {
+                    (false, _) => {
+                        self.queue_acks
+                            .entry(destination.name)
+                            .or_default()
+                            .insert(id);
+                    }
+                    (true, Some(s)) => {
+                        self.sub_acks
+                            .entry((destination.name, s))
+                            .or_default()
+                            .insert(id);
+                    }
+                    (true, None) => continue,
+                }
+                tx.applied_acks.push(id);
+            }
+        }
+        let dropped: IdSet = self
+            .tagged
+            .iter()
+            .filter(|(_, t)| !applies(t))
+            .map(|(id, _)| *id)
+            .collect();
+        tx.dropped_sends = dropped.iter().copied().collect();
         let mut copies: IdMap<SharedMessage> = IdMap::default();
         let mut out = Restored {
             max_id_counter: self.max_id_counter,
+            tx,
             ..Restored::default()
         };
         for (name, mut entries) in self.queues {
@@ -230,6 +393,9 @@ impl Restorer {
                 topic: false,
                 name: name.clone(),
             };
+            if !dropped.is_empty() {
+                entries.retain(|e| !dropped.contains(&e.msg.id));
+            }
             if let Some(acked) = self.queue_acks.get(&name) {
                 entries.retain(|e| !acked.contains(&e.msg.id));
             }
@@ -254,6 +420,9 @@ impl Restorer {
                 topic: true,
                 name: topic.clone(),
             };
+            if !dropped.is_empty() {
+                entries.retain(|e| !dropped.contains(&e.msg.id));
+            }
             if let Some(acked) = self.sub_acks.get(&(topic.clone(), sub.clone())) {
                 entries.retain(|e| !acked.contains(&e.msg.id));
             }
@@ -386,7 +555,7 @@ mod tests {
                 id: 2,
             },
         ]);
-        let out = r.finish(&IdSet::default());
+        let out = r.finish(&IdSet::default(), &IdSet::default());
         assert_eq!(out.message_count(), 2);
         assert_eq!(out.queues.len(), 1, "queue b has nothing left");
         let (name, entries) = &out.queues[0];
@@ -425,7 +594,7 @@ mod tests {
             add(&s1),
             send(4, &t, Bytes::from_static(b"both again")),
         ]);
-        let out = r.finish(&IdSet::default());
+        let out = r.finish(&IdSet::default(), &IdSet::default());
         let by_name = |n: &str| {
             out.subs
                 .iter()
@@ -436,6 +605,75 @@ mod tests {
         assert_eq!(by_name("one"), Some(vec![4]));
         assert_eq!(by_name("two"), Some(vec![4]));
         assert_eq!(out.subs.len(), 2);
+    }
+
+    fn tx_send(tx: u64, id: u64, d: &StoredDestination) -> Record {
+        Record::TxSend {
+            tx,
+            id,
+            destination: d.clone(),
+            priority: 4,
+            expires_ms: 0,
+            timestamp_ms: 0,
+            properties: Vec::new(),
+            body: Bytes::from_static(b"tx"),
+        }
+    }
+
+    fn tx_ack(tx: u64, id: u64, d: &StoredDestination, sub: Option<&StoredSub>) -> Record {
+        Record::TxAck {
+            tx,
+            destination: d.clone(),
+            sub: sub.cloned(),
+            id,
+        }
+    }
+
+    #[test]
+    fn a_transaction_is_applied_only_if_decided_somewhere() {
+        let a = dest(false, "a");
+        let t = dest(true, "t");
+        let s1 = sub("one");
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
+        r.feed(vec![
+            send(1, &a, Bytes::from_static(b"1")),
+            send(2, &a, Bytes::from_static(b"2")),
+            Record::DurableAdd {
+                topic: "t".into(),
+                sub: s1.clone(),
+            },
+            send(3, &t, Bytes::from_static(b"3")),
+            // Decided by another shard's TxCommit.
+            tx_send(100, 10, &a),
+            tx_ack(100, 1, &a, None),
+            tx_send(100, 11, &t),
+            tx_ack(100, 3, &t, Some(&s1)),
+        ]);
+        r.feed(vec![
+            // Never decided: dropped, its ACK not in effect.
+            tx_send(200, 20, &a),
+            tx_ack(200, 2, &a, None),
+            // Applied here (TxDone), whatever the others say.
+            tx_send(300, 30, &a),
+            Record::TxDone { tx: 300 },
+            // This shard's own decision for a transaction prepared elsewhere.
+            Record::TxCommit { tx: 500 },
+        ]);
+        assert_eq!(r.max_id_counter(), 500, "transaction ids count too");
+        assert_eq!(r.commits(), &IdSet::from_iter([500]));
+        let out = r.finish(&IdSet::default(), &IdSet::from_iter([100, 500]));
+        let (_, queue) = out.queues.iter().find(|(n, _)| &**n == "a").unwrap();
+        assert_eq!(ids(queue), vec![2, 10, 30]);
+        let (_, _, topic) = &out.subs[0];
+        assert_eq!(ids(topic), vec![11]);
+        let mut undone = out.tx.undone.clone();
+        undone.sort_unstable();
+        assert_eq!(undone, vec![100], "300 has its TxDone already");
+        assert_eq!(out.tx.dropped_sends, vec![20]);
+        let mut acked = out.tx.applied_acks.clone();
+        acked.sort_unstable();
+        assert_eq!(acked, vec![1, 3]);
+        assert_eq!(out.tx.commits, vec![500]);
     }
 
     #[test]
@@ -455,7 +693,7 @@ mod tests {
             },
             send(9, &t, body),
         ]);
-        let out = r.finish(&IdSet::from_iter([9]));
+        let out = r.finish(&IdSet::from_iter([9]), &IdSet::default());
         let msgs: Vec<&SharedMessage> = out.subs.iter().map(|(_, _, e)| &e[0].msg).collect();
         assert_eq!(msgs.len(), 2);
         assert!(Arc::ptr_eq(msgs[0], msgs[1]), "one copy per message");

@@ -14,9 +14,10 @@ use tracing::{debug, warn};
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::message_ids::MessageIds;
-use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp};
+use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
+use crate::idmap::IdMap;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
 #[derive(Debug, Clone)]
@@ -119,6 +120,37 @@ fn stored_sub(d: &DurableName) -> StoredSub {
     }
 }
 
+/// A transaction's part on this shard, journaled as prepared records and
+/// waiting for the decision.
+#[derive(Debug, Default)]
+struct Prepared {
+    sends: Vec<PreparedSend>,
+    acks: Vec<ReservedAck>,
+    /// NACKs retire nothing: they are applied with the part, unjournaled.
+    nacks: Vec<TxAck>,
+    /// Some prepared record was journaled: the part needs a TxDone.
+    journaled: bool,
+}
+
+#[derive(Debug)]
+struct PreparedSend {
+    msg: SharedMessage,
+    /// For a journaled topic message: the durable subscriptions it was
+    /// journaled for (its holders), as recovery would give it to them.
+    durables: Vec<DurableName>,
+}
+
+/// Deliveries a prepared transaction acknowledges, out of their queue's
+/// flight (see `MessageQueue::reserve`).
+#[derive(Debug)]
+struct ReservedAck {
+    destination: Destination,
+    consumer: ConsumerKey,
+    /// The topic subscription they were delivered on (queues: None).
+    sub: Option<SubId>,
+    entries: Vec<Entry>,
+}
+
 pub struct ShardBroker {
     shard: usize,
     settings: BrokerSettings,
@@ -129,6 +161,8 @@ pub struct ShardBroker {
     /// This shard's id issuer, shared with its connections: a dead-letter
     /// copy is a new message with an id of its own.
     ids: Rc<MessageIds>,
+    /// Transaction parts prepared here, by transaction id.
+    prepared: IdMap<Prepared>,
 }
 
 impl ShardBroker {
@@ -147,6 +181,7 @@ impl ShardBroker {
             usage,
             store,
             ids,
+            prepared: IdMap::default(),
         }
     }
 
@@ -198,7 +233,224 @@ impl ShardBroker {
                 conn.shard as usize,
                 ShardMsg::Reply(Reply::Fenced { conn, token }),
             )),
+            // Without a runtime that waits for durability, a transaction is
+            // decided as soon as it is prepared.
+            Op::TxPrepare {
+                tx,
+                coordinator,
+                part,
+                alone,
+            } => {
+                self.tx_prepare(tx, part);
+                let reply = if alone {
+                    self.tx_apply(tx, out);
+                    Reply::TxDone { tx }
+                } else {
+                    Reply::TxPrepared { tx }
+                };
+                out.push((coordinator, ShardMsg::Reply(reply)));
+            }
+            Op::TxApply { tx, coordinator } => {
+                self.tx_apply(tx, out);
+                out.push((coordinator, ShardMsg::Reply(Reply::TxApplied { tx })));
+                out.push((coordinator, ShardMsg::Reply(Reply::TxDone { tx })));
+            }
+            // Coordination is the runtime's (see server::shard).
+            Op::TxCoordinate { .. } => {}
         }
+    }
+
+    /// Journals this shard's part of transaction `tx` as prepared records
+    /// and keeps it aside, unapplied: its messages are not enqueued, and
+    /// the deliveries it acknowledges are reserved (neither redelivered
+    /// nor retired) until [`ShardBroker::tx_apply`].
+    pub fn tx_prepare(&mut self, tx: u64, part: TxPart) {
+        let mut p = Prepared::default();
+        let store = self.store.clone();
+        let mut store = store.borrow_mut();
+        for msg in part.sends {
+            let mut durables = Vec::new();
+            let holders = match &msg.destination {
+                _ if !msg.persistent => 0,
+                Destination::Queue(_) => 1,
+                Destination::Topic(name) => {
+                    if let Some(t) = self.topics.get(name) {
+                        durables = t
+                            .subs
+                            .keys()
+                            .filter_map(|id| match id {
+                                SubId::Durable(d) => Some(d.clone()),
+                                SubId::Plain(_) => None,
+                            })
+                            .collect();
+                    }
+                    durables.len() as u32
+                }
+            };
+            if holders > 0 {
+                let sd = stored_dest(&msg.destination);
+                store.append(
+                    &RecordRef::TxSend {
+                        tx,
+                        id: msg.id,
+                        destination: &sd,
+                        priority: msg.priority,
+                        expires_ms: msg.expires_ms,
+                        timestamp_ms: msg.timestamp_ms,
+                        properties: &msg.properties,
+                        body: &msg.body,
+                    },
+                    holders,
+                );
+                p.journaled = true;
+            }
+            p.sends.push(PreparedSend { msg, durables });
+        }
+        for ack in part.acks {
+            if ack.nack {
+                p.nacks.push(ack);
+                continue;
+            }
+            let (sub, entries) = match self.queue_of(&ack.destination, ack.consumer) {
+                Some((sub, q)) => (sub.cloned(), q.reserve(ack.consumer, &ack.ids)),
+                None => continue,
+            };
+            let durable = match &sub {
+                Some(SubId::Durable(d)) => Some(stored_sub(d)),
+                _ => None,
+            };
+            let sd = stored_dest(&ack.destination);
+            for e in entries.iter().filter(|e| e.stored) {
+                store.append(
+                    &RecordRef::TxAck {
+                        tx,
+                        destination: &sd,
+                        sub: durable.as_ref(),
+                        id: e.msg.id,
+                    },
+                    0,
+                );
+                p.journaled = true;
+            }
+            p.acks.push(ReservedAck {
+                destination: ack.destination,
+                consumer: ack.consumer,
+                sub,
+                entries,
+            });
+        }
+        self.prepared.insert(tx, p);
+    }
+
+    /// The decision of transaction `tx` is durable (or this shard is its
+    /// only participant): journals TxDone, then applies the prepared part
+    /// as if its SENDs and ACKs came now.
+    pub fn tx_apply(&mut self, tx: u64, out: &mut Outbox) {
+        let Some(p) = self.prepared.remove(&tx) else {
+            return;
+        };
+        if p.journaled {
+            // Before any holder is released: a segment freed by this
+            // transaction is reused only after a durable round covers it.
+            self.store
+                .borrow_mut()
+                .append(&RecordRef::TxDone { tx }, 0);
+        }
+        for PreparedSend { msg, durables } in p.sends {
+            self.enqueue_prepared(msg, &durables, out);
+        }
+        for a in p.acks {
+            let stored: Vec<u64> = a
+                .entries
+                .iter()
+                .filter(|e| e.stored)
+                .map(|e| e.msg.id)
+                .collect();
+            {
+                let mut store = self.store.borrow_mut();
+                for id in stored {
+                    store.release(id);
+                }
+            }
+            if let Some(q) = self.queue_by(&a.destination, a.sub.as_ref()) {
+                q.settle_reserved(a.consumer, a.entries.len());
+            }
+            self.dispatch_one(&a.destination, a.consumer, out);
+        }
+        for n in p.nacks {
+            self.apply(
+                Op::Nack {
+                    destination: n.destination,
+                    consumer: n.consumer,
+                    ids: n.ids,
+                },
+                out,
+            );
+        }
+    }
+
+    /// Enqueues a prepared message, already journaled (if at all) with
+    /// holders for `durables`.
+    fn enqueue_prepared(&mut self, msg: SharedMessage, durables: &[DurableName], out: &mut Outbox) {
+        match &msg.destination {
+            Destination::Queue(name) => {
+                self.queues.entry(name.clone()).or_default().enqueue(Entry {
+                    msg: msg.clone(),
+                    redeliveries: 0,
+                    stored: msg.persistent,
+                });
+            }
+            Destination::Topic(name) => {
+                let mut kept = 0;
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.enqueued += 1;
+                    for (id, sub) in t.subs.iter_mut() {
+                        // Stored for the durable subscriptions it was
+                        // journaled for, as recovery would restore it;
+                        // others present now get it as a passing message.
+                        let stored = matches!(id, SubId::Durable(d) if durables.contains(d));
+                        kept += usize::from(stored);
+                        sub.queue.enqueue(Entry {
+                            msg: msg.clone(),
+                            redeliveries: 0,
+                            stored,
+                        });
+                    }
+                }
+                // Journaled for subscriptions gone since: they let go.
+                let mut store = self.store.borrow_mut();
+                for _ in kept..durables.len() {
+                    store.release(msg.id);
+                }
+            }
+        }
+        self.dispatch_destination(&msg.destination, out);
+    }
+
+    /// The queue a reservation was made in, by subscription rather than by
+    /// consumer (the consumer may have left since).
+    fn queue_by(&mut self, dest: &Destination, sub: Option<&SubId>) -> Option<&mut MessageQueue> {
+        match (dest, sub) {
+            (Destination::Queue(name), _) => self.queues.get_mut(name),
+            (Destination::Topic(name), Some(id)) => {
+                Some(&mut self.topics.get_mut(name)?.subs.get_mut(id)?.queue)
+            }
+            (Destination::Topic(_), None) => None,
+        }
+    }
+
+    /// Journals the decision of transaction `tx` (this shard coordinates
+    /// it): held until each of `participants` has made its TxDone durable
+    /// ([`ShardBroker::tx_forget`]).
+    pub fn tx_decide(&mut self, tx: u64, participants: usize) {
+        self.store
+            .borrow_mut()
+            .append(&RecordRef::TxCommit { tx }, participants as u32);
+    }
+
+    /// One participant no longer needs the decision of `tx`.
+    pub fn tx_forget(&mut self, tx: u64) {
+        self.store.borrow_mut().release(tx);
     }
 
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {

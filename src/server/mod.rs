@@ -144,6 +144,7 @@ pub fn serve(config: Config) -> Result<()> {
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        recovered_commits: Arc::default(),
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         fault_panic_destination: std::env::var("BROKK_FAULT_PANIC_DESTINATION")

@@ -19,15 +19,16 @@ use super::latch::Latch;
 use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{Op, Reply, ShardMsg};
+use crate::broker::ops::{ConnRef, Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
-use crate::broker::restore::{Restored, Restorer};
+use crate::broker::restore::{Restored, Restorer, TxOutcome};
 use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
+use crate::idmap::{IdMap, IdSet};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
 use crate::store::memory::MemoryStore;
-use crate::store::Store;
+use crate::store::{RecordRef, Store};
 
 /// A batch of messages for one peer shard.
 pub type Batch = Vec<ShardMsg>;
@@ -80,8 +81,15 @@ pub struct Shared {
     pub store_limit_bytes: u64,
     /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
     pub send_fail_if_no_space: bool,
-    /// Every shard passes it once its state is recovered, before listening.
+    /// Every shard passes it twice before listening: once its journal is
+    /// read (its transaction decisions published), and once the
+    /// transactions recovery applied are durable everywhere.
     pub recovered: Arc<std::sync::Barrier>,
+    /// The transactions whose decision (TxCommit) any shard's journal
+    /// holds, published before the first pass of `recovered`: a
+    /// participant's prepared records are in effect if their decision is
+    /// in any journal.
+    pub recovered_commits: Arc<std::sync::Mutex<IdSet>>,
     /// The highest message id counter any shard recovered, published before
     /// `recovered` is passed: every shard's new ids start above it.
     pub recovered_max_id: Arc<std::sync::atomic::AtomicU64>,
@@ -119,6 +127,24 @@ pub struct ShardContext {
     /// Fence replies waiting for the journal to reach a sequence number.
     deferred: RefCell<VecDeque<(u64, (usize, ShardMsg))>>,
     flush_wakeup: Mailbox<()>,
+    /// Transactions this shard coordinates (those committed on its
+    /// connections), until every participant has applied them.
+    coordinating: RefCell<IdMap<Coordinating>>,
+}
+
+/// A transaction on its way through two-phase commit: every participant
+/// journals its part as prepared records (TxPrepared), then this shard
+/// journals the decision (TxCommit) and, once it is durable, has every
+/// participant apply its part (TxApplied) and journal that it did (TxDone).
+/// With one participant there is nothing to coordinate: it journals its
+/// records and its TxDone together and applies at once (TxDone only).
+struct Coordinating {
+    conn: ConnRef,
+    token: u64,
+    participants: Vec<usize>,
+    prepared: usize,
+    applied: usize,
+    done: usize,
 }
 
 impl ShardContext {
@@ -170,11 +196,71 @@ impl ShardContext {
                         crossing += i64::from(self.when_durable(reply, &mut work));
                     }
                 }
+                ShardMsg::Op(Op::TxCoordinate {
+                    tx,
+                    conn,
+                    token,
+                    participants,
+                }) => {
+                    self.coordinating.borrow_mut().insert(
+                        tx,
+                        Coordinating {
+                            conn,
+                            token,
+                            participants,
+                            prepared: 0,
+                            applied: 0,
+                            done: 0,
+                        },
+                    );
+                }
+                ShardMsg::Op(Op::TxPrepare {
+                    tx,
+                    coordinator,
+                    part,
+                    alone,
+                }) => {
+                    let reply = {
+                        let mut broker = self.broker.borrow_mut();
+                        broker.tx_prepare(tx, part);
+                        if alone {
+                            // Records and TxDone in one flush decide it.
+                            broker.tx_apply(tx, &mut produced);
+                            Reply::TxDone { tx }
+                        } else {
+                            Reply::TxPrepared { tx }
+                        }
+                    };
+                    work.extend(produced.drain(..));
+                    self.when_durable((coordinator, ShardMsg::Reply(reply)), &mut work);
+                }
+                ShardMsg::Op(Op::TxApply { tx, coordinator }) => {
+                    self.broker.borrow_mut().tx_apply(tx, &mut produced);
+                    work.extend(produced.drain(..));
+                    // Applied is enough for the receipt (the decision is
+                    // durable); the decision record is needed until TxDone is.
+                    work.push_back((coordinator, ShardMsg::Reply(Reply::TxApplied { tx })));
+                    let done = (coordinator, ShardMsg::Reply(Reply::TxDone { tx }));
+                    self.when_durable(done, &mut work);
+                }
                 ShardMsg::Op(op) => {
                     self.broker.borrow_mut().apply(op, &mut produced);
                     work.extend(produced.drain(..));
                 }
                 ShardMsg::Reply(Reply::Retire(r)) => self.broker.borrow_mut().retire_one(&r),
+                ShardMsg::Reply(Reply::TxPrepared { tx }) => self.tx_prepared(tx, &mut work),
+                ShardMsg::Reply(Reply::TxApplied { tx }) => self.tx_answered(tx, true, false),
+                ShardMsg::Reply(Reply::TxDone { tx }) => {
+                    let alone = self
+                        .coordinating
+                        .borrow()
+                        .get(&tx)
+                        .is_some_and(|c| c.participants.len() == 1);
+                    if !alone {
+                        self.broker.borrow_mut().tx_forget(tx);
+                    }
+                    self.tx_answered(tx, alone, true);
+                }
                 ShardMsg::Reply(reply) => self.reply(reply),
             }
         }
@@ -215,6 +301,58 @@ impl ShardContext {
         }
     }
 
+    /// A participant's part of `tx` is durable as prepared records; once
+    /// all are, the decision is journaled and, when durable, sent out.
+    fn tx_prepared(&self, tx: u64, work: &mut VecDeque<(usize, ShardMsg)>) {
+        let participants = {
+            let mut coordinating = self.coordinating.borrow_mut();
+            let Some(c) = coordinating.get_mut(&tx) else {
+                return;
+            };
+            c.prepared += 1;
+            if c.prepared < c.participants.len() {
+                return;
+            }
+            c.participants.clone()
+        };
+        self.broker
+            .borrow_mut()
+            .tx_decide(tx, participants.len());
+        for p in participants {
+            let apply = (
+                p,
+                ShardMsg::Op(Op::TxApply {
+                    tx,
+                    coordinator: self.id,
+                }),
+            );
+            self.when_durable(apply, work);
+        }
+    }
+
+    /// A participant applied its part of `tx` and/or made its TxDone
+    /// durable. Once all have applied, the connection gets its RECEIPT
+    /// (applied, and durable by the decision); once all are done, the
+    /// transaction is forgotten.
+    fn tx_answered(&self, tx: u64, applied: bool, done: bool) {
+        let mut coordinating = self.coordinating.borrow_mut();
+        let Some(c) = coordinating.get_mut(&tx) else {
+            return;
+        };
+        let n = c.participants.len();
+        c.applied += usize::from(applied);
+        c.done += usize::from(done);
+        let receipt = applied && c.applied == n;
+        let (conn, token) = (c.conn, c.token);
+        if c.applied == n && c.done == n {
+            coordinating.remove(&tx);
+        }
+        drop(coordinating);
+        if receipt {
+            self.reply(Reply::Fenced { conn, token });
+        }
+    }
+
     fn reply(&self, reply: Reply) {
         let conns = self.conns.borrow();
         let (conn, item) = match reply {
@@ -224,8 +362,10 @@ impl ShardContext {
             } => (consumer.conn, Outbound::Deliver(consumer.sub, deliveries)),
             Reply::Fenced { conn, token } => (conn.conn, Outbound::Fenced(token)),
             Reply::Refused { conn, reason } => (conn.conn, Outbound::Refused(reason)),
-            // Handled by the broker in route_all; never addressed to a connection.
-            Reply::Retire(_) => return,
+            // Handled in route_all; never addressed to a connection.
+            Reply::Retire(_) | Reply::TxPrepared { .. } | Reply::TxApplied { .. } | Reply::TxDone { .. } => {
+                return
+            }
         };
         // A connection that is gone already released its subscriptions; the
         // owner took its deliveries back.
@@ -260,15 +400,11 @@ pub async fn run(
             },
         };
         let usage = shared.usage.clone();
-        let (store, journal, restored): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
-            None => (
-                Rc::new(RefCell::new(MemoryStore)),
-                None,
-                Restored::default(),
-            ),
+        let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
+            None => (Rc::new(RefCell::new(MemoryStore)), None, None),
             Some(js) => match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await
             {
-                Ok((j, restored)) => (j.clone(), Some(j), restored),
+                Ok((j, restorer, copy_out)) => (j.clone(), Some(j), Some((restorer, copy_out))),
                 Err(e) => {
                     let _ = ready.send(Err(e));
                     return;
@@ -276,12 +412,47 @@ pub async fn run(
             },
         };
         // Listen only once every shard's state is back: no client sees a
-        // half-recovered broker. A blocking wait, on purpose: nothing else
+        // half-recovered broker. Blocking waits, on purpose: nothing else
         // runs on this shard yet, and the thread sleeps instead of polling.
-        shared
-            .recovered_max_id
-            .fetch_max(restored.max_id_counter, Ordering::SeqCst);
+        if let Some((restorer, _)) = &read {
+            shared
+                .recovered_max_id
+                .fetch_max(restorer.max_id_counter(), Ordering::SeqCst);
+            shared
+                .recovered_commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(restorer.commits().iter().copied());
+        }
         shared.recovered.wait();
+        let mut restored = match read {
+            None => Restored::default(),
+            Some((restorer, copy_out)) => {
+                let committed = shared
+                    .recovered_commits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                restorer.finish(&copy_out, &committed)
+            }
+        };
+        let tx = std::mem::take(&mut restored.tx);
+        if let Some(j) = &journal {
+            if let Err(e) = settle_transactions(j, &tx).await {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+        // Every shard's TxDone for what recovery applied is durable now, so
+        // no decision record is needed any more: only past this point may a
+        // coordinator's segment be reused (serving appends; appends roll).
+        shared.recovered.wait();
+        if let Some(j) = &journal {
+            let mut j = j.borrow_mut();
+            for tx in &tx.commits {
+                j.release(*tx);
+            }
+        }
         let ids = Rc::new(MessageIds::new(
             id,
             shared.recovered_max_id.load(Ordering::SeqCst),
@@ -319,6 +490,7 @@ pub async fn run(
             journal,
             deferred: RefCell::new(VecDeque::new()),
             flush_wakeup: Mailbox::default(),
+            coordinating: RefCell::new(IdMap::default()),
             outboxes,
             conns: RefCell::new(HashMap::new()),
             session_cfg,
@@ -494,7 +666,7 @@ async fn open_journal(
     js: &JournalSettings,
     store_usage: Arc<StoreUsage>,
     memory: Arc<MemoryUsage>,
-) -> Result<(Rc<RefCell<Journal>>, Restored), String> {
+) -> Result<(Rc<RefCell<Journal>>, Restorer, IdSet), String> {
     let meta = js.dir.join("meta");
     match glommio::io::DmaFile::open(&meta).await {
         Ok(f) => {
@@ -509,7 +681,6 @@ async fn open_journal(
             restorer.feed(records)
         })
         .map_err(|e| e.to_string())?;
-    let restored = restorer.finish(&recovered.copy_out);
     let new_dir = recovered.layout.segments.is_empty();
     let cfg = JournalConfig {
         dir,
@@ -536,7 +707,37 @@ async fn open_journal(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok((j, restored))
+    // The restorer finishes once every shard's transaction decisions are
+    // known (see `run`).
+    Ok((j, restorer, recovered.copy_out))
+}
+
+/// The journal's side of the transactions recovery decided: a TxDone for
+/// each one applied here without one (made durable before the decision
+/// records may go, see `run`), and the holders that applied prepared ACKs
+/// and dropped prepared SENDs let go of (after the TxDones, so that a
+/// segment they free is reused only once those are durable).
+async fn settle_transactions(j: &RefCell<Journal>, tx: &TxOutcome) -> Result<(), String> {
+    {
+        let mut j = j.borrow_mut();
+        for t in &tx.undone {
+            j.append(&RecordRef::TxDone { tx: *t }, 0);
+        }
+        for id in &tx.applied_acks {
+            j.release(*id);
+        }
+        for id in &tx.dropped_sends {
+            j.forget(*id);
+        }
+    }
+    if !tx.undone.is_empty() || !tx.applied_acks.is_empty() || !tx.dropped_sends.is_empty() {
+        info!(
+            applied = tx.undone.len(),
+            dropped_sends = tx.dropped_sends.len(),
+            "transactions settled by recovery"
+        );
+    }
+    journal::flush(j).await.map_err(|e| e.to_string())
 }
 
 /// Group commit, pipelined in two stages: each round writes everything

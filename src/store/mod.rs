@@ -17,9 +17,11 @@ pub use record::{Record, RecordRef, StoredDestination, StoredSub};
 /// What the broker asks of a store, synchronously: appends are buffered;
 /// the store's own flusher makes them durable and says how far it got.
 pub trait Store {
-    /// Buffers a record. For a SEND, `holders` is how many acknowledgements
-    /// retire it (1 for a queue, the durable subscribers for a topic).
+    /// Buffers a record. For a SEND (or a transaction's prepared SEND),
+    /// `holders` is how many acknowledgements retire it (1 for a queue, the
+    /// durable subscribers for a topic); for a TxCommit, how many
+    /// participants have yet to apply the transaction.
     fn append(&mut self, rec: &RecordRef<'_>, holders: u32);
-    /// One holder of message `id` let go of it.
+    /// One holder of message (or transaction decision) `id` let go of it.
     fn release(&mut self, id: u64);
 }

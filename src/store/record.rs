@@ -27,6 +27,10 @@ const T_ACK: u8 = 2;
 const T_REDELIVERED: u8 = 3;
 const T_DURABLE_ADD: u8 = 4;
 const T_DURABLE_REMOVE: u8 = 5;
+const T_TX_SEND: u8 = 6;
+const T_TX_ACK: u8 = 7;
+const T_TX_COMMIT: u8 = 8;
+const T_TX_DONE: u8 = 9;
 
 /// A destination as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,6 +79,31 @@ pub enum RecordRef<'a> {
         topic: &'a str,
         sub: &'a StoredSub,
     },
+    /// A SEND prepared by transaction `tx`: in effect only once the
+    /// transaction is decided (see [`RecordRef::TxCommit`]).
+    TxSend {
+        tx: u64,
+        id: u64,
+        destination: &'a StoredDestination,
+        priority: u8,
+        expires_ms: u64,
+        timestamp_ms: u64,
+        properties: &'a [(Bytes, Bytes)],
+        body: &'a [u8],
+    },
+    /// An ACK prepared by transaction `tx`, in effect as its SENDs are.
+    TxAck {
+        tx: u64,
+        destination: &'a StoredDestination,
+        sub: Option<&'a StoredSub>,
+        id: u64,
+    },
+    /// The coordinator's decision: every participant prepared `tx`, so its
+    /// prepared records are in effect on every shard.
+    TxCommit { tx: u64 },
+    /// This shard applied its part of `tx`: its prepared records here are in
+    /// effect without the coordinator's decision.
+    TxDone { tx: u64 },
 }
 
 /// A record read back.
@@ -108,16 +137,55 @@ pub enum Record {
         topic: Arc<str>,
         sub: StoredSub,
     },
+    TxSend {
+        tx: u64,
+        id: u64,
+        destination: StoredDestination,
+        priority: u8,
+        expires_ms: u64,
+        timestamp_ms: u64,
+        properties: Vec<(Bytes, Bytes)>,
+        body: Bytes,
+    },
+    TxAck {
+        tx: u64,
+        destination: StoredDestination,
+        sub: Option<StoredSub>,
+        id: u64,
+    },
+    TxCommit {
+        tx: u64,
+    },
+    TxDone {
+        tx: u64,
+    },
 }
 
 impl Record {
     /// The message a SEND, ACK or redelivery count record is about.
     pub fn message_id(&self) -> Option<u64> {
         match self {
-            Record::Send { id, .. } | Record::Ack { id, .. } | Record::Redelivered { id, .. } => {
-                Some(*id)
-            }
-            Record::DurableAdd { .. } | Record::DurableRemove { .. } => None,
+            Record::Send { id, .. }
+            | Record::Ack { id, .. }
+            | Record::Redelivered { id, .. }
+            | Record::TxSend { id, .. }
+            | Record::TxAck { id, .. } => Some(*id),
+            Record::DurableAdd { .. }
+            | Record::DurableRemove { .. }
+            | Record::TxCommit { .. }
+            | Record::TxDone { .. } => None,
+        }
+    }
+
+    /// The transaction a record belongs to. Transaction ids come from the
+    /// same issuer as message ids, so they too must stay unique.
+    pub fn tx_id(&self) -> Option<u64> {
+        match self {
+            Record::TxSend { tx, .. }
+            | Record::TxAck { tx, .. }
+            | Record::TxCommit { tx }
+            | Record::TxDone { tx } => Some(*tx),
+            _ => None,
         }
     }
 }
@@ -130,6 +198,30 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 fn put_dest(out: &mut Vec<u8>, d: &StoredDestination) {
     out.push(u8::from(d.topic));
     put_bytes(out, d.name.as_bytes());
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_send(
+    out: &mut Vec<u8>,
+    id: u64,
+    destination: &StoredDestination,
+    priority: u8,
+    expires_ms: u64,
+    timestamp_ms: u64,
+    properties: &[(Bytes, Bytes)],
+    body: &[u8],
+) {
+    out.extend_from_slice(&id.to_le_bytes());
+    put_dest(out, destination);
+    out.push(priority);
+    out.extend_from_slice(&expires_ms.to_le_bytes());
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&(properties.len() as u32).to_le_bytes());
+    for (k, v) in properties.iter() {
+        put_bytes(out, k);
+        put_bytes(out, v);
+    }
+    put_bytes(out, body);
 }
 
 fn put_sub(out: &mut Vec<u8>, s: Option<&StoredSub>) {
@@ -158,17 +250,59 @@ pub fn encode(r: &RecordRef<'_>, generation: u64, out: &mut Vec<u8>) {
             body,
         } => {
             out.push(T_SEND);
-            out.extend_from_slice(&id.to_le_bytes());
+            put_send(
+                out,
+                *id,
+                destination,
+                *priority,
+                *expires_ms,
+                *timestamp_ms,
+                properties,
+                body,
+            );
+        }
+        RecordRef::TxSend {
+            tx,
+            id,
+            destination,
+            priority,
+            expires_ms,
+            timestamp_ms,
+            properties,
+            body,
+        } => {
+            out.push(T_TX_SEND);
+            out.extend_from_slice(&tx.to_le_bytes());
+            put_send(
+                out,
+                *id,
+                destination,
+                *priority,
+                *expires_ms,
+                *timestamp_ms,
+                properties,
+                body,
+            );
+        }
+        RecordRef::TxAck {
+            tx,
+            destination,
+            sub,
+            id,
+        } => {
+            out.push(T_TX_ACK);
+            out.extend_from_slice(&tx.to_le_bytes());
             put_dest(out, destination);
-            out.push(*priority);
-            out.extend_from_slice(&expires_ms.to_le_bytes());
-            out.extend_from_slice(&timestamp_ms.to_le_bytes());
-            out.extend_from_slice(&(properties.len() as u32).to_le_bytes());
-            for (k, v) in properties.iter() {
-                put_bytes(out, k);
-                put_bytes(out, v);
-            }
-            put_bytes(out, body);
+            put_sub(out, *sub);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        RecordRef::TxCommit { tx } => {
+            out.push(T_TX_COMMIT);
+            out.extend_from_slice(&tx.to_le_bytes());
+        }
+        RecordRef::TxDone { tx } => {
+            out.push(T_TX_DONE);
+            out.extend_from_slice(&tx.to_le_bytes());
         }
         RecordRef::Ack {
             destination,
@@ -288,6 +422,16 @@ pub fn decode_named(buf: &Bytes, pos: usize, generation: u64, names: &mut Names)
 
 struct Reader<'a>(Bytes, &'a mut Names);
 
+struct SendFields {
+    id: u64,
+    destination: StoredDestination,
+    priority: u8,
+    expires_ms: u64,
+    timestamp_ms: u64,
+    properties: Vec<(Bytes, Bytes)>,
+    body: Bytes,
+}
+
 impl Reader<'_> {
     fn u8(&mut self) -> Option<u8> {
         (self.0.remaining() >= 1).then(|| self.0.get_u8())
@@ -313,6 +457,29 @@ impl Reader<'_> {
             name: self.str()?,
         })
     }
+    /// A SEND's payload after its type (and, tagged, its transaction).
+    fn send(&mut self) -> Option<SendFields> {
+        let id = self.u64()?;
+        let destination = self.dest()?;
+        let priority = self.u8()?;
+        let expires_ms = self.u64()?;
+        let timestamp_ms = self.u64()?;
+        let n = self.u32()? as usize;
+        let mut properties = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            properties.push((self.bytes()?, self.bytes()?));
+        }
+        let body = self.bytes()?;
+        Some(SendFields {
+            id,
+            destination,
+            priority,
+            expires_ms,
+            timestamp_ms,
+            properties,
+            body,
+        })
+    }
     fn sub(&mut self) -> Option<Option<StoredSub>> {
         match self.u8()? {
             0 => Some(None),
@@ -328,27 +495,39 @@ fn parse(payload: Bytes, names: &mut Names) -> Option<Record> {
     let mut r = Reader(payload, names);
     let record = match r.u8()? {
         T_SEND => {
-            let id = r.u64()?;
-            let destination = r.dest()?;
-            let priority = r.u8()?;
-            let expires_ms = r.u64()?;
-            let timestamp_ms = r.u64()?;
-            let n = r.u32()? as usize;
-            let mut properties = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                properties.push((r.bytes()?, r.bytes()?));
-            }
-            let body = r.bytes()?;
+            let f = r.send()?;
             Record::Send {
-                id,
-                destination,
-                priority,
-                expires_ms,
-                timestamp_ms,
-                properties,
-                body,
+                id: f.id,
+                destination: f.destination,
+                priority: f.priority,
+                expires_ms: f.expires_ms,
+                timestamp_ms: f.timestamp_ms,
+                properties: f.properties,
+                body: f.body,
             }
         }
+        T_TX_SEND => {
+            let tx = r.u64()?;
+            let f = r.send()?;
+            Record::TxSend {
+                tx,
+                id: f.id,
+                destination: f.destination,
+                priority: f.priority,
+                expires_ms: f.expires_ms,
+                timestamp_ms: f.timestamp_ms,
+                properties: f.properties,
+                body: f.body,
+            }
+        }
+        T_TX_ACK => Record::TxAck {
+            tx: r.u64()?,
+            destination: r.dest()?,
+            sub: r.sub()?,
+            id: r.u64()?,
+        },
+        T_TX_COMMIT => Record::TxCommit { tx: r.u64()? },
+        T_TX_DONE => Record::TxDone { tx: r.u64()? },
         T_ACK => Record::Ack {
             destination: r.dest()?,
             sub: r.sub()?,
@@ -490,6 +669,111 @@ mod tests {
             }
         );
         assert_eq!(decode_at(&b, pos, 3), Decoded::End);
+    }
+
+    #[test]
+    fn transaction_records_round_trip() {
+        let d = dest();
+        let sub = StoredSub {
+            client_id: "c".into(),
+            name: "s".into(),
+        };
+        let props = vec![(Bytes::from_static(b"marker"), Bytes::from_static(b"t1"))];
+        let mut buf = Vec::new();
+        encode(
+            &RecordRef::TxSend {
+                tx: 99,
+                id: 7,
+                destination: &d,
+                priority: 3,
+                expires_ms: 5,
+                timestamp_ms: 6,
+                properties: &props,
+                body: b"x\0y",
+            },
+            2,
+            &mut buf,
+        );
+        encode(
+            &RecordRef::TxAck {
+                tx: 99,
+                destination: &d,
+                sub: Some(&sub),
+                id: 4,
+            },
+            2,
+            &mut buf,
+        );
+        encode(
+            &RecordRef::TxAck {
+                tx: 99,
+                destination: &d,
+                sub: None,
+                id: 5,
+            },
+            2,
+            &mut buf,
+        );
+        encode(&RecordRef::TxCommit { tx: 99 }, 2, &mut buf);
+        encode(&RecordRef::TxDone { tx: u64::MAX }, 2, &mut buf);
+        let b = Bytes::from(buf);
+        let mut pos = 0;
+        let mut got = Vec::new();
+        while let Decoded::Record(r, next) = decode_at(&b, pos, 2) {
+            got.push(r);
+            pos = next;
+        }
+        assert_eq!(pos, b.len(), "every record read back");
+        assert_eq!(
+            got,
+            vec![
+                Record::TxSend {
+                    tx: 99,
+                    id: 7,
+                    destination: d.clone(),
+                    priority: 3,
+                    expires_ms: 5,
+                    timestamp_ms: 6,
+                    properties: props,
+                    body: Bytes::from_static(b"x\0y"),
+                },
+                Record::TxAck {
+                    tx: 99,
+                    destination: d.clone(),
+                    sub: Some(sub),
+                    id: 4,
+                },
+                Record::TxAck {
+                    tx: 99,
+                    destination: d,
+                    sub: None,
+                    id: 5,
+                },
+                Record::TxCommit { tx: 99 },
+                Record::TxDone { tx: u64::MAX },
+            ]
+        );
+        assert_eq!(got[0].message_id(), Some(7));
+        assert_eq!(got[0].tx_id(), Some(99));
+        assert_eq!(got[3].message_id(), None);
+        assert_eq!(got[4].tx_id(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_truncated_transaction_record_is_malformed() {
+        // A TxCommit whose payload lost its last byte (with a CRC that
+        // matches the short payload): the layout check refuses it.
+        let mut payload = vec![T_TX_COMMIT];
+        payload.extend_from_slice(&7u64.to_le_bytes()[..7]);
+        assert_eq!(parse(Bytes::from(payload), &mut Names::default()), None);
+        let mut payload = vec![T_TX_DONE];
+        payload.extend_from_slice(&7u64.to_le_bytes());
+        payload.push(0);
+        assert_eq!(
+            parse(Bytes::from(payload), &mut Names::default()),
+            None,
+            "trailing bytes"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::message::{now_ms, MemoryUsage, Property};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
+use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
@@ -118,8 +118,11 @@ impl Holders {
 
 #[derive(Debug)]
 struct PendingReceipt {
+    /// Shards yet to answer, plus transactions yet to be applied.
     remaining: usize,
-    receipt: Bytes,
+    /// None: a COMMIT without a receipt, tracked only so that later
+    /// receipts wait for it.
+    receipt: Option<Bytes>,
     close: bool,
 }
 
@@ -139,6 +142,10 @@ pub struct Session {
     unacked: IdMap<Holders>,
     transactions: HashMap<Bytes, Vec<TxOp>>,
     receipts: HashMap<u64, PendingReceipt>,
+    /// COMMITs whose coordinator has not answered yet (by token), each with
+    /// the receipts that wait for it: a RECEIPT says that everything sent
+    /// before it is applied, committed transactions included.
+    open_commits: HashMap<u64, Vec<u64>>,
     next_token: u64,
 }
 
@@ -168,6 +175,7 @@ impl Session {
             unacked: IdMap::default(),
             transactions: HashMap::new(),
             receipts: HashMap::new(),
+            open_commits: HashMap::new(),
             next_token: 0,
         }
     }
@@ -203,7 +211,11 @@ impl Session {
             (Phase::Open, Command::Ack) => self.ack(&frame, false, out),
             (Phase::Open, Command::Nack) => self.ack(&frame, true, out),
             (Phase::Open, Command::Begin) => self.begin(&frame),
-            (Phase::Open, Command::Commit) => self.commit(&frame, out),
+            (Phase::Open, Command::Commit) => match self.commit(&frame, receipt.clone(), out) {
+                // The receipt is the coordinator's to answer.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             (Phase::Open, Command::Abort) => self.abort(&frame),
             (Phase::Open, Command::Disconnect) => {
                 let all: Vec<usize> = (0..self.cfg.shards).collect();
@@ -255,7 +267,8 @@ impl Session {
     }
 
     /// Answers `receipt` once every shard in `shards` has applied what this
-    /// connection sent it before. No shard involved: answered at once.
+    /// connection sent it before, and every transaction it committed before
+    /// is applied. Nothing to wait for: answered at once.
     fn fence(
         &mut self,
         mut shards: Vec<usize>,
@@ -265,23 +278,18 @@ impl Session {
     ) {
         shards.sort_unstable();
         shards.dedup();
-        if shards.is_empty() {
-            out.push(Action::Write(
-                Frame::new(Command::Receipt).with("receipt-id", receipt),
-            ));
-            if close {
-                self.phase = Phase::Closed;
-                out.push(Action::Close);
-            }
-            return;
-        }
         let token = self.next_token;
         self.next_token += 1;
+        let remaining = shards.len() + self.wait_for_commits(token);
+        if remaining == 0 {
+            self.answer(Some(receipt), close, out);
+            return;
+        }
         self.receipts.insert(
             token,
             PendingReceipt {
-                remaining: shards.len(),
-                receipt,
+                remaining,
+                receipt: Some(receipt),
                 close,
             },
         );
@@ -296,8 +304,38 @@ impl Session {
         }
     }
 
-    /// A shard has applied everything up to fence `token`.
+    /// Makes receipt `token` wait for every open COMMIT; returns how many.
+    fn wait_for_commits(&mut self, token: u64) -> usize {
+        for waiting in self.open_commits.values_mut() {
+            waiting.push(token);
+        }
+        self.open_commits.len()
+    }
+
+    fn answer(&mut self, receipt: Option<Bytes>, close: bool, out: &mut Vec<Action>) {
+        if let Some(r) = receipt {
+            out.push(Action::Write(
+                Frame::new(Command::Receipt).with("receipt-id", r),
+            ));
+        }
+        if close {
+            self.phase = Phase::Closed;
+            out.push(Action::Close);
+        }
+    }
+
+    /// A shard has applied everything up to fence `token`, or the
+    /// transaction committed as `token` is applied on every shard.
     pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        if let Some(waiting) = self.open_commits.remove(&token) {
+            for w in waiting {
+                self.count_down(w, out);
+            }
+        }
+        self.count_down(token, out);
+    }
+
+    fn count_down(&mut self, token: u64, out: &mut Vec<Action>) {
         let Some(p) = self.receipts.get_mut(&token) else {
             return;
         };
@@ -305,15 +343,8 @@ impl Session {
         if p.remaining > 0 {
             return;
         }
-        let Some(p) = self.receipts.remove(&token) else {
-            return;
-        };
-        out.push(Action::Write(
-            Frame::new(Command::Receipt).with("receipt-id", p.receipt),
-        ));
-        if p.close {
-            self.phase = Phase::Closed;
-            out.push(Action::Close);
+        if let Some(p) = self.receipts.remove(&token) {
+            self.answer(p.receipt, p.close, out);
         }
     }
 
@@ -673,6 +704,27 @@ impl Session {
         nack: bool,
         out: &mut Vec<Action>,
     ) -> Result<usize, Refusal> {
+        let (owner, a) = self.take_ack(id, sub, nack)?;
+        let op = if a.nack {
+            Op::Nack {
+                destination: a.destination,
+                consumer: a.consumer,
+                ids: a.ids,
+            }
+        } else {
+            Op::Ack {
+                destination: a.destination,
+                consumer: a.consumer,
+                ids: a.ids,
+            }
+        };
+        out.push(Action::Route(owner, op));
+        Ok(owner)
+    }
+
+    /// Settles an ACK/NACK on this side (the deliveries it covers are no
+    /// longer awaited) and returns what its destination's owner must do.
+    fn take_ack(&mut self, id: MessageId, sub: u64, nack: bool) -> Result<(usize, TxAck), Refusal> {
         let Some(s) = self.subs.get_mut(&sub) else {
             return refuse("ACK for a closed subscription");
         };
@@ -696,21 +748,15 @@ impl Session {
         }
         let owner = destination.owner(self.cfg.shards);
         let consumer = self.consumer(sub);
-        let op = if nack {
-            Op::Nack {
+        Ok((
+            owner,
+            TxAck {
                 destination,
                 consumer,
                 ids,
-            }
-        } else {
-            Op::Ack {
-                destination,
-                consumer,
-                ids,
-            }
-        };
-        out.push(Action::Route(owner, op));
-        Ok(owner)
+                nack,
+            },
+        ))
     }
 
     fn begin(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
@@ -728,7 +774,16 @@ impl Session {
         Ok(vec![])
     }
 
-    fn commit(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+    /// Commits a transaction atomically across shards: its SENDs and ACKs
+    /// go, grouped by owner shard, to each participant as one part, and
+    /// this connection's shard coordinates a two-phase commit (see
+    /// `server::shard`), answering `receipt` once every part is applied.
+    fn commit(
+        &mut self,
+        f: &Frame,
+        receipt: Option<Bytes>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refusal> {
         let Some(t) = f.header("transaction") else {
             return refuse("COMMIT requires a transaction header");
         };
@@ -738,23 +793,70 @@ impl Session {
                 String::from_utf8_lossy(t)
             ));
         };
-        let mut shards = Vec::new();
+        let mut parts: Vec<(usize, TxPart)> = Vec::new();
         for op in ops {
             match op {
                 TxOp::Send(msg) => {
                     let owner = msg.destination.owner(self.cfg.shards);
-                    out.push(Action::Route(owner, Op::Send(msg)));
-                    shards.push(owner);
+                    part_of(&mut parts, owner).sends.push(msg);
                 }
                 TxOp::Ack { id, sub, nack } => {
                     // Already covered by an earlier cumulative ACK in the same transaction.
                     if self.is_unacked(id, sub) {
-                        shards.push(self.apply_ack(id, sub, nack, out)?);
+                        let (owner, ack) = self.take_ack(id, sub, nack)?;
+                        part_of(&mut parts, owner).acks.push(ack);
                     }
                 }
             }
         }
-        Ok(shards)
+        if parts.is_empty() {
+            if let Some(r) = receipt {
+                self.fence(Vec::new(), r, false, out);
+            }
+            return Ok(());
+        }
+        // The coordinator's id issuer, unique for the life of the data
+        // directory: recovery matches prepared records to decisions by it.
+        let tx = self.ids.next();
+        let token = self.next_token;
+        self.next_token += 1;
+        if receipt.is_some() {
+            let remaining = 1 + self.wait_for_commits(token);
+            self.receipts.insert(
+                token,
+                PendingReceipt {
+                    remaining,
+                    receipt,
+                    close: false,
+                },
+            );
+        }
+        self.open_commits.insert(token, Vec::new());
+        let coordinator = self.conn.shard as usize;
+        let alone = parts.len() == 1;
+        // Ahead of the parts: the coordinator knows the transaction before
+        // any participant can answer.
+        out.push(Action::Route(
+            coordinator,
+            Op::TxCoordinate {
+                tx,
+                conn: self.conn,
+                token,
+                participants: parts.iter().map(|(o, _)| *o).collect(),
+            },
+        ));
+        for (owner, part) in parts {
+            out.push(Action::Route(
+                owner,
+                Op::TxPrepare {
+                    tx,
+                    coordinator,
+                    part,
+                    alone,
+                },
+            ));
+        }
+        Ok(())
     }
 
     fn abort(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
@@ -842,6 +944,18 @@ impl Session {
             },
         ))
     }
+}
+
+/// The part of a transaction that goes to shard `owner`.
+fn part_of(parts: &mut Vec<(usize, TxPart)>, owner: usize) -> &mut TxPart {
+    let i = match parts.iter().position(|(o, _)| *o == owner) {
+        Some(i) => i,
+        None => {
+            parts.push((owner, TxPart::default()));
+            parts.len() - 1
+        }
+    };
+    &mut parts[i].1
 }
 
 fn durable_name(f: &Frame) -> Option<&str> {

@@ -167,9 +167,10 @@ impl Journal {
         !self.pending.is_empty()
     }
 
-    /// Encodes a record for the next flush. `holders`: for a SEND, how many
-    /// acknowledgements retire it (1 for a queue, the durable subscriber
-    /// count for a topic); 0 for other records.
+    /// Encodes a record for the next flush. `holders`: for a SEND (tagged
+    /// or not), how many acknowledgements retire it (1 for a queue, the
+    /// durable subscriber count for a topic); for a TxCommit, how many
+    /// participants must still apply the transaction; 0 for other records.
     pub fn append(&mut self, rec: &RecordRef<'_>, holders: u32) -> u64 {
         let mut size = self.encode_pending(rec);
         let alone = self.segments[self.active()].write_at == BLOCK && self.pending_len == size;
@@ -185,7 +186,14 @@ impl Journal {
         let _ = size;
         let active = self.active();
         match rec {
-            RecordRef::Send { id, .. } if holders > 0 => {
+            // A prepared SEND holds its segment like a SEND; a transaction's
+            // decision is held (under the transaction id, which never equals
+            // a message id) until every participant has applied its part.
+            RecordRef::Send { id, .. }
+            | RecordRef::TxSend { id, .. }
+            | RecordRef::TxCommit { tx: id }
+                if holders > 0 =>
+            {
                 self.holders.insert(*id, (active, holders));
                 self.segments[active].live += 1;
             }
@@ -317,6 +325,15 @@ impl Journal {
         if *left == 0 {
             let seg = *seg;
             self.holders.remove(&id);
+            self.segments[seg].live -= 1;
+            self.release_dead_segments();
+        }
+    }
+
+    /// Every holder of `id` let go at once: a prepared SEND whose
+    /// transaction recovery dropped.
+    pub fn forget(&mut self, id: u64) {
+        if let Some((seg, _)) = self.holders.remove(&id) {
             self.segments[seg].live -= 1;
             self.release_dead_segments();
         }

@@ -661,7 +661,7 @@ impl Replay<'_> {
 
     fn feed(&mut self, i: usize, records: Vec<Record>, sink: &mut impl FnMut(Vec<Record>)) {
         for r in &records {
-            self.sends[i] += usize::from(matches!(r, Record::Send { .. }));
+            self.sends[i] += usize::from(matches!(r, Record::Send { .. } | Record::TxSend { .. }));
             track(r, i, &mut self.durable, &mut self.holders, &mut self.live);
         }
         self.out.records += records.len();
@@ -707,6 +707,9 @@ fn track(
     match r {
         Record::Send {
             id, destination, ..
+        }
+        | Record::TxSend {
+            id, destination, ..
         } => {
             let n = if destination.topic {
                 durable.get(&destination.name).map_or(0, |s| s.len() as u32)
@@ -727,7 +730,17 @@ fn track(
                 }
             }
         }
-        Record::Redelivered { .. } => {}
+        // A prepared ACK retires its message only if its transaction is
+        // applied, which needs every shard's journal: the caller releases
+        // it once that is decided (see `server::shard`).
+        Record::Redelivered { .. } | Record::TxAck { .. } | Record::TxDone { .. } => {}
+        // A decision stays readable until every participant has applied the
+        // transaction; after a crash that is known only once every shard
+        // has recovered, so the caller releases it then.
+        Record::TxCommit { tx } => {
+            holders.insert(*tx, (seg, 1));
+            live[seg] += 1;
+        }
         Record::DurableAdd { topic, sub } => {
             durable
                 .entry(topic.clone())
