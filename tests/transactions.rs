@@ -283,6 +283,234 @@ fn a_receipt_after_a_commit_waits_for_the_commit() {
     assert_eq!(b.destination(&qb).unwrap()["pending"], 1);
 }
 
+// ---- crashes at chosen steps of the two-phase commit ----
+
+const SEGMENT: u64 = 1048576;
+
+fn start_faulty(dir: &std::path::Path, step: &str) -> Broker {
+    let args: Vec<String> = vec![
+        "--data".into(),
+        dir.join("data").display().to_string(),
+        "--shards".into(),
+        "2".into(),
+    ];
+    Broker::spawn_env(
+        Some(CONFIG),
+        &args,
+        Some(dir),
+        &[("BROKK_FAULT_TX_CRASH", step)],
+    )
+}
+
+/// Commits one transaction that SENDs `n` 64 KiB messages to each of
+/// `outs` and ACKs the first delivery of each of `srcs` (each holding one
+/// message), on a broker that kills itself during the COMMIT: no RECEIPT
+/// comes, the connection just ends. Returns the ACKed bodies.
+fn commit_into_a_crash(b: &mut Broker, outs: &[String; 2], srcs: &[String; 2], n: usize) -> Vec<String> {
+    let mut c = b.client();
+    c.subscribe("s0", &srcs[0], "client-individual", &[]);
+    c.subscribe("s1", &srcs[1], "client-individual", &[]);
+    let got = take(&mut c, 2);
+    c.frame("BEGIN", &[("transaction", "t")], b"");
+    let big = "x".repeat(64 * 1024);
+    for out in outs {
+        for i in 0..n {
+            c.frame(
+                "SEND",
+                &[
+                    ("destination", out),
+                    ("transaction", "t"),
+                    ("persistent", "true"),
+                ],
+                format!("{i}:{big}").as_bytes(),
+            );
+        }
+    }
+    for m in &got {
+        let id = m.header_str("ack").unwrap().to_string();
+        c.frame("ACK", &[("id", &id), ("transaction", "t")], b"");
+    }
+    c.frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
+    c.expect_closed_by_peer();
+    let status = b.wait_exit(10);
+    assert!(!status.success(), "the fault switch killed it: {status:?}");
+    got.iter().map(body).collect()
+}
+
+/// Sends and consumes more than a segment's worth on each shard, so that
+/// every journal's active segment is a new one.
+fn churn(b: &Broker, outs: &[String; 2]) {
+    let mut p = b.client();
+    let big = "y".repeat(64 * 1024);
+    for out in outs {
+        for _ in 0..20 {
+            p.frame(
+                "SEND",
+                &[("destination", out), ("persistent", "true")],
+                big.as_bytes(),
+            );
+        }
+    }
+    p.disconnect();
+    let mut c = b.client();
+    for (i, out) in outs.iter().enumerate() {
+        for m in everything_in(&mut c, &format!("churn{i}"), out) {
+            c.ack(&m);
+        }
+    }
+    c.disconnect();
+}
+
+#[test]
+fn a_crash_before_the_decision_drops_every_part_and_frees_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = [queue_on(0, "out"), queue_on(1, "out")];
+    let srcs = [queue_on(0, "src"), queue_on(1, "src")];
+    let mut b = start_faulty(dir.path(), "prepared");
+    let mut p = b.client();
+    fill(&mut p, &srcs[0], "a", 0);
+    fill(&mut p, &srcs[1], "b", 0);
+    // More than a segment per shard of prepared SENDs.
+    commit_into_a_crash(&mut b, &outs, &srcs, 20);
+
+    let b = start_on(dir.path());
+    let mut v = b.client();
+    assert!(everything_in(&mut v, "o0", &outs[0]).is_empty());
+    assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
+    // The ACKs were never in effect: the sources still hold their message.
+    let mut left = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        for m in everything_in(&mut v, &format!("s{i}"), src) {
+            left.push(body(&m));
+            v.ack(&m);
+        }
+    }
+    left.sort();
+    assert_eq!(left, vec!["a-last", "b-last"]);
+    v.disconnect();
+    // Nothing is live any more, dropped SENDs included: each journal is
+    // back to its active segment.
+    b.wait_until("every journal back to one segment", |s| {
+        s["store_used_bytes"].as_u64() == Some(2 * SEGMENT)
+    });
+}
+
+#[test]
+fn a_crash_after_the_decision_applies_every_part_from_the_coordinators_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = [queue_on(0, "out"), queue_on(1, "out")];
+    let srcs = [queue_on(0, "src"), queue_on(1, "src")];
+    let mut b = start_faulty(dir.path(), "decided");
+    let mut p = b.client();
+    fill(&mut p, &srcs[0], "a", 1);
+    fill(&mut p, &srcs[1], "b", 1);
+    // The participant that is not the coordinator dies before it applies
+    // its part: only the coordinator's TxCommit says it is committed.
+    let acked = commit_into_a_crash(&mut b, &outs, &srcs, 20);
+
+    let b = start_on(dir.path());
+    let mut v = b.client();
+    for (i, out) in outs.iter().enumerate() {
+        let got = everything_in(&mut v, &format!("o{i}"), out);
+        assert_eq!(got.len(), 20, "every SEND to {out}");
+        for m in &got {
+            v.ack(m);
+        }
+    }
+    let mut left = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        for m in everything_in(&mut v, &format!("s{i}"), src) {
+            left.push(body(&m));
+            v.ack(&m);
+        }
+    }
+    for a in &acked {
+        assert!(!left.contains(a), "the transaction's ACK of {a} is in effect");
+    }
+    assert_eq!(left.len(), 2, "the unacknowledged source messages: {left:?}");
+    v.disconnect();
+    // The decision was released once every shard's TxDone was durable, and
+    // the prepared ACKs let go of what they retired: once the journals
+    // have moved past the segments they are in, those are free again.
+    churn(&b, &outs);
+    b.wait_until("every journal back to one segment", |s| {
+        s["store_used_bytes"].as_u64() == Some(2 * SEGMENT)
+    });
+    // And it stays decided across another restart.
+    let mut b = b;
+    b.kill9();
+    let b = start_on(dir.path());
+    let mut v = b.client();
+    assert!(everything_in(&mut v, "o0", &outs[0]).is_empty());
+    assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
+}
+
+#[test]
+fn segments_of_committed_transactions_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = [queue_on(0, "out"), queue_on(1, "out")];
+    let mut b = start_on(dir.path());
+    let mut p = b.client();
+    let big = "x".repeat(32 * 1024);
+    // About 2.5 segments per shard of transactional SENDs.
+    for t in 0..40 {
+        let tx = format!("p{t}");
+        p.frame("BEGIN", &[("transaction", &tx)], b"");
+        for out in &outs {
+            p.frame(
+                "SEND",
+                &[
+                    ("destination", out),
+                    ("transaction", &tx),
+                    ("persistent", "true"),
+                ],
+                big.as_bytes(),
+            );
+            p.frame(
+                "SEND",
+                &[
+                    ("destination", out),
+                    ("transaction", &tx),
+                    ("persistent", "true"),
+                ],
+                big.as_bytes(),
+            );
+        }
+        p.frame("COMMIT", &[("transaction", &tx), ("receipt", &tx)], b"");
+        p.expect_receipt(&tx);
+    }
+    assert!(b.status()["store_used_bytes"].as_u64().unwrap() >= 4 * SEGMENT);
+    // Consumed in transactions too, each ACKing on both shards.
+    let mut c = b.client();
+    c.subscribe("a", &outs[0], "client-individual", &[]);
+    c.subscribe("b", &outs[1], "client-individual", &[]);
+    let mut got = take(&mut c, 160);
+    let mut t = 0;
+    while !got.is_empty() {
+        let tx = format!("c{t}");
+        t += 1;
+        c.frame("BEGIN", &[("transaction", &tx)], b"");
+        for m in got.drain(..got.len().min(10)) {
+            let id = m.header_str("ack").unwrap().to_string();
+            c.frame("ACK", &[("id", &id), ("transaction", &tx)], b"");
+        }
+        c.frame("COMMIT", &[("transaction", &tx), ("receipt", &tx)], b"");
+        c.expect_receipt(&tx);
+    }
+    b.wait_until("every journal back to one segment", |s| {
+        s["store_used_bytes"].as_u64() == Some(2 * SEGMENT)
+    });
+    // A restart finds nothing live, decisions included.
+    b.kill9();
+    let b = start_on(dir.path());
+    b.wait_until("every journal at one segment after a restart", |s| {
+        s["store_used_bytes"].as_u64() == Some(2 * SEGMENT)
+    });
+    let mut v = b.client();
+    assert!(everything_in(&mut v, "o0", &outs[0]).is_empty());
+    assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
+}
+
 // ---- repeated kills during multi-destination commits ----
 
 /// A minimal client for the loop that the broker is killed under: it tells

@@ -147,6 +147,7 @@ pub fn serve(config: Config) -> Result<()> {
         recovered_commits: Arc::default(),
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
+        fault_tx_crash: shard::TxCrash::from_env(),
         fault_panic_destination: std::env::var("BROKK_FAULT_PANIC_DESTINATION")
             .ok()
             .and_then(|d| Destination::parse(&d).ok()),

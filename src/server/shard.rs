@@ -103,6 +103,40 @@ pub struct Shared {
     /// Test-only fault switch (`BROKK_FAULT_PANIC_DESTINATION`): the owner
     /// of this destination panics when a SEND to it is applied.
     pub fault_panic_destination: Option<crate::broker::Destination>,
+    /// Test-only fault switch (`BROKK_FAULT_TX_CRASH`): the process kills
+    /// itself (SIGKILL) at a chosen step of a two-phase commit.
+    pub fault_tx_crash: Option<TxCrash>,
+}
+
+/// Where `BROKK_FAULT_TX_CRASH` kills the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxCrash {
+    /// `prepared`: every participant's prepared records are durable; the
+    /// coordinator has not journaled the decision.
+    Prepared,
+    /// `decided`: the decision is durable; a participant other than the
+    /// coordinator has not applied its part.
+    Decided,
+}
+
+impl TxCrash {
+    pub fn from_env() -> Option<TxCrash> {
+        match std::env::var("BROKK_FAULT_TX_CRASH").ok()?.as_str() {
+            "prepared" => Some(TxCrash::Prepared),
+            "decided" => Some(TxCrash::Decided),
+            _ => None,
+        }
+    }
+}
+
+/// Dies the way a crash does: no flush, no unwinding.
+fn crash_here(step: &str) -> ! {
+    tracing::error!(step, "fault switch: killing the process");
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
 }
 
 #[derive(Clone)]
@@ -235,6 +269,9 @@ impl ShardContext {
                     self.when_durable((coordinator, ShardMsg::Reply(reply)), &mut work);
                 }
                 ShardMsg::Op(Op::TxApply { tx, coordinator }) => {
+                    if coordinator != self.id && self.shared.fault_tx_crash == Some(TxCrash::Decided) {
+                        crash_here("decided");
+                    }
                     self.broker.borrow_mut().tx_apply(tx, &mut produced);
                     work.extend(produced.drain(..));
                     // Applied is enough for the receipt (the decision is
@@ -315,6 +352,9 @@ impl ShardContext {
             }
             c.participants.clone()
         };
+        if self.shared.fault_tx_crash == Some(TxCrash::Prepared) {
+            crash_here("prepared");
+        }
         self.broker
             .borrow_mut()
             .tx_decide(tx, participants.len());
