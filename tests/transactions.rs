@@ -283,6 +283,49 @@ fn a_receipt_after_a_commit_waits_for_the_commit() {
     assert_eq!(b.destination(&qb).unwrap()["pending"], 1);
 }
 
+#[test]
+fn pipelined_commits_of_one_connection_apply_in_order() {
+    let b = Broker::start(&["--shards", "2"]);
+    let (qa, qb) = (queue_on(0, "out"), queue_on(1, "out"));
+    let mut c = b.client();
+    // Alternately a transaction on both shards (two-phase) and one on qa's
+    // shard alone (one flush), with now and then a plain SEND, none waiting
+    // for the one before: each must still land after what came before it.
+    let mut seq = 0;
+    for t in 0..30 {
+        let tx = format!("t{t}");
+        c.frame("BEGIN", &[("transaction", &tx)], b"");
+        let dests: &[&String] = if t % 2 == 0 { &[&qa, &qb] } else { &[&qa] };
+        for dest in dests {
+            c.frame(
+                "SEND",
+                &[
+                    ("destination", dest),
+                    ("transaction", &tx),
+                    ("persistent", "true"),
+                ],
+                format!("{seq:03}").as_bytes(),
+            );
+        }
+        seq += 1;
+        c.frame("COMMIT", &[("transaction", &tx)], b"");
+        if t % 3 == 0 {
+            c.frame(
+                "SEND",
+                &[("destination", &qa), ("persistent", "true")],
+                format!("{seq:03}").as_bytes(),
+            );
+            seq += 1;
+        }
+    }
+    c.frame("DISCONNECT", &[("receipt", "bye")], b"");
+    c.expect_receipt("bye");
+    let mut v = b.client();
+    let got: Vec<String> = everything_in(&mut v, "a", &qa).iter().map(body).collect();
+    let want: Vec<String> = (0..seq).map(|n| format!("{n:03}")).collect();
+    assert_eq!(got, want, "qa in the order the connection sent");
+}
+
 // ---- crashes at chosen steps of the two-phase commit ----
 
 const SEGMENT: u64 = 1048576;

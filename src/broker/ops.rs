@@ -81,6 +81,9 @@ pub enum Op {
     /// at once, and answers [`Reply::TxDone`].
     TxPrepare {
         tx: u64,
+        /// The committing connection: a participant applies one
+        /// connection's transactions in the order they were committed.
+        conn: ConnRef,
         coordinator: usize,
         part: TxPart,
         alone: bool,

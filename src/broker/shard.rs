@@ -17,6 +17,8 @@ use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
+use std::collections::VecDeque;
+
 use crate::idmap::IdMap;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
@@ -124,6 +126,13 @@ fn stored_sub(d: &DurableName) -> StoredSub {
 /// waiting for the decision.
 #[derive(Debug, Default)]
 struct Prepared {
+    conn: Option<ConnRef>,
+    coordinator: usize,
+    /// The only participant: it decides by itself.
+    alone: bool,
+    /// May be applied (decided, or alone) once the connection's earlier
+    /// transactions here are.
+    decided: bool,
     sends: Vec<PreparedSend>,
     acks: Vec<ReservedAck>,
     /// NACKs retire nothing: they are applied with the part, unjournaled.
@@ -163,6 +172,19 @@ pub struct ShardBroker {
     ids: Rc<MessageIds>,
     /// Transaction parts prepared here, by transaction id.
     prepared: IdMap<Prepared>,
+    /// Per committing connection, its transactions prepared here and not
+    /// yet applied, in COMMIT order: they are applied in that order, so
+    /// that a connection's transactions land in the order it committed
+    /// them whatever each one's path through the commit.
+    commit_order: HashMap<ConnRef, VecDeque<u64>>,
+}
+
+/// A transaction part this shard just applied, for the runtime to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxApplied {
+    pub tx: u64,
+    pub coordinator: usize,
+    pub alone: bool,
 }
 
 impl ShardBroker {
@@ -182,6 +204,7 @@ impl ShardBroker {
             store,
             ids,
             prepared: IdMap::default(),
+            commit_order: HashMap::new(),
         }
     }
 
@@ -237,35 +260,50 @@ impl ShardBroker {
             // decided as soon as it is prepared.
             Op::TxPrepare {
                 tx,
+                conn,
                 coordinator,
                 part,
                 alone,
             } => {
-                self.tx_prepare(tx, part);
-                let reply = if alone {
-                    self.tx_apply(tx, out);
-                    Reply::TxDone { tx }
-                } else {
-                    Reply::TxPrepared { tx }
-                };
-                out.push((coordinator, ShardMsg::Reply(reply)));
+                let applied = self.tx_prepare(tx, conn, coordinator, part, alone, out);
+                if !alone {
+                    out.push((coordinator, ShardMsg::Reply(Reply::TxPrepared { tx })));
+                }
+                tx_answers(&applied, out);
             }
-            Op::TxApply { tx, coordinator } => {
-                self.tx_apply(tx, out);
-                out.push((coordinator, ShardMsg::Reply(Reply::TxApplied { tx })));
-                out.push((coordinator, ShardMsg::Reply(Reply::TxDone { tx })));
+            Op::TxApply { tx, .. } => {
+                let applied = self.tx_decided(tx, out);
+                tx_answers(&applied, out);
             }
             // Coordination is the runtime's (see server::shard).
             Op::TxCoordinate { .. } => {}
         }
     }
 
-    /// Journals this shard's part of transaction `tx` as prepared records
-    /// and keeps it aside, unapplied: its messages are not enqueued, and
-    /// the deliveries it acknowledges are reserved (neither redelivered
-    /// nor retired) until [`ShardBroker::tx_apply`].
-    pub fn tx_prepare(&mut self, tx: u64, part: TxPart) {
-        let mut p = Prepared::default();
+    /// Journals this shard's part of transaction `tx` (committed on
+    /// `conn`) as prepared records and keeps it aside, unapplied: its
+    /// messages are not enqueued, and the deliveries it acknowledges are
+    /// reserved (neither redelivered nor retired) until it is decided
+    /// ([`ShardBroker::tx_decided`]). `alone`: the only participant, so
+    /// decided already; it is applied at once unless an earlier transaction
+    /// of `conn` waits here (then it follows that one). Returns the parts
+    /// applied.
+    pub fn tx_prepare(
+        &mut self,
+        tx: u64,
+        conn: ConnRef,
+        coordinator: usize,
+        part: TxPart,
+        alone: bool,
+        out: &mut Outbox,
+    ) -> Vec<TxApplied> {
+        let mut p = Prepared {
+            conn: Some(conn),
+            coordinator,
+            alone,
+            decided: alone,
+            ..Prepared::default()
+        };
         let store = self.store.clone();
         let mut store = store.borrow_mut();
         for msg in part.sends {
@@ -339,16 +377,57 @@ impl ShardBroker {
                 entries,
             });
         }
+        drop(store);
         self.prepared.insert(tx, p);
+        self.commit_order.entry(conn).or_default().push_back(tx);
+        self.apply_decided(conn, out)
     }
 
-    /// The decision of transaction `tx` is durable (or this shard is its
-    /// only participant): journals TxDone, then applies the prepared part
-    /// as if its SENDs and ACKs came now.
-    pub fn tx_apply(&mut self, tx: u64, out: &mut Outbox) {
-        let Some(p) = self.prepared.remove(&tx) else {
-            return;
+    /// The decision of transaction `tx` is durable: its part here is
+    /// applied as soon as the connection's earlier ones are. Returns the
+    /// parts applied.
+    pub fn tx_decided(&mut self, tx: u64, out: &mut Outbox) -> Vec<TxApplied> {
+        let Some(p) = self.prepared.get_mut(&tx) else {
+            return Vec::new();
         };
+        p.decided = true;
+        match p.conn {
+            Some(conn) => self.apply_decided(conn, out),
+            None => Vec::new(),
+        }
+    }
+
+    /// Applies `conn`'s decided parts from the oldest, up to the first
+    /// that is still undecided.
+    fn apply_decided(&mut self, conn: ConnRef, out: &mut Outbox) -> Vec<TxApplied> {
+        let mut applied = Vec::new();
+        loop {
+            let Some(order) = self.commit_order.get_mut(&conn) else {
+                break;
+            };
+            let next = match order.front() {
+                Some(tx) if self.prepared.get(tx).is_some_and(|p| p.decided) => *tx,
+                _ => break,
+            };
+            order.pop_front();
+            if order.is_empty() {
+                self.commit_order.remove(&conn);
+            }
+            if let Some(p) = self.prepared.remove(&next) {
+                applied.push(TxApplied {
+                    tx: next,
+                    coordinator: p.coordinator,
+                    alone: p.alone,
+                });
+                self.tx_apply(next, p, out);
+            }
+        }
+        applied
+    }
+
+    /// Journals TxDone for `tx`, then applies its prepared part as if its
+    /// SENDs and ACKs came now.
+    fn tx_apply(&mut self, tx: u64, p: Prepared, out: &mut Outbox) {
         if p.journaled {
             // Before any holder is released: a segment freed by this
             // transaction is reused only after a durable round covers it.
@@ -913,5 +992,16 @@ fn send_record<'a>(m: &'a Message, destination: &'a StoredDestination) -> Record
         timestamp_ms: m.timestamp_ms,
         properties: &m.properties,
         body: &m.body,
+    }
+}
+
+/// The answers to the coordinators of parts applied, for a runtime without
+/// durability to wait for (see server::shard for the one with).
+fn tx_answers(applied: &[TxApplied], out: &mut Outbox) {
+    for a in applied {
+        if !a.alone {
+            out.push((a.coordinator, ShardMsg::Reply(Reply::TxApplied { tx: a.tx })));
+        }
+        out.push((a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx })));
     }
 }

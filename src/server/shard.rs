@@ -22,7 +22,7 @@ use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
 use crate::broker::restore::{Restored, Restorer, TxOutcome};
-use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker};
+use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker, TxApplied};
 use crate::idmap::{IdMap, IdSet};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
@@ -250,35 +250,36 @@ impl ShardContext {
                 }
                 ShardMsg::Op(Op::TxPrepare {
                     tx,
+                    conn,
                     coordinator,
                     part,
                     alone,
                 }) => {
-                    let reply = {
-                        let mut broker = self.broker.borrow_mut();
-                        broker.tx_prepare(tx, part);
-                        if alone {
-                            // Records and TxDone in one flush decide it.
-                            broker.tx_apply(tx, &mut produced);
-                            Reply::TxDone { tx }
-                        } else {
-                            Reply::TxPrepared { tx }
-                        }
-                    };
+                    // Alone, it is applied at once (unless behind an
+                    // earlier transaction of its connection): its records
+                    // and its TxDone in one flush decide it.
+                    let applied = self.broker.borrow_mut().tx_prepare(
+                        tx,
+                        conn,
+                        coordinator,
+                        part,
+                        alone,
+                        &mut produced,
+                    );
                     work.extend(produced.drain(..));
-                    self.when_durable((coordinator, ShardMsg::Reply(reply)), &mut work);
+                    if !alone {
+                        let prepared = (coordinator, ShardMsg::Reply(Reply::TxPrepared { tx }));
+                        self.when_durable(prepared, &mut work);
+                    }
+                    self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(Op::TxApply { tx, coordinator }) => {
                     if coordinator != self.id && self.shared.fault_tx_crash == Some(TxCrash::Decided) {
                         crash_here("decided");
                     }
-                    self.broker.borrow_mut().tx_apply(tx, &mut produced);
+                    let applied = self.broker.borrow_mut().tx_decided(tx, &mut produced);
                     work.extend(produced.drain(..));
-                    // Applied is enough for the receipt (the decision is
-                    // durable); the decision record is needed until TxDone is.
-                    work.push_back((coordinator, ShardMsg::Reply(Reply::TxApplied { tx })));
-                    let done = (coordinator, ShardMsg::Reply(Reply::TxDone { tx }));
-                    self.when_durable(done, &mut work);
+                    self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(op) => {
                     self.broker.borrow_mut().apply(op, &mut produced);
@@ -335,6 +336,21 @@ impl ShardContext {
                 work.push_back(reply);
                 false
             }
+        }
+    }
+
+    /// Answers the coordinators of the parts this shard applied: applied at
+    /// once (the decision is durable, so that is enough for the receipt),
+    /// and TxDone once durable (until then the decision record is needed).
+    /// A part alone in its transaction answers only TxDone: that record is
+    /// its decision.
+    fn tx_answer(&self, applied: Vec<TxApplied>, work: &mut VecDeque<(usize, ShardMsg)>) {
+        for a in applied {
+            if !a.alone {
+                work.push_back((a.coordinator, ShardMsg::Reply(Reply::TxApplied { tx: a.tx })));
+            }
+            let done = (a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx }));
+            self.when_durable(done, work);
         }
     }
 

@@ -486,6 +486,20 @@ impl Session {
                 }
                 Ok(vec![])
             }
+            None if !self.open_commits.is_empty() => {
+                // Behind a COMMIT still on its way, a plain SEND could
+                // overtake the committed messages; as a transaction of its
+                // own it is applied after them (a participant applies a
+                // connection's transactions in order), and its receipt, like
+                // any, waits for the open commits.
+                let owner = msg.destination.owner(self.cfg.shards);
+                let part = TxPart {
+                    sends: vec![msg],
+                    acks: Vec::new(),
+                };
+                self.start_commit(vec![(owner, part)], None, out);
+                Ok(vec![])
+            }
             None => {
                 let owner = msg.destination.owner(self.cfg.shards);
                 out.push(Action::Route(owner, Op::Send(msg)));
@@ -815,6 +829,18 @@ impl Session {
             }
             return Ok(());
         }
+        self.start_commit(parts, receipt, out);
+        Ok(())
+    }
+
+    /// Routes a transaction's parts to their shards and its coordination to
+    /// this connection's shard; `receipt` is answered once it is applied.
+    fn start_commit(
+        &mut self,
+        parts: Vec<(usize, TxPart)>,
+        receipt: Option<Bytes>,
+        out: &mut Vec<Action>,
+    ) {
         // The coordinator's id issuer, unique for the life of the data
         // directory: recovery matches prepared records to decisions by it.
         let tx = self.ids.next();
@@ -850,13 +876,13 @@ impl Session {
                 owner,
                 Op::TxPrepare {
                     tx,
+                    conn: self.conn,
                     coordinator,
                     part,
                     alone,
                 },
             ));
         }
-        Ok(())
     }
 
     fn abort(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
