@@ -349,7 +349,12 @@ fn start_faulty(dir: &std::path::Path, step: &str) -> Broker {
 /// `outs` and ACKs the first delivery of each of `srcs` (each holding one
 /// message), on a broker that kills itself during the COMMIT: no RECEIPT
 /// comes, the connection just ends. Returns the ACKed bodies.
-fn commit_into_a_crash(b: &mut Broker, outs: &[String; 2], srcs: &[String; 2], n: usize) -> Vec<String> {
+fn commit_into_a_crash(
+    b: &mut Broker,
+    outs: &[String; 2],
+    srcs: &[String; 2],
+    n: usize,
+) -> Vec<String> {
     let mut c = b.client();
     c.subscribe("s0", &srcs[0], "client-individual", &[]);
     c.subscribe("s1", &srcs[1], "client-individual", &[]);
@@ -468,9 +473,16 @@ fn a_crash_after_the_decision_applies_every_part_from_the_coordinators_journal()
         }
     }
     for a in &acked {
-        assert!(!left.contains(a), "the transaction's ACK of {a} is in effect");
+        assert!(
+            !left.contains(a),
+            "the transaction's ACK of {a} is in effect"
+        );
     }
-    assert_eq!(left.len(), 2, "the unacknowledged source messages: {left:?}");
+    assert_eq!(
+        left.len(),
+        2,
+        "the unacknowledged source messages: {left:?}"
+    );
     v.disconnect();
     // The decision was released once every shard's TxDone was durable, and
     // the prepared ACKs let go of what they retired: once the journals
@@ -785,8 +797,7 @@ fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing() {
         let addr = b.stomp;
         let loop_outs = outs.clone();
         let loop_srcs = srcs.clone();
-        let client =
-            std::thread::spawn(move || commit_loop(addr, round, loop_outs, loop_srcs));
+        let client = std::thread::spawn(move || commit_loop(addr, round, loop_outs, loop_srcs));
         // The kill moment: anywhere from before the first COMMIT to well
         // into the loop. (This sleep only places the kill; nothing is
         // asserted on timing.)
@@ -809,7 +820,11 @@ fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing() {
             let got = everything_in(&mut v, &format!("o{i}"), out);
             for m in &got {
                 let marker = m.header_str("marker").expect("marker").to_string();
-                assert!(seen.insert(body(m)), "duplicate message {}", m.header_str("marker").unwrap());
+                assert!(
+                    seen.insert(body(m)),
+                    "duplicate message {}",
+                    m.header_str("marker").unwrap()
+                );
                 per_marker.entry(marker).or_default()[i] += 1;
             }
             out_frames.extend(got);
@@ -817,7 +832,11 @@ fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing() {
         let mut src_present: HashSet<String> = HashSet::new();
         for (i, src) in srcs.iter().enumerate() {
             for m in everything_in(&mut v, &format!("s{i}"), src) {
-                assert!(src_present.insert(body(&m)), "duplicate source message {}", body(&m));
+                assert!(
+                    src_present.insert(body(&m)),
+                    "duplicate source message {}",
+                    body(&m)
+                );
             }
         }
         let known: HashSet<&str> = log.iter().map(|t| t.marker.as_str()).collect();
@@ -846,7 +865,11 @@ fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing() {
                     !applied,
                     "round {round}: {}'s ACK of {a} is {} but its SENDs are {}",
                     t.marker,
-                    if src_present.contains(a) { "not in effect" } else { "in effect" },
+                    if src_present.contains(a) {
+                        "not in effect"
+                    } else {
+                        "in effect"
+                    },
                     if applied { "in effect" } else { "not" }
                 );
                 if applied {

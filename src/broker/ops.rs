@@ -91,7 +91,10 @@ pub enum Op {
     /// The decision of `tx` is durable: apply the prepared part, answer
     /// [`Reply::TxApplied`] at once and [`Reply::TxDone`] once its TxDone
     /// is durable.
-    TxApply { tx: u64, coordinator: usize },
+    TxApply {
+        tx: u64,
+        coordinator: usize,
+    },
 }
 
 /// What a transaction does on one shard.
@@ -130,12 +133,18 @@ pub enum Reply {
     Retire(Retire),
     /// To a transaction's coordinator: this participant's prepared records
     /// are durable.
-    TxPrepared { tx: u64 },
+    TxPrepared {
+        tx: u64,
+    },
     /// To a transaction's coordinator: this participant applied its part.
-    TxApplied { tx: u64 },
+    TxApplied {
+        tx: u64,
+    },
     /// To a transaction's coordinator: this participant's TxDone is durable
     /// (it no longer needs the decision record).
-    TxDone { tx: u64 },
+    TxDone {
+        tx: u64,
+    },
 }
 
 /// Which stored message to retire, and on which shard.

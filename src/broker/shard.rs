@@ -4,7 +4,7 @@
 //! which the shard's runtime makes durable before answering fences.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -17,8 +17,6 @@ use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
-use std::collections::VecDeque;
-
 use crate::idmap::IdMap;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
@@ -124,9 +122,9 @@ fn stored_sub(d: &DurableName) -> StoredSub {
 
 /// A transaction's part on this shard, journaled as prepared records and
 /// waiting for the decision.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Prepared {
-    conn: Option<ConnRef>,
+    conn: ConnRef,
     coordinator: usize,
     /// The only participant: it decides by itself.
     alone: bool,
@@ -298,11 +296,14 @@ impl ShardBroker {
         out: &mut Outbox,
     ) -> Vec<TxApplied> {
         let mut p = Prepared {
-            conn: Some(conn),
+            conn,
             coordinator,
             alone,
             decided: alone,
-            ..Prepared::default()
+            sends: Vec::new(),
+            acks: Vec::new(),
+            nacks: Vec::new(),
+            journaled: false,
         };
         let store = self.store.clone();
         let mut store = store.borrow_mut();
@@ -391,20 +392,15 @@ impl ShardBroker {
             return Vec::new();
         };
         p.decided = true;
-        match p.conn {
-            Some(conn) => self.apply_decided(conn, out),
-            None => Vec::new(),
-        }
+        let conn = p.conn;
+        self.apply_decided(conn, out)
     }
 
     /// Applies `conn`'s decided parts from the oldest, up to the first
     /// that is still undecided.
     fn apply_decided(&mut self, conn: ConnRef, out: &mut Outbox) -> Vec<TxApplied> {
         let mut applied = Vec::new();
-        loop {
-            let Some(order) = self.commit_order.get_mut(&conn) else {
-                break;
-            };
+        while let Some(order) = self.commit_order.get_mut(&conn) {
             let next = match order.front() {
                 Some(tx) if self.prepared.get(tx).is_some_and(|p| p.decided) => *tx,
                 _ => break,
@@ -431,9 +427,7 @@ impl ShardBroker {
         if p.journaled {
             // Before any holder is released: a segment freed by this
             // transaction is reused only after a durable round covers it.
-            self.store
-                .borrow_mut()
-                .append(&RecordRef::TxDone { tx }, 0);
+            self.store.borrow_mut().append(&RecordRef::TxDone { tx }, 0);
         }
         for PreparedSend { msg, durables } in p.sends {
             self.enqueue_prepared(msg, &durables, out);
@@ -1000,7 +994,10 @@ fn send_record<'a>(m: &'a Message, destination: &'a StoredDestination) -> Record
 fn tx_answers(applied: &[TxApplied], out: &mut Outbox) {
     for a in applied {
         if !a.alone {
-            out.push((a.coordinator, ShardMsg::Reply(Reply::TxApplied { tx: a.tx })));
+            out.push((
+                a.coordinator,
+                ShardMsg::Reply(Reply::TxApplied { tx: a.tx }),
+            ));
         }
         out.push((a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx })));
     }

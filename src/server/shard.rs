@@ -274,7 +274,9 @@ impl ShardContext {
                     self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(Op::TxApply { tx, coordinator }) => {
-                    if coordinator != self.id && self.shared.fault_tx_crash == Some(TxCrash::Decided) {
+                    if coordinator != self.id
+                        && self.shared.fault_tx_crash == Some(TxCrash::Decided)
+                    {
                         crash_here("decided");
                     }
                     let applied = self.broker.borrow_mut().tx_decided(tx, &mut produced);
@@ -347,7 +349,10 @@ impl ShardContext {
     fn tx_answer(&self, applied: Vec<TxApplied>, work: &mut VecDeque<(usize, ShardMsg)>) {
         for a in applied {
             if !a.alone {
-                work.push_back((a.coordinator, ShardMsg::Reply(Reply::TxApplied { tx: a.tx })));
+                work.push_back((
+                    a.coordinator,
+                    ShardMsg::Reply(Reply::TxApplied { tx: a.tx }),
+                ));
             }
             let done = (a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx }));
             self.when_durable(done, work);
@@ -371,9 +376,7 @@ impl ShardContext {
         if self.shared.fault_tx_crash == Some(TxCrash::Prepared) {
             crash_here("prepared");
         }
-        self.broker
-            .borrow_mut()
-            .tx_decide(tx, participants.len());
+        self.broker.borrow_mut().tx_decide(tx, participants.len());
         for p in participants {
             let apply = (
                 p,
@@ -419,9 +422,10 @@ impl ShardContext {
             Reply::Fenced { conn, token } => (conn.conn, Outbound::Fenced(token)),
             Reply::Refused { conn, reason } => (conn.conn, Outbound::Refused(reason)),
             // Handled in route_all; never addressed to a connection.
-            Reply::Retire(_) | Reply::TxPrepared { .. } | Reply::TxApplied { .. } | Reply::TxDone { .. } => {
-                return
-            }
+            Reply::Retire(_)
+            | Reply::TxPrepared { .. }
+            | Reply::TxApplied { .. }
+            | Reply::TxDone { .. } => return,
         };
         // A connection that is gone already released its subscriptions; the
         // owner took its deliveries back.

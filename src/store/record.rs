@@ -100,10 +100,14 @@ pub enum RecordRef<'a> {
     },
     /// The coordinator's decision: every participant prepared `tx`, so its
     /// prepared records are in effect on every shard.
-    TxCommit { tx: u64 },
+    TxCommit {
+        tx: u64,
+    },
     /// This shard applied its part of `tx`: its prepared records here are in
     /// effect without the coordinator's decision.
-    TxDone { tx: u64 },
+    TxDone {
+        tx: u64,
+    },
 }
 
 /// A record read back.
