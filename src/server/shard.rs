@@ -269,9 +269,9 @@ impl ShardContext {
                     work.extend(produced.drain(..));
                     if !alone {
                         let prepared = (coordinator, ShardMsg::Reply(Reply::TxPrepared { tx }));
-                        self.when_durable(prepared, &mut work);
+                        crossing += i64::from(self.when_durable(prepared, &mut work));
                     }
-                    self.tx_answer(applied, &mut work);
+                    crossing += self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(Op::TxApply { tx, coordinator }) => {
                     if coordinator != self.id
@@ -281,14 +281,16 @@ impl ShardContext {
                     }
                     let applied = self.broker.borrow_mut().tx_decided(tx, &mut produced);
                     work.extend(produced.drain(..));
-                    self.tx_answer(applied, &mut work);
+                    crossing += self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(op) => {
                     self.broker.borrow_mut().apply(op, &mut produced);
                     work.extend(produced.drain(..));
                 }
                 ShardMsg::Reply(Reply::Retire(r)) => self.broker.borrow_mut().retire_one(&r),
-                ShardMsg::Reply(Reply::TxPrepared { tx }) => self.tx_prepared(tx, &mut work),
+                ShardMsg::Reply(Reply::TxPrepared { tx }) => {
+                    crossing += self.tx_prepared(tx, &mut work);
+                }
                 ShardMsg::Reply(Reply::TxApplied { tx }) => self.tx_answered(tx, true, false),
                 ShardMsg::Reply(Reply::TxDone { tx }) => {
                     let alone = self
@@ -318,6 +320,7 @@ impl ShardContext {
     /// far (at once without a journal, or when nothing is pending).
     /// Returns whether the reply was deferred (counted in `in_flight` by
     /// the caller, once per routing pass).
+    #[must_use = "a deferred reply must be counted in in_flight"]
     fn when_durable(
         &self,
         reply: (usize, ShardMsg),
@@ -345,8 +348,10 @@ impl ShardContext {
     /// once (the decision is durable, so that is enough for the receipt),
     /// and TxDone once durable (until then the decision record is needed).
     /// A part alone in its transaction answers only TxDone: that record is
-    /// its decision.
-    fn tx_answer(&self, applied: Vec<TxApplied>, work: &mut VecDeque<(usize, ShardMsg)>) {
+    /// its decision. Returns how many answers were deferred (see
+    /// `when_durable`).
+    fn tx_answer(&self, applied: Vec<TxApplied>, work: &mut VecDeque<(usize, ShardMsg)>) -> i64 {
+        let mut deferred = 0;
         for a in applied {
             if !a.alone {
                 work.push_back((
@@ -355,21 +360,23 @@ impl ShardContext {
                 ));
             }
             let done = (a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx }));
-            self.when_durable(done, work);
+            deferred += i64::from(self.when_durable(done, work));
         }
+        deferred
     }
 
     /// A participant's part of `tx` is durable as prepared records; once
     /// all are, the decision is journaled and, when durable, sent out.
-    fn tx_prepared(&self, tx: u64, work: &mut VecDeque<(usize, ShardMsg)>) {
+    /// Returns how many messages were deferred (see `when_durable`).
+    fn tx_prepared(&self, tx: u64, work: &mut VecDeque<(usize, ShardMsg)>) -> i64 {
         let participants = {
             let mut coordinating = self.coordinating.borrow_mut();
             let Some(c) = coordinating.get_mut(&tx) else {
-                return;
+                return 0;
             };
             c.prepared += 1;
             if c.prepared < c.participants.len() {
-                return;
+                return 0;
             }
             c.participants.clone()
         };
@@ -377,6 +384,7 @@ impl ShardContext {
             crash_here("prepared");
         }
         self.broker.borrow_mut().tx_decide(tx, participants.len());
+        let mut deferred = 0;
         for p in participants {
             let apply = (
                 p,
@@ -385,8 +393,9 @@ impl ShardContext {
                     coordinator: self.id,
                 }),
             );
-            self.when_durable(apply, work);
+            deferred += i64::from(self.when_durable(apply, work));
         }
+        deferred
     }
 
     /// A participant applied its part of `tx` and/or made its TxDone
