@@ -327,12 +327,12 @@ impl Session {
     /// A shard has applied everything up to fence `token`, or the
     /// transaction committed as `token` is applied on every shard.
     pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
-        if let Some(waiting) = self.open_commits.remove(&token) {
-            for w in waiting {
-                self.count_down(w, out);
-            }
-        }
+        let waiting = self.open_commits.remove(&token);
+        // The COMMIT's own receipt first: those waiting for it came later.
         self.count_down(token, out);
+        for w in waiting.into_iter().flatten() {
+            self.count_down(w, out);
+        }
     }
 
     fn count_down(&mut self, token: u64, out: &mut Vec<Action>) {
@@ -1044,6 +1044,121 @@ mod tests {
         ] {
             assert_eq!(parse_ack_id(bad), None, "{bad}");
         }
+    }
+
+    fn session(shards: usize) -> Session {
+        let cfg = SessionConfig {
+            shards,
+            users: Vec::new(),
+            default_prefetch: 10,
+            heartbeat_min_ms: 1000,
+            usage: Arc::new(MemoryUsage::default()),
+        };
+        let mut s = Session::new(
+            Rc::new(cfg),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 1 },
+        );
+        let mut out = Vec::new();
+        s.handle(Frame::new(Command::Connect), &mut out);
+        assert!(s.is_open());
+        s
+    }
+
+    fn receipts(out: &[Action]) -> Vec<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Write(f) if f.command == Command::Receipt => {
+                    f.header_str("receipt-id").map(str::to_string)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_goes_as_one_part_per_shard_and_later_receipts_wait_for_it() {
+        let mut s = session(2);
+        let (qa, qb) = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| Destination::queue(n))
+            .fold((None, None), |(a, b), d| match d.owner(2) {
+                0 => (a.or(Some(d)), b),
+                _ => (a, b.or(Some(d))),
+            });
+        let (qa, qb) = (qa.unwrap().to_string(), qb.unwrap().to_string());
+        let mut out = Vec::new();
+        s.handle(
+            Frame::new(Command::Begin).with("transaction", "t"),
+            &mut out,
+        );
+        for q in [&qa, &qb, &qa] {
+            let send = Frame::new(Command::Send)
+                .with("destination", Bytes::from(q.clone()))
+                .with("transaction", "t");
+            s.handle(send, &mut out);
+        }
+        assert!(out.is_empty(), "nothing routed before COMMIT: {out:?}");
+        s.handle(
+            Frame::new(Command::Commit)
+                .with("transaction", "t")
+                .with("receipt", "c"),
+            &mut out,
+        );
+        let mut commit_token = None;
+        let mut parts = Vec::new();
+        for a in out.drain(..) {
+            match a {
+                Action::Route(
+                    0,
+                    Op::TxCoordinate {
+                        token,
+                        participants,
+                        ..
+                    },
+                ) => {
+                    assert_eq!(participants, vec![0, 1]);
+                    commit_token = Some(token);
+                }
+                Action::Route(shard, Op::TxPrepare { part, alone, .. }) => {
+                    assert!(!alone);
+                    parts.push((shard, part.sends.len()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(parts, vec![(0, 2), (1, 1)], "one part per shard");
+        // A plain SEND with a receipt behind the open COMMIT: a transaction
+        // of its own, and its receipt waits for the COMMIT.
+        s.handle(
+            Frame::new(Command::Send)
+                .with("destination", Bytes::from(qb.clone()))
+                .with("receipt", "s"),
+            &mut out,
+        );
+        let mut send_token = None;
+        for a in out.drain(..) {
+            match a {
+                Action::Route(0, Op::TxCoordinate { token, .. }) => send_token = Some(token),
+                Action::Route(1, Op::TxPrepare { alone, .. }) => assert!(alone),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (commit_token, send_token) = (commit_token.unwrap(), send_token.unwrap());
+        s.fenced(send_token, &mut out);
+        assert!(receipts(&out).is_empty(), "the COMMIT is not applied yet");
+        s.fenced(commit_token, &mut out);
+        assert_eq!(receipts(&out), vec!["c", "s"], "in order");
+        out.clear();
+        // Nothing open any more: a plain SEND goes straight to its owner.
+        s.handle(
+            Frame::new(Command::Send).with("destination", Bytes::from(qa.clone())),
+            &mut out,
+        );
+        assert!(
+            matches!(out[..], [Action::Route(0, Op::Send(_))]),
+            "{out:?}"
+        );
     }
 
     #[test]
