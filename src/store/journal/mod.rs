@@ -417,6 +417,14 @@ fn put_header(block: &mut [u8], generation: u64, salt: u64) {
     block[24..28].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A segment's header block (BLOCK bytes), as the writer makes it: for
+/// tools and the recovery fuzz target, which build segments by hand.
+pub fn header_block(generation: u64, salt: u64) -> Vec<u8> {
+    let mut block = vec![0u8; BLOCK as usize];
+    put_header(&mut block, generation, salt);
+    block
+}
+
 /// What a segment's header block says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentHeader {
