@@ -357,22 +357,25 @@ impl Restorer {
                 continue;
             }
             for (destination, sub, id) in acks {
-                match (destination.topic, sub) {
-                    (false, _) => {
-                        self.queue_acks
-                            .entry(destination.name)
-                            .or_default()
-                            .insert(id);
-                    }
-                    (true, Some(s)) => {
-                        self.sub_acks
-                            .entry((destination.name, s))
-                            .or_default()
-                            .insert(id);
-                    }
+                // A plain ACK of the same delivery (its durable subscription
+                // was destroyed while the transaction was prepared) already
+                // let go of the message's hold: not twice.
+                let fresh = match (destination.topic, sub) {
+                    (false, _) => self
+                        .queue_acks
+                        .entry(destination.name)
+                        .or_default()
+                        .insert(id),
+                    (true, Some(s)) => self
+                        .sub_acks
+                        .entry((destination.name, s))
+                        .or_default()
+                        .insert(id),
                     (true, None) => continue,
+                };
+                if fresh {
+                    tx.applied_acks.push(id);
                 }
-                tx.applied_acks.push(id);
             }
         }
         let dropped: IdSet = self

@@ -490,10 +490,32 @@ impl ShardBroker {
                         });
                     }
                 }
-                // Journaled for subscriptions gone since: they let go.
-                let mut store = self.store.borrow_mut();
-                for _ in kept..durables.len() {
-                    store.release(msg.id);
+                // Journaled for subscriptions gone since: they let go, as
+                // a journaled ACK, so that recovery agrees.
+                if kept < durables.len() {
+                    let present: Vec<&DurableName> = self
+                        .topics
+                        .get(name)
+                        .map(|t| {
+                            t.subs
+                                .keys()
+                                .filter_map(|id| match id {
+                                    SubId::Durable(d) => Some(d),
+                                    SubId::Plain(_) => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let sd = stored_dest(&msg.destination);
+                    let gone: Vec<StoredSub> = durables
+                        .iter()
+                        .filter(|d| !present.contains(d))
+                        .map(stored_sub)
+                        .collect();
+                    let mut store = self.store.borrow_mut();
+                    for d in &gone {
+                        journal_ack(&mut *store, &sd, Some(d), msg.id);
+                    }
                 }
             }
         }
@@ -665,6 +687,9 @@ impl ShardBroker {
                 }
                 self.came_back(dest, durable.as_ref(), back, out);
                 self.retire(dest, durable.as_ref(), &dropped);
+                if let (true, SubId::Durable(d)) = (destroy, &id) {
+                    self.release_prepared_holds(name, d);
+                }
                 if destroy {
                     if let Some(d) = &durable {
                         self.store.borrow_mut().append(
@@ -679,6 +704,33 @@ impl ShardBroker {
             }
         }
         self.dispatch_destination(dest, out);
+    }
+
+    /// Durable subscription `d` of `topic` is destroyed: the transactions
+    /// prepared here that counted it (a SEND journaled with it as a holder,
+    /// an ACK of one of its deliveries) let go of it now, as journaled ACKs,
+    /// so that its holds on the journal end in order and recovery agrees;
+    /// a subscription made again under the same name is a new one.
+    fn release_prepared_holds(&mut self, topic: &Arc<str>, d: &DurableName) {
+        let dest = Destination::Topic(topic.clone());
+        let sd = stored_dest(&dest);
+        let ss = stored_sub(d);
+        let mut store = self.store.borrow_mut();
+        for p in self.prepared.values_mut() {
+            for s in p.sends.iter_mut().filter(|s| s.msg.destination == dest) {
+                if let Some(k) = s.durables.iter().position(|x| x == d) {
+                    s.durables.remove(k);
+                    journal_ack(&mut *store, &sd, Some(&ss), s.msg.id);
+                }
+            }
+            for a in p.acks.iter_mut().filter(|a| a.destination == dest) {
+                if matches!(&a.sub, Some(SubId::Durable(x)) if x == d) {
+                    for e in a.entries.drain(..).filter(|e| e.stored) {
+                        journal_ack(&mut *store, &sd, Some(&ss), e.msg.id);
+                    }
+                }
+            }
+        }
     }
 
     fn queue_of(

@@ -19,9 +19,10 @@ use anyhow::{bail, Context, Result};
 
 const HEADER: &str = "brokk-epoch 1";
 const FILE: &str = "epoch";
-/// A fixed name, on purpose: two brokers raising at once (only possible
-/// when both think they hold the lock) trip over each other's temp file
-/// and fail - closed - instead of both succeeding.
+/// The temp file a raise writes before renaming it over `epoch`. Two
+/// brokers raising at once (only possible when both think they hold the
+/// lock) are not stopped here: the later rename wins, and the other's
+/// first mastership check finds an epoch that is not its own and exits.
 const TEMP: &str = "epoch.tmp";
 
 /// One broker's claim to be master.

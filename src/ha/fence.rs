@@ -110,6 +110,15 @@ pub async fn hold() {
     }
 }
 
+/// [`hold`] for synchronous code (recovery's threads, before any shard
+/// serves): a recovery that was paused must not cut or erase journal data
+/// that a successor may use by now.
+pub fn hold_blocking() {
+    while !fresh() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// What one mastership check found.
 pub enum Verdict {
     /// The lock file is the one we locked and the epoch is ours.

@@ -370,3 +370,193 @@ fn recovery_freed_segment_reused_before_seal() {
         "refuses to start after a torn write that nothing acknowledged"
     );
 }
+
+#[test]
+fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
+    use crate::broker::message::{MemoryUsage, Message};
+    use crate::broker::message_ids::MessageIds;
+    use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxPart};
+    use crate::broker::queue::ConsumerKey;
+    use crate::broker::shard::{BrokerSettings, ShardBroker};
+    use crate::broker::Destination;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    glommio::LocalExecutor::default().run(async {
+        let (j, _) = start(&dir).await;
+        let usage = Arc::new(MemoryUsage::default());
+        let store: Rc<RefCell<dyn crate::store::Store>> = j.clone();
+        let mut b = ShardBroker::new(
+            0,
+            BrokerSettings {
+                shards: 1,
+                max_redeliveries: 6,
+                dead_letter_queue: Destination::queue("DLQ"),
+            },
+            usage.clone(),
+            store,
+            Rc::new(MessageIds::new(0, 0)),
+        );
+        let topic = Destination::parse("/topic/t").unwrap();
+        let key = ConsumerKey {
+            shard: 0,
+            conn: 1,
+            sub: 1,
+        };
+        let mut out = Vec::new();
+        b.apply(
+            Op::Subscribe(SubscribeOp {
+                destination: topic.clone(),
+                consumer: key,
+                prefetch: 10,
+                durable: Some(DurableName {
+                    client_id: "c".into(),
+                    name: "s".into(),
+                }),
+            }),
+            &mut out,
+        );
+        let msg = Arc::new(Message {
+            id: 4242,
+            destination: topic.clone(),
+            properties: Vec::new(),
+            body: bytes::Bytes::from_static(b"x"),
+            priority: 4,
+            expires_ms: 0,
+            persistent: true,
+            timestamp_ms: 0,
+            charge: usage.charge(1),
+        });
+        let conn = ConnRef { shard: 0, conn: 9 };
+        // Prepared (not alone: waits for the decision).
+        b.tx_prepare(
+            7,
+            conn,
+            0,
+            TxPart {
+                sends: vec![msg],
+                acks: Vec::new(),
+            },
+            false,
+            &mut out,
+        );
+        // The durable subscription is destroyed meanwhile.
+        b.apply(
+            Op::Unsubscribe {
+                destination: topic.clone(),
+                consumer: key,
+                destroy_durable: true,
+            },
+            &mut out,
+        );
+        // Decided and applied.
+        b.tx_decided(7, &mut out);
+        flush(&j).await.unwrap();
+        assert!(
+            !j.borrow().holders.contains_key(&4242),
+            "released at runtime"
+        );
+        drop(b);
+        drop(j);
+        let (_, r) = open(&dir);
+        assert!(
+            !r.layout.holders.contains_key(&4242),
+            "holder of 4242 survives recovery with nothing restoring it: segment pinned forever"
+        );
+    });
+}
+
+#[test]
+fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
+    use crate::broker::message::{MemoryUsage, Message};
+    use crate::broker::message_ids::MessageIds;
+    use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
+    use crate::broker::queue::ConsumerKey;
+    use crate::broker::shard::{BrokerSettings, ShardBroker};
+    use crate::broker::Destination;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    glommio::LocalExecutor::default().run(async {
+        let (j, _) = start(&dir).await;
+        let usage = Arc::new(MemoryUsage::default());
+        let store: Rc<RefCell<dyn crate::store::Store>> = j.clone();
+        let mut b = ShardBroker::new(
+            0,
+            BrokerSettings {
+                shards: 1,
+                max_redeliveries: 6,
+                dead_letter_queue: Destination::queue("DLQ"),
+            },
+            usage.clone(),
+            store,
+            Rc::new(MessageIds::new(0, 0)),
+        );
+        let topic = Destination::parse("/topic/t").unwrap();
+        let key = ConsumerKey {
+            shard: 0,
+            conn: 1,
+            sub: 1,
+        };
+        let mut out = Vec::new();
+        b.apply(
+            Op::Subscribe(SubscribeOp {
+                destination: topic.clone(),
+                consumer: key,
+                prefetch: 10,
+                durable: Some(DurableName {
+                    client_id: "c".into(),
+                    name: "s".into(),
+                }),
+            }),
+            &mut out,
+        );
+        let msg = Arc::new(Message {
+            id: 4242,
+            destination: topic.clone(),
+            properties: Vec::new(),
+            body: bytes::Bytes::from_static(b"x"),
+            priority: 4,
+            expires_ms: 0,
+            persistent: true,
+            timestamp_ms: 0,
+            charge: usage.charge(1),
+        });
+        b.apply(Op::Send(msg), &mut out); // delivered to the consumer
+        let conn = ConnRef { shard: 0, conn: 1 };
+        b.tx_prepare(
+            7,
+            conn,
+            0,
+            TxPart {
+                sends: Vec::new(),
+                acks: vec![TxAck {
+                    destination: topic.clone(),
+                    consumer: key,
+                    ids: vec![4242],
+                    nack: false,
+                }],
+            },
+            false,
+            &mut out,
+        );
+        b.apply(
+            Op::Unsubscribe {
+                destination: topic.clone(),
+                consumer: key,
+                destroy_durable: true,
+            },
+            &mut out,
+        );
+        flush(&j).await.unwrap();
+        // crash: no decision
+        drop(b);
+        drop(j);
+        let (recs, r) = open(&dir);
+        let mut restorer = crate::broker::restore::Restorer::new(usage.clone());
+        restorer.feed(recs);
+        let restored = restorer.finish(&r.copy_out, &crate::idmap::IdSet::default());
+        assert!(
+            !r.layout.holders.contains_key(&4242) || restored.message_count() > 0,
+            "held, but restored nowhere"
+        );
+    });
+}

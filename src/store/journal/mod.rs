@@ -455,10 +455,16 @@ pub fn read_header(block: &[u8]) -> Option<SegmentHeader> {
 /// Creates a zero-filled segment file of `size` bytes: every block written
 /// once, so later writes and fdatasyncs do not allocate.
 async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile>, JournalError> {
-    // Creating truncates: a fenced master must not do it to a file that a
-    // new master may already use (see `ha::fence`); nor write a block of it.
+    // A fenced master must not write a block of a file that a new master
+    // may already use (see `ha::fence`); and creating never truncates
+    // (O_EXCL): a stale master that passed the gate before a pause must
+    // not empty a segment its successor made under the same name since.
     crate::ha::fence::hold().await;
-    let file = DmaFile::create(path)
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .dma_open(path)
         .await
         .map_err(|e| glommio_err(path, e))?;
     let chunk: u64 = match pace {

@@ -226,6 +226,7 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
             None => None,
         };
         if header.is_none() && file_len < segment_size {
+            crate::ha::fence::hold_blocking();
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             removed = true;
             continue;
@@ -689,6 +690,7 @@ fn next_free_block(data: &Bytes, pos: u64) -> u64 {
 
 /// Makes a segment read as free (no header) from now on.
 fn erase_header(path: &Path) -> Result<(), JournalError> {
+    crate::ha::fence::hold_blocking();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -758,6 +760,7 @@ fn track(
 /// Zeroes a segment from `offset` to its end, so the bytes of a torn write
 /// can never be read as records after new data is written before them.
 fn zero_from(path: &Path, offset: u64) -> Result<(), JournalError> {
+    crate::ha::fence::hold_blocking();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
