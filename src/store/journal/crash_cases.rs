@@ -560,3 +560,75 @@ fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
         );
     });
 }
+
+/// A fenced master's round that lands after its successor took over: it is
+/// written where the old master thought the journal ended, over the End
+/// round the successor closed that segment with. It must neither count
+/// (its records were never receipted) nor make recovery refuse to start.
+#[test]
+fn a_fenced_masters_late_round_over_the_end_round_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    // The old master: messages 1..=3, durable, then it is "paused".
+    glommio::LocalExecutor::default().run(async {
+        let (j, _) = start(&dir).await;
+        for id in 1..=3 {
+            send(&j, id, &[7u8; 100]);
+        }
+        flush(&j).await.unwrap();
+    });
+    // What the old master would write next, at its next round position.
+    let (old_gen, old_salt, stray_at) = {
+        let (_, r) = open(&dir);
+        let a = *r.layout.in_use.back().unwrap();
+        let s = &r.layout.segments[a];
+        (s.generation, s.salt, r.layout.active_write_at)
+    };
+    // The successor recovers (closing that segment at the same place) and
+    // writes message 4 in a fresh segment.
+    glommio::LocalExecutor::default().run(async {
+        let (j, recs) = start(&dir).await;
+        assert_eq!(recs.len(), 3);
+        send(&j, 4, &[8u8; 100]);
+        flush(&j).await.unwrap();
+    });
+    // The stray round lands: a valid round of the old segment, SEND 999.
+    let old_path = files(&dir)
+        .into_iter()
+        .find(|(_, g)| *g == Some(old_gen))
+        .map(|(p, _)| p)
+        .unwrap();
+    let mut records = Vec::new();
+    let d = q();
+    record::encode(
+        &RecordRef::Send {
+            id: 999,
+            destination: &d,
+            priority: 4,
+            expires_ms: 0,
+            timestamp_ms: 0,
+            properties: &[],
+            body: b"stray",
+        },
+        old_gen,
+        &mut records,
+    );
+    let mut block = vec![0u8; BLOCK as usize];
+    RoundHeader {
+        kind: RoundKind::Data,
+        len: records.len() as u64,
+        durable: (old_gen, stray_at),
+        first_gen: old_gen,
+        epoch: 0,
+    }
+    .put(old_gen, old_salt, &mut block);
+    block[ROUND_HEADER_BYTES as usize..ROUND_HEADER_BYTES as usize + records.len()]
+        .copy_from_slice(&records);
+    let mut bytes = std::fs::read(&old_path).unwrap();
+    bytes[stray_at as usize..stray_at as usize + BLOCK as usize].copy_from_slice(&block);
+    std::fs::write(&old_path, bytes).unwrap();
+    let (recs, r) = open(&dir);
+    let ids: Vec<u64> = recs.iter().filter_map(|r| r.message_id()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "the stray round does not count");
+    assert!(r.truncated_at.is_none());
+}

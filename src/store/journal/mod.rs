@@ -108,6 +108,9 @@ struct Chunk {
     bytes: Vec<u8>,
     /// Close the segment with an End round after these records.
     ends_segment: bool,
+    /// For a fresh segment: the segment it follows (closed with an End
+    /// round in this write or before), named in its header.
+    follows: Option<usize>,
 }
 
 pub struct Journal {
@@ -236,6 +239,7 @@ impl Journal {
                 fresh: false,
                 bytes: Vec::with_capacity(64 * 1024),
                 ends_segment: false,
+                follows: None,
             });
         }
         let chunk = self.pending.last_mut().expect("pushed above");
@@ -257,6 +261,7 @@ impl Journal {
     /// it has one already) and starts the next one: the oldest free segment
     /// if a durable round already says it is free, else a new file.
     fn roll(&mut self, close: bool) {
+        let prev = self.in_use.back().copied();
         if let Some(&old) = self.in_use.back().filter(|_| close) {
             match self.pending.last_mut() {
                 Some(c) if c.segment == old => c.ends_segment = true,
@@ -265,6 +270,7 @@ impl Journal {
                     fresh: false,
                     bytes: Vec::new(),
                     ends_segment: true,
+                    follows: None,
                 }),
             }
         }
@@ -303,6 +309,7 @@ impl Journal {
             fresh: true,
             bytes: Vec::new(),
             ends_segment: false,
+            follows: prev,
         };
         // The snapshot goes first: every later record in this segment (a
         // topic SEND in particular) is read back knowing its subscribers.
@@ -407,21 +414,26 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// Writes a segment header block into `block` (BLOCK bytes).
-fn put_header(block: &mut [u8], generation: u64, salt: u64) {
+/// Writes a segment header block into `block` (BLOCK bytes). `prev_end`:
+/// where the segment before it (by generation) was closed, its End round
+/// (0, 0 for the first): recovery reads that segment no further, so rounds
+/// a fenced master wrote there after its successor closed it never count.
+fn put_header(block: &mut [u8], generation: u64, salt: u64, prev_end: Position) {
     block[..BLOCK as usize].fill(0);
     block[..8].copy_from_slice(MAGIC);
     block[8..16].copy_from_slice(&generation.to_le_bytes());
     block[16..24].copy_from_slice(&salt.to_le_bytes());
-    let crc = crc32c::crc32c(&block[..24]);
-    block[24..28].copy_from_slice(&crc.to_le_bytes());
+    block[24..32].copy_from_slice(&prev_end.0.to_le_bytes());
+    block[32..40].copy_from_slice(&prev_end.1.to_le_bytes());
+    let crc = crc32c::crc32c(&block[..40]);
+    block[40..44].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A segment's header block (BLOCK bytes), as the writer makes it: for
 /// tools and the recovery fuzz target, which build segments by hand.
 pub fn header_block(generation: u64, salt: u64) -> Vec<u8> {
     let mut block = vec![0u8; BLOCK as usize];
-    put_header(&mut block, generation, salt);
+    put_header(&mut block, generation, salt, (0, 0));
     block
 }
 
@@ -439,17 +451,28 @@ pub fn read_header(block: &[u8]) -> Option<SegmentHeader> {
     if block.len() >= 8 && &block[..8] == MAGIC_V1 {
         return Some(SegmentHeader::OldFormat);
     }
-    if block.len() < 28 || &block[..8] != MAGIC {
-        return None;
-    }
-    let crc = u32::from_le_bytes(block[24..28].try_into().ok()?);
-    if crc32c::crc32c(&block[..24]) != crc {
-        return None;
-    }
+    checked_header(block)?;
     Some(SegmentHeader::Current(
         u64::from_le_bytes(block[8..16].try_into().ok()?),
         u64::from_le_bytes(block[16..24].try_into().ok()?),
     ))
+}
+
+/// Where the segment before this one was closed (see [`put_header`]).
+pub fn read_prev_end(block: &[u8]) -> Option<Position> {
+    checked_header(block)?;
+    Some((
+        u64::from_le_bytes(block[24..32].try_into().ok()?),
+        u64::from_le_bytes(block[32..40].try_into().ok()?),
+    ))
+}
+
+fn checked_header(block: &[u8]) -> Option<()> {
+    if block.len() < 44 || &block[..8] != MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(block[40..44].try_into().ok()?);
+    (crc32c::crc32c(&block[..40]) == crc).then_some(())
 }
 
 /// Creates a zero-filled segment file of `size` bytes: every block written
@@ -569,6 +592,7 @@ pub async fn sync(
 /// Where one chunk's rounds go, decided before anything is awaited.
 struct Planned {
     chunk: Chunk,
+    prev_end: Position,
     path: PathBuf,
     file: Option<Rc<DmaFile>>,
     gen: u64,
@@ -594,6 +618,12 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
         for chunk in chunks {
             let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
             let end_header = j.round_header(RoundKind::End, 0);
+            // The End round of the segment this one follows: the last block
+            // that segment's rounds claimed (in this write or before).
+            let prev_end = chunk.follows.map_or((0, 0), |f| {
+                let p = &j.segments[f];
+                (p.generation, p.write_at - BLOCK)
+            });
             let s = &mut j.segments[chunk.segment];
             let start = if chunk.fresh { 0 } else { s.write_at };
             let mut at = if chunk.fresh { BLOCK } else { start };
@@ -607,6 +637,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
             }
             s.write_at = at;
             plans.push(Planned {
+                prev_end,
                 path: s.path.clone(),
                 file: s.file.clone(),
                 gen: s.generation,
@@ -641,7 +672,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
         let bytes = buf.as_bytes_mut();
         bytes.fill(0);
         if plan.chunk.fresh {
-            put_header(bytes, plan.gen, plan.salt);
+            put_header(bytes, plan.gen, plan.salt, plan.prev_end);
         }
         if let Some((at, h)) = plan.data {
             let h_at = (at - plan.start) as usize;
@@ -809,9 +840,12 @@ impl Journal {
             usage,
             cfg,
         };
-        if j.in_use.is_empty() || state.ended {
-            j.roll(false);
-        }
+        // Always a fresh segment (new generation and salt) after a start:
+        // the active one is closed at the cut, so a round a fenced
+        // predecessor still had in flight there can never pass for ours
+        // (its successor's header says where it ended).
+        let close = !(j.in_use.is_empty() || state.ended);
+        j.roll(close);
         j
     }
 }

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use super::round::{Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 use super::segment_read::read_live_part;
-use super::{fsync_dir, io_err, read_header, JournalError, SegmentHeader, BLOCK};
+use super::{fsync_dir, io_err, read_header, read_prev_end, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_named, Decoded, Names, Record, StoredSub};
 
@@ -81,6 +81,8 @@ struct Listed {
     number: u64,
     /// (generation, salt)
     header: Option<(u64, u64)>,
+    /// Where its predecessor was closed (from its header).
+    prev_end: Option<Position>,
 }
 
 /// Where walking a segment's rounds stopped.
@@ -96,6 +98,8 @@ enum Stop {
 /// Rounds walked from one position.
 struct Rounds {
     records: Vec<Record>,
+    /// Each valid round walked: its offset and how many records came before it.
+    starts: Vec<(u64, usize)>,
     stop: Stop,
     /// Highest durable watermark and oldest-live generation they carry.
     watermark: Position,
@@ -106,6 +110,7 @@ struct Rounds {
 fn walk(data: &Bytes, mut pos: u64, gen: u64, salt: u64, names: &mut Names) -> Rounds {
     let mut out = Rounds {
         records: Vec::new(),
+        starts: Vec::new(),
         stop: Stop::End(pos),
         watermark: (0, 0),
         first_gen: None,
@@ -144,6 +149,7 @@ fn walk(data: &Bytes, mut pos: u64, gen: u64, salt: u64, names: &mut Names) -> R
                 }
             }
         }
+        out.starts.push((pos, first));
         out.watermark = out.watermark.max(h.durable);
         out.first_gen = out.first_gen.max(Some(h.first_gen));
         if h.kind == RoundKind::End {
@@ -235,6 +241,7 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
             path,
             number,
             header,
+            prev_end: read_prev_end(&head),
         });
     }
     if removed {
@@ -389,7 +396,18 @@ pub fn recover(
             (found[i].path.as_path(), gen, salt)
         })
         .collect();
+    // Where each segment was closed, as its successor's header says.
+    let mut closed_at: Vec<Option<u64>> = vec![None; found.len()];
+    for pair in journal.windows(2) {
+        let (i, j) = (pair[0], pair[1]);
+        if let Some((gen, pos)) = found[j].prev_end {
+            if gen == gen_of(i) && pos >= BLOCK {
+                closed_at[i] = Some(pos);
+            }
+        }
+    }
     let mut replay = Replay {
+        closed_at,
         found: &found,
         skip_corrupt,
         oldest_live_gen: None,
@@ -530,6 +548,8 @@ fn gen_of_listed(f: &Listed) -> u64 {
 /// where a segment's rounds stop short of its End round, whether the data
 /// there was torn (cut) or damaged (stop, or skip).
 struct Replay<'a> {
+    /// Per segment: where its successor says it was closed.
+    closed_at: Vec<Option<u64>>,
     found: &'a [Listed],
     skip_corrupt: bool,
     /// Segments older than this generation are free; their content is
@@ -572,6 +592,10 @@ impl Replay<'_> {
         if gen < oldest_live {
             self.stale[i] = true;
             return Ok(());
+        }
+        let mut walk = walk;
+        if let Some(end) = self.closed_at[i] {
+            close_at(&mut walk, end);
         }
         if !self.held.is_empty() || matches!(walk.rounds.stop, Stop::At { .. }) {
             // Decided once every watermark is known (normally just the
@@ -668,6 +692,25 @@ impl Replay<'_> {
         self.out.records += records.len();
         sink(records);
     }
+}
+
+/// Ends a segment's walk at `end`, where its successor says it was closed:
+/// rounds from there on (a fenced master's late write over the End round)
+/// were never part of the journal. A walk that stopped short of `end` is
+/// left to the torn/damaged decision.
+fn close_at(walk: &mut Walk, end: u64) {
+    let reached = match walk.rounds.stop {
+        Stop::End(at) => at > end,
+        Stop::At { pos, .. } => pos >= end,
+    };
+    if !reached {
+        return;
+    }
+    if let Some(&(_, before)) = walk.rounds.starts.iter().find(|(pos, _)| *pos >= end) {
+        walk.rounds.records.truncate(before);
+    }
+    walk.rounds.stop = Stop::End(end + BLOCK);
+    walk.beyond = None;
 }
 
 /// The first valid round of generation `gen` at or after `from`.
