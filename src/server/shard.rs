@@ -767,10 +767,15 @@ async fn open_journal(
     // made in the background once serving (see `run`), off the failover path.
     journal::flush(&j).await.map_err(|e| e.to_string())?;
     // A durable seal before anything is overwritten: it records which
-    // segments recovery found free, and where the journal was durable.
+    // segments recovery found free (so the next segment can reuse one
+    // instead of making a file on the failover path), and where the
+    // journal was durable. Then a fresh segment: see
+    // `Journal::start_fresh_segment`.
     journal::write_seal(&j, true)
         .await
         .map_err(|e| e.to_string())?;
+    j.borrow_mut().start_fresh_segment();
+    journal::flush(&j).await.map_err(|e| e.to_string())?;
     if new_dir {
         journal::ensure_spare(&j, journal::Pace::Now)
             .await

@@ -148,6 +148,9 @@ pub struct Journal {
     durables: HashMap<Arc<str>, HashSet<StoredSub>>,
     /// A spare segment is being made in the background.
     making_spare: bool,
+    /// The active segment was started by this process (at open): a start
+    /// needs no other fresh segment.
+    started_fresh: bool,
     /// The master's epoch, written into every round (0: none).
     epoch: u64,
 }
@@ -835,18 +838,29 @@ impl Journal {
             next_file_number: state.next_file_number,
             durables: state.durables,
             making_spare: false,
+            started_fresh: false,
             // Raised before the journal was opened (0 without fencing).
             epoch: crate::ha::fence::epoch(),
             usage,
             cfg,
         };
-        // Always a fresh segment (new generation and salt) after a start:
-        // the active one is closed at the cut, so a round a fenced
-        // predecessor still had in flight there can never pass for ours
-        // (its successor's header says where it ended).
-        let close = !(j.in_use.is_empty() || state.ended);
-        j.roll(close);
+        if j.in_use.is_empty() || state.ended {
+            j.roll(false);
+            j.started_fresh = true;
+        }
         j
+    }
+
+    /// After a start (once the start seal is durable): continue in a fresh
+    /// segment, with a new generation and salt, closing the recovered
+    /// active one where recovery cut it. A round a fenced predecessor still
+    /// had in flight there can then never pass for ours: the new segment's
+    /// header says where its predecessor ended. A segment that was just
+    /// started holds nothing yet and is kept.
+    pub fn start_fresh_segment(&mut self) {
+        if !std::mem::replace(&mut self.started_fresh, true) {
+            self.roll(true);
+        }
     }
 }
 
