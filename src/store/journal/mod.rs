@@ -23,11 +23,13 @@ mod segment_read;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use glommio::io::DmaFile;
 use thiserror::Error;
+use tracing::{debug, info, warn};
 
 use super::record::{self, RecordRef, StoredSub};
 use crate::idmap::IdMap;
@@ -56,6 +58,20 @@ pub enum JournalError {
     OldFormat { path: PathBuf },
 }
 
+impl JournalError {
+    /// The file system (or the user's quota) has no room: the broker waits
+    /// for space instead of stopping (see [`Journal::disk_full`]).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            JournalError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            JournalError::Corrupt { .. } | JournalError::OldFormat { .. } => false,
+        }
+    }
+}
+
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
         path: path.to_path_buf(),
@@ -66,7 +82,16 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 fn glommio_err(path: &Path, e: glommio::GlommioError<()>) -> JournalError {
     JournalError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        // Keeps the error's kind: ENOSPC must stay recognisable.
+        source: std::io::Error::from(e),
+    }
+}
+
+/// A lack of space found without an I/O error (a short write, `statvfs`).
+fn no_space(path: &Path, why: String) -> JournalError {
+    JournalError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::StorageFull, why),
     }
 }
 
@@ -77,12 +102,79 @@ pub struct JournalConfig {
     pub segment_size_bytes: u64,
 }
 
-/// Bytes of segments holding data across all shards (spares not counted),
-/// for store-limit flow control.
-#[derive(Debug, Default)]
+/// Journal space across all shards, for store flow control: persistent
+/// producers wait while [`StoreUsage::full`] holds.
+#[derive(Debug)]
 pub struct StoreUsage {
+    /// Bytes of segments holding data (spares not counted).
     pub used_bytes: AtomicU64,
+    /// `store.limit_bytes`, capped at start to what the file system can
+    /// hold (see [`room_on_disk`]).
+    pub limit_bytes: AtomicU64,
+    /// Shards that cannot take another segment: the file system is full
+    /// and none of their segments is free (see [`Journal::disk_full`]).
+    pub disk_full_shards: AtomicUsize,
 }
+
+impl Default for StoreUsage {
+    fn default() -> Self {
+        StoreUsage {
+            used_bytes: AtomicU64::new(0),
+            limit_bytes: AtomicU64::new(u64::MAX),
+            disk_full_shards: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl StoreUsage {
+    /// Persistent producers must wait: the journal is at its limit or its
+    /// file system is full. Three relaxed loads, no lock.
+    pub fn full(&self) -> bool {
+        self.at_limit() || self.disk_full()
+    }
+
+    pub fn at_limit(&self) -> bool {
+        self.used_bytes.load(Ordering::Relaxed) >= self.limit_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn disk_full(&self) -> bool {
+        self.disk_full_shards.load(Ordering::Relaxed) > 0
+    }
+
+    /// For log lines when one cause of a pause ends: whether persistent
+    /// producers really go again, or another cause still holds them.
+    fn producers(&self) -> &'static str {
+        if self.full() {
+            "still paused"
+        } else {
+            "resumed"
+        }
+    }
+
+    /// A segment started holding data. Logs the crossing of the limit once,
+    /// not per paused producer.
+    fn add_segment(&self, bytes: u64, dir: &Path) {
+        let before = self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let limit = self.limit_bytes.load(Ordering::Relaxed);
+        if before < limit && before + bytes >= limit {
+            warn!(dir = %dir.display(), used_bytes = before + bytes, limit_bytes = limit,
+                "journal reached store.limit_bytes; persistent producers paused until consumers acknowledge enough to free a segment");
+        }
+    }
+
+    fn remove_segment(&self, bytes: u64, dir: &Path) {
+        let before = self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let limit = self.limit_bytes.load(Ordering::Relaxed);
+        if before >= limit && before - bytes < limit {
+            info!(dir = %dir.display(), used_bytes = before - bytes, limit_bytes = limit,
+                producers = self.producers(), "journal below store.limit_bytes again");
+        }
+    }
+}
+
+/// After the file system was found full, how long before a new segment
+/// file is tried again (and only once `statvfs` shows room for one).
+const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Segment {
@@ -147,6 +239,14 @@ pub struct Journal {
     making_spare: bool,
     /// The master's epoch, written into every round (0: none).
     epoch: u64,
+    /// Why the last attempt to make a segment file failed for lack of
+    /// space; cleared when one is made. While set and no free segment is
+    /// reusable for the next roll, the shard counts as disk-full.
+    no_room: Option<String>,
+    /// No new segment file is tried before this.
+    file_retry_at: Option<Instant>,
+    /// This shard is counted in [`StoreUsage::disk_full_shards`].
+    counted_full: bool,
 }
 
 impl Journal {
@@ -290,8 +390,7 @@ impl Journal {
         };
         // Counted while it holds data; spares are not counted.
         self.usage
-            .used_bytes
-            .fetch_add(self.cfg.segment_size_bytes, Ordering::Relaxed);
+            .add_segment(self.cfg.segment_size_bytes, &self.cfg.dir);
         let s = &mut self.segments[next];
         s.generation = self.next_generation;
         s.salt = random_u64();
@@ -314,6 +413,15 @@ impl Journal {
         }
         self.pending_len = chunk.bytes.len() as u64;
         self.pending.push(chunk);
+        // The last reusable segment taken: if the file system has no room
+        // for another, producers must pause now, while this one still has
+        // room, not once the next roll finds none (the spare is made only
+        // after the flusher's writes; under load that is late). One
+        // `statvfs` per segment, never per record.
+        if !self.has_reusable() && !self.making_spare {
+            self.may_make_file();
+        }
+        self.note_space();
     }
 
     /// One holder of message `id` let go of it (ack, dead-letter, expiry).
@@ -351,8 +459,101 @@ impl Journal {
             self.in_use.pop_front();
             self.free.push_back((oldest, Some(self.appended)));
             self.usage
-                .used_bytes
-                .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
+                .remove_segment(self.cfg.segment_size_bytes, &self.cfg.dir);
+        }
+    }
+
+    /// A free segment may be overwritten now (the next roll takes it).
+    fn has_reusable(&self) -> bool {
+        self.free.iter().any(|&(_, f)| self.is_reusable(f))
+    }
+
+    /// This shard cannot take more data for now: a segment file could not
+    /// be made and no free segment is reusable for the next roll. The
+    /// active segment may still have room: it is kept for what consumers
+    /// cause (acknowledgements), which is how segments come back.
+    pub fn disk_full(&self) -> bool {
+        self.no_room.is_some() && !self.has_reusable()
+    }
+
+    /// A durable seal would give producers room: the shard is disk-full
+    /// and a segment was freed by records that are durable, but no durable
+    /// round laid out since says so (reuse waits for one, see `claimed`).
+    /// With producers paused no data round may come to say it.
+    pub fn wants_durable_seal(&self) -> bool {
+        self.disk_full()
+            && self
+                .free
+                .iter()
+                .any(|&(_, f)| f.is_some_and(|f| f <= self.durable) && !self.is_reusable(f))
+    }
+
+    /// The flusher should come back on its own (not only when records are
+    /// appended): space may be freed outside the broker, and a sync may
+    /// make a freed segment reusable.
+    pub fn waiting_for_space(&self) -> bool {
+        self.disk_full()
+    }
+
+    /// Publishes [`Journal::disk_full`] to the producers' flow control;
+    /// logs when the broker as a whole pauses or resumes for it. Cheap
+    /// unless the file system was found full.
+    fn note_space(&mut self) {
+        if self.no_room.is_none() && !self.counted_full {
+            return;
+        }
+        let full = self.disk_full();
+        if full == self.counted_full {
+            return;
+        }
+        self.counted_full = full;
+        let shards = &self.usage.disk_full_shards;
+        if full {
+            if shards.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(dir = %self.cfg.dir.display(), cause = self.no_room.as_deref().unwrap_or_default(),
+                    "journal file system full; persistent producers paused until consumers acknowledge enough to free a segment, or space is freed");
+            }
+        } else if shards.fetch_sub(1, Ordering::Relaxed) == 1 {
+            info!(dir = %self.cfg.dir.display(), producers = self.usage.producers(), "journal has room again");
+        }
+    }
+
+    /// Making a segment file failed (or would fail) for lack of space.
+    fn note_no_room(&mut self, why: String) {
+        if self.no_room.is_none() {
+            debug!(cause = %why, "no space for a new journal segment");
+        }
+        self.no_room = Some(why);
+        self.file_retry_at = Some(Instant::now() + NO_SPACE_RETRY);
+        self.note_space();
+    }
+
+    /// A segment file was made: the file system has room again.
+    fn note_made(&mut self) {
+        if self.no_room.take().is_some() {
+            info!(dir = %self.cfg.dir.display(), "journal segments can be made again");
+        }
+        self.file_retry_at = None;
+        self.note_space();
+    }
+
+    /// Whether to try making a segment file now: not within a second of
+    /// finding the file system full, and only if `statvfs` shows room for
+    /// one (making one just to fail and remove it again would be wasted
+    /// I/O). One `statvfs` per segment file, never per record.
+    fn may_make_file(&mut self) -> bool {
+        if self.file_retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let size = self.cfg.segment_size_bytes;
+        match available_bytes(&self.cfg.dir) {
+            Ok(free) if free < size => {
+                self.note_no_room(format!(
+                    "{free} bytes free on the journal's file system, less than a segment ({size} bytes)"
+                ));
+                false
+            }
+            _ => true,
         }
     }
 
@@ -467,6 +668,29 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         .dma_open(path)
         .await
         .map_err(|e| glommio_err(path, e))?;
+    match fill_segment(&file, path, size, pace).await {
+        Ok(()) => Ok(Rc::new(file)),
+        Err(e) => {
+            // The half-made file would hold space the journal cannot use.
+            // It is ours (O_EXCL), but a successor may have found it since:
+            // a fenced master removes nothing (the gate, see `ha::fence`).
+            let _ = file.close().await;
+            crate::ha::fence::hold().await;
+            if let Err(rm) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), error = %rm, "cannot remove a segment file that could not be made");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Zero-fills a new segment file and makes it and its name durable.
+async fn fill_segment(
+    file: &DmaFile,
+    path: &Path,
+    size: u64,
+    pace: Pace,
+) -> Result<(), JournalError> {
     let chunk: u64 = match pace {
         Pace::Now => 1 << 20,
         Pace::Background => 256 << 10,
@@ -477,9 +701,18 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         let mut buf = file.alloc_dma_buffer(n as usize);
         buf.as_bytes_mut().fill(0);
         crate::ha::fence::hold().await;
-        file.write_at(buf, pos)
+        let written = file
+            .write_at(buf, pos)
             .await
             .map_err(|e| glommio_err(path, e))?;
+        if (written as u64) < n {
+            // write(2) fills what it can and reports the rest short when
+            // the file system runs out: count it as the ENOSPC it is.
+            return Err(no_space(
+                path,
+                format!("short write ({written} of {n} bytes) while zero-filling"),
+            ));
+        }
         pos += n;
         if pace == Pace::Background {
             // Leave the disk to the journal's own writes and fdatasyncs:
@@ -497,7 +730,56 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         d.sync().await.map_err(|e| glommio_err(dir, e))?;
         let _ = d.close().await;
     }
-    Ok(Rc::new(file))
+    Ok(())
+}
+
+/// Bytes free for unprivileged writers on the file system holding `dir`.
+pub fn available_bytes(dir: &Path) -> Result<u64, JournalError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| JournalError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other("path contains a NUL byte"),
+    })?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid C string; `st` is writable memory of the right
+    // type, initialised by statvfs when it returns 0.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(io_err(dir)(std::io::Error::last_os_error()));
+        }
+        st.assume_init()
+    };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What the file system under the store directory `dir` can hold for the
+/// journal: its free space plus the segment files already there (they are
+/// reused, never grown; a file made with a larger segment size holds only
+/// `segment_size` of journal). Returns (room, journal bytes on disk).
+pub fn room_on_disk(dir: &Path, segment_size: u64) -> Result<(u64, u64), JournalError> {
+    let mut journal = 0;
+    for shard in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let shard = shard.map_err(io_err(dir))?.path();
+        let is_shard_dir = shard
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("shard-"));
+        if !is_shard_dir || !shard.is_dir() {
+            continue;
+        }
+        for seg in std::fs::read_dir(&shard).map_err(io_err(&shard))? {
+            let seg = seg.map_err(io_err(&shard))?;
+            let name = seg.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("seg-") && name.ends_with(".log") {
+                journal += seg
+                    .metadata()
+                    .map_err(io_err(&seg.path()))?
+                    .len()
+                    .min(segment_size);
+            }
+        }
+    }
+    Ok((available_bytes(dir)? + journal, journal))
 }
 
 /// Makes the entries of directory `dir` durable (files created or removed
@@ -563,6 +845,9 @@ pub async fn sync(
         j.durable_pos = j.durable_pos.max(end);
     }
     j.claimed = j.claimed.max(Some(written.claim_basis));
+    // A freed segment may have become reusable: producers paused for a
+    // full disk may go again.
+    j.note_space();
     Ok(())
 }
 
@@ -743,6 +1028,7 @@ pub async fn write_seal(
         j = journal.borrow_mut();
         // A durable seal declares what it names free, like any round.
         j.claimed = j.claimed.max(Some(basis));
+        j.note_space();
     }
     j.sealed = sealed;
     Ok(())
@@ -763,10 +1049,7 @@ impl Journal {
         usage: Arc<StoreUsage>,
         state: recovery::Layout,
     ) -> Journal {
-        usage.used_bytes.fetch_add(
-            state.in_use.len() as u64 * cfg.segment_size_bytes,
-            Ordering::Relaxed,
-        );
+        usage.add_segment(state.in_use.len() as u64 * cfg.segment_size_bytes, &cfg.dir);
         let active_gen = state
             .in_use
             .back()
@@ -806,6 +1089,9 @@ impl Journal {
             making_spare: false,
             // Raised before the journal was opened (0 without fencing).
             epoch: crate::ha::fence::epoch(),
+            no_room: None,
+            file_retry_at: None,
+            counted_full: false,
             usage,
             cfg,
         };
@@ -817,14 +1103,17 @@ impl Journal {
 }
 
 /// Keeps one zero-filled segment ready so that rolling to a new segment
-/// never waits for a file to be made. Runs beside the flusher.
+/// never waits for a file to be made. Runs beside the flusher. A full file
+/// system is not an error: the shard records it (producers wait while no
+/// segment is reusable for the next roll, see [`Journal::disk_full`]) and
+/// a later call tries again.
 pub async fn ensure_spare(
     journal: &std::cell::RefCell<Journal>,
     pace: Pace,
 ) -> Result<(), JournalError> {
     let (path, size) = {
         let mut j = journal.borrow_mut();
-        if j.making_spare || j.free.iter().any(|&(_, f)| j.is_reusable(f)) {
+        if j.making_spare || j.has_reusable() || !j.may_make_file() {
             return Ok(());
         }
         j.making_spare = true;
@@ -838,7 +1127,14 @@ pub async fn ensure_spare(
     let made = create_segment(&path, size, pace).await;
     let mut j = journal.borrow_mut();
     j.making_spare = false;
-    let file = made?;
+    let file = match made {
+        Ok(f) => f,
+        Err(e) if e.is_no_space() => {
+            j.note_no_room(e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let index = j.segments.len();
     j.segments.push(Segment {
         path,
@@ -850,5 +1146,6 @@ pub async fn ensure_spare(
     });
     // A fresh segment holds nothing: reuse it before any older one.
     j.free.push_front((index, None));
+    j.note_made();
     Ok(())
 }
