@@ -78,6 +78,14 @@ impl SmallFs {
         Ok(fs)
     }
 
+    /// Gives the space of [`SmallFs::fill_leaving`]'s file back, as an
+    /// operator clearing a full volume would.
+    fn free_ballast(&self) {
+        std::fs::remove_file(self.mnt.join("ballast")).unwrap();
+        // Copy-on-write file systems count freed space at the next commit.
+        run("sync", &["-f"], &self.mnt).unwrap();
+    }
+
     fn data(&self) -> PathBuf {
         self.mnt.join("data")
     }
@@ -494,4 +502,213 @@ fn send_fail_if_no_space_answers_an_error_at_a_full_disk() {
     let want: BTreeSet<usize> = (0..receipted).chain([transient]).collect();
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
     assert_alive(&mut b);
+}
+
+/// A message body of 400 KiB: two fit in a 1 MiB segment, not three.
+fn big(i: usize) -> Vec<u8> {
+    let mut v = format!("{i}:").into_bytes();
+    v.resize(400 * 1024, b'x');
+    v
+}
+
+/// SENDs `ids` as big persistent messages in transaction `tx`, each
+/// receipted (a transaction's SENDs are journaled at its COMMIT).
+fn send_in_tx(p: &mut Client, tx: &str, ids: std::ops::Range<usize>) {
+    p.frame("BEGIN", &[("transaction", tx)], b"");
+    for i in ids {
+        let receipt = format!("s{i}");
+        p.frame(
+            "SEND",
+            &[
+                ("destination", QUEUE),
+                ("persistent", "true"),
+                ("transaction", tx),
+                ("receipt", &receipt),
+            ],
+            &big(i),
+        );
+        p.expect_receipt(&receipt);
+    }
+}
+
+/// Segment files of every shard.
+fn segment_files(fs: &SmallFs) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    for shard in std::fs::read_dir(fs.data()).unwrap() {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "log") {
+                files.insert(f);
+            }
+        }
+    }
+    files
+}
+
+/// Records that find no segment at all wait in memory, unreceipted. A
+/// COMMIT is not flow-controlled (its SENDs were accepted earlier), so
+/// committing more than the journal has room for at a full disk rolls past
+/// the last segment: m0 m1 | m2 m3 | m4 (no file). The COMMIT's RECEIPT
+/// waits, and so does everything the shard appends after m4 (the
+/// consumer's acknowledgements of m0 and m1 too: the segment they free is
+/// overwritten only once they are durable, and they are behind m4). Once
+/// space is freed outside the broker, a file is made, the records are
+/// written, the RECEIPTs come, and nothing is lost.
+#[test]
+fn records_with_no_segment_wait_unreceipted_until_space_is_freed() {
+    let Some(fs) = small_fs("records_with_no_segment_wait_unreceipted_until_space_is_freed") else {
+        return;
+    };
+    let mut b = start(&fs, "");
+    let mut p = b.client();
+    send_in_tx(&mut p, "tx", 0..5);
+    fs.fill_leaving(SEGMENT / 2);
+    p.frame(
+        "COMMIT",
+        &[("transaction", "tx"), ("receipt", "commit")],
+        b"",
+    );
+    b.wait_until("the journal to find the disk full", |s| {
+        s["store_disk_full"] == true
+    });
+    assert!(
+        p.recv_timeout(Duration::from_secs(2)).is_none(),
+        "COMMIT receipted while its last SEND had no segment to go to"
+    );
+    assert_alive(&mut b);
+
+    // Consumers are served meanwhile. (No receipt on SUBSCRIBE: any
+    // receipt from that shard means everything it appended before is
+    // durable, so it waits like the COMMIT's.)
+    let mut c = b.client();
+    c.frame(
+        "SUBSCRIBE",
+        &[
+            ("id", "s"),
+            ("destination", QUEUE),
+            ("ack", "client-individual"),
+        ],
+        b"",
+    );
+    let m0 = c.expect_message();
+    let m1 = c.expect_message();
+    assert_eq!((id_of(&m0), id_of(&m1)), (0, 1));
+    c.ack(&m0);
+    let id = m1.header_str("ack").unwrap().to_string();
+    c.frame("ACK", &[("id", &id), ("receipt", "acked")], b"");
+    assert_alive(&mut b);
+
+    fs.free_ballast();
+    p.expect_receipt("commit");
+    c.expect_receipt("acked");
+    b.wait_until("room after the ballast is gone", |s| {
+        s["store_full"] == false
+    });
+    assert_alive(&mut b);
+
+    b.kill9();
+    check_after_restart(&fs, &(0..5).collect(), &[0, 1].into_iter().collect());
+}
+
+/// A segment started with no file to go to gets the file of a segment
+/// freed before it, once a durable round says that one is free. a0 a1 fill
+/// the first segment and are acknowledged (durably) while it is still
+/// active; the COMMIT of b0..b3 closes it (b0 b1 go to the spare, which
+/// frees the first segment as of b0) and rolls past the spare with no room
+/// for a new file: b2 waits until b0 b1 are durable, then goes into the
+/// first segment's file. No new file is made, the RECEIPT comes, and
+/// nothing is lost.
+#[test]
+fn a_segment_with_no_file_reuses_one_freed_before_it() {
+    let Some(fs) = small_fs("a_segment_with_no_file_reuses_one_freed_before_it") else {
+        return;
+    };
+    let mut b = start(&fs, "");
+    let mut p = b.client();
+    for i in 0..2 {
+        let receipt = format!("a{i}");
+        p.frame(
+            "SEND",
+            &[
+                ("destination", QUEUE),
+                ("persistent", "true"),
+                ("receipt", &receipt),
+            ],
+            &big(i),
+        );
+        p.expect_receipt(&receipt);
+    }
+    let mut c = b.client();
+    c.subscribe("s", QUEUE, "client-individual", &[]);
+    let a0 = c.expect_message();
+    let a1 = c.expect_message();
+    assert_eq!((id_of(&a0), id_of(&a1)), (0, 1));
+    send_in_tx(&mut p, "tx", 2..6);
+    fs.fill_leaving(SEGMENT / 2);
+    let files = segment_files(&fs);
+    // Durable before the COMMIT: the first segment's content is retired by
+    // records written before anything waits.
+    c.ack(&a0);
+    let id = a1.header_str("ack").unwrap().to_string();
+    c.frame("ACK", &[("id", &id), ("receipt", "acked")], b"");
+    c.expect_receipt("acked");
+    p.frame(
+        "COMMIT",
+        &[("transaction", "tx"), ("receipt", "commit")],
+        b"",
+    );
+    p.expect_receipt("commit");
+    let s = b.status();
+    assert_eq!(
+        s["store_disk_full"], true,
+        "no spare and no room for one: {s}"
+    );
+    assert_eq!(
+        segment_files(&fs),
+        files,
+        "a segment file was made or removed: the freed segment was not reused"
+    );
+    assert_alive(&mut b);
+
+    b.kill9();
+    check_after_restart(&fs, &(0..6).collect(), &[0, 1].into_iter().collect());
+}
+
+/// On a copy-on-write file system (btrfs) even a write into a preallocated
+/// segment allocates, so a journal write itself can fail with ENOSPC: its
+/// records are kept, producers pause, receipts wait, and once space is
+/// freed (here: the file that filled the volume is removed) the write is
+/// retried, the RECEIPTs come and nothing is lost.
+#[test]
+fn enospc_on_a_journal_write_keeps_the_records_until_space_is_freed() {
+    let test = "enospc_on_a_journal_write_keeps_the_records_until_space_is_freed";
+    let fs = match SmallFs::make(128, "mkfs.btrfs", &["-q", "-f", "--mixed"]) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return;
+        }
+    };
+    let mut b = start(&fs, "");
+    fs.fill_leaving(SEGMENT / 2);
+    let mut p = Producer::new(&b);
+    p.fill(&mut b);
+    let s = b.status();
+    assert_eq!(s["store_disk_full"], true, "{s}");
+    let probe = assert_paused(&b, &mut p);
+    assert_alive(&mut b);
+
+    fs.free_ballast();
+    b.wait_until("room after the ballast is gone", |s| {
+        s["store_full"] == false
+    });
+    p.wait_receipt(probe);
+    assert_alive(&mut b);
+
+    b.kill9();
+    check_after_restart(&fs, &p.receipted, &BTreeSet::new());
 }

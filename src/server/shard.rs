@@ -874,8 +874,25 @@ async fn flusher(ctx: Rc<ShardContext>) {
                     journal::write_seal(&journal, fsync)
                         .await
                         .unwrap_or_else(|e| journal_failed(e));
+                    continue;
                 }
-                continue;
+                if !journal.borrow().waiting_for_space() {
+                    continue;
+                }
+                // Records left waiting for space: the sync may have made a
+                // freed segment reusable for them (once a durable seal
+                // says it is free).
+                claim_for_space(&journal).await;
+                false
+            }
+            Wake::Poll if journal.borrow().has_pending() => {
+                // Records waiting for space: try them again (a failed
+                // write at most once a second, a new file only when
+                // `statvfs` shows room).
+                if syncing.is_none() {
+                    claim_for_space(&journal).await;
+                }
+                false
             }
             Wake::Poll => {
                 if syncing.is_none() {
@@ -899,6 +916,11 @@ async fn flusher(ctx: Rc<ShardContext>) {
             let written = journal::write_pending(&journal)
                 .await
                 .unwrap_or_else(|e| journal_failed(e));
+            let blocked = written.blocked;
+            if written.is_empty() {
+                // Nothing could be written: look again later.
+                break;
+            }
             if let Some(previous) = syncing.take() {
                 previous.await;
             }
@@ -921,10 +943,19 @@ async fn flusher(ctx: Rc<ShardContext>) {
                 })
                 .detach(),
             );
+            if blocked {
+                // No space for the rest now: look again later.
+                break;
+            }
         }
         if closing {
             if let Some(last) = syncing.take() {
                 last.await;
+            }
+            if journal.borrow().has_pending() {
+                // Their receipts were never given: producers send again,
+                // and unwritten acknowledgements mean redeliveries, not loss.
+                warn!("shutdown with journal records unwritten: no space for them");
             }
             journal::write_seal(&journal, true)
                 .await
@@ -932,6 +963,16 @@ async fn flusher(ctx: Rc<ShardContext>) {
             return;
         }
         spawn_local(make_spare(ctx.clone())).detach();
+    }
+}
+
+/// At a full disk, with no sync in flight: a durable seal when that lets a
+/// freed segment be reused (see `Journal::wants_durable_seal`).
+async fn claim_for_space(journal: &RefCell<Journal>) {
+    if journal.borrow().wants_durable_seal() {
+        journal::write_seal(journal, true)
+            .await
+            .unwrap_or_else(|e| journal_failed(e));
     }
 }
 
