@@ -16,6 +16,8 @@
 
 #[cfg(test)]
 mod crash_cases;
+#[cfg(test)]
+mod disk_full_cases;
 pub mod recovery;
 pub mod round;
 mod segment_read;
@@ -1074,6 +1076,42 @@ async fn segment_file(
     }
 }
 
+/// Takes everything pending and lays each chunk's rounds out, claiming
+/// their places (each segment's `write_at`): all before the first await.
+fn lay_out(j: &mut Journal) -> Vec<Planned> {
+    j.pending_len = 0;
+    let chunks = std::mem::take(&mut j.pending);
+    let mut plans = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
+        let end_header = j.round_header(RoundKind::End, 0);
+        let s = &mut j.segments[chunk.segment];
+        let claimed_from = s.write_at;
+        let start = if chunk.fresh { 0 } else { s.write_at };
+        let mut at = if chunk.fresh { BLOCK } else { start };
+        let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
+        if data.is_some() {
+            at = data_header.next(at);
+        }
+        let end_round = chunk.ends_segment.then_some((at, end_header));
+        if end_round.is_some() {
+            at += BLOCK;
+        }
+        s.write_at = at;
+        plans.push(Planned {
+            gen: s.generation,
+            salt: s.salt,
+            claimed_from,
+            start,
+            end: at,
+            data,
+            end_round,
+            chunk,
+        });
+    }
+    plans
+}
+
 /// Writes everything appended since the last round, without waiting for
 /// durability: the first half of a group commit. Each segment touched gets
 /// one round (plus its header block if it is new, and an End round if the
@@ -1099,37 +1137,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                 blocked: j.has_pending(),
             });
         }
-        j.pending_len = 0;
-        let chunks = std::mem::take(&mut j.pending);
-        let mut plans = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
-            let end_header = j.round_header(RoundKind::End, 0);
-            let s = &mut j.segments[chunk.segment];
-            let claimed_from = s.write_at;
-            let start = if chunk.fresh { 0 } else { s.write_at };
-            let mut at = if chunk.fresh { BLOCK } else { start };
-            let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
-            if data.is_some() {
-                at = data_header.next(at);
-            }
-            let end_round = chunk.ends_segment.then_some((at, end_header));
-            if end_round.is_some() {
-                at += BLOCK;
-            }
-            s.write_at = at;
-            plans.push(Planned {
-                gen: s.generation,
-                salt: s.salt,
-                claimed_from,
-                start,
-                end: at,
-                data,
-                end_round,
-                chunk,
-            });
-        }
-        (plans, j.durable)
+        (lay_out(&mut j), j.durable)
     };
     let mut written = Written {
         files: Vec::new(),
