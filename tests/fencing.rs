@@ -218,6 +218,25 @@ fn drain(b: &Broker, queue: &str) -> HashSet<u64> {
 fn signal(b: &Broker, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(b.pid(), sig) }, 0);
+    if sig == libc::SIGSTOP {
+        // kill(2) returns before the process has stopped: until it has, its
+        // keep-alive thread can still notice what the test does next.
+        let stat = format!("/proc/{}/stat", b.pid());
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            let state = s.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "pid {} did not stop",
+                b.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 fn assert_all_present(what: &str, receipted: &[u64], got: &HashSet<u64>) {
