@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine:
 # installs what the tests need (a Python virtualenv with stomp.py for the
-# interoperability test), checks formatting and lints, then runs the Python
-# interop suite and every Rust test. CI runs exactly this.
+# interoperability test, btrfs-progs for a full-disk test), checks
+# formatting and lints, then runs the Python interop suite and every Rust
+# test. CI runs exactly this.
 set -euo pipefail
 export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
@@ -18,6 +19,11 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 .venv/bin/pip install -q --disable-pip-version-check 'stomp.py>=8,<10' 'pytest>=7'
+
+echo "== file-system tools for the full-disk tests (tests/disk_full.rs)"
+if ! command -v mkfs.btrfs >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq btrfs-progs
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -36,6 +36,12 @@ struct Status<'a> {
     connections: usize,
     memory_used_bytes: usize,
     store_used_bytes: u64,
+    /// In force: `store.limit_bytes`, capped at start to the file system.
+    store_limit_bytes: u64,
+    /// Persistent producers are paused for the store (limit or full disk).
+    store_full: bool,
+    /// The journal's file system is full (no segment can be made or is free).
+    store_disk_full: bool,
     destinations: Vec<DestinationStats>,
 }
 
@@ -112,6 +118,12 @@ fn status_json(state: &AdminState) -> String {
             .store_usage
             .used_bytes
             .load(std::sync::atomic::Ordering::Relaxed),
+        store_limit_bytes: state
+            .store_usage
+            .limit_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        store_full: state.store_usage.full(),
+        store_disk_full: state.store_usage.disk_full(),
         destinations,
     };
     serde_json::to_string(&status).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))

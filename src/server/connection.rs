@@ -197,7 +197,7 @@ async fn read_loop(
                     // The operator asked for errors instead of waiting (ActiveMQ's sendFailIfNoSpace).
                     session.borrow_mut().reject(
                         &frame,
-                        "broker is out of space (limits.memory_limit_bytes or store.limit_bytes reached); message not accepted",
+                        "broker is out of space (limits.memory_limit_bytes or store.limit_bytes reached, or the store's file system is full); message not accepted",
                         &mut actions,
                     );
                     break;
@@ -327,8 +327,10 @@ fn route(
 }
 
 /// Producer flow control: while held messages exceed the memory limit (or,
-/// for persistent messages, the journal its disk budget), a SEND waits.
-/// Nothing is dropped; TCP pushes back.
+/// for persistent messages, the journal its disk budget or its file system
+/// is full), a SEND waits. Nothing is dropped; TCP pushes back. ACKs are
+/// never held: they free journal segments, which is how a full store gets
+/// room again.
 async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
     while over_limit(ctx, persistent) && !ctx.shutdown.is_set() {
         sleep(Duration::from_millis(5)).await;
@@ -336,15 +338,8 @@ async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
 }
 
 fn over_limit(ctx: &ShardContext, persistent: bool) -> bool {
-    let store_used = ctx
-        .shared
-        .store_usage
-        .used_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
     ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
-        || (persistent
-            && ctx.shared.journal.is_some()
-            && store_used >= ctx.shared.store_limit_bytes)
+        || (persistent && ctx.shared.journal.is_some() && ctx.shared.store_usage.full())
 }
 
 fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action>) {

@@ -24,7 +24,7 @@ use crate::config::{Config, HaConfig, StoreMode};
 use crate::ha::fence::{self, Monitor, Verdict};
 use crate::ha::{epoch, FileLock, Role, RoleCell};
 use crate::protocol::stomp::Limits;
-use crate::store::journal::StoreUsage;
+use crate::store::journal::{self, StoreUsage};
 use crate::store::meta;
 use shard::{Control, JournalSettings, Shared};
 
@@ -111,6 +111,14 @@ pub fn serve(config: Config) -> Result<()> {
     } else {
         config.shard_count()
     };
+    store_usage.limit_bytes.store(
+        if file_mode {
+            capped_store_limit(&config, shards)
+        } else {
+            config.store.limit_bytes
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let shared = Shared {
         shards,
         settings: BrokerSettings {
@@ -140,7 +148,6 @@ pub fn serve(config: Config) -> Result<()> {
             skip_corrupt: config.store.skip_corrupt,
         }),
         store_usage,
-        store_limit_bytes: config.store.limit_bytes,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -194,6 +201,44 @@ pub fn serve(config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// `store.limit_bytes`, or less if the file system cannot hold that much
+/// journal (as ActiveMQ resets a store limit larger than its disk): the
+/// journal's room is the free space plus its segment files already there,
+/// less one spare segment per shard, which is made ahead of need and not
+/// counted as used. Producers are then paused at the limit, before the file
+/// system fills, with room left for the records consumers cause.
+fn capped_store_limit(config: &Config, shards: usize) -> u64 {
+    let dir = &config.store.dir;
+    let seg = config.store.segment_size_bytes;
+    let configured = config.store.limit_bytes;
+    let (room, journal) = match journal::room_on_disk(dir, seg) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot measure the store's file system; store.limit_bytes is used as configured");
+            return configured;
+        }
+    };
+    let cap = room.saturating_sub(shards as u64 * seg) / seg * seg;
+    if cap >= configured {
+        return configured;
+    }
+    warn!(
+        dir = %dir.display(),
+        configured_limit_bytes = configured,
+        limit_bytes = cap,
+        journal_bytes = journal,
+        available_bytes = room - journal,
+        "store.limit_bytes is more than the file system can hold (free space plus the journal's files, less one spare segment per shard); using the smaller limit"
+    );
+    if cap < (shards as u64 + 1) * seg {
+        warn!(
+            limit_bytes = cap,
+            "the store's file system has no room for new journal segments: persistent producers stay paused until space is freed"
+        );
+    }
+    cap
 }
 
 /// SIGTERM/SIGINT: a master shuts its shards down gracefully; a standby

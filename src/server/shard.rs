@@ -77,8 +77,8 @@ pub struct Shared {
     pub heartbeat_min_ms: u64,
     /// Journal settings (file mode); None = memory mode.
     pub journal: Option<JournalSettings>,
+    /// Journal space and limit (file mode), for producer flow control.
     pub store_usage: Arc<StoreUsage>,
-    pub store_limit_bytes: u64,
     /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
     pub send_fail_if_no_space: bool,
     /// Every shard passes it twice before listening: once its journal is
@@ -595,8 +595,8 @@ pub async fn run(
                 .detach();
             }
         }
-        let flusher = ctx.journal.clone().map(|j| {
-            spawn_local(make_spare(j)).detach();
+        let flusher = ctx.journal.clone().map(|_| {
+            spawn_local(make_spare(ctx.clone())).detach();
             spawn_local(flusher(ctx.clone()))
         });
         spawn_local(expiry_sweeper(ctx.clone())).detach();
@@ -829,39 +829,103 @@ async fn flusher(ctx: Rc<ShardContext>) {
     let mut spare = Vec::new();
     let mut syncing: Option<glommio::task::JoinHandle<()>> = None;
     loop {
-        // Wait for appends; while a sync is in flight, also for its end:
-        // if nothing new came meanwhile, the journal is idle and gets a seal.
-        let woken = match syncing.as_mut() {
-            None => Some(ctx.flush_wakeup.take_all(spare).await),
-            Some(s) => {
-                futures_lite::future::or(
-                    async { Some(ctx.flush_wakeup.take_all(spare).await) },
-                    async {
+        // Wait for appends; while a sync is in flight, also for its end
+        // (if nothing new came meanwhile, the journal is idle and gets a
+        // seal); while waiting for space, also for the next look.
+        let poll = journal.borrow().waiting_for_space();
+        let wake = {
+            let appended = async {
+                let woken = ctx.flush_wakeup.take_all(spare).await;
+                if woken.is_empty() {
+                    Wake::Closed
+                } else {
+                    Wake::Appended(woken)
+                }
+            };
+            let synced = async {
+                match syncing.as_mut() {
+                    Some(s) => {
                         s.await;
-                        None
-                    },
-                )
-                .await
-            }
+                        Wake::Synced
+                    }
+                    None => futures_lite::future::pending().await,
+                }
+            };
+            let look = async {
+                if poll {
+                    sleep(SPACE_POLL).await;
+                    Wake::Poll
+                } else {
+                    futures_lite::future::pending().await
+                }
+            };
+            futures_lite::future::or(appended, futures_lite::future::or(synced, look)).await
         };
-        let Some(woken) = woken else {
-            spare = Vec::new();
-            syncing = None;
-            if !journal.borrow().has_pending() {
-                journal::write_seal(&journal, false)
-                    .await
-                    .unwrap_or_else(|e| journal_failed(e));
-            }
-            continue;
-        };
-        spare = woken;
+        spare = Vec::new();
         // Closed (clean shutdown): write what is left, wait for the last
         // sync, seal, and stop.
-        let closing = spare.is_empty();
+        let closing = match wake {
+            Wake::Appended(woken) => {
+                spare = woken;
+                false
+            }
+            Wake::Closed => true,
+            Wake::Synced => {
+                syncing = None;
+                if !journal.borrow().has_pending() {
+                    // At a full disk the seal is made durable when that
+                    // declares a freed segment free (see `claimed`).
+                    let fsync = journal.borrow().wants_durable_seal();
+                    journal::write_seal(&journal, fsync)
+                        .await
+                        .unwrap_or_else(|e| journal_failed(e));
+                    continue;
+                }
+                if !journal.borrow().waiting_for_space() {
+                    continue;
+                }
+                // Records left waiting for space: the sync may have made a
+                // freed segment reusable for them (once a durable seal
+                // says it is free).
+                claim_for_space(&journal).await;
+                false
+            }
+            Wake::Poll if journal.borrow().has_pending() => {
+                // Records waiting for space: try them again (a failed
+                // write at most once a second, a new file only when
+                // `statvfs` shows room).
+                if syncing.is_none() {
+                    claim_for_space(&journal).await;
+                }
+                false
+            }
+            Wake::Poll => {
+                if syncing.is_none() {
+                    let seal = {
+                        let j = journal.borrow();
+                        !j.has_pending() && j.wants_durable_seal()
+                    };
+                    if seal {
+                        journal::write_seal(&journal, true)
+                            .await
+                            .unwrap_or_else(|e| journal_failed(e));
+                    }
+                }
+                // Space may have been freed outside the broker: try a
+                // spare again (at most once a second, after `statvfs`).
+                spawn_local(make_spare(ctx.clone())).detach();
+                continue;
+            }
+        };
         while journal.borrow().has_pending() {
             let written = journal::write_pending(&journal)
                 .await
                 .unwrap_or_else(|e| journal_failed(e));
+            let blocked = written.blocked;
+            if written.is_empty() {
+                // Nothing could be written: look again later.
+                break;
+            }
             if let Some(previous) = syncing.take() {
                 previous.await;
             }
@@ -884,18 +948,55 @@ async fn flusher(ctx: Rc<ShardContext>) {
                 })
                 .detach(),
             );
+            if blocked {
+                // No space for the rest now: look again later.
+                break;
+            }
         }
         if closing {
             if let Some(last) = syncing.take() {
                 last.await;
+            }
+            if journal.borrow().has_pending() {
+                // Their receipts were never given: producers send again,
+                // and unwritten acknowledgements mean redeliveries, not loss.
+                warn!("shutdown with journal records unwritten: no space for them");
             }
             journal::write_seal(&journal, true)
                 .await
                 .unwrap_or_else(|e| journal_failed(e));
             return;
         }
-        spawn_local(make_spare(journal.clone())).detach();
+        spawn_local(make_spare(ctx.clone())).detach();
     }
+}
+
+/// At a full disk, with no sync in flight: a durable seal when that lets a
+/// freed segment be reused (see `Journal::wants_durable_seal`).
+async fn claim_for_space(journal: &RefCell<Journal>) {
+    if journal.borrow().wants_durable_seal() {
+        journal::write_seal(journal, true)
+            .await
+            .unwrap_or_else(|e| journal_failed(e));
+    }
+}
+
+/// How often a flusher whose shard is disk-full looks again by itself,
+/// without an append to wake it (space freed outside the broker). Cheap:
+/// a new file is tried at most once a second and only when `statvfs` shows
+/// room (see `Journal::may_make_file`).
+const SPACE_POLL: Duration = Duration::from_millis(100);
+
+/// What woke the flusher.
+enum Wake {
+    /// Records were appended (the wake-ups, to be reused).
+    Appended(Vec<()>),
+    /// The wake-up mailbox closed: clean shutdown.
+    Closed,
+    /// The sync in flight finished.
+    Synced,
+    /// Waiting for space: time to look again.
+    Poll,
 }
 
 /// Without a working journal no receipt may be given: stop serving at
@@ -924,9 +1025,16 @@ fn release_durable(ctx: &ShardContext, durable: u64) {
 }
 
 /// Makes a spare segment beside live traffic if none is ready.
-async fn make_spare(journal: Rc<RefCell<Journal>>) {
+async fn make_spare(ctx: Rc<ShardContext>) {
+    let Some(journal) = ctx.journal.clone() else {
+        return;
+    };
+    let waiting = journal.borrow().waiting_for_space();
     if let Err(e) = journal::ensure_spare(&journal, journal::Pace::Background).await {
         tracing::error!(error = %e, "cannot make a journal segment; stopping");
         std::process::exit(1);
+    }
+    if !waiting && journal.borrow().waiting_for_space() {
+        ctx.flush_wakeup.push(());
     }
 }

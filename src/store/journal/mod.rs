@@ -16,6 +16,8 @@
 
 #[cfg(test)]
 mod crash_cases;
+#[cfg(test)]
+mod disk_full_cases;
 pub mod recovery;
 pub mod round;
 mod segment_read;
@@ -23,11 +25,13 @@ mod segment_read;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use glommio::io::DmaFile;
 use thiserror::Error;
+use tracing::{debug, info, warn};
 
 use super::record::{self, RecordRef, StoredSub};
 use crate::idmap::IdMap;
@@ -56,6 +60,20 @@ pub enum JournalError {
     OldFormat { path: PathBuf },
 }
 
+impl JournalError {
+    /// The file system (or the user's quota) has no room: the broker waits
+    /// for space instead of stopping (see [`Journal::disk_full`]).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            JournalError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            JournalError::Corrupt { .. } | JournalError::OldFormat { .. } => false,
+        }
+    }
+}
+
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
         path: path.to_path_buf(),
@@ -66,7 +84,16 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 fn glommio_err(path: &Path, e: glommio::GlommioError<()>) -> JournalError {
     JournalError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        // Keeps the error's kind: ENOSPC must stay recognisable.
+        source: std::io::Error::from(e),
+    }
+}
+
+/// A lack of space found without an I/O error (a short write, `statvfs`).
+fn no_space(path: &Path, why: String) -> JournalError {
+    JournalError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::StorageFull, why),
     }
 }
 
@@ -77,12 +104,79 @@ pub struct JournalConfig {
     pub segment_size_bytes: u64,
 }
 
-/// Bytes of segments holding data across all shards (spares not counted),
-/// for store-limit flow control.
-#[derive(Debug, Default)]
+/// Journal space across all shards, for store flow control: persistent
+/// producers wait while [`StoreUsage::full`] holds.
+#[derive(Debug)]
 pub struct StoreUsage {
+    /// Bytes of segments holding data (spares not counted).
     pub used_bytes: AtomicU64,
+    /// `store.limit_bytes`, capped at start to what the file system can
+    /// hold (see [`room_on_disk`]).
+    pub limit_bytes: AtomicU64,
+    /// Shards that cannot take another segment: the file system is full
+    /// and none of their segments is free (see [`Journal::disk_full`]).
+    pub disk_full_shards: AtomicUsize,
 }
+
+impl Default for StoreUsage {
+    fn default() -> Self {
+        StoreUsage {
+            used_bytes: AtomicU64::new(0),
+            limit_bytes: AtomicU64::new(u64::MAX),
+            disk_full_shards: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl StoreUsage {
+    /// Persistent producers must wait: the journal is at its limit or its
+    /// file system is full. Three relaxed loads, no lock.
+    pub fn full(&self) -> bool {
+        self.at_limit() || self.disk_full()
+    }
+
+    pub fn at_limit(&self) -> bool {
+        self.used_bytes.load(Ordering::Relaxed) >= self.limit_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn disk_full(&self) -> bool {
+        self.disk_full_shards.load(Ordering::Relaxed) > 0
+    }
+
+    /// For log lines when one cause of a pause ends: whether persistent
+    /// producers really go again, or another cause still holds them.
+    fn producers(&self) -> &'static str {
+        if self.full() {
+            "still paused"
+        } else {
+            "resumed"
+        }
+    }
+
+    /// A segment started holding data. Logs the crossing of the limit once,
+    /// not per paused producer.
+    fn add_segment(&self, bytes: u64, dir: &Path) {
+        let before = self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let limit = self.limit_bytes.load(Ordering::Relaxed);
+        if before < limit && before + bytes >= limit {
+            warn!(dir = %dir.display(), used_bytes = before + bytes, limit_bytes = limit,
+                "journal reached store.limit_bytes; persistent producers paused until consumers acknowledge enough to free a segment");
+        }
+    }
+
+    fn remove_segment(&self, bytes: u64, dir: &Path) {
+        let before = self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let limit = self.limit_bytes.load(Ordering::Relaxed);
+        if before >= limit && before - bytes < limit {
+            info!(dir = %dir.display(), used_bytes = before - bytes, limit_bytes = limit,
+                producers = self.producers(), "journal below store.limit_bytes again");
+        }
+    }
+}
+
+/// After the file system was found full, how long before a new segment
+/// file is tried again (and only once `statvfs` shows room for one).
+const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Segment {
@@ -97,6 +191,10 @@ struct Segment {
     /// Where the next round goes (a block boundary).
     write_at: u64,
     file: Option<Rc<DmaFile>>,
+    /// Started without a file (a new slot, see `Journal::roll`): the
+    /// append sequence number before its first record, until it is given
+    /// a file (made, or a free segment's, see [`segment_file`]).
+    unplaced: Option<u64>,
 }
 
 /// Appended bytes waiting for the flusher, for one segment.
@@ -111,6 +209,10 @@ struct Chunk {
     /// For a fresh segment: the segment it follows (closed with an End
     /// round in this write or before), named in its header.
     follows: Option<usize>,
+    /// Sequence number of the last record in `bytes` (or before them, if
+    /// none): durable once the chunk is written and synced. A flush may
+    /// write only the first chunks (no space for the rest).
+    upto: u64,
 }
 
 pub struct Journal {
@@ -153,6 +255,22 @@ pub struct Journal {
     started_fresh: bool,
     /// The master's epoch, written into every round (0: none).
     epoch: u64,
+    /// Why the last attempt to make a segment file failed for lack of
+    /// space; cleared when one is made. While set and no free segment is
+    /// reusable for the next roll, the shard counts as disk-full.
+    no_room: Option<String>,
+    /// No new segment file is tried before this.
+    file_retry_at: Option<Instant>,
+    /// This shard is counted in [`StoreUsage::disk_full_shards`].
+    counted_full: bool,
+    /// Why a write into a segment failed for lack of space (file systems
+    /// that allocate on overwrite); its records stay pending until a retry
+    /// succeeds. The shard counts as disk-full meanwhile.
+    write_blocked: Option<String>,
+    /// The failed write is not retried before this.
+    write_retry_at: Option<Instant>,
+    /// Segments in use that have no file yet (see `Segment::unplaced`).
+    unplaced: usize,
 }
 
 impl Journal {
@@ -220,6 +338,9 @@ impl Journal {
             _ => {}
         }
         self.appended += 1;
+        if let Some(c) = self.pending.last_mut() {
+            c.upto = self.appended;
+        }
         self.appended
     }
 
@@ -243,6 +364,7 @@ impl Journal {
                 bytes: Vec::with_capacity(64 * 1024),
                 ends_segment: false,
                 follows: None,
+                upto: self.appended,
             });
         }
         let chunk = self.pending.last_mut().expect("pushed above");
@@ -274,12 +396,25 @@ impl Journal {
                     bytes: Vec::new(),
                     ends_segment: true,
                     follows: None,
+                    upto: self.appended,
                 }),
             }
+            // The closed segment may hold nothing live any more
+            // (acknowledged while it was active): free it now, not at the
+            // next release. The record being appended goes into a round
+            // laid out after this; once a round laid out after it is
+            // durable, the segment is reusable (see `is_reusable`).
+            self.free_dead(0, self.appended + 1);
         }
         // Segments freed later are never reusable before one freed earlier
-        // (claims only grow), so this takes the oldest reusable one.
-        let reusable = self.free.iter().position(|&(_, f)| self.is_reusable(f));
+        // (claims only grow), so this takes the oldest reusable one. While
+        // an earlier segment waits for a file, the next reusable one is
+        // its, not this one's: files are given in journal order.
+        let reusable = if self.unplaced == 0 {
+            self.free.iter().position(|&(_, f)| self.is_reusable(f))
+        } else {
+            None
+        };
         let next = match reusable.and_then(|k| self.free.remove(k)) {
             Some((i, _)) => i,
             None => {
@@ -293,14 +428,15 @@ impl Journal {
                     live: 0,
                     write_at: BLOCK,
                     file: None,
+                    unplaced: Some(self.appended),
                 });
+                self.unplaced += 1;
                 index
             }
         };
         // Counted while it holds data; spares are not counted.
         self.usage
-            .used_bytes
-            .fetch_add(self.cfg.segment_size_bytes, Ordering::Relaxed);
+            .add_segment(self.cfg.segment_size_bytes, &self.cfg.dir);
         let s = &mut self.segments[next];
         s.generation = self.next_generation;
         s.salt = random_u64();
@@ -313,6 +449,7 @@ impl Journal {
             bytes: Vec::new(),
             ends_segment: false,
             follows: prev,
+            upto: self.appended,
         };
         // The snapshot goes first: every later record in this segment (a
         // topic SEND in particular) is read back knowing its subscribers.
@@ -324,6 +461,15 @@ impl Journal {
         }
         self.pending_len = chunk.bytes.len() as u64;
         self.pending.push(chunk);
+        // The last reusable segment taken: if the file system has no room
+        // for another, producers must pause now, while this one still has
+        // room, not once the next roll finds none (the spare is made only
+        // after the flusher's writes; under load that is late). One
+        // `statvfs` per segment, never per record.
+        if !self.has_reusable() && !self.making_spare {
+            self.may_make_file();
+        }
+        self.note_space();
     }
 
     /// One holder of message `id` let go of it (ack, dead-letter, expiry).
@@ -353,16 +499,200 @@ impl Journal {
     /// first, and reused oldest first, so a record that retires an older one
     /// (an ACK) is never gone while the record it retires is still readable.
     fn release_dead_segments(&mut self) {
-        while self.in_use.len() > 1 {
+        self.free_dead(1, self.appended);
+    }
+
+    /// Frees dead segments from the oldest, keeping the newest `keep`,
+    /// each freed at `freed_at` (see `is_reusable`). Records of a freed
+    /// segment that wait to be written (no space yet) were appended before
+    /// `freed_at`, so they are written before it is reused.
+    fn free_dead(&mut self, keep: usize, freed_at: u64) {
+        let mut freed = false;
+        while self.in_use.len() > keep {
             let oldest = self.in_use[0];
             if self.segments[oldest].live > 0 {
                 break;
             }
             self.in_use.pop_front();
-            self.free.push_back((oldest, Some(self.appended)));
+            self.free.push_back((oldest, Some(freed_at)));
             self.usage
-                .used_bytes
-                .fetch_sub(self.cfg.segment_size_bytes, Ordering::Relaxed);
+                .remove_segment(self.cfg.segment_size_bytes, &self.cfg.dir);
+            freed = true;
+        }
+        if freed {
+            self.note_space();
+        }
+    }
+
+    /// A free segment may be overwritten now (the next roll takes it).
+    fn has_reusable(&self) -> bool {
+        self.free.iter().any(|&(_, f)| self.is_reusable(f))
+    }
+
+    /// This shard cannot take more data for now: a segment file could not
+    /// be made and no free segment is reusable for the next roll. The
+    /// active segment may still have room: it is kept for what consumers
+    /// cause (acknowledgements), which is how segments come back.
+    pub fn disk_full(&self) -> bool {
+        self.write_blocked.is_some() || (self.no_room.is_some() && self.homes() <= self.unplaced)
+    }
+
+    /// Free segments that segments waiting for a file (and the next roll)
+    /// can have: reusable ones, and those that become reusable once the
+    /// records that freed them are durable and a durable round says so;
+    /// records behind a segment with no file are not written, so only
+    /// segments freed before the first of them count. Only while the file
+    /// system is full: a walk of the free list, on events that change it,
+    /// never per record.
+    fn homes(&self) -> usize {
+        let reach = self
+            .in_use
+            .iter()
+            .filter_map(|&i| self.segments[i].unplaced)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.free
+            .iter()
+            .filter(|&&(_, f)| self.is_reusable(f) || f.is_some_and(|f| f <= reach))
+            .count()
+    }
+
+    /// Where a seal goes: the active segment while nothing is pending; or
+    /// a segment whose End round waits until the next segment has a file
+    /// (see `write_pending`): it is still the last segment on disk.
+    fn seal_target(&self) -> Option<usize> {
+        match self.pending.first() {
+            None => Some(self.active()),
+            Some(c) if c.bytes.is_empty() && c.ends_segment && !c.fresh => Some(c.segment),
+            Some(_) => None,
+        }
+    }
+
+    /// A durable seal would give producers room: the shard is disk-full
+    /// and a segment was freed by records that are durable, but no durable
+    /// round laid out since says so (reuse waits for one, see `claimed`).
+    /// With producers paused no data round may come to say it.
+    pub fn wants_durable_seal(&self) -> bool {
+        self.no_room.is_some()
+            && self
+                .free
+                .iter()
+                .any(|&(_, f)| f.is_some_and(|f| f <= self.durable) && !self.is_reusable(f))
+    }
+
+    /// The flusher should come back on its own (not only when records are
+    /// appended): space may be freed outside the broker, and a sync may
+    /// make a freed segment reusable.
+    pub fn waiting_for_space(&self) -> bool {
+        self.write_blocked.is_some()
+            || (self.no_room.is_some()
+                && (self.unplaced > 0 || self.disk_full() || !self.has_reusable()))
+    }
+
+    /// Publishes [`Journal::disk_full`] to the producers' flow control;
+    /// logs when the broker as a whole pauses or resumes for it. Cheap
+    /// unless the file system was found full.
+    fn note_space(&mut self) {
+        if self.no_room.is_none() && self.write_blocked.is_none() && !self.counted_full {
+            return;
+        }
+        let full = self.disk_full();
+        if full == self.counted_full {
+            return;
+        }
+        self.counted_full = full;
+        let shards = &self.usage.disk_full_shards;
+        if full {
+            if shards.fetch_add(1, Ordering::Relaxed) == 0 {
+                let cause = self.write_blocked.as_deref().or(self.no_room.as_deref());
+                warn!(dir = %self.cfg.dir.display(), cause = cause.unwrap_or_default(),
+                    "journal file system full; persistent producers paused until consumers acknowledge enough to free a segment, or space is freed");
+            }
+        } else if shards.fetch_sub(1, Ordering::Relaxed) == 1 {
+            info!(dir = %self.cfg.dir.display(), producers = self.usage.producers(), "journal has room again");
+        }
+    }
+
+    /// Making a segment file failed (or would fail) for lack of space.
+    fn note_no_room(&mut self, why: String) {
+        if self.no_room.is_none() {
+            debug!(cause = %why, "no space for a new journal segment");
+        }
+        self.no_room = Some(why);
+        self.file_retry_at = Some(Instant::now() + NO_SPACE_RETRY);
+        self.note_space();
+    }
+
+    /// A write into a segment failed for lack of space.
+    fn note_write_blocked(&mut self, e: &JournalError) {
+        if self.write_blocked.is_none() {
+            debug!(error = %e, "journal write found no space");
+        }
+        self.write_blocked = Some(e.to_string());
+        self.write_retry_at = Some(Instant::now() + NO_SPACE_RETRY);
+        self.note_space();
+    }
+
+    /// Gives `slot` (a segment waiting for a file) the file of the oldest
+    /// free segment that may be overwritten now (`is_reusable`). The free
+    /// one is dropped from use and keeps the never-made name: indices are
+    /// what holders and chunks refer to, so `slot` stays where it is.
+    fn take_free_file(&mut self, slot: usize) -> bool {
+        // Only the first segment waiting for a file: files go in journal
+        // order.
+        let first = self
+            .in_use
+            .iter()
+            .copied()
+            .find(|&i| self.segments[i].unplaced.is_some());
+        if first != Some(slot) {
+            return false;
+        }
+        let Some(k) = self.free.iter().position(|&(_, f)| self.is_reusable(f)) else {
+            return false;
+        };
+        let (k, _) = self.free.remove(k).expect("found above");
+        let path = std::mem::take(&mut self.segments[k].path);
+        let file = self.segments[k].file.take();
+        let s = &mut self.segments[slot];
+        let never_made = std::mem::replace(&mut s.path, path);
+        s.file = file;
+        s.unplaced = None;
+        debug!(path = %self.segments[slot].path.display(), "a segment waiting for a file takes a freed segment's");
+        let f = &mut self.segments[k];
+        f.path = never_made;
+        f.generation = 0;
+        self.unplaced -= 1;
+        self.note_space();
+        true
+    }
+
+    /// A segment file was made: the file system has room again.
+    fn note_made(&mut self) {
+        if self.no_room.take().is_some() {
+            info!(dir = %self.cfg.dir.display(), "journal segments can be made again");
+        }
+        self.file_retry_at = None;
+        self.note_space();
+    }
+
+    /// Whether to try making a segment file now: not within a second of
+    /// finding the file system full, and only if `statvfs` shows room for
+    /// one (making one just to fail and remove it again would be wasted
+    /// I/O). One `statvfs` per segment file, never per record.
+    fn may_make_file(&mut self) -> bool {
+        if self.file_retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let size = self.cfg.segment_size_bytes;
+        match available_bytes(&self.cfg.dir) {
+            Ok(free) if free < size => {
+                self.note_no_room(format!(
+                    "{free} bytes free on the journal's file system, less than a segment ({size} bytes)"
+                ));
+                false
+            }
+            _ => true,
         }
     }
 
@@ -493,6 +823,29 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         .dma_open(path)
         .await
         .map_err(|e| glommio_err(path, e))?;
+    match fill_segment(&file, path, size, pace).await {
+        Ok(()) => Ok(Rc::new(file)),
+        Err(e) => {
+            // The half-made file would hold space the journal cannot use.
+            // It is ours (O_EXCL), but a successor may have found it since:
+            // a fenced master removes nothing (the gate, see `ha::fence`).
+            let _ = file.close().await;
+            crate::ha::fence::hold().await;
+            if let Err(rm) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), error = %rm, "cannot remove a segment file that could not be made");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Zero-fills a new segment file and makes it and its name durable.
+async fn fill_segment(
+    file: &DmaFile,
+    path: &Path,
+    size: u64,
+    pace: Pace,
+) -> Result<(), JournalError> {
     let chunk: u64 = match pace {
         Pace::Now => 1 << 20,
         Pace::Background => 256 << 10,
@@ -503,9 +856,18 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         let mut buf = file.alloc_dma_buffer(n as usize);
         buf.as_bytes_mut().fill(0);
         crate::ha::fence::hold().await;
-        file.write_at(buf, pos)
+        let written = file
+            .write_at(buf, pos)
             .await
             .map_err(|e| glommio_err(path, e))?;
+        if (written as u64) < n {
+            // write(2) fills what it can and reports the rest short when
+            // the file system runs out: count it as the ENOSPC it is.
+            return Err(no_space(
+                path,
+                format!("short write ({written} of {n} bytes) while zero-filling"),
+            ));
+        }
         pos += n;
         if pace == Pace::Background {
             // Leave the disk to the journal's own writes and fdatasyncs:
@@ -523,7 +885,56 @@ async fn create_segment(path: &Path, size: u64, pace: Pace) -> Result<Rc<DmaFile
         d.sync().await.map_err(|e| glommio_err(dir, e))?;
         let _ = d.close().await;
     }
-    Ok(Rc::new(file))
+    Ok(())
+}
+
+/// Bytes free for unprivileged writers on the file system holding `dir`.
+pub fn available_bytes(dir: &Path) -> Result<u64, JournalError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| JournalError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other("path contains a NUL byte"),
+    })?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid C string; `st` is writable memory of the right
+    // type, initialised by statvfs when it returns 0.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(io_err(dir)(std::io::Error::last_os_error()));
+        }
+        st.assume_init()
+    };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What the file system under the store directory `dir` can hold for the
+/// journal: its free space plus the segment files already there (they are
+/// reused, never grown; a file made with a larger segment size holds only
+/// `segment_size` of journal). Returns (room, journal bytes on disk).
+pub fn room_on_disk(dir: &Path, segment_size: u64) -> Result<(u64, u64), JournalError> {
+    let mut journal = 0;
+    for shard in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let shard = shard.map_err(io_err(dir))?.path();
+        let is_shard_dir = shard
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("shard-"));
+        if !is_shard_dir || !shard.is_dir() {
+            continue;
+        }
+        for seg in std::fs::read_dir(&shard).map_err(io_err(&shard))? {
+            let seg = seg.map_err(io_err(&shard))?;
+            let name = seg.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("seg-") && name.ends_with(".log") {
+                journal += seg
+                    .metadata()
+                    .map_err(io_err(&seg.path()))?
+                    .len()
+                    .min(segment_size);
+            }
+        }
+    }
+    Ok((available_bytes(dir)? + journal, journal))
 }
 
 /// Makes the entries of directory `dir` durable (files created or removed
@@ -554,22 +965,47 @@ async fn open_segment(path: &Path) -> Result<Rc<DmaFile>, JournalError> {
 }
 
 /// Writes everything pending, fdatasyncs, and advances `durable`: one group
-/// commit, start to end.
+/// commit, start to end. Records that have no space to go to are an error
+/// here (this is for start-up, which cannot wait for consumers).
 pub async fn flush(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
     let written = write_pending(journal).await?;
-    sync(journal, written).await
+    let blocked = written.blocked;
+    if !written.is_empty() {
+        sync(journal, written).await?;
+    }
+    if blocked {
+        let j = journal.borrow();
+        let why = j.write_blocked.as_ref().or(j.no_room.as_ref());
+        return Err(no_space(
+            &j.cfg.dir,
+            why.cloned()
+                .unwrap_or_else(|| "no space for the journal".into()),
+        ));
+    }
+    Ok(())
 }
 
 /// What one round of [`write_pending`] wrote: durable once [`sync`]ed.
 #[must_use = "written records are durable only after sync"]
 pub struct Written {
     files: Vec<(PathBuf, Rc<DmaFile>)>,
+    /// The last record written: every record up to it is written.
     upto: u64,
     /// The journal position after the last round written.
     end: Option<Position>,
     /// `durable` when the rounds were laid out: once they are durable,
     /// segments freed up to it are declared free on disk.
     claim_basis: u64,
+    /// Some records could not be written for lack of space; they are
+    /// pending again (in order) for a later round.
+    pub blocked: bool,
+}
+
+impl Written {
+    /// Nothing was written: no sync needed (and nothing to claim).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
 }
 
 /// Makes a written round durable (fdatasync of every file it touched) and
@@ -580,6 +1016,7 @@ pub async fn sync(
     journal: &std::cell::RefCell<Journal>,
     written: Written,
 ) -> Result<(), JournalError> {
+    let wrote = !written.files.is_empty();
     for (path, f) in written.files {
         f.fdatasync().await.map_err(|e| glommio_err(&path, e))?;
     }
@@ -588,22 +1025,126 @@ pub async fn sync(
     if let Some(end) = written.end {
         j.durable_pos = j.durable_pos.max(end);
     }
-    j.claimed = j.claimed.max(Some(written.claim_basis));
+    if wrote {
+        j.claimed = j.claimed.max(Some(written.claim_basis));
+    }
+    // A freed segment may have become reusable: producers paused for a
+    // full disk may go again.
+    j.note_space();
     Ok(())
 }
 
 /// Where one chunk's rounds go, decided before anything is awaited.
 struct Planned {
     chunk: Chunk,
+    /// Where the segment this one follows was closed (fresh chunks).
     prev_end: Position,
-    path: PathBuf,
-    file: Option<Rc<DmaFile>>,
     gen: u64,
     salt: u64,
+    /// The segment's `write_at` before this chunk claimed its place.
+    claimed_from: u64,
     start: u64,
     end: u64,
     data: Option<(u64, RoundHeader)>,
     end_round: Option<(u64, RoundHeader)>,
+}
+
+/// The open file of segment `index`: opened now if needed; for a segment
+/// that started without a file (see `Segment::unplaced`), the file of a
+/// free segment that may be overwritten now (`is_reusable`) or a new one,
+/// space permitting. `None` if it has none and none can be had for now.
+async fn segment_file(
+    journal: &std::cell::RefCell<Journal>,
+    index: usize,
+) -> Result<Option<Rc<DmaFile>>, JournalError> {
+    loop {
+        let (path, size, file, unplaced) = {
+            let j = journal.borrow();
+            let s = &j.segments[index];
+            (
+                s.path.clone(),
+                j.cfg.segment_size_bytes,
+                s.file.clone(),
+                s.unplaced.is_some(),
+            )
+        };
+        if let Some(f) = file {
+            return Ok(Some(f));
+        }
+        if !unplaced {
+            let f = open_segment(&path).await?;
+            journal.borrow_mut().segments[index].file = Some(f.clone());
+            return Ok(Some(f));
+        }
+        // A free segment is the cheapest home (then look again: it may
+        // not be open yet); else a new file, unless the file system was
+        // just found full.
+        if journal.borrow_mut().take_free_file(index) {
+            continue;
+        }
+        if !journal.borrow_mut().may_make_file() {
+            return Ok(None);
+        }
+        return match create_segment(&path, size, Pace::Now).await {
+            Ok(f) => {
+                let mut j = journal.borrow_mut();
+                let s = &mut j.segments[index];
+                s.file = Some(f.clone());
+                s.unplaced = None;
+                j.unplaced -= 1;
+                j.note_made();
+                Ok(Some(f))
+            }
+            Err(e) if e.is_no_space() => {
+                journal.borrow_mut().note_no_room(e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Takes everything pending and lays each chunk's rounds out, claiming
+/// their places (each segment's `write_at`): all before the first await.
+fn lay_out(j: &mut Journal) -> Vec<Planned> {
+    j.pending_len = 0;
+    let chunks = std::mem::take(&mut j.pending);
+    let mut plans = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
+        let end_header = j.round_header(RoundKind::End, 0);
+        // The End round of the segment this one follows: the last block
+        // that segment's rounds claimed (laid out before this chunk).
+        let prev_end = chunk.follows.map_or((0, 0), |f| {
+            let p = &j.segments[f];
+            (p.generation, p.write_at - BLOCK)
+        });
+        let s = &mut j.segments[chunk.segment];
+        let claimed_from = s.write_at;
+        let start = if chunk.fresh { 0 } else { s.write_at };
+        let mut at = if chunk.fresh { BLOCK } else { start };
+        let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
+        if data.is_some() {
+            at = data_header.next(at);
+        }
+        let end_round = chunk.ends_segment.then_some((at, end_header));
+        if end_round.is_some() {
+            at += BLOCK;
+        }
+        s.write_at = at;
+        plans.push(Planned {
+            prev_end,
+            gen: s.generation,
+            salt: s.salt,
+            claimed_from,
+            start,
+            end: at,
+            data,
+            end_round,
+            chunk,
+        });
+    }
+    plans
 }
 
 /// Writes everything appended since the last round, without waiting for
@@ -612,65 +1153,81 @@ struct Planned {
 /// journal rolled past it) in one write. Every chunk's place is claimed
 /// before the first await, so appends meanwhile see where the next round
 /// of each segment goes.
+///
+/// At a full file system it writes what it can, in order, and stops at the
+/// first chunk that has no file to go to or whose write fails for lack of
+/// space: that chunk and every later one are pending again
+/// ([`Written::blocked`]), the places claimed for them are given back, and
+/// `durable` will cover only what was written. Nothing is dropped, and
+/// receipts wait for the records they cover.
 pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Written, JournalError> {
-    let (plans, upto, claim_basis) = {
+    let (plans, claim_basis) = {
         let mut j = journal.borrow_mut();
-        j.pending_len = 0;
-        let chunks = std::mem::take(&mut j.pending);
-        let mut plans = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
-            let end_header = j.round_header(RoundKind::End, 0);
-            // The End round of the segment this one follows: the last block
-            // that segment's rounds claimed (in this write or before).
-            let prev_end = chunk.follows.map_or((0, 0), |f| {
-                let p = &j.segments[f];
-                (p.generation, p.write_at - BLOCK)
-            });
-            let s = &mut j.segments[chunk.segment];
-            let start = if chunk.fresh { 0 } else { s.write_at };
-            let mut at = if chunk.fresh { BLOCK } else { start };
-            let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
-            if data.is_some() {
-                at = data_header.next(at);
-            }
-            let end_round = chunk.ends_segment.then_some((at, end_header));
-            if end_round.is_some() {
-                at += BLOCK;
-            }
-            s.write_at = at;
-            plans.push(Planned {
-                prev_end,
-                path: s.path.clone(),
-                file: s.file.clone(),
-                gen: s.generation,
-                salt: s.salt,
-                start,
-                end: at,
-                data,
-                end_round,
-                chunk,
+        if j.write_blocked.is_some() && j.write_retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(Written {
+                files: Vec::new(),
+                upto: 0,
+                end: None,
+                claim_basis: 0,
+                blocked: j.has_pending(),
             });
         }
-        (plans, j.appended, j.durable)
+        (lay_out(&mut j), j.durable)
     };
-    let size = journal.borrow().cfg.segment_size_bytes;
-    let mut touched: Vec<(PathBuf, Rc<DmaFile>)> = Vec::new();
-    let mut end: Option<Position> = None;
-    for plan in plans {
-        let path = plan.path;
-        let file = match plan.file {
-            Some(f) => f,
-            None => {
-                let f = if path.exists() {
-                    open_segment(&path).await?
-                } else {
-                    create_segment(&path, size, Pace::Now).await?
-                };
-                journal.borrow_mut().segments[plan.chunk.segment].file = Some(f.clone());
-                f
-            }
+    let mut written = Written {
+        files: Vec::new(),
+        upto: 0,
+        end: None,
+        claim_basis,
+        blocked: false,
+    };
+    let mut plans = plans.into_iter();
+    while let Some(mut plan) = plans.next() {
+        let Some(file) = segment_file(journal, plan.chunk.segment).await? else {
+            written.blocked = true;
+            put_back(journal, plan, plans);
+            return Ok(written);
         };
+        // A segment's End round is written only once the next segment has
+        // a file: until then the segment stays open on disk, the last one,
+        // so that a durable seal can still go there (it declares freed
+        // segments free, which lets the next one take a freed segment's
+        // file, see `wants_durable_seal`).
+        let mut held_end = None;
+        if let (Some((at, _)), Some(next)) = (plan.end_round, plans.as_slice().first()) {
+            if segment_file(journal, next.chunk.segment).await?.is_none() {
+                plan.end_round = None;
+                plan.end = at;
+                held_end = Some(Planned {
+                    chunk: Chunk {
+                        segment: plan.chunk.segment,
+                        fresh: false,
+                        bytes: Vec::new(),
+                        ends_segment: true,
+                        follows: None,
+                        upto: plan.chunk.upto,
+                    },
+                    prev_end: (0, 0),
+                    gen: plan.gen,
+                    salt: plan.salt,
+                    claimed_from: at,
+                    start: at,
+                    end: at + BLOCK,
+                    data: None,
+                    end_round: None,
+                });
+                plan.chunk.ends_segment = false;
+            }
+        }
+        if plan.end == plan.start {
+            // Only an End round, held back: nothing to write.
+            written.blocked = true;
+            put_back(journal, held_end.expect("held above"), plans);
+            return Ok(written);
+        }
+        // Read after `segment_file`: a segment that had no file may have
+        // taken a free segment's (and its name).
+        let path = journal.borrow().segments[plan.chunk.segment].path.clone();
         let mut buf = file.alloc_dma_buffer((plan.end - plan.start) as usize);
         let bytes = buf.as_bytes_mut();
         bytes.fill(0);
@@ -694,27 +1251,85 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
         // Last thing before the write is submitted: a master whose last
         // good mastership check is too old writes nothing (see `ha::fence`).
         crate::ha::fence::hold().await;
-        let n = file
-            .write_at(buf, plan.start)
-            .await
-            .map_err(|e| glommio_err(&path, e))?;
-        if n < want {
-            return Err(JournalError::Io {
-                path,
-                source: std::io::Error::other(format!("short write: {n} of {want} bytes")),
-            });
+        let failed = match file.write_at(buf, plan.start).await {
+            Ok(n) if n >= want => None,
+            // A short write: the file system ran out part-way.
+            Ok(n) => Some(no_space(&path, format!("short write: {n} of {want} bytes"))),
+            Err(e) => Some(glommio_err(&path, e)),
+        };
+        if let Some(e) = failed {
+            if !e.is_no_space() {
+                return Err(e);
+            }
+            // A file system that allocates on overwrite (copy-on-write,
+            // thin volumes): keep the records for a retry. What the write
+            // may have put on disk was never synced and is written over.
+            journal.borrow_mut().note_write_blocked(&e);
+            written.blocked = true;
+            put_back(journal, plan, plans);
+            return Ok(written);
         }
-        end = end.max(Some((plan.gen, plan.end)));
-        if !touched.iter().any(|(_, f)| Rc::ptr_eq(f, &file)) {
-            touched.push((path, file));
+        {
+            let mut j = journal.borrow_mut();
+            if j.write_blocked.take().is_some() {
+                j.write_retry_at = None;
+                j.note_space();
+            }
+        }
+        written.upto = written.upto.max(plan.chunk.upto);
+        written.end = written.end.max(Some((plan.gen, plan.end)));
+        if !written.files.iter().any(|(_, f)| Rc::ptr_eq(f, &file)) {
+            written.files.push((path, file));
+        }
+        if let Some(end) = held_end {
+            written.blocked = true;
+            put_back(journal, end, plans);
+            return Ok(written);
         }
     }
-    Ok(Written {
-        files: touched,
-        upto,
-        end,
-        claim_basis,
-    })
+    Ok(written)
+}
+
+/// Returns chunks that could not be written to the front of the pending
+/// list, before anything appended meanwhile, so the journal order holds,
+/// and gives back the places claimed for them: each segment's next round
+/// goes where the first of them would have gone. Consecutive chunks of one
+/// segment (the one that failed and what was appended to it meanwhile)
+/// become one, written as one round there; it takes no more room than the
+/// rounds that appends meanwhile planned for.
+fn put_back(
+    journal: &std::cell::RefCell<Journal>,
+    plan: Planned,
+    rest: impl Iterator<Item = Planned>,
+) {
+    let mut j = journal.borrow_mut();
+    let mut chunks = Vec::new();
+    for p in std::iter::once(plan).chain(rest) {
+        let s = &mut j.segments[p.chunk.segment];
+        // Claims of one segment are in order: the first given back is the
+        // lowest.
+        s.write_at = s.write_at.min(p.claimed_from);
+        chunks.push(p.chunk);
+    }
+    let later = std::mem::take(&mut j.pending);
+    let mut pending: Vec<Chunk> = Vec::with_capacity(chunks.len() + later.len());
+    for c in chunks.into_iter().chain(later) {
+        match pending.last_mut() {
+            Some(last) if last.segment == c.segment && !c.fresh => {
+                last.bytes.extend_from_slice(&c.bytes);
+                last.upto = last.upto.max(c.upto);
+                last.ends_segment |= c.ends_segment;
+            }
+            _ => pending.push(c),
+        }
+    }
+    // What the active segment has pending, for `fits`.
+    let active = j.active();
+    j.pending_len = match pending.last() {
+        Some(c) if c.segment == active => c.bytes.len() as u64,
+        _ => 0,
+    };
+    j.pending = pending;
 }
 
 /// Writes a seal: an empty round at the active segment's next round
@@ -723,18 +1338,23 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
 /// data round is written over it. Only while nothing is pending (the
 /// flusher calls it when it goes idle); `fsync` when it must be durable
 /// itself (at start, recording which segments recovery freed).
+///
+/// A seal that finds no space (copy-on-write file systems) is skipped.
 pub async fn write_seal(
     journal: &std::cell::RefCell<Journal>,
     fsync: bool,
 ) -> Result<(), JournalError> {
     let (active, path, opened) = {
         let j = journal.borrow();
-        if j.has_pending() || (j.sealed == j.durable_pos && !fsync) {
+        let Some(active) = j.seal_target() else {
+            return Ok(());
+        };
+        if j.sealed == j.durable_pos && !fsync {
             return Ok(());
         }
-        let active = j.active();
         let s = &j.segments[active];
-        if s.write_at + BLOCK > j.cfg.segment_size_bytes {
+        // No file yet (a full disk): nothing to seal.
+        if s.write_at + BLOCK > j.cfg.segment_size_bytes || s.unplaced.is_some() {
             return Ok(());
         }
         (active, s.path.clone(), s.file.clone())
@@ -752,7 +1372,7 @@ pub async fn write_seal(
     crate::ha::fence::hold().await;
     let (at, buf) = {
         let j = journal.borrow();
-        if j.has_pending() || j.active() != active {
+        if j.seal_target() != Some(active) {
             return Ok(());
         }
         let s = &j.segments[active];
@@ -767,9 +1387,24 @@ pub async fn write_seal(
         let j = journal.borrow();
         (j.durable_pos, j.durable)
     };
-    file.write_at(buf, at)
-        .await
-        .map_err(|e| glommio_err(&path, e))?;
+    let failed = match file.write_at(buf, at).await {
+        Ok(n) if n as u64 >= BLOCK => None,
+        Ok(n) => Some(no_space(
+            &path,
+            format!("short write: {n} of {BLOCK} bytes"),
+        )),
+        Err(e) => Some(glommio_err(&path, e)),
+    };
+    if let Some(e) = failed {
+        if !e.is_no_space() {
+            return Err(e);
+        }
+        // No receipt depends on a seal. A start seal's other job (saying
+        // which segments recovery freed) is left to the next durable
+        // round: those segments wait for a claim (see `is_reusable`).
+        debug!(error = %e, "no space for a journal seal; skipped");
+        return Ok(());
+    }
     let mut j = journal.borrow_mut();
     if fsync {
         drop(j);
@@ -777,6 +1412,7 @@ pub async fn write_seal(
         j = journal.borrow_mut();
         // A durable seal declares what it names free, like any round.
         j.claimed = j.claimed.max(Some(basis));
+        j.note_space();
     }
     j.sealed = sealed;
     Ok(())
@@ -797,10 +1433,7 @@ impl Journal {
         usage: Arc<StoreUsage>,
         state: recovery::Layout,
     ) -> Journal {
-        usage.used_bytes.fetch_add(
-            state.in_use.len() as u64 * cfg.segment_size_bytes,
-            Ordering::Relaxed,
-        );
+        usage.add_segment(state.in_use.len() as u64 * cfg.segment_size_bytes, &cfg.dir);
         let active_gen = state
             .in_use
             .back()
@@ -816,6 +1449,7 @@ impl Journal {
                     live: s.live,
                     write_at: s.write_at,
                     file: None,
+                    unplaced: None,
                 })
                 .collect(),
             in_use: state.in_use,
@@ -841,6 +1475,12 @@ impl Journal {
             started_fresh: false,
             // Raised before the journal was opened (0 without fencing).
             epoch: crate::ha::fence::epoch(),
+            no_room: None,
+            file_retry_at: None,
+            counted_full: false,
+            write_blocked: None,
+            write_retry_at: None,
+            unplaced: 0,
             usage,
             cfg,
         };
@@ -857,22 +1497,41 @@ impl Journal {
     /// had in flight there can then never pass for ours: the new segment's
     /// header says where its predecessor ended. A segment that was just
     /// started holds nothing yet and is kept.
+    ///
+    /// At a full file system (no reusable segment and no room for a new
+    /// file) it continues in the recovered segment instead, with a warning:
+    /// a start must not fail for want of a segment it only takes as a
+    /// precaution.
     pub fn start_fresh_segment(&mut self) {
-        if !std::mem::replace(&mut self.started_fresh, true) {
+        if std::mem::replace(&mut self.started_fresh, true) {
+            return;
+        }
+        let reusable = self.free.iter().any(|&(_, f)| self.is_reusable(f));
+        let room =
+            available_bytes(&self.cfg.dir).is_ok_and(|free| free >= self.cfg.segment_size_bytes);
+        if reusable || room {
             self.roll(true);
+        } else {
+            tracing::warn!(
+                dir = %self.cfg.dir.display(),
+                "no room for a fresh journal segment at start; continuing in the recovered one"
+            );
         }
     }
 }
 
 /// Keeps one zero-filled segment ready so that rolling to a new segment
-/// never waits for a file to be made. Runs beside the flusher.
+/// never waits for a file to be made. Runs beside the flusher. A full file
+/// system is not an error: the shard records it (producers wait while no
+/// segment is reusable for the next roll, see [`Journal::disk_full`]) and
+/// a later call tries again.
 pub async fn ensure_spare(
     journal: &std::cell::RefCell<Journal>,
     pace: Pace,
 ) -> Result<(), JournalError> {
     let (path, size) = {
         let mut j = journal.borrow_mut();
-        if j.making_spare || j.free.iter().any(|&(_, f)| j.is_reusable(f)) {
+        if j.making_spare || j.has_reusable() || !j.may_make_file() {
             return Ok(());
         }
         j.making_spare = true;
@@ -886,7 +1545,14 @@ pub async fn ensure_spare(
     let made = create_segment(&path, size, pace).await;
     let mut j = journal.borrow_mut();
     j.making_spare = false;
-    let file = made?;
+    let file = match made {
+        Ok(f) => f,
+        Err(e) if e.is_no_space() => {
+            j.note_no_room(e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let index = j.segments.len();
     j.segments.push(Segment {
         path,
@@ -895,8 +1561,10 @@ pub async fn ensure_spare(
         live: 0,
         write_at: BLOCK,
         file: Some(file),
+        unplaced: None,
     });
     // A fresh segment holds nothing: reuse it before any older one.
     j.free.push_front((index, None));
+    j.note_made();
     Ok(())
 }
