@@ -465,7 +465,9 @@ fn producers_are_held_back_at_the_store_limit_and_nothing_is_lost() {
         b.destination("/queue/full")
             .is_some_and(|d| d["pending"].as_u64().unwrap() >= 150)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The broker says it is holding persistent producers back (a positive
+    // signal, not a pause of the test's own).
+    b.wait_until("the store limit reached", |s| s["store_full"] == true);
     assert!(
         !producer.is_finished(),
         "the producer should be held back at the store limit"
