@@ -220,7 +220,13 @@ fn capped_store_limit(config: &Config, shards: usize) -> u64 {
             return configured;
         }
     };
-    let cap = room.saturating_sub(shards as u64 * seg) / seg * seg;
+    let room_cap = room.saturating_sub(shards as u64 * seg) / seg * seg;
+    // Never below one segment per shard plus one: every shard always holds
+    // an active segment, so a lower limit would hold producers back for
+    // good, even with everything acknowledged. Past the real room, the
+    // ENOSPC handling pauses producers instead.
+    let floor = (shards as u64 + 1) * seg;
+    let cap = room_cap.max(floor);
     if cap >= configured {
         return configured;
     }
@@ -232,10 +238,10 @@ fn capped_store_limit(config: &Config, shards: usize) -> u64 {
         available_bytes = room - journal,
         "store.limit_bytes is more than the file system can hold (free space plus the journal's files, less one spare segment per shard); using the smaller limit"
     );
-    if cap < (shards as u64 + 1) * seg {
+    if room_cap < floor {
         warn!(
             limit_bytes = cap,
-            "the store's file system has no room for new journal segments: persistent producers stay paused until space is freed"
+            "the store's file system has almost no room for new journal segments: persistent producers pause whenever a segment cannot be made, until acknowledgements free one or space is freed"
         );
     }
     cap

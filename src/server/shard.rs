@@ -1034,7 +1034,14 @@ async fn make_spare(ctx: Rc<ShardContext>) {
         tracing::error!(error = %e, "cannot make a journal segment; stopping");
         std::process::exit(1);
     }
-    if !waiting && journal.borrow().waiting_for_space() {
+    // Into waiting: the flusher starts polling for space. Out of it with
+    // records put back (their wake-ups are spent): the flusher writes them
+    // now rather than at the next append.
+    let (now_waiting, pending) = {
+        let j = journal.borrow();
+        (j.waiting_for_space(), j.has_pending())
+    };
+    if (!waiting && now_waiting) || (waiting && !now_waiting && pending) {
         ctx.flush_wakeup.push(());
     }
 }
