@@ -235,3 +235,78 @@ fn a_held_end_round_leaves_its_segment_open_for_a_seal() {
     assert!(j.pending[0].bytes.is_empty() && j.pending[0].ends_segment);
     assert_eq!(j.seal_target(), Some(0));
 }
+
+/// Known hang (issue 8, item 11; found by review): at a truly full disk,
+/// acknowledgements that roll into a segment with no file can never free
+/// one. Ignored until fixed; run it with `--ignored` to see it fail.
+#[test]
+#[ignore = "known hang at a truly full disk: acknowledgements in a segment with no file (issue 8, item 11)"]
+fn acks_that_roll_into_a_segment_with_no_file_free_one_eventually() {
+    let mut j = journal();
+    place(&mut j, 0);
+    send(&mut j, 1);
+    send(&mut j, 2);
+    flush_all(&mut j);
+    // The file system is full, no free segment: producers paused.
+    j.note_no_room("test".into());
+    assert!(j.disk_full());
+    // Acknowledgements (never held) that free nothing fill the active
+    // segment and roll into a slot with no file.
+    let d = dest();
+    let mut n = 0;
+    while j.in_use.len() == 1 {
+        j.append(
+            &RecordRef::Ack {
+                destination: &d,
+                sub: None,
+                id: 10_000 + n,
+            },
+            0,
+        );
+        n += 1;
+    }
+    let waiting = *j.in_use.back().unwrap();
+    assert!(j.segments[waiting].unplaced.is_some());
+    // Write what can be written (segment 0's rounds), as the flusher does.
+    let basis = j.durable;
+    let plans = lay_out(&mut j);
+    let upto0 = plans[0].chunk.upto;
+    j.durable = upto0;
+    j.claimed = j.claimed.max(Some(basis));
+    // Now the consumers acknowledge everything: segment 0 holds nothing live.
+    ack(&mut j, 1);
+    ack(&mut j, 2);
+    assert_eq!(j.free.len(), 1, "segment 0 freed");
+    // Even a durable seal now (claimed = durable) does not make it a home.
+    j.claimed = Some(j.durable);
+    assert!(
+        j.take_free_file(waiting),
+        "segment 0, freed and declared free, must become the waiting one's home"
+    );
+    // More acks fill the slot with no file: it rolls, and, holding nothing
+    // live, is freed while it still has no file.
+    let mut n = 0;
+    while *j.in_use.back().unwrap() == waiting {
+        j.append(
+            &RecordRef::Ack {
+                destination: &d,
+                sub: None,
+                id: 90_000 + n,
+            },
+            0,
+        );
+        n += 1;
+    }
+    // Space is freed outside: the background spare is made (reusable).
+    let k = j.segments.len();
+    j.segments.push(Segment {
+        path: PathBuf::from("/nonexistent/spare"),
+        generation: 0,
+        salt: 0,
+        live: 0,
+        write_at: BLOCK,
+        file: None,
+        unplaced: None,
+    });
+    j.free.push_front((k, None));
+}
