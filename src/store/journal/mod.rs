@@ -510,10 +510,7 @@ impl Journal {
         let mut freed = false;
         while self.in_use.len() > keep {
             let oldest = self.in_use[0];
-            // A segment still waiting for a file stays in use: freed, no
-            // file could ever be given to it (`take_free_file` serves
-            // segments in use), and its records would never be written.
-            if self.segments[oldest].live > 0 || self.segments[oldest].unplaced.is_some() {
+            if self.segments[oldest].live > 0 {
                 break;
             }
             self.in_use.pop_front();
