@@ -373,61 +373,77 @@ fn recovery_freed_segment_reused_before_seal() {
     );
 }
 
-#[test]
-fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
+/// A shard broker over journal `j` with durable subscription `c:s` on
+/// `/topic/t` (consumer key `key`), and a persistent message 4242 for it.
+fn durable_subscriber(
+    j: &Rc<RefCell<Journal>>,
+) -> (
+    crate::broker::shard::ShardBroker,
+    crate::broker::Destination,
+    crate::broker::queue::ConsumerKey,
+    crate::broker::SharedMessage,
+    Arc<crate::broker::message::MemoryUsage>,
+) {
     use crate::broker::message::{MemoryUsage, Message};
     use crate::broker::message_ids::MessageIds;
-    use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxPart};
+    use crate::broker::ops::{DurableName, Op, SubscribeOp};
     use crate::broker::queue::ConsumerKey;
     use crate::broker::shard::{BrokerSettings, ShardBroker};
     use crate::broker::Destination;
+    let usage = Arc::new(MemoryUsage::default());
+    let store: Rc<RefCell<dyn crate::store::Store>> = j.clone();
+    let mut b = ShardBroker::new(
+        0,
+        BrokerSettings {
+            shards: 1,
+            max_redeliveries: 6,
+            dead_letter_queue: Destination::queue("DLQ"),
+        },
+        usage.clone(),
+        store,
+        Rc::new(MessageIds::new(0, 0)),
+    );
+    let topic = Destination::parse("/topic/t").unwrap();
+    let key = ConsumerKey {
+        shard: 0,
+        conn: 1,
+        sub: 1,
+    };
+    b.apply(
+        Op::Subscribe(SubscribeOp {
+            destination: topic.clone(),
+            consumer: key,
+            prefetch: 10,
+            durable: Some(DurableName {
+                client_id: "c".into(),
+                name: "s".into(),
+            }),
+        }),
+        &mut Vec::new(),
+    );
+    let msg = Arc::new(Message {
+        id: 4242,
+        destination: topic.clone(),
+        properties: Vec::new(),
+        body: bytes::Bytes::from_static(b"x"),
+        priority: 4,
+        expires_ms: 0,
+        persistent: true,
+        timestamp_ms: 0,
+        charge: usage.charge(1),
+    });
+    (b, topic, key, msg, usage)
+}
+
+#[test]
+fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
+    use crate::broker::ops::{ConnRef, Op, TxPart};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_path_buf();
     glommio::LocalExecutor::default().run(async {
         let (j, _) = start(&dir).await;
-        let usage = Arc::new(MemoryUsage::default());
-        let store: Rc<RefCell<dyn crate::store::Store>> = j.clone();
-        let mut b = ShardBroker::new(
-            0,
-            BrokerSettings {
-                shards: 1,
-                max_redeliveries: 6,
-                dead_letter_queue: Destination::queue("DLQ"),
-            },
-            usage.clone(),
-            store,
-            Rc::new(MessageIds::new(0, 0)),
-        );
-        let topic = Destination::parse("/topic/t").unwrap();
-        let key = ConsumerKey {
-            shard: 0,
-            conn: 1,
-            sub: 1,
-        };
+        let (mut b, topic, key, msg, _) = durable_subscriber(&j);
         let mut out = Vec::new();
-        b.apply(
-            Op::Subscribe(SubscribeOp {
-                destination: topic.clone(),
-                consumer: key,
-                prefetch: 10,
-                durable: Some(DurableName {
-                    client_id: "c".into(),
-                    name: "s".into(),
-                }),
-            }),
-            &mut out,
-        );
-        let msg = Arc::new(Message {
-            id: 4242,
-            destination: topic.clone(),
-            properties: Vec::new(),
-            body: bytes::Bytes::from_static(b"x"),
-            priority: 4,
-            expires_ms: 0,
-            persistent: true,
-            timestamp_ms: 0,
-            charge: usage.charge(1),
-        });
         let conn = ConnRef { shard: 0, conn: 9 };
         // Prepared (not alone: waits for the decision).
         b.tx_prepare(
@@ -469,59 +485,13 @@ fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
 
 #[test]
 fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
-    use crate::broker::message::{MemoryUsage, Message};
-    use crate::broker::message_ids::MessageIds;
-    use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
-    use crate::broker::queue::ConsumerKey;
-    use crate::broker::shard::{BrokerSettings, ShardBroker};
-    use crate::broker::Destination;
+    use crate::broker::ops::{ConnRef, Op, TxAck, TxPart};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_path_buf();
     glommio::LocalExecutor::default().run(async {
         let (j, _) = start(&dir).await;
-        let usage = Arc::new(MemoryUsage::default());
-        let store: Rc<RefCell<dyn crate::store::Store>> = j.clone();
-        let mut b = ShardBroker::new(
-            0,
-            BrokerSettings {
-                shards: 1,
-                max_redeliveries: 6,
-                dead_letter_queue: Destination::queue("DLQ"),
-            },
-            usage.clone(),
-            store,
-            Rc::new(MessageIds::new(0, 0)),
-        );
-        let topic = Destination::parse("/topic/t").unwrap();
-        let key = ConsumerKey {
-            shard: 0,
-            conn: 1,
-            sub: 1,
-        };
+        let (mut b, topic, key, msg, usage) = durable_subscriber(&j);
         let mut out = Vec::new();
-        b.apply(
-            Op::Subscribe(SubscribeOp {
-                destination: topic.clone(),
-                consumer: key,
-                prefetch: 10,
-                durable: Some(DurableName {
-                    client_id: "c".into(),
-                    name: "s".into(),
-                }),
-            }),
-            &mut out,
-        );
-        let msg = Arc::new(Message {
-            id: 4242,
-            destination: topic.clone(),
-            properties: Vec::new(),
-            body: bytes::Bytes::from_static(b"x"),
-            priority: 4,
-            expires_ms: 0,
-            persistent: true,
-            timestamp_ms: 0,
-            charge: usage.charge(1),
-        });
         b.apply(Op::Send(msg), &mut out); // delivered to the consumer
         let conn = ConnRef { shard: 0, conn: 1 };
         b.tx_prepare(
