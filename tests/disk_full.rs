@@ -407,8 +407,8 @@ fn enospc_making_a_segment_pauses_producers_until_a_segment_is_freed() {
         return;
     };
     let mut b = start(&fs, "");
-    // Each shard has its active segment and a spare; leave less than one
-    // more segment.
+    // Each shard has its active segment, a spare and the reserve; leave
+    // less than one more segment.
     fs.fill_leaving(SEGMENT / 2);
     let mut p = Producer::new(&b);
     p.fill(&mut b);
@@ -552,10 +552,11 @@ fn segment_files(fs: &SmallFs) -> BTreeSet<PathBuf> {
 /// Records that find no segment at all wait in memory, unreceipted. A
 /// COMMIT is not flow-controlled (its SENDs were accepted earlier), so
 /// committing more than the journal has room for at a full disk rolls past
-/// the last segment: m0 m1 | m2 m3 | m4 (no file). The COMMIT's RECEIPT
-/// waits, and so does everything the shard appends after m4 (the
-/// consumer's acknowledgements of m0 and m1 too: the segment they free is
-/// overwritten only once they are durable, and they are behind m4). Once
+/// the last segment, the reserve included: m0 m1 | m2 m3 (spare) | m4 m5
+/// (reserve) | m6 (no file). The COMMIT's RECEIPT waits, and so does
+/// everything the shard appends after m6 (the consumer's acknowledgements
+/// of m0 and m1 too: the segment they free is overwritten only once they
+/// are durable, and they are behind m6). Once
 /// space is freed outside the broker, a file is made, the records are
 /// written, the RECEIPTs come, and nothing is lost.
 #[test]
@@ -565,7 +566,7 @@ fn records_with_no_segment_wait_unreceipted_until_space_is_freed() {
     };
     let mut b = start(&fs, "");
     let mut p = b.client();
-    send_in_tx(&mut p, "tx", 0..5);
+    send_in_tx(&mut p, "tx", 0..7);
     fs.fill_leaving(SEGMENT / 2);
     p.frame(
         "COMMIT",
@@ -611,17 +612,17 @@ fn records_with_no_segment_wait_unreceipted_until_space_is_freed() {
     assert_alive(&mut b);
 
     b.kill9();
-    check_after_restart(&fs, &(0..5).collect(), &[0, 1].into_iter().collect());
+    check_after_restart(&fs, &(0..7).collect(), &[0, 1].into_iter().collect());
 }
 
 /// A segment started with no file to go to gets the file of a segment
 /// freed before it, once a durable round says that one is free. a0 a1 fill
 /// the first segment and are acknowledged (durably) while it is still
-/// active; the COMMIT of b0..b3 closes it (b0 b1 go to the spare, which
-/// frees the first segment as of b0) and rolls past the spare with no room
-/// for a new file: b2 waits until b0 b1 are durable, then goes into the
-/// first segment's file. No new file is made, the RECEIPT comes, and
-/// nothing is lost.
+/// active; the COMMIT of b0..b5 closes it (b0 b1 go to the spare, which
+/// frees the first segment as of b0; b2 b3 to the reserve) and rolls past
+/// the reserve with no room for a new file: b4 waits until b0..b3 are
+/// durable, then goes into the first segment's file. No new file is made,
+/// the RECEIPT comes, and nothing is lost.
 #[test]
 fn a_segment_with_no_file_reuses_one_freed_before_it() {
     let Some(fs) = small_fs("a_segment_with_no_file_reuses_one_freed_before_it") else {
@@ -647,7 +648,7 @@ fn a_segment_with_no_file_reuses_one_freed_before_it() {
     let a0 = c.expect_message();
     let a1 = c.expect_message();
     assert_eq!((id_of(&a0), id_of(&a1)), (0, 1));
-    send_in_tx(&mut p, "tx", 2..6);
+    send_in_tx(&mut p, "tx", 2..8);
     fs.fill_leaving(SEGMENT / 2);
     let files = segment_files(&fs);
     // Durable before the COMMIT: the first segment's content is retired by
@@ -675,7 +676,7 @@ fn a_segment_with_no_file_reuses_one_freed_before_it() {
     assert_alive(&mut b);
 
     b.kill9();
-    check_after_restart(&fs, &(0..6).collect(), &[0, 1].into_iter().collect());
+    check_after_restart(&fs, &(0..8).collect(), &[0, 1].into_iter().collect());
 }
 
 /// On a copy-on-write file system (btrfs) even a write into a preallocated
@@ -710,5 +711,56 @@ fn enospc_on_a_journal_write_keeps_the_records_until_space_is_freed() {
     assert_alive(&mut b);
 
     b.kill9();
+    check_after_restart(&fs, &p.receipted, &BTreeSet::new());
+}
+
+/// A start on a full copy-on-write file system (btrfs allocates even when
+/// it overwrites a preallocated segment, so the start's own journal writes
+/// find no space) waits for space instead of exiting: a standby on the same
+/// volume would fail the same way, over and over. Once space is freed the
+/// broker serves, and nothing receipted before the crash is lost.
+#[test]
+fn a_start_on_a_full_btrfs_volume_waits_for_space() {
+    let test = "a_start_on_a_full_btrfs_volume_waits_for_space";
+    let fs = match SmallFs::make(128, "mkfs.btrfs", &["-q", "-f", "--mixed"]) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return;
+        }
+    };
+    let mut b = start(&fs, "");
+    let mut p = Producer::new(&b);
+    for i in 0..32 {
+        send(&mut p.c, i);
+        p.outstanding.push_back(i);
+    }
+    p.wait_receipt(31);
+    assert_eq!(p.receipted.len(), 32);
+    b.kill9();
+    fs.fill_leaving(0);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs = &fs;
+        scope.spawn(move || {
+            // Panics (and so drops `tx`) if the broker exits instead of
+            // serving.
+            let b = start(fs, "");
+            let _ = tx.send(b);
+        });
+        let early = rx.recv_timeout(Duration::from_secs(3));
+        assert!(
+            !matches!(early, Err(std::sync::mpsc::RecvTimeoutError::Disconnected)),
+            "the broker exited at start on a full file system"
+        );
+        fs.free_ballast();
+        let b = match early {
+            Ok(b) => b,
+            Err(_) => rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the broker serves once space is freed"),
+        };
+        drop(b);
+    });
     check_after_restart(&fs, &p.receipted, &BTreeSet::new());
 }

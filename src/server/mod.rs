@@ -206,7 +206,8 @@ pub fn serve(config: Config) -> Result<()> {
 /// `store.limit_bytes`, or less if the file system cannot hold that much
 /// journal (as ActiveMQ resets a store limit larger than its disk): the
 /// journal's room is the free space plus its segment files already there,
-/// less one spare segment per shard, which is made ahead of need and not
+/// less the spare segments of every shard (the next roll's and the reserve,
+/// see `journal::RESERVE_SEGMENTS`), which are made ahead of need and not
 /// counted as used. Producers are then paused at the limit, before the file
 /// system fills, with room left for the records consumers cause.
 fn capped_store_limit(config: &Config, shards: usize) -> u64 {
@@ -220,7 +221,8 @@ fn capped_store_limit(config: &Config, shards: usize) -> u64 {
             return configured;
         }
     };
-    let room_cap = room.saturating_sub(shards as u64 * seg) / seg * seg;
+    let spares = (1 + journal::RESERVE_SEGMENTS) as u64;
+    let room_cap = room.saturating_sub(shards as u64 * spares * seg) / seg * seg;
     // Never below one segment per shard plus one: every shard always holds
     // an active segment, so a lower limit would hold producers back for
     // good, even with everything acknowledged. Past the real room, the
@@ -236,7 +238,7 @@ fn capped_store_limit(config: &Config, shards: usize) -> u64 {
         limit_bytes = cap,
         journal_bytes = journal,
         available_bytes = room - journal,
-        "store.limit_bytes is more than the file system can hold (free space plus the journal's files, less one spare segment per shard); using the smaller limit"
+        "store.limit_bytes is more than the file system can hold (free space plus the journal's files, less the spare segments of every shard); using the smaller limit"
     );
     if room_cap < floor {
         warn!(
@@ -275,6 +277,35 @@ fn spawn_signal_thread(
     Ok(())
 }
 
+/// Raises the epoch, waiting out a full file system (a copy-on-write one
+/// has no room even for the small epoch file): exiting would only hand the
+/// same full volume to the standby, and start again.
+fn raise_epoch(dir: &std::path::Path, own_wait: u64) -> Result<epoch::Raised> {
+    let owner = epoch::owner_id();
+    let mut warned = false;
+    loop {
+        match epoch::raise(dir, &owner, own_wait) {
+            Ok(r) => return Ok(r),
+            Err(e) if is_no_space(&e) => {
+                if !std::mem::replace(&mut warned, true) {
+                    warn!(dir = %dir.display(), error = format!("{e:#}"),
+                        "no space to raise the epoch at takeover; waiting for space to be freed");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.context(format!("cannot raise the epoch in {}", dir.display()))),
+        }
+    }
+}
+
+/// Whether an error's cause is a full file system.
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    })
+}
+
 /// Makes this broker the master the store knows (file mode), before
 /// anything reads the journal: raises the epoch, starts the keep-alive
 /// thread, then waits until any previous master - one that lost the lock
@@ -291,8 +322,7 @@ fn take_over(
     // need a good check.
     fence::arm();
     let own_wait = ha.takeover_wait_ms();
-    let raised = epoch::raise(dir, &epoch::owner_id(), own_wait)
-        .with_context(|| format!("cannot raise the epoch in {}", dir.display()))?;
+    let raised = raise_epoch(dir, own_wait)?;
     fence::set_epoch(raised.ours.epoch);
     let span = ha_span(Role::Recovering, raised.ours.epoch);
     let _in = span.enter();

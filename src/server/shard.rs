@@ -765,7 +765,7 @@ async fn open_journal(
     // would fill the first segment before a paced spare is ready); a
     // recovered journal has room in its active segment, so its spare is
     // made in the background once serving (see `run`), off the failover path.
-    journal::flush(&j).await.map_err(|e| e.to_string())?;
+    flush_at_start(&j).await?;
     // A durable seal before anything is overwritten: it records which
     // segments recovery found free (so the next segment can reuse one
     // instead of making a file on the failover path), and where the
@@ -775,7 +775,7 @@ async fn open_journal(
         .await
         .map_err(|e| e.to_string())?;
     j.borrow_mut().start_fresh_segment();
-    journal::flush(&j).await.map_err(|e| e.to_string())?;
+    flush_at_start(&j).await?;
     if new_dir {
         journal::ensure_spare(&j, journal::Pace::Now)
             .await
@@ -785,6 +785,30 @@ async fn open_journal(
     // known (see `run`).
     Ok((j, restorer, recovered.copy_out))
 }
+
+/// A flush before serving. No space for it (a full copy-on-write file
+/// system allocates even on overwrite) is waited out, with a warning, not
+/// an exit: a standby on the same file system would fail the same way, and
+/// only space freed outside the broker helps (the client ports are not open
+/// yet, so no consumer can free any).
+async fn flush_at_start(j: &RefCell<Journal>) -> Result<(), String> {
+    let mut warned = false;
+    loop {
+        match journal::flush(j).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_no_space() => {
+                if !std::mem::replace(&mut warned, true) {
+                    warn!(error = %e, "no space to write the journal at start; waiting for space to be freed");
+                }
+                glommio::timer::sleep(START_SPACE_RETRY).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// How often a start blocked by a full file system tries again.
+const START_SPACE_RETRY: Duration = Duration::from_millis(500);
 
 /// The journal's side of the transactions recovery decided: a TxDone for
 /// each one applied here without one (made durable before the decision
@@ -811,7 +835,7 @@ async fn settle_transactions(j: &RefCell<Journal>, tx: &TxOutcome) -> Result<(),
             "transactions settled by recovery"
         );
     }
-    journal::flush(j).await.map_err(|e| e.to_string())
+    flush_at_start(j).await
 }
 
 /// Group commit, pipelined in two stages: each round writes everything

@@ -1,6 +1,6 @@
 //! A full disk, on the journal's state alone (no files): what a failed
-//! round gives back, and when a segment that has no file may take a freed
-//! segment's.
+//! round gives back, when a segment that has no file may take a freed
+//! segment's, and what the reserve segment is for.
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -236,71 +236,12 @@ fn a_held_end_round_leaves_its_segment_open_for_a_seal() {
     assert_eq!(j.seal_target(), Some(0));
 }
 
-/// Known hang (issue 8, item 11; found by review): at a truly full disk,
-/// acknowledgements that roll into a segment with no file can never free
-/// one. Ignored until fixed; run it with `--ignored` to see it fail.
-#[test]
-#[ignore = "known hang at a truly full disk: acknowledgements in a segment with no file (issue 8, item 11)"]
-fn acks_that_roll_into_a_segment_with_no_file_free_one_eventually() {
-    let mut j = journal();
-    place(&mut j, 0);
-    send(&mut j, 1);
-    send(&mut j, 2);
-    flush_all(&mut j);
-    // The file system is full, no free segment: producers paused.
-    j.note_no_room("test".into());
-    assert!(j.disk_full());
-    // Acknowledgements (never held) that free nothing fill the active
-    // segment and roll into a slot with no file.
-    let d = dest();
-    let mut n = 0;
-    while j.in_use.len() == 1 {
-        j.append(
-            &RecordRef::Ack {
-                destination: &d,
-                sub: None,
-                id: 10_000 + n,
-            },
-            0,
-        );
-        n += 1;
-    }
-    let waiting = *j.in_use.back().unwrap();
-    assert!(j.segments[waiting].unplaced.is_some());
-    // Write what can be written (segment 0's rounds), as the flusher does.
-    let basis = j.durable;
-    let plans = lay_out(&mut j);
-    let upto0 = plans[0].chunk.upto;
-    j.durable = upto0;
-    j.claimed = j.claimed.max(Some(basis));
-    // Now the consumers acknowledge everything: segment 0 holds nothing live.
-    ack(&mut j, 1);
-    ack(&mut j, 2);
-    assert_eq!(j.free.len(), 1, "segment 0 freed");
-    // Even a durable seal now (claimed = durable) does not make it a home.
-    j.claimed = Some(j.durable);
-    assert!(
-        j.take_free_file(waiting),
-        "segment 0, freed and declared free, must become the waiting one's home"
-    );
-    // More acks fill the slot with no file: it rolls, and, holding nothing
-    // live, is freed while it still has no file.
-    let mut n = 0;
-    while *j.in_use.back().unwrap() == waiting {
-        j.append(
-            &RecordRef::Ack {
-                destination: &d,
-                sub: None,
-                id: 90_000 + n,
-            },
-            0,
-        );
-        n += 1;
-    }
-    // Space is freed outside: the background spare is made (reusable).
+/// Adds a free segment with a file and nothing in it (a spare, as
+/// `ensure_spare` makes), reusable at once.
+fn spare(j: &mut Journal) -> usize {
     let k = j.segments.len();
     j.segments.push(Segment {
-        path: PathBuf::from("/nonexistent/spare"),
+        path: PathBuf::from(format!("/nonexistent/spare-{k}")),
         generation: 0,
         salt: 0,
         live: 0,
@@ -309,4 +250,75 @@ fn acks_that_roll_into_a_segment_with_no_file_free_one_eventually() {
         unplaced: None,
     });
     j.free.push_front((k, None));
+    k
+}
+
+/// Appends acknowledgements of messages that are not in the journal (they
+/// free nothing) until the active segment rolls; returns the new one.
+fn acks_until_roll(j: &mut Journal, first_id: u64) -> usize {
+    let d = dest();
+    let active = *j.in_use.back().unwrap();
+    let mut id = first_id;
+    while *j.in_use.back().unwrap() == active {
+        j.append(
+            &RecordRef::Ack {
+                destination: &d,
+                sub: None,
+                id,
+            },
+            0,
+        );
+        id += 1;
+    }
+    *j.in_use.back().unwrap()
+}
+
+/// At a truly full disk (no file can be made), acknowledgements that fill
+/// the active segment roll into the reserve, a segment with a file: their
+/// records are written and free what they retire. Producers stay paused
+/// until a freed segment has refilled the reserve and one more is free.
+/// (Without the reserve they rolled into a segment with no file, were never
+/// written, and the segments they freed could never become its home.)
+#[test]
+fn acknowledgements_at_a_full_disk_roll_into_the_reserve_and_free_segments() {
+    let mut j = journal();
+    place(&mut j, 0);
+    spare(&mut j);
+    spare(&mut j);
+    send(&mut j, 1);
+    send(&mut j, 2);
+    // The third rolls into a spare: the reserve is left.
+    send(&mut j, 3);
+    assert_eq!(j.reusable_count(), RESERVE_SEGMENTS);
+    flush_all(&mut j);
+    // The spare for the next roll cannot be made: producers pause, with
+    // the reserve still there.
+    j.note_no_room("test".into());
+    assert!(j.disk_full(), "only the reserve is left: producers pause");
+    // Acknowledgements that free nothing fill the active segment: they
+    // roll into the reserve, which has a file.
+    let reserve = acks_until_roll(&mut j, 10_000);
+    assert!(
+        j.segments[reserve].unplaced.is_none(),
+        "the roll took the reserve, not a segment with no file"
+    );
+    flush_all(&mut j);
+    // Consumers acknowledge the first segment's messages: it is freed, and
+    // (once a durable round says so) reusable. That refills the reserve;
+    // producers still wait.
+    ack(&mut j, 1);
+    ack(&mut j, 2);
+    flush_all(&mut j);
+    j.claimed = Some(j.durable);
+    assert_eq!(j.reusable_count(), 1);
+    assert!(j.disk_full(), "the freed segment only refills the reserve");
+    // The second segment freed as well: one more than the reserve.
+    ack(&mut j, 3);
+    flush_all(&mut j);
+    j.claimed = Some(j.durable);
+    assert!(!j.disk_full(), "producers resume");
+    // More acknowledgements roll into a freed segment's file.
+    let next = acks_until_roll(&mut j, 90_000);
+    assert!(j.segments[next].unplaced.is_none());
+    assert_eq!(j.unplaced, 0);
 }

@@ -178,6 +178,17 @@ impl StoreUsage {
 /// file is tried again (and only once `statvfs` shows room for one).
 const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
+/// Free segment files a shard keeps beyond the one its next roll takes,
+/// for the records consumers cause at a full file system. Without it, an
+/// acknowledgement that fills the active segment when no file can be made
+/// would start a segment with no file; records behind it are never
+/// written, so the segments they free are never declared free and could
+/// never give it one: the shard would wait until space is freed outside
+/// the broker. Producers pause while only the reserve is left (see
+/// [`Journal::disk_full`]), so the reserve is taken by acknowledgements
+/// (and what producers had in flight), whose records then free segments.
+pub const RESERVE_SEGMENTS: usize = 1;
+
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
@@ -461,14 +472,10 @@ impl Journal {
         }
         self.pending_len = chunk.bytes.len() as u64;
         self.pending.push(chunk);
-        // The last reusable segment taken: if the file system has no room
-        // for another, producers must pause now, while this one still has
-        // room, not once the next roll finds none (the spare is made only
-        // after the flusher's writes; under load that is late). One
-        // `statvfs` per segment, never per record.
-        if !self.has_reusable() && !self.making_spare {
-            self.may_make_file();
-        }
+        // No `statvfs` here: the flusher's next spare attempt (after this
+        // round's write) finds a full file system while the reserve is
+        // still there, and this segment just started (see
+        // `RESERVE_SEGMENTS`).
         self.note_space();
     }
 
@@ -529,12 +536,25 @@ impl Journal {
         self.free.iter().any(|&(_, f)| self.is_reusable(f))
     }
 
+    /// Free segments that may be overwritten now.
+    fn reusable_count(&self) -> usize {
+        self.free
+            .iter()
+            .filter(|&&(_, f)| self.is_reusable(f))
+            .count()
+    }
+
     /// This shard cannot take more data for now: a segment file could not
-    /// be made and no free segment is reusable for the next roll. The
-    /// active segment may still have room: it is kept for what consumers
-    /// cause (acknowledgements), which is how segments come back.
+    /// be made and the free segments left (reusable, or soon: see `homes`)
+    /// are only the reserve (`RESERVE_SEGMENTS`). The active segment and
+    /// the reserve are kept for what consumers cause (acknowledgements,
+    /// dead-letter copies), which is how segments come back: their records
+    /// always have a segment with a file to go to, so they are written and
+    /// free what they retire. Producers resume once a freed segment has
+    /// refilled the reserve and one more is free.
     pub fn disk_full(&self) -> bool {
-        self.write_blocked.is_some() || (self.no_room.is_some() && self.homes() <= self.unplaced)
+        self.write_blocked.is_some()
+            || (self.no_room.is_some() && self.homes() <= self.unplaced + RESERVE_SEGMENTS)
     }
 
     /// Free segments that segments waiting for a file (and the next roll)
@@ -1520,19 +1540,30 @@ impl Journal {
     }
 }
 
-/// Keeps one zero-filled segment ready so that rolling to a new segment
-/// never waits for a file to be made. Runs beside the flusher. A full file
-/// system is not an error: the shard records it (producers wait while no
-/// segment is reusable for the next roll, see [`Journal::disk_full`]) and
-/// a later call tries again.
+/// Keeps zero-filled segments ready: one so that rolling to a new segment
+/// never waits for a file to be made, and the reserve
+/// ([`RESERVE_SEGMENTS`]). Runs beside the flusher. A full file system is
+/// not an error: the shard records it (producers wait while only the
+/// reserve is left, see [`Journal::disk_full`]) and a later call tries
+/// again.
 pub async fn ensure_spare(
     journal: &std::cell::RefCell<Journal>,
     pace: Pace,
 ) -> Result<(), JournalError> {
+    while make_one_spare(journal, pace).await? {}
+    Ok(())
+}
+
+/// One spare segment if fewer than the next roll's plus the reserve are
+/// reusable and the file system has room; whether one was made.
+async fn make_one_spare(
+    journal: &std::cell::RefCell<Journal>,
+    pace: Pace,
+) -> Result<bool, JournalError> {
     let (path, size) = {
         let mut j = journal.borrow_mut();
-        if j.making_spare || j.has_reusable() || !j.may_make_file() {
-            return Ok(());
+        if j.making_spare || j.reusable_count() > RESERVE_SEGMENTS || !j.may_make_file() {
+            return Ok(false);
         }
         j.making_spare = true;
         let number = j.next_file_number;
@@ -1549,7 +1580,7 @@ pub async fn ensure_spare(
         Ok(f) => f,
         Err(e) if e.is_no_space() => {
             j.note_no_room(e.to_string());
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => return Err(e),
     };
@@ -1566,5 +1597,5 @@ pub async fn ensure_spare(
     // A fresh segment holds nothing: reuse it before any older one.
     j.free.push_front((index, None));
     j.note_made();
-    Ok(())
+    Ok(true)
 }
