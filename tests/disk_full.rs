@@ -164,6 +164,18 @@ fn small_fs(test: &str) -> Option<SmallFs> {
     }
 }
 
+/// A 128 MiB btrfs volume (copy-on-write: even overwrites allocate), or a
+/// skip message when this machine cannot mount one.
+fn small_btrfs(test: &str) -> Option<SmallFs> {
+    match SmallFs::make(128, "mkfs.btrfs", &["-q", "-f", "--mixed"]) {
+        Ok(fs) => Some(fs),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
 fn start(fs: &SmallFs, extra_config: &str) -> Broker {
     let args: Vec<String> = vec![
         "--data".into(),
@@ -686,13 +698,9 @@ fn a_segment_with_no_file_reuses_one_freed_before_it() {
 /// retried, the RECEIPTs come and nothing is lost.
 #[test]
 fn enospc_on_a_journal_write_keeps_the_records_until_space_is_freed() {
-    let test = "enospc_on_a_journal_write_keeps_the_records_until_space_is_freed";
-    let fs = match SmallFs::make(128, "mkfs.btrfs", &["-q", "-f", "--mixed"]) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            return;
-        }
+    let Some(fs) = small_btrfs("enospc_on_a_journal_write_keeps_the_records_until_space_is_freed")
+    else {
+        return;
     };
     let mut b = start(&fs, "");
     fs.fill_leaving(SEGMENT / 2);
@@ -721,13 +729,8 @@ fn enospc_on_a_journal_write_keeps_the_records_until_space_is_freed() {
 /// broker serves, and nothing receipted before the crash is lost.
 #[test]
 fn a_start_on_a_full_btrfs_volume_waits_for_space() {
-    let test = "a_start_on_a_full_btrfs_volume_waits_for_space";
-    let fs = match SmallFs::make(128, "mkfs.btrfs", &["-q", "-f", "--mixed"]) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            return;
-        }
+    let Some(fs) = small_btrfs("a_start_on_a_full_btrfs_volume_waits_for_space") else {
+        return;
     };
     let mut b = start(&fs, "");
     let mut p = Producer::new(&b);

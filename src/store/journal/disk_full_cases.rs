@@ -145,16 +145,7 @@ fn a_waiting_segment_gets_a_freed_file_only_once_a_durable_round_declares_it_fre
     let mut j = journal();
     place(&mut j, 0);
     // A spare, ready.
-    j.segments.push(Segment {
-        path: PathBuf::from("/nonexistent/spare"),
-        generation: 0,
-        salt: 0,
-        live: 0,
-        write_at: BLOCK,
-        file: None,
-        unplaced: None,
-    });
-    j.free.push_front((1, None));
+    assert_eq!(spare(&mut j), 1);
     let first_path = j.segments[0].path.clone();
     // Two sends fill the first segment; both are acknowledged while it is
     // still active, and durable.

@@ -472,10 +472,15 @@ impl Journal {
         }
         self.pending_len = chunk.bytes.len() as u64;
         self.pending.push(chunk);
-        // No `statvfs` here: the flusher's next spare attempt (after this
-        // round's write) finds a full file system while the reserve is
-        // still there, and this segment just started (see
-        // `RESERVE_SEGMENTS`).
+        // Down to the reserve: if the file system has no room for another
+        // spare, producers must pause now, while this segment still has
+        // room, not once the flusher's spare attempt finds none (that runs
+        // only between bursts of writes: under load the reserve, and the
+        // roll after it, would be taken first). One `statvfs` per segment,
+        // never per record.
+        if self.reusable_count() <= RESERVE_SEGMENTS && !self.making_spare {
+            self.may_make_file();
+        }
         self.note_space();
     }
 
