@@ -282,14 +282,24 @@ fn spawn_signal_thread(
 /// same full volume to the standby, and start again.
 fn raise_epoch(dir: &std::path::Path, own_wait: u64) -> Result<epoch::Raised> {
     let owner = epoch::owner_id();
-    let mut warned = false;
+    let mut warn_at = Instant::now();
+    // The predecessor as first found: a failed attempt may have left our
+    // own record in place (renamed, then the directory fsync failed), and
+    // its takeover wait is the predecessor's to choose, not ours.
+    let first_previous = epoch::read(dir).ok().flatten();
     loop {
         match epoch::raise(dir, &owner, own_wait) {
-            Ok(r) => return Ok(r),
+            Ok(mut r) => {
+                if r.previous.as_ref().is_some_and(|p| p.owner == owner) {
+                    r.previous = first_previous;
+                }
+                return Ok(r);
+            }
             Err(e) if is_no_space(&e) => {
-                if !std::mem::replace(&mut warned, true) {
+                if Instant::now() >= warn_at {
                     warn!(dir = %dir.display(), error = format!("{e:#}"),
                         "no space to raise the epoch at takeover; waiting for space to be freed");
+                    warn_at += shard::START_SPACE_WARN;
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -301,8 +311,12 @@ fn raise_epoch(dir: &std::path::Path, own_wait: u64) -> Result<epoch::Raised> {
 /// Whether an error's cause is a full file system.
 fn is_no_space(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
     })
 }
 

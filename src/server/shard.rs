@@ -774,6 +774,9 @@ async fn open_journal(
     journal::write_seal(&j, true)
         .await
         .map_err(|e| e.to_string())?;
+    journal::spare_for_start(&j)
+        .await
+        .map_err(|e| e.to_string())?;
     j.borrow_mut().start_fresh_segment();
     flush_at_start(&j).await?;
     if new_dir {
@@ -792,13 +795,15 @@ async fn open_journal(
 /// only space freed outside the broker helps (the client ports are not open
 /// yet, so no consumer can free any).
 async fn flush_at_start(j: &RefCell<Journal>) -> Result<(), String> {
-    let mut warned = false;
+    let mut warn_at = std::time::Instant::now();
     loop {
         match journal::flush(j).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_no_space() => {
-                if !std::mem::replace(&mut warned, true) {
+                // Repeated: a start can wait here for hours.
+                if std::time::Instant::now() >= warn_at {
                     warn!(error = %e, "no space to write the journal at start; waiting for space to be freed");
+                    warn_at += START_SPACE_WARN;
                 }
                 glommio::timer::sleep(START_SPACE_RETRY).await;
             }
@@ -809,6 +814,8 @@ async fn flush_at_start(j: &RefCell<Journal>) -> Result<(), String> {
 
 /// How often a start blocked by a full file system tries again.
 const START_SPACE_RETRY: Duration = Duration::from_millis(500);
+/// How often it says so.
+pub const START_SPACE_WARN: Duration = Duration::from_secs(30);
 
 /// The journal's side of the transactions recovery decided: a TxDone for
 /// each one applied here without one (made durable before the decision

@@ -313,3 +313,81 @@ fn acknowledgements_at_a_full_disk_roll_into_the_reserve_and_free_segments() {
     assert!(j.segments[next].unplaced.is_none());
     assert_eq!(j.unplaced, 0);
 }
+
+/// With nothing live, no acknowledgement can come: the reserve is not held
+/// back, and a full file system does not pause producers (broker-wide)
+/// with nothing left that could free a segment.
+#[test]
+fn with_nothing_live_the_reserve_is_not_held_back() {
+    let mut j = journal();
+    place(&mut j, 0);
+    spare(&mut j);
+    j.note_no_room("test".into());
+    assert!(
+        !j.disk_full(),
+        "an empty journal with a free segment pauses nobody"
+    );
+    send(&mut j, 1);
+    assert!(
+        j.disk_full(),
+        "something live: the free segment is the reserve"
+    );
+    ack(&mut j, 1);
+    assert!(!j.disk_full(), "nothing live again");
+    assert!(!j.counted_full, "and the broker-wide count says so");
+}
+
+/// While a spare is being made (not yet counted), the roll that leaves
+/// only the reserve asks `statvfs` for room for two segments: a spare that
+/// may still fail does not let a burst take the reserve.
+#[test]
+fn a_spare_being_made_needs_its_own_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = available_bytes(dir.path()).unwrap();
+    // Segments of two thirds of the free space: one more fits, two do not.
+    let seg = (free / 3 * 2 / BLOCK) * BLOCK;
+    let cfg = JournalConfig {
+        dir: dir.path().to_path_buf(),
+        segment_size_bytes: seg,
+    };
+    let mut j = Journal::from_recovery(
+        cfg,
+        Arc::new(StoreUsage::default()),
+        recovery::Layout::default(),
+    );
+    place(&mut j, 0);
+    spare(&mut j);
+    spare(&mut j);
+    j.roll(true);
+    assert!(j.no_room.is_none(), "room for one more spare");
+    j.making_spare = true;
+    spare(&mut j);
+    j.roll(true);
+    assert!(
+        j.no_room.is_some(),
+        "a spare in the making plus another would not fit: producers must pause"
+    );
+}
+
+/// A start rolls into a fresh segment only if one with a file is free;
+/// otherwise it continues in the recovered one (no segment without a file
+/// that another shard's spare could leave without room).
+#[test]
+fn a_start_without_a_free_segment_continues_in_the_recovered_one() {
+    // As recovered from a journal that existed (not started here).
+    let recovered = || {
+        let mut j = journal();
+        place(&mut j, 0);
+        j.started_fresh = false;
+        j
+    };
+    let mut j = recovered();
+    j.start_fresh_segment();
+    assert_eq!(j.active(), 0, "no roll");
+    assert_eq!(j.unplaced, 0);
+    let mut j = recovered();
+    let k = spare(&mut j);
+    j.start_fresh_segment();
+    assert_eq!(j.active(), k, "rolled into the free segment");
+    assert_eq!(j.unplaced, 0);
+}

@@ -478,8 +478,12 @@ impl Journal {
         // only between bursts of writes: under load the reserve, and the
         // roll after it, would be taken first). One `statvfs` per segment,
         // never per record.
-        if self.reusable_count() <= RESERVE_SEGMENTS && !self.making_spare {
-            self.may_make_file();
+        // A spare being made (paced, not yet counted) needs its own room:
+        // then room for two is asked, so a burst cannot take the reserve
+        // on the strength of a spare that may still fail.
+        if self.reusable_count() <= RESERVE_SEGMENTS {
+            let wanted = if self.making_spare { 2 } else { 1 };
+            self.may_make_files(wanted);
         }
         self.note_space();
     }
@@ -495,6 +499,10 @@ impl Journal {
             self.holders.remove(&id);
             self.segments[seg].live -= 1;
             self.release_dead_segments();
+            if self.holders.is_empty() {
+                // No reserve is needed any more (see `reserve`).
+                self.note_space();
+            }
         }
     }
 
@@ -504,6 +512,9 @@ impl Journal {
         if let Some((seg, _)) = self.holders.remove(&id) {
             self.segments[seg].live -= 1;
             self.release_dead_segments();
+            if self.holders.is_empty() {
+                self.note_space();
+            }
         }
     }
 
@@ -559,7 +570,19 @@ impl Journal {
     /// refilled the reserve and one more is free.
     pub fn disk_full(&self) -> bool {
         self.write_blocked.is_some()
-            || (self.no_room.is_some() && self.homes() <= self.unplaced + RESERVE_SEGMENTS)
+            || (self.no_room.is_some() && self.homes() <= self.unplaced + self.reserve())
+    }
+
+    /// Free segments producers leave alone: the reserve, while this shard
+    /// holds anything a consumer could acknowledge. With nothing live no
+    /// acknowledgement can come, and holding the reserve back would pause
+    /// producers (broker-wide) with nothing left to free.
+    fn reserve(&self) -> usize {
+        if self.holders.is_empty() {
+            0
+        } else {
+            RESERVE_SEGMENTS
+        }
     }
 
     /// Free segments that segments waiting for a file (and the next roll)
@@ -706,14 +729,19 @@ impl Journal {
     /// one (making one just to fail and remove it again would be wasted
     /// I/O). One `statvfs` per segment file, never per record.
     fn may_make_file(&mut self) -> bool {
+        self.may_make_files(1)
+    }
+
+    /// [`Journal::may_make_file`] for `n` files at once.
+    fn may_make_files(&mut self, n: u64) -> bool {
         if self.file_retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
         let size = self.cfg.segment_size_bytes;
         match available_bytes(&self.cfg.dir) {
-            Ok(free) if free < size => {
+            Ok(free) if free < n * size => {
                 self.note_no_room(format!(
-                    "{free} bytes free on the journal's file system, less than a segment ({size} bytes)"
+                    "{free} bytes free on the journal's file system, less than {n} segment(s) of {size} bytes"
                 ));
                 false
             }
@@ -1531,10 +1559,11 @@ impl Journal {
         if std::mem::replace(&mut self.started_fresh, true) {
             return;
         }
-        let reusable = self.free.iter().any(|&(_, f)| self.is_reusable(f));
-        let room =
-            available_bytes(&self.cfg.dir).is_ok_and(|free| free >= self.cfg.segment_size_bytes);
-        if reusable || room {
+        // Only into a segment that has a file (see `spare_for_start`): a
+        // new file made by the roll could fail for lack of space (another
+        // shard may take the room `statvfs` showed), and a start would
+        // then wait for space with nothing able to free any.
+        if self.has_reusable() {
             self.roll(true);
         } else {
             tracing::warn!(
@@ -1543,6 +1572,17 @@ impl Journal {
             );
         }
     }
+}
+
+/// Before [`Journal::start_fresh_segment`]: makes one spare if no free
+/// segment is reusable (room permitting; a full file system is not an
+/// error, the start then continues in the recovered segment). Full speed:
+/// it is on the failover path either way.
+pub async fn spare_for_start(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
+    if journal.borrow().has_reusable() {
+        return Ok(());
+    }
+    make_one_spare(journal, Pace::Now).await.map(|_| ())
 }
 
 /// Keeps zero-filled segments ready: one so that rolling to a new segment
