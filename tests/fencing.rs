@@ -428,6 +428,9 @@ fn a_standby_that_waited_on_a_replaced_lock_file_stays_standby() {
         "{}",
         standby.role_line
     );
+    // Blocked on the old file's lock (not about to open the path, which
+    // would make and take a new file once the old one is gone).
+    wait_blocked_on_a_lock(&standby);
     // Paused, so that it does not notice the removal and exit (which
     // would let the standby take the new file before the second broker).
     signal(&first, libc::SIGSTOP);
@@ -450,4 +453,26 @@ fn a_standby_that_waited_on_a_replaced_lock_file_stays_standby() {
     standby.wait_for_master();
     let got = drain(&standby, "/queue/live");
     assert_eq!(got, HashSet::from([1, 2]));
+}
+
+/// Waits until `b` waits in the kernel for a POSIX lock (a `->` line with
+/// its pid in /proc/locks); fails after 10 s.
+fn wait_blocked_on_a_lock(b: &Broker) {
+    let pid = b.pid().to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let blocked = locks.lines().any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some("->") && f.nth(3) == Some(pid.as_str())
+        });
+        if blocked {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the standby never blocked on the lock:\n{locks}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

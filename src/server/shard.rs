@@ -774,10 +774,7 @@ async fn open_journal(
     journal::write_seal(&j, true)
         .await
         .map_err(|e| e.to_string())?;
-    journal::spare_for_start(&j)
-        .await
-        .map_err(|e| e.to_string())?;
-    j.borrow_mut().start_fresh_segment();
+    journal::start_fresh(&j).await.map_err(|e| e.to_string())?;
     flush_at_start(&j).await?;
     if new_dir {
         journal::ensure_spare(&j, journal::Pace::Now)

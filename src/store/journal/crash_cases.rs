@@ -29,7 +29,7 @@ async fn start(dir: &Path) -> (Rc<RefCell<Journal>>, Vec<Record>) {
     )));
     flush(&j).await.unwrap();
     write_seal(&j, true).await.unwrap();
-    j.borrow_mut().start_fresh_segment();
+    start_fresh(&j).await.unwrap();
     flush(&j).await.unwrap();
     (j, recs)
 }

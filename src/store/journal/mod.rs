@@ -1559,7 +1559,7 @@ impl Journal {
         if std::mem::replace(&mut self.started_fresh, true) {
             return;
         }
-        // Only into a segment that has a file (see `spare_for_start`): a
+        // Only into a segment that has a file (see `start_fresh`): a
         // new file made by the roll could fail for lack of space (another
         // shard may take the room `statvfs` showed), and a start would
         // then wait for space with nothing able to free any.
@@ -1574,15 +1574,16 @@ impl Journal {
     }
 }
 
-/// Before [`Journal::start_fresh_segment`]: makes one spare if no free
+/// [`Journal::start_fresh_segment`], after making one spare if no free
 /// segment is reusable (room permitting; a full file system is not an
 /// error, the start then continues in the recovered segment). Full speed:
 /// it is on the failover path either way.
-pub async fn spare_for_start(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
-    if journal.borrow().has_reusable() {
-        return Ok(());
+pub async fn start_fresh(journal: &std::cell::RefCell<Journal>) -> Result<(), JournalError> {
+    if !journal.borrow().has_reusable() {
+        make_one_spare(journal, Pace::Now).await?;
     }
-    make_one_spare(journal, Pace::Now).await.map(|_| ())
+    journal.borrow_mut().start_fresh_segment();
+    Ok(())
 }
 
 /// Keeps zero-filled segments ready: one so that rolling to a new segment
