@@ -1,0 +1,210 @@
+//! The database store modes (`mysql`, `postgres`): ActiveMQ's JDBC tables,
+//! written in batches by one writer on the side runtime.
+//!
+//! Shards turn their records into [`Batch`]es (see `shard_store`); the
+//! writer merges the batches of every shard into one database transaction
+//! that also checks the master's lease (fencing), and answers each shard
+//! once it committed. Recovery reads the tables back into the records the
+//! broker's `Restorer` takes.
+//!
+//! Tables (named and typed as ActiveMQ 5.17 creates them, so operators'
+//! queries keep working): `ACTIVEMQ_MSGS` (one row per pending message,
+//! `CONTAINER` = `queue://NAME` or `topic://NAME`, `MSG` = [`encoding`]),
+//! `ACTIVEMQ_ACKS` (durable subscriptions), `ACTIVEMQ_LOCK` (the lease).
+//! Brokk's own side tables: `BROKK_TOPIC_ACKS` (which durable subscriptions
+//! already acknowledged a topic message), `BROKK_REDELIVERIES` (redelivery
+//! counts), `BROKK_TX` (transaction decisions) and `BROKK_TX_ACKS`
+//! (acknowledgements prepared by a transaction).
+
+use bytes::Bytes;
+
+/// Which database, from the URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// MySQL or MariaDB (`mysql://`).
+    MySql,
+    /// PostgreSQL (`postgres://` or `postgresql://`).
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect a `store.url` names, or why it names none.
+    pub fn of_url(url: &str) -> Result<Dialect, String> {
+        let scheme = url.split("://").next().unwrap_or_default();
+        match scheme {
+            "mysql" | "mariadb" => Ok(Dialect::MySql),
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            _ => Err(format!(
+                "store.url must start with mysql:// or postgres://, got '{}'",
+                redact(url)
+            )),
+        }
+    }
+}
+
+/// A URL fit for a log line: the password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// A row of `ACTIVEMQ_MSGS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgRow {
+    /// The broker's message id (`ID`, also `MSGID_SEQ`).
+    pub id: i64,
+    /// `queue://NAME` or `topic://NAME`.
+    pub container: String,
+    /// Expiry in ms since the epoch, 0 = never (`EXPIRATION`).
+    pub expiration: i64,
+    /// JMS priority 0-9 (`PRIORITY`).
+    pub priority: i64,
+    /// `tx:<id>` for a SEND prepared by a transaction not yet known to be
+    /// decided (`XID`); None once in effect.
+    pub xid: Option<String>,
+    /// See [`encoding`].
+    pub msg: Bytes,
+}
+
+/// A durable subscription: a row of `ACTIVEMQ_ACKS`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubRow {
+    /// `topic://NAME`.
+    pub container: String,
+    pub client_id: String,
+    pub sub_name: String,
+    /// The JMS selector, if any.
+    pub selector: Option<String>,
+}
+
+/// One durable subscription's acknowledgement of a topic message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicAck {
+    pub id: i64,
+    pub client_id: String,
+    pub sub_name: String,
+}
+
+/// How often a message was handed out and came back, for one consumer
+/// (`sub_key`: empty for a queue, `client_id:sub_name` for a durable
+/// subscription).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    pub id: i64,
+    pub sub_key: String,
+    pub count: i64,
+}
+
+/// An acknowledgement prepared by transaction `tx` (in effect once the
+/// transaction is decided).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxAckRow {
+    pub tx: i64,
+    pub id: i64,
+    /// As in [`Redelivery::sub_key`].
+    pub sub_key: String,
+}
+
+/// Changes for one database transaction. Applied in this order: inserts,
+/// topic acks, redeliveries, subscriptions added, prepared acks, decisions,
+/// then deletes and subscriptions removed (a message inserted and deleted
+/// in one batch is never visible).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub inserts: Vec<MsgRow>,
+    pub topic_acks: Vec<TopicAck>,
+    /// Upserts: the newest count wins.
+    pub redeliveries: Vec<Redelivery>,
+    pub subs_added: Vec<SubRow>,
+    pub tx_acks: Vec<TxAckRow>,
+    /// Transactions decided (committed): their prepared rows are in effect.
+    pub tx_decided: Vec<i64>,
+    /// Messages retired for good: their `ACTIVEMQ_MSGS` row and every side
+    /// row naming them (topic acks, redeliveries, prepared acks).
+    pub deletes: Vec<i64>,
+    /// Transactions fully applied: their decision and prepared-ack rows go,
+    /// and their prepared SENDs lose the `XID`.
+    pub tx_done: Vec<i64>,
+    pub subs_removed: Vec<SubRow>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty()
+            && self.topic_acks.is_empty()
+            && self.redeliveries.is_empty()
+            && self.subs_added.is_empty()
+            && self.tx_acks.is_empty()
+            && self.tx_decided.is_empty()
+            && self.deletes.is_empty()
+            && self.tx_done.is_empty()
+            && self.subs_removed.is_empty()
+    }
+
+    /// Rows this batch writes or deletes (for batch sizing).
+    pub fn rows(&self) -> usize {
+        self.inserts.len()
+            + self.topic_acks.len()
+            + self.redeliveries.len()
+            + self.subs_added.len()
+            + self.tx_acks.len()
+            + self.tx_decided.len()
+            + self.deletes.len()
+            + self.tx_done.len()
+            + self.subs_removed.len()
+    }
+
+    /// Appends `other` (a later batch) to this one.
+    pub fn extend(&mut self, other: Batch) {
+        self.inserts.extend(other.inserts);
+        self.topic_acks.extend(other.topic_acks);
+        self.redeliveries.extend(other.redeliveries);
+        self.subs_added.extend(other.subs_added);
+        self.tx_acks.extend(other.tx_acks);
+        self.tx_decided.extend(other.tx_decided);
+        self.deletes.extend(other.deletes);
+        self.tx_done.extend(other.tx_done);
+        self.subs_removed.extend(other.subs_removed);
+    }
+}
+
+/// Everything the tables hold, as read at takeover.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Ordered by ID.
+    pub messages: Vec<MsgRow>,
+    pub subs: Vec<SubRow>,
+    pub topic_acks: Vec<TopicAck>,
+    pub redeliveries: Vec<Redelivery>,
+    pub tx_acks: Vec<TxAckRow>,
+    pub tx_decided: Vec<i64>,
+}
+
+/// Who holds the master lease: written into `ACTIVEMQ_LOCK.BROKER_NAME`
+/// at takeover, unique per process (host, pid, random), so that a write
+/// transaction can check that the lease is still its own (fencing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken(pub String);
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// Could not reach or log in to the database (retry later).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// A statement failed (the transaction was rolled back).
+    #[error("{what}: {reason}")]
+    Query { what: &'static str, reason: String },
+    /// The lease is no longer ours (or expired): nothing was committed,
+    /// and this broker must stop serving.
+    #[error("the master lease is no longer ours: {0}")]
+    Fenced(String),
+}
