@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine:
 # installs what the tests need (a Python virtualenv with stomp.py for the
-# interoperability test, btrfs-progs for a full-disk test), checks
+# interoperability test, btrfs-progs for a full-disk test, MariaDB and
+# PostgreSQL for the database modes, started by ops/services.sh), checks
 # formatting and lints, then runs the Python interop suite and every Rust
 # test. CI runs exactly this.
 set -euo pipefail
@@ -24,6 +25,9 @@ echo "== file-system tools for the full-disk tests (tests/disk_full.rs)"
 if ! command -v mkfs.btrfs >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq btrfs-progs
 fi
+
+echo "== MariaDB and PostgreSQL for the database-mode tests (tests/db_mode.rs)"
+./ops/services.sh start mariadb postgres
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -35,8 +35,10 @@ pub enum StoreMode {
     Memory,
     /// Direct-I/O journal in a shared directory, file-lock master/standby.
     File,
-    /// MySQL/MariaDB or PostgreSQL, lease-row master/standby.
-    Db,
+    /// MySQL/MariaDB: ActiveMQ's JDBC tables, lease-row master/standby.
+    Mysql,
+    /// PostgreSQL: the same tables and lease.
+    Postgres,
     /// ZooKeeper election, replicated log.
     Zk,
 }
@@ -47,10 +49,11 @@ impl std::str::FromStr for StoreMode {
         match s {
             "memory" => Ok(StoreMode::Memory),
             "file" => Ok(StoreMode::File),
-            "db" => Ok(StoreMode::Db),
+            "mysql" => Ok(StoreMode::Mysql),
+            "postgres" => Ok(StoreMode::Postgres),
             "zk" => Ok(StoreMode::Zk),
             _ => Err(format!(
-                "unknown mode '{s}' (expected memory, file, db or zk)"
+                "unknown mode '{s}' (expected memory, file, mysql, postgres or zk)"
             )),
         }
     }
@@ -83,6 +86,11 @@ pub struct HaConfig {
     /// plus a margin for its journal writes still in flight. Must exceed
     /// `lock_keepalive_ms`; default twice it. Adds to every failover.
     pub takeover_wait_ms: Option<u64>,
+    /// Database modes: the master's lease in `ACTIVEMQ_LOCK`, renewed four
+    /// times per lease. A master that cannot renew stops serving when it
+    /// runs out; a hung master (alive, not renewing) loses to a standby
+    /// after it. A killed master is noticed at once (its session lock).
+    pub lease_ms: u64,
 }
 
 impl Default for HaConfig {
@@ -94,6 +102,7 @@ impl Default for HaConfig {
             // is a stat and a small file read, 80 per second at 50 ms.
             lock_keepalive_ms: 50,
             takeover_wait_ms: None,
+            lease_ms: 3000,
         }
     }
 }
@@ -150,6 +159,26 @@ pub struct StoreConfig {
     pub limit_bytes: u64,
     /// Skip corrupt records in the middle of the journal instead of refusing to start.
     pub skip_corrupt: bool,
+    /// Database modes: `mysql://user:pass@host:3306/db` or
+    /// `postgres://user:pass@host:5432/db`.
+    pub url: Option<String>,
+    /// Database modes: connections for the writer and recovery.
+    pub pool_size: usize,
+    /// Database modes: create the tables at start when absent.
+    pub create_tables: bool,
+    /// Database modes: most rows in one write transaction.
+    pub batch_max_rows: usize,
+    /// Database modes: how long a batch may wait for more rows when the
+    /// writer is idle (microseconds; 0 = write at once). Under load batches
+    /// form by themselves while the previous transaction commits.
+    pub linger_us: u64,
+}
+
+impl StoreConfig {
+    /// Whether this is one of the database modes.
+    pub fn is_db(&self) -> bool {
+        matches!(self.mode, StoreMode::Mysql | StoreMode::Postgres)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +231,11 @@ impl Default for StoreConfig {
             segment_size_bytes: 32 * 1024 * 1024,
             limit_bytes: 8 * 1024 * 1024 * 1024,
             skip_corrupt: false,
+            url: None,
+            pool_size: 4,
+            create_tables: true,
+            batch_max_rows: 4096,
+            linger_us: 0,
         }
     }
 }
@@ -336,7 +370,37 @@ impl Config {
                 ),
             ));
         }
-        if matches!(self.store.mode, StoreMode::Db | StoreMode::Zk) {
+        if self.store.is_db() {
+            let url = self.store.url.as_deref().unwrap_or_default();
+            if url.is_empty() {
+                return Err(invalid(
+                    "store.url",
+                    "is required for store.mode mysql and postgres (e.g. mysql://user:pass@127.0.0.1:3306/brokk)",
+                ));
+            }
+            let dialect = crate::store::sql::Dialect::of_url(url)
+                .map_err(|e| invalid("store.url", e))?;
+            let wanted = match self.store.mode {
+                StoreMode::Postgres => crate::store::sql::Dialect::Postgres,
+                _ => crate::store::sql::Dialect::MySql,
+            };
+            if dialect != wanted {
+                return Err(invalid(
+                    "store.url",
+                    format!("names a {dialect:?} database but store.mode is {:?}", self.store.mode),
+                ));
+            }
+            if self.store.pool_size == 0 {
+                return Err(invalid("store.pool_size", "must be at least 1"));
+            }
+            if self.store.batch_max_rows == 0 {
+                return Err(invalid("store.batch_max_rows", "must be at least 1"));
+            }
+            if self.ha.lease_ms < 200 {
+                return Err(invalid("ha.lease_ms", "must be at least 200"));
+            }
+        }
+        if matches!(self.store.mode, StoreMode::Zk) {
             return Err(invalid(
                 "store.mode",
                 format!(

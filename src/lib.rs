@@ -9,4 +9,5 @@ pub mod ha;
 pub mod idmap;
 pub mod protocol;
 pub mod server;
+pub mod side;
 pub mod store;

@@ -93,6 +93,12 @@ fn main() -> ExitCode {
             exit_on_panic();
             match brokk::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if is_bad_store_url(&e) => {
+                    // The database could not be reached or refused the
+                    // login at start: a setting to fix, like a config error.
+                    eprintln!("brokk: config key `store.url`: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => {
                     eprintln!("brokk: {e:#}");
                     ExitCode::FAILURE
@@ -120,6 +126,17 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Whether serving failed because the database named by `store.url` could
+/// not be connected to at start.
+fn is_bad_store_url(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<brokk::store::sql::SqlError>(),
+            Some(brokk::store::sql::SqlError::Connect { .. })
+        )
+    })
 }
 
 /// Exit code of a broker that panicked.

@@ -2,6 +2,7 @@
 //! and the signal handler, and waits for a graceful shutdown.
 
 pub mod connection;
+mod db_shard;
 pub mod latch;
 pub mod mailbox;
 pub mod shard;
@@ -25,6 +26,7 @@ use crate::ha::fence::{self, Monitor, Verdict};
 use crate::ha::{epoch, FileLock, Role, RoleCell};
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, StoreUsage};
+use crate::side;
 use crate::store::meta;
 use shard::{Control, JournalSettings, Shared};
 
@@ -98,6 +100,11 @@ pub fn serve(config: Config) -> Result<()> {
             "lock acquired and epoch raised; recovering the journal"
         );
     }
+    let db = if config.store.is_db() {
+        Some(db_take_over(&config, &role, stomp, admin_addr, store_usage.clone())?)
+    } else {
+        None
+    };
     let shards = if file_mode {
         let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
         if n != config.shard_count() {
@@ -147,6 +154,7 @@ pub fn serve(config: Config) -> Result<()> {
             segment_size_bytes: config.store.segment_size_bytes,
             skip_corrupt: config.store.skip_corrupt,
         }),
+        db,
         store_usage,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
         recovered: Arc::new(std::sync::Barrier::new(shards)),
@@ -275,6 +283,81 @@ fn spawn_signal_thread(
             }
         })?;
     Ok(())
+}
+
+/// Becomes the master of a database-mode store: connects (a wrong URL or
+/// password is an error naming `store.url`), creates the tables if asked,
+/// takes the lease (waiting as standby while another broker holds it),
+/// keeps it on the side runtime (losing it ends the process, exit 3), reads
+/// the tables back and starts the writer.
+fn db_take_over(
+    config: &Config,
+    role: &Arc<RoleCell>,
+    stomp: SocketAddr,
+    admin: SocketAddr,
+    usage: Arc<StoreUsage>,
+) -> Result<db_shard::DbShared> {
+    use crate::ha::db_lease;
+    use crate::store::sql::{self, writer};
+    let url = config.store.url.clone().unwrap_or_default();
+    let pool = config.store.pool_size;
+    let db = {
+        let url = url.clone();
+        side::block_on(async move { sql::conn::connect(&url, pool).await })??
+    };
+    let db = Arc::new(db);
+    if config.store.create_tables {
+        let db = db.clone();
+        side::block_on(async move { sql::schema::create_tables(&db).await })?
+            .context("cannot create the tables")?;
+    }
+    let token = sql::LeaseToken(epoch::owner_id());
+    let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));
+    let lease = {
+        let token = token.clone();
+        let cfg = lease_cfg.clone();
+        side::block_on(async move {
+            db_lease::acquire(&cfg, &token, || {
+                info!(role = "standby", "another broker holds the lease; waiting as standby");
+                println!("brokk standby stomp={stomp} admin={admin}");
+            })
+            .await
+        })??
+    };
+    role.set(Role::Recovering);
+    let span = ha_span(Role::Recovering, 0);
+    let _in = span.enter();
+    info!(url = %sql::redact(&url), "lease taken; reading the tables");
+    let mut lease = lease;
+    side::handle()?.spawn(async move {
+        let lost = db_lease::keep(&mut lease).await;
+        error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
+        std::process::exit(3);
+    });
+    let loaded = {
+        let db = db.clone();
+        side::block_on(async move { sql::load::load(&db).await })?
+            .context("cannot read the tables")?
+    };
+    info!(
+        messages = loaded.messages.len(),
+        subscriptions = loaded.subs.len(),
+        "tables read"
+    );
+    let writer = writer::spawn(
+        &side::handle()?,
+        db,
+        token,
+        writer::WriterConfig {
+            max_rows: config.store.batch_max_rows,
+            linger: Duration::from_micros(config.store.linger_us),
+        },
+        usage,
+    );
+    Ok(db_shard::DbShared {
+        writer,
+        loaded: Arc::new(loaded),
+    })
 }
 
 /// Raises the epoch, waiting out a full file system (a copy-on-write one

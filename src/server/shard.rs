@@ -28,7 +28,8 @@ use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
 use crate::store::memory::MemoryStore;
-use crate::store::{RecordRef, Store};
+use crate::store::sql::shard_store::DbShardStore;
+use crate::store::{Durable, RecordRef, Store};
 
 /// A batch of messages for one peer shard.
 pub type Batch = Vec<ShardMsg>;
@@ -75,8 +76,11 @@ pub struct Shared {
     pub users: Vec<(String, String)>,
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
-    /// Journal settings (file mode); None = memory mode.
+    /// Journal settings (file mode).
     pub journal: Option<JournalSettings>,
+    /// The database writer and what the tables held at takeover (database
+    /// modes). Neither this nor `journal`: memory mode.
+    pub db: Option<super::db_shard::DbShared>,
     /// Journal space and limit (file mode), for producer flow control.
     pub store_usage: Arc<StoreUsage>,
     /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
@@ -158,9 +162,12 @@ pub struct ShardContext {
     pub shutdown: Latch,
     next_conn: Cell<u64>,
     journal: Option<Rc<RefCell<Journal>>>,
+    /// The store whose durable point receipts wait for (file and database
+    /// modes).
+    durable: Option<Rc<RefCell<dyn Durable>>>,
     /// Fence replies waiting for the journal to reach a sequence number.
     deferred: RefCell<VecDeque<(u64, (usize, ShardMsg))>>,
-    flush_wakeup: Mailbox<()>,
+    pub(super) flush_wakeup: Mailbox<()>,
     /// Transactions this shard coordinates (those committed on its
     /// connections), until every participant has applied them.
     coordinating: RefCell<IdMap<Coordinating>>,
@@ -309,7 +316,7 @@ impl ShardContext {
         if crossing > 0 {
             self.shared.in_flight.fetch_add(crossing, Ordering::SeqCst);
         }
-        if let Some(j) = &self.journal {
+        if let Some(j) = &self.durable {
             if j.borrow().has_pending() {
                 self.flush_wakeup.push(());
             }
@@ -326,7 +333,7 @@ impl ShardContext {
         reply: (usize, ShardMsg),
         work: &mut VecDeque<(usize, ShardMsg)>,
     ) -> bool {
-        match &self.journal {
+        match &self.durable {
             // Behind replies still held (see `flusher`): wait in line, so
             // that receipts keep their order.
             Some(j)
@@ -469,9 +476,16 @@ pub async fn run(
             },
         };
         let usage = shared.usage.clone();
-        let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) = match &shared.journal {
-            None => (Rc::new(RefCell::new(MemoryStore)), None, None),
-            Some(js) => match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await
+        let mut db_store: Option<Rc<RefCell<DbShardStore>>> = None;
+        let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) = match (&shared.journal, &shared.db) {
+            (None, None) => (Rc::new(RefCell::new(MemoryStore)), None, None),
+            (None, Some(db)) => {
+                let s = Rc::new(RefCell::new(DbShardStore::new()));
+                db_store = Some(s.clone());
+                let restorer = super::db_shard::restorer(id, shared.shards, db, usage.clone());
+                (s, None, Some((restorer, IdSet::default())))
+            }
+            (Some(js), _) => match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await
             {
                 Ok((j, restorer, copy_out)) => (j.clone(), Some(j), Some((restorer, copy_out))),
                 Err(e) => {
@@ -511,6 +525,10 @@ pub async fn run(
                 let _ = ready.send(Err(e));
                 return;
             }
+        }
+        if let (Some(s), Some(db)) = (&db_store, &shared.db) {
+            super::db_shard::hold_restored(&mut s.borrow_mut(), &restored);
+            super::db_shard::settle_transactions(s, db, &tx).await;
         }
         // Every shard's TxDone for what recovery applied is durable now, so
         // no decision record is needed any more: only past this point may a
@@ -556,6 +574,11 @@ pub async fn run(
             id,
             broker: RefCell::new(broker),
             shared,
+            durable: match (&journal, &db_store) {
+                (Some(j), _) => Some(j.clone() as Rc<RefCell<dyn Durable>>),
+                (None, Some(s)) => Some(s.clone() as Rc<RefCell<dyn Durable>>),
+                (None, None) => None,
+            },
             journal,
             deferred: RefCell::new(VecDeque::new()),
             flush_wakeup: Mailbox::default(),
@@ -595,10 +618,18 @@ pub async fn run(
                 .detach();
             }
         }
-        let flusher = ctx.journal.clone().map(|_| {
-            spawn_local(make_spare(ctx.clone())).detach();
-            spawn_local(flusher(ctx.clone()))
-        });
+        let flusher = match (&ctx.journal, &db_store, &ctx.shared.db) {
+            (Some(_), _, _) => {
+                spawn_local(make_spare(ctx.clone())).detach();
+                Some(spawn_local(flusher(ctx.clone())))
+            }
+            (None, Some(s), Some(db)) => Some(spawn_local(super::db_shard::flusher(
+                ctx.clone(),
+                s.clone(),
+                db.writer.clone(),
+            ))),
+            _ => None,
+        };
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
         let _ = ready.send(Ok(()));
@@ -1035,7 +1066,7 @@ fn journal_failed(e: journal::JournalError) -> ! {
 }
 
 /// Sends the replies that were waiting for the journal to reach `durable`.
-fn release_durable(ctx: &ShardContext, durable: u64) {
+pub(super) fn release_durable(ctx: &ShardContext, durable: u64) {
     let mut ready = Vec::new();
     {
         let mut d = ctx.deferred.borrow_mut();

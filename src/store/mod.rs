@@ -4,8 +4,9 @@
 //! makes records durable in batches (group commit) and reads them back on
 //! start. Nothing here knows the broker's types: records are plain data.
 //!
-//! Modes: `memory` keeps nothing; `file` is the per-shard journal. The `db`
-//! and `zk` modes come behind the same trait.
+//! Modes: `memory` keeps nothing; `file` is the per-shard journal; `mysql`
+//! and `postgres` are ActiveMQ's JDBC tables ([`sql`]). The `zk` mode comes
+//! behind the same traits.
 
 pub mod journal;
 pub mod memory;
@@ -25,4 +26,16 @@ pub trait Store {
     fn append(&mut self, rec: &RecordRef<'_>, holders: u32);
     /// One holder of message (or transaction decision) `id` let go of it.
     fn release(&mut self, id: u64);
+}
+
+/// A store that makes appends durable in the background (every mode but
+/// `memory`): the shard answers a client only once `durable()` reached the
+/// sequence number its records got.
+pub trait Durable: Store {
+    /// Sequence number of the last append.
+    fn appended(&self) -> u64;
+    /// Every append up to this is durable.
+    fn durable(&self) -> u64;
+    /// Appends wait for the flusher.
+    fn has_pending(&self) -> bool;
 }

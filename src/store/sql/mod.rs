@@ -18,6 +18,10 @@
 
 use bytes::Bytes;
 
+pub mod recover;
+pub mod shard_store;
+pub mod writer;
+
 /// Which database, from the URL's scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

@@ -1,0 +1,131 @@
+//! A shard in a database mode: its state rebuilt from the tables at
+//! takeover, and its flusher, which hands each batch of rows to the one
+//! writer on the side runtime and releases the receipts that waited for it
+//! once it committed. One batch in flight per shard: what arrives meanwhile
+//! joins the next one (group commit across shards happens in the writer).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::shard::{release_durable, ShardContext};
+use crate::broker::message::MemoryUsage;
+use crate::broker::restore::{Restored, Restorer, TxOutcome};
+use crate::broker::Destination;
+use crate::idmap::IdMap;
+use crate::store::sql::recover;
+use crate::store::sql::shard_store::DbShardStore;
+use crate::store::sql::writer::WriteRequest;
+use crate::store::sql::Loaded;
+use crate::store::{Durable, RecordRef, Store, StoredDestination};
+
+/// What every shard of a database-mode master shares.
+#[derive(Clone)]
+pub struct DbShared {
+    pub writer: flume::Sender<WriteRequest>,
+    /// The tables as read at takeover (dropped by nobody: small next to
+    /// what the queues hold, and read once).
+    pub loaded: Arc<Loaded>,
+}
+
+/// This shard's records, from the tables: the destinations it owns.
+pub fn restorer(id: usize, shards: usize, db: &DbShared, usage: Arc<MemoryUsage>) -> Restorer {
+    let owner = |d: &StoredDestination| {
+        let dest = if d.topic {
+            Destination::Topic(d.name.clone())
+        } else {
+            Destination::Queue(d.name.clone())
+        };
+        dest.owner(shards)
+    };
+    let mut r = Restorer::new(usage);
+    r.feed(recover::records(&db.loaded, |d| owner(d) == id, id == 0));
+    r
+}
+
+/// Holders of the restored messages: one per queue message, one per
+/// durable subscription a topic message is still pending in.
+pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
+    let mut count: IdMap<u32> = IdMap::default();
+    let entries = restored
+        .queues
+        .iter()
+        .flat_map(|(_, e)| e.iter())
+        .chain(restored.subs.iter().flat_map(|(_, _, e)| e.iter()));
+    for e in entries {
+        *count.entry(e.msg.id).or_default() += 1;
+    }
+    for (id, n) in count {
+        s.hold(id, n);
+    }
+}
+
+/// The tables' side of the transactions recovery decided (see the file
+/// mode's `settle_transactions`), written before serving.
+pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, tx: &TxOutcome) {
+    {
+        let mut s = s.borrow_mut();
+        for t in &tx.undone {
+            s.append(&RecordRef::TxDone { tx: *t }, 0);
+        }
+        for id in &tx.applied_acks {
+            s.release(*id);
+        }
+        for id in &tx.dropped_sends {
+            s.forget(*id);
+        }
+    }
+    if !tx.undone.is_empty() || !tx.applied_acks.is_empty() || !tx.dropped_sends.is_empty() {
+        info!(
+            applied = tx.undone.len(),
+            dropped_sends = tx.dropped_sends.len(),
+            "transactions settled by recovery"
+        );
+    }
+    write_pending(s, &db.writer).await;
+}
+
+/// Writes what is pending now and waits until it committed.
+async fn write_pending(s: &Rc<RefCell<DbShardStore>>, writer: &flume::Sender<WriteRequest>) -> bool {
+    let (batch, upto) = {
+        let mut s = s.borrow_mut();
+        if !s.has_pending() {
+            return false;
+        }
+        s.take()
+    };
+    let (reply, done) = flume::bounded(1);
+    if writer.send_async(WriteRequest { batch, reply }).await.is_err() {
+        // The writer is gone only when the process ends.
+        return false;
+    }
+    if done.recv_async().await.is_err() {
+        return false;
+    }
+    s.borrow_mut().committed(upto);
+    true
+}
+
+/// The database mode's flusher: a batch at a time, receipts after COMMIT.
+pub async fn flusher(
+    ctx: Rc<ShardContext>,
+    s: Rc<RefCell<DbShardStore>>,
+    writer: flume::Sender<WriteRequest>,
+) {
+    let mut spare = Vec::new();
+    loop {
+        let woken = ctx.flush_wakeup.take_all(spare).await;
+        let closing = woken.is_empty();
+        spare = woken;
+        spare.clear();
+        while write_pending(&s, &writer).await {
+            let durable = s.borrow().durable();
+            release_durable(&ctx, durable);
+        }
+        if closing {
+            return;
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! A shard's side of the database store: records become rows of the next
+//! [`Batch`]; the shard's flusher hands the batch to the writer (on the side
+//! runtime) and learns when it committed. Lives on its shard's thread.
+
+use bytes::Bytes;
+
+use super::{encoding, Batch, MsgRow, Redelivery, SubRow, TopicAck, TxAckRow};
+use crate::idmap::IdMap;
+use crate::store::{Durable, RecordRef, Store, StoredDestination, StoredSub};
+
+/// `queue://NAME` or `topic://NAME`, as ActiveMQ's JDBC store writes it.
+pub fn container(d: &StoredDestination) -> String {
+    let kind = if d.topic { "topic" } else { "queue" };
+    format!("{kind}://{}", d.name)
+}
+
+/// The key of one consumer's redelivery count or prepared ack: empty for a
+/// queue, `client_id:name` for a durable subscription.
+pub fn sub_key(sub: Option<&StoredSub>) -> String {
+    match sub {
+        None => String::new(),
+        Some(s) => format!("{}:{}", s.client_id, s.name),
+    }
+}
+
+/// The XID of a SEND prepared by transaction `tx`.
+pub fn xid(tx: u64) -> String {
+    format!("tx:{tx}")
+}
+
+/// Ids and transaction numbers are the broker's u64s; the tables' BIGINT
+/// is signed. The broker's ids stay below 2^63 (shard in the top bits is
+/// small), so this is a plain reinterpretation.
+fn sql_id(id: u64) -> i64 {
+    id as i64
+}
+
+#[derive(Debug, Default)]
+pub struct DbShardStore {
+    batch: Batch,
+    /// Sequence number of the last append; durable once `durable >= it`.
+    appended: u64,
+    durable: u64,
+    /// Message id -> holders left (acknowledgements that retire it).
+    holders: IdMap<u32>,
+    /// Inserts in `batch` by message id: a message retired before its batch
+    /// left is never written (its insert and delete cancel out).
+    unsent: IdMap<usize>,
+}
+
+impl DbShardStore {
+    pub fn new() -> DbShardStore {
+        DbShardStore::default()
+    }
+
+    /// A restored message: `holders` acknowledgements retire it.
+    pub fn hold(&mut self, id: u64, holders: u32) {
+        if holders > 0 {
+            self.holders.insert(id, holders);
+        }
+    }
+
+    /// Every holder of `id` let go at once: a prepared SEND whose
+    /// transaction recovery dropped.
+    pub fn forget(&mut self, id: u64) {
+        self.holders.remove(&id);
+        self.retire(id);
+    }
+
+    /// What the next write transaction should carry from this shard, and
+    /// the sequence number it makes durable.
+    pub fn take(&mut self) -> (Batch, u64) {
+        self.unsent.clear();
+        (std::mem::take(&mut self.batch), self.appended)
+    }
+
+    /// The batch up to `upto` committed.
+    pub fn committed(&mut self, upto: u64) {
+        self.durable = self.durable.max(upto);
+    }
+
+    /// A batch that could not be written goes back in front of what came
+    /// since (it is retried as a whole: one transaction never half-applies).
+    pub fn put_back(&mut self, mut failed: Batch) {
+        let later = std::mem::take(&mut self.batch);
+        failed.extend(later);
+        self.batch = failed;
+        self.unsent.clear();
+        for (i, row) in self.batch.inserts.iter().enumerate() {
+            self.unsent.insert(row.id as u64, i);
+        }
+    }
+
+    fn insert(&mut self, row: MsgRow) {
+        self.unsent.insert(row.id as u64, self.batch.inserts.len());
+        self.batch.inserts.push(row);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_row(
+        &mut self,
+        id: u64,
+        destination: &StoredDestination,
+        priority: u8,
+        expires_ms: u64,
+        timestamp_ms: u64,
+        properties: &[(Bytes, Bytes)],
+        body: &[u8],
+        xid: Option<String>,
+    ) {
+        let mut msg = Vec::with_capacity(body.len() + 64);
+        encoding::encode(timestamp_ms, properties, body, &mut msg);
+        self.insert(MsgRow {
+            id: sql_id(id),
+            container: container(destination),
+            expiration: expires_ms as i64,
+            priority: i64::from(priority),
+            xid,
+            msg: Bytes::from(msg),
+        });
+    }
+
+    fn retire(&mut self, id: u64) {
+        // Written in this batch and gone again: neither goes out. Nothing
+        // else in the batch names it yet except what retiring cleans up.
+        if let Some(i) = self.unsent.remove(&id) {
+            let row = &mut self.batch.inserts[i];
+            if row.id as u64 == id && row.xid.is_none() {
+                // Leave a tombstone: remove later without shifting indices.
+                row.id = -1;
+                self.batch.topic_acks.retain(|a| a.id as u64 != id);
+                self.batch.redeliveries.retain(|r| r.id as u64 != id);
+                return;
+            }
+        }
+        self.batch.deletes.push(sql_id(id));
+    }
+}
+
+impl Durable for DbShardStore {
+    fn appended(&self) -> u64 {
+        self.appended
+    }
+    fn durable(&self) -> u64 {
+        self.durable
+    }
+    fn has_pending(&self) -> bool {
+        !self.batch.is_empty()
+    }
+}
+
+impl Store for DbShardStore {
+    fn append(&mut self, rec: &RecordRef<'_>, holders: u32) {
+        self.appended += 1;
+        match *rec {
+            RecordRef::Send {
+                id,
+                destination,
+                priority,
+                expires_ms,
+                timestamp_ms,
+                properties,
+                body,
+            } => {
+                self.send_row(
+                    id,
+                    destination,
+                    priority,
+                    expires_ms,
+                    timestamp_ms,
+                    properties,
+                    body,
+                    None,
+                );
+                self.hold(id, holders);
+            }
+            RecordRef::TxSend {
+                tx,
+                id,
+                destination,
+                priority,
+                expires_ms,
+                timestamp_ms,
+                properties,
+                body,
+            } => {
+                self.send_row(
+                    id,
+                    destination,
+                    priority,
+                    expires_ms,
+                    timestamp_ms,
+                    properties,
+                    body,
+                    Some(xid(tx)),
+                );
+                self.hold(id, holders);
+            }
+            // A queue's ACK retires the row through `release`; a durable
+            // subscription's is remembered until every holder let go.
+            RecordRef::Ack { sub, id, .. } => {
+                if let Some(s) = sub {
+                    self.batch.topic_acks.push(TopicAck {
+                        id: sql_id(id),
+                        client_id: s.client_id.to_string(),
+                        sub_name: s.name.to_string(),
+                    });
+                }
+            }
+            RecordRef::Redelivered { sub, id, count, .. } => {
+                self.batch.redeliveries.push(Redelivery {
+                    id: sql_id(id),
+                    sub_key: sub_key(sub),
+                    count: i64::from(count),
+                });
+            }
+            RecordRef::DurableAdd { topic, sub } => self.batch.subs_added.push(sub_row(topic, sub)),
+            RecordRef::DurableRemove { topic, sub } => {
+                self.batch.subs_removed.push(sub_row(topic, sub))
+            }
+            RecordRef::TxAck { tx, sub, id, .. } => self.batch.tx_acks.push(TxAckRow {
+                tx: sql_id(tx),
+                id: sql_id(id),
+                sub_key: sub_key(sub),
+            }),
+            RecordRef::TxCommit { tx } => self.batch.tx_decided.push(sql_id(tx)),
+            RecordRef::TxDone { tx } => self.batch.tx_done.push(sql_id(tx)),
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        let Some(left) = self.holders.get_mut(&id) else {
+            return;
+        };
+        *left -= 1;
+        if *left == 0 {
+            self.holders.remove(&id);
+            self.retire(id);
+        }
+    }
+}
+
+/// Drops the tombstones `retire` left in a batch about to be written.
+pub fn compact(batch: &mut Batch) {
+    batch.inserts.retain(|r| r.id >= 0);
+}
+
+fn sub_row(topic: &str, sub: &StoredSub) -> SubRow {
+    SubRow {
+        container: format!("topic://{topic}"),
+        client_id: sub.client_id.to_string(),
+        sub_name: sub.name.to_string(),
+        selector: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> StoredDestination {
+        StoredDestination {
+            topic: false,
+            name: "orders".into(),
+        }
+    }
+
+    fn send(s: &mut DbShardStore, id: u64) {
+        let d = q();
+        s.append(
+            &RecordRef::Send {
+                id,
+                destination: &d,
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 7,
+                properties: &[],
+                body: b"hello",
+            },
+            1,
+        );
+    }
+
+    #[test]
+    fn a_send_becomes_a_row_and_its_release_a_delete() {
+        let mut s = DbShardStore::new();
+        send(&mut s, 5);
+        let (mut b, upto) = s.take();
+        compact(&mut b);
+        assert_eq!(upto, 1);
+        assert_eq!(b.inserts.len(), 1);
+        assert_eq!(b.inserts[0].container, "queue://orders");
+        s.committed(upto);
+        s.release(5);
+        let (b, _) = s.take();
+        assert_eq!(b.deletes, vec![5]);
+        assert!(b.inserts.is_empty());
+    }
+
+    #[test]
+    fn a_message_retired_before_its_batch_left_is_never_written() {
+        let mut s = DbShardStore::new();
+        send(&mut s, 5);
+        send(&mut s, 6);
+        s.release(5);
+        let (mut b, _) = s.take();
+        compact(&mut b);
+        assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
+        assert!(b.deletes.is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_in_front_of_later_rows() {
+        let mut s = DbShardStore::new();
+        send(&mut s, 1);
+        let (failed, _) = s.take();
+        send(&mut s, 2);
+        s.put_back(failed);
+        // Retiring the first still cancels its (re-queued) insert.
+        s.release(1);
+        let (mut b, upto) = s.take();
+        compact(&mut b);
+        assert_eq!(upto, 2);
+        assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+        assert!(b.deletes.is_empty());
+    }
+}

@@ -1,0 +1,123 @@
+//! The one database writer (on the side runtime): merges the batches every
+//! shard hands it into one transaction, writes it (the lease checked inside,
+//! see [`super::write`]), and answers each shard once it committed. While a
+//! transaction is in flight the next batches queue up, so batches grow with
+//! load by themselves (group commit); `linger_us` lets an idle writer wait
+//! a little for company.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::conn::Db;
+use super::{shard_store, Batch, LeaseToken, SqlError};
+use crate::store::journal::StoreUsage;
+
+/// A shard's batch, and where the outcome goes.
+pub struct WriteRequest {
+    pub batch: Batch,
+    pub reply: flume::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub max_rows: usize,
+    pub linger: Duration,
+}
+
+/// Starts the writer on the side runtime; shards send it requests.
+pub fn spawn(
+    rt: &tokio::runtime::Handle,
+    db: Arc<Db>,
+    lease: LeaseToken,
+    cfg: WriterConfig,
+    usage: Arc<StoreUsage>,
+) -> flume::Sender<WriteRequest> {
+    let (tx, rx) = flume::unbounded();
+    rt.spawn(run(rx, db, lease, cfg, usage));
+    tx
+}
+
+async fn run(
+    rx: flume::Receiver<WriteRequest>,
+    db: Arc<Db>,
+    lease: LeaseToken,
+    cfg: WriterConfig,
+    usage: Arc<StoreUsage>,
+) {
+    let mut held: Option<WriteRequest> = None;
+    loop {
+        let first = match held.take() {
+            Some(r) => r,
+            None => match rx.recv_async().await {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        if !cfg.linger.is_zero() && first.batch.rows() < cfg.max_rows && rx.is_empty() {
+            tokio::time::sleep(cfg.linger).await;
+        }
+        let mut rows = first.batch.rows();
+        let mut merged = first.batch;
+        let mut replies = vec![first.reply];
+        while let Ok(r) = rx.try_recv() {
+            if rows + r.batch.rows() > cfg.max_rows {
+                held = Some(r);
+                break;
+            }
+            rows += r.batch.rows();
+            merged.extend(r.batch);
+            replies.push(r.reply);
+        }
+        shard_store::compact(&mut merged);
+        write_until_done(&db, &lease, &merged, &usage).await;
+        for r in replies {
+            let _ = r.send(());
+        }
+    }
+}
+
+/// Writes `batch`, retrying while the database cannot be reached: nothing
+/// is receipted meanwhile, producers are held back, and the same batch is
+/// written again once it is back (every statement in a batch is
+/// idempotent, so a COMMIT whose answer was lost may be repeated). A lease
+/// that is no longer ours ends the process (exit 3): another broker is
+/// master now.
+async fn write_until_done(db: &Db, lease: &LeaseToken, batch: &Batch, usage: &StoreUsage) {
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0u32;
+    loop {
+        match super::write::write_batch(db, lease, batch).await {
+            Ok(()) => {
+                if failures > 0 {
+                    usage
+                        .unavailable
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    info!(
+                        role = "master",
+                        failures, "database writes succeed again; producers resume"
+                    );
+                }
+                return;
+            }
+            Err(SqlError::Fenced(why)) => {
+                error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
+                std::process::exit(3);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    usage
+                        .unavailable
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    warn!(role = "master", error = %e, "database write failed; producers held back, retrying until it succeeds");
+                } else if failures.is_power_of_two() {
+                    warn!(role = "master", error = %e, failures, "database write still failing");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
