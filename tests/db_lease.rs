@@ -21,6 +21,11 @@ const PG_BASE: &str = "postgres://brokk:brokk@127.0.0.1:5432/brokk";
 const DEADLINE: Duration = Duration::from_secs(5);
 
 fn rt() -> tokio::runtime::Runtime {
+    // RUST_LOG=brokk=debug shows the lease's own story.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,10 +129,12 @@ impl TestDb {
         rt().block_on(async { self.admin().await.holder().await })
     }
 
-    /// Kills connections by server id, as an operator would.
-    fn kill(&self, ids: &[u64]) {
+    /// Kills connections by server id, as an operator would; returns when
+    /// the first kill was sent.
+    fn kill(&self, ids: &[u64]) -> Instant {
         rt().block_on(async {
             let mut admin = self.admin().await;
+            let sent = Instant::now();
             for id in ids {
                 match &mut admin {
                     Admin::My(c) => c
@@ -141,6 +148,7 @@ impl TestDb {
                     }
                 }
             }
+            sent
         })
     }
 }
@@ -455,8 +463,7 @@ fn server_kill(d: Dialect) {
     let (_, ids) = a.acquired(DEADLINE, "first acquire");
     let b = Broker::start(&cfg, "broker-b", true);
     b.waiting("second acquire");
-    let killed = Instant::now();
-    db.kill(&ids);
+    let killed = db.kill(&ids);
     let (got, _) = b.acquired(DEADLINE, "takeover after a server-side kill");
     match a.next(cfg.renew_every + DEADLINE, "master notices the kill") {
         Ev::Lost(Lost::SessionDied(r), at) => eprintln!(

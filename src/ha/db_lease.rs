@@ -244,7 +244,12 @@ impl Lease {
         if r.is_err() && !rows.alive() {
             self.rows = None;
         }
-        r
+        // A lock-wait timeout: most likely behind our own writer's
+        // transactions; retried by `keep` until valid_until.
+        r?.ok_or_else(|| SqlError::Query {
+            what: "renew the lease",
+            reason: format!("the lease row stayed locked for {ROW_LOCK_WAIT_S} s"),
+        })
     }
 
     /// Until when (local monotonic clock) the lease is surely ours: the
@@ -284,7 +289,20 @@ impl Lease {
     /// the lease. Failures are only logged: closing the connections releases
     /// the session lock anyway, and its holder takes the row whatever it
     /// says.
-    pub async fn release(mut self) {
+    pub async fn release(self) {
+        let token = self.token.clone();
+        // Bounded: a shutdown must not hang on a database that does not
+        // answer (or on a connection a cancelled renewal left mid-query).
+        let limit = self.cfg.lease.max(Duration::from_secs(1));
+        if tokio::time::timeout(limit, self.release_inner())
+            .await
+            .is_err()
+        {
+            warn!(role = "master", token = %token.0, "releasing the lease timed out; closing its connections");
+        }
+    }
+
+    async fn release_inner(mut self) {
         if let Some(rows) = self.rows.as_mut() {
             match rows.clear_row(&self.token).await {
                 Ok(n) => {
@@ -393,7 +411,7 @@ pub async fn acquire(
 ) -> Result<Lease, SqlError> {
     let mut session = DbConn::connect(cfg, Purpose::Session).await?;
     let mut rows = DbConn::connect(cfg, Purpose::Rows).await?;
-    let own = [session.backend_id(), rows.backend_id()];
+    let mut own = [session.backend_id(), rows.backend_id()];
     let mut waiting = false;
     loop {
         let wait = if waiting {
@@ -403,7 +421,15 @@ pub async fn acquire(
         };
         if session.session_lock(wait).await? {
             info!(role = "standby", token = %token.0, "session lock taken; taking the lease row");
-            let sent = take_row(cfg, token, &mut rows, &own, Cond::Any).await?;
+            let Some(sent) = take_row(cfg, token, &mut rows, &own, session.backend_id()).await?
+            else {
+                // Killed by a standby that found the row expired, before
+                // we wrote it: wait again (on a new connection).
+                warn!(role = "standby", token = %token.0, "lost the session lock before taking the row; waiting again");
+                session = DbConn::connect(cfg, Purpose::Session).await?;
+                own[0] = session.backend_id();
+                continue;
+            };
             return Ok(won(cfg, token, session, rows, true, sent));
         }
         let row = rows.read_row().await?;
@@ -455,24 +481,23 @@ fn won(
     }
 }
 
-/// Takes the row, retrying past lock-wait timeouts (breaking the blockers
-/// once the row has expired). Returns when the UPDATE was sent.
+/// Takes the row as the session-lock holder, retrying past lock-wait
+/// timeouts (breaking the blockers once the row has expired). Some(when the
+/// UPDATE was sent), or None when our session no longer holds the lock.
 async fn take_row(
     cfg: &LeaseConfig,
     token: &LeaseToken,
     rows: &mut DbConn,
     own: &[u64],
-    cond: Cond,
-) -> Result<Instant, SqlError> {
-    loop {
-        if let Some(sent) = try_take_row(cfg, token, rows, own, cond).await? {
-            return Ok(sent);
-        }
-        if cond == Cond::Any {
-            // The row is missing (the schema makes it; be robust anyway).
-            rows.insert_row().await?;
-        }
+    session: u64,
+) -> Result<Option<Instant>, SqlError> {
+    if let Some(sent) = try_take_row(cfg, token, rows, own, Cond::Held(session)).await? {
+        return Ok(Some(sent));
     }
+    // No row matched: the row is missing (the schema makes it; be robust
+    // anyway), or we lost the session lock.
+    rows.insert_row().await?;
+    try_take_row(cfg, token, rows, own, Cond::Held(session)).await
 }
 
 /// One attempt (plus retries after lock-wait timeouts): Some(sent) when the
@@ -486,10 +511,10 @@ async fn try_take_row(
 ) -> Result<Option<Instant>, SqlError> {
     loop {
         let sent = Instant::now();
-        match rows.update_row(token, cfg.lease, cond).await {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(sent)),
-            Err(e) if rows.is_lock_timeout(&e) => {
+        match rows.update_row(token, cfg.lease, cond).await? {
+            Some(0) => return Ok(None),
+            Some(_) => return Ok(Some(sent)),
+            None => {
                 let killed = rows
                     .kill_row_blockers(own, cfg.renew_every * 2)
                     .await
@@ -504,7 +529,6 @@ async fn try_take_row(
                         "the expired master's transactions held the lease row: killed their sessions");
                 }
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -512,8 +536,9 @@ async fn try_take_row(
 /// Which UPDATE of the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cond {
-    /// Take it whatever it says (we hold the session lock).
-    Any,
+    /// Take it whatever it says, if the session lock is still held by
+    /// our session connection (this server id).
+    Held(u64),
     /// Take it only if expired (we could not get the session lock).
     Expired,
     /// Renew it only if it names us.
@@ -576,11 +601,19 @@ fn my_err(what: &'static str, e: mysql_async::Error) -> SqlError {
 }
 
 fn pg_err(what: &'static str, e: tokio_postgres::Error) -> SqlError {
-    let reason = match e.as_db_error() {
+    SqlError::Query {
+        what,
+        reason: pg_reason(&e),
+    }
+}
+
+/// tokio-postgres says only "db error" for a server's error: the server's
+/// message and SQLSTATE are in `as_db_error`.
+fn pg_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
         None => e.to_string(),
-    };
-    SqlError::Query { what, reason }
+    }
 }
 
 /// Whether a MariaDB error means the connection is gone.
@@ -657,7 +690,7 @@ impl DbConn {
                 let (tx, closed) = watch::channel(false);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
-                        debug!(error = %e, "lease connection ended");
+                        debug!(error = %pg_reason(&e), "lease connection ended");
                     }
                     let _ = tx.send(true);
                 });
@@ -713,29 +746,11 @@ impl DbConn {
         }
     }
 
-    fn is_lock_timeout(&self, e: &SqlError) -> bool {
-        // The driver error is gone by now; the reason keeps its code.
-        let SqlError::Query { reason, .. } = e else {
-            return false;
-        };
-        match self {
-            DbConn::My { .. } => reason.contains(&format!("ERROR {MY_LOCK_WAIT_TIMEOUT} ")),
-            DbConn::Pg { .. } => reason.ends_with("(55P03)"),
-        }
-    }
-
     fn my_fail(alive: &mut bool, what: &'static str, e: mysql_async::Error) -> SqlError {
         if my_fatal(&e) {
             *alive = false;
         }
-        let code = my_code(&e);
-        let mut err = my_err(what, e);
-        if let (Some(code), SqlError::Query { reason, .. }) = (code, &mut err) {
-            // A stable marker for is_lock_timeout, whatever the driver's
-            // Display looks like.
-            *reason = format!("ERROR {code} {reason}");
-        }
-        err
+        my_err(what, e)
     }
 
     async fn ping(&mut self) -> Result<(), SqlError> {
@@ -871,45 +886,88 @@ impl DbConn {
         }
     }
 
-    /// The UPDATE of the lease row: rows matched.
+    /// The UPDATE of the lease row: Some(rows matched), or None when it
+    /// gave up waiting for a row lock (a transaction holds ID=1).
     async fn update_row(
         &mut self,
         token: &LeaseToken,
         lease: Duration,
         cond: Cond,
-    ) -> Result<u64, SqlError> {
+    ) -> Result<Option<u64>, SqlError> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let (now, p) = match self {
-            DbConn::My { .. } => (MY_NOW, ["?", "?"]),
-            DbConn::Pg { .. } => (PG_NOW, ["$1", "$2"]),
+            DbConn::My { .. } => (MY_NOW, ["?", "?", "?"]),
+            DbConn::Pg { .. } => (PG_NOW, ["$1", "$2", "$3"]),
         };
-        let sql = match cond {
-            Cond::Any => format!(
-                "UPDATE ACTIVEMQ_LOCK SET TIME = {now} + {}, BROKER_NAME = {} WHERE ID = 1",
-                p[0], p[1]
+        let set = format!("UPDATE ACTIVEMQ_LOCK SET TIME = {now} + {}", p[0]);
+        let (sql, holder) = match cond {
+            // In one statement with the UPDATE, so that a holder whose
+            // session was just killed (the lock not yet passed on) cannot
+            // write after the next holder did: the next one's UPDATE
+            // follows its taking the lock, which follows our release.
+            Cond::Held(session) => {
+                let held = match self {
+                    DbConn::My { .. } => format!("IS_USED_LOCK(?) = {}", p[2]),
+                    DbConn::Pg { .. } => format!(
+                        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' \
+                         AND l.granted AND l.classid = 0 AND l.objid = {PG_KEY} \
+                         AND l.objsubid = 1 AND l.pid = {} \
+                         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                        p[2]
+                    ),
+                };
+                (
+                    format!("{set}, BROKER_NAME = {} WHERE ID = 1 AND {held}", p[1]),
+                    Some(session),
+                )
+            }
+            Cond::Expired => (
+                format!(
+                    "{set}, BROKER_NAME = {} WHERE ID = 1 AND (TIME IS NULL OR TIME <= {now})",
+                    p[1]
+                ),
+                None,
             ),
-            Cond::Expired => format!(
-                "UPDATE ACTIVEMQ_LOCK SET TIME = {now} + {}, BROKER_NAME = {} \
-                 WHERE ID = 1 AND (TIME IS NULL OR TIME <= {now})",
-                p[0], p[1]
-            ),
-            Cond::Ours => format!(
-                "UPDATE ACTIVEMQ_LOCK SET TIME = {now} + {} WHERE ID = 1 AND BROKER_NAME = {}",
-                p[0], p[1]
+            Cond::Ours => (
+                format!("{set} WHERE ID = 1 AND BROKER_NAME = {}", p[1]),
+                None,
             ),
         };
         const WHAT: &str = "update ACTIVEMQ_LOCK";
         match self {
-            DbConn::My { conn, alive, .. } => {
-                conn.exec_drop(sql, (lease_ms, token.0.as_str()))
-                    .await
-                    .map_err(|e| Self::my_fail(alive, WHAT, e))?;
-                Ok(conn.affected_rows())
+            DbConn::My {
+                conn, alive, lock, ..
+            } => {
+                let r = match holder {
+                    Some(id) => {
+                        conn.exec_drop(sql, (lease_ms, token.0.as_str(), lock.as_str(), id))
+                            .await
+                    }
+                    None => conn.exec_drop(sql, (lease_ms, token.0.as_str())).await,
+                };
+                match r {
+                    Ok(()) => Ok(Some(conn.affected_rows())),
+                    Err(e) if my_code(&e) == Some(MY_LOCK_WAIT_TIMEOUT) => Ok(None),
+                    Err(e) => Err(Self::my_fail(alive, WHAT, e)),
+                }
             }
-            DbConn::Pg { client, .. } => client
-                .execute(&sql, &[&lease_ms, &token.0])
-                .await
-                .map_err(|e| pg_err(WHAT, e)),
+            DbConn::Pg { client, .. } => {
+                let pid = holder.map(|id| i32::try_from(id).unwrap_or_default());
+                let r = match &pid {
+                    Some(pid) => client.execute(&sql, &[&lease_ms, &token.0, pid]).await,
+                    None => client.execute(&sql, &[&lease_ms, &token.0]).await,
+                };
+                match r {
+                    Ok(n) => Ok(Some(n)),
+                    Err(e)
+                        if e.code()
+                            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(pg_err(WHAT, e)),
+                }
+            }
         }
     }
 
