@@ -263,6 +263,7 @@ enum Ev {
     /// Renewal result: Err((fenced?, message)).
     Renewed(Result<(), (bool, String)>),
     Failed(String),
+    SessionLock(bool),
 }
 
 enum Cmd {
@@ -272,6 +273,8 @@ enum Cmd {
     Crash,
     /// Renew once, report.
     Renew,
+    /// Report whether we hold the session lock.
+    HasSessionLock,
 }
 
 /// A broker: a thread with its own runtime that acquires, then (if
@@ -339,6 +342,9 @@ impl Broker {
                             (fenced, e.to_string())
                         });
                         let _ = ev.send(Ev::Renewed(r));
+                    }
+                    Some(Cmd::HasSessionLock) => {
+                        let _ = ev.send(Ev::SessionLock(lease.has_session_lock()));
                     }
                 }
             }
@@ -528,6 +534,55 @@ fn hung_writer(d: Dialect) {
     let alive = alive_rx.recv_timeout(DEADLINE).expect("writer reports");
     assert!(!alive, "the hung writer's session should have been killed");
     writer.join().expect("writer thread");
+}
+
+/// A hung master of another database account (MariaDB `brokk@localhost`
+/// over the unix socket): its session-lock connection cannot be killed, so
+/// the waiter takes the expired row without the session lock, and picks the
+/// session lock up at a renewal once the hung broker is gone.
+#[test]
+fn mysql_hung_master_other_account() {
+    let db = TestDb::new(Dialect::MySql, "account");
+    let cfg = cfg(&db, 1000, 250);
+    // ops/services.sh keeps MariaDB's socket in its state directory.
+    let state = std::env::var("BROKK_SERVICES_DIR")
+        .unwrap_or_else(|_| "/var/lib/brokk-services".to_string());
+    let socket = format!("{state}/mariadb/sock");
+    let mut other = cfg.clone();
+    other.url = format!("mysql://brokk:brokk@localhost/{}?socket={socket}", db.name);
+    let a = Broker::start(&other, "broker-a", false);
+    a.acquired(DEADLINE, "first acquire (unix socket account)");
+    let b = Broker::start(&cfg, "broker-b", false);
+    b.waiting("second acquire");
+    b.acquired(
+        cfg.lease + DEADLINE,
+        "takeover from a hung master we cannot kill",
+    );
+    assert_eq!(db.holder().as_deref(), Some("broker-b"));
+    a.send(Cmd::Renew);
+    match a.next(DEADLINE, "the old master renews") {
+        Ev::Renewed(Err((true, _))) => {}
+        other => panic!("expected a Fenced renewal, got {other:?}"),
+    }
+    b.send(Cmd::Renew);
+    match b.next(DEADLINE, "renew without the session lock") {
+        Ev::Renewed(Ok(())) => {}
+        other => panic!("expected a renewal, got {other:?}"),
+    }
+    b.send(Cmd::HasSessionLock);
+    match b.next(DEADLINE, "session lock while the hung master lives") {
+        Ev::SessionLock(false) => {}
+        other => panic!("expected no session lock, got {other:?}"),
+    }
+    a.send(Cmd::Crash);
+    a.next(DEADLINE, "crash");
+    b.send(Cmd::Renew);
+    b.next(DEADLINE, "renew after the hung master died");
+    b.send(Cmd::HasSessionLock);
+    match b.next(DEADLINE, "session lock after the hung master died") {
+        Ev::SessionLock(true) => {}
+        other => panic!("expected the session lock, got {other:?}"),
+    }
 }
 
 #[test]
