@@ -369,7 +369,9 @@ pub async fn keep(lease: &mut Lease) -> Lost {
 
 /// Waits until this broker holds the master lease (the standby's side), and
 /// returns it. `on_waiting` is called once, when the lease is found taken
-/// and we start to wait.
+/// and we start to wait. An `Err` (database unreachable, a statement
+/// failed) holds nothing - the connections close with it - and the caller
+/// retries after a pause.
 ///
 /// The wait is a blocking wait for the session lock, `renew_every` at a
 /// time (no tight polling): a master that dies releases it with its
