@@ -3,6 +3,7 @@
 //! epoch (`<dir>/epoch`), and exits - fenced - the moment it finds either
 //! taken by another broker.
 
+pub mod db_lease;
 pub mod epoch;
 pub mod fence;
 pub mod file_lock;
