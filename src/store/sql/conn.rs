@@ -28,7 +28,7 @@ const MYSQL_STMT_CACHE: usize = 128;
 /// A connected database.
 pub enum Db {
     MySql(mysql_async::Pool),
-    Postgres(PgPool),
+    Postgres(Box<PgPool>),
 }
 
 impl std::fmt::Debug for Db {
@@ -100,7 +100,7 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
             let conn = pool.open().await.map_err(|e| fail(pg_reason(&e)))?;
             pool.put_back(conn);
             tracing::info!(url = %shown, "connected to PostgreSQL");
-            Ok(Db::Postgres(pool))
+            Ok(Db::Postgres(Box::new(pool)))
         }
     }
 }
