@@ -15,7 +15,7 @@ use super::conn::{my_err, pg_err, Db};
 use super::schema::my_take;
 use super::{Loaded, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
 
-/// Messages per page.
+/// Messages per page (the LIMIT in `MSGS` and `PG_MSGS`).
 pub const PAGE: i64 = 10_000;
 
 const WHAT: &str = "load the tables";
@@ -236,5 +236,18 @@ pub async fn lease_holder(db: &Db) -> Result<(Option<String>, i64, i64), SqlErro
                 r.try_get(2).map_err(&e)?,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_queries_use_page() {
+        // The LIMIT is a literal in the SQL constants; paging stops at the
+        // first short page, so it must equal PAGE.
+        assert!(MSGS.ends_with(&format!("LIMIT {PAGE}")));
+        assert!(PG_MSGS.ends_with(&format!("LIMIT {PAGE}")));
     }
 }
