@@ -458,6 +458,45 @@ fn batches_round_trip_and_apply_in_order() {
     });
 }
 
+/// Names are exact: any Unicode, and case matters (MariaDB's default
+/// collations would make `S` and `s` one subscription).
+#[test]
+fn names_are_unicode_and_case_sensitive() {
+    on_both(|db, _| async move {
+        hold_lease(&db).await;
+        let mut m = message(1, 10);
+        m.container = "queue://日本語-ü".into();
+        let batch = Batch {
+            inserts: vec![m.clone()],
+            subs_added: vec![
+                sub("t", "c", "S", None),
+                sub("t", "c", "s", None),
+                sub("t", "c", "ß", None),
+            ],
+            topic_acks: vec![tack(1, "c", "S"), tack(1, "c", "s")],
+            ..Default::default()
+        };
+        write_batch(&db, &lease(), &batch).await.unwrap();
+        write_batch(
+            &db,
+            &lease(),
+            &Batch {
+                subs_removed: vec![sub("t", "c", "S", None)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let loaded = load(&db).await.unwrap();
+        assert_eq!(loaded.messages, vec![m]);
+        let mut names: Vec<String> = loaded.subs.into_iter().map(|s| s.sub_name).collect();
+        names.sort();
+        assert_eq!(names, vec!["s", "ß"]);
+        assert_eq!(loaded.topic_acks, vec![tack(1, "c", "s")]);
+        db
+    });
+}
+
 #[test]
 fn a_lease_not_ours_or_expired_fences_and_commits_nothing() {
     on_both(|db, _| async move {

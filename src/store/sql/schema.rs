@@ -6,6 +6,15 @@
 //! fails the insert (in non-strict mode it would be silently truncated).
 //! On PostgreSQL `MSG` is `bytea`, as ActiveMQ makes it there.
 //!
+//! Also on MySQL/MariaDB, every table says `utf8mb4` with the binary
+//! collation: the server default may be `latin1` (this machine's MariaDB:
+//! `latin1_swedish_ci`), which refuses names outside Latin-1 in strict
+//! mode, and the default collations compare case-insensitively, so the
+//! subscriptions `S` and `s` would be one row. (`utf8mb4_bin` still ignores
+//! trailing spaces in comparisons; the no-pad binary collations differ
+//! between MariaDB and MySQL 8.) Keys stay under InnoDB's 3072-byte limit:
+//! `ACTIVEMQ_ACKS`'s primary key is 3 x 250 x 4 + 8 bytes.
+//!
 //! On MySQL the indexes are declared inside `CREATE TABLE` (MySQL 8 has no
 //! `CREATE INDEX IF NOT EXISTS`; MariaDB has). Identifiers are unquoted, so
 //! PostgreSQL folds them to lowercase, as it does for ActiveMQ.
@@ -37,7 +46,7 @@ const MYSQL_DDL: &[&str] = &[
         INDEX ACTIVEMQ_MSGS_PIDX (PRIORITY),
         INDEX ACTIVEMQ_MSGS_XIDX (XID),
         INDEX ACTIVEMQ_MSGS_IIDX (ID, XID, CONTAINER)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS ACTIVEMQ_ACKS (
         CONTAINER VARCHAR(250) NOT NULL,
         SUB_DEST VARCHAR(250),
@@ -49,13 +58,13 @@ const MYSQL_DDL: &[&str] = &[
         XID VARCHAR(250),
         PRIMARY KEY (CONTAINER, CLIENT_ID, SUB_NAME, PRIORITY),
         INDEX ACTIVEMQ_ACKS_XIDX (XID)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS ACTIVEMQ_LOCK (
         ID BIGINT NOT NULL,
         TIME BIGINT,
         BROKER_NAME VARCHAR(250),
         PRIMARY KEY (ID)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "INSERT IGNORE INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL)",
     // The SIDX index serves removing a subscription's acknowledgements.
     "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
@@ -64,24 +73,24 @@ const MYSQL_DDL: &[&str] = &[
         SUB_NAME VARCHAR(250) NOT NULL,
         PRIMARY KEY (ID, CLIENT_ID, SUB_NAME),
         INDEX BROKK_TOPIC_ACKS_SIDX (CLIENT_ID, SUB_NAME)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS BROKK_REDELIVERIES (
         ID BIGINT NOT NULL,
         SUB_KEY VARCHAR(500) NOT NULL,
         COUNT BIGINT,
         PRIMARY KEY (ID, SUB_KEY)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS BROKK_TX (
         TX BIGINT NOT NULL,
         PRIMARY KEY (TX)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS BROKK_TX_ACKS (
         TX BIGINT NOT NULL,
         ID BIGINT NOT NULL,
         SUB_KEY VARCHAR(500) NOT NULL,
         PRIMARY KEY (TX, ID, SUB_KEY),
         INDEX BROKK_TX_ACKS_IDX (ID)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 
 const PG_DDL: &[&str] = &[
