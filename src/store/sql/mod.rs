@@ -16,6 +16,12 @@
 //! counts), `BROKK_TX` (transaction decisions) and `BROKK_TX_ACKS`
 //! (acknowledgements prepared by a transaction).
 
+pub mod conn;
+pub mod encoding;
+pub mod load;
+pub mod schema;
+pub mod write;
+
 use bytes::Bytes;
 
 pub mod recover;

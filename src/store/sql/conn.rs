@@ -1,0 +1,291 @@
+//! Connections: a `mysql_async` pool, or a small pool of `tokio-postgres`
+//! clients (that crate has none of its own).
+//!
+//! Everything here runs on a tokio runtime with IO and time enabled (the
+//! side runtime, current-thread): both drivers spawn their connection tasks
+//! with `tokio::spawn`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{redact, Dialect, SqlError};
+
+/// How long a connection attempt may take before it counts as failed (a
+/// firewalled host would otherwise hang the start).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Prepared statements each MySQL connection keeps (the driver's default
+/// is 32): multi-row statements differ by row count, and a batch's last,
+/// shorter chunk should not evict the full-size ones.
+const MYSQL_STMT_CACHE: usize = 128;
+
+/// A connected database.
+pub enum Db {
+    MySql(mysql_async::Pool),
+    Postgres(Box<PgPool>),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Db::MySql(_) => f.write_str("Db::MySql"),
+            Db::Postgres(p) => write!(f, "Db::Postgres({})", p.url),
+        }
+    }
+}
+
+/// Connects to `url` (`mysql://` or `postgres://`) with at most
+/// `pool_size` connections, and really opens one, so that a wrong address
+/// or password fails here, at start, rather than at the first write.
+pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
+    let shown = redact(url);
+    let fail = |reason: String| SqlError::Connect {
+        url: shown.clone(),
+        reason,
+    };
+    let pool_size = pool_size.max(1);
+    match Dialect::of_url(url).map_err(&fail)? {
+        Dialect::MySql => {
+            // mysql_async only knows the `mysql://` scheme.
+            let url = match url.strip_prefix("mariadb://") {
+                Some(rest) => format!("mysql://{rest}"),
+                None => url.to_string(),
+            };
+            let opts = Opts::from_url(&url).map_err(|e| fail(e.to_string()))?;
+            let constraints = PoolConstraints::new(1, pool_size)
+                .ok_or_else(|| fail(format!("bad pool size {pool_size}")))?;
+            let opts = OptsBuilder::from_opts(opts)
+                .pool_opts(
+                    PoolOpts::new()
+                        .with_constraints(constraints)
+                        // Nothing here relies on session state, so no
+                        // COM_RESET_CONNECTION round trip per checkout.
+                        .with_reset_connection(false),
+                )
+                .stmt_cache_size(MYSQL_STMT_CACHE);
+            let pool = mysql_async::Pool::new(opts);
+            let first = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn()).await;
+            match first {
+                Ok(Ok(conn)) => {
+                    drop(conn);
+                    tracing::info!(url = %shown, "connected to MySQL/MariaDB");
+                    Ok(Db::MySql(pool))
+                }
+                Ok(Err(e)) => {
+                    let _ = pool.disconnect().await;
+                    Err(fail(e.to_string()))
+                }
+                Err(_) => {
+                    let _ = pool.disconnect().await;
+                    Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}")))
+                }
+            }
+        }
+        Dialect::Postgres => {
+            let mut config: tokio_postgres::Config =
+                url.parse().map_err(|e| fail(pg_reason(&e)))?;
+            config.connect_timeout(CONNECT_TIMEOUT);
+            let pool = PgPool {
+                config,
+                url: shown.clone(),
+                idle: Mutex::new(Vec::new()),
+                permits: Semaphore::new(pool_size),
+            };
+            let conn = pool.open().await.map_err(|e| fail(pg_reason(&e)))?;
+            pool.put_back(conn);
+            tracing::info!(url = %shown, "connected to PostgreSQL");
+            Ok(Db::Postgres(Box::new(pool)))
+        }
+    }
+}
+
+impl Db {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::MySql(_) => Dialect::MySql,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Closes every idle connection and waits for them to go (a dropped
+    /// pool would close them in the background, maybe after the runtime).
+    pub async fn disconnect(self) {
+        match self {
+            Db::MySql(pool) => {
+                if let Err(e) = pool.disconnect().await {
+                    tracing::warn!("closing the MySQL pool: {e}");
+                }
+            }
+            Db::Postgres(pool) => {
+                let idle = match pool.idle.lock() {
+                    Ok(mut idle) => std::mem::take(&mut *idle),
+                    Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+                };
+                for conn in idle {
+                    drop(conn.client);
+                    drop(conn.stmts);
+                    // The connection task ends once its client is gone.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.task).await;
+                }
+            }
+        }
+    }
+}
+
+/// At most `permits` PostgreSQL connections, opened on demand and kept
+/// while healthy.
+pub struct PgPool {
+    config: tokio_postgres::Config,
+    url: String,
+    idle: Mutex<Vec<PgConn>>,
+    permits: Semaphore,
+}
+
+/// One PostgreSQL connection and the statements prepared on it.
+pub struct PgConn {
+    pub client: Client,
+    /// Statements prepared on this connection, by their SQL text (every
+    /// statement Brokk issues is a constant, thanks to array parameters).
+    pub stmts: HashMap<&'static str, Statement>,
+    task: JoinHandle<()>,
+}
+
+impl PgConn {
+    /// The prepared statement for `sql`, preparing it on first use.
+    pub async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+impl PgPool {
+    async fn open(&self) -> Result<PgConn, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let url = self.url.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(url = %url, "PostgreSQL connection ended: {}", pg_reason(&e));
+            }
+        });
+        Ok(PgConn {
+            client,
+            stmts: HashMap::new(),
+            task,
+        })
+    }
+
+    fn put_back(&self, conn: PgConn) {
+        if conn.client.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+
+    /// A connection for one use; it goes back to the pool when dropped.
+    pub async fn get(&self) -> Result<PgGuard<'_>, SqlError> {
+        let permit = self.permits.acquire().await.map_err(|_| SqlError::Query {
+            what: "get a PostgreSQL connection",
+            reason: "the pool is closed".into(),
+        })?;
+        let reused = loop {
+            let next = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            match next {
+                Some(c) if c.client.is_closed() => continue,
+                other => break other,
+            }
+        };
+        let conn = match reused {
+            Some(c) => c,
+            None => self.open().await.map_err(|e| SqlError::Query {
+                what: "connect to PostgreSQL",
+                reason: format!("{}: {}", self.url, pg_reason(&e)),
+            })?,
+        };
+        Ok(PgGuard {
+            pool: self,
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+}
+
+/// A pooled PostgreSQL connection, returned to the pool on drop (unless
+/// it broke). A transaction left open is rolled back by tokio-postgres
+/// when its `Transaction` drops, before the connection is reused.
+pub struct PgGuard<'a> {
+    pool: &'a PgPool,
+    conn: Option<PgConn>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for PgGuard<'_> {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        // Always Some until drop.
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PgGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for PgGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
+}
+
+/// A tokio-postgres error as text: its `Display` says only "db error" for
+/// server errors, so the server's message and SQLSTATE are spelled out,
+/// and the cause of other errors (e.g. "Connection refused") is appended.
+pub fn pg_reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
+/// Maps a PostgreSQL error to [`SqlError::Query`].
+pub fn pg_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> SqlError {
+    move |e| SqlError::Query {
+        what,
+        reason: pg_reason(&e),
+    }
+}
+
+/// Maps a MySQL error to [`SqlError::Query`].
+pub fn my_err(what: &'static str) -> impl Fn(mysql_async::Error) -> SqlError {
+    move |e| SqlError::Query {
+        what,
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,253 @@
+//! Reading every table back at takeover, in one consistent snapshot
+//! (MySQL `WITH CONSISTENT SNAPSHOT`, PostgreSQL `REPEATABLE READ`).
+//!
+//! `ACTIVEMQ_MSGS` is read in pages of [`PAGE`] rows by ID (keyset paging),
+//! so a huge table never needs one giant result set in the driver.
+//! A NULL in a column Brokk always fills is damage and an error; a NULL
+//! `EXPIRATION` reads as 0 (never) and a NULL `PRIORITY` as 4 (the JMS
+//! default), as rows written by other tools may have them.
+
+use bytes::Bytes;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Row, TxOpts};
+
+use super::conn::{my_err, pg_err, Db};
+use super::schema::my_take;
+use super::{Loaded, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
+
+/// Messages per page (the LIMIT in `MSGS` and `PG_MSGS`).
+pub const PAGE: i64 = 10_000;
+
+const WHAT: &str = "load the tables";
+
+const MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
+     WHERE ID > ? ORDER BY ID LIMIT 10000";
+const PG_MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
+     WHERE ID > $1 ORDER BY ID LIMIT 10000";
+const SUBS: &str = "SELECT CONTAINER, CLIENT_ID, SUB_NAME, SELECTOR FROM ACTIVEMQ_ACKS \
+     ORDER BY CONTAINER, CLIENT_ID, SUB_NAME";
+const TOPIC_ACKS: &str =
+    "SELECT ID, CLIENT_ID, SUB_NAME FROM BROKK_TOPIC_ACKS ORDER BY ID, CLIENT_ID, SUB_NAME";
+const REDELIVERIES: &str = "SELECT ID, SUB_KEY, COUNT FROM BROKK_REDELIVERIES ORDER BY ID, SUB_KEY";
+const TX_ACKS: &str = "SELECT TX, ID, SUB_KEY FROM BROKK_TX_ACKS ORDER BY TX, ID, SUB_KEY";
+const TX: &str = "SELECT TX FROM BROKK_TX ORDER BY TX";
+const LEASE_MYSQL: &str =
+    "SELECT BROKER_NAME, TIME, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) FROM ACTIVEMQ_LOCK WHERE ID = 1";
+const LEASE_PG: &str =
+    "SELECT BROKER_NAME, TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint FROM ACTIVEMQ_LOCK WHERE ID = 1";
+
+fn damaged(reason: String) -> SqlError {
+    SqlError::Query { what: WHAT, reason }
+}
+
+fn msg_row(
+    id: i64,
+    container: Option<String>,
+    expiration: Option<i64>,
+    priority: Option<i64>,
+    xid: Option<String>,
+    msg: Option<Bytes>,
+) -> Result<MsgRow, SqlError> {
+    Ok(MsgRow {
+        id,
+        container: container
+            .ok_or_else(|| damaged(format!("ACTIVEMQ_MSGS ID {id} has no CONTAINER")))?,
+        expiration: expiration.unwrap_or(0),
+        priority: priority.unwrap_or(4),
+        xid,
+        msg: msg.ok_or_else(|| damaged(format!("ACTIVEMQ_MSGS ID {id} has no MSG")))?,
+    })
+}
+
+/// Everything the tables hold; messages ordered by ID.
+pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool.get_conn().await.map_err(my_err(WHAT))?;
+            let mut opts = TxOpts::default();
+            opts.with_consistent_snapshot(true).with_readonly(true);
+            let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
+            let mut out = Loaded::default();
+            let mut after = i64::MIN;
+            loop {
+                let rows: Vec<Row> = tx.exec(MSGS, (after,)).await.map_err(my_err(WHAT))?;
+                let n = rows.len();
+                for mut r in rows {
+                    let id: i64 = my_take(&mut r, 0, WHAT)?;
+                    let msg: Option<Vec<u8>> = my_take(&mut r, 5, WHAT)?;
+                    out.messages.push(msg_row(
+                        id,
+                        my_take(&mut r, 1, WHAT)?,
+                        my_take(&mut r, 2, WHAT)?,
+                        my_take(&mut r, 3, WHAT)?,
+                        my_take(&mut r, 4, WHAT)?,
+                        msg.map(Bytes::from),
+                    )?);
+                    after = id;
+                }
+                if (n as i64) < PAGE {
+                    break;
+                }
+            }
+            for mut r in tx.query::<Row, _>(SUBS).await.map_err(my_err(WHAT))? {
+                out.subs.push(SubRow {
+                    container: my_take(&mut r, 0, WHAT)?,
+                    client_id: my_take(&mut r, 1, WHAT)?,
+                    sub_name: my_take(&mut r, 2, WHAT)?,
+                    selector: my_take(&mut r, 3, WHAT)?,
+                });
+            }
+            for mut r in tx.query::<Row, _>(TOPIC_ACKS).await.map_err(my_err(WHAT))? {
+                out.topic_acks.push(TopicAck {
+                    id: my_take(&mut r, 0, WHAT)?,
+                    client_id: my_take(&mut r, 1, WHAT)?,
+                    sub_name: my_take(&mut r, 2, WHAT)?,
+                });
+            }
+            for mut r in tx
+                .query::<Row, _>(REDELIVERIES)
+                .await
+                .map_err(my_err(WHAT))?
+            {
+                out.redeliveries.push(Redelivery {
+                    id: my_take(&mut r, 0, WHAT)?,
+                    sub_key: my_take(&mut r, 1, WHAT)?,
+                    count: my_take::<Option<i64>>(&mut r, 2, WHAT)?.unwrap_or(0),
+                });
+            }
+            for mut r in tx.query::<Row, _>(TX_ACKS).await.map_err(my_err(WHAT))? {
+                out.tx_acks.push(TxAckRow {
+                    tx: my_take(&mut r, 0, WHAT)?,
+                    id: my_take(&mut r, 1, WHAT)?,
+                    sub_key: my_take(&mut r, 2, WHAT)?,
+                });
+            }
+            for mut r in tx.query::<Row, _>(TX).await.map_err(my_err(WHAT))? {
+                out.tx_decided.push(my_take(&mut r, 0, WHAT)?);
+            }
+            tx.commit().await.map_err(my_err(WHAT))?;
+            Ok(out)
+        }
+        Db::Postgres(pool) => {
+            let mut conn = pool.get().await?;
+            let e = pg_err(WHAT);
+            let tx = conn
+                .client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(&e)?;
+            let page = tx.prepare(PG_MSGS).await.map_err(&e)?;
+            let mut out = Loaded::default();
+            let mut after = i64::MIN;
+            loop {
+                let rows = tx.query(&page, &[&after]).await.map_err(&e)?;
+                let n = rows.len();
+                for r in rows {
+                    let id: i64 = r.try_get(0).map_err(&e)?;
+                    let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
+                    out.messages.push(msg_row(
+                        id,
+                        r.try_get(1).map_err(&e)?,
+                        r.try_get(2).map_err(&e)?,
+                        r.try_get(3).map_err(&e)?,
+                        r.try_get(4).map_err(&e)?,
+                        msg.map(Bytes::copy_from_slice),
+                    )?);
+                    after = id;
+                }
+                if (n as i64) < PAGE {
+                    break;
+                }
+            }
+            for r in tx.query(SUBS, &[]).await.map_err(&e)? {
+                out.subs.push(SubRow {
+                    container: r.try_get(0).map_err(&e)?,
+                    client_id: r.try_get(1).map_err(&e)?,
+                    sub_name: r.try_get(2).map_err(&e)?,
+                    selector: r.try_get(3).map_err(&e)?,
+                });
+            }
+            for r in tx.query(TOPIC_ACKS, &[]).await.map_err(&e)? {
+                out.topic_acks.push(TopicAck {
+                    id: r.try_get(0).map_err(&e)?,
+                    client_id: r.try_get(1).map_err(&e)?,
+                    sub_name: r.try_get(2).map_err(&e)?,
+                });
+            }
+            for r in tx.query(REDELIVERIES, &[]).await.map_err(&e)? {
+                out.redeliveries.push(Redelivery {
+                    id: r.try_get(0).map_err(&e)?,
+                    sub_key: r.try_get(1).map_err(&e)?,
+                    count: r.try_get::<_, Option<i64>>(2).map_err(&e)?.unwrap_or(0),
+                });
+            }
+            for r in tx.query(TX_ACKS, &[]).await.map_err(&e)? {
+                out.tx_acks.push(TxAckRow {
+                    tx: r.try_get(0).map_err(&e)?,
+                    id: r.try_get(1).map_err(&e)?,
+                    sub_key: r.try_get(2).map_err(&e)?,
+                });
+            }
+            for r in tx.query(TX, &[]).await.map_err(&e)? {
+                out.tx_decided.push(r.try_get(0).map_err(&e)?);
+            }
+            tx.commit().await.map_err(&e)?;
+            Ok(out)
+        }
+    }
+}
+
+/// Who holds the lease: `(BROKER_NAME, TIME, the database's now in ms)`.
+pub async fn lease_holder(db: &Db) -> Result<(Option<String>, i64, i64), SqlError> {
+    const WHAT: &str = "read the lease";
+    let none = || SqlError::Query {
+        what: WHAT,
+        reason: "ACTIVEMQ_LOCK has no row ID=1".into(),
+    };
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool.get_conn().await.map_err(my_err(WHAT))?;
+            let mut r: Row = conn
+                .query_first(LEASE_MYSQL)
+                .await
+                .map_err(my_err(WHAT))?
+                .ok_or_else(none)?;
+            Ok((
+                my_take(&mut r, 0, WHAT)?,
+                my_take::<Option<i64>>(&mut r, 1, WHAT)?.unwrap_or(0),
+                my_take(&mut r, 2, WHAT)?,
+            ))
+        }
+        Db::Postgres(pool) => {
+            let conn = pool.get().await?;
+            let e = pg_err(WHAT);
+            let r = conn
+                .client
+                .query_opt(LEASE_PG, &[])
+                .await
+                .map_err(&e)?
+                .ok_or_else(none)?;
+            Ok((
+                r.try_get(0).map_err(&e)?,
+                r.try_get::<_, Option<i64>>(1).map_err(&e)?.unwrap_or(0),
+                r.try_get(2).map_err(&e)?,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_queries_use_page() {
+        // The LIMIT is a literal in the SQL constants; paging stops at the
+        // first short page, so it must equal PAGE.
+        assert!(MSGS.ends_with(&format!("LIMIT {PAGE}")));
+        assert!(PG_MSGS.ends_with(&format!("LIMIT {PAGE}")));
+    }
+}

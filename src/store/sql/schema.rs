@@ -1,0 +1,298 @@
+//! Creating the tables (idempotent), named and typed as ActiveMQ 5.17
+//! creates them, plus Brokk's side tables.
+//!
+//! One difference from ActiveMQ on MySQL/MariaDB: `MSG` is `LONGBLOB`, not
+//! `BLOB`. A `BLOB` holds at most 64 KiB, and in strict mode a larger body
+//! fails the insert (in non-strict mode it would be silently truncated).
+//! On PostgreSQL `MSG` is `bytea`, as ActiveMQ makes it there.
+//!
+//! Also on MySQL/MariaDB, every table says `utf8mb4` with the binary
+//! collation: the server default may be `latin1` (this machine's MariaDB:
+//! `latin1_swedish_ci`), which refuses names outside Latin-1 in strict
+//! mode, and the default collations compare case-insensitively, so the
+//! subscriptions `S` and `s` would be one row. (`utf8mb4_bin` still ignores
+//! trailing spaces in comparisons; the no-pad binary collations differ
+//! between MariaDB and MySQL 8.) Keys stay under InnoDB's 3072-byte limit:
+//! `ACTIVEMQ_ACKS`'s primary key is 3 x 250 x 4 + 8 bytes.
+//!
+//! On MySQL the indexes are declared inside `CREATE TABLE` (MySQL 8 has no
+//! `CREATE INDEX IF NOT EXISTS`; MariaDB has). Identifiers are unquoted, so
+//! PostgreSQL folds them to lowercase, as it does for ActiveMQ.
+//!
+//! Two brokers starting at once could both create: the DDL runs under a
+//! named lock (MySQL `GET_LOCK`, PostgreSQL transaction-scoped advisory
+//! lock, and PostgreSQL DDL is transactional).
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Row;
+
+use super::conn::{my_err, pg_err, Db};
+use super::SqlError;
+
+const MYSQL_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_MSGS (
+        ID BIGINT NOT NULL,
+        CONTAINER VARCHAR(250),
+        MSGID_PROD VARCHAR(250),
+        MSGID_SEQ BIGINT,
+        EXPIRATION BIGINT,
+        MSG LONGBLOB,
+        PRIORITY BIGINT,
+        XID VARCHAR(250),
+        PRIMARY KEY (ID),
+        INDEX ACTIVEMQ_MSGS_MIDX (MSGID_PROD, MSGID_SEQ),
+        INDEX ACTIVEMQ_MSGS_CIDX (CONTAINER),
+        INDEX ACTIVEMQ_MSGS_EIDX (EXPIRATION),
+        INDEX ACTIVEMQ_MSGS_PIDX (PRIORITY),
+        INDEX ACTIVEMQ_MSGS_XIDX (XID),
+        INDEX ACTIVEMQ_MSGS_IIDX (ID, XID, CONTAINER)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_ACKS (
+        CONTAINER VARCHAR(250) NOT NULL,
+        SUB_DEST VARCHAR(250),
+        CLIENT_ID VARCHAR(250) NOT NULL,
+        SUB_NAME VARCHAR(250) NOT NULL,
+        SELECTOR VARCHAR(250),
+        LAST_ACKED_ID BIGINT,
+        PRIORITY BIGINT DEFAULT 5 NOT NULL,
+        XID VARCHAR(250),
+        PRIMARY KEY (CONTAINER, CLIENT_ID, SUB_NAME, PRIORITY),
+        INDEX ACTIVEMQ_ACKS_XIDX (XID)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_LOCK (
+        ID BIGINT NOT NULL,
+        TIME BIGINT,
+        BROKER_NAME VARCHAR(250),
+        PRIMARY KEY (ID)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "INSERT IGNORE INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL)",
+    // The SIDX index serves removing a subscription's acknowledgements.
+    "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
+        ID BIGINT NOT NULL,
+        CLIENT_ID VARCHAR(250) NOT NULL,
+        SUB_NAME VARCHAR(250) NOT NULL,
+        PRIMARY KEY (ID, CLIENT_ID, SUB_NAME),
+        INDEX BROKK_TOPIC_ACKS_SIDX (CLIENT_ID, SUB_NAME)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS BROKK_REDELIVERIES (
+        ID BIGINT NOT NULL,
+        SUB_KEY VARCHAR(500) NOT NULL,
+        COUNT BIGINT,
+        PRIMARY KEY (ID, SUB_KEY)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS BROKK_TX (
+        TX BIGINT NOT NULL,
+        PRIMARY KEY (TX)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS BROKK_TX_ACKS (
+        TX BIGINT NOT NULL,
+        ID BIGINT NOT NULL,
+        SUB_KEY VARCHAR(500) NOT NULL,
+        PRIMARY KEY (TX, ID, SUB_KEY),
+        INDEX BROKK_TX_ACKS_IDX (ID)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+];
+
+const PG_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_MSGS (
+        ID BIGINT NOT NULL,
+        CONTAINER VARCHAR(250),
+        MSGID_PROD VARCHAR(250),
+        MSGID_SEQ BIGINT,
+        EXPIRATION BIGINT,
+        MSG BYTEA,
+        PRIORITY BIGINT,
+        XID VARCHAR(250),
+        PRIMARY KEY (ID)
+    )",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_MIDX ON ACTIVEMQ_MSGS (MSGID_PROD, MSGID_SEQ)",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_CIDX ON ACTIVEMQ_MSGS (CONTAINER)",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_EIDX ON ACTIVEMQ_MSGS (EXPIRATION)",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_PIDX ON ACTIVEMQ_MSGS (PRIORITY)",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_XIDX ON ACTIVEMQ_MSGS (XID)",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_MSGS_IIDX ON ACTIVEMQ_MSGS (ID, XID, CONTAINER)",
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_ACKS (
+        CONTAINER VARCHAR(250) NOT NULL,
+        SUB_DEST VARCHAR(250),
+        CLIENT_ID VARCHAR(250) NOT NULL,
+        SUB_NAME VARCHAR(250) NOT NULL,
+        SELECTOR VARCHAR(250),
+        LAST_ACKED_ID BIGINT,
+        PRIORITY BIGINT DEFAULT 5 NOT NULL,
+        XID VARCHAR(250),
+        PRIMARY KEY (CONTAINER, CLIENT_ID, SUB_NAME, PRIORITY)
+    )",
+    "CREATE INDEX IF NOT EXISTS ACTIVEMQ_ACKS_XIDX ON ACTIVEMQ_ACKS (XID)",
+    "CREATE TABLE IF NOT EXISTS ACTIVEMQ_LOCK (
+        ID BIGINT NOT NULL,
+        TIME BIGINT,
+        BROKER_NAME VARCHAR(250),
+        PRIMARY KEY (ID)
+    )",
+    "INSERT INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL) ON CONFLICT (ID) DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
+        ID BIGINT NOT NULL,
+        CLIENT_ID VARCHAR(250) NOT NULL,
+        SUB_NAME VARCHAR(250) NOT NULL,
+        PRIMARY KEY (ID, CLIENT_ID, SUB_NAME)
+    )",
+    "CREATE INDEX IF NOT EXISTS BROKK_TOPIC_ACKS_SIDX ON BROKK_TOPIC_ACKS (CLIENT_ID, SUB_NAME)",
+    "CREATE TABLE IF NOT EXISTS BROKK_REDELIVERIES (
+        ID BIGINT NOT NULL,
+        SUB_KEY VARCHAR(500) NOT NULL,
+        COUNT BIGINT,
+        PRIMARY KEY (ID, SUB_KEY)
+    )",
+    "CREATE TABLE IF NOT EXISTS BROKK_TX (TX BIGINT NOT NULL, PRIMARY KEY (TX))",
+    "CREATE TABLE IF NOT EXISTS BROKK_TX_ACKS (
+        TX BIGINT NOT NULL,
+        ID BIGINT NOT NULL,
+        SUB_KEY VARCHAR(500) NOT NULL,
+        PRIMARY KEY (TX, ID, SUB_KEY)
+    )",
+    "CREATE INDEX IF NOT EXISTS BROKK_TX_ACKS_IDX ON BROKK_TX_ACKS (ID)",
+];
+
+/// The advisory lock key serialising schema creation on PostgreSQL
+/// ("BROKKDDL" in ASCII).
+const PG_DDL_LOCK: i64 = 0x42524f4b4b44444c;
+
+/// Creates the tables and the lock row where missing; safe to repeat.
+pub async fn create_tables(db: &Db) -> Result<(), SqlError> {
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool
+                .get_conn()
+                .await
+                .map_err(my_err("connect to create tables"))?;
+            let got: Option<Row> = conn
+                .query_first("SELECT GET_LOCK('brokk_schema', 30)")
+                .await
+                .map_err(my_err("lock for creating tables"))?;
+            let locked = got
+                .and_then(|r| r.get_opt::<Option<i64>, _>(0))
+                .and_then(Result::ok)
+                .flatten();
+            if locked != Some(1) {
+                return Err(SqlError::Query {
+                    what: "lock for creating tables",
+                    reason: "GET_LOCK('brokk_schema') timed out after 30 s".into(),
+                });
+            }
+            let mut result = Ok(());
+            for ddl in MYSQL_DDL {
+                if let Err(e) = conn.query_drop(*ddl).await {
+                    result = Err(my_err("create tables")(e));
+                    break;
+                }
+            }
+            let _ = conn.query_drop("DO RELEASE_LOCK('brokk_schema')").await;
+            result
+        }
+        Db::Postgres(pool) => {
+            let mut conn = pool.get().await?;
+            let tx = conn
+                .client
+                .transaction()
+                .await
+                .map_err(pg_err("begin creating tables"))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_DDL_LOCK])
+                .await
+                .map_err(pg_err("lock for creating tables"))?;
+            for ddl in PG_DDL {
+                tx.batch_execute(ddl)
+                    .await
+                    .map_err(pg_err("create tables"))?;
+            }
+            tx.commit().await.map_err(pg_err("commit created tables"))
+        }
+    }
+}
+
+/// The columns of `table` as (NAME, type), in table order: names in upper
+/// case (as ActiveMQ spells them; PostgreSQL stores them folded to lower
+/// case), types in lower case with the length of `varchar`s, e.g.
+/// `("CONTAINER", "varchar(250)")`, `("MSG", "longblob")` / `("MSG",
+/// "bytea")`. For tests and diagnostics.
+pub async fn columns(db: &Db, table: &str) -> Result<Vec<(String, String)>, SqlError> {
+    let what = "read information_schema.columns";
+    let raw: Vec<(String, String, i64)> = match db {
+        Db::MySql(pool) => {
+            let mut conn = pool.get_conn().await.map_err(my_err(what))?;
+            let rows: Vec<Row> = conn
+                .exec(
+                    "SELECT COLUMN_NAME, DATA_TYPE, CAST(COALESCE(CHARACTER_MAXIMUM_LENGTH, 0) AS SIGNED)
+                     FROM information_schema.COLUMNS
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?
+                     ORDER BY ORDINAL_POSITION",
+                    (table,),
+                )
+                .await
+                .map_err(my_err(what))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for mut row in rows {
+                out.push((
+                    my_take(&mut row, 0, what)?,
+                    my_take(&mut row, 1, what)?,
+                    my_take(&mut row, 2, what)?,
+                ));
+            }
+            out
+        }
+        Db::Postgres(pool) => {
+            let conn = pool.get().await?;
+            let rows = conn
+                .client
+                .query(
+                    "SELECT column_name::text, data_type::text,
+                            COALESCE(character_maximum_length, 0)::bigint
+                     FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = lower($1)
+                     ORDER BY ordinal_position",
+                    &[&table],
+                )
+                .await
+                .map_err(pg_err(what))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push((
+                    row.try_get(0).map_err(pg_err(what))?,
+                    row.try_get(1).map_err(pg_err(what))?,
+                    row.try_get(2).map_err(pg_err(what))?,
+                ));
+            }
+            out
+        }
+    };
+    Ok(raw
+        .into_iter()
+        .map(|(name, ty, len)| {
+            let ty = ty.to_lowercase();
+            let ty = match ty.as_str() {
+                "varchar" | "character varying" => format!("varchar({len})"),
+                _ => ty,
+            };
+            (name.to_uppercase(), ty)
+        })
+        .collect())
+}
+
+/// Column `i` of a MySQL row, converted, or an error naming it (never the
+/// driver's panicking conversion).
+pub(crate) fn my_take<T: mysql_async::prelude::FromValue>(
+    row: &mut Row,
+    i: usize,
+    what: &'static str,
+) -> Result<T, SqlError> {
+    match row.take_opt::<T, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(SqlError::Query {
+            what,
+            reason: format!("column {i}: {e}"),
+        }),
+        None => Err(SqlError::Query {
+            what,
+            reason: format!("column {i} missing"),
+        }),
+    }
+}

@@ -1,0 +1,663 @@
+//! Writing one [`Batch`] as one database transaction, fenced by the lease.
+//!
+//! The transaction first reads the lock row under a shared row lock and
+//! checks that the lease still names us and has not expired by the
+//! database's clock; a master that took over must first take the row's
+//! exclusive lock to rewrite it, so it waits for this transaction, and
+//! this transaction sees its write if it came first. Then the batch is
+//! applied in the order documented on [`Batch`], and committed.
+//!
+//! Round trips are few: every change is a multi-row statement (at most
+//! [`MSG_CHUNK`] messages, [`ROW_CHUNK`] other rows each).
+//! - MySQL: binary-protocol prepared statements (cached by the driver per
+//!   row count), bodies sent as raw bytes; the statements that carry only
+//!   integers (decisions, deletes, finished transactions) go as one
+//!   multi-statement text query, since integers need no escaping.
+//! - PostgreSQL: every statement is a constant taking arrays (`unnest`,
+//!   `= ANY`), prepared once per connection, and all of them are sent
+//!   pipelined, so applying a batch is about one round trip.
+//!
+//! Duplicates are ignored only where the batch may legitimately repeat a
+//! row (acks, decisions): MySQL uses `ON DUPLICATE KEY UPDATE k = k`
+//! rather than `INSERT IGNORE`, which would also turn other errors (a too
+//! long value) into warnings.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Row, TxOpts, Value};
+use tokio_postgres::types::ToSql;
+
+use super::conn::{my_err, pg_err, Db, PgConn};
+use super::schema::my_take;
+use super::{Batch, LeaseToken, Redelivery, SqlError, SubRow};
+
+/// Messages per INSERT statement.
+pub const MSG_CHUNK: usize = 256;
+/// Other rows (acks, ids to delete) per statement.
+pub const ROW_CHUNK: usize = 1000;
+/// Size at which MySQL's multi-statement text is sent in parts (well under
+/// the server's `max_allowed_packet`, 16 MiB by default).
+const MYSQL_TEXT_LIMIT: usize = 1 << 20;
+
+const MYSQL_FENCE: &str =
+    "SELECT BROKER_NAME, TIME, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
+     FROM ACTIVEMQ_LOCK WHERE ID = 1 LOCK IN SHARE MODE";
+const PG_FENCE: &str =
+    "SELECT BROKER_NAME, TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint \
+     FROM ACTIVEMQ_LOCK WHERE ID = 1 FOR SHARE";
+
+/// Applies `batch` in one transaction if `lease` still holds the lock row;
+/// otherwise commits nothing and returns [`SqlError::Fenced`]. Any other
+/// failure rolls back and returns [`SqlError::Query`].
+pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(), SqlError> {
+    let batch = Deduped::new(batch);
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool
+                .get_conn()
+                .await
+                .map_err(my_err("connect for a write"))?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err("begin a write"))?;
+            let fence: Option<Row> = tx
+                .query_first(MYSQL_FENCE)
+                .await
+                .map_err(my_err("read the lease"))?;
+            let holder = match fence {
+                None => None,
+                Some(mut r) => Some((
+                    my_take::<Option<String>>(&mut r, 0, "read the lease")?,
+                    my_take::<Option<i64>>(&mut r, 1, "read the lease")?,
+                    my_take::<i64>(&mut r, 2, "read the lease")?,
+                )),
+            };
+            if let Err(e) = check_lease(lease, holder) {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            mysql_apply(&mut tx, &batch).await?;
+            tx.commit().await.map_err(my_err("commit a write"))
+        }
+        Db::Postgres(pool) => {
+            let mut guard = pool.get().await?;
+            let stmts = pg_prepare_all(&mut guard).await?;
+            let tx = guard
+                .client
+                .transaction()
+                .await
+                .map_err(pg_err("begin a write"))?;
+            let row = tx
+                .query_opt(&stmts.fence, &[])
+                .await
+                .map_err(pg_err("read the lease"))?;
+            let holder = match row {
+                None => None,
+                Some(r) => Some((
+                    r.try_get::<_, Option<String>>(0)
+                        .map_err(pg_err("read the lease"))?,
+                    r.try_get::<_, Option<i64>>(1)
+                        .map_err(pg_err("read the lease"))?,
+                    r.try_get::<_, i64>(2).map_err(pg_err("read the lease"))?,
+                )),
+            };
+            if let Err(e) = check_lease(lease, holder) {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            pg_apply(&tx, &stmts, &batch).await?;
+            tx.commit().await.map_err(pg_err("commit a write"))
+        }
+    }
+}
+
+/// Whether the lock row `(BROKER_NAME, TIME, database now)` is our lease.
+fn check_lease(
+    lease: &LeaseToken,
+    row: Option<(Option<String>, Option<i64>, i64)>,
+) -> Result<(), SqlError> {
+    let Some((holder, time, now)) = row else {
+        return Err(SqlError::Fenced("ACTIVEMQ_LOCK has no row ID=1".into()));
+    };
+    if holder.as_deref() != Some(lease.0.as_str()) {
+        return Err(SqlError::Fenced(format!(
+            "ACTIVEMQ_LOCK names {}, not {}",
+            holder.as_deref().unwrap_or("nobody"),
+            lease.0
+        )));
+    }
+    let time = time.unwrap_or(0);
+    if time <= now {
+        return Err(SqlError::Fenced(format!(
+            "the lease expired {} ms ago (by the database's clock)",
+            now - time
+        )));
+    }
+    Ok(())
+}
+
+/// The batch with repeated keys collapsed where a statement could not take
+/// them twice (PostgreSQL's `ON CONFLICT DO UPDATE` refuses to touch a row
+/// twice in one statement): the last redelivery count and the last
+/// subscription definition win, as they would applied one by one.
+struct Deduped<'a> {
+    b: &'a Batch,
+    redeliveries: Vec<&'a Redelivery>,
+    subs_added: Vec<&'a SubRow>,
+    tx_xids: Vec<String>,
+}
+
+impl<'a> Deduped<'a> {
+    fn new(b: &'a Batch) -> Self {
+        Deduped {
+            b,
+            redeliveries: last_wins(&b.redeliveries, |r| (r.id, r.sub_key.as_str())),
+            subs_added: last_wins(&b.subs_added, |s| {
+                (
+                    s.container.as_str(),
+                    s.client_id.as_str(),
+                    s.sub_name.as_str(),
+                )
+            }),
+            tx_xids: b.tx_done.iter().map(|tx| format!("tx:{tx}")).collect(),
+        }
+    }
+}
+
+fn last_wins<'a, T, K: std::hash::Hash + Eq>(
+    rows: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<&'a T> {
+    let mut last: HashMap<K, usize> = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        last.insert(key(r), i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(&key(r)) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+// ---------------------------------------------------------------- MySQL
+
+/// `head` followed by `n` copies of `tuple`, comma separated, then `tail`.
+fn values_sql(head: &str, tuple: &str, n: usize, tail: &str) -> String {
+    let mut s = String::with_capacity(head.len() + n * (tuple.len() + 1) + tail.len());
+    s.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(tuple);
+    }
+    s.push_str(tail);
+    s
+}
+
+fn text(s: &str) -> Value {
+    Value::Bytes(s.as_bytes().to_vec())
+}
+
+fn opt_text(s: Option<&str>) -> Value {
+    s.map_or(Value::NULL, text)
+}
+
+async fn my_exec(
+    tx: &mut mysql_async::Transaction<'_>,
+    what: &'static str,
+    sql: String,
+    params: Vec<Value>,
+) -> Result<(), SqlError> {
+    tx.exec_drop(sql, mysql_async::Params::Positional(params))
+        .await
+        .map_err(my_err(what))
+}
+
+async fn mysql_apply(
+    tx: &mut mysql_async::Transaction<'_>,
+    d: &Deduped<'_>,
+) -> Result<(), SqlError> {
+    let b = d.b;
+    for chunk in b.inserts.chunks(MSG_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) VALUES ",
+            "(?,?,'brokk',?,?,?,?,?)",
+            chunk.len(),
+            "",
+        );
+        let mut p = Vec::with_capacity(chunk.len() * 7);
+        for m in chunk {
+            p.push(Value::Int(m.id));
+            p.push(text(&m.container));
+            p.push(Value::Int(m.id));
+            p.push(Value::Int(m.expiration));
+            // One copy: the driver's values own their bytes.
+            p.push(Value::Bytes(m.msg.to_vec()));
+            p.push(Value::Int(m.priority));
+            p.push(opt_text(m.xid.as_deref()));
+        }
+        my_exec(tx, "insert messages", sql, p).await?;
+    }
+    for chunk in b.topic_acks.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NAME) VALUES ",
+            "(?,?,?)",
+            chunk.len(),
+            " ON DUPLICATE KEY UPDATE ID = ID",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|a| [Value::Int(a.id), text(&a.client_id), text(&a.sub_name)])
+            .collect();
+        my_exec(tx, "insert topic acks", sql, p).await?;
+    }
+    for chunk in d.redeliveries.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO BROKK_REDELIVERIES (ID, SUB_KEY, COUNT) VALUES ",
+            "(?,?,?)",
+            chunk.len(),
+            " ON DUPLICATE KEY UPDATE COUNT = VALUES(COUNT)",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|r| [Value::Int(r.id), text(&r.sub_key), Value::Int(r.count)])
+            .collect();
+        my_exec(tx, "upsert redeliveries", sql, p).await?;
+    }
+    for chunk in d.subs_added.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO ACTIVEMQ_ACKS (CONTAINER, SUB_DEST, CLIENT_ID, SUB_NAME, SELECTOR, LAST_ACKED_ID, PRIORITY) VALUES ",
+            "(?,?,?,?,?,0,5)",
+            chunk.len(),
+            " ON DUPLICATE KEY UPDATE SELECTOR = VALUES(SELECTOR), SUB_DEST = VALUES(SUB_DEST)",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|s| {
+                [
+                    text(&s.container),
+                    text(&s.container),
+                    text(&s.client_id),
+                    text(&s.sub_name),
+                    opt_text(s.selector.as_deref()),
+                ]
+            })
+            .collect();
+        my_exec(tx, "upsert subscriptions", sql, p).await?;
+    }
+    for chunk in b.tx_acks.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO BROKK_TX_ACKS (TX, ID, SUB_KEY) VALUES ",
+            "(?,?,?)",
+            chunk.len(),
+            " ON DUPLICATE KEY UPDATE TX = TX",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|a| [Value::Int(a.tx), Value::Int(a.id), text(&a.sub_key)])
+            .collect();
+        my_exec(tx, "insert prepared acks", sql, p).await?;
+    }
+    // Integers only: one multi-statement text query (sent in parts if huge).
+    let mut sql = String::new();
+    for chunk in b.tx_decided.chunks(ROW_CHUNK) {
+        int_list(&mut sql, "INSERT INTO BROKK_TX (TX) VALUES ", chunk, true);
+        sql.push_str(" ON DUPLICATE KEY UPDATE TX = TX;");
+        flush_text(tx, &mut sql, false).await?;
+    }
+    for chunk in b.deletes.chunks(ROW_CHUNK) {
+        for table in [
+            "ACTIVEMQ_MSGS",
+            "BROKK_TOPIC_ACKS",
+            "BROKK_REDELIVERIES",
+            "BROKK_TX_ACKS",
+        ] {
+            int_list(
+                &mut sql,
+                &format!("DELETE FROM {table} WHERE ID IN ("),
+                chunk,
+                false,
+            );
+            sql.push_str(");");
+        }
+        flush_text(tx, &mut sql, false).await?;
+    }
+    for chunk in b.tx_done.chunks(ROW_CHUNK) {
+        int_list(&mut sql, "DELETE FROM BROKK_TX WHERE TX IN (", chunk, false);
+        sql.push_str(");");
+        int_list(
+            &mut sql,
+            "DELETE FROM BROKK_TX_ACKS WHERE TX IN (",
+            chunk,
+            false,
+        );
+        sql.push_str(");UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE XID IN (");
+        for (i, t) in chunk.iter().enumerate() {
+            let _ = write!(sql, "{}'tx:{t}'", if i > 0 { "," } else { "" });
+        }
+        sql.push_str(");");
+        flush_text(tx, &mut sql, false).await?;
+    }
+    flush_text(tx, &mut sql, true).await?;
+    for chunk in b.subs_removed.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "DELETE FROM ACTIVEMQ_ACKS WHERE (CONTAINER, CLIENT_ID, SUB_NAME) IN (",
+            "(?,?,?)",
+            chunk.len(),
+            ")",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|s| [text(&s.container), text(&s.client_id), text(&s.sub_name)])
+            .collect();
+        my_exec(tx, "delete subscriptions", sql, p).await?;
+        let sql = values_sql(
+            "DELETE FROM BROKK_TOPIC_ACKS WHERE (CLIENT_ID, SUB_NAME) IN (",
+            "(?,?)",
+            chunk.len(),
+            ")",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|s| [text(&s.client_id), text(&s.sub_name)])
+            .collect();
+        my_exec(tx, "delete subscriptions' topic acks", sql, p).await?;
+    }
+    Ok(())
+}
+
+/// Appends `head` and the integers, as `(1),(2)` (`rows`) or `1,2`.
+fn int_list(sql: &mut String, head: &str, ints: &[i64], rows: bool) {
+    sql.push_str(head);
+    for (i, v) in ints.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        let _ = if rows {
+            write!(sql, "{sep}({v})")
+        } else {
+            write!(sql, "{sep}{v}")
+        };
+    }
+}
+
+/// Sends the accumulated text statements when `force` or when large.
+async fn flush_text(
+    tx: &mut mysql_async::Transaction<'_>,
+    sql: &mut String,
+    force: bool,
+) -> Result<(), SqlError> {
+    if sql.is_empty() || (!force && sql.len() < MYSQL_TEXT_LIMIT) {
+        return Ok(());
+    }
+    let text = std::mem::take(sql);
+    tx.query_drop(text)
+        .await
+        .map_err(my_err("apply decisions and deletes"))
+}
+
+// ----------------------------------------------------------- PostgreSQL
+
+const PG_INSERT_MSGS: &str = "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) \
+     SELECT id, c, 'brokk', id, e, m, p, x \
+     FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x)";
+const PG_TOPIC_ACKS: &str = "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NAME) \
+     SELECT * FROM unnest($1::bigint[], $2::varchar[], $3::varchar[]) ON CONFLICT DO NOTHING";
+const PG_REDELIVERIES: &str = "INSERT INTO BROKK_REDELIVERIES (ID, SUB_KEY, COUNT) \
+     SELECT * FROM unnest($1::bigint[], $2::varchar[], $3::bigint[]) \
+     ON CONFLICT (ID, SUB_KEY) DO UPDATE SET COUNT = EXCLUDED.COUNT";
+const PG_SUBS_ADD: &str = "INSERT INTO ACTIVEMQ_ACKS (CONTAINER, SUB_DEST, CLIENT_ID, SUB_NAME, SELECTOR, LAST_ACKED_ID, PRIORITY) \
+     SELECT c, c, ci, sn, s, 0, 5 FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[]) AS t(c, ci, sn, s) \
+     ON CONFLICT (CONTAINER, CLIENT_ID, SUB_NAME, PRIORITY) DO UPDATE SET SELECTOR = EXCLUDED.SELECTOR, SUB_DEST = EXCLUDED.SUB_DEST";
+const PG_TX_ACKS: &str = "INSERT INTO BROKK_TX_ACKS (TX, ID, SUB_KEY) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::varchar[]) ON CONFLICT DO NOTHING";
+const PG_TX_DECIDED: &str =
+    "INSERT INTO BROKK_TX (TX) SELECT * FROM unnest($1::bigint[]) ON CONFLICT DO NOTHING";
+const PG_DELETES: [&str; 4] = [
+    "DELETE FROM ACTIVEMQ_MSGS WHERE ID = ANY($1::bigint[])",
+    "DELETE FROM BROKK_TOPIC_ACKS WHERE ID = ANY($1::bigint[])",
+    "DELETE FROM BROKK_REDELIVERIES WHERE ID = ANY($1::bigint[])",
+    "DELETE FROM BROKK_TX_ACKS WHERE ID = ANY($1::bigint[])",
+];
+const PG_TX_DONE: [&str; 2] = [
+    "DELETE FROM BROKK_TX WHERE TX = ANY($1::bigint[])",
+    "DELETE FROM BROKK_TX_ACKS WHERE TX = ANY($1::bigint[])",
+];
+const PG_TX_XID: &str = "UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE XID = ANY($1::varchar[])";
+const PG_SUBS_REMOVE: &str = "DELETE FROM ACTIVEMQ_ACKS a USING unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS t(c, ci, sn) \
+     WHERE a.CONTAINER = t.c AND a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
+const PG_SUBS_REMOVE_ACKS: &str =
+    "DELETE FROM BROKK_TOPIC_ACKS a USING unnest($1::varchar[], $2::varchar[]) AS t(ci, sn) \
+     WHERE a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
+
+/// The write statements, prepared on one connection.
+struct PgStmts {
+    fence: tokio_postgres::Statement,
+    insert_msgs: tokio_postgres::Statement,
+    topic_acks: tokio_postgres::Statement,
+    redeliveries: tokio_postgres::Statement,
+    subs_add: tokio_postgres::Statement,
+    tx_acks: tokio_postgres::Statement,
+    tx_decided: tokio_postgres::Statement,
+    deletes: Vec<tokio_postgres::Statement>,
+    tx_done: Vec<tokio_postgres::Statement>,
+    tx_xid: tokio_postgres::Statement,
+    subs_remove: tokio_postgres::Statement,
+    subs_remove_acks: tokio_postgres::Statement,
+}
+
+async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
+    let e = pg_err("prepare the write statements");
+    let mut deletes = Vec::new();
+    for sql in PG_DELETES {
+        deletes.push(conn.prepare(sql).await.map_err(&e)?);
+    }
+    let mut tx_done = Vec::new();
+    for sql in PG_TX_DONE {
+        tx_done.push(conn.prepare(sql).await.map_err(&e)?);
+    }
+    Ok(PgStmts {
+        fence: conn.prepare(PG_FENCE).await.map_err(&e)?,
+        insert_msgs: conn.prepare(PG_INSERT_MSGS).await.map_err(&e)?,
+        topic_acks: conn.prepare(PG_TOPIC_ACKS).await.map_err(&e)?,
+        redeliveries: conn.prepare(PG_REDELIVERIES).await.map_err(&e)?,
+        subs_add: conn.prepare(PG_SUBS_ADD).await.map_err(&e)?,
+        tx_acks: conn.prepare(PG_TX_ACKS).await.map_err(&e)?,
+        tx_decided: conn.prepare(PG_TX_DECIDED).await.map_err(&e)?,
+        deletes,
+        tx_done,
+        tx_xid: conn.prepare(PG_TX_XID).await.map_err(&e)?,
+        subs_remove: conn.prepare(PG_SUBS_REMOVE).await.map_err(&e)?,
+        subs_remove_acks: conn.prepare(PG_SUBS_REMOVE_ACKS).await.map_err(&e)?,
+    })
+}
+
+/// Column arrays for one statement; they must outlive the pipelined
+/// futures that borrow them, so they are all built before sending.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+async fn pg_apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &PgStmts,
+    d: &Deduped<'_>,
+) -> Result<(), SqlError> {
+    let b = d.b;
+    let mut calls: Vec<(&'static str, &tokio_postgres::Statement, Params)> = Vec::new();
+    for chunk in b.inserts.chunks(MSG_CHUNK) {
+        let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
+        let containers: Vec<String> = chunk.iter().map(|m| m.container.clone()).collect();
+        let exps: Vec<i64> = chunk.iter().map(|m| m.expiration).collect();
+        // `bytes::Bytes` clones share the buffer: no copy of the bodies
+        // until the driver encodes them into the wire buffer.
+        let msgs: Vec<PgBytes> = chunk.iter().map(|m| PgBytes(m.msg.clone())).collect();
+        let prios: Vec<i64> = chunk.iter().map(|m| m.priority).collect();
+        let xids: Vec<Option<String>> = chunk.iter().map(|m| m.xid.clone()).collect();
+        calls.push((
+            "insert messages",
+            &s.insert_msgs,
+            vec![
+                Box::new(ids),
+                Box::new(containers),
+                Box::new(exps),
+                Box::new(msgs),
+                Box::new(prios),
+                Box::new(xids),
+            ],
+        ));
+    }
+    for chunk in b.topic_acks.chunks(ROW_CHUNK) {
+        let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
+        let cids: Vec<String> = chunk.iter().map(|a| a.client_id.clone()).collect();
+        let names: Vec<String> = chunk.iter().map(|a| a.sub_name.clone()).collect();
+        calls.push((
+            "insert topic acks",
+            &s.topic_acks,
+            vec![Box::new(ids), Box::new(cids), Box::new(names)],
+        ));
+    }
+    for chunk in d.redeliveries.chunks(ROW_CHUNK) {
+        let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+        let keys: Vec<String> = chunk.iter().map(|r| r.sub_key.clone()).collect();
+        let counts: Vec<i64> = chunk.iter().map(|r| r.count).collect();
+        calls.push((
+            "upsert redeliveries",
+            &s.redeliveries,
+            vec![Box::new(ids), Box::new(keys), Box::new(counts)],
+        ));
+    }
+    for chunk in d.subs_added.chunks(ROW_CHUNK) {
+        let cs: Vec<String> = chunk.iter().map(|x| x.container.clone()).collect();
+        let cids: Vec<String> = chunk.iter().map(|x| x.client_id.clone()).collect();
+        let names: Vec<String> = chunk.iter().map(|x| x.sub_name.clone()).collect();
+        let sels: Vec<Option<String>> = chunk.iter().map(|x| x.selector.clone()).collect();
+        calls.push((
+            "upsert subscriptions",
+            &s.subs_add,
+            vec![
+                Box::new(cs),
+                Box::new(cids),
+                Box::new(names),
+                Box::new(sels),
+            ],
+        ));
+    }
+    for chunk in b.tx_acks.chunks(ROW_CHUNK) {
+        let txs: Vec<i64> = chunk.iter().map(|a| a.tx).collect();
+        let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
+        let keys: Vec<String> = chunk.iter().map(|a| a.sub_key.clone()).collect();
+        calls.push((
+            "insert prepared acks",
+            &s.tx_acks,
+            vec![Box::new(txs), Box::new(ids), Box::new(keys)],
+        ));
+    }
+    for chunk in b.tx_decided.chunks(ROW_CHUNK) {
+        calls.push((
+            "insert decisions",
+            &s.tx_decided,
+            vec![Box::new(chunk.to_vec())],
+        ));
+    }
+    for chunk in b.deletes.chunks(ROW_CHUNK) {
+        for stmt in &s.deletes {
+            calls.push(("delete messages", stmt, vec![Box::new(chunk.to_vec())]));
+        }
+    }
+    for (chunk, xids) in b.tx_done.chunks(ROW_CHUNK).zip(d.tx_xids.chunks(ROW_CHUNK)) {
+        for stmt in &s.tx_done {
+            calls.push((
+                "delete finished transactions",
+                stmt,
+                vec![Box::new(chunk.to_vec())],
+            ));
+        }
+        calls.push((
+            "clear finished transactions' XID",
+            &s.tx_xid,
+            vec![Box::new(xids.to_vec())],
+        ));
+    }
+    for chunk in b.subs_removed.chunks(ROW_CHUNK) {
+        let cs: Vec<String> = chunk.iter().map(|x| x.container.clone()).collect();
+        let cids: Vec<String> = chunk.iter().map(|x| x.client_id.clone()).collect();
+        let names: Vec<String> = chunk.iter().map(|x| x.sub_name.clone()).collect();
+        calls.push((
+            "delete subscriptions",
+            &s.subs_remove,
+            vec![
+                Box::new(cs),
+                Box::new(cids.clone()),
+                Box::new(names.clone()),
+            ],
+        ));
+        calls.push((
+            "delete subscriptions' topic acks",
+            &s.subs_remove_acks,
+            vec![Box::new(cids), Box::new(names)],
+        ));
+    }
+    // Pipelined: every request is written before the first answer is
+    // awaited; the server runs them in order, and after a failure the
+    // rest fail too ("current transaction is aborted"): the first error
+    // is the one reported.
+    let futures = calls.iter().map(|(what, stmt, params)| {
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        async move { tx.execute(*stmt, &refs).await.map_err(pg_err(what)) }
+    });
+    for result in join_all(futures.collect()).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// A `bytea` parameter from shared bytes (tokio-postgres takes `&[u8]`
+/// or `Vec<u8>`; this avoids copying the bodies into owned vectors).
+#[derive(Debug)]
+struct PgBytes(bytes::Bytes);
+
+impl ToSql for PgBytes {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        (&self.0[..]).to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&[u8] as ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Polls every future until all are done (the futures crate's `join_all`,
+/// which this crate does not otherwise need).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
