@@ -378,8 +378,8 @@ impl Config {
                     "is required for store.mode mysql and postgres (e.g. mysql://user:pass@127.0.0.1:3306/brokk)",
                 ));
             }
-            let dialect = crate::store::sql::Dialect::of_url(url)
-                .map_err(|e| invalid("store.url", e))?;
+            let dialect =
+                crate::store::sql::Dialect::of_url(url).map_err(|e| invalid("store.url", e))?;
             let wanted = match self.store.mode {
                 StoreMode::Postgres => crate::store::sql::Dialect::Postgres,
                 _ => crate::store::sql::Dialect::MySql,
@@ -387,7 +387,10 @@ impl Config {
             if dialect != wanted {
                 return Err(invalid(
                     "store.url",
-                    format!("names a {dialect:?} database but store.mode is {:?}", self.store.mode),
+                    format!(
+                        "names a {dialect:?} database but store.mode is {:?}",
+                        self.store.mode
+                    ),
                 ));
             }
             if self.store.pool_size == 0 {

@@ -69,7 +69,16 @@ impl TestDb {
         let out = match self.engine {
             Engine::MariaDb => {
                 let mut c = Command::new("mariadb");
-                c.args(["-h127.0.0.1", "-P3306", "-ubrokk", "-pbrokk", "-N", "-B", "-e", sql]);
+                c.args([
+                    "-h127.0.0.1",
+                    "-P3306",
+                    "-ubrokk",
+                    "-pbrokk",
+                    "-N",
+                    "-B",
+                    "-e",
+                    sql,
+                ]);
                 if let Some(d) = db {
                     c.arg(d);
                 }
@@ -77,7 +86,17 @@ impl TestDb {
             }
             Engine::Postgres => Command::new("psql")
                 .env("PGPASSWORD", "brokk")
-                .args(["-h", "127.0.0.1", "-p", "5432", "-U", "brokk", "-At", "-F", "\t"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "5432",
+                    "-U",
+                    "brokk",
+                    "-At",
+                    "-F",
+                    "\t",
+                ])
                 .args(["-d", db.unwrap_or("brokk"), "-c", sql])
                 .output(),
         }
@@ -150,7 +169,10 @@ impl Drop for TestDb {
 
 /// Local ports of `pid`'s TCP connections to a database port.
 fn client_ports(pid: i32) -> HashSet<u16> {
-    let out = Command::new("ss").args(["-tnpH"]).output().expect("ss runs");
+    let out = Command::new("ss")
+        .args(["-tnpH"])
+        .output()
+        .expect("ss runs");
     let needle = format!("pid={pid},");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -413,7 +435,16 @@ fn activemq_tables(engine: Engine) {
     };
     assert_eq!(
         cols("ACTIVEMQ_MSGS"),
-        ["ID", "CONTAINER", "MSGID_PROD", "MSGID_SEQ", "EXPIRATION", "MSG", "PRIORITY", "XID"]
+        [
+            "ID",
+            "CONTAINER",
+            "MSGID_PROD",
+            "MSGID_SEQ",
+            "EXPIRATION",
+            "MSG",
+            "PRIORITY",
+            "XID"
+        ]
     );
     assert_eq!(
         cols("ACTIVEMQ_ACKS"),
@@ -467,4 +498,9 @@ macro_rules! on_both {
     };
 }
 
-on_both!(kills_under_load, cut_off_master, activemq_tables, wrong_password);
+on_both!(
+    kills_under_load,
+    cut_off_master,
+    activemq_tables,
+    wrong_password
+);

@@ -88,7 +88,10 @@ pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, t
 }
 
 /// Writes what is pending now and waits until it committed.
-async fn write_pending(s: &Rc<RefCell<DbShardStore>>, writer: &flume::Sender<WriteRequest>) -> bool {
+async fn write_pending(
+    s: &Rc<RefCell<DbShardStore>>,
+    writer: &flume::Sender<WriteRequest>,
+) -> bool {
     let (batch, upto) = {
         let mut s = s.borrow_mut();
         if !s.has_pending() {
@@ -97,7 +100,11 @@ async fn write_pending(s: &Rc<RefCell<DbShardStore>>, writer: &flume::Sender<Wri
         s.take()
     };
     let (reply, done) = flume::bounded(1);
-    if writer.send_async(WriteRequest { batch, reply }).await.is_err() {
+    if writer
+        .send_async(WriteRequest { batch, reply })
+        .await
+        .is_err()
+    {
         // The writer is gone only when the process ends.
         return false;
     }

@@ -25,8 +25,8 @@ use crate::config::{Config, HaConfig, StoreMode};
 use crate::ha::fence::{self, Monitor, Verdict};
 use crate::ha::{epoch, FileLock, Role, RoleCell};
 use crate::protocol::stomp::Limits;
-use crate::store::journal::{self, StoreUsage};
 use crate::side;
+use crate::store::journal::{self, StoreUsage};
 use crate::store::meta;
 use shard::{Control, JournalSettings, Shared};
 
@@ -101,7 +101,13 @@ pub fn serve(config: Config) -> Result<()> {
         );
     }
     let db = if config.store.is_db() {
-        Some(db_take_over(&config, &role, stomp, admin_addr, store_usage.clone())?)
+        Some(db_take_over(
+            &config,
+            &role,
+            stomp,
+            admin_addr,
+            store_usage.clone(),
+        )?)
     } else {
         None
     };
@@ -318,7 +324,10 @@ fn db_take_over(
         let cfg = lease_cfg.clone();
         side::block_on(async move {
             db_lease::acquire(&cfg, &token, || {
-                info!(role = "standby", "another broker holds the lease; waiting as standby");
+                info!(
+                    role = "standby",
+                    "another broker holds the lease; waiting as standby"
+                );
                 println!("brokk standby stomp={stomp} admin={admin}");
             })
             .await

@@ -477,23 +477,27 @@ pub async fn run(
         };
         let usage = shared.usage.clone();
         let mut db_store: Option<Rc<RefCell<DbShardStore>>> = None;
-        let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) = match (&shared.journal, &shared.db) {
-            (None, None) => (Rc::new(RefCell::new(MemoryStore)), None, None),
-            (None, Some(db)) => {
-                let s = Rc::new(RefCell::new(DbShardStore::new()));
-                db_store = Some(s.clone());
-                let restorer = super::db_shard::restorer(id, shared.shards, db, usage.clone());
-                (s, None, Some((restorer, IdSet::default())))
-            }
-            (Some(js), _) => match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await
-            {
-                Ok((j, restorer, copy_out)) => (j.clone(), Some(j), Some((restorer, copy_out))),
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
+        let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) =
+            match (&shared.journal, &shared.db) {
+                (None, None) => (Rc::new(RefCell::new(MemoryStore)), None, None),
+                (None, Some(db)) => {
+                    let s = Rc::new(RefCell::new(DbShardStore::new()));
+                    db_store = Some(s.clone());
+                    let restorer = super::db_shard::restorer(id, shared.shards, db, usage.clone());
+                    (s, None, Some((restorer, IdSet::default())))
                 }
-            },
-        };
+                (Some(js), _) => {
+                    match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await {
+                        Ok((j, restorer, copy_out)) => {
+                            (j.clone(), Some(j), Some((restorer, copy_out)))
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            };
         // Listen only once every shard's state is back: no client sees a
         // half-recovered broker. Blocking waits, on purpose: nothing else
         // runs on this shard yet, and the thread sleeps instead of polling.

@@ -95,6 +95,15 @@ pub struct SubRow {
     pub selector: Option<String>,
 }
 
+impl SubRow {
+    /// The same subscription (the key of `ACTIVEMQ_ACKS` but PRIORITY).
+    pub fn same_sub(&self, o: &SubRow) -> bool {
+        self.container == o.container
+            && self.client_id == o.client_id
+            && self.sub_name == o.sub_name
+    }
+}
+
 /// One durable subscription's acknowledgement of a topic message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TopicAck {
@@ -172,17 +181,42 @@ impl Batch {
             + self.subs_removed.len()
     }
 
+    /// A durable subscription made. Statements run by kind, not in append
+    /// order, so a removal of the same subscription earlier in this batch
+    /// is cancelled instead (its ACKS row is upserted either way; topic
+    /// acks it would have deleted name only messages sent before it
+    /// existed, which the new subscription must not get anyway).
+    pub fn add_sub(&mut self, sub: SubRow) {
+        self.subs_removed.retain(|s| !s.same_sub(&sub));
+        self.subs_added.retain(|s| !s.same_sub(&sub));
+        self.subs_added.push(sub);
+    }
+
+    /// A durable subscription destroyed: cancels an add earlier in this
+    /// batch (see [`Batch::add_sub`]).
+    pub fn remove_sub(&mut self, sub: SubRow) {
+        self.subs_added.retain(|s| !s.same_sub(&sub));
+        self.subs_removed.retain(|s| !s.same_sub(&sub));
+        self.subs_removed.push(sub);
+    }
+
     /// Appends `other` (a later batch) to this one.
     pub fn extend(&mut self, other: Batch) {
         self.inserts.extend(other.inserts);
         self.topic_acks.extend(other.topic_acks);
         self.redeliveries.extend(other.redeliveries);
-        self.subs_added.extend(other.subs_added);
+        // Subscription changes in their order (see `add_sub`): removals
+        // first would be wrong for an add followed by a removal.
+        for s in other.subs_removed {
+            self.remove_sub(s);
+        }
+        for s in other.subs_added {
+            self.add_sub(s);
+        }
         self.tx_acks.extend(other.tx_acks);
         self.tx_decided.extend(other.tx_decided);
         self.deletes.extend(other.deletes);
         self.tx_done.extend(other.tx_done);
-        self.subs_removed.extend(other.subs_removed);
     }
 }
 

@@ -28,15 +28,25 @@ pub fn parse_container(c: &str) -> Option<StoredDestination> {
     })
 }
 
-/// `client_id:name` back to a durable subscription (the client id may not
-/// contain ':' in STOMP's `client-id`... it may: the name is after the
-/// last ':' only if the id has none, so split at the first).
+/// `client_id:name` back to a durable subscription, split at the first
+/// ':' (a client id with a ':' in it would be split wrongly: such counts
+/// are then lost, which costs a redelivery count, never a message).
 fn parse_sub_key(k: &str) -> Option<StoredSub> {
     let (client, name) = k.split_once(':')?;
     Some(StoredSub {
         client_id: client.into(),
         name: name.into(),
     })
+}
+
+/// The consumer a redelivery count or prepared ack names: None for a
+/// queue (empty key).
+fn sub_of(key: &str) -> Option<StoredSub> {
+    if key.is_empty() {
+        None
+    } else {
+        parse_sub_key(key)
+    }
 }
 
 fn tx_of(xid: &str) -> Option<u64> {
@@ -123,14 +133,9 @@ pub fn records(
     }
     for r in &loaded.redeliveries {
         if let Some(d) = dest_of.get(&r.id) {
-            let sub = if r.sub_key.is_empty() {
-                None
-            } else {
-                parse_sub_key(&r.sub_key)
-            };
             out.push(Record::Redelivered {
                 destination: d.clone(),
-                sub,
+                sub: sub_of(&r.sub_key),
                 id: r.id as u64,
                 count: r.count.clamp(0, i64::from(u32::MAX)) as u32,
             });
@@ -138,15 +143,10 @@ pub fn records(
     }
     for a in &loaded.tx_acks {
         if let Some(d) = dest_of.get(&a.id) {
-            let sub = if a.sub_key.is_empty() {
-                None
-            } else {
-                parse_sub_key(&a.sub_key)
-            };
             out.push(Record::TxAck {
                 tx: a.tx as u64,
                 destination: d.clone(),
-                sub,
+                sub: sub_of(&a.sub_key),
                 id: a.id as u64,
             });
         }

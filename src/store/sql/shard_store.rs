@@ -214,10 +214,8 @@ impl Store for DbShardStore {
                     count: i64::from(count),
                 });
             }
-            RecordRef::DurableAdd { topic, sub } => self.batch.subs_added.push(sub_row(topic, sub)),
-            RecordRef::DurableRemove { topic, sub } => {
-                self.batch.subs_removed.push(sub_row(topic, sub))
-            }
+            RecordRef::DurableAdd { topic, sub } => self.batch.add_sub(sub_row(topic, sub)),
+            RecordRef::DurableRemove { topic, sub } => self.batch.remove_sub(sub_row(topic, sub)),
             RecordRef::TxAck { tx, sub, id, .. } => self.batch.tx_acks.push(TxAckRow {
                 tx: sql_id(tx),
                 id: sql_id(id),
@@ -307,6 +305,52 @@ mod tests {
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
         assert!(b.deletes.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_removed_and_made_again_in_one_batch_exists() {
+        let sub = StoredSub {
+            client_id: "c".into(),
+            name: "s".into(),
+        };
+        let mut s = DbShardStore::new();
+        s.append(
+            &RecordRef::DurableRemove {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        s.append(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        let (b, _) = s.take();
+        assert_eq!(b.subs_added.len(), 1);
+        assert!(b.subs_removed.is_empty());
+        // Made, then removed (across two merged batches): gone.
+        s.append(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        let (mut first, _) = s.take();
+        s.append(
+            &RecordRef::DurableRemove {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        let (second, _) = s.take();
+        first.extend(second);
+        assert!(first.subs_added.is_empty());
+        assert_eq!(first.subs_removed.len(), 1);
     }
 
     #[test]
