@@ -28,11 +28,13 @@ pub fn parse_container(c: &str) -> Option<StoredDestination> {
     })
 }
 
-/// `client_id:name` back to a durable subscription, split at the first
-/// ':' (a client id with a ':' in it would be split wrongly: such counts
-/// are then lost, which costs a redelivery count, never a message).
-fn parse_sub_key(k: &str) -> Option<StoredSub> {
-    let (client, name) = k.split_once(':')?;
+/// `LEN:CLIENT_ID:NAME` (see `shard_store::sub_key`) back to a durable
+/// subscription.
+pub fn parse_sub_key(k: &str) -> Option<StoredSub> {
+    let (len, rest) = k.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let client = rest.get(..len)?;
+    let name = rest.get(len..)?.strip_prefix(':')?;
     Some(StoredSub {
         client_id: client.into(),
         name: name.into(),
@@ -165,6 +167,20 @@ pub type SharedLoaded = Arc<Loaded>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscription_keys_round_trip_whatever_the_client_id_holds() {
+        for (client, name) in [("c", "s"), ("ID:host-1:2", "sub:x"), ("", "n")] {
+            let sub = StoredSub {
+                client_id: client.into(),
+                name: name.into(),
+            };
+            let key = super::super::shard_store::sub_key(Some(&sub));
+            assert_eq!(parse_sub_key(&key), Some(sub), "{key}");
+        }
+        assert_eq!(parse_sub_key("x:y"), None);
+        assert_eq!(parse_sub_key("9:ab:c"), None);
+    }
 
     #[test]
     fn containers_round_trip_and_bad_ones_are_refused() {

@@ -15,11 +15,13 @@ pub fn container(d: &StoredDestination) -> String {
 }
 
 /// The key of one consumer's redelivery count or prepared ack: empty for a
-/// queue, `client_id:name` for a durable subscription.
+/// queue, `LEN:CLIENT_ID:NAME` for a durable subscription (LEN = the client
+/// id's length in bytes: client ids such as ActiveMQ's `ID:host-1-2` hold
+/// colons themselves).
 pub fn sub_key(sub: Option<&StoredSub>) -> String {
     match sub {
         None => String::new(),
-        Some(s) => format!("{}:{}", s.client_id, s.name),
+        Some(s) => format!("{}:{}:{}", s.client_id.len(), s.client_id, s.name),
     }
 }
 
