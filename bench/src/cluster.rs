@@ -1,6 +1,6 @@
 //! Brokers that bench starts itself (`--mode` without `--brokers`): a single
 //! broker for `memory`, a master/standby pair on one data directory for
-//! `file`. Killed brokers can be restarted (they rejoin as standby). All are
+//! `file`, a pair on one fresh database for `mysql` / `postgres`. Killed brokers can be restarted (they rejoin as standby). All are
 //! stopped, and the data directory removed, when the cluster is dropped.
 
 use std::ffi::OsString;
@@ -37,6 +37,77 @@ pub struct Cluster {
     procs: Vec<Proc>,
     dir: PathBuf,
     bin: PathBuf,
+    /// A database bench made for this run (dropped with the cluster).
+    made_db: Option<BenchDb>,
+}
+
+/// A fresh database for a database-mode run, on the local server that
+/// `ops/services.sh` starts.
+struct BenchDb {
+    mode: Mode,
+    name: String,
+}
+
+impl BenchDb {
+    fn make(mode: Mode) -> Result<BenchDb> {
+        let service = if mode == Mode::Mysql {
+            "mariadb"
+        } else {
+            "postgres"
+        };
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ops/services.sh");
+        let ok = Command::new(&script)
+            .args(["start", service])
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", script.display()))?
+            .success();
+        if !ok {
+            bail!("{} start {service} failed", script.display());
+        }
+        let db = BenchDb {
+            mode,
+            name: format!("brokk_bench_{}", std::process::id()),
+        };
+        db.admin(&format!("DROP DATABASE IF EXISTS {}", db.name))?;
+        db.admin(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    fn url(&self) -> String {
+        match self.mode {
+            Mode::Mysql => format!("mysql://brokk:brokk@127.0.0.1:3306/{}", self.name),
+            _ => format!("postgres://brokk:brokk@127.0.0.1:5432/{}", self.name),
+        }
+    }
+
+    fn admin(&self, sql: &str) -> Result<()> {
+        let out = match self.mode {
+            Mode::Mysql => Command::new("mariadb")
+                .args(["-h127.0.0.1", "-ubrokk", "-pbrokk", "-e", sql])
+                .output(),
+            _ => Command::new("psql")
+                .env("PGPASSWORD", "brokk")
+                .args(["-h", "127.0.0.1", "-U", "brokk", "-d", "brokk", "-c", sql])
+                .output(),
+        }
+        .context("cannot run the database client")?;
+        if !out.status.success() {
+            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let force = if self.mode == Mode::Postgres {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        let _ = self.admin(&format!("DROP DATABASE IF EXISTS {}{force}", self.name));
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -64,12 +135,14 @@ fn brokk_binary() -> Result<PathBuf> {
 }
 
 impl Cluster {
-    pub fn start(mode: Mode, shards: Option<usize>) -> Result<Cluster> {
+    /// `db_url`: for `mysql`/`postgres`, the database to use instead of a
+    /// fresh one on the local server (started through `ops/services.sh`).
+    pub fn start(mode: Mode, shards: Option<usize>, db_url: Option<String>) -> Result<Cluster> {
         let count = match mode {
             Mode::Memory => 1,
-            Mode::File => 2,
-            Mode::Mysql | Mode::Postgres | Mode::Zk => {
-                bail!("--mode {mode:?} needs a store mode Brokk does not have yet; use memory or file, or --brokers")
+            Mode::File | Mode::Mysql | Mode::Postgres => 2,
+            Mode::Zk => {
+                bail!("--mode zk needs a store mode Brokk does not have yet; use memory, file, mysql or postgres, or --brokers")
             }
         };
         let bin = brokk_binary()?;
@@ -80,18 +153,52 @@ impl Cluster {
             procs: Vec::new(),
             dir,
             bin,
+            made_db: None,
+        };
+        let config = match mode {
+            Mode::Mysql | Mode::Postgres => {
+                let url = match db_url {
+                    Some(u) => u,
+                    None => {
+                        let db = BenchDb::make(mode)?;
+                        let url = db.url();
+                        cluster.made_db = Some(db);
+                        url
+                    }
+                };
+                let kind = if mode == Mode::Mysql {
+                    "mysql"
+                } else {
+                    "postgres"
+                };
+                let path = cluster.dir.join("brokk.toml");
+                std::fs::write(
+                    &path,
+                    format!("[store]\nmode = \"{kind}\"\nurl = \"{url}\"\n"),
+                )?;
+                Some(path)
+            }
+            _ => None,
         };
         for i in 0..count {
             let stomp = format!("127.0.0.1:{}", free_port()?);
             let admin = format!("127.0.0.1:{}", free_port()?);
-            let mut command: Vec<OsString> =
-                ["serve", "--stomp", &stomp, "--admin", &admin, "--mode"]
-                    .iter()
-                    .map(OsString::from)
-                    .collect();
-            command.push(if mode == Mode::File { "file" } else { "memory" }.into());
-            command.push("--data".into());
-            command.push(cluster.dir.join("data").into());
+            let mut command: Vec<OsString> = ["serve", "--stomp", &stomp, "--admin", &admin]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            match &config {
+                Some(path) => {
+                    command.push("--config".into());
+                    command.push(path.into());
+                }
+                None => {
+                    command.push("--mode".into());
+                    command.push(if mode == Mode::File { "file" } else { "memory" }.into());
+                    command.push("--data".into());
+                    command.push(cluster.dir.join("data").into());
+                }
+            }
             if let Some(s) = shards {
                 command.push("--shards".into());
                 command.push(s.to_string().into());
@@ -209,5 +316,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_all();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // After the brokers: their connections must be gone first.
+        self.made_db.take();
     }
 }

@@ -43,8 +43,13 @@ struct Args {
     /// Shards for the brokers bench starts.
     #[arg(long)]
     shards: Option<usize>,
+    /// With --mode mysql|postgres: use this database instead of a fresh one
+    /// on the local server (started through ops/services.sh).
+    #[arg(long)]
+    db_url: Option<String>,
     /// SIGKILL the current master once this many messages are receipted
-    /// (needs --mode file without --brokers); reports the failover gap.
+    /// (needs --mode file, mysql or postgres without --brokers); reports the
+    /// failover gap.
     #[arg(long)]
     kill_master_after: Option<u64>,
     /// SIGKILL the current master this many seconds into the run.
@@ -191,6 +196,7 @@ fn run(args: Args) -> Result<()> {
         (None, Some(mode)) => Some(Arc::new(Mutex::new(cluster::Cluster::start(
             mode,
             args.shards,
+            args.db_url.clone(),
         )?))),
         _ => None,
     };
@@ -200,9 +206,12 @@ fn run(args: Args) -> Result<()> {
         (None, None) => None,
     };
     if trigger.is_some()
-        && (!matches!(args.mode, Some(cluster::Mode::File)) || args.brokers.is_some())
+        && (!matches!(
+            args.mode,
+            Some(cluster::Mode::File | cluster::Mode::Mysql | cluster::Mode::Postgres)
+        ) || args.brokers.is_some())
     {
-        bail!("--kill-master-after/--kill-master-at need --mode file and no --brokers (bench must start the pair to kill its master)");
+        bail!("--kill-master-after/--kill-master-at need --mode file, mysql or postgres and no --brokers (bench must start the pair to kill its master)");
     }
     let brokers = match (&args.brokers, &cluster) {
         (Some(b), _) => b.clone(),
