@@ -60,6 +60,20 @@
 # `status` exits 3 when any named service is not running.
 set -euo pipefail
 
+# Runs "$@" with every file descriptor above 2 closed: a daemon started from
+# a caller that holds a lock file open (e.g. `flock LOCK cargo test`, whose
+# tests start services) must not keep that lock for its whole life.
+without_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ] 2>/dev/null; then
+      eval "exec $fd>&-" 2>/dev/null || true
+    fi
+  done
+  exec "$@"
+}
+
 prog=services.sh
 STATE=${BROKK_SERVICES_DIR:-/var/lib/brokk-services}
 case $STATE in /*) ;; *) STATE=$PWD/$STATE ;; esac
@@ -211,10 +225,10 @@ mariadb_start() {
     fi
     rm -f "$MDB_DIR/pid" "$MDB_DIR/sock"
     say "mariadb: starting on 127.0.0.1:$MARIADB_PORT (log $MDB_DIR/log)"
-    setsid nohup "$(mdb_bin mariadbd)" --no-defaults --user=root --datadir="$MDB_DIR" \
+    (without_inherited_fds setsid nohup "$(mdb_bin mariadbd)" --no-defaults --user=root --datadir="$MDB_DIR" \
       --socket="$MDB_DIR/sock" --pid-file="$MDB_DIR/pid" --port="$MARIADB_PORT" \
       --bind-address=127.0.0.1 --skip-name-resolve --innodb-buffer-pool-size=256M \
-      </dev/null >>"$MDB_DIR/log" 2>&1 9>&- &
+      </dev/null >>"$MDB_DIR/log" 2>&1) &
     pid=$!
     echo "$pid" >"$MDB_DIR/pid"
   fi
@@ -332,7 +346,7 @@ postgres_start() {
   if pg_online; then
     if [ -n "$changed" ]; then
       say "postgres: configuration changed; restarting $PG_VERSION/$PG_CLUSTER"
-      setsid -w pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart -m fast 9>&- >&2 || die "pg_ctlcluster restart failed"
+      (without_inherited_fds setsid -w pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart -m fast >&2) || die "pg_ctlcluster restart failed"
     elif pg_ready; then
       postgres_grants
       say "postgres already running (pid $(pg_pid), 127.0.0.1:$PG_PORT)"
@@ -344,7 +358,7 @@ postgres_start() {
     fi
     say "postgres: starting cluster $PG_VERSION/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
     # setsid: the postmaster must not share the caller's process group/session.
-    setsid -w pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start 9>&- >&2 ||
+    (without_inherited_fds setsid -w pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start >&2) ||
       { log_tail "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"; die "pg_ctlcluster start failed"; }
   fi
   deadline=$((SECONDS + POSTGRES_TIMEOUT))
@@ -454,8 +468,8 @@ zk_launch() {
   done
   zk_write_config "$n"
   say "zookeeper node $n: starting on 127.0.0.1:$(zk_port "$n") (log $d/log)"
-  setsid nohup java -Xmx256m -cp "$ZK_CLASSPATH" org.apache.zookeeper.server.quorum.QuorumPeerMain "$d/zoo.cfg" \
-    </dev/null >>"$d/log" 2>&1 9>&- &
+  (without_inherited_fds setsid nohup java -Xmx256m -cp "$ZK_CLASSPATH" org.apache.zookeeper.server.quorum.QuorumPeerMain "$d/zoo.cfg" \
+    </dev/null >>"$d/log" 2>&1) &
   echo "$!" >"$d/pid"
 }
 

@@ -553,6 +553,28 @@ fn a_lease_not_ours_or_expired_fences_and_commits_nothing() {
     });
 }
 
+/// A batch written twice (its COMMIT went through but the answer was lost,
+/// so the writer writes it again) leaves the same rows as once.
+#[test]
+fn a_batch_written_twice_is_applied_once() {
+    on_both(|db, _| async move {
+        hold_lease(&db).await;
+        let batch = Batch {
+            inserts: (1..=10).map(|id| message(id, 64)).collect(),
+            topic_acks: vec![tack(3, "c", "s")],
+            deletes: vec![2],
+            ..Default::default()
+        };
+        write_batch(&db, &lease(), &batch).await.unwrap();
+        write_batch(&db, &lease(), &batch).await.unwrap();
+        let loaded = load(&db).await.unwrap();
+        let ids: Vec<i64> = loaded.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![1, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(loaded.topic_acks.len(), 1);
+        db
+    });
+}
+
 #[test]
 fn a_batch_failing_midway_commits_nothing() {
     on_both(|db, _| async move {
@@ -568,9 +590,12 @@ fn a_batch_failing_midway_commits_nothing() {
         .await
         .unwrap();
         // 300 new messages (a full chunk goes in first), then a second
-        // chunk holding the duplicate ID 500, then acks and deletes.
+        // chunk holding a row the table refuses (a container longer than
+        // its VARCHAR(250)), then acks and deletes.
         let mut inserts: Vec<MsgRow> = (1..=300).map(|id| message(id, 64)).collect();
-        inserts.push(message(500, 10));
+        let mut bad = message(501, 10);
+        bad.container = format!("queue://{}", "x".repeat(300));
+        inserts.push(bad);
         let batch = Batch {
             inserts,
             topic_acks: vec![tack(500, "c", "s")],
@@ -582,7 +607,7 @@ fn a_batch_failing_midway_commits_nothing() {
         match write_batch(&db, &lease(), &batch).await {
             Err(SqlError::Query { what, reason }) => {
                 assert_eq!(what, "insert messages");
-                assert!(reason.to_lowercase().contains("duplicate"), "{reason}");
+                assert!(reason.to_lowercase().contains("too long"), "{reason}");
             }
             other => panic!("expected a Query error, got {other:?}"),
         }

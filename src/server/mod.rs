@@ -319,19 +319,37 @@ fn db_take_over(
     }
     let token = sql::LeaseToken(epoch::owner_id());
     let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));
+    // A standby outlives database outages (a restart, a network cut): it
+    // tries again until it holds the lease. Only the first connect above
+    // fails the start (a wrong URL or password).
     let lease = {
         let token = token.clone();
         let cfg = lease_cfg.clone();
         side::block_on(async move {
-            db_lease::acquire(&cfg, &token, || {
-                info!(
-                    role = "standby",
-                    "another broker holds the lease; waiting as standby"
-                );
-                println!("brokk standby stomp={stomp} admin={admin}");
-            })
-            .await
-        })??
+            let mut said_standby = false;
+            let mut warn_at = Instant::now();
+            loop {
+                let waiting = || {
+                    if !std::mem::replace(&mut said_standby, true) {
+                        info!(
+                            role = "standby",
+                            "another broker holds the lease; waiting as standby"
+                        );
+                        println!("brokk standby stomp={stomp} admin={admin}");
+                    }
+                };
+                match db_lease::acquire(&cfg, &token, waiting).await {
+                    Ok(lease) => return lease,
+                    Err(e) => {
+                        if Instant::now() >= warn_at {
+                            warn!(role = "standby", error = %e, "cannot take or wait for the lease; trying again");
+                            warn_at = Instant::now() + Duration::from_secs(30);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })?
     };
     role.set(Role::Recovering);
     let span = ha_span(Role::Recovering, 0);

@@ -34,10 +34,37 @@ use tokio_postgres::types::ToSql;
 
 use super::conn::{my_err, pg_err, Db, PgConn};
 use super::schema::my_take;
-use super::{Batch, LeaseToken, Redelivery, SqlError, SubRow};
+use super::{Batch, LeaseToken, MsgRow, Redelivery, SqlError, SubRow};
 
 /// Messages per INSERT statement.
 pub const MSG_CHUNK: usize = 256;
+/// Most message bytes in one INSERT (a statement must stay under the
+/// server's packet limit: MariaDB's `max_allowed_packet` is 16 MiB by
+/// default). A single larger message goes alone.
+pub const MSG_CHUNK_BYTES: usize = 4 << 20;
+
+/// The inserts in statements of at most [`MSG_CHUNK`] rows and
+/// [`MSG_CHUNK_BYTES`] of `MSG` (at least one row each).
+fn msg_chunks(rows: &[MsgRow]) -> impl Iterator<Item = &[MsgRow]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && n < MSG_CHUNK {
+            bytes += rest[n].msg.len();
+            if n > 0 && bytes > MSG_CHUNK_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
 /// Other rows (acks, ids to delete) per statement.
 pub const ROW_CHUNK: usize = 1000;
 /// Size at which MySQL's multi-statement text is sent in parts (well under
@@ -225,12 +252,14 @@ async fn mysql_apply(
     d: &Deduped<'_>,
 ) -> Result<(), SqlError> {
     let b = d.b;
-    for chunk in b.inserts.chunks(MSG_CHUNK) {
+    for chunk in msg_chunks(&b.inserts) {
         let sql = values_sql(
             "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) VALUES ",
             "(?,?,'brokk',?,?,?,?,?)",
             chunk.len(),
-            "",
+            // Idempotent: a batch whose COMMIT answer was lost is written
+            // again (see the writer); its rows may already be there.
+            " ON DUPLICATE KEY UPDATE ID = ID",
         );
         let mut p = Vec::with_capacity(chunk.len() * 7);
         for m in chunk {
@@ -405,7 +434,8 @@ async fn flush_text(
 
 const PG_INSERT_MSGS: &str = "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) \
      SELECT id, c, 'brokk', id, e, m, p, x \
-     FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x)";
+     FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x) \
+     ON CONFLICT (ID) DO NOTHING";
 const PG_TOPIC_ACKS: &str = "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NAME) \
      SELECT * FROM unnest($1::bigint[], $2::varchar[], $3::varchar[]) ON CONFLICT DO NOTHING";
 const PG_REDELIVERIES: &str = "INSERT INTO BROKK_REDELIVERIES (ID, SUB_KEY, COUNT) \
@@ -488,7 +518,7 @@ async fn pg_apply(
 ) -> Result<(), SqlError> {
     let b = d.b;
     let mut calls: Vec<(&'static str, &tokio_postgres::Statement, Params)> = Vec::new();
-    for chunk in b.inserts.chunks(MSG_CHUNK) {
+    for chunk in msg_chunks(&b.inserts) {
         let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
         let containers: Vec<String> = chunk.iter().map(|m| m.container.clone()).collect();
         let exps: Vec<i64> = chunk.iter().map(|m| m.expiration).collect();

@@ -1,0 +1,350 @@
+//! The database modes' test harness: a fresh database per test on the
+//! servers `ops/services.sh` starts, broker pairs on it, a producer that
+//! follows the master across failovers.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{body, Broker, Client};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Engine {
+    MariaDb,
+    Postgres,
+}
+
+/// A fresh database on one of the servers, dropped on drop.
+pub struct TestDb {
+    pub engine: Engine,
+    pub name: String,
+}
+
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    pub fn new(engine: Engine) -> TestDb {
+        let name = format!(
+            "brokk_t{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        let db = TestDb { engine, name };
+        db.admin_sql(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.engine {
+            Engine::MariaDb => "mysql",
+            Engine::Postgres => "postgres",
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self.engine {
+            Engine::MariaDb => format!("mysql://brokk:brokk@127.0.0.1:3306/{}", self.name),
+            Engine::Postgres => format!("postgres://brokk:brokk@127.0.0.1:5432/{}", self.name),
+        }
+    }
+
+    /// A statement outside the test database (create, drop, kill).
+    pub fn admin_sql(&self, sql: &str) -> String {
+        self.run_sql(None, sql)
+    }
+
+    /// A query in the test database; its rows, tab-separated.
+    pub fn sql(&self, sql: &str) -> String {
+        self.run_sql(Some(&self.name), sql)
+    }
+
+    pub fn run_sql(&self, db: Option<&str>, sql: &str) -> String {
+        let out = match self.engine {
+            Engine::MariaDb => {
+                let mut c = Command::new("mariadb");
+                c.args([
+                    "-h127.0.0.1",
+                    "-P3306",
+                    "-ubrokk",
+                    "-pbrokk",
+                    "-N",
+                    "-B",
+                    "-e",
+                    sql,
+                ]);
+                if let Some(d) = db {
+                    c.arg(d);
+                }
+                c.output()
+            }
+            Engine::Postgres => Command::new("psql")
+                .env("PGPASSWORD", "brokk")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "5432",
+                    "-U",
+                    "brokk",
+                    "-At",
+                    "-F",
+                    "\t",
+                ])
+                .args(["-d", db.unwrap_or("brokk"), "-c", sql])
+                .output(),
+        }
+        .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));
+        assert!(
+            out.status.success(),
+            "{:?} refused {sql:?}: {} (is it running? ops/services.sh start mariadb postgres)",
+            self.engine,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[store]\nmode = \"{}\"\nurl = \"{}\"\n[ha]\nlease_ms = 1500\n{extra}",
+            self.mode(),
+            self.url()
+        )
+    }
+
+    /// Server-side ids of the connections `pid` holds to this database
+    /// (matched by client port, from `ss`).
+    pub fn sessions_of(&self, pid: i32) -> Vec<String> {
+        let ports = client_ports(pid);
+        let rows = match self.engine {
+            Engine::MariaDb => self.admin_sql(&format!(
+                "SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE DB = '{}'",
+                self.name
+            )),
+            Engine::Postgres => self.admin_sql(&format!(
+                "SELECT pid, client_port FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            )),
+        };
+        rows.lines()
+            .filter_map(|l| {
+                let (id, host) = l.split_once('\t')?;
+                let port: u16 = host.rsplit(':').next()?.trim().parse().ok()?;
+                ports.contains(&port).then(|| id.to_string())
+            })
+            .collect()
+    }
+
+    /// Ends `pid`'s connections from the server side, as a network cut or a
+    /// DBA would.
+    pub fn kill_sessions_of(&self, pid: i32) -> usize {
+        let ids = self.sessions_of(pid);
+        for id in &ids {
+            let sql = match self.engine {
+                Engine::MariaDb => format!("KILL {id}"),
+                Engine::Postgres => format!("SELECT pg_terminate_backend({id})"),
+            };
+            // A session may be gone already.
+            let _ = std::panic::catch_unwind(|| self.admin_sql(&sql));
+        }
+        ids.len()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = match self.engine {
+            Engine::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.name),
+            Engine::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        };
+        let _ = std::panic::catch_unwind(|| self.admin_sql(&sql));
+    }
+}
+
+/// Local ports of `pid`'s TCP connections to a database port.
+pub fn client_ports(pid: i32) -> HashSet<u16> {
+    let out = Command::new("ss")
+        .args(["-tnpH"])
+        .output()
+        .expect("ss runs");
+    let needle = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = f.get(3)?;
+            let peer = f.get(4)?;
+            (peer.ends_with(":3306") || peer.ends_with(":5432"))
+                .then(|| local.rsplit(':').next()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+pub fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// One broker of a pair: its own ports, the shared database.
+pub struct Node {
+    pub stomp: String,
+    pub admin: String,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node {
+            stomp: free_addr(),
+            admin: free_addr(),
+        }
+    }
+
+    pub fn start(&self, db: &TestDb, dir: &std::path::Path) -> Broker {
+        let args: Vec<String> = [
+            "--stomp",
+            &self.stomp,
+            "--admin",
+            &self.admin,
+            "--shards",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Broker::spawn_any(Some(&db.config("")), &args, Some(dir))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.stomp.parse().unwrap()
+    }
+}
+
+/// Persistent SENDs with receipts to `/queue/ha`, following the master
+/// across failovers (the unreceipted one is sent again); what was
+/// receipted is in `receipted`.
+pub struct Producer {
+    pub receipted: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Producer {
+    pub fn start(brokers: [SocketAddr; 2]) -> Producer {
+        let receipted: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let receipted = receipted.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut which = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if std::net::TcpStream::connect(brokers[which]).is_err() {
+                        which = 1 - which;
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    let mut p = Client::connect(brokers[which], &[("accept-version", "1.2")]);
+                    if !p.is_connected() {
+                        which = 1 - which;
+                        continue;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = n.to_string();
+                        p.frame(
+                            "SEND",
+                            &[
+                                ("destination", "/queue/ha"),
+                                ("persistent", "true"),
+                                ("receipt", &id),
+                            ],
+                            id.as_bytes(),
+                        );
+                        match p.recv_timeout(Duration::from_secs(5)) {
+                            Some(f) if f.command.as_str() == "RECEIPT" => {
+                                receipted.lock().unwrap().push(n);
+                                n += 1;
+                            }
+                            _ => {
+                                which = 1 - which;
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Producer {
+            receipted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.receipted.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more receipts came; fails after 60 s.
+    pub fn wait_more(&self, n: usize) {
+        let target = self.count() + n;
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.count() < target {
+            assert!(
+                Instant::now() < end,
+                "no progress: {} receipts, wanted {target}",
+                self.count()
+            );
+            assert!(
+                !self.thread.as_ref().unwrap().is_finished(),
+                "the producer died"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.receipted.lock().unwrap().clone()
+    }
+}
+
+/// Everything on `/queue/ha`, acknowledged.
+pub fn drain(b: &Broker) -> HashSet<u64> {
+    let mut c = b.client();
+    c.subscribe(
+        "drain",
+        "/queue/ha",
+        "client-individual",
+        &[("activemq.prefetchSize", "1000")],
+    );
+    let mut got = HashSet::new();
+    while let Some(m) = c.recv_timeout(Duration::from_millis(1500)) {
+        assert_eq!(m.command.as_str(), "MESSAGE");
+        got.insert(body(&m).parse().unwrap());
+        c.ack(&m);
+    }
+    got
+}
+
+pub fn assert_all_present(receipted: &[u64], got: &HashSet<u64>) {
+    let lost: Vec<_> = receipted.iter().filter(|i| !got.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} receipted messages lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+pub fn is_standby(b: &Broker) -> bool {
+    b.role_line.starts_with("brokk standby")
+}
