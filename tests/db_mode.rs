@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::db::{assert_all_present, drain, is_standby, Engine, Node, Producer, TestDb};
+use common::{body, Broker, Client};
 
 /// SIGKILL the master under persistent load, twenty times, at random
 /// points of its batches (after a random number of receipts): the standby
@@ -108,6 +109,117 @@ fn cut_off_master(engine: Engine) {
     assert_all_present(&receipted, &drain(&b));
 }
 
+/// A durable subscriber's connection to `b`.
+fn durable(b: &Broker, client: &str) -> Client {
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", client)]);
+    c.subscribe(
+        "d",
+        "/topic/t",
+        "client-individual",
+        &[("activemq.subscriptionName", "sub")],
+    );
+    c
+}
+
+/// Transactions survive a failover as committed: a durable subscriber's
+/// acknowledgement made in a transaction stays made (the other subscriber
+/// still gets the message), SENDs committed across shards are all there,
+/// an uncommitted transaction leaves nothing, and once everything is
+/// consumed no transaction row is left.
+fn transactions_across_a_failover(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(), Node::new()];
+    let mut a = nodes[0].start(&db, dir.path());
+    let mut b = nodes[1].start(&db, dir.path());
+    assert!(is_standby(&b));
+    let mut sub_x = durable(&a, "x");
+    let mut sub_y = durable(&a, "y");
+    let mut p = a.client();
+    p.send_sync("/topic/t", "m1", &[("persistent", "true")]);
+    let m1 = sub_y.expect_message();
+    assert_eq!(body(&m1), "m1");
+    let id = m1.header_str("ack").unwrap().to_string();
+    sub_y.frame("BEGIN", &[("transaction", "t1")], b"");
+    sub_y.frame("ACK", &[("id", &id), ("transaction", "t1")], b"");
+    sub_y.frame("COMMIT", &[("transaction", "t1"), ("receipt", "c1")], b"");
+    sub_y.expect_receipt("c1");
+    // SENDs to eight queues (both shards) in one transaction.
+    p.frame("BEGIN", &[("transaction", "t2")], b"");
+    for q in 0..8 {
+        let dest = format!("/queue/tx{q}");
+        p.frame(
+            "SEND",
+            &[
+                ("destination", &dest),
+                ("persistent", "true"),
+                ("transaction", "t2"),
+            ],
+            b"committed",
+        );
+    }
+    p.frame("COMMIT", &[("transaction", "t2"), ("receipt", "c2")], b"");
+    p.expect_receipt("c2");
+    // Never committed.
+    p.frame("BEGIN", &[("transaction", "t3")], b"");
+    p.send_sync(
+        "/queue/tx0",
+        "uncommitted",
+        &[("persistent", "true"), ("transaction", "t3")],
+    );
+    drop((sub_x, sub_y));
+    a.kill9();
+    b.wait_for_master();
+    // y acknowledged m1 in a committed transaction: its first message now
+    // is the next one; x still has m1.
+    let mut sub_x = durable(&b, "x");
+    let mut sub_y = durable(&b, "y");
+    let mut p = b.client();
+    p.send_sync("/topic/t", "m2", &[("persistent", "true")]);
+    let first = sub_y.expect_message();
+    assert_eq!(
+        body(&first),
+        "m2",
+        "an acknowledgement committed before the failover was lost"
+    );
+    sub_y.ack(&first);
+    for want in ["m1", "m2"] {
+        let m = sub_x.expect_message();
+        assert_eq!(body(&m), want);
+        sub_x.ack(&m);
+    }
+    for q in 0..8 {
+        let mut c = b.client();
+        c.subscribe("s", &format!("/queue/tx{q}"), "client-individual", &[]);
+        let m = c.expect_message();
+        assert_eq!(body(&m), "committed", "queue tx{q}");
+        c.ack(&m);
+        assert!(
+            c.recv_timeout(Duration::from_millis(300)).is_none(),
+            "queue tx{q}: more than the committed message (the uncommitted one?)"
+        );
+        c.disconnect();
+    }
+    sub_x.disconnect();
+    sub_y.disconnect();
+    let end = Instant::now() + Duration::from_secs(10);
+    for table in [
+        "ACTIVEMQ_MSGS",
+        "BROKK_TOPIC_ACKS",
+        "BROKK_TX_ACKS",
+        "BROKK_TX",
+    ] {
+        loop {
+            let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
+            if rows.trim() == "0" {
+                break;
+            }
+            assert!(Instant::now() < end, "{table}: rows left: {rows}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// ActiveMQ's JDBC tables, with its column names, made at first start.
 fn activemq_tables(engine: Engine) {
     let db = TestDb::new(engine);
@@ -195,6 +307,7 @@ macro_rules! on_both {
 on_both!(
     kills_under_load,
     cut_off_master,
+    transactions_across_a_failover,
     activemq_tables,
     wrong_password
 );

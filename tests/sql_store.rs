@@ -423,7 +423,8 @@ fn batches_round_trip_and_apply_in_order() {
             2
         );
 
-        // Later: a count goes up (upsert), transaction 7 is done, one
+        // Later: a count goes up (upsert), transaction 7 is applied and
+        // forgotten, one
         // subscription goes with its acks; a message inserted and deleted
         // in one batch never shows.
         let batch = Batch {
@@ -434,7 +435,20 @@ fn batches_round_trip_and_apply_in_order() {
                 count: 3,
             }],
             deletes: vec![2000],
-            tx_done: vec![7],
+            xid_cleared: vec![11, 12],
+            tx_acks_done: vec![
+                TxAckRow {
+                    tx: 7,
+                    id: 5,
+                    sub_key: String::new(),
+                },
+                TxAckRow {
+                    tx: 7,
+                    id: 6,
+                    sub_key: "c:s1".into(),
+                },
+            ],
+            tx_forgotten: vec![7],
             subs_removed: vec![sub("t", "c", "s2", None)],
             ..Default::default()
         };

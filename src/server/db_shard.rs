@@ -30,8 +30,16 @@ pub struct DbShared {
     pub loaded: Arc<Loaded>,
 }
 
-/// This shard's records, from the tables: the destinations it owns.
-pub fn restorer(id: usize, shards: usize, db: &DbShared, usage: Arc<MemoryUsage>) -> Restorer {
+/// This shard's records, from the tables: the destinations it owns. The
+/// prepared transaction parts among them go to `store` too, for recovery
+/// to apply or drop (see `settle_transactions`).
+pub fn restorer(
+    id: usize,
+    shards: usize,
+    db: &DbShared,
+    usage: Arc<MemoryUsage>,
+    store: &mut DbShardStore,
+) -> Restorer {
     let owner = |d: &StoredDestination| {
         let dest = if d.topic {
             Destination::Topic(d.name.clone())
@@ -40,15 +48,24 @@ pub fn restorer(id: usize, shards: usize, db: &DbShared, usage: Arc<MemoryUsage>
         };
         dest.owner(shards)
     };
+    let mine = |d: &StoredDestination| owner(d) == id;
+    for (tx, part) in recover::prepared_parts(&db.loaded, mine, id == 0) {
+        store.restore_part(tx, part);
+    }
     let mut r = Restorer::new(usage);
-    r.feed(recover::records(&db.loaded, |d| owner(d) == id, id == 0));
+    r.feed(recover::records(&db.loaded, mine, id == 0));
     r
 }
 
 /// Holders of the restored messages: one per queue message, one per
-/// durable subscription a topic message is still pending in.
+/// durable subscription a topic message is still pending in, and one per
+/// acknowledgement of a transaction recovery applies (the restored state
+/// already left those out; `settle_transactions` releases them).
 pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
     let mut count: IdMap<u32> = IdMap::default();
+    for id in &restored.tx.applied_acks {
+        *count.entry(*id).or_default() += 1;
+    }
     let entries = restored
         .queues
         .iter()
@@ -76,6 +93,8 @@ pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, t
         for id in &tx.dropped_sends {
             s.forget(*id);
         }
+        // What is left was prepared for transactions never decided.
+        s.drop_parts();
     }
     if !tx.undone.is_empty() || !tx.applied_acks.is_empty() || !tx.dropped_sends.is_empty() {
         info!(
@@ -83,6 +102,21 @@ pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, t
             dropped_sends = tx.dropped_sends.len(),
             "transactions settled by recovery"
         );
+    }
+    write_pending(s, &db.writer).await;
+}
+
+/// After every shard settled its parts (the second recovery barrier):
+/// the decisions found in the tables are needed no more.
+pub async fn forget_decisions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, commits: &[u64]) {
+    if commits.is_empty() {
+        return;
+    }
+    {
+        let mut s = s.borrow_mut();
+        for tx in commits {
+            s.forget_decision(*tx);
+        }
     }
     write_pending(s, &db.writer).await;
 }

@@ -361,11 +361,19 @@ fn db_take_over(
         error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
         std::process::exit(3);
     });
-    let loaded = {
+    let mut loaded = {
         let db = db.clone();
         side::block_on(async move { sql::load::load(&db).await })?
             .context("cannot read the tables")?
     };
+    // Send order: ids carry the issuing shard in their top bits, so ID
+    // order would put a producer's messages issued on a lower shard (after
+    // it reconnected to another broker) before its earlier ones. Counters
+    // start above every stored id at each takeover (see `message_ids`), so
+    // by counter what came after a failover sorts after what came before.
+    loaded
+        .messages
+        .sort_by_key(|m| (crate::broker::message_ids::counter(m.id as u64), m.id));
     info!(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),

@@ -483,7 +483,13 @@ pub async fn run(
                 (None, Some(db)) => {
                     let s = Rc::new(RefCell::new(DbShardStore::new()));
                     db_store = Some(s.clone());
-                    let restorer = super::db_shard::restorer(id, shared.shards, db, usage.clone());
+                    let restorer = super::db_shard::restorer(
+                        id,
+                        shared.shards,
+                        db,
+                        usage.clone(),
+                        &mut s.borrow_mut(),
+                    );
                     (s, None, Some((restorer, IdSet::default())))
                 }
                 (Some(js), _) => {
@@ -543,6 +549,9 @@ pub async fn run(
             for tx in &tx.commits {
                 j.release(*tx);
             }
+        }
+        if let (Some(s), Some(db)) = (&db_store, &shared.db) {
+            super::db_shard::forget_decisions(s, db, &tx.commits).await;
         }
         let ids = Rc::new(MessageIds::new(
             id,

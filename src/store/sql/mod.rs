@@ -134,7 +134,8 @@ pub struct TxAckRow {
 
 /// Changes for one database transaction. Applied in this order: inserts,
 /// topic acks, redeliveries, subscriptions added, prepared acks, decisions,
-/// then deletes and subscriptions removed (a message inserted and deleted
+/// then deletes, XIDs cleared, prepared acks done, decisions forgotten and
+/// subscriptions removed (a message inserted and deleted
 /// in one batch is never visible).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -149,9 +150,15 @@ pub struct Batch {
     /// Messages retired for good: their `ACTIVEMQ_MSGS` row and every side
     /// row naming them (topic acks, redeliveries, prepared acks).
     pub deletes: Vec<i64>,
-    /// Transactions fully applied: their decision and prepared-ack rows go,
-    /// and their prepared SENDs lose the `XID`.
-    pub tx_done: Vec<i64>,
+    /// Prepared SENDs now in effect (their shard applied the transaction):
+    /// they lose the `XID`. Per message, not per transaction: every shard
+    /// applies its own part, and a transaction is settled only once all
+    /// of them did.
+    pub xid_cleared: Vec<i64>,
+    /// Prepared acknowledgements applied by their shard: their rows go.
+    pub tx_acks_done: Vec<TxAckRow>,
+    /// Decisions no participant needs any more: their rows go.
+    pub tx_forgotten: Vec<i64>,
     pub subs_removed: Vec<SubRow>,
 }
 
@@ -164,7 +171,9 @@ impl Batch {
             && self.tx_acks.is_empty()
             && self.tx_decided.is_empty()
             && self.deletes.is_empty()
-            && self.tx_done.is_empty()
+            && self.xid_cleared.is_empty()
+            && self.tx_acks_done.is_empty()
+            && self.tx_forgotten.is_empty()
             && self.subs_removed.is_empty()
     }
 
@@ -177,7 +186,9 @@ impl Batch {
             + self.tx_acks.len()
             + self.tx_decided.len()
             + self.deletes.len()
-            + self.tx_done.len()
+            + self.xid_cleared.len()
+            + self.tx_acks_done.len()
+            + self.tx_forgotten.len()
             + self.subs_removed.len()
     }
 
@@ -216,7 +227,9 @@ impl Batch {
         self.tx_acks.extend(other.tx_acks);
         self.tx_decided.extend(other.tx_decided);
         self.deletes.extend(other.deletes);
-        self.tx_done.extend(other.tx_done);
+        self.xid_cleared.extend(other.xid_cleared);
+        self.tx_acks_done.extend(other.tx_acks_done);
+        self.tx_forgotten.extend(other.tx_forgotten);
     }
 }
 

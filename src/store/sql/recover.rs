@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::shard_store::TxPart;
 use super::{encoding, Loaded};
 use crate::store::{Record, StoredDestination, StoredSub};
 
@@ -159,6 +160,43 @@ pub fn records(
         }
     }
     out
+}
+
+/// The prepared transaction parts of the destinations `mine` accepts: the
+/// SENDs with an XID and the prepared acknowledgements of their messages.
+/// `orphans`: also the prepared acknowledgements whose message is gone (so
+/// that one shard removes them).
+pub fn prepared_parts(
+    loaded: &Loaded,
+    mine: impl Fn(&StoredDestination) -> bool,
+    orphans: bool,
+) -> HashMap<u64, TxPart> {
+    let mut parts: HashMap<u64, TxPart> = HashMap::new();
+    let mut owned: HashMap<i64, bool> = HashMap::new();
+    for m in &loaded.messages {
+        let is_mine = parse_container(&m.container).is_some_and(|d| mine(&d));
+        owned.insert(m.id, is_mine);
+        if !is_mine {
+            continue;
+        }
+        if let Some(tx) = m.xid.as_deref().and_then(tx_of) {
+            parts.entry(tx).or_default().sends.push(m.id as u64);
+        }
+    }
+    for a in &loaded.tx_acks {
+        let take = match owned.get(&a.id) {
+            Some(&m) => m,
+            None => orphans,
+        };
+        if take {
+            parts
+                .entry(a.tx as u64)
+                .or_default()
+                .acks
+                .push((a.id as u64, sub_of(&a.sub_key)));
+        }
+    }
+    parts
 }
 
 /// Shared between shards at takeover.

@@ -48,6 +48,22 @@ pub struct DbShardStore {
     /// Inserts in `batch` by message id: a message retired before its batch
     /// left is never written (its insert and delete cancel out).
     unsent: IdMap<usize>,
+    /// This shard's prepared part of each open transaction, until its
+    /// TxDone: what applying it changes in the tables.
+    parts: IdMap<TxPart>,
+    /// Decisions this shard wrote (it coordinates them) -> participants
+    /// that have not yet applied their part.
+    decisions: IdMap<u32>,
+}
+
+/// A transaction's prepared records on one shard.
+#[derive(Debug, Default)]
+pub struct TxPart {
+    /// Prepared SENDs (rows with the transaction's XID).
+    pub sends: Vec<u64>,
+    /// Prepared acknowledgements: message id and the durable subscription
+    /// (None for a queue).
+    pub acks: Vec<(u64, Option<StoredSub>)>,
 }
 
 impl DbShardStore {
@@ -59,6 +75,70 @@ impl DbShardStore {
     pub fn hold(&mut self, id: u64, holders: u32) {
         if holders > 0 {
             self.holders.insert(id, holders);
+        }
+    }
+
+    /// A prepared part found in the tables at takeover (see
+    /// [`TxPart`]): recovery applies it (TxDone) or drops it
+    /// ([`DbShardStore::drop_parts`]).
+    pub fn restore_part(&mut self, tx: u64, part: TxPart) {
+        self.parts.insert(tx, part);
+    }
+
+    /// The prepared parts left at recovery were never decided: their
+    /// prepared acknowledgements go (their SENDs are forgotten one by one,
+    /// see [`DbShardStore::forget`]).
+    pub fn drop_parts(&mut self) {
+        for (tx, part) in std::mem::take(&mut self.parts) {
+            for (id, sub) in part.acks {
+                self.batch.tx_acks_done.push(TxAckRow {
+                    tx: sql_id(tx),
+                    id: sql_id(id),
+                    sub_key: sub_key(sub.as_ref()),
+                });
+            }
+        }
+    }
+
+    /// A decision found in the tables at takeover, no longer needed once
+    /// recovery settled every shard's part.
+    pub fn forget_decision(&mut self, tx: u64) {
+        self.decisions.remove(&tx);
+        self.batch.tx_forgotten.push(sql_id(tx));
+    }
+
+    /// This shard applied its part of `tx`: prepared SENDs lose their XID,
+    /// prepared acknowledgements become what a plain ACK leaves (a topic
+    /// ack row; a queue's row goes when its holder is released, as for a
+    /// plain ACK) and their prepared rows go. Only this shard's rows: the
+    /// other participants may not have applied theirs yet, and the
+    /// decision stays until all of them did.
+    fn apply_part(&mut self, tx: u64) {
+        let Some(part) = self.parts.remove(&tx) else {
+            return;
+        };
+        for id in part.sends {
+            if let Some(&i) = self.unsent.get(&id) {
+                // Not written yet: written in effect.
+                self.batch.inserts[i].xid = None;
+            } else {
+                self.batch.xid_cleared.push(sql_id(id));
+            }
+        }
+        for (id, sub) in part.acks {
+            let key = sub_key(sub.as_ref());
+            if let Some(s) = &sub {
+                self.batch.topic_acks.push(TopicAck {
+                    id: sql_id(id),
+                    client_id: s.client_id.to_string(),
+                    sub_name: s.name.to_string(),
+                });
+            }
+            self.batch.tx_acks_done.push(TxAckRow {
+                tx: sql_id(tx),
+                id: sql_id(id),
+                sub_key: key,
+            });
         }
     }
 
@@ -79,18 +159,6 @@ impl DbShardStore {
     /// The batch up to `upto` committed.
     pub fn committed(&mut self, upto: u64) {
         self.durable = self.durable.max(upto);
-    }
-
-    /// A batch that could not be written goes back in front of what came
-    /// since (it is retried as a whole: one transaction never half-applies).
-    pub fn put_back(&mut self, mut failed: Batch) {
-        let later = std::mem::take(&mut self.batch);
-        failed.extend(later);
-        self.batch = failed;
-        self.unsent.clear();
-        for (i, row) in self.batch.inserts.iter().enumerate() {
-            self.unsent.insert(row.id as u64, i);
-        }
     }
 
     fn insert(&mut self, row: MsgRow) {
@@ -128,6 +196,8 @@ impl DbShardStore {
         if let Some(i) = self.unsent.remove(&id) {
             let row = &mut self.batch.inserts[i];
             if row.id as u64 == id && row.xid.is_none() {
+                // (A prepared row keeps its insert: its prepared-ack and
+                // part bookkeeping name it until the transaction settles.)
                 // Leave a tombstone: remove later without shifting indices.
                 row.id = -1;
                 self.batch.topic_acks.retain(|a| a.id as u64 != id);
@@ -197,6 +267,7 @@ impl Store for DbShardStore {
                     Some(xid(tx)),
                 );
                 self.hold(id, holders);
+                self.parts.entry(tx).or_default().sends.push(id);
             }
             // A queue's ACK retires the row through `release`; a durable
             // subscription's is remembered until every holder let go.
@@ -218,17 +289,41 @@ impl Store for DbShardStore {
             }
             RecordRef::DurableAdd { topic, sub } => self.batch.add_sub(sub_row(topic, sub)),
             RecordRef::DurableRemove { topic, sub } => self.batch.remove_sub(sub_row(topic, sub)),
-            RecordRef::TxAck { tx, sub, id, .. } => self.batch.tx_acks.push(TxAckRow {
-                tx: sql_id(tx),
-                id: sql_id(id),
-                sub_key: sub_key(sub),
-            }),
-            RecordRef::TxCommit { tx } => self.batch.tx_decided.push(sql_id(tx)),
-            RecordRef::TxDone { tx } => self.batch.tx_done.push(sql_id(tx)),
+            RecordRef::TxAck { tx, sub, id, .. } => {
+                self.batch.tx_acks.push(TxAckRow {
+                    tx: sql_id(tx),
+                    id: sql_id(id),
+                    sub_key: sub_key(sub),
+                });
+                self.parts
+                    .entry(tx)
+                    .or_default()
+                    .acks
+                    .push((id, sub.cloned()));
+            }
+            RecordRef::TxCommit { tx } => {
+                self.batch.tx_decided.push(sql_id(tx));
+                if holders > 0 {
+                    self.decisions.insert(tx, holders);
+                } else {
+                    self.batch.tx_forgotten.push(sql_id(tx));
+                }
+            }
+            RecordRef::TxDone { tx } => self.apply_part(tx),
         }
     }
 
     fn release(&mut self, id: u64) {
+        // A participant applied its part of a transaction this shard
+        // decided: the decision goes once none needs it.
+        if let Some(left) = self.decisions.get_mut(&id) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.decisions.remove(&id);
+                self.batch.tx_forgotten.push(sql_id(id));
+            }
+            return;
+        }
         let Some(left) = self.holders.get_mut(&id) else {
             return;
         };
@@ -353,21 +448,5 @@ mod tests {
         first.extend(second);
         assert!(first.subs_added.is_empty());
         assert_eq!(first.subs_removed.len(), 1);
-    }
-
-    #[test]
-    fn a_failed_batch_goes_back_in_front_of_later_rows() {
-        let mut s = DbShardStore::new();
-        send(&mut s, 1);
-        let (failed, _) = s.take();
-        send(&mut s, 2);
-        s.put_back(failed);
-        // Retiring the first still cancels its (re-queued) insert.
-        s.release(1);
-        let (mut b, upto) = s.take();
-        compact(&mut b);
-        assert_eq!(upto, 2);
-        assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
-        assert!(b.deletes.is_empty());
     }
 }

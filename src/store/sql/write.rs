@@ -177,7 +177,6 @@ struct Deduped<'a> {
     b: &'a Batch,
     redeliveries: Vec<&'a Redelivery>,
     subs_added: Vec<&'a SubRow>,
-    tx_xids: Vec<String>,
 }
 
 impl<'a> Deduped<'a> {
@@ -192,7 +191,6 @@ impl<'a> Deduped<'a> {
                     s.sub_name.as_str(),
                 )
             }),
-            tx_xids: b.tx_done.iter().map(|tx| format!("tx:{tx}")).collect(),
         }
     }
 }
@@ -358,23 +356,35 @@ async fn mysql_apply(
         }
         flush_text(tx, &mut sql, false).await?;
     }
-    for chunk in b.tx_done.chunks(ROW_CHUNK) {
-        int_list(&mut sql, "DELETE FROM BROKK_TX WHERE TX IN (", chunk, false);
-        sql.push_str(");");
+    for chunk in b.xid_cleared.chunks(ROW_CHUNK) {
         int_list(
             &mut sql,
-            "DELETE FROM BROKK_TX_ACKS WHERE TX IN (",
+            "UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE ID IN (",
             chunk,
             false,
         );
-        sql.push_str(");UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE XID IN (");
-        for (i, t) in chunk.iter().enumerate() {
-            let _ = write!(sql, "{}'tx:{t}'", if i > 0 { "," } else { "" });
-        }
+        sql.push_str(");");
+        flush_text(tx, &mut sql, false).await?;
+    }
+    for chunk in b.tx_forgotten.chunks(ROW_CHUNK) {
+        int_list(&mut sql, "DELETE FROM BROKK_TX WHERE TX IN (", chunk, false);
         sql.push_str(");");
         flush_text(tx, &mut sql, false).await?;
     }
     flush_text(tx, &mut sql, true).await?;
+    for chunk in b.tx_acks_done.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "DELETE FROM BROKK_TX_ACKS WHERE (TX, ID, SUB_KEY) IN (",
+            "(?,?,?)",
+            chunk.len(),
+            ")",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|a| [Value::Int(a.tx), Value::Int(a.id), text(&a.sub_key)])
+            .collect();
+        my_exec(tx, "delete applied prepared acks", sql, p).await?;
+    }
     for chunk in b.subs_removed.chunks(ROW_CHUNK) {
         let sql = values_sql(
             "DELETE FROM ACTIVEMQ_ACKS WHERE (CONTAINER, CLIENT_ID, SUB_NAME) IN (",
@@ -454,11 +464,10 @@ const PG_DELETES: [&str; 4] = [
     "DELETE FROM BROKK_REDELIVERIES WHERE ID = ANY($1::bigint[])",
     "DELETE FROM BROKK_TX_ACKS WHERE ID = ANY($1::bigint[])",
 ];
-const PG_TX_DONE: [&str; 2] = [
-    "DELETE FROM BROKK_TX WHERE TX = ANY($1::bigint[])",
-    "DELETE FROM BROKK_TX_ACKS WHERE TX = ANY($1::bigint[])",
-];
-const PG_TX_XID: &str = "UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE XID = ANY($1::varchar[])";
+const PG_TX_FORGOTTEN: &str = "DELETE FROM BROKK_TX WHERE TX = ANY($1::bigint[])";
+const PG_TX_ACKS_DONE: &str = "DELETE FROM BROKK_TX_ACKS a USING unnest($1::bigint[], $2::bigint[], $3::varchar[]) AS t(tx, id, k) \
+     WHERE a.TX = t.tx AND a.ID = t.id AND a.SUB_KEY = t.k";
+const PG_XID_CLEARED: &str = "UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE ID = ANY($1::bigint[])";
 const PG_SUBS_REMOVE: &str = "DELETE FROM ACTIVEMQ_ACKS a USING unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS t(c, ci, sn) \
      WHERE a.CONTAINER = t.c AND a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
 const PG_SUBS_REMOVE_ACKS: &str =
@@ -475,8 +484,9 @@ struct PgStmts {
     tx_acks: tokio_postgres::Statement,
     tx_decided: tokio_postgres::Statement,
     deletes: Vec<tokio_postgres::Statement>,
-    tx_done: Vec<tokio_postgres::Statement>,
-    tx_xid: tokio_postgres::Statement,
+    tx_forgotten: tokio_postgres::Statement,
+    tx_acks_done: tokio_postgres::Statement,
+    xid_cleared: tokio_postgres::Statement,
     subs_remove: tokio_postgres::Statement,
     subs_remove_acks: tokio_postgres::Statement,
 }
@@ -487,10 +497,6 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
     for sql in PG_DELETES {
         deletes.push(conn.prepare(sql).await.map_err(&e)?);
     }
-    let mut tx_done = Vec::new();
-    for sql in PG_TX_DONE {
-        tx_done.push(conn.prepare(sql).await.map_err(&e)?);
-    }
     Ok(PgStmts {
         fence: conn.prepare(PG_FENCE).await.map_err(&e)?,
         insert_msgs: conn.prepare(PG_INSERT_MSGS).await.map_err(&e)?,
@@ -500,8 +506,9 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
         tx_acks: conn.prepare(PG_TX_ACKS).await.map_err(&e)?,
         tx_decided: conn.prepare(PG_TX_DECIDED).await.map_err(&e)?,
         deletes,
-        tx_done,
-        tx_xid: conn.prepare(PG_TX_XID).await.map_err(&e)?,
+        tx_forgotten: conn.prepare(PG_TX_FORGOTTEN).await.map_err(&e)?,
+        tx_acks_done: conn.prepare(PG_TX_ACKS_DONE).await.map_err(&e)?,
+        xid_cleared: conn.prepare(PG_XID_CLEARED).await.map_err(&e)?,
         subs_remove: conn.prepare(PG_SUBS_REMOVE).await.map_err(&e)?,
         subs_remove_acks: conn.prepare(PG_SUBS_REMOVE_ACKS).await.map_err(&e)?,
     })
@@ -598,18 +605,28 @@ async fn pg_apply(
             calls.push(("delete messages", stmt, vec![Box::new(chunk.to_vec())]));
         }
     }
-    for (chunk, xids) in b.tx_done.chunks(ROW_CHUNK).zip(d.tx_xids.chunks(ROW_CHUNK)) {
-        for stmt in &s.tx_done {
-            calls.push((
-                "delete finished transactions",
-                stmt,
-                vec![Box::new(chunk.to_vec())],
-            ));
-        }
+    for chunk in b.xid_cleared.chunks(ROW_CHUNK) {
         calls.push((
-            "clear finished transactions' XID",
-            &s.tx_xid,
-            vec![Box::new(xids.to_vec())],
+            "clear applied SENDs' XID",
+            &s.xid_cleared,
+            vec![Box::new(chunk.to_vec())],
+        ));
+    }
+    for chunk in b.tx_acks_done.chunks(ROW_CHUNK) {
+        let txs: Vec<i64> = chunk.iter().map(|a| a.tx).collect();
+        let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
+        let keys: Vec<String> = chunk.iter().map(|a| a.sub_key.clone()).collect();
+        calls.push((
+            "delete applied prepared acks",
+            &s.tx_acks_done,
+            vec![Box::new(txs), Box::new(ids), Box::new(keys)],
+        ));
+    }
+    for chunk in b.tx_forgotten.chunks(ROW_CHUNK) {
+        calls.push((
+            "delete forgotten decisions",
+            &s.tx_forgotten,
+            vec![Box::new(chunk.to_vec())],
         ));
     }
     for chunk in b.subs_removed.chunks(ROW_CHUNK) {
