@@ -133,7 +133,7 @@ fn transactions_across_a_failover(engine: Engine) {
     let mut a = nodes[0].start(&db, dir.path());
     let mut b = nodes[1].start(&db, dir.path());
     assert!(is_standby(&b));
-    let mut sub_x = durable(&a, "x");
+    let sub_x = durable(&a, "x");
     let mut sub_y = durable(&a, "y");
     let mut p = a.client();
     p.send_sync("/topic/t", "m1", &[("persistent", "true")]);
