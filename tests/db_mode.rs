@@ -293,6 +293,36 @@ fn wrong_password(engine: Engine) {
     assert!(!err.contains("wrong"), "the password is not printed: {err}");
 }
 
+/// MariaDB takes statements up to `max_allowed_packet` (16 MiB here): a
+/// larger frame is refused at the door with an ERROR (the frame limit is
+/// capped at start), never retried against the database for ever.
+#[test]
+fn frames_larger_than_mariadbs_packet_limit_are_refused() {
+    let db = TestDb::new(Engine::MariaDb);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Node::new().start(&db, dir.path());
+    assert!(!is_standby(&b));
+    let mut c = b.client();
+    // Written beside: the broker answers and closes before it is all sent.
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = format!(
+            "SEND\ndestination:/queue/big\npersistent:true\nreceipt:1\ncontent-length:{}\n\n",
+            17 << 20
+        )
+        .into_bytes();
+        f.resize(f.len() + (17 << 20), b'x');
+        f.push(0);
+        let _ = w.write_all(&f);
+    });
+    let e = c.expect_error();
+    let _ = writer.join();
+    assert!(e.header_str("message").unwrap().contains("frame"), "{e:?}");
+    let mut c = b.client();
+    c.send_sync("/queue/big", "small", &[("persistent", "true")]);
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod mariadb {

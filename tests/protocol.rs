@@ -194,6 +194,34 @@ fn bad_requests_get_clear_errors() {
     }
 }
 
+/// Names longer than ActiveMQ's JDBC columns hold are refused with an ERROR
+/// in every mode (a database mode could never store them): a client-id or a
+/// durable subscription name over 250 bytes.
+#[test]
+fn names_longer_than_the_jdbc_columns_are_refused() {
+    let b = Broker::start(&[]);
+    let long = "c".repeat(251);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", &long)]);
+    let e = c.connected.take().unwrap();
+    assert_eq!(e.command.as_str(), "ERROR");
+    assert!(e.header_str("message").unwrap().contains("client-id"));
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "c")]);
+    c.frame(
+        "SUBSCRIBE",
+        &[
+            ("id", "1"),
+            ("destination", "/topic/t"),
+            ("activemq.subscriptionName", &long),
+        ],
+        b"",
+    );
+    let e = c.expect_error();
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("subscription name"));
+}
+
 #[test]
 fn disconnect_receipt_comes_after_everything_sent_before() {
     let b = Broker::start(&["--shards", "2"]);

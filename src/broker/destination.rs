@@ -5,8 +5,14 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-/// The longest name ActiveMQ's JDBC schema can hold (`CONTAINER varchar(250)`).
-pub const MAX_NAME_BYTES: usize = 250;
+/// The longest name ActiveMQ's JDBC schema can hold: `CONTAINER
+/// varchar(250)` holds `queue://NAME` / `topic://NAME` (8 bytes before the
+/// name). Every mode keeps it, so a broker can move between modes.
+pub const MAX_NAME_BYTES: usize = 242;
+
+/// The longest client id and durable subscription name (`ACTIVEMQ_ACKS`'s
+/// `CLIENT_ID` and `SUB_NAME` are `varchar(250)`).
+pub const MAX_SUB_NAME_BYTES: usize = 250;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
@@ -119,7 +125,10 @@ mod tests {
             Destination::parse("/queue/a b"),
             Err(DestinationError::BadCharacter(_))
         ));
-        let long = format!("/queue/{}", "x".repeat(251));
+        // `queue://` + the name must fit ActiveMQ's CONTAINER varchar(250).
+        let longest = format!("/queue/{}", "x".repeat(242));
+        assert!(Destination::parse(&longest).is_ok());
+        let long = format!("/queue/{}", "x".repeat(243));
         assert_eq!(Destination::parse(&long), Err(DestinationError::TooLong));
     }
 

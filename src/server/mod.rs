@@ -100,14 +100,25 @@ pub fn serve(config: Config) -> Result<()> {
             "lock acquired and epoch raised; recovering the journal"
         );
     }
+    let mut max_frame_size = config.limits.max_frame_size;
     let db = if config.store.is_db() {
-        Some(db_take_over(
-            &config,
-            &role,
-            stomp,
-            admin_addr,
-            store_usage.clone(),
-        )?)
+        let (db, max_statement) =
+            db_take_over(&config, &role, stomp, admin_addr, store_usage.clone())?;
+        // A persistent message travels in one INSERT: a frame the database
+        // would refuse must be refused at the door, not retried forever.
+        if let Some(limit) = max_statement {
+            let fits = limit.saturating_sub(DB_STATEMENT_OVERHEAD) as usize;
+            if max_frame_size > fits {
+                warn!(
+                    max_frame_size,
+                    max_allowed_packet = limit,
+                    limit = fits,
+                    "limits.max_frame_size is more than the database takes in one statement (max_allowed_packet); using the smaller limit"
+                );
+                max_frame_size = fits;
+            }
+        }
+        Some(db)
     } else {
         None
     };
@@ -140,7 +151,7 @@ pub fn serve(config: Config) -> Result<()> {
             dead_letter_queue: Destination::queue(&config.broker.dead_letter_queue),
         },
         limits: Limits {
-            max_frame_size: config.limits.max_frame_size,
+            max_frame_size,
             ..Limits::default()
         },
         max_connections: config.limits.max_connections,
@@ -296,13 +307,18 @@ fn spawn_signal_thread(
 /// takes the lease (waiting as standby while another broker holds it),
 /// keeps it on the side runtime (losing it ends the process, exit 3), reads
 /// the tables back and starts the writer.
+/// What an INSERT of one message needs beyond its frame: the statement,
+/// the other columns, the encoding's header and properties' framing.
+const DB_STATEMENT_OVERHEAD: u64 = 64 * 1024;
+
+/// Returns the shared state and the database's statement size limit.
 fn db_take_over(
     config: &Config,
     role: &Arc<RoleCell>,
     stomp: SocketAddr,
     admin: SocketAddr,
     usage: Arc<StoreUsage>,
-) -> Result<db_shard::DbShared> {
+) -> Result<(db_shard::DbShared, Option<u64>)> {
     use crate::ha::db_lease;
     use crate::store::sql::{self, writer};
     let url = config.store.url.clone().unwrap_or_default();
@@ -381,7 +397,7 @@ fn db_take_over(
     );
     let writer = writer::spawn(
         &side::handle()?,
-        db,
+        db.clone(),
         token,
         writer::WriterConfig {
             max_rows: config.store.batch_max_rows,
@@ -389,10 +405,18 @@ fn db_take_over(
         },
         usage,
     );
-    Ok(db_shard::DbShared {
-        writer,
-        loaded: Arc::new(loaded),
-    })
+    let max_statement = {
+        let db = db.clone();
+        side::block_on(async move { db.max_statement_bytes().await })?
+            .context("cannot read the database's statement size limit")?
+    };
+    Ok((
+        db_shard::DbShared {
+            writer,
+            loaded: Arc::new(loaded),
+        },
+        max_statement,
+    ))
 }
 
 /// Raises the epoch, waiting out a full file system (a copy-on-write one

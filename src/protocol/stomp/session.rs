@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{finish_body, put_header, Command, Frame, Version};
+use crate::broker::destination::MAX_SUB_NAME_BYTES;
 use crate::broker::message::{now_ms, MemoryUsage, Property};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
@@ -405,11 +406,14 @@ impl Session {
         let min = self.cfg.heartbeat_min_ms;
         let send_ms = if cy > 0 { cy.max(min) } else { 0 };
         let recv_ms = if cx > 0 { cx.max(min) } else { 0 };
+        let client_id = f.header_str("client-id").filter(|c| !c.is_empty());
+        if client_id.is_some_and(|c| c.len() > MAX_SUB_NAME_BYTES) {
+            return refuse(format!(
+                "client-id is longer than {MAX_SUB_NAME_BYTES} bytes"
+            ));
+        }
         self.version = version;
-        self.client_id = f
-            .header_str("client-id")
-            .filter(|c| !c.is_empty())
-            .map(str::to_string);
+        self.client_id = client_id.map(str::to_string);
         self.phase = Phase::Open;
         let mut reply = Frame::new(Command::Connected)
             .with("version", version.as_str())
@@ -546,6 +550,11 @@ impl Session {
             },
         };
         let durable = match durable_name(f) {
+            Some(name) if name.len() > MAX_SUB_NAME_BYTES => {
+                return refuse(format!(
+                    "the durable subscription name is longer than {MAX_SUB_NAME_BYTES} bytes"
+                ))
+            }
             Some(name) if destination.is_topic() => match &self.client_id {
                 Some(client_id) => Some(DurableName {
                     client_id: client_id.clone(),

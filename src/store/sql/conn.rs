@@ -113,6 +113,28 @@ impl Db {
         }
     }
 
+    /// The largest statement the server takes (MySQL/MariaDB's
+    /// `max_allowed_packet`), if it has such a limit: a message must fit in
+    /// one INSERT. None for PostgreSQL (its limit, 1 GiB per value, is above
+    /// any frame the broker accepts).
+    pub async fn max_statement_bytes(&self) -> Result<Option<u64>, SqlError> {
+        match self {
+            Db::MySql(pool) => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = pool
+                    .get_conn()
+                    .await
+                    .map_err(my_err("read max_allowed_packet"))?;
+                let v: Option<u64> = conn
+                    .query_first("SELECT @@max_allowed_packet")
+                    .await
+                    .map_err(my_err("read max_allowed_packet"))?;
+                Ok(v)
+            }
+            Db::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Closes every idle connection and waits for them to go (a dropped
     /// pool would close them in the background, maybe after the runtime).
     pub async fn disconnect(self) {
