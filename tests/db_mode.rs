@@ -220,6 +220,37 @@ fn transactions_across_a_failover(engine: Engine) {
     }
 }
 
+/// A durable subscription made after a topic message was stored (held by
+/// an earlier subscription) does not get that message after a failover.
+fn a_late_subscription_gets_no_earlier_message(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(), Node::new()];
+    let mut a = nodes[0].start(&db, dir.path());
+    let mut b = nodes[1].start(&db, dir.path());
+    assert!(is_standby(&b));
+    let early = durable(&a, "early");
+    let mut p = a.client();
+    p.send_sync("/topic/t", "m1", &[("persistent", "true")]);
+    let late = durable(&a, "late");
+    // Made durable: the subscription exists once its SUBSCRIBE's receipt
+    // came (durable() waits for it).
+    drop((early, late, p));
+    a.kill9();
+    b.wait_for_master();
+    let mut late = durable(&b, "late");
+    let mut p = b.client();
+    p.send_sync("/topic/t", "m2", &[("persistent", "true")]);
+    let first = late.expect_message();
+    assert_eq!(
+        body(&first),
+        "m2",
+        "a message sent before the subscription existed"
+    );
+    let mut early = durable(&b, "early");
+    assert_eq!(body(&early.expect_message()), "m1");
+}
+
 /// ActiveMQ's JDBC tables, with its column names, made at first start.
 fn activemq_tables(engine: Engine) {
     let db = TestDb::new(engine);
@@ -338,6 +369,7 @@ on_both!(
     kills_under_load,
     cut_off_master,
     transactions_across_a_failover,
+    a_late_subscription_gets_no_earlier_message,
     activemq_tables,
     wrong_password
 );

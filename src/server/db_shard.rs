@@ -77,6 +77,11 @@ pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
     for (id, n) in count {
         s.hold(id, n);
     }
+    for (topic, _, entries) in &restored.subs {
+        for e in entries {
+            s.hold_topic(e.msg.id, topic);
+        }
+    }
 }
 
 /// The tables' side of the transactions recovery decided (see the file

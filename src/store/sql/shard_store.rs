@@ -2,10 +2,13 @@
 //! [`Batch`]; the shard's flusher hands the batch to the writer (on the side
 //! runtime) and learns when it committed. Lives on its shard's thread.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::{encoding, Batch, MsgRow, Redelivery, SubRow, TopicAck, TxAckRow};
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, IdSet};
 use crate::store::{Durable, RecordRef, Store, StoredDestination, StoredSub};
 
 /// `queue://NAME` or `topic://NAME`, as ActiveMQ's JDBC store writes it.
@@ -54,6 +57,13 @@ pub struct DbShardStore {
     /// Decisions this shard wrote (it coordinates them) -> participants
     /// that have not yet applied their part.
     decisions: IdMap<u32>,
+    /// Held topic messages by topic: a durable subscription made later must
+    /// not get them after a takeover (recovery gives a topic message to
+    /// every subscription in the tables unless an ack row says otherwise),
+    /// so its creation writes those rows (see `Batch::add_sub`).
+    topic_msgs: HashMap<Arc<str>, IdSet>,
+    /// The topic of each message in `topic_msgs`.
+    topic_of: IdMap<Arc<str>>,
 }
 
 /// A transaction's prepared records on one shard.
@@ -75,6 +85,27 @@ impl DbShardStore {
     pub fn hold(&mut self, id: u64, holders: u32) {
         if holders > 0 {
             self.holders.insert(id, holders);
+        }
+    }
+
+    /// A held message is on `topic` (see `topic_msgs`).
+    pub fn hold_topic(&mut self, id: u64, topic: &Arc<str>) {
+        if self.topic_of.insert(id, topic.clone()).is_none() {
+            self.topic_msgs.entry(topic.clone()).or_default().insert(id);
+        }
+    }
+
+    /// A durable subscription made now: ack rows for the topic's messages
+    /// stored before it (see `topic_msgs`).
+    fn pre_ack(&mut self, topic: &str, sub: &StoredSub) {
+        if let Some(ids) = self.topic_msgs.get(topic) {
+            for id in ids {
+                self.batch.topic_acks.push(TopicAck {
+                    id: sql_id(*id),
+                    client_id: sub.client_id.to_string(),
+                    sub_name: sub.name.to_string(),
+                });
+            }
         }
     }
 
@@ -191,6 +222,14 @@ impl DbShardStore {
     }
 
     fn retire(&mut self, id: u64) {
+        if let Some(topic) = self.topic_of.remove(&id) {
+            if let Some(ids) = self.topic_msgs.get_mut(&topic) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.topic_msgs.remove(&topic);
+                }
+            }
+        }
         // Written in this batch and gone again: neither goes out. Nothing
         // else in the batch names it yet except what retiring cleans up.
         if let Some(i) = self.unsent.remove(&id) {
@@ -245,6 +284,9 @@ impl Store for DbShardStore {
                     None,
                 );
                 self.hold(id, holders);
+                if destination.topic && holders > 0 {
+                    self.hold_topic(id, &destination.name);
+                }
             }
             RecordRef::TxSend {
                 tx,
@@ -267,6 +309,9 @@ impl Store for DbShardStore {
                     Some(xid(tx)),
                 );
                 self.hold(id, holders);
+                if destination.topic && holders > 0 {
+                    self.hold_topic(id, &destination.name);
+                }
                 self.parts.entry(tx).or_default().sends.push(id);
             }
             // A queue's ACK retires the row through `release`; a durable
@@ -287,7 +332,10 @@ impl Store for DbShardStore {
                     count: i64::from(count),
                 });
             }
-            RecordRef::DurableAdd { topic, sub } => self.batch.add_sub(sub_row(topic, sub)),
+            RecordRef::DurableAdd { topic, sub } => {
+                self.batch.add_sub(sub_row(topic, sub));
+                self.pre_ack(topic, sub);
+            }
             RecordRef::DurableRemove { topic, sub } => self.batch.remove_sub(sub_row(topic, sub)),
             RecordRef::TxAck { tx, sub, id, .. } => {
                 self.batch.tx_acks.push(TxAckRow {
@@ -402,6 +450,53 @@ mod tests {
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
         assert!(b.deletes.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_made_later_acks_the_topic_messages_stored_before_it() {
+        let t = StoredDestination {
+            topic: true,
+            name: "t".into(),
+        };
+        let sub = StoredSub {
+            client_id: "c".into(),
+            name: "late".into(),
+        };
+        let mut s = DbShardStore::new();
+        s.append(
+            &RecordRef::Send {
+                id: 9,
+                destination: &t,
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 0,
+                properties: &[],
+                body: b"m",
+            },
+            1,
+        );
+        s.take();
+        s.append(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        let (b, _) = s.take();
+        assert_eq!(b.topic_acks.len(), 1);
+        assert_eq!(b.topic_acks[0].id, 9);
+        // Once the message is gone, a new subscription acks nothing.
+        s.release(9);
+        s.take();
+        s.append(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+            },
+            0,
+        );
+        assert!(s.take().0.topic_acks.is_empty());
     }
 
     #[test]

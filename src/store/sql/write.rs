@@ -397,15 +397,18 @@ async fn mysql_apply(
             .flat_map(|s| [text(&s.container), text(&s.client_id), text(&s.sub_name)])
             .collect();
         my_exec(tx, "delete subscriptions", sql, p).await?;
+        // Only the acks on this subscription's topic: the same client id
+        // and name may subscribe another topic too.
         let sql = values_sql(
-            "DELETE FROM BROKK_TOPIC_ACKS WHERE (CLIENT_ID, SUB_NAME) IN (",
-            "(?,?)",
+            "DELETE a FROM BROKK_TOPIC_ACKS a JOIN ACTIVEMQ_MSGS m ON m.ID = a.ID \
+             WHERE (m.CONTAINER, a.CLIENT_ID, a.SUB_NAME) IN (",
+            "(?,?,?)",
             chunk.len(),
             ")",
         );
         let p = chunk
             .iter()
-            .flat_map(|s| [text(&s.client_id), text(&s.sub_name)])
+            .flat_map(|s| [text(&s.container), text(&s.client_id), text(&s.sub_name)])
             .collect();
         my_exec(tx, "delete subscriptions' topic acks", sql, p).await?;
     }
@@ -470,9 +473,9 @@ const PG_TX_ACKS_DONE: &str = "DELETE FROM BROKK_TX_ACKS a USING unnest($1::bigi
 const PG_XID_CLEARED: &str = "UPDATE ACTIVEMQ_MSGS SET XID = NULL WHERE ID = ANY($1::bigint[])";
 const PG_SUBS_REMOVE: &str = "DELETE FROM ACTIVEMQ_ACKS a USING unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS t(c, ci, sn) \
      WHERE a.CONTAINER = t.c AND a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
-const PG_SUBS_REMOVE_ACKS: &str =
-    "DELETE FROM BROKK_TOPIC_ACKS a USING unnest($1::varchar[], $2::varchar[]) AS t(ci, sn) \
-     WHERE a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
+const PG_SUBS_REMOVE_ACKS: &str = "DELETE FROM BROKK_TOPIC_ACKS a USING ACTIVEMQ_MSGS m, \
+     unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS t(c, ci, sn) \
+     WHERE m.ID = a.ID AND m.CONTAINER = t.c AND a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
 
 /// The write statements, prepared on one connection.
 struct PgStmts {
@@ -637,15 +640,16 @@ async fn pg_apply(
             "delete subscriptions",
             &s.subs_remove,
             vec![
-                Box::new(cs),
+                Box::new(cs.clone()),
                 Box::new(cids.clone()),
                 Box::new(names.clone()),
             ],
         ));
+        // Only the acks on this subscription's topic (see the MySQL side).
         calls.push((
             "delete subscriptions' topic acks",
             &s.subs_remove_acks,
-            vec![Box::new(cids), Box::new(names)],
+            vec![Box::new(cs), Box::new(cids), Box::new(names)],
         ));
     }
     // Pipelined: every request is written before the first answer is
