@@ -286,6 +286,9 @@ fn batches_round_trip_and_apply_in_order() {
         let mut msgs: Vec<MsgRow> = (1..=1000).map(|id| message(id, 1024)).collect();
         msgs[10].xid = Some("tx:7".into());
         msgs[11].xid = Some("tx:7".into());
+        // Message 2 is on the topic the subscriptions below are on (their
+        // acks of it go with a subscription).
+        msgs[1].container = "topic://t".into();
         // Inserted out of order: load returns them by ID.
         msgs.swap(0, 999);
         write_batch(
@@ -472,6 +475,35 @@ fn batches_round_trip_and_apply_in_order() {
     });
 }
 
+/// The same client id and subscription name on two topics are two
+/// subscriptions: removing one leaves the other's acknowledgements.
+#[test]
+fn removing_a_subscription_keeps_the_same_name_on_another_topic() {
+    on_both(|db, _| async move {
+        hold_lease(&db).await;
+        let mut m1 = message(1, 10);
+        m1.container = "topic://t1".into();
+        let mut m2 = message(2, 10);
+        m2.container = "topic://t2".into();
+        let batch = Batch {
+            inserts: vec![m1, m2],
+            subs_added: vec![sub("t1", "c", "s", None), sub("t2", "c", "s", None)],
+            topic_acks: vec![tack(1, "c", "s"), tack(2, "c", "s")],
+            ..Default::default()
+        };
+        write_batch(&db, &lease(), &batch).await.unwrap();
+        let remove = Batch {
+            subs_removed: vec![sub("t1", "c", "s", None)],
+            ..Default::default()
+        };
+        write_batch(&db, &lease(), &remove).await.unwrap();
+        let loaded = load(&db).await.unwrap();
+        assert_eq!(loaded.subs, vec![sub("t2", "c", "s", None)]);
+        assert_eq!(loaded.topic_acks, vec![tack(2, "c", "s")]);
+        db
+    });
+}
+
 /// Names are exact: any Unicode, and case matters (MariaDB's default
 /// collations would make `S` and `s` one subscription).
 #[test]
@@ -479,13 +511,13 @@ fn names_are_unicode_and_case_sensitive() {
     on_both(|db, _| async move {
         hold_lease(&db).await;
         let mut m = message(1, 10);
-        m.container = "queue://日本語-ü".into();
+        m.container = "topic://日本語-ü".into();
         let batch = Batch {
             inserts: vec![m.clone()],
             subs_added: vec![
-                sub("t", "c", "S", None),
-                sub("t", "c", "s", None),
-                sub("t", "c", "ß", None),
+                sub("日本語-ü", "c", "S", None),
+                sub("日本語-ü", "c", "s", None),
+                sub("日本語-ü", "c", "ß", None),
             ],
             topic_acks: vec![tack(1, "c", "S"), tack(1, "c", "s")],
             ..Default::default()
@@ -495,7 +527,7 @@ fn names_are_unicode_and_case_sensitive() {
             &db,
             &lease(),
             &Batch {
-                subs_removed: vec![sub("t", "c", "S", None)],
+                subs_removed: vec![sub("日本語-ü", "c", "S", None)],
                 ..Default::default()
             },
         )
