@@ -166,6 +166,8 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Database modes: create the tables at start when absent.
     pub create_tables: bool,
+    /// Database modes: the secondary indexes a created `ACTIVEMQ_MSGS` gets.
+    pub indexes: crate::store::sql::schema::Indexes,
     /// Database modes: most rows in one write transaction.
     pub batch_max_rows: usize,
     /// Database modes: how long a batch may wait for more rows when the
@@ -234,6 +236,7 @@ impl Default for StoreConfig {
             url: None,
             pool_size: 4,
             create_tables: true,
+            indexes: crate::store::sql::schema::Indexes::Minimal,
             batch_max_rows: 4096,
             linger_us: 0,
         }

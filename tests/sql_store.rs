@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use brokk::store::sql::conn::{connect, Db};
 use brokk::store::sql::load::{lease_holder, load};
-use brokk::store::sql::schema::{columns, create_tables};
+use brokk::store::sql::schema::{columns, create_tables, Indexes};
 use brokk::store::sql::write::write_batch;
 use brokk::store::sql::{
     encoding, Batch, Dialect, LeaseToken, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow,
@@ -103,7 +103,9 @@ where
                 .await
                 .expect("connect to the test database");
             assert_eq!(db.dialect(), dialect);
-            create_tables(&db).await.expect("create tables");
+            create_tables(&db, Indexes::Minimal)
+                .await
+                .expect("create tables");
             let db = scenario(
                 db,
                 TempInfo {
@@ -219,7 +221,9 @@ fn tack(id: i64, client: &str, name: &str) -> TopicAck {
 #[test]
 fn schema_is_activemqs_and_creating_twice_is_fine() {
     on_both(|db, t| async move {
-        create_tables(&db).await.expect("second create_tables");
+        create_tables(&db, Indexes::ActiveMq)
+            .await
+            .expect("second create_tables");
         let blob = if t.dialect == Dialect::MySql {
             "longblob"
         } else {

@@ -330,7 +330,8 @@ fn db_take_over(
     let db = Arc::new(db);
     if config.store.create_tables {
         let db = db.clone();
-        side::block_on(async move { sql::schema::create_tables(&db).await })?
+        let indexes = config.store.indexes;
+        side::block_on(async move { sql::schema::create_tables(&db, indexes).await })?
             .context("cannot create the tables")?;
     }
     let token = sql::LeaseToken(epoch::owner_id());
