@@ -251,6 +251,36 @@ fn a_late_subscription_gets_no_earlier_message(engine: Engine) {
     assert_eq!(body(&early.expect_message()), "m1");
 }
 
+/// The longest names the protocol accepts fit every column: a durable
+/// subscriber with a 250-byte client id and name takes a message and leaves
+/// without acknowledging it (a redelivery count is stored under both
+/// names), and the broker goes on writing.
+fn the_longest_names_fit_the_tables(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Node::new().start(&db, dir.path());
+    let client = "c".repeat(250);
+    let name = "n".repeat(250);
+    let mut c = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("client-id", &client)],
+    );
+    c.subscribe(
+        "d",
+        "/topic/long",
+        "client-individual",
+        &[("activemq.subscriptionName", &name)],
+    );
+    let mut p = b.client();
+    p.send_sync("/topic/long", "m", &[("persistent", "true")]);
+    assert_eq!(body(&c.expect_message()), "m");
+    drop(c);
+    // Writes go on: a receipt needs the next batch committed.
+    p.send_sync("/queue/after", "x", &[("persistent", "true")]);
+    let rows = db.sql("SELECT COUNT(*) FROM BROKK_REDELIVERIES");
+    assert_eq!(rows.trim(), "1", "the redelivery count was stored");
+}
+
 /// ActiveMQ's JDBC tables, with its column names, made at first start.
 fn activemq_tables(engine: Engine) {
     let db = TestDb::new(engine);
@@ -370,6 +400,7 @@ on_both!(
     cut_off_master,
     transactions_across_a_failover,
     a_late_subscription_gets_no_earlier_message,
+    the_longest_names_fit_the_tables,
     activemq_tables,
     wrong_password
 );

@@ -105,8 +105,10 @@ pub fn serve(config: Config) -> Result<()> {
         let (db, max_statement) =
             db_take_over(&config, &role, stomp, admin_addr, store_usage.clone())?;
         // A persistent message travels in one INSERT: a frame the database
-        // would refuse must be refused at the door, not retried forever.
+        // would refuse must be refused at the door, not retried forever;
+        // and the writer's statements stay within the limit too.
         if let Some(limit) = max_statement {
+            crate::store::sql::write::set_statement_limit(limit);
             let fits = limit.saturating_sub(DB_STATEMENT_OVERHEAD) as usize;
             if max_frame_size > fits {
                 warn!(

@@ -20,7 +20,8 @@ pub fn container(d: &StoredDestination) -> String {
 /// The key of one consumer's redelivery count or prepared ack: empty for a
 /// queue, `LEN:CLIENT_ID:NAME` for a durable subscription (LEN = the client
 /// id's length in bytes: client ids such as ActiveMQ's `ID:host-1-2` hold
-/// colons themselves).
+/// colons themselves). At most 3 + 1 + 250 + 1 + 250 = 505 bytes (both
+/// names are limited to 250 at the protocol), under the columns' 512.
 pub fn sub_key(sub: Option<&StoredSub>) -> String {
     match sub {
         None => String::new(),
@@ -158,7 +159,11 @@ impl DbShardStore {
         }
         for (id, sub) in part.acks {
             let key = sub_key(sub.as_ref());
-            if let Some(s) = &sub {
+            // A message retired meanwhile (its last other holder let go, or
+            // its subscription was destroyed) had its rows deleted: an ack
+            // row now would name nothing, for good. One still held has not
+            // been released for this ack yet (TxDone comes first).
+            if let Some(s) = sub.as_ref().filter(|_| self.holders.contains_key(&id)) {
                 self.batch.topic_acks.push(TopicAck {
                     id: sql_id(id),
                     client_id: s.client_id.to_string(),
@@ -450,6 +455,49 @@ mod tests {
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
         assert!(b.deletes.is_empty());
+    }
+
+    #[test]
+    fn a_transactional_ack_of_a_message_retired_meanwhile_writes_no_ack_row() {
+        let t = StoredDestination {
+            topic: true,
+            name: "t".into(),
+        };
+        let sub = StoredSub {
+            client_id: "c".into(),
+            name: "s1".into(),
+        };
+        let mut s = DbShardStore::new();
+        s.append(
+            &RecordRef::Send {
+                id: 5,
+                destination: &t,
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 0,
+                properties: &[],
+                body: b"m",
+            },
+            1,
+        );
+        s.append(
+            &RecordRef::TxAck {
+                tx: 9,
+                destination: &t,
+                sub: Some(&sub),
+                id: 5,
+            },
+            0,
+        );
+        s.take();
+        // The subscription is destroyed before the decision: M goes.
+        s.release(5);
+        let (b, _) = s.take();
+        assert_eq!(b.deletes, vec![5]);
+        s.append(&RecordRef::TxDone { tx: 9 }, 0);
+        let (b, _) = s.take();
+        assert!(b.topic_acks.is_empty(), "an ack row for a deleted message");
+        assert_eq!(b.tx_acks_done.len(), 1, "its prepared row still goes");
     }
 
     #[test]

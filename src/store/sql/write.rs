@@ -38,14 +38,35 @@ use super::{Batch, LeaseToken, MsgRow, Redelivery, SqlError, SubRow};
 
 /// Messages per INSERT statement.
 pub const MSG_CHUNK: usize = 256;
-/// Most message bytes in one INSERT (a statement must stay under the
-/// server's packet limit: MariaDB's `max_allowed_packet` is 16 MiB by
-/// default). A single larger message goes alone.
-pub const MSG_CHUNK_BYTES: usize = 4 << 20;
+/// Most bytes of rows in one INSERT by default: a statement must stay under
+/// the server's packet limit (`max_allowed_packet`: 16 MiB on MariaDB,
+/// 4 MiB on MySQL 5.7 by default). See [`set_statement_limit`].
+pub const MSG_CHUNK_BYTES: usize = 1 << 20;
 
-/// The inserts in statements of at most [`MSG_CHUNK`] rows and
-/// [`MSG_CHUNK_BYTES`] of `MSG` (at least one row each).
+/// The row budget in force (see [`set_statement_limit`]).
+static CHUNK_BUDGET: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MSG_CHUNK_BYTES);
+
+/// The server's largest statement (MySQL's `max_allowed_packet`, read at
+/// takeover): INSERT chunks stay within half of it. A single message larger
+/// than the budget goes alone; the broker caps frames below the limit.
+pub fn set_statement_limit(limit: u64) {
+    let budget = (limit / 2).min(MSG_CHUNK_BYTES as u64).max(1) as usize;
+    CHUNK_BUDGET.store(budget, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What a row costs in a statement besides its `MSG`: the container and
+/// the other columns.
+const ROW_OVERHEAD: usize = 64;
+
+/// The inserts in statements of at most [`MSG_CHUNK`] rows and the chunk
+/// budget in bytes (at least one row each).
 fn msg_chunks(rows: &[MsgRow]) -> impl Iterator<Item = &[MsgRow]> {
+    let budget = CHUNK_BUDGET.load(std::sync::atomic::Ordering::Relaxed);
+    msg_chunks_within(rows, budget)
+}
+
+fn msg_chunks_within(rows: &[MsgRow], budget: usize) -> impl Iterator<Item = &[MsgRow]> {
     let mut rest = rows;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -54,8 +75,8 @@ fn msg_chunks(rows: &[MsgRow]) -> impl Iterator<Item = &[MsgRow]> {
         let mut bytes = 0;
         let mut n = 0;
         while n < rest.len() && n < MSG_CHUNK {
-            bytes += rest[n].msg.len();
-            if n > 0 && bytes > MSG_CHUNK_BYTES {
+            bytes += rest[n].msg.len() + rest[n].container.len() + ROW_OVERHEAD;
+            if n > 0 && bytes > budget {
                 break;
             }
             n += 1;
@@ -69,7 +90,7 @@ fn msg_chunks(rows: &[MsgRow]) -> impl Iterator<Item = &[MsgRow]> {
 pub const ROW_CHUNK: usize = 1000;
 /// Size at which MySQL's multi-statement text is sent in parts (well under
 /// the server's `max_allowed_packet`, 16 MiB by default).
-const MYSQL_TEXT_LIMIT: usize = 1 << 20;
+const MYSQL_TEXT_LIMIT: usize = 256 << 10;
 
 const MYSQL_FENCE: &str =
     "SELECT BROKER_NAME, TIME, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
@@ -711,4 +732,56 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn row(id: i64, size: usize) -> MsgRow {
+        MsgRow {
+            id,
+            container: "queue://q".into(),
+            expiration: 0,
+            priority: 4,
+            xid: None,
+            msg: Bytes::from(vec![0u8; size]),
+        }
+    }
+
+    #[test]
+    fn insert_chunks_stay_within_the_budget_and_a_large_row_goes_alone() {
+        let budget = 4096;
+        let rows: Vec<MsgRow> = [1000, 1000, 1000, 1000, 9000, 10, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| row(i as i64, n))
+            .collect();
+        let chunks: Vec<Vec<i64>> = msg_chunks_within(&rows, budget)
+            .map(|c| c.iter().map(|r| r.id).collect())
+            .collect();
+        assert_eq!(chunks, vec![vec![0, 1, 2], vec![3], vec![4], vec![5, 6]]);
+        for c in msg_chunks_within(&rows, budget) {
+            let bytes: usize = c
+                .iter()
+                .map(|r| r.msg.len() + r.container.len() + ROW_OVERHEAD)
+                .sum();
+            assert!(c.len() == 1 || bytes <= budget);
+        }
+    }
+
+    #[test]
+    fn the_budget_follows_the_servers_statement_limit() {
+        set_statement_limit(1 << 20);
+        assert_eq!(
+            CHUNK_BUDGET.load(std::sync::atomic::Ordering::Relaxed),
+            512 << 10
+        );
+        set_statement_limit(64 << 20);
+        assert_eq!(
+            CHUNK_BUDGET.load(std::sync::atomic::Ordering::Relaxed),
+            MSG_CHUNK_BYTES
+        );
+    }
 }
