@@ -12,6 +12,18 @@ use std::time::{Duration, Instant};
 use common::db::{assert_all_present, drain, is_standby, Engine, Node, Producer, TestDb};
 use common::{body, Broker, Client};
 
+/// A fresh database and a master/standby pair on it.
+fn pair(engine: Engine) -> (TestDb, tempfile::TempDir, [Node; 2], Broker, Broker) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(), Node::new()];
+    let a = nodes[0].start(&db, dir.path());
+    assert!(!is_standby(&a), "{}", a.role_line);
+    let b = nodes[1].start(&db, dir.path());
+    assert!(is_standby(&b), "the second waits: {}", b.role_line);
+    (db, dir, nodes, a, b)
+}
+
 /// SIGKILL the master under persistent load, twenty times, at random
 /// points of its batches (after a random number of receipts): the standby
 /// takes over each time, the killed broker comes back as standby, every
@@ -92,12 +104,7 @@ impl Rng {
 /// while the standby waits: the standby takes the lease, the old master
 /// stops serving (exit 3), and nothing receipted is lost.
 fn cut_off_master(engine: Engine) {
-    let db = TestDb::new(engine);
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = [Node::new(), Node::new()];
-    let mut a = nodes[0].start(&db, dir.path());
-    let mut b = nodes[1].start(&db, dir.path());
-    assert!(is_standby(&b));
+    let (db, _dir, nodes, mut a, mut b) = pair(engine);
     let producer = Producer::start([nodes[0].addr(), nodes[1].addr()]);
     producer.wait_more(200);
     assert!(db.kill_sessions_of(a.pid()) > 0, "the master has sessions");
@@ -127,12 +134,7 @@ fn durable(b: &Broker, client: &str) -> Client {
 /// an uncommitted transaction leaves nothing, and once everything is
 /// consumed no transaction row is left.
 fn transactions_across_a_failover(engine: Engine) {
-    let db = TestDb::new(engine);
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = [Node::new(), Node::new()];
-    let mut a = nodes[0].start(&db, dir.path());
-    let mut b = nodes[1].start(&db, dir.path());
-    assert!(is_standby(&b));
+    let (db, _dir, _nodes, mut a, mut b) = pair(engine);
     let sub_x = durable(&a, "x");
     let mut sub_y = durable(&a, "y");
     let mut p = a.client();
@@ -223,12 +225,7 @@ fn transactions_across_a_failover(engine: Engine) {
 /// A durable subscription made after a topic message was stored (held by
 /// an earlier subscription) does not get that message after a failover.
 fn a_late_subscription_gets_no_earlier_message(engine: Engine) {
-    let db = TestDb::new(engine);
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = [Node::new(), Node::new()];
-    let mut a = nodes[0].start(&db, dir.path());
-    let mut b = nodes[1].start(&db, dir.path());
-    assert!(is_standby(&b));
+    let (_db, _dir, _nodes, mut a, mut b) = pair(engine);
     let early = durable(&a, "early");
     let mut p = a.client();
     p.send_sync("/topic/t", "m1", &[("persistent", "true")]);

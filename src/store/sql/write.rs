@@ -34,7 +34,7 @@ use tokio_postgres::types::ToSql;
 
 use super::conn::{my_err, pg_err, Db, PgConn};
 use super::schema::my_take;
-use super::{Batch, LeaseToken, MsgRow, Redelivery, SqlError, SubRow};
+use super::{Batch, LeaseToken, MsgRow, Redelivery, SqlError, SubRow, TxAckRow};
 
 /// Messages per INSERT statement.
 pub const MSG_CHUNK: usize = 256;
@@ -542,6 +542,14 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
 /// futures that borrow them, so they are all built before sending.
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
+/// Prepared-ack rows as column arrays (TX, ID, SUB_KEY).
+fn tx_ack_columns(chunk: &[TxAckRow]) -> Params {
+    let txs: Vec<i64> = chunk.iter().map(|a| a.tx).collect();
+    let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
+    let keys: Vec<String> = chunk.iter().map(|a| a.sub_key.clone()).collect();
+    vec![Box::new(txs), Box::new(ids), Box::new(keys)]
+}
+
 async fn pg_apply(
     tx: &tokio_postgres::Transaction<'_>,
     s: &PgStmts,
@@ -608,14 +616,7 @@ async fn pg_apply(
         ));
     }
     for chunk in b.tx_acks.chunks(ROW_CHUNK) {
-        let txs: Vec<i64> = chunk.iter().map(|a| a.tx).collect();
-        let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
-        let keys: Vec<String> = chunk.iter().map(|a| a.sub_key.clone()).collect();
-        calls.push((
-            "insert prepared acks",
-            &s.tx_acks,
-            vec![Box::new(txs), Box::new(ids), Box::new(keys)],
-        ));
+        calls.push(("insert prepared acks", &s.tx_acks, tx_ack_columns(chunk)));
     }
     for chunk in b.tx_decided.chunks(ROW_CHUNK) {
         calls.push((
@@ -637,13 +638,10 @@ async fn pg_apply(
         ));
     }
     for chunk in b.tx_acks_done.chunks(ROW_CHUNK) {
-        let txs: Vec<i64> = chunk.iter().map(|a| a.tx).collect();
-        let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
-        let keys: Vec<String> = chunk.iter().map(|a| a.sub_key.clone()).collect();
         calls.push((
             "delete applied prepared acks",
             &s.tx_acks_done,
-            vec![Box::new(txs), Box::new(ids), Box::new(keys)],
+            tx_ack_columns(chunk),
         ));
     }
     for chunk in b.tx_forgotten.chunks(ROW_CHUNK) {
