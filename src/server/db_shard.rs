@@ -24,10 +24,18 @@ use crate::store::{Durable, RecordRef, Store, StoredDestination};
 /// What every shard of a database-mode master shares.
 #[derive(Clone)]
 pub struct DbShared {
-    pub writer: flume::Sender<WriteRequest>,
+    /// The writer's lane of each shard (see `writer::spawn`).
+    pub writer: Vec<flume::Sender<WriteRequest>>,
     /// The tables as read at takeover (dropped by nobody: small next to
     /// what the queues hold, and read once).
     pub loaded: Arc<Loaded>,
+}
+
+impl DbShared {
+    /// Shard `id`'s writer lane.
+    pub fn lane(&self, id: usize) -> &flume::Sender<WriteRequest> {
+        &self.writer[id % self.writer.len()]
+    }
 }
 
 /// This shard's records, from the tables: the destinations it owns. The
@@ -86,7 +94,12 @@ pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
 
 /// The tables' side of the transactions recovery decided (see the file
 /// mode's `settle_transactions`), written before serving.
-pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, tx: &TxOutcome) {
+pub async fn settle_transactions(
+    id: usize,
+    s: &Rc<RefCell<DbShardStore>>,
+    db: &DbShared,
+    tx: &TxOutcome,
+) {
     {
         let mut s = s.borrow_mut();
         for t in &tx.undone {
@@ -108,12 +121,17 @@ pub async fn settle_transactions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, t
             "transactions settled by recovery"
         );
     }
-    write_pending(s, &db.writer).await;
+    write_pending(s, db.lane(id)).await;
 }
 
 /// After every shard settled its parts (the second recovery barrier):
 /// the decisions found in the tables are needed no more.
-pub async fn forget_decisions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, commits: &[u64]) {
+pub async fn forget_decisions(
+    id: usize,
+    s: &Rc<RefCell<DbShardStore>>,
+    db: &DbShared,
+    commits: &[u64],
+) {
     if commits.is_empty() {
         return;
     }
@@ -123,7 +141,7 @@ pub async fn forget_decisions(s: &Rc<RefCell<DbShardStore>>, db: &DbShared, comm
             s.forget_decision(*tx);
         }
     }
-    write_pending(s, &db.writer).await;
+    write_pending(s, db.lane(id)).await;
 }
 
 /// Writes what is pending now and waits until it committed.

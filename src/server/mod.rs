@@ -407,6 +407,7 @@ fn db_take_over(
             linger: Duration::from_micros(config.store.linger_us),
         },
         usage,
+        config.shard_count(),
     );
     let max_statement = {
         let db = db.clone();

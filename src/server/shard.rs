@@ -538,7 +538,7 @@ pub async fn run(
         }
         if let (Some(s), Some(db)) = (&db_store, &shared.db) {
             super::db_shard::hold_restored(&mut s.borrow_mut(), &restored);
-            super::db_shard::settle_transactions(s, db, &tx).await;
+            super::db_shard::settle_transactions(id, s, db, &tx).await;
         }
         // Every shard's TxDone for what recovery applied is durable now, so
         // no decision record is needed any more: only past this point may a
@@ -551,7 +551,7 @@ pub async fn run(
             }
         }
         if let (Some(s), Some(db)) = (&db_store, &shared.db) {
-            super::db_shard::forget_decisions(s, db, &tx.commits).await;
+            super::db_shard::forget_decisions(id, s, db, &tx.commits).await;
         }
         let ids = Rc::new(MessageIds::new(
             id,
@@ -639,7 +639,7 @@ pub async fn run(
             (None, Some(s), Some(db)) => Some(spawn_local(super::db_shard::flusher(
                 ctx.clone(),
                 s.clone(),
-                db.writer.clone(),
+                db.lane(id).clone(),
             ))),
             _ => None,
         };

@@ -1,6 +1,6 @@
-//! The one database writer (on the side runtime): merges the batches every
-//! shard hands it into one transaction, writes it (the lease checked inside,
-//! see [`super::write`]), and answers each shard once it committed. While a
+//! The database writer (on the side runtime), a lane per shard: merges the
+//! batches its shard hands it into one transaction, writes it (the lease
+//! checked inside, see [`super::write`]), and answers once it committed. While a
 //! transaction is in flight the next batches queue up, so batches grow with
 //! load by themselves (group commit); `linger_us` lets an idle writer wait
 //! a little for company.
@@ -26,17 +26,35 @@ pub struct WriterConfig {
     pub linger: Duration,
 }
 
-/// Starts the writer on the side runtime; shards send it requests.
+/// Starts the writer on the side runtime: `lanes` of it, one per shard,
+/// each writing its shard's batches in order, one transaction at a time,
+/// the lanes side by side (their transactions commit together in the
+/// database's group commit). Shards' rows are disjoint (a destination
+/// belongs to one shard), and what crosses shards (a transaction's parts
+/// and decision, a dead-letter copy and its original) waits for the other
+/// side to be durable before it goes on, so the lanes need no order
+/// between them.
 pub fn spawn(
     rt: &tokio::runtime::Handle,
     db: Arc<Db>,
     lease: LeaseToken,
     cfg: WriterConfig,
     usage: Arc<StoreUsage>,
-) -> flume::Sender<WriteRequest> {
-    let (tx, rx) = flume::unbounded();
-    rt.spawn(run(rx, db, lease, cfg, usage));
-    tx
+    lanes: usize,
+) -> Vec<flume::Sender<WriteRequest>> {
+    (0..lanes.max(1))
+        .map(|_| {
+            let (tx, rx) = flume::unbounded();
+            rt.spawn(run(
+                rx,
+                db.clone(),
+                lease.clone(),
+                cfg.clone(),
+                usage.clone(),
+            ));
+            tx
+        })
+        .collect()
 }
 
 async fn run(
