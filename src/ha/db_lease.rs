@@ -34,6 +34,7 @@
 //! short lock-wait timeout, so a hung master's write transaction (which holds
 //! a shared row lock on ID=1) cannot block us forever.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -155,6 +156,8 @@ pub struct Lease {
     /// this one.
     rows: Option<DbConn>,
     valid_until: Instant,
+    /// Shared with this process's writer lanes (see [`Lease::gate`]).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// What went wrong in a renewal, for [`keep`].
@@ -170,6 +173,12 @@ impl Lease {
     /// session-lock connection died: a standby may take the row at any
     /// moment); other errors are worth retrying until
     /// [`Lease::valid_until`].
+    /// The gate this process's write transactions pass (shared, read)
+    /// while a renewal passes it exclusively (see `renew_inner`).
+    pub fn gate(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.gate.clone()
+    }
+
     pub async fn renew(&mut self) -> Result<(), SqlError> {
         match self.renew_inner().await {
             Ok(()) => Ok(()),
@@ -182,6 +191,14 @@ impl Lease {
     }
 
     async fn renew_inner(&mut self) -> Result<(), RenewFail> {
+        // The writer lanes hold the lease row share-locked in their
+        // transactions; back to back, on PostgreSQL (where a new share lock
+        // joins one held even while an UPDATE waits) they could keep the
+        // renewal out past its lock timeout until the lease ran out. The
+        // gate is fair: the renewal waits for the transactions in flight,
+        // and new ones wait for it.
+        let gate = self.gate.clone();
+        let _exclusive = gate.write().await;
         // Counted from before the request leaves: the database sets the
         // expiry from its clock when it runs the UPDATE, which is later.
         let sent = Instant::now();
@@ -480,6 +497,7 @@ fn won(
         has_session_lock,
         rows: Some(rows),
         valid_until: sent + cfg.lease.saturating_sub(cfg.margin()),
+        gate: Arc::default(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! A shard in a database mode: its state rebuilt from the tables at
-//! takeover, and its flusher, which hands each batch of rows to the one
-//! writer on the side runtime and releases the receipts that waited for it
-//! once it committed. One batch in flight per shard: what arrives meanwhile
-//! joins the next one (group commit across shards happens in the writer).
+//! takeover, and its flusher, which hands each batch of rows to its lane of
+//! the writer on the side runtime and releases the receipts that waited for
+//! it once it committed. One batch in flight per shard: what arrives
+//! meanwhile joins the next one (the lanes of all shards commit side by
+//! side, and the database groups their commits).
 
 use std::cell::RefCell;
 use std::rc::Rc;

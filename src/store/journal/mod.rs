@@ -116,9 +116,9 @@ pub struct StoreUsage {
     /// Shards that cannot take another segment: the file system is full
     /// and none of their segments is free (see [`Journal::disk_full`]).
     pub disk_full_shards: AtomicUsize,
-    /// The database (database modes) cannot be written: its writes are
+    /// Writer lanes (database modes) that cannot write: their batches are
     /// retried, and producers wait rather than pile up unreceipted work.
-    pub unavailable: std::sync::atomic::AtomicBool,
+    pub unavailable: AtomicUsize,
 }
 
 impl Default for StoreUsage {
@@ -127,7 +127,7 @@ impl Default for StoreUsage {
             used_bytes: AtomicU64::new(0),
             limit_bytes: AtomicU64::new(u64::MAX),
             disk_full_shards: AtomicUsize::new(0),
-            unavailable: std::sync::atomic::AtomicBool::new(false),
+            unavailable: AtomicUsize::new(0),
         }
     }
 }
@@ -136,7 +136,7 @@ impl StoreUsage {
     /// Persistent producers must wait: the journal is at its limit or its
     /// file system is full. Three relaxed loads, no lock.
     pub fn full(&self) -> bool {
-        self.at_limit() || self.disk_full() || self.unavailable.load(Ordering::Relaxed)
+        self.at_limit() || self.disk_full() || self.unavailable.load(Ordering::Relaxed) > 0
     }
 
     pub fn at_limit(&self) -> bool {

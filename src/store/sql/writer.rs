@@ -34,6 +34,9 @@ pub struct WriterConfig {
 /// and decision, a dead-letter copy and its original) waits for the other
 /// side to be durable before it goes on, so the lanes need no order
 /// between them.
+/// `gate`: held shared around each transaction; the lease renewal takes
+/// it exclusively (see `ha::db_lease`), so back-to-back transactions of
+/// several lanes cannot starve it.
 pub fn spawn(
     rt: &tokio::runtime::Handle,
     db: Arc<Db>,
@@ -41,29 +44,32 @@ pub fn spawn(
     cfg: WriterConfig,
     usage: Arc<StoreUsage>,
     lanes: usize,
+    gate: Arc<tokio::sync::RwLock<()>>,
 ) -> Vec<flume::Sender<WriteRequest>> {
     (0..lanes.max(1))
         .map(|_| {
             let (tx, rx) = flume::unbounded();
-            rt.spawn(run(
-                rx,
-                db.clone(),
-                lease.clone(),
-                cfg.clone(),
-                usage.clone(),
-            ));
+            let lane = Lane {
+                db: db.clone(),
+                lease: lease.clone(),
+                usage: usage.clone(),
+                gate: gate.clone(),
+            };
+            rt.spawn(run(rx, lane, cfg.clone()));
             tx
         })
         .collect()
 }
 
-async fn run(
-    rx: flume::Receiver<WriteRequest>,
+/// What one lane writes with.
+struct Lane {
     db: Arc<Db>,
     lease: LeaseToken,
-    cfg: WriterConfig,
     usage: Arc<StoreUsage>,
-) {
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
     let mut held: Option<WriteRequest> = None;
     loop {
         let first = match held.take() {
@@ -89,7 +95,7 @@ async fn run(
             replies.push(r.reply);
         }
         shard_store::compact(&mut merged);
-        write_until_done(&db, &lease, &merged, &usage).await;
+        write_until_done(&lane, &merged).await;
         for r in replies {
             let _ = r.send(());
         }
@@ -102,23 +108,28 @@ async fn run(
 /// idempotent, so a COMMIT whose answer was lost may be repeated). A lease
 /// that is no longer ours ends the process (exit 3): another broker is
 /// master now.
-async fn write_until_done(db: &Db, lease: &LeaseToken, batch: &Batch, usage: &StoreUsage) {
+async fn write_until_done(lane: &Lane, batch: &Batch) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     loop {
-        match super::write::write_batch(db, lease, batch).await {
+        let result = {
+            let _shared = lane.gate.read().await;
+            super::write::write_batch(&lane.db, &lane.lease, batch).await
+        };
+        match result {
             Ok(()) => {
                 if failures > 0 {
-                    usage
+                    lane.usage
                         .unavailable
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    info!(
-                        role = "master",
-                        failures, "database writes succeed again; producers resume"
-                    );
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(role = "master", failures, "database writes succeed again");
                 }
                 return;
             }
+            // Lanes lock rows of the same tables: the database may pick one
+            // transaction to abort. Nothing is wrong with the database;
+            // the batch (idempotent) goes again at once.
+            Err(SqlError::Query { ref reason, .. }) if is_conflict(reason) => continue,
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
                 std::process::exit(3);
@@ -126,9 +137,9 @@ async fn write_until_done(db: &Db, lease: &LeaseToken, batch: &Batch, usage: &St
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
-                    usage
+                    lane.usage
                         .unavailable
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(role = "master", error = %e, "database write failed; producers held back, retrying until it succeeds");
                 } else if failures.is_power_of_two() {
                     warn!(role = "master", error = %e, failures, "database write still failing");
@@ -138,4 +149,13 @@ async fn write_until_done(db: &Db, lease: &LeaseToken, batch: &Batch, usage: &St
             }
         }
     }
+}
+
+/// A deadlock or serialization failure (MySQL/MariaDB 1213, PostgreSQL
+/// 40P01 / 40001): the transaction was chosen to abort, and may go again.
+fn is_conflict(reason: &str) -> bool {
+    reason.contains("1213")
+        || reason.contains("Deadlock")
+        || reason.contains("40P01")
+        || reason.contains("40001")
 }
