@@ -197,12 +197,14 @@ impl Lease {
         // renewal out past its lock timeout until the lease ran out. The
         // gate is fair: the renewal waits for the transactions in flight,
         // and new ones wait for it.
+        // Only around the UPDATE: the lanes wait for as little as possible.
         let gate = self.gate.clone();
-        let _exclusive = gate.write().await;
+        let exclusive = gate.write().await;
         // Counted from before the request leaves: the database sets the
         // expiry from its clock when it runs the UPDATE, which is later.
         let sent = Instant::now();
         let updated = self.update_own_row().await;
+        drop(exclusive);
         if let Ok(0) = updated {
             let holder = match self.rows.as_mut() {
                 Some(rows) => match rows.read_row().await {

@@ -113,7 +113,15 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
     let mut failures = 0u32;
     loop {
         let result = {
-            let _shared = lane.gate.read().await;
+            // PostgreSQL only: there a new share lock on the lease row
+            // joins the held ones even while the renewal's UPDATE waits, so
+            // back-to-back lanes could starve it. InnoDB queues new share
+            // locks behind a waiting exclusive one; the gate would only
+            // cost MySQL/MariaDB a pause per renewal.
+            let _shared = match lane.db.dialect() {
+                super::Dialect::Postgres => Some(lane.gate.read().await),
+                super::Dialect::MySql => None,
+            };
             super::write::write_batch(&lane.db, &lane.lease, batch).await
         };
         match result {
