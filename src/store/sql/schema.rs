@@ -190,9 +190,83 @@ const PG_DDL: &[&str] = &[
 /// ("BROKKDDL" in ASCII).
 const PG_DDL_LOCK: i64 = 0x42524f4b4b44444c;
 
-/// Creates the tables and the lock row where missing; safe to repeat.
+/// The tables Brokk uses.
+const TABLES: [&str; 7] = [
+    "ACTIVEMQ_MSGS",
+    "ACTIVEMQ_ACKS",
+    "ACTIVEMQ_LOCK",
+    "BROKK_TOPIC_ACKS",
+    "BROKK_REDELIVERIES",
+    "BROKK_TX",
+    "BROKK_TX_ACKS",
+];
+
+/// Whether every table and the lock row are there already: plain reads,
+/// so that a broker starting beside a running master (a standby) takes no
+/// DDL lock. On PostgreSQL `CREATE INDEX IF NOT EXISTS` locks its table
+/// even when the index exists, which blocks the master's lease renewal
+/// (seen under load: the master ran out of lease).
+async fn already_created(db: &Db) -> Result<bool, SqlError> {
+    let names = TABLES
+        .iter()
+        .map(|t| format!("'{}'", t.to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool
+                .get_conn()
+                .await
+                .map_err(my_err("connect to look for the tables"))?;
+            let n: Option<i64> = conn
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND LOWER(TABLE_NAME) IN ({names})"
+                ))
+                .await
+                .map_err(my_err("look for the tables"))?;
+            if n != Some(TABLES.len() as i64) {
+                return Ok(false);
+            }
+            let row: Option<i64> = conn
+                .query_first("SELECT COUNT(*) FROM ACTIVEMQ_LOCK WHERE ID = 1")
+                .await
+                .map_err(my_err("look for the lock row"))?;
+            Ok(row == Some(1))
+        }
+        Db::Postgres(pool) => {
+            let conn = pool.get().await?;
+            let n: i64 = conn
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ({names})"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg_err("look for the tables"))?
+                .get(0);
+            if n != TABLES.len() as i64 {
+                return Ok(false);
+            }
+            let row: i64 = conn
+                .client
+                .query_one("SELECT count(*) FROM ACTIVEMQ_LOCK WHERE ID = 1", &[])
+                .await
+                .map_err(pg_err("look for the lock row"))?
+                .get(0);
+            Ok(row == 1)
+        }
+    }
+}
+
+/// Creates the tables and the lock row where missing; safe to repeat, and
+/// without DDL when everything is there (see `already_created`).
 /// `indexes`: see [`Indexes`] (tables that exist keep theirs).
 pub async fn create_tables(db: &Db, indexes: Indexes) -> Result<(), SqlError> {
+    if already_created(db).await? {
+        return Ok(());
+    }
     match db {
         Db::MySql(pool) => {
             let mut conn = pool
