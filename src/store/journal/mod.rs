@@ -65,13 +65,19 @@ impl JournalError {
     /// for space instead of stopping (see [`Journal::disk_full`]).
     pub fn is_no_space(&self) -> bool {
         match self {
-            JournalError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ),
+            JournalError::Io { source, .. } => is_no_space_kind(source.kind()),
             JournalError::Corrupt { .. } | JournalError::OldFormat { .. } => false,
         }
     }
+}
+
+/// A full file system or an exhausted quota: space may come back, so the
+/// broker waits for it instead of stopping.
+pub fn is_no_space_kind(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {

@@ -269,6 +269,7 @@ impl Store for DbShardStore {
     fn append(&mut self, rec: &RecordRef<'_>, holders: u32) {
         self.appended += 1;
         match *rec {
+            // One row either way; a prepared SEND's carries its XID.
             RecordRef::Send {
                 id,
                 destination,
@@ -277,24 +278,8 @@ impl Store for DbShardStore {
                 timestamp_ms,
                 properties,
                 body,
-            } => {
-                self.send_row(
-                    id,
-                    destination,
-                    priority,
-                    expires_ms,
-                    timestamp_ms,
-                    properties,
-                    body,
-                    None,
-                );
-                self.hold(id, holders);
-                if destination.topic && holders > 0 {
-                    self.hold_topic(id, &destination.name);
-                }
             }
-            RecordRef::TxSend {
-                tx,
+            | RecordRef::TxSend {
                 id,
                 destination,
                 priority,
@@ -302,7 +287,12 @@ impl Store for DbShardStore {
                 timestamp_ms,
                 properties,
                 body,
+                ..
             } => {
+                let tx = match *rec {
+                    RecordRef::TxSend { tx, .. } => Some(tx),
+                    _ => None,
+                };
                 self.send_row(
                     id,
                     destination,
@@ -311,13 +301,15 @@ impl Store for DbShardStore {
                     timestamp_ms,
                     properties,
                     body,
-                    Some(xid(tx)),
+                    tx.map(xid),
                 );
                 self.hold(id, holders);
                 if destination.topic && holders > 0 {
                     self.hold_topic(id, &destination.name);
                 }
-                self.parts.entry(tx).or_default().sends.push(id);
+                if let Some(tx) = tx {
+                    self.parts.entry(tx).or_default().sends.push(id);
+                }
             }
             // A queue's ACK retires the row through `release`; a durable
             // subscription's is remembered until every holder let go.

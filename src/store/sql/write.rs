@@ -347,11 +347,7 @@ async fn mysql_apply(
             chunk.len(),
             " ON DUPLICATE KEY UPDATE TX = TX",
         );
-        let p = chunk
-            .iter()
-            .flat_map(|a| [Value::Int(a.tx), Value::Int(a.id), text(&a.sub_key)])
-            .collect();
-        my_exec(tx, "insert prepared acks", sql, p).await?;
+        my_exec(tx, "insert prepared acks", sql, my_tx_ack_values(chunk)).await?;
     }
     // Integers only: one multi-statement text query (sent in parts if huge).
     let mut sql = String::new();
@@ -400,11 +396,13 @@ async fn mysql_apply(
             chunk.len(),
             ")",
         );
-        let p = chunk
-            .iter()
-            .flat_map(|a| [Value::Int(a.tx), Value::Int(a.id), text(&a.sub_key)])
-            .collect();
-        my_exec(tx, "delete applied prepared acks", sql, p).await?;
+        my_exec(
+            tx,
+            "delete applied prepared acks",
+            sql,
+            my_tx_ack_values(chunk),
+        )
+        .await?;
     }
     for chunk in b.subs_removed.chunks(ROW_CHUNK) {
         let sql = values_sql(
@@ -434,6 +432,14 @@ async fn mysql_apply(
         my_exec(tx, "delete subscriptions' topic acks", sql, p).await?;
     }
     Ok(())
+}
+
+/// Prepared-ack rows as statement values (TX, ID, SUB_KEY per row).
+fn my_tx_ack_values(chunk: &[TxAckRow]) -> Vec<Value> {
+    chunk
+        .iter()
+        .flat_map(|a| [Value::Int(a.tx), Value::Int(a.id), text(&a.sub_key)])
+        .collect()
 }
 
 /// Appends `head` and the integers, as `(1),(2)` (`rows`) or `1,2`.
