@@ -27,12 +27,35 @@ use crate::store::{Durable, RecordRef, Store, StoredDestination};
 pub struct DbShared {
     /// The writer's lane of each shard (see `writer::spawn`).
     pub writer: Vec<flume::Sender<WriteRequest>>,
-    /// The tables as read at takeover (dropped by nobody: small next to
-    /// what the queues hold, and read once).
-    pub loaded: Arc<Loaded>,
+    /// The tables as read at takeover, until every shard took its part
+    /// (then `forget_loaded`): restored messages share their bodies' bytes
+    /// with these rows, so keeping the rows would keep every restored body
+    /// alive after consumers are done with it.
+    pub loaded: Arc<std::sync::Mutex<Option<Arc<Loaded>>>>,
 }
 
 impl DbShared {
+    pub fn new(writer: Vec<flume::Sender<WriteRequest>>, loaded: Loaded) -> DbShared {
+        DbShared {
+            writer,
+            loaded: Arc::new(std::sync::Mutex::new(Some(Arc::new(loaded)))),
+        }
+    }
+
+    /// The tables as read at takeover (empty once forgotten).
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Every shard has restored its part: the rows can go.
+    pub fn forget_loaded(&self) {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// Shard `id`'s writer lane.
     pub fn lane(&self, id: usize) -> &flume::Sender<WriteRequest> {
         &self.writer[id % self.writer.len()]
@@ -58,11 +81,12 @@ pub fn restorer(
         dest.owner(shards)
     };
     let mine = |d: &StoredDestination| owner(d) == id;
-    for (tx, part) in recover::prepared_parts(&db.loaded, mine, id == 0) {
+    let loaded = db.loaded();
+    for (tx, part) in recover::prepared_parts(&loaded, mine, id == 0) {
         store.restore_part(tx, part);
     }
     let mut r = Restorer::new(usage);
-    r.feed(recover::records(&db.loaded, mine, id == 0));
+    r.feed(recover::records(&loaded, mine, id == 0));
     r
 }
 

@@ -145,6 +145,7 @@ pub fn serve(config: Config) -> Result<()> {
         },
         std::sync::atomic::Ordering::Relaxed,
     );
+    let shared_db = db.clone();
     let shared = Shared {
         shards,
         settings: BrokerSettings {
@@ -215,6 +216,9 @@ pub fn serve(config: Config) -> Result<()> {
             Ok(Err(e)) => return Err(anyhow!(e)),
             Err(_) => return Err(anyhow!("a shard failed to start")),
         }
+    }
+    if let Some(db) = &shared_db {
+        db.forget_loaded();
     }
     let _ = state.controls.set(controls.clone());
     let _ = controls_slot.set(controls);
@@ -416,13 +420,7 @@ fn db_take_over(
         side::block_on(async move { db.max_statement_bytes().await })?
             .context("cannot read the database's statement size limit")?
     };
-    Ok((
-        db_shard::DbShared {
-            writer,
-            loaded: Arc::new(loaded),
-        },
-        max_statement,
-    ))
+    Ok((db_shard::DbShared::new(writer, loaded), max_statement))
 }
 
 /// Raises the epoch, waiting out a full file system (a copy-on-write one
@@ -459,12 +457,8 @@ fn raise_epoch(dir: &std::path::Path, own_wait: u64) -> Result<epoch::Raised> {
 /// Whether an error's cause is a full file system.
 fn is_no_space(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        })
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| journal::is_no_space_kind(io.kind()))
     })
 }
 

@@ -6,7 +6,6 @@
 //! counts, prepared acknowledgements), then transaction decisions.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use tracing::warn;
 
@@ -198,9 +197,6 @@ pub fn prepared_parts(
     }
     parts
 }
-
-/// Shared between shards at takeover.
-pub type SharedLoaded = Arc<Loaded>;
 
 #[cfg(test)]
 mod tests {
