@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{body, Broker, Client};
+use common::{body, free_addr, Broker, Client};
 
 const SMALL_SEGMENTS: &str = "[store]\nsegment_size_bytes = 1048576\nlimit_bytes = 4194304\n";
 
@@ -280,14 +280,7 @@ fn segments_are_reused_and_disk_use_stays_bounded() {
 fn standby_takes_over_when_master_is_killed_and_old_master_stays_standby() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
-    let free = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string()
-    };
-    let (s1, a1, s2, a2) = (free(()), free(()), free(()), free(()));
+    let (s1, a1, s2, a2) = (free_addr(), free_addr(), free_addr(), free_addr());
     let args = |s: &str, a: &str| -> Vec<String> {
         ["--data", &data, "--stomp", s, "--admin", a, "--shards", "2"]
             .iter()

@@ -111,9 +111,7 @@ impl Drop for BenchDb {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(brokk::ports::stable_loopback_port()?)
 }
 
 fn brokk_binary() -> Result<PathBuf> {

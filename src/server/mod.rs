@@ -31,10 +31,13 @@ use crate::store::meta;
 use shard::{Control, JournalSettings, Shared};
 
 /// Binds a port-0 address to a concrete port first, so that every shard's
-/// SO_REUSEPORT listener shares one port.
-fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
+/// SO_REUSEPORT listener shares one port. The returned socket stays bound
+/// (not listening) until the shards listen: dropped at once, the port would
+/// be free for anyone's outgoing connection to take while a standby waits or
+/// a master recovers, and the shards' bind would then fail.
+fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>)> {
     if addr.port() != 0 {
-        return Ok(addr);
+        return Ok((addr, None));
     }
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -47,7 +50,7 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
         .local_addr()?
         .as_socket()
         .ok_or_else(|| anyhow!("no socket address"))?;
-    Ok(local)
+    Ok((local, Some(sock)))
 }
 
 /// Per-shard io_uring registered buffer memory. glommio's 10 MiB default
@@ -56,7 +59,7 @@ const IO_MEMORY_BYTES: usize = 512 * 1024;
 
 pub fn serve(config: Config) -> Result<()> {
     let started = Instant::now();
-    let stomp = resolve_port(config.listeners.stomp)
+    let (stomp, port_hold) = resolve_port(config.listeners.stomp)
         .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
     let admin_listener = std::net::TcpListener::bind(config.listeners.admin)
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.listeners.admin))?;
@@ -217,6 +220,7 @@ pub fn serve(config: Config) -> Result<()> {
             Err(_) => return Err(anyhow!("a shard failed to start")),
         }
     }
+    drop(port_hold);
     if let Some(db) = &shared_db {
         db.forget_loaded();
     }

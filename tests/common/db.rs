@@ -187,13 +187,7 @@ pub fn client_ports(pid: i32) -> HashSet<u16> {
         .collect()
 }
 
-pub fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
+pub use super::free_addr;
 
 /// One broker of a pair: its own ports, the shared database.
 pub struct Node {

@@ -12,6 +12,13 @@ pub mod db;
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
 
+/// A loopback address for a broker that keeps its port across restarts
+/// (see [`brokk::ports::stable_loopback_port`]).
+pub fn free_addr() -> String {
+    let port = brokk::ports::stable_loopback_port().expect("a free loopback port");
+    format!("127.0.0.1:{port}")
+}
+
 pub struct Broker {
     pub child: Child,
     pub stomp: SocketAddr,
