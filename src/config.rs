@@ -70,6 +70,40 @@ pub struct Config {
     pub store: StoreConfig,
     pub ha: HaConfig,
     pub users: Vec<User>,
+    pub admin: AdminConfig,
+}
+
+/// The web console and JSON API on the admin port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users in any of these groups may act in the console (purge, delete,
+    /// send).
+    pub admin_groups: Vec<String>,
+    /// Users in any of these groups may look.
+    pub read_groups: Vec<String>,
+    /// The other brokers of this group, as their admin base URLs
+    /// (`http://host2:8162`), for the Cluster page.
+    pub peers: Vec<String>,
+    /// How long a console login lasts.
+    pub session_ttl_secs: u64,
+    /// Most messages one browse returns.
+    pub browse_max: usize,
+    /// Most messages one Send may make.
+    pub send_max_count: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            admin_groups: vec!["admins".into()],
+            read_groups: vec!["monitors".into()],
+            peers: Vec::new(),
+            session_ttl_secs: 8 * 3600,
+            browse_max: 500,
+            send_max_count: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +222,10 @@ impl StoreConfig {
 pub struct User {
     pub login: String,
     pub passcode: String,
+    /// Groups the user belongs to (console roles: `admin.admin_groups`,
+    /// `admin.read_groups`).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl Default for Listeners {
@@ -345,6 +383,26 @@ impl Config {
                     format!("user #{} has an empty login", i + 1),
                 ));
             }
+        }
+        for peer in &self.admin.peers {
+            let ok = peer
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+            if !ok {
+                return Err(invalid(
+                    "admin.peers",
+                    format!("'{peer}' is not an http://host:port admin address"),
+                ));
+            }
+        }
+        if self.admin.session_ttl_secs == 0 {
+            return Err(invalid("admin.session_ttl_secs", "must be at least 1"));
+        }
+        if self.admin.browse_max == 0 || self.admin.send_max_count == 0 {
+            return Err(invalid(
+                "admin.browse_max",
+                "admin.browse_max and admin.send_max_count must be at least 1",
+            ));
         }
         let seg = self.store.segment_size_bytes;
         if seg < 1024 * 1024 || !seg.is_multiple_of(4096) {

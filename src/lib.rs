@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod ha;
 pub mod idmap;
+pub mod metrics;
 pub mod ports;
 pub mod protocol;
 pub mod server;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use brokk::admin::client::{AdminClient, ClientError};
 use brokk::config::{Config, Overrides, StoreMode};
 
 #[derive(Parser)]
@@ -31,6 +32,63 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8161")]
         admin: SocketAddr,
     },
+    /// One line per destination: size, consumers, enqueued, dequeued (like `activemq dstat`).
+    Dstat(AdminArgs),
+    /// Print the first waiting messages of a queue (like `activemq browse`).
+    Browse {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Queue name (`orders` or `/queue/orders`).
+        queue: String,
+        /// Most messages to print.
+        #[arg(long, default_value_t = 20)]
+        max: usize,
+    },
+    /// Remove every waiting message of a queue (like `activemq purge`).
+    Purge {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Queue name (`orders` or `/queue/orders`).
+        queue: String,
+    },
+    /// Send messages through the broker's admin API; returns once they are durable.
+    Send {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Destination, `/queue/NAME` or `/topic/NAME`.
+        destination: String,
+        /// Message body.
+        body: String,
+        /// How many copies.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Send non-persistent messages.
+        #[arg(long)]
+        non_persistent: bool,
+        /// A header `name:value` (repeatable).
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+    },
+}
+
+/// How the admin commands reach a broker.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The broker's admin address.
+    #[arg(long, default_value = "http://127.0.0.1:8161", env = "BROKK_ADMIN")]
+    admin: String,
+    /// A [[users]] login with a console role.
+    #[arg(long, env = "BROKK_ADMIN_USER")]
+    user: Option<String>,
+    /// Its passcode (better given through BROKK_ADMIN_PASSWORD).
+    #[arg(long, env = "BROKK_ADMIN_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> AdminClient {
+        AdminClient::new(&self.admin, self.user.as_deref(), self.password.as_deref())
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,6 +173,38 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Cmd::Dstat(a) => admin_answer(a.client().dstat()),
+        Cmd::Browse { admin, queue, max } => {
+            admin_answer(admin.client().browse(&queue, max).map(|v| pretty(&v)))
+        }
+        Cmd::Purge { admin, queue } => {
+            admin_answer(admin.client().purge(&queue).map(|v| pretty(&v)))
+        }
+        Cmd::Send {
+            admin,
+            destination,
+            body,
+            count,
+            non_persistent,
+            headers,
+        } => {
+            let mut hs = serde_json::Map::new();
+            for h in &headers {
+                let Some((k, v)) = h.split_once(':') else {
+                    eprintln!("brokk: --header {h:?}: expected NAME:VALUE");
+                    return ExitCode::from(EXIT_CONFIG);
+                };
+                hs.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let req = serde_json::json!({
+                "destination": destination,
+                "body": body,
+                "count": count,
+                "persistent": !non_persistent,
+                "headers": hs,
+            });
+            admin_answer(admin.client().send(req).map(|v| pretty(&v)))
+        }
         Cmd::Status { admin } => match status(admin) {
             Ok(body) => {
                 println!("{body}");
@@ -125,6 +215,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Prints an admin command's answer; a refusal's message goes to stderr.
+fn admin_answer(r: Result<String, ClientError>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("brokk: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

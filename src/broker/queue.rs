@@ -244,6 +244,27 @@ impl MessageQueue {
         out
     }
 
+    /// Takes out every waiting message (a purge): those in flight stay
+    /// with their consumers, as in ActiveMQ.
+    pub fn take_waiting(&mut self) -> Vec<Entry> {
+        let all: Vec<Entry> = self.pending.iter_mut().flat_map(|q| q.drain(..)).collect();
+        self.pending_len = 0;
+        self.dequeued += all.len() as u64;
+        all
+    }
+
+    /// The waiting messages in the order they would be dispatched
+    /// (highest priority first, then arrival), without taking them.
+    pub fn waiting(&self) -> impl Iterator<Item = &Entry> {
+        self.pending.iter().rev().flat_map(|q| q.iter())
+    }
+
+    /// Messages delivered and not yet acknowledged (or reserved by a
+    /// prepared transaction).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len() + self.reserved
+    }
+
     /// Takes out everything, waiting and in flight (a durable subscription
     /// being deleted).
     pub fn drain_all(&mut self) -> Vec<Entry> {

@@ -20,6 +20,11 @@ use super::restore::Restored;
 use crate::idmap::IdMap;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
+mod admin;
+pub use admin::{
+    AdminRefusal, BrowsedMessage, DestinationStats, SubscriberStats, BODY_PREVIEW_BYTES,
+};
+
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     pub shards: usize,
@@ -60,16 +65,6 @@ impl Topic {
             .filter(|k| matches!(k, SubId::Durable(_)))
             .count() as u32
     }
-}
-
-/// Per-destination figures for the status endpoint.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DestinationStats {
-    pub destination: String,
-    pub pending: u64,
-    pub consumers: u64,
-    pub enqueued: u64,
-    pub dequeued: u64,
 }
 
 pub type Outbox = Vec<(usize, ShardMsg)>;
@@ -1004,28 +999,6 @@ impl ShardBroker {
             .entry(SubId::Durable(durable_name(sub)))
             .or_default()
             .queue
-    }
-
-    pub fn stats(&self) -> Vec<DestinationStats> {
-        let mut v: Vec<DestinationStats> = self
-            .queues
-            .iter()
-            .map(|(name, q)| DestinationStats {
-                destination: Destination::Queue(name.clone()).to_string(),
-                pending: q.pending() as u64,
-                consumers: q.consumer_count() as u64,
-                enqueued: q.enqueued,
-                dequeued: q.dequeued,
-            })
-            .collect();
-        v.extend(self.topics.iter().map(|(name, t)| DestinationStats {
-            destination: Destination::Topic(name.clone()).to_string(),
-            pending: t.subs.values().map(|s| s.queue.pending() as u64).sum(),
-            consumers: t.subs.values().filter(|s| s.consumer.is_some()).count() as u64,
-            enqueued: t.enqueued,
-            dequeued: t.subs.values().map(|s| s.queue.dequeued).sum(),
-        }));
-        v
     }
 }
 

@@ -16,7 +16,9 @@ use tracing::{debug, debug_span, Instrument};
 
 use super::mailbox::Mailbox;
 use super::shard::{Outbound, ShardContext};
+use crate::broker::message::now_ms;
 use crate::broker::ops::{ConnRef, ShardMsg};
+use crate::metrics::ConnectionInfo;
 use crate::protocol::stomp::session::{Action, Session};
 use crate::protocol::stomp::{parse, Command, Frame, Parsed};
 
@@ -50,6 +52,8 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
     };
     let outbound: Mailbox<Outbound> = Mailbox::default();
     ctx.conns.borrow_mut().insert(id, outbound.clone());
+    let info = Rc::new(ConnectionInfo::new(peer.clone(), "stomp", now_ms()));
+    ctx.conn_info.borrow_mut().insert(id, info.clone());
     let session = Rc::new(RefCell::new(Session::new(
         ctx.session_cfg.clone(),
         ctx.ids.clone(),
@@ -57,10 +61,17 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
     )));
     let (reader, writer) = futures_lite::io::split(stream);
     let writer_task = spawn_local(
-        write_loop(ctx.clone(), session.clone(), outbound.clone(), writer, fd)
-            .instrument(span.clone()),
+        write_loop(
+            ctx.clone(),
+            session.clone(),
+            outbound.clone(),
+            writer,
+            fd,
+            info.clone(),
+        )
+        .instrument(span.clone()),
     );
-    read_loop(&ctx, &session, &outbound, reader)
+    read_loop(&ctx, &session, &outbound, reader, &info)
         .instrument(span)
         .await;
     // Whatever ended the reader, the session's subscriptions end with it.
@@ -70,6 +81,7 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
     outbound.push(Outbound::Close);
     writer_task.await;
     ctx.conns.borrow_mut().remove(&id);
+    ctx.conn_info.borrow_mut().remove(&id);
     debug!(conn = id, "closed");
 }
 
@@ -116,6 +128,7 @@ async fn read_loop(
     session: &RefCell<Session>,
     outbound: &Mailbox<Outbound>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    info: &ConnectionInfo,
 ) {
     // Idle connections stay small: the read size starts at 4 KiB and
     // doubles (up to READ_CHUNK) only while reads fill it.
@@ -149,6 +162,7 @@ async fn read_loop(
                 return;
             }
             Event::Read(Ok(n)) => {
+                ConnectionInfo::add(&info.bytes_in, n as u64);
                 if n == chunk {
                     chunk = (chunk * 2).min(READ_CHUNK);
                 }
@@ -186,6 +200,9 @@ async fn read_loop(
                 }
             };
             let size = before - buf.len();
+            if frame.command == Command::Send {
+                ConnectionInfo::add(&info.messages_in, 1);
+            }
             if !held.frames.is_empty() {
                 if overtakes_held(&frame) {
                     session.borrow_mut().handle(frame, &mut actions);
@@ -337,7 +354,7 @@ async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
     }
 }
 
-fn over_limit(ctx: &ShardContext, persistent: bool) -> bool {
+pub(super) fn over_limit(ctx: &ShardContext, persistent: bool) -> bool {
     ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
         || (persistent && ctx.shared.journal.is_some() && ctx.shared.store_usage.full())
 }
@@ -371,6 +388,7 @@ async fn write_loop(
     outbound: Mailbox<Outbound>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     fd: i32,
+    info: Rc<ConnectionInfo>,
 ) {
     let mut heartbeat: Option<Duration> = None;
     let mut wbuf = BytesMut::new();
@@ -404,6 +422,7 @@ async fn write_loop(
                         f.encode(version, &mut wbuf)
                     }
                     Outbound::Deliver(sub, deliveries) => {
+                        ConnectionInfo::add(&info.messages_out, deliveries.len() as u64);
                         if let Some((shard, op)) = s.deliver(sub, deliveries, &mut wbuf) {
                             acks.push((shard, ShardMsg::Op(op)));
                         }
@@ -435,6 +454,7 @@ async fn write_loop(
             crate::ha::fence::hold().await;
         }
         if !wbuf.is_empty() {
+            ConnectionInfo::add(&info.bytes_out, wbuf.len() as u64);
             if writer.write_all(&wbuf).await.is_err() {
                 break 'outer;
             }

@@ -1,7 +1,8 @@
 //! Starts the shards (one pinned glommio executor each), the admin endpoint
 //! and the signal handler, and waits for a graceful shutdown.
 
-pub mod connection;
+pub mod admin_send;
+mod connection;
 mod db_shard;
 pub mod latch;
 pub mod mailbox;
@@ -17,7 +18,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminSettings, AdminState};
 use crate::broker::message::MemoryUsage;
 use crate::broker::shard::BrokerSettings;
 use crate::broker::Destination;
@@ -58,7 +59,6 @@ fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
 const IO_MEMORY_BYTES: usize = 512 * 1024;
 
 pub fn serve(config: Config) -> Result<()> {
-    let started = Instant::now();
     let (stomp, port_hold) = resolve_port(config.listeners.stomp)
         .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
     let admin_listener = std::net::TcpListener::bind(config.listeners.admin)
@@ -67,20 +67,21 @@ pub fn serve(config: Config) -> Result<()> {
     let usage = Arc::new(MemoryUsage::default());
     let store_usage = Arc::new(StoreUsage::default());
     let role = Arc::new(RoleCell::new(Role::Standby));
-    let state = Arc::new(AdminState {
-        role: role.clone(),
-        mode: format!("{:?}", config.store.mode).to_lowercase(),
-        started,
-        controls: std::sync::OnceLock::new(),
-        usage: usage.clone(),
-        store_usage: store_usage.clone(),
-    });
-    {
-        let state = state.clone();
-        std::thread::Builder::new()
-            .name("brokk-admin".into())
-            .spawn(move || admin::serve(admin_listener, state))?;
-    }
+    let state = Arc::new(AdminState::new(
+        AdminSettings {
+            mode: format!("{:?}", config.store.mode).to_lowercase(),
+            memory_limit_bytes: config.limits.memory_limit_bytes,
+            store_dir: (config.store.mode == StoreMode::File).then(|| config.store.dir.clone()),
+            stomp,
+            max_body_bytes: config.limits.max_frame_size,
+            console: config.admin.clone(),
+            users: config.users.clone(),
+        },
+        role.clone(),
+        usage.clone(),
+        store_usage.clone(),
+    ));
+    admin::start(admin_listener, state.clone())?;
     let controls_slot: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>> =
         Arc::new(std::sync::OnceLock::new());
     spawn_signal_thread(role.clone(), controls_slot.clone())?;

@@ -14,6 +14,7 @@ use glommio::net::TcpListener;
 use glommio::{spawn_local, timer::sleep};
 use tracing::{info, info_span, warn, Instrument};
 
+use super::admin_send::{AdminSend, SendRefusal};
 use super::connection;
 use super::latch::Latch;
 use super::mailbox::Mailbox;
@@ -22,8 +23,13 @@ use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, Op, Reply, ShardMsg};
 use crate::broker::queue::Delivery;
 use crate::broker::restore::{Restored, Restorer, TxOutcome};
-use crate::broker::shard::{BrokerSettings, DestinationStats, ShardBroker, TxApplied};
+use crate::broker::shard::{
+    AdminRefusal, BrokerSettings, BrowsedMessage, DestinationStats, ShardBroker, SubscriberStats,
+    TxApplied,
+};
+use crate::broker::Destination;
 use crate::idmap::{IdMap, IdSet};
+use crate::metrics::{ConnectionInfo, ConnectionStats, LatencySnapshot};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
@@ -52,13 +58,35 @@ pub enum Outbound {
 /// Requests from outside the shard threads (admin endpoint, signals).
 pub enum Control {
     Stats(flume::Sender<ShardStats>),
+    /// An operator's action on a destination this shard owns.
+    Admin(AdminOp, flume::Sender<AdminAnswer>),
+    /// An operator's messages, sent from this shard like a producer's.
+    Send(AdminSend, flume::Sender<Result<usize, SendRefusal>>),
     Shutdown,
 }
 
+/// One shard's figures, gathered in one pass.
 #[derive(Debug, Clone)]
 pub struct ShardStats {
-    pub connections: usize,
+    pub connections: Vec<ConnectionStats>,
     pub destinations: Vec<DestinationStats>,
+    pub subscribers: Vec<SubscriberStats>,
+    pub receipt_latency: LatencySnapshot,
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    Browse(Destination, usize),
+    Purge(Destination),
+    Delete(Destination),
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminAnswer {
+    Browsed(Vec<BrowsedMessage>),
+    /// Purged or deleted: how many waiting messages went.
+    Removed(u64),
+    Refused(AdminRefusal),
 }
 
 /// Everything shared by the shards, created before they start.
@@ -157,6 +185,8 @@ pub struct ShardContext {
     /// Per peer shard: messages waiting to cross. Index `id` is unused.
     outboxes: Vec<Mailbox<ShardMsg>>,
     pub conns: RefCell<HashMap<u64, Mailbox<Outbound>>>,
+    /// Per open connection: who it is and its counters (console).
+    pub conn_info: RefCell<HashMap<u64, Rc<ConnectionInfo>>>,
     pub session_cfg: Rc<SessionConfig>,
     pub ids: Rc<MessageIds>,
     pub shutdown: Latch,
@@ -582,6 +612,7 @@ pub async fn run(
             default_prefetch: shared.default_prefetch,
             heartbeat_min_ms: shared.heartbeat_min_ms,
             usage: shared.usage.clone(),
+            receipt_latency: Rc::default(),
         });
         let ctx = Rc::new(ShardContext {
             id,
@@ -598,6 +629,7 @@ pub async fn run(
             coordinating: RefCell::new(IdMap::default()),
             outboxes,
             conns: RefCell::new(HashMap::new()),
+            conn_info: RefCell::new(HashMap::new()),
             session_cfg,
             ids,
             shutdown: Latch::default(),
@@ -738,10 +770,53 @@ async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) 
     while let Ok(c) = control.recv_async().await {
         match c {
             Control::Stats(reply) => {
+                let broker = ctx.broker.borrow();
                 let _ = reply.send(ShardStats {
-                    connections: ctx.conns.borrow().len(),
-                    destinations: ctx.broker.borrow().stats(),
+                    connections: ctx
+                        .conn_info
+                        .borrow()
+                        .iter()
+                        .map(|(id, c)| c.snapshot(ctx.id, *id))
+                        .collect(),
+                    destinations: broker.stats(),
+                    subscribers: broker.subscribers(),
+                    receipt_latency: ctx.session_cfg.receipt_latency.snapshot(),
                 });
+            }
+            Control::Admin(op, reply) => {
+                let answer = {
+                    let mut broker = ctx.broker.borrow_mut();
+                    let done = match &op {
+                        AdminOp::Browse(d, n) => broker.browse(d, *n).map(AdminAnswer::Browsed),
+                        AdminOp::Purge(d) => broker.purge(d).map(AdminAnswer::Removed),
+                        AdminOp::Delete(d) => broker.delete(d).map(AdminAnswer::Removed),
+                    };
+                    done.unwrap_or_else(AdminAnswer::Refused)
+                };
+                if matches!(answer, AdminAnswer::Removed(_)) {
+                    info!(
+                        role = "master",
+                        shard = ctx.id,
+                        ?op,
+                        ?answer,
+                        "admin action"
+                    );
+                }
+                // "Purged" means gone for good: the removals are records,
+                // answered once durable like a receipt.
+                let ctx = ctx.clone();
+                spawn_local(async move {
+                    wait_durable(&ctx).await;
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            Control::Send(req, reply) => {
+                let ctx = ctx.clone();
+                spawn_local(async move {
+                    let _ = reply.send(super::admin_send::send(ctx, req).await);
+                })
+                .detach();
             }
             Control::Shutdown => {
                 ctx.shutdown.set();
@@ -751,6 +826,26 @@ async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) 
                 }
             }
         }
+    }
+}
+
+/// Waits until everything appended to this shard's store so far is
+/// durable (at once without a durable store). Bounded: a store that cannot
+/// write holds producers back and is reported elsewhere; an operator's
+/// request gets its answer anyway after `ADMIN_DURABLE_WITHIN`.
+async fn wait_durable(ctx: &ShardContext) {
+    const ADMIN_DURABLE_WITHIN: Duration = Duration::from_secs(30);
+    let Some(j) = ctx.durable.clone() else {
+        return;
+    };
+    let upto = j.borrow().appended();
+    if j.borrow().has_pending() {
+        ctx.flush_wakeup.push(());
+    }
+    let deadline = std::time::Instant::now() + ADMIN_DURABLE_WITHIN;
+    // Rare requests: a short poll costs nothing and needs no waiter list.
+    while j.borrow().durable() < upto && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(1)).await;
     }
 }
 

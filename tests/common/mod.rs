@@ -162,7 +162,12 @@ impl Broker {
 
     pub fn status(&self) -> serde_json::Value {
         let mut s = TcpStream::connect(self.admin).unwrap();
-        write!(s, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let body = resp.split_once("\r\n\r\n").unwrap().1;

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -16,6 +17,7 @@ use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
+use crate::metrics::LatencyHistogram;
 
 const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 
@@ -27,6 +29,9 @@ pub struct SessionConfig {
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
     pub usage: Arc<MemoryUsage>,
+    /// The shard's receipt latencies (request read to RECEIPT queued),
+    /// for the admin side's histogram.
+    pub receipt_latency: Rc<LatencyHistogram>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +130,7 @@ struct PendingReceipt {
     /// receipts wait for it.
     receipt: Option<Bytes>,
     close: bool,
+    since: Instant,
 }
 
 pub struct Session {
@@ -292,6 +298,7 @@ impl Session {
                 remaining,
                 receipt: Some(receipt),
                 close,
+                since: Instant::now(),
             },
         );
         for s in shards {
@@ -345,6 +352,10 @@ impl Session {
             return;
         }
         if let Some(p) = self.receipts.remove(&token) {
+            if p.receipt.is_some() {
+                let us = p.since.elapsed().as_micros();
+                self.cfg.receipt_latency.record_us(us as u64);
+            }
             self.answer(p.receipt, p.close, out);
         }
     }
@@ -863,6 +874,7 @@ impl Session {
                     remaining,
                     receipt,
                     close: false,
+                    since: Instant::now(),
                 },
             );
         }
@@ -1062,6 +1074,7 @@ mod tests {
             default_prefetch: 10,
             heartbeat_min_ms: 1000,
             usage: Arc::new(MemoryUsage::default()),
+            receipt_latency: Rc::default(),
         };
         let mut s = Session::new(
             Rc::new(cfg),

@@ -1,0 +1,208 @@
+//! What the console and the admin API ask of a shard's destinations:
+//! figures, a look at waiting messages, purge and delete. Each answer is
+//! built in one pass over the shard's own state, so the admin side gets a
+//! batch per shard, never a call per destination or per message.
+
+use serde::Serialize;
+
+use super::{ShardBroker, SubId};
+use crate::broker::destination::Destination;
+use crate::broker::queue::Entry;
+
+/// Per-destination figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationStats {
+    pub destination: String,
+    /// `queue` or `topic`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Waiting plus delivered and not yet acknowledged (topics: summed over
+    /// their subscriptions).
+    pub pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub in_flight: u64,
+    pub consumers: u64,
+    pub enqueued: u64,
+    pub dequeued: u64,
+    /// Topics: durable subscriptions, online or not (queues: 0).
+    pub durable_subscriptions: u64,
+}
+
+/// One durable topic subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberStats {
+    pub topic: String,
+    pub client_id: String,
+    pub name: String,
+    pub online: bool,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dequeued: u64,
+}
+
+/// A waiting message as the console shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrowsedMessage {
+    /// The number in the STOMP `message-id` (which adds a prefix).
+    pub id: u64,
+    pub priority: u8,
+    pub persistent: bool,
+    pub timestamp_ms: u64,
+    /// 0 = never.
+    pub expires_ms: u64,
+    /// Delivered before and given back this many times.
+    pub redeliveries: u32,
+    pub headers: Vec<(String, String)>,
+    pub body_bytes: usize,
+    /// The first bytes of the body, lossily decoded as UTF-8.
+    pub body_preview: String,
+}
+
+/// Longest body preview in a browse answer.
+pub const BODY_PREVIEW_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    #[error("no such destination: {0}")]
+    NotFound(String),
+    #[error("{0} has {1} consumer(s); close them before deleting it")]
+    InUse(String, u64),
+    #[error("{0}: only queues can be {1}")]
+    NotAQueue(String, &'static str),
+}
+
+impl ShardBroker {
+    pub fn stats(&self) -> Vec<DestinationStats> {
+        let mut v: Vec<DestinationStats> = self
+            .queues
+            .iter()
+            .map(|(name, q)| DestinationStats {
+                destination: Destination::Queue(name.clone()).to_string(),
+                kind: "queue",
+                name: name.to_string(),
+                pending: q.pending() as u64,
+                in_flight: q.in_flight() as u64,
+                consumers: q.consumer_count() as u64,
+                enqueued: q.enqueued,
+                dequeued: q.dequeued,
+                durable_subscriptions: 0,
+            })
+            .collect();
+        v.extend(self.topics.iter().map(|(name, t)| DestinationStats {
+            destination: Destination::Topic(name.clone()).to_string(),
+            kind: "topic",
+            name: name.to_string(),
+            pending: t.subs.values().map(|s| s.queue.pending() as u64).sum(),
+            in_flight: t.subs.values().map(|s| s.queue.in_flight() as u64).sum(),
+            consumers: t.subs.values().filter(|s| s.consumer.is_some()).count() as u64,
+            enqueued: t.enqueued,
+            dequeued: t.subs.values().map(|s| s.queue.dequeued).sum(),
+            durable_subscriptions: t.durable_count() as u64,
+        }));
+        v
+    }
+
+    /// Every durable subscription this shard's topics hold.
+    pub fn subscribers(&self) -> Vec<SubscriberStats> {
+        let mut v = Vec::new();
+        for (topic, t) in &self.topics {
+            for (id, sub) in &t.subs {
+                let SubId::Durable(d) = id else { continue };
+                v.push(SubscriberStats {
+                    topic: Destination::Topic(topic.clone()).to_string(),
+                    client_id: d.client_id.clone(),
+                    name: d.name.clone(),
+                    online: sub.consumer.is_some(),
+                    pending: sub.queue.pending() as u64,
+                    in_flight: sub.queue.in_flight() as u64,
+                    dequeued: sub.queue.dequeued,
+                });
+            }
+        }
+        v
+    }
+
+    /// The first `max` waiting messages of a queue, in dispatch order.
+    pub fn browse(
+        &self,
+        dest: &Destination,
+        max: usize,
+    ) -> Result<Vec<BrowsedMessage>, AdminRefusal> {
+        let q = self.queue_named(dest, "browsed")?;
+        Ok(q.waiting().take(max).map(browsed).collect())
+    }
+
+    /// Removes every waiting message of a queue (those delivered and not
+    /// yet acknowledged stay with their consumers) and journals that they
+    /// left. Returns how many went.
+    pub fn purge(&mut self, dest: &Destination) -> Result<u64, AdminRefusal> {
+        let gone = self.queue_named_mut(dest, "purged")?.take_waiting();
+        self.retire(dest, None, &gone);
+        Ok(gone.len() as u64)
+    }
+
+    /// Purges a queue and removes it. Refused while it has consumers or
+    /// deliveries out (they would hold messages of a queue that is gone).
+    pub fn delete(&mut self, dest: &Destination) -> Result<u64, AdminRefusal> {
+        let q = self.queue_named_mut(dest, "deleted")?;
+        let busy = q.consumer_count() as u64;
+        if busy > 0 || q.in_flight() > 0 {
+            return Err(AdminRefusal::InUse(dest.to_string(), busy));
+        }
+        let gone = q.drain_all();
+        self.retire(dest, None, &gone);
+        if let Destination::Queue(name) = dest {
+            self.queues.remove(name);
+        }
+        Ok(gone.len() as u64)
+    }
+
+    fn queue_named(
+        &self,
+        dest: &Destination,
+        what: &'static str,
+    ) -> Result<&crate::broker::queue::MessageQueue, AdminRefusal> {
+        match dest {
+            Destination::Queue(name) => self
+                .queues
+                .get(name)
+                .ok_or_else(|| AdminRefusal::NotFound(dest.to_string())),
+            Destination::Topic(_) => Err(AdminRefusal::NotAQueue(dest.to_string(), what)),
+        }
+    }
+
+    fn queue_named_mut(
+        &mut self,
+        dest: &Destination,
+        what: &'static str,
+    ) -> Result<&mut crate::broker::queue::MessageQueue, AdminRefusal> {
+        match dest {
+            Destination::Queue(name) => self
+                .queues
+                .get_mut(name)
+                .ok_or_else(|| AdminRefusal::NotFound(dest.to_string())),
+            Destination::Topic(_) => Err(AdminRefusal::NotAQueue(dest.to_string(), what)),
+        }
+    }
+}
+
+fn browsed(e: &Entry) -> BrowsedMessage {
+    let m = &e.msg;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let preview = &m.body[..m.body.len().min(BODY_PREVIEW_BYTES)];
+    BrowsedMessage {
+        id: m.id,
+        priority: m.priority,
+        persistent: m.persistent,
+        timestamp_ms: m.timestamp_ms,
+        expires_ms: m.expires_ms,
+        redeliveries: e.redeliveries,
+        headers: m
+            .properties
+            .iter()
+            .map(|(k, v)| (text(k), text(v)))
+            .collect(),
+        body_bytes: m.body.len(),
+        body_preview: text(preview),
+    }
+}
