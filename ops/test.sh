@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine:
 # installs what the tests need (a Python virtualenv with stomp.py for the
-# interoperability test, btrfs-progs for a full-disk test, MariaDB and
+# interoperability test and selenium with Debian's chromium for the
+# console's browser test, btrfs-progs for a full-disk test, MariaDB and
 # PostgreSQL for the database modes, started by ops/services.sh), checks
 # formatting and lints, then runs the Python interop suite and every Rust
 # test. CI runs exactly this.
@@ -19,7 +20,12 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
 fi
-.venv/bin/pip install -q --disable-pip-version-check 'stomp.py>=8,<10' 'pytest>=7'
+.venv/bin/pip install -q --disable-pip-version-check 'stomp.py>=8,<10' 'pytest>=7' 'selenium>=4.10,<5'
+
+echo "== headless Chromium for the console's browser test (tests/console_browser)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+fi
 
 echo "== file-system tools for the full-disk tests (tests/disk_full.rs)"
 if ! command -v mkfs.btrfs >/dev/null 2>&1; then
@@ -41,8 +47,8 @@ cargo build --workspace
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-echo "== interop: stomp.py against brokk"
-BROKK_BIN="$PWD/target/debug/brokk" .venv/bin/python -m pytest -q tests/interop 2>&1 | tee -a "$log"
+echo "== interop (stomp.py) and the console in headless Chromium, against brokk"
+BROKK_BIN="$PWD/target/debug/brokk" .venv/bin/python -m pytest -q tests/interop tests/console_browser 2>&1 | tee -a "$log"
 
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee -a "$log"
