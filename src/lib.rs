@@ -9,6 +9,7 @@ pub mod ha;
 pub mod idmap;
 pub mod ports;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod side;
 pub mod store;
