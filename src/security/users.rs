@@ -169,7 +169,13 @@ impl Users {
         if let Some(u) = self.cached(login, passcode) {
             return Some(u);
         }
-        let entry = self.entries.get(login)?;
+        let Some(entry) = self.entries.get(login) else {
+            // As slow as a wrong passcode for a real login, so that timing
+            // does not tell which logins exist.
+            let _ = PasswordHash::new(decoy_hash())
+                .map(|h| Argon2::default().verify_password(passcode.as_bytes(), &h));
+            return None;
+        };
         let ok = match &entry.secret {
             Secret::None => false,
             Secret::Plain(p) => constant_time_eq(p.as_bytes(), passcode.as_bytes()),
@@ -202,6 +208,17 @@ impl Users {
         };
         (u128::from(hash(&self.keys.0)) << 64) | u128::from(hash(&self.keys.1))
     }
+}
+
+/// A hash no passcode matches in practice, verified for unknown logins.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        hash_password("brokk: no such user").unwrap_or_else(|e| {
+            warn!(error = %e, "cannot make the decoy hash; unknown logins fail fast");
+            String::new()
+        })
+    })
 }
 
 /// An argon2id PHC string for `password` (random salt, argon2's default
