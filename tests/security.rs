@@ -485,3 +485,33 @@ fn bad_security_settings_stop_the_start_naming_the_key() {
         "[[users]]\nlogin = \"a\"\n[[authorization]]\ndestination = \"/queue/a.>.b\"\n";
     expect_config_error(d, bad_pattern, "authorization.destination");
 }
+
+#[test]
+fn destinations_recovered_at_start_need_no_admin_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let cfg = format!(
+        "[auth]\nallow_plaintext_passwords = true\n\
+         [[users]]\nlogin = \"adm\"\npasscode = \"pw\"\ngroups = [\"admins\"]\n\
+         [[users]]\nlogin = \"shop\"\npasscode = \"pw\"\ngroups = [\"shop\"]\n{AUTHZ}"
+    );
+    let mut b = Broker::start_with_config(Some(&cfg), &["--data", &data]);
+    let mut adm = Client::connect(b.stomp, &login("adm", "pw"));
+    // admins create orders.kept (they may read it, not write it); shop
+    // leaves a persistent message in it, so the restart recovers it.
+    adm.subscribe("1", "/queue/orders.kept", "client", &[]);
+    adm.disconnect();
+    let mut shop = Client::connect(b.stomp, &login("shop", "pw"));
+    shop.send_sync("/queue/orders.kept", "kept", &[("persistent", "true")]);
+    assert!(b.terminate().success());
+    let b = Broker::start_with_config(Some(&cfg), &["--data", &data]);
+    // No admin for shop, yet the recovered queue takes its SEND.
+    let mut shop = Client::connect(b.stomp, &login("shop", "pw"));
+    shop.send_sync("/queue/orders.kept", "after restart", &[]);
+    // A new one still needs admin.
+    shop.frame("SEND", &[("destination", "/queue/orders.other")], b"x");
+    expect_denied(
+        &mut shop,
+        "not authorized to create /queue/orders.other (admin)",
+    );
+}
