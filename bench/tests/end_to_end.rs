@@ -35,20 +35,10 @@ fn tls_run_against_brokers_bench_starts_delivers_everything_once() {
 
 fn memory_run(tag: &str, extra: &[&str]) {
     let d = tempfile_dir(tag);
-    let mut args = vec![
-        "--mode",
-        "memory",
-        "--shards",
-        "2",
-        "--producers",
-        "4",
-        "--consumers",
-        "2",
-        "--messages",
-        "2000",
-        "--size",
-        "256",
-    ];
+    let mut args: Vec<&str> =
+        "--mode memory --shards 2 --producers 4 --consumers 2 --messages 2000 --size 256"
+            .split(' ')
+            .collect();
     args.extend_from_slice(extra);
     let s = bench(&args, &d);
     assert_eq!(s["receipted"], 2000);
