@@ -63,8 +63,16 @@ impl Security {
             // The broker creates it by itself; nobody needs admin for it.
             known.insert(Destination::queue(&config.broker.dead_letter_queue));
         }
+        let users = Users::from_config(&config.users, &config.auth)?;
+        let plaintext = users.plaintext_logins();
+        if !plaintext.is_empty() {
+            tracing::warn!(
+                users = ?plaintext,
+                "auth.allow_plaintext_passwords: passcodes are kept in plain text in the config file; store argon2id hashes instead (brokk hash-password)"
+            );
+        }
         Ok(Security {
-            users: Users::from_config(&config.users, &config.auth)?,
+            users,
             authorizer,
             known,
             rate: rate::ConnectionRate::new(config.limits.connections_per_ip_per_sec),

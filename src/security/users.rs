@@ -91,7 +91,6 @@ impl std::fmt::Debug for Users {
 impl Users {
     pub fn from_config(users: &[User], auth: &AuthConfig) -> Result<Users, UsersError> {
         let mut entries = HashMap::new();
-        let mut plaintext = Vec::new();
         for (i, u) in users.iter().enumerate() {
             if u.login.is_empty() {
                 return Err(UsersError::EmptyLogin { index: i + 1 });
@@ -102,10 +101,7 @@ impl Users {
                 (Some(_), None) if !auth.allow_plaintext_passwords => {
                     return Err(UsersError::Plaintext { login: login() })
                 }
-                (Some(p), None) => {
-                    plaintext.push(u.login.as_str());
-                    Secret::Plain(p.clone())
-                }
+                (Some(p), None) => Secret::Plain(p.clone()),
                 (None, Some(h)) if h.is_empty() => {
                     return Err(UsersError::EmptyHash { login: login() })
                 }
@@ -129,17 +125,23 @@ impl Users {
                 return Err(UsersError::Duplicate { login: login() });
             }
         }
-        if !plaintext.is_empty() {
-            warn!(
-                users = ?plaintext,
-                "auth.allow_plaintext_passwords: passcodes are stored in plain text in the config file; store argon2id hashes instead (brokk hash-password)"
-            );
-        }
         Ok(Users {
             entries,
             verified: Mutex::new(HashMap::new()),
             keys: Default::default(),
         })
+    }
+
+    /// The logins whose passcode is kept in plain text.
+    pub fn plaintext_logins(&self) -> Vec<&str> {
+        let mut logins: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.secret, Secret::Plain(_)))
+            .map(|(l, _)| l.as_str())
+            .collect();
+        logins.sort_unstable();
+        logins
     }
 
     /// No users configured: the broker is open (no authentication).
