@@ -69,8 +69,14 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub store: StoreConfig,
     pub ha: HaConfig,
+    /// Certificate and key of the TLS listeners (`listeners.stomp_tls`).
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
     pub users: Vec<User>,
     pub admin: AdminConfig,
+    /// Per-destination rights (ActiveMQ's authorizationPlugin); none: every
+    /// authenticated user may do everything.
+    pub authorization: Vec<AuthorizationEntry>,
 }
 
 /// The web console and JSON API on the admin port.
@@ -153,6 +159,8 @@ impl HaConfig {
 pub struct Listeners {
     pub stomp: SocketAddr,
     pub admin: SocketAddr,
+    /// STOMP over TLS (ActiveMQ's `stomp+ssl`, conventionally 61612); needs `[tls]`.
+    pub stomp_tls: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +177,9 @@ pub struct Limits {
     /// At the memory or store limit, answer SENDs with an ERROR instead of
     /// pausing the producer (ActiveMQ's `sendFailIfNoSpace`).
     pub send_fail_if_no_space: bool,
+    /// New connections accepted per second from one source address, over
+    /// all listeners and shards; more are closed at once. 0: no limit.
+    pub connections_per_ip_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,15 +228,82 @@ impl StoreConfig {
     }
 }
 
+/// `[tls]`: PEM files for the TLS listeners.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates that sign client certificates: set, clients present
+    /// one (mutual TLS) and its subject CN is their login.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: refuse clients without a certificate (true),
+    /// or let them log in with a passcode instead (false).
+    #[serde(default = "default_true")]
+    pub require_client_cert: bool,
+    /// A TLS handshake not finished this long after the accept is dropped,
+    /// so a peer that speaks no TLS (or stalls) cannot hold a slot.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept `[[users]] passcode` (plain text in the file). Off: only
+    /// `passcode_hash` (argon2id, `brokk hash-password`) is accepted.
+    pub allow_plaintext_passwords: bool,
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub login: String,
-    pub passcode: String,
-    /// Groups the user belongs to (console roles: `admin.admin_groups`,
-    /// `admin.read_groups`).
+    /// Plain text; refused unless `auth.allow_plaintext_passwords`.
+    pub passcode: Option<String>,
+    /// An argon2id PHC string, as `brokk hash-password` prints it.
+    pub passcode_hash: Option<String>,
+    /// Groups named by `[[authorization]]` entries and by the console's
+    /// roles (`admin.admin_groups`, `admin.read_groups`).
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+// Secrets stay out of `check-config` output and logs.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("login", &self.login)
+            .field("passcode", &self.passcode.as_ref().map(|_| "<redacted>"))
+            .field("passcode_hash", &self.passcode_hash)
+            .field("groups", &self.groups)
+            .finish()
+    }
+}
+
+/// `[[authorization]]`: which groups may read (SUBSCRIBE), write (SEND)
+/// and create (admin) the destinations `destination` matches
+/// (`/queue/orders.>`: ActiveMQ wildcards).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationEntry {
+    pub destination: String,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+    #[serde(default)]
+    pub admin: Vec<String>,
 }
 
 impl Default for Listeners {
@@ -233,6 +311,7 @@ impl Default for Listeners {
         Listeners {
             stomp: ([0, 0, 0, 0], 61613).into(),
             admin: ([0, 0, 0, 0], 8161).into(),
+            stomp_tls: None,
         }
     }
 }
@@ -245,6 +324,7 @@ impl Default for Limits {
             connect_timeout_ms: 30_000,
             memory_limit_bytes: 256 * 1024 * 1024,
             send_fail_if_no_space: false,
+            connections_per_ip_per_sec: 0,
         }
     }
 }
@@ -376,14 +456,7 @@ impl Config {
         if self.broker.heartbeat_min_ms == 0 {
             return Err(invalid("broker.heartbeat_min_ms", "must be at least 1"));
         }
-        for (i, u) in self.users.iter().enumerate() {
-            if u.login.is_empty() {
-                return Err(invalid(
-                    "users.login",
-                    format!("user #{} has an empty login", i + 1),
-                ));
-            }
-        }
+        self.validate_security()?;
         for peer in &self.admin.peers {
             let ok = peer
                 .strip_prefix("http://")
@@ -473,6 +546,39 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// TLS files, users and authorization entries: each problem names its
+    /// key. The TLS files are read and checked here (certificate, key, that
+    /// they match), so a broker never starts with a listener it cannot serve.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        match (&self.listeners.stomp_tls, &self.tls) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "listeners.stomp_tls",
+                    "needs a [tls] section with cert_file and key_file",
+                ))
+            }
+            (_, Some(tls)) => {
+                crate::security::tls::server_config(tls)
+                    .map_err(|e| invalid(e.key(), e.to_string()))?;
+                if tls.handshake_timeout_ms == 0 {
+                    return Err(invalid("tls.handshake_timeout_ms", "must be at least 1"));
+                }
+            }
+            (None, None) => {}
+        }
+        crate::security::users::Users::from_config(&self.users, &self.auth)
+            .map_err(|e| invalid(e.key(), e.to_string()))?;
+        if !self.authorization.is_empty() && self.users.is_empty() {
+            return Err(invalid(
+                "authorization",
+                "[[authorization]] entries need [[users]]: without users every client is anonymous and the broker would be open",
+            ));
+        }
+        crate::security::authz::Authorizer::from_config(&self.authorization)
+            .map_err(|e| invalid("authorization.destination", e.to_string()))?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod idmap;
 pub mod metrics;
 pub mod ports;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod side;
 pub mod store;

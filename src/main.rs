@@ -26,6 +26,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Check a configuration file and print the effective settings.
     CheckConfig(ServeArgs),
+    /// Read a password on stdin (one line) and print its argon2id PHC
+    /// string, for `[[users]] passcode_hash`.
+    HashPassword,
     /// Print a running broker's status (GET /status on its admin port).
     Status {
         /// Admin address of the broker.
@@ -205,6 +208,16 @@ fn main() -> ExitCode {
             });
             admin_answer(admin.client().send(req).map(|v| pretty(&v)))
         }
+        Cmd::HashPassword => match hash_password() {
+            Ok(phc) => {
+                println!("{phc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("brokk: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Status { admin } => match status(admin) {
             Ok(body) => {
                 println!("{body}");
@@ -263,6 +276,19 @@ fn exit_on_panic() {
         // SAFETY: _exit has no preconditions and never returns.
         unsafe { libc::_exit(EXIT_PANIC) }
     }));
+}
+
+/// One line from stdin, without its line ending: the password is what
+/// was typed (or piped), surrounding spaces included.
+fn hash_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin (e.g. `echo -n secret | brokk hash-password`)");
+    }
+    Ok(brokk::security::hash_password(password)?)
 }
 
 fn status(admin: SocketAddr) -> std::io::Result<String> {

@@ -11,6 +11,9 @@ use common::{free_addr, Broker, Client};
 use serde_json::{json, Value};
 
 const USERS: &str = r#"
+[auth]
+allow_plaintext_passwords = true
+
 [[users]]
 login = "ops"
 passcode = "secret"
@@ -588,4 +591,63 @@ fn the_console_pages_are_served_without_anything_from_the_network() {
     let api = http(&b, "GET", "/openapi.json", &[], None).json();
     assert_eq!(api["openapi"], "3.0.3");
     assert!(api["paths"]["/api/send"]["post"].is_object());
+}
+
+#[test]
+fn authorization_rules_bind_the_console_too() {
+    let config = format!(
+        r#"{USERS}
+[[authorization]]
+destination = "/queue/open.>"
+read = ["admins", "monitors"]
+write = ["admins"]
+admin = ["admins"]
+
+[[authorization]]
+destination = "/queue/locked"
+read = ["admins"]
+write = ["admins"]
+"#
+    );
+    let b = start(&config);
+    let ops = basic("ops", "secret");
+    let act = |method: &str, path: &str, body: Option<Value>| {
+        http(
+            &b,
+            method,
+            path,
+            &[("Authorization", &ops), ("X-Brokk-CSRF", "1")],
+            body,
+        )
+    };
+    let sent = act(
+        "POST",
+        "/api/send",
+        Some(json!({"destination": "/queue/open.a", "body": "x"})),
+    );
+    assert_eq!(sent.code, 200, "{}", sent.text);
+    // No admin right on /queue/locked: it cannot be made, nor purged.
+    let made = act(
+        "POST",
+        "/api/send",
+        Some(json!({"destination": "/queue/locked", "body": "x"})),
+    );
+    assert_eq!(made.code, 403, "{}", made.text);
+    assert!(made.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not authorized to create /queue/locked"));
+    // No entry matches: denied.
+    let other = act(
+        "POST",
+        "/api/send",
+        Some(json!({"destination": "/queue/elsewhere", "body": "x"})),
+    );
+    assert_eq!(other.code, 403, "{}", other.text);
+    let purge = act("POST", "/api/queues/locked/purge", None);
+    assert_eq!(purge.code, 403, "{}", purge.text);
+    assert_eq!(
+        act("POST", "/api/queues/open.a/purge", None).json()["removed"],
+        1
+    );
 }

@@ -54,17 +54,7 @@ fn failed_start(dir: &Path, config: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("brokk kept running on a damaged journal");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = common::wait_child(&mut child, 20, "brokk on a damaged journal");
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

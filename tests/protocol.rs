@@ -48,7 +48,8 @@ fn frames_before_connect_are_refused() {
 
 #[test]
 fn configured_users_must_authenticate() {
-    let cfg = "[[users]]\nlogin = \"admin\"\npasscode = \"secret\"\n";
+    // Plain-text passcodes only with the switch (hashed ones: tests/security.rs).
+    let cfg = "[auth]\nallow_plaintext_passwords = true\n[[users]]\nlogin = \"admin\"\npasscode = \"secret\"\n";
     let b = Broker::start_with_config(Some(cfg), &[]);
     let mut bad = Client::connect(
         b.stomp,

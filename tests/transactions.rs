@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use brokk::broker::Destination;
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
-use common::{body, Broker, Client};
+use common::{body, frame_bytes, Broker, Client};
 
 /// Small segments, so that transactions cross segment rolls and segments
 /// are reclaimed while decisions and prepared records are in them.
@@ -628,18 +628,6 @@ impl Raw {
             }
         }
     }
-}
-
-fn frame_bytes(command: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut f = format!("{command}\n");
-    for (k, v) in headers {
-        f.push_str(&format!("{k}:{v}\n"));
-    }
-    f.push_str(&format!("content-length:{}\n\n", body.len()));
-    let mut bytes = f.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes.push(0);
-    bytes
 }
 
 /// One transaction the loop sent a COMMIT for (or was about to).

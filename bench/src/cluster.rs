@@ -39,6 +39,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// A database bench made for this run (dropped with the cluster).
     made_db: Option<BenchDb>,
+    /// `--tls`: the CA that signed the brokers' certificate.
+    tls_ca: Option<PathBuf>,
 }
 
 /// A fresh database for a database-mode run, on the local server that
@@ -135,7 +137,14 @@ fn brokk_binary() -> Result<PathBuf> {
 impl Cluster {
     /// `db_url`: for `mysql`/`postgres`, the database to use instead of a
     /// fresh one on the local server (started through `ops/services.sh`).
-    pub fn start(mode: Mode, shards: Option<usize>, db_url: Option<String>) -> Result<Cluster> {
+    /// `tls`: every broker also listens for STOMP over TLS (bench's own
+    /// certificate), and `brokers()` names those listeners.
+    pub fn start(
+        mode: Mode,
+        shards: Option<usize>,
+        db_url: Option<String>,
+        tls: bool,
+    ) -> Result<Cluster> {
         let count = match mode {
             Mode::Memory => 1,
             Mode::File | Mode::Mysql | Mode::Postgres => 2,
@@ -152,8 +161,9 @@ impl Cluster {
             dir,
             bin,
             made_db: None,
+            tls_ca: None,
         };
-        let config = match mode {
+        let store = match mode {
             Mode::Mysql | Mode::Postgres => {
                 let url = match db_url {
                     Some(u) => u,
@@ -169,14 +179,20 @@ impl Cluster {
                 } else {
                     "postgres"
                 };
-                let path = cluster.dir.join("brokk.toml");
-                std::fs::write(
-                    &path,
-                    format!("[store]\nmode = \"{kind}\"\nurl = \"{url}\"\n"),
-                )?;
-                Some(path)
+                Some(format!("[store]\nmode = \"{kind}\"\nurl = \"{url}\"\n"))
             }
             _ => None,
+        };
+        let tls_files = if tls {
+            let (ca, cert, key) = crate::tls::broker_files(&cluster.dir)?;
+            cluster.tls_ca = Some(ca);
+            Some(format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ))
+        } else {
+            None
         };
         for i in 0..count {
             let stomp = format!("127.0.0.1:{}", free_port()?);
@@ -185,17 +201,23 @@ impl Cluster {
                 .iter()
                 .map(OsString::from)
                 .collect();
-            match &config {
-                Some(path) => {
-                    command.push("--config".into());
-                    command.push(path.into());
-                }
-                None => {
-                    command.push("--mode".into());
-                    command.push(if mode == Mode::File { "file" } else { "memory" }.into());
-                    command.push("--data".into());
-                    command.push(cluster.dir.join("data").into());
-                }
+            let mut client_addr = stomp.clone();
+            let mut config = store.clone().unwrap_or_default();
+            if let Some(files) = &tls_files {
+                client_addr = format!("127.0.0.1:{}", free_port()?);
+                config = format!("[listeners]\nstomp_tls = \"{client_addr}\"\n{files}{config}");
+            }
+            if !config.is_empty() {
+                let path = cluster.dir.join(format!("brokk-{i}.toml"));
+                std::fs::write(&path, config)?;
+                command.push("--config".into());
+                command.push(path.into());
+            }
+            if store.is_none() {
+                command.push("--mode".into());
+                command.push(if mode == Mode::File { "file" } else { "memory" }.into());
+                command.push("--data".into());
+                command.push(cluster.dir.join("data").into());
             }
             if let Some(s) = shards {
                 command.push("--shards".into());
@@ -205,7 +227,7 @@ impl Cluster {
             cluster.procs.push(Proc {
                 child,
                 command,
-                stomp,
+                stomp: client_addr,
                 master_since,
                 killed: false,
             });
@@ -248,6 +270,11 @@ impl Cluster {
             .recv_timeout(Duration::from_secs(60))
             .context("broker did not start")?;
         Ok((child, master_since, first))
+    }
+
+    /// `--tls`: the CA file the brokers' certificate chains to.
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.tls_ca.clone()
     }
 
     pub fn brokers(&self) -> Vec<String> {

@@ -9,6 +9,7 @@ mod compare;
 mod report;
 mod sink;
 mod stomp;
+mod tls;
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,6 +101,16 @@ struct Args {
     /// Write summary.json and HDR percentile files (.hgrm) here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Connect over TLS (STOMP+SSL). With --mode, bench starts the brokers
+    /// with a TLS listener and a certificate of its own, and trusts it.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: the CA certificate (PEM) that signed the brokers' certificates.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls: accept any server certificate (benchmarks only).
+    #[arg(long)]
+    tls_insecure: bool,
     #[arg(long)]
     login: Option<String>,
     #[arg(long, default_value = "")]
@@ -133,6 +144,8 @@ enum Sub {
 
 struct Shared {
     args: Args,
+    /// `--tls`: the client side of every connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
     brokers: Vec<String>,
     receipted_total: AtomicU64,
     /// Per broker: time (ns since start) of the last receipt it gave.
@@ -197,6 +210,7 @@ fn run(args: Args) -> Result<()> {
             mode,
             args.shards,
             args.db_url.clone(),
+            args.tls,
         )?))),
         _ => None,
     };
@@ -218,6 +232,17 @@ fn run(args: Args) -> Result<()> {
         (None, Some(c)) => c.lock().unwrap_or_else(|e| e.into_inner()).brokers(),
         (None, None) => vec!["127.0.0.1:61613".to_string()],
     };
+    let tls = match (args.tls, &cluster) {
+        (false, _) => None,
+        (true, Some(c)) if args.tls_ca.is_none() && !args.tls_insecure => {
+            let ca = c.lock().unwrap_or_else(|e| e.into_inner()).tls_ca();
+            Some(tls::client_config(ca.as_deref(), false)?)
+        }
+        (true, _) => Some(tls::client_config(
+            args.tls_ca.as_deref(),
+            args.tls_insecure,
+        )?),
+    };
     if args.destinations == 0 || args.kills == 0 {
         bail!("--destinations and --kills must be at least 1");
     }
@@ -226,6 +251,7 @@ fn run(args: Args) -> Result<()> {
         None => per_producer(args.messages, args.producers),
     };
     let shared = Arc::new(Shared {
+        tls,
         receipted_total: AtomicU64::new(0),
         last_receipt_ns: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
         first_since_kill: brokers.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -475,7 +501,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
     'reconnect: while receipted_upto < n {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
+        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login, s.tls.as_ref()) {
             Ok(c) => c,
             Err(e) => {
                 if s.start.elapsed() > Duration::from_secs(3600) {
@@ -668,7 +694,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     let mut signalled = false;
     let mut last_progress = Instant::now();
     'reconnect: loop {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
+        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login, s.tls.as_ref()) {
             Ok(c) => c,
             Err(e) => {
                 if !signalled {

@@ -3,14 +3,55 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
 
+/// The socket, plain or TLS (`--tls`).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     pub wbuf: Vec<u8>,
     limits: Limits,
@@ -22,11 +63,12 @@ impl Conn {
         brokers: &[String],
         start: usize,
         login: Option<(&str, &str)>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<(Conn, usize)> {
         let mut last = None;
         for i in 0..brokers.len() {
             let idx = (start + i) % brokers.len();
-            match Conn::connect_one(&brokers[idx], login) {
+            match Conn::connect_one(&brokers[idx], login, tls) {
                 Ok(c) => return Ok((c, idx)),
                 Err(e) => last = Some(e),
             }
@@ -34,7 +76,11 @@ impl Conn {
         Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
     }
 
-    fn connect_one(broker: &str, login: Option<(&str, &str)>) -> Result<Conn> {
+    fn connect_one(
+        broker: &str,
+        login: Option<(&str, &str)>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Conn> {
         let addr: SocketAddr = broker
             .to_socket_addrs()
             .with_context(|| format!("bad broker address {broker}"))?
@@ -42,6 +88,14 @@ impl Conn {
             .ok_or_else(|| anyhow!("{broker} resolves to nothing"))?;
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                let conn =
+                    rustls::ClientConnection::new(config.clone(), crate::tls::server_name())?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+            }
+        };
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(256 * 1024),
@@ -70,7 +124,7 @@ impl Conn {
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
-        Ok(self.stream.set_read_timeout(t)?)
+        Ok(self.stream.tcp().set_read_timeout(t)?)
     }
 
     /// Next frame, blocking for more bytes as needed.

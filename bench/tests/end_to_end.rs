@@ -25,24 +25,22 @@ fn bench(args: &[&str], out: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn memory_mode_run_delivers_everything_once() {
-    let d = tempfile_dir("mem");
-    let s = bench(
-        &[
-            "--mode",
-            "memory",
-            "--shards",
-            "2",
-            "--producers",
-            "4",
-            "--consumers",
-            "2",
-            "--messages",
-            "2000",
-            "--size",
-            "256",
-        ],
-        &d,
-    );
+    memory_run("mem", &[]);
+}
+
+#[test]
+fn tls_run_against_brokers_bench_starts_delivers_everything_once() {
+    memory_run("tls", &["--tls"]);
+}
+
+fn memory_run(tag: &str, extra: &[&str]) {
+    let d = tempfile_dir(tag);
+    let mut args: Vec<&str> =
+        "--mode memory --shards 2 --producers 4 --consumers 2 --messages 2000 --size 256"
+            .split(' ')
+            .collect();
+    args.extend_from_slice(extra);
+    let s = bench(&args, &d);
     assert_eq!(s["receipted"], 2000);
     assert_eq!(s["consumed"], 2000);
     assert_eq!(s["lost_receipted"], 0);

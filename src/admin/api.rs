@@ -21,6 +21,7 @@ use super::gather::{self, GatherError, Gathered};
 use super::{cluster, pages, prometheus, AdminState};
 use crate::broker::Destination;
 use crate::ha::Role;
+use crate::security::Right;
 use crate::server::admin_send::{AdminSend, SendRefusal};
 use crate::server::shard::{AdminAnswer, AdminOp};
 
@@ -93,14 +94,37 @@ impl From<GatherError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn allow(
+async fn allow(
     state: &AdminState,
     headers: &HeaderMap,
     method: &Method,
     need: ConsoleRole,
     peer: SocketAddr,
 ) -> ApiResult<Principal> {
-    Ok(state.auth.check(headers, method, need, &peer.to_string())?)
+    Ok(state
+        .auth
+        .check(headers, method, need, &peer.to_string())
+        .await?)
+}
+
+/// `[[authorization]]` applies to the console as to STOMP clients: browse
+/// needs `read`, send `write`, purge and delete `admin` on the destination
+/// (and a destination the broker does not know yet needs `admin` to be
+/// made, as ActiveMQ's authorizationPlugin has it).
+fn authorize(
+    state: &AdminState,
+    who: &Principal,
+    dest: &Destination,
+    right: Right,
+) -> ApiResult<()> {
+    match state.security.decide(Some(&who.user), dest) {
+        Some(d) if !d.allows(right) => {
+            let why = d.denial(right, dest);
+            tracing::warn!(login = %who.login, destination = %dest, right = right.as_str(), "admin: {why}");
+            Err(ApiError::new(StatusCode::FORBIDDEN, why))
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -202,7 +226,8 @@ async fn login(
 ) -> ApiResult<Response> {
     let (token, p) = state
         .auth
-        .login(&form.login, &form.passcode, &peer.to_string())?;
+        .login(&form.login, &form.passcode, &peer.to_string())
+        .await?;
     info!(login = %p.login, role = ?p.role, %peer, "admin: console login");
     let cookie = format!(
         "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -223,13 +248,9 @@ async fn me(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<Principal>> {
-    Ok(Json(allow(
-        &state,
-        &headers,
-        &method,
-        ConsoleRole::Read,
-        peer,
-    )?))
+    Ok(Json(
+        allow(&state, &headers, &method, ConsoleRole::Read, peer).await?,
+    ))
 }
 
 // ---- views ----------------------------------------------------------------
@@ -267,7 +288,7 @@ async fn overview(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<Overview>> {
-    allow(&state, &headers, &method, ConsoleRole::Read, peer)?;
+    allow(&state, &headers, &method, ConsoleRole::Read, peer).await?;
     let g = gather::gather(&state).await;
     let ha = ha_view(&state).await;
     Ok(Json(overview_of(&state, &g, ha)))
@@ -336,7 +357,7 @@ macro_rules! list_view {
             method: Method,
             headers: HeaderMap,
         ) -> ApiResult<Json<serde_json::Value>> {
-            allow(&state, &headers, &method, ConsoleRole::Read, peer)?;
+            allow(&state, &headers, &method, ConsoleRole::Read, peer).await?;
             gather::require_master(&state)?;
             let g = gather::gather(&state).await;
             let pick: fn(Gathered) -> serde_json::Value = $pick;
@@ -364,7 +385,7 @@ async fn cluster_view(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    allow(&state, &headers, &method, ConsoleRole::Read, peer)?;
+    allow(&state, &headers, &method, ConsoleRole::Read, peer).await?;
     Ok(Json(json!(cluster::view(&state).await)))
 }
 
@@ -409,8 +430,9 @@ async fn browse(
     Path(name): Path<String>,
     Query(q): Query<BrowseQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    allow(&state, &headers, &method, ConsoleRole::Read, peer)?;
+    let who = allow(&state, &headers, &method, ConsoleRole::Read, peer).await?;
     let dest = queue_of(&name)?;
+    authorize(&state, &who, &dest, Right::Read)?;
     let max = q.max.unwrap_or(50).clamp(1, state.console.browse_max);
     match gather::admin_op(&state, &dest, AdminOp::Browse(dest.clone(), max)).await? {
         AdminAnswer::Browsed(msgs) => {
@@ -439,8 +461,9 @@ async fn remove<const DELETE: bool>(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = allow(&state, &headers, &method, ConsoleRole::Admin, peer)?;
+    let who = allow(&state, &headers, &method, ConsoleRole::Admin, peer).await?;
     let dest = queue_of(&name)?;
+    authorize(&state, &who, &dest, Right::Admin)?;
     let op = if DELETE {
         AdminOp::Delete(dest.clone())
     } else {
@@ -448,6 +471,9 @@ async fn remove<const DELETE: bool>(
     };
     match gather::admin_op(&state, &dest, op).await? {
         AdminAnswer::Removed(n) => {
+            if DELETE {
+                state.security.known.remove(&dest);
+            }
             info!(login = %who.login, destination = %dest, removed = n, deleted = DELETE, "admin: removed messages");
             Ok(Json(
                 json!({ "destination": dest.to_string(), "removed": n, "deleted": DELETE }),
@@ -510,11 +536,12 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = allow(&state, &headers, &method, ConsoleRole::Admin, peer)?;
+    let who = allow(&state, &headers, &method, ConsoleRole::Admin, peer).await?;
     let form: SendForm = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad send request: {e}")))?;
     let destination = Destination::parse(&form.destination)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    authorize(&state, &who, &destination, Right::Write)?;
     if form.count == 0 || form.count > state.console.send_max_count {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -576,6 +603,7 @@ async fn send(
     };
     match gather::send(&state, req).await? {
         Ok(n) => {
+            state.security.known.insert(destination.clone());
             info!(login = %who.login, destination = %destination, count = n, "admin: sent");
             Ok(Json(
                 json!({ "destination": destination.to_string(), "sent": n }),

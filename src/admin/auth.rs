@@ -10,7 +10,7 @@
 //! Basic credentials cannot be made to act by another site.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, Method};
@@ -18,7 +18,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use tracing::warn;
 
-use crate::config::{AdminConfig, User};
+use crate::config::AdminConfig;
+use crate::security::{Security, UserInfo};
 
 pub const CSRF_HEADER: &str = "x-brokk-csrf";
 pub const SESSION_COOKIE: &str = "brokk_session";
@@ -34,6 +35,9 @@ pub enum ConsoleRole {
 #[derive(Debug, Clone, Serialize)]
 pub struct Principal {
     pub login: String,
+    /// For per-destination authorization (`[[authorization]]`).
+    #[serde(skip)]
+    pub user: Arc<UserInfo>,
     pub role: ConsoleRole,
     /// The session's CSRF token (cookie sessions; Basic has none).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,7 +66,7 @@ struct Session {
 }
 
 pub struct Auth {
-    users: Vec<User>,
+    security: Arc<Security>,
     admin_groups: Vec<String>,
     read_groups: Vec<String>,
     ttl: Duration,
@@ -70,9 +74,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(users: &[User], cfg: &AdminConfig) -> Auth {
+    pub fn new(security: Arc<Security>, cfg: &AdminConfig) -> Auth {
         Auth {
-            users: users.to_vec(),
+            security,
             admin_groups: cfg.admin_groups.clone(),
             read_groups: cfg.read_groups.clone(),
             ttl: Duration::from_secs(cfg.session_ttl_secs),
@@ -83,10 +87,10 @@ impl Auth {
     /// Without users, the console and API are off (only `/status`,
     /// `/healthz` and `/metrics` answer): no default password is shipped.
     pub fn enabled(&self) -> bool {
-        !self.users.is_empty()
+        !self.security.users.is_empty()
     }
 
-    fn role_of(&self, u: &User) -> Option<ConsoleRole> {
+    fn role_of(&self, u: &UserInfo) -> Option<ConsoleRole> {
         let in_any = |groups: &[String]| u.groups.iter().any(|g| groups.contains(g));
         if in_any(&self.admin_groups) {
             Some(ConsoleRole::Admin)
@@ -97,37 +101,55 @@ impl Auth {
         }
     }
 
-    /// Checks a login and passcode; audit-logs a failure.
-    fn verify(&self, login: &str, passcode: &str, source: &str) -> Result<Principal, AuthError> {
+    /// Checks a login and passcode; audit-logs a failure. A pair not seen
+    /// before is verified (argon2id, tens of ms) on tokio's blocking pool:
+    /// the side runtime's thread also drives the database writer.
+    async fn verify(
+        &self,
+        login: &str,
+        passcode: &str,
+        source: &str,
+    ) -> Result<Principal, AuthError> {
         if !self.enabled() {
             return Err(AuthError::Disabled);
         }
-        let user = self
-            .users
-            .iter()
-            .find(|u| u.login == login && password_matches(u, passcode));
+        let user = match self.security.users.cached(login, passcode) {
+            Some(u) => Some(u),
+            None => {
+                let (security, l, p) = (
+                    self.security.clone(),
+                    login.to_string(),
+                    passcode.to_string(),
+                );
+                tokio::task::spawn_blocking(move || security.users.verify(&l, &p))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
         let Some(user) = user else {
             warn!(target: "audit", source, login, "admin: authentication failed");
             return Err(AuthError::Wrong);
         };
         let role = self
-            .role_of(user)
+            .role_of(&user)
             .ok_or_else(|| AuthError::NoRole(login.to_string()))?;
         Ok(Principal {
             login: login.to_string(),
+            user,
             role,
             csrf: None,
         })
     }
 
     /// A browser login: a new session; returns its cookie value too.
-    pub fn login(
+    pub async fn login(
         &self,
         login: &str,
         passcode: &str,
         source: &str,
     ) -> Result<(String, Principal), AuthError> {
-        let mut p = self.verify(login, passcode, source)?;
+        let mut p = self.verify(login, passcode, source).await?;
         p.csrf = Some(random_token());
         let token = random_token();
         let now = Instant::now();
@@ -152,7 +174,7 @@ impl Auth {
 
     /// The user behind a request, if it may do what it asks: `need` is the
     /// role it takes; a state-changing method must pass the CSRF check.
-    pub fn check(
+    pub async fn check(
         &self,
         headers: &HeaderMap,
         method: &Method,
@@ -168,7 +190,7 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty());
         let principal = if let Some((login, pass)) = basic(headers) {
-            let p = self.verify(&login, &pass, source)?;
+            let p = self.verify(&login, &pass, source).await?;
             if changes && csrf_sent.is_none() {
                 return Err(AuthError::Csrf);
             }
@@ -193,12 +215,6 @@ impl Auth {
         }
         Ok(principal)
     }
-}
-
-/// Compares in time independent of where the strings differ.
-fn password_matches(u: &User, passcode: &str) -> bool {
-    let (a, b) = (u.passcode.as_bytes(), passcode.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn basic(headers: &HeaderMap) -> Option<(String, String)> {
@@ -242,26 +258,29 @@ fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn auth() -> Auth {
-        let users = vec![
-            User {
-                login: "ops".into(),
-                passcode: "secret".into(),
-                groups: vec!["admins".into()],
-            },
-            User {
-                login: "viewer".into(),
-                passcode: "look".into(),
-                groups: vec!["monitors".into()],
-            },
-            User {
-                login: "app".into(),
-                passcode: "app".into(),
-                groups: vec![],
-            },
-        ];
-        Auth::new(&users, &AdminConfig::default())
+        let config: Config = toml::from_str(
+            r#"
+            [auth]
+            allow_plaintext_passwords = true
+            [[users]]
+            login = "ops"
+            passcode = "secret"
+            groups = ["admins"]
+            [[users]]
+            login = "viewer"
+            passcode = "look"
+            groups = ["monitors"]
+            [[users]]
+            login = "app"
+            passcode = "app"
+            "#,
+        )
+        .unwrap();
+        let security = Arc::new(Security::from_config(&config).unwrap());
+        Auth::new(security, &AdminConfig::default())
     }
 
     fn basic_header(login: &str, pass: &str) -> HeaderMap {
@@ -271,95 +290,116 @@ mod tests {
         h
     }
 
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     #[test]
     fn roles_come_from_groups_and_reads_never_need_csrf() {
-        let a = auth();
-        let p = a
-            .check(
-                &basic_header("viewer", "look"),
-                &Method::GET,
+        run(async {
+            let a = auth();
+            let check = |h: HeaderMap, m: Method, need| {
+                let a = &a;
+                async move { a.check(&h, &m, need, "t").await }
+            };
+            let p = check(
+                basic_header("viewer", "look"),
+                Method::GET,
                 ConsoleRole::Read,
-                "t",
             )
+            .await
             .unwrap();
-        assert_eq!(p.role, ConsoleRole::Read);
-        assert_eq!(
-            a.check(
-                &basic_header("viewer", "look"),
-                &Method::POST,
-                ConsoleRole::Admin,
-                "t"
-            )
-            .unwrap_err(),
-            AuthError::Csrf
-        );
-        let mut h = basic_header("viewer", "look");
-        h.insert(CSRF_HEADER, "1".parse().unwrap());
-        assert_eq!(
-            a.check(&h, &Method::POST, ConsoleRole::Admin, "t")
+            assert_eq!(p.role, ConsoleRole::Read);
+            assert_eq!(
+                check(
+                    basic_header("viewer", "look"),
+                    Method::POST,
+                    ConsoleRole::Admin
+                )
+                .await
                 .unwrap_err(),
-            AuthError::ReadOnly("viewer".into())
-        );
-        assert_eq!(
-            a.check(
-                &basic_header("app", "app"),
-                &Method::GET,
-                ConsoleRole::Read,
-                "t"
-            )
-            .unwrap_err(),
-            AuthError::NoRole("app".into())
-        );
-        assert_eq!(
-            a.check(
-                &basic_header("ops", "wrong"),
-                &Method::GET,
-                ConsoleRole::Read,
-                "t"
-            )
-            .unwrap_err(),
-            AuthError::Wrong
-        );
+                AuthError::Csrf
+            );
+            let mut h = basic_header("viewer", "look");
+            h.insert(CSRF_HEADER, "1".parse().unwrap());
+            assert_eq!(
+                check(h, Method::POST, ConsoleRole::Admin)
+                    .await
+                    .unwrap_err(),
+                AuthError::ReadOnly("viewer".into())
+            );
+            assert_eq!(
+                check(basic_header("app", "app"), Method::GET, ConsoleRole::Read)
+                    .await
+                    .unwrap_err(),
+                AuthError::NoRole("app".into())
+            );
+            assert_eq!(
+                check(basic_header("ops", "wrong"), Method::GET, ConsoleRole::Read)
+                    .await
+                    .unwrap_err(),
+                AuthError::Wrong
+            );
+        });
     }
 
     #[test]
     fn a_session_cookie_acts_only_with_its_own_csrf_token() {
-        let a = auth();
-        let (token, p) = a.login("ops", "secret", "t").unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            format!("x=1; {SESSION_COOKIE}={token}").parse().unwrap(),
-        );
-        assert!(a.check(&h, &Method::GET, ConsoleRole::Admin, "t").is_ok());
-        assert_eq!(
-            a.check(&h, &Method::POST, ConsoleRole::Admin, "t")
-                .unwrap_err(),
-            AuthError::Csrf
-        );
-        h.insert(CSRF_HEADER, "not-it".parse().unwrap());
-        assert_eq!(
-            a.check(&h, &Method::POST, ConsoleRole::Admin, "t")
-                .unwrap_err(),
-            AuthError::Csrf
-        );
-        h.insert(CSRF_HEADER, p.csrf.unwrap().parse().unwrap());
-        assert!(a.check(&h, &Method::POST, ConsoleRole::Admin, "t").is_ok());
-        a.logout(&h);
-        assert_eq!(
-            a.check(&h, &Method::GET, ConsoleRole::Read, "t")
-                .unwrap_err(),
-            AuthError::Missing
-        );
+        run(async {
+            let a = auth();
+            let (token, p) = a.login("ops", "secret", "t").await.unwrap();
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::COOKIE,
+                format!("x=1; {SESSION_COOKIE}={token}").parse().unwrap(),
+            );
+            assert!(a
+                .check(&h, &Method::GET, ConsoleRole::Admin, "t")
+                .await
+                .is_ok());
+            assert_eq!(
+                a.check(&h, &Method::POST, ConsoleRole::Admin, "t")
+                    .await
+                    .unwrap_err(),
+                AuthError::Csrf
+            );
+            h.insert(CSRF_HEADER, "not-it".parse().unwrap());
+            assert_eq!(
+                a.check(&h, &Method::POST, ConsoleRole::Admin, "t")
+                    .await
+                    .unwrap_err(),
+                AuthError::Csrf
+            );
+            h.insert(CSRF_HEADER, p.csrf.unwrap().parse().unwrap());
+            assert!(a
+                .check(&h, &Method::POST, ConsoleRole::Admin, "t")
+                .await
+                .is_ok());
+            a.logout(&h);
+            assert_eq!(
+                a.check(&h, &Method::GET, ConsoleRole::Read, "t")
+                    .await
+                    .unwrap_err(),
+                AuthError::Missing
+            );
+        });
     }
 
     #[test]
     fn without_users_nothing_is_open() {
-        let a = Auth::new(&[], &AdminConfig::default());
-        assert_eq!(
-            a.check(&HeaderMap::new(), &Method::GET, ConsoleRole::Read, "t")
-                .unwrap_err(),
-            AuthError::Disabled
-        );
+        run(async {
+            let security = Arc::new(Security::from_config(&Config::default()).unwrap());
+            let a = Auth::new(security, &AdminConfig::default());
+            assert_eq!(
+                a.check(&HeaderMap::new(), &Method::GET, ConsoleRole::Read, "t")
+                    .await
+                    .unwrap_err(),
+                AuthError::Disabled
+            );
+        });
     }
 }

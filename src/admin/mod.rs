@@ -44,6 +44,8 @@ pub struct AdminState {
     pub max_body_bytes: usize,
     pub console: AdminConfig,
     auth: auth::Auth,
+    /// Users, authorization and the destinations the broker knows.
+    security: Arc<crate::security::Security>,
     /// This process, as the Cluster page names it.
     pub identity: String,
 }
@@ -56,7 +58,7 @@ pub struct AdminSettings {
     pub stomp: SocketAddr,
     pub max_body_bytes: usize,
     pub console: AdminConfig,
-    pub users: Vec<crate::config::User>,
+    pub security: Arc<crate::security::Security>,
 }
 
 impl AdminState {
@@ -80,7 +82,8 @@ impl AdminState {
             store_dir: settings.store_dir,
             stomp: settings.stomp,
             max_body_bytes: settings.max_body_bytes,
-            auth: auth::Auth::new(&settings.users, &settings.console),
+            auth: auth::Auth::new(settings.security.clone(), &settings.console),
+            security: settings.security,
             console: settings.console,
             identity: format!("{host}/{}", std::process::id()),
         }

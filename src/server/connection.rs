@@ -4,12 +4,14 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::{spawn_local, timer::sleep};
 use tracing::{debug, debug_span, Instrument};
@@ -37,22 +39,78 @@ pub async fn refuse(mut stream: TcpStream, max: usize) {
     let _ = stream.close().await;
 }
 
-pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
-    let id = ctx.next_conn_id();
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let span = debug_span!("conn", conn = id, peer = %peer);
+/// Who is at the other end, as far as the transport can tell.
+struct Peer {
+    addr: Option<SocketAddr>,
+    /// `stomp` or `stomp+ssl`, as the console lists it.
+    protocol: &'static str,
+    /// The subject CN of a verified client certificate (mutual TLS).
+    cert_login: Option<String>,
+}
+
+/// A connection on the plain STOMP listener.
+pub async fn run_plain(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAddr>) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
+    let peer = Peer {
+        addr,
+        protocol: "stomp",
+        cert_login: None,
+    };
+    run(ctx, stream, fd, peer).await;
+}
+
+/// A connection on the TLS listener: the handshake first, within
+/// `timeout`; a peer that fails it (plain STOMP, a certificate the CA did
+/// not sign, none when one is required) or stalls is closed.
+pub async fn run_tls(
+    ctx: Rc<ShardContext>,
+    stream: TcpStream,
+    addr: Option<SocketAddr>,
+    acceptor: futures_rustls::TlsAcceptor,
+    timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let handshake =
+        futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+            sleep(timeout).await;
+            None
+        });
+    let stream = match handshake.await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            debug!(peer = ?addr, error = %e, "TLS handshake failed; connection closed");
+            return;
+        }
+        None => {
+            debug!(peer = ?addr, "no TLS handshake within tls.handshake_timeout_ms; connection closed");
+            return;
+        }
+    };
+    let cert_login = crate::security::tls::peer_login(stream.get_ref().1);
+    let peer = Peer {
+        addr,
+        protocol: "stomp+ssl",
+        cert_login,
+    };
+    run(ctx, stream, fd, peer).await;
+}
+
+async fn run<S>(ctx: Rc<ShardContext>, stream: S, fd: i32, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let id = ctx.next_conn_id();
+    let span = debug_span!("conn", conn = id, peer = ?peer.addr);
     let conn = ConnRef {
         shard: ctx.id as u16,
         conn: id,
     };
     let outbound: Mailbox<Outbound> = Mailbox::default();
     ctx.conns.borrow_mut().insert(id, outbound.clone());
-    let info = Rc::new(ConnectionInfo::new(peer.clone(), "stomp", now_ms()));
+    let client = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+    let info = Rc::new(ConnectionInfo::new(client, peer.protocol, now_ms()));
     ctx.conn_info.borrow_mut().insert(id, info.clone());
     let session = Rc::new(RefCell::new(Session::new(
         ctx.session_cfg.clone(),
@@ -71,7 +129,7 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream) {
         )
         .instrument(span.clone()),
     );
-    read_loop(&ctx, &session, &outbound, reader, &info)
+    read_loop(&ctx, &session, &outbound, reader, &peer, &info)
         .instrument(span)
         .await;
     // Whatever ended the reader, the session's subscriptions end with it.
@@ -123,11 +181,12 @@ enum Event {
     TimedOut,
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ShardContext,
     session: &RefCell<Session>,
     outbound: &Mailbox<Outbound>,
-    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    mut reader: ReadHalf<S>,
+    peer: &Peer,
     info: &ConnectionInfo,
 ) {
     // Idle connections stay small: the read size starts at 4 KiB and
@@ -203,6 +262,25 @@ async fn read_loop(
             if frame.command == Command::Send {
                 ConnectionInfo::add(&info.messages_in, 1);
             }
+            if session.borrow().awaits_connect()
+                && matches!(frame.command, Command::Connect | Command::Stomp)
+            {
+                let auth = ctx.shared.security.authenticate(
+                    frame.header_str("login"),
+                    frame.header_str("passcode"),
+                    peer.cert_login.as_deref(),
+                    peer.addr,
+                );
+                match auth.await {
+                    Ok(user) => session.borrow_mut().authenticated(user),
+                    Err(e) => {
+                        session
+                            .borrow_mut()
+                            .reject(&frame, &e.to_string(), &mut actions);
+                        break;
+                    }
+                }
+            }
             if !held.frames.is_empty() {
                 if overtakes_held(&frame) {
                     session.borrow_mut().handle(frame, &mut actions);
@@ -242,9 +320,9 @@ async fn read_loop(
 /// Waits for bytes from the client (appended to `buf`) or `timeout`; while
 /// a SEND is held, for bytes or memory, or, with enough read past that
 /// SEND, for memory alone.
-async fn next_event(
+async fn next_event<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ShardContext,
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    reader: &mut ReadHalf<S>,
     buf: &mut BytesMut,
     chunk: usize,
     held: &Held,
@@ -382,11 +460,11 @@ fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action
     }
 }
 
-async fn write_loop(
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: Rc<ShardContext>,
     session: Rc<RefCell<Session>>,
     outbound: Mailbox<Outbound>,
-    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    mut writer: WriteHalf<S>,
     fd: i32,
     info: Rc<ConnectionInfo>,
 ) {

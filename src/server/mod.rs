@@ -29,7 +29,7 @@ use crate::protocol::stomp::Limits;
 use crate::side;
 use crate::store::journal::{self, StoreUsage};
 use crate::store::meta;
-use shard::{Control, JournalSettings, Shared};
+use shard::{Control, JournalSettings, Shared, TlsListener};
 
 /// Binds a port-0 address to a concrete port first, so that every shard's
 /// SO_REUSEPORT listener shares one port. The returned socket stays bound
@@ -61,6 +61,24 @@ const IO_MEMORY_BYTES: usize = 512 * 1024;
 pub fn serve(config: Config) -> Result<()> {
     let (stomp, port_hold) = resolve_port(config.listeners.stomp)
         .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
+    let (stomp_tls, tls_port_hold) = match config.listeners.stomp_tls {
+        None => (None, None),
+        Some(a) => {
+            let (addr, hold) = resolve_port(a).with_context(|| format!("cannot resolve {a}"))?;
+            (Some(addr), hold)
+        }
+    };
+    // Built again from the files validated at load: the listeners serve
+    // exactly what `check-config` checked.
+    let tls = match &config.tls {
+        Some(t) if stomp_tls.is_some() => Some(TlsListener {
+            config: crate::security::tls::server_config(t)
+                .map_err(|e| anyhow!("config key `{}`: {e}", e.key()))?,
+            handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
+        }),
+        _ => None,
+    };
+    let security = Arc::new(crate::security::Security::from_config(&config)?);
     let admin_listener = std::net::TcpListener::bind(config.listeners.admin)
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.listeners.admin))?;
     let admin_addr = admin_listener.local_addr()?;
@@ -75,7 +93,7 @@ pub fn serve(config: Config) -> Result<()> {
             stomp,
             max_body_bytes: config.limits.max_frame_size,
             console: config.admin.clone(),
-            users: config.users.clone(),
+            security: security.clone(),
         },
         role.clone(),
         usage.clone(),
@@ -166,11 +184,8 @@ pub fn serve(config: Config) -> Result<()> {
         memory_limit_bytes: config.limits.memory_limit_bytes,
         usage: usage.clone(),
         connections: Arc::new(AtomicUsize::new(0)),
-        users: config
-            .users
-            .iter()
-            .map(|u| (u.login.clone(), u.passcode.clone()))
-            .collect(),
+        security,
+        tls,
         default_prefetch: config.broker.default_prefetch,
         heartbeat_min_ms: config.broker.heartbeat_min_ms,
         journal: file_mode.then(|| JournalSettings {
@@ -209,7 +224,7 @@ pub fn serve(config: Config) -> Result<()> {
             // Registered DMA buffers: journal writes use their own aligned
             // buffers, so a small pool is enough.
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || shard::run(id, shared, stomp, mesh, ctl_rx, ready))
+            .spawn(move || shard::run(id, shared, (stomp, stomp_tls), mesh, ctl_rx, ready))
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         threads.push(handle);
     }
@@ -222,15 +237,17 @@ pub fn serve(config: Config) -> Result<()> {
         }
     }
     drop(port_hold);
+    drop(tls_port_hold);
     if let Some(db) = &shared_db {
         db.forget_loaded();
     }
     let _ = state.controls.set(controls.clone());
     let _ = controls_slot.set(controls);
     role.set(Role::Master);
-    info!(role = "master", %stomp, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
+    info!(role = "master", %stomp, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
     // A line for scripts and tests that start brokk on port 0.
-    println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}");
+    let tls_field = stomp_tls.map_or(String::new(), |a| format!(" stomp_tls={a}"));
+    println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}{tls_field}");
     for t in threads {
         t.join()
             .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;

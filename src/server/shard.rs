@@ -101,7 +101,10 @@ pub struct Shared {
     pub memory_limit_bytes: usize,
     pub usage: Arc<MemoryUsage>,
     pub connections: Arc<AtomicUsize>,
-    pub users: Vec<(String, String)>,
+    /// Users, rights, the connection rate limit.
+    pub security: Arc<crate::security::Security>,
+    /// The TLS listener's settings, when `listeners.stomp_tls` is set.
+    pub tls: Option<TlsListener>,
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
     /// Journal settings (file mode).
@@ -138,6 +141,13 @@ pub struct Shared {
     /// Test-only fault switch (`BROKK_FAULT_TX_CRASH`): the process kills
     /// itself (SIGKILL) at a chosen step of a two-phase commit.
     pub fault_tx_crash: Option<TxCrash>,
+}
+
+#[derive(Clone)]
+pub struct TlsListener {
+    pub config: Arc<rustls::ServerConfig>,
+    /// A handshake not done this long after the accept is dropped.
+    pub handshake_timeout: Duration,
 }
 
 /// Where `BROKK_FAULT_TX_CRASH` kills the process.
@@ -485,7 +495,7 @@ impl ShardContext {
 pub async fn run(
     id: usize,
     shared: Shared,
-    stomp: std::net::SocketAddr,
+    (stomp, stomp_tls): (std::net::SocketAddr, Option<std::net::SocketAddr>),
     mesh: Option<MeshBuilder<Batch, Full>>,
     control: flume::Receiver<Control>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -597,6 +607,14 @@ pub async fn run(
                 "journal replayed"
             );
         }
+        if shared.security.authorizer.is_some() {
+            // What recovery restored exists: using it needs no admin right.
+            for d in broker.stats() {
+                if let Ok(dest) = crate::broker::Destination::parse(&d.destination) {
+                    shared.security.known.insert(dest);
+                }
+            }
+        }
         let listener = match TcpListener::bind(stomp) {
             Ok(l) => l,
             Err(e) => {
@@ -604,11 +622,23 @@ pub async fn run(
                 return;
             }
         };
+        let tls_listener = match (stomp_tls, &shared.tls) {
+            (Some(addr), Some(tls)) => match TcpListener::bind(addr) {
+                Ok(l) => Some((l, tls.clone())),
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "cannot listen for STOMP over TLS on {addr}: {e}"
+                    )));
+                    return;
+                }
+            },
+            _ => None,
+        };
         let outboxes: Vec<Mailbox<ShardMsg>> =
             (0..shared.shards).map(|_| Mailbox::default()).collect();
         let session_cfg = Rc::new(SessionConfig {
             shards: shared.shards,
-            users: shared.users.clone(),
+            security: shared.security.clone(),
             default_prefetch: shared.default_prefetch,
             heartbeat_min_ms: shared.heartbeat_min_ms,
             usage: shared.usage.clone(),
@@ -678,7 +708,12 @@ pub async fn run(
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
         let _ = ready.send(Ok(()));
-        accept_loop(ctx.clone(), listener).await;
+        let tls_accepting =
+            tls_listener.map(|(l, tls)| spawn_local(accept_loop(ctx.clone(), l, Some(tls))));
+        accept_loop(ctx.clone(), listener, None).await;
+        if let Some(t) = tls_accepting {
+            t.await;
+        }
         info!("stopped accepting; closing connections");
         drain(&ctx).await;
         quiesce(&ctx).await;
@@ -698,7 +733,12 @@ pub async fn run(
     .await
 }
 
-async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener) {
+/// Accepts until shutdown; with `tls`, every connection does its TLS
+/// handshake first (in its own task, under a deadline).
+async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, tls: Option<TlsListener>) {
+    let acceptor = tls
+        .as_ref()
+        .map(|t| futures_rustls::TlsAcceptor::from(t.config.clone()));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             ctx.shutdown.wait().await;
@@ -714,15 +754,33 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener) {
                 continue;
             }
         };
+        let peer = stream.peer_addr().ok();
+        if let Some(peer) = peer {
+            if !ctx.shared.security.rate.admit(peer.ip()) {
+                warn!(%peer, "over limits.connections_per_ip_per_sec; connection closed");
+                drop(stream);
+                continue;
+            }
+        }
         let open = ctx.shared.connections.fetch_add(1, Ordering::Relaxed);
         if open >= ctx.shared.max_connections {
             ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);
-            spawn_local(connection::refuse(stream, ctx.shared.max_connections)).detach();
+            // A TLS client could not read the plain ERROR frame: it is closed.
+            if acceptor.is_none() {
+                spawn_local(connection::refuse(stream, ctx.shared.max_connections)).detach();
+            }
             continue;
         }
         let ctx = ctx.clone();
+        let tls = tls.as_ref().map(|t| t.handshake_timeout);
+        let acceptor = acceptor.clone();
         spawn_local(async move {
-            connection::run(ctx.clone(), stream).await;
+            match (acceptor, tls) {
+                (Some(acceptor), Some(timeout)) => {
+                    connection::run_tls(ctx.clone(), stream, peer, acceptor, timeout).await
+                }
+                _ => connection::run_plain(ctx.clone(), stream, peer).await,
+            }
             ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod db;
+pub mod tls;
 
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
@@ -23,6 +24,8 @@ pub struct Broker {
     pub child: Child,
     pub stomp: SocketAddr,
     pub admin: SocketAddr,
+    /// The STOMP-over-TLS listener, when `listeners.stomp_tls` is set.
+    pub stomp_tls: Option<SocketAddr>,
     _dir: Option<tempfile::TempDir>,
     pub role_line: String,
     stdout: Option<BufReader<std::process::ChildStdout>>,
@@ -111,6 +114,7 @@ impl Broker {
             child,
             stomp: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
+            stomp_tls: None,
             _dir: None,
             role_line: line,
             stdout: Some(reader),
@@ -130,6 +134,7 @@ impl Broker {
             self.stomp = s;
             self.admin = a;
         }
+        self.stomp_tls = field("stomp_tls=");
     }
 
     /// For a standby: blocks until it prints that it became master.
@@ -286,15 +291,7 @@ impl Client {
 
     /// Sends a frame given as `COMMAND`, headers and body.
     pub fn frame(&mut self, command: &str, headers: &[(&str, &str)], body: &[u8]) {
-        let mut f = format!("{command}\n");
-        for (k, v) in headers {
-            f.push_str(&format!("{k}:{v}\n"));
-        }
-        f.push_str(&format!("content-length:{}\n\n", body.len()));
-        let mut bytes = f.into_bytes();
-        bytes.extend_from_slice(body);
-        bytes.push(0);
-        self.write(&bytes);
+        self.write(&frame_bytes(command, headers, body));
     }
 
     pub fn send(&mut self, dest: &str, body: &str) {
@@ -457,6 +454,35 @@ impl Client {
     pub fn disconnect(mut self) {
         self.frame("DISCONNECT", &[("receipt", "bye")], b"");
         self.expect_receipt("bye");
+    }
+}
+
+/// A frame given as `COMMAND`, headers and body, on the wire.
+pub fn frame_bytes(command: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut f = format!("{command}\n");
+    for (k, v) in headers {
+        f.push_str(&format!("{k}:{v}\n"));
+    }
+    f.push_str(&format!("content-length:{}\n\n", body.len()));
+    let mut bytes = f.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes.push(0);
+    bytes
+}
+
+/// Waits for a child process to exit by itself; kills it and fails after
+/// `secs`, saying `what` was expected.
+pub fn wait_child(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

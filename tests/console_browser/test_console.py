@@ -27,12 +27,12 @@ DOCS = os.path.join(ROOT, "docs", "console")
 WAIT_S = 20
 PAGES = ["overview", "queues", "topics", "subscribers", "connections", "send", "cluster"]
 
-USERS = """
-[[users]]
-login = "ops"
-passcode = "secret"
-groups = ["admins"]
-"""
+def users():
+    """The console's user, with an argon2id hash made by `brokk hash-password`."""
+    phc = subprocess.run([BROKK, "hash-password"], input="secret\n", capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert phc.startswith("$argon2id$"), phc
+    return f'[[users]]\nlogin = "ops"\npasscode_hash = "{phc}"\ngroups = ["admins"]\n'
 
 
 _handed_out = set()
@@ -72,7 +72,8 @@ def pair():
     data = tempfile.mkdtemp()
     ports = [free_port() for _ in range(2)]
     admins = [free_port() for _ in range(2)]
-    peer = lambda a: USERS + f'\n[admin]\npeers = ["http://127.0.0.1:{a}"]\n'
+    accounts = users()
+    peer = lambda a: accounts + f'\n[admin]\npeers = ["http://127.0.0.1:{a}"]\n'
     master, line = start(peer(admins[1]), data, ports[0], admins[0])
     assert line.startswith("brokk listening"), line
     standby, line = start(peer(admins[0]), data, ports[1], admins[1])

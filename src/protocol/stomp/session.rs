@@ -18,6 +18,7 @@ use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
+use crate::security::{Decision, Right, Security, UserInfo};
 
 const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 
@@ -25,7 +26,8 @@ const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 #[derive(Debug)]
 pub struct SessionConfig {
     pub shards: usize,
-    pub users: Vec<(String, String)>,
+    /// Users, rights and known destinations, shared by every shard.
+    pub security: Arc<Security>,
     pub default_prefetch: u32,
     pub heartbeat_min_ms: u64,
     pub usage: Arc<MemoryUsage>,
@@ -154,6 +156,13 @@ pub struct Session {
     /// before it is applied, committed transactions included.
     open_commits: HashMap<u64, Vec<u64>>,
     next_token: u64,
+    /// Who authenticated (set by the connection before CONNECT is
+    /// handled); None on an open broker.
+    user: Option<Arc<UserInfo>>,
+    /// Rights decided per destination for this connection, so a producer
+    /// pays one map lookup per SEND, not an authorization pass. Only
+    /// filled with `[[authorization]]` entries.
+    decisions: HashMap<Destination, Decision>,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -184,7 +193,54 @@ impl Session {
             receipts: HashMap::new(),
             open_commits: HashMap::new(),
             next_token: 0,
+            user: None,
+            decisions: HashMap::new(),
         }
+    }
+
+    /// The user the connection authenticated, before CONNECT is handled.
+    pub fn authenticated(&mut self, user: Option<Arc<UserInfo>>) {
+        self.user = user;
+    }
+
+    /// Still waiting for CONNECT.
+    pub fn awaits_connect(&self) -> bool {
+        self.phase == Phase::AwaitConnect
+    }
+
+    /// Refuses `right` on `dest` unless the user holds it (and, on a
+    /// destination new to the broker, admin as well): decided on the
+    /// first use per connection, then looked up.
+    fn authorize(&mut self, dest: &Destination, right: Right) -> Result<(), Refusal> {
+        if self.cfg.security.authorizer.is_none() {
+            return Ok(());
+        }
+        let decision = match self.decisions.get(dest) {
+            Some(d) => *d,
+            None => {
+                let Some(mut d) = self.cfg.security.decide(self.user.as_deref(), dest) else {
+                    return Ok(());
+                };
+                if d.allows(right) && !d.known {
+                    // Allowed to create it: from now on it exists.
+                    self.cfg.security.known.insert(dest.clone());
+                    d.known = true;
+                }
+                self.decisions.insert(dest.clone(), d);
+                d
+            }
+        };
+        if decision.allows(right) {
+            return Ok(());
+        }
+        let message = decision.denial(right, dest);
+        tracing::warn!(
+            user = self.user.as_ref().map_or("", |u| u.login.as_str()),
+            destination = %dest,
+            right = right.as_str(),
+            "{message}"
+        );
+        refuse(message)
     }
 
     pub fn version(&self) -> Version {
@@ -396,18 +452,6 @@ impl Session {
                 }
             }
         };
-        if !self.cfg.users.is_empty() {
-            let login = f.header_str("login").unwrap_or("");
-            let passcode = f.header_str("passcode").unwrap_or("");
-            if !self
-                .cfg
-                .users
-                .iter()
-                .any(|(l, p)| l == login && p == passcode)
-            {
-                return refuse("Authentication failed: login or passcode is wrong");
-            }
-        }
         let (cx, cy) = match f.header_str("heart-beat") {
             None => (0, 0),
             Some(hb) => parse_heartbeat(hb)
@@ -452,6 +496,7 @@ impl Session {
             None => return refuse("SEND requires a destination header"),
             Some(d) => Destination::parse(d).or_else(|e| refuse(e.to_string()))?,
         };
+        self.authorize(&dest, Right::Write)?;
         let priority = match f.header_str("priority") {
             None => 4,
             Some(p) => match p.trim().parse::<u8>() {
@@ -528,6 +573,7 @@ impl Session {
             return refuse("SUBSCRIBE requires a destination header");
         };
         let destination = Destination::parse(raw_dest).or_else(|e| refuse(e.to_string()))?;
+        self.authorize(&destination, Right::Read)?;
         let id = match f.header("id") {
             Some(id) => Bytes::copy_from_slice(id),
             None if self.version == Version::V1_0 => Bytes::copy_from_slice(raw_dest.as_bytes()),
@@ -1070,7 +1116,7 @@ mod tests {
     fn session(shards: usize) -> Session {
         let cfg = SessionConfig {
             shards,
-            users: Vec::new(),
+            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
             default_prefetch: 10,
             heartbeat_min_ms: 1000,
             usage: Arc::new(MemoryUsage::default()),
