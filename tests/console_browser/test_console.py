@@ -99,7 +99,15 @@ def browser():
 
 
 def wait(driver, cond):
-    return WebDriverWait(driver, WAIT_S).until(cond)
+    """Waits for `cond`; on a timeout, says what the page showed (and keeps
+    a screenshot of it) instead of an empty TimeoutException."""
+    try:
+        return WebDriverWait(driver, WAIT_S).until(cond)
+    except Exception:
+        os.makedirs(SHOTS, exist_ok=True)
+        driver.save_screenshot(os.path.join(SHOTS, "failure.png"))
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"waited {WAIT_S} s at {driver.current_url}; the page showed:\n{body}")
 
 
 def shot(driver, name):
@@ -118,6 +126,7 @@ def log_in(driver, base):
     form.find_element(By.NAME, "login").send_keys("ops")
     form.find_element(By.NAME, "passcode").send_keys("secret")
     form.find_element(By.TAG_NAME, "button").click()
+    wait(driver, EC.text_to_be_present_in_element((By.ID, "who"), "ops (admin)"))
     wait(driver, EC.visibility_of_element_located((By.ID, "nav")))
 
 
