@@ -97,6 +97,9 @@ pub struct AdminConfig {
     pub browse_max: usize,
     /// Most messages one Send may make.
     pub send_max_count: usize,
+    /// Most bytes (bodies and headers, all copies) one Send may make: the
+    /// copies are built at once, before flow control could pause them.
+    pub send_max_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -108,6 +111,7 @@ impl Default for AdminConfig {
             session_ttl_secs: 8 * 3600,
             browse_max: 500,
             send_max_count: 10_000,
+            send_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct Listeners {
     pub admin: SocketAddr,
     /// STOMP over TLS (ActiveMQ's `stomp+ssl`, conventionally 61612); needs `[tls]`.
     pub stomp_tls: Option<SocketAddr>,
+    /// The admin port (console, API, metrics) over TLS; needs `[tls]`.
+    pub admin_tls: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +269,12 @@ pub struct AuthConfig {
     /// Accept `[[users]] passcode` (plain text in the file). Off: only
     /// `passcode_hash` (argon2id, `brokk hash-password`) is accepted.
     pub allow_plaintext_passwords: bool,
+    /// ActiveMQ's rule: the first SEND or SUBSCRIBE to a destination the
+    /// broker does not know needs the `admin` right on it. Off (default):
+    /// `read`/`write` suffice. Brokk keeps no record of empty destinations,
+    /// so with it on, after a restart or failover a destination that held
+    /// no messages must be made again by a user with `admin`.
+    pub create_requires_admin: bool,
 }
 
 #[derive(Clone, Deserialize)]
@@ -312,6 +324,7 @@ impl Default for Listeners {
             stomp: ([0, 0, 0, 0], 61613).into(),
             admin: ([0, 0, 0, 0], 8161).into(),
             stomp_tls: None,
+            admin_tls: None,
         }
     }
 }
@@ -471,10 +484,13 @@ impl Config {
         if self.admin.session_ttl_secs == 0 {
             return Err(invalid("admin.session_ttl_secs", "must be at least 1"));
         }
-        if self.admin.browse_max == 0 || self.admin.send_max_count == 0 {
+        if self.admin.browse_max == 0
+            || self.admin.send_max_count == 0
+            || self.admin.send_max_bytes == 0
+        {
             return Err(invalid(
                 "admin.browse_max",
-                "admin.browse_max and admin.send_max_count must be at least 1",
+                "admin.browse_max, admin.send_max_count and admin.send_max_bytes must be at least 1",
             ));
         }
         let seg = self.store.segment_size_bytes;
@@ -553,6 +569,12 @@ impl Config {
     /// key. The TLS files are read and checked here (certificate, key, that
     /// they match), so a broker never starts with a listener it cannot serve.
     fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.listeners.admin_tls.is_some() && self.tls.is_none() {
+            return Err(invalid(
+                "listeners.admin_tls",
+                "needs a [tls] section with cert_file and key_file",
+            ));
+        }
         match (&self.listeners.stomp_tls, &self.tls) {
             (Some(_), None) => {
                 return Err(invalid(

@@ -262,6 +262,17 @@ fn an_admin_acts_and_a_reader_only_looks() {
     // to this consumer, two wait.
     assert_eq!(purged.json()["removed"], 2, "the waiting ones; one is out");
     drop(c);
+    // The consumer's close reaches the broker in its own time.
+    let end = Instant::now() + Duration::from_secs(10);
+    while queues(&b, &viewer)
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["name"] == "orders" && q["consumers"] != 0)
+    {
+        assert!(Instant::now() < end, "the consumer never left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deleted = act("/api/queues/%2Fqueue%2Forders", "DELETE", &ops, None);
     assert_eq!(deleted.code, 200, "{}", deleted.text);
     let qs = queues(&b, &viewer);
@@ -299,7 +310,9 @@ fn an_admin_acts_and_a_reader_only_looks() {
 
 #[test]
 fn a_body_over_the_frame_limit_is_refused() {
-    let b = start(&format!("{USERS}\n[limits]\nmax_frame_size = 4096\n"));
+    let b = start(&format!(
+        "{USERS}\n[limits]\nmax_frame_size = 4096\n[admin]\nsend_max_bytes = 1000\n"
+    ));
     let r = http(
         &b,
         "POST",
@@ -595,8 +608,12 @@ fn the_console_pages_are_served_without_anything_from_the_network() {
 
 #[test]
 fn authorization_rules_bind_the_console_too() {
+    let users = USERS.replace(
+        "allow_plaintext_passwords = true",
+        "allow_plaintext_passwords = true\ncreate_requires_admin = true",
+    );
     let config = format!(
-        r#"{USERS}
+        r#"{users}
 [[authorization]]
 destination = "/queue/open.>"
 read = ["admins", "monitors"]

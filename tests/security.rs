@@ -233,7 +233,8 @@ fn expect_denied(c: &mut Client, message: &str) {
 
 #[test]
 fn authorization_allows_and_denies_read_write_and_admin() {
-    let mut cfg = String::from("[auth]\nallow_plaintext_passwords = true\n");
+    let mut cfg =
+        String::from("[auth]\nallow_plaintext_passwords = true\ncreate_requires_admin = true\n");
     for (user, group) in [
         ("adm", "admins"),
         ("shop", "shop"),
@@ -491,7 +492,7 @@ fn destinations_recovered_at_start_need_no_admin_right() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
     let cfg = format!(
-        "[auth]\nallow_plaintext_passwords = true\n\
+        "[auth]\nallow_plaintext_passwords = true\ncreate_requires_admin = true\n\
          [[users]]\nlogin = \"adm\"\npasscode = \"pw\"\ngroups = [\"admins\"]\n\
          [[users]]\nlogin = \"shop\"\npasscode = \"pw\"\ngroups = [\"shop\"]\n{AUTHZ}"
     );
@@ -514,4 +515,67 @@ fn destinations_recovered_at_start_need_no_admin_right() {
         &mut shop,
         "not authorized to create /queue/orders.other (admin)",
     );
+}
+
+#[test]
+fn the_admin_port_serves_over_tls_and_closes_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let cfg = tls_section(&pki, None).replace(
+        "[listeners]\n",
+        "[listeners]\nadmin_tls = \"127.0.0.1:0\"\n",
+    );
+    let b = Broker::start_with_config(Some(&cfg), &[]);
+    let addr: std::net::SocketAddr = b
+        .role_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin_tls="))
+        .expect("the admin TLS address on the role line")
+        .parse()
+        .unwrap();
+    // HTTPS: /healthz answers.
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ClientConnection::new(
+        client_config(&pki.ca_file(), None),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""role":"master""#), "{answer}");
+    // Plain HTTP to the TLS port: closed, never answered in clear.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = expect_closed(plain);
+    assert!(!String::from_utf8_lossy(&got).contains("master"), "{got:?}");
+    // Without [tls] it is a config error naming the key.
+    expect_config_error(
+        dir.path(),
+        "[listeners]\nadmin_tls = \"127.0.0.1:0\"\n",
+        "listeners.admin_tls",
+    );
+}
+
+#[test]
+fn by_default_read_and_write_need_no_admin_to_make_a_destination() {
+    // Brokk keeps no record of empty destinations: with ActiveMQ's rule, a
+    // failover would lock read-only consumers out of every queue that was
+    // empty. The default asks only for the right used.
+    let cfg = "[auth]\nallow_plaintext_passwords = true\n\
+        [[users]]\nlogin = \"reader\"\npasscode = \"pw\"\ngroups = [\"readers\"]\n\
+        [[authorization]]\ndestination = \"/queue/jobs.>\"\nread = [\"readers\"]\n";
+    let b = Broker::start_with_config(Some(cfg), &[]);
+    let mut c = Client::connect(b.stomp, &login("reader", "pw"));
+    assert!(c.is_connected(), "{:?}", c.connected);
+    c.subscribe("s", "/queue/jobs.never-seen", "auto", &[]);
+    c.frame("SEND", &[("destination", "/queue/jobs.never-seen")], b"x");
+    expect_denied(&mut c, "not authorized to write /queue/jobs.never-seen");
 }

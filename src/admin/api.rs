@@ -18,7 +18,7 @@ use tracing::info;
 
 use super::auth::{AuthError, ConsoleRole, Principal, SESSION_COOKIE};
 use super::gather::{self, GatherError, Gathered};
-use super::{cluster, pages, prometheus, AdminState};
+use super::{cluster, pages, prometheus, AdminState, Peer};
 use crate::broker::Destination;
 use crate::ha::Role;
 use crate::security::Right;
@@ -221,7 +221,7 @@ struct LoginForm {
 
 async fn login(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Json(form): Json<LoginForm>,
 ) -> ApiResult<Response> {
     let (token, p) = state
@@ -244,7 +244,7 @@ async fn logout(State(state): St, headers: HeaderMap) -> Response {
 
 async fn me(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<Principal>> {
@@ -284,7 +284,7 @@ struct Overview {
 
 async fn overview(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<Overview>> {
@@ -353,7 +353,7 @@ macro_rules! list_view {
     ($name:ident, $pick:expr) => {
         async fn $name(
             State(state): St,
-            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
             method: Method,
             headers: HeaderMap,
         ) -> ApiResult<Json<serde_json::Value>> {
@@ -381,7 +381,7 @@ list_view!(connections, |g| json!(g.connections));
 
 async fn cluster_view(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -424,7 +424,7 @@ struct BrowseQuery {
 
 async fn browse(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -456,7 +456,7 @@ async fn browse(
 /// Purge (`DELETE` false) or delete a queue (admin role).
 async fn remove<const DELETE: bool>(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -479,6 +479,10 @@ async fn remove<const DELETE: bool>(
                 json!({ "destination": dest.to_string(), "removed": n, "deleted": DELETE }),
             ))
         }
+        AdminAnswer::NotConfirmed(n) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{n} message(s) left {dest}, but the store did not confirm it in time; after a failover they may be back"),
+        )),
         other => Err(answer_error(other)),
     }
 }
@@ -531,7 +535,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 async fn send(
     State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -564,6 +568,21 @@ async fn send(
                 "body is {} bytes; the limit is {} (limits.max_frame_size)",
                 form.body.len(),
                 state.max_body_bytes
+            ),
+        ));
+    }
+    let each = form.body.len()
+        + form
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if each.saturating_mul(form.count) > state.console.send_max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} copies of {each} bytes is more than admin.send_max_bytes ({})",
+                form.count, state.console.send_max_bytes
             ),
         ));
     }

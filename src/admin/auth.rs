@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap, Method};
 use base64::Engine as _;
 use serde::Serialize;
-use tracing::warn;
 
 use crate::config::AdminConfig;
 use crate::security::{Security, UserInfo};
@@ -101,9 +100,12 @@ impl Auth {
         }
     }
 
-    /// Checks a login and passcode; audit-logs a failure. A pair not seen
-    /// before is verified (argon2id, tens of ms) on tokio's blocking pool:
-    /// the side runtime's thread also drives the database writer.
+    /// Checks a login and passcode (audit-logging a failure) through the
+    /// broker's verifier threads: argon2id takes tens of ms and ~19 MiB per
+    /// check, and that pool is bounded, so a flood of bad logins on the
+    /// admin port waits in line instead of taking every core and gigabytes
+    /// (the side runtime's thread, which also drives the database writer
+    /// and its lease, never runs one).
     async fn verify(
         &self,
         login: &str,
@@ -113,23 +115,14 @@ impl Auth {
         if !self.enabled() {
             return Err(AuthError::Disabled);
         }
-        let user = match self.security.users.cached(login, passcode) {
-            Some(u) => Some(u),
-            None => {
-                let (security, l, p) = (
-                    self.security.clone(),
-                    login.to_string(),
-                    passcode.to_string(),
-                );
-                tokio::task::spawn_blocking(move || security.users.verify(&l, &p))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        };
-        let Some(user) = user else {
-            warn!(target: "audit", source, login, "admin: authentication failed");
-            return Err(AuthError::Wrong);
+        let peer = source.parse().ok();
+        let user = match self
+            .security
+            .authenticate(Some(login), Some(passcode), None, peer)
+            .await
+        {
+            Ok(Some(u)) => u,
+            _ => return Err(AuthError::Wrong),
         };
         let role = self
             .role_of(&user)

@@ -89,11 +89,16 @@ pub async fn admin_op(
 ) -> Result<AdminAnswer, GatherError> {
     let controls = controls(state)?;
     let owner = dest.owner(controls.len());
+    // A removal waits for the store (see `ADMIN_DURABLE_WITHIN`).
+    let within = match op {
+        AdminOp::Browse(..) => SHARD_ANSWER_WITHIN,
+        _ => crate::server::shard::ADMIN_DURABLE_WITHIN + SHARD_ANSWER_WITHIN,
+    };
     let (tx, rx) = flume::bounded(1);
     controls[owner]
         .send(Control::Admin(op, tx))
         .map_err(|_| GatherError::Silent(owner))?;
-    match tokio::time::timeout(SHARD_ANSWER_WITHIN, rx.recv_async()).await {
+    match tokio::time::timeout(within, rx.recv_async()).await {
         Ok(Ok(a)) => Ok(a),
         _ => Err(GatherError::Silent(owner)),
     }

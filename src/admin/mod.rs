@@ -9,6 +9,7 @@ mod cluster;
 mod gather;
 mod pages;
 mod prometheus;
+mod tls_listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,32 +91,79 @@ impl AdminState {
     }
 }
 
-/// Serves the admin port on the side runtime until the process ends.
-pub fn start(listener: std::net::TcpListener, state: Arc<AdminState>) -> Result<()> {
-    listener
-        .set_nonblocking(true)
-        .context("admin listener: cannot make it non-blocking")?;
+/// The client of an admin request, on either port.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tls_listener::TlsListener>,
+    > for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tls_listener::TlsListener>) -> Peer {
+        Peer(*s.remote_addr())
+    }
+}
+
+/// The admin port over TLS (`listeners.admin_tls`).
+pub struct AdminTls {
+    pub listener: std::net::TcpListener,
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// Serves the admin port (and its TLS twin, if configured) on the side
+/// runtime until the process ends.
+pub fn start(
+    listener: std::net::TcpListener,
+    tls: Option<AdminTls>,
+    state: Arc<AdminState>,
+) -> Result<()> {
     let rt = crate::side::handle()?;
     if !state.auth.enabled() {
         info!("admin port: console and API off (no [[users]] configured); /status, /healthz and /metrics answer");
     }
-    rt.spawn(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "admin port: cannot serve");
-                return;
-            }
+    let plain = tokio_listener(&rt, listener)?;
+    let app = api::router(state);
+    let service = app.into_make_service_with_connect_info::<Peer>();
+    if let Some(t) = tls {
+        let tcp = tokio_listener(&rt, t.listener)?;
+        let tls = {
+            let _in = rt.enter();
+            tls_listener::TlsListener::new(tcp, t.config, t.handshake_timeout)
+                .context("admin TLS listener")?
         };
-        let app = api::router(state);
-        if let Err(e) = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        {
+        let service = service.clone();
+        rt.spawn(async move {
+            if let Err(e) = axum::serve(tls, service).await {
+                warn!(error = %e, "admin TLS port stopped");
+            }
+        });
+    }
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(plain, service).await {
             warn!(error = %e, "admin port stopped");
         }
     });
     Ok(())
+}
+
+fn tokio_listener(
+    rt: &tokio::runtime::Handle,
+    listener: std::net::TcpListener,
+) -> Result<tokio::net::TcpListener> {
+    listener
+        .set_nonblocking(true)
+        .context("admin listener: cannot make it non-blocking")?;
+    let _in = rt.enter();
+    tokio::net::TcpListener::from_std(listener).context("admin listener")
 }

@@ -28,6 +28,8 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Security {
     pub users: Users,
     pub authorizer: Option<Authorizer>,
+    /// `auth.create_requires_admin`.
+    pub create_requires_admin: bool,
     pub known: KnownDestinations,
     pub rate: rate::ConnectionRate,
     verifiers: OnceLock<flume::Sender<Job>>,
@@ -53,6 +55,8 @@ pub enum AuthError {
         "Authentication failed: the client certificate's subject ({0}) is not a configured user"
     )]
     UnknownCertificate(String),
+    #[error("Authentication failed: not verified within limits.connect_timeout_ms")]
+    TimedOut,
 }
 
 impl Security {
@@ -74,6 +78,7 @@ impl Security {
         Ok(Security {
             users,
             authorizer,
+            create_requires_admin: config.auth.create_requires_admin,
             known,
             rate: rate::ConnectionRate::new(config.limits.connections_per_ip_per_sec),
             verifiers: OnceLock::new(),
@@ -175,7 +180,7 @@ impl Security {
         let rights = user.map(|u| authz.rights(u, dest)).unwrap_or_default();
         Some(Decision {
             rights,
-            known: self.known.contains(dest),
+            known: !self.create_requires_admin || self.known.contains(dest),
         })
     }
 }

@@ -280,6 +280,7 @@ mod tests {
         assert_eq!(e.key(), "users.passcode");
         let allow = AuthConfig {
             allow_plaintext_passwords: true,
+            ..Default::default()
         };
         let users = Users::from_config(&u, &allow).unwrap();
         assert!(users.verify("ann", "pw").is_some());

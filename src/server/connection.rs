@@ -271,7 +271,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     peer.cert_login.as_deref(),
                     peer.addr,
                 );
-                match auth.await {
+                // The CONNECT deadline bounds the verification too: a
+                // verifier queue full of others' logins holds no slot forever.
+                let left = connect_by.saturating_duration_since(Instant::now());
+                let deadline = async {
+                    sleep(left).await;
+                    Err(crate::security::AuthError::TimedOut)
+                };
+                match futures_lite::future::or(auth, deadline).await {
                     Ok(user) => session.borrow_mut().authenticated(user),
                     Err(e) => {
                         session

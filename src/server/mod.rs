@@ -99,7 +99,21 @@ pub fn serve(config: Config) -> Result<()> {
         usage.clone(),
         store_usage.clone(),
     ));
-    admin::start(admin_listener, state.clone())?;
+    let admin_tls = match (config.listeners.admin_tls, &config.tls) {
+        (Some(addr), Some(t)) => Some(admin::AdminTls {
+            listener: std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for admin HTTPS on {addr}"))?,
+            config: crate::security::tls::server_config(t)
+                .map_err(|e| anyhow!("config key `{}`: {e}", e.key()))?,
+            handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
+        }),
+        _ => None,
+    };
+    let admin_tls_addr = match &admin_tls {
+        Some(t) => Some(t.listener.local_addr()?),
+        None => None,
+    };
+    admin::start(admin_listener, admin_tls, state.clone())?;
     let controls_slot: Arc<std::sync::OnceLock<Vec<flume::Sender<Control>>>> =
         Arc::new(std::sync::OnceLock::new());
     spawn_signal_thread(role.clone(), controls_slot.clone())?;
@@ -246,7 +260,10 @@ pub fn serve(config: Config) -> Result<()> {
     role.set(Role::Master);
     info!(role = "master", %stomp, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
     // A line for scripts and tests that start brokk on port 0.
-    let tls_field = stomp_tls.map_or(String::new(), |a| format!(" stomp_tls={a}"));
+    let mut tls_field = stomp_tls.map_or(String::new(), |a| format!(" stomp_tls={a}"));
+    if let Some(a) = admin_tls_addr {
+        tls_field.push_str(&format!(" admin_tls={a}"));
+    }
     println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}{tls_field}");
     for t in threads {
         t.join()

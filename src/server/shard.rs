@@ -86,6 +86,9 @@ pub enum AdminAnswer {
     Browsed(Vec<BrowsedMessage>),
     /// Purged or deleted: how many waiting messages went.
     Removed(u64),
+    /// Removed from the queue, but the store did not confirm the removal
+    /// in time: after a crash the messages may be back.
+    NotConfirmed(u64),
     Refused(AdminRefusal),
 }
 
@@ -864,7 +867,12 @@ async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) 
                 // answered once durable like a receipt.
                 let ctx = ctx.clone();
                 spawn_local(async move {
-                    wait_durable(&ctx).await;
+                    let answer = match answer {
+                        AdminAnswer::Removed(n) if !wait_durable(&ctx).await => {
+                            AdminAnswer::NotConfirmed(n)
+                        }
+                        a => a,
+                    };
                     let _ = reply.send(answer);
                 })
                 .detach();
@@ -887,14 +895,19 @@ async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) 
     }
 }
 
+/// How long an operator's purge or delete waits for its records to be
+/// durable before it is answered "not confirmed".
+pub const ADMIN_DURABLE_WITHIN: Duration = Duration::from_secs(30);
+
 /// Waits until everything appended to this shard's store so far is
-/// durable (at once without a durable store). Bounded: a store that cannot
-/// write holds producers back and is reported elsewhere; an operator's
-/// request gets its answer anyway after `ADMIN_DURABLE_WITHIN`.
-async fn wait_durable(ctx: &ShardContext) {
-    const ADMIN_DURABLE_WITHIN: Duration = Duration::from_secs(30);
+/// durable (at once without a durable store), then passes the fencing gate
+/// as a RECEIPT does (a master that may have lost mastership claims
+/// nothing). False if that did not happen within `ADMIN_DURABLE_WITHIN`:
+/// a store that cannot write holds producers back and is reported
+/// elsewhere; the operator hears that the removal is not confirmed.
+async fn wait_durable(ctx: &ShardContext) -> bool {
     let Some(j) = ctx.durable.clone() else {
-        return;
+        return true;
     };
     let upto = j.borrow().appended();
     if j.borrow().has_pending() {
@@ -902,9 +915,14 @@ async fn wait_durable(ctx: &ShardContext) {
     }
     let deadline = std::time::Instant::now() + ADMIN_DURABLE_WITHIN;
     // Rare requests: a short poll costs nothing and needs no waiter list.
-    while j.borrow().durable() < upto && std::time::Instant::now() < deadline {
+    while j.borrow().durable() < upto {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         sleep(Duration::from_millis(1)).await;
     }
+    crate::ha::fence::hold().await;
+    true
 }
 
 /// Expired messages leave their queues even when nobody consumes them.
