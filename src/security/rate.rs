@@ -43,9 +43,16 @@ impl ConnectionRate {
     }
 
     fn admit_in(&self, ip: IpAddr, second: u64) -> bool {
+        let ip = source_of(ip);
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() >= TRACKED_MAX {
             windows.retain(|_, (s, _)| *s == second);
+            // Still full: that many sources within one second. Forget them
+            // rather than scan a full map on every later accept (the cap
+            // is then loose for this second, never costly).
+            if windows.len() >= TRACKED_MAX {
+                windows.clear();
+            }
         }
         let w = windows.entry(ip).or_insert((second, 0));
         if w.0 != second {
@@ -53,6 +60,21 @@ impl ConnectionRate {
         }
         w.1 += 1;
         w.1 <= self.per_sec
+    }
+}
+
+/// The source a limit counts: an IPv4 address, or an IPv6 /64 (one host
+/// usually holds a whole /64 and could pick a new address per connection).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -70,5 +92,19 @@ mod tests {
         assert!(r.admit_in(b, 7));
         assert!(r.admit_in(a, 8));
         assert!(ConnectionRate::new(0).admit(a));
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_a_flood_of_sources_stays_cheap() {
+        let r = ConnectionRate::new(1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_in_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(r.admit_in(one, 3));
+        assert!(!r.admit_in(other_in_64, 3), "same /64");
+        assert!(r.admit_in("2001:db8:1:3::1".parse().unwrap(), 3));
+        for i in 0..(2 * TRACKED_MAX as u32) {
+            r.admit_in(IpAddr::from(i.to_be_bytes()), 4);
+        }
+        assert!(r.windows.lock().unwrap().len() <= TRACKED_MAX);
     }
 }

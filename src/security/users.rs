@@ -178,9 +178,21 @@ impl Users {
                 .map(|h| Argon2::default().verify_password(passcode.as_bytes(), &h));
             return None;
         };
+        let decoy = || {
+            // As slow as a hashed passcode, so that timing does not tell
+            // which logins exist or how they are stored.
+            let _ = PasswordHash::new(decoy_hash())
+                .map(|h| Argon2::default().verify_password(passcode.as_bytes(), &h));
+        };
         let ok = match &entry.secret {
-            Secret::None => false,
-            Secret::Plain(p) => constant_time_eq(p.as_bytes(), passcode.as_bytes()),
+            Secret::None => {
+                decoy();
+                false
+            }
+            Secret::Plain(p) => {
+                decoy();
+                constant_time_eq(p.as_bytes(), passcode.as_bytes())
+            }
             Secret::Hash(h) => PasswordHash::new(h).is_ok_and(|h| {
                 Argon2::default()
                     .verify_password(passcode.as_bytes(), &h)
