@@ -300,7 +300,13 @@ fn status_endpoint_reports_role_and_destination_counts() {
         (Some(1), Some(0), Some(1), Some(0))
     );
     let mut http = TcpStream::connect(b.admin).unwrap();
-    write!(http, "GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        http,
+        "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     use std::io::Read;
     http.read_to_string(&mut resp).unwrap();
