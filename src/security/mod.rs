@@ -68,6 +68,12 @@ impl Security {
             known.insert(Destination::queue(&config.broker.dead_letter_queue));
         }
         let users = Users::from_config(&config.users, &config.auth)?;
+        if users.is_empty() {
+            // Open as ActiveMQ without a security plugin, but never silently.
+            tracing::warn!(
+                "no [[users]] configured: clients connect without credentials (anonymous access); add [[users]] to require a login"
+            );
+        }
         let plaintext = users.plaintext_logins();
         if !plaintext.is_empty() {
             tracing::warn!(
