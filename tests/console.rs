@@ -668,3 +668,99 @@ write = ["admins"]
         1
     );
 }
+
+#[test]
+fn an_offline_durable_subscription_is_deleted_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let args: Vec<String> = ["--data", &data, "--shards", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let ops = basic("ops", "secret");
+    let hdrs = [("Authorization", ops.as_str()), ("X-Brokk-CSRF", "1")];
+    let path = "/api/subscribers?topic=%2Ftopic%2Fprices&client_id=desk&name=eu";
+    let mut b = Broker::spawn(Some(USERS), &args, Some(dir.path()));
+    let durable = |b: &Broker| {
+        Client::connect(
+            b.stomp,
+            &[
+                ("accept-version", "1.2"),
+                ("login", "app"),
+                ("passcode", "app"),
+                ("client-id", "desk"),
+            ],
+        )
+    };
+    let mut sub = durable(&b);
+    sub.subscribe(
+        "s",
+        "/topic/prices",
+        "client-individual",
+        &[("activemq.subscriptionName", "eu")],
+    );
+    // Held by a consumer: refused.
+    let busy = http(&b, "DELETE", path, &hdrs, None);
+    assert_eq!(busy.code, 409, "{}", busy.text);
+    sub.disconnect();
+    let mut p = app_client(&b);
+    for i in 0..3 {
+        p.send_sync("/topic/prices", &format!("{i}"), &[("persistent", "true")]);
+    }
+    let subs = http(
+        &b,
+        "GET",
+        "/api/subscribers",
+        &[("Authorization", &ops)],
+        None,
+    )
+    .json();
+    assert_eq!(subs[0]["online"], false, "{subs}");
+    assert_eq!(subs[0]["pending"], 3, "{subs}");
+    // A reader may not; a wrong name is 404; then the admin deletes it.
+    let viewer = basic("viewer", "look");
+    let denied = http(
+        &b,
+        "DELETE",
+        path,
+        &[("Authorization", &viewer), ("X-Brokk-CSRF", "1")],
+        None,
+    );
+    assert_eq!(denied.code, 403);
+    let wrong = http(
+        &b,
+        "DELETE",
+        &path.replace("name=eu", "name=us"),
+        &hdrs,
+        None,
+    );
+    assert_eq!(wrong.code, 404, "{}", wrong.text);
+    let gone = http(&b, "DELETE", path, &hdrs, None);
+    assert_eq!(gone.code, 200, "{}", gone.text);
+    assert_eq!(gone.json()["removed"], 3);
+    drop(p);
+    b.kill9();
+    // After a crash it stays gone, and a new subscription of that name
+    // starts empty.
+    let b = Broker::spawn(Some(USERS), &args, Some(dir.path()));
+    let subs = http(
+        &b,
+        "GET",
+        "/api/subscribers",
+        &[("Authorization", &ops)],
+        None,
+    )
+    .json();
+    assert_eq!(subs, json!([]), "deleted for good");
+    let mut again = durable(&b);
+    again.subscribe(
+        "s",
+        "/topic/prices",
+        "client-individual",
+        &[("activemq.subscriptionName", "eu")],
+    );
+    assert!(
+        again.recv_timeout(Duration::from_millis(500)).is_none(),
+        "no message of the deleted subscription"
+    );
+}

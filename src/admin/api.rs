@@ -44,7 +44,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/queues", get(queues))
         .route("/api/topics", get(topics))
-        .route("/api/subscribers", get(subscribers))
+        .route(
+            "/api/subscribers",
+            get(subscribers).delete(delete_subscription),
+        )
         .route("/api/connections", get(connections))
         .route("/api/cluster", get(cluster_view))
         .route("/api/queues/{name}", delete(remove::<true>))
@@ -409,7 +412,7 @@ fn answer_error(a: AdminAnswer) -> ApiError {
             let code = match r {
                 NotFound(_) => StatusCode::NOT_FOUND,
                 InUse(..) => StatusCode::CONFLICT,
-                NotAQueue(..) => StatusCode::BAD_REQUEST,
+                NotAQueue(..) | NotATopic(_) => StatusCode::BAD_REQUEST,
             };
             ApiError::new(code, r.to_string())
         }
@@ -482,6 +485,46 @@ async fn remove<const DELETE: bool>(
         AdminAnswer::NotConfirmed(n) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("{n} message(s) left {dest}, but the store did not confirm it in time; after a failover they may be back"),
+        )),
+        other => Err(answer_error(other)),
+    }
+}
+
+#[derive(Deserialize)]
+struct SubscriptionQuery {
+    topic: String,
+    client_id: String,
+    name: String,
+}
+
+/// Deletes an offline durable subscription and its messages (admin role;
+/// `admin` on the topic under `[[authorization]]`).
+async fn delete_subscription(
+    State(state): St,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    method: Method,
+    headers: HeaderMap,
+    Query(q): Query<SubscriptionQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = allow(&state, &headers, &method, ConsoleRole::Admin, peer).await?;
+    let topic = Destination::parse(&q.topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    authorize(&state, &who, &topic, Right::Admin)?;
+    let d = crate::broker::ops::DurableName {
+        client_id: q.client_id,
+        name: q.name,
+    };
+    match gather::admin_op(&state, &topic, AdminOp::DeleteSubscription(topic.clone(), d.clone()))
+        .await?
+    {
+        AdminAnswer::Removed(n) => {
+            info!(login = %who.login, topic = %topic, client_id = %d.client_id, name = %d.name, removed = n, "admin: deleted a durable subscription");
+            Ok(Json(json!({ "topic": topic.to_string(), "client_id": d.client_id,
+                "name": d.name, "removed": n, "deleted": true })))
+        }
+        AdminAnswer::NotConfirmed(n) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the subscription and {n} message(s) are gone, but the store did not confirm it in time; after a failover they may be back"),
         )),
         other => Err(answer_error(other)),
     }

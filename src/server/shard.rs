@@ -79,6 +79,8 @@ pub enum AdminOp {
     Browse(Destination, usize),
     Purge(Destination),
     Delete(Destination),
+    /// An offline durable subscription of a topic.
+    DeleteSubscription(Destination, crate::broker::ops::DurableName),
 }
 
 #[derive(Debug, Clone)]
@@ -851,6 +853,9 @@ async fn control_loop(ctx: Rc<ShardContext>, control: flume::Receiver<Control>) 
                         AdminOp::Browse(d, n) => broker.browse(d, *n).map(AdminAnswer::Browsed),
                         AdminOp::Purge(d) => broker.purge(d).map(AdminAnswer::Removed),
                         AdminOp::Delete(d) => broker.delete(d).map(AdminAnswer::Removed),
+                        AdminOp::DeleteSubscription(t, d) => {
+                            broker.delete_subscription(t, d).map(AdminAnswer::Removed)
+                        }
                     };
                     done.unwrap_or_else(AdminAnswer::Refused)
                 };

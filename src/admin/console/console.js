@@ -113,11 +113,13 @@ const pages = {
 
   async subscribers() {
     const ss = await api("GET", "/api/subscribers");
-    $("subscribers-rows").innerHTML = ss.length ? ss.map((s) => `<tr>
+    const admin = me && me.role === "admin";
+    $("subscribers-rows").innerHTML = ss.length ? ss.map((s) => `<tr data-topic="${esc(s.topic)}" data-client="${esc(s.client_id)}" data-name="${esc(s.name)}">
       <td>${esc(s.topic)}</td><td>${esc(s.client_id)}</td><td>${esc(s.name)}</td>
       <td><span class="badge ${s.online ? "ok" : "off"}">${s.online ? "online" : "offline"}</span></td>
-      <td class="n">${num(s.pending)}</td><td class="n">${num(s.in_flight)}</td><td class="n">${num(s.dequeued)}</td></tr>`).join("")
-      : `<tr><td colspan="7" class="empty">No durable subscriptions.</td></tr>`;
+      <td class="n">${num(s.pending)}</td><td class="n">${num(s.in_flight)}</td><td class="n">${num(s.dequeued)}</td>
+      <td class="actions">${admin && !s.online ? `<button data-act="delete" class="danger">Delete</button>` : ""}</td></tr>`).join("")
+      : `<tr><td colspan="8" class="empty">No durable subscriptions.</td></tr>`;
   },
 
   async connections() {
@@ -205,6 +207,21 @@ $("queues-rows").addEventListener("click", async (ev) => {
       flash(`Deleted ${name} (${r.removed} message(s)).`);
     }
     refresh("queues");
+  } catch (e) {
+    flash(e.message, true);
+  }
+});
+
+$("subscribers-rows").addEventListener("click", async (ev) => {
+  const b = ev.target.closest("button");
+  if (!b) return;
+  const row = b.closest("tr").dataset;
+  if (!confirm(`Delete durable subscription ${row.client}:${row.name} on ${row.topic} and its messages?`)) return;
+  const q = new URLSearchParams({ topic: row.topic, client_id: row.client, name: row.name });
+  try {
+    const r = await api("DELETE", "/api/subscribers?" + q);
+    flash(`Deleted ${row.client}:${row.name} (${r.removed} message(s)).`);
+    refresh("subscribers");
   } catch (e) {
     flash(e.message, true);
   }

@@ -5,9 +5,11 @@
 
 use serde::Serialize;
 
-use super::{ShardBroker, SubId};
+use super::{stored_sub, ShardBroker, SubId};
 use crate::broker::destination::Destination;
+use crate::broker::ops::DurableName;
 use crate::broker::queue::Entry;
+use crate::store::RecordRef;
 
 /// Per-destination figures.
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +71,8 @@ pub enum AdminRefusal {
     InUse(String, u64),
     #[error("{0}: only queues can be {1}")]
     NotAQueue(String, &'static str),
+    #[error("{0} is not a topic")]
+    NotATopic(String),
 }
 
 impl ShardBroker {
@@ -155,6 +159,52 @@ impl ShardBroker {
             self.queues.remove(name);
         }
         Ok(gone.len() as u64)
+    }
+
+    /// Deletes an offline durable subscription and its messages, as an
+    /// UNSUBSCRIBE that names it would (the same records, in the same
+    /// order). Refused while a consumer holds it.
+    pub fn delete_subscription(
+        &mut self,
+        topic: &Destination,
+        d: &DurableName,
+    ) -> Result<u64, AdminRefusal> {
+        let missing = || AdminRefusal::NotFound(format!("{topic} {}:{}", d.client_id, d.name));
+        let Destination::Topic(name) = topic else {
+            return Err(AdminRefusal::NotATopic(topic.to_string()));
+        };
+        let t = self.topics.get_mut(name).ok_or_else(missing)?;
+        let id = SubId::Durable(d.clone());
+        match t.subs.get(&id) {
+            None => return Err(missing()),
+            Some(s) if s.consumer.is_some() => {
+                return Err(AdminRefusal::InUse(
+                    format!("durable subscription {}:{} on {topic}", d.client_id, d.name),
+                    1,
+                ))
+            }
+            Some(_) => {}
+        }
+        let dropped = t
+            .subs
+            .remove(&id)
+            .map(|mut s| s.queue.drain_all())
+            .unwrap_or_default();
+        if t.subs.is_empty() {
+            self.topics.remove(name);
+        }
+        let sub = stored_sub(d);
+        self.retire(topic, Some(&sub), &dropped);
+        let name = name.clone();
+        self.release_prepared_holds(&name, d);
+        self.store.borrow_mut().append(
+            &RecordRef::DurableRemove {
+                topic: &name,
+                sub: &sub,
+            },
+            0,
+        );
+        Ok(dropped.len() as u64)
     }
 
     fn queue_named(
