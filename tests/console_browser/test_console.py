@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 
 import pytest
+import stomp
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -78,11 +79,36 @@ def pair():
     assert line.startswith("brokk listening"), line
     standby, line = start(peer(admins[0]), data, ports[1], admins[1])
     assert line.startswith("brokk standby"), line
+    clients = traffic(ports[0])
     yield f"http://127.0.0.1:{admins[0]}", f"http://127.0.0.1:{admins[1]}"
+    for c in clients:
+        c.disconnect()
     for p in (standby, master):
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)
     shutil.rmtree(data, ignore_errors=True)
+
+
+def traffic(port):
+    """Something for the pages to show: an offline durable subscription
+    with messages waiting, a topic, and a consumer that stays connected."""
+    def connect(client_id=None):
+        c = stomp.Connection12([("127.0.0.1", port)], heartbeats=(0, 0))
+        headers = {"client-id": client_id} if client_id else {}
+        c.connect("ops", "secret", wait=True, headers=headers)
+        return c
+    sub = connect("pricing-desk")
+    sub.subscribe("/topic/prices.eu", id="1", ack="client-individual",
+                  headers={"activemq.subscriptionName": "eu-feed"})
+    # DISCONNECT waits for its RECEIPT: the subscription exists before
+    # anything is published.
+    sub.disconnect()
+    pub = connect()
+    for i in range(3):
+        pub.send("/topic/prices.eu", f'{{"tick": {i}}}', headers={"persistent": "true"})
+    consumer = connect()
+    consumer.subscribe("/queue/invoices", id="2", ack="auto")
+    return [pub, consumer]
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +204,11 @@ def test_master_pages_send_and_counters(pair, browser):
             wait(browser, EC.text_to_be_present_in_element((By.ID, "overview-tiles"), "master"))
         elif page == "cluster":
             wait(browser, EC.text_to_be_present_in_element((By.ID, "cluster-rows"), "standby"))
+        elif page == "subscribers":
+            wait(browser, EC.text_to_be_present_in_element((By.ID, "subscribers-rows"), "eu-feed"))
+            assert "offline" in browser.find_element(By.ID, "subscribers-rows").text
+        elif page == "connections":
+            wait(browser, EC.text_to_be_present_in_element((By.ID, "connections-rows"), "stomp"))
         else:
             wait(browser, lambda d: d.find_element(By.ID, page + "-rows").text != "")
         assert browser.find_element(By.ID, "flash").text == "", browser.find_element(By.ID, "flash").text
