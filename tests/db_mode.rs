@@ -393,6 +393,43 @@ fn frames_larger_than_mariadbs_packet_limit_are_refused() {
     c.send_sync("/queue/big", "small", &[("persistent", "true")]);
 }
 
+/// `/metrics` carries the writer's figures in the database modes.
+fn metrics_show_the_database_writer(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Node::new().start(&db, dir.path());
+    let mut p = b.client();
+    for i in 0..5 {
+        p.send_sync("/queue/metered", &format!("{i}"), &[("persistent", "true")]);
+    }
+    let mut s = std::net::TcpStream::connect(b.admin).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("brokk_db_transactions_total") >= 1.0);
+    assert!(
+        value("brokk_db_rows_total") >= 5.0,
+        "five SEND rows at least"
+    );
+    assert!(value("brokk_db_commit_seconds_total") > 0.0);
+    assert_eq!(value("brokk_db_unavailable_lanes"), 0.0);
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod mariadb {
@@ -411,5 +448,6 @@ on_both!(
     a_late_subscription_gets_no_earlier_message,
     the_longest_names_fit_the_tables,
     activemq_tables,
-    wrong_password
+    wrong_password,
+    metrics_show_the_database_writer
 );

@@ -199,6 +199,17 @@ async fn metrics(State(state): St) -> Response {
         store_limit_bytes: state.store_usage.limit_bytes.load(Ordering::Relaxed),
         store_full: state.store_usage.full(),
         uptime_secs: state.started.elapsed().as_secs(),
+        db: (state.mode == "mysql" || state.mode == "postgres").then(|| {
+            let d = &state.store_usage.db;
+            prometheus::DbFigures {
+                transactions: d.transactions.load(Ordering::Relaxed),
+                rows: d.rows.load(Ordering::Relaxed),
+                commit_us: d.commit_us.load(Ordering::Relaxed),
+                conflicts: d.conflicts.load(Ordering::Relaxed),
+                failures: d.failures.load(Ordering::Relaxed),
+                unavailable_lanes: state.store_usage.unavailable.load(Ordering::Relaxed) as u64,
+            }
+        }),
     };
     match prometheus::render(scrape) {
         Ok(text) => (

@@ -23,6 +23,19 @@ pub struct Scrape {
     pub store_limit_bytes: u64,
     pub store_full: bool,
     pub uptime_secs: u64,
+    /// Database modes: the writer's counters (None in the other modes).
+    pub db: Option<DbFigures>,
+}
+
+/// The database writer's counters at one scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct DbFigures {
+    pub transactions: u64,
+    pub rows: u64,
+    pub commit_us: u64,
+    pub conflicts: u64,
+    pub failures: u64,
+    pub unavailable_lanes: u64,
 }
 
 pub fn render(scrape: Scrape) -> Result<String, std::fmt::Error> {
@@ -163,6 +176,31 @@ impl Collector for SnapshotCollector {
             }
         }
 
+        if let Some(db) = &s.db {
+            let counters: [(&str, &str, u64); 4] = [
+                ("db_transactions", "Write transactions the database writer committed", db.transactions),
+                ("db_rows", "Rows those transactions wrote or deleted", db.rows),
+                ("db_conflicts", "Transactions the database aborted as deadlock or serialization victims, written again at once", db.conflicts),
+                ("db_write_failures", "Failed writes (database unreachable, an error), retried until they succeed", db.failures),
+            ];
+            for (name, help, v) in counters {
+                let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(v).encode(m)?;
+            }
+            let m = enc.encode_descriptor(
+                "db_commit_seconds",
+                "Time spent writing and committing those transactions",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(db.commit_us as f64 / 1e6).encode(m)?;
+            gauge(
+                &mut enc,
+                "db_unavailable_lanes",
+                "Writer lanes that cannot write now (producers are held back)",
+                db.unavailable_lanes as i64,
+            )?;
+        }
         let lat = &g.receipt_latency;
         let mut cumulative = 0;
         let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(lat.counts.len());

@@ -125,6 +125,25 @@ pub struct StoreUsage {
     /// Writer lanes (database modes) that cannot write: their batches are
     /// retried, and producers wait rather than pile up unreceipted work.
     pub unavailable: AtomicUsize,
+    /// Database modes: what the writer lanes did, for `/metrics`.
+    pub db: DbWriteStats,
+}
+
+/// The database writer's counters (database modes), written once per
+/// transaction on the side runtime, read by the admin side.
+#[derive(Debug, Default)]
+pub struct DbWriteStats {
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Rows (inserts, deletes, updates) in them.
+    pub rows: AtomicU64,
+    /// Time spent writing and committing them, microseconds.
+    pub commit_us: AtomicU64,
+    /// Transactions the database aborted as deadlock or serialization
+    /// victims, and that went again at once.
+    pub conflicts: AtomicU64,
+    /// Writes that failed (database unreachable, an error), then retried.
+    pub failures: AtomicU64,
 }
 
 impl Default for StoreUsage {
@@ -134,6 +153,7 @@ impl Default for StoreUsage {
             limit_bytes: AtomicU64::new(u64::MAX),
             disk_full_shards: AtomicUsize::new(0),
             unavailable: AtomicUsize::new(0),
+            db: DbWriteStats::default(),
         }
     }
 }

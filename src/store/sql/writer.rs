@@ -5,6 +5,7 @@
 //! load by themselves (group commit); `linger_us` lets an idle writer wait
 //! a little for company.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,7 +112,9 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
 async fn write_until_done(lane: &Lane, batch: &Batch) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
+    let stats = &lane.usage.db;
     loop {
+        let started = std::time::Instant::now();
         let result = {
             // PostgreSQL only: there a new share lock on the lease row
             // joins the held ones even while the renewal's UPDATE waits, so
@@ -126,6 +129,11 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
         };
         match result {
             Ok(()) => {
+                stats.transactions.fetch_add(1, Relaxed);
+                stats.rows.fetch_add(batch.rows() as u64, Relaxed);
+                stats
+                    .commit_us
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                 if failures > 0 {
                     lane.usage
                         .unavailable
@@ -137,13 +145,17 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
             // Lanes lock rows of the same tables: the database may pick one
             // transaction to abort. Nothing is wrong with the database;
             // the batch (idempotent) goes again at once.
-            Err(SqlError::Query { ref reason, .. }) if is_conflict(reason) => continue,
+            Err(SqlError::Query { ref reason, .. }) if is_conflict(reason) => {
+                stats.conflicts.fetch_add(1, Relaxed);
+                continue;
+            }
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
                 std::process::exit(3);
             }
             Err(e) => {
                 failures += 1;
+                stats.failures.fetch_add(1, Relaxed);
                 if failures == 1 {
                     lane.usage
                         .unavailable
