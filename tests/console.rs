@@ -95,6 +95,15 @@ fn app_client(b: &Broker) -> Client {
     )
 }
 
+/// Arguments for a broker restarted on the same data directory.
+fn restartable(dir: &std::path::Path) -> Vec<String> {
+    let data = dir.join("data").display().to_string();
+    ["--data", &data, "--shards", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 fn start(config: &str) -> Broker {
     Broker::start_with_config(Some(config), &["--shards", "2"])
 }
@@ -385,11 +394,7 @@ fn a_browser_session_needs_its_csrf_token_to_act() {
 #[test]
 fn console_sends_are_durable_and_purges_are_final() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
-    let args: Vec<String> = ["--data", &data, "--shards", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = restartable(dir.path());
     let ops = basic("ops", "secret");
     let hdrs = [("Authorization", ops.as_str()), ("X-Brokk-CSRF", "1")];
     let mut b = Broker::spawn(Some(USERS), &args, Some(dir.path()));
@@ -672,11 +677,7 @@ write = ["admins"]
 #[test]
 fn an_offline_durable_subscription_is_deleted_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
-    let args: Vec<String> = ["--data", &data, "--shards", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = restartable(dir.path());
     let ops = basic("ops", "secret");
     let hdrs = [("Authorization", ops.as_str()), ("X-Brokk-CSRF", "1")];
     let path = "/api/subscribers?topic=%2Ftopic%2Fprices&client_id=desk&name=eu";

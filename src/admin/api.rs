@@ -416,7 +416,8 @@ fn queue_of(name: &str) -> ApiResult<Destination> {
     Destination::parse(&full).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-fn answer_error(a: AdminAnswer) -> ApiError {
+/// `subject`: what the action removed from (a queue, a subscription).
+fn answer_error(a: AdminAnswer, subject: &str) -> ApiError {
     match a {
         AdminAnswer::Refused(r) => {
             use crate::broker::shard::AdminRefusal::*;
@@ -427,6 +428,10 @@ fn answer_error(a: AdminAnswer) -> ApiError {
             };
             ApiError::new(code, r.to_string())
         }
+        AdminAnswer::NotConfirmed(n) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{n} message(s) left {subject}, but the store did not confirm it in time; after a failover they may be back"),
+        ),
         _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
     }
 }
@@ -463,7 +468,7 @@ async fn browse(
                 json!({ "destination": dest.to_string(), "messages": msgs }),
             ))
         }
-        other => Err(answer_error(other)),
+        other => Err(answer_error(other, &dest.to_string())),
     }
 }
 
@@ -493,11 +498,7 @@ async fn remove<const DELETE: bool>(
                 json!({ "destination": dest.to_string(), "removed": n, "deleted": DELETE }),
             ))
         }
-        AdminAnswer::NotConfirmed(n) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("{n} message(s) left {dest}, but the store did not confirm it in time; after a failover they may be back"),
-        )),
-        other => Err(answer_error(other)),
+        other => Err(answer_error(other, &dest.to_string())),
     }
 }
 
@@ -525,19 +526,24 @@ async fn delete_subscription(
         client_id: q.client_id,
         name: q.name,
     };
-    match gather::admin_op(&state, &topic, AdminOp::DeleteSubscription(topic.clone(), d.clone()))
-        .await?
+    match gather::admin_op(
+        &state,
+        &topic,
+        AdminOp::DeleteSubscription(topic.clone(), d.clone()),
+    )
+    .await?
     {
         AdminAnswer::Removed(n) => {
             info!(login = %who.login, topic = %topic, client_id = %d.client_id, name = %d.name, removed = n, "admin: deleted a durable subscription");
-            Ok(Json(json!({ "topic": topic.to_string(), "client_id": d.client_id,
-                "name": d.name, "removed": n, "deleted": true })))
+            Ok(Json(
+                json!({ "topic": topic.to_string(), "client_id": d.client_id,
+                "name": d.name, "removed": n, "deleted": true }),
+            ))
         }
-        AdminAnswer::NotConfirmed(n) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("the subscription and {n} message(s) are gone, but the store did not confirm it in time; after a failover they may be back"),
+        other => Err(answer_error(
+            other,
+            &format!("the subscription {}:{} on {topic}", d.client_id, d.name),
         )),
-        other => Err(answer_error(other)),
     }
 }
 

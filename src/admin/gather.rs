@@ -117,7 +117,8 @@ pub async fn send(
         .send(Control::Send(req, tx))
         .map_err(|_| GatherError::Silent(0))?;
     // The shard bounds its own wait for durability; this is the backstop.
-    match tokio::time::timeout(Duration::from_secs(60), rx.recv_async()).await {
+    let within = crate::server::admin_send::CONFIRM_WITHIN + SHARD_ANSWER_WITHIN;
+    match tokio::time::timeout(within, rx.recv_async()).await {
         Ok(Ok(r)) => Ok(r),
         _ => Err(GatherError::Silent(0)),
     }

@@ -39,7 +39,7 @@ pub enum SendRefusal {
 }
 
 /// How long a Send waits for its messages to be durable.
-const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
 pub async fn send(ctx: Rc<ShardContext>, req: AdminSend) -> Result<usize, SendRefusal> {
     if over_limit(&ctx, req.persistent) {
