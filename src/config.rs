@@ -180,6 +180,10 @@ pub struct Limits {
     pub connect_timeout_ms: u64,
     /// Bytes of messages held in memory before producers are paused.
     pub memory_limit_bytes: usize,
+    /// With a durable store, queues page persistent messages out to the
+    /// spool once held bytes reach this share of `memory_limit_bytes`
+    /// (each queue keeps a small window in memory).
+    pub page_at_percent: u8,
     /// At the memory or store limit, answer SENDs with an ERROR instead of
     /// pausing the producer (ActiveMQ's `sendFailIfNoSpace`).
     pub send_fail_if_no_space: bool,
@@ -225,9 +229,20 @@ pub struct StoreConfig {
     /// writer is idle (microseconds; 0 = write at once). Under load batches
     /// form by themselves while the previous transaction commits.
     pub linger_us: u64,
+    /// Where paged-out message bodies wait (default `<dir>/spool`). A
+    /// scratch area, emptied at start and never synced: put it on fast
+    /// local disk, not on the shared file system.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl StoreConfig {
+    /// Where paged-out message bodies wait.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("spool"))
+    }
+
     /// Whether this is one of the database modes.
     pub fn is_db(&self) -> bool {
         matches!(self.mode, StoreMode::Mysql | StoreMode::Postgres)
@@ -336,6 +351,7 @@ impl Default for Limits {
             max_frame_size: 104_857_600,
             connect_timeout_ms: 30_000,
             memory_limit_bytes: 256 * 1024 * 1024,
+            page_at_percent: 70,
             send_fail_if_no_space: false,
             connections_per_ip_per_sec: 0,
         }
@@ -370,6 +386,7 @@ impl Default for StoreConfig {
             indexes: crate::store::sql::schema::Indexes::Minimal,
             batch_max_rows: 4096,
             linger_us: 0,
+            spool_dir: None,
         }
     }
 }
@@ -454,6 +471,9 @@ impl Config {
                 "limits.memory_limit_bytes",
                 "must be at least 1 MiB",
             ));
+        }
+        if !(1..=100).contains(&self.limits.page_at_percent) {
+            return Err(invalid("limits.page_at_percent", "must be 1 to 100"));
         }
         if self.broker.default_prefetch == 0 {
             return Err(invalid("broker.default_prefetch", "must be at least 1"));

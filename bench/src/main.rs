@@ -6,6 +6,7 @@
 mod audit;
 mod cluster;
 mod compare;
+mod drain;
 mod report;
 mod sink;
 mod stomp;
@@ -115,6 +116,11 @@ struct Args {
     login: Option<String>,
     #[arg(long, default_value = "")]
     passcode: String,
+    /// Consumers only: drain what the destination already holds (sent by an
+    /// earlier run, e.g. with --consumers 0) and report the drain rate;
+    /// stops after --idle-timeout seconds without a message.
+    #[arg(long)]
+    drain: bool,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -202,6 +208,16 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.drain {
+        if args.mode.is_some() || args.tls {
+            bail!("--drain needs --brokers (the broker holding the backlog) and no --tls");
+        }
+        let brokers = args
+            .brokers
+            .clone()
+            .unwrap_or_else(|| vec!["127.0.0.1:61613".to_string()]);
+        return drain::run(&args, brokers);
+    }
     if args.producers == 0 || args.window == 0 {
         bail!("--producers and --window must be at least 1");
     }
@@ -736,13 +752,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
             let f = match conn.read_frame() {
                 Ok(f) => f,
                 Err(e) => {
-                    let timed_out = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                        matches!(
-                            io.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        )
-                    });
-                    if !timed_out {
+                    if !is_timeout(&e) {
                         broker += 1;
                         continue 'reconnect;
                     }

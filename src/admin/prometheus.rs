@@ -132,7 +132,7 @@ impl Collector for SnapshotCollector {
             g.silent_shards as i64,
         )?;
 
-        let per_dest: [DestinationFigure; 5] = [
+        let per_dest: [DestinationFigure; 6] = [
             (
                 "destination_pending",
                 "Messages waiting or delivered and unacknowledged",
@@ -144,6 +144,12 @@ impl Collector for SnapshotCollector {
                 "Messages delivered and unacknowledged",
                 MetricType::Gauge,
                 |d| d.in_flight,
+            ),
+            (
+                "destination_paged",
+                "Waiting messages paged out of memory to the spool",
+                MetricType::Gauge,
+                |d| d.paged,
             ),
             (
                 "destination_consumers",

@@ -6,6 +6,7 @@ pub mod destination;
 pub mod message;
 pub mod message_ids;
 pub mod ops;
+pub mod paging;
 pub mod queue;
 pub mod restore;
 pub mod shard;

@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 
 use super::message::{MessageId, SharedMessage};
+use super::paging::PagedEntry;
+use super::restore::RestoredEntry;
 use crate::idmap::IdMap;
 
 /// Identifies one subscription of one connection anywhere in the broker.
@@ -22,6 +24,13 @@ pub struct Entry {
     pub redeliveries: u32,
     /// Journaled: its retirement must be journaled too.
     pub stored: bool,
+}
+
+/// A waiting message as [`MessageQueue::waiting`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub enum Waiting<'a> {
+    Memory(&'a Entry),
+    Paged(&'a PagedEntry),
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +68,10 @@ pub struct MessageQueue {
     /// One FIFO per priority 0..=9; dispatch takes from the highest first.
     pending: [VecDeque<Entry>; 10],
     pending_len: usize,
+    /// Per priority, the waiting messages paged out (see `broker::paging`):
+    /// all of them behind that priority's messages in memory.
+    paged: [VecDeque<PagedEntry>; 10],
+    paged_len: usize,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
     next: usize,
@@ -85,15 +98,116 @@ impl MessageQueue {
         self.pending_len += 1;
     }
 
+    /// The next message to hand out: the highest priority's first. None
+    /// also when the highest priority waiting has only paged messages: a
+    /// lower one must not overtake it while it is read back.
     fn pop(&mut self) -> Option<Entry> {
-        let q = self.pending.iter_mut().rev().find(|q| !q.is_empty())?;
-        self.pending_len -= 1;
-        q.pop_front()
+        for p in (0..10).rev() {
+            if let Some(e) = self.pending[p].pop_front() {
+                self.pending_len -= 1;
+                return Some(e);
+            }
+            if !self.paged[p].is_empty() {
+                return None;
+            }
+        }
+        None
     }
 
-    /// Messages not yet acknowledged: waiting plus in flight.
+    /// Messages not yet acknowledged: waiting (in memory or paged) plus in
+    /// flight.
     pub fn pending(&self) -> usize {
-        self.pending_len + self.in_flight.len() + self.reserved
+        self.pending_len + self.paged_len + self.in_flight.len() + self.reserved
+    }
+
+    /// Waiting messages whose bytes are in the spool.
+    pub fn paged(&self) -> usize {
+        self.paged_len
+    }
+
+    /// Whether a stored message of `priority` arriving now goes to the
+    /// spool: always behind paged ones of its priority; else under memory
+    /// pressure once the queue holds its minimum window.
+    pub fn should_page_out(&self, priority: u8, pressure: bool, min_window: usize) -> bool {
+        !self.paged[priority.min(9) as usize].is_empty()
+            || (pressure && self.pending_len >= min_window)
+    }
+
+    /// A new message, paged out on arrival.
+    pub fn enqueue_paged(&mut self, entry: PagedEntry) {
+        self.enqueued += 1;
+        self.restore_paged(entry);
+    }
+
+    /// Puts a paged message behind the others of its priority.
+    pub fn restore_paged(&mut self, entry: PagedEntry) {
+        self.paged[entry.priority.min(9) as usize].push_back(entry);
+        self.paged_len += 1;
+    }
+
+    /// How many paged messages to read back now: enough for the consumers'
+    /// free prefetch plus `lookahead` (only the minimum window under
+    /// pressure). None without consumers: nobody is waiting for them.
+    pub fn page_in_wanted(&self, pressure: bool, min_window: usize, lookahead: usize) -> usize {
+        if self.paged_len == 0 || self.consumers.is_empty() {
+            return 0;
+        }
+        let target = if pressure {
+            min_window
+        } else {
+            let credit: usize = self
+                .consumers
+                .iter()
+                .map(|c| c.prefetch.saturating_sub(c.in_flight) as usize)
+                .sum();
+            credit + lookahead
+        };
+        target.saturating_sub(self.pending_len).min(self.paged_len)
+    }
+
+    /// Takes up to `n` paged messages (and about `max_bytes` of them, at
+    /// least one) in the order they would be dispatched, to be read back
+    /// and given to [`MessageQueue::paged_in`].
+    pub fn take_paged(&mut self, n: usize, max_bytes: usize) -> Vec<PagedEntry> {
+        let mut out = Vec::with_capacity(n.min(self.paged_len));
+        let mut bytes = 0;
+        'levels: for q in self.paged.iter_mut().rev() {
+            while out.len() < n {
+                if bytes >= max_bytes {
+                    break 'levels;
+                }
+                let Some(e) = q.pop_front() else { break };
+                bytes += e.at.bytes() as usize;
+                out.push(e);
+            }
+        }
+        self.paged_len -= out.len();
+        out
+    }
+
+    /// Messages read back (taken by [`MessageQueue::take_paged`]): each
+    /// goes behind those in memory of its priority, ahead of those still
+    /// paged.
+    pub fn paged_in(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            self.push(e, false);
+        }
+    }
+
+    /// Paged messages that could not be read back return to the head of
+    /// the spooled part, in their order.
+    pub fn unpage_failed(&mut self, entries: Vec<PagedEntry>) {
+        self.paged_len += entries.len();
+        for e in entries.into_iter().rev() {
+            self.paged[e.priority.min(9) as usize].push_front(e);
+        }
+    }
+
+    /// Takes out every paged message (purge, delete).
+    pub fn take_paged_all(&mut self) -> Vec<PagedEntry> {
+        let all: Vec<PagedEntry> = self.paged.iter_mut().flat_map(|q| q.drain(..)).collect();
+        self.paged_len = 0;
+        all
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -254,9 +368,18 @@ impl MessageQueue {
     }
 
     /// The waiting messages in the order they would be dispatched
-    /// (highest priority first, then arrival), without taking them.
-    pub fn waiting(&self) -> impl Iterator<Item = &Entry> {
-        self.pending.iter().rev().flat_map(|q| q.iter())
+    /// (highest priority first, then arrival; paged ones after those in
+    /// memory of their priority), without taking them.
+    pub fn waiting(&self) -> impl Iterator<Item = Waiting<'_>> {
+        self.pending
+            .iter()
+            .zip(&self.paged)
+            .rev()
+            .flat_map(|(m, p)| {
+                m.iter()
+                    .map(Waiting::Memory)
+                    .chain(p.iter().map(Waiting::Paged))
+            })
     }
 
     /// Messages delivered and not yet acknowledged (or reserved by a
@@ -275,8 +398,11 @@ impl MessageQueue {
     }
 
     /// Puts a recovered message back in journal order.
-    pub fn restore(&mut self, entry: Entry) {
-        self.push(entry, false);
+    pub fn restore(&mut self, entry: RestoredEntry) {
+        match entry {
+            RestoredEntry::Memory(e) => self.push(e, false),
+            RestoredEntry::Paged(p) => self.restore_paged(p),
+        }
     }
 
     /// Takes out every waiting message that has expired.

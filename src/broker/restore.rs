@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::destination::Destination;
 use super::message::{MemoryUsage, Message, SharedMessage};
 use super::message_ids::counter;
+use super::paging::{PagedEntry, Pager};
 use super::queue::Entry;
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
@@ -22,14 +23,43 @@ use crate::store::{Record, StoredDestination, StoredSub};
 
 type SubKey = (Arc<str>, StoredSub);
 
+/// A restored message: in memory, or (past the paging point, see
+/// [`super::paging`]) spooled while the journal was read.
+#[derive(Debug)]
+pub enum RestoredEntry {
+    Memory(Entry),
+    Paged(PagedEntry),
+}
+
+impl RestoredEntry {
+    pub fn id(&self) -> u64 {
+        match self {
+            RestoredEntry::Memory(e) => e.msg.id,
+            RestoredEntry::Paged(p) => p.id,
+        }
+    }
+}
+
+/// One destination's (or durable subscription's) staged messages, and
+/// the priorities of which some are spooled: a later message of such a
+/// priority is spooled too, so that every priority's messages in memory
+/// come before its paged ones, as a queue keeps them.
+#[derive(Debug, Default)]
+struct Staged {
+    entries: Vec<RestoredEntry>,
+    paged_priorities: u16,
+}
+
 /// Restored state, ready to be put in place by the shard's broker.
 #[derive(Debug, Default)]
 pub struct Restored {
     /// Per queue, its messages in journal order.
-    pub queues: Vec<(Arc<str>, Vec<Entry>)>,
+    pub queues: Vec<(Arc<str>, Vec<RestoredEntry>)>,
     /// Durable subscriptions that exist at the end of the journal, in the
     /// order they were made, with their messages in journal order.
-    pub subs: Vec<(Arc<str>, StoredSub, Vec<Entry>)>,
+    pub subs: Vec<(Arc<str>, StoredSub, Vec<RestoredEntry>)>,
+    /// The pager the restorer spooled with, for the broker to go on with.
+    pub pager: Option<Pager>,
     /// The highest message id (counter part) any record named, live or
     /// not: new ids must start above it (see [`super::message_ids`]).
     pub max_id_counter: u64,
@@ -64,16 +94,19 @@ impl Restored {
 pub struct Restorer {
     usage: Arc<MemoryUsage>,
     /// Queue name -> its messages so far, in journal order.
-    queues: HashMap<Arc<str>, Vec<Entry>>,
+    queues: HashMap<Arc<str>, Staged>,
     /// The queue the last SEND went to (journals come in long runs of one
     /// queue's records): its entries are kept here, out of the map.
-    run: Option<(Arc<str>, Vec<Entry>)>,
+    run: Option<(Arc<str>, Staged)>,
+    /// Spools messages staged past the paging point, so that a journal
+    /// larger than memory is taken over within bounded memory.
+    pager: Option<Pager>,
     /// Durable subscriptions per topic as the journal goes: a topic
     /// message belongs to those that existed when it was sent.
     durables: HashMap<Arc<str>, Vec<StoredSub>>,
     /// Every durable subscription's messages so far; made by DurableAdd,
     /// dropped (with its messages) by DurableRemove.
-    subs: Vec<(Arc<str>, StoredSub, Vec<Entry>)>,
+    subs: Vec<(Arc<str>, StoredSub, Staged)>,
     queue_acks: HashMap<Arc<str>, IdSet>,
     sub_acks: HashMap<SubKey, IdSet>,
     /// By id: most messages were never redelivered, and a miss costs one
@@ -95,11 +128,12 @@ pub struct Restorer {
 }
 
 impl Restorer {
-    pub fn new(usage: Arc<MemoryUsage>) -> Restorer {
+    pub fn new(usage: Arc<MemoryUsage>, pager: Option<Pager>) -> Restorer {
         Restorer {
             usage,
             queues: HashMap::new(),
             run: None,
+            pager,
             durables: HashMap::new(),
             subs: Vec::new(),
             queue_acks: HashMap::new(),
@@ -229,14 +263,21 @@ impl Restorer {
                     let subs = self.durables.entry(topic.clone()).or_default();
                     if !subs.contains(&sub) {
                         subs.push(sub.clone());
-                        self.subs.push((topic, sub, Vec::new()));
+                        self.subs.push((topic, sub, Staged::default()));
                     }
                 }
                 Record::DurableRemove { topic, sub } => {
                     if let Some(subs) = self.durables.get_mut(&topic) {
                         subs.retain(|s| *s != sub);
                     }
-                    self.subs.retain(|(t, s, _)| !(*t == topic && *s == sub));
+                    let pager = &mut self.pager;
+                    self.subs.retain_mut(|(t, s, staged)| {
+                        let gone = *t == topic && *s == sub;
+                        if gone {
+                            release_all(pager, &mut staged.entries);
+                        }
+                        !gone
+                    });
                 }
             }
         }
@@ -283,47 +324,123 @@ impl Restorer {
             timestamp_ms,
             charge: self.usage.charge(footprint),
         });
+        let pressure = self.pager.as_ref().is_some_and(|p| p.pressure());
         match subs {
-            None => self.queue_entries(name).push(entry(msg)),
+            None => {
+                let mut spooled = None;
+                let staged = queue_entries(&mut self.run, &mut self.queues, name);
+                stage_one(&mut self.pager, staged, &msg, pressure, &mut spooled);
+            }
             Some(subs) => {
+                let mut spooled = None;
                 for sub in subs {
-                    if let Some(staged) = self.sub_entries(&name, &sub) {
-                        staged.push(entry(msg.clone()));
+                    if let Some(staged) = sub_entries(&mut self.subs, &name, &sub) {
+                        stage_one(&mut self.pager, staged, &msg, pressure, &mut spooled);
                     }
                 }
             }
         }
     }
+}
 
-    /// The staged entries of queue `name`, making it the current run.
-    fn queue_entries(&mut self, name: Arc<str>) -> &mut Vec<Entry> {
-        let same = self
-            .run
-            .as_ref()
-            .is_some_and(|(run, _)| Arc::ptr_eq(run, &name) || *run == name);
-        if !same {
-            if let Some((run, entries)) = self.run.take() {
-                self.queues.insert(run, entries);
+/// Stages `msg` in memory, or spooled: under memory pressure, or behind a
+/// spooled message of its priority. A topic message is spooled once for
+/// all its subscriptions (`spooled`).
+fn stage_one(
+    pager: &mut Option<Pager>,
+    staged: &mut Staged,
+    msg: &SharedMessage,
+    pressure: bool,
+    spooled: &mut Option<crate::store::spool::SpoolRef>,
+) {
+    let bit = 1u16 << msg.priority.min(9);
+    match pager {
+        Some(p) if pressure || staged.paged_priorities & bit != 0 => {
+            let at = match *spooled {
+                Some(r) => {
+                    p.hold(r);
+                    r
+                }
+                None => *spooled.insert(p.page_out(msg)),
+            };
+            staged.paged_priorities |= bit;
+            staged.entries.push(RestoredEntry::Paged(PagedEntry {
+                id: msg.id,
+                expires_ms: msg.expires_ms,
+                at,
+                redeliveries: 0,
+                priority: msg.priority,
+            }));
+        }
+        _ => staged
+            .entries
+            .push(RestoredEntry::Memory(entry(msg.clone()))),
+    }
+}
+
+/// Lets go of the spool records of entries dropped from a restore.
+fn release_all(pager: &mut Option<Pager>, entries: &mut Vec<RestoredEntry>) {
+    if let Some(p) = pager {
+        for e in entries.drain(..) {
+            if let RestoredEntry::Paged(pe) = e {
+                p.drop_entry(&pe);
             }
         }
-        let queues = &mut self.queues;
-        &mut self
-            .run
+    }
+}
+
+/// Keeps the entries `keep` says, letting go of the spool records of the
+/// others.
+fn retain_entries(
+    pager: &mut Option<Pager>,
+    entries: &mut Vec<RestoredEntry>,
+    keep: impl Fn(u64) -> bool,
+) {
+    entries.retain(|e| {
+        let k = keep(e.id());
+        if let (false, RestoredEntry::Paged(pe), Some(p)) = (k, e, pager.as_mut()) {
+            p.drop_entry(pe);
+        }
+        k
+    });
+}
+
+/// The staged entries of queue `name`, making it the current run.
+fn queue_entries<'a>(
+    run: &'a mut Option<(Arc<str>, Staged)>,
+    queues: &mut HashMap<Arc<str>, Staged>,
+    name: Arc<str>,
+) -> &'a mut Staged {
+    {
+        let same = run
+            .as_ref()
+            .is_some_and(|(r, _)| Arc::ptr_eq(r, &name) || *r == name);
+        if !same {
+            if let Some((r, entries)) = run.take() {
+                queues.insert(r, entries);
+            }
+        }
+        &mut run
             .get_or_insert_with(|| {
                 let entries = queues.remove(&name).unwrap_or_default();
                 (name, entries)
             })
             .1
     }
+}
 
-    fn sub_entries(&mut self, topic: &Arc<str>, sub: &StoredSub) -> Option<&mut Vec<Entry>> {
-        self.subs
-            .iter_mut()
-            .rev()
-            .find(|(t, s, _)| t == topic && s == sub)
-            .map(|(_, _, e)| e)
-    }
+fn sub_entries<'a>(
+    subs: &'a mut [(Arc<str>, StoredSub, Staged)],
+    topic: &Arc<str>,
+    sub: &StoredSub,
+) -> Option<&'a mut Staged> {
+    subs.iter_mut()
+        .rev()
+        .find(|(t, s, _)| t == topic && s == sub)
+        .map(|(_, _, e)| e)
+}
 
+impl Restorer {
     /// Decides the transactions, drops the retired messages, sets
     /// redelivery counts, and copies out the messages whose ids are in
     /// `copy_out` (the store's choice: they would pin a mostly dead
@@ -386,21 +503,23 @@ impl Restorer {
             .collect();
         tx.dropped_sends = dropped.iter().copied().collect();
         let mut copies: IdMap<SharedMessage> = IdMap::default();
+        let mut pager = self.pager.take();
         let mut out = Restored {
             max_id_counter: self.max_id_counter,
             tx,
             ..Restored::default()
         };
-        for (name, mut entries) in self.queues {
+        for (name, staged) in self.queues {
+            let mut entries = staged.entries;
             let dest = StoredDestination {
                 topic: false,
                 name: name.clone(),
             };
             if !dropped.is_empty() {
-                entries.retain(|e| !dropped.contains(&e.msg.id));
+                retain_entries(&mut pager, &mut entries, |id| !dropped.contains(&id));
             }
             if let Some(acked) = self.queue_acks.get(&name) {
-                entries.retain(|e| !acked.contains(&e.msg.id));
+                retain_entries(&mut pager, &mut entries, |id| !acked.contains(&id));
             }
             if entries.is_empty() {
                 continue;
@@ -418,16 +537,17 @@ impl Restorer {
             }
             out.queues.push((name, entries));
         }
-        for (topic, sub, mut entries) in self.subs {
+        for (topic, sub, staged) in self.subs {
+            let mut entries = staged.entries;
             let dest = StoredDestination {
                 topic: true,
                 name: topic.clone(),
             };
             if !dropped.is_empty() {
-                entries.retain(|e| !dropped.contains(&e.msg.id));
+                retain_entries(&mut pager, &mut entries, |id| !dropped.contains(&id));
             }
             if let Some(acked) = self.sub_acks.get(&(topic.clone(), sub.clone())) {
-                entries.retain(|e| !acked.contains(&e.msg.id));
+                retain_entries(&mut pager, &mut entries, |id| !acked.contains(&id));
             }
             for e in &mut entries {
                 settle(
@@ -442,6 +562,7 @@ impl Restorer {
             }
             out.subs.push((topic, sub, entries));
         }
+        out.pager = pager;
         out
     }
 }
@@ -457,7 +578,7 @@ fn entry(msg: SharedMessage) -> Entry {
 /// Gives a surviving entry its redelivery count and, if the store asked,
 /// bytes of its own (shared by every entry of the same message).
 fn settle(
-    e: &mut Entry,
+    e: &mut RestoredEntry,
     dest: &StoredDestination,
     sub: Option<&StoredSub>,
     counts: &IdMap<Vec<(StoredDestination, Option<StoredSub>, u32)>>,
@@ -465,13 +586,20 @@ fn settle(
     copies: &mut IdMap<SharedMessage>,
     usage: &Arc<MemoryUsage>,
 ) {
-    let id = e.msg.id;
+    let id = e.id();
     if let Some(seen) = counts.get(&id) {
-        e.redeliveries = seen
+        let n = seen
             .iter()
             .find(|(d, s, _)| d == dest && s.as_ref() == sub)
             .map_or(0, |c| c.2);
+        match e {
+            RestoredEntry::Memory(m) => m.redeliveries = n,
+            RestoredEntry::Paged(p) => p.redeliveries = n,
+        }
     }
+    let RestoredEntry::Memory(e) = e else {
+        return;
+    };
     if copy_out.contains(&id) {
         let copy = copies.entry(id).or_insert_with(|| {
             let m = &e.msg;
@@ -525,14 +653,21 @@ mod tests {
         }
     }
 
-    fn ids(entries: &[Entry]) -> Vec<u64> {
-        entries.iter().map(|e| e.msg.id).collect()
+    fn memory(e: &RestoredEntry) -> &Entry {
+        match e {
+            RestoredEntry::Memory(e) => e,
+            RestoredEntry::Paged(p) => panic!("message {} was paged", p.id),
+        }
+    }
+
+    fn ids(entries: &[RestoredEntry]) -> Vec<u64> {
+        entries.iter().map(|e| e.id()).collect()
     }
 
     #[test]
     fn queues_keep_journal_order_without_acknowledged_messages() {
         let (a, b) = (dest(false, "a"), dest(false, "b"));
-        let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
         // Fed in two segments, the acks of the first in the second.
         r.feed(vec![
             send(1, &a, Bytes::from_static(b"1")),
@@ -564,8 +699,8 @@ mod tests {
         let (name, entries) = &out.queues[0];
         assert_eq!(&**name, "a");
         assert_eq!(ids(entries), vec![3, 4]);
-        assert_eq!(entries[0].redeliveries, 2);
-        assert_eq!(entries[1].redeliveries, 0);
+        assert_eq!(memory(&entries[0]).redeliveries, 2);
+        assert_eq!(memory(&entries[1]).redeliveries, 0);
     }
 
     #[test]
@@ -576,7 +711,7 @@ mod tests {
             topic: "t".into(),
             sub: s.clone(),
         };
-        let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
         r.feed(vec![
             send(1, &t, Bytes::from_static(b"nobody")),
             add(&s1),
@@ -637,7 +772,7 @@ mod tests {
         let a = dest(false, "a");
         let t = dest(true, "t");
         let s1 = sub("one");
-        let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
         r.feed(vec![
             send(1, &a, Bytes::from_static(b"1")),
             send(2, &a, Bytes::from_static(b"2")),
@@ -684,7 +819,7 @@ mod tests {
         let t = dest(true, "t");
         let segment = Bytes::from(vec![7u8; 64]);
         let body = segment.slice(8..16);
-        let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
         r.feed(vec![
             Record::DurableAdd {
                 topic: "t".into(),
@@ -697,7 +832,11 @@ mod tests {
             send(9, &t, body),
         ]);
         let out = r.finish(&IdSet::from_iter([9]), &IdSet::default());
-        let msgs: Vec<&SharedMessage> = out.subs.iter().map(|(_, _, e)| &e[0].msg).collect();
+        let msgs: Vec<&SharedMessage> = out
+            .subs
+            .iter()
+            .map(|(_, _, e)| &memory(&e[0]).msg)
+            .collect();
         assert_eq!(msgs.len(), 2);
         assert!(Arc::ptr_eq(msgs[0], msgs[1]), "one copy per message");
         assert_eq!(&msgs[0].body[..], &[7u8; 8]);

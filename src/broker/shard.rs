@@ -15,9 +15,11 @@ use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
+use super::paging::{PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
 use crate::idmap::IdMap;
+use crate::store::spool::SpoolRef;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
 
 mod admin;
@@ -170,6 +172,9 @@ pub struct ShardBroker {
     /// that a connection's transactions land in the order it committed
     /// them whatever each one's path through the commit.
     commit_order: HashMap<ConnRef, VecDeque<u64>>,
+    /// Queues larger than memory (see [`super::paging`]); None without a
+    /// durable store (nothing is stored, so nothing may be paged).
+    pager: Option<Pager>,
 }
 
 /// A transaction part this shard just applied, for the runtime to answer.
@@ -187,6 +192,7 @@ impl ShardBroker {
         usage: Arc<MemoryUsage>,
         store: Rc<RefCell<dyn Store>>,
         ids: Rc<MessageIds>,
+        pager: Option<Pager>,
     ) -> ShardBroker {
         ShardBroker {
             shard,
@@ -198,6 +204,14 @@ impl ShardBroker {
             ids,
             prepared: IdMap::default(),
             commit_order: HashMap::new(),
+            pager,
+        }
+    }
+
+    /// Writes what the pager's spool buffered (periodic, from the sweep).
+    pub fn flush_spool(&mut self) {
+        if let Some(p) = &mut self.pager {
+            p.flush();
         }
     }
 
@@ -552,11 +566,12 @@ impl ShardBroker {
                         .append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
                 }
                 let q = self.queues.entry(name.clone()).or_default();
-                q.enqueue(Entry {
+                let entry = Entry {
                     msg: msg.clone(),
                     redeliveries: 0,
                     stored: msg.persistent,
-                });
+                };
+                enqueue(&mut self.pager, q, entry, &mut None);
             }
             Destination::Topic(name) => {
                 let Some(t) = self.topics.get_mut(name) else {
@@ -571,12 +586,15 @@ impl ShardBroker {
                         .borrow_mut()
                         .append(&send_record(&msg, &stored_dest(&msg.destination)), durable);
                 }
+                // Spooled once however many subscriptions page it.
+                let mut spooled = None;
                 for (id, sub) in t.subs.iter_mut() {
-                    sub.queue.enqueue(Entry {
+                    let entry = Entry {
                         msg: msg.clone(),
                         redeliveries: 0,
                         stored: stored && matches!(id, SubId::Durable(_)),
-                    });
+                    };
+                    enqueue(&mut self.pager, &mut sub.queue, entry, &mut spooled);
                 }
             }
         }
@@ -670,11 +688,13 @@ impl ShardBroker {
                     SubId::Plain(_) => None,
                 };
                 let mut dropped = Vec::new();
+                let mut dropped_paged = Vec::new();
                 if destroy || durable.is_none() {
                     // A plain subscription's messages die with it; so do a
                     // deleted durable one's.
                     if let Some(mut s) = t.subs.remove(&id) {
                         dropped = s.queue.drain_all();
+                        dropped_paged = s.queue.take_paged_all();
                     }
                 }
                 if t.subs.is_empty() {
@@ -682,6 +702,7 @@ impl ShardBroker {
                 }
                 self.came_back(dest, durable.as_ref(), back, out);
                 self.retire(dest, durable.as_ref(), &dropped);
+                self.retire_paged(dest, durable.as_ref(), dropped_paged);
                 if let (true, SubId::Durable(d)) = (destroy, &id) {
                     self.release_prepared_holds(name, d);
                 }
@@ -772,6 +793,27 @@ impl ShardBroker {
         }
     }
 
+    /// Journals the retirement of paged entries (never read back) and lets
+    /// go of their spool records.
+    fn retire_paged(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        paged: Vec<PagedEntry>,
+    ) {
+        if paged.is_empty() {
+            return;
+        }
+        let sd = stored_dest(dest);
+        let mut store = self.store.borrow_mut();
+        for e in &paged {
+            journal_ack(&mut *store, &sd, sub, e.id);
+            if let Some(p) = &mut self.pager {
+                p.drop_entry(e);
+            }
+        }
+    }
+
     /// Messages a consumer gave back: journal their redelivery counts, and
     /// dead-letter those past the limit.
     fn came_back(
@@ -803,8 +845,17 @@ impl ShardBroker {
     fn dispatch_one(&mut self, dest: &Destination, key: ConsumerKey, out: &mut Outbox) {
         let now = now_ms();
         let mut d = Dispatched::default();
-        if let Some((_, q)) = self.queue_of(dest, key) {
-            q.dispatch(now, &mut d);
+        let pager = &mut self.pager;
+        let q = match dest {
+            Destination::Queue(name) => self.queues.get_mut(name),
+            Destination::Topic(name) => self
+                .topics
+                .get_mut(name)
+                .and_then(|t| t.sub_of(key))
+                .map(|(_, s)| &mut s.queue),
+        };
+        if let Some(q) = q {
+            dispatch(pager, q, dest, now, &mut d);
         }
         let sub = self.durable_of(dest, key);
         self.emit(dest, sub.as_ref(), d, out);
@@ -816,7 +867,7 @@ impl ShardBroker {
             Destination::Queue(name) => {
                 let mut d = Dispatched::default();
                 if let Some(q) = self.queues.get_mut(name) {
-                    q.dispatch(now, &mut d);
+                    dispatch(&mut self.pager, q, dest, now, &mut d);
                 }
                 self.emit(dest, None, d, out);
             }
@@ -825,7 +876,7 @@ impl ShardBroker {
                 if let Some(t) = self.topics.get_mut(name) {
                     for (id, sub) in t.subs.iter_mut() {
                         let mut d = Dispatched::default();
-                        sub.queue.dispatch(now, &mut d);
+                        dispatch(&mut self.pager, &mut sub.queue, dest, now, &mut d);
                         let durable = match id {
                             SubId::Durable(n) => Some(stored_sub(n)),
                             SubId::Plain(_) => None,
@@ -999,6 +1050,90 @@ impl ShardBroker {
             .entry(SubId::Durable(durable_name(sub)))
             .or_default()
             .queue
+    }
+}
+
+/// Puts a new (or dead-lettered) entry in its queue, paging it out when
+/// the queue's window is full (see [`super::paging`]). `spooled`: the spool
+/// record of this message if another subscription already paged it.
+fn enqueue(
+    pager: &mut Option<Pager>,
+    q: &mut MessageQueue,
+    entry: Entry,
+    spooled: &mut Option<SpoolRef>,
+) {
+    if let Some(p) = pager.as_mut().filter(|_| entry.stored) {
+        if q.should_page_out(entry.msg.priority, p.pressure(), MIN_WINDOW) {
+            let at = match *spooled {
+                Some(r) => {
+                    p.hold(r);
+                    r
+                }
+                None => *spooled.insert(p.page_out(&entry.msg)),
+            };
+            q.enqueue_paged(PagedEntry {
+                id: entry.msg.id,
+                expires_ms: entry.msg.expires_ms,
+                at,
+                redeliveries: entry.redeliveries,
+                priority: entry.msg.priority,
+            });
+            return;
+        }
+    }
+    q.enqueue(entry);
+}
+
+/// Reads paged messages back as far as the consumers' free prefetch (plus
+/// a look-ahead) asks, one batch per read.
+fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) -> bool {
+    let Some(p) = pager.as_mut() else {
+        return false;
+    };
+    let n = q
+        .page_in_wanted(p.pressure(), MIN_WINDOW, LOOKAHEAD)
+        .min(PAGE_IN_BATCH);
+    if n == 0 {
+        return false;
+    }
+    let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);
+    match p.page_in(dest, &batch) {
+        Ok(msgs) => {
+            let entries = msgs
+                .into_iter()
+                .zip(&batch)
+                .map(|(m, e)| Entry {
+                    msg: Arc::new(m),
+                    redeliveries: e.redeliveries,
+                    stored: true,
+                })
+                .collect();
+            q.paged_in(entries);
+            true
+        }
+        Err(_) => {
+            q.unpage_failed(batch);
+            false
+        }
+    }
+}
+
+/// A dispatch pass that pages in ahead of it: a few rounds of read, then
+/// hand out, while consumers still have credit for paged messages.
+fn dispatch(
+    pager: &mut Option<Pager>,
+    q: &mut MessageQueue,
+    dest: &Destination,
+    now_ms: u64,
+    d: &mut Dispatched,
+) {
+    for _ in 0..4 {
+        let read = page_in(pager, q, dest);
+        let before = d.deliveries.len();
+        q.dispatch(now_ms, d);
+        if !read || d.deliveries.len() == before {
+            return;
+        }
     }
 }
 

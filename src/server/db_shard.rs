@@ -70,6 +70,7 @@ pub fn restorer(
     shards: usize,
     db: &DbShared,
     usage: Arc<MemoryUsage>,
+    pager: Option<crate::broker::paging::Pager>,
     store: &mut DbShardStore,
 ) -> Restorer {
     let owner = |d: &StoredDestination| {
@@ -85,7 +86,7 @@ pub fn restorer(
     for (tx, part) in recover::prepared_parts(&loaded, mine, id == 0) {
         store.restore_part(tx, part);
     }
-    let mut r = Restorer::new(usage);
+    let mut r = Restorer::new(usage, pager);
     r.feed(recover::records(&loaded, mine, id == 0));
     r
 }
@@ -105,14 +106,14 @@ pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
         .flat_map(|(_, e)| e.iter())
         .chain(restored.subs.iter().flat_map(|(_, _, e)| e.iter()));
     for e in entries {
-        *count.entry(e.msg.id).or_default() += 1;
+        *count.entry(e.id()).or_default() += 1;
     }
     for (id, n) in count {
         s.hold(id, n);
     }
     for (topic, _, entries) in &restored.subs {
         for e in entries {
-            s.hold_topic(e.msg.id, topic);
+            s.hold_topic(e.id(), topic);
         }
     }
 }

@@ -210,6 +210,16 @@ pub fn serve(config: Config) -> Result<()> {
         db,
         store_usage,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
+        paging: shard::PagingSettings {
+            // Memory mode stores nothing, so pages nothing.
+            spool_dir: if config.store.mode == StoreMode::Memory {
+                config.store.spool_dir()
+            } else {
+                fresh_spool_dir(&config.store.spool_dir())?
+            },
+            page_at_bytes: config.limits.memory_limit_bytes / 100
+                * usize::from(config.limits.page_at_percent),
+        },
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         recovered_commits: Arc::default(),
@@ -633,3 +643,36 @@ fn fenced(role: &RoleCell, epoch: u64, reason: &str) -> ! {
 
 /// Exit code of a broker that lost mastership.
 pub const EXIT_FENCED: i32 = 3;
+
+/// This process's own spool directory under `base`, after removing what
+/// earlier processes left there (worthless: their stores hold it). Its own
+/// name, so that an old master that has not yet noticed it lost its lock
+/// (a paused process) never writes into the files of the new one.
+fn fresh_spool_dir(base: &std::path::Path) -> Result<std::path::PathBuf> {
+    let what = || {
+        format!(
+            "cannot prepare the spool directory {} (store.spool_dir)",
+            base.display()
+        )
+    };
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if let Err(err) = gone {
+                warn!(path = %p.display(), error = %err, "cannot remove an old spool");
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = base.join(format!("{}-{nanos:08x}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(what)?;
+    Ok(dir)
+}

@@ -21,6 +21,7 @@ use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, Op, Reply, ShardMsg};
+use crate::broker::paging::Pager;
 use crate::broker::queue::Delivery;
 use crate::broker::restore::{Restored, Restorer, TxOutcome};
 use crate::broker::shard::{
@@ -34,6 +35,7 @@ use crate::protocol::stomp::session::SessionConfig;
 use crate::protocol::stomp::Limits;
 use crate::store::journal::{self, Journal, JournalConfig, StoreUsage};
 use crate::store::memory::MemoryStore;
+use crate::store::spool::Spool;
 use crate::store::sql::shard_store::DbShardStore;
 use crate::store::{Durable, RecordRef, Store};
 
@@ -94,6 +96,12 @@ pub enum AdminAnswer {
     Refused(AdminRefusal),
 }
 
+#[derive(Debug, Clone)]
+pub struct PagingSettings {
+    pub spool_dir: std::path::PathBuf,
+    pub page_at_bytes: usize,
+}
+
 /// Everything shared by the shards, created before they start.
 #[derive(Clone)]
 pub struct Shared {
@@ -121,6 +129,9 @@ pub struct Shared {
     pub store_usage: Arc<StoreUsage>,
     /// At a limit, refuse SENDs with an ERROR instead of pausing the producer.
     pub send_fail_if_no_space: bool,
+    /// Queues larger than memory: where each shard spools paged messages
+    /// (`<dir>/shard-N`), and the held bytes at which queues start paging.
+    pub paging: PagingSettings,
     /// Every shard passes it twice before listening: once its journal is
     /// read (its transaction decisions published), and once the
     /// transactions recovery applied are durable everywhere.
@@ -521,6 +532,24 @@ pub async fn run(
             },
         };
         let usage = shared.usage.clone();
+        // Paging needs a durable store: only stored messages are paged.
+        let pager = if shared.journal.is_some() || shared.db.is_some() {
+            let dir = shared.paging.spool_dir.join(format!("shard-{id}"));
+            match Spool::open(&dir) {
+                Ok(spool) => Some(Pager::new(
+                    spool,
+                    usage.clone(),
+                    shared.paging.page_at_bytes,
+                )),
+                Err(e) => {
+                    let _ =
+                        ready.send(Err(format!("cannot open the spool (store.spool_dir): {e}")));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let mut db_store: Option<Rc<RefCell<DbShardStore>>> = None;
         let (store, journal, read): (Rc<RefCell<dyn Store>>, _, _) =
             match (&shared.journal, &shared.db) {
@@ -533,12 +562,15 @@ pub async fn run(
                         shared.shards,
                         db,
                         usage.clone(),
+                        pager,
                         &mut s.borrow_mut(),
                     );
                     (s, None, Some((restorer, IdSet::default())))
                 }
                 (Some(js), _) => {
-                    match open_journal(id, js, shared.store_usage.clone(), usage.clone()).await {
+                    match open_journal(id, js, shared.store_usage.clone(), usage.clone(), pager)
+                        .await
+                    {
                         Ok((j, restorer, copy_out)) => {
                             (j.clone(), Some(j), Some((restorer, copy_out)))
                         }
@@ -602,7 +634,15 @@ pub async fn run(
             id,
             shared.recovered_max_id.load(Ordering::SeqCst),
         ));
-        let mut broker = ShardBroker::new(id, shared.settings.clone(), usage, store, ids.clone());
+        let pager = restored.pager.take();
+        let mut broker = ShardBroker::new(
+            id,
+            shared.settings.clone(),
+            usage,
+            store,
+            ids.clone(),
+            pager,
+        );
         let install_started = std::time::Instant::now();
         let restored = broker.install(restored);
         if journal.is_some() {
@@ -939,7 +979,11 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
             // A clean shutdown waits for quiet (see `quiesce`).
             return;
         }
-        ctx.broker.borrow_mut().sweep_expired(&mut out);
+        {
+            let mut b = ctx.broker.borrow_mut();
+            b.sweep_expired(&mut out);
+            b.flush_spool();
+        }
         if !out.is_empty() {
             ctx.route_all(out.drain(..));
         }
@@ -955,6 +999,7 @@ async fn open_journal(
     js: &JournalSettings,
     store_usage: Arc<StoreUsage>,
     memory: Arc<MemoryUsage>,
+    pager: Option<Pager>,
 ) -> Result<(Rc<RefCell<Journal>>, Restorer, IdSet), String> {
     let meta = js.dir.join("meta");
     match glommio::io::DmaFile::open(&meta).await {
@@ -964,7 +1009,7 @@ async fn open_journal(
         Err(e) => return Err(format!("cannot open {}: {e}", meta.display())),
     }
     let dir = js.dir.join(format!("shard-{id}"));
-    let mut restorer = Restorer::new(memory);
+    let mut restorer = Restorer::new(memory, pager);
     let recovered =
         journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt, |records| {
             restorer.feed(records)

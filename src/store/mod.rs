@@ -12,6 +12,7 @@ pub mod journal;
 pub mod memory;
 pub mod meta;
 pub mod record;
+pub mod spool;
 pub mod sql;
 
 pub use record::{Record, RecordRef, StoredDestination, StoredSub};

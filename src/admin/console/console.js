@@ -97,10 +97,10 @@ const pages = {
     const admin = me && me.role === "admin";
     $("queues-rows").innerHTML = qs.length ? qs.map((q) => `<tr data-queue="${esc(q.name)}">
       <td>${esc(q.name)}</td><td class="n pending">${num(q.pending)}</td><td class="n">${num(q.in_flight)}</td>
-      <td class="n">${num(q.consumers)}</td><td class="n enqueued">${num(q.enqueued)}</td><td class="n">${num(q.dequeued)}</td>
+      <td class="n paged">${num(q.paged)}</td><td class="n">${num(q.consumers)}</td><td class="n enqueued">${num(q.enqueued)}</td><td class="n">${num(q.dequeued)}</td>
       <td class="actions"><button data-act="browse">Browse</button>${admin
         ? `<button data-act="purge">Purge</button><button data-act="delete" class="danger">Delete</button>` : ""}</td>
-      </tr>`).join("") : `<tr><td colspan="7" class="empty">No queues yet.</td></tr>`;
+      </tr>`).join("") : `<tr><td colspan="8" class="empty">No queues yet.</td></tr>`;
   },
 
   async topics() {
@@ -117,9 +117,9 @@ const pages = {
     $("subscribers-rows").innerHTML = ss.length ? ss.map((s) => `<tr data-topic="${esc(s.topic)}" data-client="${esc(s.client_id)}" data-name="${esc(s.name)}">
       <td>${esc(s.topic)}</td><td>${esc(s.client_id)}</td><td>${esc(s.name)}</td>
       <td><span class="badge ${s.online ? "ok" : "off"}">${s.online ? "online" : "offline"}</span></td>
-      <td class="n">${num(s.pending)}</td><td class="n">${num(s.in_flight)}</td><td class="n">${num(s.dequeued)}</td>
+      <td class="n">${num(s.pending)}</td><td class="n">${num(s.in_flight)}</td><td class="n">${num(s.paged)}</td><td class="n">${num(s.dequeued)}</td>
       <td class="actions">${admin && !s.online ? `<button data-act="delete" class="danger">Delete</button>` : ""}</td></tr>`).join("")
-      : `<tr><td colspan="8" class="empty">No durable subscriptions.</td></tr>`;
+      : `<tr><td colspan="9" class="empty">No durable subscriptions.</td></tr>`;
   },
 
   async connections() {

@@ -7,8 +7,10 @@ use serde::Serialize;
 
 use super::{stored_sub, ShardBroker, SubId};
 use crate::broker::destination::Destination;
+use crate::broker::message::Message;
 use crate::broker::ops::DurableName;
-use crate::broker::queue::Entry;
+use crate::broker::paging::PagedEntry;
+use crate::broker::queue::Waiting;
 use crate::store::RecordRef;
 
 /// Per-destination figures.
@@ -23,6 +25,9 @@ pub struct DestinationStats {
     pub pending: u64,
     /// Delivered and not yet acknowledged.
     pub in_flight: u64,
+    /// Waiting messages whose bytes are paged out to the spool (the rest
+    /// of `pending` is in memory).
+    pub paged: u64,
     pub consumers: u64,
     pub enqueued: u64,
     pub dequeued: u64,
@@ -39,6 +44,8 @@ pub struct SubscriberStats {
     pub online: bool,
     pub pending: u64,
     pub in_flight: u64,
+    /// Waiting messages paged out to the spool.
+    pub paged: u64,
     pub dequeued: u64,
 }
 
@@ -86,6 +93,7 @@ impl ShardBroker {
                 name: name.to_string(),
                 pending: q.pending() as u64,
                 in_flight: q.in_flight() as u64,
+                paged: q.paged() as u64,
                 consumers: q.consumer_count() as u64,
                 enqueued: q.enqueued,
                 dequeued: q.dequeued,
@@ -98,6 +106,7 @@ impl ShardBroker {
             name: name.to_string(),
             pending: t.subs.values().map(|s| s.queue.pending() as u64).sum(),
             in_flight: t.subs.values().map(|s| s.queue.in_flight() as u64).sum(),
+            paged: t.subs.values().map(|s| s.queue.paged() as u64).sum(),
             consumers: t.subs.values().filter(|s| s.consumer.is_some()).count() as u64,
             enqueued: t.enqueued,
             dequeued: t.subs.values().map(|s| s.queue.dequeued).sum(),
@@ -119,6 +128,7 @@ impl ShardBroker {
                     online: sub.consumer.is_some(),
                     pending: sub.queue.pending() as u64,
                     in_flight: sub.queue.in_flight() as u64,
+                    paged: sub.queue.paged() as u64,
                     dequeued: sub.queue.dequeued,
                 });
             }
@@ -133,16 +143,40 @@ impl ShardBroker {
         max: usize,
     ) -> Result<Vec<BrowsedMessage>, AdminRefusal> {
         let q = self.queue_named(dest, "browsed")?;
-        Ok(q.waiting().take(max).map(browsed).collect())
+        let mut out = Vec::with_capacity(max.min(q.pending()));
+        let mut paged: Vec<(usize, PagedEntry)> = Vec::new();
+        for w in q.waiting().take(max) {
+            match w {
+                Waiting::Memory(e) => out.push(Some(browsed(&e.msg, e.redeliveries))),
+                Waiting::Paged(e) => {
+                    paged.push((out.len(), e.clone()));
+                    out.push(None);
+                }
+            }
+        }
+        if let (Some(p), false) = (&self.pager, paged.is_empty()) {
+            let entries: Vec<PagedEntry> = paged.iter().map(|(_, e)| e.clone()).collect();
+            // A spool that cannot be read leaves those out of the listing.
+            if let Ok(msgs) = p.read(dest, &entries) {
+                for ((i, e), m) in paged.iter().zip(msgs) {
+                    out[*i] = Some(browsed(&m, e.redeliveries));
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Removes every waiting message of a queue (those delivered and not
     /// yet acknowledged stay with their consumers) and journals that they
     /// left. Returns how many went.
     pub fn purge(&mut self, dest: &Destination) -> Result<u64, AdminRefusal> {
-        let gone = self.queue_named_mut(dest, "purged")?.take_waiting();
+        let q = self.queue_named_mut(dest, "purged")?;
+        let gone = q.take_waiting();
+        let paged = q.take_paged_all();
+        let n = (gone.len() + paged.len()) as u64;
         self.retire(dest, None, &gone);
-        Ok(gone.len() as u64)
+        self.retire_paged(dest, None, paged);
+        Ok(n)
     }
 
     /// Purges a queue and removes it. Refused while it has consumers or
@@ -154,11 +188,14 @@ impl ShardBroker {
             return Err(AdminRefusal::InUse(dest.to_string(), busy));
         }
         let gone = q.drain_all();
+        let paged = q.take_paged_all();
+        let n = (gone.len() + paged.len()) as u64;
         self.retire(dest, None, &gone);
+        self.retire_paged(dest, None, paged);
         if let Destination::Queue(name) = dest {
             self.queues.remove(name);
         }
-        Ok(gone.len() as u64)
+        Ok(n)
     }
 
     /// Deletes an offline durable subscription and its messages, as an
@@ -185,16 +222,18 @@ impl ShardBroker {
             }
             Some(_) => {}
         }
-        let dropped = t
+        let (dropped, paged) = t
             .subs
             .remove(&id)
-            .map(|mut s| s.queue.drain_all())
+            .map(|mut s| (s.queue.drain_all(), s.queue.take_paged_all()))
             .unwrap_or_default();
+        let n = (dropped.len() + paged.len()) as u64;
         if t.subs.is_empty() {
             self.topics.remove(name);
         }
         let sub = stored_sub(d);
         self.retire(topic, Some(&sub), &dropped);
+        self.retire_paged(topic, Some(&sub), paged);
         let name = name.clone();
         self.release_prepared_holds(&name, d);
         self.store.borrow_mut().append(
@@ -204,7 +243,7 @@ impl ShardBroker {
             },
             0,
         );
-        Ok(dropped.len() as u64)
+        Ok(n)
     }
 
     fn queue_named(
@@ -236,8 +275,7 @@ impl ShardBroker {
     }
 }
 
-fn browsed(e: &Entry) -> BrowsedMessage {
-    let m = &e.msg;
+fn browsed(m: &Message, redeliveries: u32) -> BrowsedMessage {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let preview = &m.body[..m.body.len().min(BODY_PREVIEW_BYTES)];
     BrowsedMessage {
@@ -246,7 +284,7 @@ fn browsed(e: &Entry) -> BrowsedMessage {
         persistent: m.persistent,
         timestamp_ms: m.timestamp_ms,
         expires_ms: m.expires_ms,
-        redeliveries: e.redeliveries,
+        redeliveries,
         headers: m
             .properties
             .iter()

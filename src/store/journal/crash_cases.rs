@@ -402,6 +402,7 @@ fn durable_subscriber(
         usage.clone(),
         store,
         Rc::new(MessageIds::new(0, 0)),
+        None,
     );
     let topic = Destination::parse("/topic/t").unwrap();
     let key = ConsumerKey {
@@ -523,7 +524,7 @@ fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
         drop(b);
         drop(j);
         let (recs, r) = open(&dir);
-        let mut restorer = crate::broker::restore::Restorer::new(usage.clone());
+        let mut restorer = crate::broker::restore::Restorer::new(usage.clone(), None);
         restorer.feed(recs);
         let restored = restorer.finish(&r.copy_out, &crate::idmap::IdSet::default());
         assert!(

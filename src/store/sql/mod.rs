@@ -192,6 +192,11 @@ impl Batch {
             + self.subs_removed.len()
     }
 
+    /// Message bytes this batch inserts.
+    pub fn bytes(&self) -> usize {
+        self.inserts.iter().map(|r| r.msg.len()).sum()
+    }
+
     /// A durable subscription made. Statements run by kind, not in append
     /// order, so a removal of the same subscription earlier in this batch
     /// is cancelled instead (its ACKS row is upserted either way; topic

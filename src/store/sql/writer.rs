@@ -129,6 +129,18 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
         };
         match result {
             Ok(()) => {
+                let took = started.elapsed();
+                if took >= SLOW_TRANSACTION {
+                    // A transaction holds its share of the lease row until
+                    // it commits: slow ones delay the lease renewal.
+                    warn!(
+                        role = "master",
+                        took_ms = took.as_millis() as u64,
+                        rows = batch.rows(),
+                        bytes = batch.bytes(),
+                        "slow database write transaction"
+                    );
+                }
                 stats.transactions.fetch_add(1, Relaxed);
                 stats.rows.fetch_add(batch.rows() as u64, Relaxed);
                 stats
@@ -170,6 +182,9 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
         }
     }
 }
+
+/// A write transaction this slow is logged.
+const SLOW_TRANSACTION: Duration = Duration::from_millis(500);
 
 /// A deadlock or serialization failure (MySQL/MariaDB 1213, PostgreSQL
 /// 40P01 / 40001): the transaction was chosen to abort, and may go again.

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Queues larger than memory: the produce rate while paging, the drain rate
+# of a paged backlog against one held in memory, and a standby's takeover
+# time and peak RSS (VmHWM) for that backlog's journal.
+#   bench/paging.sh [BACKLOG_MIB] [SIZE]     (default 2048 MiB of 32 KiB messages)
+# Each case: a fresh file-mode master gets the backlog from 8 producers
+# (persistent, window 64, no consumer); a standby on the same data
+# directory takes over after a SIGKILL of the master; 4 consumers drain it
+# from the new master (bench --drain).
+# CASES="BIN:MEMORY_LIMIT ..." picks binaries and limits; the default
+# compares paging (16 MiB) with everything in memory (8 GiB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mib=${1:-2048}; size=${2:-32768}
+n=$(( mib * 1024 * 1024 / size ))
+cargo build --release --workspace -q
+cases=${CASES:-"target/release/brokk:16777216 target/release/brokk:8589934592"}
+dir=$(mktemp -d --suffix=-brokk-paging)
+port=61910
+trap 'pkill -9 -f "serve --stomp 127.0.0.1:$port" || true; sleep 0.2; rm -rf "$dir"' EXIT
+hwm() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$1/status"; }
+echo "backlog: $n x $size B ($mib MiB), $(nproc) cores, $(date -u +%F)"
+for c in $cases; do
+  bin=${c%%:*}; limit=${c##*:}
+  rm -rf "$dir/data"; mkdir -p "$dir/data"
+  printf '[limits]\nmemory_limit_bytes = %s\n[store]\nlimit_bytes = 17179869184\n' "$limit" > "$dir/brokk.toml"
+  serve() { BROKK_LOG=${BROKK_LOG:-warn} exec "$bin" serve --config "$dir/brokk.toml" --stomp 127.0.0.1:$port --admin 127.0.0.1:0 --shards 2 --data "$dir/data"; }
+  serve > "$dir/out1" &
+  m=$!
+  until grep -q "brokk listening" "$dir/out1" 2>/dev/null; do sleep 0.05; done
+  produced=$(target/release/bench --brokers 127.0.0.1:$port --producers 8 --consumers 0 --messages "$n" --size "$size" --window 64 --persistent | grep -E "sent\+" || true)
+  master_hwm=$(hwm $m)
+  serve > "$dir/out2" &
+  s=$!
+  until grep -q "brokk standby" "$dir/out2" 2>/dev/null; do sleep 0.05; done
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  kill -9 $m; wait $m 2>/dev/null || true
+  start=$(date +%s.%N)
+  until grep -q "brokk listening" "$dir/out2" 2>/dev/null; do sleep 0.005; done
+  end=$(date +%s.%N)
+  takeover_hwm=$(hwm $s)
+  drained=$(target/release/bench --brokers 127.0.0.1:$port --drain --consumers 4 --prefetch 1000 --idle-timeout 3 | grep -E "drained" || true)
+  echo "== $bin, memory_limit_bytes=$limit"
+  echo "   produce: $produced"
+  echo "   master peak RSS after producing: ${master_hwm} MiB"
+  echo "   takeover (SIGKILL to serving): $(echo "$end $start" | awk '{printf "%.3f", $1 - $2}') s, standby peak RSS: ${takeover_hwm} MiB"
+  echo "   $drained"
+  echo "   new master peak RSS after draining: $(hwm $s) MiB"
+  kill -9 $s; wait $s 2>/dev/null || true
+done

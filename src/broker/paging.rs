@@ -1,0 +1,335 @@
+//! Queues larger than memory. Each queue (and durable subscription) keeps
+//! a window of its waiting stored messages in memory and, past it, only a
+//! reference ([`PagedEntry`]: id, priority, expiry, where its bytes are);
+//! the bytes wait in the shard's spool (`store::spool`) until the window
+//! has room again.
+//!
+//! When: a stored message arriving at a queue is paged out if that queue
+//! already has paged messages of its priority (order within a priority is
+//! arrival order: paged ones are always behind those in memory), or if the
+//! broker's held bytes reached `page_at_bytes` and the queue already holds
+//! its minimum window. A queue pages back in before it dispatches, up to
+//! its consumers' free prefetch plus a look-ahead (just the minimum window
+//! under memory pressure), highest priority first; it never delivers a
+//! lower priority while a higher one waits paged (see `MessageQueue::pop`).
+//!
+//! Only stored messages (persistent, with a durable store) are paged: the
+//! store is their real home and a crash never needs the spool. Non-
+//! persistent messages stay in memory and producers of them are paused at
+//! `limits.memory_limit_bytes`, as before.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes};
+use tracing::error;
+
+use super::destination::Destination;
+use super::message::{MemoryUsage, Message, MessageId, Property};
+use crate::store::spool::{Spool, SpoolError, SpoolRef};
+
+/// A waiting message whose bytes are in the spool.
+#[derive(Debug, Clone)]
+pub struct PagedEntry {
+    pub id: MessageId,
+    pub expires_ms: u64,
+    pub at: SpoolRef,
+    pub redeliveries: u32,
+    pub priority: u8,
+}
+
+impl PagedEntry {
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && now_ms >= self.expires_ms
+    }
+}
+
+/// Messages every queue may keep in memory whatever the pressure, so that
+/// a busy queue never waits on a read for each message.
+pub const MIN_WINDOW: usize = 64;
+
+/// Beyond its consumers' free prefetch, how many messages a queue reads
+/// ahead while memory is not under pressure.
+pub const LOOKAHEAD: usize = 256;
+
+/// Most messages paged in by one read (one or a few `pread`s)...
+pub const PAGE_IN_BATCH: usize = 512;
+
+/// ...and about this many bytes of them: a read buffer lives as long as
+/// any message sliced from it.
+pub const PAGE_IN_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Pager {
+    spool: Spool,
+    usage: Arc<MemoryUsage>,
+    page_at_bytes: usize,
+    /// A read failed: logged once; queues keep their paged messages.
+    failed: bool,
+    pub paged_out: u64,
+    pub paged_in: u64,
+}
+
+impl Pager {
+    pub fn new(spool: Spool, usage: Arc<MemoryUsage>, page_at_bytes: usize) -> Pager {
+        Pager {
+            spool,
+            usage,
+            page_at_bytes,
+            failed: false,
+            paged_out: 0,
+            paged_in: 0,
+        }
+    }
+
+    /// Held bytes reached the paging point: queues keep only their
+    /// minimum window.
+    pub fn pressure(&self) -> bool {
+        self.usage.used() >= self.page_at_bytes
+    }
+
+    /// Writes `msg` to the spool, held once.
+    pub fn page_out(&mut self, msg: &Message) -> SpoolRef {
+        self.paged_out += 1;
+        self.spool.append(1, |b| encode(msg, b))
+    }
+
+    /// The same spooled message paged out for one more queue.
+    pub fn hold(&mut self, r: SpoolRef) {
+        self.paged_out += 1;
+        self.spool.hold(r);
+    }
+
+    /// A paged entry left its queue without being read (purge, delete).
+    pub fn drop_entry(&mut self, e: &PagedEntry) {
+        self.spool.release(e.at);
+    }
+
+    /// Reads `entries` back as messages of `dest`, charged to memory, and
+    /// lets go of their spool records. On failure nothing is released: the
+    /// caller puts them back.
+    pub fn page_in(
+        &mut self,
+        dest: &Destination,
+        entries: &[PagedEntry],
+    ) -> Result<Vec<Message>, SpoolError> {
+        let out = match self.read(dest, entries) {
+            Ok(m) => m,
+            Err(e) => {
+                if !self.failed {
+                    error!(destination = %dest, error = %e,
+                        "cannot read paged messages back; they stay paged (and in the store)");
+                }
+                self.failed = true;
+                return Err(e);
+            }
+        };
+        self.failed = false;
+        for e in entries {
+            self.spool.release(e.at);
+        }
+        self.paged_in += out.len() as u64;
+        Ok(out)
+    }
+
+    /// Reads `entries` without taking them (browsing).
+    pub fn read(
+        &self,
+        dest: &Destination,
+        entries: &[PagedEntry],
+    ) -> Result<Vec<Message>, SpoolError> {
+        let refs: Vec<SpoolRef> = entries.iter().map(|e| e.at).collect();
+        let bytes = self.spool.read(&refs)?;
+        Ok(entries
+            .iter()
+            .zip(bytes)
+            .map(|(e, b)| decode(b, e, dest, &self.usage))
+            .collect())
+    }
+
+    /// Writes what the spool buffered (a sweep, so a quiet shard's tail
+    /// does not stay in memory).
+    pub fn flush(&mut self) {
+        self.spool.flush();
+    }
+
+    pub fn spooled_bytes(&self) -> u64 {
+        self.spool.bytes_live()
+    }
+}
+
+/// The spool's record of a message: timestamp, properties, body. What a
+/// queue needs without reading it (id, priority, expiry) stays in the
+/// [`PagedEntry`].
+fn encode(m: &Message, b: &mut Vec<u8>) {
+    b.put_u64_le(m.timestamp_ms);
+    b.put_u32_le(m.properties.len() as u32);
+    for (k, v) in &m.properties {
+        b.put_u32_le(k.len() as u32);
+        b.put_slice(k);
+        b.put_u32_le(v.len() as u32);
+        b.put_slice(v);
+    }
+    b.put_slice(&m.body);
+}
+
+/// The inverse of [`encode`], slicing (not copying) the read buffer. The
+/// spool holds only what this process wrote, so a record that does not
+/// parse is a bug: it becomes a message with what could be read rather
+/// than a panic on a shard.
+fn decode(mut b: Bytes, e: &PagedEntry, dest: &Destination, usage: &Arc<MemoryUsage>) -> Message {
+    let mut properties: Vec<Property> = Vec::new();
+    let mut timestamp_ms = 0;
+    let mut ok = b.remaining() >= 12;
+    if ok {
+        timestamp_ms = b.get_u64_le();
+        let n = b.get_u32_le() as usize;
+        properties.reserve(n.min(1024));
+        for _ in 0..n {
+            let Some(k) = take(&mut b) else {
+                ok = false;
+                break;
+            };
+            let Some(v) = take(&mut b) else {
+                ok = false;
+                break;
+            };
+            properties.push((k, v));
+        }
+    }
+    if !ok {
+        error!(destination = %dest, id = e.id, "a spooled record does not parse");
+    }
+    let body = b;
+    let footprint = Message::footprint(&properties, &body);
+    Message {
+        id: e.id,
+        destination: dest.clone(),
+        properties,
+        body,
+        priority: e.priority,
+        expires_ms: e.expires_ms,
+        persistent: true,
+        timestamp_ms,
+        charge: usage.charge(footprint),
+    }
+}
+
+fn take(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32_le() as usize;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::queue::{ConsumerKey, Dispatched, Entry, MessageQueue};
+
+    fn message(usage: &Arc<MemoryUsage>, id: u64, priority: u8) -> Message {
+        let body = Bytes::from(format!("m{id}"));
+        Message {
+            id,
+            destination: Destination::queue("q"),
+            properties: Vec::new(),
+            body: body.clone(),
+            priority,
+            expires_ms: 0,
+            persistent: true,
+            timestamp_ms: 0,
+            charge: usage.charge(Message::footprint(&[], &body)),
+        }
+    }
+
+    #[test]
+    fn a_lower_priority_in_memory_never_overtakes_a_paged_higher_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MemoryUsage::default());
+        let mut p = Pager::new(Spool::open(dir.path()).unwrap(), usage.clone(), 1 << 20);
+        let dest = Destination::queue("q");
+        let mut q = MessageQueue::default();
+        q.enqueue(Entry {
+            msg: Arc::new(message(&usage, 1, 4)),
+            redeliveries: 0,
+            stored: true,
+        });
+        // Under pressure with a window of 1: the next one is paged.
+        assert!(q.should_page_out(9, true, 1));
+        let m = message(&usage, 2, 9);
+        let at = p.page_out(&m);
+        q.enqueue_paged(PagedEntry {
+            id: 2,
+            expires_ms: 0,
+            at,
+            redeliveries: 0,
+            priority: 9,
+        });
+        // Behind a paged message of its priority, a new one is paged too,
+        // pressure or not.
+        assert!(q.should_page_out(9, false, 100));
+        assert!(!q.should_page_out(4, false, 100));
+        let key = ConsumerKey {
+            shard: 0,
+            conn: 1,
+            sub: 1,
+        };
+        q.add_consumer(key, 10);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert!(d.deliveries.is_empty(), "priority 4 waits for the paged 9");
+        assert_eq!(q.page_in_wanted(false, 64, 0), 1);
+        let batch = q.take_paged(1, usize::MAX);
+        let back = p.page_in(&dest, &batch).unwrap();
+        q.paged_in(
+            back.into_iter()
+                .map(|m| Entry {
+                    msg: Arc::new(m),
+                    redeliveries: 0,
+                    stored: true,
+                })
+                .collect(),
+        );
+        q.dispatch(0, &mut d);
+        let ids: Vec<u64> = d.deliveries.iter().map(|(_, d)| d.msg.id).collect();
+        assert_eq!(ids, vec![2, 1]);
+        assert_eq!(q.paged(), 0);
+    }
+
+    #[test]
+    fn a_message_comes_back_as_it_went_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MemoryUsage::default());
+        let mut p = Pager::new(Spool::open(dir.path()).unwrap(), usage.clone(), 1 << 20);
+        let dest = Destination::queue("q");
+        let props = vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))];
+        let body = Bytes::from_static(b"hello");
+        let m = Message {
+            id: 42,
+            destination: dest.clone(),
+            properties: props.clone(),
+            body: body.clone(),
+            priority: 7,
+            expires_ms: 99,
+            persistent: true,
+            timestamp_ms: 1234,
+            charge: usage.charge(Message::footprint(&props, &body)),
+        };
+        let at = p.page_out(&m);
+        let e = PagedEntry {
+            id: 42,
+            expires_ms: 99,
+            at,
+            redeliveries: 0,
+            priority: 7,
+        };
+        let back = p.page_in(&dest, &[e]).unwrap().remove(0);
+        assert_eq!(back.id, 42);
+        assert_eq!(back.priority, 7);
+        assert_eq!(back.expires_ms, 99);
+        assert_eq!(back.timestamp_ms, 1234);
+        assert_eq!(back.properties, props);
+        assert_eq!(back.body, body);
+        assert_eq!(p.spooled_bytes(), 0);
+    }
+}
