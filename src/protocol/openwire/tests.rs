@@ -1,0 +1,1 @@
+//! Codec-level tests: round trips, partial input, limits, malformed input.
