@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod primitives;
 pub mod properties;
+pub mod samples;
 pub mod wire_format;
 
 #[cfg(test)]

@@ -263,8 +263,10 @@ impl<'a> Writer<'a> {
                 }
             }
             Pass::Write => {
-                let new = self.flag(known.is_none(), "a cached structure's novelty")?;
-                // The sizing pass added it; a full cache answers -1 (not cached).
+                // The sizing pass decided novelty (and numbered it since,
+                // so `known` no longer tells); a full cache gave no number:
+                // -1, "not cached".
+                let new = self.bs.read("a cached structure's novelty")?;
                 self.put(&known.unwrap_or(-1).to_be_bytes());
                 if new {
                     self.nested(v)?;
@@ -741,7 +743,8 @@ mod tests {
         let mut w = Writer::new(Pass::Write, &mut tight, None, 12, false);
         w.bs = bs;
         f(&mut w).unwrap();
-        assert_eq!(tight.len(), size + w.bs.marshalled_size());
+        let bs_size = w.bs.marshalled_size();
+        assert_eq!(tight.len(), size + bs_size);
         (loose.to_vec(), tight.to_vec())
     }
 
