@@ -64,7 +64,8 @@ fn classpath() -> &'static str {
         let classes = work_dir().join("classes");
         std::fs::create_dir_all(&classes).unwrap();
         let jars = JARS.join(":");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openwire_java/OpenWireGolden.java");
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openwire_java/OpenWireGolden.java");
         let out = Process::new("javac")
             .arg("-d")
             .arg(&classes)
@@ -106,7 +107,12 @@ fn decode_file(path: &Path, f: WireFormat) -> Vec<Command> {
     {
         cmds.push(c);
     }
-    assert!(buf.is_empty(), "{}: {} bytes left over", path.display(), buf.len());
+    assert!(
+        buf.is_empty(),
+        "{}: {} bytes left over",
+        path.display(),
+        buf.len()
+    );
     cmds
 }
 
@@ -155,7 +161,10 @@ fn check_headers(m: &Message, seq: i64) {
     assert_eq!(id.producer_sequence_id, seq);
     assert_eq!(m.producer_id, Some(java_producer()));
     assert_eq!(m.destination, Some(Destination::queue("orders")));
-    assert_eq!(m.correlation_id.as_deref(), Some(format!("corr-{seq}").as_str()));
+    assert_eq!(
+        m.correlation_id.as_deref(),
+        Some(format!("corr-{seq}").as_str())
+    );
     assert_eq!(m.jms_type.as_deref(), Some("type-x"));
     assert!(m.persistent);
     assert_eq!(m.priority, 7);
@@ -190,14 +199,21 @@ fn check_java_commands(cmds: &[Command]) {
     assert_eq!(o.max_frame_size, i64::MAX);
     assert_eq!(o.provider_name.as_deref(), Some("ActiveMQ"));
 
-    let Command::BrokerInfo(b) = &cmds[1] else { panic!("{:?}", cmds[1]) };
-    assert_eq!(b.broker_id.as_ref().and_then(|i| i.value.as_deref()), Some("ID:broker-1"));
+    let Command::BrokerInfo(b) = &cmds[1] else {
+        panic!("{:?}", cmds[1])
+    };
+    assert_eq!(
+        b.broker_id.as_ref().and_then(|i| i.value.as_deref()),
+        Some("ID:broker-1")
+    );
     assert_eq!(b.broker_url.as_deref(), Some("tcp://localhost:61616"));
     assert_eq!(b.broker_name.as_deref(), Some("amq"));
     assert!(b.master_broker && !b.slave_broker);
     assert_eq!(b.connection_id, 99);
 
-    let Command::ConnectionInfo(c) = &cmds[2] else { panic!("{:?}", cmds[2]) };
+    let Command::ConnectionInfo(c) = &cmds[2] else {
+        panic!("{:?}", cmds[2])
+    };
     assert_eq!((c.command_id, c.response_required), (1, true));
     assert_eq!(c.connection_id, java_connection());
     assert_eq!(c.client_id.as_deref(), Some("java-client"));
@@ -205,16 +221,22 @@ fn check_java_commands(cmds: &[Command]) {
     assert_eq!(c.password.as_deref(), Some("secret"));
     assert!(c.fault_tolerant && c.client_master && !c.manageable);
 
-    let Command::SessionInfo(s) = &cmds[3] else { panic!("{:?}", cmds[3]) };
+    let Command::SessionInfo(s) = &cmds[3] else {
+        panic!("{:?}", cmds[3])
+    };
     assert_eq!(s.command_id, 2);
     assert_eq!(s.session_id, Some(java_session()));
 
-    let Command::ProducerInfo(p) = &cmds[4] else { panic!("{:?}", cmds[4]) };
+    let Command::ProducerInfo(p) = &cmds[4] else {
+        panic!("{:?}", cmds[4])
+    };
     assert_eq!(p.producer_id, Some(java_producer()));
     assert_eq!(p.destination, Some(Destination::queue("orders")));
     assert_eq!(p.window_size, 1024);
 
-    let Command::ConsumerInfo(c) = &cmds[5] else { panic!("{:?}", cmds[5]) };
+    let Command::ConsumerInfo(c) = &cmds[5] else {
+        panic!("{:?}", cmds[5])
+    };
     assert_eq!(c.consumer_id, Some(java_consumer()));
     assert_eq!(c.destination, Some(Destination::topic("prices")));
     assert_eq!(c.prefetch_size, 1000);
@@ -224,7 +246,9 @@ fn check_java_commands(cmds: &[Command]) {
     assert!(c.no_local && c.exclusive && !c.browser && !c.retroactive);
     assert_eq!(c.priority, -2);
 
-    let Command::DestinationInfo(d) = &cmds[6] else { panic!("{:?}", cmds[6]) };
+    let Command::DestinationInfo(d) = &cmds[6] else {
+        panic!("{:?}", cmds[6])
+    };
     assert_eq!(d.connection_id, java_connection());
     assert_eq!(d.operation_type, 0);
     assert_eq!(
@@ -235,8 +259,13 @@ fn check_java_commands(cmds: &[Command]) {
         })
     );
 
-    let Command::TransactionInfo(t) = &cmds[7] else { panic!("{:?}", cmds[7]) };
-    assert_eq!(TransactionType::from_byte(t.transaction_type), Some(TransactionType::Begin));
+    let Command::TransactionInfo(t) = &cmds[7] else {
+        panic!("{:?}", cmds[7])
+    };
+    assert_eq!(
+        TransactionType::from_byte(t.transaction_type),
+        Some(TransactionType::Begin)
+    );
     assert_eq!(
         t.transaction_id,
         Some(TransactionId::Local(LocalTransactionId {
@@ -244,8 +273,13 @@ fn check_java_commands(cmds: &[Command]) {
             connection_id: java_connection()
         }))
     );
-    let Command::TransactionInfo(t) = &cmds[8] else { panic!("{:?}", cmds[8]) };
-    assert_eq!(TransactionType::from_byte(t.transaction_type), Some(TransactionType::Prepare));
+    let Command::TransactionInfo(t) = &cmds[8] else {
+        panic!("{:?}", cmds[8])
+    };
+    assert_eq!(
+        TransactionType::from_byte(t.transaction_type),
+        Some(TransactionType::Prepare)
+    );
     assert_eq!(
         t.transaction_id,
         Some(TransactionId::Xa(XaTransactionId {
@@ -259,7 +293,10 @@ fn check_java_commands(cmds: &[Command]) {
     assert_eq!(text.kind, MessageKind::Text);
     check_headers(text, 1);
     assert!(matches!(text.transaction_id, Some(TransactionId::Local(ref l)) if l.value == 5));
-    assert_eq!(compress::text(text, limit).unwrap().as_deref(), Some("hello from java é"));
+    assert_eq!(
+        compress::text(text, limit).unwrap().as_deref(),
+        Some("hello from java é")
+    );
     let props = text.properties().unwrap();
     let expect = [
         ("p_bool", Value::Bool(true)),
@@ -277,7 +314,10 @@ fn check_java_commands(cmds: &[Command]) {
             "p_map",
             Value::Map([("inner".to_string(), Value::Int(1))].into_iter().collect()),
         ),
-        ("p_list", Value::List(vec![Value::Long(1), Value::String("x".into())])),
+        (
+            "p_list",
+            Value::List(vec![Value::Long(1), Value::String("x".into())]),
+        ),
     ];
     for (name, value) in expect {
         assert_eq!(props.get(name), Some(&value), "property {name}");
@@ -286,7 +326,10 @@ fn check_java_commands(cmds: &[Command]) {
     let ctext = message(&cmds[10]);
     check_headers(ctext, 2);
     assert!(ctext.compressed);
-    assert_eq!(compress::text(ctext, limit).unwrap(), Some("compress me ".repeat(50)));
+    assert_eq!(
+        compress::text(ctext, limit).unwrap(),
+        Some("compress me ".repeat(50))
+    );
 
     let bytes = message(&cmds[11]);
     assert_eq!(bytes.kind, MessageKind::Bytes);
@@ -318,41 +361,68 @@ fn check_java_commands(cmds: &[Command]) {
 
     let object = message(&cmds[15]);
     assert_eq!(object.kind, MessageKind::Object);
-    assert!(object.raw_content().starts_with(&[0xac, 0xed]), "Java serialization");
+    assert!(
+        object.raw_content().starts_with(&[0xac, 0xed]),
+        "Java serialization"
+    );
 
     let plain = message(&cmds[16]);
     assert_eq!(plain.kind, MessageKind::Message);
     check_headers(plain, 8);
     assert_eq!(plain.content, None);
 
-    let Command::MessageDispatch(d) = &cmds[17] else { panic!("{:?}", cmds[17]) };
+    let Command::MessageDispatch(d) = &cmds[17] else {
+        panic!("{:?}", cmds[17])
+    };
     assert_eq!(d.consumer_id, Some(java_consumer()));
     assert_eq!(d.redelivery_counter, 2);
     let inner = d.message.as_ref().expect("dispatched message");
     check_headers(inner, 9);
-    assert_eq!(compress::text(inner, limit).unwrap().as_deref(), Some("dispatched"));
+    assert_eq!(
+        compress::text(inner, limit).unwrap().as_deref(),
+        Some("dispatched")
+    );
 
-    let Command::MessageAck(a) = &cmds[18] else { panic!("{:?}", cmds[18]) };
+    let Command::MessageAck(a) = &cmds[18] else {
+        panic!("{:?}", cmds[18])
+    };
     assert_eq!(AckType::from_byte(a.ack_type), Some(AckType::Poison));
     assert_eq!(a.consumer_id, Some(java_consumer()));
-    assert_eq!(a.first_message_id.as_ref().map(|m| m.producer_sequence_id), Some(1));
-    assert_eq!(a.last_message_id.as_ref().map(|m| m.producer_sequence_id), Some(9));
+    assert_eq!(
+        a.first_message_id.as_ref().map(|m| m.producer_sequence_id),
+        Some(1)
+    );
+    assert_eq!(
+        a.last_message_id.as_ref().map(|m| m.producer_sequence_id),
+        Some(9)
+    );
     assert_eq!(a.message_count, 9);
     let cause = a.poison_cause.as_ref().expect("poison cause");
     assert_eq!(cause.class_name, "java.lang.Throwable");
     assert_eq!(cause.message.as_deref(), Some("poison"));
     assert!(!cause.stack_trace.is_empty(), "stack traces are on");
 
-    let Command::MessagePull(p) = &cmds[19] else { panic!("{:?}", cmds[19]) };
+    let Command::MessagePull(p) = &cmds[19] else {
+        panic!("{:?}", cmds[19])
+    };
     assert_eq!((p.timeout, p.correlation_id.as_deref()), (-1, Some("pull")));
 
-    let Command::ProducerAck(p) = &cmds[20] else { panic!("{:?}", cmds[20]) };
-    assert_eq!((p.producer_id.clone(), p.size), (Some(java_producer()), 4096));
+    let Command::ProducerAck(p) = &cmds[20] else {
+        panic!("{:?}", cmds[20])
+    };
+    assert_eq!(
+        (p.producer_id.clone(), p.size),
+        (Some(java_producer()), 4096)
+    );
 
-    let Command::Response(r) = &cmds[21] else { panic!("{:?}", cmds[21]) };
+    let Command::Response(r) = &cmds[21] else {
+        panic!("{:?}", cmds[21])
+    };
     assert_eq!(r.correlation_id, 3);
 
-    let Command::ExceptionResponse(e) = &cmds[22] else { panic!("{:?}", cmds[22]) };
+    let Command::ExceptionResponse(e) = &cmds[22] else {
+        panic!("{:?}", cmds[22])
+    };
     assert_eq!(e.correlation_id, 1);
     let ex = e.exception.as_ref().expect("exception");
     assert_eq!(ex.class_name, "javax.jms.JMSSecurityException");
@@ -360,25 +430,41 @@ fn check_java_commands(cmds: &[Command]) {
 
     assert!(matches!(cmds[23], Command::KeepAliveInfo(_)));
 
-    let Command::ConnectionControl(c) = &cmds[24] else { panic!("{:?}", cmds[24]) };
+    let Command::ConnectionControl(c) = &cmds[24] else {
+        panic!("{:?}", cmds[24])
+    };
     assert!(c.fault_tolerant && c.rebalance_connection && !c.close);
     assert_eq!(c.reconnect_to.as_deref(), Some("tcp://b:61617"));
 
-    let Command::ConsumerControl(c) = &cmds[25] else { panic!("{:?}", cmds[25]) };
+    let Command::ConsumerControl(c) = &cmds[25] else {
+        panic!("{:?}", cmds[25])
+    };
     assert_eq!((c.prefetch, c.start, c.stop), (10, true, false));
     assert_eq!(c.consumer_id, Some(java_consumer()));
 
-    let Command::ConnectionError(c) = &cmds[26] else { panic!("{:?}", cmds[26]) };
+    let Command::ConnectionError(c) = &cmds[26] else {
+        panic!("{:?}", cmds[26])
+    };
     assert_eq!(c.connection_id, java_connection());
     let ex = c.exception.as_ref().expect("exception");
-    assert_eq!((ex.class_name.as_str(), ex.message.as_deref()), ("java.io.IOException", Some("broken")));
+    assert_eq!(
+        (ex.class_name.as_str(), ex.message.as_deref()),
+        ("java.io.IOException", Some("broken"))
+    );
 
-    let Command::RemoveSubscriptionInfo(r) = &cmds[27] else { panic!("{:?}", cmds[27]) };
+    let Command::RemoveSubscriptionInfo(r) = &cmds[27] else {
+        panic!("{:?}", cmds[27])
+    };
     assert_eq!(r.subscription_name.as_deref(), Some("sub"));
     assert_eq!(r.client_id.as_deref(), Some("java-client"));
 
-    let Command::RemoveInfo(r) = &cmds[28] else { panic!("{:?}", cmds[28]) };
-    assert_eq!(r.object_id, Some(DataStructure::ConsumerId(java_consumer())));
+    let Command::RemoveInfo(r) = &cmds[28] else {
+        panic!("{:?}", cmds[28])
+    };
+    assert_eq!(
+        r.object_id,
+        Some(DataStructure::ConsumerId(java_consumer()))
+    );
     assert_eq!(r.last_delivered_sequence_id, 77);
 
     assert!(matches!(cmds[29], Command::ShutdownInfo(_)));
@@ -421,11 +507,17 @@ fn expected_lines() -> Vec<Vec<String>> {
         "|text=hello, wörld",
     ]));
     let mut ctext = msg_headers(1, "ActiveMQTextMessage");
-    ctext.extend(e(&["|compressed=true ", &format!("|text={}", "compressible text ".repeat(50))]));
+    ctext.extend(e(&[
+        "|compressed=true ",
+        &format!("|text={}", "compressible text ".repeat(50)),
+    ]));
     let mut bytes = msg_headers(2, "ActiveMQBytesMessage");
     bytes.extend(e(&["|compressed=false ", "|bytes=000162696e617279ff"]));
     let mut cbytes = msg_headers(2, "ActiveMQBytesMessage");
-    cbytes.extend(e(&["|compressed=true ", &format!("|bytes={}", "09".repeat(4096))]));
+    cbytes.extend(e(&[
+        "|compressed=true ",
+        &format!("|bytes={}", "09".repeat(4096)),
+    ]));
     let mut map = msg_headers(3, "ActiveMQMapMessage");
     map.extend(e(&["|map={k:"]));
     map[3] = "|correlationId=corr-1 ".into();
@@ -455,12 +547,17 @@ fn expected_lines() -> Vec<Vec<String>> {
         ]),
         e(&[
             "ConnectionInfo {commandId = 1, responseRequired = true, ",
-            &format!("connectionId = {conn}, clientId = client-é, clientIp = tcp://127.0.0.1:5555, "),
+            &format!(
+                "connectionId = {conn}, clientId = client-é, clientIp = tcp://127.0.0.1:5555, "
+            ),
             "userName = alice, ",
             "manageable = true, ",
             "faultTolerant = true, ",
         ]),
-        e(&["SessionInfo {commandId = 2, responseRequired = true, ", &format!("sessionId = {conn}:1}}")]),
+        e(&[
+            "SessionInfo {commandId = 2, responseRequired = true, ",
+            &format!("sessionId = {conn}:1}}"),
+        ]),
         e(&[
             &format!("producerId = {conn}:1:7, destination = queue://orders, "),
             "dispatchAsync = true, windowSize = 1048576, ",
@@ -472,9 +569,14 @@ fn expected_lines() -> Vec<Vec<String>> {
             "subscriptionName = durable-1, noLocal = true, exclusive = true, ",
             "priority = -2, ",
         ]),
-        e(&[&format!("destination = temp-topic://{conn}:2, operationType = 0, ")]),
+        e(&[&format!(
+            "destination = temp-topic://{conn}:2, operationType = 0, "
+        )]),
         e(&["type = 0, ", &format!("transactionId = TX:{conn}:5}}")]),
-        e(&["type = 1, ", "transactionId = XID:[4660,globalId=676c6f62616c,branchId=6272616e6368]}"]),
+        e(&[
+            "type = 1, ",
+            "transactionId = XID:[4660,globalId=676c6f62616c,branchId=6272616e6368]}",
+        ]),
         text,
         ctext,
         bytes,
@@ -514,9 +616,15 @@ fn expected_lines() -> Vec<Vec<String>> {
             "prefetch = 10, destination = queue://orders}",
         ]),
         e(&["ConnectionError "]),
-        e(&[&format!("connectionId = {conn}, clientId = client-é, subscriptionName = durable-1}}")]),
-        e(&[&format!("objectId = {conn}:1:3, lastDeliveredSequenceId = 77}}")]),
-        e(&[&format!("objectId = {conn}, lastDeliveredSequenceId = -2}}")]),
+        e(&[&format!(
+            "connectionId = {conn}, clientId = client-é, subscriptionName = durable-1}}"
+        )]),
+        e(&[&format!(
+            "objectId = {conn}:1:3, lastDeliveredSequenceId = 77}}"
+        )]),
+        e(&[&format!(
+            "objectId = {conn}, lastDeliveredSequenceId = -2}}"
+        )]),
         e(&["ShutdownInfo {commandId = 16, "]),
     ]
 }
@@ -559,12 +667,16 @@ fn activemq_client_wire_format_negotiates_tight_with_cache() {
     std::fs::create_dir_all(&dir).unwrap();
     java(&["write", dir.to_str().unwrap()]);
     let cmds = decode_file(&dir.join("java-loose.bin"), WireFormat::initial(1 << 20));
-    let Command::WireFormatInfo(info) = &cmds[0] else { panic!("{:?}", cmds[0]) };
+    let Command::WireFormatInfo(info) = &cmds[0] else {
+        panic!("{:?}", cmds[0])
+    };
     let info: &WireFormatInfo = info;
     let theirs = WireFormatOptions::from_info(info).unwrap();
     let f = WireFormat::negotiate(&WireFormatOptions::default(), &theirs).unwrap();
     assert_eq!(f.version, 12);
-    assert!(f.tight_encoding && f.cache_enabled && f.stack_trace_enabled && !f.size_prefix_disabled);
+    assert!(
+        f.tight_encoding && f.cache_enabled && f.stack_trace_enabled && !f.size_prefix_disabled
+    );
     assert_eq!(f.cache_size, 1024);
     assert_eq!(f.max_frame_size, 104_857_600);
     assert_eq!(f.max_inactivity_duration_ms, 30_000);

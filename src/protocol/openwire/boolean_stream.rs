@@ -30,7 +30,9 @@ impl BooleanStream {
         let bit = self.len_bits % 8;
         if bit == 0 {
             if self.bytes.len() == MAX_BYTES {
-                return Err(CodecError::Unsupported("more than 262136 booleans in one frame"));
+                return Err(CodecError::Unsupported(
+                    "more than 262136 booleans in one frame",
+                ));
             }
             self.bytes.push(0);
         }
@@ -152,10 +154,7 @@ mod tests {
         for _ in 0..8 {
             bs.read("x").unwrap();
         }
-        assert_eq!(
-            bs.read("x"),
-            Err(CodecError::BooleanStreamExhausted("x"))
-        );
+        assert_eq!(bs.read("x"), Err(CodecError::BooleanStreamExhausted("x")));
     }
 
     #[test]

@@ -197,7 +197,10 @@ mod tests {
         let mut m = Message::new(MessageKind::Text);
         set_text(&mut m, &"a".repeat(1 << 20), true);
         assert!(m.content.as_ref().unwrap().len() < 5000);
-        assert!(matches!(text(&m, 64 * 1024), Err(CodecError::Compression(_))));
+        assert!(matches!(
+            text(&m, 64 * 1024),
+            Err(CodecError::Compression(_))
+        ));
         let mut b = Message::new(MessageKind::Bytes);
         set_bytes(&mut b, Bytes::from(vec![0u8; 1 << 20]), true);
         assert!(matches!(bytes(&b, 1000), Err(CodecError::Compression(_))));

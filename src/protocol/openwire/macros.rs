@@ -139,7 +139,10 @@ macro_rules! impl_data_marshal {
             ) -> $crate::protocol::openwire::error::Result<Self> {
                 match data {
                     $crate::protocol::openwire::commands::DataStructure::$name(v) => Ok(v),
-                    other => Err($crate::protocol::openwire::commands::unexpected(Self::NAME, &other)),
+                    other => Err($crate::protocol::openwire::commands::unexpected(
+                        Self::NAME,
+                        &other,
+                    )),
                 }
             }
         }

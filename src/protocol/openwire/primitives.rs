@@ -38,6 +38,32 @@ pub trait Marshal: Sized {
     }
 }
 
+/// A boxed structure marshals as the structure (a dispatch boxes its
+/// message so that commands stay small).
+impl<T: Marshal> Marshal for Box<T> {
+    const NAME: &'static str = T::NAME;
+
+    fn type_code(&self) -> u8 {
+        (**self).type_code()
+    }
+
+    fn write_body(&self, w: &mut Writer<'_>) -> Result<()> {
+        (**self).write_body(w)
+    }
+
+    fn read_body(code: u8, r: &mut Reader<'_>) -> Result<Self> {
+        T::read_body(code, r).map(Box::new)
+    }
+
+    fn to_data(&self) -> DataStructure {
+        (**self).to_data()
+    }
+
+    fn from_data(data: DataStructure) -> Result<Self> {
+        T::from_data(data).map(Box::new)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     /// Tight, first pass: push booleans and count data bytes.
@@ -325,11 +351,12 @@ impl<'a> Writer<'a> {
         if !self.stack_trace {
             return Ok(());
         }
-        let frames = i16::try_from(t.stack_trace.len()).map_err(|_| CodecError::TooManyEntries {
-            what: "a stack trace",
-            count: t.stack_trace.len(),
-            max: i16::MAX as usize,
-        })?;
+        let frames =
+            i16::try_from(t.stack_trace.len()).map_err(|_| CodecError::TooManyEntries {
+                what: "a stack trace",
+                count: t.stack_trace.len(),
+                max: i16::MAX as usize,
+            })?;
         self.put(&frames.to_be_bytes());
         for f in &t.stack_trace {
             self.string(&f.class_name)?;
@@ -775,23 +802,36 @@ mod tests {
 
     #[test]
     fn byte_arrays_are_zero_copy_slices_of_the_frame() {
-        let body = Some(Bytes::from_static(b"payload"));
+        let payload = Bytes::from_static(b"payload");
+        let body = Some(payload.clone());
         let (loose, _) = loose_and_tight(|w| w.bytes(&body));
         let frame = Bytes::from(loose);
         let mut r = Reader::new(frame.clone(), false, None, 12, false).unwrap();
         let got = r.bytes().unwrap().unwrap();
-        assert_eq!(got, body.unwrap());
+        assert_eq!(got, payload);
         let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
         assert!(range.contains(&(got.as_ptr() as usize)));
     }
 
     #[test]
     fn negative_and_oversized_lengths_are_errors_not_allocations() {
-        let mut r = Reader::new(Bytes::from_static(&[1, 0xff, 0xff, 0xff, 0xff]), false, None, 12, false)
-            .unwrap();
+        let mut r = Reader::new(
+            Bytes::from_static(&[1, 0xff, 0xff, 0xff, 0xff]),
+            false,
+            None,
+            12,
+            false,
+        )
+        .unwrap();
         assert!(matches!(r.bytes(), Err(CodecError::NegativeLength { .. })));
-        let mut r = Reader::new(Bytes::from_static(&[1, 0x7f, 0xff, 0xff, 0xff]), false, None, 12, false)
-            .unwrap();
+        let mut r = Reader::new(
+            Bytes::from_static(&[1, 0x7f, 0xff, 0xff, 0xff]),
+            false,
+            None,
+            12,
+            false,
+        )
+        .unwrap();
         assert!(matches!(r.bytes(), Err(CodecError::Truncated { .. })));
     }
 }

@@ -351,7 +351,10 @@ mod tests {
             ("big", Value::String("x".repeat(10_000))),
             ("bytes", Value::Bytes(Bytes::from_static(b"\0\x01\x02"))),
             ("map", Value::Map(inner)),
-            ("list", Value::List(vec![Value::Long(1), Value::String("a".into())])),
+            (
+                "list",
+                Value::List(vec![Value::Long(1), Value::String("a".into())]),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -362,7 +365,10 @@ mod tests {
     fn every_type_round_trips() {
         let map = every_type();
         let bytes = map_to_bytes(&map).unwrap();
-        assert_eq!(unmarshal_map(&bytes, MapLimits::MESSAGE).unwrap(), Some(map));
+        assert_eq!(
+            unmarshal_map(&bytes, MapLimits::MESSAGE).unwrap(),
+            Some(map)
+        );
     }
 
     #[test]
@@ -393,7 +399,10 @@ mod tests {
     fn truncation_at_every_byte_is_an_error() {
         let bytes = map_to_bytes(&every_type()).unwrap();
         for cut in 0..bytes.len() {
-            assert!(unmarshal_map(&bytes.slice(..cut), MapLimits::MESSAGE).is_err(), "{cut}");
+            assert!(
+                unmarshal_map(&bytes.slice(..cut), MapLimits::MESSAGE).is_err(),
+                "{cut}"
+            );
         }
     }
 }

@@ -84,7 +84,10 @@ pub fn every_property() -> PropertyMap {
         ("p_big_string", Value::String("b".repeat(10_000))),
         ("p_bytes", Value::Bytes(Bytes::from_static(b"\x00\x01\xff"))),
         ("p_map", Value::Map(inner)),
-        ("p_list", Value::List(vec![Value::Long(1), Value::String("x".into())])),
+        (
+            "p_list",
+            Value::List(vec![Value::Long(1), Value::String("x".into())]),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -277,7 +280,7 @@ pub fn commands() -> Vec<Command> {
             command_id: 0,
             consumer_id: Some(consumer_id()),
             destination: Some(Destination::queue("orders")),
-            message: Some(text_message("dispatched", false)),
+            message: Some(Box::new(text_message("dispatched", false))),
             redelivery_counter: 2,
             ..MessageDispatch::default()
         }

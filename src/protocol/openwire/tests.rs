@@ -37,7 +37,9 @@ fn encode_all(f: WireFormat, cmds: &[Command]) -> BytesMut {
     let mut codec = Codec::new(f);
     let mut out = BytesMut::new();
     for c in cmds {
-        codec.encode(c, &mut out).unwrap_or_else(|e| panic!("{f:?} {c:?}: {e}"));
+        codec
+            .encode(c, &mut out)
+            .unwrap_or_else(|e| panic!("{f:?} {c:?}: {e}"));
     }
     out
 }
@@ -45,7 +47,10 @@ fn encode_all(f: WireFormat, cmds: &[Command]) -> BytesMut {
 fn decode_all(f: WireFormat, mut buf: BytesMut) -> Vec<Command> {
     let mut codec = Codec::new(f);
     let mut got = Vec::new();
-    while let Some(c) = codec.decode(&mut buf).unwrap_or_else(|e| panic!("{f:?}: {e}")) {
+    while let Some(c) = codec
+        .decode(&mut buf)
+        .unwrap_or_else(|e| panic!("{f:?}: {e}"))
+    {
         got.push(c);
     }
     assert!(buf.is_empty(), "{f:?}: {} bytes left", buf.len());
@@ -76,7 +81,12 @@ fn the_cache_sends_a_repeated_id_as_its_index() {
         codec.encode(&cmd, &mut first).unwrap();
         codec.encode(&cmd, &mut second).unwrap();
         // Ids and destinations shrink to 2-byte indexes.
-        assert!(second.len() + 80 < first.len(), "{} vs {}", second.len(), first.len());
+        assert!(
+            second.len() + 80 < first.len(),
+            "{} vs {}",
+            second.len(),
+            first.len()
+        );
         let mut both = first;
         both.extend_from_slice(&second);
         assert_eq!(decode_all(f, both), vec![cmd.clone(), cmd.clone()]);
@@ -172,7 +182,10 @@ fn an_unknown_command_type_is_a_typed_error() {
 #[test]
 fn truncated_frames_are_errors_at_every_byte_boundary() {
     let cmds = samples::commands();
-    for f in every_format().into_iter().filter(|f| !f.size_prefix_disabled) {
+    for f in every_format()
+        .into_iter()
+        .filter(|f| !f.size_prefix_disabled)
+    {
         for cmd in &cmds {
             let frame = encode_all(f, std::slice::from_ref(cmd));
             let body = &frame[4..];
@@ -182,7 +195,10 @@ fn truncated_frames_are_errors_at_every_byte_boundary() {
                 buf.put_u32(cut as u32);
                 buf.extend_from_slice(&body[..cut]);
                 let mut codec = Codec::new(f);
-                assert!(codec.decode(&mut buf).is_err(), "{f:?} cut {cut} of {cmd:?}");
+                assert!(
+                    codec.decode(&mut buf).is_err(),
+                    "{f:?} cut {cut} of {cmd:?}"
+                );
             }
         }
     }

@@ -251,7 +251,10 @@ mod tests {
             host: Some("localhost".into()),
             ..WireFormatOptions::default()
         };
-        assert_eq!(WireFormatOptions::from_info(&o.to_info().unwrap()).unwrap(), o);
+        assert_eq!(
+            WireFormatOptions::from_info(&o.to_info().unwrap()).unwrap(),
+            o
+        );
     }
 
     #[test]

@@ -107,7 +107,9 @@ impl Marshal for TransactionId {
             types::ACTIVEMQ_LOCAL_TRANSACTION_ID => {
                 LocalTransactionId::read_fields(r).map(TransactionId::Local)
             }
-            types::ACTIVEMQ_XA_TRANSACTION_ID => XaTransactionId::read_fields(r).map(TransactionId::Xa),
+            types::ACTIVEMQ_XA_TRANSACTION_ID => {
+                XaTransactionId::read_fields(r).map(TransactionId::Xa)
+            }
             found => Err(CodecError::UnexpectedType {
                 expected: Self::NAME,
                 found,
@@ -159,7 +161,10 @@ impl DestinationKind {
     }
 
     pub fn is_temporary(self) -> bool {
-        matches!(self, DestinationKind::TempQueue | DestinationKind::TempTopic)
+        matches!(
+            self,
+            DestinationKind::TempQueue | DestinationKind::TempTopic
+        )
     }
 
     pub fn is_topic(self) -> bool {

@@ -151,7 +151,10 @@ impl Marshal for Message {
         match data {
             DataStructure::Command(c) => match *c {
                 Command::Message(m) => Ok(*m),
-                other => Err(unexpected(Self::NAME, &DataStructure::Command(Box::new(other)))),
+                other => Err(unexpected(
+                    Self::NAME,
+                    &DataStructure::Command(Box::new(other)),
+                )),
             },
             other => Err(unexpected(Self::NAME, &other)),
         }
@@ -164,7 +167,7 @@ wire_command! {
     MessageDispatch {
         consumer_id: cached ConsumerId;
         destination: cached Destination;
-        message: nested Message;
+        message: nested Box<Message>;
         redelivery_counter: int;
     }
 }

@@ -266,7 +266,7 @@ commands! {
     ProducerAck(ProducerAck) = PRODUCER_ACK,
     MessagePull(MessagePull) = MESSAGE_PULL,
     MessageDispatch(MessageDispatch) = MESSAGE_DISPATCH,
-    MessageAck(MessageAck) = MESSAGE_ACK,
+    MessageAck(Box<MessageAck>) = MESSAGE_ACK,
     Response(Response) = RESPONSE,
     ExceptionResponse(ExceptionResponse) = EXCEPTION_RESPONSE,
     DataResponse(DataResponse) = DATA_RESPONSE,
