@@ -399,9 +399,51 @@ pub struct StackFrame {
     pub line_number: i32,
 }
 
-pub struct Reader<'a> {
+/// Checked reads from a frozen frame: every length is checked against the
+/// bytes that are left before anything is sliced or allocated, and byte
+/// arrays come out as zero-copy slices.
+pub(crate) struct Cursor {
     buf: Bytes,
     pos: usize,
+}
+
+impl Cursor {
+    pub(crate) fn new(buf: Bytes) -> Cursor {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(CodecError::Truncated {
+                what,
+                needed: (self.pos + n).saturating_sub(self.buf.len()),
+            });
+        };
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes> {
+        let start = self.pos;
+        self.take(n, what)?;
+        Ok(self.buf.slice(start..start + n))
+    }
+}
+
+pub struct Reader<'a> {
+    cur: Cursor,
     /// Present in tight frames.
     bs: Option<BooleanStream>,
     cache: Option<&'a mut UnmarshalCache>,
@@ -420,21 +462,22 @@ impl<'a> Reader<'a> {
         version: i32,
         stack_trace: bool,
     ) -> Result<Reader<'a>> {
-        let mut r = Reader {
-            buf,
-            pos: 0,
-            bs: None,
+        let mut cur = Cursor::new(buf);
+        let bs = if tight {
+            let (bs, used) = BooleanStream::unmarshal(&cur.buf)?;
+            cur.pos = used;
+            Some(bs)
+        } else {
+            None
+        };
+        Ok(Reader {
+            cur,
+            bs,
             cache,
             version,
             stack_trace,
             depth: 0,
-        };
-        if tight {
-            let (bs, used) = BooleanStream::unmarshal(&r.buf)?;
-            r.bs = Some(bs);
-            r.pos = used;
-        }
-        Ok(r)
+        })
     }
 
     pub fn version(&self) -> i32 {
@@ -443,34 +486,15 @@ impl<'a> Reader<'a> {
 
     /// Bytes consumed from the start of the buffer.
     pub(super) fn position(&self) -> usize {
-        self.pos
+        self.cur.position()
     }
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(CodecError::Truncated {
-                what,
-                needed: (self.pos + n).saturating_sub(self.buf.len()),
-            });
-        };
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
+        self.cur.take(n, what)
     }
 
     fn take_array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
-        let s = self.take(N, what)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-
-    /// A zero-copy slice of the frame.
-    fn take_bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes> {
-        let start = self.pos;
-        self.take(n, what)?;
-        Ok(self.buf.slice(start..start + n))
+        self.cur.array(what)
     }
 
     fn flag(&mut self, what: &'static str) -> Result<bool> {
@@ -544,7 +568,7 @@ impl<'a> Reader<'a> {
             what: WHAT,
             value: n.into(),
         })?;
-        self.take_bytes(n, WHAT).map(Some)
+        self.cur.bytes(n, WHAT).map(Some)
     }
 
     pub fn magic(&mut self) -> Result<[u8; 8]> {

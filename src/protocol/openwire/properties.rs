@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::{CodecError, Result};
-use super::primitives::{decode_mutf8, mutf8_len, write_mutf8};
+use super::primitives::{decode_mutf8, mutf8_len, write_mutf8, Cursor};
 
 const NULL: u8 = 0;
 const BOOLEAN: u8 = 1;
@@ -197,8 +197,7 @@ fn put_utf(s: &str, out: &mut BytesMut) -> Result<()> {
 /// Reads a marshalled map; `None` is ActiveMQ's null map (size -1).
 pub fn unmarshal_map(buf: &Bytes, limits: MapLimits) -> Result<Option<PropertyMap>> {
     let mut r = MapReader {
-        buf,
-        pos: 0,
+        cur: Cursor::new(buf.clone()),
         limits,
     };
     r.map(0)
@@ -208,38 +207,25 @@ pub fn unmarshal_map(buf: &Bytes, limits: MapLimits) -> Result<Option<PropertyMa
 /// bytes it took (a StreamMessage body is a run of them).
 pub fn unmarshal_value(buf: &Bytes, limits: MapLimits) -> Result<(Value, usize)> {
     let mut r = MapReader {
-        buf,
-        pos: 0,
+        cur: Cursor::new(buf.clone()),
         limits,
     };
     let v = r.value(0)?;
-    Ok((v, r.pos))
+    Ok((v, r.cur.position()))
 }
 
-struct MapReader<'a> {
-    buf: &'a Bytes,
-    pos: usize,
+struct MapReader {
+    cur: Cursor,
     limits: MapLimits,
 }
 
-impl MapReader<'_> {
+impl MapReader {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(CodecError::Truncated {
-                what,
-                needed: (self.pos + n).saturating_sub(self.buf.len()),
-            });
-        };
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
+        self.cur.take(n, what)
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
+        self.cur.array(what)
     }
 
     fn count(&mut self, what: &'static str) -> Result<Option<usize>> {
@@ -308,9 +294,7 @@ impl MapReader<'_> {
                         what: "a byte array value",
                         value: -1,
                     })?;
-                let start = self.pos;
-                self.take(len, "a byte array value")?;
-                Value::Bytes(self.buf.slice(start..start + len))
+                Value::Bytes(self.cur.bytes(len, "a byte array value")?)
             }
             MAP => {
                 let d = self.nested_depth(depth)?;
@@ -334,32 +318,7 @@ impl MapReader<'_> {
 mod tests {
     use super::*;
 
-    pub(crate) fn every_type() -> PropertyMap {
-        let mut inner = PropertyMap::new();
-        inner.insert("k".into(), Value::Int(1));
-        [
-            ("null", Value::Null),
-            ("bool", Value::Bool(true)),
-            ("byte", Value::Byte(-3)),
-            ("char", Value::Char(0x20ac)),
-            ("short", Value::Short(-300)),
-            ("int", Value::Int(70_000)),
-            ("long", Value::Long(-(1 << 40))),
-            ("float", Value::Float(1.5)),
-            ("double", Value::Double(-2.25)),
-            ("string", Value::String("héllo\0".into())),
-            ("big", Value::String("x".repeat(10_000))),
-            ("bytes", Value::Bytes(Bytes::from_static(b"\0\x01\x02"))),
-            ("map", Value::Map(inner)),
-            (
-                "list",
-                Value::List(vec![Value::Long(1), Value::String("a".into())]),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
+    use crate::protocol::openwire::samples::every_property as every_type;
 
     #[test]
     fn every_type_round_trips() {

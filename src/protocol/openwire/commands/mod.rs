@@ -89,61 +89,52 @@ pub(crate) fn unexpected(expected: &'static str, found: &DataStructure) -> Codec
     }
 }
 
-/// `MessageAck.ack_type` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckType {
-    /// Delivered but not consumed (extends the prefetch window).
-    Delivered = 0,
-    /// Poison: to the dead-letter queue.
-    Poison = 1,
-    Standard = 2,
-    Redelivered = 3,
-    Individual = 4,
-    Unmatched = 5,
-    Expired = 6,
+/// An enum over a command's byte field, with its wire values.
+macro_rules! byte_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)*
+        }
+
+        impl $name {
+            pub fn from_byte(b: i8) -> Option<$name> {
+                match b {
+                    $($value => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl AckType {
-    pub fn from_byte(b: i8) -> Option<AckType> {
-        Some(match b {
-            0 => AckType::Delivered,
-            1 => AckType::Poison,
-            2 => AckType::Standard,
-            3 => AckType::Redelivered,
-            4 => AckType::Individual,
-            5 => AckType::Unmatched,
-            6 => AckType::Expired,
-            _ => return None,
-        })
+byte_enum! {
+    /// `MessageAck.ack_type` values.
+    AckType {
+        /// Delivered but not consumed (extends the prefetch window).
+        Delivered = 0,
+        /// Poison: to the dead-letter queue.
+        Poison = 1,
+        Standard = 2,
+        Redelivered = 3,
+        Individual = 4,
+        Unmatched = 5,
+        Expired = 6,
     }
 }
 
-/// `TransactionInfo.transaction_type` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransactionType {
-    Begin = 0,
-    Prepare = 1,
-    CommitOnePhase = 2,
-    CommitTwoPhase = 3,
-    Rollback = 4,
-    Recover = 5,
-    Forget = 6,
-    End = 7,
-}
-
-impl TransactionType {
-    pub fn from_byte(b: i8) -> Option<TransactionType> {
-        Some(match b {
-            0 => TransactionType::Begin,
-            1 => TransactionType::Prepare,
-            2 => TransactionType::CommitOnePhase,
-            3 => TransactionType::CommitTwoPhase,
-            4 => TransactionType::Rollback,
-            5 => TransactionType::Recover,
-            6 => TransactionType::Forget,
-            7 => TransactionType::End,
-            _ => return None,
-        })
+byte_enum! {
+    /// `TransactionInfo.transaction_type` values.
+    TransactionType {
+        Begin = 0,
+        Prepare = 1,
+        CommitOnePhase = 2,
+        CommitTwoPhase = 3,
+        Rollback = 4,
+        Recover = 5,
+        Forget = 6,
+        End = 7,
     }
 }
 
