@@ -20,7 +20,9 @@ use flate2::Compression;
 use super::commands::{Message, MessageKind};
 use super::error::{CodecError, Result};
 use super::primitives::{decode_mutf8, mutf8_len, write_mutf8};
-use super::properties::{map_to_bytes, unmarshal_map, MapLimits, PropertyMap};
+use super::properties::{
+    map_to_bytes, unmarshal_map, unmarshal_value, MapLimits, PropertyMap, Value,
+};
 
 /// Inflates a zlib stream, refusing to produce more than `max` bytes.
 pub fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>> {
@@ -128,6 +130,21 @@ pub fn map(msg: &Message, max: usize) -> Result<PropertyMap> {
     Ok(unmarshal_map(&content, MapLimits::MESSAGE)?.unwrap_or_default())
 }
 
+/// A StreamMessage's values, in order (typed as in a map).
+pub fn stream(msg: &Message, max: usize) -> Result<Vec<Value>> {
+    if msg.kind != MessageKind::Stream {
+        return Err(CodecError::WrongBodyType("stream"));
+    }
+    let mut rest = plain_content(msg, max)?;
+    let mut values = Vec::new();
+    while !rest.is_empty() {
+        let (v, used) = unmarshal_value(&rest, MapLimits::MESSAGE)?;
+        values.push(v);
+        let _ = rest.split_to(used);
+    }
+    Ok(values)
+}
+
 pub fn set_text(msg: &mut Message, text: &str, compress: bool) {
     let len = mutf8_len(text);
     let mut plain = BytesMut::with_capacity(4 + len);
@@ -221,9 +238,21 @@ mod tests {
     }
 
     #[test]
+    fn stream_body_is_a_run_of_typed_values() {
+        let mut m = Message::new(MessageKind::Stream);
+        m.content = Some(Bytes::from_static(&[5, 0, 0, 0, 9, 9, 0, 1, b's']));
+        assert_eq!(
+            stream(&m, 100).unwrap(),
+            vec![Value::Int(9), Value::String("s".into())]
+        );
+        m.content = Some(Bytes::from_static(&[5, 0, 0]));
+        assert!(stream(&m, 100).is_err());
+    }
+
+    #[test]
     fn map_body_round_trips() {
         let mut props = PropertyMap::new();
-        props.insert("a".into(), super::super::properties::Value::Int(1));
+        props.insert("a".into(), Value::Int(1));
         for compress in [false, true] {
             let mut m = Message::new(MessageKind::Map);
             set_map(&mut m, &props, compress).unwrap();

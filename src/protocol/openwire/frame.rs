@@ -13,7 +13,7 @@ use super::cache::{MarshalCache, UnmarshalCache};
 use super::commands::{types, Command};
 use super::error::{CodecError, Result};
 use super::primitives::{Pass, Reader, Writer};
-use super::wire_format::WireFormat;
+use super::wire_format::{WireFormat, WireFormatInfo, WireFormatOptions};
 
 const SIZE_PREFIX: usize = 4;
 
@@ -51,6 +51,20 @@ impl Codec {
         self.unmarshal_cache = format
             .cache_enabled
             .then(|| UnmarshalCache::new(format.cache_size));
+    }
+
+    /// The handshake's second half: given the peer's WireFormatInfo,
+    /// negotiates against `ours` (what this side sent) and switches to the
+    /// result, which it returns for the listener's inactivity monitor.
+    pub fn renegotiate(
+        &mut self,
+        ours: &WireFormatOptions,
+        theirs: &WireFormatInfo,
+    ) -> Result<WireFormat> {
+        let theirs = WireFormatOptions::from_info(theirs)?;
+        let format = WireFormat::negotiate(ours, &theirs)?;
+        self.set_format(format);
+        Ok(format)
     }
 
     /// 0 means no bound (ActiveMQ's "not set").
