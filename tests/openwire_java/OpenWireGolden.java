@@ -5,6 +5,9 @@
 //                                      holding every command type in turn
 //   java OpenWireGolden read NAME FILE unmarshals FILE (written by Brokk) and
 //                                      prints one line per command
+//   java OpenWireGolden client URL     a real JMS client session against URL:
+//                                      consume, send a text message, receive
+//                                      it back, print it, close
 //
 // NAME is loose, loose-cache, tight or tight-cache. tests/openwire_codec.rs
 // runs both directions and checks the fields by name.
@@ -48,10 +51,34 @@ public class OpenWireGolden {
             while (in.available() > 0) {
                 out.println(describe(f.unmarshal(in)));
             }
+        } else if (args.length == 2 && args[0].equals("client")) {
+            client(args[1]);
         } else {
-            System.err.println("usage: OpenWireGolden write DIR | read NAME FILE");
+            System.err.println("usage: OpenWireGolden write DIR | read NAME FILE | client URL");
             System.exit(2);
         }
+    }
+
+    static void client(String url) throws Exception {
+        javax.jms.Connection c = new org.apache.activemq.ActiveMQConnectionFactory(url)
+                .createConnection("alice", "secret");
+        c.setClientID("golden-client");
+        c.start();
+        javax.jms.Session s = c.createSession(false, javax.jms.Session.AUTO_ACKNOWLEDGE);
+        javax.jms.Queue q = s.createQueue("golden");
+        javax.jms.MessageConsumer consumer = s.createConsumer(q);
+        javax.jms.MessageProducer producer = s.createProducer(q);
+        javax.jms.TextMessage m = s.createTextMessage("hello over the wire");
+        m.setIntProperty("n", 42);
+        producer.send(m);
+        javax.jms.Message got = consumer.receive(10000);
+        if (!(got instanceof javax.jms.TextMessage)) {
+            throw new IllegalStateException("received " + got);
+        }
+        PrintStream out = new PrintStream(System.out, true, "UTF-8");
+        out.println("received: " + ((javax.jms.TextMessage) got).getText() + " n=" + got.getIntProperty("n"));
+        c.close();
+        out.println("closed");
     }
 
     static final ConnectionId CONNECTION = new ConnectionId("ID:java-1");
