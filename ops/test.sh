@@ -2,7 +2,8 @@
 # Runs every check and test of the project on a fresh Debian 12 machine:
 # installs what the tests need (a Python virtualenv with stomp.py for the
 # interoperability test and selenium with Debian's chromium for the
-# console's browser test, btrfs-progs for a full-disk test, MariaDB and
+# console's browser test, btrfs-progs for a full-disk test, ActiveMQ's JMS
+# client jars for the OpenWire golden tests, MariaDB and
 # PostgreSQL for the database modes, started by ops/services.sh), checks
 # formatting and lints, then runs the Python interop suite and every Rust
 # test. CI runs exactly this.
@@ -30,6 +31,17 @@ fi
 echo "== file-system tools for the full-disk tests (tests/disk_full.rs)"
 if ! command -v mkfs.btrfs >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq btrfs-progs
+fi
+
+echo "== ActiveMQ's JMS client for the OpenWire golden tests (tests/openwire_codec.rs)"
+# javac/java come with the machine image's Java 17; the jars from Debian.
+# Without geronimo-j2ee-management the client fails with NoClassDefFoundError.
+if [ ! -f /usr/share/java/activemq-client.jar ] || [ ! -f /usr/share/java/geronimo-jms_1.1_spec.jar ] \
+  || [ ! -f /usr/share/java/hawtbuf.jar ] || [ ! -f /usr/share/java/slf4j-nop.jar ] \
+  || [ ! -f /usr/share/java/geronimo-j2ee-management-1.1-spec.jar ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-upgrade \
+    libactivemq-java libgeronimo-jms-1.1-spec-java libhawtbuf-java libslf4j-java \
+    libgeronimo-j2ee-management-1.1-spec-java
 fi
 
 echo "== MariaDB and PostgreSQL for the database-mode tests (tests/db_mode.rs)"
