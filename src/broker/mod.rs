@@ -8,6 +8,7 @@ pub mod message_ids;
 pub mod ops;
 pub mod queue;
 pub mod restore;
+pub mod selector;
 pub mod shard;
 
 pub use destination::{Destination, DestinationError};

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::destination::MAX_SUB_NAME_BYTES;
-use crate::broker::message::{now_ms, MemoryUsage, Property};
+use crate::broker::message::{now_ms, MemoryUsage, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
@@ -19,8 +19,6 @@ use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
 use crate::security::{Decision, Right, Security, UserInfo};
-
-const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 
 /// Settings every session on a shard shares.
 #[derive(Debug)]
