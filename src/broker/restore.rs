@@ -20,7 +20,7 @@ use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
 use crate::store::{Record, StoredDestination, StoredSub};
 
-type SubKey = (Arc<str>, StoredSub);
+pub type SubKey = (Arc<str>, StoredSub);
 
 /// Restored state, ready to be put in place by the shard's broker.
 #[derive(Debug, Default)]
@@ -30,6 +30,8 @@ pub struct Restored {
     /// Durable subscriptions that exist at the end of the journal, in the
     /// order they were made, with their messages in journal order.
     pub subs: Vec<(Arc<str>, StoredSub, Vec<Entry>)>,
+    /// The selectors of those durable subscriptions that have one.
+    pub selectors: HashMap<SubKey, Arc<str>>,
     /// The highest message id (counter part) any record named, live or
     /// not: new ids must start above it (see [`super::message_ids`]).
     pub max_id_counter: u64,
@@ -74,6 +76,7 @@ pub struct Restorer {
     /// Every durable subscription's messages so far; made by DurableAdd,
     /// dropped (with its messages) by DurableRemove.
     subs: Vec<(Arc<str>, StoredSub, Vec<Entry>)>,
+    selectors: HashMap<SubKey, Arc<str>>,
     queue_acks: HashMap<Arc<str>, IdSet>,
     sub_acks: HashMap<SubKey, IdSet>,
     /// By id: most messages were never redelivered, and a miss costs one
@@ -102,6 +105,7 @@ impl Restorer {
             run: None,
             durables: HashMap::new(),
             subs: Vec::new(),
+            selectors: HashMap::new(),
             queue_acks: HashMap::new(),
             sub_acks: HashMap::new(),
             counts: IdMap::default(),
@@ -225,7 +229,16 @@ impl Restorer {
                         None => seen.push((destination, sub, count)),
                     }
                 }
-                Record::DurableAdd { topic, sub } => {
+                Record::DurableAdd {
+                    topic,
+                    sub,
+                    selector,
+                } => {
+                    let key = (topic.clone(), sub.clone());
+                    match selector {
+                        Some(s) => self.selectors.insert(key, s),
+                        None => self.selectors.remove(&key),
+                    };
                     let subs = self.durables.entry(topic.clone()).or_default();
                     if !subs.contains(&sub) {
                         subs.push(sub.clone());
@@ -233,6 +246,7 @@ impl Restorer {
                     }
                 }
                 Record::DurableRemove { topic, sub } => {
+                    self.selectors.remove(&(topic.clone(), sub.clone()));
                     if let Some(subs) = self.durables.get_mut(&topic) {
                         subs.retain(|s| *s != sub);
                     }
@@ -387,6 +401,7 @@ impl Restorer {
         tx.dropped_sends = dropped.iter().copied().collect();
         let mut copies: IdMap<SharedMessage> = IdMap::default();
         let mut out = Restored {
+            selectors: std::mem::take(&mut self.selectors),
             max_id_counter: self.max_id_counter,
             tx,
             ..Restored::default()
@@ -575,6 +590,7 @@ mod tests {
         let add = |s: &StoredSub| Record::DurableAdd {
             topic: "t".into(),
             sub: s.clone(),
+            selector: None,
         };
         let mut r = Restorer::new(Arc::new(MemoryUsage::default()));
         r.feed(vec![
@@ -644,6 +660,7 @@ mod tests {
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: s1.clone(),
+                selector: None,
             },
             send(3, &t, Bytes::from_static(b"3")),
             // Decided by another shard's TxCommit.
@@ -689,10 +706,12 @@ mod tests {
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: sub("one"),
+                selector: None,
             },
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: sub("two"),
+                selector: None,
             },
             send(9, &t, body),
         ]);
