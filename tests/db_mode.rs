@@ -55,14 +55,24 @@ fn kills_under_load(engine: Engine) {
     let receipted = producer.finish();
     let got = drain(brokers[master].as_ref().unwrap());
     assert_all_present(&receipted, &got);
+    assert_tables_empty(
+        &db,
+        &[
+            "ACTIVEMQ_MSGS",
+            "BROKK_TOPIC_ACKS",
+            "BROKK_REDELIVERIES",
+            "BROKK_TX_ACKS",
+            "BROKK_TX",
+        ],
+    );
+}
+
+/// Waits (10 s at most) until no row is left in any of `tables`: the
+/// writer commits in batches, so the last deletions may still be on their
+/// way.
+fn assert_tables_empty(db: &TestDb, tables: &[&str]) {
     let end = Instant::now() + Duration::from_secs(10);
-    for table in [
-        "ACTIVEMQ_MSGS",
-        "BROKK_TOPIC_ACKS",
-        "BROKK_REDELIVERIES",
-        "BROKK_TX_ACKS",
-        "BROKK_TX",
-    ] {
+    for table in tables {
         loop {
             let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
             if rows.trim() == "0" {
@@ -430,6 +440,54 @@ fn metrics_show_the_database_writer(engine: Engine) {
     assert_eq!(value("brokk_db_unavailable_lanes"), 0.0);
 }
 
+/// A durable subscription's selector is kept in `ACTIVEMQ_ACKS.SELECTOR`
+/// and filters again after a SIGKILL; the messages it passed over leave
+/// no row behind.
+fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let mut b = node.start(&db, dir.path());
+    let t = "/topic/orders";
+    let selector = "amount > 100";
+    let sub = [("activemq.subscriptionName", "big"), ("selector", selector)];
+    let connect =
+        |b: &Broker| Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "sel")]);
+    let mut s = connect(&b);
+    s.subscribe("d", t, "client-individual", &sub);
+    s.disconnect();
+    let mut p = b.client();
+    for (name, amount) in [("a", "50"), ("b", "500")] {
+        p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
+    }
+    assert_eq!(
+        db.sql("SELECT SELECTOR FROM ACTIVEMQ_ACKS WHERE SUB_NAME = 'big'")
+            .trim(),
+        selector
+    );
+    b.kill9();
+    let b = node.start(&db, dir.path());
+    assert!(!is_standby(&b), "{}", b.role_line);
+    let mut p = b.client();
+    for (name, amount) in [("c", "7"), ("d", "1000")] {
+        p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
+    }
+    let mut s = connect(&b);
+    let mut h = vec![
+        ("id", "d"),
+        ("destination", t),
+        ("ack", "client-individual"),
+    ];
+    h.extend_from_slice(&sub);
+    let got = s.messages_before_receipt("SUBSCRIBE", &h, "again");
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["b", "d"]);
+    for m in &got {
+        s.ack(m);
+    }
+    s.disconnect();
+    assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod mariadb {
@@ -449,5 +507,6 @@ on_both!(
     the_longest_names_fit_the_tables,
     activemq_tables,
     wrong_password,
-    metrics_show_the_database_writer
+    metrics_show_the_database_writer,
+    a_durable_selector_is_kept_in_activemq_acks
 );

@@ -113,7 +113,12 @@ fn topic_subscriber_receives_only_what_its_selector_matches() {
     let t = "/topic/weather";
     let mut eu = b.client();
     let mut all = b.client();
-    eu.subscribe("eu", t, "auto", &[("selector", "region LIKE 'eu-%' AND temp >= 20")]);
+    eu.subscribe(
+        "eu",
+        t,
+        "auto",
+        &[("selector", "region LIKE 'eu-%' AND temp >= 20")],
+    );
     all.subscribe("all", t, "auto", &[]);
     let mut p = b.client();
     let sent = [
@@ -123,7 +128,11 @@ fn topic_subscriber_receives_only_what_its_selector_matches() {
         ("eu-south", "20"),
     ];
     for (region, temp) in sent {
-        p.send_sync(t, &format!("{region}:{temp}"), &[("region", region), ("temp", temp)]);
+        p.send_sync(
+            t,
+            &format!("{region}:{temp}"),
+            &[("region", region), ("temp", temp)],
+        );
     }
     // The last message matches both: whatever came before it in `eu`'s
     // subscription has been delivered by then.
@@ -147,8 +156,14 @@ fn topic_subscriber_receives_only_what_its_selector_matches() {
 fn a_bad_selector_gets_an_error_frame_naming_the_problem() {
     let b = Broker::start(&[]);
     for (selector, expected) in [
-        ("color = ", "invalid selector at position 9: expected a value"),
-        ("color = 'red' AND", "expected a value, found the end of the selector"),
+        (
+            "color = ",
+            "invalid selector at position 9: expected a value",
+        ),
+        (
+            "color = 'red' AND",
+            "expected a value, found the end of the selector",
+        ),
         ("price > 'x'", "only with = and <>"),
         ("((((a = 1", "expected ')'"),
         ("color != 'red'", "use '<>'"),
@@ -170,7 +185,10 @@ fn a_bad_selector_gets_an_error_frame_naming_the_problem() {
             message.contains(expected),
             "{selector:?}: ERROR said {message:?}"
         );
-        assert!(message.contains(selector.trim()), "{message:?} names the selector");
+        assert!(
+            message.contains(selector.trim()),
+            "{message:?} names the selector"
+        );
         assert_eq!(e.header_str("receipt-id"), Some("r"));
         c.expect_closed_by_peer();
     }
@@ -188,7 +206,10 @@ fn a_bad_selector_gets_an_error_frame_naming_the_problem() {
         b"",
     );
     let e = c.expect_error();
-    assert!(e.header_str("message").unwrap().contains("longer than 250 bytes"));
+    assert!(e
+        .header_str("message")
+        .unwrap()
+        .contains("longer than 250 bytes"));
     // The broker is fine: an empty selector is no selector.
     let mut ok = b.client();
     ok.subscribe("s", "/queue/q", "auto", &[("selector", " ")]);
