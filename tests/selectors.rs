@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use brokk::protocol::stomp::Frame;
-use common::{body, Broker, Client};
+use common::{body, data_args, Broker, Client};
 
 fn colored(p: &mut Client, dest: &str, body: &str, color: &str, extra: &[(&str, &str)]) {
     let mut h = vec![("color", color)];
@@ -14,20 +14,25 @@ fn colored(p: &mut Client, dest: &str, body: &str, color: &str, extra: &[(&str, 
     p.send_sync(dest, body, &h);
 }
 
-/// SUBSCRIBEs with a selector; returns what was delivered before the
-/// receipt (everything waiting that it matches, up to its prefetch).
-fn subscribe_with(c: &mut Client, id: &str, dest: &str, selector: &str) -> Vec<Frame> {
-    c.messages_before_receipt(
-        "SUBSCRIBE",
-        &[
-            ("id", id),
-            ("destination", dest),
-            ("ack", "client-individual"),
-            ("activemq.prefetchSize", "100"),
-            ("selector", selector),
-        ],
-        &format!("sub-{id}"),
-    )
+/// SUBSCRIBEs with a selector (and `extra` headers); returns what was
+/// delivered before the receipt (everything waiting that it matches, up
+/// to its prefetch).
+fn subscribe_with(
+    c: &mut Client,
+    id: &str,
+    dest: &str,
+    selector: &str,
+    extra: &[(&str, &str)],
+) -> Vec<Frame> {
+    let mut h = vec![
+        ("id", id),
+        ("destination", dest),
+        ("ack", "client-individual"),
+        ("activemq.prefetchSize", "100"),
+        ("selector", selector),
+    ];
+    h.extend_from_slice(extra);
+    c.messages_before_receipt("SUBSCRIBE", &h, &format!("sub-{id}"))
 }
 
 fn bodies(frames: &[Frame]) -> Vec<String> {
@@ -48,11 +53,11 @@ fn queue_consumers_with_disjoint_selectors_each_get_their_own_messages() {
     let mut red = b.client();
     let mut blue = b.client();
     assert_eq!(
-        bodies(&subscribe_with(&mut red, "r", q, "color = 'red'")),
+        bodies(&subscribe_with(&mut red, "r", q, "color = 'red'", &[])),
         ["red0", "red2", "red4"]
     );
     assert_eq!(
-        bodies(&subscribe_with(&mut blue, "b", q, "color = 'blue'")),
+        bodies(&subscribe_with(&mut blue, "b", q, "color = 'blue'", &[])),
         ["blue1", "blue3", "blue5"]
     );
     // Live traffic is routed the same way, whoever's turn it is.
@@ -92,7 +97,7 @@ fn stomp_headers_compare_as_numbers_and_jms_headers_are_selectable() {
     p.send_sync(q, "unpriced", &[("price", "ask")]);
     let mut c = b.client();
     assert_eq!(
-        bodies(&subscribe_with(&mut c, "n", q, "price > 5")),
+        bodies(&subscribe_with(&mut c, "n", q, "price > 5", &[])),
         ["dear", "dearer"]
     );
     let mut c2 = b.client();
@@ -101,7 +106,8 @@ fn stomp_headers_compare_as_numbers_and_jms_headers_are_selectable() {
             &mut c2,
             "s",
             q,
-            "price = 'ask' OR (JMSPriority = 4 AND price BETWEEN 0 AND 5)"
+            "price = 'ask' OR (JMSPriority = 4 AND price BETWEEN 0 AND 5)",
+            &[]
         )),
         ["cheap", "unpriced"]
     );
@@ -222,54 +228,34 @@ fn durable_client(b: &Broker) -> Client {
     Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "sel")])
 }
 
+/// Persistent SENDs of `(body, amount)`, each receipted.
+fn send_amounts(p: &mut Client, dest: &str, messages: &[(&str, &str)]) {
+    for (name, amount) in messages {
+        p.send_sync(dest, name, &[("amount", amount), ("persistent", "true")]);
+    }
+}
+
 #[test]
 fn a_durable_subscription_keeps_its_selector_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec![
-        "--data".into(),
-        dir.path().join("data").display().to_string(),
-        "--shards".into(),
-        "2".into(),
-    ];
+    let args = data_args(dir.path(), &["--shards", "2"]);
     let t = "/topic/orders";
-    let durable = [
-        ("activemq.subscriptionName", "big"),
-        ("selector", "amount > 100"),
-    ];
+    let name = [("activemq.subscriptionName", "big")];
     let mut b = Broker::spawn(None, &args, Some(dir.path()));
     let mut s = durable_client(&b);
-    s.subscribe("d", t, "client-individual", &durable);
+    subscribe_with(&mut s, "d", t, "amount > 100", &name);
     s.disconnect();
     let mut p = b.client();
-    let persistent = [("persistent", "true")];
-    for (name, amount) in [("a", "50"), ("b", "500"), ("c", "101")] {
-        let mut h = vec![("amount", amount)];
-        h.extend_from_slice(&persistent);
-        p.send_sync(t, name, &h);
-    }
+    send_amounts(&mut p, t, &[("a", "50"), ("b", "500"), ("c", "101")]);
     b.kill9();
 
     // After the restart the subscription filters what arrives while it
     // is offline, with the selector it was made with.
     let b = Broker::spawn(None, &args, Some(dir.path()));
     let mut p = b.client();
-    for (name, amount) in [("d", "7"), ("e", "1000")] {
-        let mut h = vec![("amount", amount)];
-        h.extend_from_slice(&persistent);
-        p.send_sync(t, name, &h);
-    }
+    send_amounts(&mut p, t, &[("d", "7"), ("e", "1000")]);
     let mut s = durable_client(&b);
-    let got = s.messages_before_receipt(
-        "SUBSCRIBE",
-        &[
-            ("id", "d"),
-            ("destination", t),
-            ("ack", "client-individual"),
-            ("activemq.subscriptionName", "big"),
-            ("selector", "amount > 100"),
-        ],
-        "again",
-    );
+    let got = subscribe_with(&mut s, "d", t, "amount > 100", &name);
     assert_eq!(bodies(&got), ["b", "c", "e"]);
     for m in &got {
         s.ack(m);
@@ -278,23 +264,11 @@ fn a_durable_subscription_keeps_its_selector_across_a_restart() {
 
     // Another selector is another subscription (as in ActiveMQ): the old
     // one's messages go with it.
-    p.send_sync(t, "f", &[("amount", "5000"), ("persistent", "true")]);
+    send_amounts(&mut p, t, &[("f", "5000")]);
     let mut s = durable_client(&b);
-    let got = s.messages_before_receipt(
-        "SUBSCRIBE",
-        &[
-            ("id", "d"),
-            ("destination", t),
-            ("ack", "client-individual"),
-            ("activemq.subscriptionName", "big"),
-            ("selector", "amount < 10"),
-        ],
-        "changed",
-    );
+    let got = subscribe_with(&mut s, "d", t, "amount < 10", &name);
     assert_eq!(bodies(&got), Vec::<String>::new());
-    p.send_sync(t, "g", &[("amount", "3"), ("persistent", "true")]);
-    p.send_sync(t, "h", &[("amount", "30"), ("persistent", "true")]);
-    p.send_sync(t, "i", &[("amount", "4"), ("persistent", "true")]);
+    send_amounts(&mut p, t, &[("g", "3"), ("h", "30"), ("i", "4")]);
     assert_eq!(body(&s.expect_message()), "g");
     assert_eq!(body(&s.expect_message()), "i");
 }

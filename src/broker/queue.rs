@@ -336,7 +336,7 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
-    fn msg(id: u64, priority: u8, expires_ms: u64) -> Entry {
+    pub(super) fn msg(id: u64, priority: u8, expires_ms: u64) -> Entry {
         let usage = Arc::new(MemoryUsage::default());
         Entry {
             msg: Arc::new(Message {
@@ -355,7 +355,7 @@ mod tests {
         }
     }
 
-    fn key(sub: u64) -> ConsumerKey {
+    pub(super) fn key(sub: u64) -> ConsumerKey {
         ConsumerKey {
             shard: 0,
             conn: 1,

@@ -60,39 +60,18 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::super::{ConsumerKey, Entry, MessageQueue};
+    use super::super::tests::{key, msg};
+    use super::super::{Entry, MessageQueue};
     use super::*;
-    use crate::broker::destination::Destination;
-    use crate::broker::message::{MemoryUsage, Message};
     use crate::broker::selector::Selector;
 
-    fn msg(id: u64, color: &str, priority: u8) -> Entry {
-        let usage = Arc::new(MemoryUsage::default());
-        Entry {
-            msg: Arc::new(Message {
-                id,
-                destination: Destination::queue("q"),
-                properties: vec![(Bytes::from_static(b"color"), Bytes::from(color.to_string()))],
-                body: Bytes::new(),
-                priority,
-                expires_ms: 0,
-                persistent: false,
-                timestamp_ms: 0,
-                charge: usage.charge(1),
-            }),
-            redeliveries: 0,
-            stored: false,
-        }
+    fn colored(id: u64, color: &str, priority: u8) -> Entry {
+        let mut e = msg(id, priority, 0);
+        Arc::get_mut(&mut e.msg)
+            .expect("a fresh message")
+            .properties = vec![(Bytes::from_static(b"color"), Bytes::from(color.to_string()))];
+        e
     }
-
-    fn key(sub: u64) -> ConsumerKey {
-        ConsumerKey {
-            shard: 0,
-            conn: 1,
-            sub,
-        }
-    }
-
     fn color(c: &str) -> Option<Selector> {
         Some(Selector::parse(&format!("color = '{c}'")).unwrap())
     }
@@ -112,13 +91,13 @@ mod tests {
         q.add_selective_consumer(key(1), 10, color("red"));
         q.add_selective_consumer(key(2), 10, color("blue"));
         for (i, c) in ["red", "blue", "blue", "red", "green"].iter().enumerate() {
-            q.enqueue(msg(i as u64, c, 4));
+            q.enqueue(colored(i as u64, c, 4));
         }
         assert_eq!(run(&mut q), vec![(1, 0), (2, 1), (2, 2), (1, 3)]);
         // Nobody wants green: it waits, neither lost nor in anyone's way.
         assert_eq!(q.pending(), 5);
         assert_eq!(q.waiting().count(), 1);
-        q.enqueue(msg(5, "red", 4));
+        q.enqueue(colored(5, "red", 4));
         assert_eq!(run(&mut q), vec![(1, 5)]);
         // A consumer that takes anything gets it.
         q.add_consumer(key(3), 10);
@@ -129,10 +108,10 @@ mod tests {
     fn a_parked_message_does_not_hold_back_later_ones() {
         let mut q = MessageQueue::default();
         q.add_selective_consumer(key(1), 1, color("red"));
-        q.enqueue(msg(1, "blue", 9));
-        q.enqueue(msg(2, "blue", 4));
-        q.enqueue(msg(3, "red", 4));
-        q.enqueue(msg(4, "red", 4));
+        q.enqueue(colored(1, "blue", 9));
+        q.enqueue(colored(2, "blue", 4));
+        q.enqueue(colored(3, "red", 4));
+        q.enqueue(colored(4, "red", 4));
         assert_eq!(run(&mut q), vec![(1, 3)]);
         // Out of credit: nothing more until an ack.
         assert_eq!(run(&mut q), vec![]);
@@ -145,8 +124,8 @@ mod tests {
         let mut q = MessageQueue::default();
         q.add_selective_consumer(key(1), 10, color("red"));
         q.add_consumer(key(2), 10);
-        q.enqueue(msg(1, "red", 4));
-        q.enqueue(msg(2, "blue", 4));
+        q.enqueue(colored(1, "red", 4));
+        q.enqueue(colored(2, "blue", 4));
         assert_eq!(run(&mut q), vec![(1, 1), (2, 2)]);
         // Its unacknowledged message goes back, to the one left.
         let back = q.remove_consumer(key(1), 5);
@@ -160,7 +139,7 @@ mod tests {
         let mut q = MessageQueue::default();
         let first_time = Selector::parse("NOT JMSRedelivered").unwrap();
         q.add_selective_consumer(key(1), 10, Some(first_time));
-        q.enqueue(msg(1, "red", 4));
+        q.enqueue(colored(1, "red", 4));
         assert_eq!(run(&mut q), vec![(1, 1)]);
         q.requeue(key(1), &[1], 5);
         assert_eq!(run(&mut q), vec![]);

@@ -29,28 +29,8 @@ pub fn value<'a>(e: &'a Expr, s: &'a dyn SelectorSubject) -> Option<Value<'a>> {
 pub fn truth(e: &Expr, s: &dyn SelectorSubject) -> Option<bool> {
     match e {
         Expr::Not(x) => truth(x, s).map(|b| !b),
-        Expr::And(all) => {
-            let mut unknown = false;
-            for x in all {
-                match truth(x, s) {
-                    Some(false) => return Some(false),
-                    None => unknown = true,
-                    Some(true) => {}
-                }
-            }
-            (!unknown).then_some(true)
-        }
-        Expr::Or(all) => {
-            let mut unknown = false;
-            for x in all {
-                match truth(x, s) {
-                    Some(true) => return Some(true),
-                    None => unknown = true,
-                    Some(false) => {}
-                }
-            }
-            (!unknown).then_some(false)
-        }
+        Expr::And(all) => junction(all, s, false),
+        Expr::Or(all) => junction(all, s, true),
         Expr::Compare(op, a, b) => {
             let a = value(a, s)?;
             let b = value(b, s)?;
@@ -101,6 +81,21 @@ pub fn truth(e: &Expr, s: &dyn SelectorSubject) -> Option<bool> {
         // true (ActiveMQ's boolean cast).
         _ => value(e, s).map(|v| v.truth()),
     }
+}
+
+/// AND (`decisive` false) or OR (`decisive` true) of `all`: the decisive
+/// value as soon as an operand has it, else UNKNOWN if any operand is,
+/// else the other value.
+fn junction(all: &[Expr], s: &dyn SelectorSubject, decisive: bool) -> Option<bool> {
+    let mut unknown = false;
+    for x in all {
+        match truth(x, s) {
+            Some(b) if b == decisive => return Some(decisive),
+            None => unknown = true,
+            Some(_) => {}
+        }
+    }
+    (!unknown).then_some(!decisive)
 }
 
 /// Unlike values (`None` ordering) make every comparison false but <>,

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use super::ast::CmpOp;
+
 /// A syntax error at a byte offset of the selector; the caller turns the
 /// offset into a character position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +63,7 @@ pub enum Tok<'a> {
     /// long (it may be negated: `-9223372036854775808` does).
     Int(u64),
     Double(f64),
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
+    Cmp(CmpOp),
     Plus,
     Minus,
     Star,
@@ -92,12 +89,7 @@ impl fmt::Display for Tok<'_> {
             Tok::Str(s) => write!(f, "string '{}'", s.chars().take(40).collect::<String>()),
             Tok::Int(n) => write!(f, "number {n}"),
             Tok::Double(d) => write!(f, "number {d}"),
-            Tok::Eq => f.write_str("'='"),
-            Tok::Ne => f.write_str("'<>'"),
-            Tok::Lt => f.write_str("'<'"),
-            Tok::Le => f.write_str("'<='"),
-            Tok::Gt => f.write_str("'>'"),
-            Tok::Ge => f.write_str("'>='"),
+            Tok::Cmp(op) => write!(f, "'{}'", op.symbol()),
             Tok::Plus => f.write_str("'+'"),
             Tok::Minus => f.write_str("'-'"),
             Tok::Star => f.write_str("'*'"),
@@ -182,12 +174,12 @@ pub fn tokens(src: &str) -> Result<Vec<Token<'_>>, Fault> {
                 out.push(Token { tok, at });
                 continue;
             }
-            '<' if two == Some(b'>') => (Tok::Ne, 2),
-            '<' if two == Some(b'=') => (Tok::Le, 2),
-            '>' if two == Some(b'=') => (Tok::Ge, 2),
-            '<' => (Tok::Lt, 1),
-            '>' => (Tok::Gt, 1),
-            '=' => (Tok::Eq, 1),
+            '<' if two == Some(b'>') => (Tok::Cmp(CmpOp::Ne), 2),
+            '<' if two == Some(b'=') => (Tok::Cmp(CmpOp::Le), 2),
+            '>' if two == Some(b'=') => (Tok::Cmp(CmpOp::Ge), 2),
+            '<' => (Tok::Cmp(CmpOp::Lt), 1),
+            '>' => (Tok::Cmp(CmpOp::Gt), 1),
+            '=' => (Tok::Cmp(CmpOp::Eq), 1),
             '+' => (Tok::Plus, 1),
             '-' => (Tok::Minus, 1),
             '*' => (Tok::Star, 1),
@@ -425,17 +417,17 @@ mod tests {
             toks("a<>b<=c>=d<e>f=g -- trailing\n/* block */ + - * / % ( ) ,"),
             vec![
                 Tok::Ident("a"),
-                Tok::Ne,
+                Tok::Cmp(CmpOp::Ne),
                 Tok::Ident("b"),
-                Tok::Le,
+                Tok::Cmp(CmpOp::Le),
                 Tok::Ident("c"),
-                Tok::Ge,
+                Tok::Cmp(CmpOp::Ge),
                 Tok::Ident("d"),
-                Tok::Lt,
+                Tok::Cmp(CmpOp::Lt),
                 Tok::Ident("e"),
-                Tok::Gt,
+                Tok::Cmp(CmpOp::Gt),
                 Tok::Ident("f"),
-                Tok::Eq,
+                Tok::Cmp(CmpOp::Eq),
                 Tok::Ident("g"),
                 Tok::Plus,
                 Tok::Minus,

@@ -53,26 +53,18 @@ pub fn parse(src: &str) -> R<Expr> {
     Ok(n.expr)
 }
 
-/// Where a condition is expected: a boolean, or a property (true only if
-/// it holds a boolean true).
-fn condition(n: &Node) -> R<()> {
+/// An operand that must be of kind `wanted`, as far as the text tells (a
+/// property or NULL may be anything). Where a condition is expected, a
+/// property is true only if it holds a boolean true.
+fn operand(n: &Node, wanted: Kind, what: &str) -> R<()> {
     match n.expr.kind() {
-        Kind::Bool | Kind::Any | Kind::Null => Ok(()),
-        k => Err(Fault::new(
-            n.at,
-            format!("expected a condition, found {}", k.describe()),
-        )),
+        k if k == wanted || k == Kind::Any || k == Kind::Null => Ok(()),
+        k => Err(Fault::new(n.at, format!("{what}, found {}", k.describe()))),
     }
 }
 
-fn numeric(n: &Node, what: &str) -> R<()> {
-    match n.expr.kind() {
-        Kind::Number | Kind::Any | Kind::Null => Ok(()),
-        k => Err(Fault::new(
-            n.at,
-            format!("{what} needs numbers, found {}", k.describe()),
-        )),
-    }
+fn condition(n: &Node) -> R<()> {
+    operand(n, Kind::Bool, "expected a condition")
 }
 
 /// Only numbers are ordered (JMS 1.1: strings and booleans compare only
@@ -90,16 +82,6 @@ fn ordered(n: &Node) -> R<()> {
                 "{} cannot be compared with < <= > >= or BETWEEN, only with = and <>",
                 k.describe()
             ),
-        )),
-    }
-}
-
-fn textual(n: &Node, what: &str) -> R<()> {
-    match n.expr.kind() {
-        Kind::String | Kind::Any | Kind::Null => Ok(()),
-        k => Err(Fault::new(
-            n.at,
-            format!("{what} applies to strings, found {}", k.describe()),
         )),
     }
 }
@@ -246,8 +228,7 @@ impl<'a> Parser<'a> {
         let mut left = self.relational()?;
         loop {
             let op = match self.peek() {
-                Tok::Eq => CmpOp::Eq,
-                Tok::Ne => CmpOp::Ne,
+                Tok::Cmp(op @ (CmpOp::Eq | CmpOp::Ne)) => *op,
                 Tok::Keyword(Keyword::Is) => {
                     self.bump();
                     let negated = self.eat(Keyword::Not);
@@ -277,10 +258,7 @@ impl<'a> Parser<'a> {
         let mut left = self.additive()?;
         loop {
             let op = match self.peek() {
-                Tok::Lt => CmpOp::Lt,
-                Tok::Le => CmpOp::Le,
-                Tok::Gt => CmpOp::Gt,
-                Tok::Ge => CmpOp::Ge,
+                Tok::Cmp(op) if !matches!(op, CmpOp::Eq | CmpOp::Ne) => *op,
                 Tok::Keyword(Keyword::Not) => {
                     self.bump();
                     left = match self.peek() {
@@ -326,7 +304,7 @@ impl<'a> Parser<'a> {
 
     fn like(&mut self, left: Node, negated: bool) -> R<Node> {
         self.bump();
-        textual(&left, "LIKE")?;
+        operand(&left, Kind::String, "LIKE applies to strings")?;
         let (pattern, _) = self.string_literal("a string pattern after LIKE")?;
         let escape = if self.eat(Keyword::Escape) {
             let (e, at) = self.string_literal("a one-character string after ESCAPE")?;
@@ -371,7 +349,7 @@ impl<'a> Parser<'a> {
 
     fn in_list(&mut self, left: Node, negated: bool) -> R<Node> {
         self.bump();
-        textual(&left, "IN")?;
+        operand(&left, Kind::String, "IN applies to strings")?;
         self.expect(Tok::LParen, "'(' after IN")?;
         let mut list = Vec::new();
         loop {
@@ -392,38 +370,37 @@ impl<'a> Parser<'a> {
     }
 
     fn additive(&mut self) -> R<Node> {
-        let mut left = self.multiplicative()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Plus => ArithOp::Add,
-                Tok::Minus => ArithOp::Sub,
-                _ => return Ok(left),
-            };
-            self.bump();
-            let right = self.multiplicative()?;
-            left = self.arith(op, left, right)?;
-        }
+        self.arith(Parser::multiplicative, |t| match t {
+            Tok::Plus => Some(ArithOp::Add),
+            Tok::Minus => Some(ArithOp::Sub),
+            _ => None,
+        })
     }
 
     fn multiplicative(&mut self) -> R<Node> {
-        let mut left = self.unary()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Star => ArithOp::Mul,
-                Tok::Slash => ArithOp::Div,
-                Tok::Percent => ArithOp::Rem,
-                _ => return Ok(left),
-            };
-            self.bump();
-            let right = self.unary()?;
-            left = self.arith(op, left, right)?;
-        }
+        self.arith(Parser::unary, |t| match t {
+            Tok::Star => Some(ArithOp::Mul),
+            Tok::Slash => Some(ArithOp::Div),
+            Tok::Percent => Some(ArithOp::Rem),
+            _ => None,
+        })
     }
 
-    fn arith(&self, op: ArithOp, a: Node, b: Node) -> R<Node> {
-        numeric(&a, "arithmetic")?;
-        numeric(&b, "arithmetic")?;
-        self.binary(a, b, |a, b| Expr::Arith(op, a, b))
+    /// `operand (op operand)*`, left-associative.
+    fn arith(
+        &mut self,
+        next: fn(&mut Self) -> R<Node>,
+        op_of: fn(&Tok<'_>) -> Option<ArithOp>,
+    ) -> R<Node> {
+        let mut left = next(self)?;
+        while let Some(op) = op_of(self.peek()) {
+            self.bump();
+            let right = next(self)?;
+            operand(&left, Kind::Number, "arithmetic needs numbers")?;
+            operand(&right, Kind::Number, "arithmetic needs numbers")?;
+            left = self.binary(left, right, |a, b| Expr::Arith(op, a, b))?;
+        }
+        Ok(left)
     }
 
     fn unary(&mut self) -> R<Node> {
@@ -454,7 +431,12 @@ impl<'a> Parser<'a> {
         self.enter()?;
         let n = self.unary()?;
         self.leave();
-        numeric(&n, if negate { "'-'" } else { "'+'" })?;
+        let what = if negate {
+            "'-' needs a number"
+        } else {
+            "'+' needs a number"
+        };
+        operand(&n, Kind::Number, what)?;
         if negate {
             self.node(Expr::Neg(Box::new(n.expr)), n.depth, at)
         } else {

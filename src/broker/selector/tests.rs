@@ -254,112 +254,91 @@ fn comments_are_skipped() {
 
 #[test]
 fn bad_selectors_name_position_and_expectation() {
-    assert_eq!(
-        error("a ="),
-        (4, "expected a value, found the end of the selector".into())
-    );
-    assert_eq!(
-        error("a = 1 AND"),
-        (10, "expected a value, found the end of the selector".into())
-    );
-    assert_eq!(
-        error("(a = 1"),
-        (7, "expected ')', found the end of the selector".into())
-    );
-    assert_eq!(
-        error("a = 1 b = 2"),
+    let end = "found the end of the selector";
+    let cases: [(&str, usize, String); 23] = [
+        ("a =", 4, format!("expected a value, {end}")),
+        ("a = 1 AND", 10, format!("expected a value, {end}")),
+        ("(a = 1", 7, format!("expected ')', {end}")),
         (
+            "a = 1 b = 2",
             7,
-            "expected an operator or the end of the selector, found identifier 'b'".into()
-        )
-    );
-    assert_eq!(
-        error("a LIKE 5"),
+            "expected an operator or the end of the selector, found identifier 'b'".into(),
+        ),
         (
+            "a LIKE 5",
             8,
-            "expected a string pattern after LIKE, found number 5".into()
-        )
-    );
-    assert_eq!(
-        error("a = NULL"),
+            "expected a string pattern after LIKE, found number 5".into(),
+        ),
         (
+            "a = NULL",
             5,
-            "NULL cannot be compared: use IS NULL or IS NOT NULL".into()
-        )
-    );
-    assert_eq!(
-        error("a > 'x'"),
+            "NULL cannot be compared: use IS NULL or IS NOT NULL".into(),
+        ),
         (
+            "a > 'x'",
             5,
-            "a string cannot be compared with < <= > >= or BETWEEN, only with = and <>".into()
-        )
-    );
-    assert_eq!(
-        error("1 + 'a' = 2"),
-        (5, "arithmetic needs numbers, found a string".into())
-    );
-    assert_eq!(
-        error("TRUE = 1"),
-        (1, "a boolean cannot be compared with a number".into())
-    );
-    assert_eq!(
-        error("a + 1"),
-        (1, "expected a condition, found a number".into())
-    );
-    assert_eq!(
-        error("'x'"),
-        (1, "expected a condition, found a string".into())
-    );
-    assert_eq!(
-        error("a = 1 AND 2"),
-        (11, "expected a condition, found a number".into())
-    );
-    assert_eq!(
-        error("a NOT 1"),
+            "a string cannot be compared with < <= > >= or BETWEEN, only with = and <>".into(),
+        ),
         (
-            7,
-            "expected LIKE, BETWEEN or IN after NOT, found number 1".into()
-        )
-    );
-    assert_eq!(
-        error("a IN (1, 2)"),
+            "1 + 'a' = 2",
+            5,
+            "arithmetic needs numbers, found a string".into(),
+        ),
+        ("-'a' = 2", 2, "'-' needs a number, found a string".into()),
         (
-            7,
-            "expected a string literal in the IN list, found number 1".into()
-        )
-    );
-    assert_eq!(
-        error("a IN ('x' 'y')"),
+            "TRUE = 1",
+            1,
+            "a boolean cannot be compared with a number".into(),
+        ),
+        ("a + 1", 1, "expected a condition, found a number".into()),
+        ("'x'", 1, "expected a condition, found a string".into()),
         (
+            "a = 1 AND 2",
             11,
-            "expected ',' or ')' in the IN list, found string 'y'".into()
-        )
-    );
-    assert_eq!(
-        error("a LIKE 'x' ESCAPE '!!'"),
+            "expected a condition, found a number".into(),
+        ),
         (
+            "a NOT 1",
+            7,
+            "expected LIKE, BETWEEN or IN after NOT, found number 1".into(),
+        ),
+        (
+            "a IN (1, 2)",
+            7,
+            "expected a string literal in the IN list, found number 1".into(),
+        ),
+        (
+            "a IN ('x' 'y')",
+            11,
+            "expected ',' or ')' in the IN list, found string 'y'".into(),
+        ),
+        (
+            "a LIKE 'x' ESCAPE '!!'",
             19,
-            "the ESCAPE string must be one character, found '!!'".into()
-        )
-    );
-    assert_eq!(
-        error("a BETWEEN 1 OR 2"),
-        (13, "expected AND in BETWEEN ... AND ..., found OR".into())
-    );
-    assert_eq!(
-        error("a IS 1"),
-        (6, "expected NULL after IS, found number 1".into())
-    );
-    assert_eq!(
-        error("JMSPriority LIKE 'x'"),
-        (1, "LIKE applies to strings, found a number".into())
-    );
-    assert_eq!(error(""), (1, "the selector is empty".into()));
-    assert_eq!(error("  -- nothing"), (1, "the selector is empty".into()));
-    assert_eq!(
-        error("XPATH '//a'"),
-        (1, "XPATH and XQUERY selectors are not supported".into())
-    );
+            "the ESCAPE string must be one character, found '!!'".into(),
+        ),
+        (
+            "a BETWEEN 1 OR 2",
+            13,
+            "expected AND in BETWEEN ... AND ..., found OR".into(),
+        ),
+        ("a IS 1", 6, "expected NULL after IS, found number 1".into()),
+        (
+            "JMSPriority LIKE 'x'",
+            1,
+            "LIKE applies to strings, found a number".into(),
+        ),
+        ("", 1, "the selector is empty".into()),
+        ("  -- nothing", 1, "the selector is empty".into()),
+        (
+            "XPATH '//a'",
+            1,
+            "XPATH and XQUERY selectors are not supported".into(),
+        ),
+    ];
+    for (text, position, message) in cases {
+        assert_eq!(error(text), (position, message), "{text}");
+    }
     // Positions count characters, not bytes.
     assert_eq!(error("é = 'ü' AND ?").0, 13);
     // After ActiveMQ's prefix, positions still count from the start.
