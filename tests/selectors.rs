@@ -272,3 +272,57 @@ fn a_durable_subscription_keeps_its_selector_across_a_restart() {
     assert_eq!(body(&s.expect_message()), "g");
     assert_eq!(body(&s.expect_message()), "i");
 }
+
+#[test]
+fn a_committed_transaction_reaches_only_the_durable_subscriptions_that_select_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = data_args(dir.path(), &["--shards", "2"]);
+    let t = "/topic/ledger";
+    let mut b = Broker::spawn(None, &args, Some(dir.path()));
+    let clients = ["big", "small"];
+    for (client, selector) in clients.iter().zip(["amount > 100", "amount <= 100"]) {
+        let mut s = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", client)]);
+        subscribe_with(
+            &mut s,
+            "d",
+            t,
+            selector,
+            &[("activemq.subscriptionName", "s")],
+        );
+        s.disconnect();
+    }
+    let mut p = b.client();
+    p.frame("BEGIN", &[("transaction", "tx")], b"");
+    for (name, amount) in [("x", "5"), ("y", "500"), ("z", "50")] {
+        p.frame(
+            "SEND",
+            &[
+                ("destination", t),
+                ("transaction", "tx"),
+                ("persistent", "true"),
+                ("amount", amount),
+            ],
+            name.as_bytes(),
+        );
+    }
+    p.frame("COMMIT", &[("transaction", "tx"), ("receipt", "c")], b"");
+    p.expect_receipt("c");
+    b.kill9();
+    let b = Broker::spawn(None, &args, Some(dir.path()));
+    for (client, expected) in clients.iter().zip([vec!["y"], vec!["x", "z"]]) {
+        let mut s = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", client)]);
+        let selector = if *client == "big" {
+            "amount > 100"
+        } else {
+            "amount <= 100"
+        };
+        let got = subscribe_with(
+            &mut s,
+            "d",
+            t,
+            selector,
+            &[("activemq.subscriptionName", "s")],
+        );
+        assert_eq!(bodies(&got), expected, "{client}");
+    }
+}
