@@ -440,31 +440,41 @@ fn metrics_show_the_database_writer(engine: Engine) {
     assert_eq!(value("brokk_db_unavailable_lanes"), 0.0);
 }
 
-/// A durable subscription's selector is kept in `ACTIVEMQ_ACKS.SELECTOR`
-/// and filters again after a SIGKILL; the messages it passed over leave
-/// no row behind.
+/// Durable subscriptions' selectors are kept in `ACTIVEMQ_ACKS.SELECTOR`
+/// and filter again after a SIGKILL; a message stored for one durable
+/// subscription and passed over by the other leaves no row behind once
+/// consumed.
 fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
     let db = TestDb::new(engine);
     let dir = tempfile::tempdir().unwrap();
     let node = Node::new();
     let mut b = node.start(&db, dir.path());
     let t = "/topic/orders";
-    let selector = "amount > 100";
-    let sub = [("activemq.subscriptionName", "big"), ("selector", selector)];
-    let connect =
-        |b: &Broker| Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "sel")]);
-    let mut s = connect(&b);
-    s.subscribe("d", t, "client-individual", &sub);
-    s.disconnect();
+    let subs = [("big", "amount > 100"), ("small", "amount <= 100")];
+    // Each subscription's connection; SUBSCRIBE returns what was waiting.
+    let subscribe = |b: &Broker, name: &str, selector: &str| {
+        let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", name)]);
+        let h = [
+            ("id", "d"),
+            ("destination", t),
+            ("ack", "client-individual"),
+            ("activemq.subscriptionName", name),
+            ("selector", selector),
+        ];
+        let got = c.messages_before_receipt("SUBSCRIBE", &h, "sub");
+        (c, got)
+    };
+    for (name, selector) in subs {
+        subscribe(&b, name, selector).0.disconnect();
+    }
     let mut p = b.client();
     for (name, amount) in [("a", "50"), ("b", "500")] {
         p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
     }
-    assert_eq!(
-        db.sql("SELECT SELECTOR FROM ACTIVEMQ_ACKS WHERE SUB_NAME = 'big'")
-            .trim(),
-        selector
-    );
+    for (name, selector) in subs {
+        let q = format!("SELECT SELECTOR FROM ACTIVEMQ_ACKS WHERE SUB_NAME = '{name}'");
+        assert_eq!(db.sql(&q).trim(), selector);
+    }
     b.kill9();
     let b = node.start(&db, dir.path());
     assert!(!is_standby(&b), "{}", b.role_line);
@@ -472,19 +482,14 @@ fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
     for (name, amount) in [("c", "7"), ("d", "1000")] {
         p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
     }
-    let mut s = connect(&b);
-    let mut h = vec![
-        ("id", "d"),
-        ("destination", t),
-        ("ack", "client-individual"),
-    ];
-    h.extend_from_slice(&sub);
-    let got = s.messages_before_receipt("SUBSCRIBE", &h, "again");
-    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["b", "d"]);
-    for m in &got {
-        s.ack(m);
+    for ((name, selector), expected) in subs.into_iter().zip([["b", "d"], ["a", "c"]]) {
+        let (mut c, got) = subscribe(&b, name, selector);
+        assert_eq!(got.iter().map(body).collect::<Vec<_>>(), expected, "{name}");
+        for m in &got {
+            c.ack(m);
+        }
+        c.disconnect();
     }
-    s.disconnect();
     assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
 }
 
