@@ -55,14 +55,24 @@ fn kills_under_load(engine: Engine) {
     let receipted = producer.finish();
     let got = drain(brokers[master].as_ref().unwrap());
     assert_all_present(&receipted, &got);
+    assert_tables_empty(
+        &db,
+        &[
+            "ACTIVEMQ_MSGS",
+            "BROKK_TOPIC_ACKS",
+            "BROKK_REDELIVERIES",
+            "BROKK_TX_ACKS",
+            "BROKK_TX",
+        ],
+    );
+}
+
+/// Waits (10 s at most) until no row is left in any of `tables`: the
+/// writer commits in batches, so the last deletions may still be on their
+/// way.
+fn assert_tables_empty(db: &TestDb, tables: &[&str]) {
     let end = Instant::now() + Duration::from_secs(10);
-    for table in [
-        "ACTIVEMQ_MSGS",
-        "BROKK_TOPIC_ACKS",
-        "BROKK_REDELIVERIES",
-        "BROKK_TX_ACKS",
-        "BROKK_TX",
-    ] {
+    for table in tables {
         loop {
             let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
             if rows.trim() == "0" {
@@ -430,6 +440,59 @@ fn metrics_show_the_database_writer(engine: Engine) {
     assert_eq!(value("brokk_db_unavailable_lanes"), 0.0);
 }
 
+/// Durable subscriptions' selectors are kept in `ACTIVEMQ_ACKS.SELECTOR`
+/// and filter again after a SIGKILL; a message stored for one durable
+/// subscription and passed over by the other leaves no row behind once
+/// consumed.
+fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let mut b = node.start(&db, dir.path());
+    let t = "/topic/orders";
+    let subs = [("big", "amount > 100"), ("small", "amount <= 100")];
+    // Each subscription's connection; SUBSCRIBE returns what was waiting.
+    let subscribe = |b: &Broker, name: &str, selector: &str| {
+        let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", name)]);
+        let h = [
+            ("id", "d"),
+            ("destination", t),
+            ("ack", "client-individual"),
+            ("activemq.subscriptionName", name),
+            ("selector", selector),
+        ];
+        let got = c.messages_before_receipt("SUBSCRIBE", &h, "sub");
+        (c, got)
+    };
+    for (name, selector) in subs {
+        subscribe(&b, name, selector).0.disconnect();
+    }
+    let mut p = b.client();
+    for (name, amount) in [("a", "50"), ("b", "500")] {
+        p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
+    }
+    for (name, selector) in subs {
+        let q = format!("SELECT SELECTOR FROM ACTIVEMQ_ACKS WHERE SUB_NAME = '{name}'");
+        assert_eq!(db.sql(&q).trim(), selector);
+    }
+    b.kill9();
+    let b = node.start(&db, dir.path());
+    assert!(!is_standby(&b), "{}", b.role_line);
+    let mut p = b.client();
+    for (name, amount) in [("c", "7"), ("d", "1000")] {
+        p.send_sync(t, name, &[("amount", amount), ("persistent", "true")]);
+    }
+    for ((name, selector), expected) in subs.into_iter().zip([["b", "d"], ["a", "c"]]) {
+        let (mut c, got) = subscribe(&b, name, selector);
+        assert_eq!(got.iter().map(body).collect::<Vec<_>>(), expected, "{name}");
+        for m in &got {
+            c.ack(m);
+        }
+        c.disconnect();
+    }
+    assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod mariadb {
@@ -449,5 +512,6 @@ on_both!(
     the_longest_names_fit_the_tables,
     activemq_tables,
     wrong_password,
-    metrics_show_the_database_writer
+    metrics_show_the_database_writer,
+    a_durable_selector_is_kept_in_activemq_acks
 );

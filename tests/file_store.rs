@@ -388,7 +388,11 @@ fn durable_subscription_survives_segment_reuse_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);
-    let durable = [("activemq.subscriptionName", "keep")];
+    // With a selector, which the new segments' snapshot must carry too.
+    let durable = [
+        ("activemq.subscriptionName", "keep"),
+        ("selector", "kind = 'keep'"),
+    ];
     let mut s = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "dur")]);
     s.subscribe("d", "/topic/reuse", "client-individual", &durable);
     s.disconnect();
@@ -420,8 +424,13 @@ fn durable_subscription_survives_segment_reuse_and_a_kill() {
     );
     p.send_sync(
         "/topic/reuse",
+        "passed over",
+        &[("persistent", "true"), ("kind", "other")],
+    );
+    p.send_sync(
+        "/topic/reuse",
         "kept for the durable subscriber",
-        &[("persistent", "true")],
+        &[("persistent", "true"), ("kind", "keep")],
     );
     b.kill9();
     let b = start_on(dir.path(), Some(SMALL_SEGMENTS), &["--shards", "1"]);

@@ -12,6 +12,10 @@ use super::destination::Destination;
 /// per-shard counter (seeded from the clock) below.
 pub type MessageId = u64;
 
+/// A message id as clients see it (STOMP's `message-id`, a selector's
+/// `JMSMessageID`): this prefix and the number.
+pub const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
+
 pub type Property = (Bytes, Bytes);
 
 #[derive(Debug)]

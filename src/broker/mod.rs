@@ -9,6 +9,7 @@ pub mod ops;
 pub mod paging;
 pub mod queue;
 pub mod restore;
+pub mod selector;
 pub mod shard;
 
 pub use destination::{Destination, DestinationError};

@@ -4,6 +4,7 @@
 use super::destination::Destination;
 use super::message::{MessageId, SharedMessage};
 use super::queue::{ConsumerKey, Delivery};
+use super::selector::Selector;
 
 /// A connection anywhere in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +26,8 @@ pub struct SubscribeOp {
     pub consumer: ConsumerKey,
     pub prefetch: u32,
     pub durable: Option<DurableName>,
+    /// Only messages it matches are delivered.
+    pub selector: Option<Selector>,
 }
 
 /// Sent to the shard that owns the destination.

@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use super::message::{MessageId, SharedMessage};
 use super::paging::PagedEntry;
 use super::restore::RestoredEntry;
+use super::selector::Selector;
 use crate::idmap::IdMap;
+
+mod selective;
 
 /// Identifies one subscription of one connection anywhere in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +47,7 @@ struct Consumer {
     key: ConsumerKey,
     prefetch: u32,
     in_flight: u32,
+    selector: Option<Selector>,
 }
 
 /// What came back from consumers.
@@ -80,6 +84,9 @@ pub struct MessageQueue {
     reserved: usize,
     pub enqueued: u64,
     pub dequeued: u64,
+    /// Consumers with a selector; while there are none, dispatch takes
+    /// the head of the queue without looking at it.
+    selective: usize,
 }
 
 impl MessageQueue {
@@ -215,10 +222,22 @@ impl MessageQueue {
     }
 
     pub fn add_consumer(&mut self, key: ConsumerKey, prefetch: u32) {
+        self.add_selective_consumer(key, prefetch, None);
+    }
+
+    /// A consumer that receives only the messages `selector` matches.
+    pub fn add_selective_consumer(
+        &mut self,
+        key: ConsumerKey,
+        prefetch: u32,
+        selector: Option<Selector>,
+    ) {
+        self.selective += usize::from(selector.is_some());
         self.consumers.push(Consumer {
             key,
             prefetch: prefetch.max(1),
             in_flight: 0,
+            selector,
         });
     }
 
@@ -227,6 +246,11 @@ impl MessageQueue {
     /// `max_redeliveries` (for the dead-letter queue).
     pub fn remove_consumer(&mut self, key: ConsumerKey, max_redeliveries: u32) -> Requeued {
         self.consumers.retain(|c| c.key != key);
+        self.selective = self
+            .consumers
+            .iter()
+            .filter(|c| c.selector.is_some())
+            .count();
         if self.next >= self.consumers.len() {
             self.next = 0;
         }
@@ -243,6 +267,9 @@ impl MessageQueue {
 
     /// Hands pending messages to consumers that have prefetch credit.
     pub fn dispatch(&mut self, now_ms: u64, out: &mut Dispatched) {
+        if self.selective > 0 {
+            return self.dispatch_selective(now_ms, out);
+        }
         while self.pending_len > 0 {
             let Some(ci) = self.next_with_credit() else {
                 return;
@@ -252,19 +279,24 @@ impl MessageQueue {
                 out.expired.push(entry);
                 continue;
             }
-            let c = &mut self.consumers[ci];
-            c.in_flight += 1;
-            let key = c.key;
-            out.deliveries.push((
-                key,
-                Delivery {
-                    msg: entry.msg.clone(),
-                    redelivered: entry.redeliveries > 0,
-                },
-            ));
-            self.in_flight.insert(entry.msg.id, (key, entry));
-            self.next = (ci + 1) % self.consumers.len();
+            self.hand_out(ci, entry, out);
         }
+    }
+
+    /// Gives `entry` to consumer `ci`; the round-robin goes on after it.
+    fn hand_out(&mut self, ci: usize, entry: Entry, out: &mut Dispatched) {
+        let c = &mut self.consumers[ci];
+        c.in_flight += 1;
+        let key = c.key;
+        out.deliveries.push((
+            key,
+            Delivery {
+                msg: entry.msg.clone(),
+                redelivered: entry.redeliveries > 0,
+            },
+        ));
+        self.in_flight.insert(entry.msg.id, (key, entry));
+        self.next = (ci + 1) % self.consumers.len();
     }
 
     fn next_with_credit(&self) -> Option<usize> {
@@ -430,7 +462,7 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
-    fn msg(id: u64, priority: u8, expires_ms: u64) -> Entry {
+    pub(super) fn msg(id: u64, priority: u8, expires_ms: u64) -> Entry {
         let usage = Arc::new(MemoryUsage::default());
         Entry {
             msg: Arc::new(Message {
@@ -449,7 +481,7 @@ mod tests {
         }
     }
 
-    fn key(sub: u64) -> ConsumerKey {
+    pub(super) fn key(sub: u64) -> ConsumerKey {
         ConsumerKey {
             shard: 0,
             conn: 1,

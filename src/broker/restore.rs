@@ -21,7 +21,7 @@ use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
 use crate::store::{Record, StoredDestination, StoredSub};
 
-type SubKey = (Arc<str>, StoredSub);
+pub type SubKey = (Arc<str>, StoredSub);
 
 /// A restored message: in memory, or (past the paging point, see
 /// [`super::paging`]) spooled while the journal was read.
@@ -60,6 +60,8 @@ pub struct Restored {
     pub subs: Vec<(Arc<str>, StoredSub, Vec<RestoredEntry>)>,
     /// The pager the restorer spooled with, for the broker to go on with.
     pub pager: Option<Pager>,
+    /// The selectors of those durable subscriptions that have one.
+    pub selectors: HashMap<SubKey, Arc<str>>,
     /// The highest message id (counter part) any record named, live or
     /// not: new ids must start above it (see [`super::message_ids`]).
     pub max_id_counter: u64,
@@ -107,6 +109,7 @@ pub struct Restorer {
     /// Every durable subscription's messages so far; made by DurableAdd,
     /// dropped (with its messages) by DurableRemove.
     subs: Vec<(Arc<str>, StoredSub, Staged)>,
+    selectors: HashMap<SubKey, Arc<str>>,
     queue_acks: HashMap<Arc<str>, IdSet>,
     sub_acks: HashMap<SubKey, IdSet>,
     /// By id: most messages were never redelivered, and a miss costs one
@@ -136,6 +139,7 @@ impl Restorer {
             pager,
             durables: HashMap::new(),
             subs: Vec::new(),
+            selectors: HashMap::new(),
             queue_acks: HashMap::new(),
             sub_acks: HashMap::new(),
             counts: IdMap::default(),
@@ -259,7 +263,16 @@ impl Restorer {
                         None => seen.push((destination, sub, count)),
                     }
                 }
-                Record::DurableAdd { topic, sub } => {
+                Record::DurableAdd {
+                    topic,
+                    sub,
+                    selector,
+                } => {
+                    let key = (topic.clone(), sub.clone());
+                    match selector {
+                        Some(s) => self.selectors.insert(key, s),
+                        None => self.selectors.remove(&key),
+                    };
                     let subs = self.durables.entry(topic.clone()).or_default();
                     if !subs.contains(&sub) {
                         subs.push(sub.clone());
@@ -267,6 +280,7 @@ impl Restorer {
                     }
                 }
                 Record::DurableRemove { topic, sub } => {
+                    self.selectors.remove(&(topic.clone(), sub.clone()));
                     if let Some(subs) = self.durables.get_mut(&topic) {
                         subs.retain(|s| *s != sub);
                     }
@@ -505,6 +519,7 @@ impl Restorer {
         let mut copies: IdMap<SharedMessage> = IdMap::default();
         let mut pager = self.pager.take();
         let mut out = Restored {
+            selectors: std::mem::take(&mut self.selectors),
             max_id_counter: self.max_id_counter,
             tx,
             ..Restored::default()
@@ -710,6 +725,7 @@ mod tests {
         let add = |s: &StoredSub| Record::DurableAdd {
             topic: "t".into(),
             sub: s.clone(),
+            selector: None,
         };
         let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
         r.feed(vec![
@@ -779,6 +795,7 @@ mod tests {
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: s1.clone(),
+                selector: None,
             },
             send(3, &t, Bytes::from_static(b"3")),
             // Decided by another shard's TxCommit.
@@ -824,10 +841,12 @@ mod tests {
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: sub("one"),
+                selector: None,
             },
             Record::DurableAdd {
                 topic: "t".into(),
                 sub: sub("two"),
+                selector: None,
             },
             send(9, &t, body),
         ]);

@@ -18,6 +18,7 @@ use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp,
 use super::paging::{PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
+use super::selector::{admits, Candidate, Selector};
 use crate::idmap::IdMap;
 use crate::store::spool::SpoolRef;
 use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
@@ -39,6 +40,9 @@ pub struct BrokerSettings {
 struct TopicSub {
     queue: MessageQueue,
     consumer: Option<ConsumerKey>,
+    /// Only messages it matches are enqueued (a durable subscription keeps
+    /// it while offline).
+    selector: Option<Selector>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -484,9 +488,16 @@ impl ShardBroker {
             }
             Destination::Topic(name) => {
                 let mut kept = 0;
+                let subject = Candidate {
+                    msg: &msg,
+                    redeliveries: 0,
+                };
                 if let Some(t) = self.topics.get_mut(name) {
                     t.enqueued += 1;
                     for (id, sub) in t.subs.iter_mut() {
+                        if !admits(sub.selector.as_ref(), &subject) {
+                            continue;
+                        }
                         // Stored for the durable subscriptions it was
                         // journaled for, as recovery would restore it;
                         // others present now get it as a passing message.
@@ -499,18 +510,23 @@ impl ShardBroker {
                         });
                     }
                 }
-                // Journaled for subscriptions gone since: they let go, as
-                // a journaled ACK, so that recovery agrees.
+                // Journaled for subscriptions gone since, or whose selector
+                // passes it over: they let go, as a journaled ACK, so that
+                // recovery agrees.
                 if kept < durables.len() {
                     let present: Vec<&DurableName> = self
                         .topics
                         .get(name)
                         .map(|t| {
                             t.subs
-                                .keys()
-                                .filter_map(|id| match id {
-                                    SubId::Durable(d) => Some(d),
-                                    SubId::Plain(_) => None,
+                                .iter()
+                                .filter_map(|(id, sub)| match id {
+                                    SubId::Durable(d)
+                                        if admits(sub.selector.as_ref(), &subject) =>
+                                    {
+                                        Some(d)
+                                    }
+                                    _ => None,
                                 })
                                 .collect()
                         })
@@ -581,20 +597,41 @@ impl ShardBroker {
                 t.enqueued += 1;
                 let durable = t.durable_count();
                 let stored = msg.persistent && durable > 0;
-                if stored {
-                    self.store
-                        .borrow_mut()
-                        .append(&send_record(&msg, &stored_dest(&msg.destination)), durable);
-                }
+                let subject = Candidate {
+                    msg: &msg,
+                    redeliveries: 0,
+                };
+                let mut kept = 0;
+                // Durable subscriptions whose selector passes it over.
+                let mut passed = Vec::new();
                 // Spooled once however many subscriptions page it.
                 let mut spooled = None;
                 for (id, sub) in t.subs.iter_mut() {
+                    let is_durable = matches!(id, SubId::Durable(_));
+                    if !admits(sub.selector.as_ref(), &subject) {
+                        if let (true, SubId::Durable(d)) = (stored, id) {
+                            passed.push(stored_sub(d));
+                        }
+                        continue;
+                    }
+                    kept += u32::from(is_durable);
                     let entry = Entry {
                         msg: msg.clone(),
                         redeliveries: 0,
-                        stored: stored && matches!(id, SubId::Durable(_)),
+                        stored: stored && is_durable,
                     };
                     enqueue(&mut self.pager, &mut sub.queue, entry, &mut spooled);
+                }
+                if stored && kept > 0 {
+                    // Journaled for every durable subscription, as recovery
+                    // counts them; those that do not want it let go at once,
+                    // so that the store needs no selector to agree.
+                    let sd = stored_dest(&msg.destination);
+                    let mut store = self.store.borrow_mut();
+                    store.append(&send_record(&msg, &sd), durable);
+                    for d in &passed {
+                        journal_ack(&mut *store, &sd, Some(d), msg.id);
+                    }
                 }
             }
         }
@@ -608,26 +645,43 @@ impl ShardBroker {
                 self.queues
                     .entry(name.clone())
                     .or_default()
-                    .add_consumer(key, s.prefetch);
+                    .add_selective_consumer(key, s.prefetch, s.selector.clone());
             }
             Destination::Topic(name) => {
-                let t = self.topics.entry(name.clone()).or_default();
                 let id = match s.durable {
                     Some(d) => SubId::Durable(d),
                     None => SubId::Plain(key),
                 };
+                let t = self.topics.entry(name.clone()).or_default();
+                let offline = t.subs.get(&id).is_some_and(|sub| sub.consumer.is_none());
+                let changed = t
+                    .subs
+                    .get(&id)
+                    .is_some_and(|sub| sub.selector != s.selector);
+                if let (true, true, SubId::Durable(d)) = (offline, changed, &id) {
+                    // As in ActiveMQ: another selector makes another
+                    // subscription; the old one goes with its messages.
+                    if let Err(e) = self.delete_subscription(&s.destination, d) {
+                        warn!(shard = self.shard, error = %e, "replacing a durable subscription");
+                    }
+                }
+                let t = self.topics.entry(name.clone()).or_default();
                 if let SubId::Durable(d) = &id {
                     if !t.subs.contains_key(&id) {
                         self.store.borrow_mut().append(
                             &RecordRef::DurableAdd {
                                 topic: name,
                                 sub: &stored_sub(d),
+                                selector: s.selector.as_ref().map(Selector::text),
                             },
                             0,
                         );
                     }
                 }
-                let sub = t.subs.entry(id.clone()).or_default();
+                let sub = t.subs.entry(id.clone()).or_insert_with(|| TopicSub {
+                    selector: s.selector.clone(),
+                    ..TopicSub::default()
+                });
                 if let Some(active) = sub.consumer {
                     if active != key {
                         let conn = ConnRef {
@@ -1034,22 +1088,33 @@ impl ShardBroker {
             }
         }
         for (topic, sub, entries) in restored.subs {
-            let q = self.durable_queue(&topic, &sub);
+            let selector = restored
+                .selectors
+                .get(&(topic.clone(), sub.clone()))
+                .and_then(|text| match Selector::parse(text) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        // Kept by another version, or written into the
+                        // database by hand: the subscription is worth
+                        // more than its filter.
+                        warn!(topic = %topic, client_id = %sub.client_id, name = %sub.name,
+                            error = %e, "a durable subscription's stored selector does not parse; it receives every message");
+                        None
+                    }
+                });
+            let s = self.durable_sub(&topic, &sub);
+            s.selector = selector;
             for entry in entries {
-                q.restore(entry);
+                s.queue.restore(entry);
             }
         }
         count
     }
 
-    /// The queue of a durable subscription, made if new.
-    fn durable_queue(&mut self, topic: &Arc<str>, sub: &StoredSub) -> &mut MessageQueue {
+    /// A durable subscription, made if new.
+    fn durable_sub(&mut self, topic: &Arc<str>, sub: &StoredSub) -> &mut TopicSub {
         let t = self.topics.entry(topic.clone()).or_default();
-        &mut t
-            .subs
-            .entry(SubId::Durable(durable_name(sub)))
-            .or_default()
-            .queue
+        t.subs.entry(SubId::Durable(durable_name(sub))).or_default()
     }
 }
 

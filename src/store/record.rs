@@ -16,6 +16,7 @@
 //! Payloads are a plain little-endian layout, decoded as zero-copy slices of
 //! the segment buffer (bodies and headers are `Bytes` into it).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -46,6 +47,9 @@ pub struct StoredSub {
     pub name: Arc<str>,
 }
 
+/// Durable subscriptions per topic, each with its selector.
+pub type DurableSubs = HashMap<Arc<str>, HashMap<StoredSub, Option<Arc<str>>>>;
+
 /// A record to append, borrowing from the broker's own structures.
 #[derive(Debug)]
 pub enum RecordRef<'a> {
@@ -74,6 +78,10 @@ pub enum RecordRef<'a> {
     DurableAdd {
         topic: &'a str,
         sub: &'a StoredSub,
+        /// The subscription's JMS selector: kept with it, so that it
+        /// filters what arrives while no consumer is attached, also after
+        /// a restart.
+        selector: Option<&'a str>,
     },
     DurableRemove {
         topic: &'a str,
@@ -136,6 +144,7 @@ pub enum Record {
     DurableAdd {
         topic: Arc<str>,
         sub: StoredSub,
+        selector: Option<Arc<str>>,
     },
     DurableRemove {
         topic: Arc<str>,
@@ -330,12 +339,21 @@ pub fn encode(r: &RecordRef<'_>, generation: u64, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&count.to_le_bytes());
         }
-        RecordRef::DurableAdd { topic, sub } | RecordRef::DurableRemove { topic, sub } => {
-            out.push(if matches!(r, RecordRef::DurableAdd { .. }) {
-                T_DURABLE_ADD
-            } else {
-                T_DURABLE_REMOVE
-            });
+        RecordRef::DurableAdd {
+            topic,
+            sub,
+            selector,
+        } => {
+            out.push(T_DURABLE_ADD);
+            put_bytes(out, topic.as_bytes());
+            put_sub(out, Some(sub));
+            // Older journals end the record here: no selector.
+            if let Some(s) = selector {
+                put_bytes(out, s.as_bytes());
+            }
+        }
+        RecordRef::DurableRemove { topic, sub } => {
+            out.push(T_DURABLE_REMOVE);
             put_bytes(out, topic.as_bytes());
             put_sub(out, Some(sub));
         }
@@ -547,7 +565,15 @@ fn parse(payload: Bytes, names: &mut Names) -> Option<Record> {
             let topic = r.str()?;
             let sub = r.sub()??;
             if t == T_DURABLE_ADD {
-                Record::DurableAdd { topic, sub }
+                let selector = match r.0.is_empty() {
+                    true => None,
+                    false => Some(r.str()?),
+                };
+                Record::DurableAdd {
+                    topic,
+                    sub,
+                    selector,
+                }
             } else {
                 Record::DurableRemove { topic, sub }
             }
@@ -641,6 +667,16 @@ mod tests {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
+            },
+            3,
+            &mut buf,
+        );
+        encode(
+            &RecordRef::DurableAdd {
+                topic: "t",
+                sub: &sub,
+                selector: Some("a = 'b'"),
             },
             3,
             &mut buf,
@@ -652,7 +688,7 @@ mod tests {
             got.push(r);
             pos = next;
         }
-        assert_eq!(got.len(), 4);
+        assert_eq!(got.len(), 5);
         assert_eq!(
             got[0],
             Record::Send {
@@ -669,7 +705,16 @@ mod tests {
             got[3],
             Record::DurableAdd {
                 topic: "t".into(),
-                sub
+                sub: sub.clone(),
+                selector: None,
+            }
+        );
+        assert_eq!(
+            got[4],
+            Record::DurableAdd {
+                topic: "t".into(),
+                sub,
+                selector: Some("a = 'b'".into()),
             }
         );
         assert_eq!(decode_at(&b, pos, 3), Decoded::End);

@@ -20,6 +20,14 @@ pub fn free_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Arguments for a broker on the data directory `dir/data`, then `extra`:
+/// a broker started again with them finds what the last one stored.
+pub fn data_args(dir: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--data".to_string(), dir.join("data").display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 pub struct Broker {
     pub child: Child,
     pub stomp: SocketAddr,

@@ -11,16 +11,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::destination::MAX_SUB_NAME_BYTES;
-use crate::broker::message::{now_ms, MemoryUsage, Property};
+use crate::broker::message::{now_ms, MemoryUsage, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
+use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
 use crate::security::{Decision, Right, Security, UserInfo};
-
-const MESSAGE_ID_PREFIX: &str = "ID:brokk-";
 
 /// Settings every session on a shard shares.
 #[derive(Debug)]
@@ -623,6 +622,7 @@ impl Session {
             },
             _ => None,
         };
+        let selector = selector(f, durable.is_some())?;
         let sub = self.next_sub;
         self.next_sub += 1;
         let owner = destination.owner(self.cfg.shards);
@@ -644,6 +644,7 @@ impl Session {
                 consumer: self.consumer(sub),
                 prefetch,
                 durable,
+                selector,
             }),
         ));
         Ok(vec![owner])
@@ -1055,6 +1056,25 @@ fn durable_name(f: &Frame) -> Option<&str> {
     f.header_str("activemq.subscriptionName")
         .or_else(|| f.header_str("durable-subscription-name"))
         .filter(|n| !n.is_empty())
+}
+
+/// SUBSCRIBE's `selector` header, parsed; an empty one is none (JMS).
+fn selector(f: &Frame, durable: bool) -> Result<Option<Selector>, Refusal> {
+    let Some(text) = f.header_str("selector").filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if durable && text.len() > MAX_DURABLE_SELECTOR_BYTES {
+        return refuse(format!(
+            "a durable subscription's selector is longer than {MAX_DURABLE_SELECTOR_BYTES} bytes"
+        ));
+    }
+    match Selector::parse(text) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            let shown: String = text.chars().take(200).collect();
+            refuse(format!("{e} (selector: {shown})"))
+        }
+    }
 }
 
 /// Headers the broker consumes or sets itself; everything else travels with

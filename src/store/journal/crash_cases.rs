@@ -106,8 +106,14 @@ fn eager_first_gen_makes_everything_stale() {
             client_id: "c".into(),
             name: "s".into(),
         };
-        j.borrow_mut()
-            .append(&RecordRef::DurableAdd { topic, sub: &sub }, 0);
+        j.borrow_mut().append(
+            &RecordRef::DurableAdd {
+                topic,
+                sub: &sub,
+                selector: None,
+            },
+            0,
+        );
         // Fill most of the first segment with queue messages 1..=10.
         for id in 1..=10 {
             send(&j, id, &[7u8; 4000]);
@@ -315,6 +321,7 @@ fn recovery_freed_segment_reused_before_seal() {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
             },
             0,
         );
@@ -415,6 +422,7 @@ fn durable_subscriber(
             destination: topic.clone(),
             consumer: key,
             prefetch: 10,
+            selector: None,
             durable: Some(DurableName {
                 client_id: "c".into(),
                 name: "s".into(),

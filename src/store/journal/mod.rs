@@ -22,7 +22,7 @@ pub mod recovery;
 pub mod round;
 mod segment_read;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,7 +33,7 @@ use glommio::io::DmaFile;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::record::{self, RecordRef, StoredSub};
+use super::record::{self, DurableSubs, RecordRef};
 use crate::idmap::IdMap;
 use round::{next_block, Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 
@@ -288,7 +288,7 @@ pub struct Journal {
     next_file_number: u64,
     /// Durable subscriptions per topic: written again at the head of every
     /// new segment, so that no older segment is needed to know them.
-    durables: HashMap<Arc<str>, HashSet<StoredSub>>,
+    durables: DurableSubs,
     /// A spare segment is being made in the background.
     making_spare: bool,
     /// The active segment was started by this process (at open): a start
@@ -362,11 +362,15 @@ impl Journal {
                 self.holders.insert(*id, (active, holders));
                 self.segments[active].live += 1;
             }
-            RecordRef::DurableAdd { topic, sub } => {
+            RecordRef::DurableAdd {
+                topic,
+                sub,
+                selector,
+            } => {
                 self.durables
                     .entry(Arc::from(*topic))
                     .or_default()
-                    .insert((*sub).clone());
+                    .insert((*sub).clone(), selector.map(Arc::from));
             }
             RecordRef::DurableRemove { topic, sub } => {
                 if let Some(s) = self.durables.get_mut(*topic) {
@@ -496,8 +500,13 @@ impl Journal {
         // topic SEND in particular) is read back knowing its subscribers.
         let gen = self.segments[next].generation;
         for (topic, subs) in &self.durables {
-            for sub in subs {
-                record::encode(&RecordRef::DurableAdd { topic, sub }, gen, &mut chunk.bytes);
+            for (sub, selector) in subs {
+                let add = RecordRef::DurableAdd {
+                    topic,
+                    sub,
+                    selector: selector.as_deref(),
+                };
+                record::encode(&add, gen, &mut chunk.bytes);
             }
         }
         self.pending_len = chunk.bytes.len() as u64;

@@ -12,10 +12,9 @@
 //! recent round still counted as holding data are free: their content is
 //! stale and never replayed (see `Journal::roll`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::{info, warn};
@@ -24,7 +23,7 @@ use super::round::{Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 use super::segment_read::read_live_part;
 use super::{fsync_dir, io_err, read_header, read_prev_end, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
-use crate::store::record::{decode_named, Decoded, Names, Record, StoredSub};
+use crate::store::record::{decode_named, Decoded, DurableSubs, Names, Record};
 
 /// One segment file as the writer resumes it.
 #[derive(Debug, Clone)]
@@ -57,7 +56,7 @@ pub struct Layout {
     pub ended: bool,
     pub holders: IdMap<(usize, u32)>,
     /// Durable subscriptions per topic at the end of the journal.
-    pub durables: HashMap<Arc<str>, HashSet<StoredSub>>,
+    pub durables: DurableSubs,
 }
 
 #[derive(Debug, Default)]
@@ -569,7 +568,7 @@ struct Replay<'a> {
     /// Dropped by a cut: after a torn write, never acknowledged.
     dropped: Vec<bool>,
     holders: IdMap<(usize, u32)>,
-    durable: HashMap<Arc<str>, HashSet<StoredSub>>,
+    durable: DurableSubs,
     /// The segment a torn write was cut in; everything after is dropped.
     cut: Option<usize>,
     /// The last segment replayed ends with its End round.
@@ -745,7 +744,7 @@ fn erase_header(path: &Path) -> Result<(), JournalError> {
 fn track(
     r: &Record,
     seg: usize,
-    durable: &mut HashMap<Arc<str>, HashSet<StoredSub>>,
+    durable: &mut DurableSubs,
     holders: &mut IdMap<(usize, u32)>,
     live: &mut [usize],
 ) {
@@ -786,11 +785,15 @@ fn track(
             holders.insert(*tx, (seg, 1));
             live[seg] += 1;
         }
-        Record::DurableAdd { topic, sub } => {
+        Record::DurableAdd {
+            topic,
+            sub,
+            selector,
+        } => {
             durable
                 .entry(topic.clone())
                 .or_default()
-                .insert(sub.clone());
+                .insert(sub.clone(), selector.clone());
         }
         Record::DurableRemove { topic, sub } => {
             if let Some(s) = durable.get_mut(topic) {

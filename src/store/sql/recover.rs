@@ -6,6 +6,7 @@
 //! counts, prepared acknowledgements), then transaction decisions.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -74,6 +75,7 @@ pub fn records(
                 client_id: s.client_id.as_str().into(),
                 name: s.sub_name.as_str().into(),
             },
+            selector: s.selector.as_deref().map(Arc::from),
         });
     }
     // Message id -> its destination, for the records that refer to it.

@@ -368,11 +368,17 @@ impl Store for DbShardStore {
                     count: i64::from(count),
                 });
             }
-            RecordRef::DurableAdd { topic, sub } => {
-                self.batch.add_sub(sub_row(topic, sub));
+            RecordRef::DurableAdd {
+                topic,
+                sub,
+                selector,
+            } => {
+                self.batch.add_sub(sub_row(topic, sub, selector));
                 self.pre_ack(topic, sub);
             }
-            RecordRef::DurableRemove { topic, sub } => self.batch.remove_sub(sub_row(topic, sub)),
+            RecordRef::DurableRemove { topic, sub } => {
+                self.batch.remove_sub(sub_row(topic, sub, None))
+            }
             RecordRef::TxAck { tx, sub, id, .. } => {
                 self.batch.tx_acks.push(TxAckRow {
                     tx: sql_id(tx),
@@ -425,12 +431,12 @@ pub fn compact(batch: &mut Batch) {
     batch.inserts.retain(|r| r.id >= 0);
 }
 
-fn sub_row(topic: &str, sub: &StoredSub) -> SubRow {
+fn sub_row(topic: &str, sub: &StoredSub, selector: Option<&str>) -> SubRow {
     SubRow {
         container: format!("topic://{topic}"),
         client_id: sub.client_id.to_string(),
         sub_name: sub.name.to_string(),
-        selector: None,
+        selector: selector.map(str::to_string),
     }
 }
 
@@ -623,6 +629,7 @@ mod tests {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
             },
             0,
         );
@@ -636,6 +643,7 @@ mod tests {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
             },
             0,
         );
@@ -660,6 +668,7 @@ mod tests {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
             },
             0,
         );
@@ -671,6 +680,7 @@ mod tests {
             &RecordRef::DurableAdd {
                 topic: "t",
                 sub: &sub,
+                selector: None,
             },
             0,
         );
