@@ -385,3 +385,108 @@ fn a_mariadb_backlog_larger_than_memory_is_kept_and_drained_in_priority_order() 
     };
     backlog_round_trip(&b, count, size, Some(&rows));
 }
+
+/// Paged messages expire like any other: with nobody consuming, the sweep
+/// reads them back and moves them to the dead-letter queue.
+#[test]
+fn paged_messages_expire_to_the_dead_letter_queue_without_a_consumer() {
+    let _serial = one_at_a_time();
+    let size = 64 * 1024;
+    let count = 3 * MEMORY_LIMIT / size;
+    let b = Broker::start_with_config(Some(&config()), &[]);
+    let mut c = b.client();
+    let expires = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3000)
+        .to_string();
+    for seq in 0..count {
+        let receipt = format!("r{seq}");
+        let mut h = vec![
+            ("destination", "/queue/short"),
+            ("persistent", "true"),
+            ("expires", expires.as_str()),
+        ];
+        if seq + 1 == count {
+            h.push(("receipt", &receipt));
+        }
+        c.frame("SEND", &h, &message_body(seq, 4, size));
+    }
+    c.expect_receipt(&format!("r{}", count - 1));
+    let d = b.destination("/queue/short").unwrap();
+    assert!(d["paged"].as_u64().unwrap() > 0, "{d}");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = b.status();
+        let find = |name: &str| {
+            s["destinations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["destination"] == name)
+                .cloned()
+        };
+        let left = find("/queue/short").map_or(0, |d| d["pending"].as_u64().unwrap());
+        let dead = find("/queue/ActiveMQ.DLQ").map_or(0, |d| d["pending"].as_u64().unwrap());
+        if left == 0 && dead == count as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "expired messages did not all move to the DLQ: {left} left, {dead} dead-lettered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A transaction's SEND joins the queue behind the paged messages of its
+/// priority, like a plain one.
+#[test]
+fn a_committed_transaction_send_lands_behind_paged_messages() {
+    let _serial = one_at_a_time();
+    let size = 64 * 1024;
+    let count = 3 * MEMORY_LIMIT / size;
+    let b = Broker::start_with_config(Some(&config()), &[]);
+    let mut c = b.client();
+    for seq in 0..count {
+        let receipt = format!("r{seq}");
+        let mut h = vec![("destination", "/queue/tx"), ("persistent", "true")];
+        if seq + 1 == count {
+            h.push(("receipt", &receipt));
+        }
+        c.frame("SEND", &h, &message_body(seq, 4, size));
+    }
+    c.expect_receipt(&format!("r{}", count - 1));
+    assert!(
+        b.destination("/queue/tx").unwrap()["paged"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    c.frame("BEGIN", &[("transaction", "t1")], b"");
+    c.frame(
+        "SEND",
+        &[
+            ("destination", "/queue/tx"),
+            ("persistent", "true"),
+            ("transaction", "t1"),
+        ],
+        &message_body(count, 4, size),
+    );
+    c.frame(
+        "COMMIT",
+        &[("transaction", "t1"), ("receipt", "committed")],
+        b"",
+    );
+    c.expect_receipt("committed");
+    let mut r = b.client();
+    r.subscribe(
+        "s",
+        "/queue/tx",
+        "client",
+        &[("activemq.prefetchSize", "64")],
+    );
+    let got = receive_seqs(&mut r, count + 1);
+    assert_eq!(got, (0..=count).collect::<Vec<_>>(), "arrival order kept");
+}

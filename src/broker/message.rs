@@ -82,6 +82,12 @@ pub struct MemoryCharge {
     bytes: usize,
 }
 
+impl MemoryCharge {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 impl Drop for MemoryCharge {
     fn drop(&mut self) {
         self.usage.used.fetch_sub(self.bytes, Ordering::Relaxed);

@@ -21,7 +21,6 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
-use tracing::error;
 
 use super::destination::Destination;
 use super::message::{MemoryUsage, Message, MessageId, Property};
@@ -63,9 +62,10 @@ pub struct Pager {
     spool: Spool,
     usage: Arc<MemoryUsage>,
     page_at_bytes: usize,
-    /// A read failed: logged once; queues keep their paged messages.
-    failed: bool,
     pub paged_out: u64,
+    /// Records that could not be read back (their messages wait in the
+    /// store for the next start).
+    pub unreadable: u64,
     pub paged_in: u64,
 }
 
@@ -75,8 +75,8 @@ impl Pager {
             spool,
             usage,
             page_at_bytes,
-            failed: false,
             paged_out: 0,
+            unreadable: 0,
             paged_in: 0,
         }
     }
@@ -105,45 +105,47 @@ impl Pager {
     }
 
     /// Reads `entries` back as messages of `dest`, charged to memory, and
-    /// lets go of their spool records. On failure nothing is released: the
-    /// caller puts them back.
+    /// lets go of their spool records. Each comes back as a message, or as
+    /// an error if its record could not be read or is damaged: the store
+    /// still holds that message, and the next start reads it from there.
     pub fn page_in(
         &mut self,
         dest: &Destination,
         entries: &[PagedEntry],
-    ) -> Result<Vec<Message>, SpoolError> {
-        let out = match self.read(dest, entries) {
-            Ok(m) => m,
-            Err(e) => {
-                if !self.failed {
-                    error!(destination = %dest, error = %e,
-                        "cannot read paged messages back; they stay paged (and in the store)");
-                }
-                self.failed = true;
-                return Err(e);
-            }
-        };
-        self.failed = false;
+    ) -> Vec<Result<Message, SpoolError>> {
+        let out = self.read(dest, entries);
         for e in entries {
             self.spool.release(e.at);
         }
-        self.paged_in += out.len() as u64;
-        Ok(out)
+        let read = out.iter().filter(|m| m.is_ok()).count();
+        self.paged_in += read as u64;
+        if read < out.len() {
+            self.unreadable += (out.len() - read) as u64;
+        }
+        out
     }
 
-    /// Reads `entries` without taking them (browsing).
+    /// Reads `entries` without taking them (browsing, and [`Pager::page_in`]).
     pub fn read(
         &self,
         dest: &Destination,
         entries: &[PagedEntry],
-    ) -> Result<Vec<Message>, SpoolError> {
+    ) -> Vec<Result<Message, SpoolError>> {
         let refs: Vec<SpoolRef> = entries.iter().map(|e| e.at).collect();
-        let bytes = self.spool.read(&refs)?;
-        Ok(entries
-            .iter()
-            .zip(bytes)
-            .map(|(e, b)| decode(b, e, dest, &self.usage))
-            .collect())
+        match self.spool.read(&refs) {
+            Ok(bytes) => entries
+                .iter()
+                .zip(bytes)
+                .map(|(e, b)| decode(b, e, dest, &self.usage))
+                .collect(),
+            Err(e) => {
+                let why = e.to_string();
+                entries
+                    .iter()
+                    .map(|_| Err(SpoolError::Damaged { what: why.clone() }))
+                    .collect()
+            }
+        }
     }
 
     /// Writes what the spool buffered (a sweep, so a quiet shard's tail
@@ -157,10 +159,13 @@ impl Pager {
     }
 }
 
-/// The spool's record of a message: timestamp, properties, body. What a
-/// queue needs without reading it (id, priority, expiry) stays in the
+/// The spool's record of a message: timestamp, properties, body, and a
+/// CRC32C of them last (a damaged record must not become a message: its
+/// consumer's ACK would retire the real one in the store). What a queue
+/// needs without reading it (id, priority, expiry) stays in the
 /// [`PagedEntry`].
 fn encode(m: &Message, b: &mut Vec<u8>) {
+    let start = b.len();
     b.put_u64_le(m.timestamp_ms);
     b.put_u32_le(m.properties.len() as u32);
     for (k, v) in &m.properties {
@@ -170,38 +175,40 @@ fn encode(m: &Message, b: &mut Vec<u8>) {
         b.put_slice(v);
     }
     b.put_slice(&m.body);
+    let crc = crc32c::crc32c(&b[start..]);
+    b.put_u32_le(crc);
 }
 
-/// The inverse of [`encode`], slicing (not copying) the read buffer. The
-/// spool holds only what this process wrote, so a record that does not
-/// parse is a bug: it becomes a message with what could be read rather
-/// than a panic on a shard.
-fn decode(mut b: Bytes, e: &PagedEntry, dest: &Destination, usage: &Arc<MemoryUsage>) -> Message {
-    let mut properties: Vec<Property> = Vec::new();
-    let mut timestamp_ms = 0;
-    let mut ok = b.remaining() >= 12;
-    if ok {
-        timestamp_ms = b.get_u64_le();
-        let n = b.get_u32_le() as usize;
-        properties.reserve(n.min(1024));
-        for _ in 0..n {
-            let Some(k) = take(&mut b) else {
-                ok = false;
-                break;
-            };
-            let Some(v) = take(&mut b) else {
-                ok = false;
-                break;
-            };
-            properties.push((k, v));
-        }
+/// The inverse of [`encode`], slicing (not copying) the read buffer.
+fn decode(
+    mut b: Bytes,
+    e: &PagedEntry,
+    dest: &Destination,
+    usage: &Arc<MemoryUsage>,
+) -> Result<Message, SpoolError> {
+    let damaged = |what: &str| SpoolError::Damaged {
+        what: format!("message {} of {dest}: {what}", e.id),
+    };
+    if b.len() < 16 {
+        return Err(damaged("record too short"));
     }
-    if !ok {
-        error!(destination = %dest, id = e.id, "a spooled record does not parse");
+    let crc = (&b[b.len() - 4..]).get_u32_le();
+    b.truncate(b.len() - 4);
+    if crc32c::crc32c(&b) != crc {
+        return Err(damaged("CRC mismatch"));
+    }
+    let timestamp_ms = b.get_u64_le();
+    let n = b.get_u32_le() as usize;
+    let mut properties: Vec<Property> = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let (Some(k), Some(v)) = (take(&mut b), take(&mut b)) else {
+            return Err(damaged("properties cut short"));
+        };
+        properties.push((k, v));
     }
     let body = b;
     let footprint = Message::footprint(&properties, &body);
-    Message {
+    Ok(Message {
         id: e.id,
         destination: dest.clone(),
         properties,
@@ -211,7 +218,7 @@ fn decode(mut b: Bytes, e: &PagedEntry, dest: &Destination, usage: &Arc<MemoryUs
         persistent: true,
         timestamp_ms,
         charge: usage.charge(footprint),
-    }
+    })
 }
 
 fn take(b: &mut Bytes) -> Option<Bytes> {
@@ -243,10 +250,54 @@ mod tests {
     }
 
     #[test]
+    fn a_window_full_of_lower_priorities_still_reads_a_paged_higher_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MemoryUsage::default());
+        let mut p = Pager::new(
+            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
+            usage.clone(),
+            1 << 20,
+        );
+        let mut q = MessageQueue::default();
+        for id in 0..300 {
+            q.enqueue(Entry {
+                msg: Arc::new(message(&usage, id, 4)),
+                redeliveries: 0,
+                stored: true,
+            });
+        }
+        let m = message(&usage, 1000, 9);
+        let at = p.page_out(&m);
+        q.enqueue_paged(PagedEntry {
+            id: 1000,
+            expires_ms: 0,
+            at,
+            redeliveries: 0,
+            priority: 9,
+        });
+        q.add_consumer(
+            ConsumerKey {
+                shard: 0,
+                conn: 1,
+                sub: 1,
+            },
+            10,
+        );
+        // Under pressure or not, the paged 9 is wanted: 300 messages of
+        // priority 4 in memory wait behind it.
+        assert_eq!(q.page_in_wanted(true, 64, 256), 1);
+        assert_eq!(q.page_in_wanted(false, 64, 256), 1);
+    }
+
+    #[test]
     fn a_lower_priority_in_memory_never_overtakes_a_paged_higher_one() {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(Spool::open(dir.path()).unwrap(), usage.clone(), 1 << 20);
+        let mut p = Pager::new(
+            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
+            usage.clone(),
+            1 << 20,
+        );
         let dest = Destination::queue("q");
         let mut q = MessageQueue::default();
         q.enqueue(Entry {
@@ -280,11 +331,11 @@ mod tests {
         assert!(d.deliveries.is_empty(), "priority 4 waits for the paged 9");
         assert_eq!(q.page_in_wanted(false, 64, 0), 1);
         let batch = q.take_paged(1, usize::MAX);
-        let back = p.page_in(&dest, &batch).unwrap();
+        let back = p.page_in(&dest, &batch);
         q.paged_in(
             back.into_iter()
                 .map(|m| Entry {
-                    msg: Arc::new(m),
+                    msg: Arc::new(m.unwrap()),
                     redeliveries: 0,
                     stored: true,
                 })
@@ -297,10 +348,48 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_record_is_an_error_not_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MemoryUsage::default());
+        let mut p = Pager::new(
+            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
+            usage.clone(),
+            1 << 20,
+        );
+        let dest = Destination::queue("q");
+        let at = p.page_out(&message(&usage, 7, 4));
+        p.flush();
+        // Flip a byte of the record on disk.
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[9] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let e = PagedEntry {
+            id: 7,
+            expires_ms: 0,
+            at,
+            redeliveries: 0,
+            priority: 4,
+        };
+        let got = p.page_in(&dest, &[e]);
+        assert!(matches!(got[0], Err(SpoolError::Damaged { .. })), "{got:?}");
+        assert_eq!(p.unreadable, 1);
+    }
+
+    #[test]
     fn a_message_comes_back_as_it_went_out() {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(Spool::open(dir.path()).unwrap(), usage.clone(), 1 << 20);
+        let mut p = Pager::new(
+            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
+            usage.clone(),
+            1 << 20,
+        );
         let dest = Destination::queue("q");
         let props = vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))];
         let body = Bytes::from_static(b"hello");
@@ -323,7 +412,7 @@ mod tests {
             redeliveries: 0,
             priority: 7,
         };
-        let back = p.page_in(&dest, &[e]).unwrap().remove(0);
+        let back = p.page_in(&dest, &[e]).remove(0).unwrap();
         assert_eq!(back.id, 42);
         assert_eq!(back.priority, 7);
         assert_eq!(back.expires_ms, 99);

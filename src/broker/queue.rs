@@ -76,6 +76,9 @@ pub struct MessageQueue {
     /// all of them behind that priority's messages in memory.
     paged: [VecDeque<PagedEntry>; 10],
     paged_len: usize,
+    /// Paged messages with an expiry: the sweep looks at the paged part
+    /// only when there are some.
+    paged_expiring: usize,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
     next: usize,
@@ -148,17 +151,48 @@ impl MessageQueue {
 
     /// Puts a paged message behind the others of its priority.
     pub fn restore_paged(&mut self, entry: PagedEntry) {
+        self.paged_expiring += usize::from(entry.expires_ms != 0);
         self.paged[entry.priority.min(9) as usize].push_back(entry);
         self.paged_len += 1;
+    }
+
+    /// Takes out the paged messages that have expired (to be read back
+    /// and dead-lettered, as expired messages in memory are).
+    pub fn take_expired_paged(&mut self, now_ms: u64) -> Vec<PagedEntry> {
+        if self.paged_expiring == 0 {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        for q in &mut self.paged {
+            if q.iter().any(|e| e.is_expired(now_ms)) {
+                let (gone, keep): (VecDeque<PagedEntry>, VecDeque<PagedEntry>) =
+                    q.drain(..).partition(|e| e.is_expired(now_ms));
+                *q = keep;
+                expired.extend(gone);
+            }
+        }
+        self.paged_len -= expired.len();
+        self.paged_expiring -= expired.len();
+        self.dequeued += expired.len() as u64;
+        expired
     }
 
     /// How many paged messages to read back now: enough for the consumers'
     /// free prefetch plus `lookahead` (only the minimum window under
     /// pressure). None without consumers: nobody is waiting for them.
+    ///
+    /// Only messages in memory that are dispatched before the highest
+    /// paged priority count against the target: lower ones wait behind it
+    /// anyway. When none does, at least one is read, or the queue would
+    /// wait for good (see `pop`).
     pub fn page_in_wanted(&self, pressure: bool, min_window: usize, lookahead: usize) -> usize {
         if self.paged_len == 0 || self.consumers.is_empty() {
             return 0;
         }
+        let Some(top) = (0..10).rev().find(|&p| !self.paged[p].is_empty()) else {
+            return 0;
+        };
+        let ahead: usize = self.pending[top..].iter().map(VecDeque::len).sum();
         let target = if pressure {
             min_window
         } else {
@@ -169,7 +203,8 @@ impl MessageQueue {
                 .sum();
             credit + lookahead
         };
-        target.saturating_sub(self.pending_len).min(self.paged_len)
+        let floor = usize::from(ahead == 0);
+        target.saturating_sub(ahead).max(floor).min(self.paged_len)
     }
 
     /// Takes up to `n` paged messages (and about `max_bytes` of them, at
@@ -189,6 +224,7 @@ impl MessageQueue {
             }
         }
         self.paged_len -= out.len();
+        self.paged_expiring -= out.iter().filter(|e| e.expires_ms != 0).count();
         out
     }
 
@@ -201,19 +237,11 @@ impl MessageQueue {
         }
     }
 
-    /// Paged messages that could not be read back return to the head of
-    /// the spooled part, in their order.
-    pub fn unpage_failed(&mut self, entries: Vec<PagedEntry>) {
-        self.paged_len += entries.len();
-        for e in entries.into_iter().rev() {
-            self.paged[e.priority.min(9) as usize].push_front(e);
-        }
-    }
-
     /// Takes out every paged message (purge, delete).
     pub fn take_paged_all(&mut self) -> Vec<PagedEntry> {
         let all: Vec<PagedEntry> = self.paged.iter_mut().flat_map(|q| q.drain(..)).collect();
         self.paged_len = 0;
+        self.paged_expiring = 0;
         all
     }
 

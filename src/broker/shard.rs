@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
@@ -480,14 +480,17 @@ impl ShardBroker {
     fn enqueue_prepared(&mut self, msg: SharedMessage, durables: &[DurableName], out: &mut Outbox) {
         match &msg.destination {
             Destination::Queue(name) => {
-                self.queues.entry(name.clone()).or_default().enqueue(Entry {
+                let q = self.queues.entry(name.clone()).or_default();
+                let entry = Entry {
                     msg: msg.clone(),
                     redeliveries: 0,
                     stored: msg.persistent,
-                });
+                };
+                enqueue(&mut self.pager, q, entry, &mut None);
             }
             Destination::Topic(name) => {
                 let mut kept = 0;
+                let mut spooled = None;
                 let subject = Candidate {
                     msg: &msg,
                     redeliveries: 0,
@@ -503,11 +506,12 @@ impl ShardBroker {
                         // others present now get it as a passing message.
                         let stored = matches!(id, SubId::Durable(d) if durables.contains(d));
                         kept += usize::from(stored);
-                        sub.queue.enqueue(Entry {
+                        let entry = Entry {
                             msg: msg.clone(),
                             redeliveries: 0,
                             stored,
-                        });
+                        };
+                        enqueue(&mut self.pager, &mut sub.queue, entry, &mut spooled);
                     }
                 }
                 // Journaled for subscriptions gone since, or whose selector
@@ -1075,6 +1079,53 @@ impl ShardBroker {
         for (dest, sub, e) in expired {
             self.expire(&dest, sub.as_ref(), e, out);
         }
+        self.sweep_expired_paged(now, out);
+    }
+
+    /// Paged messages that expired are read back (their bodies go to the
+    /// dead-letter queue) and leave, with no consumer needed.
+    fn sweep_expired_paged(&mut self, now: u64, out: &mut Outbox) {
+        let Some(pager) = self.pager.as_mut() else {
+            return;
+        };
+        let mut expired = Vec::new();
+        for (name, q) in self.queues.iter_mut() {
+            let e = q.take_expired_paged(now);
+            if !e.is_empty() {
+                expired.push((Destination::Queue(name.clone()), None, e));
+            }
+        }
+        for (name, t) in self.topics.iter_mut() {
+            for (id, s) in t.subs.iter_mut() {
+                let e = s.queue.take_expired_paged(now);
+                if !e.is_empty() {
+                    let durable = match id {
+                        SubId::Durable(d) => Some(stored_sub(d)),
+                        SubId::Plain(_) => None,
+                    };
+                    expired.push((Destination::Topic(name.clone()), durable, e));
+                }
+            }
+        }
+        let mut read = Vec::new();
+        for (dest, sub, paged) in expired {
+            let mut entries = Vec::with_capacity(paged.len());
+            for (e, m) in paged.iter().zip(pager.page_in(&dest, &paged)) {
+                match m {
+                    Ok(m) => entries.push(Entry {
+                        msg: Arc::new(m),
+                        redeliveries: e.redeliveries,
+                        stored: true,
+                    }),
+                    Err(err) => error!(destination = %dest, id = e.id, error = %err,
+                        "an expired paged message cannot be read back; it stays in the store until the next start"),
+                }
+            }
+            read.push((dest, sub, entries));
+        }
+        for (dest, sub, entries) in read {
+            self.expire(&dest, sub.as_ref(), entries, out);
+        }
     }
 
     /// Puts restored queues and durable subscriptions in place (see
@@ -1162,25 +1213,23 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
         return false;
     }
     let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);
-    match p.page_in(dest, &batch) {
-        Ok(msgs) => {
-            let entries = msgs
-                .into_iter()
-                .zip(&batch)
-                .map(|(m, e)| Entry {
-                    msg: Arc::new(m),
-                    redeliveries: e.redeliveries,
-                    stored: true,
-                })
-                .collect();
-            q.paged_in(entries);
-            true
-        }
-        Err(_) => {
-            q.unpage_failed(batch);
-            false
+    let mut entries = Vec::with_capacity(batch.len());
+    for (e, m) in batch.iter().zip(p.page_in(dest, &batch)) {
+        match m {
+            Ok(m) => entries.push(Entry {
+                msg: Arc::new(m),
+                redeliveries: e.redeliveries,
+                stored: true,
+            }),
+            // Left out of this run, not lost: the store still holds it
+            // (no ACK is journaled), and the next start reads it from
+            // there. Put back, it would block its queue for good.
+            Err(err) => error!(destination = %dest, id = e.id, error = %err,
+                "a paged message cannot be read back from the spool; it stays in the store and comes back at the next start"),
         }
     }
+    q.paged_in(entries);
+    true
 }
 
 /// A dispatch pass that pages in ahead of it: a few rounds of read, then

@@ -442,6 +442,7 @@ async fn wait_for_capacity(ctx: &ShardContext, persistent: bool) {
 pub(super) fn over_limit(ctx: &ShardContext, persistent: bool) -> bool {
     ctx.shared.usage.used() >= ctx.shared.memory_limit_bytes
         || (persistent && ctx.shared.journal.is_some() && ctx.shared.store_usage.full())
+        || (persistent && ctx.shared.store_usage.spool_full())
 }
 
 fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action>) {

@@ -535,7 +535,7 @@ pub async fn run(
         // Paging needs a durable store: only stored messages are paged.
         let pager = if shared.journal.is_some() || shared.db.is_some() {
             let dir = shared.paging.spool_dir.join(format!("shard-{id}"));
-            match Spool::open(&dir) {
+            match Spool::open(&dir, usage.clone(), shared.store_usage.clone()) {
                 Ok(spool) => Some(Pager::new(
                     spool,
                     usage.clone(),

@@ -20,8 +20,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use thiserror::Error;
+
+use super::journal::StoreUsage;
+use crate::broker::message::{MemoryCharge, MemoryUsage};
 use tracing::{info, warn};
 
 #[derive(Debug, Error)]
@@ -35,6 +41,8 @@ pub enum SpoolError {
     Short { path: PathBuf, at: u64, len: u32 },
     #[error("spool file {0} is gone while a record in it is still held")]
     Gone(u32),
+    #[error("damaged spool record: {what}")]
+    Damaged { what: String },
 }
 
 /// Where one record went: file number, offset and length.
@@ -61,8 +69,11 @@ pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
 const WRITE_BYTES: usize = 1024 * 1024;
 
 /// Records nearer than this in one file are read with one `pread` (the
-/// gap, other queues' records, is read and dropped).
+/// gap, other queues' records, is read and dropped)...
 const READ_GAP_BYTES: u64 = 64 * 1024;
+
+/// ...up to this much in one `pread`.
+const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug)]
 struct SpoolFile {
@@ -88,12 +99,32 @@ pub struct Spool {
     /// next flush, bytes kept meanwhile.
     failing: bool,
     bytes_live: u64,
+    /// Spool bytes across shards (files and buffer), against the store limit.
+    store: Arc<StoreUsage>,
+    /// This spool's part of `store.spool_bytes`.
+    counted: u64,
+    /// The write buffer is memory like any held message: charged, so that
+    /// a spool that cannot write pauses producers at the memory limit.
+    memory: Arc<MemoryUsage>,
+    charge: Option<MemoryCharge>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.store
+            .spool_bytes
+            .fetch_sub(self.counted, Ordering::Relaxed);
+    }
 }
 
 impl Spool {
     /// Empties `dir` (what a previous process spooled is worthless: the
     /// store has it) and opens the first file.
-    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+    pub fn open(
+        dir: &Path,
+        memory: Arc<MemoryUsage>,
+        store: Arc<StoreUsage>,
+    ) -> Result<Spool, SpoolError> {
         let io = |source| SpoolError::Io {
             path: dir.to_path_buf(),
             source,
@@ -111,6 +142,10 @@ impl Spool {
             unwritten: Vec::new(),
             failing: false,
             bytes_live: 0,
+            store,
+            counted: 0,
+            memory,
+            charge: None,
         };
         s.start_file(0)?;
         Ok(s)
@@ -165,10 +200,36 @@ impl Spool {
         f.len += u64::from(len);
         f.live += holders;
         self.bytes_live += u64::from(len) * holders;
+        self.count(i64::from(len));
         if self.unwritten.len() >= WRITE_BYTES && !self.failing {
             self.flush();
         }
+        self.recharge();
         r
+    }
+
+    /// Adds to (or takes from) this spool's bytes in the store's count.
+    fn count(&mut self, delta: i64) {
+        if delta >= 0 {
+            self.counted += delta as u64;
+            self.store
+                .spool_bytes
+                .fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            let d = delta.unsigned_abs().min(self.counted);
+            self.counted -= d;
+            self.store.spool_bytes.fetch_sub(d, Ordering::Relaxed);
+        }
+    }
+
+    /// Charges the write buffer's capacity to memory, again once it moved
+    /// by a write's worth (not per record).
+    fn recharge(&mut self) {
+        let now = self.unwritten.capacity();
+        let charged = self.charge.as_ref().map_or(0, MemoryCharge::bytes);
+        if now.abs_diff(charged) >= WRITE_BYTES / 2 || (now == 0) != (charged == 0) {
+            self.charge = (now > 0).then(|| self.memory.charge(now));
+        }
     }
 
     fn active_len(&self) -> u64 {
@@ -201,6 +262,7 @@ impl Spool {
                 if self.unwritten.capacity() > 2 * WRITE_BYTES {
                     self.unwritten.shrink_to(WRITE_BYTES);
                 }
+                self.recharge();
                 if self.failing {
                     self.failing = false;
                     info!(dir = %self.dir.display(), "spool writes work again");
@@ -247,6 +309,7 @@ impl Spool {
             return;
         }
         if let Some(f) = self.files.remove(&n) {
+            self.count(-(f.len as i64));
             if let Err(e) = std::fs::remove_file(&f.path) {
                 warn!(path = %f.path.display(), error = %e, "cannot delete a drained spool file");
             }
@@ -275,6 +338,7 @@ impl Spool {
                 if r.file != first.file
                     || r.at < end
                     || r.at - end > READ_GAP_BYTES
+                    || r.at + u64::from(r.len) - first.at > READ_SPAN_BYTES
                     || buffered(&r) != buffered(&first)
                 {
                     break;
@@ -282,6 +346,7 @@ impl Spool {
                 end = r.at + u64::from(r.len);
                 j += 1;
             }
+            let wanted: u64 = refs[i..j].iter().map(|r| u64::from(r.len)).sum();
             let span = (end - first.at) as usize;
             let buf = if buffered(&first) {
                 let from = (first.at - f.written) as usize;
@@ -311,9 +376,18 @@ impl Spool {
                     })?;
                 Bytes::from(v)
             };
+            // Slices keep the whole read buffer alive as long as any of
+            // them lives, and only the records are charged to memory: a
+            // buffer that is mostly other queues' records is copied out.
+            let sparse = (span as u64) > 2 * wanted;
             for r in &refs[i..j] {
                 let from = (r.at - first.at) as usize;
-                out.push(buf.slice(from..from + r.len as usize));
+                let part = buf.slice(from..from + r.len as usize);
+                out.push(if sparse {
+                    Bytes::copy_from_slice(&part)
+                } else {
+                    part
+                });
             }
             i = j;
         }
@@ -335,6 +409,10 @@ impl Spool {
 mod tests {
     use super::*;
 
+    fn open(dir: &Path) -> Spool {
+        Spool::open(dir, Arc::default(), Arc::default()).unwrap()
+    }
+
     fn put(s: &mut Spool, data: &[u8]) -> SpoolRef {
         s.append(1, |b| b.extend_from_slice(data))
     }
@@ -342,7 +420,7 @@ mod tests {
     #[test]
     fn reads_back_buffered_and_written_records_in_any_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::open(dir.path()).unwrap();
+        let mut s = open(dir.path());
         let a = put(&mut s, b"alpha");
         let b = put(&mut s, b"beta");
         s.flush();
@@ -356,7 +434,7 @@ mod tests {
     #[test]
     fn a_drained_file_is_deleted_once_another_is_active() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::open(dir.path()).unwrap();
+        let mut s = open(dir.path());
         let big = vec![7u8; 1024 * 1024];
         let mut refs = Vec::new();
         while s.files() < 2 {
@@ -377,7 +455,7 @@ mod tests {
     fn opening_empties_what_a_previous_process_left() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000007.spool"), b"old").unwrap();
-        let _s = Spool::open(dir.path()).unwrap();
+        let _s = open(dir.path());
         assert!(!dir.path().join("00000007.spool").exists());
     }
 }

@@ -156,9 +156,9 @@ impl ShardBroker {
         }
         if let (Some(p), false) = (&self.pager, paged.is_empty()) {
             let entries: Vec<PagedEntry> = paged.iter().map(|(_, e)| e.clone()).collect();
-            // A spool that cannot be read leaves those out of the listing.
-            if let Ok(msgs) = p.read(dest, &entries) {
-                for ((i, e), m) in paged.iter().zip(msgs) {
+            // What the spool cannot give back is left out of the listing.
+            for ((i, e), m) in paged.iter().zip(p.read(dest, &entries)) {
+                if let Ok(m) = m {
                     out[*i] = Some(browsed(&m, e.redeliveries));
                 }
             }

@@ -127,6 +127,11 @@ pub struct StoreUsage {
     pub unavailable: AtomicUsize,
     /// Database modes: what the writer lanes did, for `/metrics`.
     pub db: DbWriteStats,
+    /// Bytes of the shards' spools, on disk or waiting to be written (see
+    /// `store::spool`): held to `limit_bytes` too, so that a spool that
+    /// cannot shrink (a few live records pin each file) pauses persistent
+    /// producers instead of filling the disk.
+    pub spool_bytes: AtomicU64,
 }
 
 /// The database writer's counters (database modes), written once per
@@ -154,6 +159,7 @@ impl Default for StoreUsage {
             disk_full_shards: AtomicUsize::new(0),
             unavailable: AtomicUsize::new(0),
             db: DbWriteStats::default(),
+            spool_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -171,6 +177,11 @@ impl StoreUsage {
 
     pub fn disk_full(&self) -> bool {
         self.disk_full_shards.load(Ordering::Relaxed) > 0
+    }
+
+    /// The spools reached the store's limit: persistent producers wait.
+    pub fn spool_full(&self) -> bool {
+        self.spool_bytes.load(Ordering::Relaxed) >= self.limit_bytes.load(Ordering::Relaxed)
     }
 
     /// For log lines when one cause of a pause ends: whether persistent
