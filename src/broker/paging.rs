@@ -234,6 +234,14 @@ mod tests {
     use super::*;
     use crate::broker::queue::{ConsumerKey, Dispatched, Entry, MessageQueue};
 
+    fn pager() -> (tempfile::TempDir, Arc<MemoryUsage>, Pager) {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MemoryUsage::default());
+        let spool = Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap();
+        let p = Pager::new(spool, usage.clone(), 1 << 20);
+        (dir, usage, p)
+    }
+
     fn message(usage: &Arc<MemoryUsage>, id: u64, priority: u8) -> Message {
         let body = Bytes::from(format!("m{id}"));
         Message {
@@ -251,13 +259,7 @@ mod tests {
 
     #[test]
     fn a_window_full_of_lower_priorities_still_reads_a_paged_higher_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(
-            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
-            usage.clone(),
-            1 << 20,
-        );
+        let (_dir, usage, mut p) = pager();
         let mut q = MessageQueue::default();
         for id in 0..300 {
             q.enqueue(Entry {
@@ -291,13 +293,7 @@ mod tests {
 
     #[test]
     fn a_lower_priority_in_memory_never_overtakes_a_paged_higher_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(
-            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
-            usage.clone(),
-            1 << 20,
-        );
+        let (_dir, usage, mut p) = pager();
         let dest = Destination::queue("q");
         let mut q = MessageQueue::default();
         q.enqueue(Entry {
@@ -349,13 +345,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_is_an_error_not_a_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(
-            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
-            usage.clone(),
-            1 << 20,
-        );
+        let (dir, usage, mut p) = pager();
         let dest = Destination::queue("q");
         let at = p.page_out(&message(&usage, 7, 4));
         p.flush();
@@ -383,13 +373,7 @@ mod tests {
 
     #[test]
     fn a_message_comes_back_as_it_went_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(MemoryUsage::default());
-        let mut p = Pager::new(
-            Spool::open(dir.path(), usage.clone(), Arc::default()).unwrap(),
-            usage.clone(),
-            1 << 20,
-        );
+        let (_dir, usage, mut p) = pager();
         let dest = Destination::queue("q");
         let props = vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))];
         let body = Bytes::from_static(b"hello");

@@ -1057,56 +1057,52 @@ impl ShardBroker {
     /// Periodic sweep: expired messages leave queues even with no consumer.
     pub fn sweep_expired(&mut self, out: &mut Outbox) {
         let now = now_ms();
-        let mut expired = Vec::new();
-        for (name, q) in self.queues.iter_mut() {
-            let e = q.take_expired(now);
-            if !e.is_empty() {
-                expired.push((Destination::Queue(name.clone()), None, e));
-            }
-        }
-        for (name, t) in self.topics.iter_mut() {
-            for (id, s) in t.subs.iter_mut() {
-                let e = s.queue.take_expired(now);
-                if !e.is_empty() {
-                    let durable = match id {
-                        SubId::Durable(d) => Some(stored_sub(d)),
-                        SubId::Plain(_) => None,
-                    };
-                    expired.push((Destination::Topic(name.clone()), durable, e));
-                }
-            }
-        }
+        let expired = self.take_from_every_queue(|q| q.take_expired(now));
         for (dest, sub, e) in expired {
             self.expire(&dest, sub.as_ref(), e, out);
         }
         self.sweep_expired_paged(now, out);
     }
 
-    /// Paged messages that expired are read back (their bodies go to the
-    /// dead-letter queue) and leave, with no consumer needed.
-    fn sweep_expired_paged(&mut self, now: u64, out: &mut Outbox) {
-        let Some(pager) = self.pager.as_mut() else {
-            return;
-        };
-        let mut expired = Vec::new();
+    /// What `take` takes from each queue and subscription, with where it
+    /// came from (those it took nothing from are left out).
+    #[allow(clippy::type_complexity)]
+    fn take_from_every_queue<T>(
+        &mut self,
+        mut take: impl FnMut(&mut MessageQueue) -> Vec<T>,
+    ) -> Vec<(Destination, Option<StoredSub>, Vec<T>)> {
+        let mut taken = Vec::new();
         for (name, q) in self.queues.iter_mut() {
-            let e = q.take_expired_paged(now);
+            let e = take(q);
             if !e.is_empty() {
-                expired.push((Destination::Queue(name.clone()), None, e));
+                taken.push((Destination::Queue(name.clone()), None, e));
             }
         }
         for (name, t) in self.topics.iter_mut() {
             for (id, s) in t.subs.iter_mut() {
-                let e = s.queue.take_expired_paged(now);
+                let e = take(&mut s.queue);
                 if !e.is_empty() {
                     let durable = match id {
                         SubId::Durable(d) => Some(stored_sub(d)),
                         SubId::Plain(_) => None,
                     };
-                    expired.push((Destination::Topic(name.clone()), durable, e));
+                    taken.push((Destination::Topic(name.clone()), durable, e));
                 }
             }
         }
+        taken
+    }
+
+    /// Paged messages that expired are read back (their bodies go to the
+    /// dead-letter queue) and leave, with no consumer needed.
+    fn sweep_expired_paged(&mut self, now: u64, out: &mut Outbox) {
+        if self.pager.is_none() {
+            return;
+        }
+        let expired = self.take_from_every_queue(|q| q.take_expired_paged(now));
+        let Some(pager) = self.pager.as_mut() else {
+            return;
+        };
         let mut read = Vec::new();
         for (dest, sub, paged) in expired {
             let mut entries = Vec::with_capacity(paged.len());
