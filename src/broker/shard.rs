@@ -1228,8 +1228,12 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
     true
 }
 
-/// A dispatch pass that pages in ahead of it: a few rounds of read, then
-/// hand out, while consumers still have credit for paged messages.
+/// A dispatch pass that pages in ahead of it: read, then hand out, while
+/// consumers still have credit for paged messages. Not a fixed number of
+/// rounds: a consumer that acknowledges only every few hundred messages
+/// sends nothing that would start another pass, and would wait for good
+/// with credit left. Each round reads (up to the window's target) or hands
+/// out (up to the consumers' credit), so the pass ends.
 fn dispatch(
     pager: &mut Option<Pager>,
     q: &mut MessageQueue,
@@ -1237,11 +1241,14 @@ fn dispatch(
     now_ms: u64,
     d: &mut Dispatched,
 ) {
-    for _ in 0..4 {
+    loop {
         let read = page_in(pager, q, dest);
         let before = d.deliveries.len();
         q.dispatch(now_ms, d);
-        if !read || d.deliveries.len() == before {
+        // Done when a round neither read nor handed out anything. Handing
+        // out may make a read wanted (the messages ahead of a paged
+        // priority are gone), and a read may make a hand-out possible.
+        if !read && d.deliveries.len() == before {
             return;
         }
     }
