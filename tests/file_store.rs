@@ -571,3 +571,28 @@ fn dead_lettered_persistent_message_survives_a_kill_and_is_never_lost() {
         "copies multiplied: {dlq} + {original}"
     );
 }
+
+/// The README's first command: `brokk serve` with no arguments keeps its
+/// journal in the relative `./data` (it failed to open the shard
+/// directories through a relative path).
+#[test]
+fn serve_with_no_arguments_runs_on_the_relative_default_data_directory() {
+    use std::io::BufRead;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .args(["serve", "--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .current_dir(cwd.path())
+        .env("BROKK_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("brokk listening"), "got {line:?}");
+    assert!(cwd.path().join("data").join("shard-0").is_dir());
+}

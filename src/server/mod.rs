@@ -58,7 +58,22 @@ fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
 /// would count against RLIMIT_MEMLOCK (8 MiB here) and idle RSS.
 const IO_MEMORY_BYTES: usize = 512 * 1024;
 
-pub fn serve(config: Config) -> Result<()> {
+pub fn serve(mut config: Config) -> Result<()> {
+    // glommio opens a shard's journal directory by a path it cannot resolve
+    // when relative ("Bad file descriptor"), which broke the default
+    // `./data`: every path the store uses is made absolute first.
+    config.store.dir = std::path::absolute(&config.store.dir).with_context(|| {
+        format!(
+            "store.dir {} cannot be made absolute",
+            config.store.dir.display()
+        )
+    })?;
+    if let Some(d) = &config.store.spool_dir {
+        config.store.spool_dir =
+            Some(std::path::absolute(d).with_context(|| {
+                format!("store.spool_dir {} cannot be made absolute", d.display())
+            })?);
+    }
     let (stomp, port_hold) = resolve_port(config.listeners.stomp)
         .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
     let (stomp_tls, tls_port_hold) = match config.listeners.stomp_tls {
