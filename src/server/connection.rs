@@ -516,6 +516,8 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
                     Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
                     Outbound::Close => close = true,
+                    // Only the OpenWire listener queues these.
+                    Outbound::OpenWire(_) => {}
                 }
                 for a in actions.drain(..) {
                     match a {

@@ -19,7 +19,7 @@ use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
-use crate::security::{Decision, Right, Security, UserInfo};
+use crate::security::{Decisions, Right, Security, UserInfo};
 
 /// Settings every session on a shard shares.
 #[derive(Debug)]
@@ -158,10 +158,7 @@ pub struct Session {
     /// Who authenticated (set by the connection before CONNECT is
     /// handled); None on an open broker.
     user: Option<Arc<UserInfo>>,
-    /// Rights decided per destination for this connection, so a producer
-    /// pays one map lookup per SEND, not an authorization pass. Only
-    /// filled with `[[authorization]]` entries.
-    decisions: HashMap<Destination, Decision>,
+    decisions: Decisions,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -193,7 +190,7 @@ impl Session {
             open_commits: HashMap::new(),
             next_token: 0,
             user: None,
-            decisions: HashMap::new(),
+            decisions: Decisions::default(),
         }
     }
 
@@ -207,39 +204,11 @@ impl Session {
         self.phase == Phase::AwaitConnect
     }
 
-    /// Refuses `right` on `dest` unless the user holds it (and, on a
-    /// destination new to the broker, admin as well): decided on the
-    /// first use per connection, then looked up.
+    /// Refuses `right` on `dest` unless the user holds it.
     fn authorize(&mut self, dest: &Destination, right: Right) -> Result<(), Refusal> {
-        if self.cfg.security.authorizer.is_none() {
-            return Ok(());
-        }
-        let decision = match self.decisions.get(dest) {
-            Some(d) => *d,
-            None => {
-                let Some(mut d) = self.cfg.security.decide(self.user.as_deref(), dest) else {
-                    return Ok(());
-                };
-                if d.allows(right) && !d.known {
-                    // Allowed to create it: from now on it exists.
-                    self.cfg.security.known.insert(dest.clone());
-                    d.known = true;
-                }
-                self.decisions.insert(dest.clone(), d);
-                d
-            }
-        };
-        if decision.allows(right) {
-            return Ok(());
-        }
-        let message = decision.denial(right, dest);
-        tracing::warn!(
-            user = self.user.as_ref().map_or("", |u| u.login.as_str()),
-            destination = %dest,
-            right = right.as_str(),
-            "{message}"
-        );
-        refuse(message)
+        self.decisions
+            .authorize(&self.cfg.security, self.user.as_deref(), dest, right)
+            .or_else(refuse)
     }
 
     pub fn version(&self) -> Version {

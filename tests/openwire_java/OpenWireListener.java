@@ -1,0 +1,227 @@
+// ActiveMQ's JMS client (Debian's libactivemq-java 5.17), unchanged,
+// against the real brokk binary: one case per run, named by the first
+// argument, the broker URL second. A case prints "ok <case>" and exits 0,
+// or prints "FAIL <why>" and exits 1; every wait has a deadline, and the
+// process exits even if a client thread hangs.
+
+import javax.jms.BytesMessage;
+import javax.jms.Connection;
+import javax.jms.DeliveryMode;
+import javax.jms.JMSException;
+import javax.jms.JMSSecurityException;
+import javax.jms.Message;
+import javax.jms.MessageConsumer;
+import javax.jms.MessageProducer;
+import javax.jms.Queue;
+import javax.jms.Session;
+import javax.jms.TextMessage;
+import javax.jms.Topic;
+
+import org.apache.activemq.ActiveMQConnectionFactory;
+
+public class OpenWireListener {
+    static final long WAIT_MS = 10_000;
+    static String url;
+
+    public static void main(String[] args) {
+        // A hung client thread must not hang the test.
+        Thread watchdog = new Thread(() -> {
+            try {
+                Thread.sleep(60_000);
+            } catch (InterruptedException e) {
+                return;
+            }
+            System.out.println("FAIL the case did not finish within 60 s");
+            System.out.flush();
+            Runtime.getRuntime().halt(1);
+        });
+        watchdog.setDaemon(true);
+        watchdog.start();
+        int code = 1;
+        try {
+            url = args[1];
+            switch (args[0]) {
+                case "queue": queue(); break;
+                case "client-ack": clientAck(); break;
+                case "topic": topic(); break;
+                case "bad-password": badPassword(); break;
+                case "send-to-stomp": sendToStomp(args[2]); break;
+                case "receive-from-stomp": receiveFromStomp(args[2]); break;
+                default: throw new IllegalArgumentException("unknown case " + args[0]);
+            }
+            System.out.println("ok " + args[0]);
+            code = 0;
+        } catch (Throwable t) {
+            System.out.println("FAIL " + t);
+            t.printStackTrace(System.out);
+        }
+        System.out.flush();
+        Runtime.getRuntime().halt(code);
+    }
+
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new IllegalStateException(what);
+        }
+    }
+
+    static Connection connect() throws JMSException {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
+        c.start();
+        return c;
+    }
+
+    static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {
+        Message m = consumer.receive(WAIT_MS);
+        check(m != null, "no message within " + WAIT_MS + " ms: " + what);
+        check(m instanceof TextMessage, "not a TextMessage: " + m);
+        return (TextMessage) m;
+    }
+
+    /** (a) 100 persistent TextMessages to a queue, received with AUTO_ACKNOWLEDGE. */
+    static void queue() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.queue");
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < 100; i++) {
+            TextMessage m = s.createTextMessage("m-" + i);
+            m.setIntProperty("n", i);
+            p.send(m);
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 100; i++) {
+            TextMessage m = receiveText(consumer, "message " + i);
+            check(m.getText().equals("m-" + i), "expected m-" + i + ", got " + m.getText());
+            check(m.getStringProperty("n").equals(Integer.toString(i)), "property n of " + i);
+            check(m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "persistent " + i);
+            check(!m.getJMSRedelivered(), "first delivery of " + i + " marked redelivered");
+        }
+        check(consumer.receive(500) == null, "a 101st message");
+        c.close();
+        // Acknowledged: a new connection finds the queue empty.
+        Connection again = connect();
+        Session s2 = again.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        check(s2.createConsumer(q).receive(1000) == null, "acknowledged messages came back");
+        again.close();
+    }
+
+    /** (b) CLIENT_ACKNOWLEDGE: unacknowledged messages come back, redelivered; acked ones do not. */
+    static void clientAck() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.client-ack");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 10; i++) {
+            p.send(s.createTextMessage("c-" + i));
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(consumer, "first delivery " + i);
+            check(m.getText().equals("c-" + i), "expected c-" + i + ", got " + m.getText());
+            check(!m.getJMSRedelivered(), "first delivery of " + i + " marked redelivered");
+        }
+        c.close();
+
+        Connection c2 = connect();
+        Session s2 = c2.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer consumer2 = s2.createConsumer(q);
+        Message last = null;
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(consumer2, "redelivery " + i);
+            check(m.getText().equals("c-" + i), "expected c-" + i + " again, got " + m.getText());
+            check(m.getJMSRedelivered(), "redelivery of " + i + " not marked redelivered");
+            last = m;
+        }
+        last.acknowledge();
+        c2.close();
+
+        Connection c3 = connect();
+        Session s3 = c3.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        check(s3.createConsumer(q).receive(1000) == null, "acknowledged messages came back");
+        c3.close();
+    }
+
+    /** (c) Topic publish/subscribe: two subscribers each get every message. */
+    static void topic() throws Exception {
+        Connection sub = connect();
+        Session ss = sub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = ss.createTopic("ow.prices");
+        MessageConsumer one = ss.createConsumer(t);
+        MessageConsumer two = ss.createConsumer(t);
+        Connection pub = connect();
+        Session ps = pub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        for (int i = 0; i < 5; i++) {
+            p.send(ps.createTextMessage("price-" + i));
+        }
+        for (MessageConsumer c : new MessageConsumer[] {one, two}) {
+            for (int i = 0; i < 5; i++) {
+                TextMessage m = receiveText(c, "topic message " + i);
+                check(m.getText().equals("price-" + i), "expected price-" + i + ", got " + m.getText());
+            }
+            check(c.receive(300) == null, "a topic message too many");
+        }
+        // A BytesMessage stays one, even with UTF-8 bytes.
+        BytesMessage b = ps.createBytesMessage();
+        b.writeBytes("raw".getBytes("UTF-8"));
+        p.send(b);
+        Message got = one.receive(WAIT_MS);
+        check(got instanceof BytesMessage, "expected a BytesMessage, got " + got);
+        BytesMessage gb = (BytesMessage) got;
+        byte[] body = new byte[(int) gb.getBodyLength()];
+        gb.readBytes(body);
+        check(new String(body, "UTF-8").equals("raw"), "BytesMessage body");
+        pub.close();
+        sub.close();
+    }
+
+    /** (d) A wrong password fails the connection's start with JMSSecurityException. */
+    static void badPassword() throws Exception {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "wrong");
+        try {
+            c.start();
+            c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            throw new IllegalStateException("a wrong password was accepted");
+        } catch (JMSSecurityException e) {
+            System.out.println("refused: " + e.getClass().getName() + ": " + e.getMessage());
+        } finally {
+            try {
+                c.close();
+            } catch (JMSException ignored) {
+                // Already failed: closing may say so again.
+            }
+        }
+    }
+
+    /** (e) OpenWire -> STOMP: the Rust side reads it over STOMP. */
+    static void sendToStomp(String queue) throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue(queue));
+        TextMessage m = s.createTextMessage("from openwire");
+        m.setStringProperty("color", "blue");
+        m.setJMSCorrelationID("corr-ow");
+        m.setJMSType("greeting");
+        p.send(m);
+        c.close();
+    }
+
+    /** (e) STOMP -> OpenWire: the Rust side sent it over STOMP. */
+    static void receiveFromStomp(String queue) throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(s.createQueue(queue));
+        TextMessage m = receiveText(consumer, "the STOMP message");
+        check(m.getText().equals("from stomp"), "text " + m.getText());
+        check("red".equals(m.getStringProperty("color")), "color " + m.getStringProperty("color"));
+        check("corr-stomp".equals(m.getJMSCorrelationID()), "correlation id " + m.getJMSCorrelationID());
+        check(m.getJMSPriority() == 7, "priority " + m.getJMSPriority());
+        check(m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "delivery mode " + m.getJMSDeliveryMode());
+        check(m.getJMSReplyTo() != null && m.getJMSReplyTo().toString().equals("queue://replies"),
+                "reply-to " + m.getJMSReplyTo());
+        c.close();
+    }
+}

@@ -1,0 +1,164 @@
+//! The OpenWire listener end to end: ActiveMQ's own JMS client (Debian's
+//! libactivemq-java 5.17, which ops/test.sh installs), unchanged, against
+//! the real brokk binary. The Java program
+//! (tests/openwire_java/OpenWireListener.java, compiled here with javac)
+//! runs one case per process and prints `ok <case>` or `FAIL <why>`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Process;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{body, Broker};
+
+const JARS: [&str; 6] = [
+    "/usr/share/java/activemq-client.jar",
+    "/usr/share/java/geronimo-jms_1.1_spec.jar",
+    "/usr/share/java/hawtbuf.jar",
+    "/usr/share/java/slf4j-api.jar",
+    "/usr/share/java/slf4j-nop.jar",
+    "/usr/share/java/geronimo-j2ee-management-1.1-spec.jar",
+];
+
+const USERS: &str = r#"
+[auth]
+allow_plaintext_passwords = true
+
+[[users]]
+login = "alice"
+passcode = "secret"
+"#;
+
+/// Compiles the Java program once per test run; the classpath to run it.
+fn classpath() -> &'static str {
+    static CP: OnceLock<String> = OnceLock::new();
+    CP.get_or_init(|| {
+        for jar in JARS {
+            assert!(
+                Path::new(jar).exists(),
+                "{jar} is missing: install libactivemq-java, libgeronimo-jms-1.1-spec-java, \
+                 libhawtbuf-java, libslf4j-java and libgeronimo-j2ee-management-1.1-spec-java \
+                 (ops/test.sh does)"
+            );
+        }
+        let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openwire-listener-classes");
+        std::fs::create_dir_all(&classes).unwrap();
+        let jars = JARS.join(":");
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openwire_java/OpenWireListener.java");
+        let out = Process::new("javac")
+            .arg("-d")
+            .arg(&classes)
+            .args(["-cp", &jars])
+            .arg(&src)
+            .output()
+            .expect("javac runs (Java 17 is on the machine image)");
+        assert!(
+            out.status.success(),
+            "javac failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("{jars}:{}", classes.display())
+    })
+}
+
+/// Runs one case of the Java program against `broker`; fails the test
+/// unless it says `ok <case>` and exits 0. The program halts itself after
+/// 60 s, so this cannot hang.
+fn java_case(broker: &Broker, case: &str, extra: &[&str]) -> String {
+    let url = format!("tcp://{}", broker.openwire);
+    let out = Process::new("java")
+        .args(["-cp", classpath(), "OpenWireListener", case, &url])
+        .args(extra)
+        .output()
+        .expect("java runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && printed.contains(&format!("ok {case}")),
+        "Java case {case} failed ({}):\n{printed}",
+        out.status
+    );
+    printed
+}
+
+fn broker() -> Broker {
+    Broker::start_with_config(Some(USERS), &["--shards", "2"])
+}
+
+#[test]
+fn persistent_queue_messages_arrive_in_order_with_auto_acknowledge() {
+    let b = broker();
+    java_case(&b, "queue", &[]);
+}
+
+#[test]
+fn client_acknowledge_redelivers_what_a_closed_connection_did_not_acknowledge() {
+    let b = broker();
+    java_case(&b, "client-ack", &[]);
+}
+
+#[test]
+fn topic_subscribers_each_get_every_message_and_bytes_stay_bytes() {
+    let b = broker();
+    java_case(&b, "topic", &[]);
+}
+
+#[test]
+fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
+    let b = broker();
+    let printed = java_case(&b, "bad-password", &[]);
+    assert!(
+        printed.contains("refused: javax.jms.JMSSecurityException: Authentication failed"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_text_message_crosses_from_openwire_to_stomp() {
+    let b = broker();
+    java_case(&b, "send-to-stomp", &["ow.to-stomp"]);
+    let mut c = common::Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "alice"),
+            ("passcode", "secret"),
+        ],
+    );
+    c.subscribe("s", "/queue/ow.to-stomp", "auto", &[]);
+    let m = c
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the OpenWire message within 10 s");
+    assert_eq!(body(&m), "from openwire");
+    assert_eq!(m.header_str("color"), Some("blue"), "{m:?}");
+    assert_eq!(m.header_str("correlation-id"), Some("corr-ow"), "{m:?}");
+    assert_eq!(m.header_str("type"), Some("greeting"), "{m:?}");
+    assert_eq!(m.header_str("persistent"), Some("true"), "{m:?}");
+}
+
+#[test]
+fn a_text_message_crosses_from_stomp_to_openwire() {
+    let b = broker();
+    let mut c = common::Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "alice"),
+            ("passcode", "secret"),
+        ],
+    );
+    // Without content-length, as a STOMP text sender writes it: ActiveMQ
+    // makes that a TextMessage.
+    c.write(
+        b"SEND\ndestination:/queue/ow.from-stomp\ncolor:red\ncorrelation-id:corr-stomp\n\
+          priority:7\npersistent:true\nreply-to:/queue/replies\nreceipt:r1\n\nfrom stomp\0",
+    );
+    c.expect_receipt("r1");
+    java_case(&b, "receive-from-stomp", &["ow.from-stomp"]);
+}
