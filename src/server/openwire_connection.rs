@@ -66,11 +66,11 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAd
     // reader switches this side when the client's arrives.
     let mut stream = stream;
     let mut hello = BytesMut::new();
-    let written = match ours.to_info() {
-        Ok(wfi) => match codec.borrow_mut().encode(&wfi.into(), &mut hello) {
-            Ok(()) => stream.write_all(&hello).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
+    let encoded = ours
+        .to_info()
+        .and_then(|wfi| codec.borrow_mut().encode(&wfi.into(), &mut hello));
+    let written = match encoded {
+        Ok(()) => stream.write_all(&hello).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = written {

@@ -768,6 +768,226 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::message::MemoryUsage;
+    use crate::protocol::openwire::commands::{ConnectionInfo, TransactionInfo};
+    use crate::security::Security;
+
+    fn session() -> Session {
+        let cfg = SessionConfig {
+            shards: 2,
+            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
+            default_prefetch: 10,
+            heartbeat_min_ms: 1000,
+            usage: Arc::new(MemoryUsage::default()),
+            receipt_latency: Rc::default(),
+        };
+        let mut s = Session::new(
+            Rc::new(cfg),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 1 },
+            1 << 20,
+        );
+        let mut out = Vec::new();
+        s.handle(
+            ConnectionInfo {
+                command_id: 1,
+                response_required: true,
+                ..ConnectionInfo::default()
+            }
+            .into(),
+            &mut out,
+        );
+        assert!(s.is_open());
+        assert!(matches!(&out[..], [Action::Write(Command::Response(r))] if r.correlation_id == 1));
+        s
+    }
+
+    fn consumer_id(n: i64) -> ConsumerId {
+        ConsumerId {
+            connection_id: Some("ID:c".into()),
+            session_id: 1,
+            value: n,
+        }
+    }
+
+    fn text_to(dest: wire::Destination, persistent: bool, command_id: i32) -> Command {
+        let mut m = wire::Message::new(MessageKind::Text);
+        compress::set_text(&mut m, "hi", false);
+        m.destination = Some(dest);
+        m.persistent = persistent;
+        m.command_id = command_id;
+        m.response_required = persistent;
+        m.into()
+    }
+
+    fn responses(out: &[Action]) -> Vec<i32> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Write(Command::Response(r)) => Some(r.correlation_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_persistent_send_is_answered_when_its_owner_is_fenced() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.handle(text_to(wire::Destination::queue("q"), true, 7), &mut out);
+        let token = match &out[..] {
+            [Action::Route(a, Op::Send(m)), Action::Route(b, Op::Fence { token, .. })] => {
+                assert_eq!(a, b);
+                assert!(m.persistent);
+                assert_eq!(&m.body[..], b"hi");
+                *token
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        s.fenced(token, &mut out);
+        assert_eq!(responses(&out), vec![7]);
+        // Non-persistent without response_required: fire and forget.
+        out.clear();
+        s.handle(text_to(wire::Destination::queue("q"), false, 8), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Send(_))]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn acks_settle_ranges_and_single_messages() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            consumer_id: Some(consumer_id(1)),
+            destination: Some(wire::Destination::queue("q")),
+            prefetch_size: 100,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Subscribe(_))]),
+            "{out:?}"
+        );
+        let usage = Arc::new(MemoryUsage::default());
+        let deliveries = (1..=4)
+            .map(|id| Delivery {
+                msg: Arc::new(Message {
+                    id,
+                    destination: Destination::queue("q"),
+                    properties: vec![property(BODY_KIND_PROPERTY, "bytes")],
+                    body: Bytes::from_static(b"text-like"),
+                    priority: 4,
+                    expires_ms: 0,
+                    persistent: false,
+                    timestamp_ms: 1,
+                    charge: usage.charge(1),
+                }),
+                redelivered: id == 1,
+            })
+            .collect();
+        let mut dispatched = Vec::new();
+        s.deliver(0, deliveries, &mut dispatched);
+        let ids: Vec<wire::MessageId> = dispatched
+            .iter()
+            .map(|c| match c {
+                Command::MessageDispatch(d) => {
+                    let m = d.message.as_ref().unwrap();
+                    assert_eq!(m.kind, MessageKind::Bytes, "sent as bytes, stays bytes");
+                    assert_eq!(
+                        d.redelivery_counter,
+                        i32::from(m.message_id.as_ref().unwrap().broker_sequence_id == 1)
+                    );
+                    m.message_id.clone().unwrap()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let ack = |kind: AckType, first: usize, last: usize| MessageAck {
+            consumer_id: Some(consumer_id(1)),
+            ack_type: kind as i8,
+            first_message_id: Some(ids[first].clone()),
+            last_message_id: Some(ids[last].clone()),
+            ..MessageAck::default()
+        };
+        let acked = |out: &mut Vec<Action>| match out.drain(..).collect::<Vec<_>>().as_slice() {
+            [Action::Route(_, Op::Ack { ids, .. })] => ids.clone(),
+            [] => Vec::new(),
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        s.handle(ack(AckType::Individual, 2, 2).into(), &mut out);
+        assert_eq!(acked(&mut out), vec![3]);
+        s.handle(ack(AckType::Delivered, 0, 1).into(), &mut out);
+        assert_eq!(
+            acked(&mut out),
+            Vec::<MessageId>::new(),
+            "delivered consumes nothing"
+        );
+        s.handle(ack(AckType::Standard, 0, 3).into(), &mut out);
+        assert_eq!(acked(&mut out), vec![1, 2, 4]);
+        s.handle(ack(AckType::Standard, 0, 3).into(), &mut out);
+        assert_eq!(acked(&mut out), Vec::<MessageId>::new(), "settled already");
+    }
+
+    #[test]
+    fn unsupported_commands_get_an_exception_response_and_the_connection_lives() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let tx = TransactionInfo {
+            command_id: 3,
+            response_required: true,
+            ..TransactionInfo::default()
+        };
+        s.handle(tx.into(), &mut out);
+        match &out[..] {
+            [Action::Write(Command::ExceptionResponse(e))] => {
+                assert_eq!(e.correlation_id, 3);
+                let ex = e.exception.as_ref().unwrap();
+                assert_eq!(ex.class_name, "javax.jms.JMSException");
+                assert!(ex.message.as_deref().unwrap().contains("not supported"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn commands_before_connection_info_close_the_connection() {
+        let mut s = Session::new(
+            session().cfg.clone(),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 2 },
+            1 << 20,
+        );
+        let mut out = Vec::new();
+        s.handle(text_to(wire::Destination::queue("q"), true, 4), &mut out);
+        assert!(matches!(
+            &out[..],
+            [Action::Write(Command::ExceptionResponse(_)), Action::Close]
+        ));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn advisory_consumers_are_accepted_and_get_nothing() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            command_id: 5,
+            response_required: true,
+            consumer_id: Some(consumer_id(9)),
+            destination: Some(wire::Destination::topic(
+                "ActiveMQ.Advisory.TempQueue,ActiveMQ.Advisory.TempTopic",
+            )),
+            prefetch_size: 1000,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        assert_eq!(responses(&out), vec![5]);
+        assert_eq!(out.len(), 1, "nothing routed: {out:?}");
+    }
 
     #[test]
     fn reply_to_round_trips_through_its_stomp_header() {
