@@ -13,15 +13,6 @@ use std::time::Duration;
 
 use common::{body, Broker};
 
-const JARS: [&str; 6] = [
-    "/usr/share/java/activemq-client.jar",
-    "/usr/share/java/geronimo-jms_1.1_spec.jar",
-    "/usr/share/java/hawtbuf.jar",
-    "/usr/share/java/slf4j-api.jar",
-    "/usr/share/java/slf4j-nop.jar",
-    "/usr/share/java/geronimo-j2ee-management-1.1-spec.jar",
-];
-
 const USERS: &str = r#"
 [auth]
 allow_plaintext_passwords = true
@@ -35,32 +26,8 @@ passcode = "secret"
 fn classpath() -> &'static str {
     static CP: OnceLock<String> = OnceLock::new();
     CP.get_or_init(|| {
-        for jar in JARS {
-            assert!(
-                Path::new(jar).exists(),
-                "{jar} is missing: install libactivemq-java, libgeronimo-jms-1.1-spec-java, \
-                 libhawtbuf-java, libslf4j-java and libgeronimo-j2ee-management-1.1-spec-java \
-                 (ops/test.sh does)"
-            );
-        }
         let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openwire-listener-classes");
-        std::fs::create_dir_all(&classes).unwrap();
-        let jars = JARS.join(":");
-        let src =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openwire_java/OpenWireListener.java");
-        let out = Process::new("javac")
-            .arg("-d")
-            .arg(&classes)
-            .args(["-cp", &jars])
-            .arg(&src)
-            .output()
-            .expect("javac runs (Java 17 is on the machine image)");
-        assert!(
-            out.status.success(),
-            "javac failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!("{jars}:{}", classes.display())
+        common::java::compile("OpenWireListener.java", &classes)
     })
 }
 

@@ -17,11 +17,10 @@ use glommio::net::TcpStream;
 use glommio::{spawn_local, timer::sleep};
 use tracing::{debug, debug_span, Instrument};
 
-use super::connection::over_limit;
+use super::connection::{finish_writer, over_limit, unregister, write_batch, Registered};
 use super::mailbox::Mailbox;
 use super::shard::{Outbound, ShardContext};
-use crate::broker::message::now_ms;
-use crate::broker::ops::{ConnRef, ShardMsg};
+use crate::broker::ops::ShardMsg;
 use crate::metrics::ConnectionInfo;
 use crate::protocol::openwire::commands::{BrokerId, BrokerInfo, KeepAliveInfo};
 use crate::protocol::openwire::session::{Action, Session};
@@ -34,17 +33,13 @@ const READ_CHUNK: usize = 64 * 1024;
 pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAddr>) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let id = ctx.next_conn_id();
+    let Registered {
+        conn,
+        outbound,
+        info,
+    } = Registered::new(&ctx, addr, "openwire");
+    let id = conn.conn;
     let span = debug_span!("openwire", conn = id, peer = ?addr);
-    let conn = ConnRef {
-        shard: ctx.id as u16,
-        conn: id,
-    };
-    let outbound: Mailbox<Outbound> = Mailbox::default();
-    ctx.conns.borrow_mut().insert(id, outbound.clone());
-    let client = addr.map(|a| a.to_string()).unwrap_or_default();
-    let info = Rc::new(ConnectionInfo::new(client, "openwire", now_ms()));
-    ctx.conn_info.borrow_mut().insert(id, info.clone());
     let max_frame_size = ctx.shared.limits.max_frame_size;
     let session = Rc::new(RefCell::new(Session::new(
         ctx.session_cfg.clone(),
@@ -75,8 +70,7 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAd
     };
     if let Err(e) = written {
         debug!(error = %e, "cannot send the broker's WireFormatInfo; connection closed");
-        ctx.conns.borrow_mut().remove(&id);
-        ctx.conn_info.borrow_mut().remove(&id);
+        unregister(&ctx, id);
         return;
     }
     let (reader, writer) = futures_lite::io::split(stream);
@@ -108,9 +102,7 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAd
     execute(&ctx, &outbound, actions);
     outbound.push(Outbound::Close);
     writer_task.await;
-    ctx.conns.borrow_mut().remove(&id);
-    ctx.conn_info.borrow_mut().remove(&id);
-    debug!(conn = id, "closed");
+    unregister(&ctx, id);
 }
 
 /// What the reader works with.
@@ -396,29 +388,12 @@ async fn write_loop(
                 }
             }
         }
-        if responses {
-            // As for STOMP's RECEIPTs: a fenced master answers nothing (`ha::fence`).
-            crate::ha::fence::hold().await;
-        }
-        if !wbuf.is_empty() {
-            ConnectionInfo::add(&info.bytes_out, wbuf.len() as u64);
-            if writer.write_all(&wbuf).await.is_err() {
-                break;
-            }
-            wbuf.clear();
-        }
-        if !routes.is_empty() {
-            ctx.route_all(routes.drain(..));
+        if !write_batch(&ctx, &mut writer, &mut wbuf, &info, responses, &mut routes).await {
+            break;
         }
         if close {
             break;
         }
     }
-    outbound.close();
-    let _ = writer.flush().await;
-    // Wakes the reader too, wherever it is blocked.
-    // SAFETY: fd stays open until the connection's halves are dropped after this.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
+    finish_writer(&outbound, &mut writer, fd).await;
 }

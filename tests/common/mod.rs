@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod db;
+pub mod java;
 pub mod tls;
 
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
