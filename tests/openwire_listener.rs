@@ -77,6 +77,18 @@ fn topic_subscribers_each_get_every_message_and_bytes_stay_bytes() {
 }
 
 #[test]
+fn individual_acknowledge_settles_only_the_message_acknowledged() {
+    let b = broker();
+    java_case(&b, "individual-ack", &[]);
+}
+
+#[test]
+fn consumer_selectors_pick_messages_and_a_bad_one_is_refused() {
+    let b = broker();
+    java_case(&b, "selector", &[]);
+}
+
+#[test]
 fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
     let b = broker();
     let printed = java_case(&b, "bad-password", &[]);

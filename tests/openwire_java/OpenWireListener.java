@@ -18,6 +18,7 @@ import javax.jms.TextMessage;
 import javax.jms.Topic;
 
 import org.apache.activemq.ActiveMQConnectionFactory;
+import org.apache.activemq.ActiveMQSession;
 
 public class OpenWireListener {
     static final long WAIT_MS = 10_000;
@@ -45,6 +46,8 @@ public class OpenWireListener {
                 case "client-ack": clientAck(); break;
                 case "topic": topic(); break;
                 case "bad-password": badPassword(); break;
+                case "individual-ack": individualAck(); break;
+                case "selector": selector(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
@@ -176,6 +179,58 @@ public class OpenWireListener {
         check(new String(body, "UTF-8").equals("raw"), "BytesMessage body");
         pub.close();
         sub.close();
+    }
+
+    /** INDIVIDUAL_ACKNOWLEDGE: only the acknowledged message is gone. */
+    static void individualAck() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.individual");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 3; i++) {
+            p.send(s.createTextMessage("i-" + i));
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(consumer, "individual " + i);
+            if (i == 1) {
+                m.acknowledge();
+            }
+        }
+        c.close();
+        Connection c2 = connect();
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer again = s2.createConsumer(q);
+        check(receiveText(again, "i-0 back").getText().equals("i-0"), "i-0 redelivered");
+        check(receiveText(again, "i-2 back").getText().equals("i-2"), "i-2 redelivered");
+        check(again.receive(500) == null, "the acknowledged i-1 came back");
+        c2.close();
+    }
+
+    /** A consumer's selector picks its messages; a bad one is InvalidSelectorException. */
+    static void selector() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.selector");
+        MessageConsumer red = s.createConsumer(q, "color = 'red' AND n > 1");
+        MessageProducer p = s.createProducer(q);
+        String[] colors = {"red", "blue", "red", "red"};
+        for (int i = 0; i < colors.length; i++) {
+            TextMessage m = s.createTextMessage(colors[i] + "-" + i);
+            m.setStringProperty("color", colors[i]);
+            m.setIntProperty("n", i);
+            p.send(m);
+        }
+        check(receiveText(red, "red-2").getText().equals("red-2"), "red-2 selected");
+        check(receiveText(red, "red-3").getText().equals("red-3"), "red-3 selected");
+        check(red.receive(300) == null, "a message the selector does not match");
+        try {
+            s.createConsumer(q, "color = ");
+            throw new IllegalStateException("a bad selector was accepted");
+        } catch (javax.jms.InvalidSelectorException e) {
+            System.out.println("bad selector refused: " + e.getMessage());
+        }
+        c.close();
     }
 
     /** (d) A wrong password fails the connection's start with JMSSecurityException. */
