@@ -48,6 +48,7 @@ public class OpenWireListener {
                 case "bad-password": badPassword(); break;
                 case "individual-ack": individualAck(); break;
                 case "selector": selector(); break;
+                case "transacted-refused": transactedRefused(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
@@ -230,6 +231,38 @@ public class OpenWireListener {
         } catch (javax.jms.InvalidSelectorException e) {
             System.out.println("bad selector refused: " + e.getMessage());
         }
+        c.close();
+    }
+
+    /**
+     * Not supported yet: a transaction fails with a JMSException saying so.
+     * The client sends transacted messages without waiting (the broker
+     * answers those with a ConnectionError, which reaches the exception
+     * listener); commit waits, and its ExceptionResponse is what throws.
+     */
+    static void transactedRefused() throws Exception {
+        Connection c = connect();
+        final String[] async = {null};
+        c.setExceptionListener(e -> async[0] = e.getMessage());
+        Session s = c.createSession(true, Session.SESSION_TRANSACTED);
+        Queue q = s.createQueue("ow.tx");
+        s.createProducer(q).send(s.createTextMessage("in a transaction"));
+        try {
+            s.commit();
+            throw new IllegalStateException("a transaction was committed");
+        } catch (JMSException e) {
+            check(e.getMessage().contains("not supported"), "the refusal says why: " + e.getMessage());
+            System.out.println("transaction refused: " + e.getMessage());
+        }
+        // The connection goes on working outside transactions, and the
+        // transacted message was not enqueued.
+        Session plain = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        plain.createProducer(q).send(plain.createTextMessage("plain"));
+        MessageConsumer consumer = plain.createConsumer(q);
+        check(receiveText(consumer, "plain").getText().equals("plain"), "plain send after the refusal");
+        check(consumer.receive(300) == null, "the transacted message was enqueued");
+        check(async[0] != null && async[0].contains("not supported"), "the exception listener heard: " + async[0]);
+        System.out.println("exception listener: " + async[0]);
         c.close();
     }
 
