@@ -989,6 +989,67 @@ mod tests {
         assert_eq!(out.len(), 1, "nothing routed: {out:?}");
     }
 
+    /// Whether `cmd` was answered, directly or once its fences are passed.
+    fn answered(s: &mut Session, cmd: &Command, out: Vec<Action>) -> bool {
+        let id = cmd.command_id();
+        let mut answers = 0;
+        let mut tokens = Vec::new();
+        for a in out {
+            match a {
+                Action::Write(Command::Response(r)) if r.correlation_id == id => answers += 1,
+                Action::Write(Command::ExceptionResponse(r)) if r.correlation_id == id => {
+                    answers += 1
+                }
+                // A keep-alive is answered by one of its own.
+                Action::Write(Command::KeepAliveInfo(_))
+                    if matches!(cmd, Command::KeepAliveInfo(_)) =>
+                {
+                    answers += 1
+                }
+                Action::Route(_, Op::Fence { token, .. }) => tokens.push(token),
+                _ => {}
+            }
+        }
+        let mut later = Vec::new();
+        for t in tokens {
+            s.fenced(t, &mut later);
+        }
+        answers += responses(&later).iter().filter(|c| **c == id).count();
+        answers == 1
+    }
+
+    #[test]
+    fn every_command_that_asks_for_an_answer_gets_exactly_one() {
+        use crate::protocol::openwire::samples;
+        for cmd in samples::commands() {
+            if matches!(cmd, Command::WireFormatInfo(_)) {
+                // The connection's: it owns the codec.
+                continue;
+            }
+            let mut s = session();
+            let mut out = Vec::new();
+            s.handle(cmd.clone(), &mut out);
+            if cmd.response_required() {
+                assert!(answered(&mut s, &cmd, out), "{cmd:?}");
+            }
+            // Before ConnectionInfo, too: answered (and closed), no panic.
+            let mut fresh = Session::new(
+                s.cfg.clone(),
+                Rc::new(MessageIds::new(0, 0)),
+                ConnRef { shard: 0, conn: 3 },
+                1 << 20,
+            );
+            let mut out = Vec::new();
+            fresh.handle(cmd.clone(), &mut out);
+            if cmd.response_required() {
+                assert!(
+                    answered(&mut fresh, &cmd, out),
+                    "before ConnectionInfo: {cmd:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn reply_to_round_trips_through_its_stomp_header() {
         for d in [
