@@ -106,6 +106,12 @@ fn a_transaction_is_refused_with_a_clear_error_and_the_connection_goes_on() {
 }
 
 #[test]
+fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
+    let b = broker();
+    java_case(&b, "durable", &[]);
+}
+
+#[test]
 fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
     let b = broker();
     let printed = java_case(&b, "bad-password", &[]);

@@ -49,6 +49,7 @@ public class OpenWireListener {
                 case "individual-ack": individualAck(); break;
                 case "selector": selector(); break;
                 case "transacted-refused": transactedRefused(); break;
+                case "durable": durable(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
@@ -264,6 +265,49 @@ public class OpenWireListener {
         check(async[0] != null && async[0].contains("not supported"), "the exception listener heard: " + async[0]);
         System.out.println("exception listener: " + async[0]);
         c.close();
+    }
+
+    static Connection connect(String clientId) throws JMSException {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
+        c.setClientID(clientId);
+        c.start();
+        return c;
+    }
+
+    /** A durable subscriber gets what was published while it was away; unsubscribe deletes it. */
+    static void durable() throws Exception {
+        Connection c1 = connect("durable-client");
+        Session s1 = c1.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = s1.createTopic("ow.news");
+        s1.createDurableSubscriber(t, "sub1");
+        c1.close();
+
+        Connection pub = connect();
+        Session ps = pub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < 3; i++) {
+            p.send(ps.createTextMessage("news-" + i));
+        }
+
+        Connection c2 = connect("durable-client");
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer d = s2.createDurableSubscriber(t, "sub1");
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(d, "kept news " + i);
+            check(m.getText().equals("news-" + i), "expected news-" + i + ", got " + m.getText());
+        }
+        check(d.receive(300) == null, "a message too many");
+        d.close();
+        s2.unsubscribe("sub1");
+
+        p.send(ps.createTextMessage("after unsubscribe"));
+        MessageConsumer fresh = s2.createDurableSubscriber(t, "sub1");
+        check(fresh.receive(500) == null, "a deleted subscription kept a message");
+        fresh.close();
+        s2.unsubscribe("sub1");
+        c2.close();
+        pub.close();
     }
 
     /** (d) A wrong password fails the connection's start with JMSSecurityException. */

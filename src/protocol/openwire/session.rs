@@ -21,11 +21,12 @@ use super::commands::{
 use super::compress;
 use super::primitives::Throwable;
 use super::properties::{PropertyMap, Value};
+use crate::broker::destination::MAX_SUB_NAME_BYTES;
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{ConnRef, Op, SubscribeOp};
+use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
 use crate::broker::queue::{ConsumerKey, Delivery};
-use crate::broker::selector::Selector;
+use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::security::{Decisions, Right, UserInfo};
@@ -58,6 +59,7 @@ struct Consumer {
     id: ConsumerId,
     destination: Destination,
     wire_destination: wire::Destination,
+    durable: Option<DurableName>,
     /// Dispatched, not yet acknowledged, in dispatch order.
     unacked: VecDeque<MessageId>,
 }
@@ -98,6 +100,11 @@ pub struct Session {
     user: Option<Arc<UserInfo>>,
     decisions: Decisions,
     connection_id: Option<wire::ConnectionId>,
+    /// JMS client id: names this connection's durable subscriptions.
+    client_id: Option<String>,
+    /// Durable subscriptions opened on this connection, by name, with
+    /// their topic: RemoveSubscriptionInfo names only the subscription.
+    durables: HashMap<String, Destination>,
     consumers: HashMap<u64, Consumer>,
     by_consumer_id: HashMap<ConsumerId, u64>,
     /// Consumers of ActiveMQ's advisory topics, which Brokk does not publish.
@@ -131,6 +138,8 @@ impl Session {
             user: None,
             decisions: Decisions::default(),
             connection_id: None,
+            client_id: None,
+            durables: HashMap::new(),
             consumers: HashMap::new(),
             by_consumer_id: HashMap::new(),
             advisory_consumers: HashSet::new(),
@@ -173,11 +182,7 @@ impl Session {
         let command_id = cmd.command_id();
         let response_required = cmd.response_required();
         let result = match (&self.phase, cmd) {
-            (Phase::AwaitConnectionInfo, Command::ConnectionInfo(c)) => {
-                self.connection_id = c.connection_id.clone();
-                self.phase = Phase::Open;
-                Ok(Vec::new())
-            }
+            (Phase::AwaitConnectionInfo, Command::ConnectionInfo(c)) => self.connect(&c),
             (_, Command::KeepAliveInfo(_)) => {
                 if response_required {
                     out.push(Action::Write(KeepAliveInfo::default().into()));
@@ -215,9 +220,7 @@ impl Session {
             (_, Command::DestinationInfo(_)) => {
                 unsupported("a temporary destination (DestinationInfo)")
             }
-            (_, Command::RemoveSubscriptionInfo(_)) => {
-                unsupported("a durable subscription (RemoveSubscriptionInfo)")
-            }
+            (_, Command::RemoveSubscriptionInfo(r)) => self.remove_subscription(&r, out),
             (_, other) => Err(Refusal {
                 class: JMS_EXCEPTION,
                 message: format!(
@@ -328,6 +331,114 @@ impl Session {
         self.error(refusal, None, out);
     }
 
+    fn connect(&mut self, c: &wire::ConnectionInfo) -> Result<Vec<usize>, Refusal> {
+        let client_id = c.client_id.as_deref().filter(|id| !id.is_empty());
+        if client_id.is_some_and(|id| id.len() > MAX_SUB_NAME_BYTES) {
+            return Err(Refusal {
+                class: "javax.jms.InvalidClientIDException",
+                message: format!("the client id is longer than {MAX_SUB_NAME_BYTES} bytes"),
+                fatal: true,
+            });
+        }
+        self.client_id = client_id.map(str::to_string);
+        self.connection_id = c.connection_id.clone();
+        self.phase = Phase::Open;
+        Ok(Vec::new())
+    }
+
+    /// The durable subscription a ConsumerInfo names, if any.
+    fn durable_name(
+        &self,
+        name: Option<&str>,
+        selector: Option<&str>,
+        destination: &Destination,
+    ) -> Result<Option<DurableName>, Refusal> {
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        if !destination.is_topic() {
+            return refuse("a durable subscription needs a topic");
+        }
+        if name.len() > MAX_SUB_NAME_BYTES {
+            return refuse(format!(
+                "the durable subscription name is longer than {MAX_SUB_NAME_BYTES} bytes"
+            ));
+        }
+        if selector.is_some_and(|s| s.len() > MAX_DURABLE_SELECTOR_BYTES) {
+            return refuse(format!(
+                "a durable subscription's selector is longer than {MAX_DURABLE_SELECTOR_BYTES} bytes"
+            ));
+        }
+        match &self.client_id {
+            Some(client_id) => Ok(Some(DurableName {
+                client_id: client_id.clone(),
+                name: name.to_string(),
+            })),
+            None => refuse("a durable subscription needs a client id on the connection"),
+        }
+    }
+
+    /// Deletes a durable subscription (`Session.unsubscribe`). The broker
+    /// deletes one through a consumer: this attaches a consumer that no
+    /// message reaches (deliveries to it are dropped here and the
+    /// subscription's messages go with it) and detaches it, deleting.
+    /// Both ops go to the topic's owner in order.
+    fn remove_subscription(
+        &mut self,
+        r: &wire::RemoveSubscriptionInfo,
+        out: &mut Vec<Action>,
+    ) -> Result<Vec<usize>, Refusal> {
+        let Some(name) = r.subscription_name.as_deref() else {
+            return refuse("RemoveSubscriptionInfo without a subscription name");
+        };
+        let client_id = r.client_id.clone().or_else(|| self.client_id.clone());
+        let Some(client_id) = client_id else {
+            return refuse("RemoveSubscriptionInfo without a client id");
+        };
+        if self
+            .consumers
+            .values()
+            .any(|c| c.durable.as_ref().is_some_and(|d| d.name == name))
+        {
+            return Err(Refusal {
+                class: "javax.jms.IllegalStateException",
+                message: format!("the durable subscription '{name}' has an active consumer"),
+                fatal: false,
+            });
+        }
+        let Some(destination) = self.durables.remove(name) else {
+            return unsupported(
+                "deleting a durable subscription that was not opened on this connection",
+            );
+        };
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let owner = destination.owner(self.cfg.shards);
+        let consumer = self.consumer_key(sub);
+        out.push(Action::Route(
+            owner,
+            Op::Subscribe(SubscribeOp {
+                destination: destination.clone(),
+                consumer,
+                prefetch: 1,
+                durable: Some(DurableName {
+                    client_id,
+                    name: name.to_string(),
+                }),
+                selector: None,
+            }),
+        ));
+        out.push(Action::Route(
+            owner,
+            Op::Unsubscribe {
+                destination,
+                consumer,
+                destroy_durable: true,
+            },
+        ));
+        Ok(vec![owner])
+    }
+
     fn send(&mut self, m: wire::Message, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
         if m.transaction_id.is_some() {
             return unsupported("a transacted send");
@@ -419,12 +530,11 @@ impl Session {
         if c.browser {
             return unsupported("a queue browser");
         }
-        if c.subscription_name
-            .as_deref()
-            .is_some_and(|n| !n.is_empty())
-        {
-            return unsupported("a durable subscription");
-        }
+        let durable = self.durable_name(
+            c.subscription_name.as_deref(),
+            c.selector.as_deref(),
+            &destination,
+        )?;
         if c.prefetch_size <= 0 {
             return unsupported("prefetch 0 (MessagePull)");
         }
@@ -454,12 +564,16 @@ impl Session {
         self.next_sub += 1;
         let owner = destination.owner(self.cfg.shards);
         self.by_consumer_id.insert(consumer_id.clone(), sub);
+        if let Some(d) = &durable {
+            self.durables.insert(d.name.clone(), destination.clone());
+        }
         self.consumers.insert(
             sub,
             Consumer {
                 id: consumer_id,
                 destination: destination.clone(),
                 wire_destination,
+                durable: durable.clone(),
                 unacked: VecDeque::new(),
             },
         );
@@ -469,7 +583,7 @@ impl Session {
                 destination,
                 consumer: self.consumer_key(sub),
                 prefetch: c.prefetch_size as u32,
-                durable: None,
+                durable,
                 selector,
             }),
         ));
