@@ -1025,7 +1025,7 @@ mod tests {
             last_message_id: Some(ids[last].clone()),
             ..MessageAck::default()
         };
-        let acked = |out: &mut Vec<Action>| match out.drain(..).collect::<Vec<_>>().as_slice() {
+        let acked = |out: &mut Vec<Action>| match std::mem::take(out).as_slice() {
             [Action::Route(_, Op::Ack { ids, .. })] => ids.clone(),
             [] => Vec::new(),
             other => panic!("unexpected {other:?}"),
