@@ -112,6 +112,16 @@ fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() 
 }
 
 #[test]
+fn a_client_id_is_one_connections_at_a_time() {
+    let b = broker();
+    let printed = java_case(&b, "client-id", &[]);
+    assert!(
+        printed.contains("second refused: client id 'only-one' is already connected"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
     let b = broker();
     let printed = java_case(&b, "bad-password", &[]);

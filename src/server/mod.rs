@@ -226,6 +226,7 @@ pub fn serve(config: Config) -> Result<()> {
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         recovered_commits: Arc::default(),
+        openwire_client_ids: Arc::default(),
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         fault_tx_crash: shard::TxCrash::from_env(),

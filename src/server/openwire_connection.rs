@@ -5,9 +5,11 @@
 //! writer encodes, each with its own cache.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,7 +24,9 @@ use super::mailbox::Mailbox;
 use super::shard::{Outbound, ShardContext};
 use crate::broker::ops::ShardMsg;
 use crate::metrics::ConnectionInfo;
-use crate::protocol::openwire::commands::{BrokerId, BrokerInfo, KeepAliveInfo};
+use crate::protocol::openwire::commands::{
+    BrokerId, BrokerInfo, DataStructure, KeepAliveInfo, RemoveInfo,
+};
 use crate::protocol::openwire::session::{Action, Session};
 use crate::protocol::openwire::{Codec, Command, WireFormat, WireFormatOptions};
 
@@ -86,6 +90,10 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAd
         )
         .instrument(span.clone()),
     );
+    let client_id = ClientId {
+        registry: ctx.shared.openwire_client_ids.clone(),
+        held: RefCell::new(None),
+    };
     let conn_io = Io {
         ctx: &ctx,
         session: &session,
@@ -94,6 +102,7 @@ pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAd
         ours: &ours,
         addr,
         info: &info,
+        client_id: &client_id,
     };
     conn_io.read_loop(reader).instrument(span).await;
     // Whatever ended the reader, the session's consumers end with it.
@@ -114,6 +123,39 @@ struct Io<'a> {
     ours: &'a WireFormatOptions,
     addr: Option<SocketAddr>,
     info: &'a ConnectionInfo,
+    client_id: &'a ClientId,
+}
+
+/// The JMS client id this connection holds in `openwire_client_ids`,
+/// given back when the connection ends.
+struct ClientId {
+    registry: Arc<Mutex<HashSet<String>>>,
+    held: RefCell<Option<String>>,
+}
+
+impl ClientId {
+    /// False when another connection holds `id`.
+    fn claim(&self, id: &str) -> bool {
+        let mut ids = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if !ids.insert(id.to_string()) {
+            return false;
+        }
+        *self.held.borrow_mut() = Some(id.to_string());
+        true
+    }
+
+    fn release(&self) {
+        if let Some(id) = self.held.borrow_mut().take() {
+            let mut ids = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            ids.remove(&id);
+        }
+    }
+}
+
+impl Drop for ClientId {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 enum Event {
@@ -229,7 +271,25 @@ impl Io<'_> {
                             );
                             break;
                         }
+                        if let Some(id) = c.client_id.as_deref().filter(|id| !id.is_empty()) {
+                            if !self.client_id.claim(id) {
+                                self.session.borrow_mut().reject_client_id(
+                                    cmd.command_id(),
+                                    id,
+                                    &mut actions,
+                                );
+                                break;
+                            }
+                        }
                     }
+                    // The client's close: its id is free before the close
+                    // is answered, so the application can reconnect with
+                    // it at once (as ActiveMQ frees it).
+                    Command::RemoveInfo(RemoveInfo {
+                        object_id: Some(DataStructure::ConnectionId(_)),
+                        ..
+                    })
+                    | Command::ShutdownInfo(_) => self.client_id.release(),
                     Command::Message(ref m) => {
                         ConnectionInfo::add(&self.info.messages_in, 1);
                         if over_limit(ctx, m.persistent) && !ctx.shutdown.is_set() {

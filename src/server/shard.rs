@@ -143,6 +143,10 @@ pub struct Shared {
     /// participant's prepared records are in effect if their decision is
     /// in any journal.
     pub recovered_commits: Arc<std::sync::Mutex<IdSet>>,
+    /// JMS client ids of the open OpenWire connections, broker-wide: a
+    /// second connection with one in use is refused, as ActiveMQ does.
+    /// Touched once per connect and close, never per message.
+    pub openwire_client_ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The highest message id counter any shard recovered, published before
     /// `recovered` is passed: every shard's new ids start above it.
     pub recovered_max_id: Arc<std::sync::atomic::AtomicU64>,

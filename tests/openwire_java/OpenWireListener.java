@@ -50,6 +50,7 @@ public class OpenWireListener {
                 case "selector": selector(); break;
                 case "transacted-refused": transactedRefused(); break;
                 case "durable": durable(); break;
+                case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
@@ -308,6 +309,20 @@ public class OpenWireListener {
         s2.unsubscribe("sub1");
         c2.close();
         pub.close();
+    }
+
+    /** A client id is one connection's at a time. */
+    static void clientId() throws Exception {
+        Connection first = connect("only-one");
+        try {
+            connect("only-one");
+            throw new IllegalStateException("a client id in use was accepted");
+        } catch (javax.jms.InvalidClientIDException e) {
+            System.out.println("second refused: " + e.getMessage());
+        }
+        first.close();
+        // Given back before the close is answered: reconnecting at once works.
+        connect("only-one").close();
     }
 
     /** (d) A wrong password fails the connection's start with JMSSecurityException. */

@@ -241,8 +241,29 @@ impl Session {
     /// JMSSecurityException answers the ConnectionInfo, then the
     /// connection closes.
     pub fn reject_credentials(&mut self, command_id: i32, message: &str, out: &mut Vec<Action>) {
+        self.reject_connection(command_id, SECURITY_EXCEPTION, message, out);
+    }
+
+    /// The client id is in use on another connection.
+    pub fn reject_client_id(&mut self, command_id: i32, client_id: &str, out: &mut Vec<Action>) {
+        let message = format!("client id '{client_id}' is already connected");
+        self.reject_connection(
+            command_id,
+            "javax.jms.InvalidClientIDException",
+            &message,
+            out,
+        );
+    }
+
+    fn reject_connection(
+        &mut self,
+        command_id: i32,
+        class: &'static str,
+        message: &str,
+        out: &mut Vec<Action>,
+    ) {
         let refusal = Refusal {
-            class: SECURITY_EXCEPTION,
+            class,
             message: message.to_string(),
             fatal: true,
         };
