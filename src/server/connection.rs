@@ -508,16 +508,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
     let mut actions = Vec::new();
     'outer: loop {
-        let items = match heartbeat {
-            None => outbound.take_all(std::mem::take(&mut spare)).await,
-            Some(every) => {
-                futures_lite::future::or(outbound.take_all(std::mem::take(&mut spare)), async {
-                    sleep(every).await;
-                    Vec::new()
-                })
-                .await
-            }
-        };
+        let items = next_batch(&outbound, std::mem::take(&mut spare), heartbeat).await;
         let mut close = items.is_empty() && heartbeat.is_none();
         if items.is_empty() && heartbeat.is_some() {
             wbuf.put_u8(b'\n');
@@ -569,6 +560,26 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     finish_writer(&outbound, &mut writer, fd).await;
+}
+
+/// Everything queued for the writer, in `spare`'s allocation; empty when
+/// the mailbox is closed or, with `idle` set, after that much silence
+/// (time for a heart-beat).
+pub(super) async fn next_batch(
+    outbound: &Mailbox<Outbound>,
+    spare: Vec<Outbound>,
+    idle: Option<Duration>,
+) -> Vec<Outbound> {
+    match idle {
+        None => outbound.take_all(spare).await,
+        Some(every) => {
+            futures_lite::future::or(outbound.take_all(spare), async {
+                sleep(every).await;
+                Vec::new()
+            })
+            .await
+        }
+    }
 }
 
 /// Writes one batch, then routes what waited for it to be written (acks

@@ -19,7 +19,9 @@ use glommio::net::TcpStream;
 use glommio::{spawn_local, timer::sleep};
 use tracing::{debug, debug_span, Instrument};
 
-use super::connection::{finish_writer, over_limit, unregister, write_batch, Registered};
+use super::connection::{
+    finish_writer, next_batch, over_limit, unregister, write_batch, Registered,
+};
 use super::mailbox::Mailbox;
 use super::shard::{Outbound, ShardContext};
 use crate::broker::ops::ShardMsg;
@@ -393,16 +395,7 @@ async fn write_loop(
     let mut commands: Vec<Command> = Vec::new();
     let mut routes: Vec<(usize, ShardMsg)> = Vec::new();
     loop {
-        let items = match keepalive {
-            None => outbound.take_all(std::mem::take(&mut spare)).await,
-            Some(every) => {
-                futures_lite::future::or(outbound.take_all(std::mem::take(&mut spare)), async {
-                    sleep(every).await;
-                    Vec::new()
-                })
-                .await
-            }
-        };
+        let items = next_batch(&outbound, std::mem::take(&mut spare), keepalive).await;
         let mut close = items.is_empty() && keepalive.is_none();
         if items.is_empty() && keepalive.is_some() {
             commands.push(KeepAliveInfo::default().into());

@@ -612,11 +612,7 @@ impl Session {
     }
 
     fn consumer_key(&self, sub: u64) -> ConsumerKey {
-        ConsumerKey {
-            shard: self.conn.shard,
-            conn: self.conn.conn,
-            sub,
-        }
+        self.conn.consumer(sub)
     }
 
     fn remove(&mut self, r: RemoveInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {

@@ -620,11 +620,7 @@ impl Session {
     }
 
     fn consumer(&self, sub: u64) -> ConsumerKey {
-        ConsumerKey {
-            shard: self.conn.shard,
-            conn: self.conn.conn,
-            sub,
-        }
+        self.conn.consumer(sub)
     }
 
     fn unsubscribe(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
@@ -998,11 +994,7 @@ impl Session {
             owner,
             Op::Ack {
                 destination: s.destination.clone(),
-                consumer: ConsumerKey {
-                    shard: self.conn.shard,
-                    conn: self.conn.conn,
-                    sub,
-                },
+                consumer: self.conn.consumer(sub),
                 ids: auto,
             },
         ))
