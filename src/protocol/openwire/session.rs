@@ -901,19 +901,10 @@ mod tests {
     use super::*;
     use crate::broker::message::MemoryUsage;
     use crate::protocol::openwire::commands::{ConnectionInfo, TransactionInfo};
-    use crate::security::Security;
 
     fn session() -> Session {
-        let cfg = SessionConfig {
-            shards: 2,
-            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
-            default_prefetch: 10,
-            heartbeat_min_ms: 1000,
-            usage: Arc::new(MemoryUsage::default()),
-            receipt_latency: Rc::default(),
-        };
         let mut s = Session::new(
-            Rc::new(cfg),
+            Rc::new(SessionConfig::for_tests(2)),
             Rc::new(MessageIds::new(0, 0)),
             ConnRef { shard: 0, conn: 1 },
             1 << 20,

@@ -35,6 +35,21 @@ pub struct SessionConfig {
     pub receipt_latency: Rc<LatencyHistogram>,
 }
 
+#[cfg(test)]
+impl SessionConfig {
+    /// An open broker (no users) with `shards` shards.
+    pub fn for_tests(shards: usize) -> SessionConfig {
+        SessionConfig {
+            shards,
+            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
+            default_prefetch: 10,
+            heartbeat_min_ms: 1000,
+            usage: Arc::new(MemoryUsage::default()),
+            receipt_latency: Rc::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckMode {
     Auto,
@@ -1095,16 +1110,8 @@ mod tests {
     }
 
     fn session(shards: usize) -> Session {
-        let cfg = SessionConfig {
-            shards,
-            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
-            default_prefetch: 10,
-            heartbeat_min_ms: 1000,
-            usage: Arc::new(MemoryUsage::default()),
-            receipt_latency: Rc::default(),
-        };
         let mut s = Session::new(
-            Rc::new(cfg),
+            Rc::new(SessionConfig::for_tests(shards)),
             Rc::new(MessageIds::new(0, 0)),
             ConnRef { shard: 0, conn: 1 },
         );
