@@ -162,6 +162,8 @@ impl HaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
     pub stomp: SocketAddr,
+    /// OpenWire, ActiveMQ's own JMS clients (ActiveMQ's default port, 61616).
+    pub openwire: SocketAddr,
     pub admin: SocketAddr,
     /// STOMP over TLS (ActiveMQ's `stomp+ssl`, conventionally 61612); needs `[tls]`.
     pub stomp_tls: Option<SocketAddr>,
@@ -337,6 +339,7 @@ impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             stomp: ([0, 0, 0, 0], 61613).into(),
+            openwire: ([0, 0, 0, 0], 61616).into(),
             admin: ([0, 0, 0, 0], 8161).into(),
             stomp_tls: None,
             admin_tls: None,
@@ -395,6 +398,7 @@ impl Default for StoreConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub stomp: Option<SocketAddr>,
+    pub openwire: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub mode: Option<StoreMode>,
@@ -430,6 +434,9 @@ impl Config {
     fn apply(&mut self, o: &Overrides) {
         if let Some(a) = o.stomp {
             self.listeners.stomp = a;
+        }
+        if let Some(a) = o.openwire {
+            self.listeners.openwire = a;
         }
         if let Some(a) = o.admin {
             self.listeners.admin = a;
@@ -643,6 +650,7 @@ mod tests {
     fn empty_file_gives_activemq_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.listeners.stomp.port(), 61613);
+        assert_eq!(c.listeners.openwire.port(), 61616);
         assert_eq!(c.listeners.admin.port(), 8161);
         assert_eq!(c.limits.max_frame_size, 104_857_600);
         assert_eq!(c.limits.connect_timeout_ms, 30_000);

@@ -102,6 +102,9 @@ struct ServeArgs {
     /// STOMP listen address, overrides `listeners.stomp` (default 0.0.0.0:61613).
     #[arg(long, value_name = "HOST:PORT")]
     stomp: Option<SocketAddr>,
+    /// OpenWire listen address, overrides `listeners.openwire` (default 0.0.0.0:61616).
+    #[arg(long, value_name = "HOST:PORT")]
+    openwire: Option<SocketAddr>,
     /// Admin/status HTTP address, overrides `listeners.admin` (default 0.0.0.0:8161).
     #[arg(long, value_name = "HOST:PORT")]
     admin: Option<SocketAddr>,
@@ -120,6 +123,7 @@ impl ServeArgs {
     fn load(&self) -> Result<Config, brokk::config::ConfigError> {
         let overrides = Overrides {
             stomp: self.stomp,
+            openwire: self.openwire,
             admin: self.admin,
             data: self.data.clone(),
             mode: self.mode,

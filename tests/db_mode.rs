@@ -361,7 +361,15 @@ fn wrong_password(engine: Engine) {
     let path = dir.path().join("brokk.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_brokk"))
-        .args(["serve", "--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--stomp",
+            "127.0.0.1:0",
+            "--openwire",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .arg("--config")
         .arg(&path)
         .env("BROKK_LOG", "error")

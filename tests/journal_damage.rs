@@ -46,7 +46,15 @@ fn failed_start(dir: &Path, config: &str) -> String {
     let cfg = dir.join("failing.toml");
     std::fs::write(&cfg, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
-        .args(["serve", "--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--stomp",
+            "127.0.0.1:0",
+            "--openwire",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .arg("--config")
         .arg(&cfg)
         .args(args(&dir.join("data")))

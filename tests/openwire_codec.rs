@@ -6,6 +6,8 @@
 //! them and prints their fields, which the test checks by name. No broker
 //! is involved: this is how we know the bytes are right.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::sync::OnceLock;
@@ -15,15 +17,6 @@ use brokk::protocol::openwire::compress;
 use brokk::protocol::openwire::properties::Value;
 use brokk::protocol::openwire::{samples, Codec, WireFormat, WireFormatInfo, WireFormatOptions};
 use bytes::{Bytes, BytesMut};
-
-const JARS: [&str; 6] = [
-    "/usr/share/java/activemq-client.jar",
-    "/usr/share/java/geronimo-jms_1.1_spec.jar",
-    "/usr/share/java/hawtbuf.jar",
-    "/usr/share/java/slf4j-api.jar",
-    "/usr/share/java/slf4j-nop.jar",
-    "/usr/share/java/geronimo-j2ee-management-1.1-spec.jar",
-];
 
 /// The encodings the Java program writes and reads, by its names.
 const ENCODINGS: [(&str, bool, bool); 4] = [
@@ -52,34 +45,7 @@ fn work_dir() -> PathBuf {
 /// Compiles the Java program once per test run; the classpath to run it.
 fn classpath() -> &'static str {
     static CP: OnceLock<String> = OnceLock::new();
-    CP.get_or_init(|| {
-        for jar in JARS {
-            assert!(
-                Path::new(jar).exists(),
-                "{jar} is missing: install libactivemq-java, libgeronimo-jms-1.1-spec-java, \
-                 libhawtbuf-java, libslf4j-java and libgeronimo-j2ee-management-1.1-spec-java \
-                 (ops/test.sh does)"
-            );
-        }
-        let classes = work_dir().join("classes");
-        std::fs::create_dir_all(&classes).unwrap();
-        let jars = JARS.join(":");
-        let src =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openwire_java/OpenWireGolden.java");
-        let out = Process::new("javac")
-            .arg("-d")
-            .arg(&classes)
-            .args(["-cp", &jars])
-            .arg(&src)
-            .output()
-            .expect("javac runs (Java 17 is on the machine image)");
-        assert!(
-            out.status.success(),
-            "javac failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!("{jars}:{}", classes.display())
-    })
+    CP.get_or_init(|| common::java::compile("OpenWireGolden.java", &work_dir().join("classes")))
 }
 
 fn java(args: &[&str]) -> String {

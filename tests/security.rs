@@ -413,6 +413,8 @@ fn expect_config_error(dir: &Path, config: &str, key: &str) {
             "serve",
             "--stomp",
             "127.0.0.1:0",
+            "--openwire",
+            "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
             "--mode",

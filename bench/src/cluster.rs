@@ -197,10 +197,20 @@ impl Cluster {
         for i in 0..count {
             let stomp = format!("127.0.0.1:{}", free_port()?);
             let admin = format!("127.0.0.1:{}", free_port()?);
-            let mut command: Vec<OsString> = ["serve", "--stomp", &stomp, "--admin", &admin]
-                .iter()
-                .map(OsString::from)
-                .collect();
+            // Port 0: the cluster's brokers (and a real ActiveMQ on 61616)
+            // share the machine, and bench speaks STOMP.
+            let mut command: Vec<OsString> = [
+                "serve",
+                "--stomp",
+                &stomp,
+                "--openwire",
+                "127.0.0.1:0",
+                "--admin",
+                &admin,
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
             let mut client_addr = stomp.clone();
             let mut config = store.clone().unwrap_or_default();
             if let Some(files) = &tls_files {

@@ -13,6 +13,17 @@ pub struct ConnRef {
     pub conn: u64,
 }
 
+impl ConnRef {
+    /// This connection's subscription `sub`, as the broker keys consumers.
+    pub fn consumer(self, sub: u64) -> ConsumerKey {
+        ConsumerKey {
+            shard: self.shard,
+            conn: self.conn,
+            sub,
+        }
+    }
+}
+
 /// A durable topic subscription's identity, as ActiveMQ names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DurableName {

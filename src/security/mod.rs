@@ -216,3 +216,54 @@ impl Decision {
         }
     }
 }
+
+/// One connection's authorization decisions, per destination, so that a
+/// producer pays one map lookup per message, not an authorization pass.
+/// Only filled when `[[authorization]]` entries exist.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    by_destination: std::collections::HashMap<Destination, Decision>,
+}
+
+impl Decisions {
+    /// Refuses `right` on `dest` (with the message to send the client)
+    /// unless `user` holds it, and, on a destination new to the broker,
+    /// admin as well: decided on the first use, then looked up.
+    pub fn authorize(
+        &mut self,
+        security: &Security,
+        user: Option<&UserInfo>,
+        dest: &Destination,
+        right: Right,
+    ) -> Result<(), String> {
+        if security.authorizer.is_none() {
+            return Ok(());
+        }
+        let decision = match self.by_destination.get(dest) {
+            Some(d) => *d,
+            None => {
+                let Some(mut d) = security.decide(user, dest) else {
+                    return Ok(());
+                };
+                if d.allows(right) && !d.known {
+                    // Allowed to create it: from now on it exists.
+                    security.known.insert(dest.clone());
+                    d.known = true;
+                }
+                self.by_destination.insert(dest.clone(), d);
+                d
+            }
+        };
+        if decision.allows(right) {
+            return Ok(());
+        }
+        let message = decision.denial(right, dest);
+        tracing::warn!(
+            user = user.map_or("", |u| u.login.as_str()),
+            destination = %dest,
+            right = right.as_str(),
+            "{message}"
+        );
+        Err(message)
+    }
+}

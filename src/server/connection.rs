@@ -101,17 +101,13 @@ async fn run<S>(ctx: Rc<ShardContext>, stream: S, fd: i32, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let id = ctx.next_conn_id();
+    let Registered {
+        conn,
+        outbound,
+        info,
+    } = Registered::new(&ctx, peer.addr, peer.protocol);
+    let id = conn.conn;
     let span = debug_span!("conn", conn = id, peer = ?peer.addr);
-    let conn = ConnRef {
-        shard: ctx.id as u16,
-        conn: id,
-    };
-    let outbound: Mailbox<Outbound> = Mailbox::default();
-    ctx.conns.borrow_mut().insert(id, outbound.clone());
-    let client = peer.addr.map(|a| a.to_string()).unwrap_or_default();
-    let info = Rc::new(ConnectionInfo::new(client, peer.protocol, now_ms()));
-    ctx.conn_info.borrow_mut().insert(id, info.clone());
     let session = Rc::new(RefCell::new(Session::new(
         ctx.session_cfg.clone(),
         ctx.ids.clone(),
@@ -138,6 +134,37 @@ where
     execute(&ctx, &outbound, actions);
     outbound.push(Outbound::Close);
     writer_task.await;
+    unregister(&ctx, id);
+}
+
+/// A connection known to its shard: replies reach it through `outbound`,
+/// the console lists it through `info`.
+pub(super) struct Registered {
+    pub conn: ConnRef,
+    pub outbound: Mailbox<Outbound>,
+    pub info: Rc<ConnectionInfo>,
+}
+
+impl Registered {
+    pub fn new(ctx: &ShardContext, addr: Option<SocketAddr>, protocol: &'static str) -> Registered {
+        let id = ctx.next_conn_id();
+        let outbound: Mailbox<Outbound> = Mailbox::default();
+        ctx.conns.borrow_mut().insert(id, outbound.clone());
+        let client = addr.map(|a| a.to_string()).unwrap_or_default();
+        let info = Rc::new(ConnectionInfo::new(client, protocol, now_ms()));
+        ctx.conn_info.borrow_mut().insert(id, info.clone());
+        Registered {
+            conn: ConnRef {
+                shard: ctx.id as u16,
+                conn: id,
+            },
+            outbound,
+            info,
+        }
+    }
+}
+
+pub(super) fn unregister(ctx: &ShardContext, id: u64) {
     ctx.conns.borrow_mut().remove(&id);
     ctx.conn_info.borrow_mut().remove(&id);
     debug!(conn = id, "closed");
@@ -482,16 +509,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
     let mut actions = Vec::new();
     'outer: loop {
-        let items = match heartbeat {
-            None => outbound.take_all(std::mem::take(&mut spare)).await,
-            Some(every) => {
-                futures_lite::future::or(outbound.take_all(std::mem::take(&mut spare)), async {
-                    sleep(every).await;
-                    Vec::new()
-                })
-                .await
-            }
-        };
+        let items = next_batch(&outbound, std::mem::take(&mut spare), heartbeat).await;
         let mut close = items.is_empty() && heartbeat.is_none();
         if items.is_empty() && heartbeat.is_some() {
             wbuf.put_u8(b'\n');
@@ -517,6 +535,8 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
                     Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
                     Outbound::Close => close = true,
+                    // Only the OpenWire listener queues these.
+                    Outbound::OpenWire(_) => {}
                 }
                 for a in actions.drain(..) {
                     match a {
@@ -532,31 +552,77 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         spare = items;
-        if receipts {
-            // The flusher released these under a fresh mastership check,
-            // but a reply can wait a while between there and here (another
-            // shard's hop, a pause): check again right before the send,
-            // so that a fenced master sends no RECEIPT at all (`ha::fence`).
-            crate::ha::fence::hold().await;
-        }
-        if !wbuf.is_empty() {
-            ConnectionInfo::add(&info.bytes_out, wbuf.len() as u64);
-            if writer.write_all(&wbuf).await.is_err() {
-                break 'outer;
-            }
-            wbuf.clear();
-        }
         // Auto-acks return prefetch credit only once the bytes are written.
-        if !acks.is_empty() {
-            ctx.route_all(acks.drain(..));
+        if !write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await {
+            break 'outer;
         }
         if close {
             break;
         }
     }
+    finish_writer(&outbound, &mut writer, fd).await;
+}
+
+/// Everything queued for the writer, in `spare`'s allocation; empty when
+/// the mailbox is closed or, with `idle` set, after that much silence
+/// (time for a heart-beat).
+pub(super) async fn next_batch(
+    outbound: &Mailbox<Outbound>,
+    spare: Vec<Outbound>,
+    idle: Option<Duration>,
+) -> Vec<Outbound> {
+    match idle {
+        None => outbound.take_all(spare).await,
+        Some(every) => {
+            futures_lite::future::or(outbound.take_all(spare), async {
+                sleep(every).await;
+                Vec::new()
+            })
+            .await
+        }
+    }
+}
+
+/// Writes one batch, then routes what waited for it to be written (acks
+/// that return credit). `answers`: the batch answers requests (RECEIPTs,
+/// Responses). False when the peer is gone.
+pub(super) async fn write_batch<W: AsyncWrite + Unpin>(
+    ctx: &ShardContext,
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+    info: &ConnectionInfo,
+    answers: bool,
+    after: &mut Vec<(usize, ShardMsg)>,
+) -> bool {
+    if answers {
+        // The flusher released these under a fresh mastership check,
+        // but a reply can wait a while between there and here (another
+        // shard's hop, a pause): check again right before the send,
+        // so that a fenced master answers nothing at all (`ha::fence`).
+        crate::ha::fence::hold().await;
+    }
+    if !wbuf.is_empty() {
+        ConnectionInfo::add(&info.bytes_out, wbuf.len() as u64);
+        if writer.write_all(wbuf).await.is_err() {
+            return false;
+        }
+        wbuf.clear();
+    }
+    if !after.is_empty() {
+        ctx.route_all(after.drain(..));
+    }
+    true
+}
+
+/// The writer's end: nothing more is queued, what was written is flushed,
+/// and the reader wakes up wherever it is blocked.
+pub(super) async fn finish_writer<W: AsyncWrite + Unpin>(
+    outbound: &Mailbox<Outbound>,
+    writer: &mut W,
+    fd: i32,
+) {
     outbound.close();
     let _ = writer.flush().await;
-    // Wakes the reader too, wherever it is blocked.
     // SAFETY: fd stays open until the connection's halves are dropped after this.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);

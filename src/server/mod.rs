@@ -6,6 +6,7 @@ mod connection;
 mod db_shard;
 pub mod latch;
 pub mod mailbox;
+mod openwire_connection;
 pub mod shard;
 
 use std::net::SocketAddr;
@@ -76,6 +77,8 @@ pub fn serve(mut config: Config) -> Result<()> {
     }
     let (stomp, port_hold) = resolve_port(config.listeners.stomp)
         .with_context(|| format!("cannot resolve {}", config.listeners.stomp))?;
+    let (openwire, openwire_port_hold) = resolve_port(config.listeners.openwire)
+        .with_context(|| format!("cannot resolve {}", config.listeners.openwire))?;
     let (stomp_tls, tls_port_hold) = match config.listeners.stomp_tls {
         None => (None, None),
         Some(a) => {
@@ -238,6 +241,7 @@ pub fn serve(mut config: Config) -> Result<()> {
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         recovered_commits: Arc::default(),
+        openwire_client_ids: Arc::default(),
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         fault_tx_crash: shard::TxCrash::from_env(),
@@ -263,7 +267,20 @@ pub fn serve(mut config: Config) -> Result<()> {
             // Registered DMA buffers: journal writes use their own aligned
             // buffers, so a small pool is enough.
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || shard::run(id, shared, (stomp, stomp_tls), mesh, ctl_rx, ready))
+            .spawn(move || {
+                shard::run(
+                    id,
+                    shared,
+                    shard::ListenAddrs {
+                        stomp,
+                        stomp_tls,
+                        openwire,
+                    },
+                    mesh,
+                    ctl_rx,
+                    ready,
+                )
+            })
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         threads.push(handle);
     }
@@ -277,19 +294,22 @@ pub fn serve(mut config: Config) -> Result<()> {
     }
     drop(port_hold);
     drop(tls_port_hold);
+    drop(openwire_port_hold);
     if let Some(db) = &shared_db {
         db.forget_loaded();
     }
     let _ = state.controls.set(controls.clone());
     let _ = controls_slot.set(controls);
     role.set(Role::Master);
-    info!(role = "master", %stomp, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
+    info!(role = "master", %stomp, %openwire, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
     // A line for scripts and tests that start brokk on port 0.
     let mut tls_field = stomp_tls.map_or(String::new(), |a| format!(" stomp_tls={a}"));
     if let Some(a) = admin_tls_addr {
         tls_field.push_str(&format!(" admin_tls={a}"));
     }
-    println!("brokk listening stomp={stomp} admin={admin_addr} shards={shards}{tls_field}");
+    println!(
+        "brokk listening stomp={stomp} openwire={openwire} admin={admin_addr} shards={shards}{tls_field}"
+    );
     for t in threads {
         t.join()
             .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;

@@ -49,6 +49,8 @@ pub const MESH_CHANNEL_BATCHES: usize = 1024;
 /// What a connection's writer receives.
 pub enum Outbound {
     Frame(crate::protocol::stomp::Frame),
+    /// A command for an OpenWire connection (never queued for a STOMP one).
+    OpenWire(Box<crate::protocol::openwire::Command>),
     Deliver(u64, Vec<Delivery>),
     Fenced(u64),
     Refused(String),
@@ -141,6 +143,10 @@ pub struct Shared {
     /// participant's prepared records are in effect if their decision is
     /// in any journal.
     pub recovered_commits: Arc<std::sync::Mutex<IdSet>>,
+    /// JMS client ids of the open OpenWire connections, broker-wide: a
+    /// second connection with one in use is refused, as ActiveMQ does.
+    /// Touched once per connect and close, never per message.
+    pub openwire_client_ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The highest message id counter any shard recovered, published before
     /// `recovered` is passed: every shard's new ids start above it.
     pub recovered_max_id: Arc<std::sync::atomic::AtomicU64>,
@@ -507,11 +513,25 @@ impl ShardContext {
     }
 }
 
+/// The client ports every shard accepts on (SO_REUSEPORT).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddrs {
+    pub stomp: std::net::SocketAddr,
+    pub stomp_tls: Option<std::net::SocketAddr>,
+    pub openwire: std::net::SocketAddr,
+}
+
+/// What a listener speaks.
+enum Protocol {
+    Stomp(Option<TlsListener>),
+    OpenWire,
+}
+
 /// Runs one shard until shutdown. `ready` gets the outcome of binding.
 pub async fn run(
     id: usize,
     shared: Shared,
-    (stomp, stomp_tls): (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    addrs: ListenAddrs,
     mesh: Option<MeshBuilder<Batch, Full>>,
     control: flume::Receiver<Control>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -660,10 +680,24 @@ pub async fn run(
                 }
             }
         }
+        let ListenAddrs {
+            stomp,
+            stomp_tls,
+            openwire,
+        } = addrs;
         let listener = match TcpListener::bind(stomp) {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen for STOMP on {stomp}: {e}")));
+                return;
+            }
+        };
+        let openwire_listener = match TcpListener::bind(openwire) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "cannot listen for OpenWire on {openwire}: {e}"
+                )));
                 return;
             }
         };
@@ -753,12 +787,18 @@ pub async fn run(
         spawn_local(expiry_sweeper(ctx.clone())).detach();
         spawn_local(control_loop(ctx.clone(), control)).detach();
         let _ = ready.send(Ok(()));
-        let tls_accepting =
-            tls_listener.map(|(l, tls)| spawn_local(accept_loop(ctx.clone(), l, Some(tls))));
-        accept_loop(ctx.clone(), listener, None).await;
+        let tls_accepting = tls_listener
+            .map(|(l, tls)| spawn_local(accept_loop(ctx.clone(), l, Protocol::Stomp(Some(tls)))));
+        let openwire_accepting = spawn_local(accept_loop(
+            ctx.clone(),
+            openwire_listener,
+            Protocol::OpenWire,
+        ));
+        accept_loop(ctx.clone(), listener, Protocol::Stomp(None)).await;
         if let Some(t) = tls_accepting {
             t.await;
         }
+        openwire_accepting.await;
         info!("stopped accepting; closing connections");
         drain(&ctx).await;
         quiesce(&ctx).await;
@@ -778,9 +818,13 @@ pub async fn run(
     .await
 }
 
-/// Accepts until shutdown; with `tls`, every connection does its TLS
+/// Accepts until shutdown; with TLS, every connection does its TLS
 /// handshake first (in its own task, under a deadline).
-async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, tls: Option<TlsListener>) {
+async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, protocol: Protocol) {
+    let (tls, openwire) = match protocol {
+        Protocol::Stomp(tls) => (tls, false),
+        Protocol::OpenWire => (None, true),
+    };
     let acceptor = tls
         .as_ref()
         .map(|t| futures_rustls::TlsAcceptor::from(t.config.clone()));
@@ -810,8 +854,9 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, tls: Option<T
         let open = ctx.shared.connections.fetch_add(1, Ordering::Relaxed);
         if open >= ctx.shared.max_connections {
             ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);
-            // A TLS client could not read the plain ERROR frame: it is closed.
-            if acceptor.is_none() {
+            // A TLS or OpenWire client could not read the plain ERROR
+            // frame: it is closed.
+            if acceptor.is_none() && !openwire {
                 spawn_local(connection::refuse(stream, ctx.shared.max_connections)).detach();
             }
             continue;
@@ -824,6 +869,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, tls: Option<T
                 (Some(acceptor), Some(timeout)) => {
                     connection::run_tls(ctx.clone(), stream, peer, acceptor, timeout).await
                 }
+                _ if openwire => super::openwire_connection::run(ctx.clone(), stream, peer).await,
                 _ => connection::run_plain(ctx.clone(), stream, peer).await,
             }
             ctx.shared.connections.fetch_sub(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod db;
+pub mod java;
 pub mod tls;
 
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
@@ -31,6 +32,8 @@ pub fn data_args(dir: &std::path::Path, extra: &[&str]) -> Vec<String> {
 pub struct Broker {
     pub child: Child,
     pub stomp: SocketAddr,
+    /// The OpenWire listener (ActiveMQ's JMS clients).
+    pub openwire: SocketAddr,
     pub admin: SocketAddr,
     /// The STOMP-over-TLS listener, when `listeners.stomp_tls` is set.
     pub stomp_tls: Option<SocketAddr>,
@@ -101,6 +104,10 @@ impl Broker {
         if !args.iter().any(|a| a == "--stomp") {
             cmd.args(["--stomp", "127.0.0.1:0"]);
         }
+        // Never ActiveMQ's fixed 61616: tests run side by side.
+        if !args.iter().any(|a| a == "--openwire") {
+            cmd.args(["--openwire", "127.0.0.1:0"]);
+        }
         if !args.iter().any(|a| a == "--admin") {
             cmd.args(["--admin", "127.0.0.1:0"]);
         }
@@ -121,6 +128,7 @@ impl Broker {
         let mut b = Broker {
             child,
             stomp: "0.0.0.0:0".parse().unwrap(),
+            openwire: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             stomp_tls: None,
             _dir: None,
@@ -143,6 +151,9 @@ impl Broker {
             self.admin = a;
         }
         self.stomp_tls = field("stomp_tls=");
+        if let Some(o) = field("openwire=") {
+            self.openwire = o;
+        }
     }
 
     /// For a standby: blocks until it prints that it became master.

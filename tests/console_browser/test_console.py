@@ -61,7 +61,7 @@ def start(cfg_text, data, stomp, admin):
     cfg.write(cfg_text)
     cfg.close()
     proc = subprocess.Popen(
-        [BROKK, "serve", "--config", cfg.name, "--stomp", f"127.0.0.1:{stomp}",
+        [BROKK, "serve", "--config", cfg.name, "--stomp", f"127.0.0.1:{stomp}", "--openwire", "127.0.0.1:0",
          "--admin", f"127.0.0.1:{admin}", "--shards", "2", "--data", data],
         stdout=subprocess.PIPE, env=dict(os.environ, BROKK_LOG="warn"), text=True)
     line = proc.stdout.readline()

@@ -53,7 +53,7 @@ def broker():
     env = dict(os.environ, BROKK_LOG="warn")
     data = tempfile.mkdtemp()
     proc = subprocess.Popen(
-        [BROKK, "serve", "--config", cfg.name, "--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "2",
+        [BROKK, "serve", "--config", cfg.name, "--stomp", "127.0.0.1:0", "--openwire", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "2",
          "--data", data],
         stdout=subprocess.PIPE, env=env, text=True)
     line = proc.stdout.readline()

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod primitives;
 pub mod properties;
 pub mod samples;
+pub mod session;
 pub mod wire_format;
 
 #[cfg(test)]

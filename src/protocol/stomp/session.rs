@@ -19,7 +19,7 @@ use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
 use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
-use crate::security::{Decision, Right, Security, UserInfo};
+use crate::security::{Decisions, Right, Security, UserInfo};
 
 /// Settings every session on a shard shares.
 #[derive(Debug)]
@@ -33,6 +33,21 @@ pub struct SessionConfig {
     /// The shard's receipt latencies (request read to RECEIPT queued),
     /// for the admin side's histogram.
     pub receipt_latency: Rc<LatencyHistogram>,
+}
+
+#[cfg(test)]
+impl SessionConfig {
+    /// An open broker (no users) with `shards` shards.
+    pub fn for_tests(shards: usize) -> SessionConfig {
+        SessionConfig {
+            shards,
+            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
+            default_prefetch: 10,
+            heartbeat_min_ms: 1000,
+            usage: Arc::new(MemoryUsage::default()),
+            receipt_latency: Rc::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,10 +173,7 @@ pub struct Session {
     /// Who authenticated (set by the connection before CONNECT is
     /// handled); None on an open broker.
     user: Option<Arc<UserInfo>>,
-    /// Rights decided per destination for this connection, so a producer
-    /// pays one map lookup per SEND, not an authorization pass. Only
-    /// filled with `[[authorization]]` entries.
-    decisions: HashMap<Destination, Decision>,
+    decisions: Decisions,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -193,7 +205,7 @@ impl Session {
             open_commits: HashMap::new(),
             next_token: 0,
             user: None,
-            decisions: HashMap::new(),
+            decisions: Decisions::default(),
         }
     }
 
@@ -207,39 +219,11 @@ impl Session {
         self.phase == Phase::AwaitConnect
     }
 
-    /// Refuses `right` on `dest` unless the user holds it (and, on a
-    /// destination new to the broker, admin as well): decided on the
-    /// first use per connection, then looked up.
+    /// Refuses `right` on `dest` unless the user holds it.
     fn authorize(&mut self, dest: &Destination, right: Right) -> Result<(), Refusal> {
-        if self.cfg.security.authorizer.is_none() {
-            return Ok(());
-        }
-        let decision = match self.decisions.get(dest) {
-            Some(d) => *d,
-            None => {
-                let Some(mut d) = self.cfg.security.decide(self.user.as_deref(), dest) else {
-                    return Ok(());
-                };
-                if d.allows(right) && !d.known {
-                    // Allowed to create it: from now on it exists.
-                    self.cfg.security.known.insert(dest.clone());
-                    d.known = true;
-                }
-                self.decisions.insert(dest.clone(), d);
-                d
-            }
-        };
-        if decision.allows(right) {
-            return Ok(());
-        }
-        let message = decision.denial(right, dest);
-        tracing::warn!(
-            user = self.user.as_ref().map_or("", |u| u.login.as_str()),
-            destination = %dest,
-            right = right.as_str(),
-            "{message}"
-        );
-        refuse(message)
+        self.decisions
+            .authorize(&self.cfg.security, self.user.as_deref(), dest, right)
+            .or_else(refuse)
     }
 
     pub fn version(&self) -> Version {
@@ -651,11 +635,7 @@ impl Session {
     }
 
     fn consumer(&self, sub: u64) -> ConsumerKey {
-        ConsumerKey {
-            shard: self.conn.shard,
-            conn: self.conn.conn,
-            sub,
-        }
+        self.conn.consumer(sub)
     }
 
     fn unsubscribe(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
@@ -1029,11 +1009,7 @@ impl Session {
             owner,
             Op::Ack {
                 destination: s.destination.clone(),
-                consumer: ConsumerKey {
-                    shard: self.conn.shard,
-                    conn: self.conn.conn,
-                    sub,
-                },
+                consumer: self.conn.consumer(sub),
                 ids: auto,
             },
         ))
@@ -1134,16 +1110,8 @@ mod tests {
     }
 
     fn session(shards: usize) -> Session {
-        let cfg = SessionConfig {
-            shards,
-            security: Arc::new(Security::from_config(&crate::config::Config::default()).unwrap()),
-            default_prefetch: 10,
-            heartbeat_min_ms: 1000,
-            usage: Arc::new(MemoryUsage::default()),
-            receipt_latency: Rc::default(),
-        };
         let mut s = Session::new(
-            Rc::new(cfg),
+            Rc::new(SessionConfig::for_tests(shards)),
             Rc::new(MessageIds::new(0, 0)),
             ConnRef { shard: 0, conn: 1 },
         );

@@ -1,0 +1,1197 @@
+//! One OpenWire connection's state machine: commands in, broker operations
+//! and commands out. No I/O here, and no codec: `server::openwire_connection`
+//! decodes, negotiates the wire format, authenticates and writes.
+//!
+//! The broker's model is STOMP's (string properties, `/queue/` and
+//! `/topic/` destinations, numeric message ids), so this file is also
+//! where OpenWire maps onto it, the way ActiveMQ maps JMS messages to
+//! STOMP frames (see docs/design/openwire.md).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::commands::{
+    self as wire, AckType, Command, ConnectionError, ConsumerId, ConsumerInfo, DestinationKind,
+    ExceptionResponse, KeepAliveInfo, MessageAck, MessageDispatch, MessageKind, ProducerId,
+    RemoveInfo, Response,
+};
+use super::compress;
+use super::primitives::Throwable;
+use super::properties::{PropertyMap, Value};
+use crate::broker::destination::MAX_SUB_NAME_BYTES;
+use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
+use crate::broker::message_ids::MessageIds;
+use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
+use crate::broker::queue::{ConsumerKey, Delivery};
+use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
+use crate::broker::{Destination, Message, MessageId};
+use crate::protocol::stomp::session::SessionConfig;
+use crate::security::{Decisions, Right, UserInfo};
+
+/// The property that says a message was sent as a BytesMessage, so that
+/// it comes back to an OpenWire consumer as one even when its bytes are
+/// valid UTF-8. STOMP consumers see it as a header.
+pub const BODY_KIND_PROPERTY: &str = "brokk-body";
+
+/// What the connection must do on the session's behalf.
+#[derive(Debug)]
+pub enum Action {
+    /// Write this command to the client.
+    Write(Command),
+    /// Apply this operation on the shard that owns its destination.
+    Route(usize, Op),
+    /// Close after the commands already queued are written.
+    Close,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitConnectionInfo,
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    id: ConsumerId,
+    destination: Destination,
+    wire_destination: wire::Destination,
+    durable: Option<DurableName>,
+    /// Dispatched, not yet acknowledged, in dispatch order.
+    unacked: VecDeque<MessageId>,
+}
+
+/// A refused command: the client gets an ExceptionResponse (or, for a
+/// command that asked for no answer, a ConnectionError) of `class`.
+#[derive(Debug)]
+struct Refusal {
+    class: &'static str,
+    message: String,
+    /// The connection cannot go on (bad credentials, a protocol error).
+    fatal: bool,
+}
+
+const JMS_EXCEPTION: &str = "javax.jms.JMSException";
+const SECURITY_EXCEPTION: &str = "javax.jms.JMSSecurityException";
+const SELECTOR_EXCEPTION: &str = "javax.jms.InvalidSelectorException";
+
+fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal {
+        class: JMS_EXCEPTION,
+        message: message.into(),
+        fatal: false,
+    })
+}
+
+fn unsupported<T>(what: &str) -> Result<T, Refusal> {
+    refuse(format!(
+        "{what} is not supported by Brokk's OpenWire listener yet"
+    ))
+}
+
+pub struct Session {
+    cfg: Rc<SessionConfig>,
+    ids: Rc<MessageIds>,
+    conn: ConnRef,
+    phase: Phase,
+    user: Option<Arc<UserInfo>>,
+    decisions: Decisions,
+    connection_id: Option<wire::ConnectionId>,
+    /// JMS client id: names this connection's durable subscriptions.
+    client_id: Option<String>,
+    /// Durable subscriptions opened on this connection, by name, with
+    /// their topic: RemoveSubscriptionInfo names only the subscription.
+    durables: HashMap<String, Destination>,
+    consumers: HashMap<u64, Consumer>,
+    by_consumer_id: HashMap<ConsumerId, u64>,
+    /// Consumers of ActiveMQ's advisory topics, which Brokk does not publish.
+    advisory_consumers: HashSet<ConsumerId>,
+    next_sub: u64,
+    /// Responses waiting for fences, by token: shards yet to answer and
+    /// the command id to answer.
+    pending: HashMap<u64, (usize, i32)>,
+    next_token: u64,
+    /// Sequence of the next dispatch's message id. The client checks
+    /// (producer id, sequence) for duplicates within a window: one
+    /// producer id per connection and a counter keep it happy.
+    next_dispatch: i64,
+    dispatch_producer: ProducerId,
+    /// Bound on an inflated body (the negotiated maxFrameSize).
+    max_body_bytes: usize,
+}
+
+impl Session {
+    pub fn new(
+        cfg: Rc<SessionConfig>,
+        ids: Rc<MessageIds>,
+        conn: ConnRef,
+        max_body_bytes: usize,
+    ) -> Session {
+        Session {
+            cfg,
+            ids,
+            conn,
+            phase: Phase::AwaitConnectionInfo,
+            user: None,
+            decisions: Decisions::default(),
+            connection_id: None,
+            client_id: None,
+            durables: HashMap::new(),
+            consumers: HashMap::new(),
+            by_consumer_id: HashMap::new(),
+            advisory_consumers: HashSet::new(),
+            next_sub: 0,
+            pending: HashMap::new(),
+            next_token: 0,
+            next_dispatch: 1,
+            dispatch_producer: ProducerId {
+                connection_id: Some(format!("ID:brokk-{}-{}", conn.shard, conn.conn)),
+                value: 0,
+                session_id: 0,
+            },
+            max_body_bytes,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn awaits_connection_info(&self) -> bool {
+        self.phase == Phase::AwaitConnectionInfo
+    }
+
+    /// The user the connection authenticated, before ConnectionInfo is handled.
+    pub fn authenticated(&mut self, user: Option<Arc<UserInfo>>) {
+        self.user = user;
+    }
+
+    /// Handles one command from the client (WireFormatInfo is the
+    /// connection's: it owns the codec).
+    pub fn handle(&mut self, cmd: Command, out: &mut Vec<Action>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let command_id = cmd.command_id();
+        let response_required = cmd.response_required();
+        let result = match (&self.phase, cmd) {
+            (Phase::AwaitConnectionInfo, Command::ConnectionInfo(c)) => self.connect(&c),
+            (_, Command::KeepAliveInfo(_)) => {
+                if response_required {
+                    out.push(Action::Write(KeepAliveInfo::default().into()));
+                }
+                return;
+            }
+            (_, Command::ShutdownInfo(_)) => {
+                self.teardown(out);
+                out.push(Action::Close);
+                return;
+            }
+            (Phase::AwaitConnectionInfo, other) => Err(Refusal {
+                class: JMS_EXCEPTION,
+                message: format!(
+                    "expected ConnectionInfo first, got command type {}",
+                    other.type_code()
+                ),
+                fatal: true,
+            }),
+            (_, Command::ConnectionInfo(_)) => refuse("this connection is already open"),
+            (_, Command::SessionInfo(_)) | (_, Command::ProducerInfo(_)) => Ok(Vec::new()),
+            (_, Command::ConsumerInfo(c)) => self.subscribe(*c, out),
+            (_, Command::RemoveInfo(r)) => self.remove(r, out),
+            (_, Command::Message(m)) => self.send(*m, out),
+            (_, Command::MessageAck(a)) => self.ack(&a, out),
+            (
+                _,
+                Command::FlushCommand(_)
+                | Command::ControlCommand(_)
+                | Command::ConsumerControl(_)
+                | Command::ConnectionControl(_),
+            ) => Ok(Vec::new()),
+            (_, Command::TransactionInfo(_)) => unsupported("a transaction (TransactionInfo)"),
+            (_, Command::MessagePull(_)) => unsupported("MessagePull (prefetch 0)"),
+            (_, Command::DestinationInfo(_)) => {
+                unsupported("a temporary destination (DestinationInfo)")
+            }
+            (_, Command::RemoveSubscriptionInfo(r)) => self.remove_subscription(&r, out),
+            (_, other) => Err(Refusal {
+                class: JMS_EXCEPTION,
+                message: format!(
+                    "command type {} is sent by brokers, not clients",
+                    other.type_code()
+                ),
+                fatal: true,
+            }),
+        };
+        match result {
+            Ok(shards) if response_required => self.fence(shards, command_id, out),
+            Ok(_) => {}
+            Err(r) => self.error(r, response_required.then_some(command_id), out),
+        }
+    }
+
+    /// Bad credentials (or a verification that timed out): a
+    /// JMSSecurityException answers the ConnectionInfo, then the
+    /// connection closes.
+    pub fn reject_credentials(&mut self, command_id: i32, message: &str, out: &mut Vec<Action>) {
+        self.reject_connection(command_id, SECURITY_EXCEPTION, message, out);
+    }
+
+    /// The client id is in use on another connection.
+    pub fn reject_client_id(&mut self, command_id: i32, client_id: &str, out: &mut Vec<Action>) {
+        let message = format!("client id '{client_id}' is already connected");
+        self.reject_connection(
+            command_id,
+            "javax.jms.InvalidClientIDException",
+            &message,
+            out,
+        );
+    }
+
+    fn reject_connection(
+        &mut self,
+        command_id: i32,
+        class: &'static str,
+        message: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let refusal = Refusal {
+            class,
+            message: message.to_string(),
+            fatal: true,
+        };
+        self.error(refusal, Some(command_id), out);
+    }
+
+    /// A fault that is no command's (bytes that do not decode, no
+    /// handshake in time): a ConnectionError, then the connection closes.
+    pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        let refusal = Refusal {
+            class: "java.io.IOException",
+            message: message.to_string(),
+            fatal: true,
+        };
+        self.error(refusal, None, out);
+    }
+
+    fn error(&mut self, r: Refusal, answer: Option<i32>, out: &mut Vec<Action>) {
+        tracing::debug!(message = %r.message, fatal = r.fatal, "OpenWire command refused");
+        let exception = Some(Throwable::new(r.class, r.message));
+        let cmd: Command = match answer {
+            Some(correlation_id) => ExceptionResponse {
+                correlation_id,
+                exception,
+                ..ExceptionResponse::default()
+            }
+            .into(),
+            None => ConnectionError {
+                exception,
+                connection_id: self.connection_id.clone(),
+                ..ConnectionError::default()
+            }
+            .into(),
+        };
+        out.push(Action::Write(cmd));
+        if r.fatal {
+            self.teardown(out);
+            out.push(Action::Close);
+        }
+    }
+
+    /// Answers `command_id` once every shard in `shards` has applied (and,
+    /// with a durable store, made durable) what this connection sent it
+    /// before: STOMP's RECEIPT mechanism.
+    fn fence(&mut self, mut shards: Vec<usize>, command_id: i32, out: &mut Vec<Action>) {
+        shards.sort_unstable();
+        shards.dedup();
+        if shards.is_empty() {
+            out.push(Action::Write(response(command_id)));
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, (shards.len(), command_id));
+        for s in shards {
+            out.push(Action::Route(
+                s,
+                Op::Fence {
+                    conn: self.conn,
+                    token,
+                },
+            ));
+        }
+    }
+
+    /// A shard has applied everything up to fence `token`.
+    pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        let Some((remaining, command_id)) = self.pending.get_mut(&token) else {
+            return;
+        };
+        *remaining -= 1;
+        if *remaining == 0 {
+            let command_id = *command_id;
+            self.pending.remove(&token);
+            out.push(Action::Write(response(command_id)));
+        }
+    }
+
+    /// A broker refusal (e.g. a durable subscription in use elsewhere).
+    pub fn refused(&mut self, reason: &str, out: &mut Vec<Action>) {
+        let refusal = Refusal {
+            class: JMS_EXCEPTION,
+            message: reason.to_string(),
+            fatal: true,
+        };
+        self.error(refusal, None, out);
+    }
+
+    fn connect(&mut self, c: &wire::ConnectionInfo) -> Result<Vec<usize>, Refusal> {
+        let client_id = c.client_id.as_deref().filter(|id| !id.is_empty());
+        if client_id.is_some_and(|id| id.len() > MAX_SUB_NAME_BYTES) {
+            return Err(Refusal {
+                class: "javax.jms.InvalidClientIDException",
+                message: format!("the client id is longer than {MAX_SUB_NAME_BYTES} bytes"),
+                fatal: true,
+            });
+        }
+        self.client_id = client_id.map(str::to_string);
+        self.connection_id = c.connection_id.clone();
+        self.phase = Phase::Open;
+        Ok(Vec::new())
+    }
+
+    /// The durable subscription a ConsumerInfo names, if any.
+    fn durable_name(
+        &self,
+        name: Option<&str>,
+        selector: Option<&str>,
+        destination: &Destination,
+    ) -> Result<Option<DurableName>, Refusal> {
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        if !destination.is_topic() {
+            return refuse("a durable subscription needs a topic");
+        }
+        if name.len() > MAX_SUB_NAME_BYTES {
+            return refuse(format!(
+                "the durable subscription name is longer than {MAX_SUB_NAME_BYTES} bytes"
+            ));
+        }
+        if selector.is_some_and(|s| s.len() > MAX_DURABLE_SELECTOR_BYTES) {
+            return refuse(format!(
+                "a durable subscription's selector is longer than {MAX_DURABLE_SELECTOR_BYTES} bytes"
+            ));
+        }
+        match &self.client_id {
+            Some(client_id) => Ok(Some(DurableName {
+                client_id: client_id.clone(),
+                name: name.to_string(),
+            })),
+            None => refuse("a durable subscription needs a client id on the connection"),
+        }
+    }
+
+    /// Deletes a durable subscription (`Session.unsubscribe`). The broker
+    /// deletes one through a consumer: this attaches a consumer that no
+    /// message reaches (deliveries to it are dropped here and the
+    /// subscription's messages go with it) and detaches it, deleting.
+    /// Both ops go to the topic's owner in order.
+    fn remove_subscription(
+        &mut self,
+        r: &wire::RemoveSubscriptionInfo,
+        out: &mut Vec<Action>,
+    ) -> Result<Vec<usize>, Refusal> {
+        let Some(name) = r.subscription_name.as_deref() else {
+            return refuse("RemoveSubscriptionInfo without a subscription name");
+        };
+        let client_id = r.client_id.clone().or_else(|| self.client_id.clone());
+        let Some(client_id) = client_id else {
+            return refuse("RemoveSubscriptionInfo without a client id");
+        };
+        if self
+            .consumers
+            .values()
+            .any(|c| c.durable.as_ref().is_some_and(|d| d.name == name))
+        {
+            return Err(Refusal {
+                class: "javax.jms.IllegalStateException",
+                message: format!("the durable subscription '{name}' has an active consumer"),
+                fatal: false,
+            });
+        }
+        let Some(destination) = self.durables.remove(name) else {
+            return unsupported(
+                "deleting a durable subscription that was not opened on this connection",
+            );
+        };
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let owner = destination.owner(self.cfg.shards);
+        let consumer = self.consumer_key(sub);
+        out.push(Action::Route(
+            owner,
+            Op::Subscribe(SubscribeOp {
+                destination: destination.clone(),
+                consumer,
+                prefetch: 1,
+                durable: Some(DurableName {
+                    client_id,
+                    name: name.to_string(),
+                }),
+                selector: None,
+            }),
+        ));
+        out.push(Action::Route(
+            owner,
+            Op::Unsubscribe {
+                destination,
+                consumer,
+                destroy_durable: true,
+            },
+        ));
+        Ok(vec![owner])
+    }
+
+    fn send(&mut self, m: wire::Message, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        if m.transaction_id.is_some() {
+            return unsupported("a transacted send");
+        }
+        let Some(wire_dest) = &m.destination else {
+            return refuse("a message without a destination");
+        };
+        let destination = broker_destination(wire_dest)?;
+        self.decisions
+            .authorize(
+                &self.cfg.security,
+                self.user.as_deref(),
+                &destination,
+                Right::Write,
+            )
+            .or_else(refuse)?;
+        let mut properties: Vec<Property> = Vec::new();
+        let body = match m.kind {
+            MessageKind::Text => compress::text(&m, self.max_body_bytes)
+                .or_else(|e| refuse(format!("cannot read the TextMessage's body: {e}")))?
+                .map(Bytes::from)
+                .unwrap_or_default(),
+            MessageKind::Bytes => {
+                properties.push(property(BODY_KIND_PROPERTY, "bytes"));
+                compress::bytes(&m, self.max_body_bytes)
+                    .or_else(|e| refuse(format!("cannot read the BytesMessage's body: {e}")))?
+            }
+            MessageKind::Message => Bytes::new(),
+            MessageKind::Map => return unsupported("MapMessage"),
+            MessageKind::Stream => return unsupported("StreamMessage"),
+            MessageKind::Object => return unsupported("ObjectMessage"),
+        };
+        if let Some(c) = &m.correlation_id {
+            properties.push(property("correlation-id", c));
+        }
+        if let Some(r) = &m.reply_to {
+            properties.push(property("reply-to", &reply_to_header(r)));
+        }
+        if let Some(t) = &m.jms_type {
+            properties.push(property("type", t));
+        }
+        let typed = m
+            .properties()
+            .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
+        for (name, value) in typed {
+            if let Some(v) = value_to_string(&value) {
+                properties.push((Bytes::from(name), Bytes::from(v)));
+            }
+        }
+        let footprint = Message::footprint(&properties, &body);
+        let msg = Arc::new(Message {
+            id: self.ids.next(),
+            destination,
+            properties,
+            body,
+            priority: m.priority.clamp(0, 9) as u8,
+            expires_ms: m.expiration.max(0) as u64,
+            persistent: m.persistent,
+            timestamp_ms: if m.timestamp > 0 {
+                m.timestamp as u64
+            } else {
+                now_ms()
+            },
+            charge: self.cfg.usage.charge(footprint),
+        });
+        let owner = msg.destination.owner(self.cfg.shards);
+        out.push(Action::Route(owner, Op::Send(msg)));
+        Ok(vec![owner])
+    }
+
+    fn subscribe(&mut self, c: ConsumerInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let Some(consumer_id) = c.consumer_id else {
+            return refuse("a ConsumerInfo without a consumer id");
+        };
+        if self.by_consumer_id.contains_key(&consumer_id) {
+            return refuse("this consumer id is already in use");
+        }
+        let Some(wire_destination) = c.destination else {
+            return refuse("a ConsumerInfo without a destination");
+        };
+        if is_advisory(&wire_destination) {
+            // ActiveMQ's client watches the temporary-destination
+            // advisories on every connection; Brokk publishes none, so
+            // the consumer is accepted and never gets a message.
+            self.advisory_consumers.insert(consumer_id);
+            return Ok(Vec::new());
+        }
+        let destination = broker_destination(&wire_destination)?;
+        if c.browser {
+            return unsupported("a queue browser");
+        }
+        let durable = self.durable_name(
+            c.subscription_name.as_deref(),
+            c.selector.as_deref(),
+            &destination,
+        )?;
+        if c.prefetch_size <= 0 {
+            return unsupported("prefetch 0 (MessagePull)");
+        }
+        self.decisions
+            .authorize(
+                &self.cfg.security,
+                self.user.as_deref(),
+                &destination,
+                Right::Read,
+            )
+            .or_else(refuse)?;
+        let selector = match c.selector.as_deref().filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(text) => match Selector::parse(text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let shown: String = text.chars().take(200).collect();
+                    return Err(Refusal {
+                        class: SELECTOR_EXCEPTION,
+                        message: format!("{e} (selector: {shown})"),
+                        fatal: false,
+                    });
+                }
+            },
+        };
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let owner = destination.owner(self.cfg.shards);
+        self.by_consumer_id.insert(consumer_id.clone(), sub);
+        if let Some(d) = &durable {
+            self.durables.insert(d.name.clone(), destination.clone());
+        }
+        self.consumers.insert(
+            sub,
+            Consumer {
+                id: consumer_id,
+                destination: destination.clone(),
+                wire_destination,
+                durable: durable.clone(),
+                unacked: VecDeque::new(),
+            },
+        );
+        out.push(Action::Route(
+            owner,
+            Op::Subscribe(SubscribeOp {
+                destination,
+                consumer: self.consumer_key(sub),
+                prefetch: c.prefetch_size as u32,
+                durable,
+                selector,
+            }),
+        ));
+        Ok(vec![owner])
+    }
+
+    fn consumer_key(&self, sub: u64) -> ConsumerKey {
+        self.conn.consumer(sub)
+    }
+
+    fn remove(&mut self, r: RemoveInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let subs: Vec<u64> = match &r.object_id {
+            Some(wire::DataStructure::ConsumerId(id)) => match self.by_consumer_id.get(id) {
+                Some(sub) => vec![*sub],
+                None if self.advisory_consumers.remove(id) => Vec::new(),
+                None => return refuse("RemoveInfo of an unknown consumer"),
+            },
+            Some(wire::DataStructure::SessionId(id)) => self
+                .consumers
+                .iter()
+                .filter(|(_, c)| {
+                    c.id.session_id == id.value && c.id.connection_id == id.connection_id
+                })
+                .map(|(sub, _)| *sub)
+                .collect(),
+            Some(wire::DataStructure::ConnectionId(_)) => self.consumers.keys().copied().collect(),
+            // Producers hold nothing on the broker side yet.
+            _ => Vec::new(),
+        };
+        Ok(subs
+            .into_iter()
+            .filter_map(|sub| self.close_consumer(sub, out))
+            .collect())
+    }
+
+    /// Closes one consumer; what it had not acknowledged goes back to its
+    /// destination for redelivery. Returns the owner shard.
+    fn close_consumer(&mut self, sub: u64, out: &mut Vec<Action>) -> Option<usize> {
+        let c = self.consumers.remove(&sub)?;
+        self.by_consumer_id.remove(&c.id);
+        let owner = c.destination.owner(self.cfg.shards);
+        out.push(Action::Route(
+            owner,
+            Op::Unsubscribe {
+                destination: c.destination,
+                consumer: self.consumer_key(sub),
+                destroy_durable: false,
+            },
+        ));
+        Some(owner)
+    }
+
+    /// The connection is gone: every consumer closes.
+    pub fn teardown(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Closed;
+        let subs: Vec<u64> = self.consumers.keys().copied().collect();
+        for sub in subs {
+            self.close_consumer(sub, out);
+        }
+    }
+
+    fn ack(&mut self, a: &MessageAck, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        if a.transaction_id.is_some() {
+            return unsupported("a transacted acknowledgement");
+        }
+        let Some(sub) = a
+            .consumer_id
+            .as_ref()
+            .and_then(|id| self.by_consumer_id.get(id))
+        else {
+            return refuse("MessageAck for an unknown consumer");
+        };
+        let sub = *sub;
+        let Some(kind) = AckType::from_byte(a.ack_type) else {
+            return refuse(format!("unknown MessageAck type {}", a.ack_type));
+        };
+        let nack = match kind {
+            // The client's prefetch window, or a note about redelivery:
+            // nothing is consumed.
+            AckType::Delivered | AckType::Redelivered => return Ok(Vec::new()),
+            AckType::Poison => true,
+            AckType::Standard | AckType::Individual | AckType::Unmatched | AckType::Expired => {
+                false
+            }
+        };
+        let broker_id =
+            |id: &Option<wire::MessageId>| id.as_ref().map(|m| m.broker_sequence_id as u64);
+        let Some(last) = broker_id(&a.last_message_id) else {
+            return refuse("MessageAck without a last message id");
+        };
+        let Some(c) = self.consumers.get_mut(&sub) else {
+            return refuse("MessageAck for a closed consumer");
+        };
+        let Some(end) = c.unacked.iter().position(|m| *m == last) else {
+            // Settled already (a range overlapping an earlier one).
+            return Ok(Vec::new());
+        };
+        let ids: Vec<MessageId> = if kind == AckType::Individual {
+            c.unacked.remove(end).into_iter().collect()
+        } else {
+            // A range: first..=last of what was dispatched to this consumer.
+            let start = broker_id(&a.first_message_id)
+                .and_then(|first| c.unacked.iter().position(|m| *m == first))
+                .filter(|s| *s <= end)
+                .unwrap_or(0);
+            c.unacked.drain(start..=end).collect()
+        };
+        let owner = c.destination.owner(self.cfg.shards);
+        let (destination, consumer) = (c.destination.clone(), self.consumer_key(sub));
+        let op = if nack {
+            Op::Nack {
+                destination,
+                consumer,
+                ids,
+            }
+        } else {
+            Op::Ack {
+                destination,
+                consumer,
+                ids,
+            }
+        };
+        out.push(Action::Route(owner, op));
+        Ok(vec![owner])
+    }
+
+    /// Turns deliveries for consumer `sub` into MessageDispatch commands.
+    /// Every delivery waits for the client's MessageAck, which is also
+    /// what returns prefetch credit.
+    pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, out: &mut Vec<Command>) {
+        let Some(c) = self.consumers.get_mut(&sub) else {
+            // Closed meanwhile: the owner took these back already.
+            return;
+        };
+        for d in deliveries {
+            let m = &d.msg;
+            let mut msg = to_wire_message(m, &c.wire_destination);
+            msg.message_id = Some(wire::MessageId {
+                text_view: Some(format!("{MESSAGE_ID_PREFIX}{}", m.id)),
+                producer_id: Some(self.dispatch_producer.clone()),
+                producer_sequence_id: self.next_dispatch,
+                broker_sequence_id: m.id as i64,
+            });
+            self.next_dispatch += 1;
+            msg.producer_id = Some(self.dispatch_producer.clone());
+            let redelivery_counter = i32::from(d.redelivered);
+            msg.redelivery_counter = redelivery_counter;
+            c.unacked.push_back(m.id);
+            out.push(
+                MessageDispatch {
+                    consumer_id: Some(c.id.clone()),
+                    destination: Some(c.wire_destination.clone()),
+                    message: Some(Box::new(msg)),
+                    redelivery_counter,
+                    ..MessageDispatch::default()
+                }
+                .into(),
+            );
+        }
+    }
+}
+
+fn response(correlation_id: i32) -> Command {
+    Response {
+        correlation_id,
+        ..Response::default()
+    }
+    .into()
+}
+
+fn property(name: &str, value: &str) -> Property {
+    (
+        Bytes::copy_from_slice(name.as_bytes()),
+        Bytes::copy_from_slice(value.as_bytes()),
+    )
+}
+
+/// ActiveMQ's advisory topics (`ActiveMQ.Advisory.TempQueue,...`, which
+/// the client subscribes to on its own).
+fn is_advisory(d: &wire::Destination) -> bool {
+    d.kind == DestinationKind::Topic && d.physical_name.starts_with("ActiveMQ.Advisory.")
+}
+
+/// The broker's destination for an OpenWire one. Temporary and composite
+/// destinations are not supported yet.
+fn broker_destination(d: &wire::Destination) -> Result<Destination, Refusal> {
+    let prefix = match d.kind {
+        DestinationKind::Queue => "/queue/",
+        DestinationKind::Topic => "/topic/",
+        DestinationKind::TempQueue | DestinationKind::TempTopic => {
+            return unsupported("a temporary destination")
+        }
+    };
+    if d.physical_name.contains(',') {
+        return unsupported("a composite destination");
+    }
+    Destination::parse(&format!("{prefix}{}", d.physical_name)).or_else(|e| refuse(e.to_string()))
+}
+
+/// `reply-to` as ActiveMQ's STOMP mapping writes it.
+fn reply_to_header(d: &wire::Destination) -> String {
+    let prefix = match d.kind {
+        DestinationKind::Queue => "/queue/",
+        DestinationKind::Topic => "/topic/",
+        DestinationKind::TempQueue => "/temp-queue/",
+        DestinationKind::TempTopic => "/temp-topic/",
+    };
+    format!("{prefix}{}", d.physical_name)
+}
+
+fn reply_to_destination(header: &str) -> Option<wire::Destination> {
+    let kinds = [
+        ("/queue/", DestinationKind::Queue),
+        ("/topic/", DestinationKind::Topic),
+        ("/temp-queue/", DestinationKind::TempQueue),
+        ("/temp-topic/", DestinationKind::TempTopic),
+    ];
+    kinds.iter().find_map(|(prefix, kind)| {
+        header.strip_prefix(prefix).map(|name| wire::Destination {
+            kind: *kind,
+            physical_name: name.to_string(),
+        })
+    })
+}
+
+/// A typed property as a STOMP header value, as ActiveMQ writes it
+/// (`toString()`); nulls, byte arrays, maps and lists have no string form
+/// there and are dropped.
+fn value_to_string(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Byte(n) => n.to_string(),
+        Value::Char(c) => char::from_u32(u32::from(*c))?.to_string(),
+        Value::Short(n) => n.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Long(n) => n.to_string(),
+        Value::Float(n) => n.to_string(),
+        Value::Double(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Null | Value::Bytes(_) | Value::Map(_) | Value::List(_) => return None,
+    })
+}
+
+/// The broker's message as ActiveMQ's client expects it: JMS headers from
+/// their STOMP names, every other property a string property; a
+/// BytesMessage if it was sent as one or its body is not UTF-8, else a
+/// TextMessage.
+fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Message {
+    let mut bytes_body = false;
+    let mut msg = wire::Message::new(MessageKind::Text);
+    let mut props = PropertyMap::new();
+    for (k, v) in &m.properties {
+        let value = String::from_utf8_lossy(v);
+        match &k[..] {
+            b"correlation-id" => msg.correlation_id = Some(value.into_owned()),
+            b"reply-to" => msg.reply_to = reply_to_destination(&value),
+            b"type" => msg.jms_type = Some(value.into_owned()),
+            k if k == BODY_KIND_PROPERTY.as_bytes() => bytes_body = v.as_ref() == b"bytes",
+            _ => {
+                props.insert(
+                    String::from_utf8_lossy(k).into_owned(),
+                    Value::String(value.into_owned()),
+                );
+            }
+        }
+    }
+    let text = if bytes_body {
+        None
+    } else {
+        std::str::from_utf8(&m.body).ok()
+    };
+    match text {
+        Some(t) => compress::set_text(&mut msg, t, false),
+        None => {
+            msg.kind = MessageKind::Bytes;
+            compress::set_bytes(&mut msg, m.body.clone(), false);
+        }
+    }
+    // Strings only: this cannot fail past the codec's own bounds, and a
+    // message that came in within them goes out within them.
+    if let Err(e) = msg.set_properties(&props) {
+        tracing::warn!(error = %e, id = m.id, "message properties dropped on the way to OpenWire");
+    }
+    msg.destination = Some(destination.clone());
+    msg.persistent = m.persistent;
+    msg.priority = m.priority as i8;
+    msg.expiration = m.expires_ms as i64;
+    msg.timestamp = m.timestamp_ms as i64;
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::MemoryUsage;
+    use crate::protocol::openwire::commands::{ConnectionInfo, TransactionInfo};
+
+    fn session() -> Session {
+        let mut s = Session::new(
+            Rc::new(SessionConfig::for_tests(2)),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 1 },
+            1 << 20,
+        );
+        let mut out = Vec::new();
+        s.handle(
+            ConnectionInfo {
+                command_id: 1,
+                response_required: true,
+                ..ConnectionInfo::default()
+            }
+            .into(),
+            &mut out,
+        );
+        assert!(s.is_open());
+        assert!(matches!(&out[..], [Action::Write(Command::Response(r))] if r.correlation_id == 1));
+        s
+    }
+
+    fn consumer_id(n: i64) -> ConsumerId {
+        ConsumerId {
+            connection_id: Some("ID:c".into()),
+            session_id: 1,
+            value: n,
+        }
+    }
+
+    fn text_to(dest: wire::Destination, persistent: bool, command_id: i32) -> Command {
+        let mut m = wire::Message::new(MessageKind::Text);
+        compress::set_text(&mut m, "hi", false);
+        m.destination = Some(dest);
+        m.persistent = persistent;
+        m.command_id = command_id;
+        m.response_required = persistent;
+        m.into()
+    }
+
+    fn responses(out: &[Action]) -> Vec<i32> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Write(Command::Response(r)) => Some(r.correlation_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_persistent_send_is_answered_when_its_owner_is_fenced() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.handle(text_to(wire::Destination::queue("q"), true, 7), &mut out);
+        let token = match &out[..] {
+            [Action::Route(a, Op::Send(m)), Action::Route(b, Op::Fence { token, .. })] => {
+                assert_eq!(a, b);
+                assert!(m.persistent);
+                assert_eq!(&m.body[..], b"hi");
+                *token
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        s.fenced(token, &mut out);
+        assert_eq!(responses(&out), vec![7]);
+        // Non-persistent without response_required: fire and forget.
+        out.clear();
+        s.handle(text_to(wire::Destination::queue("q"), false, 8), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Send(_))]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn acks_settle_ranges_and_single_messages() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            consumer_id: Some(consumer_id(1)),
+            destination: Some(wire::Destination::queue("q")),
+            prefetch_size: 100,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Subscribe(_))]),
+            "{out:?}"
+        );
+        let usage = Arc::new(MemoryUsage::default());
+        let deliveries = (1..=4)
+            .map(|id| Delivery {
+                msg: Arc::new(Message {
+                    id,
+                    destination: Destination::queue("q"),
+                    properties: vec![property(BODY_KIND_PROPERTY, "bytes")],
+                    body: Bytes::from_static(b"text-like"),
+                    priority: 4,
+                    expires_ms: 0,
+                    persistent: false,
+                    timestamp_ms: 1,
+                    charge: usage.charge(1),
+                }),
+                redelivered: id == 1,
+            })
+            .collect();
+        let mut dispatched = Vec::new();
+        s.deliver(0, deliveries, &mut dispatched);
+        let ids: Vec<wire::MessageId> = dispatched
+            .iter()
+            .map(|c| match c {
+                Command::MessageDispatch(d) => {
+                    let m = d.message.as_ref().unwrap();
+                    assert_eq!(m.kind, MessageKind::Bytes, "sent as bytes, stays bytes");
+                    assert_eq!(
+                        d.redelivery_counter,
+                        i32::from(m.message_id.as_ref().unwrap().broker_sequence_id == 1)
+                    );
+                    m.message_id.clone().unwrap()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let ack = |kind: AckType, first: usize, last: usize| MessageAck {
+            consumer_id: Some(consumer_id(1)),
+            ack_type: kind as i8,
+            first_message_id: Some(ids[first].clone()),
+            last_message_id: Some(ids[last].clone()),
+            ..MessageAck::default()
+        };
+        let acked = |out: &mut Vec<Action>| match std::mem::take(out).as_slice() {
+            [Action::Route(_, Op::Ack { ids, .. })] => ids.clone(),
+            [] => Vec::new(),
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        s.handle(ack(AckType::Individual, 2, 2).into(), &mut out);
+        assert_eq!(acked(&mut out), vec![3]);
+        s.handle(ack(AckType::Delivered, 0, 1).into(), &mut out);
+        assert_eq!(
+            acked(&mut out),
+            Vec::<MessageId>::new(),
+            "delivered consumes nothing"
+        );
+        s.handle(ack(AckType::Standard, 0, 3).into(), &mut out);
+        assert_eq!(acked(&mut out), vec![1, 2, 4]);
+        s.handle(ack(AckType::Standard, 0, 3).into(), &mut out);
+        assert_eq!(acked(&mut out), Vec::<MessageId>::new(), "settled already");
+    }
+
+    #[test]
+    fn unsupported_commands_get_an_exception_response_and_the_connection_lives() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let tx = TransactionInfo {
+            command_id: 3,
+            response_required: true,
+            ..TransactionInfo::default()
+        };
+        s.handle(tx.into(), &mut out);
+        match &out[..] {
+            [Action::Write(Command::ExceptionResponse(e))] => {
+                assert_eq!(e.correlation_id, 3);
+                let ex = e.exception.as_ref().unwrap();
+                assert_eq!(ex.class_name, "javax.jms.JMSException");
+                assert!(ex.message.as_deref().unwrap().contains("not supported"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn commands_before_connection_info_close_the_connection() {
+        let mut s = Session::new(
+            session().cfg.clone(),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 2 },
+            1 << 20,
+        );
+        let mut out = Vec::new();
+        s.handle(text_to(wire::Destination::queue("q"), true, 4), &mut out);
+        assert!(matches!(
+            &out[..],
+            [Action::Write(Command::ExceptionResponse(_)), Action::Close]
+        ));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn advisory_consumers_are_accepted_and_get_nothing() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            command_id: 5,
+            response_required: true,
+            consumer_id: Some(consumer_id(9)),
+            destination: Some(wire::Destination::topic(
+                "ActiveMQ.Advisory.TempQueue,ActiveMQ.Advisory.TempTopic",
+            )),
+            prefetch_size: 1000,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        assert_eq!(responses(&out), vec![5]);
+        assert_eq!(out.len(), 1, "nothing routed: {out:?}");
+    }
+
+    /// Whether `cmd` was answered, directly or once its fences are passed.
+    fn answered(s: &mut Session, cmd: &Command, out: Vec<Action>) -> bool {
+        let id = cmd.command_id();
+        let mut answers = 0;
+        let mut tokens = Vec::new();
+        for a in out {
+            match a {
+                Action::Write(Command::Response(r)) if r.correlation_id == id => answers += 1,
+                Action::Write(Command::ExceptionResponse(r)) if r.correlation_id == id => {
+                    answers += 1
+                }
+                // A keep-alive is answered by one of its own.
+                Action::Write(Command::KeepAliveInfo(_))
+                    if matches!(cmd, Command::KeepAliveInfo(_)) =>
+                {
+                    answers += 1
+                }
+                Action::Route(_, Op::Fence { token, .. }) => tokens.push(token),
+                _ => {}
+            }
+        }
+        let mut later = Vec::new();
+        for t in tokens {
+            s.fenced(t, &mut later);
+        }
+        answers += responses(&later).iter().filter(|c| **c == id).count();
+        answers == 1
+    }
+
+    #[test]
+    fn every_command_that_asks_for_an_answer_gets_exactly_one() {
+        use crate::protocol::openwire::samples;
+        for cmd in samples::commands() {
+            if matches!(cmd, Command::WireFormatInfo(_)) {
+                // The connection's: it owns the codec.
+                continue;
+            }
+            let mut s = session();
+            let mut out = Vec::new();
+            s.handle(cmd.clone(), &mut out);
+            if cmd.response_required() {
+                assert!(answered(&mut s, &cmd, out), "{cmd:?}");
+            }
+            // Before ConnectionInfo, too: answered (and closed), no panic.
+            let mut fresh = Session::new(
+                s.cfg.clone(),
+                Rc::new(MessageIds::new(0, 0)),
+                ConnRef { shard: 0, conn: 3 },
+                1 << 20,
+            );
+            let mut out = Vec::new();
+            fresh.handle(cmd.clone(), &mut out);
+            if cmd.response_required() {
+                assert!(
+                    answered(&mut fresh, &cmd, out),
+                    "before ConnectionInfo: {cmd:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reply_to_round_trips_through_its_stomp_header() {
+        for d in [
+            wire::Destination::queue("a.b"),
+            wire::Destination::topic("t"),
+            wire::Destination {
+                kind: DestinationKind::TempQueue,
+                physical_name: "ID:x:1:1".into(),
+            },
+        ] {
+            assert_eq!(reply_to_destination(&reply_to_header(&d)), Some(d));
+        }
+        assert_eq!(reply_to_destination("elsewhere"), None);
+    }
+
+    #[test]
+    fn typed_properties_become_strings_as_activemq_writes_them() {
+        assert_eq!(value_to_string(&Value::Int(42)).as_deref(), Some("42"));
+        assert_eq!(value_to_string(&Value::Bool(true)).as_deref(), Some("true"));
+        assert_eq!(value_to_string(&Value::Null), None);
+        assert_eq!(value_to_string(&Value::Bytes(Bytes::new())), None);
+    }
+}

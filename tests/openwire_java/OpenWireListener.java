@@ -1,0 +1,374 @@
+// ActiveMQ's JMS client (Debian's libactivemq-java 5.17), unchanged,
+// against the real brokk binary: one case per run, named by the first
+// argument, the broker URL second. A case prints "ok <case>" and exits 0,
+// or prints "FAIL <why>" and exits 1; every wait has a deadline, and the
+// process exits even if a client thread hangs.
+
+import javax.jms.BytesMessage;
+import javax.jms.Connection;
+import javax.jms.DeliveryMode;
+import javax.jms.JMSException;
+import javax.jms.JMSSecurityException;
+import javax.jms.Message;
+import javax.jms.MessageConsumer;
+import javax.jms.MessageProducer;
+import javax.jms.Queue;
+import javax.jms.Session;
+import javax.jms.TextMessage;
+import javax.jms.Topic;
+
+import org.apache.activemq.ActiveMQConnectionFactory;
+import org.apache.activemq.ActiveMQSession;
+
+public class OpenWireListener {
+    static final long WAIT_MS = 10_000;
+    static String url;
+
+    public static void main(String[] args) {
+        // A hung client thread must not hang the test.
+        Thread watchdog = new Thread(() -> {
+            try {
+                Thread.sleep(60_000);
+            } catch (InterruptedException e) {
+                return;
+            }
+            System.out.println("FAIL the case did not finish within 60 s");
+            System.out.flush();
+            Runtime.getRuntime().halt(1);
+        });
+        watchdog.setDaemon(true);
+        watchdog.start();
+        int code = 1;
+        try {
+            url = args[1];
+            switch (args[0]) {
+                case "queue": queue(); break;
+                case "client-ack": clientAck(); break;
+                case "topic": topic(); break;
+                case "bad-password": badPassword(); break;
+                case "individual-ack": individualAck(); break;
+                case "selector": selector(); break;
+                case "transacted-refused": transactedRefused(); break;
+                case "durable": durable(); break;
+                case "client-id": clientId(); break;
+                case "send-to-stomp": sendToStomp(args[2]); break;
+                case "receive-from-stomp": receiveFromStomp(args[2]); break;
+                default: throw new IllegalArgumentException("unknown case " + args[0]);
+            }
+            System.out.println("ok " + args[0]);
+            code = 0;
+        } catch (Throwable t) {
+            System.out.println("FAIL " + t);
+            t.printStackTrace(System.out);
+        }
+        System.out.flush();
+        Runtime.getRuntime().halt(code);
+    }
+
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new IllegalStateException(what);
+        }
+    }
+
+    static Connection connect() throws JMSException {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
+        c.start();
+        return c;
+    }
+
+    static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {
+        Message m = consumer.receive(WAIT_MS);
+        check(m != null, "no message within " + WAIT_MS + " ms: " + what);
+        check(m instanceof TextMessage, "not a TextMessage: " + m);
+        return (TextMessage) m;
+    }
+
+    /** (a) 100 persistent TextMessages to a queue, received with AUTO_ACKNOWLEDGE. */
+    static void queue() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.queue");
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < 100; i++) {
+            TextMessage m = s.createTextMessage("m-" + i);
+            m.setIntProperty("n", i);
+            p.send(m);
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 100; i++) {
+            TextMessage m = receiveText(consumer, "message " + i);
+            check(m.getText().equals("m-" + i), "expected m-" + i + ", got " + m.getText());
+            check(m.getStringProperty("n").equals(Integer.toString(i)), "property n of " + i);
+            check(m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "persistent " + i);
+            check(!m.getJMSRedelivered(), "first delivery of " + i + " marked redelivered");
+        }
+        check(consumer.receive(500) == null, "a 101st message");
+        c.close();
+        // Acknowledged: a new connection finds the queue empty.
+        Connection again = connect();
+        Session s2 = again.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        check(s2.createConsumer(q).receive(1000) == null, "acknowledged messages came back");
+        again.close();
+    }
+
+    /** (b) CLIENT_ACKNOWLEDGE: unacknowledged messages come back, redelivered; acked ones do not. */
+    static void clientAck() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.client-ack");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 10; i++) {
+            p.send(s.createTextMessage("c-" + i));
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(consumer, "first delivery " + i);
+            check(m.getText().equals("c-" + i), "expected c-" + i + ", got " + m.getText());
+            check(!m.getJMSRedelivered(), "first delivery of " + i + " marked redelivered");
+        }
+        c.close();
+
+        Connection c2 = connect();
+        Session s2 = c2.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer consumer2 = s2.createConsumer(q);
+        Message last = null;
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(consumer2, "redelivery " + i);
+            check(m.getText().equals("c-" + i), "expected c-" + i + " again, got " + m.getText());
+            check(m.getJMSRedelivered(), "redelivery of " + i + " not marked redelivered");
+            last = m;
+        }
+        last.acknowledge();
+        c2.close();
+
+        Connection c3 = connect();
+        Session s3 = c3.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        check(s3.createConsumer(q).receive(1000) == null, "acknowledged messages came back");
+        c3.close();
+    }
+
+    /** (c) Topic publish/subscribe: two subscribers each get every message. */
+    static void topic() throws Exception {
+        Connection sub = connect();
+        Session ss = sub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = ss.createTopic("ow.prices");
+        MessageConsumer one = ss.createConsumer(t);
+        MessageConsumer two = ss.createConsumer(t);
+        Connection pub = connect();
+        Session ps = pub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        for (int i = 0; i < 5; i++) {
+            p.send(ps.createTextMessage("price-" + i));
+        }
+        for (MessageConsumer c : new MessageConsumer[] {one, two}) {
+            for (int i = 0; i < 5; i++) {
+                TextMessage m = receiveText(c, "topic message " + i);
+                check(m.getText().equals("price-" + i), "expected price-" + i + ", got " + m.getText());
+            }
+            check(c.receive(300) == null, "a topic message too many");
+        }
+        // A BytesMessage stays one, even with UTF-8 bytes.
+        BytesMessage b = ps.createBytesMessage();
+        b.writeBytes("raw".getBytes("UTF-8"));
+        p.send(b);
+        Message got = one.receive(WAIT_MS);
+        check(got instanceof BytesMessage, "expected a BytesMessage, got " + got);
+        BytesMessage gb = (BytesMessage) got;
+        byte[] body = new byte[(int) gb.getBodyLength()];
+        gb.readBytes(body);
+        check(new String(body, "UTF-8").equals("raw"), "BytesMessage body");
+        pub.close();
+        sub.close();
+    }
+
+    /** INDIVIDUAL_ACKNOWLEDGE: only the acknowledged message is gone. */
+    static void individualAck() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.individual");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 3; i++) {
+            p.send(s.createTextMessage("i-" + i));
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(consumer, "individual " + i);
+            if (i == 1) {
+                m.acknowledge();
+            }
+        }
+        c.close();
+        Connection c2 = connect();
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer again = s2.createConsumer(q);
+        check(receiveText(again, "i-0 back").getText().equals("i-0"), "i-0 redelivered");
+        check(receiveText(again, "i-2 back").getText().equals("i-2"), "i-2 redelivered");
+        check(again.receive(500) == null, "the acknowledged i-1 came back");
+        c2.close();
+    }
+
+    /** A consumer's selector picks its messages; a bad one is InvalidSelectorException. */
+    static void selector() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.selector");
+        MessageConsumer red = s.createConsumer(q, "color = 'red' AND n > 1");
+        MessageProducer p = s.createProducer(q);
+        String[] colors = {"red", "blue", "red", "red"};
+        for (int i = 0; i < colors.length; i++) {
+            TextMessage m = s.createTextMessage(colors[i] + "-" + i);
+            m.setStringProperty("color", colors[i]);
+            m.setIntProperty("n", i);
+            p.send(m);
+        }
+        check(receiveText(red, "red-2").getText().equals("red-2"), "red-2 selected");
+        check(receiveText(red, "red-3").getText().equals("red-3"), "red-3 selected");
+        check(red.receive(300) == null, "a message the selector does not match");
+        try {
+            s.createConsumer(q, "color = ");
+            throw new IllegalStateException("a bad selector was accepted");
+        } catch (javax.jms.InvalidSelectorException e) {
+            System.out.println("bad selector refused: " + e.getMessage());
+        }
+        c.close();
+    }
+
+    /**
+     * Not supported yet: a transaction fails with a JMSException saying so.
+     * The client sends transacted messages without waiting (the broker
+     * answers those with a ConnectionError, which reaches the exception
+     * listener); commit waits, and its ExceptionResponse is what throws.
+     */
+    static void transactedRefused() throws Exception {
+        Connection c = connect();
+        final String[] async = {null};
+        c.setExceptionListener(e -> async[0] = e.getMessage());
+        Session s = c.createSession(true, Session.SESSION_TRANSACTED);
+        Queue q = s.createQueue("ow.tx");
+        s.createProducer(q).send(s.createTextMessage("in a transaction"));
+        try {
+            s.commit();
+            throw new IllegalStateException("a transaction was committed");
+        } catch (JMSException e) {
+            check(e.getMessage().contains("not supported"), "the refusal says why: " + e.getMessage());
+            System.out.println("transaction refused: " + e.getMessage());
+        }
+        // The connection goes on working outside transactions, and the
+        // transacted message was not enqueued.
+        Session plain = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        plain.createProducer(q).send(plain.createTextMessage("plain"));
+        MessageConsumer consumer = plain.createConsumer(q);
+        check(receiveText(consumer, "plain").getText().equals("plain"), "plain send after the refusal");
+        check(consumer.receive(300) == null, "the transacted message was enqueued");
+        check(async[0] != null && async[0].contains("not supported"), "the exception listener heard: " + async[0]);
+        System.out.println("exception listener: " + async[0]);
+        c.close();
+    }
+
+    static Connection connect(String clientId) throws JMSException {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
+        c.setClientID(clientId);
+        c.start();
+        return c;
+    }
+
+    /** A durable subscriber gets what was published while it was away; unsubscribe deletes it. */
+    static void durable() throws Exception {
+        Connection c1 = connect("durable-client");
+        Session s1 = c1.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = s1.createTopic("ow.news");
+        s1.createDurableSubscriber(t, "sub1");
+        c1.close();
+
+        Connection pub = connect();
+        Session ps = pub.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < 3; i++) {
+            p.send(ps.createTextMessage("news-" + i));
+        }
+
+        Connection c2 = connect("durable-client");
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer d = s2.createDurableSubscriber(t, "sub1");
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(d, "kept news " + i);
+            check(m.getText().equals("news-" + i), "expected news-" + i + ", got " + m.getText());
+        }
+        check(d.receive(300) == null, "a message too many");
+        d.close();
+        s2.unsubscribe("sub1");
+
+        p.send(ps.createTextMessage("after unsubscribe"));
+        MessageConsumer fresh = s2.createDurableSubscriber(t, "sub1");
+        check(fresh.receive(500) == null, "a deleted subscription kept a message");
+        fresh.close();
+        s2.unsubscribe("sub1");
+        c2.close();
+        pub.close();
+    }
+
+    /** A client id is one connection's at a time. */
+    static void clientId() throws Exception {
+        Connection first = connect("only-one");
+        try {
+            connect("only-one");
+            throw new IllegalStateException("a client id in use was accepted");
+        } catch (javax.jms.InvalidClientIDException e) {
+            System.out.println("second refused: " + e.getMessage());
+        }
+        first.close();
+        // Given back before the close is answered: reconnecting at once works.
+        connect("only-one").close();
+    }
+
+    /** (d) A wrong password fails the connection's start with JMSSecurityException. */
+    static void badPassword() throws Exception {
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "wrong");
+        try {
+            c.start();
+            c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            throw new IllegalStateException("a wrong password was accepted");
+        } catch (JMSSecurityException e) {
+            System.out.println("refused: " + e.getClass().getName() + ": " + e.getMessage());
+        } finally {
+            try {
+                c.close();
+            } catch (JMSException ignored) {
+                // Already failed: closing may say so again.
+            }
+        }
+    }
+
+    /** (e) OpenWire -> STOMP: the Rust side reads it over STOMP. */
+    static void sendToStomp(String queue) throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue(queue));
+        TextMessage m = s.createTextMessage("from openwire");
+        m.setStringProperty("color", "blue");
+        m.setJMSCorrelationID("corr-ow");
+        m.setJMSType("greeting");
+        p.send(m);
+        c.close();
+    }
+
+    /** (e) STOMP -> OpenWire: the Rust side sent it over STOMP. */
+    static void receiveFromStomp(String queue) throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(s.createQueue(queue));
+        TextMessage m = receiveText(consumer, "the STOMP message");
+        check(m.getText().equals("from stomp"), "text " + m.getText());
+        check("red".equals(m.getStringProperty("color")), "color " + m.getStringProperty("color"));
+        check("corr-stomp".equals(m.getJMSCorrelationID()), "correlation id " + m.getJMSCorrelationID());
+        check(m.getJMSPriority() == 7, "priority " + m.getJMSPriority());
+        check(m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "delivery mode " + m.getJMSDeliveryMode());
+        check(m.getJMSReplyTo() != null && m.getJMSReplyTo().toString().equals("queue://replies"),
+                "reply-to " + m.getJMSReplyTo());
+        c.close();
+    }
+}

@@ -1,0 +1,176 @@
+//! The OpenWire listener end to end: ActiveMQ's own JMS client (Debian's
+//! libactivemq-java 5.17, which ops/test.sh installs), unchanged, against
+//! the real brokk binary. The Java program
+//! (tests/openwire_java/OpenWireListener.java, compiled here with javac)
+//! runs one case per process and prints `ok <case>` or `FAIL <why>`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Process;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{body, Broker};
+
+const USERS: &str = r#"
+[auth]
+allow_plaintext_passwords = true
+
+[[users]]
+login = "alice"
+passcode = "secret"
+"#;
+
+/// Compiles the Java program once per test run; the classpath to run it.
+fn classpath() -> &'static str {
+    static CP: OnceLock<String> = OnceLock::new();
+    CP.get_or_init(|| {
+        let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openwire-listener-classes");
+        common::java::compile("OpenWireListener.java", &classes)
+    })
+}
+
+/// Runs one case of the Java program against `broker`; fails the test
+/// unless it says `ok <case>` and exits 0. The program halts itself after
+/// 60 s, so this cannot hang.
+fn java_case(broker: &Broker, case: &str, extra: &[&str]) -> String {
+    let url = format!("tcp://{}", broker.openwire);
+    let out = Process::new("java")
+        .args(["-cp", classpath(), "OpenWireListener", case, &url])
+        .args(extra)
+        .output()
+        .expect("java runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && printed.contains(&format!("ok {case}")),
+        "Java case {case} failed ({}):\n{printed}",
+        out.status
+    );
+    printed
+}
+
+fn broker() -> Broker {
+    Broker::start_with_config(Some(USERS), &["--shards", "2"])
+}
+
+#[test]
+fn persistent_queue_messages_arrive_in_order_with_auto_acknowledge() {
+    let b = broker();
+    java_case(&b, "queue", &[]);
+}
+
+#[test]
+fn client_acknowledge_redelivers_what_a_closed_connection_did_not_acknowledge() {
+    let b = broker();
+    java_case(&b, "client-ack", &[]);
+}
+
+#[test]
+fn topic_subscribers_each_get_every_message_and_bytes_stay_bytes() {
+    let b = broker();
+    java_case(&b, "topic", &[]);
+}
+
+#[test]
+fn individual_acknowledge_settles_only_the_message_acknowledged() {
+    let b = broker();
+    java_case(&b, "individual-ack", &[]);
+}
+
+#[test]
+fn consumer_selectors_pick_messages_and_a_bad_one_is_refused() {
+    let b = broker();
+    java_case(&b, "selector", &[]);
+}
+
+#[test]
+fn a_transaction_is_refused_with_a_clear_error_and_the_connection_goes_on() {
+    let b = broker();
+    let printed = java_case(&b, "transacted-refused", &[]);
+    assert!(
+        printed.contains("transaction refused: a transaction (TransactionInfo) is not supported"),
+        "{printed}"
+    );
+    // BEGIN and the send went without waiting: their ConnectionErrors
+    // reach the exception listener, the last one wins.
+    assert!(
+        printed.contains("exception listener: a transacted send is not supported")
+            || printed.contains("exception listener: a transaction (TransactionInfo)"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
+    let b = broker();
+    java_case(&b, "durable", &[]);
+}
+
+#[test]
+fn a_client_id_is_one_connections_at_a_time() {
+    let b = broker();
+    let printed = java_case(&b, "client-id", &[]);
+    assert!(
+        printed.contains("second refused: client id 'only-one' is already connected"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
+    let b = broker();
+    let printed = java_case(&b, "bad-password", &[]);
+    assert!(
+        printed.contains("refused: javax.jms.JMSSecurityException: Authentication failed"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_text_message_crosses_from_openwire_to_stomp() {
+    let b = broker();
+    java_case(&b, "send-to-stomp", &["ow.to-stomp"]);
+    let mut c = common::Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "alice"),
+            ("passcode", "secret"),
+        ],
+    );
+    c.subscribe("s", "/queue/ow.to-stomp", "auto", &[]);
+    let m = c
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the OpenWire message within 10 s");
+    assert_eq!(body(&m), "from openwire");
+    assert_eq!(m.header_str("color"), Some("blue"), "{m:?}");
+    assert_eq!(m.header_str("correlation-id"), Some("corr-ow"), "{m:?}");
+    assert_eq!(m.header_str("type"), Some("greeting"), "{m:?}");
+    assert_eq!(m.header_str("persistent"), Some("true"), "{m:?}");
+}
+
+#[test]
+fn a_text_message_crosses_from_stomp_to_openwire() {
+    let b = broker();
+    let mut c = common::Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "alice"),
+            ("passcode", "secret"),
+        ],
+    );
+    // Without content-length, as a STOMP text sender writes it: ActiveMQ
+    // makes that a TextMessage.
+    c.write(
+        b"SEND\ndestination:/queue/ow.from-stomp\ncolor:red\ncorrelation-id:corr-stomp\n\
+          priority:7\npersistent:true\nreply-to:/queue/replies\nreceipt:r1\n\nfrom stomp\0",
+    );
+    c.expect_receipt("r1");
+    java_case(&b, "receive-from-stomp", &["ow.from-stomp"]);
+}
