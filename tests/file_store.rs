@@ -580,7 +580,15 @@ fn serve_with_no_arguments_runs_on_the_relative_default_data_directory() {
     use std::io::BufRead;
     let cwd = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_brokk"))
-        .args(["serve", "--stomp", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--stomp",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--openwire",
+            "127.0.0.1:0",
+        ])
         .current_dir(cwd.path())
         .env("BROKK_LOG", "warn")
         .stdout(std::process::Stdio::piped())
