@@ -276,7 +276,16 @@ fn schema_is_activemqs_and_creating_twice_is_fine() {
         let (holder, time, now) = lease_holder(&db).await.unwrap();
         assert_eq!((holder, time), (None, 0));
         assert!(now > 1_700_000_000_000, "database now {now}");
-        assert_eq!(load(&db).await.unwrap(), Default::default());
+        let empty = load(&db, None).await.unwrap();
+        assert!(
+            empty.messages.is_empty()
+                && empty.subs.is_empty()
+                && empty.topic_acks.is_empty()
+                && empty.redeliveries.is_empty()
+                && empty.tx_acks.is_empty()
+                && empty.tx_decided.is_empty(),
+            "{empty:?}"
+        );
         db
     });
 }
@@ -305,10 +314,26 @@ fn batches_round_trip_and_apply_in_order() {
         )
         .await
         .unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         msgs.sort_by_key(|m| m.id);
         assert_eq!(loaded.messages.len(), 1000);
         assert_eq!(loaded.messages, msgs);
+        // A table larger than memory: past a 100 KiB budget the bodies go
+        // to the spill file, and read back the same.
+        let dir = tempfile::tempdir().unwrap();
+        let spill =
+            brokk::store::sql::spill::Spill::create(dir.path().join("s"), 100 * 1024).unwrap();
+        let spilled = load(&db, Some(spill)).await.unwrap();
+        let s = spilled.spill.as_ref().unwrap();
+        assert!(s.spilled_rows() > 800, "{} spilled", s.spilled_rows());
+        for (got, want) in spilled.messages.iter().zip(&msgs) {
+            assert_eq!(s.msg(got).unwrap(), want.msg, "message {}", want.id);
+        }
+        drop(spilled);
+        assert!(
+            !dir.path().join("s").exists(),
+            "the spill file goes with the load"
+        );
         let d = encoding::decode(&loaded.messages[41].msg).unwrap();
         assert_eq!(d.timestamp_ms, 1_700_000_000_042);
         assert_eq!(d.body.len(), 1024);
@@ -379,7 +404,7 @@ fn batches_round_trip_and_apply_in_order() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages.len(), 997);
         assert_eq!(loaded.messages.first().map(|m| m.id), Some(2));
         assert_eq!(loaded.messages.last().map(|m| m.id), Some(998));
@@ -460,7 +485,7 @@ fn batches_round_trip_and_apply_in_order() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages.len(), 997);
         assert!(loaded.messages.iter().all(|m| m.xid.is_none()));
         assert_eq!(
@@ -501,7 +526,7 @@ fn removing_a_subscription_keeps_the_same_name_on_another_topic() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &remove).await.unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.subs, vec![sub("t2", "c", "s", None)]);
         assert_eq!(loaded.topic_acks, vec![tack(2, "c", "s")]);
         db
@@ -537,7 +562,7 @@ fn names_are_unicode_and_case_sensitive() {
         )
         .await
         .unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages, vec![m]);
         let mut names: Vec<String> = loaded.subs.into_iter().map(|s| s.sub_name).collect();
         names.sort();
@@ -617,7 +642,7 @@ fn a_batch_written_twice_is_applied_once() {
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         let ids: Vec<i64> = loaded.messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![1, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(loaded.topic_acks.len(), 1);
@@ -661,7 +686,7 @@ fn a_batch_failing_midway_commits_nothing() {
             }
             other => panic!("expected a Query error, got {other:?}"),
         }
-        let loaded = load(&db).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages, vec![message(500, 10)]);
         assert!(
             loaded.topic_acks.is_empty() && loaded.subs.is_empty() && loaded.tx_decided.is_empty()
@@ -677,7 +702,7 @@ fn a_batch_failing_midway_commits_nothing() {
         )
         .await
         .unwrap();
-        assert!(load(&db).await.unwrap().messages.is_empty());
+        assert!(load(&db, None).await.unwrap().messages.is_empty());
         db
     });
 }

@@ -87,7 +87,7 @@ pub fn restorer(
         store.restore_part(tx, part);
     }
     let mut r = Restorer::new(usage, pager);
-    r.feed(recover::records(&loaded, mine, id == 0));
+    recover::records(&loaded, mine, id == 0, |batch| r.feed(batch));
     r
 }
 

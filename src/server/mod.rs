@@ -154,10 +154,22 @@ pub fn serve(mut config: Config) -> Result<()> {
             "lock acquired and epoch raised; recovering the journal"
         );
     }
+    // Only a master pages (the lock or lease is ours by now); memory mode
+    // stores nothing, so pages nothing.
+    let spool_dir = if config.store.mode == StoreMode::Memory {
+        config.store.spool_dir()
+    } else {
+        fresh_spool_dir(&config.store.spool_dir())?
+    };
     let mut max_frame_size = config.limits.max_frame_size;
     let db = if config.store.is_db() {
-        let (db, max_statement) =
-            db_take_over(&config, &role, stomp, admin_addr, store_usage.clone())?;
+        let (db, max_statement) = db_take_over(
+            &config,
+            &role,
+            (stomp, admin_addr),
+            store_usage.clone(),
+            &spool_dir,
+        )?;
         // A persistent message travels in one INSERT: a frame the database
         // would refuse must be refused at the door, not retried forever;
         // and the writer's statements stay within the limit too.
@@ -229,14 +241,8 @@ pub fn serve(mut config: Config) -> Result<()> {
         store_usage,
         send_fail_if_no_space: config.limits.send_fail_if_no_space,
         paging: shard::PagingSettings {
-            // Memory mode stores nothing, so pages nothing.
-            spool_dir: if config.store.mode == StoreMode::Memory {
-                config.store.spool_dir()
-            } else {
-                fresh_spool_dir(&config.store.spool_dir())?
-            },
-            page_at_bytes: config.limits.memory_limit_bytes / 100
-                * usize::from(config.limits.page_at_percent),
+            spool_dir,
+            page_at_bytes: page_at_bytes(&config),
         },
         recovered: Arc::new(std::sync::Barrier::new(shards)),
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -405,9 +411,9 @@ const DB_STATEMENT_OVERHEAD: u64 = 64 * 1024;
 fn db_take_over(
     config: &Config,
     role: &Arc<RoleCell>,
-    stomp: SocketAddr,
-    admin: SocketAddr,
+    (stomp, admin): (SocketAddr, SocketAddr),
     usage: Arc<StoreUsage>,
+    spool_dir: &std::path::Path,
 ) -> Result<(db_shard::DbShared, Option<u64>)> {
     use crate::ha::db_lease;
     use crate::store::sql::{self, writer};
@@ -469,9 +475,13 @@ fn db_take_over(
         error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
         std::process::exit(3);
     });
+    // Past the paging point, loaded bodies wait in a file, not in memory
+    // (see `store::sql::spill`): a table larger than memory is taken over.
+    let spill = sql::spill::Spill::create(spool_dir.join("takeover.spill"), page_at_bytes(config))
+        .context("cannot make the takeover's spill file (store.spool_dir)")?;
     let mut loaded = {
         let db = db.clone();
-        side::block_on(async move { sql::load::load(&db).await })?
+        side::block_on(async move { sql::load::load(&db, Some(spill)).await })?
             .context("cannot read the tables")?
     };
     // Send order: ids carry the issuing shard in their top bits, so ID
@@ -485,6 +495,7 @@ fn db_take_over(
     info!(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
+        spilled = loaded.spill.as_ref().map_or(0, |s| s.spilled_rows()),
         "tables read"
     );
     let writer = writer::spawn(
@@ -678,6 +689,12 @@ fn fenced(role: &RoleCell, epoch: u64, reason: &str) -> ! {
 
 /// Exit code of a broker that lost mastership.
 pub const EXIT_FENCED: i32 = 3;
+
+/// Held bytes at which queues start paging (`limits.page_at_percent` of
+/// `limits.memory_limit_bytes`).
+fn page_at_bytes(config: &Config) -> usize {
+    config.limits.memory_limit_bytes / 100 * usize::from(config.limits.page_at_percent)
+}
 
 /// This process's own spool directory under `base`, after removing what
 /// earlier processes left there (worthless: their stores hold it). Its own

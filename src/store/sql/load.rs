@@ -1,8 +1,11 @@
 //! Reading every table back at takeover, in one consistent snapshot
 //! (MySQL `WITH CONSISTENT SNAPSHOT`, PostgreSQL `REPEATABLE READ`).
 //!
-//! `ACTIVEMQ_MSGS` is read in pages of [`PAGE`] rows by ID (keyset paging),
-//! so a huge table never needs one giant result set in the driver.
+//! `ACTIVEMQ_MSGS` is read in pages by ID (keyset paging), so a huge table
+//! never needs one giant result set in the driver: pages of about
+//! [`PAGE_BYTES`], between [`PAGE_MIN`] and [`PAGE_MAX`] rows, sized from
+//! the rows read so far (the driver holds a whole page before the spill
+//! sees it: 10 000 rows of 32 KiB were 320 MiB).
 //! A NULL in a column Brokk always fills is damage and an error; a NULL
 //! `EXPIRATION` reads as 0 (never) and a NULL `PRIORITY` as 4 (the JMS
 //! default), as rows written by other tools may have them.
@@ -15,15 +18,28 @@ use super::conn::{my_err, pg_err, Db};
 use super::schema::my_take;
 use super::{Loaded, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
 
-/// Messages per page (the LIMIT in `MSGS` and `PG_MSGS`).
-pub const PAGE: i64 = 10_000;
+/// Bytes of `MSG` one page aims at.
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Fewest and most rows in a page (the LIMIT of `MSGS` and `PG_MSGS`); the
+/// first page has `PAGE_MIN`.
+pub const PAGE_MIN: i64 = 256;
+pub const PAGE_MAX: i64 = 10_000;
+
+/// The next page's rows, from the average row seen so far.
+fn next_page(rows: usize, bytes: usize) -> i64 {
+    if rows == 0 {
+        return PAGE_MIN;
+    }
+    let avg = (bytes / rows).max(1);
+    ((PAGE_BYTES / avg) as i64).clamp(PAGE_MIN, PAGE_MAX)
+}
 
 const WHAT: &str = "load the tables";
 
 const MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
-     WHERE ID > ? ORDER BY ID LIMIT 10000";
+     WHERE ID > ? ORDER BY ID LIMIT ?";
 const PG_MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
-     WHERE ID > $1 ORDER BY ID LIMIT 10000";
+     WHERE ID > $1 ORDER BY ID LIMIT $2";
 const SUBS: &str = "SELECT CONTAINER, CLIENT_ID, SUB_NAME, SELECTOR FROM ACTIVEMQ_ACKS \
      ORDER BY CONTAINER, CLIENT_ID, SUB_NAME";
 const TOPIC_ACKS: &str =
@@ -59,8 +75,10 @@ fn msg_row(
     })
 }
 
-/// Everything the tables hold; messages ordered by ID.
-pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
+/// Everything the tables hold; messages ordered by ID. With `spill`, the
+/// `MSG` of rows past its budget go to its file as each page arrives, so a
+/// table larger than memory is read within bounded memory.
+pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loaded, SqlError> {
     match db {
         Db::MySql(pool) => {
             let mut conn = pool.get_conn().await.map_err(my_err(WHAT))?;
@@ -69,12 +87,15 @@ pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
             let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
             let mut out = Loaded::default();
             let mut after = i64::MIN;
+            let (mut seen, mut bytes) = (0, 0);
             loop {
-                let rows: Vec<Row> = tx.exec(MSGS, (after,)).await.map_err(my_err(WHAT))?;
+                let limit = next_page(seen, bytes);
+                let rows: Vec<Row> = tx.exec(MSGS, (after, limit)).await.map_err(my_err(WHAT))?;
                 let n = rows.len();
                 for mut r in rows {
                     let id: i64 = my_take(&mut r, 0, WHAT)?;
                     let msg: Option<Vec<u8>> = my_take(&mut r, 5, WHAT)?;
+                    bytes += msg.as_ref().map_or(0, Vec::len);
                     out.messages.push(msg_row(
                         id,
                         my_take(&mut r, 1, WHAT)?,
@@ -85,10 +106,16 @@ pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
                     )?);
                     after = id;
                 }
-                if (n as i64) < PAGE {
+                if let Some(s) = &mut spill {
+                    let from = out.messages.len() - n;
+                    s.page(&mut out.messages[from..])?;
+                }
+                seen += n;
+                if (n as i64) < limit {
                     break;
                 }
             }
+            out.spill = spill.take();
             for mut r in tx.query::<Row, _>(SUBS).await.map_err(my_err(WHAT))? {
                 out.subs.push(SubRow {
                     container: my_take(&mut r, 0, WHAT)?,
@@ -142,12 +169,15 @@ pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
             let page = tx.prepare(PG_MSGS).await.map_err(&e)?;
             let mut out = Loaded::default();
             let mut after = i64::MIN;
+            let (mut seen, mut bytes) = (0, 0);
             loop {
-                let rows = tx.query(&page, &[&after]).await.map_err(&e)?;
+                let limit = next_page(seen, bytes);
+                let rows = tx.query(&page, &[&after, &limit]).await.map_err(&e)?;
                 let n = rows.len();
                 for r in rows {
                     let id: i64 = r.try_get(0).map_err(&e)?;
                     let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
+                    bytes += msg.map_or(0, <[u8]>::len);
                     out.messages.push(msg_row(
                         id,
                         r.try_get(1).map_err(&e)?,
@@ -158,10 +188,16 @@ pub async fn load(db: &Db) -> Result<Loaded, SqlError> {
                     )?);
                     after = id;
                 }
-                if (n as i64) < PAGE {
+                if let Some(s) = &mut spill {
+                    let from = out.messages.len() - n;
+                    s.page(&mut out.messages[from..])?;
+                }
+                seen += n;
+                if (n as i64) < limit {
                     break;
                 }
             }
+            out.spill = spill.take();
             for r in tx.query(SUBS, &[]).await.map_err(&e)? {
                 out.subs.push(SubRow {
                     container: r.try_get(0).map_err(&e)?,
@@ -244,10 +280,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_page_queries_use_page() {
-        // The LIMIT is a literal in the SQL constants; paging stops at the
-        // first short page, so it must equal PAGE.
-        assert!(MSGS.ends_with(&format!("LIMIT {PAGE}")));
-        assert!(PG_MSGS.ends_with(&format!("LIMIT {PAGE}")));
+    fn pages_aim_at_a_few_megabytes_of_rows() {
+        assert_eq!(next_page(0, 0), PAGE_MIN);
+        assert_eq!(next_page(1000, 1000 * 100), PAGE_MAX);
+        assert_eq!(next_page(1000, 1000 * 32 * 1024), 256);
+        assert_eq!(next_page(1000, 1000 * 4 * 1024), 2048);
     }
 }

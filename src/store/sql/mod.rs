@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 pub mod recover;
 pub mod shard_store;
+pub mod spill;
 pub mod writer;
 
 /// Which database, from the URL's scheme.
@@ -239,10 +240,13 @@ impl Batch {
 }
 
 /// Everything the tables hold, as read at takeover.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Loaded {
     /// Ordered by ID.
     pub messages: Vec<MsgRow>,
+    /// Where the `MSG` of rows past the memory budget went (None: all in
+    /// memory).
+    pub spill: Option<spill::Spill>,
     pub subs: Vec<SubRow>,
     pub topic_acks: Vec<TopicAck>,
     pub redeliveries: Vec<Redelivery>,

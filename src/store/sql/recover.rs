@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::shard_store::TxPart;
 use super::{encoding, Loaded};
@@ -56,14 +56,20 @@ fn tx_of(xid: &str) -> Option<u64> {
     xid.strip_prefix("tx:")?.parse().ok()
 }
 
-/// The records of the destinations `mine` accepts; `decisions` adds the
-/// transaction decisions (one shard carries them: every shard's recovery
-/// sees them through the shared commit set).
+/// Messages handed to `emit` at a time: with a spilled load, only these
+/// bodies are in memory at once (besides what the restorer keeps).
+const RECORDS_PER_EMIT: usize = 1024;
+
+/// The records of the destinations `mine` accepts, given to `emit` in
+/// order, a batch at a time; `decisions` adds the transaction decisions
+/// (one shard carries them: every shard's recovery sees them through the
+/// shared commit set).
 pub fn records(
     loaded: &Loaded,
     mine: impl Fn(&StoredDestination) -> bool,
     decisions: bool,
-) -> Vec<Record> {
+    mut emit: impl FnMut(Vec<Record>),
+) {
     let mut out = Vec::new();
     for s in &loaded.subs {
         let Some(d) = parse_container(&s.container).filter(|d| d.topic && mine(d)) else {
@@ -88,7 +94,18 @@ pub fn records(
         if !mine(&d) {
             continue;
         }
-        let decoded = match encoding::decode(&m.msg) {
+        let msg = match &loaded.spill {
+            None => m.msg.clone(),
+            Some(s) => match s.msg(m) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Still in the table: the next takeover reads it again.
+                    error!(id = m.id, container = %m.container, error = %e, "a loaded message cannot be read back from the spill file; it stays in the table but is not served by this master");
+                    continue;
+                }
+            },
+        };
+        let decoded = match encoding::decode(&msg) {
             Ok(x) => x,
             Err(e) => {
                 warn!(id = m.id, container = %m.container, error = %e, "a row of ACTIVEMQ_MSGS has a MSG Brokk cannot read; skipped");
@@ -121,6 +138,9 @@ pub fn records(
             Some(None) => {
                 warn!(id = m.id, xid = ?m.xid, "a row of ACTIVEMQ_MSGS has an XID Brokk did not write; skipped");
             }
+        }
+        if out.len() >= RECORDS_PER_EMIT {
+            emit(std::mem::take(&mut out));
         }
     }
     for a in &loaded.topic_acks {
@@ -160,7 +180,7 @@ pub fn records(
             out.push(Record::TxCommit { tx: tx as u64 });
         }
     }
-    out
+    emit(out);
 }
 
 /// The prepared transaction parts of the destinations `mine` accepts: the
