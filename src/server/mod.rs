@@ -154,22 +154,19 @@ pub fn serve(mut config: Config) -> Result<()> {
             "lock acquired and epoch raised; recovering the journal"
         );
     }
-    // Only a master pages (the lock or lease is ours by now); memory mode
-    // stores nothing, so pages nothing.
-    let spool_dir = if config.store.mode == StoreMode::Memory {
-        config.store.spool_dir()
-    } else {
-        fresh_spool_dir(&config.store.spool_dir())?
+    // Only a master pages, and only a master may empty the spool directory
+    // (a standby doing so would pull it from under the running master): in
+    // file mode the lock is ours by now, the database modes make it once
+    // the lease is theirs. Memory mode stores nothing, so pages nothing.
+    let mut spool_dir = match config.store.mode {
+        StoreMode::File => fresh_spool_dir(&config.store.spool_dir())?,
+        _ => config.store.spool_dir(),
     };
     let mut max_frame_size = config.limits.max_frame_size;
     let db = if config.store.is_db() {
-        let (db, max_statement) = db_take_over(
-            &config,
-            &role,
-            (stomp, admin_addr),
-            store_usage.clone(),
-            &spool_dir,
-        )?;
+        let (db, max_statement, dir) =
+            db_take_over(&config, &role, (stomp, admin_addr), store_usage.clone())?;
+        spool_dir = dir;
         // A persistent message travels in one INSERT: a frame the database
         // would refuse must be refused at the door, not retried forever;
         // and the writer's statements stay within the limit too.
@@ -413,8 +410,7 @@ fn db_take_over(
     role: &Arc<RoleCell>,
     (stomp, admin): (SocketAddr, SocketAddr),
     usage: Arc<StoreUsage>,
-    spool_dir: &std::path::Path,
-) -> Result<(db_shard::DbShared, Option<u64>)> {
+) -> Result<(db_shard::DbShared, Option<u64>, std::path::PathBuf)> {
     use crate::ha::db_lease;
     use crate::store::sql::{self, writer};
     let url = config.store.url.clone().unwrap_or_default();
@@ -475,6 +471,7 @@ fn db_take_over(
         error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
         std::process::exit(3);
     });
+    let spool_dir = fresh_spool_dir(&config.store.spool_dir())?;
     // Past the paging point, loaded bodies wait in a file, not in memory
     // (see `store::sql::spill`): a table larger than memory is taken over.
     let spill = sql::spill::Spill::create(spool_dir.join("takeover.spill"), page_at_bytes(config))
@@ -515,7 +512,11 @@ fn db_take_over(
         side::block_on(async move { db.max_statement_bytes().await })?
             .context("cannot read the database's statement size limit")?
     };
-    Ok((db_shard::DbShared::new(writer, loaded), max_statement))
+    Ok((
+        db_shard::DbShared::new(writer, loaded),
+        max_statement,
+        spool_dir,
+    ))
 }
 
 /// Raises the epoch, waiting out a full file system (a copy-on-write one

@@ -4,8 +4,8 @@
 //! `ACTIVEMQ_MSGS` is read in pages by ID (keyset paging), so a huge table
 //! never needs one giant result set in the driver: pages of about
 //! [`PAGE_BYTES`], between [`PAGE_MIN`] and [`PAGE_MAX`] rows, sized from
-//! the rows read so far (the driver holds a whole page before the spill
-//! sees it: 10 000 rows of 32 KiB were 320 MiB).
+//! the largest row of the previous page (the driver holds a whole page
+//! before the spill sees it: 10 000 rows of 32 KiB were 320 MiB).
 //! A NULL in a column Brokk always fills is damage and an error; a NULL
 //! `EXPIRATION` reads as 0 (never) and a NULL `PRIORITY` as 4 (the JMS
 //! default), as rows written by other tools may have them.
@@ -22,16 +22,17 @@ use super::{Loaded, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
 pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Fewest and most rows in a page (the LIMIT of `MSGS` and `PG_MSGS`); the
 /// first page has `PAGE_MIN`.
-pub const PAGE_MIN: i64 = 256;
+pub const PAGE_MIN: i64 = 16;
 pub const PAGE_MAX: i64 = 10_000;
 
-/// The next page's rows, from the average row seen so far.
-fn next_page(rows: usize, bytes: usize) -> i64 {
-    if rows == 0 {
+/// The next page's rows, from the largest row of the last page (0: none
+/// read yet). The largest, not the average: a run of big rows after many
+/// small ones must not come in a page sized for the small ones.
+fn next_page(largest: usize) -> i64 {
+    if largest == 0 {
         return PAGE_MIN;
     }
-    let avg = (bytes / rows).max(1);
-    ((PAGE_BYTES / avg) as i64).clamp(PAGE_MIN, PAGE_MAX)
+    ((PAGE_BYTES / largest) as i64).clamp(PAGE_MIN, PAGE_MAX)
 }
 
 const WHAT: &str = "load the tables";
@@ -87,15 +88,16 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
             let mut out = Loaded::default();
             let mut after = i64::MIN;
-            let (mut seen, mut bytes) = (0, 0);
+            let mut largest = 0;
             loop {
-                let limit = next_page(seen, bytes);
+                let limit = next_page(largest);
+                largest = 0;
                 let rows: Vec<Row> = tx.exec(MSGS, (after, limit)).await.map_err(my_err(WHAT))?;
                 let n = rows.len();
                 for mut r in rows {
                     let id: i64 = my_take(&mut r, 0, WHAT)?;
                     let msg: Option<Vec<u8>> = my_take(&mut r, 5, WHAT)?;
-                    bytes += msg.as_ref().map_or(0, Vec::len);
+                    largest = largest.max(msg.as_ref().map_or(0, Vec::len));
                     out.messages.push(msg_row(
                         id,
                         my_take(&mut r, 1, WHAT)?,
@@ -110,7 +112,6 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                     let from = out.messages.len() - n;
                     s.page(&mut out.messages[from..])?;
                 }
-                seen += n;
                 if (n as i64) < limit {
                     break;
                 }
@@ -169,15 +170,16 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             let page = tx.prepare(PG_MSGS).await.map_err(&e)?;
             let mut out = Loaded::default();
             let mut after = i64::MIN;
-            let (mut seen, mut bytes) = (0, 0);
+            let mut largest = 0;
             loop {
-                let limit = next_page(seen, bytes);
+                let limit = next_page(largest);
+                largest = 0;
                 let rows = tx.query(&page, &[&after, &limit]).await.map_err(&e)?;
                 let n = rows.len();
                 for r in rows {
                     let id: i64 = r.try_get(0).map_err(&e)?;
                     let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
-                    bytes += msg.map_or(0, <[u8]>::len);
+                    largest = largest.max(msg.map_or(0, <[u8]>::len));
                     out.messages.push(msg_row(
                         id,
                         r.try_get(1).map_err(&e)?,
@@ -192,7 +194,6 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                     let from = out.messages.len() - n;
                     s.page(&mut out.messages[from..])?;
                 }
-                seen += n;
                 if (n as i64) < limit {
                     break;
                 }
@@ -281,9 +282,10 @@ mod tests {
 
     #[test]
     fn pages_aim_at_a_few_megabytes_of_rows() {
-        assert_eq!(next_page(0, 0), PAGE_MIN);
-        assert_eq!(next_page(1000, 1000 * 100), PAGE_MAX);
-        assert_eq!(next_page(1000, 1000 * 32 * 1024), 256);
-        assert_eq!(next_page(1000, 1000 * 4 * 1024), 2048);
+        assert_eq!(next_page(0), PAGE_MIN);
+        assert_eq!(next_page(100), PAGE_MAX);
+        assert_eq!(next_page(32 * 1024), 256);
+        assert_eq!(next_page(4 * 1024), 2048);
+        assert_eq!(next_page(100 * 1024 * 1024), PAGE_MIN);
     }
 }

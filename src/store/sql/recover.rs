@@ -56,9 +56,11 @@ fn tx_of(xid: &str) -> Option<u64> {
     xid.strip_prefix("tx:")?.parse().ok()
 }
 
-/// Messages handed to `emit` at a time: with a spilled load, only these
-/// bodies are in memory at once (besides what the restorer keeps).
+/// Messages (or bytes of them) handed to `emit` at a time: with a spilled
+/// load, only these bodies are in memory at once (besides what the
+/// restorer keeps).
 const RECORDS_PER_EMIT: usize = 1024;
+const BYTES_PER_EMIT: usize = 1024 * 1024;
 
 /// The records of the destinations `mine` accepts, given to `emit` in
 /// order, a batch at a time; `decisions` adds the transaction decisions
@@ -71,6 +73,7 @@ pub fn records(
     mut emit: impl FnMut(Vec<Record>),
 ) {
     let mut out = Vec::new();
+    let mut out_bytes = 0;
     for s in &loaded.subs {
         let Some(d) = parse_container(&s.container).filter(|d| d.topic && mine(d)) else {
             continue;
@@ -99,12 +102,16 @@ pub fn records(
             Some(s) => match s.msg(m) {
                 Ok(b) => b,
                 Err(e) => {
-                    // Still in the table: the next takeover reads it again.
-                    error!(id = m.id, container = %m.container, error = %e, "a loaded message cannot be read back from the spill file; it stays in the table but is not served by this master");
-                    continue;
+                    // Serving without it would strand a receipted message
+                    // (and could reuse its id): no takeover rather than
+                    // a partial one; a broker started again reads the
+                    // table again.
+                    error!(id = m.id, container = %m.container, error = %e, "a loaded message cannot be read back from the takeover's spill file; stopping");
+                    std::process::exit(1);
                 }
             },
         };
+        out_bytes += msg.len();
         let decoded = match encoding::decode(&msg) {
             Ok(x) => x,
             Err(e) => {
@@ -139,8 +146,9 @@ pub fn records(
                 warn!(id = m.id, xid = ?m.xid, "a row of ACTIVEMQ_MSGS has an XID Brokk did not write; skipped");
             }
         }
-        if out.len() >= RECORDS_PER_EMIT {
+        if out.len() >= RECORDS_PER_EMIT || out_bytes >= BYTES_PER_EMIT {
             emit(std::mem::take(&mut out));
+            out_bytes = 0;
         }
     }
     for a in &loaded.topic_acks {
