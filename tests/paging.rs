@@ -100,6 +100,26 @@ fn produce_as(b: &Broker, dest: &str, count: usize, size: usize, login: &[(&str,
     peak
 }
 
+/// Sends `count` persistent messages of `size` bytes at the default
+/// priority (4), with `extra` headers; the last one's receipt is awaited.
+fn send_at_default_priority(
+    c: &mut Client,
+    dest: &str,
+    count: usize,
+    size: usize,
+    extra: &[(&str, &str)],
+) {
+    for seq in 0..count {
+        let mut h = vec![("destination", dest), ("persistent", "true")];
+        h.extend_from_slice(extra);
+        if seq + 1 == count {
+            h.push(("receipt", "last"));
+        }
+        c.frame("SEND", &h, &message_body(seq, 4, size));
+    }
+    c.expect_receipt("last");
+}
+
 /// Receives everything, acknowledging as it goes, and checks the order:
 /// all of priority 9 in send order, then 4, then 0.
 fn drain_in_priority_order(c: &mut Client, count: usize, pid: Option<i32>) -> usize {
@@ -182,13 +202,23 @@ fn backlog_round_trip(b: &Broker, count: usize, size: usize, stored: Option<&dyn
             .iter()
             .any(|d| d["destination"] == "/queue/backlog" && d["pending"] == 0)
     });
+    assert_rss_bounded(
+        "RSS stays under the memory limit plus a fixed overhead",
+        [("producing", produce_peak), ("draining", drain_peak)],
+    );
+}
+
+/// Each peak stays under [`MEMORY_LIMIT`] + [`FIXED_OVERHEAD`].
+fn assert_rss_bounded(what: &str, peaks: [(&str, usize); 2]) {
     let bound = MEMORY_LIMIT + FIXED_OVERHEAD;
     assert!(
-        produce_peak < bound && drain_peak < bound,
-        "RSS stays under the memory limit plus a fixed overhead ({} MiB): producing {} MiB, draining {} MiB",
+        peaks.iter().all(|&(_, p)| p < bound),
+        "{what} ({} MiB): {} {} MiB, {} {} MiB",
         bound / MIB,
-        produce_peak / MIB,
-        drain_peak / MIB
+        peaks[0].0,
+        peaks[0].1 / MIB,
+        peaks[1].0,
+        peaks[1].1 / MIB
     );
 }
 
@@ -365,13 +395,12 @@ fn the_standby_takes_over_a_backlog_larger_than_memory_mid_drain() {
     let drain_peak = rss_bytes(standby.pid());
     let all: HashSet<usize> = first.iter().chain(&rest).copied().collect();
     assert_eq!(all.len(), count, "every receipted message arrived");
-    let bound = MEMORY_LIMIT + FIXED_OVERHEAD;
-    assert!(
-        after_takeover < bound && drain_peak < bound,
-        "the standby takes over within bounded memory ({} MiB): after takeover {} MiB, after draining {} MiB",
-        bound / MIB,
-        after_takeover / MIB,
-        drain_peak / MIB
+    assert_rss_bounded(
+        "the standby takes over within bounded memory",
+        [
+            ("after takeover", after_takeover),
+            ("after draining", drain_peak),
+        ],
     );
 }
 
@@ -417,19 +446,13 @@ fn paged_messages_expire_to_the_dead_letter_queue_without_a_consumer() {
         .as_millis()
         + 3000)
         .to_string();
-    for seq in 0..count {
-        let receipt = format!("r{seq}");
-        let mut h = vec![
-            ("destination", "/queue/short"),
-            ("persistent", "true"),
-            ("expires", expires.as_str()),
-        ];
-        if seq + 1 == count {
-            h.push(("receipt", &receipt));
-        }
-        c.frame("SEND", &h, &message_body(seq, 4, size));
-    }
-    c.expect_receipt(&format!("r{}", count - 1));
+    send_at_default_priority(
+        &mut c,
+        "/queue/short",
+        count,
+        size,
+        &[("expires", &expires)],
+    );
     let d = b.destination("/queue/short").unwrap();
     assert!(d["paged"].as_u64().unwrap() > 0, "{d}");
     let end = Instant::now() + Duration::from_secs(30);
@@ -465,15 +488,7 @@ fn a_committed_transaction_send_lands_behind_paged_messages() {
     let count = 3 * MEMORY_LIMIT / size;
     let b = Broker::start_with_config(Some(&config()), &[]);
     let mut c = b.client();
-    for seq in 0..count {
-        let receipt = format!("r{seq}");
-        let mut h = vec![("destination", "/queue/tx"), ("persistent", "true")];
-        if seq + 1 == count {
-            h.push(("receipt", &receipt));
-        }
-        c.frame("SEND", &h, &message_body(seq, 4, size));
-    }
-    c.expect_receipt(&format!("r{}", count - 1));
+    send_at_default_priority(&mut c, "/queue/tx", count, size, &[]);
     assert!(
         b.destination("/queue/tx").unwrap()["paged"]
             .as_u64()
@@ -545,12 +560,8 @@ fn a_mariadb_standby_takes_over_a_table_larger_than_memory() {
     let (left, mut c) = subscribe_to_taken_over_backlog(&standby);
     assert_eq!(left, count, "every message is there");
     let drain_peak = drain_in_priority_order(&mut c, count, Some(standby.pid()));
-    let bound = MEMORY_LIMIT + FIXED_OVERHEAD;
-    assert!(
-        after_takeover < bound && drain_peak < bound,
-        "the standby takes over within bounded memory ({} MiB): after takeover {} MiB, draining {} MiB",
-        bound / MIB,
-        after_takeover / MIB,
-        drain_peak / MIB
+    assert_rss_bounded(
+        "the standby takes over within bounded memory",
+        [("after takeover", after_takeover), ("draining", drain_peak)],
     );
 }

@@ -1105,18 +1105,7 @@ impl ShardBroker {
         };
         let mut read = Vec::new();
         for (dest, sub, paged) in expired {
-            let mut entries = Vec::with_capacity(paged.len());
-            for (e, m) in paged.iter().zip(pager.page_in(&dest, &paged)) {
-                match m {
-                    Ok(m) => entries.push(Entry {
-                        msg: Arc::new(m),
-                        redeliveries: e.redeliveries,
-                        stored: true,
-                    }),
-                    Err(err) => error!(destination = %dest, id = e.id, error = %err,
-                        "an expired paged message cannot be read back; it stays in the store until the next start"),
-                }
-            }
+            let entries = read_back(pager, &dest, &paged);
             read.push((dest, sub, entries));
         }
         for (dest, sub, entries) in read {
@@ -1209,23 +1198,29 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
         return false;
     }
     let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);
-    let mut entries = Vec::with_capacity(batch.len());
-    for (e, m) in batch.iter().zip(p.page_in(dest, &batch)) {
+    let entries = read_back(p, dest, &batch);
+    q.paged_in(entries);
+    true
+}
+
+/// Reads paged entries back as queue entries. One that cannot be read is
+/// left out of this run, not lost: the store still holds it (no ACK is
+/// journaled) and the next start reads it from there; put back, it would
+/// block its queue for good.
+fn read_back(p: &mut Pager, dest: &Destination, paged: &[PagedEntry]) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(paged.len());
+    for (e, m) in paged.iter().zip(p.page_in(dest, paged)) {
         match m {
             Ok(m) => entries.push(Entry {
                 msg: Arc::new(m),
                 redeliveries: e.redeliveries,
                 stored: true,
             }),
-            // Left out of this run, not lost: the store still holds it
-            // (no ACK is journaled), and the next start reads it from
-            // there. Put back, it would block its queue for good.
             Err(err) => error!(destination = %dest, id = e.id, error = %err,
                 "a paged message cannot be read back from the spool; it stays in the store and comes back at the next start"),
         }
     }
-    q.paged_in(entries);
-    true
+    entries
 }
 
 /// A dispatch pass that pages in ahead of it: read, then hand out, while
