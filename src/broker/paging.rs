@@ -1,8 +1,12 @@
 //! Queues larger than memory. Each queue (and durable subscription) keeps
 //! a window of its waiting stored messages in memory and, past it, only a
-//! reference ([`PagedEntry`]: id, priority, expiry, where its bytes are);
-//! the bytes wait in the shard's spool (`store::spool`) until the window
-//! has room again.
+//! reference ([`PagedEntry`]: id, priority, expiry, where its bytes are)
+//! until the window has room again. Where the bytes are ([`PageRef`]): in
+//! the file mode, the message's own record in the journal, read back from
+//! there (nothing is written to page a message out: the journal is already
+//! its home, see `store::journal::read_back`); in the other modes, whose
+//! records cannot be read back cheaply, a second copy in the shard's spool
+//! (`store::spool`).
 //!
 //! When: a stored message arriving at a queue is paged out if that queue
 //! already has paged messages of its priority (order within a priority is
@@ -18,6 +22,7 @@
 //! persistent messages stay in memory and producers of them are paused at
 //! `limits.memory_limit_bytes`, as before.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -25,13 +30,33 @@ use bytes::{Buf, BufMut, Bytes};
 use super::destination::Destination;
 use super::message::{MemoryUsage, Message, MessageId, Property};
 use crate::store::spool::{Spool, SpoolError, SpoolRef};
+use crate::store::{Record, RecordAt, RecordSource};
 
-/// A waiting message whose bytes are in the spool.
+/// Where a paged message's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageRef {
+    /// Its SEND record in the store (file mode).
+    Store(RecordAt),
+    /// A copy in the shard's spool.
+    Spool(SpoolRef),
+}
+
+impl PageRef {
+    /// Bytes a read of it costs.
+    pub fn bytes(&self) -> u32 {
+        match self {
+            PageRef::Store(r) => r.len,
+            PageRef::Spool(r) => r.bytes(),
+        }
+    }
+}
+
+/// A waiting message whose bytes are not in memory.
 #[derive(Debug, Clone)]
 pub struct PagedEntry {
     pub id: MessageId,
     pub expires_ms: u64,
-    pub at: SpoolRef,
+    pub at: PageRef,
     pub redeliveries: u32,
     pub priority: u8,
 }
@@ -60,6 +85,8 @@ pub const PAGE_IN_BATCH_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Pager {
     spool: Spool,
+    /// The store's records, where it can read them back (file mode).
+    records: Option<Rc<dyn RecordSource>>,
     usage: Arc<MemoryUsage>,
     page_at_bytes: usize,
     pub paged_out: u64,
@@ -73,6 +100,7 @@ impl Pager {
     pub fn new(spool: Spool, usage: Arc<MemoryUsage>, page_at_bytes: usize) -> Pager {
         Pager {
             spool,
+            records: None,
             usage,
             page_at_bytes,
             paged_out: 0,
@@ -81,27 +109,44 @@ impl Pager {
         }
     }
 
+    /// Messages are read back from `records` when paged out with a
+    /// [`RecordAt`] (see [`Pager::page_out`]).
+    pub fn read_store(&mut self, records: Rc<dyn RecordSource>) {
+        self.records = Some(records);
+    }
+
     /// Held bytes reached the paging point: queues keep only their
     /// minimum window.
     pub fn pressure(&self) -> bool {
         self.usage.used() >= self.page_at_bytes
     }
 
-    /// Writes `msg` to the spool, held once.
-    pub fn page_out(&mut self, msg: &Message) -> SpoolRef {
+    /// Pages `msg` out: to its record in the store if the store can read
+    /// it back (`stored`: the store said where), else to the spool (held
+    /// once).
+    pub fn page_out(&mut self, msg: &Message, stored: Option<RecordAt>) -> PageRef {
         self.paged_out += 1;
-        self.spool.append(1, |b| encode(msg, b))
+        match stored {
+            Some(at) => PageRef::Store(at),
+            None => PageRef::Spool(self.spool.append(1, |b| encode(msg, b))),
+        }
     }
 
-    /// The same spooled message paged out for one more queue.
-    pub fn hold(&mut self, r: SpoolRef) {
+    /// The same paged message paged out for one more queue (a topic's
+    /// subscriptions): a spool record is held once more; a store record
+    /// is held by the store's own count of the message's holders.
+    pub fn hold(&mut self, r: PageRef) {
         self.paged_out += 1;
-        self.spool.hold(r);
+        if let PageRef::Spool(r) = r {
+            self.spool.hold(r);
+        }
     }
 
     /// A paged entry left its queue without being read (purge, delete).
     pub fn drop_entry(&mut self, e: &PagedEntry) {
-        self.spool.release(e.at);
+        if let PageRef::Spool(r) = e.at {
+            self.spool.release(r);
+        }
     }
 
     /// Reads `entries` back as messages of `dest`, charged to memory, and
@@ -115,7 +160,7 @@ impl Pager {
     ) -> Vec<Result<Message, SpoolError>> {
         let out = self.read(dest, entries);
         for e in entries {
-            self.spool.release(e.at);
+            self.drop_entry(e);
         }
         let read = out.iter().filter(|m| m.is_ok()).count();
         self.paged_in += read as u64;
@@ -131,21 +176,60 @@ impl Pager {
         dest: &Destination,
         entries: &[PagedEntry],
     ) -> Vec<Result<Message, SpoolError>> {
-        let refs: Vec<SpoolRef> = entries.iter().map(|e| e.at).collect();
-        match self.spool.read(&refs) {
-            Ok(bytes) => entries
-                .iter()
-                .zip(bytes)
-                .map(|(e, b)| decode(b, e, dest, &self.usage))
-                .collect(),
-            Err(e) => {
-                let why = e.to_string();
-                entries
-                    .iter()
-                    .map(|_| Err(SpoolError::Damaged { what: why.clone() }))
-                    .collect()
+        let mut out: Vec<Option<Result<Message, SpoolError>>> =
+            entries.iter().map(|_| None).collect();
+        let (mut spooled, mut stored) = (Vec::new(), Vec::new());
+        for (k, e) in entries.iter().enumerate() {
+            match e.at {
+                PageRef::Spool(r) => spooled.push((k, r)),
+                PageRef::Store(r) => stored.push((k, r)),
             }
         }
+        if !spooled.is_empty() {
+            let refs: Vec<SpoolRef> = spooled.iter().map(|(_, r)| *r).collect();
+            match self.spool.read(&refs) {
+                Ok(bytes) => {
+                    for ((k, _), b) in spooled.iter().zip(bytes) {
+                        out[*k] = Some(decode(b, &entries[*k], dest, &self.usage));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for (k, _) in &spooled {
+                        out[*k] = Some(Err(SpoolError::Damaged { what: why.clone() }));
+                    }
+                }
+            }
+        }
+        if !stored.is_empty() {
+            let refs: Vec<RecordAt> = stored.iter().map(|(_, r)| *r).collect();
+            let read = match &self.records {
+                Some(src) => src.read_records(&refs),
+                None => Vec::new(),
+            };
+            let mut read = read.into_iter();
+            for (k, _) in &stored {
+                let e = &entries[*k];
+                out[*k] = Some(match read.next() {
+                    Some(Ok(r)) => from_record(r, e, dest, &self.usage),
+                    Some(Err(err)) => Err(SpoolError::Damaged {
+                        what: format!("message {} of {dest}: {err}", e.id),
+                    }),
+                    None => Err(SpoolError::Damaged {
+                        what: format!("message {} of {dest}: no store to read it from", e.id),
+                    }),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|m| {
+                m.unwrap_or_else(|| {
+                    Err(SpoolError::Damaged {
+                        what: "not read".into(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Writes what the spool buffered (a sweep, so a quiet shard's tail
@@ -221,6 +305,53 @@ fn decode(
     })
 }
 
+/// A message from its SEND record read back from the store: it must be
+/// the message the entry names (a stale place reads as another record).
+fn from_record(
+    r: Record,
+    e: &PagedEntry,
+    dest: &Destination,
+    usage: &Arc<MemoryUsage>,
+) -> Result<Message, SpoolError> {
+    let (id, timestamp_ms, properties, body) = match r {
+        Record::Send {
+            id,
+            timestamp_ms,
+            properties,
+            body,
+            ..
+        }
+        | Record::TxSend {
+            id,
+            timestamp_ms,
+            properties,
+            body,
+            ..
+        } => (id, timestamp_ms, properties, body),
+        _ => (0, 0, Vec::new(), Bytes::new()),
+    };
+    if id != e.id {
+        return Err(SpoolError::Damaged {
+            what: format!(
+                "message {} of {dest}: its journal record holds message {id}",
+                e.id
+            ),
+        });
+    }
+    let footprint = Message::footprint(&properties, &body);
+    Ok(Message {
+        id,
+        destination: dest.clone(),
+        properties,
+        body,
+        priority: e.priority,
+        expires_ms: e.expires_ms,
+        persistent: true,
+        timestamp_ms,
+        charge: usage.charge(footprint),
+    })
+}
+
 fn take(b: &mut Bytes) -> Option<Bytes> {
     if b.remaining() < 4 {
         return None;
@@ -269,7 +400,7 @@ mod tests {
             });
         }
         let m = message(&usage, 1000, 9);
-        let at = p.page_out(&m);
+        let at = p.page_out(&m, None);
         q.enqueue_paged(PagedEntry {
             id: 1000,
             expires_ms: 0,
@@ -304,7 +435,7 @@ mod tests {
         // Under pressure with a window of 1: the next one is paged.
         assert!(q.should_page_out(9, true, 1));
         let m = message(&usage, 2, 9);
-        let at = p.page_out(&m);
+        let at = p.page_out(&m, None);
         q.enqueue_paged(PagedEntry {
             id: 2,
             expires_ms: 0,
@@ -347,7 +478,7 @@ mod tests {
     fn a_damaged_record_is_an_error_not_a_message() {
         let (dir, usage, mut p) = pager();
         let dest = Destination::queue("q");
-        let at = p.page_out(&message(&usage, 7, 4));
+        let at = p.page_out(&message(&usage, 7, 4), None);
         p.flush();
         // Flip a byte of the record on disk.
         let file = std::fs::read_dir(dir.path())
@@ -388,7 +519,7 @@ mod tests {
             timestamp_ms: 1234,
             charge: usage.charge(Message::footprint(&props, &body)),
         };
-        let at = p.page_out(&m);
+        let at = p.page_out(&m, None);
         let e = PagedEntry {
             id: 42,
             expires_ms: 99,

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use super::destination::Destination;
 use super::message::{MemoryUsage, Message, SharedMessage};
 use super::message_ids::counter;
-use super::paging::{PagedEntry, Pager};
+use super::paging::{PageRef, PagedEntry, Pager};
 use super::queue::Entry;
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
-use crate::store::{Record, StoredDestination, StoredSub};
+use crate::store::{Record, RecordAt, RecordSource, StoredDestination, StoredSub};
 
 pub type SubKey = (Arc<str>, StoredSub);
 
@@ -152,6 +152,14 @@ impl Restorer {
         }
     }
 
+    /// Paged messages are read back from `records` (see
+    /// [`Restorer::feed_at`]).
+    pub fn read_store(&mut self, records: std::rc::Rc<dyn RecordSource>) {
+        if let Some(p) = &mut self.pager {
+            p.read_store(records);
+        }
+    }
+
     /// The highest id counter met so far (messages and transactions).
     pub fn max_id_counter(&self) -> u64 {
         self.max_id_counter
@@ -163,9 +171,19 @@ impl Restorer {
         &self.commits
     }
 
-    /// Takes the next records of the journal, in journal order.
+    /// Takes the next records of the store, in journal order.
     pub fn feed(&mut self, records: Vec<Record>) {
+        self.feed_at(records, Vec::new());
+    }
+
+    /// [`Restorer::feed`], with where each record can be read back from
+    /// the store (`at[k]` for `records[k]`; empty if it cannot): a message
+    /// staged past the paging point is then paged to its record, with
+    /// nothing written (see [`super::paging`]).
+    pub fn feed_at(&mut self, records: Vec<Record>, at: Vec<RecordAt>) {
+        let mut at = at.into_iter();
         for r in records {
+            let here = at.next();
             for id in r.message_id().into_iter().chain(r.tx_id()) {
                 self.max_id_counter = self.max_id_counter.max(counter(id));
             }
@@ -186,6 +204,7 @@ impl Restorer {
                     timestamp_ms,
                     properties,
                     body,
+                    here,
                 ),
                 Record::TxSend {
                     tx,
@@ -209,6 +228,7 @@ impl Restorer {
                         timestamp_ms,
                         properties,
                         body,
+                        here,
                     );
                 }
                 Record::TxAck {
@@ -309,6 +329,7 @@ impl Restorer {
         timestamp_ms: u64,
         properties: Vec<(bytes::Bytes, bytes::Bytes)>,
         body: bytes::Bytes,
+        stored_at: Option<RecordAt>,
     ) {
         let subs = match destination.topic {
             true => match self
@@ -339,17 +360,16 @@ impl Restorer {
             charge: self.usage.charge(footprint),
         });
         let pressure = self.pager.as_ref().is_some_and(|p| p.pressure());
+        let mut paged = None;
         match subs {
             None => {
-                let mut spooled = None;
                 let staged = queue_entries(&mut self.run, &mut self.queues, name);
-                stage_one(&mut self.pager, staged, &msg, pressure, &mut spooled);
+                stage_one(&mut self.pager, staged, &msg, pressure, stored_at, &mut paged);
             }
             Some(subs) => {
-                let mut spooled = None;
                 for sub in subs {
                     if let Some(staged) = sub_entries(&mut self.subs, &name, &sub) {
-                        stage_one(&mut self.pager, staged, &msg, pressure, &mut spooled);
+                        stage_one(&mut self.pager, staged, &msg, pressure, stored_at, &mut paged);
                     }
                 }
             }
@@ -357,25 +377,27 @@ impl Restorer {
     }
 }
 
-/// Stages `msg` in memory, or spooled: under memory pressure, or behind a
-/// spooled message of its priority. A topic message is spooled once for
-/// all its subscriptions (`spooled`).
+/// Stages `msg` in memory, or paged: under memory pressure, or behind a
+/// paged message of its priority. A topic message is paged once for all
+/// its subscriptions (`paged`): to its record in the store (`stored_at`),
+/// or spooled.
 fn stage_one(
     pager: &mut Option<Pager>,
     staged: &mut Staged,
     msg: &SharedMessage,
     pressure: bool,
-    spooled: &mut Option<crate::store::spool::SpoolRef>,
+    stored_at: Option<RecordAt>,
+    paged: &mut Option<PageRef>,
 ) {
     let bit = 1u16 << msg.priority.min(9);
     match pager {
         Some(p) if pressure || staged.paged_priorities & bit != 0 => {
-            let at = match *spooled {
+            let at = match *paged {
                 Some(r) => {
                     p.hold(r);
                     r
                 }
-                None => *spooled.insert(p.page_out(msg)),
+                None => *paged.insert(p.page_out(msg, stored_at)),
             };
             staged.paged_priorities |= bit;
             staged.entries.push(RestoredEntry::Paged(PagedEntry {

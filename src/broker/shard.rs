@@ -15,13 +15,12 @@ use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
-use super::paging::{PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES};
+use super::paging::{PageRef, PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
 use super::selector::{admits, Candidate, Selector};
 use crate::idmap::IdMap;
-use crate::store::spool::SpoolRef;
-use crate::store::{RecordRef, Store, StoredDestination, StoredSub};
+use crate::store::{RecordAt, RecordRef, Store, StoredDestination, StoredSub};
 
 mod admin;
 pub use admin::{
@@ -146,6 +145,8 @@ struct PreparedSend {
     /// For a journaled topic message: the durable subscriptions it was
     /// journaled for (its holders), as recovery would give it to them.
     durables: Vec<DurableName>,
+    /// Where the store can read its prepared SEND back (paging).
+    at: Option<RecordAt>,
 }
 
 /// Deliveries a prepared transaction acknowledges, out of their queue's
@@ -339,6 +340,7 @@ impl ShardBroker {
                     durables.len() as u32
                 }
             };
+            let mut at = None;
             if holders > 0 {
                 let sd = stored_dest(&msg.destination);
                 store.append(
@@ -354,9 +356,10 @@ impl ShardBroker {
                     },
                     holders,
                 );
+                at = store.last_send_at();
                 p.journaled = true;
             }
-            p.sends.push(PreparedSend { msg, durables });
+            p.sends.push(PreparedSend { msg, durables, at });
         }
         for ack in part.acks {
             if ack.nack {
@@ -442,8 +445,8 @@ impl ShardBroker {
             // transaction is reused only after a durable round covers it.
             self.store.borrow_mut().append(&RecordRef::TxDone { tx }, 0);
         }
-        for PreparedSend { msg, durables } in p.sends {
-            self.enqueue_prepared(msg, &durables, out);
+        for PreparedSend { msg, durables, at } in p.sends {
+            self.enqueue_prepared(msg, &durables, at, out);
         }
         for a in p.acks {
             let stored: Vec<u64> = a
@@ -477,7 +480,13 @@ impl ShardBroker {
 
     /// Enqueues a prepared message, already journaled (if at all) with
     /// holders for `durables`.
-    fn enqueue_prepared(&mut self, msg: SharedMessage, durables: &[DurableName], out: &mut Outbox) {
+    fn enqueue_prepared(
+        &mut self,
+        msg: SharedMessage,
+        durables: &[DurableName],
+        at: Option<RecordAt>,
+        out: &mut Outbox,
+    ) {
         match &msg.destination {
             Destination::Queue(name) => {
                 let q = self.queues.entry(name.clone()).or_default();
@@ -486,11 +495,11 @@ impl ShardBroker {
                     redeliveries: 0,
                     stored: msg.persistent,
                 };
-                enqueue(&mut self.pager, q, entry, &mut None);
+                enqueue(&mut self.pager, q, entry, at, &mut None);
             }
             Destination::Topic(name) => {
                 let mut kept = 0;
-                let mut spooled = None;
+                let mut paged = None;
                 let subject = Candidate {
                     msg: &msg,
                     redeliveries: 0,
@@ -511,7 +520,7 @@ impl ShardBroker {
                             redeliveries: 0,
                             stored,
                         };
-                        enqueue(&mut self.pager, &mut sub.queue, entry, &mut spooled);
+                        enqueue(&mut self.pager, &mut sub.queue, entry, at, &mut paged);
                     }
                 }
                 // Journaled for subscriptions gone since, or whose selector
@@ -580,10 +589,11 @@ impl ShardBroker {
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
         match &msg.destination {
             Destination::Queue(name) => {
+                let mut at = None;
                 if msg.persistent {
-                    self.store
-                        .borrow_mut()
-                        .append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
+                    let mut store = self.store.borrow_mut();
+                    store.append(&send_record(&msg, &stored_dest(&msg.destination)), 1);
+                    at = store.last_send_at();
                 }
                 let q = self.queues.entry(name.clone()).or_default();
                 let entry = Entry {
@@ -591,7 +601,7 @@ impl ShardBroker {
                     redeliveries: 0,
                     stored: msg.persistent,
                 };
-                enqueue(&mut self.pager, q, entry, &mut None);
+                enqueue(&mut self.pager, q, entry, at, &mut None);
             }
             Destination::Topic(name) => {
                 let Some(t) = self.topics.get_mut(name) else {
@@ -608,24 +618,20 @@ impl ShardBroker {
                 let mut kept = 0;
                 // Durable subscriptions whose selector passes it over.
                 let mut passed = Vec::new();
-                // Spooled once however many subscriptions page it.
-                let mut spooled = None;
-                for (id, sub) in t.subs.iter_mut() {
-                    let is_durable = matches!(id, SubId::Durable(_));
-                    if !admits(sub.selector.as_ref(), &subject) {
-                        if let (true, SubId::Durable(d)) = (stored, id) {
-                            passed.push(stored_sub(d));
+                if stored {
+                    for (id, sub) in &t.subs {
+                        if let SubId::Durable(d) = id {
+                            if admits(sub.selector.as_ref(), &subject) {
+                                kept += 1;
+                            } else {
+                                passed.push(stored_sub(d));
+                            }
                         }
-                        continue;
                     }
-                    kept += u32::from(is_durable);
-                    let entry = Entry {
-                        msg: msg.clone(),
-                        redeliveries: 0,
-                        stored: stored && is_durable,
-                    };
-                    enqueue(&mut self.pager, &mut sub.queue, entry, &mut spooled);
                 }
+                // Journaled first: a subscription that pages it out reads
+                // it back from its record.
+                let mut at = None;
                 if stored && kept > 0 {
                     // Journaled for every durable subscription, as recovery
                     // counts them; those that do not want it let go at once,
@@ -633,9 +639,24 @@ impl ShardBroker {
                     let sd = stored_dest(&msg.destination);
                     let mut store = self.store.borrow_mut();
                     store.append(&send_record(&msg, &sd), durable);
+                    at = store.last_send_at();
                     for d in &passed {
                         journal_ack(&mut *store, &sd, Some(d), msg.id);
                     }
+                }
+                // Paged once however many subscriptions page it.
+                let mut paged = None;
+                for (id, sub) in t.subs.iter_mut() {
+                    let is_durable = matches!(id, SubId::Durable(_));
+                    if !admits(sub.selector.as_ref(), &subject) {
+                        continue;
+                    }
+                    let entry = Entry {
+                        msg: msg.clone(),
+                        redeliveries: 0,
+                        stored: stored && is_durable,
+                    };
+                    enqueue(&mut self.pager, &mut sub.queue, entry, at, &mut paged);
                 }
             }
         }
@@ -1155,22 +1176,25 @@ impl ShardBroker {
 }
 
 /// Puts a new (or dead-lettered) entry in its queue, paging it out when
-/// the queue's window is full (see [`super::paging`]). `spooled`: the spool
-/// record of this message if another subscription already paged it.
+/// the queue's window is full (see [`super::paging`]): to its record in
+/// the store if the store said where (`stored_at`), else to the spool.
+/// `paged`: where this message went if another subscription already
+/// paged it.
 fn enqueue(
     pager: &mut Option<Pager>,
     q: &mut MessageQueue,
     entry: Entry,
-    spooled: &mut Option<SpoolRef>,
+    stored_at: Option<RecordAt>,
+    paged: &mut Option<PageRef>,
 ) {
     if let Some(p) = pager.as_mut().filter(|_| entry.stored) {
         if q.should_page_out(entry.msg.priority, p.pressure(), MIN_WINDOW) {
-            let at = match *spooled {
+            let at = match *paged {
                 Some(r) => {
                     p.hold(r);
                     r
                 }
-                None => *spooled.insert(p.page_out(&entry.msg)),
+                None => *paged.insert(p.page_out(&entry.msg, stored_at)),
             };
             q.enqueue_paged(PagedEntry {
                 id: entry.msg.id,
@@ -1217,7 +1241,7 @@ fn read_back(p: &mut Pager, dest: &Destination, paged: &[PagedEntry]) -> Vec<Ent
                 stored: true,
             }),
             Err(err) => error!(destination = %dest, id = e.id, error = %err,
-                "a paged message cannot be read back from the spool; it stays in the store and comes back at the next start"),
+                "a paged message cannot be read back; it stays in the store and comes back at the next start"),
         }
     }
     entries

@@ -1057,8 +1057,8 @@ async fn open_journal(
     let dir = js.dir.join(format!("shard-{id}"));
     let mut restorer = Restorer::new(memory, pager);
     let recovered =
-        journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt, |records| {
-            restorer.feed(records)
+        journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt, |records, at| {
+            restorer.feed_at(records, at)
         })
         .map_err(|e| e.to_string())?;
     let new_dir = recovered.layout.segments.is_empty();
@@ -1071,6 +1071,8 @@ async fn open_journal(
         store_usage,
         recovered.layout,
     )));
+    // Paged messages are read back from their journal records.
+    restorer.read_store(j.clone());
     // Make the first segment now, not on the first persistent SEND. A new
     // data directory also gets its spare before serving (a fast producer
     // would fill the first segment before a paced spare is ready); a

@@ -17,6 +17,46 @@ pub mod sql;
 
 pub use record::{Record, RecordRef, StoredDestination, StoredSub};
 
+/// Where a SEND record can be read back from the store itself (the file
+/// journal): what a queue keeps for a message it paged out, instead of a
+/// second copy (see `broker::paging`). Valid while the message is held:
+/// a held message pins its segment, so the place is never written over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAt {
+    /// The journal's segment slot.
+    pub segment: u32,
+    /// Bytes of the record.
+    pub len: u32,
+    /// Offset in the segment's record stream (see `journal::read_back`).
+    pub at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackError {
+    #[error("journal segment {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("record {at:?} is not in the journal any more")]
+    Gone { at: RecordAt },
+    #[error("record {at:?} does not read back: {reason}")]
+    Damaged { at: RecordAt, reason: String },
+}
+
+/// A store whose records can be read back while it runs.
+pub trait RecordSource {
+    /// The records at `at`, each decoded (bodies are slices of the read
+    /// buffers) or the reason it could not be.
+    fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>>;
+}
+
+impl std::fmt::Debug for dyn RecordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordSource")
+    }
+}
+
 /// What the broker asks of a store, synchronously: appends are buffered;
 /// the store's own flusher makes them durable and says how far it got.
 pub trait Store {
@@ -27,6 +67,11 @@ pub trait Store {
     fn append(&mut self, rec: &RecordRef<'_>, holders: u32);
     /// One holder of message (or transaction decision) `id` let go of it.
     fn release(&mut self, id: u64);
+    /// Where the last SEND (or prepared SEND) appended can be read back
+    /// from, for a store that can (see [`RecordSource`]).
+    fn last_send_at(&self) -> Option<RecordAt> {
+        None
+    }
 }
 
 /// A store that makes appends durable in the background (every mode but

@@ -13,7 +13,7 @@ const SEG: u64 = 64 * 1024;
 
 fn open(dir: &Path) -> (Vec<Record>, recovery::Recovered) {
     let mut recs = Vec::new();
-    let r = recovery::recover(dir, SEG, false, |v| recs.extend(v)).expect("recover");
+    let r = recovery::recover(dir, SEG, false, |v, _| recs.extend(v)).expect("recover");
     (recs, r)
 }
 
@@ -369,7 +369,7 @@ fn recovery_freed_segment_reused_before_seal() {
     b[..BLOCK as usize].copy_from_slice(&old_head);
     std::fs::write(&p, b).unwrap();
     let mut recs = Vec::new();
-    let r = recovery::recover(&dir, SEG, false, |v| recs.extend(v));
+    let r = recovery::recover(&dir, SEG, false, |v, _| recs.extend(v));
     eprintln!(
         "run 3: {:?}",
         r.as_ref().map(|r| r.records).map_err(|e| e.to_string())

@@ -239,6 +239,7 @@ fn spare(j: &mut Journal) -> usize {
         write_at: BLOCK,
         file: None,
         unplaced: None,
+        stream: super::read_back::Stream::new(BLOCK),
     });
     j.free.push_front((k, None));
     k

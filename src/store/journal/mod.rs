@@ -18,6 +18,9 @@
 mod crash_cases;
 #[cfg(test)]
 mod disk_full_cases;
+mod read_back;
+#[cfg(test)]
+mod read_back_cases;
 pub mod recovery;
 pub mod round;
 mod segment_read;
@@ -29,6 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use glommio::io::DmaFile;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -247,6 +251,8 @@ struct Segment {
     /// append sequence number before its first record, until it is given
     /// a file (made, or a free segment's, see [`segment_file`]).
     unplaced: Option<u64>,
+    /// Where its records can be read back (see [`read_back`]).
+    stream: read_back::Stream,
 }
 
 /// Appended bytes waiting for the flusher, for one segment.
@@ -265,6 +271,8 @@ struct Chunk {
     /// none): durable once the chunk is written and synced. A flush may
     /// write only the first chunks (no space for the rest).
     upto: u64,
+    /// Where `bytes` start in the segment's record stream.
+    logical: u64,
 }
 
 pub struct Journal {
@@ -323,6 +331,10 @@ pub struct Journal {
     write_retry_at: Option<Instant>,
     /// Segments in use that have no file yet (see `Segment::unplaced`).
     unplaced: usize,
+    /// Where the last SEND appended can be read back.
+    last_send_at: Option<crate::store::RecordAt>,
+    /// Chunks being written: readable from memory until they are on disk.
+    in_flight: Vec<read_back::InFlight>,
 }
 
 impl Journal {
@@ -354,13 +366,21 @@ impl Journal {
             // Does not fit: take it back out and start the next segment.
             if let Some(c) = self.pending.last_mut() {
                 c.bytes.truncate(c.bytes.len() - size as usize);
+                self.segments[c.segment].stream.unappend(size);
             }
             self.pending_len -= size;
             self.roll(true);
             size = self.encode_pending(rec);
         }
-        let _ = size;
         let active = self.active();
+        if matches!(rec, RecordRef::Send { .. } | RecordRef::TxSend { .. }) {
+            let end = self.segments[active].stream.appended();
+            self.last_send_at = Some(crate::store::RecordAt {
+                segment: active as u32,
+                len: size as u32,
+                at: end - size,
+            });
+        }
         match rec {
             // A prepared SEND holds its segment like a SEND; a transaction's
             // decision is held (under the transaction id, which never equals
@@ -421,6 +441,7 @@ impl Journal {
                 ends_segment: false,
                 follows: None,
                 upto: self.appended,
+                logical: self.segments[active].stream.appended(),
             });
         }
         let chunk = self.pending.last_mut().expect("pushed above");
@@ -428,6 +449,7 @@ impl Journal {
         record::encode(rec, gen, &mut chunk.bytes);
         let size = (chunk.bytes.len() - before) as u64;
         self.pending_len += size;
+        self.segments[active].stream.append(size);
         size
     }
 
@@ -453,6 +475,7 @@ impl Journal {
                     ends_segment: true,
                     follows: None,
                     upto: self.appended,
+                    logical: self.segments[old].stream.appended(),
                 }),
             }
             // The closed segment may hold nothing live any more
@@ -485,6 +508,7 @@ impl Journal {
                     write_at: BLOCK,
                     file: None,
                     unplaced: Some(self.appended),
+                    stream: read_back::Stream::new(BLOCK),
                 });
                 self.unplaced += 1;
                 index
@@ -497,6 +521,8 @@ impl Journal {
         s.generation = self.next_generation;
         s.salt = random_u64();
         s.write_at = BLOCK;
+        // Nothing of its last use is held (it was free): a new stream.
+        s.stream = read_back::Stream::new(BLOCK);
         self.next_generation += 1;
         self.in_use.push_back(next);
         let mut chunk = Chunk {
@@ -506,6 +532,7 @@ impl Journal {
             ends_segment: false,
             follows: prev,
             upto: self.appended,
+            logical: BLOCK,
         };
         // The snapshot goes first: every later record in this segment (a
         // topic SEND in particular) is read back knowing its subscribers.
@@ -521,6 +548,7 @@ impl Journal {
             }
         }
         self.pending_len = chunk.bytes.len() as u64;
+        self.segments[next].stream.append(self.pending_len);
         self.pending.push(chunk);
         // Down to the reserve: if the file system has no room for another
         // spare, producers must pause now, while this segment still has
@@ -757,9 +785,11 @@ impl Journal {
         s.file = file;
         s.unplaced = None;
         debug!(path = %self.segments[slot].path.display(), "a segment waiting for a file takes a freed segment's");
+        self.segments[slot].stream.forget_file();
         let f = &mut self.segments[k];
         f.path = never_made;
         f.generation = 0;
+        f.stream.forget_file();
         self.unplaced -= 1;
         self.note_space();
         true
@@ -1150,6 +1180,9 @@ struct Planned {
     end: u64,
     data: Option<(u64, RoundHeader)>,
     end_round: Option<(u64, RoundHeader)>,
+    /// The chunk's records (taken out of `chunk.bytes`), also readable
+    /// from `Journal::in_flight` until written.
+    bytes: Bytes,
 }
 
 /// The open file of segment `index`: opened now if needed; for a segment
@@ -1213,8 +1246,16 @@ fn lay_out(j: &mut Journal) -> Vec<Planned> {
     j.pending_len = 0;
     let chunks = std::mem::take(&mut j.pending);
     let mut plans = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        let data_header = j.round_header(RoundKind::Data, chunk.bytes.len() as u64);
+    for mut chunk in chunks {
+        let bytes = Bytes::from(std::mem::take(&mut chunk.bytes));
+        if !bytes.is_empty() {
+            j.in_flight.push(read_back::InFlight {
+                segment: chunk.segment,
+                logical: chunk.logical,
+                bytes: bytes.clone(),
+            });
+        }
+        let data_header = j.round_header(RoundKind::Data, bytes.len() as u64);
         let end_header = j.round_header(RoundKind::End, 0);
         // The End round of the segment this one follows: the last block
         // that segment's rounds claimed (laid out before this chunk).
@@ -1226,7 +1267,7 @@ fn lay_out(j: &mut Journal) -> Vec<Planned> {
         let claimed_from = s.write_at;
         let start = if chunk.fresh { 0 } else { s.write_at };
         let mut at = if chunk.fresh { BLOCK } else { start };
-        let data = (!chunk.bytes.is_empty()).then_some((at, data_header));
+        let data = (!bytes.is_empty()).then_some((at, data_header));
         if data.is_some() {
             at = data_header.next(at);
         }
@@ -1245,6 +1286,7 @@ fn lay_out(j: &mut Journal) -> Vec<Planned> {
             data,
             end_round,
             chunk,
+            bytes,
         });
     }
     plans
@@ -1309,6 +1351,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                         ends_segment: true,
                         follows: None,
                         upto: plan.chunk.upto,
+                        logical: plan.chunk.logical + plan.bytes.len() as u64,
                     },
                     prev_end: (0, 0),
                     gen: plan.gen,
@@ -1318,6 +1361,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                     end: at + BLOCK,
                     data: None,
                     end_round: None,
+                    bytes: Bytes::new(),
                 });
                 plan.chunk.ends_segment = false;
             }
@@ -1341,7 +1385,7 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
             let h_at = (at - plan.start) as usize;
             h.put(plan.gen, plan.salt, &mut bytes[h_at..]);
             let r = h_at + ROUND_HEADER_BYTES as usize;
-            bytes[r..r + plan.chunk.bytes.len()].copy_from_slice(&plan.chunk.bytes);
+            bytes[r..r + plan.bytes.len()].copy_from_slice(&plan.bytes);
         }
         if let Some((at, h)) = plan.end_round {
             h.put(
@@ -1378,6 +1422,17 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
                 j.write_retry_at = None;
                 j.note_space();
             }
+            if let Some((at, _)) = plan.data {
+                // On disk now: read from there (see `read_back`).
+                let seg = plan.chunk.segment;
+                j.in_flight
+                    .retain(|f| !(f.segment == seg && f.logical == plan.chunk.logical));
+                j.segments[seg].stream.wrote(
+                    plan.chunk.logical,
+                    at + ROUND_HEADER_BYTES,
+                    plan.bytes.len() as u64,
+                );
+            }
         }
         written.upto = written.upto.max(plan.chunk.upto);
         written.end = written.end.max(Some((plan.gen, plan.end)));
@@ -1407,11 +1462,16 @@ fn put_back(
 ) {
     let mut j = journal.borrow_mut();
     let mut chunks = Vec::new();
-    for p in std::iter::once(plan).chain(rest) {
+    for mut p in std::iter::once(plan).chain(rest) {
         let s = &mut j.segments[p.chunk.segment];
         // Claims of one segment are in order: the first given back is the
         // lowest.
         s.write_at = s.write_at.min(p.claimed_from);
+        let (seg, logical) = (p.chunk.segment, p.chunk.logical);
+        j.in_flight
+            .retain(|f| !(f.segment == seg && f.logical == logical));
+        // Rare (a full disk): a copy if a read still shares the bytes.
+        p.chunk.bytes = Vec::from(p.bytes);
         chunks.push(p.chunk);
     }
     let later = std::mem::take(&mut j.pending);
@@ -1540,6 +1600,9 @@ impl super::Store for Journal {
     fn release(&mut self, id: u64) {
         Journal::release(self, id);
     }
+    fn last_send_at(&self) -> Option<crate::store::RecordAt> {
+        self.last_send_at
+    }
 }
 
 impl Journal {
@@ -1565,6 +1628,9 @@ impl Journal {
                     write_at: s.write_at,
                     file: None,
                     unplaced: None,
+                    // What recovery read lies before `write_at`: its
+                    // records are found where recovery found them.
+                    stream: read_back::Stream::new(s.write_at),
                 })
                 .collect(),
             in_use: state.in_use,
@@ -1596,6 +1662,8 @@ impl Journal {
             write_blocked: None,
             write_retry_at: None,
             unplaced: 0,
+            last_send_at: None,
+            in_flight: Vec::new(),
             usage,
             cfg,
         };
@@ -1701,6 +1769,7 @@ async fn make_one_spare(
         write_at: BLOCK,
         file: Some(file),
         unplaced: None,
+        stream: read_back::Stream::new(BLOCK),
     });
     // A fresh segment holds nothing: reuse it before any older one.
     j.free.push_front((index, None));

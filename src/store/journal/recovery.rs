@@ -24,6 +24,7 @@ use super::segment_read::read_live_part;
 use super::{fsync_dir, io_err, read_header, read_prev_end, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_named, Decoded, DurableSubs, Names, Record};
+use crate::store::RecordAt;
 
 /// One segment file as the writer resumes it.
 #[derive(Debug, Clone)]
@@ -97,6 +98,8 @@ enum Stop {
 /// Rounds walked from one position.
 struct Rounds {
     records: Vec<Record>,
+    /// Each record's file offset and length, for reading it back later.
+    at: Vec<(u64, u32)>,
     /// Each valid round walked: its offset and how many records came before it.
     starts: Vec<(u64, usize)>,
     stop: Stop,
@@ -109,6 +112,7 @@ struct Rounds {
 fn walk(data: &Bytes, mut pos: u64, gen: u64, salt: u64, names: &mut Names) -> Rounds {
     let mut out = Rounds {
         records: Vec::new(),
+        at: Vec::new(),
         starts: Vec::new(),
         stop: Stop::End(pos),
         watermark: (0, 0),
@@ -136,10 +140,12 @@ fn walk(data: &Bytes, mut pos: u64, gen: u64, salt: u64, names: &mut Names) -> R
             match decode_named(data, p, gen, names) {
                 Decoded::Record(r, next) if next as u64 <= body_end => {
                     out.records.push(r);
+                    out.at.push((p as u64, (next - p) as u32));
                     p = next;
                 }
                 _ => {
                     out.records.truncate(first);
+                    out.at.truncate(first);
                     out.stop = Stop::At {
                         pos,
                         reason: "damaged record in a round",
@@ -354,13 +360,14 @@ fn poisoned(path: &Path) -> JournalError {
 
 /// Recovers the journal in `dir`, handing its records to `sink` segment by
 /// segment in journal order, as each is read and verified (the caller's
-/// rebuilding overlaps the reading of later segments). Records share the
-/// memory a segment was read into.
+/// rebuilding overlaps the reading of later segments), each with where it
+/// can be read back while the journal runs. Records share the memory a
+/// segment was read into.
 pub fn recover(
     dir: &Path,
     segment_size: u64,
     skip_corrupt: bool,
-    mut sink: impl FnMut(Vec<Record>),
+    mut sink: impl FnMut(Vec<Record>, Vec<RecordAt>),
 ) -> Result<Recovered, JournalError> {
     let started = std::time::Instant::now();
     if !dir.exists() {
@@ -581,7 +588,7 @@ impl Replay<'_> {
         &mut self,
         i: usize,
         walk: Walk,
-        sink: &mut impl FnMut(Vec<Record>),
+        sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>),
     ) -> Result<(), JournalError> {
         let Some(oldest_live) = self.oldest_live_gen else {
             self.held.push((i, walk));
@@ -609,12 +616,13 @@ impl Replay<'_> {
         &mut self,
         i: usize,
         mut w: Walk,
-        sink: &mut impl FnMut(Vec<Record>),
+        sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>),
     ) -> Result<(), JournalError> {
         let (path, (gen, salt)) = (&self.found[i].path, self.found[i].header.unwrap_or((0, 0)));
         loop {
             let records = std::mem::take(&mut w.rounds.records);
-            self.feed(i, records, sink);
+            let at = std::mem::take(&mut w.rounds.at);
+            self.feed(i, records, at, sink);
             let (pos, reason) = match w.rounds.stop {
                 Stop::End(at) => {
                     self.write_at[i] = at;
@@ -669,7 +677,7 @@ impl Replay<'_> {
 
     /// Replays the segments held back, now that every watermark is known;
     /// after a cut, the rest is dropped (their headers erased).
-    fn settle_held(&mut self, sink: &mut impl FnMut(Vec<Record>)) -> Result<(), JournalError> {
+    fn settle_held(&mut self, sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>)) -> Result<(), JournalError> {
         for (i, walk) in std::mem::take(&mut self.held) {
             if self.cut.is_some() {
                 let path = &self.found[i].path;
@@ -683,13 +691,28 @@ impl Replay<'_> {
         Ok(())
     }
 
-    fn feed(&mut self, i: usize, records: Vec<Record>, sink: &mut impl FnMut(Vec<Record>)) {
+    fn feed(
+        &mut self,
+        i: usize,
+        records: Vec<Record>,
+        at: Vec<(u64, u32)>,
+        sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>),
+    ) {
         for r in &records {
             self.sends[i] += usize::from(matches!(r, Record::Send { .. } | Record::TxSend { .. }));
             track(r, i, &mut self.durable, &mut self.holders, &mut self.live);
         }
         self.out.records += records.len();
-        sink(records);
+        // Segment slots are the listing's indices (see `Layout::segments`).
+        let at = at
+            .into_iter()
+            .map(|(at, len)| RecordAt {
+                segment: i as u32,
+                len,
+                at,
+            })
+            .collect();
+        sink(records, at);
     }
 }
 
@@ -707,6 +730,7 @@ fn close_at(walk: &mut Walk, end: u64) {
     }
     if let Some(&(_, before)) = walk.rounds.starts.iter().find(|(pos, _)| *pos >= end) {
         walk.rounds.records.truncate(before);
+        walk.rounds.at.truncate(before);
     }
     walk.rounds.stop = Stop::End(end + BLOCK);
     walk.beyond = None;

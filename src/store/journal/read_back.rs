@@ -1,0 +1,303 @@
+//! Reading SEND records back while the journal runs: what a queue that
+//! paged a message out (see `broker::paging`) reads when it wants the
+//! message again. The journal is the message's only copy; a held message
+//! pins its segment, so the record stays where it was written.
+//!
+//! A record is named by its offset in its segment's *record stream*: the
+//! bytes appended to the segment since it was (re)started, in order. Where
+//! those bytes land is known only once the flusher wrote them (each round
+//! adds a header, and a round put back at a full disk is written later, in
+//! one piece with what followed it), so each segment keeps the written
+//! rounds' stream offsets and file offsets ([`Stream`]). Bytes not yet
+//! written are read from the journal's memory: the pending chunks, or the
+//! chunks being written ([`InFlight`]). A segment recovery read starts its
+//! stream where its records end: their offsets are file offsets.
+//!
+//! Reads are plain `pread`s through the page cache (the records were
+//! usually read or written moments ago), one per run of nearby records, and
+//! every record is checked as recovery checks it (generation, CRC) and
+//! must be the SEND the caller expects: a damaged one is an error, never a
+//! message.
+
+use std::cell::{OnceCell, RefCell};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use super::Journal;
+use crate::store::record::{decode_at, Decoded};
+use crate::store::{ReadBackError, Record, RecordAt, RecordSource};
+
+/// Records nearer than this in one segment are read with one `pread` (the
+/// gap, other queues' records, is read and dropped)...
+const READ_GAP_BYTES: u64 = 64 * 1024;
+
+/// ...up to this much in one `pread`.
+const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One segment's record stream: where its written rounds' records are.
+#[derive(Debug)]
+pub(super) struct Stream {
+    /// Offsets below this are file offsets (what recovery read).
+    base: u64,
+    /// Where the next record appended starts.
+    appended: u64,
+    /// Written rounds, in stream order: (stream offset, file offset) of
+    /// their first record byte.
+    rounds: Vec<(u64, u64)>,
+    /// The stream offset up to which rounds were written.
+    written: u64,
+    /// Opened on the first read; forgotten when the slot changes files.
+    file: OnceCell<File>,
+}
+
+impl Stream {
+    pub(super) fn new(base: u64) -> Stream {
+        Stream {
+            base,
+            appended: base,
+            rounds: Vec::new(),
+            written: base,
+            file: OnceCell::new(),
+        }
+    }
+
+    pub(super) fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    pub(super) fn append(&mut self, bytes: u64) {
+        self.appended += bytes;
+    }
+
+    /// The last record appended was taken back out (it did not fit).
+    pub(super) fn unappend(&mut self, bytes: u64) {
+        self.appended -= bytes;
+    }
+
+    /// A round holding the stream's bytes from `logical` (`len` of them)
+    /// was written with its first record byte at file offset `file_at`.
+    pub(super) fn wrote(&mut self, logical: u64, file_at: u64, len: u64) {
+        debug_assert_eq!(logical, self.written, "rounds are written in stream order");
+        self.rounds.push((logical, file_at));
+        self.written = logical + len;
+    }
+
+    pub(super) fn forget_file(&mut self) {
+        self.file = OnceCell::new();
+    }
+
+    #[cfg(test)]
+    pub(super) fn file_offset_for_test(&self, at: u64, len: u64) -> Option<u64> {
+        self.file_offset(at, len)
+    }
+
+    /// The file offset of stream bytes `at..at + len`, if written.
+    fn file_offset(&self, at: u64, len: u64) -> Option<u64> {
+        if at < self.base {
+            return (at + len <= self.base).then_some(at);
+        }
+        if at + len > self.written {
+            return None;
+        }
+        let k = self.rounds.partition_point(|r| r.0 <= at).checked_sub(1)?;
+        let (start, file_at) = self.rounds[k];
+        let end = self.rounds.get(k + 1).map_or(self.written, |r| r.0);
+        (at + len <= end).then_some(file_at + (at - start))
+    }
+}
+
+/// A chunk the flusher is writing: (segment, stream offset, bytes).
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub segment: usize,
+    pub logical: u64,
+    pub bytes: Bytes,
+}
+
+impl RecordSource for RefCell<Journal> {
+    fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>> {
+        match self.try_borrow() {
+            Ok(j) => j.read_records(at),
+            // Never while the broker appends (reads happen in dispatch);
+            // an error, not a panic, if that ever changes.
+            Err(_) => at
+                .iter()
+                .map(|&a| {
+                    Err(ReadBackError::Damaged {
+                        at: a,
+                        reason: "the journal is busy".into(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Journal {
+    /// Reads the SEND records at `at` (see the module comment).
+    pub fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>> {
+        let mut out: Vec<Option<Result<Record, ReadBackError>>> = at.iter().map(|_| None).collect();
+        // On disk: (segment, file offset, index), read in runs.
+        let mut disk: Vec<(usize, u64, usize)> = Vec::new();
+        for (k, a) in at.iter().enumerate() {
+            let seg = a.segment as usize;
+            let Some(s) = self.segments.get(seg) else {
+                out[k] = Some(Err(ReadBackError::Gone { at: *a }));
+                continue;
+            };
+            match s.stream.file_offset(a.at, a.len as u64) {
+                Some(off) => disk.push((seg, off, k)),
+                None => out[k] = Some(self.read_unwritten(a)),
+            }
+        }
+        disk.sort_unstable();
+        let mut i = 0;
+        while i < disk.len() {
+            let (seg, start, _) = disk[i];
+            let mut end = start + at[disk[i].2].len as u64;
+            let mut used = end - start;
+            let mut j = i + 1;
+            while j < disk.len() {
+                let (s2, off, k) = disk[j];
+                let rec_end = off + at[k].len as u64;
+                if s2 != seg || off > end + READ_GAP_BYTES || rec_end - start > READ_SPAN_BYTES {
+                    break;
+                }
+                end = end.max(rec_end);
+                used += at[k].len as u64;
+                j += 1;
+            }
+            let run = &disk[i..j];
+            match self.pread(seg, start, end - start) {
+                Ok(buf) => {
+                    // A sparse run is copied out record by record, so a
+                    // message does not keep the whole read alive.
+                    let sparse = used * 2 < end - start;
+                    for &(_, off, k) in run {
+                        let a = &at[k];
+                        let from = (off - start) as usize;
+                        let rec = if sparse {
+                            Bytes::copy_from_slice(&buf[from..from + a.len as usize])
+                        } else {
+                            buf.slice(from..from + a.len as usize)
+                        };
+                        out[k] = Some(self.decode(a, &rec));
+                    }
+                }
+                Err(e) => {
+                    for &(_, _, k) in run {
+                        out[k] = Some(Err(match &e {
+                            ReadBackError::Io { path, source } => ReadBackError::Io {
+                                path: path.clone(),
+                                source: std::io::Error::new(source.kind(), source.to_string()),
+                            },
+                            other => ReadBackError::Damaged {
+                                at: at[k],
+                                reason: other.to_string(),
+                            },
+                        }));
+                    }
+                }
+            }
+            i = j;
+        }
+        out.into_iter()
+            .zip(at)
+            .map(|(r, a)| r.unwrap_or(Err(ReadBackError::Gone { at: *a })))
+            .collect()
+    }
+
+    /// A record not written yet: in a chunk being written, or pending.
+    /// Copied out (a few records at the tail of a queue).
+    fn read_unwritten(&self, a: &RecordAt) -> Result<Record, ReadBackError> {
+        let seg = a.segment as usize;
+        let len = a.len as u64;
+        let inside = |logical: u64, n: usize| logical <= a.at && a.at + len <= logical + n as u64;
+        let from_flight = self
+            .in_flight
+            .iter()
+            .find(|f| f.segment == seg && inside(f.logical, f.bytes.len()))
+            .map(|f| (f.logical, &f.bytes[..]));
+        let from_pending = || {
+            self.pending
+                .iter()
+                .find(|c| c.segment == seg && inside(c.logical, c.bytes.len()))
+                .map(|c| (c.logical, &c.bytes[..]))
+        };
+        let Some((logical, bytes)) = from_flight.or_else(from_pending) else {
+            return Err(ReadBackError::Gone { at: *a });
+        };
+        let from = (a.at - logical) as usize;
+        let rec = Bytes::copy_from_slice(&bytes[from..from + a.len as usize]);
+        self.decode(a, &rec)
+    }
+
+    fn decode(&self, a: &RecordAt, rec: &Bytes) -> Result<Record, ReadBackError> {
+        let gen = self.segments[a.segment as usize].generation;
+        let damaged = |reason: &str| ReadBackError::Damaged {
+            at: *a,
+            reason: reason.to_string(),
+        };
+        match decode_at(rec, 0, gen) {
+            Decoded::Record(r @ (Record::Send { .. } | Record::TxSend { .. }), n)
+                if n == rec.len() =>
+            {
+                Ok(r)
+            }
+            Decoded::Record(..) => Err(damaged("not the SEND record expected there")),
+            Decoded::End => Err(damaged("no record of this segment's generation there")),
+            Decoded::Bad { reason, .. } => Err(damaged(reason)),
+        }
+    }
+
+    fn pread(&self, seg: usize, at: u64, len: u64) -> Result<Bytes, ReadBackError> {
+        let s = &self.segments[seg];
+        let io = |source| ReadBackError::Io {
+            path: s.path.clone(),
+            source,
+        };
+        let file = match s.stream.file.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(&s.path).map_err(io)?;
+                let _ = s.stream.file.set(f);
+                s.stream.file.get().expect("set above")
+            }
+        };
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, at).map_err(io)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_offsets_map_to_the_rounds_that_wrote_them() {
+        let mut s = Stream::new(4096);
+        s.append(300);
+        s.wrote(4096, 4096 + 64, 200);
+        s.wrote(4296, 8192 + 64, 100);
+        assert_eq!(s.file_offset(4096, 50), Some(4160));
+        assert_eq!(s.file_offset(4196, 100), Some(4260));
+        // Across two rounds: not one record.
+        assert_eq!(s.file_offset(4250, 100), None);
+        assert_eq!(s.file_offset(4296, 100), Some(8256));
+        // Not written yet.
+        s.append(10);
+        assert_eq!(s.file_offset(4396, 10), None);
+    }
+
+    #[test]
+    fn a_recovered_segment_reads_at_file_offsets() {
+        let mut s = Stream::new(1 << 20);
+        assert_eq!(s.file_offset(4096 + 64, 500), Some(4096 + 64));
+        s.append(100);
+        s.wrote(1 << 20, (1 << 20) + 64, 100);
+        assert_eq!(s.file_offset(1 << 20, 100), Some((1 << 20) + 64));
+    }
+}
