@@ -20,7 +20,8 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::round::{Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
-use super::segment_read::read_live_part;
+use super::segment_read::{read_live_part, Pool};
+use std::sync::Arc;
 use super::{fsync_dir, io_err, read_header, read_prev_end, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_named, Decoded, DurableSubs, Names, Record};
@@ -175,8 +176,8 @@ struct Walk {
     beyond: Option<u64>,
 }
 
-fn walk_one(path: &Path, gen: u64, salt: u64) -> Result<Walk, JournalError> {
-    let (data, _) = read_live_part(path, gen, salt)?;
+fn walk_one(path: &Path, gen: u64, salt: u64, pool: &Arc<Pool>) -> Result<Walk, JournalError> {
+    let (data, _) = read_live_part(path, gen, salt, pool)?;
     let mut names = Names::default();
     let mut rounds = walk(&data, BLOCK, gen, salt, &mut names);
     let mut beyond = None;
@@ -261,6 +262,7 @@ fn list(dir: &Path, segment_size: u64) -> Result<Vec<Listed>, JournalError> {
 /// segments. The first error stops the threads and is returned.
 fn scan_in_order(
     segments: &[(&Path, u64, u64)],
+    pool: &Arc<Pool>,
     mut each: impl FnMut(usize, Walk) -> Result<(), JournalError>,
 ) -> Result<(), JournalError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -288,7 +290,7 @@ fn scan_in_order(
                     };
                     // A panic becomes an error here, so the caller never
                     // waits for a segment that will not come.
-                    let r = std::panic::catch_unwind(|| walk_one(path, gen, salt))
+                    let r = std::panic::catch_unwind(|| walk_one(path, gen, salt, pool))
                         .unwrap_or_else(|_| Err(poisoned(path)));
                     if let Ok(mut slots) = slots.lock() {
                         slots[i] = Some(r);
@@ -431,7 +433,10 @@ pub fn recover(
         ended: false,
         out: &mut out,
     };
-    scan_in_order(&order, |rank, walk| {
+    // Segments the sink is done with lend their memory to later ones.
+    let pool = Pool::new(order.len(), segment_size);
+    let _close = ClosePool(&pool);
+    scan_in_order(&order, &pool, |rank, walk| {
         let i = read_order[rank];
         replay.out.bytes_scanned += walk.data.len() as u64;
         replay.watermark = replay.watermark.max(walk.rounds.watermark);
@@ -544,6 +549,15 @@ pub fn recover(
         "journal recovered"
     );
     Ok(out)
+}
+
+/// Closes the recovery's pool however it ends.
+struct ClosePool<'a>(&'a Pool);
+
+impl Drop for ClosePool<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn gen_of_listed(f: &Listed) -> u64 {
