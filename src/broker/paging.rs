@@ -82,6 +82,10 @@ pub const PAGE_IN_BATCH: usize = 512;
 /// any message sliced from it.
 pub const PAGE_IN_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// How far ahead of its queues' need a shard has the kernel read stored
+/// records (see [`Pager::read_ahead`]): a few page-in batches.
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Debug)]
 pub struct Pager {
     spool: Spool,
@@ -113,6 +117,29 @@ impl Pager {
     /// [`RecordAt`] (see [`Pager::page_out`]).
     pub fn read_store(&mut self, records: Rc<dyn RecordSource>) {
         self.records = Some(records);
+    }
+
+    /// Has the store read what a queue will page in next (`next`, in the
+    /// order it pages in) into memory in the background, up to
+    /// [`READ_AHEAD_BYTES`], so that reading it then does not wait on the
+    /// disk in the middle of dispatching.
+    pub fn read_ahead<'a>(&self, next: impl Iterator<Item = &'a PagedEntry>) {
+        let Some(src) = &self.records else {
+            return;
+        };
+        let mut budget = READ_AHEAD_BYTES;
+        let mut want = Vec::new();
+        for e in next {
+            let PageRef::Store(r) = e.at else { continue };
+            let Some(left) = budget.checked_sub(r.len as usize) else {
+                break;
+            };
+            budget = left;
+            want.push(r);
+        }
+        if !want.is_empty() {
+            src.advise_read_ahead(&want);
+        }
     }
 
     /// Held bytes reached the paging point: queues keep only their

@@ -228,6 +228,12 @@ impl MessageQueue {
         out
     }
 
+    /// The paged messages in the order [`MessageQueue::take_paged`] takes
+    /// them (for reading ahead).
+    pub fn next_paged(&self) -> impl Iterator<Item = &PagedEntry> {
+        self.paged.iter().rev().flat_map(|q| q.iter())
+    }
+
     /// Messages read back (taken by [`MessageQueue::take_paged`]): each
     /// goes behind those in memory of its priority, ahead of those still
     /// paged.

@@ -364,12 +364,26 @@ impl Restorer {
         match subs {
             None => {
                 let staged = queue_entries(&mut self.run, &mut self.queues, name);
-                stage_one(&mut self.pager, staged, &msg, pressure, stored_at, &mut paged);
+                stage_one(
+                    &mut self.pager,
+                    staged,
+                    &msg,
+                    pressure,
+                    stored_at,
+                    &mut paged,
+                );
             }
             Some(subs) => {
                 for sub in subs {
                     if let Some(staged) = sub_entries(&mut self.subs, &name, &sub) {
-                        stage_one(&mut self.pager, staged, &msg, pressure, stored_at, &mut paged);
+                        stage_one(
+                            &mut self.pager,
+                            staged,
+                            &msg,
+                            pressure,
+                            stored_at,
+                            &mut paged,
+                        );
                     }
                 }
             }

@@ -15,7 +15,9 @@ use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::message_ids::MessageIds;
 use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
-use super::paging::{PageRef, PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES};
+use super::paging::{
+    PageRef, PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES,
+};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
 use super::selector::{admits, Candidate, Selector};
@@ -1222,6 +1224,8 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
         return false;
     }
     let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);
+    // The disk reads what comes next while this batch is dispatched.
+    p.read_ahead(q.next_paged());
     let entries = read_back(p, dest, &batch);
     q.paged_in(entries);
     true

@@ -1056,11 +1056,13 @@ async fn open_journal(
     }
     let dir = js.dir.join(format!("shard-{id}"));
     let mut restorer = Restorer::new(memory, pager);
-    let recovered =
-        journal::recovery::recover(&dir, js.segment_size_bytes, js.skip_corrupt, |records, at| {
-            restorer.feed_at(records, at)
-        })
-        .map_err(|e| e.to_string())?;
+    let recovered = journal::recovery::recover(
+        &dir,
+        js.segment_size_bytes,
+        js.skip_corrupt,
+        |records, at| restorer.feed_at(records, at),
+    )
+    .map_err(|e| e.to_string())?;
     let new_dir = recovered.layout.segments.is_empty();
     let cfg = JournalConfig {
         dir,

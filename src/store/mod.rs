@@ -21,7 +21,7 @@ pub use record::{Record, RecordRef, StoredDestination, StoredSub};
 /// journal): what a queue keeps for a message it paged out, instead of a
 /// second copy (see `broker::paging`). Valid while the message is held:
 /// a held message pins its segment, so the place is never written over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordAt {
     /// The journal's segment slot.
     pub segment: u32,
@@ -49,6 +49,11 @@ pub trait RecordSource {
     /// The records at `at`, each decoded (bodies are slices of the read
     /// buffers) or the reason it could not be.
     fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>>;
+
+    /// Has the records at `at` read into memory in the background (the
+    /// kernel's read-ahead), so that reading them when they are wanted
+    /// does not wait on the disk.
+    fn advise_read_ahead(&self, _at: &[RecordAt]) {}
 }
 
 impl std::fmt::Debug for dyn RecordSource {

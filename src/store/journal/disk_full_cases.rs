@@ -93,7 +93,8 @@ fn a_chunk_put_back_gives_its_place_back_and_merges_with_what_its_segment_got_me
     // fails; meanwhile one more record came for the same segment.
     let plans = lay_out(&mut j.borrow_mut());
     assert!(j.borrow().segments[0].write_at > BLOCK);
-    let first_len = plans[0].chunk.bytes.len();
+    let first_len = plans[0].bytes.len();
+    assert!(first_len > 0);
     let seq = send(&mut j.borrow_mut(), 2);
     let mut plans = plans.into_iter();
     let plan = plans.next().unwrap();

@@ -1413,7 +1413,11 @@ pub async fn write_pending(journal: &std::cell::RefCell<Journal>) -> Result<Writ
             // may have put on disk was never synced and is written over.
             journal.borrow_mut().note_write_blocked(&e);
             written.blocked = true;
-            put_back(journal, plan, plans);
+            // The End round held back above goes back with its segment's
+            // data: lost, the segment would be closed where its next
+            // segment's header says (at the data's start), and recovery
+            // would cut the rewritten round off.
+            put_back(journal, plan, held_end.into_iter().chain(plans));
             return Ok(written);
         }
         {

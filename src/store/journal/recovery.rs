@@ -21,11 +21,11 @@ use tracing::{info, warn};
 
 use super::round::{Position, RoundHeader, RoundKind, ROUND_HEADER_BYTES};
 use super::segment_read::{read_live_part, Pool};
-use std::sync::Arc;
 use super::{fsync_dir, io_err, read_header, read_prev_end, JournalError, SegmentHeader, BLOCK};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::{decode_named, Decoded, DurableSubs, Names, Record};
 use crate::store::RecordAt;
+use std::sync::Arc;
 
 /// One segment file as the writer resumes it.
 #[derive(Debug, Clone)]
@@ -691,7 +691,10 @@ impl Replay<'_> {
 
     /// Replays the segments held back, now that every watermark is known;
     /// after a cut, the rest is dropped (their headers erased).
-    fn settle_held(&mut self, sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>)) -> Result<(), JournalError> {
+    fn settle_held(
+        &mut self,
+        sink: &mut impl FnMut(Vec<Record>, Vec<RecordAt>),
+    ) -> Result<(), JournalError> {
         for (i, walk) in std::mem::take(&mut self.held) {
             if self.cut.is_some() {
                 let path = &self.found[i].path;

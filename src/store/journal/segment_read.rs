@@ -87,7 +87,11 @@ impl Pool {
     /// A pool for reading `segments` segments of `segment_bytes`.
     pub fn new(segments: usize, segment_bytes: u64) -> Arc<Pool> {
         let max = (POOL_BYTES / segment_bytes.max(1)).clamp(2, 16) as usize;
-        let huge = if segments >= HUGE_FROM_SEGMENTS { max } else { 0 };
+        let huge = if segments >= HUGE_FROM_SEGMENTS {
+            max
+        } else {
+            0
+        };
         Arc::new(Pool {
             free: Mutex::new(Some(Vec::new())),
             max,
@@ -185,7 +189,9 @@ impl SegmentBuf {
     }
 
     fn map(&self) -> &Mapping {
-        self.map.as_ref().expect("a SegmentBuf owns its mapping until dropped")
+        self.map
+            .as_ref()
+            .expect("a SegmentBuf owns its mapping until dropped")
     }
 
     fn mapped(&self) -> usize {
