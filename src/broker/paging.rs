@@ -317,9 +317,20 @@ fn decode(
         };
         properties.push((k, v));
     }
-    let body = b;
+    Ok(paged_message(e, dest, usage, timestamp_ms, properties, b))
+}
+
+/// The message a paged entry names, from the bytes read back for it.
+fn paged_message(
+    e: &PagedEntry,
+    dest: &Destination,
+    usage: &Arc<MemoryUsage>,
+    timestamp_ms: u64,
+    properties: Vec<Property>,
+    body: Bytes,
+) -> Message {
     let footprint = Message::footprint(&properties, &body);
-    Ok(Message {
+    Message {
         id: e.id,
         destination: dest.clone(),
         properties,
@@ -329,7 +340,7 @@ fn decode(
         persistent: true,
         timestamp_ms,
         charge: usage.charge(footprint),
-    })
+    }
 }
 
 /// A message from its SEND record read back from the store: it must be
@@ -365,18 +376,14 @@ fn from_record(
             ),
         });
     }
-    let footprint = Message::footprint(&properties, &body);
-    Ok(Message {
-        id,
-        destination: dest.clone(),
+    Ok(paged_message(
+        e,
+        dest,
+        usage,
+        timestamp_ms,
         properties,
         body,
-        priority: e.priority,
-        expires_ms: e.expires_ms,
-        persistent: true,
-        timestamp_ms,
-        charge: usage.charge(footprint),
-    })
+    ))
 }
 
 fn take(b: &mut Bytes) -> Option<Bytes> {

@@ -361,29 +361,16 @@ impl Restorer {
         });
         let pressure = self.pager.as_ref().is_some_and(|p| p.pressure());
         let mut paged = None;
+        let pager = &mut self.pager;
+        let mut stage = |staged: &mut Staged| {
+            stage_one(pager, staged, &msg, pressure, stored_at, &mut paged);
+        };
         match subs {
-            None => {
-                let staged = queue_entries(&mut self.run, &mut self.queues, name);
-                stage_one(
-                    &mut self.pager,
-                    staged,
-                    &msg,
-                    pressure,
-                    stored_at,
-                    &mut paged,
-                );
-            }
+            None => stage(queue_entries(&mut self.run, &mut self.queues, name)),
             Some(subs) => {
                 for sub in subs {
                     if let Some(staged) = sub_entries(&mut self.subs, &name, &sub) {
-                        stage_one(
-                            &mut self.pager,
-                            staged,
-                            &msg,
-                            pressure,
-                            stored_at,
-                            &mut paged,
-                        );
+                        stage(staged);
                     }
                 }
             }

@@ -19,22 +19,32 @@ fn open(dir: &Path) -> (Vec<Record>, recovery::Recovered) {
 
 async fn start(dir: &Path) -> (Rc<RefCell<Journal>>, Vec<Record>) {
     let (recs, r) = open(dir);
+    (resume(dir, SEG, r.layout).await, recs)
+}
+
+/// The writer resumed from a recovered layout, as a start does: flushed,
+/// sealed, in a fresh segment.
+pub(super) async fn resume(
+    dir: &Path,
+    segment_size_bytes: u64,
+    layout: recovery::Layout,
+) -> Rc<RefCell<Journal>> {
     let j = Rc::new(RefCell::new(Journal::from_recovery(
         JournalConfig {
             dir: dir.to_path_buf(),
-            segment_size_bytes: SEG,
+            segment_size_bytes,
         },
         Arc::new(StoreUsage::default()),
-        r.layout,
+        layout,
     )));
     flush(&j).await.unwrap();
     write_seal(&j, true).await.unwrap();
     start_fresh(&j).await.unwrap();
     flush(&j).await.unwrap();
-    (j, recs)
+    j
 }
 
-fn q() -> StoredDestination {
+pub(super) fn q() -> StoredDestination {
     StoredDestination {
         topic: false,
         name: "q".into(),
@@ -57,7 +67,7 @@ fn send(j: &RefCell<Journal>, id: u64, body: &[u8]) {
     );
 }
 
-fn ack(j: &RefCell<Journal>, id: u64) {
+pub(super) fn ack(j: &RefCell<Journal>, id: u64) {
     let d = q();
     j.borrow_mut().append(
         &RecordRef::Ack {

@@ -5,21 +5,14 @@
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
 
+use super::crash_cases::{ack, q, resume};
 use super::*;
-use crate::store::record::{Record, RecordRef, StoredDestination};
+use crate::store::record::{Record, RecordRef};
 use crate::store::{ReadBackError, RecordAt, Store};
 
 /// Small segments: a few dozen messages roll the journal.
 const SEG: u64 = 64 * 1024;
-
-fn q() -> StoredDestination {
-    StoredDestination {
-        topic: false,
-        name: "q".into(),
-    }
-}
 
 fn body(id: u64) -> Vec<u8> {
     // Sizes vary so records straddle rounds and blocks differently.
@@ -44,20 +37,6 @@ fn send(j: &RefCell<Journal>, id: u64) -> RecordAt {
         1,
     );
     j.last_send_at().expect("a SEND says where it is")
-}
-
-fn ack(j: &RefCell<Journal>, id: u64) {
-    let d = q();
-    let mut j = j.borrow_mut();
-    j.append(
-        &RecordRef::Ack {
-            destination: &d,
-            sub: None,
-            id,
-        },
-        0,
-    );
-    j.release(id);
 }
 
 /// Every record at `at` reads back as the SEND of its message.
@@ -92,18 +71,7 @@ async fn start(dir: &Path) -> (Rc<RefCell<Journal>>, Vec<(u64, RecordAt)>) {
         }
     })
     .expect("recover");
-    let j = Rc::new(RefCell::new(Journal::from_recovery(
-        JournalConfig {
-            dir: dir.to_path_buf(),
-            segment_size_bytes: SEG,
-        },
-        Arc::new(StoreUsage::default()),
-        r.layout,
-    )));
-    flush(&j).await.unwrap();
-    write_seal(&j, true).await.unwrap();
-    start_fresh(&j).await.unwrap();
-    flush(&j).await.unwrap();
+    let j = resume(dir, SEG, r.layout).await;
     (j, sends)
 }
 
