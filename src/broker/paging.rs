@@ -129,7 +129,8 @@ impl Pager {
         };
         let mut budget = READ_AHEAD_BYTES;
         let mut want = Vec::new();
-        for e in next {
+        // At most a batch's worth of entries: this runs once per page-in.
+        for e in next.take(PAGE_IN_BATCH) {
             let PageRef::Store(r) = e.at else { continue };
             let Some(left) = budget.checked_sub(r.len as usize) else {
                 break;
@@ -138,7 +139,7 @@ impl Pager {
             want.push(r);
         }
         if !want.is_empty() {
-            src.advise_read_ahead(&want);
+            src.advise_read_ahead(&want, READ_AHEAD_BYTES as u64);
         }
     }
 

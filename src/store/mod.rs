@@ -52,8 +52,9 @@ pub trait RecordSource {
 
     /// Has the records at `at` read into memory in the background (the
     /// kernel's read-ahead), so that reading them when they are wanted
-    /// does not wait on the disk.
-    fn advise_read_ahead(&self, _at: &[RecordAt]) {}
+    /// does not wait on the disk: those that fit in `max_bytes` of reads
+    /// (gaps between nearby records included), earliest first.
+    fn advise_read_ahead(&self, _at: &[RecordAt], _max_bytes: u64) {}
 }
 
 impl std::fmt::Debug for dyn RecordSource {

@@ -61,6 +61,11 @@ impl Broker {
         b
     }
 
+    /// The data directory [`Broker::start_with_config`] made, if it did.
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("data"))
+    }
+
     /// Starts brokk and waits for it to serve (first stdout line).
     pub fn spawn(
         config: Option<&str>,
