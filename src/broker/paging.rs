@@ -32,6 +32,20 @@ use super::message::{MemoryUsage, Message, MessageId, Property};
 use crate::store::spool::{Spool, SpoolError, SpoolRef};
 use crate::store::{Record, RecordAt, RecordSource};
 
+/// Why a paged message could not be read back (it stays in the store,
+/// and the next start reads it from there).
+#[derive(Debug, thiserror::Error)]
+pub enum PageInError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("message {id} of {dest} cannot be read back from the journal: {why}")]
+    Journal {
+        id: MessageId,
+        dest: Destination,
+        why: String,
+    },
+}
+
 /// Where a paged message's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageRef {
@@ -185,7 +199,7 @@ impl Pager {
         &mut self,
         dest: &Destination,
         entries: &[PagedEntry],
-    ) -> Vec<Result<Message, SpoolError>> {
+    ) -> Vec<Result<Message, PageInError>> {
         let out = self.read(dest, entries);
         for e in entries {
             self.drop_entry(e);
@@ -203,8 +217,8 @@ impl Pager {
         &self,
         dest: &Destination,
         entries: &[PagedEntry],
-    ) -> Vec<Result<Message, SpoolError>> {
-        let mut out: Vec<Option<Result<Message, SpoolError>>> =
+    ) -> Vec<Result<Message, PageInError>> {
+        let mut out: Vec<Option<Result<Message, PageInError>>> =
             entries.iter().map(|_| None).collect();
         let (mut spooled, mut stored) = (Vec::new(), Vec::new());
         for (k, e) in entries.iter().enumerate() {
@@ -218,13 +232,15 @@ impl Pager {
             match self.spool.read(&refs) {
                 Ok(bytes) => {
                     for ((k, _), b) in spooled.iter().zip(bytes) {
-                        out[*k] = Some(decode(b, &entries[*k], dest, &self.usage));
+                        out[*k] = Some(
+                            decode(b, &entries[*k], dest, &self.usage).map_err(PageInError::from),
+                        );
                     }
                 }
                 Err(e) => {
                     let why = e.to_string();
                     for (k, _) in &spooled {
-                        out[*k] = Some(Err(SpoolError::Damaged { what: why.clone() }));
+                        out[*k] = Some(Err(SpoolError::Damaged { what: why.clone() }.into()));
                     }
                 }
             }
@@ -238,22 +254,26 @@ impl Pager {
             let mut read = read.into_iter();
             for (k, _) in &stored {
                 let e = &entries[*k];
+                let failed = |why: String| PageInError::Journal {
+                    id: e.id,
+                    dest: dest.clone(),
+                    why,
+                };
                 out[*k] = Some(match read.next() {
-                    Some(Ok(r)) => from_record(r, e, dest, &self.usage),
-                    Some(Err(err)) => Err(SpoolError::Damaged {
-                        what: format!("message {} of {dest}: {err}", e.id),
-                    }),
-                    None => Err(SpoolError::Damaged {
-                        what: format!("message {} of {dest}: no store to read it from", e.id),
-                    }),
+                    Some(Ok(r)) => from_record(r, e, dest, &self.usage).map_err(failed),
+                    Some(Err(err)) => Err(failed(err.to_string())),
+                    None => Err(failed("no store to read it from".into())),
                 });
             }
         }
         out.into_iter()
-            .map(|m| {
+            .zip(entries)
+            .map(|(m, e)| {
                 m.unwrap_or_else(|| {
-                    Err(SpoolError::Damaged {
-                        what: "not read".into(),
+                    Err(PageInError::Journal {
+                        id: e.id,
+                        dest: dest.clone(),
+                        why: "not read".into(),
                     })
                 })
             })
@@ -345,13 +365,14 @@ fn paged_message(
 }
 
 /// A message from its SEND record read back from the store: it must be
-/// the message the entry names (a stale place reads as another record).
+/// the message the entry names (a stale place reads as another record);
+/// the error says what the record holds instead.
 fn from_record(
     r: Record,
     e: &PagedEntry,
     dest: &Destination,
     usage: &Arc<MemoryUsage>,
-) -> Result<Message, SpoolError> {
+) -> Result<Message, String> {
     let (id, timestamp_ms, properties, body) = match r {
         Record::Send {
             id,
@@ -370,12 +391,7 @@ fn from_record(
         _ => (0, 0, Vec::new(), Bytes::new()),
     };
     if id != e.id {
-        return Err(SpoolError::Damaged {
-            what: format!(
-                "message {} of {dest}: its journal record holds message {id}",
-                e.id
-            ),
-        });
+        return Err(format!("its record holds message {id}"));
     }
     Ok(paged_message(
         e,
@@ -533,7 +549,10 @@ mod tests {
             priority: 4,
         };
         let got = p.page_in(&dest, &[e]);
-        assert!(matches!(got[0], Err(SpoolError::Damaged { .. })), "{got:?}");
+        assert!(
+            matches!(got[0], Err(PageInError::Spool(SpoolError::Damaged { .. }))),
+            "{got:?}"
+        );
         assert_eq!(p.unreadable, 1);
     }
 
