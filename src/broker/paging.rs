@@ -112,6 +112,9 @@ pub struct Pager {
     /// store for the next start).
     pub unreadable: u64,
     pub paged_in: u64,
+    /// Destinations that stopped paging in until a read ahead is done
+    /// (see [`Pager::reading`]).
+    waiting: Vec<Destination>,
 }
 
 impl Pager {
@@ -124,6 +127,7 @@ impl Pager {
             paged_out: 0,
             unreadable: 0,
             paged_in: 0,
+            waiting: Vec::new(),
         }
     }
 
@@ -155,6 +159,29 @@ impl Pager {
         if !want.is_empty() {
             src.advise_read_ahead(&want, READ_AHEAD_BYTES as u64);
         }
+    }
+
+    /// `e`'s bytes are being read ahead: paging it in now would wait for
+    /// the disk in the middle of dispatching. The store wakes the shard
+    /// when the read is done (see [`Pager::wait_for_read`]).
+    pub fn reading(&self, e: &PagedEntry) -> bool {
+        match (&self.records, e.at) {
+            (Some(src), PageRef::Store(r)) => src.reading(&r),
+            _ => false,
+        }
+    }
+
+    /// `dest` pages in again once a read ahead is done.
+    pub fn wait_for_read(&mut self, dest: &Destination) {
+        if !self.waiting.contains(dest) {
+            self.waiting.push(dest.clone());
+        }
+    }
+
+    /// The destinations waiting for reads ahead (a read is done: each
+    /// looks again).
+    pub fn take_waiting(&mut self) -> Vec<Destination> {
+        std::mem::take(&mut self.waiting)
     }
 
     /// Held bytes reached the paging point: queues keep only their

@@ -1078,6 +1078,17 @@ impl ShardBroker {
     }
 
     /// Periodic sweep: expired messages leave queues even with no consumer.
+    /// Reads ahead are done: the destinations that waited for them page
+    /// in and dispatch again.
+    pub fn page_in_waiting(&mut self, out: &mut Outbox) {
+        let Some(p) = self.pager.as_mut() else {
+            return;
+        };
+        for dest in p.take_waiting() {
+            self.dispatch_destination(&dest, out);
+        }
+    }
+
     pub fn sweep_expired(&mut self, out: &mut Outbox) {
         let now = now_ms();
         let expired = self.take_from_every_queue(|q| q.take_expired(now));
@@ -1221,6 +1232,13 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
         .page_in_wanted(p.pressure(), MIN_WINDOW, LOOKAHEAD)
         .min(PAGE_IN_BATCH);
     if n == 0 {
+        return false;
+    }
+    // Up to the first message whose bytes are on their way: the shard
+    // does not wait for the disk; the store wakes it when they are read.
+    let n = q.next_paged().take(n).take_while(|e| !p.reading(e)).count();
+    if n == 0 {
+        p.wait_for_read(dest);
         return false;
     }
     let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);

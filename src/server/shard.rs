@@ -773,7 +773,14 @@ pub async fn run(
             }
         }
         let flusher = match (&ctx.journal, &db_store, &ctx.shared.db) {
-            (Some(_), _, _) => {
+            (Some(j), _, _) => {
+                let (wake, woken) = flume::bounded(1);
+                j.borrow_mut()
+                    .wake_on_read_ahead(std::sync::Arc::new(move || {
+                        // One pending wake-up covers every read done meanwhile.
+                        let _ = wake.try_send(());
+                    }));
+                spawn_local(read_ahead_waker(ctx.clone(), woken)).detach();
                 spawn_local(make_spare(ctx.clone())).detach();
                 Some(spawn_local(flusher(ctx.clone())))
             }
@@ -1017,6 +1024,19 @@ async fn wait_durable(ctx: &ShardContext) -> bool {
 }
 
 /// Expired messages leave their queues even when nobody consumes them.
+/// Queues that stopped paging in until their next records were read ahead
+/// (see `store::journal::read_ahead`) dispatch again when the journal's
+/// reader says a read is done.
+async fn read_ahead_waker(ctx: Rc<ShardContext>, woken: flume::Receiver<()>) {
+    let mut out = Vec::new();
+    while woken.recv_async().await.is_ok() {
+        ctx.broker.borrow_mut().page_in_waiting(&mut out);
+        if !out.is_empty() {
+            ctx.route_all(out.drain(..));
+        }
+    }
+}
+
 async fn expiry_sweeper(ctx: Rc<ShardContext>) {
     let mut out = Vec::new();
     loop {

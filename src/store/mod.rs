@@ -50,11 +50,17 @@ pub trait RecordSource {
     /// buffers) or the reason it could not be.
     fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>>;
 
-    /// Has the records at `at` read into memory in the background (the
-    /// kernel's read-ahead), so that reading them when they are wanted
+    /// Has the records at `at` read into memory in the background, so that reading them when they are wanted
     /// does not wait on the disk: those that fit in `max_bytes` of reads
     /// (gaps between nearby records included), earliest first.
     fn advise_read_ahead(&self, _at: &[RecordAt], _max_bytes: u64) {}
+
+    /// The record at `at` is being read ahead: a read of it now would
+    /// wait for the disk. The store wakes its shard when the read is done
+    /// (see `Journal::wake_on_read_ahead`); only then does this say so.
+    fn reading(&self, _at: &RecordAt) -> bool {
+        false
+    }
 }
 
 impl std::fmt::Debug for dyn RecordSource {

@@ -18,6 +18,8 @@
 mod crash_cases;
 #[cfg(test)]
 mod disk_full_cases;
+mod read_ahead;
+pub use read_ahead::Notify;
 mod read_back;
 #[cfg(test)]
 mod read_back_cases;
@@ -335,6 +337,10 @@ pub struct Journal {
     last_send_at: Option<crate::store::RecordAt>,
     /// Chunks being written: readable from memory until they are on disk.
     in_flight: Vec<read_back::InFlight>,
+    /// Reads paged messages' records ahead (started on first use).
+    read_ahead: std::cell::OnceCell<Option<read_ahead::ReadAhead>>,
+    /// Who is woken when a read ahead is done.
+    read_ahead_notify: Option<read_ahead::Notify>,
 }
 
 impl Journal {
@@ -786,10 +792,12 @@ impl Journal {
         s.unplaced = None;
         debug!(path = %self.segments[slot].path.display(), "a segment waiting for a file takes a freed segment's");
         self.segments[slot].stream.forget_file();
+        self.forget_read_ahead(slot);
         let f = &mut self.segments[k];
         f.path = never_made;
         f.generation = 0;
         f.stream.forget_file();
+        self.forget_read_ahead(k);
         self.unplaced -= 1;
         self.note_space();
         true
@@ -1668,6 +1676,8 @@ impl Journal {
             unplaced: 0,
             last_send_at: None,
             in_flight: Vec::new(),
+            read_ahead: std::cell::OnceCell::new(),
+            read_ahead_notify: None,
             usage,
             cfg,
         };

@@ -13,19 +13,23 @@
 //! chunks being written ([`InFlight`]). A segment recovery read starts its
 //! stream where its records end: their offsets are file offsets.
 //!
-//! Reads are plain `pread`s through the page cache (the records were
-//! usually read or written moments ago), one per run of nearby records, and
-//! every record is checked as recovery checks it (generation, CRC) and
-//! must be the SEND the caller expects: a damaged one is an error, never a
-//! message.
+//! What a queue will page in next is read ahead off the shard's thread
+//! with O_DIRECT (`read_ahead`), and the shard is woken when it is in;
+//! what was not read ahead is read with a plain `pread`, one per run of
+//! nearby records. Every record is checked as recovery checks it
+//! (generation, CRC) and must be the SEND the caller expects: a damaged
+//! one is an error, never a message.
 
 use std::cell::{OnceCell, RefCell};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::read_ahead::{Notify, ReadAhead, RunAt};
+use super::segment_read::open_direct;
 use super::Journal;
 use crate::store::record::{decode_at, Decoded};
 use crate::store::{ReadBackError, Record, RecordAt, RecordSource};
@@ -34,8 +38,9 @@ use crate::store::{ReadBackError, Record, RecordAt, RecordSource};
 /// gap, other queues' records, is read and dropped)...
 const READ_GAP_BYTES: u64 = 64 * 1024;
 
-/// ...up to this much in one `pread`.
-const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024;
+/// ...up to this much in one `pread` (a read ahead, aligned to blocks,
+/// then fits a 4 MiB buffer: see `read_ahead`).
+const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024 - 8192;
 
 /// One segment's record stream: where its written rounds' records are.
 #[derive(Debug)]
@@ -51,6 +56,8 @@ pub(super) struct Stream {
     written: u64,
     /// Opened on the first read; forgotten when the slot changes files.
     file: OnceCell<File>,
+    /// The same with O_DIRECT, for reads ahead (see `read_ahead`).
+    direct: OnceCell<Arc<File>>,
 }
 
 impl Stream {
@@ -61,6 +68,7 @@ impl Stream {
             rounds: Vec::new(),
             written: base,
             file: OnceCell::new(),
+            direct: OnceCell::new(),
         }
     }
 
@@ -87,6 +95,7 @@ impl Stream {
 
     pub(super) fn forget_file(&mut self) {
         self.file = OnceCell::new();
+        self.direct = OnceCell::new();
     }
 
     #[cfg(test)]
@@ -136,9 +145,13 @@ fn runs<'a>(disk: &'a [OnDisk], at: &[RecordAt]) -> Vec<(u64, u64, &'a [OnDisk])
     out
 }
 
-/// The runs of `disk` to advise, (segment, start, end), in journal order
-/// (a queue's arrival order) until their spans reach `max_bytes`.
-fn advice(disk: &[OnDisk], at: &[RecordAt], max_bytes: u64) -> Vec<(usize, u64, u64)> {
+/// A run of records to read ahead: (segment, start, end, bytes of its
+/// records).
+type Advice = (usize, u64, u64, u64);
+
+/// The runs of `disk` to read ahead, in journal order (a queue's arrival
+/// order) until their spans reach `max_bytes`.
+fn advice(disk: &[OnDisk], at: &[RecordAt], max_bytes: u64) -> Vec<Advice> {
     let mut spent = 0u64;
     runs(disk, at)
         .into_iter()
@@ -146,8 +159,17 @@ fn advice(disk: &[OnDisk], at: &[RecordAt], max_bytes: u64) -> Vec<(usize, u64, 
             spent += end - start;
             spent <= max_bytes
         })
-        .map(|(start, end, run)| (run[0].0, start, end))
+        .map(|(start, end, run)| {
+            let used = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
+            (run[0].0, start, end, used)
+        })
         .collect()
+}
+
+/// A run whose records fill less than half of it: they are copied out, so
+/// that one message does not keep the whole read alive.
+fn sparse(start: u64, end: u64, used: u64) -> bool {
+    used * 2 < end - start
 }
 
 /// A chunk the flusher is writing: (segment, stream offset, bytes).
@@ -181,35 +203,114 @@ impl RecordSource for RefCell<Journal> {
             j.advise_read_ahead(at, max_bytes);
         }
     }
+
+    fn reading(&self, at: &RecordAt) -> bool {
+        self.try_borrow().is_ok_and(|j| j.reading(at))
+    }
 }
 
 impl Journal {
-    /// Starts the kernel reading the records at `at` that are on disk
-    /// into its page cache (`POSIX_FADV_WILLNEED`: asynchronous, the call
-    /// does not wait for the disk), one hint per run of nearby records.
-    /// Measured on a 4 GiB backlog drained by 4 consumers: 33k msg/s with
-    /// the hints, 26k without (each read waited on the disk in the middle
-    /// of dispatching), 16-18k reading ahead with O_DIRECT through the
-    /// shard's io_uring (the copy out of the DMA buffers and the ring's
-    /// latency under a busy shard cost more than they saved).
+    /// Has the records at `at` that are on disk read ahead, in the
+    /// background, one O_DIRECT read per run of nearby records (see
+    /// `read_ahead`), skipping those already read or being read. Measured
+    /// on a 4 GiB backlog drained by 4 consumers: 26k msg/s reading each
+    /// batch with a plain `pread` when it was wanted, 33k with the kernel
+    /// asked to read ahead (`POSIX_FADV_WILLNEED`, what is done here when
+    /// the read-ahead thread cannot start), 16-18k reading ahead through
+    /// the shard's io_uring (the copy out of the DMA buffers and the
+    /// ring's latency under a busy shard cost more than they saved).
     ///
-    /// At most `max_bytes` are advised, counting the gaps a run reads
-    /// between its records (other queues' records): a queue of small
-    /// messages interleaved with large ones must not have gigabytes read.
+    /// At most `max_bytes` are read, counting the gaps a run reads between
+    /// its records (other queues' records): a queue of small messages
+    /// interleaved with large ones must not have gigabytes read.
     pub fn advise_read_ahead(&self, at: &[RecordAt], max_bytes: u64) {
-        for (seg, start, end) in advice(&self.on_disk(at), at, max_bytes) {
-            let Ok(file) = self.reader(seg) else {
-                continue;
-            };
-            // SAFETY: a hint on an open descriptor; failure is harmless.
-            unsafe {
-                libc::posix_fadvise(
-                    file.as_raw_fd(),
-                    start as libc::off_t,
-                    (end - start) as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
+        let ahead = self.read_ahead();
+        let mut disk = self.on_disk(at);
+        if let Some(ra) = ahead {
+            disk.retain(|&(seg, off, k)| {
+                !ra.covers(seg, self.segments[seg].generation, off, at[k].len as u64)
+            });
+        }
+        for (seg, start, end, used) in advice(&disk, at, max_bytes) {
+            match ahead {
+                Some(ra) => {
+                    let Ok(file) = self.direct_reader(seg) else {
+                        continue;
+                    };
+                    let run = RunAt {
+                        segment: seg,
+                        generation: self.segments[seg].generation,
+                        start,
+                        end,
+                        sparse: sparse(start, end, used),
+                    };
+                    ra.request(run, used, file);
+                }
+                None => {
+                    let Ok(file) = self.reader(seg) else {
+                        continue;
+                    };
+                    // SAFETY: a hint on an open descriptor; failure is
+                    // harmless.
+                    unsafe {
+                        libc::posix_fadvise(
+                            file.as_raw_fd(),
+                            start as libc::off_t,
+                            (end - start) as libc::off_t,
+                            libc::POSIX_FADV_WILLNEED,
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    /// `notify` is called (on another thread) when a read ahead is done:
+    /// from then on, a record being read ahead is reported as such
+    /// ([`Journal::reading`]) for the caller to come back when woken,
+    /// instead of waiting for it.
+    pub fn wake_on_read_ahead(&mut self, notify: Notify) {
+        self.read_ahead_notify = Some(notify);
+    }
+
+    /// The record at `a` is being read ahead, and the reader will wake
+    /// whoever asked (see [`Journal::wake_on_read_ahead`]).
+    pub fn reading(&self, a: &RecordAt) -> bool {
+        if self.read_ahead_notify.is_none() {
+            return false;
+        }
+        let Some(Some(ra)) = self.read_ahead.get() else {
+            return false;
+        };
+        let seg = a.segment as usize;
+        let Some(s) = self.segments.get(seg) else {
+            return false;
+        };
+        let len = a.len as u64;
+        s.stream
+            .file_offset(a.at, len)
+            .is_some_and(|off| ra.reading(seg, s.generation, off, len))
+    }
+
+    /// The read-ahead thread, started on first use (None: it could not
+    /// start; reads ahead then go through the page cache).
+    fn read_ahead(&self) -> Option<&ReadAhead> {
+        self.read_ahead
+            .get_or_init(|| match ReadAhead::start(self.read_ahead_notify.clone()) {
+                Ok(ra) => Some(ra),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no read-ahead thread; paged messages are read through the page cache");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// A segment's file slot changed files: runs read ahead from the old
+    /// one are dropped.
+    pub(super) fn forget_read_ahead(&self, seg: usize) {
+        if let Some(Some(ra)) = self.read_ahead.get() {
+            ra.forget(seg);
         }
     }
 
@@ -235,11 +336,30 @@ impl Journal {
     /// Reads the SEND records at `at` (see the module comment).
     pub fn read_records(&self, at: &[RecordAt]) -> Vec<Result<Record, ReadBackError>> {
         let mut out: Vec<Option<Result<Record, ReadBackError>>> = at.iter().map(|_| None).collect();
-        // On disk, read in runs; the others from memory.
-        let disk = self.on_disk(at);
+        // On disk, read ahead or read now in runs; the others from memory.
+        let mut disk = self.on_disk(at);
+        if let Some(Some(ra)) = self.read_ahead.get() {
+            disk.retain(|&(seg, off, k)| {
+                let a = &at[k];
+                let gen = self.segments[seg].generation;
+                // A caller woken by the reader asked `reading` first and
+                // does not wait; one that is not, waits.
+                let wait = self.read_ahead_notify.is_none();
+                match ra.take(seg, gen, off, a.len as u64, wait) {
+                    Some(rec) => {
+                        out[k] = Some(self.decode(a, &rec));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
         let mut written = vec![false; at.len()];
         for &(_, _, k) in &disk {
             written[k] = true;
+        }
+        for (k, o) in out.iter().enumerate() {
+            written[k] |= o.is_some();
         }
         for (k, a) in at.iter().enumerate() {
             if !written[k] {
@@ -251,13 +371,11 @@ impl Journal {
             let used: u64 = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
             match self.pread(seg, start, end - start) {
                 Ok(buf) => {
-                    // A sparse run is copied out record by record, so a
-                    // message does not keep the whole read alive.
-                    let sparse = used * 2 < end - start;
+                    let copy_out = sparse(start, end, used);
                     for &(_, off, k) in run {
                         let a = &at[k];
                         let from = (off - start) as usize;
-                        let rec = if sparse {
+                        let rec = if copy_out {
                             Bytes::copy_from_slice(&buf[from..from + a.len as usize])
                         } else {
                             buf.slice(from..from + a.len as usize)
@@ -331,6 +449,19 @@ impl Journal {
     }
 
     /// Segment `seg`'s file, opened for reading back.
+    fn direct_reader(&self, seg: usize) -> Result<Arc<File>, ReadBackError> {
+        let s = &self.segments[seg];
+        if let Some(f) = s.stream.direct.get() {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(open_direct(&s.path).map_err(|source| ReadBackError::Io {
+            path: s.path.clone(),
+            source,
+        })?);
+        let _ = s.stream.direct.set(f.clone());
+        Ok(f)
+    }
+
     fn reader(&self, seg: usize) -> Result<&File, ReadBackError> {
         let s = &self.segments[seg];
         match s.stream.file.get() {
@@ -393,7 +524,7 @@ mod tests {
         let disk: Vec<OnDisk> = at.iter().enumerate().map(|(k, a)| (0, a.at, k)).collect();
         // 300 x 60 KiB: about 18 MiB of reads for 60 KB of records.
         let advised = advice(&disk, &at, 8 << 20);
-        let spans: u64 = advised.iter().map(|(_, s, e)| e - s).sum();
+        let spans: u64 = advised.iter().map(|(_, s, e, _)| e - s).sum();
         assert!(
             spans <= 8 << 20,
             "{spans} bytes advised for an 8 MiB budget"

@@ -202,3 +202,89 @@ fn a_damaged_record_reads_as_an_error() {
         assert!(read[0].is_err(), "{:?}", read[0]);
     });
 }
+
+/// Waits (with a deadline) until no record of `at` is being read ahead.
+fn until_read(j: &RefCell<Journal>, at: &[(u64, RecordAt)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while at.iter().any(|(_, a)| j.borrow().reading(a)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads ahead never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn records_read_ahead_read_back_the_same_woken_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let mut live = Vec::new();
+    glommio::LocalExecutor::default().run(async {
+        let (j, _) = start(&dir).await;
+        for id in 1..=150 {
+            live.push((id, send(&j, id)));
+            if id % 9 == 0 {
+                flush(&j).await.unwrap();
+            }
+            // Gaps: another queue's records between this one's.
+            if id % 5 == 0 {
+                ack(&j, id);
+                live.retain(|(x, _)| *x != id);
+            }
+        }
+        flush(&j).await.unwrap();
+        // Nobody to wake: a read waits for the run being read ahead.
+        let refs: Vec<RecordAt> = live.iter().map(|(_, a)| *a).collect();
+        j.borrow().advise_read_ahead(&refs, 1 << 30);
+        assert!(
+            live.iter().all(|(_, a)| !j.borrow().reading(a)),
+            "no waker: never 'reading'"
+        );
+        check(&j, &live);
+        // Again, without anything in the way of the next checks.
+        check(&j, &live);
+    });
+    let dir2 = dir.clone();
+    glommio::LocalExecutor::default().run(async move {
+        let (j, found) = start(&dir2).await;
+        let live: Vec<(u64, RecordAt)> = found
+            .into_iter()
+            .filter(|(id, _)| live.iter().any(|(x, _)| x == id))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tx = std::sync::Mutex::new(tx);
+        j.borrow_mut()
+            .wake_on_read_ahead(std::sync::Arc::new(move || {
+                let _ = tx.lock().unwrap().send(());
+            }));
+        let refs: Vec<RecordAt> = live.iter().map(|(_, a)| *a).collect();
+        // Only the first half: the rest is read the plain way.
+        let half = refs.len() / 2;
+        j.borrow().advise_read_ahead(&refs[..half], 1 << 30);
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reader wakes its journal's owner");
+        until_read(&j, &live);
+        assert!(
+            parked(&j) > 0,
+            "the first half waits in the reader's buffers"
+        );
+        check(&j, &live);
+        assert_eq!(parked(&j), 0, "taken: the runs are gone");
+        // Read ahead twice over: asked again, what is parked is not read
+        // again, and every record still reads back right.
+        j.borrow().advise_read_ahead(&refs, 1 << 30);
+        j.borrow().advise_read_ahead(&refs, 1 << 30);
+        until_read(&j, &live);
+        assert!(parked(&j) > 0);
+        check(&j, &live);
+        check(&j, &live);
+    });
+}
+
+fn parked(j: &RefCell<Journal>) -> usize {
+    match j.borrow().read_ahead.get() {
+        Some(Some(ra)) => ra.parked_bytes(),
+        _ => 0,
+    }
+}

@@ -273,7 +273,7 @@ impl Reader<'_> {
     }
 }
 
-fn open_direct(path: &Path) -> std::io::Result<File> {
+pub(super) fn open_direct(path: &Path) -> std::io::Result<File> {
     match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
