@@ -96,9 +96,9 @@ pub const PAGE_IN_BATCH: usize = 512;
 /// any message sliced from it.
 pub const PAGE_IN_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// How far ahead of its queues' need a shard has the kernel read stored
-/// records (see [`Pager::read_ahead`]): a few page-in batches.
-pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+/// How far ahead of its need a queue has the store read its records (see
+/// [`Pager::read_ahead`]): the batch it pages in next and two more.
+pub const READ_AHEAD_BYTES: usize = 12 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Pager {

@@ -1234,16 +1234,18 @@ fn page_in(pager: &mut Option<Pager>, q: &mut MessageQueue, dest: &Destination) 
     if n == 0 {
         return false;
     }
-    // Up to the first message whose bytes are on their way: the shard
-    // does not wait for the disk; the store wakes it when they are read.
+    // The store reads this batch and what follows it ahead (what it has
+    // read or is reading already is not asked for again)...
+    p.read_ahead(q.next_paged());
+    // ...and the batch goes up to the first message whose bytes are still
+    // on their way: the shard does not wait for the disk; the store wakes
+    // it when they are in (see `page_in_waiting`).
     let n = q.next_paged().take(n).take_while(|e| !p.reading(e)).count();
     if n == 0 {
         p.wait_for_read(dest);
         return false;
     }
     let batch = q.take_paged(n, PAGE_IN_BATCH_BYTES);
-    // The disk reads what comes next while this batch is dispatched.
-    p.read_ahead(q.next_paged());
     let entries = read_back(p, dest, &batch);
     q.paged_in(entries);
     true

@@ -1049,6 +1049,9 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
             let mut b = ctx.broker.borrow_mut();
             b.sweep_expired(&mut out);
             b.flush_spool();
+            // A queue waiting for a read ahead that was given up on (see
+            // `store::journal::read_ahead`) hears it from here.
+            b.page_in_waiting(&mut out);
         }
         if !out.is_empty() {
             ctx.route_all(out.drain(..));

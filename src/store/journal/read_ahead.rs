@@ -28,7 +28,7 @@ use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::warn;
@@ -36,12 +36,14 @@ use tracing::warn;
 /// O_DIRECT reads start and end on this boundary.
 const ALIGN: u64 = 4096;
 
-/// Most bytes of read runs waiting to be taken, per journal (shard).
-pub(super) const PARKED_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes of read runs waiting to be taken, per journal (shard): a
+/// few queues' reads ahead (see `broker::paging::READ_AHEAD_BYTES`); past
+/// it the oldest runs go, their records then read the plain way.
+pub(super) const PARKED_BYTES: usize = 32 * 1024 * 1024;
 
 /// Reads in flight at once per journal: one 4 MiB O_DIRECT read at a time
 /// leaves the disk idle between them.
-const READERS: usize = 2;
+const READERS: usize = 4;
 
 /// Longest a take waits for a run being read before reading the record
 /// itself: the disk answers in milliseconds; a reader that stopped must not
@@ -81,6 +83,9 @@ enum Parked {
 #[derive(Debug)]
 struct Run {
     at: RunAt,
+    /// When it was requested: a run read for longer than [`READ_WAIT`]
+    /// counts as failed (a hung disk must not stop its queue for good).
+    since: Instant,
     /// Bytes of the records it was requested for, and of those taken: it
     /// goes when all were taken.
     used: u64,
@@ -105,6 +110,10 @@ struct Shared {
 struct Job {
     run: RunAt,
     file: Arc<File>,
+    /// Where to read it, allocated by the requester: a small run's heap
+    /// memory then comes from (and goes back to) the shard's allocator
+    /// arena, not one per reader (four more arenas held ~30 MiB more).
+    buf: std::io::Result<Aligned>,
 }
 
 /// Called by the read-ahead thread after each run it read (or failed to).
@@ -114,6 +123,9 @@ pub type Notify = Arc<dyn Fn() + Send + Sync>;
 pub(super) struct ReadAhead {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
+    pool: Arc<Buffers>,
+    /// The threads wake the journal's owner (see [`ReadAhead::reading`]).
+    wakes: bool,
 }
 
 impl std::fmt::Debug for ReadAhead {
@@ -129,14 +141,18 @@ impl ReadAhead {
         let (jobs, rx) = channel();
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared::default());
-        let pool = Arc::new(Buffers::default());
         for _ in 0..READERS {
-            let (s, rx, notify, pool) = (shared.clone(), rx.clone(), notify.clone(), pool.clone());
+            let (s, rx, notify) = (shared.clone(), rx.clone(), notify.clone());
             std::thread::Builder::new()
                 .name("brokk-read-ahead".into())
-                .spawn(move || reader(&rx, s, notify, pool))?;
+                .spawn(move || reader(&rx, s, notify))?;
         }
-        Ok(ReadAhead { jobs, shared })
+        Ok(ReadAhead {
+            jobs,
+            shared,
+            pool: Arc::new(Buffers::default()),
+            wakes: notify.is_some(),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -145,18 +161,52 @@ impl ReadAhead {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Some run requested and not failed covers these bytes.
-    pub(super) fn covers(&self, segment: usize, generation: u64, at: u64, len: u64) -> bool {
-        self.state().runs.iter().any(|r| {
-            r.at.covers(segment, generation, at, len) && !matches!(r.parked, Parked::Failed)
-        })
+    /// Leaves in `items` those that no run requested (and not failed)
+    /// covers; `key` says where each is: (segment, generation, file
+    /// offset, length). One lock for the lot.
+    pub(super) fn retain_uncovered<T>(
+        &self,
+        items: &mut Vec<T>,
+        key: impl Fn(&T) -> (usize, u64, u64, u64),
+    ) {
+        let st = self.state();
+        items.retain(|item| {
+            let (segment, generation, at, len) = key(item);
+            !st.runs.iter().any(|r| {
+                r.at.covers(segment, generation, at, len) && !matches!(r.parked, Parked::Failed)
+            })
+        });
     }
 
-    /// A run covering these bytes is being read.
+    /// The threads wake the journal's owner when a run is read.
+    pub(super) fn wakes(&self) -> bool {
+        self.wakes
+    }
+
+    /// A run covering these bytes is being read, and the threads will
+    /// wake the journal's owner when it is (never true without a waker:
+    /// nobody would come back). A run read for longer than [`READ_WAIT`]
+    /// counts as failed from then on: its records are read the plain way.
     pub(super) fn reading(&self, segment: usize, generation: u64, at: u64, len: u64) -> bool {
-        self.state().runs.iter().any(|r| {
+        if !self.wakes {
+            return false;
+        }
+        let mut st = self.state();
+        let Some(r) = st.runs.iter_mut().find(|r| {
             r.at.covers(segment, generation, at, len) && matches!(r.parked, Parked::Reading)
-        })
+        }) else {
+            return false;
+        };
+        if r.since.elapsed() < READ_WAIT {
+            return true;
+        }
+        warn!(
+            segment,
+            start = r.at.start,
+            "a read ahead takes too long; its records are read directly"
+        );
+        r.parked = Parked::Failed;
+        false
     }
 
     /// Reads `run` of `file` (opened with O_DIRECT) in the background,
@@ -165,11 +215,14 @@ impl ReadAhead {
         let mut st = self.state();
         st.runs.push_back(Run {
             at: run,
+            since: Instant::now(),
             used,
             taken: 0,
             parked: Parked::Reading,
         });
-        if self.jobs.send(Job { run, file }).is_err() {
+        let (from, to) = aligned(run.start, run.end);
+        let buf = Aligned::new((to - from) as usize, &self.pool);
+        if self.jobs.send(Job { run, file, buf }).is_err() {
             // The thread is gone (it never exits while this lives).
             st.runs.back_mut().expect("pushed above").parked = Parked::Failed;
         }
@@ -195,18 +248,26 @@ impl ReadAhead {
             })?;
             match &st.runs[k].parked {
                 Parked::Reading => {
-                    let (next, timeout) = self
+                    let left = READ_WAIT.saturating_sub(st.runs[k].since.elapsed());
+                    let (next, _) = self
                         .shared
                         .read
-                        .wait_timeout(st, READ_WAIT)
+                        .wait_timeout(st, left)
                         .unwrap_or_else(|p| p.into_inner());
                     st = next;
-                    if timeout.timed_out() {
+                    // The run may have moved: look again, and give up on
+                    // one read for too long (its other records too).
+                    if let Some(r) = st.runs.iter_mut().find(|r| {
+                        r.at.covers(segment, generation, at, len)
+                            && matches!(r.parked, Parked::Reading)
+                            && r.since.elapsed() >= READ_WAIT
+                    }) {
                         warn!(
                             segment,
-                            at, "a read ahead takes too long; the record is read directly"
+                            start = r.at.start,
+                            "a read ahead takes too long; its records are read directly"
                         );
-                        return None;
+                        r.parked = Parked::Failed;
                     }
                 }
                 Parked::Read(b) => {
@@ -223,8 +284,12 @@ impl ReadAhead {
                     r.taken += len;
                     if r.taken >= r.used {
                         let n = b.len();
-                        st.runs.remove(k);
+                        let gone = st.runs.remove(k);
                         st.parked -= n;
+                        // Its buffer may go back to the kernel: not under
+                        // the lock the readers need.
+                        drop(st);
+                        drop(gone);
                     }
                     return Some(rec);
                 }
@@ -240,17 +305,23 @@ impl ReadAhead {
     /// never matches again; this frees their memory early).
     pub(super) fn forget(&self, segment: usize) {
         let mut st = self.state();
-        let mut freed = 0;
-        st.runs.retain(|r| {
-            let keep = r.at.segment != segment || matches!(r.parked, Parked::Reading);
-            if !keep {
-                if let Parked::Read(b) = &r.parked {
-                    freed += b.len();
-                }
+        let mut gone = Vec::new();
+        let mut k = 0;
+        while k < st.runs.len() {
+            let r = &st.runs[k];
+            if r.at.segment == segment && !matches!(r.parked, Parked::Reading) {
+                gone.extend(st.runs.remove(k));
+            } else {
+                k += 1;
             }
-            keep
-        });
-        st.parked -= freed;
+        }
+        for r in &gone {
+            if let Parked::Read(b) = &r.parked {
+                st.parked -= b.len();
+            }
+        }
+        drop(st);
+        drop(gone);
     }
 
     #[cfg(test)]
@@ -261,24 +332,22 @@ impl ReadAhead {
 
 /// The thread: reads each job's run and parks it, dropping the oldest
 /// read runs past [`PARKED_BYTES`].
-fn reader(
-    jobs: &Mutex<Receiver<Job>>,
-    shared: Arc<Shared>,
-    notify: Option<Notify>,
-    pool: Arc<Buffers>,
-) {
+fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notify>) {
     loop {
         let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(Job { run, file }) = job else {
+        let Ok(Job { run, file, buf }) = job else {
             return;
         };
-        let result = read_run(&file, run.start, run.end, &pool);
+        let result = buf.and_then(|buf| read_run(&file, run.start, run.end, buf));
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(k) = st
             .runs
             .iter()
             .position(|r| r.at == run && matches!(r.parked, Parked::Reading))
         else {
+            // Given up on meanwhile (see `READ_WAIT`).
+            drop(st);
+            drop(result);
             continue;
         };
         match result {
@@ -293,6 +362,7 @@ fn reader(
                 st.runs[k].parked = Parked::Failed;
             }
         }
+        let mut gone = Vec::new();
         while st.parked > PARKED_BYTES {
             let Some(k) = st
                 .runs
@@ -301,15 +371,15 @@ fn reader(
             else {
                 break;
             };
-            if let Some(Run {
-                parked: Parked::Read(b),
-                ..
-            }) = st.runs.remove(k)
-            {
-                st.parked -= b.len();
+            if let Some(r) = st.runs.remove(k) {
+                if let Parked::Read(b) = &r.parked {
+                    st.parked -= b.len();
+                }
+                gone.push(r);
             }
         }
         drop(st);
+        drop(gone);
         shared.read.notify_all();
         if let Some(n) = &notify {
             n();
@@ -319,10 +389,13 @@ fn reader(
 
 /// Reads file bytes `start..end` with O_DIRECT: the aligned span around
 /// them into an aligned buffer, returned as the bytes asked for.
-fn read_run(file: &File, start: u64, end: u64, pool: &Arc<Buffers>) -> std::io::Result<Bytes> {
-    let from = start / ALIGN * ALIGN;
-    let to = end.div_ceil(ALIGN) * ALIGN;
-    let mut buf = Aligned::new((to - from) as usize, pool)?;
+/// The block-aligned span around file bytes `start..end`.
+fn aligned(start: u64, end: u64) -> (u64, u64) {
+    (start / ALIGN * ALIGN, end.div_ceil(ALIGN) * ALIGN)
+}
+
+fn read_run(file: &File, start: u64, end: u64, mut buf: Aligned) -> std::io::Result<Bytes> {
+    let (from, _) = aligned(start, end);
     let mut done = 0usize;
     while done < buf.len {
         // SAFETY: writes within the buffer's mapping.
@@ -546,6 +619,12 @@ mod tests {
 
     use std::os::unix::fs::OpenOptionsExt;
 
+    fn covers(ra: &ReadAhead, segment: usize, generation: u64, at: u64, len: u64) -> bool {
+        let mut v = vec![()];
+        ra.retain_uncovered(&mut v, |_| (segment, generation, at, len));
+        v.is_empty()
+    }
+
     fn run(start: u64, end: u64, sparse: bool) -> RunAt {
         RunAt {
             segment: 1,
@@ -562,12 +641,12 @@ mod tests {
         let (_d, f) = file_of(&data);
         let ra = ReadAhead::start(None).unwrap();
         ra.request(run(5000, 20000, false), 20000, f);
-        assert!(ra.covers(1, 7, 6000, 100));
+        assert!(covers(&ra, 1, 7, 6000, 100));
         let got = ra.take(1, 7, 5000, 10, true).expect("read");
         assert_eq!(&got[..], &data[5000..5010]);
         assert!(!ra.reading(1, 7, 6000, 100), "read by now");
-        assert!(!ra.covers(1, 8, 6000, 100), "another generation");
-        assert!(!ra.covers(1, 7, 19990, 100), "past the run");
+        assert!(!covers(&ra, 1, 8, 6000, 100), "another generation");
+        assert!(!covers(&ra, 1, 7, 19990, 100), "past the run");
         let got = ra.take(1, 7, 6000, 100, true).expect("read");
         assert_eq!(&got[..], &data[6000..6100]);
         let again = ra.take(1, 7, 5000, 15000, true).expect("still parked");
@@ -589,7 +668,7 @@ mod tests {
         assert!(ra.parked_bytes() > 0);
         assert!(ra.take(1, 7, 8000, 100, true).is_some());
         assert_eq!(ra.parked_bytes(), 0);
-        assert!(!ra.covers(1, 7, 0, 100));
+        assert!(!covers(&ra, 1, 7, 0, 100));
     }
 
     #[test]
@@ -618,7 +697,7 @@ mod tests {
         let ra = ReadAhead::start(None).unwrap();
         ra.request(run(4096, 12000, true), 100, f);
         assert_eq!(ra.take(1, 7, 4096, 100, true), None);
-        assert!(!ra.covers(1, 7, 4096, 100));
+        assert!(!covers(&ra, 1, 7, 4096, 100));
     }
 
     #[test]

@@ -227,8 +227,8 @@ impl Journal {
         let ahead = self.read_ahead();
         let mut disk = self.on_disk(at);
         if let Some(ra) = ahead {
-            disk.retain(|&(seg, off, k)| {
-                !ra.covers(seg, self.segments[seg].generation, off, at[k].len as u64)
+            ra.retain_uncovered(&mut disk, |&(seg, off, k)| {
+                (seg, self.segments[seg].generation, off, at[k].len as u64)
             });
         }
         for (seg, start, end, used) in advice(&disk, at, max_bytes) {
@@ -276,9 +276,6 @@ impl Journal {
     /// The record at `a` is being read ahead, and the reader will wake
     /// whoever asked (see [`Journal::wake_on_read_ahead`]).
     pub fn reading(&self, a: &RecordAt) -> bool {
-        if self.read_ahead_notify.is_none() {
-            return false;
-        }
         let Some(Some(ra)) = self.read_ahead.get() else {
             return false;
         };
@@ -344,7 +341,7 @@ impl Journal {
                 let gen = self.segments[seg].generation;
                 // A caller woken by the reader asked `reading` first and
                 // does not wait; one that is not, waits.
-                let wait = self.read_ahead_notify.is_none();
+                let wait = !ra.wakes();
                 match ra.take(seg, gen, off, a.len as u64, wait) {
                     Some(rec) => {
                         out[k] = Some(self.decode(a, &rec));
