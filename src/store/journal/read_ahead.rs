@@ -83,13 +83,16 @@ enum Parked {
 #[derive(Debug)]
 struct Run {
     at: RunAt,
-    /// When it was requested: a run read for longer than [`READ_WAIT`]
-    /// counts as failed (a hung disk must not stop its queue for good).
-    since: Instant,
-    /// Bytes of the records it was requested for, and of those taken: it
-    /// goes when all were taken.
-    used: u64,
-    taken: u64,
+    /// When a reader started it (None: queued behind other reads): a run
+    /// read for longer than [`READ_WAIT`] counts as failed (a hung disk
+    /// must not stop its queue for good).
+    since: Option<Instant>,
+    /// File offsets of the records it was requested for, sorted, and
+    /// whether each was taken: it goes when all were. Only those count:
+    /// another queue's records in its gaps may be taken from it too.
+    records: Vec<u64>,
+    taken: Vec<bool>,
+    left: usize,
     parked: Parked,
 }
 
@@ -197,7 +200,7 @@ impl ReadAhead {
         }) else {
             return false;
         };
-        if r.since.elapsed() < READ_WAIT {
+        if r.since.is_none_or(|t| t.elapsed() < READ_WAIT) {
             return true;
         }
         warn!(
@@ -210,14 +213,15 @@ impl ReadAhead {
     }
 
     /// Reads `run` of `file` (opened with O_DIRECT) in the background,
-    /// for records of `used` bytes in all.
-    pub(super) fn request(&self, run: RunAt, used: u64, file: Arc<File>) {
+    /// for the records at file offsets `records` (sorted).
+    pub(super) fn request(&self, run: RunAt, records: Vec<u64>, file: Arc<File>) {
         let mut st = self.state();
         st.runs.push_back(Run {
             at: run,
-            since: Instant::now(),
-            used,
-            taken: 0,
+            since: None,
+            taken: vec![false; records.len()],
+            left: records.len(),
+            records,
             parked: Parked::Reading,
         });
         let (from, to) = aligned(run.start, run.end);
@@ -241,14 +245,22 @@ impl ReadAhead {
         wait: bool,
     ) -> Option<Bytes> {
         let mut st = self.state();
+        // A run that never starts (readers stuck on a hung disk) is not
+        // waited for past this either.
+        let deadline = Instant::now() + 2 * READ_WAIT;
         loop {
+            if Instant::now() >= deadline {
+                return None;
+            }
             let k = st.runs.iter().position(|r| {
                 r.at.covers(segment, generation, at, len)
                     && (wait || !matches!(r.parked, Parked::Reading))
             })?;
             match &st.runs[k].parked {
                 Parked::Reading => {
-                    let left = READ_WAIT.saturating_sub(st.runs[k].since.elapsed());
+                    let left = st.runs[k]
+                        .since
+                        .map_or(READ_WAIT, |t| READ_WAIT.saturating_sub(t.elapsed()));
                     let (next, _) = self
                         .shared
                         .read
@@ -260,7 +272,7 @@ impl ReadAhead {
                     if let Some(r) = st.runs.iter_mut().find(|r| {
                         r.at.covers(segment, generation, at, len)
                             && matches!(r.parked, Parked::Reading)
-                            && r.since.elapsed() >= READ_WAIT
+                            && r.since.is_some_and(|t| t.elapsed() >= READ_WAIT)
                     }) {
                         warn!(
                             segment,
@@ -281,8 +293,13 @@ impl ReadAhead {
                         rec
                     };
                     let r = &mut st.runs[k];
-                    r.taken += len;
-                    if r.taken >= r.used {
+                    if let Ok(i) = r.records.binary_search(&at) {
+                        if !r.taken[i] {
+                            r.taken[i] = true;
+                            r.left -= 1;
+                        }
+                    }
+                    if r.left == 0 {
                         let n = b.len();
                         let gone = st.runs.remove(k);
                         st.parked -= n;
@@ -338,6 +355,22 @@ fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notif
         let Ok(Job { run, file, buf }) = job else {
             return;
         };
+        {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            match st
+                .runs
+                .iter_mut()
+                .find(|r| r.at == run && matches!(r.parked, Parked::Reading))
+            {
+                Some(r) => r.since = Some(Instant::now()),
+                // Given up on, or dropped, while queued: not read.
+                None => {
+                    drop(st);
+                    drop(buf);
+                    continue;
+                }
+            }
+        }
         let result = buf.and_then(|buf| read_run(&file, run.start, run.end, buf));
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(k) = st
@@ -345,9 +378,14 @@ fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notif
             .iter()
             .position(|r| r.at == run && matches!(r.parked, Parked::Reading))
         else {
-            // Given up on meanwhile (see `READ_WAIT`).
+            // Given up on meanwhile (see `READ_WAIT`); whoever waited for
+            // it looks again.
             drop(st);
             drop(result);
+            shared.read.notify_all();
+            if let Some(n) = &notify {
+                n();
+            }
             continue;
         };
         match result {
@@ -640,7 +678,7 @@ mod tests {
         let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
         let (_d, f) = file_of(&data);
         let ra = ReadAhead::start(None).unwrap();
-        ra.request(run(5000, 20000, false), 20000, f);
+        ra.request(run(5000, 20000, false), vec![5000, 6000, 7000], f);
         assert!(covers(&ra, 1, 7, 6000, 100));
         let got = ra.take(1, 7, 5000, 10, true).expect("read");
         assert_eq!(&got[..], &data[5000..5010]);
@@ -663,9 +701,16 @@ mod tests {
         let data = vec![9u8; 16384];
         let (_d, f) = file_of(&data);
         let ra = ReadAhead::start(None).unwrap();
-        ra.request(run(0, 16384, false), 200, f);
+        ra.request(run(0, 16384, false), vec![0, 8000], f);
         assert!(ra.take(1, 7, 0, 100, true).is_some());
         assert!(ra.parked_bytes() > 0);
+        // Another queue's record in its gap does not count.
+        assert!(ra.take(1, 7, 4000, 100, true).is_some());
+        assert!(ra.take(1, 7, 0, 100, true).is_some());
+        assert!(
+            ra.parked_bytes() > 0,
+            "only its own records count, once each"
+        );
         assert!(ra.take(1, 7, 8000, 100, true).is_some());
         assert_eq!(ra.parked_bytes(), 0);
         assert!(!covers(&ra, 1, 7, 0, 100));
@@ -681,8 +726,8 @@ mod tests {
             let _ = tx.lock().unwrap().send(());
         })))
         .unwrap();
-        ra.request(run(0, 8192, false), 8192, f.clone());
-        ra.request(run(8192, 16384, false), 8192, f);
+        ra.request(run(0, 8192, false), vec![0], f.clone());
+        ra.request(run(8192, 16384, false), vec![8192], f);
         for _ in 0..2 {
             rx.recv_timeout(Duration::from_secs(10)).expect("woken");
         }
@@ -695,7 +740,7 @@ mod tests {
     fn a_run_past_the_end_of_its_file_fails_and_is_read_the_plain_way() {
         let (_d, f) = file_of(&[1u8; 8192]);
         let ra = ReadAhead::start(None).unwrap();
-        ra.request(run(4096, 12000, true), 100, f);
+        ra.request(run(4096, 12000, true), vec![4096], f);
         assert_eq!(ra.take(1, 7, 4096, 100, true), None);
         assert!(!covers(&ra, 1, 7, 4096, 100));
     }
@@ -713,7 +758,7 @@ mod tests {
             })
             .collect();
         for r in &runs {
-            ra.request(*r, 100, f.clone());
+            ra.request(*r, vec![0], f.clone());
         }
         // Taking the newest waits until it, and so all before it, are read.
         let last = runs[n - 1];

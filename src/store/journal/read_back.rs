@@ -146,8 +146,8 @@ fn runs<'a>(disk: &'a [OnDisk], at: &[RecordAt]) -> Vec<(u64, u64, &'a [OnDisk])
 }
 
 /// A run of records to read ahead: (segment, start, end, bytes of its
-/// records).
-type Advice = (usize, u64, u64, u64);
+/// records, their file offsets).
+type Advice = (usize, u64, u64, u64, Vec<u64>);
 
 /// The runs of `disk` to read ahead, in journal order (a queue's arrival
 /// order) until their spans reach `max_bytes`.
@@ -161,7 +161,8 @@ fn advice(disk: &[OnDisk], at: &[RecordAt], max_bytes: u64) -> Vec<Advice> {
         })
         .map(|(start, end, run)| {
             let used = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
-            (run[0].0, start, end, used)
+            let records = run.iter().map(|&(_, off, _)| off).collect();
+            (run[0].0, start, end, used, records)
         })
         .collect()
 }
@@ -231,7 +232,7 @@ impl Journal {
                 (seg, self.segments[seg].generation, off, at[k].len as u64)
             });
         }
-        for (seg, start, end, used) in advice(&disk, at, max_bytes) {
+        for (seg, start, end, used, records) in advice(&disk, at, max_bytes) {
             match ahead {
                 Some(ra) => {
                     let Ok(file) = self.direct_reader(seg) else {
@@ -244,7 +245,7 @@ impl Journal {
                         end,
                         sparse: sparse(start, end, used),
                     };
-                    ra.request(run, used, file);
+                    ra.request(run, records, file);
                 }
                 None => {
                     let Ok(file) = self.reader(seg) else {
@@ -521,7 +522,7 @@ mod tests {
         let disk: Vec<OnDisk> = at.iter().enumerate().map(|(k, a)| (0, a.at, k)).collect();
         // 300 x 60 KiB: about 18 MiB of reads for 60 KB of records.
         let advised = advice(&disk, &at, 8 << 20);
-        let spans: u64 = advised.iter().map(|(_, s, e, _)| e - s).sum();
+        let spans: u64 = advised.iter().map(|(_, s, e, _, _)| e - s).sum();
         assert!(
             spans <= 8 << 20,
             "{spans} bytes advised for an 8 MiB budget"
