@@ -269,8 +269,13 @@ impl Journal {
     /// `notify` is called (on another thread) when a read ahead is done:
     /// from then on, a record being read ahead is reported as such
     /// ([`Journal::reading`]) for the caller to come back when woken,
-    /// instead of waiting for it.
+    /// instead of waiting for it. Set it before the first read ahead (the
+    /// threads start then, with the waker they will ever have): set later,
+    /// it is not used, and reads wait as without one (warned).
     pub fn wake_on_read_ahead(&mut self, notify: Notify) {
+        if self.read_ahead.get().is_some() {
+            tracing::warn!("a read-ahead waker set after the readers started is not used");
+        }
         self.read_ahead_notify = Some(notify);
     }
 
