@@ -1077,7 +1077,6 @@ impl ShardBroker {
         }
     }
 
-    /// Periodic sweep: expired messages leave queues even with no consumer.
     /// Reads ahead are done: the destinations that waited for them page
     /// in and dispatch again.
     pub fn page_in_waiting(&mut self, out: &mut Outbox) {
@@ -1089,6 +1088,7 @@ impl ShardBroker {
         }
     }
 
+    /// Periodic sweep: expired messages leave queues even with no consumer.
     pub fn sweep_expired(&mut self, out: &mut Outbox) {
         let now = now_ms();
         let expired = self.take_from_every_queue(|q| q.take_expired(now));

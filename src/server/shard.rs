@@ -1023,7 +1023,6 @@ async fn wait_durable(ctx: &ShardContext) -> bool {
     true
 }
 
-/// Expired messages leave their queues even when nobody consumes them.
 /// Queues that stopped paging in until their next records were read ahead
 /// (see `store::journal::read_ahead`) dispatch again when the journal's
 /// reader says a read is done.
@@ -1037,6 +1036,7 @@ async fn read_ahead_waker(ctx: Rc<ShardContext>, woken: flume::Receiver<()>) {
     }
 }
 
+/// Expired messages leave their queues even when nobody consumes them.
 async fn expiry_sweeper(ctx: Rc<ShardContext>) {
     let mut out = Vec::new();
     loop {

@@ -173,6 +173,22 @@ fn sparse(start: u64, end: u64, used: u64) -> bool {
     used * 2 < end - start
 }
 
+/// What `cell` holds, opened from `path` on first use.
+fn opened<'a, T>(
+    cell: &'a OnceCell<T>,
+    path: &std::path::Path,
+    open: impl FnOnce(&std::path::Path) -> std::io::Result<T>,
+) -> Result<&'a T, ReadBackError> {
+    if let Some(f) = cell.get() {
+        return Ok(f);
+    }
+    let f = open(path).map_err(|source| ReadBackError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(cell.get_or_init(|| f))
+}
+
 /// A chunk the flusher is writing: (segment, stream offset, bytes).
 #[derive(Debug)]
 pub(super) struct InFlight {
@@ -454,30 +470,12 @@ impl Journal {
     /// Segment `seg`'s file, opened for reading back.
     fn direct_reader(&self, seg: usize) -> Result<Arc<File>, ReadBackError> {
         let s = &self.segments[seg];
-        if let Some(f) = s.stream.direct.get() {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(open_direct(&s.path).map_err(|source| ReadBackError::Io {
-            path: s.path.clone(),
-            source,
-        })?);
-        let _ = s.stream.direct.set(f.clone());
-        Ok(f)
+        opened(&s.stream.direct, &s.path, |p| open_direct(p).map(Arc::new)).cloned()
     }
 
     fn reader(&self, seg: usize) -> Result<&File, ReadBackError> {
         let s = &self.segments[seg];
-        match s.stream.file.get() {
-            Some(f) => Ok(f),
-            None => {
-                let f = File::open(&s.path).map_err(|source| ReadBackError::Io {
-                    path: s.path.clone(),
-                    source,
-                })?;
-                let _ = s.stream.file.set(f);
-                Ok(s.stream.file.get().expect("set above"))
-            }
-        }
+        opened(&s.stream.file, &s.path, |p| File::open(p))
     }
 
     fn pread(&self, seg: usize, at: u64, len: u64) -> Result<Bytes, ReadBackError> {
