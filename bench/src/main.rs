@@ -165,6 +165,10 @@ struct Shared {
     start: Instant,
     audit: Audit,
     producers_done: AtomicBool,
+    /// `--kill-master-at` kills not yet over: `--duration` does not end the
+    /// run before them (a slow failover on a busy machine would otherwise
+    /// leave the kills asked for undone).
+    kills_pending: AtomicBool,
     consumed: AtomicU64,
     send_receipt: Mutex<Histogram<u64>>,
     /// A coarse copy for the progress line, merged from producers now and then.
@@ -280,6 +284,9 @@ fn run(args: Args) -> Result<()> {
         args: args.clone(),
         start: Instant::now(),
         producers_done: AtomicBool::new(false),
+        kills_pending: AtomicBool::new(
+            cluster.is_some() && matches!(trigger, Some(KillTrigger::Seconds(_))),
+        ),
         consumed: AtomicU64::new(0),
         send_receipt: Mutex::new(histogram()),
         send_receipt_live: Mutex::new(histogram()),
@@ -426,6 +433,14 @@ fn kill_masters(
     cluster: &Mutex<cluster::Cluster>,
     t0: Instant,
 ) -> Vec<Failover> {
+    /// However the kills end, the run may then end.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _done = Done(&s.kills_pending);
     let mut out = Vec::new();
     for k in 1..=kills {
         loop {
@@ -532,7 +547,10 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
         next = next.min(receipted_upto);
         let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
         loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) && n == u64::MAX {
+            if deadline.is_some_and(|d| Instant::now() >= d)
+                && n == u64::MAX
+                && !s.kills_pending.load(Ordering::SeqCst)
+            {
                 // --duration is over: send nothing new, collect the receipts.
                 n = next;
             }
