@@ -9,21 +9,35 @@
 # from the new master (bench --drain).
 # CASES="BIN:MEMORY_LIMIT ..." picks binaries and limits; the default
 # compares paging (16 MiB) with everything in memory (8 GiB).
+# MODE=mysql runs the same on MariaDB (ops/services.sh start mariadb; a
+# fresh database brokk_paging per case; the page cache is dropped too, so
+# the spool is read from disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-2048}; size=${2:-32768}
 n=$(( mib * 1024 * 1024 / size ))
 cargo build --release --workspace -q
+mode=${MODE:-file}
+store=""
+if [ "$mode" = mysql ]; then
+  ops/services.sh start mariadb >/dev/null
+  store='mode = "mysql"\nurl = "mysql://brokk:brokk@127.0.0.1:3306/brokk_paging"\n'
+elif [ "$mode" != file ]; then
+  echo "MODE must be file or mysql" >&2; exit 2
+fi
 cases=${CASES:-"target/release/brokk:16777216 target/release/brokk:8589934592"}
 dir=$(mktemp -d --suffix=-brokk-paging)
 port=61910
 trap 'pkill -9 -f "serve --stomp 127.0.0.1:$port" || true; sleep 0.2; rm -rf "$dir"' EXIT
 hwm() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$1/status"; }
-echo "backlog: $n x $size B ($mib MiB), $(nproc) cores, $(date -u +%F)"
+echo "backlog: $n x $size B ($mib MiB), mode $mode, $(nproc) cores, $(date -u +%F)"
 for c in $cases; do
   bin=${c%%:*}; limit=${c##*:}
   rm -rf "$dir/data"; mkdir -p "$dir/data"
-  printf '[limits]\nmemory_limit_bytes = %s\n[store]\nlimit_bytes = 17179869184\n' "$limit" > "$dir/brokk.toml"
+  if [ "$mode" = mysql ]; then
+    mariadb -h127.0.0.1 -ubrokk -pbrokk -e "DROP DATABASE IF EXISTS brokk_paging; CREATE DATABASE brokk_paging"
+  fi
+  printf "[limits]\nmemory_limit_bytes = %s\n[store]\nlimit_bytes = 17179869184\n$store" "$limit" > "$dir/brokk.toml"
   serve() { BROKK_LOG=${BROKK_LOG:-warn} exec "$bin" serve --config "$dir/brokk.toml" --stomp 127.0.0.1:$port --admin 127.0.0.1:0 --shards 2 --data "$dir/data"; }
   serve > "$dir/out1" &
   m=$!

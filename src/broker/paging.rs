@@ -137,37 +137,41 @@ impl Pager {
         self.records = Some(records);
     }
 
-    /// Has the store read what a queue will page in next (`next`, in the
-    /// order it pages in) into memory in the background, up to
-    /// [`READ_AHEAD_BYTES`], so that reading it then does not wait on the
-    /// disk in the middle of dispatching.
+    /// Has the store (or the spool) read what a queue will page in next
+    /// (`next`, in the order it pages in) into memory in the background,
+    /// up to [`READ_AHEAD_BYTES`], so that reading it then does not wait
+    /// on the disk in the middle of dispatching.
     pub fn read_ahead<'a>(&self, next: impl Iterator<Item = &'a PagedEntry>) {
-        let Some(src) = &self.records else {
-            return;
-        };
         let mut budget = READ_AHEAD_BYTES;
-        let mut want = Vec::new();
+        let (mut stored, mut spooled) = (Vec::new(), Vec::new());
         // At most a batch's worth of entries: this runs once per page-in.
         for e in next.take(PAGE_IN_BATCH) {
-            let PageRef::Store(r) = e.at else { continue };
-            let Some(left) = budget.checked_sub(r.len as usize) else {
+            let Some(left) = budget.checked_sub(e.at.bytes() as usize) else {
                 break;
             };
             budget = left;
-            want.push(r);
+            match e.at {
+                PageRef::Store(r) => stored.push(r),
+                PageRef::Spool(r) => spooled.push(r),
+            }
         }
-        if !want.is_empty() {
-            src.advise_read_ahead(&want, READ_AHEAD_BYTES as u64);
+        if let (Some(src), false) = (&self.records, stored.is_empty()) {
+            src.advise_read_ahead(&stored, READ_AHEAD_BYTES as u64);
+        }
+        if !spooled.is_empty() {
+            self.spool
+                .advise_read_ahead(&spooled, READ_AHEAD_BYTES as u64);
         }
     }
 
     /// `e`'s bytes are being read ahead: paging it in now would wait for
-    /// the disk in the middle of dispatching. The store wakes the shard
-    /// when the read is done (see [`Pager::wait_for_read`]).
+    /// the disk in the middle of dispatching. The store (or the spool)
+    /// wakes the shard when the read is done (see [`Pager::wait_for_read`]).
     pub fn reading(&self, e: &PagedEntry) -> bool {
         match (&self.records, e.at) {
             (Some(src), PageRef::Store(r)) => src.reading(&r),
-            _ => false,
+            (_, PageRef::Spool(r)) => self.spool.reading(&r),
+            (None, PageRef::Store(_)) => false,
         }
     }
 

@@ -552,15 +552,25 @@ pub async fn run(
             },
         };
         let usage = shared.usage.clone();
+        // Reads ahead of paged messages (the journal's, the spool's) wake
+        // the shard through this; one pending wake-up covers every read
+        // done meanwhile (see `read_ahead_waker`).
+        let (wake, woken) = flume::bounded(1);
+        let read_ahead_done: crate::store::read_ahead::Notify = std::sync::Arc::new(move || {
+            let _ = wake.try_send(());
+        });
         // Paging needs a durable store: only stored messages are paged.
         let pager = if shared.journal.is_some() || shared.db.is_some() {
             let dir = shared.paging.spool_dir.join(format!("shard-{id}"));
             match Spool::open(&dir, usage.clone(), shared.store_usage.clone()) {
-                Ok(spool) => Some(Pager::new(
-                    spool,
-                    usage.clone(),
-                    shared.paging.page_at_bytes,
-                )),
+                Ok(mut spool) => {
+                    spool.wake_on_read_ahead(read_ahead_done.clone());
+                    Some(Pager::new(
+                        spool,
+                        usage.clone(),
+                        shared.paging.page_at_bytes,
+                    ))
+                }
                 Err(e) => {
                     let _ =
                         ready.send(Err(format!("cannot open the spool (store.spool_dir): {e}")));
@@ -772,15 +782,10 @@ pub async fn run(
                 .detach();
             }
         }
+        spawn_local(read_ahead_waker(ctx.clone(), woken)).detach();
         let flusher = match (&ctx.journal, &db_store, &ctx.shared.db) {
             (Some(j), _, _) => {
-                let (wake, woken) = flume::bounded(1);
-                j.borrow_mut()
-                    .wake_on_read_ahead(std::sync::Arc::new(move || {
-                        // One pending wake-up covers every read done meanwhile.
-                        let _ = wake.try_send(());
-                    }));
-                spawn_local(read_ahead_waker(ctx.clone(), woken)).detach();
+                j.borrow_mut().wake_on_read_ahead(read_ahead_done);
                 spawn_local(make_spare(ctx.clone())).detach();
                 Some(spawn_local(flusher(ctx.clone())))
             }
@@ -1024,8 +1029,8 @@ async fn wait_durable(ctx: &ShardContext) -> bool {
 }
 
 /// Queues that stopped paging in until their next records were read ahead
-/// (see `store::journal::read_ahead`) dispatch again when the journal's
-/// reader says a read is done.
+/// (see `store::read_ahead`) dispatch again when a reader (the journal's or
+/// the spool's) says a read is done.
 async fn read_ahead_waker(ctx: Rc<ShardContext>, woken: flume::Receiver<()>) {
     let mut out = Vec::new();
     while woken.recv_async().await.is_ok() {
@@ -1050,7 +1055,7 @@ async fn expiry_sweeper(ctx: Rc<ShardContext>) {
             b.sweep_expired(&mut out);
             b.flush_spool();
             // A queue waiting for a read ahead that was given up on (see
-            // `store::journal::read_ahead`) hears it from here.
+            // `store::read_ahead`) hears it from here.
             b.page_in_waiting(&mut out);
         }
         if !out.is_empty() {

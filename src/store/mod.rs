@@ -8,9 +8,11 @@
 //! and `postgres` are ActiveMQ's JDBC tables ([`sql`]). The `zk` mode comes
 //! behind the same traits.
 
+mod anon;
 pub mod journal;
 pub mod memory;
 pub mod meta;
+pub mod read_ahead;
 pub mod record;
 pub mod spool;
 pub mod sql;

@@ -14,6 +14,12 @@
 //! read serves bytes not yet written from the buffer. A file whose records
 //! have all been read back (or dropped) is deleted once a newer file is
 //! active.
+//!
+//! Reads do not stall the shard: what a queue pages in next is read ahead
+//! by the same reader threads as the journal's (`store::read_ahead`), one
+//! `pread` per run of nearby records, and a queue whose next record is
+//! still being read waits to be woken ([`Spool::reading`]). What was not
+//! read ahead is read when wanted, one `pread` per run.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -27,6 +33,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::journal::StoreUsage;
+use super::read_ahead::{advice, runs, Advice, Notify, Readers, RunAt};
 use crate::broker::message::{MemoryCharge, MemoryUsage};
 use tracing::{info, warn};
 
@@ -68,17 +75,11 @@ pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffered record bytes written at once (one syscall per this much).
 const WRITE_BYTES: usize = 1024 * 1024;
 
-/// Records nearer than this in one file are read with one `pread` (the
-/// gap, other queues' records, is read and dropped)...
-const READ_GAP_BYTES: u64 = 64 * 1024;
-
-/// ...up to this much in one `pread`.
-const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024;
-
 #[derive(Debug)]
 struct SpoolFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the reader threads while they read it.
+    file: Arc<File>,
     /// Records not yet read back or dropped.
     live: u64,
     /// Bytes written to the file (the rest, if any, is in `unwritten`).
@@ -107,6 +108,8 @@ pub struct Spool {
     /// a spool that cannot write pauses producers at the memory limit.
     memory: Arc<MemoryUsage>,
     charge: Option<MemoryCharge>,
+    /// Started on the first read ahead (see `store::read_ahead`).
+    read_ahead: Readers,
 }
 
 impl Drop for Spool {
@@ -146,6 +149,7 @@ impl Spool {
             counted: 0,
             memory,
             charge: None,
+            read_ahead: Readers::new("paged messages are read from the spool when wanted"),
         };
         s.start_file(0)?;
         Ok(s)
@@ -167,7 +171,7 @@ impl Spool {
             n,
             SpoolFile {
                 path,
-                file,
+                file: Arc::new(file),
                 live: 0,
                 written: 0,
                 len: 0,
@@ -309,6 +313,9 @@ impl Spool {
             return;
         }
         if let Some(f) = self.files.remove(&n) {
+            if let Some(ra) = self.read_ahead.running() {
+                ra.forget(n as usize);
+            }
             self.count(-(f.len as i64));
             if let Err(e) = std::fs::remove_file(&f.path) {
                 warn!(path = %f.path.display(), error = %e, "cannot delete a drained spool file");
@@ -316,82 +323,156 @@ impl Spool {
         }
     }
 
-    /// Reads records back, in the order given; records close together in
-    /// one file are read with one `pread`. The returned bytes are slices
-    /// of shared read buffers (zero-copy for the caller).
-    pub fn read(&self, refs: &[SpoolRef]) -> Result<Vec<Bytes>, SpoolError> {
-        let mut out = Vec::with_capacity(refs.len());
-        let mut i = 0;
-        while i < refs.len() {
-            let first = refs[i];
-            let f = self
-                .files
-                .get(&first.file)
-                .ok_or(SpoolError::Gone(first.file))?;
-            // The run: following refs in the same file, in increasing
-            // order, near each other, all written (or all buffered).
-            let buffered = |r: &SpoolRef| r.file == self.active && r.at >= f.written;
-            let mut end = first.at + u64::from(first.len);
-            let mut j = i + 1;
-            while j < refs.len() {
-                let r = refs[j];
-                if r.file != first.file
-                    || r.at < end
-                    || r.at - end > READ_GAP_BYTES
-                    || r.at + u64::from(r.len) - first.at > READ_SPAN_BYTES
-                    || buffered(&r) != buffered(&first)
-                {
-                    break;
-                }
-                end = r.at + u64::from(r.len);
-                j += 1;
-            }
-            let wanted: u64 = refs[i..j].iter().map(|r| u64::from(r.len)).sum();
-            let span = (end - first.at) as usize;
-            let buf = if buffered(&first) {
-                let from = (first.at - f.written) as usize;
-                let part = self
-                    .unwritten
-                    .get(from..from + span)
-                    .ok_or(SpoolError::Short {
-                        path: f.path.clone(),
-                        at: first.at,
-                        len: first.len,
-                    })?;
-                Bytes::copy_from_slice(part)
-            } else {
-                let mut v = vec![0u8; span];
-                f.file
-                    .read_exact_at(&mut v, first.at)
-                    .map_err(|source| match source.kind() {
-                        std::io::ErrorKind::UnexpectedEof => SpoolError::Short {
-                            path: f.path.clone(),
-                            at: first.at,
-                            len: first.len,
-                        },
-                        _ => SpoolError::Io {
-                            path: f.path.clone(),
-                            source,
-                        },
-                    })?;
-                Bytes::from(v)
+    /// `notify` is called (on a reader thread) when a read ahead is done:
+    /// from then on a record being read ahead is reported as such
+    /// ([`Spool::reading`]) for the caller to come back when woken, instead
+    /// of waiting for it. Set it before the first read ahead.
+    pub fn wake_on_read_ahead(&mut self, notify: Notify) {
+        self.read_ahead.wake_with(notify);
+    }
+
+    /// Written records of `refs`, in file order: (file, offset, index).
+    fn on_disk(&self, refs: &[SpoolRef]) -> Vec<(usize, u64, usize)> {
+        let mut disk: Vec<_> = refs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| self.written(r))
+            .map(|(k, r)| (r.file as usize, r.at, k))
+            .collect();
+        disk.sort_unstable();
+        disk
+    }
+
+    /// `r` is in its file (not only in the write buffer).
+    fn written(&self, r: &SpoolRef) -> bool {
+        self.files
+            .get(&r.file)
+            .is_some_and(|f| r.at + u64::from(r.len) <= f.written)
+    }
+
+    /// Has the written records of `refs` read ahead in the background, one
+    /// `pread` per run of nearby records, skipping those already read or
+    /// being read, until the runs' spans reach `max_bytes`.
+    pub fn advise_read_ahead(&self, refs: &[SpoolRef], max_bytes: u64) {
+        let mut disk = self.on_disk(refs);
+        if disk.is_empty() {
+            return;
+        }
+        let Some(ra) = self.read_ahead.get() else {
+            return;
+        };
+        ra.retain_uncovered(&mut disk, |&(file, at, k)| {
+            (file, 0, at, u64::from(refs[k].len))
+        });
+        let place = |&(file, at, k): &(usize, u64, usize)| (file, at, u64::from(refs[k].len));
+        for Advice {
+            file,
+            start,
+            end,
+            sparse,
+            records,
+        } in advice(&disk, place, max_bytes)
+        {
+            let Some(f) = self.files.get(&(file as u32)) else {
+                continue;
             };
-            // Slices keep the whole read buffer alive as long as any of
-            // them lives, and only the records are charged to memory: a
-            // buffer that is mostly other queues' records is copied out.
-            let sparse = (span as u64) > 2 * wanted;
-            for r in &refs[i..j] {
-                let from = (r.at - first.at) as usize;
-                let part = buf.slice(from..from + r.len as usize);
-                out.push(if sparse {
+            let run = RunAt {
+                segment: file,
+                // Spool files are never reused (numbers only grow).
+                generation: 0,
+                start,
+                end,
+                sparse,
+            };
+            ra.request(run, records, f.file.clone());
+        }
+    }
+
+    /// `r` is being read ahead, and the readers will wake whoever asked
+    /// (see [`Spool::wake_on_read_ahead`]).
+    pub fn reading(&self, r: &SpoolRef) -> bool {
+        self.read_ahead
+            .running()
+            .is_some_and(|ra| ra.reading(r.file as usize, 0, r.at, u64::from(r.len)))
+    }
+
+    /// Reads records back, in the order given: those read ahead as slices
+    /// of the readers' buffers, those still in the write buffer copied
+    /// out, the others with one `pread` per run of nearby records (slices
+    /// of the run, or copies of a sparse one's: only the records are
+    /// charged to memory, and a slice keeps its whole buffer alive).
+    pub fn read(&self, refs: &[SpoolRef]) -> Result<Vec<Bytes>, SpoolError> {
+        let mut out: Vec<Option<Bytes>> = vec![None; refs.len()];
+        let mut disk = self.on_disk(refs);
+        if let Some(ra) = self.read_ahead.running() {
+            // A caller woken by the readers asked `reading` first and does
+            // not wait; one that is not, waits.
+            let wait = !ra.wakes();
+            disk.retain(|&(file, at, k)| {
+                match ra.take(file, 0, at, u64::from(refs[k].len), wait) {
+                    Some(b) => {
+                        out[k] = Some(b);
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        for (k, r) in refs.iter().enumerate() {
+            if out[k].is_some() || self.written(r) {
+                continue;
+            }
+            let f = self.files.get(&r.file).ok_or(SpoolError::Gone(r.file))?;
+            let short = || SpoolError::Short {
+                path: f.path.clone(),
+                at: r.at,
+                len: r.len,
+            };
+            if r.file != self.active || r.at < f.written {
+                return Err(short());
+            }
+            let from = (r.at - f.written) as usize;
+            let part = self
+                .unwritten
+                .get(from..from + r.len as usize)
+                .ok_or_else(short)?;
+            out[k] = Some(Bytes::copy_from_slice(part));
+        }
+        let place = |&(file, at, k): &(usize, u64, usize)| (file, at, u64::from(refs[k].len));
+        for (start, end, run) in runs(&disk, place) {
+            let file = run[0].0 as u32;
+            let f = self.files.get(&file).ok_or(SpoolError::Gone(file))?;
+            let mut v = vec![0u8; (end - start) as usize];
+            f.file
+                .read_exact_at(&mut v, start)
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::UnexpectedEof => SpoolError::Short {
+                        path: f.path.clone(),
+                        at: start,
+                        len: (end - start) as u32,
+                    },
+                    _ => SpoolError::Io {
+                        path: f.path.clone(),
+                        source,
+                    },
+                })?;
+            let buf = Bytes::from(v);
+            let used: u64 = run.iter().map(|&(_, _, k)| u64::from(refs[k].len)).sum();
+            let copy_out = super::read_ahead::sparse(start, end, used);
+            for &(_, at, k) in run {
+                let from = (at - start) as usize;
+                let part = buf.slice(from..from + refs[k].len as usize);
+                out[k] = Some(if copy_out {
                     Bytes::copy_from_slice(&part)
                 } else {
                     part
                 });
             }
-            i = j;
         }
-        Ok(out)
+        out.into_iter()
+            .zip(refs)
+            .map(|(b, r)| b.ok_or(SpoolError::Gone(r.file)))
+            .collect()
     }
 
     /// Bytes of records still held (a record held by two subscriptions
@@ -457,5 +538,94 @@ mod tests {
         std::fs::write(dir.path().join("00000007.spool"), b"old").unwrap();
         let _s = open(dir.path());
         assert!(!dir.path().join("00000007.spool").exists());
+    }
+
+    fn parked(s: &Spool) -> usize {
+        s.read_ahead.running().map_or(0, |ra| ra.parked_bytes())
+    }
+
+    /// Records of two queues interleaved, some written, the last buffered.
+    fn interleaved(s: &mut Spool) -> (Vec<SpoolRef>, Vec<Vec<u8>>) {
+        let (mut mine, mut want) = (Vec::new(), Vec::new());
+        for k in 0..400u32 {
+            let body: Vec<u8> = (0..(k % 7 + 1) * 500).map(|i| (i + k) as u8).collect();
+            if k % 3 == 0 {
+                put(s, &[9u8; 3000]); // another queue's
+            }
+            mine.push(put(s, &body));
+            want.push(body);
+            if k == 300 {
+                s.flush();
+            }
+        }
+        (mine, want)
+    }
+
+    #[test]
+    fn records_read_ahead_read_back_the_same_woken_or_not() {
+        for woken in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = open(dir.path());
+            let (tx, rx) = std::sync::mpsc::channel();
+            if woken {
+                s.wake_on_read_ahead(Arc::new(move || {
+                    let _ = tx.send(());
+                }));
+            }
+            let (mine, want) = interleaved(&mut s);
+            let tail = mine.last().unwrap();
+            assert!(!s.written(tail), "the last records are still buffered");
+            s.advise_read_ahead(&mine, 1 << 30);
+            assert!(!s.reading(tail), "a buffered record is never read ahead");
+            if woken {
+                // Every run ends in a wake-up; none is waited for.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while mine.iter().any(|r| s.reading(r)) {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    rx.recv_timeout(left)
+                        .expect("the readers wake the spool's owner");
+                }
+                assert!(parked(&s) > 0, "runs were read ahead and parked");
+            }
+            // In two takes, as a queue pages in batches.
+            let (a, b) = mine.split_at(123);
+            let mut got = s.read(a).unwrap();
+            got.extend(s.read(b).unwrap());
+            assert_eq!(got.len(), want.len());
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(&g[..], &w[..], "record {k} (woken: {woken})");
+            }
+            assert_eq!(parked(&s), 0, "every run went once its records were taken");
+        }
+    }
+
+    #[test]
+    fn runs_of_a_deleted_file_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.wake_on_read_ahead(Arc::new(move || {
+            let _ = tx.send(());
+        }));
+        let big = vec![5u8; 1024 * 1024];
+        let mut refs = Vec::new();
+        while s.files() < 2 {
+            refs.push(put(&mut s, &big));
+        }
+        let first: Vec<SpoolRef> = refs.iter().copied().filter(|r| r.file == 0).collect();
+        s.advise_read_ahead(&first, 1 << 30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while first.iter().any(|r| s.reading(r)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            rx.recv_timeout(left)
+                .expect("the readers wake the spool's owner");
+        }
+        assert!(parked(&s) > 0);
+        // Dropped without being read (a purge): the file goes, its runs too.
+        for r in first {
+            s.release(r);
+        }
+        assert_eq!(s.files(), 1);
+        assert_eq!(parked(&s), 0);
     }
 }

@@ -18,8 +18,7 @@
 mod crash_cases;
 #[cfg(test)]
 mod disk_full_cases;
-mod read_ahead;
-pub use read_ahead::Notify;
+pub use super::read_ahead::Notify;
 mod read_back;
 #[cfg(test)]
 mod read_back_cases;
@@ -338,9 +337,7 @@ pub struct Journal {
     /// Chunks being written: readable from memory until they are on disk.
     in_flight: Vec<read_back::InFlight>,
     /// Reads paged messages' records ahead (started on first use).
-    read_ahead: std::cell::OnceCell<Option<read_ahead::ReadAhead>>,
-    /// Who is woken when a read ahead is done.
-    read_ahead_notify: Option<read_ahead::Notify>,
+    read_ahead: super::read_ahead::Readers,
 }
 
 impl Journal {
@@ -1676,8 +1673,9 @@ impl Journal {
             unplaced: 0,
             last_send_at: None,
             in_flight: Vec::new(),
-            read_ahead: std::cell::OnceCell::new(),
-            read_ahead_notify: None,
+            read_ahead: super::read_ahead::Readers::new(
+                "paged messages are read through the page cache",
+            ),
             usage,
             cfg,
         };

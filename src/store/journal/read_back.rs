@@ -28,19 +28,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::read_ahead::{Notify, ReadAhead, RunAt};
 use super::segment_read::open_direct;
 use super::Journal;
+use crate::store::read_ahead::{advice, runs, sparse, Advice, Notify, ReadAhead, RunAt};
 use crate::store::record::{decode_at, Decoded};
 use crate::store::{ReadBackError, Record, RecordAt, RecordSource};
-
-/// Records nearer than this in one segment are read with one `pread` (the
-/// gap, other queues' records, is read and dropped)...
-const READ_GAP_BYTES: u64 = 64 * 1024;
-
-/// ...up to this much in one `pread` (a read ahead, aligned to blocks,
-/// then fits a 4 MiB buffer: see `read_ahead`).
-const READ_SPAN_BYTES: u64 = 4 * 1024 * 1024 - 8192;
 
 /// One segment's record stream: where its written rounds' records are.
 #[derive(Debug)]
@@ -121,58 +113,6 @@ impl Stream {
 /// A record on disk: (segment, file offset, index into the caller's list).
 type OnDisk = (usize, u64, usize);
 
-/// Groups `disk` (sorted) into runs read at once: (start, end, the run's
-/// records).
-fn runs<'a>(disk: &'a [OnDisk], at: &[RecordAt]) -> Vec<(u64, u64, &'a [OnDisk])> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < disk.len() {
-        let (seg, start, k0) = disk[i];
-        let mut end = start + at[k0].len as u64;
-        let mut j = i + 1;
-        while j < disk.len() {
-            let (s2, off, k) = disk[j];
-            let rec_end = off + at[k].len as u64;
-            if s2 != seg || off > end + READ_GAP_BYTES || rec_end - start > READ_SPAN_BYTES {
-                break;
-            }
-            end = end.max(rec_end);
-            j += 1;
-        }
-        out.push((start, end, &disk[i..j]));
-        i = j;
-    }
-    out
-}
-
-/// A run of records to read ahead: (segment, start, end, bytes of its
-/// records, their file offsets).
-type Advice = (usize, u64, u64, u64, Vec<u64>);
-
-/// The runs of `disk` to read ahead, in journal order (a queue's arrival
-/// order) until their spans reach `max_bytes`.
-fn advice(disk: &[OnDisk], at: &[RecordAt], max_bytes: u64) -> Vec<Advice> {
-    let mut spent = 0u64;
-    runs(disk, at)
-        .into_iter()
-        .take_while(|(start, end, _)| {
-            spent += end - start;
-            spent <= max_bytes
-        })
-        .map(|(start, end, run)| {
-            let used = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
-            let records = run.iter().map(|&(_, off, _)| off).collect();
-            (run[0].0, start, end, used, records)
-        })
-        .collect()
-}
-
-/// A run whose records fill less than half of it: they are copied out, so
-/// that one message does not keep the whole read alive.
-fn sparse(start: u64, end: u64, used: u64) -> bool {
-    used * 2 < end - start
-}
-
 /// What `cell` holds, opened from `path` on first use.
 fn opened<'a, T>(
     cell: &'a OnceCell<T>,
@@ -248,7 +188,15 @@ impl Journal {
                 (seg, self.segments[seg].generation, off, at[k].len as u64)
             });
         }
-        for (seg, start, end, used, records) in advice(&disk, at, max_bytes) {
+        let place = |&(seg, off, k): &OnDisk| (seg, off, at[k].len as u64);
+        for Advice {
+            file: seg,
+            start,
+            end,
+            sparse,
+            records,
+        } in advice(&disk, place, max_bytes)
+        {
             match ahead {
                 Some(ra) => {
                     let Ok(file) = self.direct_reader(seg) else {
@@ -259,7 +207,7 @@ impl Journal {
                         generation: self.segments[seg].generation,
                         start,
                         end,
-                        sparse: sparse(start, end, used),
+                        sparse,
                     };
                     ra.request(run, records, file);
                 }
@@ -289,16 +237,13 @@ impl Journal {
     /// threads start then, with the waker they will ever have): set later,
     /// it is not used, and reads wait as without one (warned).
     pub fn wake_on_read_ahead(&mut self, notify: Notify) {
-        if self.read_ahead.get().is_some() {
-            tracing::warn!("a read-ahead waker set after the readers started is not used");
-        }
-        self.read_ahead_notify = Some(notify);
+        self.read_ahead.wake_with(notify);
     }
 
     /// The record at `a` is being read ahead, and the reader will wake
     /// whoever asked (see [`Journal::wake_on_read_ahead`]).
     pub fn reading(&self, a: &RecordAt) -> bool {
-        let Some(Some(ra)) = self.read_ahead.get() else {
+        let Some(ra) = self.read_ahead.running() else {
             return false;
         };
         let seg = a.segment as usize;
@@ -314,21 +259,13 @@ impl Journal {
     /// The read-ahead thread, started on first use (None: it could not
     /// start; reads ahead then go through the page cache).
     fn read_ahead(&self) -> Option<&ReadAhead> {
-        self.read_ahead
-            .get_or_init(|| match ReadAhead::start(self.read_ahead_notify.clone()) {
-                Ok(ra) => Some(ra),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no read-ahead thread; paged messages are read through the page cache");
-                    None
-                }
-            })
-            .as_ref()
+        self.read_ahead.get()
     }
 
     /// A segment's file slot changed files: runs read ahead from the old
     /// one are dropped.
     pub(super) fn forget_read_ahead(&self, seg: usize) {
-        if let Some(Some(ra)) = self.read_ahead.get() {
+        if let Some(ra) = self.read_ahead.running() {
             ra.forget(seg);
         }
     }
@@ -357,7 +294,7 @@ impl Journal {
         let mut out: Vec<Option<Result<Record, ReadBackError>>> = at.iter().map(|_| None).collect();
         // On disk, read ahead or read now in runs; the others from memory.
         let mut disk = self.on_disk(at);
-        if let Some(Some(ra)) = self.read_ahead.get() {
+        if let Some(ra) = self.read_ahead.running() {
             disk.retain(|&(seg, off, k)| {
                 let a = &at[k];
                 let gen = self.segments[seg].generation;
@@ -385,7 +322,7 @@ impl Journal {
                 out[k] = Some(self.read_unwritten(a));
             }
         }
-        for (start, end, run) in runs(&disk, at) {
+        for (start, end, run) in runs(&disk, |&(seg, off, k)| (seg, off, at[k].len as u64)) {
             let seg = run[0].0;
             let used: u64 = run.iter().map(|&(_, _, k)| at[k].len as u64).sum();
             match self.pread(seg, start, end - start) {
@@ -524,14 +461,18 @@ mod tests {
             .collect();
         let disk: Vec<OnDisk> = at.iter().enumerate().map(|(k, a)| (0, a.at, k)).collect();
         // 300 x 60 KiB: about 18 MiB of reads for 60 KB of records.
-        let advised = advice(&disk, &at, 8 << 20);
-        let spans: u64 = advised.iter().map(|(_, s, e, _, _)| e - s).sum();
+        let advised = advice(
+            &disk,
+            |&(seg, off, k)| (seg, off, at[k].len as u64),
+            8 << 20,
+        );
+        let spans: u64 = advised.iter().map(|a| a.end - a.start).sum();
         assert!(
             spans <= 8 << 20,
             "{spans} bytes advised for an 8 MiB budget"
         );
         assert!(spans >= 4 << 20, "{spans}: the budget is used");
-        assert_eq!(advised[0].1, 4096, "earliest first");
+        assert_eq!(advised[0].start, 4096, "earliest first");
     }
 
     #[test]

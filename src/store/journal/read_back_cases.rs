@@ -279,8 +279,8 @@ fn records_read_ahead_read_back_the_same_woken_or_not() {
 }
 
 fn parked(j: &RefCell<Journal>) -> usize {
-    match j.borrow().read_ahead.get() {
-        Some(Some(ra)) => ra.parked_bytes(),
-        _ => 0,
-    }
+    j.borrow()
+        .read_ahead
+        .running()
+        .map_or(0, |ra| ra.parked_bytes())
 }

@@ -1,26 +1,30 @@
 //! Reading a queue's next records ahead, off the shard's thread: what
-//! makes draining a paged backlog fast (see `read_back`).
+//! makes draining a paged backlog fast. Two kinds of files are read this
+//! way: the journal's segments in the file mode (`journal::read_back`,
+//! opened with O_DIRECT) and the shard's spool in the database modes
+//! (`spool`, read through the page cache: it is written buffered and
+//! never synced, so its recent bytes are there).
 //!
 //! The shard asks for runs of records it will page in soon ([`ReadAhead::
-//! request`]); the journal's reader threads read each run with one
-//! O_DIRECT `pread` into a block-aligned buffer and park it until the
+//! request`], grouped by [`advice`]); the reader threads read each run
+//! with one `pread` into a block-aligned buffer and park it until the
 //! shard takes its records ([`ReadAhead::take`]), as slices of that buffer
-//! (no copy, unless the run is sparse). O_DIRECT because the segments are
-//! written with it and recovery read them with it (the page cache holds
-//! none of it), and because buffered reads of cold segments ran at about
-//! half the speed here (see `segment_read`); threads of their own because
-//! the shard's io_uring is busy with the clients' sockets and the
-//! journal's writes (reads ahead through it drained at half the rate, see
-//! `read_back`).
+//! (no copy, unless the run is sparse). O_DIRECT for segments because
+//! they are written with it and recovery read them with it (the page cache
+//! holds none of it), and because buffered reads of cold segments ran at
+//! about half the speed here (see `journal::segment_read`); threads of
+//! their own because the shard's io_uring is busy with the clients'
+//! sockets and the journal's writes (reads ahead through it drained at
+//! half the rate, see `journal::read_back`).
 //!
 //! The shard does not wait for the disk: a queue whose next record is
 //! being read stops paging in ([`ReadAhead::reading`]) and a reader wakes
 //! the shard when the read is done (the `Notify` given at start), which
 //! dispatches the queue again. Without a waker, a take waits for a run
 //! being read. A record asked for that was never requested, or whose run
-//! was dropped or failed, is read the plain way by the caller. What is
-//! parked is bounded ([`PARKED_BYTES`]): the oldest runs go first, their
-//! records then read the plain way.
+//! was dropped or failed, is read the plain way by the caller (one `pread`
+//! per run of [`runs`]). What is parked is bounded ([`PARKED_BYTES`]): the
+//! oldest runs go first, their records then read the plain way.
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::VecDeque;
@@ -40,7 +44,7 @@ const ALIGN: u64 = 4096;
 /// Most bytes of read runs waiting to be taken, per journal (shard): a
 /// few queues' reads ahead (see `broker::paging::READ_AHEAD_BYTES`); past
 /// it the oldest runs go, their records then read the plain way.
-pub(super) const PARKED_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const PARKED_BYTES: usize = 32 * 1024 * 1024;
 
 /// Reads in flight at once per journal: one 4 MiB O_DIRECT read at a time
 /// leaves the disk idle between them (2 GiB paged backlog drained at 42k
@@ -52,9 +56,93 @@ const READERS: usize = 4;
 /// stopped must not stop a queue.
 const READ_WAIT: Duration = Duration::from_secs(5);
 
-/// A run of records of one segment to read.
+/// Records nearer than this in one file are read with one `pread` (the
+/// gap, other queues' records, is read and dropped)...
+pub(crate) const READ_GAP_BYTES: u64 = 64 * 1024;
+
+/// ...up to this much in one `pread` (a read ahead, aligned to blocks,
+/// then fits a pooled 4 MiB buffer).
+pub(crate) const READ_SPAN_BYTES: u64 = BUF_BYTES as u64 - 2 * ALIGN;
+
+/// Groups `items`, sorted by file and offset, into runs read at once:
+/// (start, end, the run's items). `place` says where an item is: (file,
+/// offset, length).
+pub(crate) fn runs<T>(
+    items: &[T],
+    place: impl Fn(&T) -> (usize, u64, u64),
+) -> Vec<(u64, u64, &[T])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < items.len() {
+        let (file, start, len) = place(&items[i]);
+        let mut end = start + len;
+        let mut j = i + 1;
+        while j < items.len() {
+            let (f2, off, len) = place(&items[j]);
+            let rec_end = off + len;
+            if f2 != file || off > end + READ_GAP_BYTES || rec_end - start > READ_SPAN_BYTES {
+                break;
+            }
+            end = end.max(rec_end);
+            j += 1;
+        }
+        out.push((start, end, &items[i..j]));
+        i = j;
+    }
+    out
+}
+
+/// A run of records to read ahead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Advice {
+    pub file: usize,
+    pub start: u64,
+    pub end: u64,
+    /// See [`RunAt::sparse`].
+    pub sparse: bool,
+    /// The file offsets of its records.
+    pub records: Vec<u64>,
+}
+
+/// The runs of `items` (sorted, see [`runs`]) to read ahead, in file order
+/// (a queue's arrival order) until their spans reach `max_bytes`. The
+/// budget counts the gaps a run reads between its records (other queues'
+/// records): a queue of small messages interleaved with large ones must
+/// not have gigabytes read.
+pub(crate) fn advice<T>(
+    items: &[T],
+    place: impl Fn(&T) -> (usize, u64, u64) + Copy,
+    max_bytes: u64,
+) -> Vec<Advice> {
+    let mut spent = 0u64;
+    runs(items, place)
+        .into_iter()
+        .take_while(|(start, end, _)| {
+            spent += end - start;
+            spent <= max_bytes
+        })
+        .map(|(start, end, run)| {
+            let used = run.iter().map(|t| place(t).2).sum();
+            Advice {
+                file: place(&run[0]).0,
+                start,
+                end,
+                sparse: sparse(start, end, used),
+                records: run.iter().map(|t| place(t).1).collect(),
+            }
+        })
+        .collect()
+}
+
+/// A run whose records (`used` bytes) fill less than half of it: they are
+/// copied out, so that one message does not keep the whole read alive.
+pub(crate) fn sparse(start: u64, end: u64, used: u64) -> bool {
+    used * 2 < end - start
+}
+
+/// A run of records of one file to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct RunAt {
+pub(crate) struct RunAt {
     pub segment: usize,
     pub generation: u64,
     /// File offsets of the run's first byte and one past its last.
@@ -124,8 +212,66 @@ struct Job {
 /// Called by the read-ahead thread after each run it read (or failed to).
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
 
-/// One journal's read-ahead thread and the runs it read.
-pub(super) struct ReadAhead {
+/// A file set's reader threads, started on first use with the waker set
+/// before (see [`Readers::wake_with`]).
+pub(crate) struct Readers {
+    started: std::cell::OnceCell<Option<ReadAhead>>,
+    notify: Option<Notify>,
+    /// What happens when the threads cannot start (logged).
+    without: &'static str,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers")
+            .field("started", &self.running().is_some())
+            .field("wakes", &self.notify.is_some())
+            .finish()
+    }
+}
+
+impl Readers {
+    pub(crate) fn new(without: &'static str) -> Readers {
+        Readers {
+            started: std::cell::OnceCell::new(),
+            notify: None,
+            without,
+        }
+    }
+
+    /// `notify` is called (on a reader thread) when a read ahead is done.
+    /// Set it before the first read ahead: the threads start then, with
+    /// the waker they will ever have; set later it is not used, and reads
+    /// wait as without one (warned).
+    pub(crate) fn wake_with(&mut self, notify: Notify) {
+        if self.started.get().is_some() {
+            warn!("a read-ahead waker set after the readers started is not used");
+        }
+        self.notify = Some(notify);
+    }
+
+    /// The threads, started now if they were not (None: they could not
+    /// start; logged once).
+    pub(crate) fn get(&self) -> Option<&ReadAhead> {
+        self.started
+            .get_or_init(|| match ReadAhead::start(self.notify.clone()) {
+                Ok(ra) => Some(ra),
+                Err(e) => {
+                    warn!(error = %e, "no read-ahead threads; {}", self.without);
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The threads, if they were started.
+    pub(crate) fn running(&self) -> Option<&ReadAhead> {
+        self.started.get().and_then(Option::as_ref)
+    }
+}
+
+/// One file set's reader threads and the runs they read.
+pub(crate) struct ReadAhead {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
     pool: Arc<Buffers>,
@@ -142,7 +288,7 @@ impl std::fmt::Debug for ReadAhead {
 impl ReadAhead {
     /// Starts the thread; it ends when this is dropped (after the read it
     /// is doing).
-    pub(super) fn start(notify: Option<Notify>) -> std::io::Result<ReadAhead> {
+    pub(crate) fn start(notify: Option<Notify>) -> std::io::Result<ReadAhead> {
         let (jobs, rx) = channel();
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared::default());
@@ -169,7 +315,7 @@ impl ReadAhead {
     /// Leaves in `items` those that no run requested (and not failed)
     /// covers; `key` says where each is: (segment, generation, file
     /// offset, length). One lock for the lot.
-    pub(super) fn retain_uncovered<T>(
+    pub(crate) fn retain_uncovered<T>(
         &self,
         items: &mut Vec<T>,
         key: impl Fn(&T) -> (usize, u64, u64, u64),
@@ -184,7 +330,7 @@ impl ReadAhead {
     }
 
     /// The threads wake the journal's owner when a run is read.
-    pub(super) fn wakes(&self) -> bool {
+    pub(crate) fn wakes(&self) -> bool {
         self.wakes
     }
 
@@ -192,7 +338,7 @@ impl ReadAhead {
     /// wake the journal's owner when it is (never true without a waker:
     /// nobody would come back). A run read for longer than [`READ_WAIT`]
     /// counts as failed from then on: its records are read the plain way.
-    pub(super) fn reading(&self, segment: usize, generation: u64, at: u64, len: u64) -> bool {
+    pub(crate) fn reading(&self, segment: usize, generation: u64, at: u64, len: u64) -> bool {
         if !self.wakes {
             return false;
         }
@@ -214,9 +360,10 @@ impl ReadAhead {
         false
     }
 
-    /// Reads `run` of `file` (opened with O_DIRECT) in the background,
+    /// Reads `run` of `file` (a segment opened with O_DIRECT, or a spool
+    /// file) in the background,
     /// for the records at file offsets `records` (sorted).
-    pub(super) fn request(&self, run: RunAt, records: Vec<u64>, file: Arc<File>) {
+    pub(crate) fn request(&self, run: RunAt, records: Vec<u64>, file: Arc<File>) {
         let mut st = self.state();
         st.runs.push_back(Run {
             at: run,
@@ -238,7 +385,7 @@ impl ReadAhead {
     /// covering it was read (with `wait`, waiting for one being read;
     /// without, the caller reads it itself). A run goes once the bytes
     /// taken from it reach those it was requested for.
-    pub(super) fn take(
+    pub(crate) fn take(
         &self,
         segment: usize,
         generation: u64,
@@ -322,7 +469,7 @@ impl ReadAhead {
 
     /// Drops the runs of a segment whose file changed (their generation
     /// never matches again; this frees their memory early).
-    pub(super) fn forget(&self, segment: usize) {
+    pub(crate) fn forget(&self, segment: usize) {
         let mut st = self.state();
         let mut gone = Vec::new();
         let mut k = 0;
@@ -344,7 +491,7 @@ impl ReadAhead {
     }
 
     #[cfg(test)]
-    pub(super) fn parked_bytes(&self) -> usize {
+    pub(crate) fn parked_bytes(&self) -> usize {
         self.state().parked
     }
 }
@@ -427,13 +574,13 @@ fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notif
     }
 }
 
-/// Reads file bytes `start..end` with O_DIRECT: the aligned span around
-/// them into an aligned buffer, returned as the bytes asked for.
 /// The block-aligned span around file bytes `start..end`.
 fn aligned(start: u64, end: u64) -> (u64, u64) {
     (start / ALIGN * ALIGN, end.div_ceil(ALIGN) * ALIGN)
 }
 
+/// Reads file bytes `start..end`: the aligned span around them (O_DIRECT
+/// needs it) into an aligned buffer, returned as the bytes asked for.
 fn read_run(file: &File, start: u64, end: u64, mut buf: Aligned) -> std::io::Result<Bytes> {
     let (from, _) = aligned(start, end);
     let mut done = 0usize;
@@ -462,7 +609,7 @@ fn read_run(file: &File, start: u64, end: u64, mut buf: Aligned) -> std::io::Res
     if done < want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("the segment ends at {} before {end}", from + done as u64),
+            format!("the file ends at {} before {end}", from + done as u64),
         ));
     }
     buf.len = done;
@@ -520,20 +667,7 @@ impl Mapping {
     fn new(len: usize, align: usize) -> std::io::Result<Mapping> {
         let len = len.next_multiple_of(ALIGN as usize);
         let over = len + align - ALIGN as usize;
-        // SAFETY: an anonymous private mapping; the result is checked.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                over,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let raw = super::anon::map(over)?.as_ptr().cast::<libc::c_void>();
         let base = raw as usize;
         let start = base.next_multiple_of(align);
         // SAFETY: the parts of the mapping just made before `start` and
