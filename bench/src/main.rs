@@ -236,7 +236,8 @@ fn run(args: Args) -> Result<()> {
     };
     let trigger = match (args.kill_master_after, args.kill_master_at) {
         (Some(n), _) => Some(KillTrigger::Receipts(n.max(1))),
-        (None, Some(t)) => Some(KillTrigger::Seconds(t.max(0.001))),
+        (None, Some(t)) if t.is_finite() && t > 0.0 => Some(KillTrigger::Seconds(t)),
+        (None, Some(t)) => bail!("--kill-master-at must be a number of seconds above 0, not {t}"),
         (None, None) => None,
     };
     if trigger.is_some()

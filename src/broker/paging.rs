@@ -260,20 +260,11 @@ impl Pager {
         }
         if !spooled.is_empty() {
             let refs: Vec<SpoolRef> = spooled.iter().map(|(_, r)| *r).collect();
-            match self.spool.read(&refs) {
-                Ok(bytes) => {
-                    for ((k, _), b) in spooled.iter().zip(bytes) {
-                        out[*k] = Some(
-                            decode(b, &entries[*k], dest, &self.usage).map_err(PageInError::from),
-                        );
-                    }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    for (k, _) in &spooled {
-                        out[*k] = Some(Err(SpoolError::Damaged { what: why.clone() }.into()));
-                    }
-                }
+            for ((k, _), b) in spooled.iter().zip(self.spool.read(&refs)) {
+                out[*k] = Some(
+                    b.and_then(|b| decode(b, &entries[*k], dest, &self.usage))
+                        .map_err(PageInError::from),
+                );
             }
         }
         if !stored.is_empty() {

@@ -41,10 +41,21 @@ use tracing::warn;
 /// O_DIRECT reads start and end on this boundary.
 const ALIGN: u64 = 4096;
 
-/// Most bytes of read runs waiting to be taken, per journal (shard): a
-/// few queues' reads ahead (see `broker::paging::READ_AHEAD_BYTES`); past
-/// it the oldest runs go, their records then read the plain way.
+/// Most bytes of runs being read or read and not yet taken, per reader set
+/// (a shard's journal, or its spool): a few queues' reads ahead (see
+/// `broker::paging::READ_AHEAD_BYTES`). A request past it first drops
+/// runs nobody came for in [`STALE`]; if that is not enough it is not
+/// made, and its records are read the plain way when wanted. Refusing,
+/// rather than dropping the oldest runs, keeps a run a queue was woken for
+/// until it takes it: dropped, it would be asked for again and again
+/// while other queues' requests push it out (three queues reading ahead
+/// 12 MiB each are past 32 MiB).
 pub(crate) const PARKED_BYTES: usize = 32 * 1024 * 1024;
+
+/// A read run nobody took anything from for this long is dropped when room
+/// is needed: its queue was purged, or its records were browsed or read
+/// the plain way. A woken queue takes its run within milliseconds.
+const STALE: Duration = Duration::from_secs(1);
 
 /// Reads in flight at once per journal: one 4 MiB O_DIRECT read at a time
 /// leaves the disk idle between them (2 GiB paged backlog drained at 42k
@@ -175,8 +186,14 @@ struct Run {
     at: RunAt,
     /// When a reader started it (None: queued behind other reads): a run
     /// read for longer than [`READ_WAIT`] counts as failed (a hung disk
-    /// must not stop its queue for good).
+    /// must not stop its queue for good)...
     since: Option<Instant>,
+    /// ...and so does one requested twice that long ago that no reader
+    /// started (every reader stuck). Once read: when it was last taken
+    /// from (see [`STALE`]).
+    touched: Instant,
+    /// Its buffer's size, counted in [`State::held`] unless it failed.
+    bytes: usize,
     /// File offsets of the records it was requested for, sorted, and
     /// whether each was taken: it goes when all were. Only those count:
     /// another queue's records in its gaps may be taken from it too.
@@ -186,12 +203,62 @@ struct Run {
     parked: Parked,
 }
 
+impl Run {
+    /// Being read for longer than [`READ_WAIT`], or queued for twice that.
+    fn overdue(&self) -> bool {
+        matches!(self.parked, Parked::Reading)
+            && match self.since {
+                Some(t) => t.elapsed() >= READ_WAIT,
+                None => self.touched.elapsed() >= 2 * READ_WAIT,
+            }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Requested runs, oldest first.
     runs: VecDeque<Run>,
-    /// Bytes of the runs in `runs` that are read.
-    parked: usize,
+    /// Bytes of the runs in `runs` being read or read (see
+    /// [`PARKED_BYTES`]).
+    held: usize,
+}
+
+impl State {
+    /// Run `k` failed: its records are read the plain way, and its bytes
+    /// no longer count.
+    fn fail(&mut self, k: usize, why: &str) {
+        let r = &mut self.runs[k];
+        if !matches!(r.parked, Parked::Failed) {
+            warn!(segment = r.at.segment, start = r.at.start, "{why}");
+            r.parked = Parked::Failed;
+            self.held -= r.bytes;
+        }
+    }
+
+    /// Removes run `k`, returned to be dropped outside the lock (its
+    /// buffer may go back to the kernel).
+    fn remove(&mut self, k: usize) -> Option<Run> {
+        let r = self.runs.remove(k)?;
+        if !matches!(r.parked, Parked::Failed) {
+            self.held -= r.bytes;
+        }
+        Some(r)
+    }
+
+    /// Drops read runs nobody took from in [`STALE`], oldest first, until
+    /// `need` more bytes fit under [`PARKED_BYTES`]. Whether they fit.
+    fn make_room(&mut self, need: usize, gone: &mut Vec<Run>) -> bool {
+        let mut k = 0;
+        while self.held + need > PARKED_BYTES && k < self.runs.len() {
+            let r = &self.runs[k];
+            if matches!(r.parked, Parked::Read(_)) && r.touched.elapsed() >= STALE {
+                gone.extend(self.remove(k));
+            } else {
+                k += 1;
+            }
+        }
+        self.held + need <= PARKED_BYTES
+    }
 }
 
 #[derive(Debug, Default)]
@@ -343,42 +410,55 @@ impl ReadAhead {
             return false;
         }
         let mut st = self.state();
-        let Some(r) = st.runs.iter_mut().find(|r| {
+        let Some(k) = st.runs.iter().position(|r| {
             r.at.covers(segment, generation, at, len) && matches!(r.parked, Parked::Reading)
         }) else {
             return false;
         };
-        if r.since.is_none_or(|t| t.elapsed() < READ_WAIT) {
+        if !st.runs[k].overdue() {
             return true;
         }
-        warn!(
-            segment,
-            start = r.at.start,
-            "a read ahead takes too long; its records are read directly"
+        st.fail(
+            k,
+            "a read ahead takes too long; its records are read directly",
         );
-        r.parked = Parked::Failed;
         false
     }
 
     /// Reads `run` of `file` (a segment opened with O_DIRECT, or a spool
     /// file) in the background,
-    /// for the records at file offsets `records` (sorted).
-    pub(crate) fn request(&self, run: RunAt, records: Vec<u64>, file: Arc<File>) {
+    /// for the records at file offsets `records` (sorted). Not made (false)
+    /// when it does not fit under [`PARKED_BYTES`].
+    pub(crate) fn request(&self, run: RunAt, records: Vec<u64>, file: Arc<File>) -> bool {
+        let (from, to) = aligned(run.start, run.end);
+        let bytes = (to - from) as usize;
         let mut st = self.state();
+        let mut gone = Vec::new();
+        if !st.make_room(bytes, &mut gone) {
+            drop(st);
+            drop(gone);
+            return false;
+        }
+        st.held += bytes;
         st.runs.push_back(Run {
             at: run,
             since: None,
+            touched: Instant::now(),
+            bytes,
             taken: vec![false; records.len()],
             left: records.len(),
             records,
             parked: Parked::Reading,
         });
-        let (from, to) = aligned(run.start, run.end);
-        let buf = Aligned::new((to - from) as usize, &self.pool);
+        let buf = Aligned::new(bytes, &self.pool);
         if self.jobs.send(Job { run, file, buf }).is_err() {
-            // The thread is gone (it never exits while this lives).
-            st.runs.back_mut().expect("pushed above").parked = Parked::Failed;
+            // The threads are gone (they never exit while this lives).
+            let k = st.runs.len() - 1;
+            st.fail(k, "the read-ahead threads are gone");
         }
+        drop(st);
+        drop(gone);
+        true
     }
 
     /// The record at file offset `at` (`len` bytes) of a segment, if a run
@@ -418,17 +498,15 @@ impl ReadAhead {
                     st = next;
                     // The run may have moved: look again, and give up on
                     // one read for too long (its other records too).
-                    if let Some(r) = st.runs.iter_mut().find(|r| {
-                        r.at.covers(segment, generation, at, len)
-                            && matches!(r.parked, Parked::Reading)
-                            && r.since.is_some_and(|t| t.elapsed() >= READ_WAIT)
-                    }) {
-                        warn!(
-                            segment,
-                            start = r.at.start,
-                            "a read ahead takes too long; its records are read directly"
+                    if let Some(k) = st
+                        .runs
+                        .iter()
+                        .position(|r| r.at.covers(segment, generation, at, len) && r.overdue())
+                    {
+                        st.fail(
+                            k,
+                            "a read ahead takes too long; its records are read directly",
                         );
-                        r.parked = Parked::Failed;
                     }
                 }
                 Parked::Read(b) => {
@@ -442,6 +520,7 @@ impl ReadAhead {
                         rec
                     };
                     let r = &mut st.runs[k];
+                    r.touched = Instant::now();
                     if let Ok(i) = r.records.binary_search(&at) {
                         if !r.taken[i] {
                             r.taken[i] = true;
@@ -449,9 +528,7 @@ impl ReadAhead {
                         }
                     }
                     if r.left == 0 {
-                        let n = b.len();
-                        let gone = st.runs.remove(k);
-                        st.parked -= n;
+                        let gone = st.remove(k);
                         // Its buffer may go back to the kernel: not under
                         // the lock the readers need.
                         drop(st);
@@ -461,43 +538,39 @@ impl ReadAhead {
                 }
                 Parked::Failed => {
                     // Another run may cover it; this one never will.
-                    st.runs.remove(k);
+                    st.remove(k);
                 }
             }
         }
     }
 
-    /// Drops the runs of a segment whose file changed (their generation
-    /// never matches again; this frees their memory early).
+    /// Drops the runs of a segment (or spool file) whose file changed or
+    /// went (their generation never matches again; this frees their memory
+    /// early). One being read is dropped too: its reader finds it gone and
+    /// drops what it read.
     pub(crate) fn forget(&self, segment: usize) {
         let mut st = self.state();
         let mut gone = Vec::new();
         let mut k = 0;
         while k < st.runs.len() {
-            let r = &st.runs[k];
-            if r.at.segment == segment && !matches!(r.parked, Parked::Reading) {
-                gone.extend(st.runs.remove(k));
+            if st.runs[k].at.segment == segment {
+                gone.extend(st.remove(k));
             } else {
                 k += 1;
-            }
-        }
-        for r in &gone {
-            if let Parked::Read(b) = &r.parked {
-                st.parked -= b.len();
             }
         }
         drop(st);
         drop(gone);
     }
 
+    /// Bytes of runs being read or read (see [`PARKED_BYTES`]).
     #[cfg(test)]
     pub(crate) fn parked_bytes(&self) -> usize {
-        self.state().parked
+        self.state().held
     }
 }
 
-/// The thread: reads each job's run and parks it, dropping the oldest
-/// read runs past [`PARKED_BYTES`].
+/// The thread: reads each job's run and parks it.
 fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notify>) {
     loop {
         let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -539,34 +612,15 @@ fn reader(jobs: &Mutex<Receiver<Job>>, shared: Arc<Shared>, notify: Option<Notif
         };
         match result {
             Ok(b) => {
-                st.parked += b.len();
-                st.runs[k].parked = Parked::Read(b);
+                let r = &mut st.runs[k];
+                r.parked = Parked::Read(b);
+                r.touched = Instant::now();
             }
-            Err(e) => {
-                // Its records are read the plain way, which reports the
-                // error where it matters.
-                warn!(segment = run.segment, start = run.start, error = %e, "a read ahead failed");
-                st.runs[k].parked = Parked::Failed;
-            }
-        }
-        let mut gone = Vec::new();
-        while st.parked > PARKED_BYTES {
-            let Some(k) = st
-                .runs
-                .iter()
-                .position(|r| !matches!(r.parked, Parked::Reading))
-            else {
-                break;
-            };
-            if let Some(r) = st.runs.remove(k) {
-                if let Parked::Read(b) = &r.parked {
-                    st.parked -= b.len();
-                }
-                gone.push(r);
-            }
+            // Its records are read the plain way, which reports the error
+            // where it matters.
+            Err(e) => st.fail(k, &format!("a read ahead failed: {e}")),
         }
         drop(st);
-        drop(gone);
         shared.read.notify_all();
         if let Some(n) = &notify {
             n();
@@ -882,25 +936,43 @@ mod tests {
     }
 
     #[test]
-    fn parked_runs_are_bounded_oldest_first() {
+    fn requests_past_the_bound_are_refused_until_runs_go() {
         let data = vec![3u8; 8 * 1024 * 1024];
         let (_d, f) = file_of(&data);
         let ra = ReadAhead::start(None).unwrap();
-        let n = PARKED_BYTES / data.len() + 2;
-        let runs: Vec<RunAt> = (0..n)
+        let fit = PARKED_BYTES / data.len();
+        let runs: Vec<RunAt> = (0..=fit)
             .map(|k| RunAt {
                 generation: k as u64,
                 ..run(0, data.len() as u64, false)
             })
             .collect();
-        for r in &runs {
-            ra.request(*r, vec![0], f.clone());
+        for r in &runs[..fit] {
+            assert!(ra.request(*r, vec![0, 4096], f.clone()));
         }
-        // Taking the newest waits until it, and so all before it, are read.
-        let last = runs[n - 1];
-        assert!(ra.take(1, last.generation, 0, 10, true).is_some());
+        let extra = runs[fit];
+        assert!(
+            !ra.request(extra, vec![0], f.clone()),
+            "past the bound: refused, not an older run dropped"
+        );
+        assert_eq!(ra.parked_bytes(), PARKED_BYTES);
+        // Every run is still there for its queue.
+        for r in &runs[..fit] {
+            assert!(ra.take(1, r.generation, 0, 10, true).is_some());
+        }
+        // Taken from just now: not stale, still refused.
+        assert!(!ra.request(extra, vec![0], f.clone()));
+        // A run whose records were all taken goes and makes room.
+        assert!(ra.take(1, 0, 4096, 10, true).is_some());
+        assert!(ra.request(extra, vec![0], f.clone()));
+        assert!(ra.take(1, extra.generation, 0, 10, true).is_some());
+        // Runs nobody came back for go once stale.
+        std::thread::sleep(STALE);
+        let later = RunAt {
+            generation: 99,
+            ..extra
+        };
+        assert!(ra.request(later, vec![0], f));
         assert!(ra.parked_bytes() <= PARKED_BYTES);
-        assert!(ra.parked_bytes() > 0);
-        assert_eq!(ra.take(1, 0, 0, 10, true), None, "the oldest was dropped");
     }
 }

@@ -37,6 +37,25 @@ use super::read_ahead::{advice, runs, Advice, Notify, Readers, RunAt};
 use crate::broker::message::{MemoryCharge, MemoryUsage};
 use tracing::{info, warn};
 
+impl SpoolError {
+    /// The same error for another record of the same failed read.
+    fn again(&self) -> SpoolError {
+        match self {
+            SpoolError::Io { path, source } => SpoolError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            SpoolError::Short { path, at, len } => SpoolError::Short {
+                path: path.clone(),
+                at: *at,
+                len: *len,
+            },
+            SpoolError::Gone(n) => SpoolError::Gone(*n),
+            SpoolError::Damaged { what } => SpoolError::Damaged { what: what.clone() },
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
@@ -384,7 +403,10 @@ impl Spool {
                 end,
                 sparse,
             };
-            ra.request(run, records, f.file.clone());
+            if !ra.request(run, records, f.file.clone()) {
+                // Full: the rest is read when wanted.
+                break;
+            }
         }
     }
 
@@ -400,9 +422,11 @@ impl Spool {
     /// of the readers' buffers, those still in the write buffer copied
     /// out, the others with one `pread` per run of nearby records (slices
     /// of the run, or copies of a sparse one's: only the records are
-    /// charged to memory, and a slice keeps its whole buffer alive).
-    pub fn read(&self, refs: &[SpoolRef]) -> Result<Vec<Bytes>, SpoolError> {
-        let mut out: Vec<Option<Bytes>> = vec![None; refs.len()];
+    /// charged to memory, and a slice keeps its whole buffer alive). A
+    /// record that cannot be read is an error of its own: the others come
+    /// back.
+    pub fn read(&self, refs: &[SpoolRef]) -> Vec<Result<Bytes, SpoolError>> {
+        let mut out: Vec<Option<Result<Bytes, SpoolError>>> = refs.iter().map(|_| None).collect();
         let mut disk = self.on_disk(refs);
         if let Some(ra) = self.read_ahead.running() {
             // A caller woken by the readers asked `reading` first and does
@@ -411,7 +435,7 @@ impl Spool {
             disk.retain(|&(file, at, k)| {
                 match ra.take(file, 0, at, u64::from(refs[k].len), wait) {
                     Some(b) => {
-                        out[k] = Some(b);
+                        out[k] = Some(Ok(b));
                         false
                     }
                     None => true,
@@ -422,57 +446,74 @@ impl Spool {
             if out[k].is_some() || self.written(r) {
                 continue;
             }
-            let f = self.files.get(&r.file).ok_or(SpoolError::Gone(r.file))?;
-            let short = || SpoolError::Short {
-                path: f.path.clone(),
-                at: r.at,
-                len: r.len,
-            };
-            if r.file != self.active || r.at < f.written {
-                return Err(short());
-            }
-            let from = (r.at - f.written) as usize;
-            let part = self
-                .unwritten
-                .get(from..from + r.len as usize)
-                .ok_or_else(short)?;
-            out[k] = Some(Bytes::copy_from_slice(part));
+            out[k] = Some(self.read_unwritten(r));
         }
         let place = |&(file, at, k): &(usize, u64, usize)| (file, at, u64::from(refs[k].len));
         for (start, end, run) in runs(&disk, place) {
-            let file = run[0].0 as u32;
-            let f = self.files.get(&file).ok_or(SpoolError::Gone(file))?;
-            let mut v = vec![0u8; (end - start) as usize];
-            f.file
-                .read_exact_at(&mut v, start)
-                .map_err(|source| match source.kind() {
-                    std::io::ErrorKind::UnexpectedEof => SpoolError::Short {
-                        path: f.path.clone(),
-                        at: start,
-                        len: (end - start) as u32,
-                    },
-                    _ => SpoolError::Io {
-                        path: f.path.clone(),
-                        source,
-                    },
-                })?;
-            let buf = Bytes::from(v);
+            let buf = match self.pread(run[0].0 as u32, start, end) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    for &(_, _, k) in run {
+                        out[k] = Some(Err(e.again()));
+                    }
+                    continue;
+                }
+            };
             let used: u64 = run.iter().map(|&(_, _, k)| u64::from(refs[k].len)).sum();
             let copy_out = super::read_ahead::sparse(start, end, used);
             for &(_, at, k) in run {
                 let from = (at - start) as usize;
                 let part = buf.slice(from..from + refs[k].len as usize);
-                out[k] = Some(if copy_out {
+                out[k] = Some(Ok(if copy_out {
                     Bytes::copy_from_slice(&part)
                 } else {
                     part
-                });
+                }));
             }
         }
         out.into_iter()
             .zip(refs)
-            .map(|(b, r)| b.ok_or(SpoolError::Gone(r.file)))
+            .map(|(b, r)| b.unwrap_or(Err(SpoolError::Gone(r.file))))
             .collect()
+    }
+
+    /// A record still in the write buffer, copied out.
+    fn read_unwritten(&self, r: &SpoolRef) -> Result<Bytes, SpoolError> {
+        let f = self.files.get(&r.file).ok_or(SpoolError::Gone(r.file))?;
+        let short = || SpoolError::Short {
+            path: f.path.clone(),
+            at: r.at,
+            len: r.len,
+        };
+        if r.file != self.active || r.at < f.written {
+            return Err(short());
+        }
+        let from = (r.at - f.written) as usize;
+        let part = self
+            .unwritten
+            .get(from..from + r.len as usize)
+            .ok_or_else(short)?;
+        Ok(Bytes::copy_from_slice(part))
+    }
+
+    /// Bytes `start..end` of spool file `file`.
+    fn pread(&self, file: u32, start: u64, end: u64) -> Result<Bytes, SpoolError> {
+        let f = self.files.get(&file).ok_or(SpoolError::Gone(file))?;
+        let mut v = vec![0u8; (end - start) as usize];
+        f.file
+            .read_exact_at(&mut v, start)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::UnexpectedEof => SpoolError::Short {
+                    path: f.path.clone(),
+                    at: start,
+                    len: (end - start) as u32,
+                },
+                _ => SpoolError::Io {
+                    path: f.path.clone(),
+                    source,
+                },
+            })?;
+        Ok(Bytes::from(v))
     }
 
     /// Bytes of records still held (a record held by two subscriptions
@@ -494,6 +535,20 @@ mod tests {
         Spool::open(dir, Arc::default(), Arc::default()).unwrap()
     }
 
+    fn ok(read: Vec<Result<Bytes, SpoolError>>) -> Vec<Bytes> {
+        read.into_iter().map(Result::unwrap).collect()
+    }
+
+    /// 1 MiB records of `byte` until a second file is active.
+    fn fill_first_file(s: &mut Spool, byte: u8) -> Vec<SpoolRef> {
+        let big = vec![byte; 1024 * 1024];
+        let mut refs = Vec::new();
+        while s.files() < 2 {
+            refs.push(put(s, &big));
+        }
+        refs
+    }
+
     fn put(s: &mut Spool, data: &[u8]) -> SpoolRef {
         s.append(1, |b| b.extend_from_slice(data))
     }
@@ -506,9 +561,9 @@ mod tests {
         let b = put(&mut s, b"beta");
         s.flush();
         let c = put(&mut s, b"gamma");
-        let got = s.read(&[a, b, c]).unwrap();
+        let got = ok(s.read(&[a, b, c]));
         assert_eq!(got, vec![&b"alpha"[..], b"beta", b"gamma"]);
-        let got = s.read(&[c, a]).unwrap();
+        let got = ok(s.read(&[c, a]));
         assert_eq!(got, vec![&b"gamma"[..], b"alpha"]);
     }
 
@@ -516,14 +571,11 @@ mod tests {
     fn a_drained_file_is_deleted_once_another_is_active() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path());
+        let refs = fill_first_file(&mut s, 7);
         let big = vec![7u8; 1024 * 1024];
-        let mut refs = Vec::new();
-        while s.files() < 2 {
-            refs.push(put(&mut s, &big));
-        }
         let in_first: Vec<SpoolRef> = refs.iter().copied().filter(|r| r.file == 0).collect();
         assert!(!in_first.is_empty());
-        let back = s.read(&in_first).unwrap();
+        let back = ok(s.read(&in_first));
         assert!(back.iter().all(|b| b.len() == big.len() && b[0] == 7));
         for r in in_first {
             s.release(r);
@@ -589,8 +641,8 @@ mod tests {
             }
             // In two takes, as a queue pages in batches.
             let (a, b) = mine.split_at(123);
-            let mut got = s.read(a).unwrap();
-            got.extend(s.read(b).unwrap());
+            let mut got = ok(s.read(a));
+            got.extend(ok(s.read(b)));
             assert_eq!(got.len(), want.len());
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(&g[..], &w[..], "record {k} (woken: {woken})");
@@ -607,11 +659,7 @@ mod tests {
         s.wake_on_read_ahead(Arc::new(move || {
             let _ = tx.send(());
         }));
-        let big = vec![5u8; 1024 * 1024];
-        let mut refs = Vec::new();
-        while s.files() < 2 {
-            refs.push(put(&mut s, &big));
-        }
+        let refs = fill_first_file(&mut s, 5);
         let first: Vec<SpoolRef> = refs.iter().copied().filter(|r| r.file == 0).collect();
         s.advise_read_ahead(&first, 1 << 30);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -627,5 +675,27 @@ mod tests {
         }
         assert_eq!(s.files(), 1);
         assert_eq!(parked(&s), 0);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let refs = fill_first_file(&mut s, 1);
+        let later = put(&mut s, b"in the second file");
+        s.flush();
+        // The first file loses its tail (a damaged disk, a stray truncate).
+        let first = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("00000000.spool"))
+            .unwrap();
+        first.set_len(1024).unwrap();
+        let got = s.read(&[refs[3], later]);
+        assert!(
+            matches!(got[0], Err(SpoolError::Short { .. })),
+            "{:?}",
+            got[0]
+        );
+        assert_eq!(&got[1].as_ref().unwrap()[..], b"in the second file");
     }
 }

@@ -209,7 +209,10 @@ impl Journal {
                         end,
                         sparse,
                     };
-                    ra.request(run, records, file);
+                    if !ra.request(run, records, file) {
+                        // Full: the rest is read when wanted.
+                        break;
+                    }
                 }
                 None => {
                     let Ok(file) = self.reader(seg) else {
