@@ -118,6 +118,58 @@ pub struct TxPart {
     pub acks: Vec<TxAck>,
 }
 
+impl TxPart {
+    /// The part of a transaction's `parts` that goes to shard `owner`.
+    pub fn of(parts: &mut Vec<(usize, TxPart)>, owner: usize) -> &mut TxPart {
+        let i = match parts.iter().position(|(o, _)| *o == owner) {
+            Some(i) => i,
+            None => {
+                parts.push((owner, TxPart::default()));
+                parts.len() - 1
+            }
+        };
+        &mut parts[i].1
+    }
+}
+
+/// The operations that commit transaction `tx` of connection `conn`:
+/// its coordination to the connection's shard, ahead of the parts (the
+/// coordinator knows the transaction before any participant can answer),
+/// then each part to its shard. The coordinator answers `token` to the
+/// connection once every part is applied (see `server::shard`).
+pub fn commit_ops(
+    tx: u64,
+    conn: ConnRef,
+    token: u64,
+    parts: Vec<(usize, TxPart)>,
+) -> Vec<(usize, Op)> {
+    let coordinator = conn.shard as usize;
+    let alone = parts.len() == 1;
+    let mut ops = Vec::with_capacity(parts.len() + 1);
+    ops.push((
+        coordinator,
+        Op::TxCoordinate {
+            tx,
+            conn,
+            token,
+            participants: parts.iter().map(|(o, _)| *o).collect(),
+        },
+    ));
+    for (owner, part) in parts {
+        ops.push((
+            owner,
+            Op::TxPrepare {
+                tx,
+                conn,
+                coordinator,
+                part,
+                alone,
+            },
+        ));
+    }
+    ops
+}
+
 /// A transacted ACK or NACK of deliveries to one consumer.
 #[derive(Debug)]
 pub struct TxAck {

@@ -48,7 +48,7 @@ public class OpenWireListener {
                 case "bad-password": badPassword(); break;
                 case "individual-ack": individualAck(); break;
                 case "selector": selector(); break;
-                case "transacted-refused": transactedRefused(); break;
+                case "transacted": transacted(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -237,35 +237,53 @@ public class OpenWireListener {
     }
 
     /**
-     * Not supported yet: a transaction fails with a JMSException saying so.
-     * The client sends transacted messages without waiting (the broker
-     * answers those with a ConnectionError, which reaches the exception
-     * listener); commit waits, and its ExceptionResponse is what throws.
+     * Local transactions: a rolled-back send never arrives and a committed
+     * one does, atomically across two queues; a rolled-back receive comes
+     * back marked redelivered, and a committed one is gone for good.
      */
-    static void transactedRefused() throws Exception {
+    static void transacted() throws Exception {
         Connection c = connect();
-        final String[] async = {null};
-        c.setExceptionListener(e -> async[0] = e.getMessage());
-        Session s = c.createSession(true, Session.SESSION_TRANSACTED);
-        Queue q = s.createQueue("ow.tx");
-        s.createProducer(q).send(s.createTextMessage("in a transaction"));
-        try {
-            s.commit();
-            throw new IllegalStateException("a transaction was committed");
-        } catch (JMSException e) {
-            check(e.getMessage().contains("not supported"), "the refusal says why: " + e.getMessage());
-            System.out.println("transaction refused: " + e.getMessage());
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        Queue q = tx.createQueue("ow.tx");
+        Queue other = tx.createQueue("ow.tx.other");
+        MessageProducer p = tx.createProducer(null);
+        p.send(q, tx.createTextMessage("rolled-back"));
+        tx.rollback();
+        for (int i = 0; i < 3; i++) {
+            p.send(q, tx.createTextMessage("tx-" + i));
         }
-        // The connection goes on working outside transactions, and the
-        // transacted message was not enqueued.
+        p.send(other, tx.createTextMessage("tx-other"));
         Session plain = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        plain.createProducer(q).send(plain.createTextMessage("plain"));
-        MessageConsumer consumer = plain.createConsumer(q);
-        check(receiveText(consumer, "plain").getText().equals("plain"), "plain send after the refusal");
-        check(consumer.receive(300) == null, "the transacted message was enqueued");
-        check(async[0] != null && async[0].contains("not supported"), "the exception listener heard: " + async[0]);
-        System.out.println("exception listener: " + async[0]);
+        MessageConsumer peek = plain.createConsumer(q);
+        check(peek.receive(300) == null, "a message arrived before its transaction committed");
+        peek.close();
+        tx.commit();
+        MessageConsumer consumer = tx.createConsumer(q);
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(consumer, "tx-" + i);
+            check(m.getText().equals("tx-" + i), "expected tx-" + i + ", got " + m.getText());
+            check(!m.getJMSRedelivered(), "first delivery of tx-" + i + " marked redelivered");
+        }
+        tx.rollback();
+        for (int i = 0; i < 3; i++) {
+            TextMessage m = receiveText(consumer, "tx-" + i + " after the rollback");
+            check(m.getText().equals("tx-" + i), "expected tx-" + i + " again, got " + m.getText());
+            check(m.getJMSRedelivered(), "tx-" + i + " after a rollback not marked redelivered");
+        }
+        check(consumer.receive(300) == null, "the rolled-back send arrived");
+        tx.commit();
+        consumer.close();
+        MessageConsumer fromOther = tx.createConsumer(other);
+        check(receiveText(fromOther, "tx-other").getText().equals("tx-other"), "the other queue's part");
+        tx.commit();
         c.close();
+        // Committed receives are gone, also for another connection.
+        Connection c2 = connect();
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        check(s2.createConsumer(q).receive(1000) == null, "a committed receive came back");
+        check(s2.createConsumer(other).receive(500) == null, "a committed receive came back (other)");
+        c2.close();
+        System.out.println("transactions committed and rolled back");
     }
 
     static Connection connect(String clientId) throws JMSException {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::commands::{
     self as wire, AckType, Command, ConnectionError, ConsumerId, ConsumerInfo, DestinationKind,
     ExceptionResponse, KeepAliveInfo, MessageAck, MessageDispatch, MessageKind, ProducerId,
-    RemoveInfo, Response,
+    RemoveInfo, Response, TransactionId, TransactionInfo, TransactionType,
 };
 use super::compress;
 use super::primitives::Throwable;
@@ -24,7 +24,7 @@ use super::properties::{PropertyMap, Value};
 use crate::broker::destination::MAX_SUB_NAME_BYTES;
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp};
+use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId};
@@ -64,6 +64,30 @@ struct Consumer {
     unacked: VecDeque<MessageId>,
 }
 
+/// What a local transaction did, held until it commits (a rollback drops
+/// it: its sends never happened, its acknowledged messages stay
+/// unacknowledged, and the client redelivers them from what it holds).
+#[derive(Debug)]
+enum TxWork {
+    Send(Arc<Message>),
+    /// A MessageAck, settled against the consumer's unacknowledged
+    /// messages when the transaction commits.
+    Ack(Settle),
+}
+
+/// Which of a consumer's unacknowledged messages an ack settles.
+#[derive(Debug, Clone, Copy)]
+struct Settle {
+    sub: u64,
+    /// The broker ids of the range's ends (`first` None: from the oldest).
+    first: Option<u64>,
+    last: u64,
+    /// Only `last` (INDIVIDUAL_ACKNOWLEDGE).
+    individual: bool,
+    /// Poison: back to the queue, counted as a failed delivery.
+    nack: bool,
+}
+
 /// A refused command: the client gets an ExceptionResponse (or, for a
 /// command that asked for no answer, a ConnectionError) of `class`.
 #[derive(Debug)]
@@ -85,6 +109,11 @@ fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
         fatal: false,
     })
 }
+
+/// XA (two-phase commit driven by a transaction manager) is not
+/// implemented; local transactions are.
+const XA_REFUSAL: &str =
+    "XA transactions are not supported by Brokk; use a transacted session (local transaction)";
 
 fn unsupported<T>(what: &str) -> Result<T, Refusal> {
     refuse(format!(
@@ -113,6 +142,8 @@ pub struct Session {
     /// Responses waiting for fences, by token: shards yet to answer and
     /// the command id to answer.
     pending: HashMap<u64, (usize, i32)>,
+    /// Open local transactions (begun, not yet committed or rolled back).
+    transactions: HashMap<TransactionId, Vec<TxWork>>,
     next_token: u64,
     /// Sequence of the next dispatch's message id. The client checks
     /// (producer id, sequence) for duplicates within a window: one
@@ -145,6 +176,7 @@ impl Session {
             advisory_consumers: HashSet::new(),
             next_sub: 0,
             pending: HashMap::new(),
+            transactions: HashMap::new(),
             next_token: 0,
             next_dispatch: 1,
             dispatch_producer: ProducerId {
@@ -215,7 +247,17 @@ impl Session {
                 | Command::ConsumerControl(_)
                 | Command::ConnectionControl(_),
             ) => Ok(Vec::new()),
-            (_, Command::TransactionInfo(_)) => unsupported("a transaction (TransactionInfo)"),
+            (_, Command::TransactionInfo(t)) => match self.transaction(&t, out) {
+                // A commit is answered when every part is applied.
+                Ok(Some(token)) => {
+                    if response_required {
+                        self.pending.insert(token, (1, command_id));
+                    }
+                    return;
+                }
+                Ok(None) => Ok(Vec::new()),
+                Err(r) => Err(r),
+            },
             (_, Command::MessagePull(_)) => unsupported("MessagePull (prefetch 0)"),
             (_, Command::DestinationInfo(_)) => {
                 unsupported("a temporary destination (DestinationInfo)")
@@ -461,9 +503,35 @@ impl Session {
     }
 
     fn send(&mut self, m: wire::Message, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        if m.transaction_id.is_some() {
-            return unsupported("a transacted send");
+        let tx = m.transaction_id.clone();
+        if let Some(t) = &tx {
+            self.open_transaction(t)?;
         }
+        let msg = self.message(m)?;
+        if let Some(work) = tx.and_then(|t| self.transactions.get_mut(&t)) {
+            // Applied at commit; a Response now says only that it is held.
+            work.push(TxWork::Send(msg));
+            return Ok(Vec::new());
+        }
+        let owner = msg.destination.owner(self.cfg.shards);
+        out.push(Action::Route(owner, Op::Send(msg)));
+        Ok(vec![owner])
+    }
+
+    /// `t` is an open local transaction of this connection.
+    fn open_transaction(&self, t: &TransactionId) -> Result<(), Refusal> {
+        match t {
+            TransactionId::Xa(_) => refuse(XA_REFUSAL),
+            TransactionId::Local(_) if self.transactions.contains_key(t) => Ok(()),
+            TransactionId::Local(l) => refuse(format!(
+                "transaction {} was not begun on this connection (or is over)",
+                l.value
+            )),
+        }
+    }
+
+    /// The broker's message for an OpenWire one.
+    fn message(&mut self, m: wire::Message) -> Result<Arc<Message>, Refusal> {
         let Some(wire_dest) = &m.destination else {
             return refuse("a message without a destination");
         };
@@ -525,9 +593,80 @@ impl Session {
             },
             charge: self.cfg.usage.charge(footprint),
         });
-        let owner = msg.destination.owner(self.cfg.shards);
-        out.push(Action::Route(owner, Op::Send(msg)));
-        Ok(vec![owner])
+        Ok(msg)
+    }
+
+    /// Begin, commit (one phase) or roll back a local transaction. A commit
+    /// goes through the broker's cross-shard commit (as STOMP's COMMIT):
+    /// its sends and acks, grouped by owner shard, are applied atomically,
+    /// and the returned token is answered once every part is applied (and,
+    /// with a durable store, durable).
+    fn transaction(
+        &mut self,
+        t: &TransactionInfo,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<u64>, Refusal> {
+        let Some(id) = &t.transaction_id else {
+            return refuse("a TransactionInfo without a transaction id");
+        };
+        if matches!(id, TransactionId::Xa(_)) {
+            return refuse(XA_REFUSAL);
+        }
+        match TransactionType::from_byte(t.transaction_type) {
+            Some(TransactionType::Begin) => {
+                self.transactions.entry(id.clone()).or_default();
+                Ok(None)
+            }
+            Some(TransactionType::Rollback) => {
+                self.transactions.remove(id);
+                Ok(None)
+            }
+            Some(TransactionType::CommitOnePhase) => {
+                self.open_transaction(id)?;
+                let work = self.transactions.remove(id).unwrap_or_default();
+                self.commit(work, out)
+            }
+            Some(_) => refuse(XA_REFUSAL),
+            None => refuse(format!(
+                "unknown TransactionInfo type {}",
+                t.transaction_type
+            )),
+        }
+    }
+
+    fn commit(&mut self, work: Vec<TxWork>, out: &mut Vec<Action>) -> Result<Option<u64>, Refusal> {
+        let mut parts: Vec<(usize, TxPart)> = Vec::new();
+        for w in work {
+            match w {
+                TxWork::Send(msg) => {
+                    let owner = msg.destination.owner(self.cfg.shards);
+                    TxPart::of(&mut parts, owner).sends.push(msg);
+                }
+                // A consumer closed meanwhile gave its messages back.
+                TxWork::Ack(settle) => {
+                    if let Some((owner, destination, consumer, ids)) = self.settle(settle) {
+                        TxPart::of(&mut parts, owner).acks.push(TxAck {
+                            destination,
+                            consumer,
+                            ids,
+                            nack: settle.nack,
+                        });
+                    }
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        // The coordinator's id issuer, unique for the life of the data
+        // directory: recovery matches prepared records to decisions by it.
+        let tx = self.ids.next();
+        let token = self.next_token;
+        self.next_token += 1;
+        for (shard, op) in commit_ops(tx, self.conn, token, parts) {
+            out.push(Action::Route(shard, op));
+        }
+        Ok(Some(token))
     }
 
     fn subscribe(&mut self, c: ConsumerInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
@@ -667,8 +806,8 @@ impl Session {
     }
 
     fn ack(&mut self, a: &MessageAck, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        if a.transaction_id.is_some() {
-            return unsupported("a transacted acknowledgement");
+        if let Some(t) = &a.transaction_id {
+            self.open_transaction(t)?;
         }
         let Some(sub) = a
             .consumer_id
@@ -695,25 +834,27 @@ impl Session {
         let Some(last) = broker_id(&a.last_message_id) else {
             return refuse("MessageAck without a last message id");
         };
-        let Some(c) = self.consumers.get_mut(&sub) else {
+        if !self.consumers.contains_key(&sub) {
             return refuse("MessageAck for a closed consumer");
+        }
+        let settle = Settle {
+            sub,
+            first: broker_id(&a.first_message_id),
+            last,
+            individual: kind == AckType::Individual,
+            nack,
         };
-        let Some(end) = c.unacked.iter().position(|m| *m == last) else {
-            // Settled already (a range overlapping an earlier one).
+        if let Some(work) = a
+            .transaction_id
+            .as_ref()
+            .and_then(|t| self.transactions.get_mut(t))
+        {
+            work.push(TxWork::Ack(settle));
+            return Ok(Vec::new());
+        }
+        let Some((owner, destination, consumer, ids)) = self.settle(settle) else {
             return Ok(Vec::new());
         };
-        let ids: Vec<MessageId> = if kind == AckType::Individual {
-            c.unacked.remove(end).into_iter().collect()
-        } else {
-            // A range: first..=last of what was dispatched to this consumer.
-            let start = broker_id(&a.first_message_id)
-                .and_then(|first| c.unacked.iter().position(|m| *m == first))
-                .filter(|s| *s <= end)
-                .unwrap_or(0);
-            c.unacked.drain(start..=end).collect()
-        };
-        let owner = c.destination.owner(self.cfg.shards);
-        let (destination, consumer) = (c.destination.clone(), self.consumer_key(sub));
         let op = if nack {
             Op::Nack {
                 destination,
@@ -729,6 +870,34 @@ impl Session {
         };
         out.push(Action::Route(owner, op));
         Ok(vec![owner])
+    }
+
+    /// Takes what `s` settles out of its consumer's unacknowledged
+    /// messages: (owner shard, destination, consumer, ids). None when there
+    /// is nothing (the consumer closed, or a range overlapping an earlier
+    /// one was settled already).
+    fn settle(&mut self, s: Settle) -> Option<(usize, Destination, ConsumerKey, Vec<MessageId>)> {
+        let consumer = self.consumer_key(s.sub);
+        let c = self.consumers.get_mut(&s.sub)?;
+        let end = c.unacked.iter().position(|m| *m == s.last)?;
+        let ids: Vec<MessageId> = if s.individual {
+            c.unacked.remove(end).into_iter().collect()
+        } else {
+            // A range: first..=last of what was dispatched to this consumer.
+            let start = s
+                .first
+                .and_then(|first| c.unacked.iter().position(|m| *m == first))
+                .filter(|i| *i <= end)
+                .unwrap_or(0);
+            c.unacked.drain(start..=end).collect()
+        };
+        let destination = c.destination.clone();
+        Some((
+            destination.owner(self.cfg.shards),
+            destination,
+            consumer,
+            ids,
+        ))
     }
 
     /// Turns deliveries for consumer `sub` into MessageDispatch commands.
@@ -900,7 +1069,9 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
 mod tests {
     use super::*;
     use crate::broker::message::MemoryUsage;
-    use crate::protocol::openwire::commands::{ConnectionInfo, TransactionInfo};
+    use crate::protocol::openwire::commands::{
+        ConnectionInfo, LocalTransactionId, MessagePull, XaTransactionId,
+    };
 
     fn session() -> Session {
         let mut s = Session::new(
@@ -977,9 +1148,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn acks_settle_ranges_and_single_messages() {
-        let mut s = session();
+    /// A consumer (sub 0) on queue q with messages 1..=4 dispatched (1
+    /// a redelivery): their wire ids.
+    fn consumer_with_four(s: &mut Session) -> Vec<wire::MessageId> {
         let mut out = Vec::new();
         let info = ConsumerInfo {
             consumer_id: Some(consumer_id(1)),
@@ -1026,6 +1197,24 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
+        ids
+    }
+
+    fn ack_of(ids: &[wire::MessageId], kind: AckType, first: usize, last: usize) -> MessageAck {
+        MessageAck {
+            consumer_id: Some(consumer_id(1)),
+            ack_type: kind as i8,
+            first_message_id: Some(ids[first].clone()),
+            last_message_id: Some(ids[last].clone()),
+            ..MessageAck::default()
+        }
+    }
+
+    #[test]
+    fn acks_settle_ranges_and_single_messages() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let ids = consumer_with_four(&mut s);
         let ack = |kind: AckType, first: usize, last: usize| MessageAck {
             consumer_id: Some(consumer_id(1)),
             ack_type: kind as i8,
@@ -1053,16 +1242,178 @@ mod tests {
         assert_eq!(acked(&mut out), Vec::<MessageId>::new(), "settled already");
     }
 
+    fn local_tx(n: i64) -> TransactionId {
+        TransactionId::Local(LocalTransactionId {
+            value: n,
+            connection_id: None,
+        })
+    }
+
+    fn tx_info(t: &TransactionId, kind: TransactionType, command_id: i32) -> Command {
+        TransactionInfo {
+            command_id,
+            response_required: kind != TransactionType::Begin,
+            transaction_id: Some(t.clone()),
+            transaction_type: kind as i8,
+            ..TransactionInfo::default()
+        }
+        .into()
+    }
+
+    /// A destination name whose owner (of two shards) is `shard`.
+    fn queue_on(shard: usize) -> String {
+        (0..)
+            .map(|k| format!("q{k}"))
+            .find(|n| Destination::queue(n).owner(2) == shard)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_commit_applies_sends_and_acks_across_shards_and_is_answered_once_applied() {
+        let mut s = session();
+        let ids = consumer_with_four(&mut s);
+        let mut out = Vec::new();
+        let t = local_tx(1);
+        s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
+        for (k, shard) in [0usize, 1].into_iter().enumerate() {
+            let mut m = match text_to(
+                wire::Destination::queue(queue_on(shard)),
+                true,
+                11 + k as i32,
+            ) {
+                Command::Message(m) => m,
+                _ => unreachable!(),
+            };
+            m.transaction_id = Some(t.clone());
+            s.handle(Command::Message(m), &mut out);
+        }
+        let mut ack = ack_of(&ids, AckType::Standard, 0, 1);
+        ack.transaction_id = Some(t.clone());
+        s.handle(ack.into(), &mut out);
+        // Held: a persistent send in a transaction is answered at once,
+        // and nothing reaches a shard before the commit.
+        assert_eq!(responses(&out), vec![11, 12]);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Route(..))),
+            "{out:?}"
+        );
+        out.clear();
+        s.handle(tx_info(&t, TransactionType::CommitOnePhase, 13), &mut out);
+        let Some(Action::Route(
+            0,
+            Op::TxCoordinate {
+                token,
+                participants,
+                ..
+            },
+        )) = out.first()
+        else {
+            panic!("the coordination goes first, to the connection's shard: {out:?}");
+        };
+        let token = *token;
+        assert_eq!(participants.len(), 2);
+        let mut sends = 0;
+        let mut acked = Vec::new();
+        for a in &out[1..] {
+            match a {
+                Action::Route(owner, Op::TxPrepare { part, alone, .. }) => {
+                    assert!(!alone);
+                    for m in &part.sends {
+                        assert_eq!(m.destination.owner(2), *owner);
+                        sends += 1;
+                    }
+                    for a in &part.acks {
+                        assert!(!a.nack);
+                        acked.extend(a.ids.iter().copied());
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((sends, acked), (2, vec![1, 2]));
+        assert!(
+            responses(&out).is_empty(),
+            "answered once applied, not before"
+        );
+        out.clear();
+        s.fenced(token, &mut out);
+        assert_eq!(responses(&out), vec![13]);
+        // Over: another commit of it is refused.
+        out.clear();
+        s.handle(tx_info(&t, TransactionType::CommitOnePhase, 14), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Write(Command::ExceptionResponse(e))] if e.correlation_id == 14)
+        );
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn a_rollback_drops_the_sends_and_leaves_the_acked_messages_unacknowledged() {
+        let mut s = session();
+        let ids = consumer_with_four(&mut s);
+        let mut out = Vec::new();
+        let t = local_tx(2);
+        s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
+        let mut m = match text_to(wire::Destination::queue("q"), false, 11) {
+            Command::Message(m) => m,
+            _ => unreachable!(),
+        };
+        m.transaction_id = Some(t.clone());
+        s.handle(Command::Message(m), &mut out);
+        let mut ack = ack_of(&ids, AckType::Standard, 0, 3);
+        ack.transaction_id = Some(t.clone());
+        s.handle(ack.into(), &mut out);
+        s.handle(tx_info(&t, TransactionType::Rollback, 12), &mut out);
+        assert_eq!(responses(&out), vec![12]);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Route(..))),
+            "{out:?}"
+        );
+        // The client redelivers them itself and acknowledges them again.
+        out.clear();
+        s.handle(ack_of(&ids, AckType::Standard, 0, 3).into(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Ack { ids, .. })] if ids == &vec![1, 2, 3, 4]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn xa_and_unknown_transactions_are_refused_and_the_connection_lives() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let xa = TransactionId::Xa(XaTransactionId::default());
+        s.handle(tx_info(&xa, TransactionType::Begin, 3), &mut out);
+        match &out[..] {
+            [Action::Write(Command::ConnectionError(e))] => {
+                let msg = e.exception.as_ref().unwrap().message.as_deref().unwrap();
+                assert!(msg.contains("XA transactions are not supported"), "{msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        out.clear();
+        let mut m = match text_to(wire::Destination::queue("q"), true, 4) {
+            Command::Message(m) => m,
+            _ => unreachable!(),
+        };
+        m.transaction_id = Some(local_tx(9));
+        s.handle(Command::Message(m), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Write(Command::ExceptionResponse(e))] if e.correlation_id == 4)
+        );
+        assert!(s.is_open());
+    }
+
     #[test]
     fn unsupported_commands_get_an_exception_response_and_the_connection_lives() {
         let mut s = session();
         let mut out = Vec::new();
-        let tx = TransactionInfo {
+        let pull = MessagePull {
             command_id: 3,
             response_required: true,
-            ..TransactionInfo::default()
+            ..MessagePull::default()
         };
-        s.handle(tx.into(), &mut out);
+        s.handle(pull.into(), &mut out);
         match &out[..] {
             [Action::Write(Command::ExceptionResponse(e))] => {
                 assert_eq!(e.correlation_id, 3);

@@ -13,7 +13,7 @@ use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::destination::MAX_SUB_NAME_BYTES;
 use crate::broker::message::{now_ms, MemoryUsage, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
+use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
@@ -859,13 +859,13 @@ impl Session {
             match op {
                 TxOp::Send(msg) => {
                     let owner = msg.destination.owner(self.cfg.shards);
-                    part_of(&mut parts, owner).sends.push(msg);
+                    TxPart::of(&mut parts, owner).sends.push(msg);
                 }
                 TxOp::Ack { id, sub, nack } => {
                     // Already covered by an earlier cumulative ACK in the same transaction.
                     if self.is_unacked(id, sub) {
                         let (owner, ack) = self.take_ack(id, sub, nack)?;
-                        part_of(&mut parts, owner).acks.push(ack);
+                        TxPart::of(&mut parts, owner).acks.push(ack);
                     }
                 }
             }
@@ -906,30 +906,8 @@ impl Session {
             );
         }
         self.open_commits.insert(token, Vec::new());
-        let coordinator = self.conn.shard as usize;
-        let alone = parts.len() == 1;
-        // Ahead of the parts: the coordinator knows the transaction before
-        // any participant can answer.
-        out.push(Action::Route(
-            coordinator,
-            Op::TxCoordinate {
-                tx,
-                conn: self.conn,
-                token,
-                participants: parts.iter().map(|(o, _)| *o).collect(),
-            },
-        ));
-        for (owner, part) in parts {
-            out.push(Action::Route(
-                owner,
-                Op::TxPrepare {
-                    tx,
-                    conn: self.conn,
-                    coordinator,
-                    part,
-                    alone,
-                },
-            ));
+        for (shard, op) in commit_ops(tx, self.conn, token, parts) {
+            out.push(Action::Route(shard, op));
         }
     }
 
@@ -1014,18 +992,6 @@ impl Session {
             },
         ))
     }
-}
-
-/// The part of a transaction that goes to shard `owner`.
-fn part_of(parts: &mut Vec<(usize, TxPart)>, owner: usize) -> &mut TxPart {
-    let i = match parts.iter().position(|(o, _)| *o == owner) {
-        Some(i) => i,
-        None => {
-            parts.push((owner, TxPart::default()));
-            parts.len() - 1
-        }
-    };
-    &mut parts[i].1
 }
 
 fn durable_name(f: &Frame) -> Option<&str> {
