@@ -99,6 +99,16 @@ fn local_transactions_commit_and_roll_back_sends_and_receives() {
 }
 
 #[test]
+fn temporary_queues_carry_replies_across_connections_and_end_with_their_connection() {
+    let b = broker();
+    let printed = java_case(&b, "temporary", &[]);
+    assert!(
+        printed.contains("temporary queues: request/reply and removal"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
     let b = broker();
     java_case(&b, "durable", &[]);

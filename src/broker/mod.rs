@@ -11,6 +11,7 @@ pub mod queue;
 pub mod restore;
 pub mod selector;
 pub mod shard;
+pub mod temporary;
 
 pub use destination::{Destination, DestinationError};
 pub use message::{Message, MessageId, SharedMessage};

@@ -70,6 +70,11 @@ pub enum Op {
         msg: SharedMessage,
         retire: Option<Retire>,
     },
+    /// A temporary destination's connection removed it (or ended): its
+    /// waiting messages go, and so does a queue (see `broker::temporary`).
+    RemoveTemporary {
+        destination: Destination,
+    },
     /// Answered with [`Reply::Fenced`] once everything this connection sent
     /// to this shard before it has been applied (and, with a durable store,
     /// made durable): the basis of every RECEIPT.

@@ -266,6 +266,7 @@ impl ShardBroker {
                     out.push((r.shard, ShardMsg::Reply(Reply::Retire(r))));
                 }
             }
+            Op::RemoveTemporary { destination } => self.remove_temporary(&destination),
             Op::Fence { conn, token } => out.push((
                 conn.shard as usize,
                 ShardMsg::Reply(Reply::Fenced { conn, token }),

@@ -245,6 +245,7 @@ pub fn serve(mut config: Config) -> Result<()> {
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         recovered_commits: Arc::default(),
         openwire_client_ids: Arc::default(),
+        temporary: Arc::default(),
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         fault_tx_crash: shard::TxCrash::from_env(),

@@ -147,6 +147,8 @@ pub struct Shared {
     /// second connection with one in use is refused, as ActiveMQ does.
     /// Touched once per connect and close, never per message.
     pub openwire_client_ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Live temporary destinations (see `broker::temporary`).
+    pub temporary: Arc<crate::broker::temporary::TempDestinations>,
     /// The highest message id counter any shard recovered, published before
     /// `recovered` is passed: every shard's new ids start above it.
     pub recovered_max_id: Arc<std::sync::atomic::AtomicU64>,
@@ -732,6 +734,7 @@ pub async fn run(
             heartbeat_min_ms: shared.heartbeat_min_ms,
             usage: shared.usage.clone(),
             receipt_latency: Rc::default(),
+            temporary: shared.temporary.clone(),
         });
         let ctx = Rc::new(ShardContext {
             id,

@@ -14,6 +14,7 @@ import javax.jms.MessageConsumer;
 import javax.jms.MessageProducer;
 import javax.jms.Queue;
 import javax.jms.Session;
+import javax.jms.TemporaryQueue;
 import javax.jms.TextMessage;
 import javax.jms.Topic;
 
@@ -49,6 +50,7 @@ public class OpenWireListener {
                 case "individual-ack": individualAck(); break;
                 case "selector": selector(); break;
                 case "transacted": transacted(); break;
+                case "temporary": temporary(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -284,6 +286,79 @@ public class OpenWireListener {
         check(s2.createConsumer(other).receive(500) == null, "a committed receive came back (other)");
         c2.close();
         System.out.println("transactions committed and rolled back");
+    }
+
+    /**
+     * Temporary queues: request/reply across connections (a replier that
+     * was connected before the temporary queue was made, and one that
+     * connected after), then the queue is gone once deleted, and another
+     * gone with its connection: a send to either is refused.
+     */
+    static void temporary() throws Exception {
+        Connection replier = connect();
+        Session rs = replier.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer requests = rs.createConsumer(rs.createQueue("ow.requests"));
+        MessageProducer replies = rs.createProducer(null);
+
+        Connection requester = connect();
+        Session qs = requester.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TemporaryQueue inbox = qs.createTemporaryQueue();
+        MessageConsumer answers = qs.createConsumer(inbox);
+        MessageProducer asks = qs.createProducer(qs.createQueue("ow.requests"));
+
+        Connection late = connect();
+        Session ls = late.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer lateReplies = ls.createProducer(null);
+
+        for (int i = 0; i < 3; i++) {
+            TextMessage ask = qs.createTextMessage("question-" + i);
+            ask.setJMSReplyTo(inbox);
+            ask.setJMSCorrelationID("c-" + i);
+            asks.send(ask);
+            TextMessage got = receiveText(requests, "question-" + i);
+            check(got.getJMSReplyTo() != null && got.getJMSReplyTo().equals(inbox), "reply-to " + got.getJMSReplyTo());
+            TextMessage answer = rs.createTextMessage("answer-" + i);
+            answer.setJMSCorrelationID(got.getJMSCorrelationID());
+            // The replier connected before the queue was made (it heard of
+            // it), the late one after (it was told what lives).
+            (i == 2 ? lateReplies : replies).send(got.getJMSReplyTo(), answer);
+            TextMessage back = receiveText(answers, "answer-" + i);
+            check(back.getText().equals("answer-" + i), "expected answer-" + i + ", got " + back.getText());
+            check(("c-" + i).equals(back.getJMSCorrelationID()), "correlation id " + back.getJMSCorrelationID());
+        }
+        // Only its own connection may consume from it (the client itself
+        // refuses; the broker would too, for any other client).
+        try {
+            rs.createConsumer(inbox);
+            throw new IllegalStateException("another connection consumed from a temporary queue");
+        } catch (JMSException e) {
+            check(e.getMessage().contains("from another Connection")
+                || e.getMessage().contains("only by the connection that made it"), "says why: " + e.getMessage());
+        }
+        answers.close();
+        inbox.delete();
+        TemporaryQueue second = qs.createTemporaryQueue();
+        requester.close();
+        // A connection that does not watch advisories sends to both: the
+        // broker refuses (persistent sends wait for its answer).
+        ActiveMQConnectionFactory blind = new ActiveMQConnectionFactory(url);
+        blind.setWatchTopicAdvisories(false);
+        Connection b = blind.createConnection("alice", "secret");
+        b.start();
+        Session bs = b.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = bs.createProducer(null);
+        for (TemporaryQueue gone : new TemporaryQueue[] {inbox, second}) {
+            try {
+                p.send(gone, bs.createTextMessage("too late"));
+                throw new IllegalStateException("a send to a removed temporary queue was taken");
+            } catch (JMSException e) {
+                check(e.getMessage().contains("does not exist"), "says why: " + e.getMessage());
+            }
+        }
+        b.close();
+        late.close();
+        replier.close();
+        System.out.println("temporary queues: request/reply and removal");
     }
 
     static Connection connect(String clientId) throws JMSException {

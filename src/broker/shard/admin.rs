@@ -198,6 +198,21 @@ impl ShardBroker {
         Ok(n)
     }
 
+    /// A temporary destination is gone (see `broker::temporary`). Its
+    /// connection closed its consumers first (their Unsubscribe came ahead
+    /// of this, in order), so a queue is deleted with what waits in it;
+    /// one still consumed (it cannot be by another connection) keeps its
+    /// consumers and loses its waiting messages. A topic holds nothing.
+    pub fn remove_temporary(&mut self, dest: &Destination) {
+        let result = match self.delete(dest) {
+            Err(AdminRefusal::InUse(..)) => self.purge(dest),
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::debug!(destination = %dest, error = %e, "removing a temporary destination");
+        }
+    }
+
     /// Deletes an offline durable subscription and its messages, as an
     /// UNSUBSCRIBE that names it would (the same records, in the same
     /// order). Refused while a consumer holds it.

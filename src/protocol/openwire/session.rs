@@ -14,9 +14,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::commands::{
-    self as wire, AckType, Command, ConnectionError, ConsumerId, ConsumerInfo, DestinationKind,
-    ExceptionResponse, KeepAliveInfo, MessageAck, MessageDispatch, MessageKind, ProducerId,
-    RemoveInfo, Response, TransactionId, TransactionInfo, TransactionType,
+    self as wire, AckType, Command, ConnectionError, ConsumerId, ConsumerInfo, DataStructure,
+    DestinationInfo, DestinationKind, ExceptionResponse, KeepAliveInfo, MessageAck,
+    MessageDispatch, MessageKind, ProducerId, RemoveInfo, Response, TransactionId, TransactionInfo,
+    TransactionType,
 };
 use super::compress;
 use super::primitives::Throwable;
@@ -27,6 +28,7 @@ use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
+use crate::broker::temporary::ADVISORY_TOPIC;
 use crate::broker::{Destination, Message, MessageId};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::security::{Decisions, Right, UserInfo};
@@ -62,6 +64,10 @@ struct Consumer {
     durable: Option<DurableName>,
     /// Dispatched, not yet acknowledged, in dispatch order.
     unacked: VecDeque<MessageId>,
+    /// A watcher of the temporary-destination advisories: what it gets
+    /// are announcements (see `broker::temporary`), dispatched as
+    /// ActiveMQ's advisory messages.
+    advisory: bool,
 }
 
 /// What a local transaction did, held until it commits (a rollback drops
@@ -75,6 +81,30 @@ enum TxWork {
     Ack(Settle),
 }
 
+/// An open local transaction.
+#[derive(Debug, Default)]
+struct Tx {
+    work: Vec<TxWork>,
+    /// Bytes of the messages it holds (see [`MAX_TX_BYTES`]).
+    bytes: usize,
+    /// Something it was given was refused: its commit must fail, or it
+    /// would commit without it (the client sends transacted commands
+    /// without waiting, and hears of a refusal only as a ConnectionError).
+    rollback_only: Option<String>,
+}
+
+/// Most message bytes one transaction holds until it commits, and most
+/// sends and acks: a transaction past them is refused (and rolls back)
+/// rather than hold memory every producer of the broker waits on.
+const MAX_TX_BYTES: usize = 64 * 1024 * 1024;
+const MAX_TX_OPS: usize = 100_000;
+
+/// Most transactions one connection keeps open (one per transacted
+/// session is what a client uses).
+const MAX_OPEN_TX: usize = 1024;
+
+const ROLLED_BACK_EXCEPTION: &str = "javax.jms.TransactionRolledBackException";
+
 /// Which of a consumer's unacknowledged messages an ack settles.
 #[derive(Debug, Clone, Copy)]
 struct Settle {
@@ -82,6 +112,8 @@ struct Settle {
     /// The broker ids of the range's ends (`first` None: from the oldest).
     first: Option<u64>,
     last: u64,
+    /// How many messages the client says the range holds (0: not said).
+    count: i32,
     /// Only `last` (INDIVIDUAL_ACKNOWLEDGE).
     individual: bool,
     /// Poison: back to the queue, counted as a failed delivery.
@@ -115,6 +147,14 @@ fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
 const XA_REFUSAL: &str =
     "XA transactions are not supported by Brokk; use a transacted session (local transaction)";
 
+fn rolled_back(message: String) -> Refusal {
+    Refusal {
+        class: ROLLED_BACK_EXCEPTION,
+        message,
+        fatal: false,
+    }
+}
+
 fn unsupported<T>(what: &str) -> Result<T, Refusal> {
     refuse(format!(
         "{what} is not supported by Brokk's OpenWire listener yet"
@@ -136,14 +176,18 @@ pub struct Session {
     durables: HashMap<String, Destination>,
     consumers: HashMap<u64, Consumer>,
     by_consumer_id: HashMap<ConsumerId, u64>,
-    /// Consumers of ActiveMQ's advisory topics, which Brokk does not publish.
+    /// Consumers of ActiveMQ's other advisory topics, which Brokk does not
+    /// publish.
     advisory_consumers: HashSet<ConsumerId>,
+    /// Temporary destinations this connection made (and has not removed):
+    /// the broker's name and the client's.
+    temporaries: Vec<(Destination, wire::Destination)>,
     next_sub: u64,
     /// Responses waiting for fences, by token: shards yet to answer and
     /// the command id to answer.
     pending: HashMap<u64, (usize, i32)>,
     /// Open local transactions (begun, not yet committed or rolled back).
-    transactions: HashMap<TransactionId, Vec<TxWork>>,
+    transactions: HashMap<TransactionId, Tx>,
     next_token: u64,
     /// Sequence of the next dispatch's message id. The client checks
     /// (producer id, sequence) for duplicates within a window: one
@@ -174,6 +218,7 @@ impl Session {
             consumers: HashMap::new(),
             by_consumer_id: HashMap::new(),
             advisory_consumers: HashSet::new(),
+            temporaries: Vec::new(),
             next_sub: 0,
             pending: HashMap::new(),
             transactions: HashMap::new(),
@@ -259,9 +304,7 @@ impl Session {
                 Err(r) => Err(r),
             },
             (_, Command::MessagePull(_)) => unsupported("MessagePull (prefetch 0)"),
-            (_, Command::DestinationInfo(_)) => {
-                unsupported("a temporary destination (DestinationInfo)")
-            }
+            (_, Command::DestinationInfo(d)) => self.destination_info(&d, out),
             (_, Command::RemoveSubscriptionInfo(r)) => self.remove_subscription(&r, out),
             (_, other) => Err(Refusal {
                 class: JMS_EXCEPTION,
@@ -507,15 +550,54 @@ impl Session {
         if let Some(t) = &tx {
             self.open_transaction(t)?;
         }
-        let msg = self.message(m)?;
-        if let Some(work) = tx.and_then(|t| self.transactions.get_mut(&t)) {
+        let msg = match (self.message(m), &tx) {
+            (Ok(msg), _) => msg,
+            (Err(r), Some(t)) => return Err(self.doom(t, r)),
+            (Err(r), None) => return Err(r),
+        };
+        if let Some(t) = tx {
+            self.hold(&t, TxWork::Send(msg))?;
             // Applied at commit; a Response now says only that it is held.
-            work.push(TxWork::Send(msg));
             return Ok(Vec::new());
         }
         let owner = msg.destination.owner(self.cfg.shards);
         out.push(Action::Route(owner, Op::Send(msg)));
         Ok(vec![owner])
+    }
+
+    /// Transaction `t` is to fail at commit because of `r` (which is
+    /// returned, for the client to hear now too).
+    fn doom(&mut self, t: &TransactionId, r: Refusal) -> Refusal {
+        if let Some(tx) = self.transactions.get_mut(t) {
+            tx.rollback_only.get_or_insert_with(|| r.message.clone());
+        }
+        r
+    }
+
+    /// Holds `work` in open transaction `t` until it commits, within
+    /// [`MAX_TX_BYTES`] and [`MAX_TX_OPS`].
+    fn hold(&mut self, t: &TransactionId, work: TxWork) -> Result<(), Refusal> {
+        let bytes = match &work {
+            TxWork::Send(m) => m.body.len() + Message::footprint(&m.properties, &m.body),
+            TxWork::Ack(_) => 0,
+        };
+        let Some(tx) = self.transactions.get_mut(t) else {
+            return refuse("the transaction is over");
+        };
+        if tx.work.len() >= MAX_TX_OPS || tx.bytes + bytes > MAX_TX_BYTES {
+            let r = Refusal {
+                class: "javax.jms.ResourceAllocationException",
+                message: format!(
+                    "a transaction holds at most {MAX_TX_OPS} sends and acks and {} MiB of messages until it commits; this one rolls back",
+                    MAX_TX_BYTES >> 20
+                ),
+                fatal: false,
+            };
+            return Err(self.doom(t, r));
+        }
+        tx.bytes += bytes;
+        tx.work.push(work);
+        Ok(())
     }
 
     /// `t` is an open local transaction of this connection.
@@ -536,14 +618,26 @@ impl Session {
             return refuse("a message without a destination");
         };
         let destination = broker_destination(wire_dest)?;
-        self.decisions
-            .authorize(
-                &self.cfg.security,
-                self.user.as_deref(),
-                &destination,
-                Right::Write,
-            )
-            .or_else(refuse)?;
+        let temporary = is_temporary(wire_dest);
+        if temporary {
+            // Anyone may answer to a live one (request/reply); the rights
+            // in [[users]] name ordinary destinations.
+            if self.cfg.temporary.owner(&destination).is_none() {
+                return refuse(format!(
+                    "temporary destination {} does not exist (its connection removed it or ended)",
+                    wire_dest.physical_name
+                ));
+            }
+        } else {
+            self.decisions
+                .authorize(
+                    &self.cfg.security,
+                    self.user.as_deref(),
+                    &destination,
+                    Right::Write,
+                )
+                .or_else(refuse)?;
+        }
         let mut properties: Vec<Property> = Vec::new();
         let body = match m.kind {
             MessageKind::Text => compress::text(&m, self.max_body_bytes)
@@ -585,7 +679,9 @@ impl Session {
             body,
             priority: m.priority.clamp(0, 9) as u8,
             expires_ms: m.expiration.max(0) as u64,
-            persistent: m.persistent,
+            // A temporary destination does not outlive its connection, so
+            // its messages are never stored (see `broker::temporary`).
+            persistent: m.persistent && !temporary,
             timestamp_ms: if m.timestamp > 0 {
                 m.timestamp as u64
             } else {
@@ -614,6 +710,11 @@ impl Session {
         }
         match TransactionType::from_byte(t.transaction_type) {
             Some(TransactionType::Begin) => {
+                if self.transactions.len() >= MAX_OPEN_TX && !self.transactions.contains_key(id) {
+                    return refuse(format!(
+                        "a connection keeps at most {MAX_OPEN_TX} transactions open"
+                    ));
+                }
                 self.transactions.entry(id.clone()).or_default();
                 Ok(None)
             }
@@ -623,8 +724,13 @@ impl Session {
             }
             Some(TransactionType::CommitOnePhase) => {
                 self.open_transaction(id)?;
-                let work = self.transactions.remove(id).unwrap_or_default();
-                self.commit(work, out)
+                let tx = self.transactions.remove(id).unwrap_or_default();
+                if let Some(why) = tx.rollback_only {
+                    return Err(rolled_back(format!(
+                        "the transaction was rolled back: part of it was refused ({why})"
+                    )));
+                }
+                self.commit(tx.work, out)
             }
             Some(_) => refuse(XA_REFUSAL),
             None => refuse(format!(
@@ -635,6 +741,17 @@ impl Session {
     }
 
     fn commit(&mut self, work: Vec<TxWork>, out: &mut Vec<Action>) -> Result<Option<u64>, Refusal> {
+        // Every ack must still name what it was given for, before any is
+        // settled: a consumer closed meanwhile gave its messages back (they
+        // will come again), and a range that does not hold what the client
+        // counted is not guessed at. Either way nothing is committed.
+        for w in &work {
+            if let TxWork::Ack(settle) = w {
+                self.check_settle(settle).map_err(|why| {
+                    rolled_back(format!("the transaction was rolled back: {why}"))
+                })?;
+            }
+        }
         let mut parts: Vec<(usize, TxPart)> = Vec::new();
         for w in work {
             match w {
@@ -642,7 +759,7 @@ impl Session {
                     let owner = msg.destination.owner(self.cfg.shards);
                     TxPart::of(&mut parts, owner).sends.push(msg);
                 }
-                // A consumer closed meanwhile gave its messages back.
+                // None: settled by an earlier ack of the same transaction.
                 TxWork::Ack(settle) => {
                     if let Some((owner, destination, consumer, ids)) = self.settle(settle) {
                         TxPart::of(&mut parts, owner).acks.push(TxAck {
@@ -669,6 +786,145 @@ impl Session {
         Ok(Some(token))
     }
 
+    /// Makes (operation 0) or removes (1) a temporary destination, and
+    /// announces it on the advisory topic. DestinationInfo for an ordinary
+    /// destination changes nothing (destinations exist when used).
+    fn destination_info(
+        &mut self,
+        d: &DestinationInfo,
+        out: &mut Vec<Action>,
+    ) -> Result<Vec<usize>, Refusal> {
+        let Some(wire_dest) = &d.destination else {
+            return refuse("a DestinationInfo without a destination");
+        };
+        if !is_temporary(wire_dest) {
+            return Ok(Vec::new());
+        }
+        let destination = broker_destination(wire_dest)?;
+        match d.operation_type {
+            0 => {
+                if !self.cfg.temporary.add(&destination, self.conn) {
+                    return refuse(format!(
+                        "temporary destination {} belongs to another connection",
+                        wire_dest.physical_name
+                    ));
+                }
+                if !self.temporaries.iter().any(|(t, _)| *t == destination) {
+                    self.temporaries.push((destination, wire_dest.clone()));
+                }
+                Ok(vec![self.announce(wire_dest, true, out)])
+            }
+            1 => {
+                let Some(k) = self.temporaries.iter().position(|(t, _)| *t == destination) else {
+                    return refuse(format!(
+                        "temporary destination {} is not this connection's",
+                        wire_dest.physical_name
+                    ));
+                };
+                if self
+                    .consumers
+                    .values()
+                    .any(|c| c.destination == destination)
+                {
+                    return refuse("a consumer is consuming from the temporary destination");
+                }
+                self.temporaries.remove(k);
+                Ok(self.remove_temporary(destination, wire_dest, out))
+            }
+            other => refuse(format!("unknown DestinationInfo operation {other}")),
+        }
+    }
+
+    /// Removes a temporary destination of this connection: from the
+    /// broker-wide list, announced, and its messages (and queue) gone.
+    /// The shards involved.
+    fn remove_temporary(
+        &mut self,
+        destination: Destination,
+        wire_dest: &wire::Destination,
+        out: &mut Vec<Action>,
+    ) -> Vec<usize> {
+        self.cfg.temporary.remove(&destination, self.conn);
+        let advisories = self.announce(wire_dest, false, out);
+        let owner = destination.owner(self.cfg.shards);
+        out.push(Action::Route(owner, Op::RemoveTemporary { destination }));
+        vec![advisories, owner]
+    }
+
+    /// Publishes that `wire_dest` was made (or removed) on the advisory
+    /// topic, as a message every watcher gets; the topic's shard.
+    fn announce(
+        &mut self,
+        wire_dest: &wire::Destination,
+        made: bool,
+        out: &mut Vec<Action>,
+    ) -> usize {
+        let topic = Destination::Topic(ADVISORY_TOPIC.into());
+        let owner = topic.owner(self.cfg.shards);
+        let properties = vec![property(
+            ADVISORY_OPERATION,
+            if made { "add" } else { "remove" },
+        )];
+        let body = Bytes::from(reply_to_header(wire_dest));
+        let footprint = Message::footprint(&properties, &body);
+        let msg = Arc::new(Message {
+            id: self.ids.next(),
+            destination: topic,
+            properties,
+            body,
+            priority: 4,
+            expires_ms: 0,
+            persistent: false,
+            timestamp_ms: now_ms(),
+            charge: self.cfg.usage.charge(footprint),
+        });
+        out.push(Action::Route(owner, Op::Send(msg)));
+        owner
+    }
+
+    /// An advisory for consumer `sub`: `wire_dest` was made or removed.
+    /// `id`: the broker message it comes from (acknowledged as any), or
+    /// None for one made up from the list of live ones.
+    fn advisory_dispatch(
+        &mut self,
+        sub: u64,
+        wire_dest: &wire::Destination,
+        made: bool,
+        id: Option<MessageId>,
+    ) -> Option<Command> {
+        let c = self.consumers.get_mut(&sub)?;
+        let mut msg = wire::Message::new(MessageKind::Message);
+        msg.destination = Some(c.wire_destination.clone());
+        msg.data_structure = Some(DataStructure::Command(Box::new(Command::DestinationInfo(
+            DestinationInfo {
+                destination: Some(wire_dest.clone()),
+                operation_type: if made { 0 } else { 1 },
+                ..DestinationInfo::default()
+            },
+        ))));
+        let broker_id = id.unwrap_or_else(|| self.ids.next());
+        msg.message_id = Some(wire::MessageId {
+            text_view: Some(format!("{MESSAGE_ID_PREFIX}{broker_id}")),
+            producer_id: Some(self.dispatch_producer.clone()),
+            producer_sequence_id: self.next_dispatch,
+            broker_sequence_id: broker_id as i64,
+        });
+        self.next_dispatch += 1;
+        msg.producer_id = Some(self.dispatch_producer.clone());
+        if id.is_some() {
+            c.unacked.push_back(broker_id);
+        }
+        Some(
+            MessageDispatch {
+                consumer_id: Some(c.id.clone()),
+                destination: Some(c.wire_destination.clone()),
+                message: Some(Box::new(msg)),
+                ..MessageDispatch::default()
+            }
+            .into(),
+        )
+    }
+
     fn subscribe(&mut self, c: ConsumerInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
         let Some(consumer_id) = c.consumer_id else {
             return refuse("a ConsumerInfo without a consumer id");
@@ -679,14 +935,25 @@ impl Session {
         let Some(wire_destination) = c.destination else {
             return refuse("a ConsumerInfo without a destination");
         };
-        if is_advisory(&wire_destination) {
-            // ActiveMQ's client watches the temporary-destination
-            // advisories on every connection; Brokk publishes none, so
-            // the consumer is accepted and never gets a message.
+        let advisory = is_temp_advisory(&wire_destination);
+        if is_advisory(&wire_destination) && !advisory {
+            // Brokk publishes no other advisories: the consumer is
+            // accepted and never gets a message.
             self.advisory_consumers.insert(consumer_id);
             return Ok(Vec::new());
         }
-        let destination = broker_destination(&wire_destination)?;
+        let destination = if advisory {
+            Destination::Topic(ADVISORY_TOPIC.into())
+        } else {
+            broker_destination(&wire_destination)?
+        };
+        let temporary = is_temporary(&wire_destination);
+        if temporary && self.cfg.temporary.owner(&destination) != Some(self.conn) {
+            return refuse(format!(
+                "temporary destination {} can be consumed only by the connection that made it, while it exists",
+                wire_destination.physical_name
+            ));
+        }
         if c.browser {
             return unsupported("a queue browser");
         }
@@ -698,14 +965,16 @@ impl Session {
         if c.prefetch_size <= 0 {
             return unsupported("prefetch 0 (MessagePull)");
         }
-        self.decisions
-            .authorize(
-                &self.cfg.security,
-                self.user.as_deref(),
-                &destination,
-                Right::Read,
-            )
-            .or_else(refuse)?;
+        if !temporary && !advisory {
+            self.decisions
+                .authorize(
+                    &self.cfg.security,
+                    self.user.as_deref(),
+                    &destination,
+                    Right::Read,
+                )
+                .or_else(refuse)?;
+        }
         let selector = match c.selector.as_deref().filter(|s| !s.trim().is_empty()) {
             None => None,
             Some(text) => match Selector::parse(text) {
@@ -735,8 +1004,17 @@ impl Session {
                 wire_destination,
                 durable: durable.clone(),
                 unacked: VecDeque::new(),
+                advisory,
             },
         );
+        if advisory {
+            // What lives already: announced before anything newer (a name
+            // made meanwhile may come twice; the client keeps a set).
+            for d in self.cfg.temporary.all() {
+                let cmd = self.advisory_dispatch(sub, &wire_temporary(&d), true, None);
+                out.extend(cmd.map(Action::Write));
+            }
+        }
         out.push(Action::Route(
             owner,
             Op::Subscribe(SubscribeOp {
@@ -773,10 +1051,17 @@ impl Session {
             // Producers hold nothing on the broker side yet.
             _ => Vec::new(),
         };
-        Ok(subs
+        let mut shards: Vec<usize> = subs
             .into_iter()
             .filter_map(|sub| self.close_consumer(sub, out))
-            .collect())
+            .collect();
+        if matches!(r.object_id, Some(wire::DataStructure::ConnectionId(_))) {
+            // Its temporary destinations end with it (after its consumers).
+            for (destination, wire_dest) in std::mem::take(&mut self.temporaries) {
+                shards.extend(self.remove_temporary(destination, &wire_dest, out));
+            }
+        }
+        Ok(shards)
     }
 
     /// Closes one consumer; what it had not acknowledged goes back to its
@@ -796,19 +1081,50 @@ impl Session {
         Some(owner)
     }
 
-    /// The connection is gone: every consumer closes.
+    /// The connection is gone: every consumer closes, then its temporary
+    /// destinations go (after the consumers: their messages come back to
+    /// the queue first, in order on its shard, and go with it).
     pub fn teardown(&mut self, out: &mut Vec<Action>) {
         self.phase = Phase::Closed;
         let subs: Vec<u64> = self.consumers.keys().copied().collect();
         for sub in subs {
             self.close_consumer(sub, out);
         }
+        for (destination, wire_dest) in std::mem::take(&mut self.temporaries) {
+            self.remove_temporary(destination, &wire_dest, out);
+        }
     }
 
     fn ack(&mut self, a: &MessageAck, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        if let Some(t) = &a.transaction_id {
-            self.open_transaction(t)?;
+        let Some(kind) = AckType::from_byte(a.ack_type) else {
+            return refuse(format!("unknown MessageAck type {}", a.ack_type));
+        };
+        // Consuming acks of an open transaction wait for its commit; the
+        // others (and any naming a transaction that is over: the client
+        // sends its POISON ack after the rollback) apply now.
+        let tx = a
+            .transaction_id
+            .clone()
+            .filter(|t| self.transactions.contains_key(t));
+        if tx.is_none() && matches!(kind, AckType::Standard | AckType::Individual) {
+            if let Some(t) = &a.transaction_id {
+                self.open_transaction(t)?;
+            }
         }
+        let result = self.ack_in(a, kind, tx.as_ref(), out);
+        match (result, &tx) {
+            (Err(r), Some(t)) => Err(self.doom(t, r)),
+            (result, _) => result,
+        }
+    }
+
+    fn ack_in(
+        &mut self,
+        a: &MessageAck,
+        kind: AckType,
+        tx: Option<&TransactionId>,
+        out: &mut Vec<Action>,
+    ) -> Result<Vec<usize>, Refusal> {
         let Some(sub) = a
             .consumer_id
             .as_ref()
@@ -817,9 +1133,6 @@ impl Session {
             return refuse("MessageAck for an unknown consumer");
         };
         let sub = *sub;
-        let Some(kind) = AckType::from_byte(a.ack_type) else {
-            return refuse(format!("unknown MessageAck type {}", a.ack_type));
-        };
         let nack = match kind {
             // The client's prefetch window, or a note about redelivery:
             // nothing is consumed.
@@ -841,15 +1154,12 @@ impl Session {
             sub,
             first: broker_id(&a.first_message_id),
             last,
+            count: a.message_count,
             individual: kind == AckType::Individual,
             nack,
         };
-        if let Some(work) = a
-            .transaction_id
-            .as_ref()
-            .and_then(|t| self.transactions.get_mut(t))
-        {
-            work.push(TxWork::Ack(settle));
+        if let Some(t) = tx {
+            self.hold(t, TxWork::Ack(settle))?;
             return Ok(Vec::new());
         }
         let Some((owner, destination, consumer, ids)) = self.settle(settle) else {
@@ -870,6 +1180,44 @@ impl Session {
         };
         out.push(Action::Route(owner, op));
         Ok(vec![owner])
+    }
+
+    /// Whether `s` still names what it was given for (a transacted ack,
+    /// checked at commit): its consumer is open, its last message (and
+    /// first) is unacknowledged, and the range holds as many as the
+    /// client counted.
+    fn check_settle(&self, s: &Settle) -> Result<(), String> {
+        let Some(c) = self.consumers.get(&s.sub) else {
+            return Err("it acknowledges messages of a consumer closed before the commit".into());
+        };
+        let Some(end) = c.unacked.iter().position(|m| *m == s.last) else {
+            return Err(format!(
+                "message {} it acknowledges is not held by its consumer",
+                s.last
+            ));
+        };
+        if s.individual {
+            return Ok(());
+        }
+        let start = match s.first {
+            Some(first) => match c.unacked.iter().position(|m| *m == first) {
+                Some(start) if start <= end => start,
+                _ => {
+                    return Err(format!(
+                        "message {first} it acknowledges is not held by its consumer"
+                    ))
+                }
+            },
+            None => return Err("an acknowledgement without a first message".into()),
+        };
+        let held = end - start + 1;
+        if s.count > 0 && held != s.count as usize {
+            return Err(format!(
+                "it acknowledges {} messages, and its range holds {held}",
+                s.count
+            ));
+        }
+        Ok(())
     }
 
     /// Takes what `s` settles out of its consumer's unacknowledged
@@ -908,6 +1256,18 @@ impl Session {
             // Closed meanwhile: the owner took these back already.
             return;
         };
+        if c.advisory {
+            for d in deliveries {
+                let announced = reply_to_destination(&String::from_utf8_lossy(&d.msg.body));
+                let made = d.msg.properties.iter().any(|(k, v)| {
+                    k.as_ref() == ADVISORY_OPERATION.as_bytes() && v.as_ref() == b"add"
+                });
+                let cmd =
+                    announced.and_then(|w| self.advisory_dispatch(sub, &w, made, Some(d.msg.id)));
+                out.extend(cmd);
+            }
+            return;
+        }
         for d in deliveries {
             let m = &d.msg;
             let mut msg = to_wire_message(m, &c.wire_destination);
@@ -960,18 +1320,46 @@ fn is_advisory(d: &wire::Destination) -> bool {
 /// The broker's destination for an OpenWire one. Temporary and composite
 /// destinations are not supported yet.
 fn broker_destination(d: &wire::Destination) -> Result<Destination, Refusal> {
+    // A temporary destination is a queue or topic named by the client's
+    // generated name (`ID:<connection id>:<n>`), as in ActiveMQ.
     let prefix = match d.kind {
-        DestinationKind::Queue => "/queue/",
-        DestinationKind::Topic => "/topic/",
-        DestinationKind::TempQueue | DestinationKind::TempTopic => {
-            return unsupported("a temporary destination")
-        }
+        DestinationKind::Queue | DestinationKind::TempQueue => "/queue/",
+        DestinationKind::Topic | DestinationKind::TempTopic => "/topic/",
     };
     if d.physical_name.contains(',') {
         return unsupported("a composite destination");
     }
     Destination::parse(&format!("{prefix}{}", d.physical_name)).or_else(|e| refuse(e.to_string()))
 }
+
+fn is_temporary(d: &wire::Destination) -> bool {
+    matches!(
+        d.kind,
+        DestinationKind::TempQueue | DestinationKind::TempTopic
+    )
+}
+
+/// The client's advisory consumer for temporary destinations (ActiveMQ's
+/// `ActiveMQ.Advisory.TempQueue,ActiveMQ.Advisory.TempTopic`).
+fn is_temp_advisory(d: &wire::Destination) -> bool {
+    is_advisory(d) && d.physical_name.contains("ActiveMQ.Advisory.Temp")
+}
+
+/// The client's name of a live temporary destination.
+fn wire_temporary(d: &Destination) -> wire::Destination {
+    wire::Destination {
+        kind: if d.is_topic() {
+            DestinationKind::TempTopic
+        } else {
+            DestinationKind::TempQueue
+        },
+        physical_name: d.name().to_string(),
+    }
+}
+
+/// The property of an announcement on the advisory topic: `add` or
+/// `remove` (the body is the destination, as a `reply-to` header).
+const ADVISORY_OPERATION: &str = "brokk-temporary";
 
 /// `reply-to` as ActiveMQ's STOMP mapping writes it.
 fn reply_to_header(d: &wire::Destination) -> String {
@@ -1074,10 +1462,16 @@ mod tests {
     };
 
     fn session() -> Session {
+        session_on(Rc::new(SessionConfig::for_tests(2)), 1)
+    }
+
+    /// A session on connection `conn` of shard 0, sharing `cfg` (the
+    /// broker-wide temporary destinations) with others.
+    fn session_on(cfg: Rc<SessionConfig>, conn: u64) -> Session {
         let mut s = Session::new(
-            Rc::new(SessionConfig::for_tests(2)),
-            Rc::new(MessageIds::new(0, 0)),
-            ConnRef { shard: 0, conn: 1 },
+            cfg,
+            Rc::new(MessageIds::new(0, conn)),
+            ConnRef { shard: 0, conn },
             1 << 20,
         );
         let mut out = Vec::new();
@@ -1111,6 +1505,13 @@ mod tests {
         m.command_id = command_id;
         m.response_required = persistent;
         m.into()
+    }
+
+    fn text_msg(dest: wire::Destination, persistent: bool, command_id: i32) -> Box<wire::Message> {
+        match text_to(dest, persistent, command_id) {
+            Command::Message(m) => m,
+            _ => unreachable!("text_to makes a Message"),
+        }
     }
 
     fn responses(out: &[Action]) -> Vec<i32> {
@@ -1354,10 +1755,7 @@ mod tests {
         let mut out = Vec::new();
         let t = local_tx(2);
         s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
-        let mut m = match text_to(wire::Destination::queue("q"), false, 11) {
-            Command::Message(m) => m,
-            _ => unreachable!(),
-        };
+        let mut m = text_msg(wire::Destination::queue("q"), false, 11);
         m.transaction_id = Some(t.clone());
         s.handle(Command::Message(m), &mut out);
         let mut ack = ack_of(&ids, AckType::Standard, 0, 3);
@@ -1392,10 +1790,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         out.clear();
-        let mut m = match text_to(wire::Destination::queue("q"), true, 4) {
-            Command::Message(m) => m,
-            _ => unreachable!(),
-        };
+        let mut m = text_msg(wire::Destination::queue("q"), true, 4);
         m.transaction_id = Some(local_tx(9));
         s.handle(Command::Message(m), &mut out);
         assert!(
@@ -1444,16 +1839,14 @@ mod tests {
     }
 
     #[test]
-    fn advisory_consumers_are_accepted_and_get_nothing() {
+    fn other_advisory_consumers_are_accepted_and_get_nothing() {
         let mut s = session();
         let mut out = Vec::new();
         let info = ConsumerInfo {
             command_id: 5,
             response_required: true,
             consumer_id: Some(consumer_id(9)),
-            destination: Some(wire::Destination::topic(
-                "ActiveMQ.Advisory.TempQueue,ActiveMQ.Advisory.TempTopic",
-            )),
+            destination: Some(wire::Destination::topic("ActiveMQ.Advisory.Connection")),
             prefetch_size: 1000,
             ..ConsumerInfo::default()
         };
@@ -1544,5 +1937,158 @@ mod tests {
         assert_eq!(value_to_string(&Value::Bool(true)).as_deref(), Some("true"));
         assert_eq!(value_to_string(&Value::Null), None);
         assert_eq!(value_to_string(&Value::Bytes(Bytes::new())), None);
+    }
+
+    fn exception(out: &[Action]) -> (i32, String, String) {
+        match out {
+            [Action::Write(Command::ExceptionResponse(e))] => {
+                let ex = e.exception.as_ref().unwrap();
+                (
+                    e.correlation_id,
+                    ex.class_name.clone(),
+                    ex.message.clone().unwrap_or_default(),
+                )
+            }
+            other => panic!("expected one ExceptionResponse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transaction_with_a_refused_part_rolls_back_at_commit() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let t = local_tx(3);
+        s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
+        let mut ok = text_msg(wire::Destination::queue("q"), false, 11);
+        ok.transaction_id = Some(t.clone());
+        s.handle(Command::Message(ok), &mut out);
+        let mut map = wire::Message::new(MessageKind::Map);
+        map.destination = Some(wire::Destination::queue("q"));
+        map.transaction_id = Some(t.clone());
+        map.command_id = 12;
+        s.handle(Command::Message(Box::new(map)), &mut out);
+        out.clear();
+        s.handle(tx_info(&t, TransactionType::CommitOnePhase, 13), &mut out);
+        let (id, class, msg) = exception(&out);
+        assert_eq!(
+            (id, class.as_str()),
+            (13, "javax.jms.TransactionRolledBackException")
+        );
+        assert!(msg.contains("MapMessage"), "{msg}");
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn a_commit_whose_ack_lost_its_consumer_or_count_rolls_back() {
+        for closed in [true, false] {
+            let mut s = session();
+            let ids = consumer_with_four(&mut s);
+            let mut out = Vec::new();
+            let t = local_tx(4);
+            s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
+            let mut ack = ack_of(&ids, AckType::Standard, 0, 1);
+            ack.transaction_id = Some(t.clone());
+            // Closed: the consumer gives its messages back before the
+            // commit; not closed: the client counted 3 in a range of 2.
+            ack.message_count = if closed { 2 } else { 3 };
+            s.handle(ack.into(), &mut out);
+            if closed {
+                let remove = RemoveInfo {
+                    object_id: Some(wire::DataStructure::ConsumerId(consumer_id(1))),
+                    ..RemoveInfo::default()
+                };
+                s.handle(remove.into(), &mut out);
+            }
+            out.clear();
+            s.handle(tx_info(&t, TransactionType::CommitOnePhase, 11), &mut out);
+            let (id, class, _) = exception(&out);
+            assert_eq!(
+                (id, class.as_str()),
+                (11, "javax.jms.TransactionRolledBackException")
+            );
+        }
+    }
+
+    #[test]
+    fn a_temporary_queue_lives_with_its_connection_and_is_announced() {
+        let cfg = Rc::new(SessionConfig::for_tests(2));
+        let mut mine = session_on(cfg.clone(), 1);
+        let mut other = session_on(cfg.clone(), 2);
+        let temp = wire::Destination {
+            kind: DestinationKind::TempQueue,
+            physical_name: "ID:c-1:1".into(),
+        };
+        let add = |op: i8, command_id: i32| -> Command {
+            DestinationInfo {
+                command_id,
+                response_required: true,
+                destination: Some(temp.clone()),
+                operation_type: op,
+                ..DestinationInfo::default()
+            }
+            .into()
+        };
+        let mut out = Vec::new();
+        mine.handle(add(0, 5), &mut out);
+        let announced = out.iter().any(|a| {
+            matches!(a, Action::Route(_, Op::Send(m))
+                if m.destination == Destination::Topic(ADVISORY_TOPIC.into()) && !m.persistent)
+        });
+        assert!(announced, "{out:?}");
+        let q = Destination::queue("ID:c-1:1");
+        assert_eq!(cfg.temporary.owner(&q), Some(ConnRef { shard: 0, conn: 1 }));
+        // Another connection's watcher hears of what lives already.
+        out.clear();
+        let watch = ConsumerInfo {
+            consumer_id: Some(consumer_id(9)),
+            destination: Some(wire::Destination {
+                kind: DestinationKind::Topic,
+                physical_name: "ActiveMQ.Advisory.TempQueue,ActiveMQ.Advisory.TempTopic".into(),
+            }),
+            prefetch_size: 1000,
+            ..ConsumerInfo::default()
+        };
+        other.handle(watch.into(), &mut out);
+        let told = out.iter().any(|a| match a {
+            Action::Write(Command::MessageDispatch(d)) => matches!(
+                d.message.as_ref().and_then(|m| m.data_structure.as_ref()),
+                Some(DataStructure::Command(c)) if matches!(&**c, Command::DestinationInfo(i)
+                    if i.destination.as_ref() == Some(&temp) && i.operation_type == 0)
+            ),
+            _ => false,
+        });
+        assert!(told, "{out:?}");
+        // It may send there, not consume from it; a persistent send is
+        // kept in memory only.
+        out.clear();
+        let mut m = text_msg(temp.clone(), true, 6);
+        m.destination = Some(temp.clone());
+        other.handle(Command::Message(m), &mut out);
+        assert!(
+            matches!(out.first(), Some(Action::Route(_, Op::Send(m))) if m.destination == q && !m.persistent),
+            "{out:?}"
+        );
+        out.clear();
+        let steal = ConsumerInfo {
+            command_id: 8,
+            response_required: true,
+            consumer_id: Some(consumer_id(10)),
+            destination: Some(temp.clone()),
+            prefetch_size: 10,
+            ..ConsumerInfo::default()
+        };
+        other.handle(steal.into(), &mut out);
+        assert!(exception(&out)
+            .2
+            .contains("only by the connection that made it"));
+        // Its connection ends: gone, announced, and sends are refused.
+        out.clear();
+        mine.teardown(&mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Route(_, Op::RemoveTemporary { destination }) if *destination == q)));
+        assert_eq!(cfg.temporary.owner(&q), None);
+        out.clear();
+        let m = text_to(temp.clone(), true, 7);
+        other.handle(m, &mut out);
+        assert!(exception(&out).2.contains("does not exist"));
     }
 }

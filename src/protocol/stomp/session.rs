@@ -33,6 +33,8 @@ pub struct SessionConfig {
     /// The shard's receipt latencies (request read to RECEIPT queued),
     /// for the admin side's histogram.
     pub receipt_latency: Rc<LatencyHistogram>,
+    /// The live temporary destinations, broker-wide (OpenWire's).
+    pub temporary: Arc<crate::broker::temporary::TempDestinations>,
 }
 
 #[cfg(test)]
@@ -46,6 +48,7 @@ impl SessionConfig {
             heartbeat_min_ms: 1000,
             usage: Arc::new(MemoryUsage::default()),
             receipt_latency: Rc::default(),
+            temporary: Arc::default(),
         }
     }
 }
