@@ -54,6 +54,12 @@ fn java_case(broker: &Broker, case: &str, extra: &[&str]) -> String {
     printed
 }
 
+/// Runs one case and checks that it printed `said`.
+fn java_case_says(broker: &Broker, case: &str, said: &str) {
+    let printed = java_case(broker, case, &[]);
+    assert!(printed.contains(said), "{printed}");
+}
+
 fn broker() -> Broker {
     Broker::start_with_config(Some(USERS), &["--shards", "2"])
 }
@@ -91,21 +97,23 @@ fn consumer_selectors_pick_messages_and_a_bad_one_is_refused() {
 #[test]
 fn local_transactions_commit_and_roll_back_sends_and_receives() {
     let b = broker();
-    let printed = java_case(&b, "transacted", &[]);
-    assert!(
-        printed.contains("transactions committed and rolled back"),
-        "{printed}"
-    );
+    java_case_says(&b, "transacted", "transactions committed and rolled back");
 }
 
 #[test]
 fn temporary_queues_carry_replies_across_connections_and_end_with_their_connection() {
     let b = broker();
-    let printed = java_case(&b, "temporary", &[]);
-    assert!(
-        printed.contains("temporary queues: request/reply and removal"),
-        "{printed}"
+    java_case_says(
+        &b,
+        "temporary",
+        "temporary queues: request/reply and removal",
     );
+}
+
+#[test]
+fn map_stream_and_object_messages_come_back_as_sent() {
+    let b = broker();
+    java_case_says(&b, "message-kinds", "map, stream and object messages");
 }
 
 #[test]
@@ -117,20 +125,20 @@ fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() 
 #[test]
 fn a_client_id_is_one_connections_at_a_time() {
     let b = broker();
-    let printed = java_case(&b, "client-id", &[]);
-    assert!(
-        printed.contains("second refused: client id 'only-one' is already connected"),
-        "{printed}"
+    java_case_says(
+        &b,
+        "client-id",
+        "second refused: client id 'only-one' is already connected",
     );
 }
 
 #[test]
 fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
     let b = broker();
-    let printed = java_case(&b, "bad-password", &[]);
-    assert!(
-        printed.contains("refused: javax.jms.JMSSecurityException: Authentication failed"),
-        "{printed}"
+    java_case_says(
+        &b,
+        "bad-password",
+        "refused: javax.jms.JMSSecurityException: Authentication failed",
     );
 }
 

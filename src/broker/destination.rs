@@ -10,6 +10,13 @@ use thiserror::Error;
 /// name). Every mode keeps it, so a broker can move between modes.
 pub const MAX_NAME_BYTES: usize = 242;
 
+/// Names under these prefixes are the broker's own: temporary destinations
+/// (`$temp:` and the client's generated name, see `broker::temporary`) and
+/// the announcements of them. No client names one directly, so none can
+/// read another connection's temporary queue or forge an announcement.
+pub const TEMPORARY_PREFIX: &str = "$temp:";
+pub const ADVISORY_PREFIX: &str = "$advisory:";
+
 /// The longest client id and durable subscription name (`ACTIVEMQ_ACKS`'s
 /// `CLIENT_ID` and `SUB_NAME` are `varchar(250)`).
 pub const MAX_SUB_NAME_BYTES: usize = 250;
@@ -30,6 +37,8 @@ pub enum DestinationError {
     TooLong,
     #[error("destination '{0}' contains a control character or whitespace")]
     BadCharacter(String),
+    #[error("destination '{0}': names starting with '$temp:' or '$advisory:' are reserved for the broker")]
+    Reserved(String),
 }
 
 impl Destination {
@@ -51,6 +60,9 @@ impl Destination {
         if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(DestinationError::BadCharacter(short(s)));
         }
+        if name.starts_with(TEMPORARY_PREFIX) || name.starts_with(ADVISORY_PREFIX) {
+            return Err(DestinationError::Reserved(short(s)));
+        }
         Ok(if queue {
             Destination::Queue(name.into())
         } else {
@@ -70,6 +82,28 @@ impl Destination {
 
     pub fn is_topic(&self) -> bool {
         matches!(self, Destination::Topic(_))
+    }
+
+    /// A temporary queue or topic named by its client as `client_name`
+    /// (see [`TEMPORARY_PREFIX`]).
+    pub fn temporary(client_name: &str, topic: bool) -> Destination {
+        let name: Arc<str> = format!("{TEMPORARY_PREFIX}{client_name}").into();
+        if topic {
+            Destination::Topic(name)
+        } else {
+            Destination::Queue(name)
+        }
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        self.name().starts_with(TEMPORARY_PREFIX)
+    }
+
+    /// A temporary destination's name as its client knows it.
+    pub fn client_name(&self) -> &str {
+        self.name()
+            .strip_prefix(TEMPORARY_PREFIX)
+            .unwrap_or(self.name())
     }
 
     /// The shard that owns this destination: a pure function of the name, so

@@ -62,6 +62,14 @@ pub enum Op {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
     },
+    /// The consumer's client handed `count` more deliveries to the
+    /// application without acknowledging them: extend its prefetch by that
+    /// much until they are (JMS's DELIVERED ack).
+    Delivered {
+        destination: Destination,
+        consumer: ConsumerKey,
+        count: u32,
+    },
     /// A message moving to the dead-letter queue. Its owner answers with
     /// [`Reply::Retire`] once the copy is durable; only then does the shard
     /// it came from journal that it left there, so a crash in between can

@@ -42,12 +42,35 @@ pub struct Delivery {
     pub redelivered: bool,
 }
 
+/// Most a consumer's prefetch grows by DELIVERED acks: a client that
+/// says it handed everything to its application must not take a whole
+/// backlog into the broker's in-flight messages.
+const MAX_EXTENSION: u32 = 65_536;
+
 #[derive(Debug)]
 struct Consumer {
     key: ConsumerKey,
     prefetch: u32,
     in_flight: u32,
+    /// Messages the client says it handed to the application without
+    /// acknowledging them yet (JMS's DELIVERED ack, sent by a transacted or
+    /// CLIENT_ACKNOWLEDGE session): they stop counting against the prefetch
+    /// until acknowledged, or the session could never receive more than
+    /// its prefetch before it commits. Never more than `in_flight`.
+    extension: u32,
     selector: Option<Selector>,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        self.in_flight < self.prefetch.saturating_add(self.extension)
+    }
+
+    fn credit(&self) -> u32 {
+        self.prefetch
+            .saturating_add(self.extension)
+            .saturating_sub(self.in_flight)
+    }
 }
 
 /// What came back from consumers.
@@ -196,11 +219,7 @@ impl MessageQueue {
         let target = if pressure {
             min_window
         } else {
-            let credit: usize = self
-                .consumers
-                .iter()
-                .map(|c| c.prefetch.saturating_sub(c.in_flight) as usize)
-                .sum();
+            let credit: usize = self.consumers.iter().map(|c| c.credit() as usize).sum();
             credit + lookahead
         };
         let floor = usize::from(ahead == 0);
@@ -271,6 +290,7 @@ impl MessageQueue {
             key,
             prefetch: prefetch.max(1),
             in_flight: 0,
+            extension: 0,
             selector,
         });
     }
@@ -337,13 +357,30 @@ impl MessageQueue {
         let n = self.consumers.len();
         (0..n)
             .map(|i| (self.next + i) % n)
-            .find(|&i| self.consumers[i].in_flight < self.consumers[i].prefetch)
+            .find(|&i| self.consumers[i].has_credit())
     }
 
     fn release_credit(&mut self, key: ConsumerKey, n: u32) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
             c.in_flight = c.in_flight.saturating_sub(n);
+            c.extension = c.extension.min(c.in_flight);
         }
+    }
+
+    /// `key`'s client handed `n` more of its deliveries to the application
+    /// without acknowledging them (see `Consumer::extension`): that much
+    /// more may be dispatched to it. Returns whether it gained credit.
+    pub fn extend_credit(&mut self, key: ConsumerKey, n: u32) -> bool {
+        let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
+            return false;
+        };
+        let before = c.extension;
+        c.extension = c
+            .extension
+            .saturating_add(n)
+            .min(c.in_flight)
+            .min(MAX_EXTENSION);
+        c.extension > before
     }
 
     /// Acknowledges messages delivered to `key`; ids it does not hold are
@@ -528,6 +565,29 @@ mod tests {
             .iter()
             .map(|(k, d)| (k.sub, d.msg.id))
             .collect()
+    }
+
+    #[test]
+    fn delivered_messages_stop_counting_against_the_prefetch_until_acked() {
+        let mut q = MessageQueue::default();
+        let k = key(1);
+        q.add_consumer(k, 1);
+        for id in 1..=5 {
+            q.enqueue(msg(id, 4, 0));
+        }
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(d.deliveries.len(), 1, "prefetch 1");
+        assert!(q.extend_credit(k, 1), "handed to the application");
+        q.dispatch(0, &mut d);
+        assert_eq!(d.deliveries.len(), 2, "one more");
+        assert!(q.extend_credit(k, 5), "up to what is in flight");
+        assert!(!q.extend_credit(k, 5), "never past what is in flight");
+        q.dispatch(0, &mut d);
+        assert_eq!(d.deliveries.len(), 3);
+        assert_eq!(q.ack(k, &[1, 2, 3]).len(), 3);
+        q.dispatch(0, &mut d);
+        assert_eq!(d.deliveries.len(), 4, "acked: back to the plain prefetch");
     }
 
     #[test]

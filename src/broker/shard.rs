@@ -34,6 +34,10 @@ pub struct BrokerSettings {
     pub shards: usize,
     pub max_redeliveries: u32,
     pub dead_letter_queue: Destination,
+    /// The live temporary destinations: a message for one that is gone
+    /// (sent before its removal, arriving after) is dropped, not left in a
+    /// queue nobody can consume.
+    pub temporary: std::sync::Arc<super::temporary::TempDestinations>,
 }
 
 /// A subscription to a topic: a queue of its own with at most one consumer.
@@ -257,6 +261,19 @@ impl ShardBroker {
                 let sub = self.durable_of(&destination, consumer);
                 self.came_back(&destination, sub.as_ref(), back, out);
                 self.dispatch_one(&destination, consumer, out);
+            }
+            Op::Delivered {
+                destination,
+                consumer,
+                count,
+            } => {
+                let gained = match self.queue_of(&destination, consumer) {
+                    Some((_, q)) => q.extend_credit(consumer, count),
+                    None => return,
+                };
+                if gained {
+                    self.dispatch_one(&destination, consumer, out);
+                }
             }
             Op::DeadLetter { msg, retire } => {
                 // Without a runtime that waits for durability (see
@@ -490,6 +507,9 @@ impl ShardBroker {
         at: Option<RecordAt>,
         out: &mut Outbox,
     ) {
+        if self.temporary_gone(&msg.destination) {
+            return;
+        }
         match &msg.destination {
             Destination::Queue(name) => {
                 let q = self.queues.entry(name.clone()).or_default();
@@ -589,7 +609,19 @@ impl ShardBroker {
         self.store.borrow_mut().release(tx);
     }
 
+    /// `d` is a temporary destination whose connection removed it.
+    fn temporary_gone(&self, d: &Destination) -> bool {
+        let gone = d.is_temporary() && self.settings.temporary.owner(d).is_none();
+        if gone {
+            tracing::debug!(destination = %d, "a message for a removed temporary destination is dropped");
+        }
+        gone
+    }
+
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
+        if self.temporary_gone(&msg.destination) {
+            return;
+        }
         match &msg.destination {
             Destination::Queue(name) => {
                 let mut at = None;

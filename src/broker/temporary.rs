@@ -15,8 +15,13 @@ use super::ops::ConnRef;
 use super::Destination;
 
 /// Where the broker announces temporary destinations made and removed
-/// (ActiveMQ's `ActiveMQ.Advisory.TempQueue` and `TempTopic` in one).
-pub const ADVISORY_TOPIC: &str = "ActiveMQ.Advisory.TempDestination";
+/// (ActiveMQ's `ActiveMQ.Advisory.TempQueue` and `TempTopic` in one); a
+/// reserved name (see `destination::ADVISORY_PREFIX`): only the broker
+/// publishes there.
+pub const ADVISORY_TOPIC: &str = "$advisory:temporary-destinations";
+
+/// Temporary destinations one connection may have at once.
+pub const MAX_PER_CONNECTION: usize = 1000;
 
 /// The live temporary destinations and the connection that made each.
 #[derive(Debug, Default)]
@@ -72,7 +77,7 @@ mod tests {
     fn a_name_belongs_to_the_connection_that_made_it_until_it_removes_it() {
         let t = TempDestinations::default();
         let (a, b) = (ConnRef { shard: 0, conn: 1 }, ConnRef { shard: 1, conn: 1 });
-        let q = Destination::queue("ID:x:1:1");
+        let q = Destination::temporary("ID:x:1:1", false);
         assert!(t.add(&q, a));
         assert!(!t.add(&q, b), "another connection's name");
         assert_eq!(t.owner(&q), Some(a));

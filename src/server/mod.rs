@@ -209,12 +209,14 @@ pub fn serve(mut config: Config) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     let shared_db = db.clone();
+    let temporary = Arc::new(crate::broker::temporary::TempDestinations::default());
     let shared = Shared {
         shards,
         settings: BrokerSettings {
             shards,
             max_redeliveries: config.broker.max_redeliveries,
             dead_letter_queue: Destination::queue(&config.broker.dead_letter_queue),
+            temporary: temporary.clone(),
         },
         limits: Limits {
             max_frame_size,
@@ -245,7 +247,7 @@ pub fn serve(mut config: Config) -> Result<()> {
         recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         recovered_commits: Arc::default(),
         openwire_client_ids: Arc::default(),
-        temporary: Arc::default(),
+        temporary,
         in_flight: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         fault_tx_crash: shard::TxCrash::from_env(),

@@ -9,6 +9,9 @@ import javax.jms.Connection;
 import javax.jms.DeliveryMode;
 import javax.jms.JMSException;
 import javax.jms.JMSSecurityException;
+import javax.jms.MapMessage;
+import javax.jms.ObjectMessage;
+import javax.jms.StreamMessage;
 import javax.jms.Message;
 import javax.jms.MessageConsumer;
 import javax.jms.MessageProducer;
@@ -51,6 +54,7 @@ public class OpenWireListener {
                 case "selector": selector(); break;
                 case "transacted": transacted(); break;
                 case "temporary": temporary(); break;
+                case "message-kinds": messageKinds(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -285,6 +289,28 @@ public class OpenWireListener {
         check(s2.createConsumer(q).receive(1000) == null, "a committed receive came back");
         check(s2.createConsumer(other).receive(500) == null, "a committed receive came back (other)");
         c2.close();
+        // With prefetch 1 a transacted consumer still receives more than
+        // one message before it commits: its DELIVERED acks widen the window.
+        ActiveMQConnectionFactory one = new ActiveMQConnectionFactory(url + "?jms.prefetchPolicy.all=1");
+        Connection c3 = one.createConnection("alice", "secret");
+        c3.start();
+        Session t3 = c3.createSession(true, Session.SESSION_TRANSACTED);
+        Queue narrow = t3.createQueue("ow.tx.prefetch-1");
+        MessageProducer p3 = t3.createProducer(narrow);
+        for (int i = 0; i < 5; i++) {
+            p3.send(t3.createTextMessage("p1-" + i));
+        }
+        t3.commit();
+        MessageConsumer slow = t3.createConsumer(narrow);
+        for (int i = 0; i < 5; i++) {
+            TextMessage m = receiveText(slow, "p1-" + i + " before the commit");
+            check(m.getText().equals("p1-" + i), "expected p1-" + i + ", got " + m.getText());
+        }
+        t3.commit();
+        slow.close();
+        Session plain3 = c3.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        check(plain3.createConsumer(narrow).receive(500) == null, "a committed receive came back (prefetch 1)");
+        c3.close();
         System.out.println("transactions committed and rolled back");
     }
 
@@ -359,6 +385,57 @@ public class OpenWireListener {
         late.close();
         replier.close();
         System.out.println("temporary queues: request/reply and removal");
+    }
+
+    /**
+     * Map, Stream and Object messages come back as what they were sent as,
+     * with every value (and compressed, too).
+     */
+    static void messageKinds() throws Exception {
+        for (boolean compressed : new boolean[] {false, true}) {
+            ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url);
+            f.setUseCompression(compressed);
+            Connection c = f.createConnection("alice", "secret");
+            c.start();
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            Queue q = s.createQueue("ow.kinds");
+            MessageProducer p = s.createProducer(q);
+            MapMessage map = s.createMapMessage();
+            map.setString("name", "widget");
+            map.setInt("count", 42);
+            map.setDouble("price", 9.5);
+            map.setBoolean("fresh", true);
+            map.setBytes("raw", new byte[] {1, 2, 3});
+            p.send(map);
+            StreamMessage stream = s.createStreamMessage();
+            stream.writeString("first");
+            stream.writeLong(7L);
+            stream.writeBoolean(false);
+            p.send(stream);
+            // A class the client trusts to deserialize by default.
+            String object = "a serialized object";
+            p.send(s.createObjectMessage(object));
+            MessageConsumer consumer = s.createConsumer(q);
+            Message m1 = consumer.receive(WAIT_MS);
+            check(m1 instanceof MapMessage, "expected a MapMessage, got " + m1);
+            MapMessage gm = (MapMessage) m1;
+            check("widget".equals(gm.getString("name")), "name " + gm.getString("name"));
+            check(gm.getInt("count") == 42, "count " + gm.getInt("count"));
+            check(gm.getDouble("price") == 9.5, "price");
+            check(gm.getBoolean("fresh"), "fresh");
+            check(java.util.Arrays.equals(gm.getBytes("raw"), new byte[] {1, 2, 3}), "raw");
+            Message m2 = consumer.receive(WAIT_MS);
+            check(m2 instanceof StreamMessage, "expected a StreamMessage, got " + m2);
+            StreamMessage gs = (StreamMessage) m2;
+            check("first".equals(gs.readString()), "stream string");
+            check(gs.readLong() == 7L, "stream long");
+            check(!gs.readBoolean(), "stream boolean");
+            Message m3 = consumer.receive(WAIT_MS);
+            check(m3 instanceof ObjectMessage, "expected an ObjectMessage, got " + m3);
+            check(object.equals(((ObjectMessage) m3).getObject()), "object " + ((ObjectMessage) m3).getObject());
+            c.close();
+        }
+        System.out.println("map, stream and object messages");
     }
 
     static Connection connect(String clientId) throws JMSException {

@@ -22,7 +22,7 @@ impl MessageQueue {
         for p in (0..self.pending.len()).rev() {
             let mut i = 0;
             while i < self.pending[p].len() {
-                if !self.consumers.iter().any(|c| c.in_flight < c.prefetch) {
+                if !self.consumers.iter().any(|c| c.has_credit()) {
                     return;
                 }
                 let Some(entry) = self.pending[p].get(i) else {
@@ -42,7 +42,7 @@ impl MessageQueue {
                 let n = self.consumers.len();
                 let taker = (0..n).map(|k| (self.next + k) % n).find(|&ci| {
                     let c = &self.consumers[ci];
-                    c.in_flight < c.prefetch && admits(c.selector.as_ref(), &subject)
+                    c.has_credit() && admits(c.selector.as_ref(), &subject)
                 });
                 let Some(ci) = taker else {
                     i += 1;

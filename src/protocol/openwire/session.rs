@@ -22,20 +22,22 @@ use super::commands::{
 use super::compress;
 use super::primitives::Throwable;
 use super::properties::{PropertyMap, Value};
-use crate::broker::destination::MAX_SUB_NAME_BYTES;
+use crate::broker::destination::{MAX_NAME_BYTES, MAX_SUB_NAME_BYTES, TEMPORARY_PREFIX};
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
-use crate::broker::temporary::ADVISORY_TOPIC;
+use crate::broker::temporary::{ADVISORY_TOPIC, MAX_PER_CONNECTION};
 use crate::broker::{Destination, Message, MessageId};
 use crate::protocol::stomp::session::SessionConfig;
 use crate::security::{Decisions, Right, UserInfo};
 
-/// The property that says a message was sent as a BytesMessage, so that
-/// it comes back to an OpenWire consumer as one even when its bytes are
-/// valid UTF-8. STOMP consumers see it as a header.
+/// The property that says a message was sent as a BytesMessage (`bytes`),
+/// so that it comes back to an OpenWire consumer as one even when its bytes
+/// are valid UTF-8, or as a MapMessage, StreamMessage or ObjectMessage
+/// (`map`, `stream`, `object`: the body is then ActiveMQ's marshalled
+/// form). STOMP consumers see it as a header.
 pub const BODY_KIND_PROPERTY: &str = "brokk-body";
 
 /// What the connection must do on the session's behalf.
@@ -112,8 +114,6 @@ struct Settle {
     /// The broker ids of the range's ends (`first` None: from the oldest).
     first: Option<u64>,
     last: u64,
-    /// How many messages the client says the range holds (0: not said).
-    count: i32,
     /// Only `last` (INDIVIDUAL_ACKNOWLEDGE).
     individual: bool,
     /// Poison: back to the queue, counted as a failed delivery.
@@ -182,6 +182,9 @@ pub struct Session {
     /// Temporary destinations this connection made (and has not removed):
     /// the broker's name and the client's.
     temporaries: Vec<(Destination, wire::Destination)>,
+    /// Advisory watchers waiting for their subscription to be in place,
+    /// by fence token: then they are told what lives (see `fenced`).
+    snapshots: HashMap<u64, u64>,
     next_sub: u64,
     /// Responses waiting for fences, by token: shards yet to answer and
     /// the command id to answer.
@@ -219,6 +222,7 @@ impl Session {
             by_consumer_id: HashMap::new(),
             advisory_consumers: HashSet::new(),
             temporaries: Vec::new(),
+            snapshots: HashMap::new(),
             next_sub: 0,
             pending: HashMap::new(),
             transactions: HashMap::new(),
@@ -416,6 +420,13 @@ impl Session {
 
     /// A shard has applied everything up to fence `token`.
     pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        if let Some(sub) = self.snapshots.remove(&token) {
+            for d in self.cfg.temporary.all() {
+                let cmd = self.advisory_dispatch(sub, &wire_temporary(&d), true, None);
+                out.extend(cmd.map(Action::Write));
+            }
+            return;
+        }
         let Some((remaining, command_id)) = self.pending.get_mut(&token) else {
             return;
         };
@@ -650,9 +661,25 @@ impl Session {
                     .or_else(|e| refuse(format!("cannot read the BytesMessage's body: {e}")))?
             }
             MessageKind::Message => Bytes::new(),
-            MessageKind::Map => return unsupported("MapMessage"),
-            MessageKind::Stream => return unsupported("StreamMessage"),
-            MessageKind::Object => return unsupported("ObjectMessage"),
+            // Kept as the client marshalled them (inflated if compressed),
+            // and given back as the same kind: a map and a stream are
+            // checked first, an object (Java serialization) never opened.
+            MessageKind::Map | MessageKind::Stream | MessageKind::Object => {
+                let (name, kind) = match m.kind {
+                    MessageKind::Map => ("MapMessage", "map"),
+                    MessageKind::Stream => ("StreamMessage", "stream"),
+                    _ => ("ObjectMessage", "object"),
+                };
+                let checked = match m.kind {
+                    MessageKind::Map => compress::map(&m, self.max_body_bytes).map(drop),
+                    MessageKind::Stream => compress::stream(&m, self.max_body_bytes).map(drop),
+                    _ => Ok(()),
+                };
+                checked.or_else(|e| refuse(format!("cannot read the {name}'s body: {e}")))?;
+                properties.push(property(BODY_KIND_PROPERTY, kind));
+                compress::plain_content(&m, self.max_body_bytes)
+                    .or_else(|e| refuse(format!("cannot read the {name}'s body: {e}")))?
+            }
         };
         if let Some(c) = &m.correlation_id {
             properties.push(property("correlation-id", c));
@@ -803,13 +830,23 @@ impl Session {
         let destination = broker_destination(wire_dest)?;
         match d.operation_type {
             0 => {
+                let known = self.temporaries.iter().any(|(t, _)| *t == destination);
+                if !known && self.temporaries.len() >= MAX_PER_CONNECTION {
+                    return Err(Refusal {
+                        class: "javax.jms.ResourceAllocationException",
+                        message: format!(
+                            "a connection has at most {MAX_PER_CONNECTION} temporary destinations"
+                        ),
+                        fatal: false,
+                    });
+                }
                 if !self.cfg.temporary.add(&destination, self.conn) {
                     return refuse(format!(
                         "temporary destination {} belongs to another connection",
                         wire_dest.physical_name
                     ));
                 }
-                if !self.temporaries.iter().any(|(t, _)| *t == destination) {
+                if !known {
                     self.temporaries.push((destination, wire_dest.clone()));
                 }
                 Ok(vec![self.announce(wire_dest, true, out)])
@@ -962,6 +999,10 @@ impl Session {
             c.selector.as_deref(),
             &destination,
         )?;
+        if durable.is_some() && temporary {
+            // It would outlive the topic, which ends with its connection.
+            return refuse("a durable subscription to a temporary topic");
+        }
         if c.prefetch_size <= 0 {
             return unsupported("prefetch 0 (MessagePull)");
         }
@@ -1007,14 +1048,12 @@ impl Session {
                 advisory,
             },
         );
-        if advisory {
-            // What lives already: announced before anything newer (a name
-            // made meanwhile may come twice; the client keeps a set).
-            for d in self.cfg.temporary.all() {
-                let cmd = self.advisory_dispatch(sub, &wire_temporary(&d), true, None);
-                out.extend(cmd.map(Action::Write));
-            }
-        }
+        let subscribe_then_fence = advisory.then(|| {
+            let token = self.next_token;
+            self.next_token += 1;
+            self.snapshots.insert(token, sub);
+            token
+        });
         out.push(Action::Route(
             owner,
             Op::Subscribe(SubscribeOp {
@@ -1025,6 +1064,19 @@ impl Session {
                 selector,
             }),
         ));
+        if let Some(token) = subscribe_then_fence {
+            // Told what lives once the subscription is in place on the
+            // topic's shard: every name announced there before it is in
+            // the list by then, and any later one reaches the subscription
+            // (one may come twice; the client keeps a set).
+            out.push(Action::Route(
+                owner,
+                Op::Fence {
+                    conn: self.conn,
+                    token,
+                },
+            ));
+        }
         Ok(vec![owner])
     }
 
@@ -1102,10 +1154,11 @@ impl Session {
         // Consuming acks of an open transaction wait for its commit; the
         // others (and any naming a transaction that is over: the client
         // sends its POISON ack after the rollback) apply now.
+        let consuming = !matches!(kind, AckType::Delivered | AckType::Redelivered);
         let tx = a
             .transaction_id
             .clone()
-            .filter(|t| self.transactions.contains_key(t));
+            .filter(|t| consuming && self.transactions.contains_key(t));
         if tx.is_none() && matches!(kind, AckType::Standard | AckType::Individual) {
             if let Some(t) = &a.transaction_id {
                 self.open_transaction(t)?;
@@ -1134,9 +1187,13 @@ impl Session {
         };
         let sub = *sub;
         let nack = match kind {
-            // The client's prefetch window, or a note about redelivery:
-            // nothing is consumed.
-            AckType::Delivered | AckType::Redelivered => return Ok(Vec::new()),
+            // Handed to the application, not acknowledged: the prefetch
+            // window grows by that much (ActiveMQ's prefetch extension), or
+            // a transacted session could not receive more than its
+            // prefetch before it commits.
+            AckType::Delivered => return Ok(self.delivered(sub, a.message_count, out)),
+            // A note about a redelivery: nothing changes.
+            AckType::Redelivered => return Ok(Vec::new()),
             AckType::Poison => true,
             AckType::Standard | AckType::Individual | AckType::Unmatched | AckType::Expired => {
                 false
@@ -1154,7 +1211,6 @@ impl Session {
             sub,
             first: broker_id(&a.first_message_id),
             last,
-            count: a.message_count,
             individual: kind == AckType::Individual,
             nack,
         };
@@ -1182,10 +1238,31 @@ impl Session {
         Ok(vec![owner])
     }
 
+    /// A DELIVERED ack of `count` messages for consumer `sub`.
+    fn delivered(&mut self, sub: u64, count: i32, out: &mut Vec<Action>) -> Vec<usize> {
+        let Some(c) = self.consumers.get(&sub) else {
+            return Vec::new();
+        };
+        let count = u32::try_from(count).unwrap_or(0);
+        if count == 0 {
+            return Vec::new();
+        }
+        let owner = c.destination.owner(self.cfg.shards);
+        out.push(Action::Route(
+            owner,
+            Op::Delivered {
+                destination: c.destination.clone(),
+                consumer: self.consumer_key(sub),
+                count,
+            },
+        ));
+        vec![owner]
+    }
+
     /// Whether `s` still names what it was given for (a transacted ack,
-    /// checked at commit): its consumer is open, its last message (and
-    /// first) is unacknowledged, and the range holds as many as the
-    /// client counted.
+    /// checked at commit): its consumer is open, and its first and last
+    /// messages are unacknowledged, in that order (a range that is not is
+    /// not guessed at).
     fn check_settle(&self, s: &Settle) -> Result<(), String> {
         let Some(c) = self.consumers.get(&s.sub) else {
             return Err("it acknowledges messages of a consumer closed before the commit".into());
@@ -1199,25 +1276,23 @@ impl Session {
         if s.individual {
             return Ok(());
         }
-        let start = match s.first {
-            Some(first) => match c.unacked.iter().position(|m| *m == first) {
-                Some(start) if start <= end => start,
-                _ => {
-                    return Err(format!(
-                        "message {first} it acknowledges is not held by its consumer"
-                    ))
-                }
-            },
-            None => return Err("an acknowledgement without a first message".into()),
-        };
-        let held = end - start + 1;
-        if s.count > 0 && held != s.count as usize {
-            return Err(format!(
-                "it acknowledges {} messages, and its range holds {held}",
-                s.count
-            ));
+        // The message count is not checked: ActiveMQ does not hold a
+        // transacted ack to it either (a rollback's redelivery can make
+        // what the client counted differ from the range).
+        match s.first {
+            Some(first)
+                if c.unacked
+                    .iter()
+                    .position(|m| *m == first)
+                    .is_some_and(|i| i <= end) =>
+            {
+                Ok(())
+            }
+            Some(first) => Err(format!(
+                "message {first} it acknowledges is not held by its consumer"
+            )),
+            None => Err("an acknowledgement without a first message".into()),
         }
-        Ok(())
     }
 
     /// Takes what `s` settles out of its consumer's unacknowledged
@@ -1320,11 +1395,26 @@ fn is_advisory(d: &wire::Destination) -> bool {
 /// The broker's destination for an OpenWire one. Temporary and composite
 /// destinations are not supported yet.
 fn broker_destination(d: &wire::Destination) -> Result<Destination, Refusal> {
-    // A temporary destination is a queue or topic named by the client's
-    // generated name (`ID:<connection id>:<n>`), as in ActiveMQ.
     let prefix = match d.kind {
-        DestinationKind::Queue | DestinationKind::TempQueue => "/queue/",
-        DestinationKind::Topic | DestinationKind::TempTopic => "/topic/",
+        DestinationKind::Queue => "/queue/",
+        DestinationKind::Topic => "/topic/",
+        // The client's generated name (`ID:<connection id>:<n>`) under the
+        // broker's reserved prefix: no client can name it directly.
+        DestinationKind::TempQueue | DestinationKind::TempTopic => {
+            let name = &d.physical_name;
+            if name.is_empty() || name.len() > MAX_NAME_BYTES - TEMPORARY_PREFIX.len() {
+                return refuse("a temporary destination name must have 1 to 236 bytes");
+            }
+            if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return refuse(
+                    "a temporary destination name contains a control character or whitespace",
+                );
+            }
+            return Ok(Destination::temporary(
+                name,
+                d.kind == DestinationKind::TempTopic,
+            ));
+        }
     };
     if d.physical_name.contains(',') {
         return unsupported("a composite destination");
@@ -1353,7 +1443,7 @@ fn wire_temporary(d: &Destination) -> wire::Destination {
         } else {
             DestinationKind::TempQueue
         },
-        physical_name: d.name().to_string(),
+        physical_name: d.client_name().to_string(),
     }
 }
 
@@ -1410,7 +1500,8 @@ fn value_to_string(v: &Value) -> Option<String> {
 /// BytesMessage if it was sent as one or its body is not UTF-8, else a
 /// TextMessage.
 fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Message {
-    let mut bytes_body = false;
+    // The kind it was sent as, when not text (see BODY_KIND_PROPERTY).
+    let mut kind = None;
     let mut msg = wire::Message::new(MessageKind::Text);
     let mut props = PropertyMap::new();
     for (k, v) in &m.properties {
@@ -1419,7 +1510,15 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
             b"correlation-id" => msg.correlation_id = Some(value.into_owned()),
             b"reply-to" => msg.reply_to = reply_to_destination(&value),
             b"type" => msg.jms_type = Some(value.into_owned()),
-            k if k == BODY_KIND_PROPERTY.as_bytes() => bytes_body = v.as_ref() == b"bytes",
+            k if k == BODY_KIND_PROPERTY.as_bytes() => {
+                kind = match v.as_ref() {
+                    b"bytes" => Some(MessageKind::Bytes),
+                    b"map" => Some(MessageKind::Map),
+                    b"stream" => Some(MessageKind::Stream),
+                    b"object" => Some(MessageKind::Object),
+                    _ => None,
+                }
+            }
             _ => {
                 props.insert(
                     String::from_utf8_lossy(k).into_owned(),
@@ -1428,17 +1527,17 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
             }
         }
     }
-    let text = if bytes_body {
-        None
-    } else {
-        std::str::from_utf8(&m.body).ok()
-    };
-    match text {
-        Some(t) => compress::set_text(&mut msg, t, false),
-        None => {
-            msg.kind = MessageKind::Bytes;
-            compress::set_bytes(&mut msg, m.body.clone(), false);
+    match kind {
+        Some(k @ (MessageKind::Map | MessageKind::Stream | MessageKind::Object)) => {
+            msg.kind = k;
+            msg.compressed = false;
+            msg.content = (!m.body.is_empty()).then(|| m.body.clone());
         }
+        Some(_) => compress::set_bytes(&mut msg, m.body.clone(), false),
+        None => match std::str::from_utf8(&m.body) {
+            Ok(t) => compress::set_text(&mut msg, t, false),
+            Err(_) => compress::set_bytes(&mut msg, m.body.clone(), false),
+        },
     }
     // Strings only: this cannot fail past the codec's own bounds, and a
     // message that came in within them goes out within them.
@@ -1962,11 +2061,10 @@ mod tests {
         let mut ok = text_msg(wire::Destination::queue("q"), false, 11);
         ok.transaction_id = Some(t.clone());
         s.handle(Command::Message(ok), &mut out);
-        let mut map = wire::Message::new(MessageKind::Map);
-        map.destination = Some(wire::Destination::queue("q"));
-        map.transaction_id = Some(t.clone());
-        map.command_id = 12;
-        s.handle(Command::Message(Box::new(map)), &mut out);
+        // A composite destination is refused (the client does not wait).
+        let mut refused = text_msg(wire::Destination::queue("a,b"), false, 12);
+        refused.transaction_id = Some(t.clone());
+        s.handle(Command::Message(refused), &mut out);
         out.clear();
         s.handle(tx_info(&t, TransactionType::CommitOnePhase, 13), &mut out);
         let (id, class, msg) = exception(&out);
@@ -1974,12 +2072,12 @@ mod tests {
             (id, class.as_str()),
             (13, "javax.jms.TransactionRolledBackException")
         );
-        assert!(msg.contains("MapMessage"), "{msg}");
+        assert!(msg.contains("composite destination"), "{msg}");
         assert!(s.is_open());
     }
 
     #[test]
-    fn a_commit_whose_ack_lost_its_consumer_or_count_rolls_back() {
+    fn a_commit_whose_ack_lost_its_consumer_or_range_rolls_back() {
         for closed in [true, false] {
             let mut s = session();
             let ids = consumer_with_four(&mut s);
@@ -1989,8 +2087,10 @@ mod tests {
             let mut ack = ack_of(&ids, AckType::Standard, 0, 1);
             ack.transaction_id = Some(t.clone());
             // Closed: the consumer gives its messages back before the
-            // commit; not closed: the client counted 3 in a range of 2.
-            ack.message_count = if closed { 2 } else { 3 };
+            // commit; not closed: a range whose first comes after its last.
+            if !closed {
+                ack.first_message_id = Some(ids[2].clone());
+            }
             s.handle(ack.into(), &mut out);
             if closed {
                 let remove = RemoveInfo {
@@ -2035,7 +2135,7 @@ mod tests {
                 if m.destination == Destination::Topic(ADVISORY_TOPIC.into()) && !m.persistent)
         });
         assert!(announced, "{out:?}");
-        let q = Destination::queue("ID:c-1:1");
+        let q = Destination::temporary("ID:c-1:1", false);
         assert_eq!(cfg.temporary.owner(&q), Some(ConnRef { shard: 0, conn: 1 }));
         // Another connection's watcher hears of what lives already.
         out.clear();
@@ -2049,6 +2149,20 @@ mod tests {
             ..ConsumerInfo::default()
         };
         other.handle(watch.into(), &mut out);
+        // Told once its subscription is in place on the topic's shard.
+        let token = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Route(_, Op::Fence { token, .. }) => Some(*token),
+                _ => None,
+            })
+            .expect("the watcher's subscription is fenced");
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Write(_))),
+            "{out:?}"
+        );
+        out.clear();
+        other.fenced(token, &mut out);
         let told = out.iter().any(|a| match a {
             Action::Write(Command::MessageDispatch(d)) => matches!(
                 d.message.as_ref().and_then(|m| m.data_structure.as_ref()),

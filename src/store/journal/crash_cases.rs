@@ -415,6 +415,7 @@ fn durable_subscriber(
             shards: 1,
             max_redeliveries: 6,
             dead_letter_queue: Destination::queue("DLQ"),
+            temporary: Default::default(),
         },
         usage.clone(),
         store,
