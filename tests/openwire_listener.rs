@@ -117,6 +117,12 @@ fn map_stream_and_object_messages_come_back_as_sent() {
 }
 
 #[test]
+fn a_message_the_client_gives_up_on_goes_to_the_dead_letter_queue() {
+    let b = broker();
+    java_case_says(&b, "poison", "poisoned message dead-lettered");
+}
+
+#[test]
 fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
     let b = broker();
     java_case(&b, "durable", &[]);

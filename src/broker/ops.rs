@@ -62,6 +62,14 @@ pub enum Op {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
     },
+    /// The consumer's client gave up on these deliveries (JMS's POISON
+    /// ack: past its own redelivery limit): to the dead-letter queue at
+    /// once, whatever `broker.max_redeliveries` says.
+    Poison {
+        destination: Destination,
+        consumer: ConsumerKey,
+        ids: Vec<MessageId>,
+    },
     /// The consumer's client handed `count` more deliveries to the
     /// application without acknowledging them: extend its prefetch by that
     /// much until they are (JMS's DELIVERED ack).

@@ -40,6 +40,8 @@ pub enum Waiting<'a> {
 pub struct Delivery {
     pub msg: SharedMessage,
     pub redelivered: bool,
+    /// How many times it was delivered before (JMS's redelivery counter).
+    pub redeliveries: u32,
 }
 
 /// Most a consumer's prefetch grows by DELIVERED acks: a client that
@@ -347,6 +349,7 @@ impl MessageQueue {
             Delivery {
                 msg: entry.msg.clone(),
                 redelivered: entry.redeliveries > 0,
+                redeliveries: entry.redeliveries,
             },
         ));
         self.in_flight.insert(entry.msg.id, (key, entry));

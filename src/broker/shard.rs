@@ -248,6 +248,20 @@ impl ShardBroker {
                 self.retire(&destination, sub.as_ref(), &acked);
                 self.dispatch_one(&destination, consumer, out);
             }
+            Op::Poison {
+                destination,
+                consumer,
+                ids,
+            } => {
+                // A limit of 0: every one of them is past it.
+                let back = match self.queue_of(&destination, consumer) {
+                    Some((_, q)) => q.requeue(consumer, &ids, 0),
+                    None => return,
+                };
+                let sub = self.durable_of(&destination, consumer);
+                self.came_back(&destination, sub.as_ref(), back, out);
+                self.dispatch_one(&destination, consumer, out);
+            }
             Op::Nack {
                 destination,
                 consumer,

@@ -55,6 +55,7 @@ public class OpenWireListener {
                 case "transacted": transacted(); break;
                 case "temporary": temporary(); break;
                 case "message-kinds": messageKinds(); break;
+                case "poison": poison(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -436,6 +437,38 @@ public class OpenWireListener {
             c.close();
         }
         System.out.println("map, stream and object messages");
+    }
+
+    /**
+     * A message the client gives up on (rolled back past its
+     * maximumRedeliveries: it sends a POISON ack) goes to the dead-letter
+     * queue at once, with its redelivery count seen on the way.
+     */
+    static void poison() throws Exception {
+        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url
+            + "?jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0");
+        Connection c = f.createConnection("alice", "secret");
+        c.start();
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        Queue q = tx.createQueue("ow.poison");
+        tx.createProducer(q).send(tx.createTextMessage("bad"));
+        tx.commit();
+        MessageConsumer consumer = tx.createConsumer(q);
+        TextMessage first = receiveText(consumer, "bad, first delivery");
+        check(!first.getJMSRedelivered(), "first delivery marked redelivered");
+        tx.rollback();
+        TextMessage second = receiveText(consumer, "bad, redelivered");
+        check(second.getJMSRedelivered(), "redelivery not marked");
+        check(second.getIntProperty("JMSXDeliveryCount") >= 2, "delivery count " + second.getIntProperty("JMSXDeliveryCount"));
+        tx.rollback();
+        check(consumer.receive(500) == null, "delivered past maximumRedeliveries");
+        consumer.close();
+        Session plain = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TextMessage dead = receiveText(plain.createConsumer(plain.createQueue("ActiveMQ.DLQ")), "bad in the DLQ");
+        check(dead.getText().equals("bad"), "DLQ got " + dead.getText());
+        check(plain.createConsumer(q).receive(500) == null, "a poisoned message stayed in its queue");
+        c.close();
+        System.out.println("poisoned message dead-lettered");
     }
 
     static Connection connect(String clientId) throws JMSException {

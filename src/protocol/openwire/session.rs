@@ -1222,7 +1222,9 @@ impl Session {
             return Ok(Vec::new());
         };
         let op = if nack {
-            Op::Nack {
+            // The client gave up on them (past its redelivery limit):
+            // dead-lettered at once, as ActiveMQ does.
+            Op::Poison {
                 destination,
                 consumer,
                 ids,
@@ -1354,7 +1356,7 @@ impl Session {
             });
             self.next_dispatch += 1;
             msg.producer_id = Some(self.dispatch_producer.clone());
-            let redelivery_counter = i32::from(d.redelivered);
+            let redelivery_counter = i32::try_from(d.redeliveries).unwrap_or(i32::MAX);
             msg.redelivery_counter = redelivery_counter;
             c.unacked.push_back(m.id);
             out.push(
@@ -1678,6 +1680,7 @@ mod tests {
                     charge: usage.charge(1),
                 }),
                 redelivered: id == 1,
+                redeliveries: u32::from(id == 1),
             })
             .collect();
         let mut dispatched = Vec::new();
