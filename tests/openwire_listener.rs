@@ -123,6 +123,12 @@ fn a_message_the_client_gives_up_on_goes_to_the_dead_letter_queue() {
 }
 
 #[test]
+fn a_producer_window_is_given_back_with_producer_acks() {
+    let b = broker();
+    java_case_says(&b, "producer-window", "producer window given back");
+}
+
+#[test]
 fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
     let b = broker();
     java_case(&b, "durable", &[]);

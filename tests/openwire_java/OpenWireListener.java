@@ -56,6 +56,7 @@ public class OpenWireListener {
                 case "temporary": temporary(); break;
                 case "message-kinds": messageKinds(); break;
                 case "poison": poison(); break;
+                case "producer-window": producerWindow(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -469,6 +470,33 @@ public class OpenWireListener {
         check(plain.createConsumer(q).receive(500) == null, "a poisoned message stayed in its queue");
         c.close();
         System.out.println("poisoned message dead-lettered");
+    }
+
+    /**
+     * A producer with a window (asynchronous sends, producerWindowSize)
+     * gets it back through ProducerAcks: 500 messages through a window of
+     * four do not block, and all arrive.
+     */
+    static void producerWindow() throws Exception {
+        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url
+            + "?jms.useAsyncSend=true&jms.producerWindowSize=4096");
+        Connection c = f.createConnection("alice", "secret");
+        c.start();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.window");
+        MessageProducer p = s.createProducer(q);
+        char[] filler = new char[512];
+        java.util.Arrays.fill(filler, 'w');
+        for (int i = 0; i < 500; i++) {
+            p.send(s.createTextMessage("w-" + i + new String(filler)));
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 500; i++) {
+            TextMessage m = receiveText(consumer, "w-" + i);
+            check(m.getText().startsWith("w-" + i + "w"), "expected w-" + i + ", got " + m.getText().substring(0, 8));
+        }
+        c.close();
+        System.out.println("producer window given back");
     }
 
     static Connection connect(String clientId) throws JMSException {

@@ -182,6 +182,9 @@ pub struct Session {
     /// Temporary destinations this connection made (and has not removed):
     /// the broker's name and the client's.
     temporaries: Vec<(Destination, wire::Destination)>,
+    /// Producers with a window (see ProducerInfo): each message they send
+    /// without asking for a Response is answered with a ProducerAck.
+    windowed: HashSet<ProducerId>,
     /// Advisory watchers waiting for their subscription to be in place,
     /// by fence token: then they are told what lives (see `fenced`).
     snapshots: HashMap<u64, u64>,
@@ -223,6 +226,7 @@ impl Session {
             advisory_consumers: HashSet::new(),
             temporaries: Vec::new(),
             snapshots: HashMap::new(),
+            windowed: HashSet::new(),
             next_sub: 0,
             pending: HashMap::new(),
             transactions: HashMap::new(),
@@ -284,7 +288,16 @@ impl Session {
                 fatal: true,
             }),
             (_, Command::ConnectionInfo(_)) => refuse("this connection is already open"),
-            (_, Command::SessionInfo(_)) | (_, Command::ProducerInfo(_)) => Ok(Vec::new()),
+            (_, Command::SessionInfo(_)) => Ok(Vec::new()),
+            (_, Command::ProducerInfo(p)) => {
+                // A producer window (producerWindowSize): its client
+                // counts what it sent without waiting and blocks when the
+                // window is full, until ProducerAcks give it back.
+                if let (Some(id), true) = (&p.producer_id, p.window_size > 0) {
+                    self.windowed.insert(id.clone());
+                }
+                Ok(Vec::new())
+            }
             (_, Command::ConsumerInfo(c)) => self.subscribe(*c, out),
             (_, Command::RemoveInfo(r)) => self.remove(r, out),
             (_, Command::Message(m)) => self.send(*m, out),
@@ -557,6 +570,25 @@ impl Session {
     }
 
     fn send(&mut self, m: wire::Message, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        // Given back to a windowed producer whatever becomes of the
+        // message (a refusal too: the client counted it), in the size its
+        // client counted: ActiveMQ's `Message.getSize()`, 1 KiB plus the
+        // marshalled properties and content as they came.
+        if let (false, Some(id)) = (m.response_required, &m.producer_id) {
+            if self.windowed.contains(id) {
+                let size = 1024
+                    + m.marshalled_properties.as_ref().map_or(0, Bytes::len)
+                    + m.content.as_ref().map_or(0, Bytes::len);
+                out.push(Action::Write(
+                    wire::ProducerAck {
+                        producer_id: Some(id.clone()),
+                        size: i32::try_from(size).unwrap_or(i32::MAX),
+                        ..wire::ProducerAck::default()
+                    }
+                    .into(),
+                ));
+            }
+        }
         let tx = m.transaction_id.clone();
         if let Some(t) = &tx {
             self.open_transaction(t)?;
@@ -1100,7 +1132,10 @@ impl Session {
                 .map(|(sub, _)| *sub)
                 .collect(),
             Some(wire::DataStructure::ConnectionId(_)) => self.consumers.keys().copied().collect(),
-            // Producers hold nothing on the broker side yet.
+            Some(wire::DataStructure::ProducerId(id)) => {
+                self.windowed.remove(id);
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         let mut shards: Vec<usize> = subs
