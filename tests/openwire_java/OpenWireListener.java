@@ -85,6 +85,13 @@ public class OpenWireListener {
         return c;
     }
 
+    /** A connection with client options (`jms.x=y&...`) in its URL. */
+    static Connection connectWith(String options) throws JMSException {
+        Connection c = new ActiveMQConnectionFactory(url + "?" + options).createConnection("alice", "secret");
+        c.start();
+        return c;
+    }
+
     static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {
         Message m = consumer.receive(WAIT_MS);
         check(m != null, "no message within " + WAIT_MS + " ms: " + what);
@@ -293,9 +300,7 @@ public class OpenWireListener {
         c2.close();
         // With prefetch 1 a transacted consumer still receives more than
         // one message before it commits: its DELIVERED acks widen the window.
-        ActiveMQConnectionFactory one = new ActiveMQConnectionFactory(url + "?jms.prefetchPolicy.all=1");
-        Connection c3 = one.createConnection("alice", "secret");
-        c3.start();
+        Connection c3 = connectWith("jms.prefetchPolicy.all=1");
         Session t3 = c3.createSession(true, Session.SESSION_TRANSACTED);
         Queue narrow = t3.createQueue("ow.tx.prefetch-1");
         MessageProducer p3 = t3.createProducer(narrow);
@@ -446,10 +451,7 @@ public class OpenWireListener {
      * queue at once, with its redelivery count seen on the way.
      */
     static void poison() throws Exception {
-        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url
-            + "?jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0");
-        Connection c = f.createConnection("alice", "secret");
-        c.start();
+        Connection c = connectWith("jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0");
         Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
         Queue q = tx.createQueue("ow.poison");
         tx.createProducer(q).send(tx.createTextMessage("bad"));
@@ -478,10 +480,7 @@ public class OpenWireListener {
      * four do not block, and all arrive.
      */
     static void producerWindow() throws Exception {
-        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url
-            + "?jms.useAsyncSend=true&jms.producerWindowSize=4096");
-        Connection c = f.createConnection("alice", "secret");
-        c.start();
+        Connection c = connectWith("jms.useAsyncSend=true&jms.producerWindowSize=4096");
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         Queue q = s.createQueue("ow.window");
         MessageProducer p = s.createProducer(q);
