@@ -129,6 +129,12 @@ fn a_producer_window_is_given_back_with_producer_acks() {
 }
 
 #[test]
+fn a_queue_browser_sees_what_waits_and_takes_nothing() {
+    let b = broker();
+    java_case_says(&b, "browse", "browsed without taking");
+}
+
+#[test]
 fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
     let b = broker();
     java_case(&b, "durable", &[]);

@@ -62,6 +62,13 @@ pub enum Op {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
     },
+    /// A queue browser's look: the first `max` waiting messages delivered
+    /// to `consumer` (a [`Reply::Deliver`]) without being taken.
+    Browse {
+        destination: Destination,
+        consumer: ConsumerKey,
+        max: usize,
+    },
     /// The consumer's client gave up on these deliveries (JMS's POISON
     /// ack: past its own redelivery limit): to the dead-letter queue at
     /// once, whatever `broker.max_redeliveries` says.

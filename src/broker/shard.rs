@@ -248,6 +248,11 @@ impl ShardBroker {
                 self.retire(&destination, sub.as_ref(), &acked);
                 self.dispatch_one(&destination, consumer, out);
             }
+            Op::Browse {
+                destination,
+                consumer,
+                max,
+            } => self.browse_for(&destination, consumer, max, out),
             Op::Poison {
                 destination,
                 consumer,

@@ -57,6 +57,7 @@ public class OpenWireListener {
                 case "message-kinds": messageKinds(); break;
                 case "poison": poison(); break;
                 case "producer-window": producerWindow(); break;
+                case "browse": browse(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -496,6 +497,33 @@ public class OpenWireListener {
         }
         c.close();
         System.out.println("producer window given back");
+    }
+
+    /** A queue browser sees what waits, in order, and takes nothing. */
+    static void browse() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.browse");
+        check(!s.createBrowser(q).getEnumeration().hasMoreElements(), "an empty queue browsed something");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 5; i++) {
+            p.send(s.createTextMessage("b-" + i));
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            java.util.Enumeration<?> e = s.createBrowser(q).getEnumeration();
+            for (int i = 0; i < 5; i++) {
+                check(e.hasMoreElements(), "browse pass " + pass + " ended before b-" + i);
+                TextMessage m = (TextMessage) e.nextElement();
+                check(m.getText().equals("b-" + i), "expected b-" + i + ", got " + m.getText());
+            }
+            check(!e.hasMoreElements(), "browse pass " + pass + " saw a sixth message");
+        }
+        MessageConsumer consumer = s.createConsumer(q);
+        for (int i = 0; i < 5; i++) {
+            check(receiveText(consumer, "b-" + i + " after browsing").getText().equals("b-" + i), "browsing took b-" + i);
+        }
+        c.close();
+        System.out.println("browsed without taking");
     }
 
     static Connection connect(String clientId) throws JMSException {

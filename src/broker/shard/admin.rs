@@ -5,12 +5,13 @@
 
 use serde::Serialize;
 
-use super::{stored_sub, ShardBroker, SubId};
+use super::{stored_sub, Outbox, ShardBroker, SubId};
 use crate::broker::destination::Destination;
 use crate::broker::message::Message;
 use crate::broker::ops::DurableName;
+use crate::broker::ops::{Reply, ShardMsg};
 use crate::broker::paging::PagedEntry;
-use crate::broker::queue::Waiting;
+use crate::broker::queue::{ConsumerKey, Delivery, Waiting};
 use crate::store::RecordRef;
 
 /// Per-destination figures.
@@ -142,12 +143,27 @@ impl ShardBroker {
         dest: &Destination,
         max: usize,
     ) -> Result<Vec<BrowsedMessage>, AdminRefusal> {
+        Ok(self
+            .waiting_messages(dest, max)?
+            .iter()
+            .map(|(m, redeliveries)| browsed(m, *redeliveries))
+            .collect())
+    }
+
+    /// The first `max` waiting messages of a queue, in the order they would
+    /// be delivered, with their redelivery counts, without taking them:
+    /// paged ones read back (one that cannot be is left out).
+    pub fn waiting_messages(
+        &self,
+        dest: &Destination,
+        max: usize,
+    ) -> Result<Vec<(crate::broker::message::SharedMessage, u32)>, AdminRefusal> {
         let q = self.queue_named(dest, "browsed")?;
         let mut out = Vec::with_capacity(max.min(q.pending()));
         let mut paged: Vec<(usize, PagedEntry)> = Vec::new();
         for w in q.waiting().take(max) {
             match w {
-                Waiting::Memory(e) => out.push(Some(browsed(&e.msg, e.redeliveries))),
+                Waiting::Memory(e) => out.push(Some((e.msg.clone(), e.redeliveries))),
                 Waiting::Paged(e) => {
                     paged.push((out.len(), e.clone()));
                     out.push(None);
@@ -156,14 +172,46 @@ impl ShardBroker {
         }
         if let (Some(p), false) = (&self.pager, paged.is_empty()) {
             let entries: Vec<PagedEntry> = paged.iter().map(|(_, e)| e.clone()).collect();
-            // What the spool cannot give back is left out of the listing.
             for ((i, e), m) in paged.iter().zip(p.read(dest, &entries)) {
                 if let Ok(m) = m {
-                    out[*i] = Some(browsed(&m, e.redeliveries));
+                    out[*i] = Some((std::sync::Arc::new(m), e.redeliveries));
                 }
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// A queue browser's look (JMS `QueueBrowser`): the first `max` waiting
+    /// messages delivered to `consumer` without being taken. Nothing for a
+    /// queue that does not exist (yet) or a topic.
+    pub fn browse_for(
+        &self,
+        dest: &Destination,
+        consumer: ConsumerKey,
+        max: usize,
+        out: &mut Outbox,
+    ) {
+        let Ok(found) = self.waiting_messages(dest, max) else {
+            return;
+        };
+        if found.is_empty() {
+            return;
+        }
+        let deliveries = found
+            .into_iter()
+            .map(|(msg, redeliveries)| Delivery {
+                msg,
+                redelivered: redeliveries > 0,
+                redeliveries,
+            })
+            .collect();
+        out.push((
+            consumer.shard as usize,
+            ShardMsg::Reply(Reply::Deliver {
+                consumer,
+                deliveries,
+            }),
+        ));
     }
 
     /// Removes every waiting message of a queue (those delivered and not

@@ -70,7 +70,14 @@ struct Consumer {
     /// are announcements (see `broker::temporary`), dispatched as
     /// ActiveMQ's advisory messages.
     advisory: bool,
+    /// A queue browser: what it gets is a look, never taken, never
+    /// acknowledged (see [`BROWSE_MAX`]).
+    browser: bool,
 }
+
+/// Most messages a queue browser sees: ActiveMQ's default
+/// `maxBrowsePageSize`.
+const BROWSE_MAX: usize = 400;
 
 /// What a local transaction did, held until it commits (a rollback drops
 /// it: its sends never happened, its acknowledged messages stay
@@ -182,6 +189,8 @@ pub struct Session {
     /// Temporary destinations this connection made (and has not removed):
     /// the broker's name and the client's.
     temporaries: Vec<(Destination, wire::Destination)>,
+    /// Queue browsers waiting for the end of their look, by fence token.
+    browse_ends: HashMap<u64, u64>,
     /// Producers with a window (see ProducerInfo): each message they send
     /// without asking for a Response is answered with a ProducerAck.
     windowed: HashSet<ProducerId>,
@@ -227,6 +236,7 @@ impl Session {
             temporaries: Vec::new(),
             snapshots: HashMap::new(),
             windowed: HashSet::new(),
+            browse_ends: HashMap::new(),
             next_sub: 0,
             pending: HashMap::new(),
             transactions: HashMap::new(),
@@ -433,6 +443,20 @@ impl Session {
 
     /// A shard has applied everything up to fence `token`.
     pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        if let Some(sub) = self.browse_ends.remove(&token) {
+            if let Some(c) = self.consumers.get(&sub) {
+                out.push(Action::Write(
+                    MessageDispatch {
+                        consumer_id: Some(c.id.clone()),
+                        destination: Some(c.wire_destination.clone()),
+                        message: None,
+                        ..MessageDispatch::default()
+                    }
+                    .into(),
+                ));
+            }
+            return;
+        }
         if let Some(sub) = self.snapshots.remove(&token) {
             for d in self.cfg.temporary.all() {
                 let cmd = self.advisory_dispatch(sub, &wire_temporary(&d), true, None);
@@ -1023,8 +1047,8 @@ impl Session {
                 wire_destination.physical_name
             ));
         }
-        if c.browser {
-            return unsupported("a queue browser");
+        if c.browser && (advisory || destination.is_topic()) {
+            return refuse("only a queue can be browsed");
         }
         let durable = self.durable_name(
             c.subscription_name.as_deref(),
@@ -1078,8 +1102,32 @@ impl Session {
                 durable: durable.clone(),
                 unacked: VecDeque::new(),
                 advisory,
+                browser: c.browser,
             },
         );
+        if c.browser {
+            // A look at what waits, then the end of it (a dispatch without
+            // a message) once the owner has sent it: nothing is taken.
+            let token = self.next_token;
+            self.next_token += 1;
+            self.browse_ends.insert(token, sub);
+            out.push(Action::Route(
+                owner,
+                Op::Browse {
+                    destination,
+                    consumer: self.consumer_key(sub),
+                    max: BROWSE_MAX,
+                },
+            ));
+            out.push(Action::Route(
+                owner,
+                Op::Fence {
+                    conn: self.conn,
+                    token,
+                },
+            ));
+            return Ok(vec![owner]);
+        }
         let subscribe_then_fence = advisory.then(|| {
             let token = self.next_token;
             self.next_token += 1;
@@ -1157,6 +1205,10 @@ impl Session {
         let c = self.consumers.remove(&sub)?;
         self.by_consumer_id.remove(&c.id);
         let owner = c.destination.owner(self.cfg.shards);
+        if c.browser {
+            // It never subscribed.
+            return None;
+        }
         out.push(Action::Route(
             owner,
             Op::Unsubscribe {
@@ -1393,7 +1445,9 @@ impl Session {
             msg.producer_id = Some(self.dispatch_producer.clone());
             let redelivery_counter = i32::try_from(d.redeliveries).unwrap_or(i32::MAX);
             msg.redelivery_counter = redelivery_counter;
-            c.unacked.push_back(m.id);
+            if !c.browser {
+                c.unacked.push_back(m.id);
+            }
             out.push(
                 MessageDispatch {
                     consumer_id: Some(c.id.clone()),
@@ -2242,5 +2296,41 @@ mod tests {
         let m = text_to(temp.clone(), true, 7);
         other.handle(m, &mut out);
         assert!(exception(&out).2.contains("does not exist"));
+    }
+
+    #[test]
+    fn a_browser_looks_then_hears_the_end_and_takes_nothing() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            consumer_id: Some(consumer_id(3)),
+            destination: Some(wire::Destination::queue("q")),
+            prefetch_size: 500,
+            browser: true,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        let token = match &out[..] {
+            [Action::Route(a, Op::Browse { max, .. }), Action::Route(b, Op::Fence { token, .. })] =>
+            {
+                assert_eq!((a, *max), (b, BROWSE_MAX));
+                *token
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        s.fenced(token, &mut out);
+        match &out[..] {
+            [Action::Write(Command::MessageDispatch(d))] => assert!(d.message.is_none(), "the end"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.consumers.values().all(|c| c.unacked.is_empty()));
+        out.clear();
+        let remove = RemoveInfo {
+            object_id: Some(wire::DataStructure::ConsumerId(consumer_id(3))),
+            ..RemoveInfo::default()
+        };
+        s.handle(remove.into(), &mut out);
+        assert!(out.is_empty(), "a browser never subscribed: {out:?}");
     }
 }
