@@ -135,6 +135,12 @@ fn a_queue_browser_sees_what_waits_and_takes_nothing() {
 }
 
 #[test]
+fn prefetch_zero_consumers_pull_one_message_at_a_time() {
+    let b = broker();
+    java_case_says(&b, "pull", "prefetch 0 pulls one at a time");
+}
+
+#[test]
 fn a_durable_subscriber_gets_what_was_published_while_away_until_unsubscribed() {
     let b = broker();
     java_case(&b, "durable", &[]);

@@ -62,6 +62,13 @@ pub enum Op {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
     },
+    /// A consumer with prefetch 0 asks for one message (JMS's
+    /// MessagePull), or (`cancel`) stopped waiting for it.
+    Pull {
+        destination: Destination,
+        consumer: ConsumerKey,
+        cancel: bool,
+    },
     /// A queue browser's look: the first `max` waiting messages delivered
     /// to `consumer` (a [`Reply::Deliver`]) without being taken.
     Browse {

@@ -60,18 +60,23 @@ struct Consumer {
     /// until acknowledged, or the session could never receive more than
     /// its prefetch before it commits. Never more than `in_flight`.
     extension: u32,
+    /// Messages asked for one at a time (JMS's MessagePull, by a consumer
+    /// with prefetch 0), not yet handed out.
+    pulls: u32,
     selector: Option<Selector>,
 }
 
 impl Consumer {
+    fn window(&self) -> u32 {
+        self.prefetch.saturating_add(self.extension)
+    }
+
     fn has_credit(&self) -> bool {
-        self.in_flight < self.prefetch.saturating_add(self.extension)
+        self.in_flight < self.window() || self.pulls > 0
     }
 
     fn credit(&self) -> u32 {
-        self.prefetch
-            .saturating_add(self.extension)
-            .saturating_sub(self.in_flight)
+        self.window().saturating_sub(self.in_flight) + self.pulls
     }
 }
 
@@ -290,9 +295,11 @@ impl MessageQueue {
         self.selective += usize::from(selector.is_some());
         self.consumers.push(Consumer {
             key,
-            prefetch: prefetch.max(1),
+            // 0: it receives only what it pulls (see `pull`).
+            prefetch,
             in_flight: 0,
             extension: 0,
+            pulls: 0,
             selector,
         });
     }
@@ -342,6 +349,9 @@ impl MessageQueue {
     /// Gives `entry` to consumer `ci`; the round-robin goes on after it.
     fn hand_out(&mut self, ci: usize, entry: Entry, out: &mut Dispatched) {
         let c = &mut self.consumers[ci];
+        if c.in_flight >= c.window() {
+            c.pulls = c.pulls.saturating_sub(1);
+        }
         c.in_flight += 1;
         let key = c.key;
         out.deliveries.push((
@@ -368,6 +378,17 @@ impl MessageQueue {
             c.in_flight = c.in_flight.saturating_sub(n);
             c.extension = c.extension.min(c.in_flight);
         }
+    }
+
+    /// `key` asks for one more message (MessagePull), or (`cancel`) no
+    /// longer waits for the one it asked for. Returns whether it may now
+    /// get one.
+    pub fn pull(&mut self, key: ConsumerKey, cancel: bool) -> bool {
+        let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
+            return false;
+        };
+        c.pulls = if cancel { 0 } else { 1 };
+        !cancel
     }
 
     /// `key`'s client handed `n` more of its deliveries to the application

@@ -253,6 +253,19 @@ impl ShardBroker {
                 consumer,
                 max,
             } => self.browse_for(&destination, consumer, max, out),
+            Op::Pull {
+                destination,
+                consumer,
+                cancel,
+            } => {
+                let wants = match self.queue_of(&destination, consumer) {
+                    Some((_, q)) => q.pull(consumer, cancel),
+                    None => return,
+                };
+                if wants {
+                    self.dispatch_one(&destination, consumer, out);
+                }
+            }
             Op::Poison {
                 destination,
                 consumer,

@@ -536,7 +536,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
                     Outbound::Close => close = true,
                     // Only the OpenWire listener queues these.
-                    Outbound::OpenWire(_) => {}
+                    Outbound::OpenWire(_) | Outbound::Timer(_) => {}
                 }
                 for a in actions.drain(..) {
                     match a {

@@ -372,11 +372,22 @@ fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action
             Action::Close => {
                 outbound.push(Outbound::Close);
             }
+            Action::Timer { after, token } => set_timer(outbound, after, token),
         }
     }
     if !routes.is_empty() {
         ctx.route_all(routes);
     }
+}
+
+/// Queues `Outbound::Timer(token)` for the session after `after`.
+fn set_timer(outbound: &Mailbox<Outbound>, after: Duration, token: u64) {
+    let mailbox = outbound.clone();
+    spawn_local(async move {
+        sleep(after).await;
+        mailbox.push(Outbound::Timer(token));
+    })
+    .detach();
 }
 
 async fn write_loop(
@@ -412,6 +423,7 @@ async fn write_loop(
                         s.deliver(sub, deliveries, &mut commands);
                     }
                     Outbound::Fenced(token) => s.fenced(token, &mut actions),
+                    Outbound::Timer(token) => s.timer(token, &mut actions),
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
                     Outbound::HeartbeatEvery(d) => keepalive = Some(d),
                     Outbound::Close => close = true,
@@ -426,6 +438,7 @@ async fn write_loop(
                         }
                         Action::Close => close = true,
                         Action::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
+                        Action::Timer { after, token } => set_timer(&outbound, after, token),
                     }
                 }
             }

@@ -51,6 +51,8 @@ pub enum Outbound {
     Frame(crate::protocol::stomp::Frame),
     /// A command for an OpenWire connection (never queued for a STOMP one).
     OpenWire(Box<crate::protocol::openwire::Command>),
+    /// A timer an OpenWire session set went off (see its `Action::Timer`).
+    Timer(u64),
     Deliver(u64, Vec<Delivery>),
     Fenced(u64),
     Refused(String),

@@ -58,6 +58,7 @@ public class OpenWireListener {
                 case "poison": poison(); break;
                 case "producer-window": producerWindow(); break;
                 case "browse": browse(); break;
+                case "pull": pull(); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -524,6 +525,33 @@ public class OpenWireListener {
         }
         c.close();
         System.out.println("browsed without taking");
+    }
+
+    /**
+     * Prefetch 0: a consumer gets a message only when it asks (MessagePull),
+     * so two of them share a queue one receive at a time; with nothing
+     * waiting, receiveNoWait and receive(timeout) return null.
+     */
+    static void pull() throws Exception {
+        Connection c = connectWith("jms.prefetchPolicy.all=0");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.pull");
+        MessageConsumer a = s.createConsumer(q);
+        MessageConsumer b = s.createConsumer(q);
+        check(a.receiveNoWait() == null, "receiveNoWait on an empty queue");
+        check(b.receive(300) == null, "receive(300) on an empty queue");
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 4; i++) {
+            p.send(s.createTextMessage("pull-" + i));
+        }
+        check(receiveText(a, "pull-0").getText().equals("pull-0"), "a got pull-0");
+        check(receiveText(b, "pull-1").getText().equals("pull-1"), "b got pull-1 (nothing was prefetched to a)");
+        Message m = a.receiveNoWait();
+        check(m instanceof TextMessage && ((TextMessage) m).getText().equals("pull-2"), "receiveNoWait got " + m);
+        check(receiveText(b, "pull-3").getText().equals("pull-3"), "b got pull-3");
+        check(a.receive(200) == null, "a fifth message");
+        c.close();
+        System.out.println("prefetch 0 pulls one at a time");
     }
 
     static Connection connect(String clientId) throws JMSException {

@@ -49,6 +49,11 @@ pub enum Action {
     Route(usize, Op),
     /// Close after the commands already queued are written.
     Close,
+    /// Call [`Session::timer`] with `token` after `after`.
+    Timer {
+        after: std::time::Duration,
+        token: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +78,25 @@ struct Consumer {
     /// A queue browser: what it gets is a look, never taken, never
     /// acknowledged (see [`BROWSE_MAX`]).
     browser: bool,
+    /// Prefetch 0: it gets a message only when it asks (MessagePull). The
+    /// token of the pull it waits on, if that pull has a deadline (or is
+    /// answered at once when nothing waits), and whether it got a message
+    /// since it asked.
+    pulling: Option<(u64, bool)>,
+}
+
+impl Consumer {
+    /// A dispatch without a message: the end of a browse, or a pull that
+    /// got nothing.
+    fn empty_dispatch(&self) -> Command {
+        MessageDispatch {
+            consumer_id: Some(self.id.clone()),
+            destination: Some(self.wire_destination.clone()),
+            message: None,
+            ..MessageDispatch::default()
+        }
+        .into()
+    }
 }
 
 /// Most messages a queue browser sees: ActiveMQ's default
@@ -191,6 +215,8 @@ pub struct Session {
     temporaries: Vec<(Destination, wire::Destination)>,
     /// Queue browsers waiting for the end of their look, by fence token.
     browse_ends: HashMap<u64, u64>,
+    /// MessagePulls with a deadline (or answered at a fence), by token.
+    pulls: HashMap<u64, u64>,
     /// Producers with a window (see ProducerInfo): each message they send
     /// without asking for a Response is answered with a ProducerAck.
     windowed: HashSet<ProducerId>,
@@ -237,6 +263,7 @@ impl Session {
             snapshots: HashMap::new(),
             windowed: HashSet::new(),
             browse_ends: HashMap::new(),
+            pulls: HashMap::new(),
             next_sub: 0,
             pending: HashMap::new(),
             transactions: HashMap::new(),
@@ -330,7 +357,7 @@ impl Session {
                 Ok(None) => Ok(Vec::new()),
                 Err(r) => Err(r),
             },
-            (_, Command::MessagePull(_)) => unsupported("MessagePull (prefetch 0)"),
+            (_, Command::MessagePull(p)) => self.pull(&p, out),
             (_, Command::DestinationInfo(d)) => self.destination_info(&d, out),
             (_, Command::RemoveSubscriptionInfo(r)) => self.remove_subscription(&r, out),
             (_, other) => Err(Refusal {
@@ -441,19 +468,110 @@ impl Session {
         }
     }
 
+    /// A consumer with prefetch 0 asks for a message (JMS `receive`): one
+    /// more may be dispatched to it. `timeout` -1 (`receiveNoWait`): the
+    /// answer is a message if one waits now, else a dispatch without one;
+    /// above 0, the same once that many ms passed; 0: wait for one.
+    fn pull(
+        &mut self,
+        p: &wire::MessagePull,
+        out: &mut Vec<Action>,
+    ) -> Result<Vec<usize>, Refusal> {
+        let Some(sub) = p
+            .consumer_id
+            .as_ref()
+            .and_then(|id| self.by_consumer_id.get(id))
+            .copied()
+        else {
+            return refuse("MessagePull for an unknown consumer");
+        };
+        let consumer = self.consumer_key(sub);
+        let token = self.next_token;
+        self.next_token += 1;
+        let Some(c) = self.consumers.get_mut(&sub) else {
+            return refuse("MessagePull for a closed consumer");
+        };
+        let owner = c.destination.owner(self.cfg.shards);
+        out.push(Action::Route(
+            owner,
+            Op::Pull {
+                destination: c.destination.clone(),
+                consumer,
+                cancel: false,
+            },
+        ));
+        match p.timeout {
+            0 => c.pulling = None,
+            t if t < 0 => {
+                // Whatever the owner had is on its way once this fence is.
+                c.pulling = Some((token, false));
+                self.pulls.insert(token, sub);
+                out.push(Action::Route(
+                    owner,
+                    Op::Fence {
+                        conn: self.conn,
+                        token,
+                    },
+                ));
+            }
+            t => {
+                c.pulling = Some((token, false));
+                self.pulls.insert(token, sub);
+                out.push(Action::Timer {
+                    after: std::time::Duration::from_millis(t as u64),
+                    token,
+                });
+            }
+        }
+        Ok(vec![owner])
+    }
+
+    /// A timer the session set went off (a MessagePull's deadline).
+    pub fn timer(&mut self, token: u64, out: &mut Vec<Action>) {
+        self.pull_expired(token, out);
+    }
+
+    /// The pull `token` is over: if its consumer got nothing since, it is
+    /// told so (a dispatch without a message: `receive` returns null) and
+    /// the owner stops holding a message for it. One on its way meanwhile
+    /// still comes, and the client keeps it for its next `receive`.
+    fn pull_expired(&mut self, token: u64, out: &mut Vec<Action>) -> bool {
+        let Some(sub) = self.pulls.remove(&token) else {
+            return false;
+        };
+        let consumer = self.consumer_key(sub);
+        let Some(c) = self.consumers.get_mut(&sub) else {
+            return true;
+        };
+        match c.pulling {
+            Some((t, got)) if t == token => {
+                c.pulling = None;
+                if !got {
+                    out.push(Action::Route(
+                        c.destination.owner(self.cfg.shards),
+                        Op::Pull {
+                            destination: c.destination.clone(),
+                            consumer,
+                            cancel: true,
+                        },
+                    ));
+                    out.push(Action::Write(c.empty_dispatch()));
+                }
+            }
+            // A newer pull replaced it.
+            _ => {}
+        }
+        true
+    }
+
     /// A shard has applied everything up to fence `token`.
     pub fn fenced(&mut self, token: u64, out: &mut Vec<Action>) {
+        if self.pull_expired(token, out) {
+            return;
+        }
         if let Some(sub) = self.browse_ends.remove(&token) {
             if let Some(c) = self.consumers.get(&sub) {
-                out.push(Action::Write(
-                    MessageDispatch {
-                        consumer_id: Some(c.id.clone()),
-                        destination: Some(c.wire_destination.clone()),
-                        message: None,
-                        ..MessageDispatch::default()
-                    }
-                    .into(),
-                ));
+                out.push(Action::Write(c.empty_dispatch()));
             }
             return;
         }
@@ -1059,8 +1177,8 @@ impl Session {
             // It would outlive the topic, which ends with its connection.
             return refuse("a durable subscription to a temporary topic");
         }
-        if c.prefetch_size <= 0 {
-            return unsupported("prefetch 0 (MessagePull)");
+        if c.prefetch_size < 0 {
+            return refuse("a negative prefetch");
         }
         if !temporary && !advisory {
             self.decisions
@@ -1103,6 +1221,7 @@ impl Session {
                 unacked: VecDeque::new(),
                 advisory,
                 browser: c.browser,
+                pulling: None,
             },
         );
         if c.browser {
@@ -1448,6 +1567,9 @@ impl Session {
             if !c.browser {
                 c.unacked.push_back(m.id);
             }
+            if let Some((_, got)) = &mut c.pulling {
+                *got = true;
+            }
             out.push(
                 MessageDispatch {
                     consumer_id: Some(c.id.clone()),
@@ -1648,7 +1770,7 @@ mod tests {
     use super::*;
     use crate::broker::message::MemoryUsage;
     use crate::protocol::openwire::commands::{
-        ConnectionInfo, LocalTransactionId, MessagePull, XaTransactionId,
+        ConnectionInfo, LocalTransactionId, XaTransactionId,
     };
 
     fn session() -> Session {
@@ -1994,12 +2116,15 @@ mod tests {
     fn unsupported_commands_get_an_exception_response_and_the_connection_lives() {
         let mut s = session();
         let mut out = Vec::new();
-        let pull = MessagePull {
+        let composite = ConsumerInfo {
             command_id: 3,
             response_required: true,
-            ..MessagePull::default()
+            consumer_id: Some(consumer_id(4)),
+            destination: Some(wire::Destination::queue("a,b")),
+            prefetch_size: 10,
+            ..ConsumerInfo::default()
         };
-        s.handle(pull.into(), &mut out);
+        s.handle(composite.into(), &mut out);
         match &out[..] {
             [Action::Write(Command::ExceptionResponse(e))] => {
                 assert_eq!(e.correlation_id, 3);
@@ -2332,5 +2457,51 @@ mod tests {
         };
         s.handle(remove.into(), &mut out);
         assert!(out.is_empty(), "a browser never subscribed: {out:?}");
+    }
+
+    #[test]
+    fn a_pull_that_gets_nothing_is_answered_with_an_empty_dispatch() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let info = ConsumerInfo {
+            consumer_id: Some(consumer_id(5)),
+            destination: Some(wire::Destination::queue("q")),
+            prefetch_size: 0,
+            ..ConsumerInfo::default()
+        };
+        s.handle(info.into(), &mut out);
+        assert!(matches!(&out[..], [Action::Route(_, Op::Subscribe(sub))] if sub.prefetch == 0));
+        for timeout in [-1i64, 250] {
+            out.clear();
+            let pull = wire::MessagePull {
+                consumer_id: Some(consumer_id(5)),
+                timeout,
+                ..wire::MessagePull::default()
+            };
+            s.handle(pull.into(), &mut out);
+            assert!(
+                matches!(&out[0], Action::Route(_, Op::Pull { cancel: false, .. })),
+                "{out:?}"
+            );
+            let token = match &out[1] {
+                Action::Route(_, Op::Fence { token, .. }) if timeout < 0 => *token,
+                Action::Timer { after, token } if after.as_millis() == 250 => *token,
+                other => panic!("unexpected {other:?}"),
+            };
+            out.clear();
+            if timeout < 0 {
+                s.fenced(token, &mut out);
+            } else {
+                s.timer(token, &mut out);
+            }
+            assert!(
+                matches!(&out[0], Action::Route(_, Op::Pull { cancel: true, .. })),
+                "{out:?}"
+            );
+            assert!(
+                matches!(&out[1], Action::Write(Command::MessageDispatch(d)) if d.message.is_none()),
+                "{out:?}"
+            );
+        }
     }
 }
