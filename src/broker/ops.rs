@@ -75,6 +75,8 @@ pub enum Op {
         destination: Destination,
         consumer: ConsumerKey,
         max: usize,
+        /// Only the messages it matches are shown.
+        selector: Option<Selector>,
     },
     /// The consumer's client gave up on these deliveries (JMS's POISON
     /// ack: past its own redelivery limit): to the dead-letter queue at

@@ -376,7 +376,9 @@ impl MessageQueue {
     fn release_credit(&mut self, key: ConsumerKey, n: u32) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
             c.in_flight = c.in_flight.saturating_sub(n);
-            c.extension = c.extension.min(c.in_flight);
+            // What was acknowledged (or came back) no longer widens the
+            // window: the extension only covers what the client holds.
+            c.extension = c.extension.saturating_sub(n).min(c.in_flight);
         }
     }
 
@@ -589,6 +591,29 @@ mod tests {
             .iter()
             .map(|(k, d)| (k.sub, d.msg.id))
             .collect()
+    }
+
+    #[test]
+    fn an_acknowledged_delivery_no_longer_widens_the_window() {
+        let mut q = MessageQueue::default();
+        let k = key(1);
+        q.add_consumer(k, 1);
+        for id in 1..=3 {
+            q.enqueue(msg(id, 4, 0));
+        }
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert!(q.extend_credit(k, 1));
+        q.dispatch(0, &mut d);
+        assert_eq!(d.deliveries.len(), 2);
+        // The first is committed: one is held, the window is 1 again.
+        assert_eq!(q.ack(k, &[1]).len(), 1);
+        q.dispatch(0, &mut d);
+        assert_eq!(
+            d.deliveries.len(),
+            2,
+            "no third while one is held with prefetch 1"
+        );
     }
 
     #[test]

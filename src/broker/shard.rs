@@ -252,7 +252,8 @@ impl ShardBroker {
                 destination,
                 consumer,
                 max,
-            } => self.browse_for(&destination, consumer, max, out),
+                selector,
+            } => self.browse_for(&destination, consumer, max, selector.as_ref(), out),
             Op::Pull {
                 destination,
                 consumer,

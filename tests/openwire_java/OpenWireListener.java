@@ -508,8 +508,17 @@ public class OpenWireListener {
         check(!s.createBrowser(q).getEnumeration().hasMoreElements(), "an empty queue browsed something");
         MessageProducer p = s.createProducer(q);
         for (int i = 0; i < 5; i++) {
-            p.send(s.createTextMessage("b-" + i));
+            TextMessage m = s.createTextMessage("b-" + i);
+            m.setIntProperty("n", i);
+            p.send(m);
         }
+        java.util.Enumeration<?> picked = s.createBrowser(q, "n > 2").getEnumeration();
+        for (int i = 3; i < 5; i++) {
+            check(picked.hasMoreElements(), "a selective browse ended before b-" + i);
+            TextMessage m = (TextMessage) picked.nextElement();
+            check(m.getText().equals("b-" + i), "selective browse: expected b-" + i + ", got " + m.getText());
+        }
+        check(!picked.hasMoreElements(), "a selective browse saw a message its selector does not match");
         for (int pass = 0; pass < 2; pass++) {
             java.util.Enumeration<?> e = s.createBrowser(q).getEnumeration();
             for (int i = 0; i < 5; i++) {

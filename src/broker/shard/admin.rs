@@ -12,6 +12,10 @@ use crate::broker::ops::DurableName;
 use crate::broker::ops::{Reply, ShardMsg};
 use crate::broker::paging::PagedEntry;
 use crate::broker::queue::{ConsumerKey, Delivery, Waiting};
+use crate::broker::selector::{admits, Candidate, Selector};
+
+/// Most bytes of paged messages a queue browser's look reads back.
+const BROWSE_READ_BYTES: usize = 16 * 1024 * 1024;
 use crate::store::RecordRef;
 
 /// Per-destination figures.
@@ -144,27 +148,48 @@ impl ShardBroker {
         max: usize,
     ) -> Result<Vec<BrowsedMessage>, AdminRefusal> {
         Ok(self
-            .waiting_messages(dest, max)?
+            .waiting_messages(dest, max, usize::MAX, None)?
             .iter()
             .map(|(m, redeliveries)| browsed(m, *redeliveries))
             .collect())
     }
 
-    /// The first `max` waiting messages of a queue, in the order they would
-    /// be delivered, with their redelivery counts, without taking them:
-    /// paged ones read back (one that cannot be is left out).
+    /// The first `max` waiting messages of a queue that `selector` admits
+    /// (and up to about `max_bytes` of bodies read back from the store),
+    /// in the order they would be delivered, with their redelivery counts,
+    /// without taking them: paged ones read back (one that cannot be is
+    /// left out).
     pub fn waiting_messages(
         &self,
         dest: &Destination,
         max: usize,
+        max_bytes: usize,
+        selector: Option<&Selector>,
     ) -> Result<Vec<(crate::broker::message::SharedMessage, u32)>, AdminRefusal> {
         let q = self.queue_named(dest, "browsed")?;
         let mut out = Vec::with_capacity(max.min(q.pending()));
         let mut paged: Vec<(usize, PagedEntry)> = Vec::new();
-        for w in q.waiting().take(max) {
+        let mut paged_bytes = 0usize;
+        for w in q.waiting() {
+            // Paged ones are counted now and checked once read back.
+            if out.len() >= max {
+                break;
+            }
             match w {
-                Waiting::Memory(e) => out.push(Some((e.msg.clone(), e.redeliveries))),
+                Waiting::Memory(e) => {
+                    let subject = Candidate {
+                        msg: &e.msg,
+                        redeliveries: e.redeliveries,
+                    };
+                    if admits(selector, &subject) {
+                        out.push(Some((e.msg.clone(), e.redeliveries)));
+                    }
+                }
                 Waiting::Paged(e) => {
+                    paged_bytes += e.at.bytes() as usize;
+                    if paged_bytes > max_bytes {
+                        break;
+                    }
                     paged.push((out.len(), e.clone()));
                     out.push(None);
                 }
@@ -174,7 +199,13 @@ impl ShardBroker {
             let entries: Vec<PagedEntry> = paged.iter().map(|(_, e)| e.clone()).collect();
             for ((i, e), m) in paged.iter().zip(p.read(dest, &entries)) {
                 if let Ok(m) = m {
-                    out[*i] = Some((std::sync::Arc::new(m), e.redeliveries));
+                    let subject = Candidate {
+                        msg: &m,
+                        redeliveries: e.redeliveries,
+                    };
+                    if admits(selector, &subject) {
+                        out[*i] = Some((std::sync::Arc::new(m), e.redeliveries));
+                    }
                 }
             }
         }
@@ -189,9 +220,11 @@ impl ShardBroker {
         dest: &Destination,
         consumer: ConsumerKey,
         max: usize,
+        selector: Option<&Selector>,
         out: &mut Outbox,
     ) {
-        let Ok(found) = self.waiting_messages(dest, max) else {
+        // Reading paged bodies back is synchronous: bounded by bytes too.
+        let Ok(found) = self.waiting_messages(dest, max, BROWSE_READ_BYTES, selector) else {
             return;
         };
         if found.is_empty() {

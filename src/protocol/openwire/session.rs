@@ -500,8 +500,16 @@ impl Session {
                 cancel: false,
             },
         ));
+        // A pull replaced by this one needs no answer any more.
+        if let Some((old, _)) = c.pulling.take() {
+            self.pulls.remove(&old);
+        }
+        let Some(c) = self.consumers.get_mut(&sub) else {
+            return refuse("MessagePull for a closed consumer");
+        };
         match p.timeout {
-            0 => c.pulling = None,
+            // Waiting an hour or more is waiting: no timer to keep.
+            t if t == 0 || t >= 3_600_000 => c.pulling = None,
             t if t < 0 => {
                 // Whatever the owner had is on its way once this fence is.
                 c.pulling = Some((token, false));
@@ -543,23 +551,24 @@ impl Session {
         let Some(c) = self.consumers.get_mut(&sub) else {
             return true;
         };
-        match c.pulling {
-            Some((t, got)) if t == token => {
+        if let Some((t, got)) = c.pulling {
+            if t == token {
                 c.pulling = None;
+                // Cancelled even when a message came: one the owner handed
+                // out just as an earlier pull expired may have been counted
+                // for this one, and the owner must not keep a pull open.
+                out.push(Action::Route(
+                    c.destination.owner(self.cfg.shards),
+                    Op::Pull {
+                        destination: c.destination.clone(),
+                        consumer,
+                        cancel: true,
+                    },
+                ));
                 if !got {
-                    out.push(Action::Route(
-                        c.destination.owner(self.cfg.shards),
-                        Op::Pull {
-                            destination: c.destination.clone(),
-                            consumer,
-                            cancel: true,
-                        },
-                    ));
                     out.push(Action::Write(c.empty_dispatch()));
                 }
             }
-            // A newer pull replaced it.
-            _ => {}
         }
         true
     }
@@ -1236,6 +1245,7 @@ impl Session {
                     destination,
                     consumer: self.consumer_key(sub),
                     max: BROWSE_MAX,
+                    selector,
                 },
             ));
             out.push(Action::Route(
@@ -1290,14 +1300,18 @@ impl Session {
                 None if self.advisory_consumers.remove(id) => Vec::new(),
                 None => return refuse("RemoveInfo of an unknown consumer"),
             },
-            Some(wire::DataStructure::SessionId(id)) => self
-                .consumers
-                .iter()
-                .filter(|(_, c)| {
-                    c.id.session_id == id.value && c.id.connection_id == id.connection_id
-                })
-                .map(|(sub, _)| *sub)
-                .collect(),
+            Some(wire::DataStructure::SessionId(id)) => {
+                // The client removes a session's producers with it.
+                self.windowed
+                    .retain(|p| !(p.session_id == id.value && p.connection_id == id.connection_id));
+                self.consumers
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.id.session_id == id.value && c.id.connection_id == id.connection_id
+                    })
+                    .map(|(sub, _)| *sub)
+                    .collect()
+            }
             Some(wire::DataStructure::ConnectionId(_)) => self.consumers.keys().copied().collect(),
             Some(wire::DataStructure::ProducerId(id)) => {
                 self.windowed.remove(id);
@@ -1323,6 +1337,9 @@ impl Session {
     fn close_consumer(&mut self, sub: u64, out: &mut Vec<Action>) -> Option<usize> {
         let c = self.consumers.remove(&sub)?;
         self.by_consumer_id.remove(&c.id);
+        if let Some((token, _)) = c.pulling {
+            self.pulls.remove(&token);
+        }
         let owner = c.destination.owner(self.cfg.shards);
         if c.browser {
             // It never subscribed.
@@ -1360,7 +1377,13 @@ impl Session {
         // Consuming acks of an open transaction wait for its commit; the
         // others (and any naming a transaction that is over: the client
         // sends its POISON ack after the rollback) apply now.
-        let consuming = !matches!(kind, AckType::Delivered | AckType::Redelivered);
+        // A POISON ack is never held: the client gave up on the messages
+        // (ActiveMQ refuses one in a transaction; its client sends it
+        // after the rollback).
+        let consuming = !matches!(
+            kind,
+            AckType::Delivered | AckType::Redelivered | AckType::Poison
+        );
         let tx = a
             .transaction_id
             .clone()
@@ -1392,6 +1415,11 @@ impl Session {
             return refuse("MessageAck for an unknown consumer");
         };
         let sub = *sub;
+        if self.consumers.get(&sub).is_some_and(|c| c.browser) {
+            // A browser's messages were never taken: nothing to settle,
+            // in a transaction or not.
+            return Ok(Vec::new());
+        }
         let nack = match kind {
             // Handed to the application, not acknowledged: the prefetch
             // window grows by that much (ActiveMQ's prefetch extension), or
@@ -2423,18 +2451,21 @@ mod tests {
         assert!(exception(&out).2.contains("does not exist"));
     }
 
-    #[test]
-    fn a_browser_looks_then_hears_the_end_and_takes_nothing() {
-        let mut s = session();
-        let mut out = Vec::new();
-        let info = ConsumerInfo {
-            consumer_id: Some(consumer_id(3)),
+    fn browser_on_q(n: i64) -> ConsumerInfo {
+        ConsumerInfo {
+            consumer_id: Some(consumer_id(n)),
             destination: Some(wire::Destination::queue("q")),
             prefetch_size: 500,
             browser: true,
             ..ConsumerInfo::default()
-        };
-        s.handle(info.into(), &mut out);
+        }
+    }
+
+    #[test]
+    fn a_browser_looks_then_hears_the_end_and_takes_nothing() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.handle(browser_on_q(3).into(), &mut out);
         let token = match &out[..] {
             [Action::Route(a, Op::Browse { max, .. }), Action::Route(b, Op::Fence { token, .. })] =>
             {
@@ -2503,5 +2534,50 @@ mod tests {
                 "{out:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_transaction_that_acks_browsed_messages_commits() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.handle(browser_on_q(1).into(), &mut out);
+        let usage = Arc::new(MemoryUsage::default());
+        let browsed = Delivery {
+            msg: Arc::new(Message {
+                id: 7,
+                destination: Destination::queue("q"),
+                properties: Vec::new(),
+                body: Bytes::from_static(b"look"),
+                priority: 4,
+                expires_ms: 0,
+                persistent: false,
+                timestamp_ms: 1,
+                charge: usage.charge(1),
+            }),
+            redelivered: false,
+            redeliveries: 0,
+        };
+        let mut dispatched = Vec::new();
+        s.deliver(0, vec![browsed], &mut dispatched);
+        let id = match &dispatched[..] {
+            [Command::MessageDispatch(d)] => {
+                d.message.as_ref().unwrap().message_id.clone().unwrap()
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let t = local_tx(8);
+        s.handle(tx_info(&t, TransactionType::Begin, 10), &mut out);
+        let ack = MessageAck {
+            consumer_id: Some(consumer_id(1)),
+            ack_type: AckType::Standard as i8,
+            first_message_id: Some(id.clone()),
+            last_message_id: Some(id),
+            transaction_id: Some(t.clone()),
+            ..MessageAck::default()
+        };
+        s.handle(ack.into(), &mut out);
+        out.clear();
+        s.handle(tx_info(&t, TransactionType::CommitOnePhase, 11), &mut out);
+        assert_eq!(responses(&out), vec![11], "{out:?}");
     }
 }

@@ -511,7 +511,7 @@ impl Session {
         let properties: Vec<Property> = f
             .headers
             .into_iter()
-            .filter(|(k, _)| !is_routing_header(k))
+            .filter(|(k, v)| !is_routing_header(k) && !is_marshalled_kind(k, v))
             .collect();
         let footprint = Message::footprint(&properties, &f.body);
         let msg = Arc::new(Message {
@@ -1024,6 +1024,14 @@ fn selector(f: &Frame, durable: bool) -> Result<Option<Selector>, Refusal> {
 
 /// Headers the broker consumes or sets itself; everything else travels with
 /// the message as an application property.
+/// `brokk-body: map|stream|object` says a body is ActiveMQ's marshalled
+/// form of that JMS message kind (see `protocol::openwire::session`); a
+/// STOMP sender cannot vouch for that, so it is dropped (`bytes` stays:
+/// any body is bytes).
+fn is_marshalled_kind(k: &[u8], v: &[u8]) -> bool {
+    k == b"brokk-body" && matches!(v, b"map" | b"stream" | b"object")
+}
+
 fn is_routing_header(k: &[u8]) -> bool {
     matches!(
         k,
