@@ -60,6 +60,18 @@ fn java_case_says(broker: &Broker, case: &str, said: &str) {
     assert!(printed.contains(said), "{printed}");
 }
 
+/// A STOMP client of `b`, logged in as the Java program's user.
+fn stomp_client(b: &Broker) -> common::Client {
+    common::Client::connect(
+        b.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "alice"),
+            ("passcode", "secret"),
+        ],
+    )
+}
+
 fn broker() -> Broker {
     Broker::start_with_config(Some(USERS), &["--shards", "2"])
 }
@@ -170,14 +182,7 @@ fn a_wrong_password_fails_the_connection_with_jms_security_exception() {
 fn a_text_message_crosses_from_openwire_to_stomp() {
     let b = broker();
     java_case(&b, "send-to-stomp", &["ow.to-stomp"]);
-    let mut c = common::Client::connect(
-        b.stomp,
-        &[
-            ("accept-version", "1.2"),
-            ("login", "alice"),
-            ("passcode", "secret"),
-        ],
-    );
+    let mut c = stomp_client(&b);
     c.subscribe("s", "/queue/ow.to-stomp", "auto", &[]);
     let m = c
         .recv_timeout(Duration::from_secs(10))
@@ -190,16 +195,51 @@ fn a_text_message_crosses_from_openwire_to_stomp() {
 }
 
 #[test]
+fn a_stomp_client_answers_on_a_jms_temporary_queue() {
+    let b = broker();
+    let url = format!("tcp://{}", b.openwire);
+    let java = Process::new("java")
+        .args([
+            "-cp",
+            classpath(),
+            "OpenWireListener",
+            "stomp-replies",
+            &url,
+        ])
+        .arg("ow.stomp-requests")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("java runs");
+    let mut c = stomp_client(&b);
+    c.subscribe("s", "/queue/ow.stomp-requests", "auto", &[]);
+    let ask = c
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the JMS request within 30 s");
+    assert_eq!(body(&ask), "question for stomp");
+    let reply_to = ask
+        .header_str("reply-to")
+        .expect("a reply-to header")
+        .to_string();
+    assert!(reply_to.starts_with("/temp-queue/ID:"), "{reply_to}");
+    c.send_sync(&reply_to, "answer from stomp", &[]);
+    // The program halts itself after 60 s, so this cannot hang.
+    let out = java.wait_with_output().expect("java ends");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && printed.contains("STOMP answered on a temporary queue"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn a_text_message_crosses_from_stomp_to_openwire() {
     let b = broker();
-    let mut c = common::Client::connect(
-        b.stomp,
-        &[
-            ("accept-version", "1.2"),
-            ("login", "alice"),
-            ("passcode", "secret"),
-        ],
-    );
+    let mut c = stomp_client(&b);
     // Without content-length, as a STOMP text sender writes it: ActiveMQ
     // makes that a TextMessage.
     c.write(

@@ -95,6 +95,29 @@ impl Destination {
         }
     }
 
+    /// A temporary destination as STOMP (and ActiveMQ's mapping of
+    /// JMSReplyTo) writes it: `/temp-queue/NAME` or `/temp-topic/NAME`,
+    /// NAME the client's generated name. None for any other form.
+    pub fn parse_temporary(s: &str) -> Option<Result<Destination, DestinationError>> {
+        let (topic, name) = match (
+            s.strip_prefix("/temp-queue/"),
+            s.strip_prefix("/temp-topic/"),
+        ) {
+            (Some(n), _) => (false, n),
+            (_, Some(n)) => (true, n),
+            _ => return None,
+        };
+        Some(if name.is_empty() {
+            Err(DestinationError::Empty(short(s)))
+        } else if name.len() + TEMPORARY_PREFIX.len() > MAX_NAME_BYTES {
+            Err(DestinationError::TooLong)
+        } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            Err(DestinationError::BadCharacter(short(s)))
+        } else {
+            Ok(Destination::temporary(name, topic))
+        })
+    }
+
     pub fn is_temporary(&self) -> bool {
         self.name().starts_with(TEMPORARY_PREFIX)
     }
@@ -174,5 +197,31 @@ mod tests {
             assert_eq!(d.owner(n), d.owner(n));
         }
         assert_eq!(d.owner(1), 0);
+    }
+
+    #[test]
+    fn temporary_names_are_the_brokers_own() {
+        let t = Destination::parse_temporary("/temp-queue/ID:c-1:1")
+            .unwrap()
+            .unwrap();
+        assert!(t.is_temporary() && !t.is_topic());
+        assert_eq!(t.client_name(), "ID:c-1:1");
+        assert!(Destination::parse_temporary("/temp-topic/x")
+            .unwrap()
+            .unwrap()
+            .is_topic());
+        assert!(Destination::parse_temporary("/queue/x").is_none());
+        assert!(Destination::parse_temporary("/temp-queue/")
+            .unwrap()
+            .is_err());
+        // Nobody names one, or the announcements, directly.
+        assert!(matches!(
+            Destination::parse("/queue/$temp:ID:c-1:1"),
+            Err(DestinationError::Reserved(_))
+        ));
+        assert!(matches!(
+            Destination::parse("/topic/$advisory:temporary-destinations"),
+            Err(DestinationError::Reserved(_))
+        ));
     }
 }

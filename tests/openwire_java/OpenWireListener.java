@@ -59,6 +59,7 @@ public class OpenWireListener {
                 case "producer-window": producerWindow(); break;
                 case "browse": browse(); break;
                 case "pull": pull(); break;
+                case "stomp-replies": stompReplies(args[2]); break;
                 case "durable": durable(); break;
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
@@ -561,6 +562,21 @@ public class OpenWireListener {
         check(a.receive(200) == null, "a fifth message");
         c.close();
         System.out.println("prefetch 0 pulls one at a time");
+    }
+
+    /** Request/reply across protocols: a STOMP client answers on a JMS temporary queue. */
+    static void stompReplies(String queue) throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TemporaryQueue inbox = s.createTemporaryQueue();
+        MessageConsumer answers = s.createConsumer(inbox);
+        TextMessage ask = s.createTextMessage("question for stomp");
+        ask.setJMSReplyTo(inbox);
+        s.createProducer(s.createQueue(queue)).send(ask);
+        TextMessage back = receiveText(answers, "the STOMP client's answer");
+        check(back.getText().equals("answer from stomp"), "got " + back.getText());
+        c.close();
+        System.out.println("STOMP answered on a temporary queue");
     }
 
     static Connection connect(String clientId) throws JMSException {

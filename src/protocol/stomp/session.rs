@@ -478,11 +478,27 @@ impl Session {
     }
 
     fn send(&mut self, f: Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        let dest = match f.header_str("destination") {
+        let raw = match f.header_str("destination") {
             None => return refuse("SEND requires a destination header"),
-            Some(d) => Destination::parse(d).or_else(|e| refuse(e.to_string()))?,
+            Some(d) => d,
         };
-        self.authorize(&dest, Right::Write)?;
+        // A reply to a JMS client's temporary queue (its `reply-to`): any
+        // connection may send to one while it lives (see
+        // `broker::temporary`); its messages are never stored.
+        let temporary = Destination::parse_temporary(raw).is_some();
+        let dest = match Destination::parse_temporary(raw) {
+            Some(t) => t.or_else(|e| refuse(e.to_string()))?,
+            None => Destination::parse(raw).or_else(|e| refuse(e.to_string()))?,
+        };
+        if temporary {
+            if self.cfg.temporary.owner(&dest).is_none() {
+                return refuse(format!(
+                    "temporary destination '{raw}' does not exist (its connection removed it or ended)"
+                ));
+            }
+        } else {
+            self.authorize(&dest, Right::Write)?;
+        }
         let priority = match f.header_str("priority") {
             None => 4,
             Some(p) => match p.trim().parse::<u8>() {
@@ -498,7 +514,7 @@ impl Session {
                 ))
             })?,
         };
-        let persistent = f.header("persistent") == Some(b"true");
+        let persistent = f.header("persistent") == Some(b"true") && !temporary;
         let tx = f.header("transaction").map(Bytes::copy_from_slice);
         if let Some(t) = &tx {
             if !self.transactions.contains_key(t) {
