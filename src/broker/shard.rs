@@ -258,56 +258,28 @@ impl ShardBroker {
                 destination,
                 consumer,
                 cancel,
-            } => {
-                let wants = match self.queue_of(&destination, consumer) {
-                    Some((_, q)) => q.pull(consumer, cancel),
-                    None => return,
-                };
-                if wants {
-                    self.dispatch_one(&destination, consumer, out);
-                }
-            }
+            } => self.widen(&destination, consumer, out, |q| q.pull(consumer, cancel)),
+            // A limit of 0: every one of them is past it.
             Op::Poison {
                 destination,
                 consumer,
                 ids,
-            } => {
-                // A limit of 0: every one of them is past it.
-                let back = match self.queue_of(&destination, consumer) {
-                    Some((_, q)) => q.requeue(consumer, &ids, 0),
-                    None => return,
-                };
-                let sub = self.durable_of(&destination, consumer);
-                self.came_back(&destination, sub.as_ref(), back, out);
-                self.dispatch_one(&destination, consumer, out);
-            }
+            } => self.give_back(&destination, consumer, &ids, 0, out),
             Op::Nack {
                 destination,
                 consumer,
                 ids,
             } => {
                 let max = self.settings.max_redeliveries;
-                let back = match self.queue_of(&destination, consumer) {
-                    Some((_, q)) => q.requeue(consumer, &ids, max),
-                    None => return,
-                };
-                let sub = self.durable_of(&destination, consumer);
-                self.came_back(&destination, sub.as_ref(), back, out);
-                self.dispatch_one(&destination, consumer, out);
+                self.give_back(&destination, consumer, &ids, max, out);
             }
             Op::Delivered {
                 destination,
                 consumer,
                 count,
-            } => {
-                let gained = match self.queue_of(&destination, consumer) {
-                    Some((_, q)) => q.extend_credit(consumer, count),
-                    None => return,
-                };
-                if gained {
-                    self.dispatch_one(&destination, consumer, out);
-                }
-            }
+            } => self.widen(&destination, consumer, out, |q| {
+                q.extend_credit(consumer, count)
+            }),
             Op::DeadLetter { msg, retire } => {
                 // Without a runtime that waits for durability (see
                 // server::shard), the retirement follows at once.
@@ -640,6 +612,44 @@ impl ShardBroker {
     /// One participant no longer needs the decision of `tx`.
     pub fn tx_forget(&mut self, tx: u64) {
         self.store.borrow_mut().release(tx);
+    }
+
+    /// `consumer` gives `ids` back to its queue (NACK, POISON): past
+    /// `max_redeliveries` they go to the dead-letter queue, the others wait
+    /// again; then the queue dispatches to it.
+    fn give_back(
+        &mut self,
+        destination: &Destination,
+        consumer: ConsumerKey,
+        ids: &[super::MessageId],
+        max_redeliveries: u32,
+        out: &mut Outbox,
+    ) {
+        let back = match self.queue_of(destination, consumer) {
+            Some((_, q)) => q.requeue(consumer, ids, max_redeliveries),
+            None => return,
+        };
+        let sub = self.durable_of(destination, consumer);
+        self.came_back(destination, sub.as_ref(), back, out);
+        self.dispatch_one(destination, consumer, out);
+    }
+
+    /// `change` may give `consumer` more credit on its queue (a pull, a
+    /// prefetch extension); if it did, the queue dispatches to it.
+    fn widen(
+        &mut self,
+        destination: &Destination,
+        consumer: ConsumerKey,
+        out: &mut Outbox,
+        change: impl FnOnce(&mut MessageQueue) -> bool,
+    ) {
+        let gained = match self.queue_of(destination, consumer) {
+            Some((_, q)) => change(q),
+            None => return,
+        };
+        if gained {
+            self.dispatch_one(destination, consumer, out);
+        }
     }
 
     /// `d` is a temporary destination whose connection removed it.
