@@ -187,7 +187,8 @@ impl ShardBroker {
                 }
                 Waiting::Paged(e) => {
                     paged_bytes += e.at.bytes() as usize;
-                    if paged_bytes > max_bytes {
+                    // At least one, however large.
+                    if paged_bytes > max_bytes && !paged.is_empty() {
                         break;
                     }
                     paged.push((out.len(), e.clone()));

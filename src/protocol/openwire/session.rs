@@ -504,12 +504,8 @@ impl Session {
         if let Some((old, _)) = c.pulling.take() {
             self.pulls.remove(&old);
         }
-        let Some(c) = self.consumers.get_mut(&sub) else {
-            return refuse("MessagePull for a closed consumer");
-        };
         match p.timeout {
-            // Waiting an hour or more is waiting: no timer to keep.
-            t if t == 0 || t >= 3_600_000 => c.pulling = None,
+            0 => c.pulling = None,
             t if t < 0 => {
                 // Whatever the owner had is on its way once this fence is.
                 c.pulling = Some((token, false));

@@ -483,20 +483,17 @@ impl Session {
             Some(d) => d,
         };
         // A reply to a JMS client's temporary queue (its `reply-to`): any
-        // connection may send to one while it lives (see
-        // `broker::temporary`); its messages are never stored.
+        // connection may send to one (see `broker::temporary`); its
+        // messages are never stored. One whose requester has gone is
+        // dropped by its shard, not refused: an ERROR would close this
+        // connection, and a responder must not lose its session over a
+        // requester that gave up.
         let temporary = Destination::parse_temporary(raw).is_some();
         let dest = match Destination::parse_temporary(raw) {
             Some(t) => t.or_else(|e| refuse(e.to_string()))?,
             None => Destination::parse(raw).or_else(|e| refuse(e.to_string()))?,
         };
-        if temporary {
-            if self.cfg.temporary.owner(&dest).is_none() {
-                return refuse(format!(
-                    "temporary destination '{raw}' does not exist (its connection removed it or ended)"
-                ));
-            }
-        } else {
+        if !temporary {
             self.authorize(&dest, Right::Write)?;
         }
         let priority = match f.header_str("priority") {
