@@ -361,3 +361,51 @@ fn a_clean_shutdown_keeps_the_last_acks_and_redelivery_counts() {
         );
     }
 }
+
+/// A message its producer sends again (ActiveMQ's failover transport
+/// resends what was unanswered; a STOMP client may set `brokk-origin`
+/// itself) is stored once: also after a SIGKILL, whether the first copy
+/// still waits or was already consumed and acknowledged.
+#[test]
+fn a_resent_message_is_stored_once_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start_on(dir.path(), None, &["--shards", "2"]);
+    let mut p = first.client();
+    let origin = |seq: u32| format!("ID:client-1-2-3-1:1:1:{seq}");
+    let send = |p: &mut Client, seq: u32, body: &str| {
+        p.send_sync(
+            "/queue/resent",
+            body,
+            &[("persistent", "true"), ("brokk-origin", &origin(seq))],
+        );
+    };
+    send(&mut p, 1, "one");
+    send(&mut p, 2, "two");
+    send(&mut p, 2, "two again");
+    assert_eq!(
+        pending(&first, "/queue/resent"),
+        2,
+        "a live resend is dropped"
+    );
+    // Consumed and acknowledged: gone, but its producer's resend is still
+    // recognised after the crash.
+    let mut c = first.client();
+    c.subscribe("s", "/queue/resent", "client-individual", &[]);
+    let got = take_acked(&mut c, 2);
+    assert_eq!(body(&got[0]), "one");
+    c.disconnect();
+    send(&mut p, 3, "three");
+    first.kill9();
+
+    let second = start_on(dir.path(), None, &["--shards", "2"]);
+    let mut p = second.client();
+    send(&mut p, 1, "one again");
+    send(&mut p, 3, "three again");
+    send(&mut p, 4, "four");
+    let mut c = second.client();
+    c.subscribe("s", "/queue/resent", "client-individual", &[]);
+    let bodies: Vec<String> = take_acked(&mut c, 2).iter().map(body).collect();
+    assert_eq!(bodies, ["three", "four"]);
+    c.disconnect();
+    assert_eq!(pending(&second, "/queue/resent"), 0, "a resend was stored");
+}

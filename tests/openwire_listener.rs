@@ -249,3 +249,78 @@ fn a_text_message_crosses_from_stomp_to_openwire() {
     c.expect_receipt("r1");
     java_case(&b, "receive-from-stomp", &["ow.from-stomp"]);
 }
+
+/// A master/standby pair in file mode and ActiveMQ's client with
+/// `failover:(tcp://master,tcp://standby)`: the master is SIGKILLed
+/// while eight producers send persistent messages; the client reconnects
+/// to the new master, restores its connection and resends what was
+/// unanswered, and every message arrives exactly once (a resend of one
+/// the old master had stored is recognised by its producer id and
+/// sequence, which recovery read back from the journal).
+#[test]
+fn a_failover_client_loses_and_duplicates_nothing_when_the_master_is_killed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (common::free_addr(), common::free_addr());
+    let args = |ow: &str| common::data_args(dir.path(), &["--openwire", ow, "--shards", "2"]);
+    let mut master = Broker::spawn(Some(USERS), &args(&a), Some(dir.path()));
+    let mut standby = Broker::spawn_any(Some(USERS), &args(&b), Some(dir.path()));
+    assert!(
+        standby.role_line.starts_with("brokk standby"),
+        "{}",
+        standby.role_line
+    );
+    let url =
+        format!("failover:(tcp://{a},tcp://{b})?randomize=false&initialReconnectDelay=10&maxReconnectDelay=100");
+    let mut java = Process::new("java")
+        .args(["-cp", classpath(), "OpenWireListener", "failover", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("java runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = java.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut killed = false;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // The program halts itself after 60 s, so its output ends.
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        if !killed && line == "sent 1000" {
+            master.kill9();
+            killed = true;
+        }
+        printed.push(line);
+    }
+    let printed = printed.join("\n");
+    let status = java.wait().expect("java ends");
+    assert!(killed, "the producers never got to 1000:\n{printed}");
+    assert!(
+        status.success() && printed.contains("ok failover"),
+        "{printed}\n{}",
+        {
+            let mut e = String::new();
+            let _ = std::io::Read::read_to_string(&mut java.stderr.take().unwrap(), &mut e);
+            e
+        }
+    );
+    // It took over (its start line is already out), and holds nothing
+    // more: no copy waits behind what the client received.
+    standby.wait_for_master();
+    let left = standby.destination("/queue/ow.failover");
+    assert!(
+        left.as_ref().map_or(true, |d| d["pending"] == 0),
+        "{left:?}"
+    );
+}

@@ -7,6 +7,7 @@ pub mod message;
 pub mod message_ids;
 pub mod ops;
 pub mod paging;
+pub mod producer_audit;
 pub mod queue;
 pub mod restore;
 pub mod selector;

@@ -16,6 +16,7 @@ use super::destination::Destination;
 use super::message::{MemoryUsage, Message, SharedMessage};
 use super::message_ids::counter;
 use super::paging::{PageRef, PagedEntry, Pager};
+use super::producer_audit::{origin_of, ProducerAudit};
 use super::queue::Entry;
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
@@ -67,6 +68,8 @@ pub struct Restored {
     pub max_id_counter: u64,
     /// What the transactions found in the journal leave to do.
     pub tx: TxOutcome,
+    /// The producers' sequences of every plain SEND read, live or not.
+    pub audit: ProducerAudit,
 }
 
 /// The journal's side of the transactions recovery decided (see
@@ -128,6 +131,7 @@ pub struct Restorer {
     done: IdSet,
     /// Transactions this shard coordinated and decided (TxCommit).
     commits: IdSet,
+    audit: ProducerAudit,
 }
 
 impl Restorer {
@@ -149,6 +153,7 @@ impl Restorer {
             prepared: IdSet::default(),
             done: IdSet::default(),
             commits: IdSet::default(),
+            audit: ProducerAudit::default(),
         }
     }
 
@@ -196,16 +201,23 @@ impl Restorer {
                     timestamp_ms,
                     properties,
                     body,
-                } => self.stage(
-                    id,
-                    destination,
-                    priority,
-                    expires_ms,
-                    timestamp_ms,
-                    properties,
-                    body,
-                    here,
-                ),
+                } => {
+                    // Acknowledged or not: a producer's resend of it is
+                    // a repeat either way.
+                    if let Some(origin) = origin_of(&properties) {
+                        self.audit.repeat(origin);
+                    }
+                    self.stage(
+                        id,
+                        destination,
+                        priority,
+                        expires_ms,
+                        timestamp_ms,
+                        properties,
+                        body,
+                        here,
+                    );
+                }
                 Record::TxSend {
                     tx,
                     id,
@@ -545,6 +557,7 @@ impl Restorer {
             selectors: std::mem::take(&mut self.selectors),
             max_id_counter: self.max_id_counter,
             tx,
+            audit: std::mem::take(&mut self.audit),
             ..Restored::default()
         };
         for (name, staged) in self.queues {

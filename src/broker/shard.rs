@@ -18,6 +18,7 @@ use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp,
 use super::paging::{
     PageRef, PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES,
 };
+use super::producer_audit::{origin_of, ProducerAudit};
 use super::queue::{ConsumerKey, Delivery, Dispatched, Entry, MessageQueue, Requeued};
 use super::restore::Restored;
 use super::selector::{admits, Candidate, Selector};
@@ -186,6 +187,9 @@ pub struct ShardBroker {
     /// Queues larger than memory (see [`super::paging`]); None without a
     /// durable store (nothing is stored, so nothing may be paged).
     pager: Option<Pager>,
+    /// Producers' recent sequences: a resend is dropped (see
+    /// [`super::producer_audit`]).
+    audit: ProducerAudit,
 }
 
 /// A transaction part this shard just applied, for the runtime to answer.
@@ -216,6 +220,7 @@ impl ShardBroker {
             prepared: IdMap::default(),
             commit_order: HashMap::new(),
             pager,
+            audit: ProducerAudit::default(),
         }
     }
 
@@ -664,6 +669,14 @@ impl ShardBroker {
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
         if self.temporary_gone(&msg.destination) {
             return;
+        }
+        if let Some(origin) = origin_of(&msg.properties) {
+            if self.audit.repeat(origin) {
+                debug!(shard = self.shard, destination = %msg.destination,
+                    origin = %String::from_utf8_lossy(origin),
+                    "a producer sent this message again (failover resend): stored once");
+                return;
+            }
         }
         match &msg.destination {
             Destination::Queue(name) => {
@@ -1225,8 +1238,9 @@ impl ShardBroker {
 
     /// Puts restored queues and durable subscriptions in place (see
     /// [`super::restore`]); returns how many messages came back.
-    pub fn install(&mut self, restored: Restored) -> usize {
+    pub fn install(&mut self, mut restored: Restored) -> usize {
         let count = restored.message_count();
+        self.audit.absorb(std::mem::take(&mut restored.audit));
         for (name, entries) in restored.queues {
             let q = self.queues.entry(name).or_default();
             for entry in entries {

@@ -37,6 +37,12 @@ public class OpenWireListener {
                 return;
             }
             System.out.println("FAIL the case did not finish within 60 s");
+            for (java.util.Map.Entry<Thread, StackTraceElement[]> e : Thread.getAllStackTraces().entrySet()) {
+                System.out.println("thread " + e.getKey().getName());
+                for (StackTraceElement f : e.getValue()) {
+                    System.out.println("    at " + f);
+                }
+            }
             System.out.flush();
             Runtime.getRuntime().halt(1);
         });
@@ -64,6 +70,7 @@ public class OpenWireListener {
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
+                case "failover": failover(); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
             }
             System.out.println("ok " + args[0]);
@@ -93,6 +100,76 @@ public class OpenWireListener {
         Connection c = new ActiveMQConnectionFactory(url + "?" + options).createConnection("alice", "secret");
         c.start();
         return c;
+    }
+
+    /**
+     * Through a failover: URL (the test kills the master once "sent 1000"
+     * is printed): 8 producers on one connection send 500 persistent
+     * messages each; then every message must arrive exactly once, with
+     * the JMSMessageID its producer saw.
+     */
+    static void failover() throws Exception {
+        final int producers = 8, each = 500, total = producers * each;
+        Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
+        c.start();
+        java.util.concurrent.ConcurrentHashMap<String, String> ids = new java.util.concurrent.ConcurrentHashMap<>();
+        java.util.concurrent.atomic.AtomicInteger sent = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.List<Thread> threads = new java.util.ArrayList<>();
+        java.util.List<Throwable> failures = java.util.Collections.synchronizedList(new java.util.ArrayList<>());
+        for (int k = 0; k < producers; k++) {
+            final int pk = k;
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = s.createProducer(s.createQueue("ow.failover"));
+            p.setDeliveryMode(DeliveryMode.PERSISTENT);
+            Thread t = new Thread(() -> {
+                try {
+                    for (int i = 0; i < each; i++) {
+                        String body = "p" + pk + "-" + i;
+                        TextMessage m = s.createTextMessage(body);
+                        p.send(m);
+                        ids.put(body, m.getJMSMessageID());
+                        int n = sent.incrementAndGet();
+                        if (n % 100 == 0) {
+                            System.out.println("sent " + n);
+                            System.out.flush();
+                        }
+                    }
+                } catch (Throwable e) {
+                    failures.add(e);
+                }
+            });
+            t.start();
+            threads.add(t);
+        }
+        for (Thread t : threads) {
+            t.join();
+        }
+        check(failures.isEmpty(), "a send failed: " + failures);
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(s.createQueue("ow.failover"));
+        java.util.Set<String> got = new java.util.HashSet<>();
+        int duplicates = 0;
+        long end = System.currentTimeMillis() + 30_000;
+        while (got.size() < total && System.currentTimeMillis() < end) {
+            Message m = consumer.receive(1000);
+            if (m == null) {
+                continue;
+            }
+            String body = ((TextMessage) m).getText();
+            if (!got.add(body)) {
+                duplicates++;
+            }
+            check(m.getJMSMessageID().equals(ids.get(body)),
+                body + " arrived as " + m.getJMSMessageID() + ", sent as " + ids.get(body));
+        }
+        check(got.size() == total, "lost " + (total - got.size()) + " of " + total + " receipted messages");
+        // Anything stored twice would be behind them.
+        for (Message m; (m = consumer.receive(1000)) != null; ) {
+            duplicates++;
+        }
+        check(duplicates == 0, duplicates + " messages arrived twice");
+        c.close();
+        System.out.println("all " + total + " messages arrived once");
     }
 
     static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {

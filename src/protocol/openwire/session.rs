@@ -26,6 +26,7 @@ use crate::broker::destination::{MAX_NAME_BYTES, MAX_SUB_NAME_BYTES, TEMPORARY_P
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
+use crate::broker::producer_audit::{origin_of, ORIGIN_PROPERTY};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::temporary::{ADVISORY_TOPIC, MAX_PER_CONNECTION};
@@ -314,6 +315,14 @@ impl Session {
             (_, Command::ShutdownInfo(_)) => {
                 self.teardown(out);
                 out.push(Action::Close);
+                return;
+            }
+            // A failover client says it is one before it restores its
+            // connection (FailoverTransport.restoreTransport): nothing to do.
+            (Phase::AwaitConnectionInfo, Command::ConnectionControl(_)) => {
+                if response_required {
+                    out.push(Action::Write(response(command_id)));
+                }
                 return;
             }
             (Phase::AwaitConnectionInfo, other) => Err(Refusal {
@@ -868,6 +877,24 @@ impl Session {
         }
         if let Some(t) = &m.jms_type {
             properties.push(property("type", t));
+        }
+        // The producer's own name for it (its JMSMessageID): a failover
+        // resend is recognised by it (see `broker::producer_audit`).
+        if let Some(id) = &m.message_id {
+            if let Some((p, conn)) = id
+                .producer_id
+                .as_ref()
+                .and_then(|p| Some((p, p.connection_id.as_deref()?)))
+            {
+                let origin = format!(
+                    "{conn}:{}:{}:{}",
+                    p.session_id, p.value, id.producer_sequence_id
+                );
+                properties.push((
+                    Bytes::from_static(ORIGIN_PROPERTY.as_bytes()),
+                    Bytes::from(origin),
+                ));
+            }
         }
         let typed = m
             .properties()
@@ -1578,8 +1605,15 @@ impl Session {
         for d in deliveries {
             let m = &d.msg;
             let mut msg = to_wire_message(m, &c.wire_destination);
+            // The JMSMessageID its producer knows it by, if an OpenWire
+            // one sent it; the client's own audit goes by the producer id
+            // and sequence below, unique per delivery.
+            let text_view = match origin_of(&m.properties) {
+                Some(o) => String::from_utf8_lossy(o).into_owned(),
+                None => format!("{MESSAGE_ID_PREFIX}{}", m.id),
+            };
             msg.message_id = Some(wire::MessageId {
-                text_view: Some(format!("{MESSAGE_ID_PREFIX}{}", m.id)),
+                text_view: Some(text_view),
                 producer_id: Some(self.dispatch_producer.clone()),
                 producer_sequence_id: self.next_dispatch,
                 broker_sequence_id: m.id as i64,
@@ -1756,6 +1790,8 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
                     _ => None,
                 }
             }
+            // The message id (see `deliver`), not a property.
+            k if k == ORIGIN_PROPERTY.as_bytes() => {}
             _ => {
                 props.insert(
                     String::from_utf8_lossy(k).into_owned(),

@@ -1,0 +1,253 @@
+//! Recognising a message its producer sent again. ActiveMQ's failover
+//! transport resends every request that was unanswered when its
+//! connection broke, to whichever broker it reaches next: a persistent
+//! send the old master stored (and the new one recovered) but never
+//! answered arrives a second time. The producer names each message by
+//! (producer id, sequence) in its [`ORIGIN_PROPERTY`]; the destination's
+//! owner shard remembers the recent sequences of each producer it saw,
+//! live and in what recovery read back, and drops a repeat (its Response
+//! still goes out: the client wants to hear that it is stored).
+//!
+//! A shard sees only the messages for its destinations, so its windows
+//! have gaps (the producer's other sends went elsewhere): a window is a
+//! set of the last [`WINDOW`] sequences, not a high-water mark. A
+//! sequence older than the window is let through, a possible duplicate
+//! rather than a possible loss.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+/// `<producer id>:<sequence>` (ActiveMQ's JMSMessageID without its
+/// `ID:` cut off): set by the OpenWire listener on every message.
+pub const ORIGIN_PROPERTY: &str = "brokk-origin";
+
+/// Sequences remembered per producer.
+const WINDOW: u64 = 1024;
+const WORDS: usize = (WINDOW / 64) as usize;
+
+/// Producers remembered per shard; the oldest is forgotten past it
+/// (ActiveMQ's audit keeps 1 024 per destination).
+const MAX_PRODUCERS: usize = 8192;
+
+#[derive(Debug, Default)]
+pub struct ProducerAudit {
+    producers: HashMap<Bytes, Window>,
+    /// First-seen order, for forgetting the oldest.
+    order: VecDeque<Bytes>,
+}
+
+#[derive(Debug)]
+struct Window {
+    /// The highest sequence seen.
+    high: u64,
+    /// Bit `s % WINDOW` is set when sequence `s` (high - WINDOW < s <=
+    /// high) was seen.
+    seen: [u64; WORDS],
+}
+
+impl Window {
+    fn new(seq: u64) -> Window {
+        let mut w = Window {
+            high: seq,
+            seen: [0; WORDS],
+        };
+        w.set(seq);
+        w
+    }
+
+    fn bit(seq: u64) -> (usize, u64) {
+        let i = seq % WINDOW;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    fn set(&mut self, seq: u64) {
+        let (w, b) = Self::bit(seq);
+        self.seen[w] |= b;
+    }
+
+    /// Records `seq`; true if it was seen already.
+    fn record(&mut self, seq: u64) -> bool {
+        if seq > self.high {
+            if seq - self.high >= WINDOW {
+                self.seen = [0; WORDS];
+            } else {
+                for s in self.high + 1..seq {
+                    let (w, b) = Self::bit(s);
+                    self.seen[w] &= !b;
+                }
+            }
+            self.high = seq;
+            self.set(seq);
+            return false;
+        }
+        if self.high - seq >= WINDOW {
+            return false;
+        }
+        let (w, b) = Self::bit(seq);
+        let seen = self.seen[w] & b != 0;
+        self.seen[w] |= b;
+        seen
+    }
+}
+
+/// The (producer, sequence) an origin names, or None if it is not one.
+pub fn parse_origin(origin: &[u8]) -> Option<(&[u8], u64)> {
+    let colon = origin.iter().rposition(|b| *b == b':')?;
+    let (producer, seq) = (&origin[..colon], &origin[colon + 1..]);
+    if producer.is_empty() || seq.is_empty() || seq.len() > 19 {
+        return None;
+    }
+    let seq = std::str::from_utf8(seq).ok()?.parse().ok()?;
+    Some((producer, seq))
+}
+
+/// A message's origin, if it has one.
+pub fn origin_of(properties: &[(Bytes, Bytes)]) -> Option<&[u8]> {
+    properties
+        .iter()
+        .find(|(k, _)| k.as_ref() == ORIGIN_PROPERTY.as_bytes())
+        .map(|(_, v)| v.as_ref())
+}
+
+impl ProducerAudit {
+    /// Records the message named `origin`; true if it was seen already
+    /// (a resend). An origin that does not parse is never a repeat.
+    pub fn repeat(&mut self, origin: &[u8]) -> bool {
+        let Some((producer, seq)) = parse_origin(origin) else {
+            return false;
+        };
+        self.record(producer, seq)
+    }
+
+    fn record(&mut self, producer: &[u8], seq: u64) -> bool {
+        if let Some(w) = self.producers.get_mut(producer) {
+            return w.record(seq);
+        }
+        if self.order.len() >= MAX_PRODUCERS {
+            if let Some(old) = self.order.pop_front() {
+                self.producers.remove(&old);
+            }
+        }
+        // Copied: the origin is a slice of a read buffer it must not pin.
+        let key = Bytes::copy_from_slice(producer);
+        self.order.push_back(key.clone());
+        self.producers.insert(key, Window::new(seq));
+        false
+    }
+
+    /// Takes in what another audit (recovery's) saw.
+    pub fn absorb(&mut self, other: ProducerAudit) {
+        if self.producers.is_empty() {
+            *self = other;
+            return;
+        }
+        let mut other = other;
+        for key in std::mem::take(&mut other.order) {
+            if let Some(w) = other.producers.remove(&key) {
+                let low = w.high.saturating_sub(WINDOW - 1);
+                for s in low..=w.high {
+                    let (word, b) = Window::bit(s);
+                    if w.seen[word] & b != 0 {
+                        self.record(&key, s);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn producers(&self) -> usize {
+        self.producers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(p: &str, s: u64) -> Vec<u8> {
+        format!("ID:host-1-2-3:{p}:1:{s}").into_bytes()
+    }
+
+    #[test]
+    fn a_resend_is_a_repeat_and_a_new_sequence_is_not() {
+        let mut a = ProducerAudit::default();
+        assert!(!a.repeat(&origin("1", 1)));
+        assert!(!a.repeat(&origin("1", 2)));
+        assert!(a.repeat(&origin("1", 2)));
+        assert!(a.repeat(&origin("1", 1)));
+        assert!(!a.repeat(&origin("2", 1)), "another producer");
+        assert!(!a.repeat(&origin("1", 3)));
+    }
+
+    #[test]
+    fn gaps_are_not_repeats() {
+        // The producer's other sequences went to another shard.
+        let mut a = ProducerAudit::default();
+        for s in (1..100).step_by(2) {
+            assert!(!a.repeat(&origin("1", s)));
+        }
+        for s in (2..100).step_by(2) {
+            assert!(!a.repeat(&origin("1", s)), "{s} was never seen");
+        }
+        assert!(a.repeat(&origin("1", 51)));
+    }
+
+    #[test]
+    fn a_jump_past_the_window_forgets_and_old_sequences_pass() {
+        let mut a = ProducerAudit::default();
+        assert!(!a.repeat(&origin("1", 5)));
+        assert!(!a.repeat(&origin("1", 5 + WINDOW + 10)));
+        // Too old to tell: let through, never dropped.
+        assert!(!a.repeat(&origin("1", 5)));
+        assert!(a.repeat(&origin("1", 5 + WINDOW + 10)));
+        // A bit reused by the window is cleared as it moves.
+        assert!(!a.repeat(&origin("1", 5 + 2 * WINDOW)));
+    }
+
+    #[test]
+    fn origins_that_do_not_parse_are_never_repeats() {
+        let mut a = ProducerAudit::default();
+        for bad in [
+            &b"no-colon"[..],
+            b":5",
+            b"p:",
+            b"p:x",
+            b"p:99999999999999999999999",
+        ] {
+            assert!(!a.repeat(bad));
+            assert!(!a.repeat(bad));
+        }
+        assert_eq!(a.producers(), 0);
+    }
+
+    #[test]
+    fn the_oldest_producer_is_forgotten_past_the_bound() {
+        let mut a = ProducerAudit::default();
+        for p in 0..MAX_PRODUCERS + 1 {
+            a.repeat(&origin(&p.to_string(), 1));
+        }
+        assert_eq!(a.producers(), MAX_PRODUCERS);
+        assert!(!a.repeat(&origin("0", 1)), "forgotten");
+        assert!(a.repeat(&origin(&MAX_PRODUCERS.to_string(), 1)));
+    }
+
+    #[test]
+    fn what_recovery_saw_is_absorbed() {
+        let mut recovered = ProducerAudit::default();
+        recovered.repeat(&origin("1", 7));
+        recovered.repeat(&origin("1", 9));
+        let mut live = ProducerAudit::default();
+        live.repeat(&origin("2", 1));
+        live.absorb(recovered);
+        assert!(live.repeat(&origin("2", 1)));
+        assert!(live.repeat(&origin("1", 7)));
+        assert!(live.repeat(&origin("1", 9)));
+        assert!(!live.repeat(&origin("1", 8)));
+        let mut empty = ProducerAudit::default();
+        let mut again = ProducerAudit::default();
+        again.repeat(&origin("1", 7));
+        empty.absorb(again);
+        assert!(empty.repeat(&origin("1", 7)));
+    }
+}
