@@ -222,7 +222,9 @@ fn a_stomp_client_answers_on_a_jms_temporary_queue() {
         .expect("a reply-to header")
         .to_string();
     assert!(reply_to.starts_with("/temp-queue/ID:"), "{reply_to}");
-    c.send_sync(&reply_to, "answer from stomp", &[]);
+    // A JMS requester wants text: without it, a content-length (which
+    // this client always sends) makes a BytesMessage, as with ActiveMQ.
+    c.send_sync(&reply_to, "answer from stomp", &[("amq-msg-type", "text")]);
     // The program halts itself after 60 s, so this cannot hang.
     let out = java.wait_with_output().expect("java ends");
     let printed = format!(
@@ -247,6 +249,12 @@ fn a_text_message_crosses_from_stomp_to_openwire() {
           priority:7\npersistent:true\nreply-to:/queue/replies\nreceipt:r1\n\nfrom stomp\0",
     );
     c.expect_receipt("r1");
+    c.send_sync("/queue/ow.from-stomp", "sized", &[]);
+    c.send_sync(
+        "/queue/ow.from-stomp",
+        "forced text",
+        &[("amq-msg-type", "text")],
+    );
     java_case(&b, "receive-from-stomp", &["ow.from-stomp"]);
 }
 

@@ -611,3 +611,26 @@ fn shipped_master_standby_configs_are_valid() {
         );
     }
 }
+
+/// The JMS kind a STOMP message gets (ActiveMQ's rule: a BytesMessage with
+/// content-length, `amq-msg-type` outright) is the broker's business: a
+/// STOMP consumer sees neither `amq-msg-type` nor the kind, only what the
+/// sender's own headers were.
+#[test]
+fn the_jms_kind_of_a_stomp_message_stays_out_of_stomp_headers() {
+    let b = Broker::start(&[]);
+    let mut c = b.client();
+    c.send_sync("/queue/kinds", "sized", &[("color", "red")]);
+    c.send_sync(
+        "/queue/kinds",
+        "typed",
+        &[("amq-msg-type", "bytes"), ("brokk-body", "map")],
+    );
+    c.subscribe("s", "/queue/kinds", "auto", &[]);
+    for expected in ["sized", "typed"] {
+        let m = c.expect_message();
+        assert_eq!(common::body(&m), expected);
+        assert_eq!(m.header_str("amq-msg-type"), None, "{m:?}");
+        assert_eq!(m.header_str("brokk-body"), None, "{m:?}");
+    }
+}

@@ -757,6 +757,16 @@ public class OpenWireListener {
         check(m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "delivery mode " + m.getJMSDeliveryMode());
         check(m.getJMSReplyTo() != null && m.getJMSReplyTo().toString().equals("queue://replies"),
                 "reply-to " + m.getJMSReplyTo());
+        // Sent with content-length: a BytesMessage, as ActiveMQ makes it.
+        Message raw = consumer.receive(WAIT_MS);
+        check(raw instanceof BytesMessage, "with content-length, not a BytesMessage: " + raw);
+        BytesMessage b = (BytesMessage) raw;
+        byte[] data = new byte[(int) b.getBodyLength()];
+        b.readBytes(data);
+        check(new String(data, java.nio.charset.StandardCharsets.UTF_8).equals("sized"), "bytes body");
+        // With amq-msg-type:text it stays text whatever the length says.
+        TextMessage forced = receiveText(consumer, "the amq-msg-type:text message");
+        check(forced.getText().equals("forced text"), "forced text " + forced.getText());
         c.close();
     }
 }

@@ -521,11 +521,26 @@ impl Session {
                 ));
             }
         }
-        let properties: Vec<Property> = f
+        // ActiveMQ's rule for what a JMS consumer gets: a BytesMessage if
+        // the sender gave a content-length, else a TextMessage;
+        // `amq-msg-type: text|bytes` says so outright.
+        let as_bytes = match f.header("amq-msg-type") {
+            Some(b"text") => false,
+            Some(b"bytes") => true,
+            _ => f.header("content-length").is_some(),
+        };
+        let mut properties: Vec<Property> = f
             .headers
             .into_iter()
-            .filter(|(k, v)| !is_routing_header(k) && !is_marshalled_kind(k, v))
+            .filter(|(k, _)| {
+                // The kind is the broker's to say: a STOMP sender cannot
+                // vouch for ActiveMQ's marshalled map, stream or object.
+                !is_routing_header(k) && k.as_ref() != BODY_KIND
+            })
             .collect();
+        if as_bytes {
+            properties.push(bytes_kind());
+        }
         let footprint = Message::footprint(&properties, &f.body);
         let msg = Arc::new(Message {
             id: self.ids.next(),
@@ -981,6 +996,11 @@ impl Session {
                 buf.put_slice(b"persistent:true\n");
             }
             for (k, v) in &m.properties {
+                // Which JMS kind it is for OpenWire consumers; every STOMP
+                // body is bytes with a content-length.
+                if k.as_ref() == BODY_KIND && v.as_ref() == b"bytes" {
+                    continue;
+                }
                 put_header(buf, k, v, escape);
             }
             finish_body(&m.body, buf);
@@ -1035,20 +1055,21 @@ fn selector(f: &Frame, durable: bool) -> Result<Option<Selector>, Refusal> {
     }
 }
 
-/// Headers the broker consumes or sets itself; everything else travels with
-/// the message as an application property.
-/// `brokk-body: map|stream|object` says a body is ActiveMQ's marshalled
-/// form of that JMS message kind (see `protocol::openwire::session`); a
-/// STOMP sender cannot vouch for that, so it is dropped (`bytes` stays:
-/// any body is bytes).
-fn is_marshalled_kind(k: &[u8], v: &[u8]) -> bool {
-    k == b"brokk-body" && matches!(v, b"map" | b"stream" | b"object")
+/// `brokk-body`: the JMS message kind a body is, when not text (see
+/// `protocol::openwire::session`).
+const BODY_KIND: &[u8] = b"brokk-body";
+
+fn bytes_kind() -> Property {
+    (Bytes::from_static(BODY_KIND), Bytes::from_static(b"bytes"))
 }
 
+/// Headers the broker consumes or sets itself; everything else travels with
+/// the message as an application property.
 fn is_routing_header(k: &[u8]) -> bool {
     matches!(
         k,
-        b"destination"
+        b"amq-msg-type"
+            | b"destination"
             | b"receipt"
             | b"transaction"
             | b"content-length"
