@@ -1,12 +1,15 @@
-//! `bench`: a STOMP load generator. Producers send sequenced, timestamped
-//! messages with a window of outstanding receipts; consumers check that every
-//! message arrives exactly once. Prints throughput, HDR latency percentiles,
-//! losses and duplicates, then one JSON line.
+//! `bench`: a STOMP and OpenWire load generator. Producers send sequenced,
+//! timestamped messages with a window of outstanding receipts; consumers
+//! check that every message arrives exactly once. Prints throughput, HDR
+//! latency percentiles, losses and duplicates, then one JSON line.
 
+mod accounting;
 mod audit;
 mod cluster;
 mod compare;
 mod drain;
+mod openwire;
+mod openwire_load;
 mod report;
 mod sink;
 mod stomp;
@@ -27,14 +30,22 @@ use stomp::Conn;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "bench",
-    about = "STOMP load generator: throughput, latency percentiles, loss audit",
+    about = "STOMP and OpenWire load generator: throughput, latency percentiles, loss audit",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// Failover list of STOMP brokers (any STOMP broker); on a broken
-    /// connection the next one is tried. Default 127.0.0.1:61613 unless
+    /// The wire protocol: stomp, or openwire (ActiveMQ's binary protocol,
+    /// spoken through Brokk's own codec: persistent sends ask a Response,
+    /// non-persistent ones are acknowledged by ProducerAcks, consumers send
+    /// cumulative Standard acks). With --mode, bench connects to the
+    /// brokers' OpenWire listeners.
+    #[arg(long, value_enum, default_value_t = Protocol::Stomp)]
+    protocol: Protocol,
+    /// Failover list of brokers (any STOMP broker, or any OpenWire broker
+    /// with --protocol openwire); on a broken connection the next one is
+    /// tried. Default 127.0.0.1:61613 (OpenWire: 127.0.0.1:61616) unless
     /// --mode starts brokers.
     #[arg(long, value_delimiter = ',')]
     brokers: Option<Vec<String>>,
@@ -121,6 +132,12 @@ struct Args {
     /// stops after --idle-timeout seconds without a message.
     #[arg(long)]
     drain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Stomp,
+    Openwire,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -212,6 +229,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.protocol == Protocol::Openwire && (args.tls || args.drain) {
+        bail!("--protocol openwire does not support --tls (Brokk has no OpenWire TLS listener yet) or --drain");
+    }
     if args.drain {
         if args.mode.is_some() || args.tls {
             bail!("--drain needs --brokers (the broker holding the backlog) and no --tls");
@@ -250,7 +270,13 @@ fn run(args: Args) -> Result<()> {
     }
     let brokers = match (&args.brokers, &cluster) {
         (Some(b), _) => b.clone(),
-        (None, Some(c)) => c.lock().unwrap_or_else(|e| e.into_inner()).brokers(),
+        (None, Some(c)) => c
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .brokers(args.protocol),
+        (None, None) if args.protocol == Protocol::Openwire => {
+            vec!["127.0.0.1:61616".to_string()]
+        }
         (None, None) => vec!["127.0.0.1:61613".to_string()],
     };
     let tls = match (args.tls, &cluster) {
@@ -300,7 +326,10 @@ fn run(args: Args) -> Result<()> {
         .map(|i| {
             let s = shared.clone();
             let r = ready.clone();
-            std::thread::spawn(move || consumer(i, s, r))
+            match args.protocol {
+                Protocol::Stomp => std::thread::spawn(move || consumer(i, s, r)),
+                Protocol::Openwire => std::thread::spawn(move || openwire_load::consumer(i, s, r)),
+            }
         })
         .collect();
     ready.wait();
@@ -326,7 +355,10 @@ fn run(args: Args) -> Result<()> {
         .enumerate()
         .map(|(p, &n)| {
             let s = shared.clone();
-            std::thread::spawn(move || producer(p, n, s))
+            match args.protocol {
+                Protocol::Stomp => std::thread::spawn(move || producer(p, n, s)),
+                Protocol::Openwire => std::thread::spawn(move || openwire_load::producer(p, n, s)),
+            }
         })
         .collect();
     for p in producers {
@@ -519,9 +551,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     let a = &s.args;
     let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
     let body = vec![b'x'; a.size];
-    let mut hist = histogram();
-    let mut live = histogram();
-    let mut last_merge = Instant::now();
+    let mut receipts = accounting::Receipts::new();
     let mut broker = 0;
     let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
     let schedule = a
@@ -628,26 +658,11 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                             break;
                         }
                         in_flight.pop_front();
-                        let _ = hist.record(((now - ts) / 1000).max(1));
-                        let _ = live.record(((now - ts) / 1000).max(1));
+                        receipts.record(now, ts);
                         receipted_upto = seq + 1;
                         n += 1;
                     }
-                    s.receipted_total.fetch_add(n, Ordering::Relaxed);
-                    if last_merge.elapsed() > Duration::from_millis(500) {
-                        if let Ok(mut h) = s.send_receipt_live.lock() {
-                            let _ = h.add(&live);
-                        }
-                        live.reset();
-                        last_merge = Instant::now();
-                    }
-                    s.last_receipt_ns[broker].fetch_max(now, Ordering::Relaxed);
-                    let _ = s.first_since_kill[broker].compare_exchange(
-                        0,
-                        now,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    );
+                    receipts.received(&s, broker, n, now);
                 }
                 frame = match conn.try_frame() {
                     Ok(Some(f)) => Ok(f),
@@ -659,11 +674,7 @@ fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     }
     s.sent[p].store(n, Ordering::SeqCst);
     s.receipted_upto[p].store(receipted_upto, Ordering::SeqCst);
-    s.send_receipt
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .add(&hist)?;
-    Ok(())
+    receipts.finish(&s)
 }
 
 /// When each message of one producer is due in open-loop mode.
@@ -723,7 +734,6 @@ fn header_u64(f: &brokk::protocol::stomp::Frame, name: &str) -> Option<u64> {
 fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<()> {
     let a = &s.args;
     let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let expected = a.messages;
     let mut hist = histogram();
     let mut broker = i;
     let mut signalled = false;
@@ -775,18 +785,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                         broker += 1;
                         continue 'reconnect;
                     }
-                    let done = match a.duration {
-                        None => s.audit.unique_so_far() >= expected,
-                        Some(_) => {
-                            s.producers_done.load(Ordering::SeqCst)
-                                && s.audit.unique_so_far()
-                                    >= s.sent.iter().map(|x| x.load(Ordering::SeqCst)).sum::<u64>()
-                        }
-                    };
-                    if done
-                        || (s.producers_done.load(Ordering::SeqCst)
-                            && last_progress.elapsed() > Duration::from_secs(a.idle_timeout))
-                    {
+                    if accounting::consumers_may_stop(&s, last_progress) {
                         // Acknowledge what we hold so that leaving does not
                         // hand it to the other consumers as redeliveries.
                         write_acks(&mut conn.wbuf, &mut last_ack);
@@ -813,16 +812,12 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                     ready.wait();
                 }
                 "MESSAGE" => {
-                    let now = s.start.elapsed().as_nanos() as u64;
                     if let (Some(p), Some(seq), Some(ts)) = (
                         header_u64(&f, "bench-p"),
                         header_u64(&f, "bench-seq"),
                         header_u64(&f, "bench-ts"),
                     ) {
-                        if s.audit.record(p as usize, seq) {
-                            let _ = hist.record((now.saturating_sub(ts) / 1000).max(1));
-                            s.consumed.fetch_add(1, Ordering::Relaxed);
-                            s.last_consumed_ns.store(now, Ordering::Relaxed);
+                        if accounting::delivered(&s, &mut hist, p, seq, ts) {
                             last_progress = Instant::now();
                         }
                     }
@@ -849,11 +844,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     if !signalled {
         ready.wait();
     }
-    s.end_to_end
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .add(&hist)?;
-    Ok(())
+    accounting::finish_consumer(&s, &hist)
 }
 
 fn percentiles(h: &Histogram<u64>) -> serde_json::Value {

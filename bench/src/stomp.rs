@@ -65,15 +65,7 @@ impl Conn {
         login: Option<(&str, &str)>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<(Conn, usize)> {
-        let mut last = None;
-        for i in 0..brokers.len() {
-            let idx = (start + i) % brokers.len();
-            match Conn::connect_one(&brokers[idx], login, tls) {
-                Ok(c) => return Ok((c, idx)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
+        first_that_accepts(brokers, start, |b| Conn::connect_one(b, login, tls))
     }
 
     fn connect_one(
@@ -149,22 +141,45 @@ impl Conn {
     }
 
     pub fn fill(&mut self) -> Result<()> {
-        let len = self.rbuf.len();
-        if self.rbuf.capacity() - len < 64 * 1024 {
-            self.rbuf.reserve(256 * 1024);
-        }
-        self.rbuf.resize(self.rbuf.capacity(), 0);
-        let n = match self.stream.read(&mut self.rbuf[len..]) {
-            Ok(n) => n,
-            Err(e) => {
-                self.rbuf.truncate(len);
-                return Err(e.into());
-            }
-        };
-        self.rbuf.truncate(len + n);
-        if n == 0 {
-            bail!("connection closed by broker");
-        }
-        Ok(())
+        read_more(&mut self.stream, &mut self.rbuf)
     }
+}
+
+/// Tries the failover list from `start` on; the first that accepts, and its index.
+pub fn first_that_accepts<C>(
+    brokers: &[String],
+    start: usize,
+    mut connect: impl FnMut(&str) -> Result<C>,
+) -> Result<(C, usize)> {
+    let mut last = None;
+    for i in 0..brokers.len() {
+        let idx = (start + i) % brokers.len();
+        match connect(&brokers[idx]) {
+            Ok(c) => return Ok((c, idx)),
+            Err(e) => last = Some(e.context(format!("connect to {}", brokers[idx]))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
+}
+
+/// Appends what one read gives to `rbuf` (at least 64 KiB of room, so a
+/// burst of frames lands in one read); a closed connection is an error.
+pub fn read_more(stream: &mut impl Read, rbuf: &mut BytesMut) -> Result<()> {
+    let len = rbuf.len();
+    if rbuf.capacity() - len < 64 * 1024 {
+        rbuf.reserve(256 * 1024);
+    }
+    rbuf.resize(rbuf.capacity(), 0);
+    let n = match stream.read(&mut rbuf[len..]) {
+        Ok(n) => n,
+        Err(e) => {
+            rbuf.truncate(len);
+            return Err(e.into());
+        }
+    };
+    rbuf.truncate(len + n);
+    if n == 0 {
+        bail!("connection closed by broker");
+    }
+    Ok(())
 }
