@@ -10,6 +10,7 @@ mod compare;
 mod drain;
 mod openwire;
 mod openwire_load;
+mod producer;
 mod report;
 mod sink;
 mod stomp;
@@ -356,8 +357,12 @@ fn run(args: Args) -> Result<()> {
         .map(|(p, &n)| {
             let s = shared.clone();
             match args.protocol {
-                Protocol::Stomp => std::thread::spawn(move || producer(p, n, s)),
-                Protocol::Openwire => std::thread::spawn(move || openwire_load::producer(p, n, s)),
+                Protocol::Stomp => {
+                    std::thread::spawn(move || producer::run::<stomp::Producer>(p, n, s))
+                }
+                Protocol::Openwire => {
+                    std::thread::spawn(move || producer::run::<openwire_load::Producer>(p, n, s))
+                }
             }
         })
         .collect();
@@ -545,136 +550,6 @@ fn kill_masters(
         }
     }
     out
-}
-
-fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
-    let a = &s.args;
-    let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let body = vec![b'x'; a.size];
-    let mut receipts = accounting::Receipts::new();
-    let mut broker = 0;
-    let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
-    let schedule = a
-        .rate
-        .map(|r| Schedule::new(r, a.producers, p, s.start.elapsed().as_nanos() as u64));
-    let mut receipted_upto = 0u64;
-    let mut n = n;
-    let deadline = a
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
-    'reconnect: while receipted_upto < n {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login, s.tls.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                if s.start.elapsed() > Duration::from_secs(3600) {
-                    return Err(e);
-                }
-                std::thread::sleep(RECONNECT_DELAY);
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        broker = idx;
-        next = next.min(receipted_upto);
-        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                && n == u64::MAX
-                && !s.kills_pending.load(Ordering::SeqCst)
-            {
-                // --duration is over: send nothing new, collect the receipts.
-                n = next;
-            }
-            let now = s.start.elapsed().as_nanos() as u64;
-            while in_flight.len() < a.window
-                && next < n
-                && schedule.as_ref().is_none_or(|sc| sc.due(next) <= now)
-            {
-                let ts = match &schedule {
-                    Some(sc) => sc.due(next),
-                    None => s.start.elapsed().as_nanos() as u64,
-                };
-                let w = &mut conn.wbuf;
-                let _ = write!(
-                    w,
-                    "SEND\ndestination:{}\nreceipt:{next}\nbench-p:{p}\nbench-seq:{next}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
-                    destination_name(&a.destination, a.destinations, next), a.persistent, body.len()
-                );
-                w.extend_from_slice(&body);
-                w.push(0);
-                in_flight.push_back((next, ts));
-                next += 1;
-            }
-            if conn.flush().is_err() {
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                broker += 1;
-                continue 'reconnect;
-            }
-            if in_flight.is_empty() && next >= n {
-                break 'reconnect;
-            }
-            // Open loop: wait for receipts only until the next send is due.
-            let wait = match &schedule {
-                Some(sc) if next < n && in_flight.len() < a.window => {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    Some(Duration::from_nanos(
-                        sc.due(next).saturating_sub(now).max(50_000),
-                    ))
-                }
-                _ => None,
-            };
-            if in_flight.is_empty() {
-                std::thread::sleep(wait.unwrap_or_default());
-                continue;
-            }
-            let _ = conn.set_read_timeout(wait);
-            // Wait for at least one receipt, then take every one buffered.
-            let mut frame = conn.read_frame();
-            if let (Err(e), Some(_)) = (&frame, wait) {
-                if is_timeout(e) {
-                    continue;
-                }
-            }
-            loop {
-                let f = match frame {
-                    Ok(f) => f,
-                    Err(_) => {
-                        s.reconnects.fetch_add(1, Ordering::Relaxed);
-                        broker += 1;
-                        continue 'reconnect;
-                    }
-                };
-                if f.command.as_str() == "ERROR" {
-                    bail!("broker error: {:?}", f.header_str("message"));
-                }
-                if let Some(id) = f
-                    .header_str("receipt-id")
-                    .and_then(|r| r.parse::<u64>().ok())
-                {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    let mut n = 0;
-                    while let Some(&(seq, ts)) = in_flight.front() {
-                        if seq > id {
-                            break;
-                        }
-                        in_flight.pop_front();
-                        receipts.record(now, ts);
-                        receipted_upto = seq + 1;
-                        n += 1;
-                    }
-                    receipts.received(&s, broker, n, now);
-                }
-                frame = match conn.try_frame() {
-                    Ok(Some(f)) => Ok(f),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-            }
-        }
-    }
-    s.sent[p].store(n, Ordering::SeqCst);
-    s.receipted_upto[p].store(receipted_upto, Ordering::SeqCst);
-    receipts.finish(&s)
 }
 
 /// When each message of one producer is due in open-loop mode.

@@ -11,7 +11,6 @@
 //! what bench counts as its receipt and what bounds the window.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +23,10 @@ use brokk::protocol::openwire::properties::{unmarshal_value, MapLimits};
 use brokk::protocol::openwire::{Command, Message, MessageKind};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::accounting::{self, Receipts};
+use crate::accounting;
 use crate::openwire::{destination, throwable, Conn};
-use crate::{destination_name, histogram, is_timeout, Schedule, Shared, RECONNECT_DELAY};
+use crate::producer::{Failure, Link, Sent};
+use crate::{destination_name, histogram, is_timeout, Shared, RECONNECT_DELAY};
 
 /// Property names; the broker turns them into string properties, which is
 /// what a STOMP consumer sees as the `bench-*` headers.
@@ -106,145 +106,85 @@ fn epoch_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// A message sent and not yet answered: its sequence, send time, command id.
-type InFlight = VecDeque<(u64, u64, i32)>;
+/// An OpenWire producer: one message command reused for every send (only
+/// its command id, sequence, timestamp, properties and, over several
+/// queues, destination change), encoded behind the others in one buffer.
+pub struct Producer {
+    conn: Conn,
+    send: Command,
+    /// The property maps of a batch of messages share this allocation.
+    props: BytesMut,
+    destinations: Vec<Destination>,
+}
 
-pub fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
-    let a = &s.args;
-    let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let body = Bytes::from(vec![b'x'; a.size]);
-    let destinations: Vec<Destination> = (0..a.destinations as u64)
-        .map(|k| destination(&destination_name(&a.destination, a.destinations, k)))
-        .collect();
-    let mut receipts = Receipts::new();
-    let mut props = BytesMut::new();
-    let mut broker = 0;
-    let mut next = 0u64; // first sequence not yet answered (resend point after failover)
-    let schedule = a
-        .rate
-        .map(|r| Schedule::new(r, a.producers, p, s.start.elapsed().as_nanos() as u64));
-    let mut receipted_upto = 0u64;
-    let mut n = n;
-    let deadline = a
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
-    'reconnect: while receipted_upto < n {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
-            Ok(c) => c,
-            Err(e) => {
-                if s.start.elapsed() > Duration::from_secs(3600) {
-                    return Err(e);
-                }
-                std::thread::sleep(RECONNECT_DELAY);
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        broker = idx;
-        next = next.min(receipted_upto);
-        let Ok(mut send) = open_producer(&mut conn, &destinations, &body, a.persistent, a.window)
-        else {
-            s.reconnects.fetch_add(1, Ordering::Relaxed);
-            broker += 1;
-            continue 'reconnect;
-        };
-        let mut in_flight = InFlight::new();
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                && n == u64::MAX
-                && !s.kills_pending.load(Ordering::SeqCst)
-            {
-                // --duration is over: send nothing new, collect the answers.
-                n = next;
-            }
-            let now = s.start.elapsed().as_nanos() as u64;
-            let jms_ts = epoch_ms();
-            while in_flight.len() < a.window
-                && next < n
-                && schedule.as_ref().is_none_or(|sc| sc.due(next) <= now)
-            {
-                let ts = match &schedule {
-                    Some(sc) => sc.due(next),
-                    None => s.start.elapsed().as_nanos() as u64,
-                };
-                let id = conn.next_id();
-                let Command::Message(m) = &mut send else {
-                    unreachable!("the template is a message")
-                };
-                m.command_id = id;
-                m.timestamp = jms_ts;
-                if let Some(mid) = &mut m.message_id {
-                    // JMS sequences start at 1; a resend keeps its number.
-                    mid.producer_sequence_id = next as i64 + 1;
-                }
-                if destinations.len() > 1 {
-                    m.destination =
-                        Some(destinations[(next % destinations.len() as u64) as usize].clone());
-                }
-                m.marshalled_properties = Some(put_props(&mut props, p as u64, next, ts));
-                conn.send(&send)?;
-                in_flight.push_back((next, ts, id));
-                next += 1;
-            }
-            if conn.flush().is_err() {
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                broker += 1;
-                continue 'reconnect;
-            }
-            if in_flight.is_empty() && next >= n {
-                break 'reconnect;
-            }
-            // Open loop: wait for answers only until the next send is due.
-            let wait = match &schedule {
-                Some(sc) if next < n && in_flight.len() < a.window => {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    Some(Duration::from_nanos(
-                        sc.due(next).saturating_sub(now).max(50_000),
-                    ))
-                }
-                _ => None,
-            };
-            if in_flight.is_empty() {
-                std::thread::sleep(wait.unwrap_or_default());
-                continue;
-            }
-            let _ = conn.set_read_timeout(wait);
-            // Wait for at least one answer, then take every one buffered.
-            let mut cmd = conn.read_command();
-            if let (Err(e), Some(_)) = (&cmd, wait) {
-                if is_timeout(e) {
-                    continue;
-                }
-            }
-            loop {
-                let c = match cmd {
-                    Ok(c) => c,
-                    Err(_) => {
-                        s.reconnects.fetch_add(1, Ordering::Relaxed);
-                        broker += 1;
-                        continue 'reconnect;
-                    }
-                };
-                let answered = answered(&mut conn, c, &mut in_flight)?;
-                if answered > 0 {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    for (seq, ts, _) in in_flight.drain(..answered) {
-                        receipts.record(now, ts);
-                        receipted_upto = seq + 1;
-                    }
-                    receipts.received(&s, broker, answered as u64, now);
-                }
-                cmd = match conn.try_command() {
-                    Ok(Some(c)) => Ok(c),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-            }
-        }
+impl Link for Producer {
+    fn open(s: &Shared, start: usize) -> Result<(Self, usize)> {
+        let a = &s.args;
+        let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
+        let destinations: Vec<Destination> = (0..a.destinations as u64)
+            .map(|k| destination(&destination_name(&a.destination, a.destinations, k)))
+            .collect();
+        let (mut conn, idx) = Conn::connect(&s.brokers, start, login)?;
+        let body = Bytes::from(vec![b'x'; a.size]);
+        let send = open_producer(&mut conn, &destinations, &body, a.persistent, a.window)?;
+        let props = BytesMut::new();
+        Ok((
+            Producer {
+                conn,
+                send,
+                props,
+                destinations,
+            },
+            idx,
+        ))
     }
-    s.sent[p].store(n, Ordering::SeqCst);
-    s.receipted_upto[p].store(receipted_upto, Ordering::SeqCst);
-    receipts.finish(&s)
+
+    fn push(&mut self, _: &Shared, p: usize, seq: u64, ts: u64) -> Result<i32> {
+        let id = self.conn.next_id();
+        let Command::Message(m) = &mut self.send else {
+            unreachable!("the template is a message")
+        };
+        m.command_id = id;
+        m.timestamp = epoch_ms();
+        if let Some(mid) = &mut m.message_id {
+            // JMS sequences start at 1; a resend keeps its number.
+            mid.producer_sequence_id = seq as i64 + 1;
+        }
+        if self.destinations.len() > 1 {
+            let k = (seq % self.destinations.len() as u64) as usize;
+            m.destination = Some(self.destinations[k].clone());
+        }
+        m.marshalled_properties = Some(put_props(&mut self.props, p as u64, seq, ts));
+        self.conn.send(&self.send)?;
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.conn.flush()
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
+        self.conn.set_read_timeout(t)
+    }
+
+    fn answer(
+        &mut self,
+        in_flight: &VecDeque<Sent>,
+        block: bool,
+    ) -> Result<Option<usize>, Failure> {
+        let c = if block {
+            self.conn.read_command().map_err(Failure::Broken)?
+        } else {
+            match self.conn.try_command() {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(Failure::Broken(e)),
+            }
+        };
+        answered(&mut self.conn, c, in_flight)
+            .map(Some)
+            .map_err(Failure::Fatal)
+    }
 }
 
 /// ProducerInfo (answered before any send), and the message every send
@@ -305,11 +245,11 @@ fn open_producer(
 /// How many of the oldest in-flight messages `c` answers: a Response covers
 /// every send up to its correlation id (the broker answers in order), a
 /// ProducerAck one non-persistent send (the broker acks each as handled).
-fn answered(conn: &mut Conn, c: Command, in_flight: &mut InFlight) -> Result<usize> {
+fn answered(conn: &mut Conn, c: Command, in_flight: &VecDeque<Sent>) -> Result<usize> {
     Ok(match c {
         Command::Response(r) => in_flight
             .iter()
-            .take_while(|(_, _, id)| *id <= r.correlation_id)
+            .take_while(|m| m.tag <= r.correlation_id)
             .count(),
         Command::ProducerAck(_) => 1.min(in_flight.len()),
         Command::ExceptionResponse(e) => {

@@ -1,6 +1,7 @@
 //! A blocking STOMP connection for load generation: batched writes, one
 //! read buffer, Brokk's zero-copy frame parser.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
+
+use crate::producer::{Failure, Link, Sent};
+use crate::{destination_name, Shared};
 
 /// The socket, plain or TLS (`--tls`).
 enum Stream {
@@ -182,4 +186,70 @@ pub fn read_more(stream: &mut impl Read, rbuf: &mut BytesMut) -> Result<()> {
         bail!("connection closed by broker");
     }
     Ok(())
+}
+
+/// A STOMP producer: every SEND asks a RECEIPT named by its sequence, so a
+/// RECEIPT answers it and everything sent before it.
+pub struct Producer {
+    conn: Conn,
+    body: Vec<u8>,
+}
+
+impl Link for Producer {
+    fn open(s: &Shared, start: usize) -> Result<(Self, usize)> {
+        let a = &s.args;
+        let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
+        let (conn, idx) = Conn::connect(&s.brokers, start, login, s.tls.as_ref())?;
+        let body = vec![b'x'; a.size];
+        Ok((Producer { conn, body }, idx))
+    }
+
+    fn push(&mut self, s: &Shared, p: usize, seq: u64, ts: u64) -> Result<i32> {
+        let a = &s.args;
+        let w = &mut self.conn.wbuf;
+        write!(
+            w,
+            "SEND\ndestination:{}\nreceipt:{seq}\nbench-p:{p}\nbench-seq:{seq}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
+            destination_name(&a.destination, a.destinations, seq), a.persistent, self.body.len()
+        )?;
+        w.extend_from_slice(&self.body);
+        w.push(0);
+        Ok(0)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.conn.flush()
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
+        self.conn.set_read_timeout(t)
+    }
+
+    fn answer(
+        &mut self,
+        in_flight: &VecDeque<Sent>,
+        block: bool,
+    ) -> Result<Option<usize>, Failure> {
+        let f = if block {
+            self.conn.read_frame().map_err(Failure::Broken)?
+        } else {
+            match self.conn.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(Failure::Broken(e)),
+            }
+        };
+        if f.command.as_str() == "ERROR" {
+            return Err(Failure::Fatal(anyhow!(
+                "broker error: {:?}",
+                f.header_str("message")
+            )));
+        }
+        let receipt = f
+            .header_str("receipt-id")
+            .and_then(|r| r.parse::<u64>().ok());
+        Ok(Some(receipt.map_or(0, |id| {
+            in_flight.iter().take_while(|m| m.seq <= id).count()
+        })))
+    }
 }
