@@ -94,10 +94,12 @@ struct Args {
     size: usize,
     #[arg(long, default_value = "/queue/bench")]
     destination: String,
-    /// Send with `persistent:true`.
+    /// Send persistent messages (STOMP: `persistent:true`; OpenWire:
+    /// JMSDeliveryMode PERSISTENT, each send answered by a Response).
     #[arg(long)]
     persistent: bool,
-    /// Outstanding receipts allowed per producer.
+    /// Outstanding receipts allowed per producer (OpenWire: Responses to
+    /// persistent sends, ProducerAcks to non-persistent ones).
     #[arg(long, default_value_t = 64)]
     window: usize,
     /// Open loop: send this many messages per second in total, on a fixed
@@ -105,7 +107,8 @@ struct Args {
     /// not hidden (no coordinated omission). Without it: closed loop.
     #[arg(long)]
     rate: Option<f64>,
-    /// Consumer prefetch (`activemq.prefetchSize`).
+    /// Consumer prefetch (STOMP: `activemq.prefetchSize`; OpenWire:
+    /// ConsumerInfo's prefetch size).
     #[arg(long, default_value_t = 1000)]
     prefetch: u32,
     /// Give up waiting for consumers after this many seconds without progress.
