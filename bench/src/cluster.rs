@@ -28,6 +28,8 @@ struct Proc {
     /// How to start it again after a kill.
     command: Vec<OsString>,
     stomp: String,
+    /// Its OpenWire listener (`--protocol openwire`).
+    openwire: String,
     /// When this broker printed that it serves as master.
     master_since: Since,
     killed: bool,
@@ -197,14 +199,16 @@ impl Cluster {
         for i in 0..count {
             let stomp = format!("127.0.0.1:{}", free_port()?);
             let admin = format!("127.0.0.1:{}", free_port()?);
-            // Port 0: the cluster's brokers (and a real ActiveMQ on 61616)
-            // share the machine, and bench speaks STOMP.
+            // A port of its own, not 61616 (a real ActiveMQ may share the
+            // machine), and fixed, not 0: a standby does not listen, yet
+            // the failover list must name where it will once it takes over.
+            let openwire = format!("127.0.0.1:{}", free_port()?);
             let mut command: Vec<OsString> = [
                 "serve",
                 "--stomp",
                 &stomp,
                 "--openwire",
-                "127.0.0.1:0",
+                &openwire,
                 "--admin",
                 &admin,
             ]
@@ -238,6 +242,7 @@ impl Cluster {
                 child,
                 command,
                 stomp: client_addr,
+                openwire,
                 master_since,
                 killed: false,
             });
@@ -287,8 +292,15 @@ impl Cluster {
         self.tls_ca.clone()
     }
 
-    pub fn brokers(&self) -> Vec<String> {
-        self.procs.iter().map(|p| p.stomp.clone()).collect()
+    /// The client addresses, in failover order, for `protocol`.
+    pub fn brokers(&self, protocol: crate::Protocol) -> Vec<String> {
+        self.procs
+            .iter()
+            .map(|p| match protocol {
+                crate::Protocol::Stomp => p.stomp.clone(),
+                crate::Protocol::Openwire => p.openwire.clone(),
+            })
+            .collect()
     }
 
     /// SIGKILLs the broker that currently serves as master; returns when,

@@ -1,12 +1,16 @@
-//! `bench`: a STOMP load generator. Producers send sequenced, timestamped
-//! messages with a window of outstanding receipts; consumers check that every
-//! message arrives exactly once. Prints throughput, HDR latency percentiles,
-//! losses and duplicates, then one JSON line.
+//! `bench`: a STOMP and OpenWire load generator. Producers send sequenced,
+//! timestamped messages with a window of outstanding receipts; consumers
+//! check that every message arrives exactly once. Prints throughput, HDR
+//! latency percentiles, losses and duplicates, then one JSON line.
 
+mod accounting;
 mod audit;
 mod cluster;
 mod compare;
 mod drain;
+mod openwire;
+mod openwire_load;
+mod producer;
 mod report;
 mod sink;
 mod stomp;
@@ -27,14 +31,22 @@ use stomp::Conn;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "bench",
-    about = "STOMP load generator: throughput, latency percentiles, loss audit",
+    about = "STOMP and OpenWire load generator: throughput, latency percentiles, loss audit",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// Failover list of STOMP brokers (any STOMP broker); on a broken
-    /// connection the next one is tried. Default 127.0.0.1:61613 unless
+    /// The wire protocol: stomp, or openwire (ActiveMQ's binary protocol,
+    /// spoken through Brokk's own codec: persistent sends ask a Response,
+    /// non-persistent ones are acknowledged by ProducerAcks, consumers send
+    /// cumulative Standard acks). With --mode, bench connects to the
+    /// brokers' OpenWire listeners.
+    #[arg(long, value_enum, default_value_t = Protocol::Stomp)]
+    protocol: Protocol,
+    /// Failover list of brokers (any STOMP broker, or any OpenWire broker
+    /// with --protocol openwire); on a broken connection the next one is
+    /// tried. Default 127.0.0.1:61613 (OpenWire: 127.0.0.1:61616) unless
     /// --mode starts brokers.
     #[arg(long, value_delimiter = ',')]
     brokers: Option<Vec<String>>,
@@ -82,10 +94,12 @@ struct Args {
     size: usize,
     #[arg(long, default_value = "/queue/bench")]
     destination: String,
-    /// Send with `persistent:true`.
+    /// Send persistent messages (STOMP: `persistent:true`; OpenWire:
+    /// JMSDeliveryMode PERSISTENT, each send answered by a Response).
     #[arg(long)]
     persistent: bool,
-    /// Outstanding receipts allowed per producer.
+    /// Outstanding receipts allowed per producer (OpenWire: Responses to
+    /// persistent sends, ProducerAcks to non-persistent ones).
     #[arg(long, default_value_t = 64)]
     window: usize,
     /// Open loop: send this many messages per second in total, on a fixed
@@ -93,7 +107,8 @@ struct Args {
     /// not hidden (no coordinated omission). Without it: closed loop.
     #[arg(long)]
     rate: Option<f64>,
-    /// Consumer prefetch (`activemq.prefetchSize`).
+    /// Consumer prefetch (STOMP: `activemq.prefetchSize`; OpenWire:
+    /// ConsumerInfo's prefetch size).
     #[arg(long, default_value_t = 1000)]
     prefetch: u32,
     /// Give up waiting for consumers after this many seconds without progress.
@@ -121,6 +136,12 @@ struct Args {
     /// stops after --idle-timeout seconds without a message.
     #[arg(long)]
     drain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Stomp,
+    Openwire,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -212,6 +233,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.protocol == Protocol::Openwire && (args.tls || args.drain) {
+        bail!("--protocol openwire does not support --tls (Brokk has no OpenWire TLS listener yet) or --drain");
+    }
     if args.drain {
         if args.mode.is_some() || args.tls {
             bail!("--drain needs --brokers (the broker holding the backlog) and no --tls");
@@ -250,7 +274,13 @@ fn run(args: Args) -> Result<()> {
     }
     let brokers = match (&args.brokers, &cluster) {
         (Some(b), _) => b.clone(),
-        (None, Some(c)) => c.lock().unwrap_or_else(|e| e.into_inner()).brokers(),
+        (None, Some(c)) => c
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .brokers(args.protocol),
+        (None, None) if args.protocol == Protocol::Openwire => {
+            vec!["127.0.0.1:61616".to_string()]
+        }
         (None, None) => vec!["127.0.0.1:61613".to_string()],
     };
     let tls = match (args.tls, &cluster) {
@@ -300,7 +330,10 @@ fn run(args: Args) -> Result<()> {
         .map(|i| {
             let s = shared.clone();
             let r = ready.clone();
-            std::thread::spawn(move || consumer(i, s, r))
+            match args.protocol {
+                Protocol::Stomp => std::thread::spawn(move || consumer(i, s, r)),
+                Protocol::Openwire => std::thread::spawn(move || openwire_load::consumer(i, s, r)),
+            }
         })
         .collect();
     ready.wait();
@@ -326,7 +359,14 @@ fn run(args: Args) -> Result<()> {
         .enumerate()
         .map(|(p, &n)| {
             let s = shared.clone();
-            std::thread::spawn(move || producer(p, n, s))
+            match args.protocol {
+                Protocol::Stomp => {
+                    std::thread::spawn(move || producer::run::<stomp::Producer>(p, n, s))
+                }
+                Protocol::Openwire => {
+                    std::thread::spawn(move || producer::run::<openwire_load::Producer>(p, n, s))
+                }
+            }
         })
         .collect();
     for p in producers {
@@ -515,157 +555,6 @@ fn kill_masters(
     out
 }
 
-fn producer(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
-    let a = &s.args;
-    let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let body = vec![b'x'; a.size];
-    let mut hist = histogram();
-    let mut live = histogram();
-    let mut last_merge = Instant::now();
-    let mut broker = 0;
-    let mut next = 0u64; // first sequence not yet receipted (resend point after failover)
-    let schedule = a
-        .rate
-        .map(|r| Schedule::new(r, a.producers, p, s.start.elapsed().as_nanos() as u64));
-    let mut receipted_upto = 0u64;
-    let mut n = n;
-    let deadline = a
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
-    'reconnect: while receipted_upto < n {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login, s.tls.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                if s.start.elapsed() > Duration::from_secs(3600) {
-                    return Err(e);
-                }
-                std::thread::sleep(RECONNECT_DELAY);
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        broker = idx;
-        next = next.min(receipted_upto);
-        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                && n == u64::MAX
-                && !s.kills_pending.load(Ordering::SeqCst)
-            {
-                // --duration is over: send nothing new, collect the receipts.
-                n = next;
-            }
-            let now = s.start.elapsed().as_nanos() as u64;
-            while in_flight.len() < a.window
-                && next < n
-                && schedule.as_ref().is_none_or(|sc| sc.due(next) <= now)
-            {
-                let ts = match &schedule {
-                    Some(sc) => sc.due(next),
-                    None => s.start.elapsed().as_nanos() as u64,
-                };
-                let w = &mut conn.wbuf;
-                let _ = write!(
-                    w,
-                    "SEND\ndestination:{}\nreceipt:{next}\nbench-p:{p}\nbench-seq:{next}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
-                    destination_name(&a.destination, a.destinations, next), a.persistent, body.len()
-                );
-                w.extend_from_slice(&body);
-                w.push(0);
-                in_flight.push_back((next, ts));
-                next += 1;
-            }
-            if conn.flush().is_err() {
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
-                broker += 1;
-                continue 'reconnect;
-            }
-            if in_flight.is_empty() && next >= n {
-                break 'reconnect;
-            }
-            // Open loop: wait for receipts only until the next send is due.
-            let wait = match &schedule {
-                Some(sc) if next < n && in_flight.len() < a.window => {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    Some(Duration::from_nanos(
-                        sc.due(next).saturating_sub(now).max(50_000),
-                    ))
-                }
-                _ => None,
-            };
-            if in_flight.is_empty() {
-                std::thread::sleep(wait.unwrap_or_default());
-                continue;
-            }
-            let _ = conn.set_read_timeout(wait);
-            // Wait for at least one receipt, then take every one buffered.
-            let mut frame = conn.read_frame();
-            if let (Err(e), Some(_)) = (&frame, wait) {
-                if is_timeout(e) {
-                    continue;
-                }
-            }
-            loop {
-                let f = match frame {
-                    Ok(f) => f,
-                    Err(_) => {
-                        s.reconnects.fetch_add(1, Ordering::Relaxed);
-                        broker += 1;
-                        continue 'reconnect;
-                    }
-                };
-                if f.command.as_str() == "ERROR" {
-                    bail!("broker error: {:?}", f.header_str("message"));
-                }
-                if let Some(id) = f
-                    .header_str("receipt-id")
-                    .and_then(|r| r.parse::<u64>().ok())
-                {
-                    let now = s.start.elapsed().as_nanos() as u64;
-                    let mut n = 0;
-                    while let Some(&(seq, ts)) = in_flight.front() {
-                        if seq > id {
-                            break;
-                        }
-                        in_flight.pop_front();
-                        let _ = hist.record(((now - ts) / 1000).max(1));
-                        let _ = live.record(((now - ts) / 1000).max(1));
-                        receipted_upto = seq + 1;
-                        n += 1;
-                    }
-                    s.receipted_total.fetch_add(n, Ordering::Relaxed);
-                    if last_merge.elapsed() > Duration::from_millis(500) {
-                        if let Ok(mut h) = s.send_receipt_live.lock() {
-                            let _ = h.add(&live);
-                        }
-                        live.reset();
-                        last_merge = Instant::now();
-                    }
-                    s.last_receipt_ns[broker].fetch_max(now, Ordering::Relaxed);
-                    let _ = s.first_since_kill[broker].compare_exchange(
-                        0,
-                        now,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    );
-                }
-                frame = match conn.try_frame() {
-                    Ok(Some(f)) => Ok(f),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-            }
-        }
-    }
-    s.sent[p].store(n, Ordering::SeqCst);
-    s.receipted_upto[p].store(receipted_upto, Ordering::SeqCst);
-    s.send_receipt
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .add(&hist)?;
-    Ok(())
-}
-
 /// When each message of one producer is due in open-loop mode.
 struct Schedule {
     start_ns: u64,
@@ -723,7 +612,6 @@ fn header_u64(f: &brokk::protocol::stomp::Frame, name: &str) -> Option<u64> {
 fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<()> {
     let a = &s.args;
     let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let expected = a.messages;
     let mut hist = histogram();
     let mut broker = i;
     let mut signalled = false;
@@ -775,18 +663,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                         broker += 1;
                         continue 'reconnect;
                     }
-                    let done = match a.duration {
-                        None => s.audit.unique_so_far() >= expected,
-                        Some(_) => {
-                            s.producers_done.load(Ordering::SeqCst)
-                                && s.audit.unique_so_far()
-                                    >= s.sent.iter().map(|x| x.load(Ordering::SeqCst)).sum::<u64>()
-                        }
-                    };
-                    if done
-                        || (s.producers_done.load(Ordering::SeqCst)
-                            && last_progress.elapsed() > Duration::from_secs(a.idle_timeout))
-                    {
+                    if accounting::consumers_may_stop(&s, last_progress) {
                         // Acknowledge what we hold so that leaving does not
                         // hand it to the other consumers as redeliveries.
                         write_acks(&mut conn.wbuf, &mut last_ack);
@@ -813,16 +690,12 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                     ready.wait();
                 }
                 "MESSAGE" => {
-                    let now = s.start.elapsed().as_nanos() as u64;
                     if let (Some(p), Some(seq), Some(ts)) = (
                         header_u64(&f, "bench-p"),
                         header_u64(&f, "bench-seq"),
                         header_u64(&f, "bench-ts"),
                     ) {
-                        if s.audit.record(p as usize, seq) {
-                            let _ = hist.record((now.saturating_sub(ts) / 1000).max(1));
-                            s.consumed.fetch_add(1, Ordering::Relaxed);
-                            s.last_consumed_ns.store(now, Ordering::Relaxed);
+                        if accounting::delivered(&s, &mut hist, p, seq, ts) {
                             last_progress = Instant::now();
                         }
                     }
@@ -849,11 +722,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     if !signalled {
         ready.wait();
     }
-    s.end_to_end
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .add(&hist)?;
-    Ok(())
+    accounting::finish_consumer(&s, &hist)
 }
 
 fn percentiles(h: &Histogram<u64>) -> serde_json::Value {

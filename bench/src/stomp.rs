@@ -1,6 +1,7 @@
 //! A blocking STOMP connection for load generation: batched writes, one
 //! read buffer, Brokk's zero-copy frame parser.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
+
+use crate::producer::{Failure, Link, Sent};
+use crate::{destination_name, Shared};
 
 /// The socket, plain or TLS (`--tls`).
 enum Stream {
@@ -65,15 +69,7 @@ impl Conn {
         login: Option<(&str, &str)>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<(Conn, usize)> {
-        let mut last = None;
-        for i in 0..brokers.len() {
-            let idx = (start + i) % brokers.len();
-            match Conn::connect_one(&brokers[idx], login, tls) {
-                Ok(c) => return Ok((c, idx)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
+        first_that_accepts(brokers, start, |b| Conn::connect_one(b, login, tls))
     }
 
     fn connect_one(
@@ -149,22 +145,111 @@ impl Conn {
     }
 
     pub fn fill(&mut self) -> Result<()> {
-        let len = self.rbuf.len();
-        if self.rbuf.capacity() - len < 64 * 1024 {
-            self.rbuf.reserve(256 * 1024);
+        read_more(&mut self.stream, &mut self.rbuf)
+    }
+}
+
+/// Tries the failover list from `start` on; the first that accepts, and its index.
+pub fn first_that_accepts<C>(
+    brokers: &[String],
+    start: usize,
+    mut connect: impl FnMut(&str) -> Result<C>,
+) -> Result<(C, usize)> {
+    let mut last = None;
+    for i in 0..brokers.len() {
+        let idx = (start + i) % brokers.len();
+        match connect(&brokers[idx]) {
+            Ok(c) => return Ok((c, idx)),
+            Err(e) => last = Some(e.context(format!("connect to {}", brokers[idx]))),
         }
-        self.rbuf.resize(self.rbuf.capacity(), 0);
-        let n = match self.stream.read(&mut self.rbuf[len..]) {
-            Ok(n) => n,
-            Err(e) => {
-                self.rbuf.truncate(len);
-                return Err(e.into());
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
+}
+
+/// Appends what one read gives to `rbuf` (at least 64 KiB of room, so a
+/// burst of frames lands in one read); a closed connection is an error.
+pub fn read_more(stream: &mut impl Read, rbuf: &mut BytesMut) -> Result<()> {
+    let len = rbuf.len();
+    if rbuf.capacity() - len < 64 * 1024 {
+        rbuf.reserve(256 * 1024);
+    }
+    rbuf.resize(rbuf.capacity(), 0);
+    let n = match stream.read(&mut rbuf[len..]) {
+        Ok(n) => n,
+        Err(e) => {
+            rbuf.truncate(len);
+            return Err(e.into());
+        }
+    };
+    rbuf.truncate(len + n);
+    if n == 0 {
+        bail!("connection closed by broker");
+    }
+    Ok(())
+}
+
+/// A STOMP producer: every SEND asks a RECEIPT named by its sequence, so a
+/// RECEIPT answers it and everything sent before it.
+pub struct Producer {
+    conn: Conn,
+    body: Vec<u8>,
+}
+
+impl Link for Producer {
+    fn open(s: &Shared, start: usize) -> Result<(Self, usize)> {
+        let a = &s.args;
+        let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
+        let (conn, idx) = Conn::connect(&s.brokers, start, login, s.tls.as_ref())?;
+        let body = vec![b'x'; a.size];
+        Ok((Producer { conn, body }, idx))
+    }
+
+    fn push(&mut self, s: &Shared, p: usize, seq: u64, ts: u64) -> Result<i32> {
+        let a = &s.args;
+        let w = &mut self.conn.wbuf;
+        write!(
+            w,
+            "SEND\ndestination:{}\nreceipt:{seq}\nbench-p:{p}\nbench-seq:{seq}\nbench-ts:{ts}\npersistent:{}\ncontent-length:{}\n\n",
+            destination_name(&a.destination, a.destinations, seq), a.persistent, self.body.len()
+        )?;
+        w.extend_from_slice(&self.body);
+        w.push(0);
+        Ok(0)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.conn.flush()
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
+        self.conn.set_read_timeout(t)
+    }
+
+    fn answer(
+        &mut self,
+        in_flight: &VecDeque<Sent>,
+        block: bool,
+    ) -> Result<Option<usize>, Failure> {
+        let f = if block {
+            self.conn.read_frame().map_err(Failure::Broken)?
+        } else {
+            match self.conn.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(Failure::Broken(e)),
             }
         };
-        self.rbuf.truncate(len + n);
-        if n == 0 {
-            bail!("connection closed by broker");
+        if f.command.as_str() == "ERROR" {
+            return Err(Failure::Fatal(anyhow!(
+                "broker error: {:?}",
+                f.header_str("message")
+            )));
         }
-        Ok(())
+        let receipt = f
+            .header_str("receipt-id")
+            .and_then(|r| r.parse::<u64>().ok());
+        Ok(Some(receipt.map_or(0, |id| {
+            in_flight.iter().take_while(|m| m.seq <= id).count()
+        })))
     }
 }

@@ -51,28 +51,57 @@ fn memory_run(tag: &str, extra: &[&str]) {
 }
 
 #[test]
-fn file_mode_failover_loses_no_receipted_message() {
-    let d = tempfile_dir("file");
-    let s = bench(
+fn openwire_run_delivers_everything_once() {
+    memory_run("ow", &["--protocol", "openwire"]);
+}
+
+#[test]
+fn openwire_persistent_run_over_several_queues_delivers_everything_once() {
+    memory_run(
+        "owp",
         &[
-            "--mode",
-            "file",
-            "--shards",
-            "2",
-            "--producers",
-            "4",
-            "--consumers",
-            "2",
-            "--messages",
-            "20000",
-            "--size",
-            "256",
+            "--protocol",
+            "openwire",
             "--persistent",
-            "--kill-master-after",
-            "5000",
+            "--destinations",
+            "3",
         ],
-        &d,
     );
+}
+
+#[test]
+fn file_mode_failover_loses_no_receipted_message() {
+    failover_run("file", &[]);
+}
+
+/// A broken OpenWire connection moves producers and consumers to the next
+/// broker; producers resend what had no Response.
+#[test]
+fn openwire_file_mode_failover_loses_no_receipted_message() {
+    failover_run("owfile", &["--protocol", "openwire"]);
+}
+
+fn failover_run(tag: &str, extra: &[&str]) {
+    let d = tempfile_dir(tag);
+    let mut args: Vec<&str> = vec![
+        "--mode",
+        "file",
+        "--shards",
+        "2",
+        "--producers",
+        "4",
+        "--consumers",
+        "2",
+        "--messages",
+        "20000",
+        "--size",
+        "256",
+        "--persistent",
+        "--kill-master-after",
+        "5000",
+    ];
+    args.extend_from_slice(extra);
+    let s = bench(&args, &d);
     assert_eq!(s["receipted"], 20000);
     assert_eq!(s["lost_receipted"], 0, "{s}");
     assert!(s["failover"][0]["gap_ms"].as_f64().is_some(), "{s}");
