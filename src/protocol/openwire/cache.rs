@@ -10,9 +10,11 @@
 //! the same frame.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use super::commands::DataStructure;
 use super::error::{CodecError, Result};
+use super::primitives::Marshal;
 
 /// ActiveMQ's default when the negotiated size is 0 (Short.MAX_VALUE / 2).
 pub const DEFAULT_CACHE_SIZE: usize = 16383;
@@ -22,10 +24,88 @@ const FREE_SLOTS: usize = 100;
 /// `None` stands for a null field: ActiveMQ caches nulls like any value.
 pub type CacheKey = Option<DataStructure>;
 
+/// A structure's fingerprint: found again from a borrowed structure
+/// (every dispatch names its consumer, destination and producer) without
+/// copying it into a key. A fingerprint names at most one slot; another
+/// structure with the same fingerprint travels uncached.
+fn fingerprint<T: Marshal + Hash>(v: Option<&T>) -> u64 {
+    let mut h = Fx(0);
+    match v {
+        None => h.write_u8(0),
+        Some(v) => {
+            h.write_u8(v.type_code());
+            v.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// The fingerprint of a stored key: the same as its structure's.
+fn key_fingerprint(key: &CacheKey) -> u64 {
+    use DataStructure as D;
+    match key {
+        None => fingerprint::<DataStructure>(None),
+        Some(D::ConnectionId(v)) => fingerprint(Some(v)),
+        Some(D::SessionId(v)) => fingerprint(Some(v)),
+        Some(D::ProducerId(v)) => fingerprint(Some(v)),
+        Some(D::ConsumerId(v)) => fingerprint(Some(v)),
+        Some(D::MessageId(v)) => fingerprint(Some(v)),
+        Some(D::BrokerId(v)) => fingerprint(Some(v)),
+        Some(D::Destination(v)) => fingerprint(Some(v)),
+        Some(D::LocalTransactionId(v)) => fingerprint(Some(v)),
+        Some(D::XaTransactionId(v)) => fingerprint(Some(v)),
+        Some(D::TransactionId(v)) => fingerprint(Some(v)),
+        // Never cached in practice (ids and destinations are).
+        Some(D::Command(c)) => {
+            let mut h = Fx(0);
+            h.write_u8(c.type_code());
+            c.hash(&mut h);
+            h.finish()
+        }
+    }
+}
+
+/// FxHash (rustc's): the keys are our own peer's ids, not an attacker's
+/// choice, and SipHash showed in profiles.
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(n.into());
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 #[derive(Debug)]
 pub struct MarshalCache {
     slots: Vec<Option<CacheKey>>,
-    index: HashMap<CacheKey, i16>,
+    /// Fingerprint -> slot.
+    index: HashMap<u64, i16>,
     next: usize,
     next_eviction: usize,
 }
@@ -43,23 +123,40 @@ impl MarshalCache {
     }
 
     pub fn index_of(&self, key: &CacheKey) -> Option<i16> {
-        self.index.get(key).copied()
+        let i = *self.index.get(&key_fingerprint(key))?;
+        (self.slots[i as usize].as_ref() == Some(key)).then_some(i)
     }
 
-    /// Numbers `key`; -1 when the cache is full (then it travels uncached).
+    /// [`MarshalCache::index_of`] for a borrowed structure.
+    pub fn index_of_ref<T: Marshal + Hash>(&self, v: &Option<T>) -> Option<i16> {
+        let i = *self.index.get(&fingerprint(v.as_ref()))?;
+        let same = match (&self.slots[i as usize], v) {
+            (Some(None), None) => true,
+            (Some(Some(d)), Some(v)) => v.same_as(d),
+            _ => false,
+        };
+        same.then_some(i)
+    }
+
+    /// Numbers `key`; -1 when the cache is full, or another key has its
+    /// fingerprint (then it travels uncached).
     pub fn add(&mut self, key: CacheKey) -> i16 {
+        let fp = key_fingerprint(&key);
+        if self.index.contains_key(&fp) {
+            return -1;
+        }
         let i = self.next;
         self.next = (self.next + 1) % self.slots.len();
         if self.index.len() >= self.slots.len() {
             return -1;
         }
         if let Some(old) = self.slots[i].take() {
-            self.index.remove(&old);
+            self.index.remove(&key_fingerprint(&old));
         }
         // Checked: every size is at most i16::MAX.
         let index = i as i16;
-        self.slots[i] = Some(key.clone());
-        self.index.insert(key, index);
+        self.slots[i] = Some(key);
+        self.index.insert(fp, index);
         index
     }
 
@@ -68,7 +165,7 @@ impl MarshalCache {
         let keep = self.slots.len().saturating_sub(FREE_SLOTS);
         while self.index.len() > keep {
             if let Some(old) = self.slots[self.next_eviction].take() {
-                self.index.remove(&old);
+                self.index.remove(&key_fingerprint(&old));
             }
             self.next_eviction = (self.next_eviction + 1) % self.slots.len();
         }

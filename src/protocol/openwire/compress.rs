@@ -86,6 +86,16 @@ pub fn plain_content(msg: &Message, max: usize) -> Result<Bytes> {
 
 /// A TextMessage's text (`None`: a null text).
 pub fn text(msg: &Message, max: usize) -> Result<Option<String>> {
+    Ok(text_utf8(msg, max)?.map(|b| {
+        // Checked by text_utf8.
+        String::from_utf8(b.to_vec()).unwrap_or_default()
+    }))
+}
+
+/// A TextMessage's text as UTF-8 bytes: a slice of the message's content
+/// (no copy) when its modified UTF-8 is plain UTF-8, as it almost always
+/// is; decoded otherwise.
+pub fn text_utf8(msg: &Message, max: usize) -> Result<Option<Bytes>> {
     if msg.kind != MessageKind::Text {
         return Err(CodecError::WrongBodyType("text"));
     }
@@ -107,7 +117,10 @@ pub fn text(msg: &Message, max: usize) -> Result<Option<String>> {
         what: "a text body",
         needed: (4 + len).saturating_sub(content.len()),
     })?;
-    decode_mutf8(utf, "a text body").map(Some)
+    if std::str::from_utf8(utf).is_ok() {
+        return Ok(Some(content.slice(4..4 + len)));
+    }
+    decode_mutf8(utf, "a text body").map(|t| Some(Bytes::from(t)))
 }
 
 /// A BytesMessage's bytes.

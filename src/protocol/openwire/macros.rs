@@ -134,6 +134,10 @@ macro_rules! impl_data_marshal {
                 $crate::protocol::openwire::commands::DataStructure::$name(self.clone())
             }
 
+            fn same_as(&self, d: &$crate::protocol::openwire::commands::DataStructure) -> bool {
+                matches!(d, $crate::protocol::openwire::commands::DataStructure::$name(v) if v == self)
+            }
+
             fn from_data(
                 data: $crate::protocol::openwire::commands::DataStructure,
             ) -> $crate::protocol::openwire::error::Result<Self> {

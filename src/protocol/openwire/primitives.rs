@@ -31,6 +31,11 @@ pub trait Marshal: Sized {
     fn read_body(code: u8, r: &mut Reader<'_>) -> Result<Self>;
     fn to_data(&self) -> DataStructure;
     fn from_data(data: DataStructure) -> Result<Self>;
+    /// Whether `d` holds this very structure: the marshalling cache's
+    /// lookup, without the copy `to_data` makes.
+    fn same_as(&self, d: &DataStructure) -> bool {
+        self.to_data() == *d
+    }
     /// ActiveMQ's "marshall aware" types (messages, WireFormatInfo) carry
     /// one more boolean when nested in a tight frame.
     fn marshall_aware(code: u8) -> bool {
@@ -57,6 +62,10 @@ impl<T: Marshal> Marshal for Box<T> {
 
     fn to_data(&self) -> DataStructure {
         (**self).to_data()
+    }
+
+    fn same_as(&self, d: &DataStructure) -> bool {
+        (**self).same_as(d)
     }
 
     fn from_data(data: DataStructure) -> Result<Self> {
@@ -269,12 +278,11 @@ impl<'a> Writer<'a> {
     /// A structure that goes through the marshalling cache when it is on:
     /// the first time as (new, index, structure), afterwards as its index.
     /// A missing structure is cached too, as ActiveMQ caches `null`.
-    pub fn cached<T: Marshal>(&mut self, v: &Option<T>) -> Result<()> {
+    pub fn cached<T: Marshal + std::hash::Hash>(&mut self, v: &Option<T>) -> Result<()> {
         if self.cache.is_none() {
             return self.nested(v);
         }
-        let key = v.as_ref().map(Marshal::to_data);
-        let known = self.cache.as_deref().and_then(|c| c.index_of(&key));
+        let known = self.cache.as_deref().and_then(|c| c.index_of_ref(v));
         match self.pass {
             Pass::Size => {
                 if self.flag(known.is_none(), "a cached structure's novelty")? {
@@ -282,7 +290,7 @@ impl<'a> Writer<'a> {
                     self.nested(v)?;
                     // ActiveMQ adds after sizing the structure in tight mode.
                     if let Some(cache) = self.cache.as_deref_mut() {
-                        cache.add(key);
+                        cache.add(v.as_ref().map(Marshal::to_data));
                     }
                 } else {
                     self.size += 2;
@@ -301,7 +309,7 @@ impl<'a> Writer<'a> {
             Pass::Loose => {
                 if self.flag(known.is_none(), "a cached structure's novelty")? {
                     let index = match self.cache.as_deref_mut() {
-                        Some(cache) => cache.add(key),
+                        Some(cache) => cache.add(v.as_ref().map(Marshal::to_data)),
                         None => -1,
                     };
                     self.put(&index.to_be_bytes());
@@ -682,7 +690,16 @@ fn latin1(b: &[u8]) -> String {
 /// Bytes Java's `DataOutput.writeUTF` ("modified UTF-8") takes for `s`:
 /// NUL takes two bytes, and a character outside the BMP takes six (two
 /// surrogates of three bytes each).
+/// Whether `s` is the same in modified UTF-8: ASCII without NUL (ids,
+/// names and most bodies), checked a word at a time.
+fn plain_ascii(s: &str) -> bool {
+    s.is_ascii() && memchr::memchr(0, s.as_bytes()).is_none()
+}
+
 pub fn mutf8_len(s: &str) -> usize {
+    if plain_ascii(s) {
+        return s.len();
+    }
     s.chars()
         .map(|c| match c as u32 {
             1..=0x7f => 1,
@@ -694,7 +711,7 @@ pub fn mutf8_len(s: &str) -> usize {
 }
 
 pub fn write_mutf8(s: &str, out: &mut impl BufMut) {
-    if s.bytes().all(|b| b != 0 && b < 0x80) {
+    if plain_ascii(s) {
         out.put_slice(s.as_bytes());
         return;
     }

@@ -214,6 +214,99 @@ pub fn unmarshal_value(buf: &Bytes, limits: MapLimits) -> Result<(Value, usize)>
     Ok((v, r.cur.position()))
 }
 
+/// Reads message properties the way the broker keeps them: each name
+/// with its value as Java's `toString()` writes it, handed to `f` in wire
+/// order. Names and string values are slices of `buf` (no copy) when
+/// their modified UTF-8 is plain UTF-8, as it almost always is; numbers
+/// are written into one buffer shared by the message's values. Null,
+/// byte[], map and list values are skipped (the broker keeps text).
+pub fn for_each_as_text(buf: &Bytes, mut f: impl FnMut(Bytes, Bytes)) -> Result<()> {
+    let mut r = MapReader {
+        cur: Cursor::new(buf.clone()),
+        limits: MapLimits::MESSAGE,
+    };
+    let Some(n) = r.count("a map size")? else {
+        return Ok(());
+    };
+    let mut numbers = BytesMut::new();
+    for _ in 0..n {
+        let len = u16::from_be_bytes(r.array("a map key")?) as usize;
+        let key = r.text(len, "a map key")?;
+        const WHAT: &str = "a typed value";
+        let t = r.take(1, WHAT)?[0];
+        let number = |numbers: &mut BytesMut, v: &dyn std::fmt::Display| {
+            use std::fmt::Write as _;
+            if numbers.capacity() - numbers.len() < 32 {
+                numbers.reserve(128);
+            }
+            let _ = write!(numbers, "{v}");
+            numbers.split().freeze()
+        };
+        let value = match t {
+            BOOLEAN => Some(Bytes::from_static(if r.take(1, WHAT)?[0] != 0 {
+                b"true"
+            } else {
+                b"false"
+            })),
+            BYTE => Some(number(&mut numbers, &i8::from_be_bytes(r.array(WHAT)?))),
+            CHAR => {
+                let c = u16::from_be_bytes(r.array(WHAT)?);
+                char::from_u32(u32::from(c)).map(|c| number(&mut numbers, &c))
+            }
+            SHORT => Some(number(&mut numbers, &i16::from_be_bytes(r.array(WHAT)?))),
+            INT => Some(number(&mut numbers, &i32::from_be_bytes(r.array(WHAT)?))),
+            LONG => Some(number(&mut numbers, &i64::from_be_bytes(r.array(WHAT)?))),
+            FLOAT => Some(number(&mut numbers, &f32::from_be_bytes(r.array(WHAT)?))),
+            DOUBLE => Some(number(&mut numbers, &f64::from_be_bytes(r.array(WHAT)?))),
+            STRING => {
+                let len = u16::from_be_bytes(r.array(WHAT)?) as usize;
+                Some(r.text(len, "a string value")?)
+            }
+            BIG_STRING => {
+                let len = r.count("a big string length")?.unwrap_or(0);
+                Some(r.text(len, "a big string value")?)
+            }
+            NULL | BYTE_ARRAY | MAP | LIST => {
+                // Read (and bounded) as any value, then dropped.
+                r.typed(t, 0)?;
+                None
+            }
+            other => return Err(CodecError::UnknownPrimitive(other)),
+        };
+        if let Some(v) = value {
+            f(key, v);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `entries` (names and text values, as the broker keeps them) as
+/// a marshalled property map of string properties, which is what
+/// `marshalledProperties` carries.
+pub fn marshal_text_entries<'a, I>(entries: I, out: &mut BytesMut) -> Result<()>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
+    put_count(entries.clone().count(), "a map", out)?;
+    // Checked first: from_utf8_lossy's own walk is slower on valid input.
+    let text = |b: &'a [u8]| match std::str::from_utf8(b) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(b),
+    };
+    for (k, v) in entries {
+        put_utf(&text(k), out)?;
+        let v = text(v);
+        if v.len() < i16::MAX as usize / 4 {
+            // Fewer bytes than the limit is fewer UTF-16 units too.
+            out.put_u8(STRING);
+            put_utf(&v, out)?;
+        } else {
+            marshal_value(&Value::String(v.into_owned()), out)?;
+        }
+    }
+    Ok(())
+}
+
 struct MapReader {
     cur: Cursor,
     limits: MapLimits,
@@ -231,6 +324,16 @@ impl MapReader {
     fn count(&mut self, what: &'static str) -> Result<Option<usize>> {
         let n = i32::from_be_bytes(self.array(what)?);
         Ok(usize::try_from(n).ok())
+    }
+
+    /// A modified-UTF-8 string as UTF-8 bytes: a slice of the input when
+    /// they are the same (no NUL, nothing outside the BMP), else decoded.
+    fn text(&mut self, len: usize, what: &'static str) -> Result<Bytes> {
+        let b = self.cur.bytes(len, what)?;
+        if std::str::from_utf8(&b).is_ok() {
+            return Ok(b);
+        }
+        decode_mutf8(&b, what).map(Bytes::from)
     }
 
     fn utf(&mut self, len: usize, what: &'static str) -> Result<String> {
@@ -267,8 +370,13 @@ impl MapReader {
     }
 
     fn value(&mut self, depth: u32) -> Result<Value> {
+        let t = self.take(1, "a typed value")?[0];
+        self.typed(t, depth)
+    }
+
+    /// The value after its type byte `t`.
+    fn typed(&mut self, t: u8, depth: u32) -> Result<Value> {
         const WHAT: &str = "a typed value";
-        let t = self.take(1, WHAT)?[0];
         Ok(match t {
             NULL => Value::Null,
             BOOLEAN => Value::Bool(self.take(1, WHAT)?[0] != 0),
@@ -328,6 +436,54 @@ mod tests {
             unmarshal_map(&bytes, MapLimits::MESSAGE).unwrap(),
             Some(map)
         );
+    }
+
+    #[test]
+    fn properties_read_as_text_as_activemq_writes_them() {
+        let mut map = PropertyMap::new();
+        map.insert("b".into(), Value::Bool(true));
+        map.insert("i".into(), Value::Int(42));
+        map.insert("l".into(), Value::Long(-7));
+        map.insert("d".into(), Value::Double(1.5));
+        map.insert("s".into(), Value::String("héllo".into()));
+        map.insert("nul".into(), Value::String("a\0b".into()));
+        map.insert("null".into(), Value::Null);
+        map.insert("raw".into(), Value::Bytes(Bytes::from_static(b"x")));
+        map.insert("m".into(), Value::Map(PropertyMap::new()));
+        let bytes = map_to_bytes(&map).unwrap();
+        let mut got = Vec::new();
+        for_each_as_text(&bytes, |k, v| got.push((k, v))).unwrap();
+        let text = |k: &str| {
+            got.iter()
+                .find(|(n, _)| n.as_ref() == k.as_bytes())
+                .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(text("b").as_deref(), Some("true"));
+        assert_eq!(text("i").as_deref(), Some("42"));
+        assert_eq!(text("l").as_deref(), Some("-7"));
+        assert_eq!(text("d").as_deref(), Some("1.5"));
+        assert_eq!(text("s").as_deref(), Some("héllo"));
+        assert_eq!(text("nul").as_deref(), Some("a\0b"));
+        assert_eq!(got.len(), 6, "null, byte[] and map are not kept: {got:?}");
+        // Every prefix fails cleanly.
+        for cut in 0..bytes.len() {
+            assert!(
+                for_each_as_text(&bytes.slice(..cut), |_, _| {}).is_err(),
+                "{cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_entries_marshal_as_string_properties() {
+        let entries = [(&b"k"[..], &b"v"[..]), (b"long", &[b'x'; 9000][..])];
+        let mut out = BytesMut::new();
+        marshal_text_entries(entries.iter().copied(), &mut out).unwrap();
+        let map = unmarshal_map(&out.freeze(), MapLimits::MESSAGE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(map.get("k"), Some(&Value::String("v".into())));
+        assert_eq!(map.get("long"), Some(&Value::String("x".repeat(9000))));
     }
 
     #[test]

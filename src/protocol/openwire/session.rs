@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::commands::{
     self as wire, AckType, Command, ConnectionError, ConsumerId, ConsumerInfo, DataStructure,
@@ -21,7 +21,7 @@ use super::commands::{
 };
 use super::compress;
 use super::primitives::Throwable;
-use super::properties::{PropertyMap, Value};
+use super::properties;
 use crate::broker::destination::{MAX_NAME_BYTES, MAX_SUB_NAME_BYTES, TEMPORARY_PREFIX};
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
@@ -837,14 +837,13 @@ impl Session {
                 )
                 .or_else(refuse)?;
         }
-        let mut properties: Vec<Property> = Vec::new();
+        let mut properties: Vec<Property> = Vec::with_capacity(8);
         let body = match m.kind {
-            MessageKind::Text => compress::text(&m, self.max_body_bytes)
+            MessageKind::Text => compress::text_utf8(&m, self.max_body_bytes)
                 .or_else(|e| refuse(format!("cannot read the TextMessage's body: {e}")))?
-                .map(Bytes::from)
                 .unwrap_or_default(),
             MessageKind::Bytes => {
-                properties.push(property(BODY_KIND_PROPERTY, "bytes"));
+                properties.push(body_kind("bytes"));
                 compress::bytes(&m, self.max_body_bytes)
                     .or_else(|e| refuse(format!("cannot read the BytesMessage's body: {e}")))?
             }
@@ -864,7 +863,7 @@ impl Session {
                     _ => Ok(()),
                 };
                 checked.or_else(|e| refuse(format!("cannot read the {name}'s body: {e}")))?;
-                properties.push(property(BODY_KIND_PROPERTY, kind));
+                properties.push(body_kind(kind));
                 compress::plain_content(&m, self.max_body_bytes)
                     .or_else(|e| refuse(format!("cannot read the {name}'s body: {e}")))?
             }
@@ -896,13 +895,9 @@ impl Session {
                 ));
             }
         }
-        let typed = m
-            .properties()
-            .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
-        for (name, value) in typed {
-            if let Some(v) = value_to_string(&value) {
-                properties.push((Bytes::from(name), Bytes::from(v)));
-            }
+        if let Some(marshalled) = &m.marshalled_properties {
+            properties::for_each_as_text(marshalled, |k, v| properties.push((k, v)))
+                .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
         }
         let footprint = Message::footprint(&properties, &body);
         let msg = Arc::new(Message {
@@ -1609,7 +1604,9 @@ impl Session {
             // one sent it; the client's own audit goes by the producer id
             // and sequence below, unique per delivery.
             let text_view = match origin_of(&m.properties) {
-                Some(o) => String::from_utf8_lossy(o).into_owned(),
+                Some(o) => std::str::from_utf8(o)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(o).into_owned()),
                 None => format!("{MESSAGE_ID_PREFIX}{}", m.id),
             };
             msg.message_id = Some(wire::MessageId {
@@ -1648,6 +1645,13 @@ fn response(correlation_id: i32) -> Command {
         ..Response::default()
     }
     .into()
+}
+
+fn body_kind(kind: &'static str) -> Property {
+    (
+        Bytes::from_static(BODY_KIND_PROPERTY.as_bytes()),
+        Bytes::from_static(kind.as_bytes()),
+    )
 }
 
 fn property(name: &str, value: &str) -> Property {
@@ -1748,24 +1752,6 @@ fn reply_to_destination(header: &str) -> Option<wire::Destination> {
     })
 }
 
-/// A typed property as a STOMP header value, as ActiveMQ writes it
-/// (`toString()`); nulls, byte arrays, maps and lists have no string form
-/// there and are dropped.
-fn value_to_string(v: &Value) -> Option<String> {
-    Some(match v {
-        Value::Bool(b) => b.to_string(),
-        Value::Byte(n) => n.to_string(),
-        Value::Char(c) => char::from_u32(u32::from(*c))?.to_string(),
-        Value::Short(n) => n.to_string(),
-        Value::Int(n) => n.to_string(),
-        Value::Long(n) => n.to_string(),
-        Value::Float(n) => n.to_string(),
-        Value::Double(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        Value::Null | Value::Bytes(_) | Value::Map(_) | Value::List(_) => return None,
-    })
-}
-
 /// The broker's message as ActiveMQ's client expects it: JMS headers from
 /// their STOMP names, every other property a string property; a
 /// BytesMessage if it was sent as one or its body is not UTF-8, else a
@@ -1774,13 +1760,18 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
     // The kind it was sent as, when not text (see BODY_KIND_PROPERTY).
     let mut kind = None;
     let mut msg = wire::Message::new(MessageKind::Text);
-    let mut props = PropertyMap::new();
+    // Everything but these travels as a string property.
+    let header = |k: &[u8]| {
+        matches!(k, b"correlation-id" | b"reply-to" | b"type")
+            || k == BODY_KIND_PROPERTY.as_bytes()
+            || k == ORIGIN_PROPERTY.as_bytes()
+    };
     for (k, v) in &m.properties {
-        let value = String::from_utf8_lossy(v);
+        let value = || String::from_utf8_lossy(v);
         match &k[..] {
-            b"correlation-id" => msg.correlation_id = Some(value.into_owned()),
-            b"reply-to" => msg.reply_to = reply_to_destination(&value),
-            b"type" => msg.jms_type = Some(value.into_owned()),
+            b"correlation-id" => msg.correlation_id = Some(value().into_owned()),
+            b"reply-to" => msg.reply_to = reply_to_destination(&value()),
+            b"type" => msg.jms_type = Some(value().into_owned()),
             k if k == BODY_KIND_PROPERTY.as_bytes() => {
                 kind = match v.as_ref() {
                     b"bytes" => Some(MessageKind::Bytes),
@@ -1791,13 +1782,7 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
                 }
             }
             // The message id (see `deliver`), not a property.
-            k if k == ORIGIN_PROPERTY.as_bytes() => {}
-            _ => {
-                props.insert(
-                    String::from_utf8_lossy(k).into_owned(),
-                    Value::String(value.into_owned()),
-                );
-            }
+            _ => {}
         }
     }
     match kind {
@@ -1812,10 +1797,22 @@ fn to_wire_message(m: &Message, destination: &wire::Destination) -> wire::Messag
             Err(_) => compress::set_bytes(&mut msg, m.body.clone(), false),
         },
     }
-    // Strings only: this cannot fail past the codec's own bounds, and a
-    // message that came in within them goes out within them.
-    if let Err(e) = msg.set_properties(&props) {
-        tracing::warn!(error = %e, id = m.id, "message properties dropped on the way to OpenWire");
+    // Marshalled straight from the broker's bytes: no map is built.
+    let props = m
+        .properties
+        .iter()
+        .filter(|(k, _)| !header(k))
+        .map(|(k, v)| (k.as_ref(), v.as_ref()));
+    if props.clone().next().is_some() {
+        let mut out = BytesMut::new();
+        // Strings only: this cannot fail past the codec's own bounds, and
+        // a message that came in within them goes out within them.
+        match properties::marshal_text_entries(props, &mut out) {
+            Ok(()) => msg.marshalled_properties = Some(out.freeze()),
+            Err(e) => {
+                tracing::warn!(error = %e, id = m.id, "message properties dropped on the way to OpenWire")
+            }
+        }
     }
     msg.destination = Some(destination.clone());
     msg.persistent = m.persistent;
@@ -2305,14 +2302,6 @@ mod tests {
             assert_eq!(reply_to_destination(&reply_to_header(&d)), Some(d));
         }
         assert_eq!(reply_to_destination("elsewhere"), None);
-    }
-
-    #[test]
-    fn typed_properties_become_strings_as_activemq_writes_them() {
-        assert_eq!(value_to_string(&Value::Int(42)).as_deref(), Some("42"));
-        assert_eq!(value_to_string(&Value::Bool(true)).as_deref(), Some("true"));
-        assert_eq!(value_to_string(&Value::Null), None);
-        assert_eq!(value_to_string(&Value::Bytes(Bytes::new())), None);
     }
 
     fn exception(out: &[Action]) -> (i32, String, String) {
