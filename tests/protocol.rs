@@ -634,3 +634,22 @@ fn the_jms_kind_of_a_stomp_message_stays_out_of_stomp_headers() {
         assert_eq!(m.header_str("brokk-body"), None, "{m:?}");
     }
 }
+
+/// `brokk-origin` (the producer's own message id, by which the broker
+/// recognises an OpenWire failover resend) is the broker's to set: a STOMP
+/// client that republishes a message with every header it got, that one
+/// included, has its copy stored like any other message.
+#[test]
+fn a_stomp_republish_carrying_a_copied_origin_is_stored() {
+    let b = Broker::start(&["--shards", "1"]);
+    let mut c = b.client();
+    let origin = [("brokk-origin", "ID:client-1-2-3-1:1:1:5")];
+    c.send_sync("/queue/again", "first", &origin);
+    c.send_sync("/queue/again", "copy", &origin);
+    c.subscribe("s", "/queue/again", "auto", &[]);
+    for expected in ["first", "copy"] {
+        let m = c.expect_message();
+        assert_eq!(common::body(&m), expected);
+        assert_eq!(m.header_str("brokk-origin"), None, "{m:?}");
+    }
+}

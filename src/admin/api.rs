@@ -581,6 +581,8 @@ fn default_priority() -> u8 {
 /// Headers a Send form sets through its own fields, or that only the
 /// broker sets.
 const RESERVED_HEADERS: &[&str] = &[
+    "brokk-origin",
+    "brokk-body",
     "destination",
     "receipt",
     "transaction",

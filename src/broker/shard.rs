@@ -233,7 +233,13 @@ impl ShardBroker {
 
     pub fn apply(&mut self, op: Op, out: &mut Outbox) {
         match op {
-            Op::Send(msg) => self.send(msg, out),
+            Op::Send(msg) => {
+                // A producer's own send (never a copy the broker makes,
+                // such as a dead-letter one, which keeps its origin).
+                if !self.resent(&msg) {
+                    self.send(msg, out);
+                }
+            }
             Op::Subscribe(s) => self.subscribe(s, out),
             Op::Unsubscribe {
                 destination,
@@ -666,17 +672,24 @@ impl ShardBroker {
         gone
     }
 
+    /// Whether `msg` is one its producer sent before (see
+    /// [`super::producer_audit`]); it is then dropped, stored once.
+    fn resent(&mut self, msg: &Message) -> bool {
+        let Some(origin) = origin_of(&msg.properties) else {
+            return false;
+        };
+        if !self.audit.repeat(origin) {
+            return false;
+        }
+        debug!(shard = self.shard, destination = %msg.destination,
+            origin = %String::from_utf8_lossy(origin),
+            "a producer sent this message again (failover resend): stored once");
+        true
+    }
+
     fn send(&mut self, msg: SharedMessage, out: &mut Outbox) {
         if self.temporary_gone(&msg.destination) {
             return;
-        }
-        if let Some(origin) = origin_of(&msg.properties) {
-            if self.audit.repeat(origin) {
-                debug!(shard = self.shard, destination = %msg.destination,
-                    origin = %String::from_utf8_lossy(origin),
-                    "a producer sent this message again (failover resend): stored once");
-                return;
-            }
         }
         match &msg.destination {
             Destination::Queue(name) => {
@@ -1410,5 +1423,127 @@ fn tx_answers(applied: &[TxApplied], out: &mut Outbox) {
             ));
         }
         out.push((a.coordinator, ShardMsg::Reply(Reply::TxDone { tx: a.tx })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::producer_audit::ORIGIN_PROPERTY;
+    use crate::broker::restore::Restorer;
+    use crate::idmap::IdSet;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Record;
+
+    fn broker(usage: &Arc<MemoryUsage>) -> ShardBroker {
+        ShardBroker::new(
+            0,
+            BrokerSettings {
+                shards: 1,
+                max_redeliveries: 6,
+                dead_letter_queue: Destination::queue("DLQ"),
+                temporary: Default::default(),
+            },
+            usage.clone(),
+            Rc::new(RefCell::new(MemoryStore)),
+            Rc::new(MessageIds::new(0, 0)),
+            None,
+        )
+    }
+
+    fn origin(seq: u64) -> Bytes {
+        Bytes::from(format!("ID:client-1-2-3-1:1:1:{seq}"))
+    }
+
+    fn message(usage: &Arc<MemoryUsage>, id: u64, seq: u64) -> SharedMessage {
+        message_to(usage, "q", id, seq)
+    }
+
+    fn message_to(usage: &Arc<MemoryUsage>, q: &str, id: u64, seq: u64) -> SharedMessage {
+        Arc::new(Message {
+            id,
+            destination: Destination::queue(q),
+            properties: vec![(Bytes::from_static(ORIGIN_PROPERTY.as_bytes()), origin(seq))],
+            body: Bytes::from_static(b"x"),
+            priority: 4,
+            expires_ms: 0,
+            persistent: false,
+            timestamp_ms: 0,
+            charge: usage.charge(1),
+        })
+    }
+
+    fn pending(b: &ShardBroker, q: &str) -> usize {
+        b.queues.get(q).map_or(0, MessageQueue::pending)
+    }
+
+    #[test]
+    fn a_resend_is_stored_once_but_a_dead_letter_copy_is_not_a_resend() {
+        let usage = Arc::new(MemoryUsage::default());
+        let mut b = broker(&usage);
+        let mut out = Vec::new();
+        b.apply(Op::Send(message(&usage, 1, 5)), &mut out);
+        b.apply(Op::Send(message(&usage, 2, 5)), &mut out);
+        b.apply(Op::Send(message(&usage, 3, 6)), &mut out);
+        assert_eq!(pending(&b, "q"), 2);
+        // The broker's copy for the dead-letter queue keeps the origin
+        // (its JMSMessageID) and must land, though the DLQ is on this shard.
+        b.apply(Op::Send(message_to(&usage, "DLQ", 4, 7)), &mut out);
+        b.apply(
+            Op::DeadLetter {
+                msg: message_to(&usage, "DLQ", 5, 7),
+                retire: None,
+            },
+            &mut out,
+        );
+        assert_eq!(pending(&b, "DLQ"), 2);
+    }
+
+    #[test]
+    fn recovery_remembers_sends_that_were_acknowledged_but_not_prepared_ones() {
+        let usage = Arc::new(MemoryUsage::default());
+        let q = StoredDestination {
+            topic: false,
+            name: "q".into(),
+        };
+        let send = |id: u64, seq: u64| Record::Send {
+            id,
+            destination: q.clone(),
+            priority: 4,
+            expires_ms: 0,
+            timestamp_ms: 0,
+            properties: vec![(Bytes::from_static(ORIGIN_PROPERTY.as_bytes()), origin(seq))],
+            body: Bytes::from_static(b"x"),
+        };
+        let mut r = Restorer::new(usage.clone(), None);
+        r.feed(vec![
+            send(1, 1),
+            send(2, 2),
+            Record::Ack {
+                destination: q.clone(),
+                sub: None,
+                id: 2,
+            },
+            Record::TxSend {
+                tx: 9,
+                id: 3,
+                destination: q.clone(),
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 0,
+                properties: vec![(Bytes::from_static(ORIGIN_PROPERTY.as_bytes()), origin(3))],
+                body: Bytes::from_static(b"x"),
+            },
+        ]);
+        let mut b = broker(&usage);
+        b.install(r.finish(&IdSet::default(), &IdSet::default()));
+        assert_eq!(pending(&b, "q"), 1, "message 1 is restored");
+        let mut out = Vec::new();
+        for (id, seq) in [(11, 1), (12, 2), (13, 3), (14, 4)] {
+            b.apply(Op::Send(message(&usage, id, seq)), &mut out);
+        }
+        // 1 waits, 2 was acknowledged: both resends are dropped; 3 was
+        // prepared in a transaction never decided (so never applied), 4 is new.
+        assert_eq!(pending(&b, "q"), 3);
     }
 }

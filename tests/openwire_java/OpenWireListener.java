@@ -112,6 +112,20 @@ public class OpenWireListener {
         final int producers = 8, each = 500, total = producers * each;
         Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
         c.start();
+        // A consumer that lives through the failover: what the new master
+        // dispatches must not look like what the old one did (the client
+        // keeps its duplicate audit and would poison-ack it).
+        Session early = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue before = early.createQueue("ow.failover.early");
+        MessageProducer pre = early.createProducer(before);
+        MessageConsumer survivor = early.createConsumer(before);
+        for (int i = 0; i < 10; i++) {
+            pre.send(early.createTextMessage("early-" + i));
+        }
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(survivor, "early message " + i);
+            check(m.getText().equals("early-" + i), "early " + i + ": " + m.getText());
+        }
         java.util.concurrent.ConcurrentHashMap<String, String> ids = new java.util.concurrent.ConcurrentHashMap<>();
         java.util.concurrent.atomic.AtomicInteger sent = new java.util.concurrent.atomic.AtomicInteger();
         java.util.List<Thread> threads = new java.util.ArrayList<>();
@@ -145,6 +159,13 @@ public class OpenWireListener {
             t.join();
         }
         check(failures.isEmpty(), "a send failed: " + failures);
+        for (int i = 0; i < 10; i++) {
+            pre.send(early.createTextMessage("late-" + i));
+        }
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(survivor, "late message " + i + " (after the failover)");
+            check(m.getText().equals("late-" + i), "late " + i + ": " + m.getText());
+        }
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         MessageConsumer consumer = s.createConsumer(s.createQueue("ow.failover"));
         java.util.Set<String> got = new java.util.HashSet<>();

@@ -114,7 +114,11 @@ impl SelectorSubject for Candidate<'_> {
                 "NON_PERSISTENT"
             })),
             JmsHeader::Priority => Value::Long(i64::from(m.priority)),
-            JmsHeader::MessageId => Value::Str(Cow::Owned(format!("{MESSAGE_ID_PREFIX}{}", m.id))),
+            // What consumers see (see `protocol::openwire::session::deliver`).
+            JmsHeader::MessageId => match crate::broker::producer_audit::origin_of(&m.properties) {
+                Some(o) => Value::Str(String::from_utf8_lossy(o)),
+                None => Value::Str(Cow::Owned(format!("{MESSAGE_ID_PREFIX}{}", m.id))),
+            },
             JmsHeader::Timestamp => Value::Long(m.timestamp_ms as i64),
             JmsHeader::Expiration => Value::Long(m.expires_ms as i64),
             JmsHeader::Redelivered => Value::Bool(self.redeliveries > 0),

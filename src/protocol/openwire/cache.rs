@@ -10,7 +10,7 @@
 //! the same frame.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::commands::DataStructure;
 use super::error::{CodecError, Result};
@@ -95,6 +95,26 @@ impl Hasher for Fx {
     }
 }
 
+/// For keys that are hashes already.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 impl Fx {
     fn add(&mut self, w: u64) {
         self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
@@ -104,8 +124,8 @@ impl Fx {
 #[derive(Debug)]
 pub struct MarshalCache {
     slots: Vec<Option<CacheKey>>,
-    /// Fingerprint -> slot.
-    index: HashMap<u64, i16>,
+    /// Fingerprint -> slot (fingerprints are hashes already).
+    index: HashMap<u64, i16, BuildHasherDefault<Identity>>,
     next: usize,
     next_eviction: usize,
 }
@@ -116,7 +136,7 @@ impl MarshalCache {
     pub fn new(size: usize) -> MarshalCache {
         MarshalCache {
             slots: vec![None; effective_size(size)],
-            index: HashMap::new(),
+            index: HashMap::default(),
             next: 0,
             next_eviction: 0,
         }

@@ -288,23 +288,33 @@ where
     I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 {
     put_count(entries.clone().count(), "a map", out)?;
-    // Checked first: from_utf8_lossy's own walk is slower on valid input.
-    let text = |b: &'a [u8]| match std::str::from_utf8(b) {
-        Ok(t) => std::borrow::Cow::Borrowed(t),
-        Err(_) => String::from_utf8_lossy(b),
-    };
     for (k, v) in entries {
-        put_utf(&text(k), out)?;
-        let v = text(v);
+        put_text(k, out)?;
         if v.len() < i16::MAX as usize / 4 {
             // Fewer bytes than the limit is fewer UTF-16 units too.
             out.put_u8(STRING);
-            put_utf(&v, out)?;
+            put_text(v, out)?;
         } else {
-            marshal_value(&Value::String(v.into_owned()), out)?;
+            let v = String::from_utf8_lossy(v).into_owned();
+            marshal_value(&Value::String(v), out)?;
         }
     }
     Ok(())
+}
+
+/// Bytes the broker keeps as a writeUTF string: as they are when ASCII
+/// without NUL (the same in modified UTF-8), else through a `str`.
+fn put_text(b: &[u8], out: &mut BytesMut) -> Result<()> {
+    if b.is_ascii() && memchr::memchr(0, b).is_none() {
+        let len = u16::try_from(b.len()).map_err(|_| CodecError::StringTooLong {
+            what: "a map key or string value",
+            len: b.len(),
+        })?;
+        out.put_u16(len);
+        out.put_slice(b);
+        return Ok(());
+    }
+    put_utf(&String::from_utf8_lossy(b), out)
 }
 
 struct MapReader {

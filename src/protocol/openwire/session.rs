@@ -41,6 +41,17 @@ use crate::security::{Decisions, Right, UserInfo};
 /// form). STOMP consumers see it as a header.
 pub const BODY_KIND_PROPERTY: &str = "brokk-body";
 
+/// Past this a producer's connection id is not kept as its messages'
+/// origin (ActiveMQ's are about 40 bytes).
+const MAX_ORIGIN_CONNECTION_ID: usize = 256;
+
+/// This broker process's start, in ms: tells its dispatch ids from an
+/// earlier master's.
+fn run_id() -> u64 {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RUN.get_or_init(now_ms)
+}
+
 /// What the connection must do on the session's behalf.
 #[derive(Debug)]
 pub enum Action {
@@ -271,7 +282,15 @@ impl Session {
             next_token: 0,
             next_dispatch: 1,
             dispatch_producer: ProducerId {
-                connection_id: Some(format!("ID:brokk-{}-{}", conn.shard, conn.conn)),
+                // Unique across broker runs too: a failover client keeps
+                // its duplicate audit, and would take a new master's
+                // (connection, counter) pairs for ones it already had.
+                connection_id: Some(format!(
+                    "ID:brokk-{}-{}-{}",
+                    run_id(),
+                    conn.shard,
+                    conn.conn
+                )),
                 value: 0,
                 session_id: 0,
             },
@@ -879,11 +898,16 @@ impl Session {
         }
         // The producer's own name for it (its JMSMessageID): a failover
         // resend is recognised by it (see `broker::producer_audit`).
+        // Only for this connection's own producers (a client cannot speak
+        // for another's, whose resends it would suppress), and bounded: it
+        // goes out again as the JMSMessageID, a tight string.
+        let own = self.connection_id.as_ref().and_then(|c| c.value.as_deref());
         if let Some(id) = &m.message_id {
             if let Some((p, conn)) = id
                 .producer_id
                 .as_ref()
                 .and_then(|p| Some((p, p.connection_id.as_deref()?)))
+                .filter(|(_, conn)| Some(*conn) == own && conn.len() <= MAX_ORIGIN_CONNECTION_ID)
             {
                 let origin = format!(
                     "{conn}:{}:{}:{}",
@@ -896,8 +920,16 @@ impl Session {
             }
         }
         if let Some(marshalled) = &m.marshalled_properties {
-            properties::for_each_as_text(marshalled, |k, v| properties.push((k, v)))
-                .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
+            // The broker's own names are not a client's to set: a forged
+            // kind would make other consumers misread the body.
+            properties::for_each_as_text(marshalled, |k, v| {
+                if k.as_ref() != ORIGIN_PROPERTY.as_bytes()
+                    && k.as_ref() != BODY_KIND_PROPERTY.as_bytes()
+                {
+                    properties.push((k, v));
+                }
+            })
+            .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
         }
         let footprint = Message::footprint(&properties, &body);
         let msg = Arc::new(Message {

@@ -1069,6 +1069,9 @@ fn is_routing_header(k: &[u8]) -> bool {
     matches!(
         k,
         b"amq-msg-type"
+            // The broker's: set by the OpenWire listener from the
+            // producer's own message id, never taken from a client.
+            | b"brokk-origin"
             | b"destination"
             | b"receipt"
             | b"transaction"
