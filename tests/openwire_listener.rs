@@ -95,6 +95,12 @@ fn topic_subscribers_each_get_every_message_and_bytes_stay_bytes() {
 }
 
 #[test]
+fn an_exclusive_consumer_takes_every_message_and_no_local_skips_its_own() {
+    let b = broker();
+    java_case(&b, "exclusive-no-local", &[]);
+}
+
+#[test]
 fn individual_acknowledge_settles_only_the_message_acknowledged() {
     let b = broker();
     java_case(&b, "individual-ack", &[]);
@@ -327,8 +333,5 @@ fn a_failover_client_loses_and_duplicates_nothing_when_the_master_is_killed() {
     // more: no copy waits behind what the client received.
     standby.wait_for_master();
     let left = standby.destination("/queue/ow.failover");
-    assert!(
-        left.as_ref().map_or(true, |d| d["pending"] == 0),
-        "{left:?}"
-    );
+    assert!(left.as_ref().is_none_or(|d| d["pending"] == 0), "{left:?}");
 }

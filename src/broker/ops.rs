@@ -1,6 +1,8 @@
 //! What shards say to each other: operations for a destination's owner, and
 //! replies for a connection's shard. Both cross executors in batches.
 
+use std::sync::Arc;
+
 use super::destination::Destination;
 use super::message::{MessageId, SharedMessage};
 use super::queue::{ConsumerKey, Delivery};
@@ -39,6 +41,12 @@ pub struct SubscribeOp {
     pub durable: Option<DurableName>,
     /// Only messages it matches are delivered.
     pub selector: Option<Selector>,
+    /// A queue consumer that takes every message while it is the first
+    /// such consumer (JMS's exclusive consumer); the others wait.
+    pub exclusive: bool,
+    /// A topic subscriber that does not want what its own connection
+    /// published (JMS's noLocal): that connection's OpenWire id.
+    pub no_local: Option<Arc<str>>,
 }
 
 /// Sent to the shard that owns the destination.

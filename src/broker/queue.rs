@@ -64,6 +64,9 @@ struct Consumer {
     /// with prefetch 0), not yet handed out.
     pulls: u32,
     selector: Option<Selector>,
+    /// JMS's exclusive consumer: while it is the first such one, it is
+    /// the only consumer that receives.
+    exclusive: bool,
 }
 
 impl Consumer {
@@ -301,7 +304,26 @@ impl MessageQueue {
             extension: 0,
             pulls: 0,
             selector,
+            exclusive: false,
         });
+    }
+
+    /// Makes `key` an exclusive consumer: the first of them (in the
+    /// order they came) takes every message; when it goes, the next does.
+    pub fn make_exclusive(&mut self, key: ConsumerKey) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
+            c.exclusive = true;
+        }
+    }
+
+    /// The consumer that receives everything, if an exclusive one is here.
+    fn exclusive_owner(&self) -> Option<usize> {
+        self.consumers.iter().position(|c| c.exclusive)
+    }
+
+    /// Whether consumer `ci` may be given messages now.
+    fn eligible(&self, ci: usize, owner: Option<usize>) -> bool {
+        owner.is_none_or(|o| o == ci) && self.consumers[ci].has_credit()
     }
 
     /// Removes a consumer; its unacknowledged messages go back to the head of
@@ -368,9 +390,10 @@ impl MessageQueue {
 
     fn next_with_credit(&self) -> Option<usize> {
         let n = self.consumers.len();
+        let owner = self.exclusive_owner();
         (0..n)
             .map(|i| (self.next + i) % n)
-            .find(|&i| self.consumers[i].has_credit())
+            .find(|&i| self.eligible(i, owner))
     }
 
     fn release_credit(&mut self, key: ConsumerKey, n: u32) {
@@ -584,6 +607,33 @@ mod tests {
             conn: 1,
             sub,
         }
+    }
+
+    #[test]
+    fn the_first_exclusive_consumer_takes_everything_until_it_goes() {
+        let mut q = MessageQueue::default();
+        q.add_consumer(key(1), 100);
+        q.add_consumer(key(2), 100);
+        q.add_consumer(key(3), 100);
+        q.make_exclusive(key(2));
+        q.make_exclusive(key(3));
+        for id in 1..=4 {
+            q.enqueue(msg(id, 4, 0));
+        }
+        let mut out = Dispatched::default();
+        q.dispatch(0, &mut out);
+        assert!(out.deliveries.iter().all(|(k, _)| *k == key(2)), "{out:?}");
+        assert_eq!(out.deliveries.len(), 4);
+        // The next exclusive one takes over, with what came back.
+        q.remove_consumer(key(2), 10);
+        let mut out = Dispatched::default();
+        q.dispatch(0, &mut out);
+        assert_eq!(out.deliveries.len(), 4);
+        assert!(out.deliveries.iter().all(|(k, _)| *k == key(3)));
+        q.remove_consumer(key(3), 10);
+        let mut out = Dispatched::default();
+        q.dispatch(0, &mut out);
+        assert!(out.deliveries.iter().all(|(k, _)| *k == key(1)));
     }
 
     fn ids(d: &Dispatched) -> Vec<(u64, u64)> {

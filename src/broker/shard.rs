@@ -49,6 +49,26 @@ struct TopicSub {
     /// Only messages it matches are enqueued (a durable subscription keeps
     /// it while offline).
     selector: Option<Selector>,
+    /// Messages its own connection published are not (JMS's noLocal):
+    /// that connection's OpenWire id, set by its live consumer.
+    no_local: Option<Arc<str>>,
+}
+
+impl TopicSub {
+    fn wants(&self, subject: &Candidate<'_>) -> bool {
+        admits(self.selector.as_ref(), subject) && !self.published_by_own(subject.msg)
+    }
+
+    fn published_by_own(&self, msg: &Message) -> bool {
+        let (Some(conn), Some(origin)) = (&self.no_local, origin_of(&msg.properties)) else {
+            return false;
+        };
+        // `<connection id>:<session>:<producer>:<sequence>`.
+        origin
+            .strip_prefix(conn.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b":"))
+            .is_some_and(|rest| rest.iter().filter(|b| **b == b':').count() == 2)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -725,7 +745,7 @@ impl ShardBroker {
                 if stored {
                     for (id, sub) in &t.subs {
                         if let SubId::Durable(d) = id {
-                            if admits(sub.selector.as_ref(), &subject) {
+                            if sub.wants(&subject) {
                                 kept += 1;
                             } else {
                                 passed.push(stored_sub(d));
@@ -752,7 +772,7 @@ impl ShardBroker {
                 let mut paged = None;
                 for (id, sub) in t.subs.iter_mut() {
                     let is_durable = matches!(id, SubId::Durable(_));
-                    if !admits(sub.selector.as_ref(), &subject) {
+                    if !sub.wants(&subject) {
                         continue;
                     }
                     let entry = Entry {
@@ -775,6 +795,11 @@ impl ShardBroker {
                     .entry(name.clone())
                     .or_default()
                     .add_selective_consumer(key, s.prefetch, s.selector.clone());
+                if s.exclusive {
+                    if let Some(q) = self.queues.get_mut(name) {
+                        q.make_exclusive(key);
+                    }
+                }
             }
             Destination::Topic(name) => {
                 let id = match s.durable {
@@ -829,6 +854,7 @@ impl ShardBroker {
                     }
                 }
                 sub.consumer = Some(key);
+                sub.no_local = s.no_local.clone();
                 sub.queue.add_consumer(key, s.prefetch);
                 t.by_consumer.insert(key, id);
             }

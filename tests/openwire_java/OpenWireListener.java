@@ -71,6 +71,7 @@ public class OpenWireListener {
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 case "failover": failover(); break;
+                case "exclusive-no-local": exclusiveNoLocal(); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
             }
             System.out.println("ok " + args[0]);
@@ -191,6 +192,44 @@ public class OpenWireListener {
         check(duplicates == 0, duplicates + " messages arrived twice");
         c.close();
         System.out.println("all " + total + " messages arrived once");
+    }
+
+    /**
+     * An exclusive queue consumer takes every message while it lives, even
+     * though another consumer was there first; then the other does. A
+     * noLocal topic subscriber does not get its own connection's messages.
+     */
+    static void exclusiveNoLocal() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer shared = s.createConsumer(s.createQueue("ow.exclusive"));
+        MessageConsumer only = s.createConsumer(s.createQueue("ow.exclusive?consumer.exclusive=true"));
+        MessageProducer p = s.createProducer(s.createQueue("ow.exclusive"));
+        for (int i = 0; i < 10; i++) {
+            p.send(s.createTextMessage("x-" + i));
+        }
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = receiveText(only, "exclusive message " + i);
+            check(m.getText().equals("x-" + i), "exclusive got " + m.getText());
+        }
+        check(shared.receive(500) == null, "the non-exclusive consumer got a message");
+        only.close();
+        p.send(s.createTextMessage("after"));
+        check(receiveText(shared, "after the exclusive consumer left").getText().equals("after"), "after");
+
+        Topic t = s.createTopic("ow.nolocal");
+        MessageConsumer notMine = s.createConsumer(t, null, true);
+        MessageConsumer all = s.createConsumer(t);
+        s.createProducer(t).send(s.createTextMessage("mine"));
+        Connection other = connect();
+        Session os = other.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        os.createProducer(os.createTopic("ow.nolocal")).send(os.createTextMessage("theirs"));
+        check(receiveText(notMine, "another connection's message").getText().equals("theirs"),
+            "noLocal subscriber got its own connection's message");
+        check(receiveText(all, "own message").getText().equals("mine"), "plain subscriber: mine");
+        check(receiveText(all, "other message").getText().equals("theirs"), "plain subscriber: theirs");
+        other.close();
+        c.close();
     }
 
     static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {

@@ -19,10 +19,11 @@ use crate::broker::selector::{admits, Candidate};
 
 impl MessageQueue {
     pub(super) fn dispatch_selective(&mut self, now_ms: u64, out: &mut Dispatched) {
+        let owner = self.exclusive_owner();
         for p in (0..self.pending.len()).rev() {
             let mut i = 0;
             while i < self.pending[p].len() {
-                if !self.consumers.iter().any(|c| c.has_credit()) {
+                if !(0..self.consumers.len()).any(|ci| self.eligible(ci, owner)) {
                     return;
                 }
                 let Some(entry) = self.pending[p].get(i) else {
@@ -41,8 +42,8 @@ impl MessageQueue {
                 };
                 let n = self.consumers.len();
                 let taker = (0..n).map(|k| (self.next + k) % n).find(|&ci| {
-                    let c = &self.consumers[ci];
-                    c.has_credit() && admits(c.selector.as_ref(), &subject)
+                    self.eligible(ci, owner)
+                        && admits(self.consumers[ci].selector.as_ref(), &subject)
                 });
                 let Some(ci) = taker else {
                     i += 1;

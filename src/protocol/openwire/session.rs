@@ -731,6 +731,8 @@ impl Session {
                     name: name.to_string(),
                 }),
                 selector: None,
+                exclusive: false,
+                no_local: None,
             }),
         ));
         out.push(Action::Route(
@@ -1236,6 +1238,7 @@ impl Session {
             // It would outlive the topic, which ends with its connection.
             return refuse("a durable subscription to a temporary topic");
         }
+        let destination_is_topic = destination.is_topic();
         if c.prefetch_size < 0 {
             return refuse("a negative prefetch");
         }
@@ -1321,6 +1324,16 @@ impl Session {
                 prefetch: c.prefetch_size as u32,
                 durable,
                 selector,
+                // Queues only, as in ActiveMQ; noLocal means topics.
+                exclusive: c.exclusive && !destination_is_topic,
+                no_local: (c.no_local && destination_is_topic)
+                    .then(|| {
+                        self.connection_id
+                            .as_ref()
+                            .and_then(|id| id.value.as_deref())
+                    })
+                    .flatten()
+                    .map(Arc::from),
             }),
         ));
         if let Some(token) = subscribe_then_fence {

@@ -638,6 +638,7 @@ impl Session {
             _ => None,
         };
         let selector = selector(f, durable.is_some())?;
+        let is_topic = destination.is_topic();
         let sub = self.next_sub;
         self.next_sub += 1;
         let owner = destination.owner(self.cfg.shards);
@@ -660,6 +661,9 @@ impl Session {
                 prefetch,
                 durable,
                 selector,
+                // ActiveMQ's STOMP header for a JMS exclusive consumer.
+                exclusive: f.header("activemq.exclusive") == Some(b"true") && !is_topic,
+                no_local: None,
             }),
         ));
         Ok(vec![owner])

@@ -438,6 +438,8 @@ fn durable_subscriber(
                 client_id: "c".into(),
                 name: "s".into(),
             }),
+            exclusive: false,
+            no_local: None,
         }),
         &mut Vec::new(),
     );
