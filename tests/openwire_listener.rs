@@ -140,6 +140,15 @@ fn a_message_the_client_gives_up_on_goes_to_the_dead_letter_queue() {
     java_case_says(&b, "poison", "poisoned message dead-lettered");
 }
 
+/// With one shard the dead-letter queue and the queue share their owner,
+/// and the dead-letter copy keeps its producer's origin: it is the broker's
+/// copy, never taken for a resend of the original (which is then retired).
+#[test]
+fn a_poisoned_message_reaches_the_dead_letter_queue_on_one_shard() {
+    let b = Broker::start_with_config(Some(USERS), &["--shards", "1"]);
+    java_case_says(&b, "poison", "poisoned message dead-lettered");
+}
+
 #[test]
 fn a_producer_window_is_given_back_with_producer_acks() {
     let b = broker();

@@ -4,19 +4,24 @@
 //! send the old master stored (and the new one recovered) but never
 //! answered arrives a second time. The producer names each message by
 //! (producer id, sequence) in its [`ORIGIN_PROPERTY`]; the destination's
-//! owner shard remembers the recent sequences of each producer it saw,
-//! live and in what recovery read back, and drops a repeat (its Response
-//! still goes out: the client wants to hear that it is stored).
+//! owner shard remembers, per destination, the recent sequences of each
+//! producer it saw, live and in what recovery read back, and drops a
+//! repeat (its Response still goes out: the client wants to hear that it
+//! is stored). Per destination, as ActiveMQ's audit: a client that claims
+//! another's producer id can at worst suppress sends to a destination it
+//! may write to itself.
 //!
-//! A shard sees only the messages for its destinations, so its windows
-//! have gaps (the producer's other sends went elsewhere): a window is a
-//! set of the last [`WINDOW`] sequences, not a high-water mark. A
+//! A destination sees only its share of a producer's sequences, so its
+//! windows have gaps (the producer's other sends went elsewhere): a window
+//! is a set of the last [`WINDOW`] sequences, not a high-water mark. A
 //! sequence older than the window is let through, a possible duplicate
 //! rather than a possible loss.
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
+
+use super::destination::Destination;
 
 /// `<producer id>:<sequence>` (ActiveMQ's JMSMessageID without its
 /// `ID:` cut off): set by the OpenWire listener on every message.
@@ -26,15 +31,16 @@ pub const ORIGIN_PROPERTY: &str = "brokk-origin";
 const WINDOW: u64 = 1024;
 const WORDS: usize = (WINDOW / 64) as usize;
 
-/// Producers remembered per shard; the oldest is forgotten past it
-/// (ActiveMQ's audit keeps 1 024 per destination).
+/// (destination, producer) windows remembered per shard; the oldest is
+/// forgotten past it (ActiveMQ's audit keeps 1 024 producers per
+/// destination).
 const MAX_PRODUCERS: usize = 8192;
 
 #[derive(Debug, Default)]
 pub struct ProducerAudit {
-    producers: HashMap<Bytes, Window>,
+    windows: HashMap<Destination, HashMap<Bytes, Window>>,
     /// First-seen order, for forgetting the oldest.
-    order: VecDeque<Bytes>,
+    order: VecDeque<(Destination, Bytes)>,
 }
 
 #[derive(Debug)]
@@ -111,59 +117,77 @@ pub fn origin_of(properties: &[(Bytes, Bytes)]) -> Option<&[u8]> {
 }
 
 impl ProducerAudit {
-    /// Records the message named `origin`; true if it was seen already
-    /// (a resend). An origin that does not parse is never a repeat.
-    pub fn repeat(&mut self, origin: &[u8]) -> bool {
+    /// Records the message named `origin` sent to `destination`; true if
+    /// it was seen already (a resend). An origin that does not parse is
+    /// never a repeat.
+    pub fn repeat(&mut self, destination: &Destination, origin: &[u8]) -> bool {
         let Some((producer, seq)) = parse_origin(origin) else {
             return false;
         };
-        self.record(producer, seq)
+        self.record(destination, producer, seq)
     }
 
-    fn record(&mut self, producer: &[u8], seq: u64) -> bool {
-        if let Some(w) = self.producers.get_mut(producer) {
+    fn record(&mut self, destination: &Destination, producer: &[u8], seq: u64) -> bool {
+        if let Some(w) = self
+            .windows
+            .get_mut(destination)
+            .and_then(|d| d.get_mut(producer))
+        {
             return w.record(seq);
         }
         if self.order.len() >= MAX_PRODUCERS {
-            if let Some(old) = self.order.pop_front() {
-                self.producers.remove(&old);
+            if let Some((d, p)) = self.order.pop_front() {
+                if let Some(ws) = self.windows.get_mut(&d) {
+                    ws.remove(&p);
+                    if ws.is_empty() {
+                        self.windows.remove(&d);
+                    }
+                }
             }
         }
         // Copied: the origin is a slice of a read buffer it must not pin.
         let key = Bytes::copy_from_slice(producer);
-        self.order.push_back(key.clone());
-        self.producers.insert(key, Window::new(seq));
+        self.order.push_back((destination.clone(), key.clone()));
+        self.windows
+            .entry(destination.clone())
+            .or_default()
+            .insert(key, Window::new(seq));
         false
     }
 
     /// Takes in what another audit (recovery's) saw.
     pub fn absorb(&mut self, other: ProducerAudit) {
-        if self.producers.is_empty() {
+        if self.order.is_empty() {
             *self = other;
             return;
         }
         let mut other = other;
-        for key in std::mem::take(&mut other.order) {
-            if let Some(w) = other.producers.remove(&key) {
-                let low = w.high.saturating_sub(WINDOW - 1);
-                for s in low..=w.high {
-                    let (word, b) = Window::bit(s);
-                    if w.seen[word] & b != 0 {
-                        self.record(&key, s);
-                    }
+        for (d, key) in std::mem::take(&mut other.order) {
+            let Some(w) = other.windows.get_mut(&d).and_then(|ws| ws.remove(&key)) else {
+                continue;
+            };
+            let low = w.high.saturating_sub(WINDOW - 1);
+            for s in low..=w.high {
+                let (word, b) = Window::bit(s);
+                if w.seen[word] & b != 0 {
+                    self.record(&d, &key, s);
                 }
             }
         }
     }
 
     pub fn producers(&self) -> usize {
-        self.producers.len()
+        self.order.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn q() -> Destination {
+        Destination::queue("q")
+    }
 
     fn origin(p: &str, s: u64) -> Vec<u8> {
         format!("ID:host-1-2-3:{p}:1:{s}").into_bytes()
@@ -172,12 +196,16 @@ mod tests {
     #[test]
     fn a_resend_is_a_repeat_and_a_new_sequence_is_not() {
         let mut a = ProducerAudit::default();
-        assert!(!a.repeat(&origin("1", 1)));
-        assert!(!a.repeat(&origin("1", 2)));
-        assert!(a.repeat(&origin("1", 2)));
-        assert!(a.repeat(&origin("1", 1)));
-        assert!(!a.repeat(&origin("2", 1)), "another producer");
-        assert!(!a.repeat(&origin("1", 3)));
+        assert!(!a.repeat(&q(), &origin("1", 1)));
+        assert!(!a.repeat(&q(), &origin("1", 2)));
+        assert!(a.repeat(&q(), &origin("1", 2)));
+        assert!(a.repeat(&q(), &origin("1", 1)));
+        assert!(!a.repeat(&q(), &origin("2", 1)), "another producer");
+        assert!(
+            !a.repeat(&Destination::queue("other"), &origin("1", 2)),
+            "another destination"
+        );
+        assert!(!a.repeat(&q(), &origin("1", 3)));
     }
 
     #[test]
@@ -185,24 +213,24 @@ mod tests {
         // The producer's other sequences went to another shard.
         let mut a = ProducerAudit::default();
         for s in (1..100).step_by(2) {
-            assert!(!a.repeat(&origin("1", s)));
+            assert!(!a.repeat(&q(), &origin("1", s)));
         }
         for s in (2..100).step_by(2) {
-            assert!(!a.repeat(&origin("1", s)), "{s} was never seen");
+            assert!(!a.repeat(&q(), &origin("1", s)), "{s} was never seen");
         }
-        assert!(a.repeat(&origin("1", 51)));
+        assert!(a.repeat(&q(), &origin("1", 51)));
     }
 
     #[test]
     fn a_jump_past_the_window_forgets_and_old_sequences_pass() {
         let mut a = ProducerAudit::default();
-        assert!(!a.repeat(&origin("1", 5)));
-        assert!(!a.repeat(&origin("1", 5 + WINDOW + 10)));
+        assert!(!a.repeat(&q(), &origin("1", 5)));
+        assert!(!a.repeat(&q(), &origin("1", 5 + WINDOW + 10)));
         // Too old to tell: let through, never dropped.
-        assert!(!a.repeat(&origin("1", 5)));
-        assert!(a.repeat(&origin("1", 5 + WINDOW + 10)));
+        assert!(!a.repeat(&q(), &origin("1", 5)));
+        assert!(a.repeat(&q(), &origin("1", 5 + WINDOW + 10)));
         // A bit reused by the window is cleared as it moves.
-        assert!(!a.repeat(&origin("1", 5 + 2 * WINDOW)));
+        assert!(!a.repeat(&q(), &origin("1", 5 + 2 * WINDOW)));
     }
 
     #[test]
@@ -215,8 +243,8 @@ mod tests {
             b"p:x",
             b"p:99999999999999999999999",
         ] {
-            assert!(!a.repeat(bad));
-            assert!(!a.repeat(bad));
+            assert!(!a.repeat(&q(), bad));
+            assert!(!a.repeat(&q(), bad));
         }
         assert_eq!(a.producers(), 0);
     }
@@ -225,29 +253,29 @@ mod tests {
     fn the_oldest_producer_is_forgotten_past_the_bound() {
         let mut a = ProducerAudit::default();
         for p in 0..MAX_PRODUCERS + 1 {
-            a.repeat(&origin(&p.to_string(), 1));
+            a.repeat(&q(), &origin(&p.to_string(), 1));
         }
         assert_eq!(a.producers(), MAX_PRODUCERS);
-        assert!(!a.repeat(&origin("0", 1)), "forgotten");
-        assert!(a.repeat(&origin(&MAX_PRODUCERS.to_string(), 1)));
+        assert!(!a.repeat(&q(), &origin("0", 1)), "forgotten");
+        assert!(a.repeat(&q(), &origin(&MAX_PRODUCERS.to_string(), 1)));
     }
 
     #[test]
     fn what_recovery_saw_is_absorbed() {
         let mut recovered = ProducerAudit::default();
-        recovered.repeat(&origin("1", 7));
-        recovered.repeat(&origin("1", 9));
+        recovered.repeat(&q(), &origin("1", 7));
+        recovered.repeat(&q(), &origin("1", 9));
         let mut live = ProducerAudit::default();
-        live.repeat(&origin("2", 1));
+        live.repeat(&q(), &origin("2", 1));
         live.absorb(recovered);
-        assert!(live.repeat(&origin("2", 1)));
-        assert!(live.repeat(&origin("1", 7)));
-        assert!(live.repeat(&origin("1", 9)));
-        assert!(!live.repeat(&origin("1", 8)));
+        assert!(live.repeat(&q(), &origin("2", 1)));
+        assert!(live.repeat(&q(), &origin("1", 7)));
+        assert!(live.repeat(&q(), &origin("1", 9)));
+        assert!(!live.repeat(&q(), &origin("1", 8)));
         let mut empty = ProducerAudit::default();
         let mut again = ProducerAudit::default();
-        again.repeat(&origin("1", 7));
+        again.repeat(&q(), &origin("1", 7));
         empty.absorb(again);
-        assert!(empty.repeat(&origin("1", 7)));
+        assert!(empty.repeat(&q(), &origin("1", 7)));
     }
 }

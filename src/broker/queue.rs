@@ -229,7 +229,13 @@ impl MessageQueue {
         let target = if pressure {
             min_window
         } else {
-            let credit: usize = self.consumers.iter().map(|c| c.credit() as usize).sum();
+            // Only consumers that may receive now (an exclusive one shuts
+            // the others out).
+            let owner = self.exclusive_owner();
+            let credit: usize = (0..self.consumers.len())
+                .filter(|&ci| owner.is_none_or(|o| o == ci))
+                .map(|ci| self.consumers[ci].credit() as usize)
+                .sum();
             credit + lookahead
         };
         let floor = usize::from(ahead == 0);

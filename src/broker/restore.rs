@@ -205,7 +205,11 @@ impl Restorer {
                     // Acknowledged or not: a producer's resend of it is
                     // a repeat either way.
                     if let Some(origin) = origin_of(&properties) {
-                        self.audit.repeat(origin);
+                        let d = match destination.topic {
+                            true => Destination::Topic(destination.name.clone()),
+                            false => Destination::Queue(destination.name.clone()),
+                        };
+                        self.audit.repeat(&d, origin);
                     }
                     self.stage(
                         id,

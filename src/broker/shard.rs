@@ -566,7 +566,7 @@ impl ShardBroker {
                 if let Some(t) = self.topics.get_mut(name) {
                     t.enqueued += 1;
                     for (id, sub) in t.subs.iter_mut() {
-                        if !admits(sub.selector.as_ref(), &subject) {
+                        if !sub.wants(&subject) {
                             continue;
                         }
                         // Stored for the durable subscriptions it was
@@ -593,11 +593,7 @@ impl ShardBroker {
                             t.subs
                                 .iter()
                                 .filter_map(|(id, sub)| match id {
-                                    SubId::Durable(d)
-                                        if admits(sub.selector.as_ref(), &subject) =>
-                                    {
-                                        Some(d)
-                                    }
+                                    SubId::Durable(d) if sub.wants(&subject) => Some(d),
                                     _ => None,
                                 })
                                 .collect()
@@ -698,7 +694,7 @@ impl ShardBroker {
         let Some(origin) = origin_of(&msg.properties) else {
             return false;
         };
-        if !self.audit.repeat(origin) {
+        if !self.audit.repeat(&msg.destination, origin) {
             return false;
         }
         debug!(shard = self.shard, destination = %msg.destination,

@@ -295,7 +295,12 @@ impl ShardContext {
                     crossing += i64::from(self.when_durable(reply, &mut work));
                 }
                 ShardMsg::Op(Op::DeadLetter { msg, retire }) => {
-                    self.broker.borrow_mut().apply(Op::Send(msg), &mut produced);
+                    // Applied as the broker's own copy (never taken for a
+                    // producer's resend: it keeps its origin); its
+                    // retirement waits for durability here.
+                    self.broker
+                        .borrow_mut()
+                        .apply(Op::DeadLetter { msg, retire: None }, &mut produced);
                     work.extend(produced.drain(..));
                     if let Some(r) = retire {
                         // The origin retires its copy only after ours is durable.

@@ -228,6 +228,13 @@ public class OpenWireListener {
             "noLocal subscriber got its own connection's message");
         check(receiveText(all, "own message").getText().equals("mine"), "plain subscriber: mine");
         check(receiveText(all, "other message").getText().equals("theirs"), "plain subscriber: theirs");
+        // A transacted publish of this connection is its own too.
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        tx.createProducer(tx.createTopic("ow.nolocal")).send(tx.createTextMessage("mine, committed"));
+        tx.commit();
+        os.createProducer(os.createTopic("ow.nolocal")).send(os.createTextMessage("theirs again"));
+        check(receiveText(notMine, "another connection's second message").getText().equals("theirs again"),
+            "noLocal subscriber got its own connection's transacted message");
         other.close();
         c.close();
     }
