@@ -101,6 +101,16 @@ fn an_exclusive_consumer_takes_every_message_and_no_local_skips_its_own() {
 }
 
 #[test]
+fn priority_orders_delivery_expired_messages_never_arrive_and_dups_ok_receives() {
+    let b = broker();
+    java_case_says(
+        &b,
+        "priority-expiry-dups-ok",
+        "priority, expiry and dups-ok as JMS says",
+    );
+}
+
+#[test]
 fn individual_acknowledge_settles_only_the_message_acknowledged() {
     let b = broker();
     java_case(&b, "individual-ack", &[]);

@@ -72,6 +72,7 @@ public class OpenWireListener {
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
                 case "failover": failover(); break;
                 case "exclusive-no-local": exclusiveNoLocal(); break;
+                case "priority-expiry-dups-ok": priorityExpiryDupsOk(); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
             }
             System.out.println("ok " + args[0]);
@@ -237,6 +238,49 @@ public class OpenWireListener {
             "noLocal subscriber got its own connection's transacted message");
         other.close();
         c.close();
+    }
+
+    /**
+     * Higher priority first; a message past its time to live is never
+     * delivered; DUPS_OK_ACKNOWLEDGE receives (and acknowledges) like AUTO.
+     */
+    static void priorityExpiryDupsOk() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.priority");
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < 3; i++) {
+            p.send(s.createTextMessage("low-" + i), DeliveryMode.PERSISTENT, 1, 0);
+        }
+        for (int i = 0; i < 3; i++) {
+            p.send(s.createTextMessage("high-" + i), DeliveryMode.PERSISTENT, 9, 0);
+        }
+        // Expires 200 ms after it is sent; by the time a consumer exists it is gone.
+        p.send(s.createTextMessage("short-lived"), DeliveryMode.PERSISTENT, 9, 200);
+        Thread.sleep(600);
+        MessageConsumer consumer = s.createConsumer(q);
+        String[] expected = {"high-0", "high-1", "high-2", "low-0", "low-1", "low-2"};
+        for (String e : expected) {
+            TextMessage m = receiveText(consumer, e);
+            check(m.getText().equals(e), "expected " + e + ", got " + m.getText());
+        }
+        check(consumer.receive(500) == null, "an expired message was delivered");
+        consumer.close();
+
+        Session dups = c.createSession(false, Session.DUPS_OK_ACKNOWLEDGE);
+        Queue dq = dups.createQueue("ow.dups-ok");
+        MessageProducer dp = dups.createProducer(dq);
+        for (int i = 0; i < 20; i++) {
+            dp.send(dups.createTextMessage("d-" + i));
+        }
+        MessageConsumer dc = dups.createConsumer(dq);
+        for (int i = 0; i < 20; i++) {
+            TextMessage m = receiveText(dc, "dups-ok message " + i);
+            check(m.getText().equals("d-" + i), "dups-ok " + i + ": " + m.getText());
+        }
+        c.close();
+        System.out.println("priority, expiry and dups-ok as JMS says");
     }
 
     static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {
