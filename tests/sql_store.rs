@@ -13,7 +13,8 @@ use brokk::store::sql::load::{lease_holder, load};
 use brokk::store::sql::schema::{columns, create_tables, Indexes};
 use brokk::store::sql::write::write_batch;
 use brokk::store::sql::{
-    encoding, Batch, Dialect, LeaseToken, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow,
+    encoding, Batch, Dialect, LeaseToken, MsgRow, ProducerSeq, Redelivery, SqlError, SubRow,
+    TopicAck, TxAckRow,
 };
 use bytes::Bytes;
 use mysql_async::prelude::Queryable;
@@ -269,6 +270,7 @@ fn schema_is_activemqs_and_creating_twice_is_fine() {
             "BROKK_REDELIVERIES",
             "BROKK_TX",
             "BROKK_TX_ACKS",
+            "BROKK_PRODUCER_SEQ",
         ] {
             assert!(!columns(&db, table).await.unwrap().is_empty(), "{table}");
         }
@@ -283,7 +285,8 @@ fn schema_is_activemqs_and_creating_twice_is_fine() {
                 && empty.topic_acks.is_empty()
                 && empty.redeliveries.is_empty()
                 && empty.tx_acks.is_empty()
-                && empty.tx_decided.is_empty(),
+                && empty.tx_decided.is_empty()
+                && empty.producer_seqs.is_empty(),
             "{empty:?}"
         );
         db
@@ -624,6 +627,75 @@ fn a_lease_not_ours_or_expired_fences_and_commits_nothing() {
         hold_lease(&db).await;
         write_batch(&db, &lease(), &batch).await.unwrap();
         assert_eq!(count(&db, "SELECT COUNT(*) FROM ACTIVEMQ_MSGS").await, 2);
+        db
+    });
+}
+
+fn pseq(container: &str, producer: &str, seq: i64) -> ProducerSeq {
+    ProducerSeq {
+        container: container.into(),
+        producer: producer.into(),
+        seq,
+    }
+}
+
+/// Producers' highest sequences (which let a failover resend of an
+/// acknowledged message be recognised after a takeover): the highest wins,
+/// whatever order and however often they are written, and pruned rows go.
+#[test]
+fn producer_sequences_keep_the_highest_and_pruned_rows_go() {
+    on_both(|db, _| async move {
+        hold_lease(&db).await;
+        let (a, b) = ("ID:host-1-2-3-1:1:1", "ID:host-1-2-3-1:1:2");
+        let batch = Batch {
+            // One key twice in a batch (merged batches do that).
+            producer_seqs: vec![
+                pseq("queue://q", a, 7),
+                pseq("queue://q", a, 5),
+                pseq("queue://q", b, 1),
+                pseq("topic://t", a, 3),
+            ],
+            ..Default::default()
+        };
+        write_batch(&db, &lease(), &batch).await.unwrap();
+        write_batch(
+            &db,
+            &lease(),
+            &Batch {
+                producer_seqs: vec![pseq("queue://q", a, 6), pseq("queue://q", b, 4)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut got = load(&db, None).await.unwrap().producer_seqs;
+        got.sort_by(|x, y| (&x.container, &x.producer).cmp(&(&y.container, &y.producer)));
+        assert_eq!(
+            got,
+            vec![
+                pseq("queue://q", a, 7),
+                pseq("queue://q", b, 4),
+                pseq("topic://t", a, 3)
+            ]
+        );
+        // Pruned, and in the same batch another row written again.
+        write_batch(
+            &db,
+            &lease(),
+            &Batch {
+                producer_seqs_gone: vec![
+                    ("queue://q".into(), a.into()),
+                    ("topic://t".into(), a.into()),
+                ],
+                producer_seqs: vec![pseq("topic://t", a, 9)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut got = load(&db, None).await.unwrap().producer_seqs;
+        got.sort_by(|x, y| (&x.container, &x.producer).cmp(&(&y.container, &y.producer)));
+        assert_eq!(got, vec![pseq("queue://q", b, 4), pseq("topic://t", a, 9)]);
         db
     });
 }

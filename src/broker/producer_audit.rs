@@ -127,6 +127,12 @@ impl ProducerAudit {
         self.record(destination, producer, seq)
     }
 
+    /// Records that `producer` sent `seq` to `destination` (a store's
+    /// record of its highest sequence there).
+    pub fn note(&mut self, destination: &Destination, producer: &[u8], seq: u64) {
+        self.record(destination, producer, seq);
+    }
+
     fn record(&mut self, destination: &Destination, producer: &[u8], seq: u64) -> bool {
         if let Some(w) = self
             .windows

@@ -165,6 +165,12 @@ impl Restorer {
         }
     }
 
+    /// A store's record that `producer` sent `seq` to `destination` (its
+    /// highest there), kept when the message itself is gone.
+    pub fn remember_producer(&mut self, destination: &Destination, producer: &[u8], seq: u64) {
+        self.audit.note(destination, producer, seq);
+    }
+
     /// The highest id counter met so far (messages and transactions).
     pub fn max_id_counter(&self) -> u64 {
         self.max_id_counter

@@ -193,6 +193,8 @@ pub use super::free_addr;
 pub struct Node {
     pub stomp: String,
     pub admin: String,
+    /// Fixed too: a JMS client's `failover:` URL names both brokers.
+    pub openwire: String,
 }
 
 impl Node {
@@ -200,6 +202,7 @@ impl Node {
         Node {
             stomp: free_addr(),
             admin: free_addr(),
+            openwire: free_addr(),
         }
     }
 
@@ -209,6 +212,8 @@ impl Node {
             &self.stomp,
             "--admin",
             &self.admin,
+            "--openwire",
+            &self.openwire,
             "--shards",
             "2",
         ]

@@ -909,7 +909,13 @@ impl Session {
                 .producer_id
                 .as_ref()
                 .and_then(|p| Some((p, p.connection_id.as_deref()?)))
-                .filter(|(_, conn)| Some(*conn) == own && conn.len() <= MAX_ORIGIN_CONNECTION_ID)
+                .filter(|(_, conn)| {
+                    // Control characters (a NUL) would not survive a
+                    // database's text column (see store::sql).
+                    Some(*conn) == own
+                        && conn.len() <= MAX_ORIGIN_CONNECTION_ID
+                        && !conn.bytes().any(|b| b < 0x20)
+                })
             {
                 let origin = format!(
                     "{conn}:{}:{}:{}",

@@ -16,7 +16,7 @@ use mysql_async::{Row, TxOpts};
 
 use super::conn::{my_err, pg_err, Db};
 use super::schema::my_take;
-use super::{Loaded, MsgRow, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
+use super::{Loaded, MsgRow, ProducerSeq, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
 
 /// Bytes of `MSG` one page aims at.
 pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -46,6 +46,7 @@ const SUBS: &str = "SELECT CONTAINER, CLIENT_ID, SUB_NAME, SELECTOR FROM ACTIVEM
 const TOPIC_ACKS: &str =
     "SELECT ID, CLIENT_ID, SUB_NAME FROM BROKK_TOPIC_ACKS ORDER BY ID, CLIENT_ID, SUB_NAME";
 const REDELIVERIES: &str = "SELECT ID, SUB_KEY, COUNT FROM BROKK_REDELIVERIES ORDER BY ID, SUB_KEY";
+const PRODUCER_SEQS: &str = "SELECT CONTAINER, PRODUCER, SEQ FROM BROKK_PRODUCER_SEQ";
 const TX_ACKS: &str = "SELECT TX, ID, SUB_KEY FROM BROKK_TX_ACKS ORDER BY TX, ID, SUB_KEY";
 const TX: &str = "SELECT TX FROM BROKK_TX ORDER BY TX";
 const LEASE_MYSQL: &str =
@@ -153,6 +154,17 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             for mut r in tx.query::<Row, _>(TX).await.map_err(my_err(WHAT))? {
                 out.tx_decided.push(my_take(&mut r, 0, WHAT)?);
             }
+            for mut r in tx
+                .query::<Row, _>(PRODUCER_SEQS)
+                .await
+                .map_err(my_err(WHAT))?
+            {
+                out.producer_seqs.push(ProducerSeq {
+                    container: my_take(&mut r, 0, WHAT)?,
+                    producer: my_take(&mut r, 1, WHAT)?,
+                    seq: my_take(&mut r, 2, WHAT)?,
+                });
+            }
             tx.commit().await.map_err(my_err(WHAT))?;
             Ok(out)
         }
@@ -230,6 +242,13 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             }
             for r in tx.query(TX, &[]).await.map_err(&e)? {
                 out.tx_decided.push(r.try_get(0).map_err(&e)?);
+            }
+            for r in tx.query(PRODUCER_SEQS, &[]).await.map_err(&e)? {
+                out.producer_seqs.push(ProducerSeq {
+                    container: r.try_get(0).map_err(&e)?,
+                    producer: r.try_get(1).map_err(&e)?,
+                    seq: r.try_get(2).map_err(&e)?,
+                });
             }
             tx.commit().await.map_err(&e)?;
             Ok(out)

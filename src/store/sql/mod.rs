@@ -161,6 +161,20 @@ pub struct Batch {
     /// Decisions no participant needs any more: their rows go.
     pub tx_forgotten: Vec<i64>,
     pub subs_removed: Vec<SubRow>,
+    /// Producers' highest sequences per destination (upserts, the highest
+    /// wins): a failover resend of a message already acknowledged is still
+    /// recognised after a takeover (see `broker::producer_audit`).
+    pub producer_seqs: Vec<ProducerSeq>,
+    /// (container, producer) rows no longer needed.
+    pub producer_seqs_gone: Vec<(String, String)>,
+}
+
+/// A producer's highest sequence sent to a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerSeq {
+    pub container: String,
+    pub producer: String,
+    pub seq: i64,
 }
 
 impl Batch {
@@ -176,6 +190,8 @@ impl Batch {
             && self.tx_acks_done.is_empty()
             && self.tx_forgotten.is_empty()
             && self.subs_removed.is_empty()
+            && self.producer_seqs.is_empty()
+            && self.producer_seqs_gone.is_empty()
     }
 
     /// Rows this batch writes or deletes (for batch sizing).
@@ -191,6 +207,8 @@ impl Batch {
             + self.tx_acks_done.len()
             + self.tx_forgotten.len()
             + self.subs_removed.len()
+            + self.producer_seqs.len()
+            + self.producer_seqs_gone.len()
     }
 
     /// Message bytes this batch inserts.
@@ -236,6 +254,25 @@ impl Batch {
         self.xid_cleared.extend(other.xid_cleared);
         self.tx_acks_done.extend(other.tx_acks_done);
         self.tx_forgotten.extend(other.tx_forgotten);
+        // A row pruned earlier and sent to again: the upsert comes after
+        // the delete when they are applied, and the later batch wins.
+        let again: std::collections::HashSet<(&str, &str)> = other
+            .producer_seqs
+            .iter()
+            .map(|p| (p.container.as_str(), p.producer.as_str()))
+            .collect();
+        let gone = other
+            .producer_seqs_gone
+            .into_iter()
+            .filter(|(c, p)| !again.contains(&(c.as_str(), p.as_str())));
+        let gone: Vec<(String, String)> = gone.collect();
+        self.producer_seqs.retain(|p| {
+            !gone
+                .iter()
+                .any(|(c, q)| *c == p.container && *q == p.producer)
+        });
+        self.producer_seqs_gone.extend(gone);
+        self.producer_seqs.extend(other.producer_seqs);
     }
 }
 
@@ -252,6 +289,7 @@ pub struct Loaded {
     pub redeliveries: Vec<Redelivery>,
     pub tx_acks: Vec<TxAckRow>,
     pub tx_decided: Vec<i64>,
+    pub producer_seqs: Vec<ProducerSeq>,
 }
 
 /// Who holds the master lease: written into `ACTIVEMQ_LOCK.BROKER_NAME`
@@ -273,4 +311,45 @@ pub enum SqlError {
     /// and this broker must stop serving.
     #[error("the master lease is no longer ours: {0}")]
     Fenced(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(container: &str, producer: &str, seq: i64) -> ProducerSeq {
+        ProducerSeq {
+            container: container.into(),
+            producer: producer.into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn merged_batches_keep_the_later_word_on_a_producers_row() {
+        let mut a = Batch {
+            producer_seqs: vec![seq("queue://q", "p", 5), seq("queue://q", "r", 1)],
+            producer_seqs_gone: vec![("queue://q".into(), "old".into())],
+            ..Batch::default()
+        };
+        // Later: p pruned, old sent to again.
+        a.extend(Batch {
+            producer_seqs: vec![seq("queue://q", "old", 9)],
+            producer_seqs_gone: vec![("queue://q".into(), "p".into())],
+            ..Batch::default()
+        });
+        assert_eq!(
+            a.producer_seqs,
+            vec![seq("queue://q", "r", 1), seq("queue://q", "old", 9)]
+        );
+        // Both deletes stay: they run before the upserts, so `old` ends
+        // up written.
+        assert_eq!(
+            a.producer_seqs_gone,
+            vec![
+                ("queue://q".to_string(), "old".to_string()),
+                ("queue://q".to_string(), "p".to_string())
+            ]
+        );
+    }
 }

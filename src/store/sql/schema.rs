@@ -75,6 +75,14 @@ const MYSQL_DDL: &[&str] = &[
         PRIMARY KEY (TX, ID, SUB_KEY),
         INDEX BROKK_TX_ACKS_IDX (ID)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    // A producer's highest sequence per destination (see
+    // `broker::producer_audit`): outlives its acknowledged messages.
+    "CREATE TABLE IF NOT EXISTS BROKK_PRODUCER_SEQ (
+        CONTAINER VARCHAR(250) NOT NULL,
+        PRODUCER VARCHAR(300) NOT NULL,
+        SEQ BIGINT NOT NULL,
+        PRIMARY KEY (CONTAINER, PRODUCER)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 
 /// `ACTIVEMQ_MSGS` on MySQL/MariaDB, with ActiveMQ's secondary indexes or
@@ -184,6 +192,12 @@ const PG_DDL: &[&str] = &[
         PRIMARY KEY (TX, ID, SUB_KEY)
     )",
     "CREATE INDEX IF NOT EXISTS BROKK_TX_ACKS_IDX ON BROKK_TX_ACKS (ID)",
+    "CREATE TABLE IF NOT EXISTS BROKK_PRODUCER_SEQ (
+        CONTAINER VARCHAR(250) NOT NULL,
+        PRODUCER VARCHAR(300) NOT NULL,
+        SEQ BIGINT NOT NULL,
+        PRIMARY KEY (CONTAINER, PRODUCER)
+    )",
 ];
 
 /// The advisory lock key serialising schema creation on PostgreSQL
@@ -191,7 +205,7 @@ const PG_DDL: &[&str] = &[
 const PG_DDL_LOCK: i64 = 0x42524f4b4b44444c;
 
 /// The tables Brokk uses.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "ACTIVEMQ_MSGS",
     "ACTIVEMQ_ACKS",
     "ACTIVEMQ_LOCK",
@@ -199,6 +213,7 @@ const TABLES: [&str; 7] = [
     "BROKK_REDELIVERIES",
     "BROKK_TX",
     "BROKK_TX_ACKS",
+    "BROKK_PRODUCER_SEQ",
 ];
 
 /// Whether every table and the lock row are there already: plain reads,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{encoding, Batch, MsgRow, Redelivery, SubRow, TopicAck, TxAckRow};
+use super::{encoding, Batch, MsgRow, ProducerSeq, Redelivery, SubRow, TopicAck, TxAckRow};
+use crate::broker::producer_audit::{origin_of, parse_origin};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::{Durable, RecordRef, Store, StoredDestination, StoredSub};
 
@@ -71,7 +72,31 @@ pub struct DbShardStore {
     only_acks: bool,
     /// The append sequence number of each entry of `batch.deletes`.
     delete_seqs: Vec<u64>,
+    /// Producers' highest sequences by container (see
+    /// `Batch::producer_seqs`), and when each was last sent to: rows idle
+    /// for [`PRODUCER_SEQ_KEEP`] are deleted.
+    producers: HashMap<String, HashMap<String, Tracked>>,
+    /// Rows in `producers` not written yet, by key: a batch visits only
+    /// these (the full scan for pruning runs at most once a minute).
+    dirty_producers: Vec<(String, String)>,
+    last_prune: Option<std::time::Instant>,
 }
+
+/// A producer's row as this shard last wrote (or is to write) it.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    seq: i64,
+    /// Not written yet.
+    dirty: bool,
+    touched: std::time::Instant,
+}
+
+/// How long a producer's highest sequence is kept after its last send: a
+/// failover resend comes within seconds of the crash.
+pub const PRODUCER_SEQ_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Past this a producer id is not recorded (the column holds 300).
+const MAX_PRODUCER_BYTES: usize = 300;
 
 /// Most deletes one write transaction carries when a batch holds nothing
 /// else. A transaction holds its share lock on the lease row until it
@@ -94,6 +119,107 @@ pub struct TxPart {
 impl DbShardStore {
     pub fn new() -> DbShardStore {
         DbShardStore::default()
+    }
+
+    /// A producer's row found at takeover: kept (and pruned) like one this
+    /// shard wrote.
+    pub fn restore_producer(&mut self, container: &str, producer: &str, seq: i64) {
+        self.producers
+            .entry(container.to_string())
+            .or_default()
+            .insert(
+                producer.to_string(),
+                Tracked {
+                    seq,
+                    dirty: false,
+                    touched: std::time::Instant::now(),
+                },
+            );
+    }
+
+    /// A plain SEND of producer `origin` (see `broker::producer_audit`):
+    /// its sequence goes into the next batch, whatever becomes of the
+    /// message's own row.
+    fn note_origin(&mut self, destination: &StoredDestination, origin: &[u8]) {
+        let Some((producer, seq)) = parse_origin(origin) else {
+            return;
+        };
+        let (Ok(producer), Ok(seq)) = (std::str::from_utf8(producer), i64::try_from(seq)) else {
+            return;
+        };
+        // A NUL (or any control character) is refused by PostgreSQL's
+        // text columns: the batch would fail for good.
+        if producer.len() > MAX_PRODUCER_BYTES || producer.bytes().any(|b| b < 0x20) {
+            return;
+        }
+        let container = container(destination);
+        let now = std::time::Instant::now();
+        let rows = self.producers.entry(container.clone()).or_default();
+        match rows.get_mut(producer) {
+            Some(t) => {
+                if seq > t.seq {
+                    t.seq = seq;
+                    if !t.dirty {
+                        self.dirty_producers.push((container, producer.to_string()));
+                    }
+                    t.dirty = true;
+                }
+                t.touched = now;
+            }
+            None => {
+                self.dirty_producers.push((container, producer.to_string()));
+                rows.insert(
+                    producer.to_string(),
+                    Tracked {
+                        seq,
+                        dirty: true,
+                        touched: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Moves the producers' changed rows into the batch, and (at most once
+    /// a minute) deletes the rows idle past [`PRODUCER_SEQ_KEEP`].
+    fn producer_rows(&mut self) {
+        for (container, producer) in std::mem::take(&mut self.dirty_producers) {
+            let Some(t) = self
+                .producers
+                .get_mut(&container)
+                .and_then(|rows| rows.get_mut(&producer))
+                .filter(|t| t.dirty)
+            else {
+                continue;
+            };
+            t.dirty = false;
+            let seq = t.seq;
+            self.batch.producer_seqs.push(ProducerSeq {
+                container,
+                producer,
+                seq,
+            });
+        }
+        let now = std::time::Instant::now();
+        let prune = self
+            .last_prune
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(60));
+        if !prune {
+            return;
+        }
+        self.last_prune = Some(now);
+        for (container, rows) in &mut self.producers {
+            rows.retain(|producer, t| {
+                let idle = now.duration_since(t.touched) >= PRODUCER_SEQ_KEEP;
+                if idle {
+                    self.batch
+                        .producer_seqs_gone
+                        .push((container.clone(), producer.clone()));
+                }
+                !idle
+            });
+        }
+        self.producers.retain(|_, rows| !rows.is_empty());
     }
 
     /// A restored message: `holders` acknowledgements retire it.
@@ -213,6 +339,9 @@ impl DbShardStore {
     /// in one database transaction.
     pub fn take(&mut self) -> (Batch, u64) {
         self.unsent.clear();
+        if !self.only_acks {
+            self.producer_rows();
+        }
         if self.only_acks && self.batch.deletes.len() > DELETES_PER_TRANSACTION {
             let rest = self.batch.deletes.split_off(DELETES_PER_TRANSACTION);
             let rest_seqs = self.delete_seqs.split_off(DELETES_PER_TRANSACTION);
@@ -342,6 +471,11 @@ impl Store for DbShardStore {
                     body,
                     tx.map(xid),
                 );
+                // A plain send's producer sequence (prepared ones are not
+                // audited: see `broker::producer_audit`).
+                if let (None, Some(origin)) = (tx, origin_of(properties)) {
+                    self.note_origin(destination, origin);
+                }
                 self.hold(id, holders);
                 if destination.topic && holders > 0 {
                     self.hold_topic(id, &destination.name);
@@ -478,6 +612,87 @@ mod tests {
             0,
         );
         s.release(id);
+    }
+
+    fn send_from(s: &mut DbShardStore, id: u64, origin: &str) {
+        let d = q();
+        let props = [(
+            Bytes::from_static(crate::broker::producer_audit::ORIGIN_PROPERTY.as_bytes()),
+            Bytes::copy_from_slice(origin.as_bytes()),
+        )];
+        s.append(
+            &RecordRef::Send {
+                id,
+                destination: &d,
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 7,
+                properties: &props,
+                body: b"hello",
+            },
+            1,
+        );
+    }
+
+    #[test]
+    fn a_producers_sequence_is_written_even_when_its_message_never_is() {
+        let mut s = DbShardStore::new();
+        send_from(&mut s, 1, "ID:c-1-2-3-1:1:1:5");
+        send_from(&mut s, 2, "ID:c-1-2-3-1:1:1:6");
+        send_from(&mut s, 3, "ID:c-1-2-3-1:1:2:1");
+        // Acknowledged before the batch left: its row is never written.
+        ack(&mut s, 2);
+        let (b, _) = s.take();
+        let mut seqs: Vec<(String, i64)> = b
+            .producer_seqs
+            .iter()
+            .map(|p| (p.producer.clone(), p.seq))
+            .collect();
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            [
+                ("ID:c-1-2-3-1:1:1".to_string(), 6),
+                ("ID:c-1-2-3-1:1:2".to_string(), 1)
+            ]
+        );
+        assert!(b
+            .producer_seqs
+            .iter()
+            .all(|p| p.container == "queue://orders"));
+        // Written once: an unchanged row is not written again.
+        send(&mut s, 4);
+        let (b, _) = s.take();
+        assert!(b.producer_seqs.is_empty(), "{:?}", b.producer_seqs);
+        // A lower sequence (another destination's share) changes nothing.
+        send_from(&mut s, 5, "ID:c-1-2-3-1:1:1:2");
+        let (b, _) = s.take();
+        assert!(b.producer_seqs.is_empty());
+        // A NUL would fail the batch on PostgreSQL for good: not recorded.
+        send_from(&mut s, 6, "ID:c\0x:1:1:9");
+        let (b, _) = s.take();
+        assert!(b.producer_seqs.is_empty());
+    }
+
+    #[test]
+    fn idle_producers_rows_are_pruned() {
+        let mut s = DbShardStore::new();
+        send_from(&mut s, 1, "ID:c-1-2-3-1:1:1:5");
+        let _ = s.take();
+        // As if idle for longer than kept.
+        for rows in s.producers.values_mut() {
+            for t in rows.values_mut() {
+                t.touched -= PRODUCER_SEQ_KEEP;
+            }
+        }
+        s.last_prune = None;
+        send(&mut s, 2);
+        let (b, _) = s.take();
+        assert_eq!(
+            b.producer_seqs_gone,
+            [("queue://orders".to_string(), "ID:c-1-2-3-1:1:1".to_string())]
+        );
+        assert!(s.producers.is_empty());
     }
 
     /// Messages 1..=n sent and committed, then each acknowledged.

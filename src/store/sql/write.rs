@@ -198,6 +198,9 @@ struct Deduped<'a> {
     b: &'a Batch,
     redeliveries: Vec<&'a Redelivery>,
     subs_added: Vec<&'a SubRow>,
+    /// One row per (container, producer), the highest sequence, in key
+    /// order (PostgreSQL refuses to upsert one row twice in a statement).
+    producer_seqs: Vec<(&'a str, &'a str, i64)>,
 }
 
 impl<'a> Deduped<'a> {
@@ -212,6 +215,16 @@ impl<'a> Deduped<'a> {
                     s.sub_name.as_str(),
                 )
             }),
+            producer_seqs: {
+                let mut max: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+                for p in &b.producer_seqs {
+                    let e = max
+                        .entry((p.container.as_str(), p.producer.as_str()))
+                        .or_insert(p.seq);
+                    *e = (*e).max(p.seq);
+                }
+                max.into_iter().map(|((c, p), s)| (c, p, s)).collect()
+            },
         }
     }
 }
@@ -318,6 +331,30 @@ async fn mysql_apply(
             .flat_map(|r| [Value::Int(r.id), text(&r.sub_key), Value::Int(r.count)])
             .collect();
         my_exec(tx, "upsert redeliveries", sql, p).await?;
+    }
+    // Pruned rows first: a later batch may have sent to one again.
+    for chunk in b.producer_seqs_gone.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "DELETE FROM BROKK_PRODUCER_SEQ WHERE (CONTAINER, PRODUCER) IN (",
+            "(?,?)",
+            chunk.len(),
+            ")",
+        );
+        let p = chunk.iter().flat_map(|(c, q)| [text(c), text(q)]).collect();
+        my_exec(tx, "prune producer sequences", sql, p).await?;
+    }
+    for chunk in d.producer_seqs.chunks(ROW_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO BROKK_PRODUCER_SEQ (CONTAINER, PRODUCER, SEQ) VALUES ",
+            "(?,?,?)",
+            chunk.len(),
+            " ON DUPLICATE KEY UPDATE SEQ = GREATEST(SEQ, VALUES(SEQ))",
+        );
+        let p = chunk
+            .iter()
+            .flat_map(|(c, q, n)| [text(c), text(q), Value::Int(*n)])
+            .collect();
+        my_exec(tx, "upsert producer sequences", sql, p).await?;
     }
     for chunk in d.subs_added.chunks(ROW_CHUNK) {
         let sql = values_sql(
@@ -481,6 +518,11 @@ const PG_TOPIC_ACKS: &str = "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NA
 const PG_REDELIVERIES: &str = "INSERT INTO BROKK_REDELIVERIES (ID, SUB_KEY, COUNT) \
      SELECT * FROM unnest($1::bigint[], $2::varchar[], $3::bigint[]) \
      ON CONFLICT (ID, SUB_KEY) DO UPDATE SET COUNT = EXCLUDED.COUNT";
+const PG_PRODUCER_SEQS: &str = "INSERT INTO BROKK_PRODUCER_SEQ (CONTAINER, PRODUCER, SEQ) \
+     SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[]) \
+     ON CONFLICT (CONTAINER, PRODUCER) DO UPDATE SET SEQ = GREATEST(BROKK_PRODUCER_SEQ.SEQ, EXCLUDED.SEQ)";
+const PG_PRODUCER_SEQS_GONE: &str = "DELETE FROM BROKK_PRODUCER_SEQ \
+     WHERE (CONTAINER, PRODUCER) IN (SELECT * FROM unnest($1::varchar[], $2::varchar[]))";
 const PG_SUBS_ADD: &str = "INSERT INTO ACTIVEMQ_ACKS (CONTAINER, SUB_DEST, CLIENT_ID, SUB_NAME, SELECTOR, LAST_ACKED_ID, PRIORITY) \
      SELECT c, c, ci, sn, s, 0, 5 FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[]) AS t(c, ci, sn, s) \
      ON CONFLICT (CONTAINER, CLIENT_ID, SUB_NAME, PRIORITY) DO UPDATE SET SELECTOR = EXCLUDED.SELECTOR, SUB_DEST = EXCLUDED.SUB_DEST";
@@ -510,6 +552,8 @@ struct PgStmts {
     insert_msgs: tokio_postgres::Statement,
     topic_acks: tokio_postgres::Statement,
     redeliveries: tokio_postgres::Statement,
+    producer_seqs: tokio_postgres::Statement,
+    producer_seqs_gone: tokio_postgres::Statement,
     subs_add: tokio_postgres::Statement,
     tx_acks: tokio_postgres::Statement,
     tx_decided: tokio_postgres::Statement,
@@ -532,6 +576,8 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
         insert_msgs: conn.prepare(PG_INSERT_MSGS).await.map_err(&e)?,
         topic_acks: conn.prepare(PG_TOPIC_ACKS).await.map_err(&e)?,
         redeliveries: conn.prepare(PG_REDELIVERIES).await.map_err(&e)?,
+        producer_seqs: conn.prepare(PG_PRODUCER_SEQS).await.map_err(&e)?,
+        producer_seqs_gone: conn.prepare(PG_PRODUCER_SEQS_GONE).await.map_err(&e)?,
         subs_add: conn.prepare(PG_SUBS_ADD).await.map_err(&e)?,
         tx_acks: conn.prepare(PG_TX_ACKS).await.map_err(&e)?,
         tx_decided: conn.prepare(PG_TX_DECIDED).await.map_err(&e)?,
@@ -603,6 +649,26 @@ async fn pg_apply(
             "upsert redeliveries",
             &s.redeliveries,
             vec![Box::new(ids), Box::new(keys), Box::new(counts)],
+        ));
+    }
+    // Pruned rows first: a later batch may have sent to one again.
+    for chunk in b.producer_seqs_gone.chunks(ROW_CHUNK) {
+        let cs: Vec<String> = chunk.iter().map(|(c, _)| c.clone()).collect();
+        let ps: Vec<String> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        calls.push((
+            "prune producer sequences",
+            &s.producer_seqs_gone,
+            vec![Box::new(cs), Box::new(ps)],
+        ));
+    }
+    for chunk in d.producer_seqs.chunks(ROW_CHUNK) {
+        let cs: Vec<String> = chunk.iter().map(|(c, _, _)| c.to_string()).collect();
+        let ps: Vec<String> = chunk.iter().map(|(_, p, _)| p.to_string()).collect();
+        let ns: Vec<i64> = chunk.iter().map(|(_, _, n)| *n).collect();
+        calls.push((
+            "upsert producer sequences",
+            &s.producer_seqs,
+            vec![Box::new(cs), Box::new(ps), Box::new(ns)],
         ));
     }
     for chunk in d.subs_added.chunks(ROW_CHUNK) {
