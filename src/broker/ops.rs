@@ -102,6 +102,14 @@ pub enum Op {
         consumer: ConsumerKey,
         count: u32,
     },
+    /// The consumer's client set its prefetch anew (ActiveMQ's failover
+    /// transport restores a consumer with prefetch 0, then gives it its
+    /// own back with a ConsumerControl).
+    Prefetch {
+        destination: Destination,
+        consumer: ConsumerKey,
+        prefetch: u32,
+    },
     /// A message moving to the dead-letter queue. Its owner answers with
     /// [`Reply::Retire`] once the copy is durable; only then does the shard
     /// it came from journal that it left there, so a crash in between can

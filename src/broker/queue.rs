@@ -425,6 +425,17 @@ impl MessageQueue {
     /// `key`'s client handed `n` more of its deliveries to the application
     /// without acknowledging them (see `Consumer::extension`): that much
     /// more may be dispatched to it. Returns whether it gained credit.
+    /// `key`'s prefetch is now `prefetch`. Returns whether it gained
+    /// credit.
+    pub fn set_prefetch(&mut self, key: ConsumerKey, prefetch: u32) -> bool {
+        let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
+            return false;
+        };
+        let before = c.credit();
+        c.prefetch = prefetch;
+        c.credit() > before
+    }
+
     pub fn extend_credit(&mut self, key: ConsumerKey, n: u32) -> bool {
         let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
             return false;
@@ -613,6 +624,21 @@ mod tests {
             conn: 1,
             sub,
         }
+    }
+
+    #[test]
+    fn a_consumer_restored_with_prefetch_0_receives_once_its_prefetch_comes_back() {
+        let mut q = MessageQueue::default();
+        q.add_consumer(key(1), 0);
+        q.enqueue(msg(1, 4, 0));
+        q.enqueue(msg(2, 4, 0));
+        let mut out = Dispatched::default();
+        q.dispatch(0, &mut out);
+        assert!(out.deliveries.is_empty(), "prefetch 0 and no pull");
+        assert!(q.set_prefetch(key(1), 1000));
+        q.dispatch(0, &mut out);
+        assert_eq!(out.deliveries.len(), 2);
+        assert!(!q.set_prefetch(key(9), 5), "an unknown consumer");
     }
 
     #[test]

@@ -311,6 +311,13 @@ impl ShardBroker {
             } => self.widen(&destination, consumer, out, |q| {
                 q.extend_credit(consumer, count)
             }),
+            Op::Prefetch {
+                destination,
+                consumer,
+                prefetch,
+            } => self.widen(&destination, consumer, out, |q| {
+                q.set_prefetch(consumer, prefetch)
+            }),
             Op::DeadLetter { msg, retire } => {
                 // Without a runtime that waits for durability (see
                 // server::shard), the retirement follows at once.

@@ -70,7 +70,7 @@ public class OpenWireListener {
                 case "client-id": clientId(); break;
                 case "send-to-stomp": sendToStomp(args[2]); break;
                 case "receive-from-stomp": receiveFromStomp(args[2]); break;
-                case "failover": failover(args.length > 2 && args[2].equals("no-survivor")); break;
+                case "failover": failover(); break;
                 case "exclusive-no-local": exclusiveNoLocal(); break;
                 case "priority-expiry-dups-ok": priorityExpiryDupsOk(); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
@@ -110,7 +110,7 @@ public class OpenWireListener {
      * messages each; then every message must arrive exactly once, with
      * the JMSMessageID its producer saw.
      */
-    static void failover(boolean noSurvivor) throws Exception {
+    static void failover() throws Exception {
         final int producers = 8, each = 500, total = producers * each;
         Connection c = new ActiveMQConnectionFactory(url).createConnection("alice", "secret");
         c.start();
@@ -120,11 +120,11 @@ public class OpenWireListener {
         Session early = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         Queue before = early.createQueue("ow.failover.early");
         MessageProducer pre = early.createProducer(before);
-        MessageConsumer survivor = noSurvivor ? null : early.createConsumer(before);
-        for (int i = 0; i < 10 && !noSurvivor; i++) {
+        MessageConsumer survivor = early.createConsumer(before);
+        for (int i = 0; i < 10; i++) {
             pre.send(early.createTextMessage("early-" + i));
         }
-        for (int i = 0; i < 10 && !noSurvivor; i++) {
+        for (int i = 0; i < 10; i++) {
             TextMessage m = receiveText(survivor, "early message " + i);
             check(m.getText().equals("early-" + i), "early " + i + ": " + m.getText());
         }
@@ -161,10 +161,10 @@ public class OpenWireListener {
             t.join();
         }
         check(failures.isEmpty(), "a send failed: " + failures);
-        for (int i = 0; i < 10 && !noSurvivor; i++) {
+        for (int i = 0; i < 10; i++) {
             pre.send(early.createTextMessage("late-" + i));
         }
-        for (int i = 0; i < 10 && !noSurvivor; i++) {
+        for (int i = 0; i < 10; i++) {
             TextMessage m = receiveText(survivor, "late message " + i + " (after the failover)");
             check(m.getText().equals("late-" + i), "late " + i + ": " + m.getText());
         }

@@ -367,11 +367,11 @@ impl Session {
             (_, Command::RemoveInfo(r)) => self.remove(r, out),
             (_, Command::Message(m)) => self.send(*m, out),
             (_, Command::MessageAck(a)) => self.ack(&a, out),
+            (_, Command::ConsumerControl(cc)) => Ok(self.consumer_control(&cc, out)),
             (
                 _,
                 Command::FlushCommand(_)
                 | Command::ControlCommand(_)
-                | Command::ConsumerControl(_)
                 | Command::ConnectionControl(_),
             ) => Ok(Vec::new()),
             (_, Command::TransactionInfo(t)) => match self.transaction(&t, out) {
@@ -1541,6 +1541,42 @@ impl Session {
         };
         out.push(Action::Route(owner, op));
         Ok(vec![owner])
+    }
+
+    /// A client's ConsumerControl: ActiveMQ's failover transport restores
+    /// a consumer with prefetch 0 while the connection recovers, then sends
+    /// its own prefetch this way; without it the consumer, which does not
+    /// pull, would get nothing more. Other fields (close, stop, start,
+    /// flush) are the broker's to send.
+    fn consumer_control(
+        &mut self,
+        cc: &wire::ConsumerControl,
+        out: &mut Vec<Action>,
+    ) -> Vec<usize> {
+        let Some(sub) = cc
+            .consumer_id
+            .as_ref()
+            .and_then(|id| self.by_consumer_id.get(id))
+            .copied()
+        else {
+            return Vec::new();
+        };
+        let Some(c) = self.consumers.get(&sub).filter(|c| !c.browser) else {
+            return Vec::new();
+        };
+        let Ok(prefetch) = u32::try_from(cc.prefetch) else {
+            return Vec::new();
+        };
+        let owner = c.destination.owner(self.cfg.shards);
+        out.push(Action::Route(
+            owner,
+            Op::Prefetch {
+                destination: c.destination.clone(),
+                consumer: self.consumer_key(sub),
+                prefetch,
+            },
+        ));
+        vec![owner]
     }
 
     /// A DELIVERED ack of `count` messages for consumer `sub`.
