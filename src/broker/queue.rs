@@ -422,20 +422,24 @@ impl MessageQueue {
         !cancel
     }
 
-    /// `key`'s client handed `n` more of its deliveries to the application
-    /// without acknowledging them (see `Consumer::extension`): that much
-    /// more may be dispatched to it. Returns whether it gained credit.
     /// `key`'s prefetch is now `prefetch`. Returns whether it gained
-    /// credit.
+    /// credit. A consumer with a prefetch no longer pulls: a pull it had
+    /// asked for goes.
     pub fn set_prefetch(&mut self, key: ConsumerKey, prefetch: u32) -> bool {
         let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
             return false;
         };
         let before = c.credit();
         c.prefetch = prefetch;
+        if prefetch > 0 {
+            c.pulls = 0;
+        }
         c.credit() > before
     }
 
+    /// `key`'s client handed `n` more of its deliveries to the application
+    /// without acknowledging them (see `Consumer::extension`): that much
+    /// more may be dispatched to it. Returns whether it gained credit.
     pub fn extend_credit(&mut self, key: ConsumerKey, n: u32) -> bool {
         let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) else {
             return false;

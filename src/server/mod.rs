@@ -700,8 +700,27 @@ fn page_at_bytes(config: &Config) -> usize {
     config.limits.memory_limit_bytes / 100 * usize::from(config.limits.page_at_percent)
 }
 
+/// Whether a spool entry (`<pid>-<nanos>`) belongs to a live process
+/// other than this one.
+fn owner_alive(name: &std::ffi::OsStr) -> bool {
+    let Some(pid) = name
+        .to_str()
+        .and_then(|n| n.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return false;
+    }
+    // Signal 0: only asks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// This process's own spool directory under `base`, after removing what
-/// earlier processes left there (worthless: their stores hold it). Its own
+/// earlier processes left there (worthless: their stores hold it; a live
+/// process's is left alone). Its own
 /// name, so that an old master that has not yet noticed it lost its lock
 /// (a paused process) never writes into the files of the new one.
 fn fresh_spool_dir(base: &std::path::Path) -> Result<std::path::PathBuf> {
@@ -714,6 +733,12 @@ fn fresh_spool_dir(base: &std::path::Path) -> Result<std::path::PathBuf> {
     if let Ok(entries) = std::fs::read_dir(base) {
         for e in entries.flatten() {
             let p = e.path();
+            // Another broker's on this machine (a standby started beside
+            // its master on one spool directory): not ours to remove; it
+            // may be taking over with it right now.
+            if owner_alive(&e.file_name()) {
+                continue;
+            }
             let gone = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {
@@ -731,4 +756,24 @@ fn fresh_spool_dir(base: &std::path::Path) -> Result<std::path::PathBuf> {
     let dir = base.join(format!("{}-{nanos:08x}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(what)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod spool_owner_tests {
+    use super::owner_alive;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_live_brokers_spool_is_left_and_a_dead_ones_goes() {
+        // pid 1 always lives; this process's own is not "another's".
+        assert!(owner_alive(OsStr::new("1-0000abcd")));
+        let me = format!("{}-00000001", std::process::id());
+        assert!(!owner_alive(OsStr::new(&me)));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(!owner_alive(OsStr::new(&format!("{dead}-00000001"))));
+        assert!(!owner_alive(OsStr::new("takeover.spill")));
+        assert!(!owner_alive(OsStr::new("x-1")));
+    }
 }

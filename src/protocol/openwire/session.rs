@@ -41,6 +41,11 @@ use crate::security::{Decisions, Right, UserInfo};
 /// form). STOMP consumers see it as a header.
 pub const BODY_KIND_PROPERTY: &str = "brokk-body";
 
+/// The most a consumer may ask for (ActiveMQ's client clamps to the same,
+/// `ActiveMQPrefetchPolicy.MAX_PREFETCH_SIZE`): a queue larger than memory
+/// is read back no faster than its consumers' windows.
+const MAX_PREFETCH: u32 = 32_767;
+
 /// Past this a producer's connection id is not kept as its messages'
 /// origin (ActiveMQ's are about 40 bytes).
 const MAX_ORIGIN_CONNECTION_ID: usize = 256;
@@ -1327,7 +1332,7 @@ impl Session {
             Op::Subscribe(SubscribeOp {
                 destination,
                 consumer: self.consumer_key(sub),
-                prefetch: c.prefetch_size as u32,
+                prefetch: (c.prefetch_size as u32).min(MAX_PREFETCH),
                 durable,
                 selector,
                 // Queues only, as in ActiveMQ; noLocal means topics.
@@ -1567,6 +1572,7 @@ impl Session {
         let Ok(prefetch) = u32::try_from(cc.prefetch) else {
             return Vec::new();
         };
+        let prefetch = prefetch.min(MAX_PREFETCH);
         let owner = c.destination.owner(self.cfg.shards);
         out.push(Action::Route(
             owner,

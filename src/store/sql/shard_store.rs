@@ -79,6 +79,10 @@ pub struct DbShardStore {
     /// Rows in `producers` not written yet, by key: a batch visits only
     /// these (the full scan for pruning runs at most once a minute).
     dirty_producers: Vec<(String, String)>,
+    /// Every key in `producers`, oldest first: past [`MAX_PRODUCER_ROWS`]
+    /// the oldest go (a client opening a producer per send makes a row per
+    /// send; the audit keeps no more either).
+    producer_order: std::collections::VecDeque<(String, String)>,
     last_prune: Option<std::time::Instant>,
 }
 
@@ -94,6 +98,10 @@ struct Tracked {
 /// How long a producer's highest sequence is kept after its last send: a
 /// failover resend comes within seconds of the crash.
 pub const PRODUCER_SEQ_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Producer rows kept per shard, as many as the audit's windows (see
+/// `broker::producer_audit`).
+const MAX_PRODUCER_ROWS: usize = 8192;
 
 /// Past this a producer id is not recorded (the column holds 300).
 const MAX_PRODUCER_BYTES: usize = 300;
@@ -124,6 +132,8 @@ impl DbShardStore {
     /// A producer's row found at takeover: kept (and pruned) like one this
     /// shard wrote.
     pub fn restore_producer(&mut self, container: &str, producer: &str, seq: i64) {
+        self.producer_order
+            .push_back((container.to_string(), producer.to_string()));
         self.producers
             .entry(container.to_string())
             .or_default()
@@ -167,7 +177,10 @@ impl DbShardStore {
                 t.touched = now;
             }
             None => {
-                self.dirty_producers.push((container, producer.to_string()));
+                self.dirty_producers
+                    .push((container.clone(), producer.to_string()));
+                self.producer_order
+                    .push_back((container, producer.to_string()));
                 rows.insert(
                     producer.to_string(),
                     Tracked {
@@ -200,6 +213,30 @@ impl DbShardStore {
                 seq,
             });
         }
+        // Past the bound, the oldest go now: a batch deletes about as
+        // many rows as the batches since wrote.
+        while self.producer_order.len() > MAX_PRODUCER_ROWS {
+            let Some((container, producer)) = self.producer_order.pop_front() else {
+                break;
+            };
+            let removed = self
+                .producers
+                .get_mut(&container)
+                .and_then(|rows| rows.remove(&producer));
+            if removed.is_some() {
+                if self
+                    .producers
+                    .get(&container)
+                    .is_some_and(HashMap::is_empty)
+                {
+                    self.producers.remove(&container);
+                }
+                self.batch
+                    .producer_seqs
+                    .retain(|p| p.container != container || p.producer != producer);
+                self.batch.producer_seqs_gone.push((container, producer));
+            }
+        }
         let now = std::time::Instant::now();
         let prune = self
             .last_prune
@@ -220,6 +257,9 @@ impl DbShardStore {
             });
         }
         self.producers.retain(|_, rows| !rows.is_empty());
+        let producers = &self.producers;
+        self.producer_order
+            .retain(|(c, p)| producers.get(c).is_some_and(|rows| rows.contains_key(p)));
     }
 
     /// A restored message: `holders` acknowledgements retire it.
@@ -672,6 +712,25 @@ mod tests {
         send_from(&mut s, 6, "ID:c\0x:1:1:9");
         let (b, _) = s.take();
         assert!(b.producer_seqs.is_empty());
+    }
+
+    #[test]
+    fn producer_rows_are_bounded_oldest_first() {
+        let mut s = DbShardStore::new();
+        for p in 0..=MAX_PRODUCER_ROWS as u64 {
+            send_from(&mut s, p + 1, &format!("ID:c-1-2-3-1:1:{p}:1"));
+        }
+        let (b, _) = s.take();
+        assert_eq!(
+            b.producer_seqs_gone,
+            [("queue://orders".to_string(), "ID:c-1-2-3-1:1:0".to_string())]
+        );
+        assert_eq!(b.producer_seqs.len(), MAX_PRODUCER_ROWS);
+        assert!(b
+            .producer_seqs
+            .iter()
+            .all(|p| p.producer != "ID:c-1-2-3-1:1:0"));
+        assert_eq!(s.producer_order.len(), MAX_PRODUCER_ROWS);
     }
 
     #[test]
