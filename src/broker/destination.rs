@@ -156,6 +156,17 @@ fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// The broker's destination for a stored one (what recovery and the
+/// database store's takeover read).
+impl From<&crate::store::StoredDestination> for Destination {
+    fn from(d: &crate::store::StoredDestination) -> Destination {
+        match d.topic {
+            true => Destination::Topic(d.name.clone()),
+            false => Destination::Queue(d.name.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

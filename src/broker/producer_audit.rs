@@ -22,10 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::destination::Destination;
-
-/// `<producer id>:<sequence>` (ActiveMQ's JMSMessageID without its
-/// `ID:` cut off): set by the OpenWire listener on every message.
-pub const ORIGIN_PROPERTY: &str = "brokk-origin";
+// The store reads origins too (its producer sequences), so they live there.
+pub use crate::store::origin::{origin_of, parse_origin, ORIGIN_PROPERTY};
 
 /// Sequences remembered per producer.
 const WINDOW: u64 = 1024;
@@ -95,25 +93,6 @@ impl Window {
         self.seen[w] |= b;
         seen
     }
-}
-
-/// The (producer, sequence) an origin names, or None if it is not one.
-pub fn parse_origin(origin: &[u8]) -> Option<(&[u8], u64)> {
-    let colon = origin.iter().rposition(|b| *b == b':')?;
-    let (producer, seq) = (&origin[..colon], &origin[colon + 1..]);
-    if producer.is_empty() || seq.is_empty() || seq.len() > 19 {
-        return None;
-    }
-    let seq = std::str::from_utf8(seq).ok()?.parse().ok()?;
-    Some((producer, seq))
-}
-
-/// A message's origin, if it has one.
-pub fn origin_of(properties: &[(Bytes, Bytes)]) -> Option<&[u8]> {
-    properties
-        .iter()
-        .find(|(k, _)| k.as_ref() == ORIGIN_PROPERTY.as_bytes())
-        .map(|(_, v)| v.as_ref())
 }
 
 impl ProducerAudit {

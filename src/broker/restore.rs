@@ -211,11 +211,7 @@ impl Restorer {
                     // Acknowledged or not: a producer's resend of it is
                     // a repeat either way.
                     if let Some(origin) = origin_of(&properties) {
-                        let d = match destination.topic {
-                            true => Destination::Topic(destination.name.clone()),
-                            false => Destination::Queue(destination.name.clone()),
-                        };
-                        self.audit.repeat(&d, origin);
+                        self.audit.repeat(&Destination::from(&destination), origin);
                     }
                     self.stage(
                         id,
@@ -366,13 +362,9 @@ impl Restorer {
             false => None,
         };
         let footprint = Message::footprint(&properties, &body);
-        let name = destination.name;
         let msg = Arc::new(Message {
             id,
-            destination: match destination.topic {
-                true => Destination::Topic(name.clone()),
-                false => Destination::Queue(name.clone()),
-            },
+            destination: Destination::from(&destination),
             properties,
             body,
             priority,
@@ -381,6 +373,7 @@ impl Restorer {
             timestamp_ms,
             charge: self.usage.charge(footprint),
         });
+        let name = destination.name;
         let pressure = self.pager.as_ref().is_some_and(|p| p.pressure());
         let mut paged = None;
         let pager = &mut self.pager;

@@ -73,7 +73,7 @@ pub fn restorer(
     pager: Option<crate::broker::paging::Pager>,
     store: &mut DbShardStore,
 ) -> Restorer {
-    let owner = |d: &StoredDestination| owner_destination(d).owner(shards);
+    let owner = |d: &StoredDestination| Destination::from(d).owner(shards);
     let mine = |d: &StoredDestination| owner(d) == id;
     let loaded = db.loaded();
     for (tx, part) in recover::prepared_parts(&loaded, mine, id == 0) {
@@ -88,22 +88,14 @@ pub fn restorer(
         let Some(d) = recover::parse_container(&p.container).filter(|d| mine(d)) else {
             continue;
         };
-        let (Ok(seq), dest) = (u64::try_from(p.seq), owner_destination(&d)) else {
+        let Ok(seq) = u64::try_from(p.seq) else {
             continue;
         };
-        r.remember_producer(&dest, p.producer.as_bytes(), seq);
+        r.remember_producer(&Destination::from(&d), p.producer.as_bytes(), seq);
         store.restore_producer(&p.container, &p.producer, p.seq);
     }
     recover::records(&loaded, mine, id == 0, |batch| r.feed(batch));
     r
-}
-
-fn owner_destination(d: &StoredDestination) -> Destination {
-    if d.topic {
-        Destination::Topic(d.name.clone())
-    } else {
-        Destination::Queue(d.name.clone())
-    }
 }
 
 /// Holders of the restored messages: one per queue message, one per

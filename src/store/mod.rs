@@ -12,6 +12,7 @@ mod anon;
 pub mod journal;
 pub mod memory;
 pub mod meta;
+pub mod origin;
 pub mod read_ahead;
 pub mod record;
 pub mod spool;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{encoding, Batch, MsgRow, ProducerSeq, Redelivery, SubRow, TopicAck, TxAckRow};
-use crate::broker::producer_audit::{origin_of, parse_origin};
 use crate::idmap::{IdMap, IdSet};
+use crate::store::origin::{origin_of, parse_origin};
 use crate::store::{Durable, RecordRef, Store, StoredDestination, StoredSub};
 
 /// `queue://NAME` or `topic://NAME`, as ActiveMQ's JDBC store writes it.
@@ -657,7 +657,7 @@ mod tests {
     fn send_from(s: &mut DbShardStore, id: u64, origin: &str) {
         let d = q();
         let props = [(
-            Bytes::from_static(crate::broker::producer_audit::ORIGIN_PROPERTY.as_bytes()),
+            Bytes::from_static(crate::store::origin::ORIGIN_PROPERTY.as_bytes()),
             Bytes::copy_from_slice(origin.as_bytes()),
         )];
         s.append(
