@@ -135,11 +135,46 @@ pub struct HaConfig {
     /// runs out; a hung master (alive, not renewing) loses to a standby
     /// after it. A killed master is noticed at once (its session lock).
     pub lease_ms: u64,
+    /// zk mode: the ZooKeeper ensemble, `host:port,host:port,...`.
+    pub zk_address: Option<String>,
+    /// zk mode: where the brokers of one cluster meet in ZooKeeper
+    /// (default `/brokk/<cluster_name>`, as ActiveMQ's
+    /// `/activemq/leveldb-stores`).
+    pub zk_path: Option<String>,
+    /// zk mode: names the cluster (the default `zk_path`).
+    pub cluster_name: String,
+    /// zk mode: the ZooKeeper session timeout. A master whose session
+    /// expires steps down; a dead master's own session ends after it (a
+    /// killed master is noticed sooner, by its replication link).
+    pub zk_session_timeout_ms: u64,
+    /// zk mode: brokers in the cluster; a message is receipted once
+    /// `replicas / 2 + 1` of them hold it, and a master is elected only
+    /// among that many.
+    pub replicas: usize,
+    /// zk mode: where this broker listens for the replication link (a
+    /// master's standbys connect to it).
+    pub replication_bind: SocketAddr,
+    /// zk mode: the host name or address the other brokers reach this one
+    /// by (advertised through ZooKeeper with the replication port).
+    pub hostname: Option<String>,
+    /// zk mode: a replication link silent this long is dead (heartbeats
+    /// every quarter of it): a standby starts an election, a master
+    /// without a quorum of standbys steps down.
+    pub replica_timeout_ms: u64,
 }
 
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
+            zk_address: None,
+            zk_path: None,
+            cluster_name: "default".into(),
+            // ActiveMQ's replicated LevelDB default.
+            zk_session_timeout_ms: 2000,
+            replicas: 3,
+            replication_bind: "0.0.0.0:61619".parse().expect("literal"),
+            hostname: None,
+            replica_timeout_ms: 1000,
             // Small, because a successor waits twice this before it reads
             // the journal: measured under load, the failover gap grew by
             // ~100-120 ms at 50 and ~180 ms at 100 (bench/RESULTS.md). A check
@@ -155,6 +190,13 @@ impl HaConfig {
     /// The takeover wait in force (see `takeover_wait_ms`).
     pub fn takeover_wait_ms(&self) -> u64 {
         self.takeover_wait_ms.unwrap_or(2 * self.lock_keepalive_ms)
+    }
+
+    /// zk mode: the cluster's ZooKeeper path.
+    pub fn zk_path(&self) -> String {
+        self.zk_path
+            .clone()
+            .unwrap_or_else(|| format!("/brokk/{}", self.cluster_name))
     }
 }
 
@@ -205,6 +247,20 @@ pub struct BrokerConfig {
     pub heartbeat_min_ms: u64,
 }
 
+/// zk mode: when a persistent SEND is receipted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// A quorum of brokers holds it in memory (ActiveMQ's default): it
+    /// survives any one broker's crash, not a quorum crashing before their
+    /// asynchronous flush.
+    QuorumMem,
+    /// A quorum of brokers wrote and fdatasynced it.
+    QuorumDisk,
+    /// A quorum holds it in memory and the master fdatasynced it.
+    LocalDisk,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -231,6 +287,9 @@ pub struct StoreConfig {
     /// writer is idle (microseconds; 0 = write at once). Under load batches
     /// form by themselves while the previous transaction commits.
     pub linger_us: u64,
+    /// zk mode: when a persistent message counts as stored (see
+    /// [`SyncMode`]).
+    pub sync: SyncMode,
     /// Where paged-out message bodies wait (default `<dir>/spool`). A
     /// scratch area, emptied at start and never synced: put it on fast
     /// local disk, not on the shared file system.
@@ -389,6 +448,7 @@ impl Default for StoreConfig {
             indexes: crate::store::sql::schema::Indexes::Minimal,
             batch_max_rows: 4096,
             linger_us: 0,
+            sync: SyncMode::QuorumMem,
             spool_dir: None,
         }
     }
@@ -581,12 +641,52 @@ impl Config {
             }
         }
         if matches!(self.store.mode, StoreMode::Zk) {
+            self.validate_zk()?;
+        }
+        Ok(())
+    }
+
+    /// zk mode's keys.
+    fn validate_zk(&self) -> Result<(), ConfigError> {
+        let ha = &self.ha;
+        match ha.zk_address.as_deref() {
+            None | Some("") => {
+                return Err(invalid(
+                    "ha.zk_address",
+                    "is required with store.mode = \"zk\" (the ZooKeeper ensemble, host:port,...)",
+                ))
+            }
+            Some(a) if a.split(',').any(|h| h.trim().rsplit_once(':').is_none()) => {
+                return Err(invalid("ha.zk_address", format!("'{a}' is not host:port,host:port,...")))
+            }
+            Some(_) => {}
+        }
+        let path = ha.zk_path();
+        if !path.starts_with('/') || path.ends_with('/') || path.contains("//") {
             return Err(invalid(
-                "store.mode",
-                format!(
-                    "mode {:?} is not available in this build yet; use \"file\" or \"memory\"",
-                    self.store.mode
-                ),
+                "ha.zk_path",
+                format!("'{path}' must start with / and not end with /"),
+            ));
+        }
+        if ha.hostname.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "ha.hostname",
+                "is required with store.mode = \"zk\" (the address the other brokers reach this one by)",
+            ));
+        }
+        if ha.replicas == 0 || ha.replicas > 9 {
+            return Err(invalid("ha.replicas", "must be 1 to 9"));
+        }
+        if ha.zk_session_timeout_ms < 1000 {
+            return Err(invalid(
+                "ha.zk_session_timeout_ms",
+                "must be at least 1000 (ZooKeeper's smallest session timeout at tickTime 500)",
+            ));
+        }
+        if ha.replica_timeout_ms < 40 || ha.replica_timeout_ms >= ha.zk_session_timeout_ms {
+            return Err(invalid(
+                "ha.replica_timeout_ms",
+                "must be at least 40 and less than ha.zk_session_timeout_ms",
             ));
         }
         Ok(())

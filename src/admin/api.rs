@@ -359,6 +359,17 @@ async fn ha_view(state: &AdminState) -> serde_json::Value {
         _ if state.mode == "mysql" || state.mode == "postgres" => {
             json!({ "mechanism": "lease row in ACTIVEMQ_LOCK", "holder": if state.role.get() == Role::Master { Some(state.identity.clone()) } else { None } })
         }
+        _ if state.mode == "zk" => {
+            let v = state.replication.view();
+            json!({
+                "mechanism": "ZooKeeper election + quorum-replicated log",
+                "epoch": v.epoch,
+                "position": { "epoch": v.position.0, "index": v.position.1 },
+                "commit": v.commit,
+                "following": v.following,
+                "replicas": v.replicas,
+            })
+        }
         _ => json!({ "mechanism": "none (memory mode)" }),
     }
 }

@@ -49,6 +49,8 @@ pub struct AdminState {
     security: Arc<crate::security::Security>,
     /// This process, as the Cluster page names it.
     pub identity: String,
+    /// zk mode: the replicated log's epoch, position and replicas' lag.
+    pub replication: Arc<crate::store::replicated::status::ReplStatus>,
 }
 
 /// What `AdminState::new` needs from the configuration.
@@ -87,6 +89,7 @@ impl AdminState {
             security: settings.security,
             console: settings.console,
             identity: format!("{host}/{}", std::process::id()),
+            replication: Arc::default(),
         }
     }
 }

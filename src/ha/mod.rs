@@ -8,6 +8,7 @@ pub mod epoch;
 pub mod fence;
 pub mod file_lock;
 pub mod role;
+pub mod zk;
 
 pub use file_lock::FileLock;
 pub use role::{Role, RoleCell};

@@ -4,6 +4,7 @@
 pub mod admin_send;
 mod connection;
 mod db_shard;
+mod zk_mode;
 pub mod latch;
 pub mod mailbox;
 mod openwire_connection;
@@ -183,6 +184,11 @@ pub fn serve(mut config: Config) -> Result<()> {
                 max_frame_size = fits;
             }
         }
+        Some(db)
+    } else if config.store.mode == StoreMode::Zk {
+        let (db, dir) =
+            zk_mode::zk_take_over(&config, &role, (stomp, admin_addr), state.replication.clone())?;
+        spool_dir = dir;
         Some(db)
     } else {
         None

@@ -16,6 +16,7 @@ pub mod origin;
 pub mod read_ahead;
 pub mod record;
 pub mod spool;
+pub mod replicated;
 pub mod sql;
 
 pub use record::{Record, RecordRef, StoredDestination, StoredSub};

@@ -1,0 +1,140 @@
+//! A standby's side of replication: connects to the master of the epoch it
+//! follows, takes its snapshot and entries, applies what is committed to
+//! its tables (a hot standby) and writes everything to its local copy.
+//! Returns when the link ends, saying why: the election code decides what
+//! that means.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::codec;
+use super::log_file::LocalLog;
+use super::state::{Entry, Replica};
+use super::status::ReplStatus;
+use super::wire::{self, Frame};
+use crate::config::SyncMode;
+
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    pub cluster: String,
+    pub node: String,
+    pub epoch: u64,
+    pub sync: SyncMode,
+    pub timeout: Duration,
+}
+
+/// How a link ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// No connection could be made (refused, unreachable, timed out).
+    Unreachable(String),
+    /// The master answered that it leads another epoch or cluster.
+    Refused(String),
+    /// An established link broke or went silent.
+    Lost(String),
+}
+
+/// Follows the master at `addr` until the link ends.
+pub async fn follow(
+    replica: &mut Replica,
+    log: &LocalLog,
+    addr: &str,
+    cfg: &FollowConfig,
+    status: &Arc<ReplStatus>,
+) -> LinkEnd {
+    let stream = match tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(addr)).await
+    {
+        Err(_) => return LinkEnd::Unreachable(format!("connect to {addr} timed out")),
+        Ok(Err(e)) => return LinkEnd::Unreachable(format!("connect to {addr}: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut read = tokio::io::BufReader::with_capacity(256 * 1024, read);
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(super::leader::write_frames(write, out_rx));
+    let _ = out.send(wire::hello(cfg.epoch, &cfg.cluster, &cfg.node));
+    status.set_epoch(cfg.epoch, Some(addr.to_string()));
+    let end = run(replica, log, &mut read, &out, cfg, status).await;
+    writer.abort();
+    end
+}
+
+async fn run(
+    replica: &mut Replica,
+    log: &LocalLog,
+    read: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    out: &mpsc::UnboundedSender<bytes::Bytes>,
+    cfg: &FollowConfig,
+    status: &Arc<ReplStatus>,
+) -> LinkEnd {
+    let mut synced = log.synced();
+    let mut joined = false;
+    let mut acked = 0u64;
+    loop {
+        tokio::select! {
+            r = tokio::time::timeout(cfg.timeout, wire::read_frame(read)) => {
+                let (frame, raw) = match r {
+                    Err(_) => return LinkEnd::Lost(format!("the master was silent for {} ms", cfg.timeout.as_millis())),
+                    Ok(Err(e)) => return LinkEnd::Lost(e.to_string()),
+                    Ok(Ok(f)) => f,
+                };
+                match frame {
+                    Frame::Refuse { reason } => return LinkEnd::Refused(reason),
+                    Frame::Snapshot { pos, tables } => {
+                        let t = match codec::decode_tables(&tables) {
+                            Ok(t) => t,
+                            Err(e) => return LinkEnd::Lost(format!("snapshot: {e}")),
+                        };
+                        info!(at = ?pos, messages = t.messages(), bytes = tables.len(), "snapshot from the master installed");
+                        replica.install(t, pos);
+                        log.install(pos, &tables);
+                        joined = true;
+                        acked = 0;
+                    }
+                    Frame::Entry { pos, batches } if joined => {
+                        let b = match wire::entry_batches(&batches) {
+                            Ok(b) => b,
+                            Err(e) => return LinkEnd::Lost(format!("entry {pos:?}: {e}")),
+                        };
+                        if let Err(e) = replica.push(Entry { pos, frame: raw.clone(), batches: b }) {
+                            return LinkEnd::Lost(e.to_string());
+                        }
+                        log.append([(pos.index, raw)]);
+                    }
+                    Frame::Commit { commit } if joined => {
+                        replica.apply_upto(commit);
+                        status.set_position(replica.position(), commit);
+                        if log.wants_compaction() {
+                            log.compact(replica);
+                        }
+                        // A heartbeat is answered even when nothing changed.
+                        acked = 0;
+                    }
+                    f => return LinkEnd::Lost(format!("unexpected frame {f:?}")),
+                }
+                if !read.buffer().is_empty() {
+                    // More is here already: one acknowledgement per burst.
+                    continue;
+                }
+            }
+            _ = synced.changed(), if cfg.sync == SyncMode::QuorumDisk => {}
+        }
+        if !joined {
+            continue;
+        }
+        let holds = match cfg.sync {
+            SyncMode::QuorumDisk => replica.position().index.min(*synced.borrow()),
+            _ => replica.position().index,
+        };
+        if holds != acked || acked == 0 {
+            acked = holds.max(1);
+            if out.send(wire::ack(holds)).is_err() {
+                return LinkEnd::Lost("the link's writer stopped".into());
+            }
+        }
+    }
+}

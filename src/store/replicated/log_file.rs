@@ -1,0 +1,426 @@
+//! A node's local copy of the replicated log, in its own data directory:
+//! `snapshot` (one SNAPSHOT frame: the tables as of an entry) and `log`
+//! (the ENTRY frames after it). Written by a thread of its own, so that
+//! neither the replication link nor the shards wait on the disk: under
+//! `quorum_mem` the copy trails a little (written and fdatasynced in
+//! batches); under `quorum_disk` a standby acknowledges only what
+//! [`LocalLog::synced`] reached.
+//!
+//! Crash safety: a snapshot is written beside (`snapshot.new`), synced and
+//! renamed in. A master's snapshot installed on a standby replaces a
+//! history that may differ from it, so the old `log` is emptied first:
+//! a crash in between leaves the old snapshot alone, an earlier state of
+//! this node. Compaction keeps the same history, so there the new log is
+//! renamed in after the snapshot, and a crash between the renames leaves a
+//! log that repeats what the snapshot holds (skipped at recovery).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{error, warn};
+
+use super::codec;
+use super::state::{Entry, Replica};
+use super::wire::{self, Frame, Pos};
+
+/// Past this many bytes of log (and twice the last snapshot) the log is
+/// compacted into a new snapshot.
+const COMPACT_AT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged ({reason}); it is a copy of the cluster's log: remove the directory to have this broker fetch the master's")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+enum Cmd {
+    Append(Vec<(u64, Bytes)>),
+    /// A master's snapshot replaces everything.
+    Install { snapshot: Bytes, index: u64 },
+    /// Our own tables as of `index`, and the entries after it.
+    Compact {
+        snapshot: Bytes,
+        index: u64,
+        tail: Vec<(u64, Bytes)>,
+    },
+}
+
+/// The writer of the local copy.
+pub struct LocalLog {
+    tx: std::sync::mpsc::Sender<Cmd>,
+    synced: tokio::sync::watch::Receiver<u64>,
+    synced_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    log_bytes: Arc<AtomicU64>,
+    snapshot_bytes: Arc<AtomicU64>,
+}
+
+impl LocalLog {
+    /// Reads the copy in `dir` (made if absent) and starts its writer.
+    pub fn open(dir: &Path) -> Result<(LocalLog, Replica), LogError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let snap_path = dir.join("snapshot");
+        let mut replica = Replica::default();
+        let mut snapshot_bytes = 0;
+        match std::fs::read(&snap_path) {
+            Ok(buf) => {
+                snapshot_bytes = buf.len() as u64;
+                let (frames, err) = wire::split_frames(&Bytes::from(buf));
+                let damaged = |reason: String| LogError::Damaged {
+                    path: snap_path.clone(),
+                    reason,
+                };
+                if let Some((_, e)) = err {
+                    return Err(damaged(e.to_string()));
+                }
+                match frames.into_iter().next() {
+                    Some((Frame::Snapshot { pos, tables }, _)) => {
+                        let tables =
+                            codec::decode_tables(&tables).map_err(|e| damaged(e.to_string()))?;
+                        replica = Replica::from_snapshot(tables, pos);
+                    }
+                    _ => return Err(damaged("no snapshot frame".into())),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&snap_path)(e)),
+        }
+        let log_path = dir.join("log");
+        let buf = match std::fs::read(&log_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&log_path)(e)),
+        };
+        let buf = Bytes::from(buf);
+        let (frames, torn) = wire::split_frames(&buf);
+        let mut keep = 0;
+        for (f, end) in frames {
+            let Frame::Entry { pos, batches } = f else {
+                break;
+            };
+            if pos.index <= replica.position().index {
+                keep = end;
+                continue;
+            }
+            let Ok(b) = wire::entry_batches(&batches) else {
+                break;
+            };
+            let frame = buf.slice(keep..end);
+            if replica
+                .push(Entry {
+                    pos,
+                    frame,
+                    batches: b,
+                })
+                .is_err()
+            {
+                break;
+            }
+            keep = end;
+        }
+        if keep < buf.len() {
+            warn!(
+                path = %log_path.display(),
+                kept = keep,
+                dropped = buf.len() - keep,
+                reason = ?torn.map(|t| t.1.to_string()),
+                "the local log ends in a torn or damaged frame; cutting it there"
+            );
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+        file.set_len(keep as u64).map_err(io(&log_path))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (synced_tx, synced) = tokio::sync::watch::channel(replica.position().index);
+        let synced_tx = Arc::new(synced_tx);
+        let log_bytes = Arc::new(AtomicU64::new(keep as u64));
+        let snapshot_bytes = Arc::new(AtomicU64::new(snapshot_bytes));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            synced: synced_tx.clone(),
+            log_bytes: log_bytes.clone(),
+            snapshot_bytes: snapshot_bytes.clone(),
+        };
+        std::thread::Builder::new()
+            .name("brokk-replog".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io(dir))?;
+        Ok((
+            LocalLog {
+                tx,
+                synced,
+                synced_tx,
+                log_bytes,
+                snapshot_bytes,
+            },
+            replica,
+        ))
+    }
+
+    /// Writes entries (in index order, following what was written).
+    pub fn append(&self, entries: impl IntoIterator<Item = (u64, Bytes)>) {
+        let v: Vec<_> = entries.into_iter().collect();
+        if !v.is_empty() {
+            let _ = self.tx.send(Cmd::Append(v));
+        }
+    }
+
+    /// Replaces the copy with a master's snapshot.
+    pub fn install(&self, pos: Pos, tables: &[u8]) {
+        // Nothing counts as on disk until the snapshot is: what was synced
+        // belongs to the history it replaces.
+        self.synced_tx.send_replace(0);
+        let _ = self.tx.send(Cmd::Install {
+            snapshot: wire::snapshot(pos, tables),
+            index: pos.index,
+        });
+    }
+
+    /// Whether the log has grown enough to be folded into a snapshot.
+    pub fn wants_compaction(&self) -> bool {
+        let log = self.log_bytes.load(Ordering::Relaxed);
+        log > COMPACT_AT_BYTES && log > 2 * self.snapshot_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Folds the log into a snapshot of `replica` (its tables as of its
+    /// applied entry, then the entries it holds after that).
+    pub fn compact(&self, replica: &Replica) {
+        let mut t = Vec::new();
+        codec::encode_tables(&replica.tables, &mut t);
+        let pos = replica.applied();
+        // Counted now, so the next check does not ask again meanwhile.
+        self.snapshot_bytes.store(t.len() as u64, Ordering::Relaxed);
+        self.log_bytes.store(0, Ordering::Relaxed);
+        let _ = self.tx.send(Cmd::Compact {
+            snapshot: wire::snapshot(pos, &t),
+            index: pos.index,
+            tail: replica
+                .pending()
+                .map(|e| (e.pos.index, e.frame.clone()))
+                .collect(),
+        });
+    }
+
+    /// The last index written and fdatasynced.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.synced.clone()
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    synced: Arc<tokio::sync::watch::Sender<u64>>,
+    log_bytes: Arc<AtomicU64>,
+    snapshot_bytes: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Cmd>) {
+        while let Ok(first) = rx.recv() {
+            let mut cmds = vec![first];
+            cmds.extend(rx.try_iter());
+            if let Err(e) = self.write(cmds) {
+                // The copy is behind from here on; this node still holds
+                // the log in memory and the quorum holds it too. A standby
+                // that acknowledges synced entries (quorum_disk) stops
+                // acknowledging, which the master sees.
+                error!(error = %e, "cannot write the local copy of the replicated log; it stops here");
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, cmds: Vec<Cmd>) -> Result<(), LogError> {
+        let log_path = self.dir.join("log");
+        let mut last = None;
+        for c in cmds {
+            match c {
+                Cmd::Append(v) => {
+                    for (index, frame) in v {
+                        self.file.write_all(&frame).map_err(io(&log_path))?;
+                        self.log_bytes
+                            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        last = Some(index);
+                    }
+                }
+                Cmd::Install { snapshot, index } => {
+                    self.file.set_len(0).map_err(io(&log_path))?;
+                    self.file.sync_data().map_err(io(&log_path))?;
+                    self.put_snapshot(&snapshot)?;
+                    self.log_bytes.store(0, Ordering::Relaxed);
+                    last = Some(index);
+                }
+                Cmd::Compact {
+                    snapshot,
+                    index,
+                    tail,
+                } => {
+                    self.file.sync_data().map_err(io(&log_path))?;
+                    let new = self.dir.join("log.new");
+                    let mut f = File::create(&new).map_err(io(&new))?;
+                    let mut bytes = 0;
+                    let mut end = index;
+                    for (i, frame) in &tail {
+                        f.write_all(frame).map_err(io(&new))?;
+                        bytes += frame.len() as u64;
+                        end = *i;
+                    }
+                    f.sync_data().map_err(io(&new))?;
+                    self.put_snapshot(&snapshot)?;
+                    std::fs::rename(&new, &log_path).map_err(io(&log_path))?;
+                    sync_dir(&self.dir)?;
+                    self.file = OpenOptions::new()
+                        .append(true)
+                        .open(&log_path)
+                        .map_err(io(&log_path))?;
+                    self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    last = Some(last.map_or(end, |l: u64| l.max(end)));
+                }
+            }
+        }
+        self.file.sync_data().map_err(io(&log_path))?;
+        if let Some(i) = last {
+            self.synced.send_replace(i);
+        }
+        Ok(())
+    }
+
+    fn put_snapshot(&self, frame: &[u8]) -> Result<(), LogError> {
+        let new = self.dir.join("snapshot.new");
+        let mut f = File::create(&new).map_err(io(&new))?;
+        f.write_all(frame).map_err(io(&new))?;
+        f.sync_data().map_err(io(&new))?;
+        let path = self.dir.join("snapshot");
+        std::fs::rename(&new, &path).map_err(io(&path))?;
+        sync_dir(&self.dir)?;
+        self.snapshot_bytes
+            .store(frame.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::{Batch, MsgRow};
+
+    fn send(id: i64) -> Batch {
+        Batch {
+            inserts: vec![MsgRow {
+                id,
+                container: "queue://q".into(),
+                expiration: 0,
+                priority: 4,
+                xid: None,
+                msg: Bytes::from(vec![id as u8; 10]),
+            }],
+            ..Batch::default()
+        }
+    }
+
+    async fn wait_synced(log: &LocalLog, index: u64) {
+        let mut s = log.synced();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.wait_for(|i| *i >= index))
+            .await
+            .expect("synced within 10 s")
+            .expect("writer alive");
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+            for i in 1..=3 {
+                let e = Entry::make(Pos { epoch: 1, index: i }, vec![send(i as i64)]);
+                log.append([(i, e.frame.clone())]);
+                r.push(e).unwrap();
+            }
+            wait_synced(&log, 3).await;
+        });
+        // A torn fourth frame.
+        let torn = Entry::make(Pos { epoch: 1, index: 4 }, vec![send(4)]).frame;
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("log")).unwrap();
+        f.write_all(&torn[..torn.len() - 3]).unwrap();
+        drop(f);
+        let (_log, mut r) = LocalLog::open(dir.path()).unwrap();
+        assert_eq!(r.position(), Pos { epoch: 1, index: 3 });
+        r.apply_all();
+        assert_eq!(r.tables.messages(), 3);
+    }
+
+    #[test]
+    fn a_compacted_log_and_an_installed_snapshot_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+            for i in 1..=4 {
+                let e = Entry::make(Pos { epoch: 1, index: i }, vec![send(i as i64)]);
+                log.append([(i, e.frame.clone())]);
+                r.push(e).unwrap();
+            }
+            r.apply_upto(2);
+            log.compact(&r);
+            wait_synced(&log, 4).await;
+        });
+        let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+        assert_eq!(r.applied(), Pos { epoch: 1, index: 2 });
+        assert_eq!(r.position(), Pos { epoch: 1, index: 4 });
+        r.apply_all();
+        assert_eq!(r.tables.messages(), 4);
+        // A master's snapshot of another history replaces all of it.
+        rt().block_on(async {
+            let mut t = Vec::new();
+            let mut other = Replica::default();
+            other
+                .push(Entry::make(Pos { epoch: 2, index: 1 }, vec![send(9)]))
+                .unwrap();
+            other.apply_all();
+            codec::encode_tables(&other.tables, &mut t);
+            log.install(Pos { epoch: 2, index: 1 }, &t);
+            // The synced index goes back to the snapshot's.
+            let mut s = log.synced();
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.wait_for(|i| *i == 1))
+                .await
+                .expect("installed within 10 s")
+                .expect("writer alive");
+        });
+        drop(log);
+        let (_log, r) = LocalLog::open(dir.path()).unwrap();
+        assert_eq!(r.position(), Pos { epoch: 2, index: 1 });
+        assert_eq!(r.tables.messages(), 1);
+    }
+}
