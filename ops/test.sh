@@ -44,8 +44,8 @@ if [ ! -f /usr/share/java/activemq-client.jar ] || [ ! -f /usr/share/java/geroni
     libgeronimo-j2ee-management-1.1-spec-java
 fi
 
-echo "== MariaDB and PostgreSQL for the database-mode tests (tests/db_mode.rs)"
-./ops/services.sh start mariadb postgres
+echo "== MariaDB, PostgreSQL and a 3-node ZooKeeper ensemble (tests/db_mode.rs, tests/zk_mode.rs)"
+./ops/services.sh start mariadb postgres zookeeper
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

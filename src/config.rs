@@ -657,7 +657,10 @@ impl Config {
                 ))
             }
             Some(a) if a.split(',').any(|h| h.trim().rsplit_once(':').is_none()) => {
-                return Err(invalid("ha.zk_address", format!("'{a}' is not host:port,host:port,...")))
+                return Err(invalid(
+                    "ha.zk_address",
+                    format!("'{a}' is not host:port,host:port,..."),
+                ))
             }
             Some(_) => {}
         }

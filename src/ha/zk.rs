@@ -42,10 +42,7 @@ pub struct ZkConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
     #[error("ZooKeeper at {address} (ha.zk_address): {source}")]
-    Connect {
-        address: String,
-        source: zk::Error,
-    },
+    Connect { address: String, source: zk::Error },
     #[error("ZooKeeper {what} {path}: {source}")]
     Op {
         what: &'static str,
@@ -103,7 +100,7 @@ fn op<'a>(what: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> ZkErro
 
 /// Who wins among candidates: the latest position, then the oldest member
 /// (lowest sequence).
-pub fn winner<'a>(candidates: &'a [(String, Pos)]) -> Option<&'a str> {
+pub fn winner(candidates: &[(String, Pos)]) -> Option<&str> {
     candidates
         .iter()
         .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
@@ -179,7 +176,11 @@ impl Election {
             Err(zk::Error::NoNode) | Err(zk::Error::SessionExpired) => {
                 self.reconnect(pos).await?;
                 self.client
-                    .set_data(&format!("{}/members/{}", self.cfg.path, self.me), &data, None)
+                    .set_data(
+                        &format!("{}/members/{}", self.cfg.path, self.me),
+                        &data,
+                        None,
+                    )
                     .await
                     .map(|_| ())
                     .map_err(op("set", &path))
@@ -365,7 +366,12 @@ async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
 /// Watches a master's hold on epoch `epoch`; returns why it ended: the
 /// session expired or was disconnected longer than its timeout, the epoch
 /// moved on, or a standby opened an election.
-pub async fn hold(client: zk::Client, path: String, epoch: u64, session_timeout: Duration) -> String {
+pub async fn hold(
+    client: zk::Client,
+    path: String,
+    epoch: u64,
+    session_timeout: Duration,
+) -> String {
     let every = session_timeout / 8;
     let mut disconnected: Option<Instant> = None;
     loop {
@@ -399,7 +405,9 @@ pub async fn hold(client: zk::Client, path: String, epoch: u64, session_timeout:
             Err(_) => continue,
         }
         match client.check_stat(&format!("{path}/election-{epoch}")).await {
-            Ok(Some(_)) => return "a standby stopped following this master (election opened)".into(),
+            Ok(Some(_)) => {
+                return "a standby stopped following this master (election opened)".into()
+            }
             Ok(None) => {}
             Err(zk::Error::SessionExpired) => return "the ZooKeeper session expired".into(),
             Err(_) => {}

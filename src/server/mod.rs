@@ -4,11 +4,11 @@
 pub mod admin_send;
 mod connection;
 mod db_shard;
-mod zk_mode;
 pub mod latch;
 pub mod mailbox;
 mod openwire_connection;
 pub mod shard;
+mod zk_mode;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -186,8 +186,12 @@ pub fn serve(mut config: Config) -> Result<()> {
         }
         Some(db)
     } else if config.store.mode == StoreMode::Zk {
-        let (db, dir) =
-            zk_mode::zk_take_over(&config, &role, (stomp, admin_addr), state.replication.clone())?;
+        let (db, dir) = zk_mode::zk_take_over(
+            &config,
+            &role,
+            (stomp, admin_addr),
+            state.replication.clone(),
+        )?;
         spool_dir = dir;
         Some(db)
     } else {

@@ -152,6 +152,8 @@ pub fn zk_take_over(
         "elected; the cluster's tables are held"
     );
     let spool_dir = fresh_spool_dir(&config.store.spool_dir())?;
-    let lanes = (0..config.shard_count()).map(|_| requests.clone()).collect();
+    let lanes = (0..config.shard_count())
+        .map(|_| requests.clone())
+        .collect();
     Ok((DbShared::new(lanes, loaded), spool_dir))
 }

@@ -15,8 +15,8 @@ pub mod meta;
 pub mod origin;
 pub mod read_ahead;
 pub mod record;
-pub mod spool;
 pub mod replicated;
+pub mod spool;
 pub mod sql;
 
 pub use record::{Record, RecordRef, StoredDestination, StoredSub};

@@ -239,6 +239,11 @@ pub struct Producer {
 
 impl Producer {
     pub fn start(brokers: [SocketAddr; 2]) -> Producer {
+        Producer::start_any(brokers.to_vec())
+    }
+
+    /// Follows whichever of `brokers` serves (zk mode has three).
+    pub fn start_any(brokers: Vec<SocketAddr>) -> Producer {
         let receipted: Arc<Mutex<Vec<u64>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
@@ -249,13 +254,13 @@ impl Producer {
                 let mut which = 0;
                 while !stop.load(Ordering::Relaxed) {
                     if std::net::TcpStream::connect(brokers[which]).is_err() {
-                        which = 1 - which;
+                        which = (which + 1) % brokers.len();
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
                     }
                     let mut p = Client::connect(brokers[which], &[("accept-version", "1.2")]);
                     if !p.is_connected() {
-                        which = 1 - which;
+                        which = (which + 1) % brokers.len();
                         continue;
                     }
                     while !stop.load(Ordering::Relaxed) {
@@ -275,7 +280,7 @@ impl Producer {
                                 n += 1;
                             }
                             _ => {
-                                which = 1 - which;
+                                which = (which + 1) % brokers.len();
                                 break;
                             }
                         }
@@ -321,7 +326,12 @@ impl Producer {
 
 /// Everything on `/queue/ha`, acknowledged.
 pub fn drain(b: &Broker) -> HashSet<u64> {
-    let mut c = b.client();
+    drain_at(b.stomp)
+}
+
+/// [`drain`] from the broker serving STOMP at `stomp`.
+pub fn drain_at(stomp: SocketAddr) -> HashSet<u64> {
+    let mut c = Client::connect(stomp, &[("accept-version", "1.2")]);
     c.subscribe(
         "drain",
         "/queue/ha",

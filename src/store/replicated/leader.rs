@@ -141,7 +141,9 @@ impl Leader {
         );
         self.marker = marker.pos.index;
         log.append([(marker.pos.index, marker.frame.clone())]);
-        replica.push(marker).expect("the marker follows what is held");
+        replica
+            .push(marker)
+            .expect("the marker follows what is held");
         self.status.set_position(replica.position(), self.commit);
         info!(
             epoch = self.cfg.epoch,
@@ -257,12 +259,10 @@ impl Leader {
                     f.heard = Instant::now();
                 }
             }
-            Event::Gone { id, why } => {
-                match self.followers.remove(&id) {
-                    Some(f) => warn!(standby = %f.node, reason = %why, "standby left"),
-                    None => info!(reason = %why, "a replication connection closed before it joined"),
-                }
-            }
+            Event::Gone { id, why } => match self.followers.remove(&id) {
+                Some(f) => warn!(standby = %f.node, reason = %why, "standby left"),
+                None => info!(reason = %why, "a replication connection closed before it joined"),
+            },
         }
         self.status.set_followers(
             self.followers

@@ -52,7 +52,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 enum Cmd {
     Append(Vec<(u64, Bytes)>),
     /// A master's snapshot replaces everything.
-    Install { snapshot: Bytes, index: u64 },
+    Install {
+        snapshot: Bytes,
+        index: u64,
+    },
     /// Our own tables as of `index`, and the entries after it.
     Compact {
         snapshot: Bytes,
@@ -320,9 +323,7 @@ impl Writer {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 #[cfg(test)]
@@ -346,10 +347,13 @@ mod tests {
 
     async fn wait_synced(log: &LocalLog, index: u64) {
         let mut s = log.synced();
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.wait_for(|i| *i >= index))
-            .await
-            .expect("synced within 10 s")
-            .expect("writer alive");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.wait_for(|i| *i >= index),
+        )
+        .await
+        .expect("synced within 10 s")
+        .expect("writer alive");
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -373,7 +377,10 @@ mod tests {
         });
         // A torn fourth frame.
         let torn = Entry::make(Pos { epoch: 1, index: 4 }, vec![send(4)]).frame;
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("log"))
+            .unwrap();
         f.write_all(&torn[..torn.len() - 3]).unwrap();
         drop(f);
         let (_log, mut r) = LocalLog::open(dir.path()).unwrap();

@@ -239,11 +239,14 @@ pub fn decode(rest: Bytes) -> Result<Frame, WireError> {
     Ok(frame)
 }
 
+/// Where a file's frames stop being whole, and why.
+pub type Torn = (usize, WireError);
+
 /// Splits whole frames off the front of `buf` (a file's bytes): each frame
 /// and the offset just past it, until the end or the first frame that is
 /// torn or damaged (its offset and why: a crash mid-write leaves a torn
 /// tail, which recovery cuts off).
-pub fn split_frames(buf: &Bytes) -> (Vec<(Frame, usize)>, Option<(usize, WireError)>) {
+pub fn split_frames(buf: &Bytes) -> (Vec<(Frame, usize)>, Option<Torn>) {
     let mut at = 0;
     let mut out = Vec::new();
     while at < buf.len() {
@@ -350,7 +353,10 @@ mod tests {
 
     #[test]
     fn positions_order_by_epoch_first() {
-        let a = Pos { epoch: 1, index: 100 };
+        let a = Pos {
+            epoch: 1,
+            index: 100,
+        };
         let b = Pos { epoch: 2, index: 3 };
         assert!(b > a);
     }
