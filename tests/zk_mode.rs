@@ -17,6 +17,34 @@ use common::free_addr;
 
 const ZK: &str = "127.0.0.1:21811,127.0.0.1:21812,127.0.0.1:21813";
 
+/// The ensemble is shared: tests that stop its nodes run alone (write),
+/// the others side by side (read).
+static ENSEMBLE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_ensemble() -> std::sync::RwLockReadGuard<'static, ()> {
+    ENSEMBLE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn own_ensemble() -> std::sync::RwLockWriteGuard<'static, ()> {
+    ENSEMBLE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `ops/services.sh ACTION zookeeper-node N` (or `zookeeper` without N).
+fn zk_service(action: &str, node: Option<u32>) {
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/services.sh"));
+    cmd.arg(action);
+    match node {
+        Some(n) => cmd.args(["zookeeper-node", &n.to_string()]),
+        None => cmd.arg("zookeeper"),
+    };
+    let out = cmd.output().expect("ops/services.sh runs");
+    assert!(
+        out.status.success(),
+        "services.sh {action} zookeeper {node:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One broker's fixed addresses and data directory.
 struct Node {
     stomp: String,
@@ -213,6 +241,7 @@ fn serving(addr: SocketAddr) -> bool {
 /// receipted message is there at the end.
 #[test]
 fn the_master_killed_under_load_loses_nothing_and_comes_back_as_standby() {
+    let _zk = shared_ensemble();
     let c = Cluster::new("quorum_mem");
     let mut running = c.start_all();
     let producer = Producer::start_any(c.stomps());
@@ -239,6 +268,7 @@ fn the_master_killed_under_load_loses_nothing_and_comes_back_as_standby() {
 /// their flush can lose what only they held: documented).
 #[test]
 fn without_a_quorum_nobody_serves_and_a_returning_broker_restores_service() {
+    let _zk = shared_ensemble();
     let c = Cluster::new("quorum_disk");
     let mut running = c.start_all();
     let producer = Producer::start_any(c.stomps());
@@ -273,6 +303,7 @@ fn without_a_quorum_nobody_serves_and_a_returning_broker_restores_service() {
 /// quorum.
 #[test]
 fn a_master_without_standbys_steps_down() {
+    let _zk = shared_ensemble();
     let c = Cluster::new("quorum_mem");
     let mut running = c.start_all();
     let m = c.master(30);
@@ -308,4 +339,119 @@ fn a_missing_zk_address_is_a_config_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ha.zk_address"), "{err}");
+}
+
+/// ZooKeeper losing any one of its three nodes (its leader included)
+/// changes nothing: the same master keeps receipting, nobody steps down.
+#[test]
+fn zookeeper_losing_one_node_changes_nothing() {
+    let _zk = own_ensemble();
+    zk_service("start", None);
+    let c = Cluster::new("quorum_mem");
+    let mut running = c.start_all();
+    let producer = Producer::start_any(c.stomps());
+    producer.wait_more(100);
+    let m = c.master(30);
+    for n in 1..=3 {
+        zk_service("stop", Some(n));
+        producer.wait_more(200);
+        zk_service("start", Some(n));
+        producer.wait_more(100);
+        assert_eq!(
+            c.master(30),
+            m,
+            "the master changed while ZooKeeper lost node {n}"
+        );
+        for (i, r) in running.iter_mut().enumerate() {
+            assert!(r.alive(), "broker {i} exited while ZooKeeper lost node {n}");
+        }
+    }
+    let receipted = producer.finish();
+    let got = drain_at(c.stomp(m));
+    assert_all_present(&receipted, &got);
+}
+
+/// ZooKeeper losing its quorum: the master steps down (exit 3) once its
+/// session is gone, nobody serves; when ZooKeeper returns (and the stopped
+/// master is started again, as systemd does), service resumes with
+/// nothing lost.
+#[test]
+fn zookeeper_losing_its_quorum_stops_the_master_until_it_returns() {
+    let _zk = own_ensemble();
+    zk_service("start", None);
+    let c = Cluster::new("quorum_mem");
+    let mut running = c.start_all();
+    let producer = Producer::start_any(c.stomps());
+    producer.wait_more(200);
+    let m = c.master(30);
+    zk_service("stop", Some(1));
+    zk_service("stop", Some(2));
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = running[m].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the master kept serving without ZooKeeper"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3), "exits as fenced");
+    for i in 0..3 {
+        assert!(!serving(c.stomp(i)), "broker {i} serves without ZooKeeper");
+    }
+    zk_service("start", Some(1));
+    zk_service("start", Some(2));
+    running[m] = c.start(m);
+    let back = c.master(60);
+    producer.wait_more(100);
+    let receipted = producer.finish();
+    let got = drain_at(c.stomp(back));
+    assert_all_present(&receipted, &got);
+}
+
+/// A master paused (SIGSTOP) past the replica timeout loses to a standby;
+/// resumed, it finds the epoch moved on and exits (3) without receipting
+/// anything more; nothing receipted is lost.
+#[test]
+fn a_paused_master_is_replaced_and_exits_when_resumed() {
+    let _zk = shared_ensemble();
+    let c = Cluster::new("quorum_mem");
+    let mut running = c.start_all();
+    let producer = Producer::start_any(c.stomps());
+    producer.wait_more(200);
+    let m = c.master(30);
+    let pid = running[m].child.id() as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        if let Some(i) = (0..3).filter(|i| *i != m).find(|i| serving(c.stomp(*i))) {
+            break i;
+        }
+        assert!(
+            Instant::now() < end,
+            "no standby took over from a paused master"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    producer.wait_more(100);
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = running[m].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the resumed master kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3), "exits as fenced");
+    producer.wait_more(100);
+    let receipted = producer.finish();
+    let got = drain_at(c.stomp(next));
+    assert_all_present(&receipted, &got);
 }

@@ -141,6 +141,8 @@ impl Election {
             .map_err(op("create", &prefix))?;
         self.me = format!("n-{seq}");
         info!(member = %self.me, path = %self.cfg.path, "registered in ZooKeeper");
+        *REGISTERED.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((self.client.clone(), format!("{members}/{}", self.me)));
         Ok(())
     }
 
@@ -186,6 +188,17 @@ impl Election {
                     .map_err(op("set", &path))
             }
             Err(e) => Err(op("set", &path)(e)),
+        }
+    }
+
+    /// A new session if ours ended (expired while ZooKeeper was away):
+    /// a standby outlives ZooKeeper outages.
+    pub async fn ensure_session(&mut self, pos: Pos) -> Result<(), ZkError> {
+        match self.client.state() {
+            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                self.reconnect(pos).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -347,6 +360,19 @@ impl Election {
             }
             tokio::time::sleep(self.poll).await;
         }
+    }
+}
+
+/// This process's session and member node, for [`leave`].
+static REGISTERED: std::sync::Mutex<Option<(zk::Client, String)>> = std::sync::Mutex::new(None);
+
+/// On a clean stop: removes this broker's member node now, rather than
+/// when its session times out (others would see a member that is gone).
+/// Waits a second at most.
+pub async fn leave() {
+    let reg = REGISTERED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((client, path)) = reg {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.delete(&path, None)).await;
     }
 }
 

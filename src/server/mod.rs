@@ -330,6 +330,9 @@ pub fn serve(mut config: Config) -> Result<()> {
         t.join()
             .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
     }
+    if config.store.mode == StoreMode::Zk {
+        let _ = side::block_on(crate::ha::zk::leave());
+    }
     info!("stopped");
     Ok(())
 }
@@ -401,7 +404,12 @@ fn spawn_signal_thread(
                             let _ = c.send(Control::Shutdown);
                         }
                     }
-                    None => std::process::exit(0),
+                    None => {
+                        // zk mode: the member node goes now, not a
+                        // session timeout later (no-op in other modes).
+                        let _ = side::block_on(crate::ha::zk::leave());
+                        std::process::exit(0)
+                    }
                 }
             }
         })?;

@@ -76,8 +76,25 @@ pub fn zk_take_over(
         let mut replica = replica;
         let mut election = Election::join(zcfg, replica.position()).await?;
         let mut said_standby = false;
+        let mut warn_at = std::time::Instant::now();
         loop {
-            match election.next(replica.position()).await? {
+            let step = match election.next(replica.position()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // ZooKeeper away (no quorum, restarting): wait for it,
+                    // holding what we have.
+                    if std::time::Instant::now() >= warn_at {
+                        warn!(role = "standby", error = %e, "cannot reach ZooKeeper; trying again");
+                        warn_at = std::time::Instant::now() + Duration::from_secs(10);
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if let Err(e) = election.ensure_session(replica.position()).await {
+                        warn!(role = "standby", error = %e, "cannot open a new ZooKeeper session");
+                    }
+                    continue;
+                }
+            };
+            match step {
                 Step::Lead { epoch } => {
                     return Ok::<_, anyhow::Error>((replica, log, election, epoch))
                 }
@@ -100,7 +117,10 @@ pub fn zk_take_over(
                         }
                         LinkEnd::Unreachable(why) | LinkEnd::Lost(why) => {
                             warn!(role = "standby", epoch, reason = %why, position = ?replica.position(), "lost the master; opening an election");
-                            election.open_election(epoch).await?;
+                            // Retried by `next` if ZooKeeper is away now.
+                            if let Err(e) = election.open_election(epoch).await {
+                                warn!(role = "standby", error = %e, "cannot open the election yet");
+                            }
                         }
                     }
                 }
