@@ -55,6 +55,11 @@
 #                        changes)
 #   BROKK_ZK_NODES       1 (standalone) or 3 (ensemble, default); change it
 #                        only while ZooKeeper is stopped
+#   BROKK_ZK_BIND        the address ZooKeeper's client ports listen on
+#                        (default 127.0.0.1). The zk-mode partition test
+#                        runs a private ensemble inside a network namespace
+#                        of its own with 0.0.0.0, so brokers in other
+#                        namespaces reach it over veth pairs.
 #
 # Exit status: 0 success; 1 a service failed to install/start/stop; 2 usage;
 # `status` exits 3 when any named service is not running.
@@ -440,7 +445,7 @@ zk_write_config() {
     echo "syncLimit=5"
     echo "dataDir=$d/data"
     echo "clientPort=$(zk_port "$n")"
-    echo "clientPortAddress=127.0.0.1"
+    echo "clientPortAddress=${BROKK_ZK_BIND:-127.0.0.1}"
     echo "4lw.commands.whitelist=ruok,srvr,stat,mntr,cons"
     echo "admin.enableServer=false"
     echo "minSessionTimeout=1000"

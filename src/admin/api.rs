@@ -174,7 +174,12 @@ async fn status(State(state): St) -> Json<serde_json::Value> {
         store_disk_full: state.store_usage.disk_full(),
         destinations: g.destinations,
     };
-    Json(serde_json::to_value(s).unwrap_or_default())
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if state.mode == "zk" {
+        // zk mode: epoch, log position, commit point, each standby's lag.
+        v["replication"] = serde_json::to_value(state.replication.view()).unwrap_or_default();
+    }
+    Json(v)
 }
 
 /// 200 only on the master, so a load balancer can route by it.

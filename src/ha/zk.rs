@@ -270,8 +270,13 @@ impl Election {
         }
     }
 
-    /// Candidates for epoch `epoch`: member name and position.
-    async fn candidates(&self, epoch: u64) -> Result<Vec<(String, Pos)>, ZkError> {
+    /// Candidates for epoch `epoch` (member name and position), and the
+    /// other live members (not candidates for it), but `master`.
+    async fn candidates(
+        &self,
+        epoch: u64,
+        master: &str,
+    ) -> Result<(Vec<(String, Pos)>, Vec<String>), ZkError> {
         let members = format!("{}/members", self.cfg.path);
         let names = self
             .client
@@ -279,6 +284,7 @@ impl Election {
             .await
             .map_err(op("list", &members))?;
         let mut out = Vec::new();
+        let mut others = Vec::new();
         for n in names {
             let path = format!("{members}/{n}");
             let data = match self.client.get_data(&path).await {
@@ -297,9 +303,11 @@ impl Election {
                         index: m.pos.1,
                     },
                 ));
+            } else if n != master {
+                others.push(n);
             }
         }
-        Ok(out)
+        Ok((out, others))
     }
 
     /// Decides what this broker does next, holding the log up to `pos`
@@ -307,6 +315,7 @@ impl Election {
     /// stand as a candidate until someone wins - possibly this broker.
     pub async fn next(&mut self, pos: Pos) -> Result<Step, ZkError> {
         let mut said = None;
+        let mut since = Instant::now();
         loop {
             let (e, version) = self.read_epoch().await?;
             let master_alive = !e.master.is_empty()
@@ -331,12 +340,21 @@ impl Election {
             if said != Some(e.epoch) {
                 info!(epoch = e.epoch, position = ?pos, "candidate for the next epoch");
                 said = Some(e.epoch);
+                since = Instant::now();
             }
-            let c = self.candidates(e.epoch).await?;
-            if c.len() >= self.cfg.quorum && winner(&c) == Some(self.me.as_str()) {
+            let (c, others) = self.candidates(e.epoch, &e.master).await?;
+            // Every live broker stands, or had a session timeout to: under
+            // `quorum_mem` a broker restarted from its disk may hold less
+            // than it acknowledged, and the one that holds the rest must
+            // not be left out by a quick quorum of the others.
+            let all_in = others.is_empty() || since.elapsed() >= self.cfg.session_timeout;
+            if c.len() >= self.cfg.quorum && all_in && winner(&c) == Some(self.me.as_str()) {
                 let path = format!("{}/epoch", self.cfg.path);
+                // Past every epoch a candidate's log holds, even if
+                // ZooKeeper's node was lost and made again at 0.
+                let newest = c.iter().map(|(_, p)| p.epoch).max().unwrap_or(0);
                 let next = EpochNode {
-                    epoch: e.epoch + 1,
+                    epoch: e.epoch.max(newest) + 1,
                     master: self.me.clone(),
                     repl: self.cfg.repl.clone(),
                 };

@@ -110,7 +110,19 @@ pub fn zk_take_over(
                         sync,
                         timeout: replica_timeout,
                     };
-                    match follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await {
+                    let mut end =
+                        follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await;
+                    if let LinkEnd::Lost(why) = &end {
+                        // A link that broke while its master lives (a
+                        // reset, a slow moment): one more try before
+                        // starting an election, which would replace a
+                        // healthy master. No candidacy was published, so
+                        // following on is safe.
+                        warn!(role = "standby", epoch, reason = %why, "lost the link to the master; connecting again");
+                        end =
+                            follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await;
+                    }
+                    match end {
                         LinkEnd::Refused(why) => {
                             warn!(role = "standby", epoch, reason = %why, "the master refused this standby");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -131,8 +143,10 @@ pub fn zk_take_over(
     let span = ha_span(Role::Recovering, epoch);
     let _in = span.enter();
     crate::ha::fence::set_epoch(epoch);
+    crate::protocol::stomp::session::set_cluster_identity(epoch, &repl);
     status.set_epoch(epoch, None);
     let (requests, requests_rx) = flume::unbounded();
+    let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let lcfg = LeaderConfig {
         cluster,
@@ -148,13 +162,24 @@ pub fn zk_take_over(
             Ok(l) => l,
             Err(e) => fenced(&fence_role, epoch, &format!("replication listener: {e}")),
         };
-        let why = leader::lead(replica, log, listener, lcfg, requests_rx, ready_tx, status).await;
+        let io = leader::LeaderIo {
+            requests: requests_rx,
+            ready: ready_tx,
+            status,
+            stop: stop_rx,
+        };
+        let why = leader::lead(replica, log, listener, lcfg, io).await;
         fenced(&fence_role, epoch, &why);
     });
     let hold_role = role.clone();
     let client = election.client();
     side::handle()?.spawn(async move {
         let why = zk::hold(client, zk_path, epoch, session_timeout).await;
+        // The leader syncs its local copy, then ends the process; if it
+        // is gone already, end it here.
+        if stop.send(why.clone()).is_ok() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         fenced(&hold_role, epoch, &why);
     });
     // The election (and its session) lives as long as the process: its

@@ -21,6 +21,20 @@ use crate::idmap::IdMap;
 use crate::metrics::LatencyHistogram;
 use crate::security::{Decisions, Right, Security, UserInfo};
 
+/// zk mode: the epoch this master serves and its node (replication
+/// address), sent in CONNECTED as `brokk-epoch` and `brokk-node`, so that
+/// clients (and the tests' checker) can tell which master receipted what.
+static CLUSTER_IDENTITY: std::sync::OnceLock<(Bytes, Bytes)> = std::sync::OnceLock::new();
+
+/// Sets what [`CLUSTER_IDENTITY`] says; once per process (a master never
+/// serves a second epoch).
+pub fn set_cluster_identity(epoch: u64, node: &str) {
+    let _ = CLUSTER_IDENTITY.set((
+        Bytes::from(epoch.to_string()),
+        Bytes::from(node.to_string()),
+    ));
+}
+
 /// Settings every session on a shard shares.
 #[derive(Debug)]
 pub struct SessionConfig {
@@ -464,6 +478,11 @@ impl Session {
                 Bytes::from(format!("brokk-{}-{}", self.conn.shard, self.conn.conn)),
             )
             .with("heart-beat", Bytes::from(format!("{send_ms},{recv_ms}")));
+        if let Some((epoch, node)) = CLUSTER_IDENTITY.get() {
+            reply = reply
+                .with("brokk-epoch", epoch.clone())
+                .with("brokk-node", node.clone());
+        }
         if let Some(r) = f.header_bytes("receipt") {
             // Not required by the spec, but some 1.0 clients wait for it.
             reply = reply.with("receipt-id", r);

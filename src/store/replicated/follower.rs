@@ -53,20 +53,45 @@ pub async fn follow(
     };
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let mut read = tokio::io::BufReader::with_capacity(256 * 1024, read);
+    // Frames are read by a task of their own and handed over whole:
+    // reading in a `select!` beside the disk's progress would drop a frame
+    // half read whenever the other branch won (`read_exact` is not
+    // cancel-safe).
+    let (frames_tx, mut frames) = mpsc::channel(1024);
+    let timeout = cfg.timeout;
+    let reader = tokio::spawn(async move {
+        let mut read = tokio::io::BufReader::with_capacity(256 * 1024, read);
+        loop {
+            let r = match tokio::time::timeout(timeout, wire::read_frame(&mut read)).await {
+                Err(_) => Err(format!(
+                    "the master was silent for {} ms",
+                    timeout.as_millis()
+                )),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(f)) => Ok(f),
+            };
+            let end = r.is_err();
+            if frames_tx.send(r).await.is_err() || end {
+                return;
+            }
+        }
+    });
     let (out, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(super::leader::write_frames(write, out_rx));
     let _ = out.send(wire::hello(cfg.epoch, &cfg.cluster, &cfg.node));
     status.set_epoch(cfg.epoch, Some(addr.to_string()));
-    let end = run(replica, log, &mut read, &out, cfg, status).await;
+    let end = run(replica, log, &mut frames, &out, cfg, status).await;
+    reader.abort();
     writer.abort();
     end
 }
 
+type Incoming = Result<(Frame, bytes::Bytes), String>;
+
 async fn run(
     replica: &mut Replica,
     log: &LocalLog,
-    read: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    frames: &mut mpsc::Receiver<Incoming>,
     out: &mpsc::UnboundedSender<bytes::Bytes>,
     cfg: &FollowConfig,
     status: &Arc<ReplStatus>,
@@ -76,11 +101,11 @@ async fn run(
     let mut acked = 0u64;
     loop {
         tokio::select! {
-            r = tokio::time::timeout(cfg.timeout, wire::read_frame(read)) => {
+            r = frames.recv() => {
                 let (frame, raw) = match r {
-                    Err(_) => return LinkEnd::Lost(format!("the master was silent for {} ms", cfg.timeout.as_millis())),
-                    Ok(Err(e)) => return LinkEnd::Lost(e.to_string()),
-                    Ok(Ok(f)) => f,
+                    None => return LinkEnd::Lost("the link's reader stopped".into()),
+                    Some(Err(e)) => return LinkEnd::Lost(e),
+                    Some(Ok(f)) => f,
                 };
                 match frame {
                     Frame::Refuse { reason } => return LinkEnd::Refused(reason),
@@ -92,6 +117,7 @@ async fn run(
                         info!(at = ?pos, messages = t.messages(), bytes = tables.len(), "snapshot from the master installed");
                         replica.install(t, pos);
                         log.install(pos, &tables);
+                        synced = log.synced();
                         joined = true;
                         acked = 0;
                     }
@@ -116,18 +142,22 @@ async fn run(
                     }
                     f => return LinkEnd::Lost(format!("unexpected frame {f:?}")),
                 }
-                if !read.buffer().is_empty() {
+                if !frames.is_empty() {
                     // More is here already: one acknowledgement per burst.
                     continue;
                 }
             }
-            _ = synced.changed(), if cfg.sync == SyncMode::QuorumDisk => {}
+            r = synced.changed(), if cfg.sync == SyncMode::QuorumDisk => {
+                if r.is_err() {
+                    return LinkEnd::Lost("the local copy's writer stopped".into());
+                }
+            }
         }
         if !joined {
             continue;
         }
         let holds = match cfg.sync {
-            SyncMode::QuorumDisk => replica.position().index.min(*synced.borrow()),
+            SyncMode::QuorumDisk => replica.position().index.min(log.synced_index(&synced)),
             _ => replica.position().index,
         };
         if holds != acked || acked == 0 {

@@ -72,6 +72,17 @@ struct Follower {
     heard: Instant,
 }
 
+/// What connects a leader to the rest of the process.
+pub struct LeaderIo {
+    /// The shards' batches.
+    pub requests: flume::Receiver<WriteRequest>,
+    /// Gets the tables once a quorum holds the epoch's first entry.
+    pub ready: tokio::sync::oneshot::Sender<Loaded>,
+    pub status: Arc<ReplStatus>,
+    /// Why to stop (ZooKeeper says another epoch began).
+    pub stop: mpsc::UnboundedReceiver<String>,
+}
+
 /// Leads epoch `cfg.epoch` until it cannot; returns why. `ready` gets the
 /// tables once the epoch's first entry (its marker) is committed: from
 /// then on what this node holds is the cluster's, and it may serve.
@@ -80,10 +91,14 @@ pub async fn lead(
     log: LocalLog,
     listener: tokio::net::TcpListener,
     cfg: LeaderConfig,
-    requests: flume::Receiver<WriteRequest>,
-    ready: tokio::sync::oneshot::Sender<Loaded>,
-    status: Arc<ReplStatus>,
+    io: LeaderIo,
 ) -> String {
+    let LeaderIo {
+        requests,
+        ready,
+        status,
+        mut stop,
+    } = io;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let accept = tokio::spawn(accept_loop(listener, events_tx, cfg.replica_timeout));
     let why = Leader {
@@ -98,9 +113,19 @@ pub async fn lead(
         short_since: None,
         status,
     }
-    .run(&mut replica, &log, &requests, &mut events)
+    .run(&mut replica, &log, &requests, &mut events, &mut stop)
     .await;
     accept.abort();
+    // Our disk as complete as our memory before the process goes: under
+    // `quorum_mem` a quorum counted on this node holding what it
+    // acknowledged, and a restarted node stands with what its disk holds.
+    let held = replica.position().index;
+    if !log.flush(held, Duration::from_secs(2)).await {
+        warn!(
+            held,
+            "the local copy was not synced in 2 s before stepping down"
+        );
+    }
     why
 }
 
@@ -128,6 +153,7 @@ impl Leader {
         log: &LocalLog,
         requests: &flume::Receiver<WriteRequest>,
         events: &mut mpsc::UnboundedReceiver<Event>,
+        stop: &mut mpsc::UnboundedReceiver<String>,
     ) -> String {
         // Everything held is the cluster's now; the marker commits it.
         replica.apply_all();
@@ -141,9 +167,9 @@ impl Leader {
         );
         self.marker = marker.pos.index;
         log.append([(marker.pos.index, marker.frame.clone())]);
-        replica
-            .push(marker)
-            .expect("the marker follows what is held");
+        if let Err(e) = replica.push(marker) {
+            return format!("cannot begin epoch {}: {e}", self.cfg.epoch);
+        }
         self.status.set_position(replica.position(), self.commit);
         info!(
             epoch = self.cfg.epoch,
@@ -170,6 +196,9 @@ impl Leader {
                     };
                     self.event(replica, e);
                 }
+                why = stop.recv() => {
+                    return why.unwrap_or_else(|| "stopped".into());
+                }
                 _ = synced.changed(), if self.cfg.sync != SyncMode::QuorumMem => {}
                 _ = ticker.tick() => {
                     let c = wire::commit(self.commit);
@@ -183,7 +212,7 @@ impl Leader {
             }
             let own = match self.cfg.sync {
                 SyncMode::QuorumMem => replica.position().index,
-                _ => *synced.borrow(),
+                _ => log.synced_index(&synced),
             };
             self.advance(replica, own);
             if log.wants_compaction() {
@@ -243,6 +272,8 @@ impl Leader {
                 }
                 let _ = out.send(wire::commit(self.commit));
                 info!(standby = %node, snapshot_bytes = t.len(), at = ?replica.applied(), "standby joined");
+                // One link per node: a standby that reconnected counts once.
+                self.followers.retain(|_, f| f.node != node);
                 self.followers.insert(
                     id,
                     Follower {
@@ -359,6 +390,10 @@ impl Leader {
     }
 }
 
+/// The largest first frame of a connection (a HELLO): a peer not yet
+/// known cannot make the master reserve more.
+const HELLO_MAX: usize = 64 * 1024;
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     events: mpsc::UnboundedSender<Event>,
@@ -395,8 +430,10 @@ async fn serve_follower(
     let mut read = tokio::io::BufReader::new(read);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_frames(write, out_rx));
+    let mut max = HELLO_MAX;
     let why = loop {
-        let frame = match tokio::time::timeout(timeout, wire::read_frame(&mut read)).await {
+        let frame = match tokio::time::timeout(timeout, wire::read_frame_max(&mut read, max)).await
+        {
             Err(_) => break format!("silent for {} ms", timeout.as_millis()),
             Ok(Err(e)) => break e.to_string(),
             Ok(Ok((f, _))) => f,
@@ -406,16 +443,18 @@ async fn serve_follower(
                 epoch,
                 cluster,
                 node,
-            } => Event::Hello {
+            } if max == HELLO_MAX => Event::Hello {
                 id,
                 epoch,
                 cluster,
                 node,
                 out: out_tx.clone(),
             },
-            Frame::Ack { index } => Event::Ack { id, index },
+            Frame::Ack { index } if max < HELLO_MAX => Event::Ack { id, index },
             f => break format!("unexpected frame {f:?}"),
         };
+        // After HELLO a standby sends only acknowledgements.
+        max = 64;
         if events.send(ev).is_err() {
             break "the master stopped".into();
         }

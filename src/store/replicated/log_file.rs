@@ -1,18 +1,22 @@
 //! A node's local copy of the replicated log, in its own data directory:
-//! `snapshot` (one SNAPSHOT frame: the tables as of an entry) and `log`
-//! (the ENTRY frames after it). Written by a thread of its own, so that
-//! neither the replication link nor the shards wait on the disk: under
-//! `quorum_mem` the copy trails a little (written and fdatasynced in
-//! batches); under `quorum_disk` a standby acknowledges only what
-//! [`LocalLog::synced`] reached.
+//! `snapshot` (the tables as of an entry) and `log` (the entries after
+//! it). Written by a thread of its own, so that neither the replication
+//! link nor the shards wait on the disk: under `quorum_mem` the copy
+//! trails a little (written and fdatasynced in batches); under
+//! `quorum_disk` a standby acknowledges only what [`LocalLog::synced`]
+//! reached.
 //!
-//! Crash safety: a snapshot is written beside (`snapshot.new`), synced and
-//! renamed in. A master's snapshot installed on a standby replaces a
-//! history that may differ from it, so the old `log` is emptied first:
-//! a crash in between leaves the old snapshot alone, an earlier state of
-//! this node. Compaction keeps the same history, so there the new log is
-//! renamed in after the snapshot, and a crash between the renames leaves a
-//! log that repeats what the snapshot holds (skipped at recovery).
+//! Both files start with a HISTORY frame. A master's snapshot installed on
+//! a standby starts a new history (its log before may differ from the
+//! master's); compaction keeps the history. A log is read only after the
+//! snapshot of the same history, so no crash between the steps below can
+//! splice two histories:
+//! - install: the snapshot is written beside (`snapshot.new`), synced and
+//!   renamed in, then the log is emptied and restarted (a crash in between
+//!   leaves the new snapshot and a log of another history, ignored);
+//! - compaction: `log.new` (the entries after the snapshot) is written and
+//!   synced, the snapshot renamed in, then the log (a crash in between
+//!   leaves a log that repeats what the snapshot holds, skipped).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -51,10 +55,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 
 enum Cmd {
     Append(Vec<(u64, Bytes)>),
-    /// A master's snapshot replaces everything.
+    /// A master's snapshot replaces everything: a new history.
     Install {
         snapshot: Bytes,
         index: u64,
+        history: u64,
+        generation: u64,
     },
     /// Our own tables as of `index`, and the entries after it.
     Compact {
@@ -64,13 +70,64 @@ enum Cmd {
     },
 }
 
+/// How far the copy is synced: (generation, index). The generation
+/// changes with each installed snapshot, so that an index synced in the
+/// history it replaced is never taken for one of the new.
+pub type Synced = tokio::sync::watch::Receiver<(u64, u64)>;
+
 /// The writer of the local copy.
 pub struct LocalLog {
     tx: std::sync::mpsc::Sender<Cmd>,
-    synced: tokio::sync::watch::Receiver<u64>,
-    synced_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    synced: Synced,
+    generation: AtomicU64,
     log_bytes: Arc<AtomicU64>,
     snapshot_bytes: Arc<AtomicU64>,
+}
+
+/// A fresh history id: another node's or an earlier one's never matches.
+fn new_history() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom_fill(&mut b) {
+        u64::from_le_bytes(b) | 1
+    } else {
+        crate::ha::fence::now_ns() ^ u64::from(std::process::id()) << 40 | 1
+    }
+}
+
+fn getrandom_fill(b: &mut [u8]) -> bool {
+    use rand_core::RngCore;
+    rand_core::OsRng.try_fill_bytes(b).is_ok()
+}
+
+/// A file's frames after its HISTORY frame (id 0: none), each with the
+/// offset just past it, and the file's bytes.
+struct FileFrames {
+    history: u64,
+    frames: Vec<(Frame, usize)>,
+    buf: Bytes,
+}
+
+/// Reads a file's whole frames (None: no file).
+fn read_file(path: &Path) -> Result<Option<FileFrames>, LogError> {
+    let buf = match std::fs::read(path) {
+        Ok(b) => Bytes::from(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let (frames, _) = wire::split_frames(&buf);
+    let mut it = frames.into_iter();
+    let Some((Frame::History { id }, _)) = it.next() else {
+        return Ok(Some(FileFrames {
+            history: 0,
+            frames: Vec::new(),
+            buf,
+        }));
+    };
+    Ok(Some(FileFrames {
+        history: id,
+        frames: it.collect(),
+        buf,
+    }))
 }
 
 impl LocalLog {
@@ -80,86 +137,100 @@ impl LocalLog {
         let snap_path = dir.join("snapshot");
         let mut replica = Replica::default();
         let mut snapshot_bytes = 0;
-        match std::fs::read(&snap_path) {
-            Ok(buf) => {
-                snapshot_bytes = buf.len() as u64;
-                let (frames, err) = wire::split_frames(&Bytes::from(buf));
-                let damaged = |reason: String| LogError::Damaged {
-                    path: snap_path.clone(),
-                    reason,
-                };
-                if let Some((_, e)) = err {
-                    return Err(damaged(e.to_string()));
+        let mut history = None;
+        if let Some(FileFrames {
+            history: id,
+            frames,
+            buf,
+        }) = read_file(&snap_path)?
+        {
+            snapshot_bytes = buf.len() as u64;
+            let damaged = |reason: String| LogError::Damaged {
+                path: snap_path.clone(),
+                reason,
+            };
+            match frames.into_iter().next() {
+                Some((Frame::Snapshot { pos, tables }, _)) if id != 0 => {
+                    let tables =
+                        codec::decode_tables(&tables).map_err(|e| damaged(e.to_string()))?;
+                    replica = Replica::from_snapshot(tables, pos);
+                    history = Some(id);
                 }
-                match frames.into_iter().next() {
-                    Some((Frame::Snapshot { pos, tables }, _)) => {
-                        let tables =
-                            codec::decode_tables(&tables).map_err(|e| damaged(e.to_string()))?;
-                        replica = Replica::from_snapshot(tables, pos);
-                    }
-                    _ => return Err(damaged("no snapshot frame".into())),
-                }
+                _ => return Err(damaged("no history and snapshot frames".into())),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&snap_path)(e)),
         }
         let log_path = dir.join("log");
-        let buf = match std::fs::read(&log_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(&log_path)(e)),
-        };
-        let buf = Bytes::from(buf);
-        let (frames, torn) = wire::split_frames(&buf);
         let mut keep = 0;
-        for (f, end) in frames {
-            let Frame::Entry { pos, batches } = f else {
-                break;
-            };
-            if pos.index <= replica.position().index {
-                keep = end;
-                continue;
+        let mut log_len = 0;
+        let mut log_history = None;
+        if let Some(FileFrames {
+            history: id,
+            frames,
+            buf,
+        }) = read_file(&log_path)?
+        {
+            log_len = buf.len();
+            // A log of another history than the snapshot's (a crash while
+            // a master's snapshot was installed) is not ours to read.
+            if id != 0 && (history.is_none() || history == Some(id)) {
+                log_history = Some(id);
+                keep = wire::history(id).len();
+                for (f, end) in frames {
+                    let Frame::Entry { pos, batches } = f else {
+                        break;
+                    };
+                    if pos.index <= replica.position().index {
+                        keep = end;
+                        continue;
+                    }
+                    let Ok(b) = wire::entry_batches(&batches) else {
+                        break;
+                    };
+                    let frame = buf.slice(keep..end);
+                    if replica
+                        .push(Entry {
+                            pos,
+                            frame,
+                            batches: b,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                    keep = end;
+                }
             }
-            let Ok(b) = wire::entry_batches(&batches) else {
-                break;
-            };
-            let frame = buf.slice(keep..end);
-            if replica
-                .push(Entry {
-                    pos,
-                    frame,
-                    batches: b,
-                })
-                .is_err()
-            {
-                break;
-            }
-            keep = end;
         }
-        if keep < buf.len() {
+        if keep < log_len {
             warn!(
                 path = %log_path.display(),
                 kept = keep,
-                dropped = buf.len() - keep,
-                reason = ?torn.map(|t| t.1.to_string()),
-                "the local log ends in a torn or damaged frame; cutting it there"
+                dropped = log_len - keep,
+                "the local log ends in a torn or damaged frame, or belongs to another history; cutting it there"
             );
         }
-        let file = OpenOptions::new()
+        let history = history.or(log_history).unwrap_or_else(new_history);
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(io(&log_path))?;
         file.set_len(keep as u64).map_err(io(&log_path))?;
+        if keep == 0 {
+            file.write_all(&wire::history(history))
+                .and_then(|_| file.sync_data())
+                .map_err(io(&log_path))?;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
-        let (synced_tx, synced) = tokio::sync::watch::channel(replica.position().index);
-        let synced_tx = Arc::new(synced_tx);
+        let (synced_tx, synced) = tokio::sync::watch::channel((0, replica.position().index));
         let log_bytes = Arc::new(AtomicU64::new(keep as u64));
         let snapshot_bytes = Arc::new(AtomicU64::new(snapshot_bytes));
         let writer = Writer {
             dir: dir.to_path_buf(),
             file,
-            synced: synced_tx.clone(),
+            history,
+            generation: 0,
+            synced: synced_tx,
             log_bytes: log_bytes.clone(),
             snapshot_bytes: snapshot_bytes.clone(),
         };
@@ -171,7 +242,7 @@ impl LocalLog {
             LocalLog {
                 tx,
                 synced,
-                synced_tx,
+                generation: AtomicU64::new(0),
                 log_bytes,
                 snapshot_bytes,
             },
@@ -189,12 +260,12 @@ impl LocalLog {
 
     /// Replaces the copy with a master's snapshot.
     pub fn install(&self, pos: Pos, tables: &[u8]) {
-        // Nothing counts as on disk until the snapshot is: what was synced
-        // belongs to the history it replaces.
-        self.synced_tx.send_replace(0);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.tx.send(Cmd::Install {
             snapshot: wire::snapshot(pos, tables),
             index: pos.index,
+            history: new_history(),
+            generation,
         });
     }
 
@@ -223,16 +294,40 @@ impl LocalLog {
         });
     }
 
-    /// The last index written and fdatasynced.
-    pub fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// How far the copy is written and fdatasynced (read it with
+    /// [`LocalLog::synced_index`]).
+    pub fn synced(&self) -> Synced {
         self.synced.clone()
+    }
+
+    /// The last index synced in the current history (0: none yet).
+    pub fn synced_index(&self, synced: &Synced) -> u64 {
+        let (generation, index) = *synced.borrow();
+        if generation == self.generation.load(Ordering::SeqCst) {
+            index
+        } else {
+            0
+        }
+    }
+
+    /// Waits (at most `limit`) until everything up to `index` is synced:
+    /// a master stepping down under `quorum_mem` leaves its disk as
+    /// complete as its memory was.
+    pub async fn flush(&self, index: u64, limit: std::time::Duration) -> bool {
+        let mut s = self.synced();
+        let generation = self.generation.load(Ordering::SeqCst);
+        tokio::time::timeout(limit, s.wait_for(|(g, i)| *g == generation && *i >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
 struct Writer {
     dir: PathBuf,
     file: File,
-    synced: Arc<tokio::sync::watch::Sender<u64>>,
+    history: u64,
+    generation: u64,
+    synced: tokio::sync::watch::Sender<(u64, u64)>,
     log_bytes: Arc<AtomicU64>,
     snapshot_bytes: Arc<AtomicU64>,
 }
@@ -266,10 +361,26 @@ impl Writer {
                         last = Some(index);
                     }
                 }
-                Cmd::Install { snapshot, index } => {
-                    self.file.set_len(0).map_err(io(&log_path))?;
+                Cmd::Install {
+                    snapshot,
+                    index,
+                    history,
+                    generation,
+                } => {
+                    // Whatever was appended before belongs to the old
+                    // history: synced first, reported under the old
+                    // generation.
                     self.file.sync_data().map_err(io(&log_path))?;
-                    self.put_snapshot(&snapshot)?;
+                    if let Some(i) = last.take() {
+                        self.synced.send_replace((self.generation, i));
+                    }
+                    self.put_snapshot(history, &snapshot)?;
+                    self.history = history;
+                    self.generation = generation;
+                    self.file.set_len(0).map_err(io(&log_path))?;
+                    self.file
+                        .write_all(&wire::history(history))
+                        .map_err(io(&log_path))?;
                     self.log_bytes.store(0, Ordering::Relaxed);
                     last = Some(index);
                 }
@@ -281,6 +392,8 @@ impl Writer {
                     self.file.sync_data().map_err(io(&log_path))?;
                     let new = self.dir.join("log.new");
                     let mut f = File::create(&new).map_err(io(&new))?;
+                    f.write_all(&wire::history(self.history))
+                        .map_err(io(&new))?;
                     let mut bytes = 0;
                     let mut end = index;
                     for (i, frame) in &tail {
@@ -289,7 +402,7 @@ impl Writer {
                         end = *i;
                     }
                     f.sync_data().map_err(io(&new))?;
-                    self.put_snapshot(&snapshot)?;
+                    self.put_snapshot(self.history, &snapshot)?;
                     std::fs::rename(&new, &log_path).map_err(io(&log_path))?;
                     sync_dir(&self.dir)?;
                     self.file = OpenOptions::new()
@@ -303,15 +416,17 @@ impl Writer {
         }
         self.file.sync_data().map_err(io(&log_path))?;
         if let Some(i) = last {
-            self.synced.send_replace(i);
+            self.synced.send_replace((self.generation, i));
         }
         Ok(())
     }
 
-    fn put_snapshot(&self, frame: &[u8]) -> Result<(), LogError> {
+    fn put_snapshot(&self, history: u64, frame: &[u8]) -> Result<(), LogError> {
         let new = self.dir.join("snapshot.new");
         let mut f = File::create(&new).map_err(io(&new))?;
-        f.write_all(frame).map_err(io(&new))?;
+        f.write_all(&wire::history(history))
+            .and_then(|_| f.write_all(frame))
+            .map_err(io(&new))?;
         f.sync_data().map_err(io(&new))?;
         let path = self.dir.join("snapshot");
         std::fs::rename(&new, &path).map_err(io(&path))?;
@@ -349,7 +464,7 @@ mod tests {
         let mut s = log.synced();
         tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            s.wait_for(|i| *i >= index),
+            s.wait_for(|(_, i)| *i >= index),
         )
         .await
         .expect("synced within 10 s")
@@ -419,15 +534,36 @@ mod tests {
             codec::encode_tables(&other.tables, &mut t);
             log.install(Pos { epoch: 2, index: 1 }, &t);
             // The synced index goes back to the snapshot's.
-            let mut s = log.synced();
-            tokio::time::timeout(std::time::Duration::from_secs(10), s.wait_for(|i| *i == 1))
-                .await
-                .expect("installed within 10 s")
-                .expect("writer alive");
+            assert!(
+                log.flush(1, std::time::Duration::from_secs(10)).await,
+                "installed within 10 s"
+            );
         });
         drop(log);
         let (_log, r) = LocalLog::open(dir.path()).unwrap();
         assert_eq!(r.position(), Pos { epoch: 2, index: 1 });
+        assert_eq!(r.tables.messages(), 1);
+    }
+
+    #[test]
+    fn a_log_of_another_history_than_the_snapshot_is_not_read() {
+        // A crash while a master's snapshot was installed: the new
+        // snapshot is in, the log still holds the history it replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Replica::default();
+        r.push(Entry::make(Pos { epoch: 3, index: 1 }, vec![send(1)]))
+            .unwrap();
+        r.apply_all();
+        let mut t = Vec::new();
+        codec::encode_tables(&r.tables, &mut t);
+        let mut snap = wire::history(7).to_vec();
+        snap.extend_from_slice(&wire::snapshot(Pos { epoch: 3, index: 1 }, &t));
+        std::fs::write(dir.path().join("snapshot"), snap).unwrap();
+        let mut log = wire::history(6).to_vec();
+        log.extend_from_slice(&Entry::make(Pos { epoch: 2, index: 2 }, vec![send(2)]).frame);
+        std::fs::write(dir.path().join("log"), log).unwrap();
+        let (_log, r) = LocalLog::open(dir.path()).unwrap();
+        assert_eq!(r.position(), Pos { epoch: 3, index: 1 });
         assert_eq!(r.tables.messages(), 1);
     }
 }

@@ -13,6 +13,7 @@
 //! | ENTRY | master -> standby, and the file `log` | `epoch u64`, `index u64`, then batches: `len u32` + `codec::encode_batch` each |
 //! | COMMIT | master -> standby (also the heartbeat) | `commit u64` |
 //! | ACK | standby -> master | `index u64` (what it holds: in memory, or synced under `quorum_disk`) |
+//! | HISTORY | the files `snapshot` and `log`, first | `id u64`: a log is read only after the snapshot of its history |
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -25,6 +26,7 @@ pub const SNAPSHOT: u8 = 3;
 pub const ENTRY: u8 = 4;
 pub const COMMIT: u8 = 5;
 pub const ACK: u8 = 6;
+pub const HISTORY: u8 = 7;
 
 /// Largest frame accepted (a snapshot is one frame).
 pub const MAX_FRAME: usize = 1 << 31;
@@ -79,6 +81,9 @@ pub enum Frame {
     },
     Ack {
         index: u64,
+    },
+    History {
+        id: u64,
     },
 }
 
@@ -144,6 +149,10 @@ pub fn commit(commit: u64) -> Bytes {
 
 pub fn ack(index: u64) -> Bytes {
     seal(ACK, &[&index.to_le_bytes()])
+}
+
+pub fn history(id: u64) -> Bytes {
+    seal(HISTORY, &[&id.to_le_bytes()])
 }
 
 /// The batches of an entry's body.
@@ -234,6 +243,9 @@ pub fn decode(rest: Bytes) -> Result<Frame, WireError> {
         ACK => Frame::Ack {
             index: take_u64(&mut b, "ack")?,
         },
+        HISTORY => Frame::History {
+            id: take_u64(&mut b, "history")?,
+        },
         k => return Err(WireError::Kind(k)),
     };
     Ok(frame)
@@ -275,10 +287,22 @@ pub fn split_frames(buf: &Bytes) -> (Vec<(Frame, usize)>, Option<Torn>) {
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
 ) -> std::io::Result<(Frame, Bytes)> {
+    read_frame_max(r, MAX_FRAME).await
+}
+
+/// [`read_frame`], refusing frames over `max` bytes before allocating
+/// (a peer not yet known is allowed a small one only).
+pub async fn read_frame_max<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<(Frame, Bytes)> {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 4];
     r.read_exact(&mut head).await?;
     let total = frame_len(head).map_err(invalid)?;
+    if total > max {
+        return Err(invalid(WireError::TooLarge(total)));
+    }
     let mut raw = BytesMut::zeroed(total);
     raw[..4].copy_from_slice(&head);
     r.read_exact(&mut raw[4..]).await?;
