@@ -29,7 +29,10 @@ pub struct ReplicaLag {
     pub acked: u64,
     /// Entries the master holds that this standby has not acknowledged.
     pub lag_entries: u64,
+    /// Since its last acknowledgement (as of this view).
     pub last_heard_ms: u64,
+    #[serde(skip)]
+    heard: Option<Instant>,
 }
 
 impl ReplStatus {
@@ -38,7 +41,11 @@ impl ReplStatus {
     }
 
     pub fn view(&self) -> View {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut v = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for r in &mut v.replicas {
+            r.last_heard_ms = r.heard.map_or(0, |h| h.elapsed().as_millis() as u64);
+        }
+        v
     }
 
     pub fn set_epoch(&self, epoch: u64, following: Option<String>) {
@@ -64,7 +71,8 @@ impl ReplStatus {
                     node,
                     acked,
                     lag_entries: end.saturating_sub(acked),
-                    last_heard_ms: heard.elapsed().as_millis() as u64,
+                    last_heard_ms: 0,
+                    heard: Some(heard),
                 })
                 .collect();
         });
