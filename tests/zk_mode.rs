@@ -241,11 +241,23 @@ fn serving(addr: SocketAddr) -> bool {
 /// receipted message is there at the end.
 #[test]
 fn the_master_killed_under_load_loses_nothing_and_comes_back_as_standby() {
+    master_killed_under_load("quorum_mem", 5);
+}
+
+/// The same under `local_disk` (the master's own fdatasync before a
+/// receipt) and `quorum_disk` (a quorum's), twice each.
+#[test]
+fn the_master_killed_under_load_loses_nothing_in_the_disk_sync_modes() {
+    master_killed_under_load("local_disk", 2);
+    master_killed_under_load("quorum_disk", 2);
+}
+
+fn master_killed_under_load(sync: &'static str, kills: usize) {
     let _zk = shared_ensemble();
-    let c = Cluster::new("quorum_mem");
+    let c = Cluster::new(sync);
     let mut running = c.start_all();
     let producer = Producer::start_any(c.stomps());
-    for _ in 0..5 {
+    for _ in 0..kills {
         producer.wait_more(200);
         let m = c.master(30);
         running[m].kill9();
