@@ -266,6 +266,15 @@ impl Leader {
                 // after it: the standby's log is then a prefix of ours.
                 let mut t = Vec::new();
                 codec::encode_tables(&replica.tables, &mut t);
+                if t.len() + 64 > wire::MAX_FRAME {
+                    // A snapshot is one frame; the standby keeps trying
+                    // while this master serves on with the others.
+                    warn!(standby = %node, bytes = t.len(), "the tables are too large for one snapshot frame (2 GiB); standby not joined");
+                    let _ = out.send(wire::refuse(
+                        "the master's tables are larger than one snapshot frame",
+                    ));
+                    return;
+                }
                 let _ = out.send(wire::snapshot(replica.applied(), &t));
                 for p in replica.pending() {
                     let _ = out.send(p.frame.clone());

@@ -281,6 +281,12 @@ impl LocalLog {
         let mut t = Vec::new();
         codec::encode_tables(&replica.tables, &mut t);
         let pos = replica.applied();
+        if t.len() + 64 > wire::MAX_FRAME {
+            // A snapshot is one frame: the log grows on instead.
+            self.snapshot_bytes.store(t.len() as u64, Ordering::Relaxed);
+            warn!(bytes = t.len(), "the tables are too large for one snapshot frame (2 GiB); the local log is not compacted");
+            return;
+        }
         // Counted now, so the next check does not ask again meanwhile.
         self.snapshot_bytes.store(t.len() as u64, Ordering::Relaxed);
         self.log_bytes.store(0, Ordering::Relaxed);

@@ -130,17 +130,34 @@ pub fn snapshot(pos: Pos, tables: &[u8]) -> Bytes {
     seal(SNAPSHOT, &[&pos_bytes(pos), tables])
 }
 
-/// An entry frame for `batches`, each encoded once here.
+/// An entry frame for `batches`, encoded straight into the frame (message
+/// bodies are copied once, and the frame is then shared by every standby
+/// and the local copy).
 pub fn entry(pos: Pos, batches: &[&Batch]) -> Bytes {
-    let mut body = Vec::new();
-    let mut one = Vec::new();
+    let mut out = Vec::with_capacity(
+        4 + 1
+            + 16
+            + batches
+                .iter()
+                .map(|b| 4 + 64 + b.bytes() + b.rows() * 48)
+                .sum::<usize>()
+            + 4,
+    );
+    out.extend_from_slice(&[0; 4]);
+    out.push(ENTRY);
+    out.extend_from_slice(&pos_bytes(pos));
     for b in batches {
-        one.clear();
-        codec::encode_batch(b, &mut one);
-        body.extend_from_slice(&(one.len() as u32).to_le_bytes());
-        body.extend_from_slice(&one);
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        codec::encode_batch(b, &mut out);
+        let n = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
-    seal(ENTRY, &[&pos_bytes(pos), &body])
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&out[4..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Bytes::from(out)
 }
 
 pub fn commit(commit: u64) -> Bytes {
