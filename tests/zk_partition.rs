@@ -500,6 +500,41 @@ fn randomized_kills_and_partitions_lose_nothing_and_never_two_masters_per_epoch(
     let producer = Producer::start(c.net.hub.clone());
     producer.wait_more(100, 60);
     c.wait_whole();
+    // One standby that cannot reach the master (but reaches ZooKeeper and
+    // the other standby) must not depose it: an election needs a quorum
+    // of brokers suspecting the master.
+    let m = c.master(60);
+    let s = (m + 1) % 3;
+    ip(&[
+        "-n",
+        &c.net.nodes[s],
+        "route",
+        "add",
+        "blackhole",
+        &format!("{}/32", Net::addr(m)),
+    ]);
+    let before = producer.count();
+    std::thread::sleep(Duration::from_secs(3));
+    producer.wait_more(50, 60);
+    assert_eq!(
+        c.master(60),
+        m,
+        "one standby's lost link deposed the master"
+    );
+    ip(&[
+        "-n",
+        &c.net.nodes[s],
+        "route",
+        "del",
+        "blackhole",
+        &format!("{}/32", Net::addr(m)),
+    ]);
+    {
+        let r = producer.receipts.lock().unwrap();
+        let epochs: HashSet<&str> = r[before..].iter().map(|r| r.epoch.as_str()).collect();
+        assert_eq!(epochs.len(), 1, "an election happened: {epochs:?}");
+    }
+    c.wait_whole();
     let mut partitions = 0;
     for round in 0..22 {
         let m = c.master(60);

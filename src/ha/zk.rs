@@ -37,6 +37,8 @@ pub struct ZkConfig {
     pub repl: String,
     /// This broker's client address, for operators reading the znodes.
     pub stomp: String,
+    /// How long a suspicion of the master waits for a quorum to share it.
+    pub replica_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,13 @@ impl Election {
             .mkdir(&members, &dir)
             .await
             .map_err(op("mkdir", &members))?;
+        // Our previous incarnation's node (killed and restarted within a
+        // session timeout) would count as a second broker: it goes now.
+        for (name, m) in self.members().await? {
+            if m.repl == self.cfg.repl && name != self.me {
+                let _ = self.client.delete(&format!("{members}/{name}"), None).await;
+            }
+        }
         let data = self.member_json("joining", 0, pos);
         let prefix = format!("{members}/n-");
         let (_, seq) = self
@@ -270,21 +279,20 @@ impl Election {
         }
     }
 
-    /// Candidates for epoch `epoch` (member name and position), and the
-    /// other live members (not candidates for it), but `master`.
-    async fn candidates(
-        &self,
-        epoch: u64,
-        master: &str,
-    ) -> Result<(Vec<(String, Pos)>, Vec<String>), ZkError> {
+    /// The live members and what each published (unreadable ones left
+    /// out), one per replication address (the newest: a restarted broker
+    /// whose old node has not expired yet counts once).
+    async fn members(&self) -> Result<Vec<(String, Member)>, ZkError> {
         let members = format!("{}/members", self.cfg.path);
-        let names = self
+        let mut names = self
             .client
             .list_children(&members)
             .await
             .map_err(op("list", &members))?;
-        let mut out = Vec::new();
-        let mut others = Vec::new();
+        // Sequence order: a later node of the same broker replaces its
+        // earlier one below.
+        names.sort();
+        let mut out: Vec<(String, Member)> = Vec::new();
         for n in names {
             let path = format!("{members}/{n}");
             let data = match self.client.get_data(&path).await {
@@ -295,7 +303,30 @@ impl Election {
             let Ok(m) = serde_json::from_slice::<Member>(&data) else {
                 continue;
             };
-            if m.state == "candidate" && m.epoch == epoch {
+            out.retain(|(_, o)| o.repl != m.repl);
+            out.push((n, m));
+        }
+        Ok(out)
+    }
+
+    /// Candidates for epoch `epoch` (member name and position), how many
+    /// brokers suspect its master (candidates included), and the other
+    /// live members, but `master` (its own node outlives a killed master
+    /// by a session timeout).
+    async fn candidates(
+        &self,
+        epoch: u64,
+        master: &str,
+    ) -> Result<(Vec<(String, Pos)>, usize, Vec<String>), ZkError> {
+        let mut out = Vec::new();
+        let mut suspects = 0;
+        let mut others = Vec::new();
+        for (n, m) in self.members().await? {
+            if n == master {
+                continue;
+            }
+            let for_epoch = m.epoch == epoch;
+            if m.state == "candidate" && for_epoch {
                 out.push((
                     n,
                     Pos {
@@ -303,19 +334,30 @@ impl Election {
                         index: m.pos.1,
                     },
                 ));
-            } else if n != master {
+                suspects += 1;
+            } else {
+                if m.state == "suspect" && for_epoch {
+                    suspects += 1;
+                }
                 others.push(n);
             }
         }
-        Ok((out, others))
+        Ok((out, suspects, others))
     }
 
     /// Decides what this broker does next, holding the log up to `pos`
     /// (and taking nothing more until told): follow a live master, or
     /// stand as a candidate until someone wins - possibly this broker.
-    pub async fn next(&mut self, pos: Pos) -> Result<Step, ZkError> {
+    ///
+    /// `suspect`: this broker lost its link to the current master. While
+    /// that master's node lives, an election opens only once a quorum of
+    /// brokers suspects it (Raft's PreVote): one standby that cannot reach
+    /// a healthy master (a firewall, a wrong address) must not depose it.
+    /// Not reaching that within the replica timeout, it follows again.
+    pub async fn next(&mut self, pos: Pos, suspect: bool) -> Result<Step, ZkError> {
         let mut said = None;
         let mut since = Instant::now();
+        let suspecting_since = Instant::now();
         loop {
             let (e, version) = self.read_epoch().await?;
             let master_alive = !e.master.is_empty()
@@ -324,12 +366,35 @@ impl Election {
                     .exists(&format!("{}/members/{}", self.cfg.path, e.master))
                     .await?
                 && !self.exists(&self.election_path(e.epoch)).await?;
-            if master_alive {
+            if master_alive && !suspect {
                 self.publish("follower", e.epoch, pos).await?;
                 return Ok(Step::Follow {
                     epoch: e.epoch,
                     repl: e.repl,
                 });
+            }
+            if master_alive {
+                self.publish("suspect", e.epoch, pos).await?;
+                let (_, suspects, _) = self.candidates(e.epoch, &e.master).await?;
+                if suspects < self.cfg.quorum {
+                    if suspecting_since.elapsed() >= self.cfg.replica_timeout {
+                        info!(
+                            epoch = e.epoch,
+                            suspects, "too few brokers suspect the master; following it again"
+                        );
+                        self.publish("follower", e.epoch, pos).await?;
+                        return Ok(Step::Follow {
+                            epoch: e.epoch,
+                            repl: e.repl,
+                        });
+                    }
+                    tokio::time::sleep(self.poll).await;
+                    continue;
+                }
+                info!(
+                    epoch = e.epoch,
+                    suspects, "a quorum suspects the master; opening an election"
+                );
             }
             if !e.master.is_empty() {
                 // Its master may be alive but unreachable, or hung: it
@@ -342,12 +407,12 @@ impl Election {
                 said = Some(e.epoch);
                 since = Instant::now();
             }
-            let (c, others) = self.candidates(e.epoch, &e.master).await?;
+            let (c, _, others) = self.candidates(e.epoch, &e.master).await?;
             // Every live broker stands, or had a session timeout to: under
             // `quorum_mem` a broker restarted from its disk may hold less
             // than it acknowledged, and the one that holds the rest must
             // not be left out by a quick quorum of the others.
-            let all_in = others.is_empty() || since.elapsed() >= self.cfg.session_timeout;
+            let all_in = others.is_empty() || since.elapsed() >= self.client.session_timeout();
             if c.len() >= self.cfg.quorum && all_in && winner(&c) == Some(self.me.as_str()) {
                 let path = format!("{}/epoch", self.cfg.path);
                 // Past every epoch a candidate's log holds, even if
@@ -410,12 +475,10 @@ async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
 /// Watches a master's hold on epoch `epoch`; returns why it ended: the
 /// session expired or was disconnected longer than its timeout, the epoch
 /// moved on, or a standby opened an election.
-pub async fn hold(
-    client: zk::Client,
-    path: String,
-    epoch: u64,
-    session_timeout: Duration,
-) -> String {
+pub async fn hold(client: zk::Client, path: String, epoch: u64) -> String {
+    // The timeout ZooKeeper granted (it bounds what was asked by its
+    // tickTime), not the one configured.
+    let session_timeout = client.session_timeout();
     let every = session_timeout / 8;
     let mut disconnected: Option<Instant> = None;
     loop {

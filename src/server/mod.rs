@@ -331,6 +331,7 @@ pub fn serve(mut config: Config) -> Result<()> {
             .map_err(|e| anyhow!("shard thread failed: {e:?}"))?;
     }
     if config.store.mode == StoreMode::Zk {
+        crate::store::replicated::log_file::flush_before_exit(Duration::from_secs(2));
         let _ = side::block_on(crate::ha::zk::leave());
     }
     info!("stopped");
@@ -407,6 +408,9 @@ fn spawn_signal_thread(
                     None => {
                         // zk mode: the member node goes now, not a
                         // session timeout later (no-op in other modes).
+                        crate::store::replicated::log_file::flush_before_exit(Duration::from_secs(
+                            2,
+                        ));
                         let _ = side::block_on(crate::ha::zk::leave());
                         std::process::exit(0)
                     }

@@ -61,6 +61,7 @@ pub fn zk_take_over(
         quorum,
         repl: repl.clone(),
         stomp: stomp.to_string(),
+        replica_timeout,
     };
     info!(
         role = "standby",
@@ -71,14 +72,17 @@ pub fn zk_take_over(
         "local copy read; joining the cluster"
     );
     let follow_status = status.clone();
+    let own_repl = repl.clone();
     let follow_cluster = cluster.clone();
     let (replica, log, election, epoch) = side::block_on(async move {
         let mut replica = replica;
         let mut election = Election::join(zcfg, replica.position()).await?;
         let mut said_standby = false;
         let mut warn_at = std::time::Instant::now();
+        // This broker lost its link to the master it followed.
+        let mut suspect = false;
         loop {
-            let step = match election.next(replica.position()).await {
+            let step = match election.next(replica.position(), suspect).await {
                 Ok(s) => s,
                 Err(e) => {
                     // ZooKeeper away (no quorum, restarting): wait for it,
@@ -105,34 +109,29 @@ pub fn zk_take_over(
                     }
                     let cfg = FollowConfig {
                         cluster: follow_cluster.clone(),
-                        node: election.me().to_string(),
+                        // The replication address names a broker across
+                        // its restarts (its member node does not).
+                        node: own_repl.clone(),
                         epoch,
                         sync,
                         timeout: replica_timeout,
                     };
-                    let mut end =
-                        follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await;
-                    if let LinkEnd::Lost(why) = &end {
-                        // A link that broke while its master lives (a
-                        // reset, a slow moment): one more try before
-                        // starting an election, which would replace a
-                        // healthy master. No candidacy was published, so
-                        // following on is safe.
-                        warn!(role = "standby", epoch, reason = %why, "lost the link to the master; connecting again");
-                        end =
-                            follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await;
-                    }
-                    match end {
+                    suspect = false;
+                    match follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await {
                         LinkEnd::Refused(why) => {
                             warn!(role = "standby", epoch, reason = %why, "the master refused this standby");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         LinkEnd::Unreachable(why) | LinkEnd::Lost(why) => {
-                            warn!(role = "standby", epoch, reason = %why, position = ?replica.position(), "lost the master; opening an election");
-                            // Retried by `next` if ZooKeeper is away now.
-                            if let Err(e) = election.open_election(epoch).await {
-                                warn!(role = "standby", error = %e, "cannot open the election yet");
-                            }
+                            // An election opens once a quorum suspects the
+                            // master (or its node is gone): see `next`.
+                            warn!(role = "standby", epoch, reason = %why, position = ?replica.position(), "lost the master");
+                            suspect = true;
+                        }
+                        LinkEnd::LocalFault(why) => {
+                            return Err(anyhow::anyhow!(
+                                "the local copy of the replicated log failed: {why}"
+                            ));
                         }
                     }
                 }
@@ -174,7 +173,7 @@ pub fn zk_take_over(
     let hold_role = role.clone();
     let client = election.client();
     side::handle()?.spawn(async move {
-        let why = zk::hold(client, zk_path, epoch, session_timeout).await;
+        let why = zk::hold(client, zk_path, epoch).await;
         // The leader syncs its local copy, then ends the process; if it
         // is gone already, end it here.
         if stop.send(why.clone()).is_ok() {

@@ -35,6 +35,9 @@ pub enum LinkEnd {
     Refused(String),
     /// An established link broke or went silent.
     Lost(String),
+    /// This broker's own local copy cannot be written: not the master's
+    /// fault, and no reason to depose it.
+    LocalFault(String),
 }
 
 /// Follows the master at `addr` until the link ends.
@@ -61,15 +64,18 @@ pub async fn follow(
     let timeout = cfg.timeout;
     let reader = tokio::spawn(async move {
         let mut read = tokio::io::BufReader::with_capacity(256 * 1024, read);
+        // The master encodes the snapshot before it sends its first byte.
+        let mut wait = timeout + Duration::from_secs(30);
         loop {
-            let r = match tokio::time::timeout(timeout, wire::read_frame(&mut read)).await {
-                Err(_) => Err(format!(
+            let r = match wire::read_frame_timed(&mut read, wait, wire::MAX_FRAME).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(format!(
                     "the master was silent for {} ms",
                     timeout.as_millis()
                 )),
-                Ok(Err(e)) => Err(e.to_string()),
-                Ok(Ok(f)) => Ok(f),
+                Err(e) => Err(e.to_string()),
+                Ok(f) => Ok(f),
             };
+            wait = timeout;
             let end = r.is_err();
             if frames_tx.send(r).await.is_err() || end {
                 return;
@@ -149,7 +155,7 @@ async fn run(
             }
             r = synced.changed(), if cfg.sync == SyncMode::QuorumDisk => {
                 if r.is_err() {
-                    return LinkEnd::Lost("the local copy's writer stopped".into());
+                    return LinkEnd::LocalFault("its writer stopped (see the error logged before)".into());
                 }
             }
         }

@@ -199,7 +199,11 @@ impl Leader {
                 why = stop.recv() => {
                     return why.unwrap_or_else(|| "stopped".into());
                 }
-                _ = synced.changed(), if self.cfg.sync != SyncMode::QuorumMem => {}
+                r = synced.changed(), if self.cfg.sync != SyncMode::QuorumMem => {
+                    if r.is_err() {
+                        return "the local copy of the replicated log cannot be written (see the error logged before)".into();
+                    }
+                }
                 _ = ticker.tick() => {
                     let c = wire::commit(self.commit);
                     for f in self.followers.values() {
@@ -283,13 +287,16 @@ impl Leader {
                 info!(standby = %node, snapshot_bytes = t.len(), at = ?replica.applied(), "standby joined");
                 // One link per node: a standby that reconnected counts once.
                 self.followers.retain(|_, f| f.node != node);
+                // It answers once it read and applied the snapshot: a
+                // second per 16 MiB of it is not silence.
+                let grace = Duration::from_secs_f64(t.len() as f64 / (16u64 << 20) as f64);
                 self.followers.insert(
                     id,
                     Follower {
                         node,
                         out,
                         acked: 0,
-                        heard: Instant::now(),
+                        heard: Instant::now() + grace,
                     },
                 );
             }
@@ -403,6 +410,11 @@ impl Leader {
 /// known cannot make the master reserve more.
 const HELLO_MAX: usize = 64 * 1024;
 
+/// How long a standby may take over its snapshot before its first ACK, as
+/// far as its link's reader cares (the master's `heard` check is sized to
+/// the snapshot).
+const SNAPSHOT_GRACE: Duration = Duration::from_secs(120);
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     events: mpsc::UnboundedSender<Event>,
@@ -440,12 +452,21 @@ async fn serve_follower(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_frames(write, out_rx));
     let mut max = HELLO_MAX;
+    let mut wait = timeout;
     let why = loop {
-        let frame = match tokio::time::timeout(timeout, wire::read_frame_max(&mut read, max)).await
-        {
-            Err(_) => break format!("silent for {} ms", timeout.as_millis()),
-            Ok(Err(e)) => break e.to_string(),
-            Ok(Ok((f, _))) => f,
+        let frame = match wire::read_frame_timed(&mut read, wait, max).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                break format!("silent for {} ms", wait.as_millis())
+            }
+            Err(e) => break e.to_string(),
+            Ok((f, _)) => f,
+        };
+        // The first answer to HELLO comes after the whole snapshot was
+        // read and applied; the master's own check (`heard`) times that.
+        wait = if max == HELLO_MAX {
+            timeout + SNAPSHOT_GRACE
+        } else {
+            timeout
         };
         let ev = match frame {
             Frame::Hello {

@@ -55,6 +55,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 
 enum Cmd {
     Append(Vec<(u64, Bytes)>),
+    /// Answered once everything before it is written and synced.
+    Barrier(std::sync::mpsc::Sender<()>),
     /// A master's snapshot replaces everything: a new history.
     Install {
         snapshot: Bytes,
@@ -216,6 +218,9 @@ impl LocalLog {
             .open(&log_path)
             .map_err(io(&log_path))?;
         file.set_len(keep as u64).map_err(io(&log_path))?;
+        // What was read may still sit in the page cache only (a SIGKILL
+        // does not flush it): it counts as synced below, so sync it now.
+        file.sync_data().map_err(io(&log_path))?;
         if keep == 0 {
             file.write_all(&wire::history(history))
                 .and_then(|_| file.sync_data())
@@ -234,6 +239,7 @@ impl LocalLog {
             log_bytes: log_bytes.clone(),
             snapshot_bytes: snapshot_bytes.clone(),
         };
+        *EXIT_FLUSH.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         std::thread::Builder::new()
             .name("brokk-replog".into())
             .spawn(move || writer.run(rx))
@@ -328,6 +334,23 @@ impl LocalLog {
     }
 }
 
+/// The writer of this process's copy, for [`flush_before_exit`].
+static EXIT_FLUSH: std::sync::Mutex<Option<std::sync::mpsc::Sender<Cmd>>> =
+    std::sync::Mutex::new(None);
+
+/// On a clean stop: waits (at most `limit`) until what was handed to the
+/// local copy is written and synced, so that a broker restarted from its
+/// disk holds what it acknowledged (a rolling restart under `quorum_mem`).
+/// A no-op in other modes.
+pub fn flush_before_exit(limit: std::time::Duration) -> bool {
+    let tx = EXIT_FLUSH.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(tx) = tx else {
+        return true;
+    };
+    let (done, wait) = std::sync::mpsc::channel();
+    tx.send(Cmd::Barrier(done)).is_ok() && wait.recv_timeout(limit).is_ok()
+}
+
 struct Writer {
     dir: PathBuf,
     file: File,
@@ -357,8 +380,10 @@ impl Writer {
     fn write(&mut self, cmds: Vec<Cmd>) -> Result<(), LogError> {
         let log_path = self.dir.join("log");
         let mut last = None;
+        let mut barriers = Vec::new();
         for c in cmds {
             match c {
+                Cmd::Barrier(done) => barriers.push(done),
                 Cmd::Append(v) => {
                     for (index, frame) in v {
                         self.file.write_all(&frame).map_err(io(&log_path))?;
@@ -423,6 +448,9 @@ impl Writer {
         self.file.sync_data().map_err(io(&log_path))?;
         if let Some(i) = last {
             self.synced.send_replace((self.generation, i));
+        }
+        for b in barriers {
+            let _ = b.send(());
         }
         Ok(())
     }

@@ -328,6 +328,35 @@ pub async fn read_frame_max<R: tokio::io::AsyncRead + Unpin>(
     Ok((frame, raw))
 }
 
+/// [`read_frame_max`] with deadlines: `wait` for a frame to start, then
+/// as long again plus a second per 16 MiB for the rest (a snapshot of a
+/// large backlog is one frame, and must not look like a silent peer).
+pub async fn read_frame_timed<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    wait: std::time::Duration,
+    max: usize,
+) -> std::io::Result<(Frame, Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "silent");
+    let mut head = [0u8; 4];
+    tokio::time::timeout(wait, r.read_exact(&mut head))
+        .await
+        .map_err(|_| timed_out())??;
+    let total = frame_len(head).map_err(invalid)?;
+    if total > max {
+        return Err(invalid(WireError::TooLarge(total)));
+    }
+    let mut raw = BytesMut::zeroed(total);
+    raw[..4].copy_from_slice(&head);
+    let rest = wait + std::time::Duration::from_secs_f64(total as f64 / (16u64 << 20) as f64);
+    tokio::time::timeout(rest, r.read_exact(&mut raw[4..]))
+        .await
+        .map_err(|_| timed_out())??;
+    let raw = raw.freeze();
+    let frame = decode(raw.slice(4..)).map_err(invalid)?;
+    Ok((frame, raw))
+}
+
 fn invalid(e: WireError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
