@@ -71,7 +71,7 @@ fn drain_one(
     t0: Instant,
 ) -> Result<()> {
     let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-    let (mut conn, _) = Conn::connect(brokers, i, login, None)?;
+    let (mut conn, _) = Conn::connect(brokers, i, login, a.vhost.as_deref(), None)?;
     for k in 0..a.destinations {
         let _ = write!(
             conn.wbuf,

@@ -51,19 +51,26 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     brokers: Option<Vec<String>>,
     /// Start Brokk itself in this mode (memory: one broker; file: a
-    /// master/standby pair on one data directory) when --brokers is not given.
+    /// master/standby pair on one data directory; mysql/postgres: a pair on
+    /// one fresh database; zk: three brokers elected through the local
+    /// ZooKeeper ensemble, each with its own data directory) when --brokers
+    /// is not given.
     #[arg(long, value_enum)]
     mode: Option<cluster::Mode>,
     /// Shards for the brokers bench starts.
     #[arg(long)]
     shards: Option<usize>,
+    /// With --mode zk: when a persistent message is receipted (the
+    /// brokers' store.sync; default quorum_mem, theirs).
+    #[arg(long, value_enum)]
+    sync: Option<cluster::SyncMode>,
     /// With --mode mysql|postgres: use this database instead of a fresh one
     /// on the local server (started through ops/services.sh).
     #[arg(long)]
     db_url: Option<String>,
     /// SIGKILL the current master once this many messages are receipted
-    /// (needs --mode file, mysql or postgres without --brokers); reports the
-    /// failover gap.
+    /// (needs --mode file, mysql, postgres or zk without --brokers); reports
+    /// the failover gap.
     #[arg(long)]
     kill_master_after: Option<u64>,
     /// SIGKILL the current master this many seconds into the run.
@@ -131,6 +138,10 @@ struct Args {
     login: Option<String>,
     #[arg(long, default_value = "")]
     passcode: String,
+    /// The STOMP CONNECT `host` header (the virtual host; RabbitMQ's STOMP
+    /// plugin wants `/`). Default: the broker's address as given.
+    #[arg(long, value_name = "HOST")]
+    vhost: Option<String>,
     /// Consumers only: drain what the destination already holds (sent by an
     /// earlier run, e.g. with --consumers 0) and report the drain rate;
     /// stops after --idle-timeout seconds without a message.
@@ -249,15 +260,23 @@ fn run(args: Args) -> Result<()> {
     if args.producers == 0 || args.window == 0 {
         bail!("--producers and --window must be at least 1");
     }
+    if args.sync.is_some() && (args.mode != Some(cluster::Mode::Zk) || args.brokers.is_some()) {
+        bail!("--sync needs --mode zk and no --brokers");
+    }
     let cluster = match (&args.brokers, args.mode) {
         (None, Some(mode)) => Some(Arc::new(Mutex::new(cluster::Cluster::start(
             mode,
-            args.shards,
-            args.db_url.clone(),
-            args.tls,
+            &cluster::Options {
+                shards: args.shards,
+                db_url: args.db_url.clone(),
+                tls: args.tls,
+                sync: args.sync,
+            },
         )?))),
         _ => None,
     };
+    // Declared after the cluster, so dropped (stopped) before it.
+    let _supervisor = cluster.as_ref().map(Supervisor::start);
     let trigger = match (args.kill_master_after, args.kill_master_at) {
         (Some(n), _) => Some(KillTrigger::Receipts(n.max(1))),
         (None, Some(t)) if t.is_finite() && t > 0.0 => Some(KillTrigger::Seconds(t)),
@@ -267,10 +286,15 @@ fn run(args: Args) -> Result<()> {
     if trigger.is_some()
         && (!matches!(
             args.mode,
-            Some(cluster::Mode::File | cluster::Mode::Mysql | cluster::Mode::Postgres)
+            Some(
+                cluster::Mode::File
+                    | cluster::Mode::Mysql
+                    | cluster::Mode::Postgres
+                    | cluster::Mode::Zk
+            )
         ) || args.brokers.is_some())
     {
-        bail!("--kill-master-after/--kill-master-at need --mode file, mysql or postgres and no --brokers (bench must start the pair to kill its master)");
+        bail!("--kill-master-after/--kill-master-at need --mode file, mysql, postgres or zk and no --brokers (bench must start the brokers to kill their master)");
     }
     let brokers = match (&args.brokers, &cluster) {
         (Some(b), _) => b.clone(),
@@ -393,7 +417,48 @@ fn run(args: Args) -> Result<()> {
     } else {
         produce_secs
     };
-    report(&shared, produce_secs, total_secs, failover)
+    let restarts = cluster
+        .as_ref()
+        .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).restarts());
+    report(&shared, produce_secs, total_secs, failover, restarts)
+}
+
+/// Restarts the brokers bench started when they exit by themselves (a zk
+/// master that lost its quorum exits 3), as systemd's `Restart=always`
+/// does; stops when dropped.
+struct Supervisor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    fn start(cluster: &Arc<Mutex<cluster::Cluster>>) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = Arc::downgrade(cluster);
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let Some(c) = weak.upgrade() else { return };
+                    c.lock().unwrap_or_else(|e| e.into_inner()).restart_exited();
+                }
+            })
+        };
+        Supervisor {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What one master kill looked like from the clients' side.
@@ -404,6 +469,9 @@ struct Failover {
     /// From SIGKILL to the standby announcing it serves.
     new_master_ms: Option<f64>,
     killed: String,
+    /// When the SIGKILL was sent, seconds into the run (the time base of
+    /// the throughput-over-time samples).
+    at_s: f64,
 }
 
 /// Ctrl-C: stop the brokers bench started (and remove their data), then exit.
@@ -543,6 +611,7 @@ fn kill_masters(
             gap_ms: first_new.map(|f| f.saturating_sub(last_old) as f64 / 1e6),
             new_master_ms: new_master,
             killed: s.brokers[old].clone(),
+            at_s: killed_at.saturating_duration_since(t0).as_secs_f64(),
         });
         if let Err(e) = cluster
             .lock()
@@ -617,7 +686,13 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     let mut signalled = false;
     let mut last_progress = Instant::now();
     'reconnect: loop {
-        let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login, s.tls.as_ref()) {
+        let (mut conn, idx) = match Conn::connect(
+            &s.brokers,
+            broker,
+            login,
+            a.vhost.as_deref(),
+            s.tls.as_ref(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 if !signalled {
@@ -737,7 +812,13 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn report(s: &Shared, produce_secs: f64, total_secs: f64, failover: Vec<Failover>) -> Result<()> {
+fn report(
+    s: &Shared,
+    produce_secs: f64,
+    total_secs: f64,
+    failover: Vec<Failover>,
+    restarts: Option<u64>,
+) -> Result<()> {
     let a = &s.args;
     let sent: Vec<u64> = s.sent.iter().map(|x| x.load(Ordering::SeqCst)).collect();
     let receipted: Vec<u64> = s
@@ -811,7 +892,14 @@ fn report(s: &Shared, produce_secs: f64, total_secs: f64, failover: Vec<Failover
     let json = serde_json::json!({
         "brokers": s.brokers,
         "mode": a.mode.map(|m| format!("{m:?}").to_lowercase()),
-        "failover": failover.iter().map(|f| serde_json::json!({"killed": f.killed, "gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})).collect::<Vec<_>>(),
+        "protocol": format!("{:?}", a.protocol).to_lowercase(),
+        "shards": a.shards,
+        "sync": match (a.mode, a.brokers.is_some()) {
+            (Some(cluster::Mode::Zk), false) => Some(a.sync.unwrap_or(cluster::SyncMode::QuorumMem).name()),
+            _ => None,
+        },
+        "failover": failover.iter().map(|f| serde_json::json!({"killed": f.killed, "at_s": f.at_s, "gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})).collect::<Vec<_>>(),
+        "broker_restarts": restarts,
         "duration": a.duration,
         "destinations": a.destinations,
         "producers": a.producers,

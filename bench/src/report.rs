@@ -1,8 +1,10 @@
 //! Files bench writes with `--out DIR`: `summary.json` (the JSON line), one
 //! `.hgrm` per latency histogram (the percentile-distribution text that
-//! HdrHistogram's plotter reads, values in milliseconds) and `report.html`
-//! with the latency percentile plot and throughput over time as inline SVG
-//! (the page fetches nothing).
+//! HdrHistogram's plotter reads, values in milliseconds) and `report.html`:
+//! a summary table (the load, throughput, latency percentiles, failover
+//! gaps, the loss audit), the latency percentile plot and throughput over
+//! time (master kills marked) as inline SVG, then the raw summary JSON (the
+//! page fetches nothing).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -101,6 +103,18 @@ pub fn svg_chart(
     series: &[(String, Vec<(f64, f64)>)],
     log_x: bool,
 ) -> String {
+    svg_chart_marked(title, x_label, y_label, series, log_x, &[])
+}
+
+/// A line chart as SVG with labelled vertical lines at `markers` (x, label).
+pub fn svg_chart_marked(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+    markers: &[(f64, String)],
+) -> String {
     let (w, h, l, r, t, b) = (720.0, 360.0, 70.0, 20.0, 30.0, 50.0);
     let fx = |x: f64| if log_x { x.max(1.0).log10() } else { x };
     let pts = series.iter().flat_map(|(_, p)| p.iter());
@@ -109,6 +123,10 @@ pub fn svg_chart(
         x0 = x0.min(fx(x));
         x1 = x1.max(fx(x));
         y1 = y1.max(y);
+    }
+    for &(x, _) in markers {
+        x0 = x0.min(fx(x));
+        x1 = x1.max(fx(x));
     }
     if x0 >= x1 {
         x0 = 0.0;
@@ -183,6 +201,19 @@ pub fn svg_chart(
         h / 2.0,
         esc(y_label)
     );
+    for (k, (x, label)) in markers.iter().enumerate() {
+        let (mx, c) = (sx(*x), "#555");
+        out += &format!(
+            r#"<line class="marker" x1="{mx:.1}" y1="{t}" x2="{mx:.1}" y2="{}" stroke="{c}" stroke-dasharray="5 4"/>"#,
+            h - b
+        );
+        out += &format!(
+            r#"<text x="{:.1}" y="{:.1}" fill="{c}" font-size="11">{}</text>"#,
+            mx + 4.0,
+            h - b - 8.0 - 14.0 * (k % 4) as f64,
+            esc(label)
+        );
+    }
     for (i, (name, p)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         let d: Vec<String> = p
@@ -237,24 +268,216 @@ pub fn rates(timeline: &[(f64, u64, u64)]) -> (Series, Series) {
     (sent, consumed)
 }
 
+/// The page's head: title and the summary table's style.
+pub fn page_head(title: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif}}\
+         table.summary{{font-size:13px}}\
+         table.summary{{border-collapse:collapse;margin:1em 0}}\
+         table.summary th,table.summary td{{border:1px solid #bbb;padding:3px 7px}}\
+         table.summary td{{text-align:right;white-space:nowrap}}\
+         table.summary td.text{{text-align:left}}\
+         table.summary th{{background:#eee}}\
+         table.summary td.bad{{background:#fcc;font-weight:bold}}\
+         </style></head><body>",
+        esc(title)
+    )
+}
+
+/// One row of the summary table: a run's `summary.json`, or a mode that did
+/// not run and why.
+pub enum Row<'a> {
+    Run(&'a serde_json::Value),
+    Skipped { mode: &'a str, reason: &'a str },
+}
+
+/// What ran: the mode (with its zk sync), or the brokers given.
+fn mode_label(s: &serde_json::Value) -> String {
+    match (s["mode"].as_str(), s["sync"].as_str()) {
+        (Some(m), Some(sync)) => format!("{m} ({sync})"),
+        (Some(m), None) => m.to_string(),
+        _ => s["brokers"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "?".into()),
+    }
+}
+
+/// Each kill's failover gap (last receipt from the old master to the
+/// first from the new one), e.g. `1: 1234.5 ms`, one per line.
+/// Brokers that exited by themselves (restarted by bench) are counted too.
+fn failover_cell(s: &serde_json::Value) -> String {
+    let kills = s["failover"].as_array().cloned().unwrap_or_default();
+    let restarts = match s["broker_restarts"].as_u64() {
+        Some(n) if n > 0 => format!(
+            "<span title=\"brokers that exited by themselves (a zk master without a quorum exits 3) and were restarted\">{n} exited, restarted</span>"
+        ),
+        _ => String::new(),
+    };
+    if kills.is_empty() {
+        return if restarts.is_empty() {
+            "–".into()
+        } else {
+            restarts
+        };
+    }
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("?".into(), |m| format!("{m:.1}"));
+    let gaps = kills
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            format!(
+                "<span title=\"killed {} at {} s; new master announced after {} ms\">{}: {} ms</span>",
+                esc(f["killed"].as_str().unwrap_or("?")),
+                f["at_s"].as_f64().map_or("?".into(), |t| format!("{t:.2}")),
+                ms(&f["new_master_ms"]),
+                k + 1,
+                ms(&f["gap_ms"])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("<br>");
+    if restarts.is_empty() {
+        gaps
+    } else {
+        format!("{gaps}<br>{restarts}")
+    }
+}
+
+/// The summary table: one row per run (a `bench` run has one, `bench
+/// compare` one per mode).
+pub fn summary_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "<table class=\"summary\"><tr>\
+         <th colspan=\"8\">load</th><th colspan=\"2\">throughput (msg/s)</th>\
+         <th colspan=\"3\">send→receipt (ms)</th><th colspan=\"3\">end-to-end (ms)</th>\
+         <th>failover</th><th colspan=\"3\">loss audit</th></tr><tr>\
+         <th>mode</th><th>shards</th><th>producers</th><th>consumers</th><th>size (B)</th>\
+         <th>persistent</th><th>window</th><th>duration</th>\
+         <th>sent (receipted)</th><th>received</th>\
+         <th>p50</th><th>p99</th><th>p99.9</th><th>p50</th><th>p99</th><th>p99.9</th>\
+         <th>gap per kill</th><th>lost receipted</th><th>duplicates</th><th>unreceipted missing</th></tr>\n",
+    );
+    let num = |v: &serde_json::Value| v.as_u64().map_or("–".into(), |n| n.to_string());
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("–".into(), |m| format!("{m:.3}"));
+    for row in rows {
+        let s = match row {
+            Row::Skipped { mode, reason } => {
+                let _ = writeln!(
+                    out,
+                    "<tr><td class=\"text\">{}</td><td class=\"text\" colspan=\"19\">skipped: {}</td></tr>",
+                    esc(mode),
+                    esc(reason)
+                );
+                continue;
+            }
+            Row::Run(s) => s,
+        };
+        let duration = match s["duration"].as_f64() {
+            Some(d) => format!("{d} s"),
+            None => format!(
+                "{} msgs in {:.1} s",
+                num(&s["messages"]),
+                s["produce_secs"].as_f64().unwrap_or(0.0)
+            ),
+        };
+        let e2e = |k: &str| {
+            if s["end_to_end"]["count"].as_u64().unwrap_or(0) == 0 {
+                "–".to_string()
+            } else {
+                ms(&s["end_to_end"][k])
+            }
+        };
+        let audit = |k: &str, flag: bool| {
+            let v = &s[k];
+            let bad = flag && v.as_u64().is_some_and(|n| n > 0);
+            format!(
+                "<td{}>{}</td>",
+                if bad { " class=\"bad\"" } else { "" },
+                num(v)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"text\">{}</td>{}{}{}</tr>",
+            esc(&mode_label(s)),
+            s["shards"].as_u64().map_or("default".into(), |n| n.to_string()),
+            num(&s["producers"]),
+            num(&s["consumers"]),
+            num(&s["size"]),
+            s["persistent"].as_bool().map_or("?", |p| if p { "yes" } else { "no" }),
+            num(&s["window"]),
+            esc(&duration),
+            s["throughput_msgs_per_sec"].as_f64().unwrap_or(0.0),
+            if s["consumers"].as_u64().unwrap_or(0) > 0 {
+                format!("{:.0}", s["consume_throughput_msgs_per_sec"].as_f64().unwrap_or(0.0))
+            } else {
+                "–".into()
+            },
+            ms(&s["send_to_receipt"]["p50_ms"]),
+            ms(&s["send_to_receipt"]["p99_ms"]),
+            ms(&s["send_to_receipt"]["p999_ms"]),
+            e2e("p50_ms"),
+            e2e("p99_ms"),
+            e2e("p999_ms"),
+            failover_cell(s),
+            audit("lost_receipted", true),
+            // Resends after a failover may be delivered twice (at least once).
+            audit("duplicates", false),
+            audit("unconfirmed_missing", false),
+        );
+    }
+    out + "</table>\n"
+}
+
+/// The kills of a run as plot markers: (seconds into the run, label).
+pub fn kill_markers(summary: &serde_json::Value) -> Vec<(f64, String)> {
+    summary["failover"]
+        .as_array()
+        .map(|kills| {
+            kills
+                .iter()
+                .enumerate()
+                .filter_map(|(k, f)| {
+                    let at = f["at_s"].as_f64()?;
+                    let gap = f["gap_ms"]
+                        .as_f64()
+                        .map_or(String::new(), |g| format!(", gap {g:.0} ms"));
+                    Some((at, format!("kill {}{gap}", k + 1)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn html(
     summary: &serde_json::Value,
     curves: &[(String, Vec<(f64, f64)>)],
     timeline: &[(f64, u64, u64)],
 ) -> String {
     let (sent, consumed) = rates(timeline);
+    let table = summary_table(&[Row::Run(summary)]);
     let latency = svg_chart("Latency by percentile", "percentile", "ms", curves, true);
-    let throughput = svg_chart(
+    let throughput = svg_chart_marked(
         "Throughput over time",
         "seconds",
         "msg/s",
         &[("receipted".into(), sent), ("consumed".into(), consumed)],
         false,
+        &kill_markers(summary),
     );
     let pretty = serde_json::to_string_pretty(summary).unwrap_or_default();
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench report</title></head><body style=\"font-family:sans-serif\">\
-         <h1>bench report</h1>{latency}<br>{throughput}<h2>summary.json</h2><pre>{}</pre></body></html>\n",
+        "{}<h1>bench report</h1>{table}{latency}<br>{throughput}<h2>summary.json</h2><pre>{}</pre></body></html>\n",
+        page_head("bench report"),
         esc(&pretty)
     )
 }
@@ -289,6 +512,52 @@ mod tests {
             .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
             .unwrap();
         assert!(last_row.contains("1.000000000000"), "{last_row}");
+    }
+
+    #[test]
+    fn the_page_leads_with_the_table_marks_kills_and_ends_with_the_json() {
+        let summary = serde_json::json!({
+            "mode": "zk", "sync": "quorum_disk", "shards": 2, "producers": 64, "consumers": 8,
+            "size": 1024, "persistent": true, "window": 64, "duration": 10.0,
+            "throughput_msgs_per_sec": 12345.6, "consume_throughput_msgs_per_sec": 12000.0,
+            "send_to_receipt": {"count": 10, "p50_ms": 1.5, "p99_ms": 9.25, "p999_ms": 20.0},
+            "end_to_end": {"count": 10, "p50_ms": 2.5, "p99_ms": 19.0, "p999_ms": 40.0},
+            "failover": [{"killed": "127.0.0.1:1", "at_s": 4.0, "gap_ms": 1234.6, "new_master_ms": 1100.0}],
+            "lost_receipted": 2, "duplicates": 3, "unconfirmed_missing": 0,
+        });
+        let page = html(
+            &summary,
+            &[("x".into(), vec![(1.0, 1.0), (10.0, 2.0)])],
+            &[(0.0, 0, 0), (5.0, 10, 5), (10.0, 20, 20)],
+        );
+        let table = page.find("<table").unwrap();
+        let svg = page.find("<svg").unwrap();
+        let json = page.find("summary.json").unwrap();
+        assert!(table < svg && svg < json, "{page}");
+        for cell in [
+            "zk (quorum_disk)",
+            "<td>12346</td>",
+            "<td>12000</td>",
+            "<td>9.250</td>",
+            "<td>19.000</td>",
+            "1: 1234.6 ms",
+            "<td class=\"bad\">2</td>",
+            "<td>3</td>",
+            "10 s",
+        ] {
+            assert!(page.contains(cell), "{cell} missing: {page}");
+        }
+        assert_eq!(page.matches("class=\"marker\"").count(), 1);
+        assert!(page.contains("kill 1, gap 1235 ms"));
+    }
+
+    #[test]
+    fn a_skipped_mode_is_a_row_with_its_reason() {
+        let t = summary_table(&[Row::Skipped {
+            mode: "zk",
+            reason: "no <ZooKeeper>",
+        }]);
+        assert!(t.contains("skipped: no &lt;ZooKeeper&gt;"), "{t}");
     }
 
     #[test]

@@ -54,6 +54,9 @@ impl Write for Stream {
     }
 }
 
+/// Longest wait for the answer to CONNECT.
+const CONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Conn {
     stream: Stream,
     rbuf: BytesMut,
@@ -62,19 +65,23 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to the first broker in `brokers` that accepts, starting at `start`.
+    /// Connects to the first broker in `brokers` that accepts, starting at
+    /// `start`. `vhost`: the CONNECT frame's `host` header (default: the
+    /// broker's address).
     pub fn connect(
         brokers: &[String],
         start: usize,
         login: Option<(&str, &str)>,
+        vhost: Option<&str>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<(Conn, usize)> {
-        first_that_accepts(brokers, start, |b| Conn::connect_one(b, login, tls))
+        first_that_accepts(brokers, start, |b| Conn::connect_one(b, login, vhost, tls))
     }
 
     fn connect_one(
         broker: &str,
         login: Option<(&str, &str)>,
+        vhost: Option<&str>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Conn> {
         let addr: SocketAddr = broker
@@ -98,13 +105,18 @@ impl Conn {
             wbuf: Vec::with_capacity(256 * 1024),
             limits: Limits::default(),
         };
-        let mut connect = format!("CONNECT\naccept-version:1.2,1.1\nhost:{broker}\n");
+        let host = vhost.unwrap_or(broker);
+        let mut connect = format!("CONNECT\naccept-version:1.2,1.1\nhost:{host}\n");
         if let Some((l, p)) = login {
             connect.push_str(&format!("login:{l}\npasscode:{p}\n"));
         }
         connect.push_str("\n\0");
         c.stream.write_all(connect.as_bytes())?;
+        // A killed broker's listening socket may still accept for a moment
+        // and never answer: do not wait on it for ever.
+        c.set_read_timeout(Some(CONNECTED_TIMEOUT))?;
         let f = c.read_frame()?;
+        c.set_read_timeout(None)?;
         if f.command.as_str() != "CONNECTED" {
             bail!("{broker} refused CONNECT: {:?}", f.header_str("message"));
         }
@@ -199,7 +211,8 @@ impl Link for Producer {
     fn open(s: &Shared, start: usize) -> Result<(Self, usize)> {
         let a = &s.args;
         let login = a.login.as_deref().map(|l| (l, a.passcode.as_str()));
-        let (conn, idx) = Conn::connect(&s.brokers, start, login, s.tls.as_ref())?;
+        let (conn, idx) =
+            Conn::connect(&s.brokers, start, login, a.vhost.as_deref(), s.tls.as_ref())?;
         let body = vec![b'x'; a.size];
         Ok((Producer { conn, body }, idx))
     }

@@ -349,12 +349,12 @@ impl Election {
     /// (and taking nothing more until told): follow a live master, or
     /// stand as a candidate until someone wins - possibly this broker.
     ///
-    /// `suspect`: this broker lost its link to the current master. While
+    /// `suspect`: the epoch whose master this broker lost its link to. While
     /// that master's node lives, an election opens only once a quorum of
     /// brokers suspects it (Raft's PreVote): one standby that cannot reach
     /// a healthy master (a firewall, a wrong address) must not depose it.
     /// Not reaching that within the replica timeout, it follows again.
-    pub async fn next(&mut self, pos: Pos, suspect: bool) -> Result<Step, ZkError> {
+    pub async fn next(&mut self, pos: Pos, suspect: Option<u64>) -> Result<Step, ZkError> {
         let mut said = None;
         let mut since = Instant::now();
         let suspecting_since = Instant::now();
@@ -366,6 +366,8 @@ impl Election {
                     .exists(&format!("{}/members/{}", self.cfg.path, e.master))
                     .await?
                 && !self.exists(&self.election_path(e.epoch)).await?;
+            // Only the master we lost is suspect: a new epoch's is not.
+            let suspect = suspect == Some(e.epoch);
             if master_alive && !suspect {
                 self.publish("follower", e.epoch, pos).await?;
                 return Ok(Step::Follow {

@@ -79,8 +79,8 @@ pub fn zk_take_over(
         let mut election = Election::join(zcfg, replica.position()).await?;
         let mut said_standby = false;
         let mut warn_at = std::time::Instant::now();
-        // This broker lost its link to the master it followed.
-        let mut suspect = false;
+        // The epoch whose master this broker lost its link to.
+        let mut suspect = None;
         loop {
             let step = match election.next(replica.position(), suspect).await {
                 Ok(s) => s,
@@ -116,7 +116,7 @@ pub fn zk_take_over(
                         sync,
                         timeout: replica_timeout,
                     };
-                    suspect = false;
+                    suspect = None;
                     match follower::follow(&mut replica, &log, &repl, &cfg, &follow_status).await {
                         LinkEnd::Refused(why) => {
                             warn!(role = "standby", epoch, reason = %why, "the master refused this standby");
@@ -126,7 +126,7 @@ pub fn zk_take_over(
                             // An election opens once a quorum suspects the
                             // master (or its node is gone): see `next`.
                             warn!(role = "standby", epoch, reason = %why, position = ?replica.position(), "lost the master");
-                            suspect = true;
+                            suspect = Some(epoch);
                         }
                         LinkEnd::LocalFault(why) => {
                             return Err(anyhow::anyhow!(

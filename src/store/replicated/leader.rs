@@ -112,6 +112,7 @@ pub async fn lead(
         stalled_since: None,
         short_since: None,
         status,
+        commit_sent: Instant::now(),
     }
     .run(&mut replica, &log, &requests, &mut events, &mut stop)
     .await;
@@ -144,7 +145,13 @@ struct Leader {
     /// Since when fewer standbys than a quorum needs are connected.
     short_since: Option<Instant>,
     status: Arc<ReplStatus>,
+    /// When the commit point last went to the standbys.
+    commit_sent: Instant,
 }
+
+/// How often at most the commit point goes to the standbys (see
+/// `advance`).
+const COMMIT_EVERY: Duration = Duration::from_millis(2);
 
 impl Leader {
     async fn run(
@@ -205,10 +212,7 @@ impl Leader {
                     }
                 }
                 _ = ticker.tick() => {
-                    let c = wire::commit(self.commit);
-                    for f in self.followers.values() {
-                        let _ = f.out.send(c.clone());
-                    }
+                    self.send_commit();
                     if let Some(why) = self.check_quorum(replica) {
                         return why;
                     }
@@ -319,6 +323,14 @@ impl Leader {
         );
     }
 
+    fn send_commit(&mut self) {
+        let c = wire::commit(self.commit);
+        for f in self.followers.values() {
+            let _ = f.out.send(c.clone());
+        }
+        self.commit_sent = Instant::now();
+    }
+
     /// Moves the commit point to what a quorum holds.
     fn advance(&mut self, replica: &mut Replica, own: u64) {
         let mut held: Vec<u64> = self.followers.values().map(|f| f.acked).collect();
@@ -343,9 +355,12 @@ impl Leader {
             }
         }
         self.stalled_since = (!self.waiting.is_empty()).then(Instant::now);
-        let frame = wire::commit(c);
-        for f in self.followers.values() {
-            let _ = f.out.send(frame.clone());
+        // Standbys apply what is committed; they need not hear of every
+        // step (a takeover applies all a standby holds anyway), so the
+        // commit point goes out at most every COMMIT_EVERY, and with each
+        // heartbeat.
+        if self.commit_sent.elapsed() >= COMMIT_EVERY {
+            self.send_commit();
         }
         self.status.set_position(replica.position(), c);
         if let Some(ready) = self.ready.take() {

@@ -84,16 +84,16 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies the held entries up to index `commit`; returns them.
-    pub fn apply_upto(&mut self, commit: u64) -> Vec<Entry> {
-        let mut done = Vec::new();
+    /// Applies the held entries up to index `commit`; returns how many.
+    pub fn apply_upto(&mut self, commit: u64) -> usize {
+        let mut done = 0;
         while self.pending.front().is_some_and(|e| e.pos.index <= commit) {
             let e = self.pending.pop_front().expect("checked");
-            for b in &e.batches {
-                self.tables.apply(b);
+            for b in e.batches {
+                self.tables.apply_owned(b);
             }
             self.applied = e.pos;
-            done.push(e);
+            done += 1;
         }
         done
     }
@@ -133,7 +133,7 @@ mod tests {
         assert!(r.push(e(0, 3, 1)).is_err(), "an older epoch cannot follow");
         r.push(e(2, 3, 1)).unwrap();
         assert_eq!(r.position(), Pos { epoch: 2, index: 3 });
-        assert_eq!(r.apply_upto(2).len(), 2);
+        assert_eq!(r.apply_upto(2), 2);
         assert_eq!(r.applied(), Pos { epoch: 1, index: 2 });
         assert_eq!(r.position(), Pos { epoch: 2, index: 3 });
         r.apply_all();
