@@ -28,6 +28,11 @@ impl Hasher for IdHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 ^= n;
     }
+
+    fn write_i64(&mut self, n: i64) {
+        // The tables' BIGINT ids (store::replicated) are the same ids.
+        self.write_u64(n as u64);
+    }
 }
 
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;

@@ -33,7 +33,10 @@ pub fn zk_take_over(
 ) -> Result<(DbShared, std::path::PathBuf)> {
     let ha = config.ha.clone();
     let dir = config.store.dir.join("replica");
-    let (log, replica) = LocalLog::open(&dir)?;
+    let (log, replica) = LocalLog::open(
+        &dir,
+        config.store.sync == crate::config::SyncMode::QuorumMem,
+    )?;
     // Bound now: a wrong address fails the start, and a broker that wins
     // an election accepts its standbys' connections at once.
     let listener = std::net::TcpListener::bind(ha.replication_bind).with_context(|| {

@@ -509,24 +509,47 @@ async fn serve_follower(
     why
 }
 
-/// Writes what the master queues for one peer, as many frames per write
-/// as are queued.
+/// Writes what is queued for one peer, as many frames per write as are
+/// queued, straight from the frames' buffers (writev: an entry is shared by
+/// every standby and the local copy, and never copied for a socket).
 pub async fn write_frames(
-    write: tokio::net::tcp::OwnedWriteHalf,
+    mut write: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
-    let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, write);
-    while let Some(first) = rx.recv().await {
-        if w.write_all(&first).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if w.write_all(&more).await.is_err() {
-                return;
+    use bytes::Buf;
+    const MAX_SLICES: usize = 64;
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(b) => queue.push_back(b),
+                None => return,
             }
         }
-        if w.flush().await.is_err() {
-            return;
+        while queue.len() < MAX_SLICES {
+            match rx.try_recv() {
+                Ok(b) => queue.push_back(b),
+                Err(_) => break,
+            }
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = queue
+            .iter()
+            .take(MAX_SLICES)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = match write.write_vectored(&slices).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while n > 0 {
+            let front = queue.front_mut().expect("written bytes were queued");
+            if n >= front.len() {
+                n -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
         }
     }
 }

@@ -31,6 +31,9 @@ use super::codec;
 use super::state::{Entry, Replica};
 use super::wire::{self, Frame, Pos};
 
+/// How often at most a lazily synced copy syncs.
+const LAZY_SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Past this many bytes of log (and twice the last snapshot) the log is
 /// compacted into a new snapshot.
 const COMPACT_AT_BYTES: u64 = 64 << 20;
@@ -134,7 +137,9 @@ fn read_file(path: &Path) -> Result<Option<FileFrames>, LogError> {
 
 impl LocalLog {
     /// Reads the copy in `dir` (made if absent) and starts its writer.
-    pub fn open(dir: &Path) -> Result<(LocalLog, Replica), LogError> {
+    /// `lazy_sync`: nothing waits on its syncs (`quorum_mem`), so it
+    /// gathers writes for a few milliseconds into one sync.
+    pub fn open(dir: &Path, lazy_sync: bool) -> Result<(LocalLog, Replica), LogError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let snap_path = dir.join("snapshot");
         let mut replica = Replica::default();
@@ -231,6 +236,7 @@ impl LocalLog {
         let log_bytes = Arc::new(AtomicU64::new(keep as u64));
         let snapshot_bytes = Arc::new(AtomicU64::new(snapshot_bytes));
         let writer = Writer {
+            lazy_sync: lazy_sync.then_some(LAZY_SYNC_EVERY),
             dir: dir.to_path_buf(),
             file,
             history,
@@ -352,6 +358,8 @@ pub fn flush_before_exit(limit: std::time::Duration) -> bool {
 }
 
 struct Writer {
+    /// Some: syncs at most this often (nobody waits on them).
+    lazy_sync: Option<std::time::Duration>,
     dir: PathBuf,
     file: File,
     history: u64,
@@ -366,6 +374,18 @@ impl Writer {
         while let Ok(first) = rx.recv() {
             let mut cmds = vec![first];
             cmds.extend(rx.try_iter());
+            if let Some(every) = self.lazy_sync {
+                // Nobody waits on this copy's syncs (quorum_mem): gather
+                // what comes within `every` into one write and one sync.
+                let until = std::time::Instant::now() + every;
+                while !cmds.iter().any(|c| matches!(c, Cmd::Barrier(_))) {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(c) => cmds.push(c),
+                        Err(_) => break,
+                    }
+                }
+            }
             if let Err(e) = self.write(cmds) {
                 // The copy is behind from here on; this node still holds
                 // the log in memory and the quorum holds it too. A standby
@@ -516,7 +536,7 @@ mod tests {
     fn entries_survive_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
-            let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+            let (log, mut r) = LocalLog::open(dir.path(), false).unwrap();
             for i in 1..=3 {
                 let e = Entry::make(Pos { epoch: 1, index: i }, vec![send(i as i64)]);
                 log.append([(i, e.frame.clone())]);
@@ -532,7 +552,7 @@ mod tests {
             .unwrap();
         f.write_all(&torn[..torn.len() - 3]).unwrap();
         drop(f);
-        let (_log, mut r) = LocalLog::open(dir.path()).unwrap();
+        let (_log, mut r) = LocalLog::open(dir.path(), false).unwrap();
         assert_eq!(r.position(), Pos { epoch: 1, index: 3 });
         r.apply_all();
         assert_eq!(r.tables.messages(), 3);
@@ -542,7 +562,7 @@ mod tests {
     fn a_compacted_log_and_an_installed_snapshot_read_back() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
-            let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+            let (log, mut r) = LocalLog::open(dir.path(), false).unwrap();
             for i in 1..=4 {
                 let e = Entry::make(Pos { epoch: 1, index: i }, vec![send(i as i64)]);
                 log.append([(i, e.frame.clone())]);
@@ -552,7 +572,7 @@ mod tests {
             log.compact(&r);
             wait_synced(&log, 4).await;
         });
-        let (log, mut r) = LocalLog::open(dir.path()).unwrap();
+        let (log, mut r) = LocalLog::open(dir.path(), false).unwrap();
         assert_eq!(r.applied(), Pos { epoch: 1, index: 2 });
         assert_eq!(r.position(), Pos { epoch: 1, index: 4 });
         r.apply_all();
@@ -574,7 +594,7 @@ mod tests {
             );
         });
         drop(log);
-        let (_log, r) = LocalLog::open(dir.path()).unwrap();
+        let (_log, r) = LocalLog::open(dir.path(), false).unwrap();
         assert_eq!(r.position(), Pos { epoch: 2, index: 1 });
         assert_eq!(r.tables.messages(), 1);
     }
@@ -596,7 +616,7 @@ mod tests {
         let mut log = wire::history(6).to_vec();
         log.extend_from_slice(&Entry::make(Pos { epoch: 2, index: 2 }, vec![send(2)]).frame);
         std::fs::write(dir.path().join("log"), log).unwrap();
-        let (_log, r) = LocalLog::open(dir.path()).unwrap();
+        let (_log, r) = LocalLog::open(dir.path(), false).unwrap();
         assert_eq!(r.position(), Pos { epoch: 3, index: 1 });
         assert_eq!(r.tables.messages(), 1);
     }

@@ -23,7 +23,14 @@
 //! a table; removing a subscription costs the acks of its client id and
 //! name (the SQL uses the same index, `BROKK_TOPIC_ACKS_SIDX`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+use crate::idmap::IdHasher;
+
+/// Keyed by message id: the broker's id hasher, not SipHash (every message
+/// passes through these maps on every broker).
+type ById<V> = HashMap<i64, V, BuildHasherDefault<IdHasher>>;
 use std::sync::Arc;
 
 use crate::store::sql::{
@@ -38,7 +45,7 @@ type AckSub = Arc<(String, String)>;
 #[derive(Clone, Default)]
 pub struct Tables {
     /// `ACTIVEMQ_MSGS` by ID.
-    messages: BTreeMap<i64, MsgRow>,
+    messages: ById<MsgRow>,
     /// Sum of `MSG` lengths in `messages`.
     message_bytes: u64,
     /// `ACTIVEMQ_ACKS`: (container, client_id, sub_name) -> selector.
@@ -47,11 +54,11 @@ pub struct Tables {
     topic_acks: HashMap<AckSub, HashSet<i64>>,
     /// The same rows by ID (deleting a message deletes its acks). An
     /// index: its order depends on history, so equality ignores it.
-    topic_acks_by_id: HashMap<i64, Vec<AckSub>>,
+    topic_acks_by_id: ById<Vec<AckSub>>,
     /// `BROKK_REDELIVERIES`: ID -> sub_key -> count.
-    redeliveries: HashMap<i64, HashMap<String, i64>>,
+    redeliveries: ById<HashMap<String, i64>>,
     /// `BROKK_TX_ACKS` by ID: (tx, sub_key).
-    tx_acks: HashMap<i64, HashSet<(i64, String)>>,
+    tx_acks: ById<HashSet<(i64, String)>>,
     /// `BROKK_TX`.
     tx_decided: HashSet<i64>,
     /// `BROKK_PRODUCER_SEQ`: (container, producer) -> seq.
@@ -205,7 +212,12 @@ impl Tables {
             .collect();
         producer_seqs.sort_by(|a, b| (&a.container, &a.producer).cmp(&(&b.container, &b.producer)));
         Loaded {
-            messages: self.messages.values().cloned().collect(),
+            messages: {
+                // By ID, as load.rs reads them (once, at takeover).
+                let mut m: Vec<MsgRow> = self.messages.values().cloned().collect();
+                m.sort_unstable_by_key(|r| r.id);
+                m
+            },
             spill: None,
             subs,
             topic_acks,
@@ -224,8 +236,8 @@ impl Tables {
     /// `ACTIVEMQ_MSGS` insert; an existing row with the ID stays.
     pub(super) fn insert_message(&mut self, m: MsgRow) -> bool {
         match self.messages.entry(m.id) {
-            std::collections::btree_map::Entry::Occupied(_) => false,
-            std::collections::btree_map::Entry::Vacant(v) => {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
                 self.message_bytes += m.msg.len() as u64;
                 v.insert(m);
                 true
