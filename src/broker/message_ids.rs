@@ -32,7 +32,9 @@ impl MessageIds {
     /// over (0 if none), whatever shard issued it.
     pub fn new(shard: usize, recovered_max: MessageId) -> MessageIds {
         let clock = clock_micros() & COUNTER_MASK;
-        let after_store = counter(recovered_max) + 1;
+        // Never past the counter's bits: an id must not spill into the
+        // shard byte (two shards would issue the same ids).
+        let after_store = (counter(recovered_max) + 1).min(COUNTER_MASK);
         MessageIds {
             next: Cell::new(((shard as u64) << COUNTER_BITS) | clock.max(after_store)),
         }

@@ -669,10 +669,9 @@ pub async fn run(
         if let (Some(s), Some(db)) = (&db_store, &shared.db) {
             super::db_shard::forget_decisions(id, s, db, &tx.commits).await;
         }
-        let ids = Rc::new(MessageIds::new(
-            id,
-            shared.recovered_max_id.load(Ordering::SeqCst),
-        ));
+        let recovered_max = shared.recovered_max_id.load(Ordering::SeqCst);
+        tracing::debug!(shard = id, recovered_max, "message ids start above this");
+        let ids = Rc::new(MessageIds::new(id, recovered_max));
         let pager = restored.pager.take();
         let mut broker = ShardBroker::new(
             id,

@@ -196,6 +196,8 @@ pub fn zk_take_over(
     info!(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
+        max_id = loaded.messages.iter().map(|m| m.id).max().unwrap_or(0),
+        min_id = loaded.messages.iter().map(|m| m.id).min().unwrap_or(0),
         "elected; the cluster's tables are held"
     );
     let spool_dir = fresh_spool_dir(&config.store.spool_dir())?;

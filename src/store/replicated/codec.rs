@@ -588,7 +588,7 @@ mod tests {
                     msg: Bytes::from_static(b"body one"),
                 },
                 MsgRow {
-                    id: -2,
+                    id: 2,
                     container: "topic://tä".into(),
                     expiration: 0,
                     priority: 0,

@@ -236,7 +236,11 @@ impl Leader {
         };
         let mut batches = Vec::with_capacity(reqs.len());
         let mut replies = Vec::with_capacity(reqs.len());
-        for r in reqs {
+        for mut r in reqs {
+            // Rows retired before their batch left are tombstones (id -1)
+            // in the shard's batch: they go out as nothing, as the
+            // database writer drops them too.
+            crate::store::sql::shard_store::compact(&mut r.batch);
             batches.push(r.batch);
             replies.push(r.reply);
         }

@@ -87,7 +87,9 @@ impl Tables {
     pub fn apply_owned(&mut self, mut b: Batch) {
         // Inserts come first in `apply` too.
         for m in std::mem::take(&mut b.inserts) {
-            if !self.messages.contains_key(&m.id) {
+            // A negative id is a shard's tombstone (a row retired before
+            // its batch left, see `shard_store::compact`), never a message.
+            if m.id >= 0 && !self.messages.contains_key(&m.id) {
                 self.insert_message(m);
             }
         }
@@ -96,8 +98,9 @@ impl Tables {
 
     pub fn apply(&mut self, b: &Batch) {
         for m in &b.inserts {
-            // Checked first so that a repeated insert clones nothing.
-            if !self.messages.contains_key(&m.id) {
+            // Checked first so that a repeated insert clones nothing. A
+            // negative id is a tombstone (see `apply_owned`).
+            if m.id >= 0 && !self.messages.contains_key(&m.id) {
                 self.insert_message(m.clone());
             }
         }
@@ -689,7 +692,7 @@ mod tests {
         t.apply(&Batch {
             inserts: vec![
                 msg(5, "queue://q", "e"),
-                msg(-1, "queue://q", "a"),
+                msg(1, "queue://q", "a"),
                 msg(3, "queue://q", "c"),
             ],
             topic_acks: vec![
@@ -708,7 +711,7 @@ mod tests {
         let l = t.to_loaded();
         assert!(l.spill.is_none());
         let ids: Vec<i64> = l.messages.iter().map(|m| m.id).collect();
-        assert_eq!(ids, vec![-1, 3, 5]);
+        assert_eq!(ids, vec![1, 3, 5]);
         assert_eq!(
             l.topic_acks,
             vec![
@@ -729,5 +732,23 @@ mod tests {
         // Bodies are shared with the tables, not copied.
         let held = &t.messages[&3].msg;
         assert_eq!(l.messages[1].msg.as_ptr(), held.as_ptr());
+    }
+
+    #[test]
+    fn a_shards_tombstone_never_becomes_a_message() {
+        // A row retired before its batch left keeps its slot with id -1; a
+        // message with that id would be restored at takeover, and its id
+        // (u64::MAX) would push every shard's new ids past the shard byte.
+        let mut t = Tables::new();
+        let mut tomb = msg(7, "queue://q", "gone");
+        tomb.id = -1;
+        let b = Batch {
+            inserts: vec![tomb, msg(8, "queue://q", "kept")],
+            ..Batch::default()
+        };
+        t.apply(&b);
+        t.apply_owned(b);
+        assert_eq!(t.messages(), 1);
+        assert!(t.to_loaded().messages.iter().all(|m| m.id >= 0));
     }
 }
