@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::db::{assert_all_present, drain_at, Producer};
 use common::free_addr;
+use common::stomp_serving as serving;
 
 const ZK: &str = "127.0.0.1:21811,127.0.0.1:21812,127.0.0.1:21813";
 
@@ -215,25 +216,6 @@ impl Cluster {
         }
         r
     }
-}
-
-/// Whether a broker answers a STOMP CONNECT at `addr`. A connect alone is
-/// not enough: a killed broker's listening sockets outlive it for a moment
-/// (io_uring tears its files down after the process is gone) and accept
-/// connections nobody answers.
-fn serving(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 9];
-    s.read_exact(&mut buf).is_ok() && &buf == b"CONNECTED"
 }
 
 /// SIGKILL the master under persistent load, five times: a standby takes

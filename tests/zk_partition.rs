@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::stomp_serving as serving;
 use common::{body, Client};
 
 const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ops/services.sh");
@@ -319,21 +320,6 @@ impl Cluster {
 
 fn stomp(i: usize) -> SocketAddr {
     format!("{}:61613", Net::addr(i)).parse().unwrap()
-}
-
-/// Whether a broker answers a STOMP CONNECT (see tests/zk_mode.rs).
-fn serving(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 9];
-    s.read_exact(&mut buf).is_ok() && &buf == b"CONNECTED"
 }
 
 /// A receipt and who gave it.

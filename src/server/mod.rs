@@ -506,14 +506,7 @@ fn db_take_over(
         side::block_on(async move { sql::load::load(&db, Some(spill)).await })?
             .context("cannot read the tables")?
     };
-    // Send order: ids carry the issuing shard in their top bits, so ID
-    // order would put a producer's messages issued on a lower shard (after
-    // it reconnected to another broker) before its earlier ones. Counters
-    // start above every stored id at each takeover (see `message_ids`), so
-    // by counter what came after a failover sorts after what came before.
-    loaded
-        .messages
-        .sort_by_key(|m| (crate::broker::message_ids::counter(m.id as u64), m.id));
+    in_send_order(&mut loaded);
     info!(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
@@ -542,6 +535,18 @@ fn db_take_over(
         max_statement,
         spool_dir,
     ))
+}
+
+/// Puts the rows read at a takeover in send order. Ids carry the issuing
+/// shard in their top bits, so ID order would put a producer's messages
+/// issued on a lower shard (after it reconnected to another broker) before
+/// its earlier ones. Counters start above every stored id at each takeover
+/// (see `message_ids`), so by counter what came after a failover sorts
+/// after what came before.
+fn in_send_order(loaded: &mut crate::store::sql::Loaded) {
+    loaded
+        .messages
+        .sort_by_key(|m| (crate::broker::message_ids::counter(m.id as u64), m.id));
 }
 
 /// Raises the epoch, waiting out a full file system (a copy-on-write one

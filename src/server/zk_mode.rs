@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use tracing::{info, warn};
 
 use super::db_shard::DbShared;
-use super::{fenced, fresh_spool_dir, ha_span};
+use super::{fenced, fresh_spool_dir, ha_span, in_send_order};
 use crate::config::Config;
 use crate::ha::zk::{self, Election, Step, ZkConfig};
 use crate::ha::{Role, RoleCell};
@@ -189,15 +189,10 @@ pub fn zk_take_over(
     std::mem::forget(election);
     let mut loaded = side::block_on(ready_rx)?
         .map_err(|_| anyhow!("the replication leader stopped before the takeover"))?;
-    // Send order, as in the database modes (see `db_take_over`).
-    loaded
-        .messages
-        .sort_by_key(|m| (crate::broker::message_ids::counter(m.id as u64), m.id));
+    in_send_order(&mut loaded);
     info!(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
-        max_id = loaded.messages.iter().map(|m| m.id).max().unwrap_or(0),
-        min_id = loaded.messages.iter().map(|m| m.id).min().unwrap_or(0),
         "elected; the cluster's tables are held"
     );
     let spool_dir = fresh_spool_dir(&config.store.spool_dir())?;
