@@ -263,7 +263,7 @@ impl Election {
     }
 
     /// Says that this broker stopped following epoch `epoch`.
-    pub async fn open_election(&self, epoch: u64) -> Result<(), ZkError> {
+    async fn open_election(&self, epoch: u64) -> Result<(), ZkError> {
         let path = self.election_path(epoch);
         match self
             .client

@@ -299,38 +299,12 @@ pub fn split_frames(buf: &Bytes) -> (Vec<(Frame, usize)>, Option<Torn>) {
     (out, None)
 }
 
-/// Reads one frame from a stream: the frame and its bytes as read (an
-/// entry is written to the local copy as it came).
-pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<(Frame, Bytes)> {
-    read_frame_max(r, MAX_FRAME).await
-}
-
-/// [`read_frame`], refusing frames over `max` bytes before allocating
-/// (a peer not yet known is allowed a small one only).
-pub async fn read_frame_max<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> std::io::Result<(Frame, Bytes)> {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 4];
-    r.read_exact(&mut head).await?;
-    let total = frame_len(head).map_err(invalid)?;
-    if total > max {
-        return Err(invalid(WireError::TooLarge(total)));
-    }
-    let mut raw = BytesMut::zeroed(total);
-    raw[..4].copy_from_slice(&head);
-    r.read_exact(&mut raw[4..]).await?;
-    let raw = raw.freeze();
-    let frame = decode(raw.slice(4..)).map_err(invalid)?;
-    Ok((frame, raw))
-}
-
-/// [`read_frame_max`] with deadlines: `wait` for a frame to start, then
-/// as long again plus a second per 16 MiB for the rest (a snapshot of a
-/// large backlog is one frame, and must not look like a silent peer).
+/// Reads one frame from a stream, refusing one over `max` bytes before
+/// allocating (a peer not yet known is allowed a small one only): the
+/// frame and its bytes as read (an entry goes to the local copy as it
+/// came). Deadlines: `wait` for a frame to start, then as long again plus
+/// a second per 16 MiB for the rest (a snapshot of a large backlog is one
+/// frame, and must not look like a silent peer).
 pub async fn read_frame_timed<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     wait: std::time::Duration,
