@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use brokk::ha::db_lease::{acquire, keep, LeaseConfig, Lost};
+use brokk::store::sql::write::fence_query;
 use brokk::store::sql::{Dialect, LeaseToken, SqlError};
 use mysql_async::prelude::Queryable;
 
@@ -71,8 +72,11 @@ impl TestDb {
             N.fetch_add(1, Ordering::Relaxed)
         );
         let db = TestDb { dialect, name };
+        // The fence table without its row: taking the lease makes it.
         let create = "CREATE TABLE IF NOT EXISTS ACTIVEMQ_LOCK \
-                      (ID BIGINT NOT NULL PRIMARY KEY, TIME BIGINT, BROKER_NAME VARCHAR(250))";
+                      (ID BIGINT NOT NULL PRIMARY KEY, TIME BIGINT, BROKER_NAME VARCHAR(250)); \
+                      CREATE TABLE IF NOT EXISTS BROKK_FENCE \
+                      (ID BIGINT NOT NULL PRIMARY KEY, HOLDER VARCHAR(250))";
         rt().block_on(async {
             match dialect {
                 Dialect::MySql => {
@@ -225,21 +229,28 @@ impl Admin {
         }
     }
 
-    /// Opens a transaction holding a shared row lock on ID=1, as the
-    /// writer's lease check does, and leaves it open.
-    async fn lock_row_shared(&mut self) {
+    /// Opens a transaction that begins as every write transaction does
+    /// (its lease check, with the locks it takes), and leaves it open.
+    async fn lock_fence_shared(&mut self) {
         match self {
             Admin::My(c) => {
                 c.query_drop("START TRANSACTION").await.expect("begin");
-                c.query_drop("SELECT * FROM ACTIVEMQ_LOCK WHERE ID = 1 LOCK IN SHARE MODE")
+                c.query_drop(fence_query(Dialect::MySql))
                     .await
-                    .expect("lock in share mode");
+                    .expect("the writer's lease check");
             }
             Admin::Pg(c) => {
-                c.batch_execute("BEGIN; SELECT * FROM ACTIVEMQ_LOCK WHERE ID = 1 FOR SHARE")
+                c.batch_execute(&format!("BEGIN; {}", fence_query(Dialect::Postgres)))
                     .await
-                    .expect("for share");
+                    .expect("the writer's lease check");
             }
+        }
+    }
+
+    async fn commit(&mut self) {
+        match self {
+            Admin::My(c) => c.query_drop("COMMIT").await.expect("commit"),
+            Admin::Pg(c) => c.batch_execute("COMMIT").await.expect("commit"),
         }
     }
 
@@ -504,8 +515,54 @@ fn hung_master(d: Dialect) {
     assert_eq!(db.holder().as_deref(), Some("broker-b"));
 }
 
-/// A hung master with a write transaction open (a shared row lock on ID=1,
-/// as the writer's lease check takes): the waiter still takes over after
+/// A write transaction that lasts three leases (a drain's huge DELETE, a
+/// database stalled on I/O) while the master renews: every renewal goes
+/// through, the master keeps its lease, and a waiting standby stays out.
+/// (When the writers share-locked the lease row itself, this cost a
+/// healthy master its lease.)
+fn long_writer_does_not_starve_the_renewal(d: Dialect) {
+    let db = TestDb::new(d, "longtx");
+    let cfg = cfg(&db, 1000, 250);
+    let a = Broker::start(&cfg, "broker-a", true);
+    a.acquired(DEADLINE, "first acquire");
+    let b = Broker::start(&cfg, "broker-b", true);
+    b.waiting("second acquire");
+    let (locked_tx, locked) = mpsc::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let (committed_tx, committed) = mpsc::channel();
+    let url = db.url();
+    let writer = on_thread(move || async move {
+        let mut w = admin_at(d, &url).await;
+        w.lock_fence_shared().await;
+        let _ = locked_tx.send(());
+        let _ = done.await;
+        w.commit().await;
+        let _ = committed_tx.send(());
+    });
+    locked
+        .recv_timeout(DEADLINE)
+        .expect("writer holds the fence row");
+    // Three leases with the fence row share-locked: a renewal stuck behind
+    // it would end the lease within one (the master reports Lost::Expired,
+    // and the waiter takes the expired row).
+    if let Ok(ev) = a.events.recv_timeout(cfg.lease * 3) {
+        panic!("the master reported {ev:?} while a write transaction was open");
+    }
+    if let Ok(ev) = b.events.try_recv() {
+        panic!("the waiter got {ev:?} while the master renewed");
+    }
+    assert_eq!(db.holder().as_deref(), Some("broker-a"));
+    let _ = done_tx.send(());
+    committed.recv_timeout(DEADLINE).expect("writer commits");
+    writer.join().expect("writer thread");
+    // Dropped in order: the waiter's thread obeys only once it holds the
+    // lease.
+    drop(a);
+    b.acquired(DEADLINE, "takeover after the master crashed");
+}
+
+/// A hung master with a write transaction open (a shared lock on the fence
+/// row, as the writer's lease check takes): the waiter still takes over after
 /// the lease, killing that transaction's session.
 fn hung_writer(d: Dialect) {
     let db = TestDb::new(d, "writer");
@@ -518,7 +575,7 @@ fn hung_writer(d: Dialect) {
     let (alive_tx, alive_rx) = mpsc::channel();
     let writer = on_thread(move || async move {
         let mut w = admin_at(d, &url).await;
-        w.lock_row_shared().await;
+        w.lock_fence_shared().await;
         let _ = locked_tx.send(());
         let _ = done.await;
         let _ = alive_tx.send(w.works().await);
@@ -620,6 +677,16 @@ fn mysql_hung_master() {
 fn postgres_hung_master() {
     hung_master(Dialect::Postgres);
 }
+#[test]
+fn mysql_long_writer_does_not_starve_the_renewal() {
+    long_writer_does_not_starve_the_renewal(Dialect::MySql);
+}
+
+#[test]
+fn postgres_long_writer_does_not_starve_the_renewal() {
+    long_writer_does_not_starve_the_renewal(Dialect::Postgres);
+}
+
 #[test]
 fn mysql_hung_writer() {
     hung_writer(Dialect::MySql);

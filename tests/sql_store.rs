@@ -170,11 +170,20 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 async fn hold_lease(db: &Db) {
+    set_lease(db, LEASE, FAR_FUTURE).await;
+}
+
+/// As a takeover leaves them: the lease row (holder, expiry) and the fence
+/// row (holder) that write transactions check.
+async fn set_lease(db: &Db, holder: &str, time: i64) {
     exec(
         db,
-        &format!(
-            "UPDATE ACTIVEMQ_LOCK SET BROKER_NAME = '{LEASE}', TIME = {FAR_FUTURE} WHERE ID = 1"
-        ),
+        &format!("UPDATE ACTIVEMQ_LOCK SET BROKER_NAME = '{holder}', TIME = {time} WHERE ID = 1"),
+    )
+    .await;
+    exec(
+        db,
+        &format!("UPDATE BROKK_FENCE SET HOLDER = '{holder}' WHERE ID = 1"),
     )
     .await;
 }
@@ -266,6 +275,7 @@ fn schema_is_activemqs_and_creating_twice_is_fine() {
             ]
         );
         for table in [
+            "BROKK_FENCE",
             "BROKK_TOPIC_ACKS",
             "BROKK_REDELIVERIES",
             "BROKK_TX",
@@ -593,21 +603,11 @@ fn a_lease_not_ours_or_expired_fences_and_commits_nothing() {
         let reason = expect_fenced(write_batch(&db, &lease(), &batch).await, "no holder");
         assert!(reason.contains("nobody"), "{reason}");
         // Another broker holds it.
-        exec(
-            &db,
-            &format!(
-                "UPDATE ACTIVEMQ_LOCK SET BROKER_NAME = 'other', TIME = {FAR_FUTURE} WHERE ID = 1"
-            ),
-        )
-        .await;
+        set_lease(&db, "other", FAR_FUTURE).await;
         let reason = expect_fenced(write_batch(&db, &lease(), &batch).await, "other holder");
         assert!(reason.contains("other"), "{reason}");
         // Ours, but expired (by the database's clock).
-        exec(
-            &db,
-            &format!("UPDATE ACTIVEMQ_LOCK SET BROKER_NAME = '{LEASE}', TIME = 1000 WHERE ID = 1"),
-        )
-        .await;
+        set_lease(&db, LEASE, 1000).await;
         let reason = expect_fenced(write_batch(&db, &lease(), &batch).await, "expired");
         assert!(reason.contains("expired"), "{reason}");
         // Nothing was written.

@@ -10,9 +10,20 @@
 //!   hung keeps it forever.
 //! - The **lease row** (`BROKER_NAME` = the holder's token, `TIME` = expiry
 //!   in ms on the database's clock) expires by itself when the master stops
-//!   renewing, and every write transaction checks it (fencing, see
-//!   `store::sql`). But alone it makes a standby wait a whole lease after a
+//!   renewing. But alone it makes a standby wait a whole lease after a
 //!   crash.
+//!
+//! Fencing has a row of its own, `BROKK_FENCE` ID=1 (`HOLDER` = the
+//! master's token), rewritten only when the lease is taken, in the same
+//! transaction as the lease row. Every write transaction share-locks it
+//! and commits only if it names us (and the lease row, read without a
+//! lock, has not expired; see `store::sql::write`), so a takeover waits for
+//! the old master's transactions in flight and every later one commits
+//! nothing. The renewal rewrites only the lease row, which no write
+//! transaction locks: a long transaction (a drain's big DELETE, a database
+//! stalled on I/O) can delay a takeover but never starve the master's own
+//! renewal. (Earlier both lived in one row, and a 1.7 s transaction cost a
+//! healthy master its lease.)
 //!
 //! The rule that ties them together: **whoever holds the session lock may
 //! take the lease row at once**, whatever it says - the previous holder's
@@ -32,9 +43,8 @@
 //! (not the writer's pool): `session` holds the session lock and nothing
 //! else runs a long statement on it; `rows` reads and updates the row with a
 //! short lock-wait timeout, so a hung master's write transaction (which holds
-//! a shared row lock on ID=1) cannot block us forever.
+//! a shared lock on the fence row) cannot block a takeover forever.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -58,6 +68,12 @@ const PG_KEY: i64 = 0x6272_6F6B;
 /// so the name carries the database: two clusters on one server, or tests
 /// in parallel, each get their own. At most 64 characters.
 const MY_LOCK_PREFIX: &str = "brokk-master:";
+
+/// The fence row, rewritten (or made) when the lease is taken.
+const MY_FENCE_TAKE: &str = "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, ?) \
+     ON DUPLICATE KEY UPDATE HOLDER = VALUES(HOLDER)";
+const PG_FENCE_TAKE: &str = "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, $1) \
+     ON CONFLICT (ID) DO UPDATE SET HOLDER = EXCLUDED.HOLDER";
 
 /// How long an UPDATE of the row waits for a row lock before we look at who
 /// holds it (MariaDB's `innodb_lock_wait_timeout` counts whole seconds).
@@ -156,8 +172,6 @@ pub struct Lease {
     /// this one.
     rows: Option<DbConn>,
     valid_until: Instant,
-    /// Shared with this process's writer lanes (see [`Lease::gate`]).
-    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// What went wrong in a renewal, for [`keep`].
@@ -173,12 +187,6 @@ impl Lease {
     /// session-lock connection died: a standby may take the row at any
     /// moment); other errors are worth retrying until
     /// [`Lease::valid_until`].
-    /// The gate this process's write transactions pass (shared, read)
-    /// while a renewal passes it exclusively (see `renew_inner`).
-    pub fn gate(&self) -> Arc<tokio::sync::RwLock<()>> {
-        self.gate.clone()
-    }
-
     pub async fn renew(&mut self) -> Result<(), SqlError> {
         match self.renew_inner().await {
             Ok(()) => Ok(()),
@@ -191,20 +199,13 @@ impl Lease {
     }
 
     async fn renew_inner(&mut self) -> Result<(), RenewFail> {
-        // The writer lanes hold the lease row share-locked in their
-        // transactions; back to back, on PostgreSQL (where a new share lock
-        // joins one held even while an UPDATE waits) they could keep the
-        // renewal out past its lock timeout until the lease ran out. The
-        // gate is fair: the renewal waits for the transactions in flight,
-        // and new ones wait for it.
-        // Only around the UPDATE: the lanes wait for as little as possible.
-        let gate = self.gate.clone();
-        let exclusive = gate.write().await;
+        // No write transaction holds the lease row (they share-lock the
+        // fence row, see the module's doc): only a standby taking over
+        // makes this wait.
         // Counted from before the request leaves: the database sets the
         // expiry from its clock when it runs the UPDATE, which is later.
         let sent = Instant::now();
         let updated = self.update_own_row().await;
-        drop(exclusive);
         if let Ok(0) = updated {
             let holder = match self.rows.as_mut() {
                 Some(rows) => match rows.read_row().await {
@@ -263,8 +264,9 @@ impl Lease {
         if r.is_err() && !rows.alive() {
             self.rows = None;
         }
-        // A lock-wait timeout: most likely behind our own writer's
-        // transactions; retried by `keep` until valid_until.
+        // A lock-wait timeout: a standby is taking the row (its
+        // transaction waits for our writes in flight); retried by `keep`
+        // until valid_until, when the row will most likely name it.
         r?.ok_or_else(|| SqlError::Query {
             what: "renew the lease",
             reason: format!("the lease row stayed locked for {ROW_LOCK_WAIT_S} s"),
@@ -416,8 +418,9 @@ pub async fn keep(lease: &mut Lease) -> Lost {
 /// one standby wins) and serve without the session lock, trying to take it
 /// at each renewal (see [`Lease::has_session_lock`]).
 ///
-/// Taking the row may block behind a write transaction of the previous
-/// master (it holds a shared row lock on ID=1 for the transaction's length);
+/// Taking the lease may block behind a write transaction of the previous
+/// master (it holds a shared lock on the fence row for the transaction's
+/// length);
 /// the UPDATE gives up after a second, and when the row has expired we kill
 /// the sessions that block it (PostgreSQL: the backends holding a row-level
 /// table lock on `ACTIVEMQ_LOCK`; MariaDB, whose lock tables need the
@@ -499,7 +502,6 @@ fn won(
         has_session_lock,
         rows: Some(rows),
         valid_until: sent + cfg.lease.saturating_sub(cfg.margin()),
-        gate: Arc::default(),
     }
 }
 
@@ -909,7 +911,8 @@ impl DbConn {
     }
 
     /// The UPDATE of the lease row: Some(rows matched), or None when it
-    /// gave up waiting for a row lock (a transaction holds ID=1).
+    /// gave up waiting for a row lock (a transaction holds the fence row,
+    /// or another standby is taking the lease).
     async fn update_row(
         &mut self,
         token: &LeaseToken,
@@ -956,30 +959,24 @@ impl DbConn {
             ),
         };
         const WHAT: &str = "update ACTIVEMQ_LOCK";
+        // Taking the lease also rewrites the fence row, in the same
+        // transaction: that waits for the write transactions in flight
+        // (they share-lock it), and every later one sees the new holder.
+        let fence = matches!(cond, Cond::Held(_) | Cond::Expired);
         match self {
             DbConn::My {
                 conn, alive, lock, ..
             } => {
-                let r = match holder {
-                    Some(id) => {
-                        conn.exec_drop(sql, (lease_ms, token.0.as_str(), lock.as_str(), id))
-                            .await
-                    }
-                    None => conn.exec_drop(sql, (lease_ms, token.0.as_str())).await,
-                };
+                let r = my_lease_update(conn, &sql, holder, lease_ms, token, lock, fence).await;
                 match r {
-                    Ok(()) => Ok(Some(conn.affected_rows())),
+                    Ok(n) => Ok(Some(n)),
                     Err(e) if my_code(&e) == Some(MY_LOCK_WAIT_TIMEOUT) => Ok(None),
                     Err(e) => Err(Self::my_fail(alive, WHAT, e)),
                 }
             }
             DbConn::Pg { client, .. } => {
                 let pid = holder.map(|id| i32::try_from(id).unwrap_or_default());
-                let r = match &pid {
-                    Some(pid) => client.execute(&sql, &[&lease_ms, &token.0, pid]).await,
-                    None => client.execute(&sql, &[&lease_ms, &token.0]).await,
-                };
-                match r {
+                match pg_lease_update(client, &sql, pid, lease_ms, token, fence).await {
                     Ok(n) => Ok(Some(n)),
                     Err(e)
                         if e.code()
@@ -993,6 +990,7 @@ impl DbConn {
         }
     }
 
+    /// The lease row if missing (the fence row is made when taken).
     async fn insert_row(&mut self) -> Result<(), SqlError> {
         const WHAT: &str = "insert the ACTIVEMQ_LOCK row";
         match self {
@@ -1110,15 +1108,15 @@ impl DbConn {
                 Ok(killed)
             }
             DbConn::Pg { client, .. } => {
-                // A transaction that locked rows of ACTIVEMQ_LOCK (FOR SHARE,
-                // FOR UPDATE, UPDATE) holds a RowShare or RowExclusive lock
-                // on the table until it ends; row locks themselves are not
-                // in pg_locks, and pg_blocking_pids sees only current waits.
+                // A transaction that locked the fence row (FOR SHARE, FOR
+                // UPDATE, UPDATE) holds a RowShare or RowExclusive lock on
+                // BROKK_FENCE until it ends; row locks themselves are not in
+                // pg_locks, and pg_blocking_pids sees only current waits.
                 let sql = format!(
                     "SELECT l.pid, pg_terminate_backend(l.pid) FROM pg_locks l \
                      WHERE l.locktype = 'relation' AND l.granted \
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                     AND l.relation = 'activemq_lock'::regclass \
+                     AND l.relation = 'brokk_fence'::regclass \
                      AND l.mode IN ('RowShareLock', 'RowExclusiveLock') \
                      AND l.pid <> ALL($1) \
                      AND EXISTS (SELECT 1 FROM ACTIVEMQ_LOCK a WHERE a.ID = 1 \
@@ -1175,6 +1173,93 @@ async fn pg_kill(
         }
     }
     Ok(killed)
+}
+
+/// MariaDB: the lease row's UPDATE (`sql`), and with `fence` the fence
+/// row's upsert, in one transaction. Rows of the lease matched.
+async fn my_lease_update(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+    holder: Option<u64>,
+    lease_ms: i64,
+    token: &LeaseToken,
+    lock: &str,
+    fence: bool,
+) -> Result<u64, mysql_async::Error> {
+    async fn update(
+        conn: &mut mysql_async::Conn,
+        sql: &str,
+        holder: Option<u64>,
+        lease_ms: i64,
+        token: &str,
+        lock: &str,
+    ) -> Result<(), mysql_async::Error> {
+        match holder {
+            Some(id) => conn.exec_drop(sql, (lease_ms, token, lock, id)).await,
+            None => conn.exec_drop(sql, (lease_ms, token)).await,
+        }
+    }
+    if !fence {
+        update(conn, sql, holder, lease_ms, &token.0, lock).await?;
+        return Ok(conn.affected_rows());
+    }
+    conn.query_drop("START TRANSACTION").await?;
+    let r = async {
+        update(conn, sql, holder, lease_ms, &token.0, lock).await?;
+        let n = conn.affected_rows();
+        if n > 0 {
+            conn.exec_drop(MY_FENCE_TAKE, (token.0.as_str(),)).await?;
+        }
+        conn.query_drop(if n > 0 { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        Ok(n)
+    }
+    .await;
+    if r.is_err() {
+        // A lock-wait timeout rolls back only its statement: end the
+        // transaction, so that the lease row's lock goes too.
+        let _ = conn.query_drop("ROLLBACK").await;
+    }
+    r
+}
+
+/// PostgreSQL: as [`my_lease_update`].
+async fn pg_lease_update(
+    client: &mut tokio_postgres::Client,
+    sql: &str,
+    pid: Option<i32>,
+    lease_ms: i64,
+    token: &LeaseToken,
+    fence: bool,
+) -> Result<u64, tokio_postgres::Error> {
+    if !fence {
+        return match &pid {
+            Some(pid) => client.execute(sql, &[&lease_ms, &token.0, pid]).await,
+            None => client.execute(sql, &[&lease_ms, &token.0]).await,
+        };
+    }
+    let tx = client.transaction().await?;
+    let n = match &pid {
+        Some(pid) => tx.execute(sql, &[&lease_ms, &token.0, pid]).await,
+        None => tx.execute(sql, &[&lease_ms, &token.0]).await,
+    };
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
+    if n == 0 {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    if let Err(e) = tx.execute(PG_FENCE_TAKE, &[&token.0]).await {
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// FNV-1a, for a lock name that must fit in 64 characters.

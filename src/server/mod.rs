@@ -490,7 +490,6 @@ fn db_take_over(
     let _in = span.enter();
     info!(url = %sql::redact(&url), "lease taken; reading the tables");
     let mut lease = lease;
-    let gate = lease.gate();
     side::handle()?.spawn(async move {
         let lost = db_lease::keep(&mut lease).await;
         error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
@@ -523,7 +522,6 @@ fn db_take_over(
         },
         usage,
         config.shard_count(),
-        gate,
     );
     let max_statement = {
         let db = db.clone();

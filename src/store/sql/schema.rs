@@ -50,6 +50,13 @@ const MYSQL_DDL: &[&str] = &[
         PRIMARY KEY (ID)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "INSERT IGNORE INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL)",
+    // The fencing token, apart from the lease row (see `ha::db_lease`).
+    "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
+        ID BIGINT NOT NULL,
+        HOLDER VARCHAR(250),
+        PRIMARY KEY (ID)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "INSERT IGNORE INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL)",
     // The SIDX index serves removing a subscription's acknowledgements.
     "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
         ID BIGINT NOT NULL,
@@ -171,6 +178,12 @@ const PG_DDL: &[&str] = &[
         PRIMARY KEY (ID)
     )",
     "INSERT INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL) ON CONFLICT (ID) DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
+        ID BIGINT NOT NULL,
+        HOLDER VARCHAR(250),
+        PRIMARY KEY (ID)
+    )",
+    "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL) ON CONFLICT (ID) DO NOTHING",
     "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
         ID BIGINT NOT NULL,
         CLIENT_ID VARCHAR(250) NOT NULL,
@@ -205,10 +218,11 @@ const PG_DDL: &[&str] = &[
 const PG_DDL_LOCK: i64 = 0x42524f4b4b44444c;
 
 /// The tables Brokk uses.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "ACTIVEMQ_MSGS",
     "ACTIVEMQ_ACKS",
     "ACTIVEMQ_LOCK",
+    "BROKK_FENCE",
     "BROKK_TOPIC_ACKS",
     "BROKK_REDELIVERIES",
     "BROKK_TX",
@@ -216,7 +230,11 @@ const TABLES: [&str; 8] = [
     "BROKK_PRODUCER_SEQ",
 ];
 
-/// Whether every table and the lock row are there already: plain reads,
+/// 1 when both the lease row and the fence row exist.
+const ROWS_THERE: &str = "SELECT (SELECT COUNT(*) FROM ACTIVEMQ_LOCK WHERE ID = 1) \
+     * (SELECT COUNT(*) FROM BROKK_FENCE WHERE ID = 1)";
+
+/// Whether every table and the lock and fence rows are there already: plain reads,
 /// so that a broker starting beside a running master (a standby) takes no
 /// DDL lock. On PostgreSQL `CREATE INDEX IF NOT EXISTS` locks its table
 /// even when the index exists, which blocks the master's lease renewal
@@ -243,7 +261,7 @@ async fn already_created(db: &Db) -> Result<bool, SqlError> {
                 return Ok(false);
             }
             let row: Option<i64> = conn
-                .query_first("SELECT COUNT(*) FROM ACTIVEMQ_LOCK WHERE ID = 1")
+                .query_first(ROWS_THERE)
                 .await
                 .map_err(my_err("look for the lock row"))?;
             Ok(row == Some(1))
@@ -266,7 +284,7 @@ async fn already_created(db: &Db) -> Result<bool, SqlError> {
             }
             let row: i64 = conn
                 .client
-                .query_one("SELECT count(*) FROM ACTIVEMQ_LOCK WHERE ID = 1", &[])
+                .query_one(ROWS_THERE, &[])
                 .await
                 .map_err(pg_err("look for the lock row"))?
                 .get(0);

@@ -92,12 +92,27 @@ pub const ROW_CHUNK: usize = 1000;
 /// the server's `max_allowed_packet`, 16 MiB by default).
 const MYSQL_TEXT_LIMIT: usize = 256 << 10;
 
-const MYSQL_FENCE: &str =
-    "SELECT BROKER_NAME, TIME, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
-     FROM ACTIVEMQ_LOCK WHERE ID = 1 LOCK IN SHARE MODE";
+// The fence row share-locked for the transaction's length: a takeover
+// rewrites it, so it waits for the transactions in flight, and those after
+// it see the new holder and commit nothing. The lease row is only read (a
+// plain, non-locking read): the renewal rewrites it every `lease / 4` and
+// must never wait for a long write transaction (see `ha::db_lease`).
+// MariaDB's LOCK IN SHARE MODE does not reach into the subquery.
+const MYSQL_FENCE: &str = "SELECT f.HOLDER, (SELECT l.TIME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
+     CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
+     FROM BROKK_FENCE f WHERE f.ID = 1 LOCK IN SHARE MODE";
 const PG_FENCE: &str =
-    "SELECT BROKER_NAME, TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint \
-     FROM ACTIVEMQ_LOCK WHERE ID = 1 FOR SHARE";
+    "SELECT f.HOLDER, l.TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint \
+     FROM BROKK_FENCE f LEFT JOIN ACTIVEMQ_LOCK l ON l.ID = 1 WHERE f.ID = 1 FOR SHARE OF f";
+
+/// The statement every write transaction begins with (public for the
+/// tests that hold its locks the way a slow transaction does).
+pub fn fence_query(dialect: super::Dialect) -> &'static str {
+    match dialect {
+        super::Dialect::MySql => MYSQL_FENCE,
+        super::Dialect::Postgres => PG_FENCE,
+    }
+}
 
 /// Applies `batch` in one transaction if `lease` still holds the lock row;
 /// otherwise commits nothing and returns [`SqlError::Fenced`]. Any other
@@ -165,17 +180,17 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
     }
 }
 
-/// Whether the lock row `(BROKER_NAME, TIME, database now)` is our lease.
+/// Whether `(fence holder, lease expiry, database now)` is our lease.
 fn check_lease(
     lease: &LeaseToken,
     row: Option<(Option<String>, Option<i64>, i64)>,
 ) -> Result<(), SqlError> {
     let Some((holder, time, now)) = row else {
-        return Err(SqlError::Fenced("ACTIVEMQ_LOCK has no row ID=1".into()));
+        return Err(SqlError::Fenced("BROKK_FENCE has no row ID=1".into()));
     };
     if holder.as_deref() != Some(lease.0.as_str()) {
         return Err(SqlError::Fenced(format!(
-            "ACTIVEMQ_LOCK names {}, not {}",
+            "BROKK_FENCE names {}, not {}",
             holder.as_deref().unwrap_or("nobody"),
             lease.0
         )));

@@ -35,9 +35,6 @@ pub struct WriterConfig {
 /// and decision, a dead-letter copy and its original) waits for the other
 /// side to be durable before it goes on, so the lanes need no order
 /// between them.
-/// `gate`: held shared around each transaction; the lease renewal takes
-/// it exclusively (see `ha::db_lease`), so back-to-back transactions of
-/// several lanes cannot starve it.
 pub fn spawn(
     rt: &tokio::runtime::Handle,
     db: Arc<Db>,
@@ -45,7 +42,6 @@ pub fn spawn(
     cfg: WriterConfig,
     usage: Arc<StoreUsage>,
     lanes: usize,
-    gate: Arc<tokio::sync::RwLock<()>>,
 ) -> Vec<flume::Sender<WriteRequest>> {
     (0..lanes.max(1))
         .map(|_| {
@@ -54,7 +50,6 @@ pub fn spawn(
                 db: db.clone(),
                 lease: lease.clone(),
                 usage: usage.clone(),
-                gate: gate.clone(),
             };
             rt.spawn(run(rx, lane, cfg.clone()));
             tx
@@ -67,7 +62,6 @@ struct Lane {
     db: Arc<Db>,
     lease: LeaseToken,
     usage: Arc<StoreUsage>,
-    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
@@ -115,24 +109,14 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
     let stats = &lane.usage.db;
     loop {
         let started = std::time::Instant::now();
-        let result = {
-            // PostgreSQL only: there a new share lock on the lease row
-            // joins the held ones even while the renewal's UPDATE waits, so
-            // back-to-back lanes could starve it. InnoDB queues new share
-            // locks behind a waiting exclusive one; the gate would only
-            // cost MySQL/MariaDB a pause per renewal.
-            let _shared = match lane.db.dialect() {
-                super::Dialect::Postgres => Some(lane.gate.read().await),
-                super::Dialect::MySql => None,
-            };
-            super::write::write_batch(&lane.db, &lane.lease, batch).await
-        };
+        let result = super::write::write_batch(&lane.db, &lane.lease, batch).await;
         match result {
             Ok(()) => {
                 let took = started.elapsed();
                 if took >= SLOW_TRANSACTION {
-                    // A transaction holds its share of the lease row until
-                    // it commits: slow ones delay the lease renewal.
+                    // A transaction holds its share of the fence row until
+                    // it commits: slow ones delay a standby's takeover
+                    // (never our own lease renewal).
                     warn!(
                         role = "master",
                         took_ms = took.as_millis() as u64,
