@@ -190,6 +190,10 @@ fn main() -> ExitCode {
                     eprintln!("brokk: config key `store.url`: {e:#}");
                     ExitCode::from(EXIT_CONFIG)
                 }
+                Err(e) if is_missing_tables(&e) => {
+                    eprintln!("brokk: config key `store.create_tables`: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) if is_bad_zk_address(&e) => {
                     // The ensemble could not be reached at start.
                     eprintln!("brokk: config key `ha.zk_address`: {e:#}");
@@ -291,6 +295,15 @@ fn is_bad_store_url(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<brokk::store::sql::SqlError>(),
             Some(brokk::store::sql::SqlError::Connect { .. })
+        )
+    })
+}
+
+fn is_missing_tables(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<brokk::store::sql::SqlError>(),
+            Some(brokk::store::sql::SqlError::Missing(_))
         )
     })
 }

@@ -349,8 +349,8 @@ impl Lease {
 
 /// Holds the lease: renews every `renew_every` and returns why it was lost
 /// (row taken over, session-lock connection died, or no renewal before
-/// [`Lease::valid_until`]). Transient errors (a lock-wait timeout behind our
-/// own write transactions, a broken `rows` connection) are retried until
+/// [`Lease::valid_until`]). Transient errors (a lock-wait timeout behind a
+/// standby's takeover in progress, a broken `rows` connection) are retried until
 /// then. Borrows the lease, so a caller can race it against its shutdown
 /// signal and then [`Lease::release`] it.
 pub async fn keep(lease: &mut Lease) -> Lost {
@@ -423,7 +423,7 @@ pub async fn keep(lease: &mut Lease) -> Lost {
 /// length);
 /// the UPDATE gives up after a second, and when the row has expired we kill
 /// the sessions that block it (PostgreSQL: the backends holding a row-level
-/// table lock on `ACTIVEMQ_LOCK`; MariaDB, whose lock tables need the
+/// table lock on `BROKK_FENCE` or `ACTIVEMQ_LOCK`; MariaDB, whose lock tables need the
 /// PROCESS privilege: our account's connections in this database idle for
 /// two `renew_every` or more - no live broker's lease connection idles that
 /// long, and a master whose lease expired has no business holding
@@ -1112,11 +1112,13 @@ impl DbConn {
                 // UPDATE, UPDATE) holds a RowShare or RowExclusive lock on
                 // BROKK_FENCE until it ends; row locks themselves are not in
                 // pg_locks, and pg_blocking_pids sees only current waits.
+                // ACTIVEMQ_LOCK too: where a broker of an earlier version
+                // was master, its writers share-locked the lease row.
                 let sql = format!(
                     "SELECT l.pid, pg_terminate_backend(l.pid) FROM pg_locks l \
                      WHERE l.locktype = 'relation' AND l.granted \
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                     AND l.relation = 'brokk_fence'::regclass \
+                     AND l.relation IN ('brokk_fence'::regclass, 'activemq_lock'::regclass) \
                      AND l.mode IN ('RowShareLock', 'RowExclusiveLock') \
                      AND l.pid <> ALL($1) \
                      AND EXISTS (SELECT 1 FROM ACTIVEMQ_LOCK a WHERE a.ID = 1 \

@@ -450,6 +450,9 @@ fn db_take_over(
         let indexes = config.store.indexes;
         side::block_on(async move { sql::schema::create_tables(&db, indexes).await })?
             .context("cannot create the tables")?;
+    } else {
+        let db = db.clone();
+        side::block_on(async move { sql::schema::check_tables(&db).await })??;
     }
     let token = sql::LeaseToken(epoch::owner_id());
     let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));

@@ -68,7 +68,14 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
                         // COM_RESET_CONNECTION round trip per checkout.
                         .with_reset_connection(false),
                 )
-                .stmt_cache_size(MYSQL_STMT_CACHE);
+                .stmt_cache_size(MYSQL_STMT_CACHE)
+                // Stated, not the server's default: under SERIALIZABLE the
+                // write transactions' lease check would share-lock the lease
+                // row too (InnoDB turns plain reads into locking ones), and
+                // the renewal would wait for them again (see ha::db_lease).
+                .init(vec![
+                    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                ]);
             let pool = mysql_async::Pool::new(opts);
             let first = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn()).await;
             match first {
@@ -199,6 +206,12 @@ impl PgPool {
                 tracing::warn!(url = %url, "PostgreSQL connection ended: {}", pg_reason(&e));
             }
         });
+        // Stated, not the server's default: the write transactions rely on
+        // READ COMMITTED's row locks only (a SERIALIZABLE default would
+        // make lanes fail each other's transactions for nothing).
+        client
+            .batch_execute("SET default_transaction_isolation = 'read committed'")
+            .await?;
         Ok(PgConn {
             client,
             stmts: HashMap::new(),

@@ -311,6 +311,10 @@ pub enum SqlError {
     /// and this broker must stop serving.
     #[error("the master lease is no longer ours: {0}")]
     Fenced(String),
+    /// Tables are missing and `store.create_tables = false` forbids making
+    /// them (a setting to fix, or DDL for the operator to run).
+    #[error("the database lacks {0}; create it (README, High availability (shared database)) or set store.create_tables = true")]
+    Missing(String),
 }
 
 #[cfg(test)]

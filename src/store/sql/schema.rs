@@ -51,12 +51,8 @@ const MYSQL_DDL: &[&str] = &[
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "INSERT IGNORE INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL)",
     // The fencing token, apart from the lease row (see `ha::db_lease`).
-    "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
-        ID BIGINT NOT NULL,
-        HOLDER VARCHAR(250),
-        PRIMARY KEY (ID)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "INSERT IGNORE INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL)",
+    MYSQL_DDL_FENCE_TABLE,
+    MYSQL_DDL_FENCE_ROW,
     // The SIDX index serves removing a subscription's acknowledgements.
     "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
         ID BIGINT NOT NULL,
@@ -178,12 +174,8 @@ const PG_DDL: &[&str] = &[
         PRIMARY KEY (ID)
     )",
     "INSERT INTO ACTIVEMQ_LOCK (ID, TIME, BROKER_NAME) VALUES (1, 0, NULL) ON CONFLICT (ID) DO NOTHING",
-    "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
-        ID BIGINT NOT NULL,
-        HOLDER VARCHAR(250),
-        PRIMARY KEY (ID)
-    )",
-    "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL) ON CONFLICT (ID) DO NOTHING",
+    PG_DDL_FENCE_TABLE,
+    PG_DDL_FENCE_ROW,
     "CREATE TABLE IF NOT EXISTS BROKK_TOPIC_ACKS (
         ID BIGINT NOT NULL,
         CLIENT_ID VARCHAR(250) NOT NULL,
@@ -213,6 +205,20 @@ const PG_DDL: &[&str] = &[
     )",
 ];
 
+const MYSQL_DDL_FENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
+        ID BIGINT NOT NULL,
+        HOLDER VARCHAR(250),
+        PRIMARY KEY (ID)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+const MYSQL_DDL_FENCE_ROW: &str = "INSERT IGNORE INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL)";
+const PG_DDL_FENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS BROKK_FENCE (
+        ID BIGINT NOT NULL,
+        HOLDER VARCHAR(250),
+        PRIMARY KEY (ID)
+    )";
+const PG_DDL_FENCE_ROW: &str =
+    "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, NULL) ON CONFLICT (ID) DO NOTHING";
+
 /// The advisory lock key serialising schema creation on PostgreSQL
 /// ("BROKKDDL" in ASCII).
 const PG_DDL_LOCK: i64 = 0x42524f4b4b44444c;
@@ -230,82 +236,151 @@ const TABLES: [&str; 9] = [
     "BROKK_PRODUCER_SEQ",
 ];
 
-/// 1 when both the lease row and the fence row exist.
-const ROWS_THERE: &str = "SELECT (SELECT COUNT(*) FROM ACTIVEMQ_LOCK WHERE ID = 1) \
-     * (SELECT COUNT(*) FROM BROKK_FENCE WHERE ID = 1)";
+/// The lease row (1 when there).
+const LEASE_ROW: &str = "SELECT COUNT(*) FROM ACTIVEMQ_LOCK WHERE ID = 1";
+/// The fence row (1 when there).
+const FENCE_ROW: &str = "SELECT COUNT(*) FROM BROKK_FENCE WHERE ID = 1";
 
-/// Whether every table and the lock and fence rows are there already: plain reads,
-/// so that a broker starting beside a running master (a standby) takes no
-/// DDL lock. On PostgreSQL `CREATE INDEX IF NOT EXISTS` locks its table
-/// even when the index exists, which blocks the master's lease renewal
+/// The fence table and row alone, for a database made by an earlier
+/// version (one statement each, no transaction: no lock on any other
+/// table, so a running master of that version is not held up).
+const MYSQL_FENCE_DDL: [&str; 2] = [MYSQL_DDL_FENCE_TABLE, MYSQL_DDL_FENCE_ROW];
+const PG_FENCE_DDL: [&str; 2] = [PG_DDL_FENCE_TABLE, PG_DDL_FENCE_ROW];
+
+/// What [`missing`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Missing {
+    Nothing,
+    /// Only `BROKK_FENCE` (or its row): a database made before it existed.
+    Fence,
+    /// These tables (or rows), named for the operator.
+    These(Vec<String>),
+}
+
+/// What of the tables and the lease and fence rows is missing: plain
+/// reads, so that a broker starting beside a running master (a standby)
+/// takes no DDL lock. On PostgreSQL `CREATE INDEX IF NOT EXISTS` locks its
+/// table even when the index exists, which blocks the master's writes
 /// (seen under load: the master ran out of lease).
-async fn already_created(db: &Db) -> Result<bool, SqlError> {
+async fn missing(db: &Db) -> Result<Missing, SqlError> {
     let names = TABLES
         .iter()
         .map(|t| format!("'{}'", t.to_lowercase()))
         .collect::<Vec<_>>()
         .join(",");
-    match db {
+    let (present, rows): (Vec<String>, [i64; 2]) = match db {
         Db::MySql(pool) => {
             let mut conn = pool
                 .get_conn()
                 .await
                 .map_err(my_err("connect to look for the tables"))?;
-            let n: Option<i64> = conn
-                .query_first(format!(
-                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND LOWER(TABLE_NAME) IN ({names})"
+            let present: Vec<String> = conn
+                .query(format!(
+                    "SELECT LOWER(TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND LOWER(TABLE_NAME) IN ({names})"
                 ))
                 .await
                 .map_err(my_err("look for the tables"))?;
-            if n != Some(TABLES.len() as i64) {
-                return Ok(false);
+            let mut rows = [0; 2];
+            for (i, (table, sql)) in [("activemq_lock", LEASE_ROW), ("brokk_fence", FENCE_ROW)]
+                .into_iter()
+                .enumerate()
+            {
+                if present.iter().any(|t| t == table) {
+                    let n: Option<i64> = conn
+                        .query_first(sql)
+                        .await
+                        .map_err(my_err("look for the lock rows"))?;
+                    rows[i] = n.unwrap_or(0);
+                }
             }
-            let row: Option<i64> = conn
-                .query_first(ROWS_THERE)
-                .await
-                .map_err(my_err("look for the lock row"))?;
-            Ok(row == Some(1))
+            (present, rows)
         }
         Db::Postgres(pool) => {
             let conn = pool.get().await?;
-            let n: i64 = conn
+            let present: Vec<String> = conn
                 .client
-                .query_one(
+                .query(
                     &format!(
-                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ({names})"
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ({names})"
                     ),
                     &[],
                 )
                 .await
                 .map_err(pg_err("look for the tables"))?
-                .get(0);
-            if n != TABLES.len() as i64 {
-                return Ok(false);
+                .iter()
+                .map(|r| r.get::<_, String>(0).to_lowercase())
+                .collect();
+            let mut rows = [0; 2];
+            for (i, (table, sql)) in [("activemq_lock", LEASE_ROW), ("brokk_fence", FENCE_ROW)]
+                .into_iter()
+                .enumerate()
+            {
+                if present.iter().any(|t| t == table) {
+                    rows[i] = conn
+                        .client
+                        .query_one(sql, &[])
+                        .await
+                        .map_err(pg_err("look for the lock rows"))?
+                        .get(0);
+                }
             }
-            let row: i64 = conn
-                .client
-                .query_one(ROWS_THERE, &[])
-                .await
-                .map_err(pg_err("look for the lock row"))?
-                .get(0);
-            Ok(row == 1)
+            (present, rows)
         }
+    };
+    let mut absent: Vec<String> = TABLES
+        .iter()
+        .filter(|t| !present.iter().any(|p| p.eq_ignore_ascii_case(t)))
+        .map(|t| format!("table {t}"))
+        .collect();
+    if rows[0] != 1 && present.iter().any(|t| t == "activemq_lock") {
+        absent.push("the row ID=1 of ACTIVEMQ_LOCK".into());
+    }
+    if rows[1] != 1 && present.iter().any(|t| t == "brokk_fence") {
+        absent.push("the row ID=1 of BROKK_FENCE".into());
+    }
+    Ok(match absent.as_slice() {
+        [] => Missing::Nothing,
+        [one] if one.contains("BROKK_FENCE") => Missing::Fence,
+        _ => Missing::These(absent),
+    })
+}
+
+/// With `store.create_tables = false`: every table and row is there, or
+/// [`SqlError::Missing`] names what is not.
+pub async fn check_tables(db: &Db) -> Result<(), SqlError> {
+    match missing(db).await? {
+        Missing::Nothing => Ok(()),
+        Missing::Fence => Err(SqlError::Missing(
+            "table BROKK_FENCE (new in this version) or its row ID=1".into(),
+        )),
+        Missing::These(what) => Err(SqlError::Missing(what.join(", "))),
     }
 }
 
-/// Creates the tables and the lock row where missing; safe to repeat, and
-/// without DDL when everything is there (see `already_created`).
-/// `indexes`: see [`Indexes`] (tables that exist keep theirs).
+/// Creates the tables and the lock rows where missing; safe to repeat, and
+/// without DDL when everything is there (see [`missing`]); only the fence
+/// table when that alone is missing. `indexes`: see [`Indexes`] (tables
+/// that exist keep theirs).
 pub async fn create_tables(db: &Db, indexes: Indexes) -> Result<(), SqlError> {
-    if already_created(db).await? {
-        return Ok(());
-    }
+    let fence_only = match missing(db).await? {
+        Missing::Nothing => return Ok(()),
+        Missing::Fence => true,
+        Missing::These(_) => false,
+    };
     match db {
         Db::MySql(pool) => {
             let mut conn = pool
                 .get_conn()
                 .await
                 .map_err(my_err("connect to create tables"))?;
+            if fence_only {
+                for ddl in MYSQL_FENCE_DDL {
+                    conn.query_drop(ddl)
+                        .await
+                        .map_err(my_err("create BROKK_FENCE"))?;
+                }
+                return Ok(());
+            }
             let got: Option<Row> = conn
                 .query_first("SELECT GET_LOCK('brokk_schema', 30)")
                 .await
@@ -333,6 +408,19 @@ pub async fn create_tables(db: &Db, indexes: Indexes) -> Result<(), SqlError> {
         }
         Db::Postgres(pool) => {
             let mut conn = pool.get().await?;
+            if fence_only {
+                // Concurrent brokers: IF NOT EXISTS can still collide on
+                // the catalog's unique index; a second try finds it made.
+                for ddl in PG_FENCE_DDL {
+                    if let Err(e) = conn.client.batch_execute(ddl).await {
+                        conn.client
+                            .batch_execute(ddl)
+                            .await
+                            .map_err(|_| pg_err("create BROKK_FENCE")(e))?;
+                    }
+                }
+                return Ok(());
+            }
             let tx = conn
                 .client
                 .transaction()

@@ -1,8 +1,9 @@
 //! Writing one [`Batch`] as one database transaction, fenced by the lease.
 //!
-//! The transaction first reads the lock row under a shared row lock and
-//! checks that the lease still names us and has not expired by the
-//! database's clock; a master that took over must first take the row's
+//! The transaction first reads the fence row (`BROKK_FENCE`) under a
+//! shared row lock, and the lease row without one, and checks that both
+//! still name us and that the lease has not expired by the database's
+//! clock; a master that took over must first take the fence row's
 //! exclusive lock to rewrite it, so it waits for this transaction, and
 //! this transaction sees its write if it came first. Then the batch is
 //! applied in the order documented on [`Batch`], and committed.
@@ -95,14 +96,18 @@ const MYSQL_TEXT_LIMIT: usize = 256 << 10;
 // The fence row share-locked for the transaction's length: a takeover
 // rewrites it, so it waits for the transactions in flight, and those after
 // it see the new holder and commit nothing. The lease row is only read (a
-// plain, non-locking read): the renewal rewrites it every `lease / 4` and
-// must never wait for a long write transaction (see `ha::db_lease`).
-// MariaDB's LOCK IN SHARE MODE does not reach into the subquery.
-const MYSQL_FENCE: &str = "SELECT f.HOLDER, (SELECT l.TIME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
+// plain, non-locking read; MariaDB's LOCK IN SHARE MODE does not reach into
+// the subquery under REPEATABLE READ, which the pool sets): the renewal
+// rewrites it every `lease / 4` and must never wait for a long write
+// transaction (see `ha::db_lease`). Its holder is checked too: a takeover
+// by a broker of a version without the fence row rewrites only that row.
+const MYSQL_FENCE: &str = "SELECT f.HOLDER, \
+     (SELECT l.BROKER_NAME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
+     (SELECT l.TIME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
      CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
      FROM BROKK_FENCE f WHERE f.ID = 1 LOCK IN SHARE MODE";
-const PG_FENCE: &str =
-    "SELECT f.HOLDER, l.TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint \
+const PG_FENCE: &str = "SELECT f.HOLDER, l.BROKER_NAME, l.TIME, \
+     (extract(epoch from clock_timestamp()) * 1000)::bigint \
      FROM BROKK_FENCE f LEFT JOIN ACTIVEMQ_LOCK l ON l.ID = 1 WHERE f.ID = 1 FOR SHARE OF f";
 
 /// The statement every write transaction begins with (public for the
@@ -114,7 +119,7 @@ pub fn fence_query(dialect: super::Dialect) -> &'static str {
     }
 }
 
-/// Applies `batch` in one transaction if `lease` still holds the lock row;
+/// Applies `batch` in one transaction if `lease` still holds the fence row;
 /// otherwise commits nothing and returns [`SqlError::Fenced`]. Any other
 /// failure rolls back and returns [`SqlError::Query`].
 pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(), SqlError> {
@@ -135,11 +140,12 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
                 .map_err(my_err("read the lease"))?;
             let holder = match fence {
                 None => None,
-                Some(mut r) => Some((
-                    my_take::<Option<String>>(&mut r, 0, "read the lease")?,
-                    my_take::<Option<i64>>(&mut r, 1, "read the lease")?,
-                    my_take::<i64>(&mut r, 2, "read the lease")?,
-                )),
+                Some(mut r) => Some(Fence {
+                    holder: my_take(&mut r, 0, "read the lease")?,
+                    lease_holder: my_take(&mut r, 1, "read the lease")?,
+                    expiry: my_take(&mut r, 2, "read the lease")?,
+                    now: my_take(&mut r, 3, "read the lease")?,
+                }),
             };
             if let Err(e) = check_lease(lease, holder) {
                 let _ = tx.rollback().await;
@@ -160,15 +166,15 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
                 .query_opt(&stmts.fence, &[])
                 .await
                 .map_err(pg_err("read the lease"))?;
+            let e = pg_err("read the lease");
             let holder = match row {
                 None => None,
-                Some(r) => Some((
-                    r.try_get::<_, Option<String>>(0)
-                        .map_err(pg_err("read the lease"))?,
-                    r.try_get::<_, Option<i64>>(1)
-                        .map_err(pg_err("read the lease"))?,
-                    r.try_get::<_, i64>(2).map_err(pg_err("read the lease"))?,
-                )),
+                Some(r) => Some(Fence {
+                    holder: r.try_get(0).map_err(&e)?,
+                    lease_holder: r.try_get(1).map_err(&e)?,
+                    expiry: r.try_get(2).map_err(&e)?,
+                    now: r.try_get(3).map_err(&e)?,
+                }),
             };
             if let Err(e) = check_lease(lease, holder) {
                 let _ = tx.rollback().await;
@@ -180,26 +186,39 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
     }
 }
 
-/// Whether `(fence holder, lease expiry, database now)` is our lease.
-fn check_lease(
-    lease: &LeaseToken,
-    row: Option<(Option<String>, Option<i64>, i64)>,
-) -> Result<(), SqlError> {
-    let Some((holder, time, now)) = row else {
+/// What a write transaction reads before it writes.
+struct Fence {
+    /// `BROKK_FENCE.HOLDER` (share-locked).
+    holder: Option<String>,
+    /// `ACTIVEMQ_LOCK.BROKER_NAME` and `TIME` (read without a lock).
+    lease_holder: Option<String>,
+    expiry: Option<i64>,
+    /// The database's clock, ms.
+    now: i64,
+}
+
+/// Whether the fence (and the lease row) name us, unexpired.
+fn check_lease(lease: &LeaseToken, fence: Option<Fence>) -> Result<(), SqlError> {
+    let Some(f) = fence else {
         return Err(SqlError::Fenced("BROKK_FENCE has no row ID=1".into()));
     };
-    if holder.as_deref() != Some(lease.0.as_str()) {
-        return Err(SqlError::Fenced(format!(
-            "BROKK_FENCE names {}, not {}",
-            holder.as_deref().unwrap_or("nobody"),
-            lease.0
-        )));
+    for (table, holder) in [
+        ("BROKK_FENCE", &f.holder),
+        ("ACTIVEMQ_LOCK", &f.lease_holder),
+    ] {
+        if holder.as_deref() != Some(lease.0.as_str()) {
+            return Err(SqlError::Fenced(format!(
+                "{table} names {}, not {}",
+                holder.as_deref().unwrap_or("nobody"),
+                lease.0
+            )));
+        }
     }
-    let time = time.unwrap_or(0);
-    if time <= now {
+    let expiry = f.expiry.unwrap_or(0);
+    if expiry <= f.now {
         return Err(SqlError::Fenced(format!(
             "the lease expired {} ms ago (by the database's clock)",
-            now - time
+            f.now - expiry
         )));
     }
     Ok(())
