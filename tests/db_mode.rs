@@ -9,8 +9,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::db::{assert_all_present, drain, is_standby, Engine, Node, Producer, TestDb};
-use common::{body, Broker, Client};
+use common::db::{
+    assert_all_present, assert_tables_empty, drain, is_standby, Engine, Node, Producer, TestDb,
+};
+use common::{body, Broker, Client, Rng};
 
 /// A fresh database and a master/standby pair on it.
 fn pair(engine: Engine) -> (TestDb, tempfile::TempDir, [Node; 2], Broker, Broker) {
@@ -65,49 +67,6 @@ fn kills_under_load(engine: Engine) {
             "BROKK_TX",
         ],
     );
-}
-
-/// Waits (10 s at most) until no row is left in any of `tables`: the
-/// writer commits in batches, so the last deletions may still be on their
-/// way.
-fn assert_tables_empty(db: &TestDb, tables: &[&str]) {
-    let end = Instant::now() + Duration::from_secs(10);
-    for table in tables {
-        loop {
-            let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
-            if rows.trim() == "0" {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "{table}: rows left after everything was consumed: {rows}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Small xorshift, seeded from the clock; the seed is printed so that a
-/// failing run can be told apart.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("kill points seed {seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// The master loses its database connections (ended from the server side)
@@ -358,9 +317,30 @@ fn wrong_password(engine: Engine) {
     let db = TestDb::new(engine);
     let dir = tempfile::tempdir().unwrap();
     let config = db.config("").replace("brokk:brokk@", "brokk:wrong@");
-    let path = dir.path().join("brokk.toml");
+    let out = serve_once(dir.path(), &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store.url"), "{err}");
+    assert!(!err.contains("wrong"), "the password is not printed: {err}");
+}
+
+/// `store.create_tables = false` on a database without Brokk's tables: the
+/// start is refused (exit 2), naming the setting and what is missing.
+fn tables_missing_without_create_tables(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let out = serve_once(dir.path(), &db.config("create_tables = false\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store.create_tables"), "{err}");
+    assert!(err.contains("BROKK_FENCE"), "{err}");
+}
+
+/// Runs `brokk serve` with `config` until it exits by itself.
+fn serve_once(dir: &std::path::Path, config: &str) -> std::process::Output {
+    let path = dir.join("brokk.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_brokk"))
+    Command::new(env!("CARGO_BIN_EXE_brokk"))
         .args([
             "serve",
             "--stomp",
@@ -374,11 +354,7 @@ fn wrong_password(engine: Engine) {
         .arg(&path)
         .env("BROKK_LOG", "error")
         .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("store.url"), "{err}");
-    assert!(!err.contains("wrong"), "the password is not printed: {err}");
+        .unwrap()
 }
 
 /// MariaDB takes statements up to `max_allowed_packet` (16 MiB here): a
@@ -501,18 +477,7 @@ fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
     assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod mariadb {
-            $(#[test] fn $name() { super::$name(super::Engine::MariaDb) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::Engine::Postgres) })*
-        }
-    };
-}
-
-on_both!(
+crate::on_both!(
     kills_under_load,
     cut_off_master,
     transactions_across_a_failover,
@@ -520,6 +485,7 @@ on_both!(
     the_longest_names_fit_the_tables,
     activemq_tables,
     wrong_password,
+    tables_missing_without_create_tables,
     metrics_show_the_database_writer,
     a_durable_selector_is_kept_in_activemq_acks
 );

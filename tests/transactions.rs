@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
-use brokk::broker::Destination;
-use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
-use bytes::BytesMut;
-use common::{body, frame_bytes, Broker, Client};
+use common::tx::{
+    assert_applied, assert_dropped, bodies, commit_into_a_crash, everything_in, fill,
+    kills_during_commits, outs_and_srcs, queue_on, take,
+};
+use common::{body, Broker};
 
 /// Small segments, so that transactions cross segment rolls and segments
 /// are reclaimed while decisions and prepared records are in them.
@@ -27,54 +23,6 @@ fn start_on(dir: &std::path::Path) -> Broker {
         "2".into(),
     ];
     Broker::spawn(Some(CONFIG), &args, Some(dir))
-}
-
-/// `/queue/<prefix>N`, the first such name that shard `shard` of 2 owns.
-fn queue_on(shard: usize, prefix: &str) -> String {
-    (0..1000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|n| Destination::queue(n).owner(2) == shard)
-        .map(|n| format!("/queue/{n}"))
-        .expect("some name hashes to each shard")
-}
-
-/// Everything waiting in `dest`, delivered to a new subscription of `c`
-/// (client-individual, unacknowledged) before the SUBSCRIBE's receipt.
-fn everything_in(c: &mut Client, id: &str, dest: &str) -> Vec<Frame> {
-    let receipt = format!("all-{id}");
-    c.messages_before_receipt(
-        "SUBSCRIBE",
-        &[
-            ("id", id),
-            ("destination", dest),
-            ("ack", "client-individual"),
-            ("activemq.prefetchSize", "1000000"),
-        ],
-        &receipt,
-    )
-}
-
-fn bodies(frames: &[Frame]) -> Vec<String> {
-    let mut v: Vec<String> = frames.iter().map(body).collect();
-    v.sort();
-    v
-}
-
-/// Receives exactly `n` MESSAGE frames (within 10 s each).
-fn take(c: &mut Client, n: usize) -> Vec<Frame> {
-    (0..n).map(|_| c.expect_message()).collect()
-}
-
-fn fill(p: &mut Client, dest: &str, prefix: &str, n: usize) {
-    for i in 0..n {
-        p.frame(
-            "SEND",
-            &[("destination", dest), ("persistent", "true")],
-            format!("{prefix}-{i}").as_bytes(),
-        );
-    }
-    // The receipt covers every SEND before it to this shard.
-    p.send_sync(dest, &format!("{prefix}-last"), &[("persistent", "true")]);
 }
 
 #[test]
@@ -345,46 +293,6 @@ fn start_faulty(dir: &std::path::Path, step: &str) -> Broker {
     )
 }
 
-/// Commits one transaction that SENDs `n` 64 KiB messages to each of
-/// `outs` and ACKs the first delivery of each of `srcs` (each holding one
-/// message), on a broker that kills itself during the COMMIT: no RECEIPT
-/// comes, the connection just ends. Returns the ACKed bodies.
-fn commit_into_a_crash(
-    b: &mut Broker,
-    outs: &[String; 2],
-    srcs: &[String; 2],
-    n: usize,
-) -> Vec<String> {
-    let mut c = b.client();
-    c.subscribe("s0", &srcs[0], "client-individual", &[]);
-    c.subscribe("s1", &srcs[1], "client-individual", &[]);
-    let got = take(&mut c, 2);
-    c.frame("BEGIN", &[("transaction", "t")], b"");
-    let big = "x".repeat(64 * 1024);
-    for out in outs {
-        for i in 0..n {
-            c.frame(
-                "SEND",
-                &[
-                    ("destination", out),
-                    ("transaction", "t"),
-                    ("persistent", "true"),
-                ],
-                format!("{i}:{big}").as_bytes(),
-            );
-        }
-    }
-    for m in &got {
-        let id = m.header_str("ack").unwrap().to_string();
-        c.frame("ACK", &[("id", &id), ("transaction", "t")], b"");
-    }
-    c.frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
-    c.expect_closed_by_peer();
-    let status = b.wait_exit(10);
-    assert!(!status.success(), "the fault switch killed it: {status:?}");
-    got.iter().map(body).collect()
-}
-
 /// Sends and consumes more than a segment's worth on each shard, so that
 /// every journal's active segment is a new one.
 fn churn(b: &Broker, outs: &[String; 2]) {
@@ -412,8 +320,7 @@ fn churn(b: &Broker, outs: &[String; 2]) {
 #[test]
 fn a_crash_before_the_decision_drops_every_part_and_frees_its_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let outs = [queue_on(0, "out"), queue_on(1, "out")];
-    let srcs = [queue_on(0, "src"), queue_on(1, "src")];
+    let (outs, srcs) = outs_and_srcs();
     let mut b = start_faulty(dir.path(), "prepared");
     let mut p = b.client();
     fill(&mut p, &srcs[0], "a", 0);
@@ -422,20 +329,7 @@ fn a_crash_before_the_decision_drops_every_part_and_frees_its_segments() {
     commit_into_a_crash(&mut b, &outs, &srcs, 20);
 
     let b = start_on(dir.path());
-    let mut v = b.client();
-    assert!(everything_in(&mut v, "o0", &outs[0]).is_empty());
-    assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
-    // The ACKs were never in effect: the sources still hold their message.
-    let mut left = Vec::new();
-    for (i, src) in srcs.iter().enumerate() {
-        for m in everything_in(&mut v, &format!("s{i}"), src) {
-            left.push(body(&m));
-            v.ack(&m);
-        }
-    }
-    left.sort();
-    assert_eq!(left, vec!["a-last", "b-last"]);
-    v.disconnect();
+    assert_dropped(&b, &outs, &srcs);
     // Nothing is live any more, dropped SENDs included: each journal is
     // back to its active segment.
     b.wait_until("every journal back to one segment", |s| {
@@ -446,8 +340,7 @@ fn a_crash_before_the_decision_drops_every_part_and_frees_its_segments() {
 #[test]
 fn a_crash_after_the_decision_applies_every_part_from_the_coordinators_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let outs = [queue_on(0, "out"), queue_on(1, "out")];
-    let srcs = [queue_on(0, "src"), queue_on(1, "src")];
+    let (outs, srcs) = outs_and_srcs();
     let mut b = start_faulty(dir.path(), "decided");
     let mut p = b.client();
     fill(&mut p, &srcs[0], "a", 1);
@@ -457,33 +350,7 @@ fn a_crash_after_the_decision_applies_every_part_from_the_coordinators_journal()
     let acked = commit_into_a_crash(&mut b, &outs, &srcs, 20);
 
     let b = start_on(dir.path());
-    let mut v = b.client();
-    for (i, out) in outs.iter().enumerate() {
-        let got = everything_in(&mut v, &format!("o{i}"), out);
-        assert_eq!(got.len(), 20, "every SEND to {out}");
-        for m in &got {
-            v.ack(m);
-        }
-    }
-    let mut left = Vec::new();
-    for (i, src) in srcs.iter().enumerate() {
-        for m in everything_in(&mut v, &format!("s{i}"), src) {
-            left.push(body(&m));
-            v.ack(&m);
-        }
-    }
-    for a in &acked {
-        assert!(
-            !left.contains(a),
-            "the transaction's ACK of {a} is in effect"
-        );
-    }
-    assert_eq!(
-        left.len(),
-        2,
-        "the unacknowledged source messages: {left:?}"
-    );
-    v.disconnect();
+    assert_applied(&b, &outs, &srcs, &acked, 20);
     // The decision was released once every shard's TxDone was durable, and
     // the prepared ACKs let go of what they retired: once the journals
     // have moved past the segments they are in, those are free again.
@@ -566,326 +433,9 @@ fn segments_of_committed_transactions_are_reclaimed() {
     assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
 }
 
-// ---- repeated kills during multi-destination commits ----
-
-/// A minimal client for the loop that the broker is killed under: it tells
-/// a closed connection (the broker died) from silence (a bug).
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-enum Got {
-    Frame(Frame),
-    Closed,
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Option<Raw> {
-        let stream = TcpStream::connect(addr).ok()?;
-        let mut r = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
-        r.write(&frame_bytes("CONNECT", &[("accept-version", "1.2")], b""))
-            .then_some(())?;
-        match r.next(Instant::now() + Duration::from_secs(20)) {
-            Got::Frame(f) if f.command.as_str() == "CONNECTED" => Some(r),
-            Got::Frame(f) => panic!("expected CONNECTED, got {f:?}"),
-            Got::Closed => None,
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).is_ok()
-    }
-
-    /// The next frame, or Closed; silence until `deadline` fails the test.
-    fn next(&mut self, deadline: Instant) -> Got {
-        loop {
-            match parse(&mut self.buf, Version::V1_2, &Limits::default()) {
-                Ok(Some(Parsed::Frame(f))) => return Got::Frame(f),
-                Ok(Some(Parsed::Heartbeat)) => continue,
-                Ok(None) => {}
-                Err(e) => panic!("broker sent a malformed frame: {e}"),
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the broker went silent without closing");
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Got::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
-                Err(_) => return Got::Closed,
-            }
-        }
-    }
-}
-
-/// One transaction the loop sent a COMMIT for (or was about to).
-#[derive(Debug, Clone)]
-struct TxLog {
-    marker: String,
-    /// Bodies of the source messages it acknowledged.
-    acked: Vec<String>,
-    receipted: bool,
-}
-
-/// SENDs per queue per transaction.
-const K: usize = 3;
-
-/// Commits transactions until the broker dies: each SENDs K messages to
-/// each of `outs` (a marker header and body per transaction) and ACKs one
-/// delivered message from each of `srcs`, if it has one.
-fn commit_loop(addr: SocketAddr, round: usize, outs: [String; 2], srcs: [String; 2]) -> Vec<TxLog> {
-    let mut log = Vec::new();
-    let Some(mut c) = Raw::connect(addr) else {
-        return log;
-    };
-    // Delivered and not yet acknowledged, per source: (ack id, body).
-    let mut pool: [VecDeque<(String, String)>; 2] = Default::default();
-    let take = |f: Frame, pool: &mut [VecDeque<(String, String)>; 2]| -> Option<String> {
-        match f.command.as_str() {
-            "MESSAGE" => {
-                let i = usize::from(f.header_str("subscription") == Some("s1"));
-                pool[i].push_back((f.header_str("ack").unwrap().to_string(), body(&f)));
-                None
-            }
-            "RECEIPT" => Some(f.header_str("receipt-id").unwrap().to_string()),
-            _ => panic!("unexpected frame in the commit loop: {f:?}"),
-        }
-    };
-    let mut setup = Vec::new();
-    for (i, src) in srcs.iter().enumerate() {
-        setup.extend(frame_bytes(
-            "SUBSCRIBE",
-            &[
-                ("id", &format!("s{i}")),
-                ("destination", src),
-                ("ack", "client-individual"),
-                ("activemq.prefetchSize", "16"),
-            ],
-            b"",
-        ));
-    }
-    if !c.write(&setup) {
-        return log;
-    }
-    let padding = "x".repeat(1500);
-    for n in 0.. {
-        let marker = format!("r{round}-t{n}");
-        let tx = format!("tx-{n}");
-        let mut bytes = frame_bytes("BEGIN", &[("transaction", &tx)], b"");
-        for (i, out) in outs.iter().enumerate() {
-            for j in 0..K {
-                bytes.extend(frame_bytes(
-                    "SEND",
-                    &[
-                        ("destination", out),
-                        ("transaction", &tx),
-                        ("persistent", "true"),
-                        ("marker", &marker),
-                    ],
-                    format!("{marker}/{i}/{j}/{padding}").as_bytes(),
-                ));
-            }
-        }
-        let mut acked = Vec::new();
-        for p in pool.iter_mut() {
-            if let Some((id, b)) = p.pop_front() {
-                bytes.extend(frame_bytes(
-                    "ACK",
-                    &[("id", &id), ("transaction", &tx)],
-                    b"",
-                ));
-                acked.push(b);
-            }
-        }
-        let receipt = format!("c-{n}");
-        bytes.extend(frame_bytes(
-            "COMMIT",
-            &[("transaction", &tx), ("receipt", &receipt)],
-            b"",
-        ));
-        // Logged before the COMMIT leaves: from here on it may be in effect.
-        log.push(TxLog {
-            marker,
-            acked,
-            receipted: false,
-        });
-        if !c.write(&bytes) {
-            return log;
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match c.next(deadline) {
-                Got::Closed => return log,
-                Got::Frame(f) => {
-                    if take(f, &mut pool).as_deref() == Some(receipt.as_str()) {
-                        if let Some(last) = log.last_mut() {
-                            last.receipted = true;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    log
-}
-
-/// A small deterministic generator for kill moments (seed printed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let outs = [queue_on(0, "out"), queue_on(1, "out")];
-    let srcs = [queue_on(0, "src"), queue_on(1, "src")];
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("kill moments seed: {seed}");
-    let mut rng = XorShift(seed);
-    let mut b = start_on(dir.path());
-    // Source messages the transactions acknowledge.
-    let mut expected_src: HashSet<String> = HashSet::new();
-    {
-        let mut p = b.client();
-        for (i, src) in srcs.iter().enumerate() {
-            let prefix = format!("src{i}");
-            fill(&mut p, src, &prefix, 399);
-            expected_src.extend((0..399).map(|n| format!("{prefix}-{n}")));
-            expected_src.insert(format!("{prefix}-last"));
-        }
-        p.disconnect();
-    }
-    let rounds = 24;
-    let (mut committed, mut dropped, mut receipted) = (0, 0, 0);
-    for round in 0..rounds {
-        let addr = b.stomp;
-        let loop_outs = outs.clone();
-        let loop_srcs = srcs.clone();
-        let client = std::thread::spawn(move || commit_loop(addr, round, loop_outs, loop_srcs));
-        // The kill moment: anywhere from before the first COMMIT to well
-        // into the loop. (This sleep only places the kill; nothing is
-        // asserted on timing.)
-        std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
-        // Every fourth round a clean stop: it completes commits in progress.
-        if round % 4 == 3 {
-            let status = b.terminate();
-            assert!(status.success(), "clean stop failed: {status:?}");
-        } else {
-            b.kill9();
-        }
-        let log = client.join().expect("the commit loop");
-        b = start_on(dir.path());
-
-        let mut v = b.client();
-        let mut out_frames = Vec::new();
-        let mut per_marker: HashMap<String, [usize; 2]> = HashMap::new();
-        let mut seen = HashSet::new();
-        for (i, out) in outs.iter().enumerate() {
-            let got = everything_in(&mut v, &format!("o{i}"), out);
-            for m in &got {
-                let marker = m.header_str("marker").expect("marker").to_string();
-                assert!(
-                    seen.insert(body(m)),
-                    "duplicate message {}",
-                    m.header_str("marker").unwrap()
-                );
-                per_marker.entry(marker).or_default()[i] += 1;
-            }
-            out_frames.extend(got);
-        }
-        let mut src_present: HashSet<String> = HashSet::new();
-        for (i, src) in srcs.iter().enumerate() {
-            for m in everything_in(&mut v, &format!("s{i}"), src) {
-                assert!(
-                    src_present.insert(body(&m)),
-                    "duplicate source message {}",
-                    body(&m)
-                );
-            }
-        }
-        let known: HashSet<&str> = log.iter().map(|t| t.marker.as_str()).collect();
-        for marker in per_marker.keys() {
-            assert!(
-                known.contains(marker.as_str()),
-                "round {round}: messages of {marker}, which is no transaction of this round"
-            );
-        }
-        for t in &log {
-            let counts = per_marker.get(&t.marker).copied().unwrap_or([0, 0]);
-            let applied = counts != [0, 0];
-            assert!(
-                counts == [0, 0] || counts == [K, K],
-                "round {round}: {} is partly applied: {counts:?} of {K} per queue",
-                t.marker
-            );
-            assert!(
-                applied || !t.receipted,
-                "round {round}: {} was receipted but is gone",
-                t.marker
-            );
-            for a in &t.acked {
-                assert_eq!(
-                    src_present.contains(a),
-                    !applied,
-                    "round {round}: {}'s ACK of {a} is {} but its SENDs are {}",
-                    t.marker,
-                    if src_present.contains(a) {
-                        "not in effect"
-                    } else {
-                        "in effect"
-                    },
-                    if applied { "in effect" } else { "not" }
-                );
-                if applied {
-                    expected_src.remove(a);
-                }
-            }
-            committed += usize::from(applied);
-            dropped += usize::from(!applied);
-            receipted += usize::from(t.receipted);
-        }
-        // No source message lost or resurrected: exactly those no applied
-        // transaction acknowledged are left.
-        assert_eq!(
-            src_present, expected_src,
-            "round {round}: source queues differ from what the transactions left"
-        );
-        // Drain the outputs for the next round (durably: DISCONNECT's
-        // receipt follows every shard's flush); the sources go back.
-        for m in &out_frames {
-            v.ack(m);
-        }
-        v.disconnect();
-    }
-    eprintln!(
-        "{rounds} rounds: {committed} transactions in effect ({receipted} receipted), {dropped} dropped"
-    );
-    assert!(
-        receipted >= rounds / 2,
-        "too few transactions committed to show anything"
-    );
+    let b = start_on(dir.path());
+    kills_during_commits(24, b, || start_on(dir.path()));
 }

@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::stomp_serving as serving;
-use common::{body, Client};
+use common::{body, Client, Rng};
 
 const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ops/services.sh");
 
@@ -448,19 +448,6 @@ fn session(which: usize, receipts: &Mutex<Vec<Receipt>>, stop: &AtomicBool, n: &
     }
 }
 
-/// A tiny deterministic generator (the seed is printed, so a failure can
-/// be replayed with BROKK_TEST_SEED).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn randomized_kills_and_partitions_lose_nothing_and_never_two_masters_per_epoch() {
     let net = Net::new();
@@ -484,18 +471,7 @@ fn randomized_kills_and_partitions_lose_nothing_and_never_two_masters_per_epoch(
             }
         }
     }
-    let seed = std::env::var("BROKK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("BROKK_TEST_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
     let producer = Producer::start(c.net.hub.clone());
     producer.wait_more(100, 60);
     c.wait_whole();

@@ -102,9 +102,13 @@ pub fn restorer(
 /// durable subscription a topic message is still pending in, and one per
 /// acknowledgement of a transaction recovery applies (the restored state
 /// already left those out; `settle_transactions` releases them).
-pub fn hold_restored(s: &mut DbShardStore, restored: &Restored) {
+pub fn hold_restored(s: &mut DbShardStore, restored: &Restored, tx: &TxOutcome) {
     let mut count: IdMap<u32> = IdMap::default();
-    for id in &restored.tx.applied_acks {
+    // From `tx`, not `restored.tx`: the caller has taken the outcome out of
+    // `restored` by now. (Reading the emptied one left the ACKed messages
+    // of transactions recovery applied without a holder: their release
+    // deleted nothing, and they came back at the next takeover.)
+    for id in &tx.applied_acks {
         *count.entry(*id).or_default() += 1;
     }
     let entries = restored

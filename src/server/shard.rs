@@ -653,7 +653,7 @@ pub async fn run(
             }
         }
         if let (Some(s), Some(db)) = (&db_store, &shared.db) {
-            super::db_shard::hold_restored(&mut s.borrow_mut(), &restored);
+            super::db_shard::hold_restored(&mut s.borrow_mut(), &restored, &tx);
             super::db_shard::settle_transactions(id, s, db, &tx).await;
         }
         // Every shard's TxDone for what recovery applied is durable now, so

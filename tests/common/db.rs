@@ -189,6 +189,20 @@ pub fn client_ports(pid: i32) -> HashSet<u16> {
 
 pub use super::free_addr;
 
+/// `#[test]`s `mariadb::NAME` and `postgres::NAME` for each `fn NAME(Engine)`
+/// of the calling test file.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod mariadb {
+            $(#[test] fn $name() { super::$name($crate::common::db::Engine::MariaDb) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name($crate::common::db::Engine::Postgres) })*
+        }
+    };
+}
+
 /// One broker of a pair: its own ports, the shared database.
 pub struct Node {
     pub stomp: String,
@@ -207,6 +221,18 @@ impl Node {
     }
 
     pub fn start(&self, db: &TestDb, dir: &std::path::Path) -> Broker {
+        self.start_env(db, dir, "", &[])
+    }
+
+    /// [`Node::start`] with more configuration (TOML after the `[store]`
+    /// lines) and extra environment variables (fault switches).
+    pub fn start_env(
+        &self,
+        db: &TestDb,
+        dir: &std::path::Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Broker {
         let args: Vec<String> = [
             "--stomp",
             &self.stomp,
@@ -220,12 +246,22 @@ impl Node {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Broker::spawn_any(Some(&db.config("")), &args, Some(dir))
+        Broker::spawn_env(Some(&db.config(config)), &args, Some(dir), env)
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.stomp.parse().unwrap()
     }
+}
+
+/// `b`, which is to be the only broker on its database: master at once, or
+/// within 30 s when the database has not yet seen the last one's
+/// connections close (its session lock is still held meanwhile).
+pub fn as_master(mut b: Broker) -> Broker {
+    if is_standby(&b) {
+        b.wait_for_master_within(30);
+    }
+    b
 }
 
 /// Persistent SENDs with receipts to `/queue/ha`, following the master
@@ -355,6 +391,33 @@ pub fn assert_all_present(receipted: &[u64], got: &HashSet<u64>) {
         lost.len(),
         &lost[..lost.len().min(10)]
     );
+}
+
+/// Waits (10 s at most) until no row is left in any of `tables`: the
+/// writer commits in batches, so the last deletions may still be on their
+/// way.
+pub fn assert_tables_empty(db: &TestDb, tables: &[&str]) {
+    let end = Instant::now() + Duration::from_secs(10);
+    for table in tables {
+        loop {
+            let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
+            if rows.trim() == "0" {
+                break;
+            }
+            if Instant::now() >= end {
+                let cols = match *table {
+                    "ACTIVEMQ_MSGS" => "ID, CONTAINER, XID, LENGTH(MSG)",
+                    _ => "*",
+                };
+                let left = db.sql(&format!("SELECT {cols} FROM {table} LIMIT 20"));
+                panic!(
+                    "{table}: {} rows left after everything was consumed ({cols}):\n{left}",
+                    rows.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 pub fn is_standby(b: &Broker) -> bool {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub mod db;
 pub mod java;
 pub mod tls;
+pub mod tx;
 
 use brokk::protocol::stomp::{parse, Frame, Limits, Parsed, Version};
 use bytes::BytesMut;
@@ -169,6 +170,38 @@ impl Broker {
         assert!(
             line.starts_with("brokk listening"),
             "standby did not take over: {line:?}"
+        );
+        self.role_line = line;
+        self.parse_ports();
+    }
+
+    /// [`Broker::wait_for_master`] with a deadline: a standby still waiting
+    /// after `secs` is killed, and the test fails.
+    pub fn wait_for_master_within(&mut self, secs: u64) {
+        let pid = self.pid();
+        let (done, cancelled) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let late = matches!(
+                cancelled.recv_timeout(Duration::from_secs(secs)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if late {
+                // SAFETY: kill(2) has no memory-safety preconditions; `pid`
+                // is our child, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            late
+        });
+        let reader = self.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = done.send(());
+        let late = watchdog.join().unwrap();
+        assert!(
+            !late && line.starts_with("brokk listening"),
+            "standby did not take over within {secs} s: {line:?}"
         );
         self.role_line = line;
         self.parse_ports();
@@ -531,4 +564,33 @@ pub fn stomp_serving(addr: SocketAddr) -> bool {
     }
     let mut buf = [0u8; 9];
     s.read_exact(&mut buf).is_ok() && &buf == b"CONNECTED"
+}
+
+/// A small deterministic generator (xorshift) for kill moments and the
+/// like: seeded from `BROKK_TEST_SEED` when set (to replay a failure), else
+/// from the clock; the seed is printed either way.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("BROKK_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
+        eprintln!("BROKK_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
 }
