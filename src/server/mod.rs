@@ -505,8 +505,19 @@ fn db_take_over(
         .context("cannot make the takeover's spill file (store.spool_dir)")?;
     let mut loaded = {
         let db = db.clone();
-        side::block_on(async move { sql::load::load(&db, Some(spill)).await })?
-            .context("cannot read the tables")?
+        // One connection stays for the reads: never wait on each other.
+        let lanes = config
+            .shard_count()
+            .min(config.store.pool_size.saturating_sub(1));
+        side::block_on(async move {
+            // The writer lanes' connections open while the tables are read.
+            let (loaded, ()) = tokio::join!(
+                sql::load::load(&db, Some(spill)),
+                sql::write::warm(&db, lanes)
+            );
+            loaded
+        })?
+        .context("cannot read the tables")?
     };
     in_send_order(&mut loaded);
     info!(

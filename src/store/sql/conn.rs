@@ -6,7 +6,10 @@
 //! with `tokio::spawn`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::Duration;
 
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
@@ -195,6 +198,51 @@ impl PgConn {
         self.stmts.insert(sql, s.clone());
         Ok(s)
     }
+
+    /// Prepares every statement of `sqls` not prepared yet, pipelined (one
+    /// round trip for all, not one each: a new master's first write, or a
+    /// takeover's reads, wait for these).
+    pub async fn prepare_all(
+        &mut self,
+        sqls: &[&'static str],
+    ) -> Result<(), tokio_postgres::Error> {
+        let missing: Vec<&'static str> = sqls
+            .iter()
+            .copied()
+            .filter(|sql| !self.stmts.contains_key(sql))
+            .collect();
+        let client = &self.client;
+        let prepared = join_all(missing.iter().map(|sql| client.prepare(sql)).collect()).await;
+        for (sql, s) in missing.into_iter().zip(prepared) {
+            self.stmts.insert(sql, s?);
+        }
+        Ok(())
+    }
+}
+
+/// Polls every future until all are done (the futures crate's `join_all`,
+/// which this crate does not otherwise need).
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 impl PgPool {

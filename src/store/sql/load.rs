@@ -171,6 +171,14 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
         Db::Postgres(pool) => {
             let mut conn = pool.get().await?;
             let e = pg_err(WHAT);
+            // Prepared at once, pipelined: a takeover waits for this.
+            const SMALL: [&str; 6] = [SUBS, TOPIC_ACKS, REDELIVERIES, TX_ACKS, TX, PRODUCER_SEQS];
+            let mut all = vec![PG_MSGS];
+            all.extend(SMALL);
+            conn.prepare_all(&all).await.map_err(&e)?;
+            let small: Vec<tokio_postgres::Statement> =
+                SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
+            let page = conn.stmts[PG_MSGS].clone();
             let tx = conn
                 .client
                 .build_transaction()
@@ -179,7 +187,6 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                 .start()
                 .await
                 .map_err(&e)?;
-            let page = tx.prepare(PG_MSGS).await.map_err(&e)?;
             let mut out = Loaded::default();
             let mut after = i64::MIN;
             let mut largest = 0;
@@ -211,7 +218,13 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                 }
             }
             out.spill = spill.take();
-            for r in tx.query(SUBS, &[]).await.map_err(&e)? {
+            // The small tables side by side (pipelined on the connection).
+            let mut answers =
+                super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
+                    .await
+                    .into_iter();
+            let mut next = || answers.next().unwrap_or_else(|| Ok(Vec::new())).map_err(&e);
+            for r in next()? {
                 out.subs.push(SubRow {
                     container: r.try_get(0).map_err(&e)?,
                     client_id: r.try_get(1).map_err(&e)?,
@@ -219,31 +232,31 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                     selector: r.try_get(3).map_err(&e)?,
                 });
             }
-            for r in tx.query(TOPIC_ACKS, &[]).await.map_err(&e)? {
+            for r in next()? {
                 out.topic_acks.push(TopicAck {
                     id: r.try_get(0).map_err(&e)?,
                     client_id: r.try_get(1).map_err(&e)?,
                     sub_name: r.try_get(2).map_err(&e)?,
                 });
             }
-            for r in tx.query(REDELIVERIES, &[]).await.map_err(&e)? {
+            for r in next()? {
                 out.redeliveries.push(Redelivery {
                     id: r.try_get(0).map_err(&e)?,
                     sub_key: r.try_get(1).map_err(&e)?,
                     count: r.try_get::<_, Option<i64>>(2).map_err(&e)?.unwrap_or(0),
                 });
             }
-            for r in tx.query(TX_ACKS, &[]).await.map_err(&e)? {
+            for r in next()? {
                 out.tx_acks.push(TxAckRow {
                     tx: r.try_get(0).map_err(&e)?,
                     id: r.try_get(1).map_err(&e)?,
                     sub_key: r.try_get(2).map_err(&e)?,
                 });
             }
-            for r in tx.query(TX, &[]).await.map_err(&e)? {
+            for r in next()? {
                 out.tx_decided.push(r.try_get(0).map_err(&e)?);
             }
-            for r in tx.query(PRODUCER_SEQS, &[]).await.map_err(&e)? {
+            for r in next()? {
                 out.producer_seqs.push(ProducerSeq {
                     container: r.try_get(0).map_err(&e)?,
                     producer: r.try_get(1).map_err(&e)?,

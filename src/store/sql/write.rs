@@ -25,15 +25,12 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, TxOpts, Value};
 use tokio_postgres::types::ToSql;
 
-use super::conn::{my_err, pg_err, Db, PgConn};
+use super::conn::{join_all, my_err, pg_err, Db, PgConn};
 use super::schema::my_take;
 use super::{Batch, LeaseToken, MsgRow, Redelivery, SqlError, SubRow, TxAckRow};
 
@@ -109,6 +106,38 @@ const MYSQL_FENCE: &str = "SELECT f.HOLDER, \
 const PG_FENCE: &str = "SELECT f.HOLDER, l.BROKER_NAME, l.TIME, \
      (extract(epoch from clock_timestamp()) * 1000)::bigint \
      FROM BROKK_FENCE f LEFT JOIN ACTIVEMQ_LOCK l ON l.ID = 1 WHERE f.ID = 1 FOR SHARE OF f";
+
+/// Opens `n` of the pool's connections side by side and, on PostgreSQL,
+/// prepares the write statements on each, so that a new master's first
+/// transactions (one per writer lane) pay neither a login nor a prepare:
+/// run beside the takeover's reads, it comes off the failover gap. Best
+/// effort: a failure here only means the first write does it. `n` must
+/// leave the pool a connection for whatever runs beside it.
+pub async fn warm(db: &Db, n: usize) {
+    match db {
+        Db::MySql(pool) => {
+            let conns = join_all((0..n).map(|_| pool.get_conn()).collect()).await;
+            drop(conns);
+        }
+        Db::Postgres(pool) => {
+            let guards = join_all(
+                (0..n)
+                    .map(|_| async {
+                        let mut g = pool.get().await?;
+                        pg_prepare_all(&mut g).await?;
+                        Ok::<_, SqlError>(g)
+                    })
+                    .collect(),
+            )
+            .await;
+            for g in &guards {
+                if let Err(e) = g {
+                    tracing::debug!(error = %e, "warming a database connection failed");
+                }
+            }
+        }
+    }
+}
 
 /// The statement every write transaction begins with (public for the
 /// tests that hold its locks the way a slow transaction does).
@@ -601,6 +630,26 @@ struct PgStmts {
 
 async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
     let e = pg_err("prepare the write statements");
+    // Once per connection, all at once; then every `prepare` below is a
+    // lookup.
+    let mut all = vec![
+        PG_FENCE,
+        PG_INSERT_MSGS,
+        PG_TOPIC_ACKS,
+        PG_REDELIVERIES,
+        PG_PRODUCER_SEQS,
+        PG_PRODUCER_SEQS_GONE,
+        PG_SUBS_ADD,
+        PG_TX_ACKS,
+        PG_TX_DECIDED,
+        PG_TX_FORGOTTEN,
+        PG_TX_ACKS_DONE,
+        PG_XID_CLEARED,
+        PG_SUBS_REMOVE,
+        PG_SUBS_REMOVE_ACKS,
+    ];
+    all.extend(PG_DELETES);
+    conn.prepare_all(&all).await.map_err(&e)?;
     let mut deletes = Vec::new();
     for sql in PG_DELETES {
         deletes.push(conn.prepare(sql).await.map_err(&e)?);
@@ -811,31 +860,6 @@ impl ToSql for PgBytes {
     }
 
     tokio_postgres::types::to_sql_checked!();
-}
-
-/// Polls every future until all are done (the futures crate's `join_all`,
-/// which this crate does not otherwise need).
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
