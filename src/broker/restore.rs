@@ -66,8 +66,6 @@ pub struct Restored {
     /// The highest message id (counter part) any record named, live or
     /// not: new ids must start above it (see [`super::message_ids`]).
     pub max_id_counter: u64,
-    /// What the transactions found in the journal leave to do.
-    pub tx: TxOutcome,
     /// The producers' sequences of every plain SEND read, live or not.
     pub audit: ProducerAudit,
 }
@@ -505,7 +503,10 @@ impl Restorer {
     /// dropped: no shard applied any of it, since a participant applies
     /// only after the decision is durable (or, alone in its transaction,
     /// journals its TxDone with its records).
-    pub fn finish(mut self, copy_out: &IdSet, committed: &IdSet) -> Restored {
+    /// The transactions' outcome comes apart from the state, to be settled
+    /// by its own code (a field of `Restored` would be read after it was
+    /// taken: that hid applied ACKs from the database modes' holders).
+    pub fn finish(mut self, copy_out: &IdSet, committed: &IdSet) -> (Restored, TxOutcome) {
         if let Some((run, entries)) = self.run.take() {
             self.queues.insert(run, entries);
         }
@@ -559,7 +560,6 @@ impl Restorer {
         let mut out = Restored {
             selectors: std::mem::take(&mut self.selectors),
             max_id_counter: self.max_id_counter,
-            tx,
             audit: std::mem::take(&mut self.audit),
             ..Restored::default()
         };
@@ -617,7 +617,7 @@ impl Restorer {
             out.subs.push((topic, sub, entries));
         }
         out.pager = pager;
-        out
+        (out, tx)
     }
 }
 
@@ -747,7 +747,7 @@ mod tests {
                 id: 2,
             },
         ]);
-        let out = r.finish(&IdSet::default(), &IdSet::default());
+        let (out, _) = r.finish(&IdSet::default(), &IdSet::default());
         assert_eq!(out.message_count(), 2);
         assert_eq!(out.queues.len(), 1, "queue b has nothing left");
         let (name, entries) = &out.queues[0];
@@ -787,7 +787,7 @@ mod tests {
             add(&s1),
             send(4, &t, Bytes::from_static(b"both again")),
         ]);
-        let out = r.finish(&IdSet::default(), &IdSet::default());
+        let (out, _) = r.finish(&IdSet::default(), &IdSet::default());
         let by_name = |n: &str| {
             out.subs
                 .iter()
@@ -855,19 +855,19 @@ mod tests {
         ]);
         assert_eq!(r.max_id_counter(), 500, "transaction ids count too");
         assert_eq!(r.commits(), &IdSet::from_iter([500]));
-        let out = r.finish(&IdSet::default(), &IdSet::from_iter([100, 500]));
+        let (out, tx) = r.finish(&IdSet::default(), &IdSet::from_iter([100, 500]));
         let (_, queue) = out.queues.iter().find(|(n, _)| &**n == "a").unwrap();
         assert_eq!(ids(queue), vec![2, 10, 30]);
         let (_, _, topic) = &out.subs[0];
         assert_eq!(ids(topic), vec![11]);
-        let mut undone = out.tx.undone.clone();
+        let mut undone = tx.undone.clone();
         undone.sort_unstable();
         assert_eq!(undone, vec![100], "300 has its TxDone already");
-        assert_eq!(out.tx.dropped_sends, vec![20]);
-        let mut acked = out.tx.applied_acks.clone();
+        assert_eq!(tx.dropped_sends, vec![20]);
+        let mut acked = tx.applied_acks.clone();
         acked.sort_unstable();
         assert_eq!(acked, vec![1, 3]);
-        assert_eq!(out.tx.commits, vec![500]);
+        assert_eq!(tx.commits, vec![500]);
     }
 
     #[test]
@@ -889,7 +889,7 @@ mod tests {
             },
             send(9, &t, body),
         ]);
-        let out = r.finish(&IdSet::from_iter([9]), &IdSet::default());
+        let (out, _) = r.finish(&IdSet::from_iter([9]), &IdSet::default());
         let msgs: Vec<&SharedMessage> = out
             .subs
             .iter()

@@ -1565,7 +1565,7 @@ mod tests {
             },
         ]);
         let mut b = broker(&usage);
-        b.install(r.finish(&IdSet::default(), &IdSet::default()));
+        b.install(r.finish(&IdSet::default(), &IdSet::default()).0);
         assert_eq!(pending(&b, "q"), 1, "message 1 is restored");
         let mut out = Vec::new();
         for (id, seq) in [(11, 1), (12, 2), (13, 3), (14, 4)] {

@@ -104,10 +104,9 @@ pub fn restorer(
 /// already left those out; `settle_transactions` releases them).
 pub fn hold_restored(s: &mut DbShardStore, restored: &Restored, tx: &TxOutcome) {
     let mut count: IdMap<u32> = IdMap::default();
-    // From `tx`, not `restored.tx`: the caller has taken the outcome out of
-    // `restored` by now. (Reading the emptied one left the ACKed messages
-    // of transactions recovery applied without a holder: their release
-    // deleted nothing, and they came back at the next takeover.)
+    // (Once read from an emptied copy of `tx`: the ACKed messages of
+    // transactions recovery applied had no holder, their release deleted
+    // nothing, and they came back at the next takeover.)
     for id in &tx.applied_acks {
         *count.entry(*id).or_default() += 1;
     }

@@ -634,8 +634,8 @@ pub async fn run(
                 .extend(restorer.commits().iter().copied());
         }
         shared.recovered.wait();
-        let mut restored = match read {
-            None => Restored::default(),
+        let (mut restored, tx) = match read {
+            None => (Restored::default(), TxOutcome::default()),
             Some((restorer, copy_out)) => {
                 let committed = shared
                     .recovered_commits
@@ -645,7 +645,6 @@ pub async fn run(
                 restorer.finish(&copy_out, &committed)
             }
         };
-        let tx = std::mem::take(&mut restored.tx);
         if let Some(j) = &journal {
             if let Err(e) = settle_transactions(j, &tx).await {
                 let _ = ready.send(Err(e));

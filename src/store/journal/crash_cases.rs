@@ -547,7 +547,7 @@ fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
         let (recs, r) = open(&dir);
         let mut restorer = crate::broker::restore::Restorer::new(usage.clone(), None);
         restorer.feed(recs);
-        let restored = restorer.finish(&r.copy_out, &crate::idmap::IdSet::default());
+        let (restored, _) = restorer.finish(&r.copy_out, &crate::idmap::IdSet::default());
         assert!(
             !r.layout.holders.contains_key(&4242) || restored.message_count() > 0,
             "held, but restored nowhere"
