@@ -510,11 +510,20 @@ fn db_take_over(
             .shard_count()
             .min(config.store.pool_size.saturating_sub(1));
         side::block_on(async move {
-            // The writer lanes' connections open while the tables are read.
-            let (loaded, ()) = tokio::join!(
-                sql::load::load(&db, Some(spill)),
-                sql::write::warm(&db, lanes)
-            );
+            // The writer lanes' connections open while the tables are read;
+            // a login that hangs must not hold the takeover up once the
+            // tables are read (dropping a half-warmed connection is safe).
+            let mut warm = tokio::spawn({
+                let db = db.clone();
+                async move { sql::write::warm(&db, lanes).await }
+            });
+            let loaded = sql::load::load(&db, Some(spill)).await;
+            if tokio::time::timeout(Duration::from_millis(100), &mut warm)
+                .await
+                .is_err()
+            {
+                warm.abort();
+            }
             loaded
         })?
         .context("cannot read the tables")?

@@ -43,6 +43,10 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// How long a MySQL/MariaDB pool connection beyond the first may idle
+/// before it is closed.
+const MYSQL_IDLE_TTL: Duration = Duration::from_secs(300);
+
 /// Connects to `url` (`mysql://` or `postgres://`) with at most
 /// `pool_size` connections, and really opens one, so that a wrong address
 /// or password fails here, at start, rather than at the first write.
@@ -69,7 +73,12 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
                         .with_constraints(constraints)
                         // Nothing here relies on session state, so no
                         // COM_RESET_CONNECTION round trip per checkout.
-                        .with_reset_connection(false),
+                        .with_reset_connection(false)
+                        // Without a TTL mysql_async keeps only `min` (1)
+                        // connections idle and closes the others as they
+                        // come back: with two writer lanes committing side
+                        // by side, one logged in again for every batch.
+                        .with_inactive_connection_ttl(MYSQL_IDLE_TTL),
                 )
                 .stmt_cache_size(MYSQL_STMT_CACHE)
                 // Stated, not the server's default: under SERIALIZABLE the

@@ -219,12 +219,17 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             }
             out.spill = spill.take();
             // The small tables side by side (pipelined on the connection).
-            let mut answers =
+            let answers: [Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>; 6] =
                 super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
                     .await
-                    .into_iter();
-            let mut next = || answers.next().unwrap_or_else(|| Ok(Vec::new())).map_err(&e);
-            for r in next()? {
+                    .try_into()
+                    .map_err(|_| SqlError::Query {
+                        what: WHAT,
+                        reason: "a small table's answer is missing".into(),
+                    })?;
+            // Named, in SMALL's order: each answer is tied to its table.
+            let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers;
+            for r in subs.map_err(&e)? {
                 out.subs.push(SubRow {
                     container: r.try_get(0).map_err(&e)?,
                     client_id: r.try_get(1).map_err(&e)?,
@@ -232,31 +237,31 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                     selector: r.try_get(3).map_err(&e)?,
                 });
             }
-            for r in next()? {
+            for r in topic_acks.map_err(&e)? {
                 out.topic_acks.push(TopicAck {
                     id: r.try_get(0).map_err(&e)?,
                     client_id: r.try_get(1).map_err(&e)?,
                     sub_name: r.try_get(2).map_err(&e)?,
                 });
             }
-            for r in next()? {
+            for r in redeliveries.map_err(&e)? {
                 out.redeliveries.push(Redelivery {
                     id: r.try_get(0).map_err(&e)?,
                     sub_key: r.try_get(1).map_err(&e)?,
                     count: r.try_get::<_, Option<i64>>(2).map_err(&e)?.unwrap_or(0),
                 });
             }
-            for r in next()? {
+            for r in tx_acks.map_err(&e)? {
                 out.tx_acks.push(TxAckRow {
                     tx: r.try_get(0).map_err(&e)?,
                     id: r.try_get(1).map_err(&e)?,
                     sub_key: r.try_get(2).map_err(&e)?,
                 });
             }
-            for r in next()? {
+            for r in tx_rows.map_err(&e)? {
                 out.tx_decided.push(r.try_get(0).map_err(&e)?);
             }
-            for r in next()? {
+            for r in seqs.map_err(&e)? {
                 out.producer_seqs.push(ProducerSeq {
                     container: r.try_get(0).map_err(&e)?,
                     producer: r.try_get(1).map_err(&e)?,
