@@ -247,18 +247,56 @@ impl Admin {
         }
     }
 
-    async fn commit(&mut self) {
+    /// Whether the open transaction commits (false once its session was
+    /// killed).
+    async fn commit(&mut self) -> bool {
         match self {
-            Admin::My(c) => c.query_drop("COMMIT").await.expect("commit"),
-            Admin::Pg(c) => c.batch_execute("COMMIT").await.expect("commit"),
+            Admin::My(c) => c.query_drop("COMMIT").await.is_ok(),
+            Admin::Pg(c) => c.batch_execute("COMMIT").await.is_ok(),
+        }
+    }
+}
+
+/// A write transaction of a master, held open on a thread of its own: it
+/// began as every write transaction does (see `lock_fence_shared`).
+struct OpenWrite {
+    finish: tokio::sync::oneshot::Sender<()>,
+    committed: mpsc::Receiver<bool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl OpenWrite {
+    /// Returns once the transaction holds its locks.
+    fn start(d: Dialect, url: String) -> OpenWrite {
+        let (locked_tx, locked) = mpsc::channel();
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let (committed_tx, committed) = mpsc::channel();
+        let thread = on_thread(move || async move {
+            let mut w = admin_at(d, &url).await;
+            w.lock_fence_shared().await;
+            let _ = locked_tx.send(());
+            let _ = finished.await;
+            let _ = committed_tx.send(w.commit().await);
+        });
+        locked
+            .recv_timeout(DEADLINE)
+            .expect("the write transaction holds the fence row");
+        OpenWrite {
+            finish,
+            committed,
+            thread,
         }
     }
 
-    async fn works(&mut self) -> bool {
-        match self {
-            Admin::My(c) => c.query_drop("SELECT 1").await.is_ok(),
-            Admin::Pg(c) => c.simple_query("SELECT 1").await.is_ok(),
-        }
+    /// Commits it: whether that worked.
+    fn commit(self) -> bool {
+        let _ = self.finish.send(());
+        let committed = self
+            .committed
+            .recv_timeout(DEADLINE)
+            .expect("the writer reports");
+        self.thread.join().expect("writer thread");
+        committed
     }
 }
 
@@ -527,21 +565,7 @@ fn long_writer_does_not_starve_the_renewal(d: Dialect) {
     a.acquired(DEADLINE, "first acquire");
     let b = Broker::start(&cfg, "broker-b", true);
     b.waiting("second acquire");
-    let (locked_tx, locked) = mpsc::channel();
-    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-    let (committed_tx, committed) = mpsc::channel();
-    let url = db.url();
-    let writer = on_thread(move || async move {
-        let mut w = admin_at(d, &url).await;
-        w.lock_fence_shared().await;
-        let _ = locked_tx.send(());
-        let _ = done.await;
-        w.commit().await;
-        let _ = committed_tx.send(());
-    });
-    locked
-        .recv_timeout(DEADLINE)
-        .expect("writer holds the fence row");
+    let writer = OpenWrite::start(d, db.url());
     // Three leases with the fence row share-locked: a renewal stuck behind
     // it would end the lease within one (the master reports Lost::Expired,
     // and the waiter takes the expired row).
@@ -552,9 +576,7 @@ fn long_writer_does_not_starve_the_renewal(d: Dialect) {
         panic!("the waiter got {ev:?} while the master renewed");
     }
     assert_eq!(db.holder().as_deref(), Some("broker-a"));
-    let _ = done_tx.send(());
-    committed.recv_timeout(DEADLINE).expect("writer commits");
-    writer.join().expect("writer thread");
+    assert!(writer.commit(), "the long write transaction commits");
     // Dropped in order: the waiter's thread obeys only once it holds the
     // lease.
     drop(a);
@@ -569,20 +591,7 @@ fn hung_writer(d: Dialect) {
     let cfg = cfg(&db, 1000, 250);
     let a = Broker::start(&cfg, "broker-a", false);
     a.acquired(DEADLINE, "first acquire");
-    let (locked_tx, locked) = mpsc::channel();
-    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-    let url = db.url();
-    let (alive_tx, alive_rx) = mpsc::channel();
-    let writer = on_thread(move || async move {
-        let mut w = admin_at(d, &url).await;
-        w.lock_fence_shared().await;
-        let _ = locked_tx.send(());
-        let _ = done.await;
-        let _ = alive_tx.send(w.works().await);
-    });
-    locked
-        .recv_timeout(DEADLINE)
-        .expect("writer holds the row lock");
+    let writer = OpenWrite::start(d, db.url());
     let b = Broker::start(&cfg, "broker-b", true);
     b.waiting("second acquire");
     b.acquired(
@@ -590,10 +599,10 @@ fn hung_writer(d: Dialect) {
         "takeover past a hung write transaction",
     );
     assert_eq!(db.holder().as_deref(), Some("broker-b"));
-    let _ = done_tx.send(());
-    let alive = alive_rx.recv_timeout(DEADLINE).expect("writer reports");
-    assert!(!alive, "the hung writer's session should have been killed");
-    writer.join().expect("writer thread");
+    assert!(
+        !writer.commit(),
+        "the hung writer's session should have been killed"
+    );
 }
 
 /// A hung master of another database account (MariaDB `brokk@localhost`
