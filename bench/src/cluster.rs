@@ -9,8 +9,8 @@
 //! removed, when the cluster is dropped.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -221,27 +221,11 @@ fn brokk_binary() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Whether a broker answers a STOMP CONNECT at `addr`. A TCP connect alone
-/// is not enough: a killed broker's listening sockets outlive it for a
-/// moment (io_uring tears its files down after the process is gone) and
-/// accept connections nobody answers.
+/// Whether the broker at `addr` serves STOMP (see
+/// `brokk::protocol::stomp::probe`).
 fn serving(addr: &str) -> bool {
-    let Ok(addr) = addr.parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 9];
-    let ok = s.read_exact(&mut buf).is_ok() && &buf == b"CONNECTED";
-    let _ = s.write_all(b"DISCONNECT\n\n\0");
-    ok
+    addr.parse::<SocketAddr>()
+        .is_ok_and(brokk::protocol::stomp::probe::answers_connect)
 }
 
 /// The first line a broker prints (a master `brokk listening`, a standby

@@ -547,23 +547,10 @@ pub fn body(f: &Frame) -> String {
     String::from_utf8(f.body.to_vec()).unwrap()
 }
 
-/// Whether a broker answers a STOMP CONNECT at `addr`. A connect alone is
-/// not enough: a killed broker's listening sockets outlive it for a moment
-/// (io_uring tears its files down after the process is gone) and accept
-/// connections nobody answers.
+/// Whether a broker serves STOMP at `addr`.
 #[allow(dead_code)]
 pub fn stomp_serving(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 9];
-    s.read_exact(&mut buf).is_ok() && &buf == b"CONNECTED"
+    brokk::protocol::stomp::probe::answers_connect(addr)
 }
 
 /// A small deterministic generator (xorshift) for kill moments and the

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod probe;
 pub mod session;
 
 pub use codec::{parse, FrameError, Limits, Parsed};

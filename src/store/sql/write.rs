@@ -609,6 +609,29 @@ const PG_SUBS_REMOVE_ACKS: &str = "DELETE FROM BROKK_TOPIC_ACKS a USING ACTIVEMQ
      unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS t(c, ci, sn) \
      WHERE m.ID = a.ID AND m.CONTAINER = t.c AND a.CLIENT_ID = t.ci AND a.SUB_NAME = t.sn";
 
+/// Every write statement, for [`pg_prepare_all`] (a constant: the check
+/// runs before every transaction, and allocates nothing once prepared).
+const PG_WRITE_STATEMENTS: [&str; 18] = [
+    PG_FENCE,
+    PG_INSERT_MSGS,
+    PG_TOPIC_ACKS,
+    PG_REDELIVERIES,
+    PG_PRODUCER_SEQS,
+    PG_PRODUCER_SEQS_GONE,
+    PG_SUBS_ADD,
+    PG_TX_ACKS,
+    PG_TX_DECIDED,
+    PG_TX_FORGOTTEN,
+    PG_TX_ACKS_DONE,
+    PG_XID_CLEARED,
+    PG_SUBS_REMOVE,
+    PG_SUBS_REMOVE_ACKS,
+    PG_DELETES[0],
+    PG_DELETES[1],
+    PG_DELETES[2],
+    PG_DELETES[3],
+];
+
 /// The write statements, prepared on one connection.
 struct PgStmts {
     fence: tokio_postgres::Statement,
@@ -632,24 +655,7 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
     let e = pg_err("prepare the write statements");
     // Once per connection, all at once; then every `prepare` below is a
     // lookup.
-    let mut all = vec![
-        PG_FENCE,
-        PG_INSERT_MSGS,
-        PG_TOPIC_ACKS,
-        PG_REDELIVERIES,
-        PG_PRODUCER_SEQS,
-        PG_PRODUCER_SEQS_GONE,
-        PG_SUBS_ADD,
-        PG_TX_ACKS,
-        PG_TX_DECIDED,
-        PG_TX_FORGOTTEN,
-        PG_TX_ACKS_DONE,
-        PG_XID_CLEARED,
-        PG_SUBS_REMOVE,
-        PG_SUBS_REMOVE_ACKS,
-    ];
-    all.extend(PG_DELETES);
-    conn.prepare_all(&all).await.map_err(&e)?;
+    conn.prepare_all(&PG_WRITE_STATEMENTS).await.map_err(&e)?;
     let mut deletes = Vec::new();
     for sql in PG_DELETES {
         deletes.push(conn.prepare(sql).await.map_err(&e)?);
