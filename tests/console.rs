@@ -504,7 +504,18 @@ fn metrics_count_destinations_connections_and_receipts() {
         .lines()
         .find_map(|l| l.strip_prefix("brokk_receipt_latency_seconds_count "))
         .expect("a receipt histogram");
-    assert!(count.parse::<u64>().unwrap() >= 3, "{count}");
+    let count: u64 = count.parse().unwrap();
+    assert!(count >= 3, "{count}");
+    // Prometheus's buckets are cumulative: they never fall, and the last
+    // (+Inf) holds every receipt, no more.
+    let buckets: Vec<u64> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("brokk_receipt_latency_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 15, "{m}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(*buckets.last().unwrap(), count, "{m}");
     // The connection is listed with its counters.
     let cs = http(
         &b,

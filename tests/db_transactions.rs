@@ -11,8 +11,9 @@ mod common;
 
 use common::db::{as_master, assert_tables_empty, Engine, Node, TestDb};
 use common::tx::{
-    assert_applied, assert_dropped, commit_into_a_crash, everything_in, fill, kills_during_commits,
-    outs_and_srcs,
+    assert_applied, assert_dropped, assert_selective_consumed, assert_selectors_kept,
+    commit_into_a_crash, commit_to_selective_subscriptions_into_a_crash, everything_in, fill,
+    kills_during_commits, outs_and_srcs, topic_on,
 };
 use common::Broker;
 
@@ -101,6 +102,35 @@ fn a_crash_after_the_decision_applies_every_part(engine: Engine) {
     }
 }
 
+/// A transaction's topic SENDs applied by recovery reach only the durable
+/// subscriptions whose selector takes them, and the ones passed over let
+/// go of them in the tables (an ack row): across another restart they
+/// stay passed over, and once the others have acknowledged them no
+/// message or ack row is left.
+fn a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors(engine: Engine) {
+    let s = Store::new(engine);
+    let topics = [topic_on(0, "sel"), topic_on(1, "sel")];
+    let mut b = s.start_env(&[("BROKK_FAULT_TX_CRASH", "decided")]);
+    commit_to_selective_subscriptions_into_a_crash(&mut b, &topics);
+    let mut b = s.start();
+    assert_selectors_kept(&b, &topics, false);
+    b.kill9();
+    let mut b = s.start();
+    assert_selectors_kept(&b, &topics, true);
+    assert_tables_empty(
+        &s.db,
+        &[
+            "ACTIVEMQ_MSGS",
+            "BROKK_TOPIC_ACKS",
+            "BROKK_TX",
+            "BROKK_TX_ACKS",
+        ],
+    );
+    b.kill9();
+    let b = s.start();
+    assert_selective_consumed(&b, &topics);
+}
+
 /// Ten rounds of a commit loop killed at a random moment (every fourth a
 /// clean stop), each followed by a new broker on the database: every
 /// transaction all or nothing, receipted ones in effect, source ACKs in
@@ -123,5 +153,6 @@ fn repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing(engine: E
 crate::on_both!(
     a_crash_before_the_decision_drops_every_part,
     a_crash_after_the_decision_applies_every_part,
+    a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors,
     repeated_kills_during_cross_shard_commits_leave_each_all_or_nothing
 );

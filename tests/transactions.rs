@@ -6,8 +6,9 @@
 mod common;
 
 use common::tx::{
-    assert_applied, assert_dropped, bodies, commit_into_a_crash, everything_in, fill,
-    kills_during_commits, outs_and_srcs, queue_on, take,
+    assert_applied, assert_dropped, assert_selective_consumed, assert_selectors_kept, bodies,
+    commit_into_a_crash, commit_to_selective_subscriptions_into_a_crash, everything_in, fill,
+    kills_during_commits, outs_and_srcs, queue_on, take, topic_on,
 };
 use common::{body, Broker};
 
@@ -365,6 +366,27 @@ fn a_crash_after_the_decision_applies_every_part_from_the_coordinators_journal()
     let mut v = b.client();
     assert!(everything_in(&mut v, "o0", &outs[0]).is_empty());
     assert!(everything_in(&mut v, "o1", &outs[1]).is_empty());
+}
+
+/// A transaction's topic SENDs applied by recovery reach only the durable
+/// subscriptions whose selector takes them (a prepared SEND is stored for
+/// every durable subscription of its topic), and the ones passed over let
+/// go of it for good: across another restart, and once the others have
+/// acknowledged it, nothing is left.
+#[test]
+fn a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [topic_on(0, "sel"), topic_on(1, "sel")];
+    let mut b = start_faulty(dir.path(), "decided");
+    commit_to_selective_subscriptions_into_a_crash(&mut b, &topics);
+    let mut b = start_on(dir.path());
+    assert_selectors_kept(&b, &topics, false);
+    b.kill9();
+    let mut b = start_on(dir.path());
+    assert_selectors_kept(&b, &topics, true);
+    b.kill9();
+    let b = start_on(dir.path());
+    assert_selective_consumed(&b, &topics);
 }
 
 #[test]

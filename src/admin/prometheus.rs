@@ -208,16 +208,21 @@ impl Collector for SnapshotCollector {
             )?;
         }
         let lat = &g.receipt_latency;
-        let mut cumulative = 0;
-        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(lat.counts.len());
-        for (i, c) in lat.counts.iter().enumerate() {
-            cumulative += c;
-            let bound = LATENCY_BOUNDS_US
-                .get(i)
-                .map(|us| *us as f64 / 1e6)
-                .unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
-        }
+        // Per bucket: the encoder sums them into Prometheus's cumulative
+        // `le` counts itself (summing here too made every bucket past the
+        // first non-empty one too large).
+        let buckets: Vec<(f64, u64)> = lat
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = LATENCY_BOUNDS_US
+                    .get(i)
+                    .map(|us| *us as f64 / 1e6)
+                    .unwrap_or(f64::INFINITY);
+                (bound, *c)
+            })
+            .collect();
         let mut m = enc.encode_descriptor(
             "receipt_latency_seconds",
             "From a frame asking for a receipt to its RECEIPT (durable), since the broker started",
@@ -226,7 +231,7 @@ impl Collector for SnapshotCollector {
         )?;
         m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
             lat.sum_us as f64 / 1e6,
-            cumulative,
+            lat.count(),
             &buckets,
             None,
         )?;

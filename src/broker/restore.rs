@@ -18,6 +18,7 @@ use super::message_ids::counter;
 use super::paging::{PageRef, PagedEntry, Pager};
 use super::producer_audit::{origin_of, ProducerAudit};
 use super::queue::Entry;
+use super::selector::{admits, Candidate, Selector};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::record::detach;
 use crate::store::{Record, RecordAt, RecordSource, StoredDestination, StoredSub};
@@ -81,6 +82,14 @@ pub struct TxOutcome {
     pub dropped_sends: Vec<u64>,
     /// Messages retired by applied prepared ACKs: one holder each.
     pub applied_acks: Vec<u64>,
+    /// Topic messages of applied transactions that a durable
+    /// subscription's selector passes over and that have no ACK stored for
+    /// it (recovery applied them, or a torn write lost the live apply's
+    /// ACK): the restored state leaves them out of that subscription, and
+    /// each must be stored as its ACK, letting go of one holder, as the
+    /// live apply does (`ShardBroker::enqueue_prepared`): the prepared
+    /// SEND was stored for every durable subscription of its topic.
+    pub passed_over: Vec<(StoredDestination, StoredSub, u64)>,
     /// Transaction decisions (TxCommit) in this journal: held until every
     /// shard has made its TxDone durable.
     pub commits: Vec<u64>,
@@ -123,6 +132,15 @@ pub struct Restorer {
     tagged: IdMap<u64>,
     /// Prepared ACKs per transaction, kept aside until it is decided.
     tx_acks: IdMap<Vec<(StoredDestination, Option<StoredSub>, u64)>>,
+    /// Prepared topic SENDs a durable subscription's selector passes over
+    /// (transaction, topic, subscription, message): not staged for it
+    /// (see [`TxOutcome::passed_over`]).
+    passed: Vec<(u64, Arc<str>, StoredSub, u64)>,
+    /// The durable subscriptions' selectors, parsed when first needed
+    /// (None: no selector, or one that no longer parses, which its
+    /// SUBSCRIBE would have refused: it takes everything, as the broker's
+    /// `install` does).
+    parsed: HashMap<SubKey, Option<Selector>>,
     /// Transactions with prepared records in this journal.
     prepared: IdSet,
     /// Transactions this shard applied (TxDone).
@@ -148,6 +166,8 @@ impl Restorer {
             max_id_counter: 0,
             tagged: IdMap::default(),
             tx_acks: IdMap::default(),
+            passed: Vec::new(),
+            parsed: HashMap::new(),
             prepared: IdSet::default(),
             done: IdSet::default(),
             commits: IdSet::default(),
@@ -220,6 +240,7 @@ impl Restorer {
                         properties,
                         body,
                         here,
+                        None,
                     );
                 }
                 Record::TxSend {
@@ -245,6 +266,7 @@ impl Restorer {
                         properties,
                         body,
                         here,
+                        Some(tx),
                     );
                 }
                 Record::TxAck {
@@ -305,6 +327,7 @@ impl Restorer {
                     selector,
                 } => {
                     let key = (topic.clone(), sub.clone());
+                    self.parsed.remove(&key);
                     match selector {
                         Some(s) => self.selectors.insert(key, s),
                         None => self.selectors.remove(&key),
@@ -317,6 +340,7 @@ impl Restorer {
                 }
                 Record::DurableRemove { topic, sub } => {
                     self.selectors.remove(&(topic.clone(), sub.clone()));
+                    self.parsed.remove(&(topic.clone(), sub.clone()));
                     if let Some(subs) = self.durables.get_mut(&topic) {
                         subs.retain(|s| *s != sub);
                     }
@@ -334,7 +358,9 @@ impl Restorer {
     }
 
     /// Stages a stored message for its queue, or for the durable
-    /// subscriptions of its topic that exist at this point of the journal.
+    /// subscriptions of its topic that exist at this point of the journal;
+    /// a prepared one (of transaction `tx`) not for those whose selector
+    /// passes it over (a plain SEND's are journaled as ACKs at once).
     #[allow(clippy::too_many_arguments)]
     fn stage(
         &mut self,
@@ -346,6 +372,7 @@ impl Restorer {
         properties: Vec<(bytes::Bytes, bytes::Bytes)>,
         body: bytes::Bytes,
         stored_at: Option<RecordAt>,
+        tx: Option<u64>,
     ) {
         let subs = match destination.topic {
             true => match self
@@ -382,6 +409,23 @@ impl Restorer {
             None => stage(queue_entries(&mut self.run, &mut self.queues, name)),
             Some(subs) => {
                 for sub in subs {
+                    if let Some(tx) = tx {
+                        let key = (name.clone(), sub.clone());
+                        let selectors = &self.selectors;
+                        let selector = self.parsed.entry(key).or_insert_with_key(|k| {
+                            selectors.get(k).and_then(|text| Selector::parse(text).ok())
+                        });
+                        if !admits(
+                            selector.as_ref(),
+                            &Candidate {
+                                msg: &msg,
+                                redeliveries: 0,
+                            },
+                        ) {
+                            self.passed.push((tx, name.clone(), sub, id));
+                            continue;
+                        }
+                    }
                     if let Some(staged) = sub_entries(&mut self.subs, &name, &sub) {
                         stage(staged);
                     }
@@ -548,6 +592,27 @@ impl Restorer {
                 }
             }
         }
+        // Once: unless an ACK for it is stored already, by the live apply
+        // or by an earlier settling that crashed before its TxDones. A
+        // transaction applied live (TxDone here) whose ACK is missing lost
+        // it to a torn write: its holder is let go of now, or never.
+        let sub_acks = &self.sub_acks;
+        tx.passed_over = std::mem::take(&mut self.passed)
+            .into_iter()
+            .filter(|(t, topic, sub, id)| {
+                let acked = sub_acks
+                    .get(&(topic.clone(), sub.clone()))
+                    .is_some_and(|a| a.contains(id));
+                applies(t) && !acked
+            })
+            .map(|(_, topic, sub, id)| {
+                let topic = StoredDestination {
+                    topic: true,
+                    name: topic,
+                };
+                (topic, sub, id)
+            })
+            .collect();
         let dropped: IdSet = self
             .tagged
             .iter()
@@ -868,6 +933,76 @@ mod tests {
         acked.sort_unstable();
         assert_eq!(acked, vec![1, 3]);
         assert_eq!(tx.commits, vec![500]);
+    }
+
+    #[test]
+    fn a_transaction_applied_by_recovery_skips_subscriptions_whose_selector_passes_it_over() {
+        let t = dest(true, "t");
+        let (all, red) = (sub("all"), sub("red"));
+        let blue = |tx: u64, id: u64| Record::TxSend {
+            tx,
+            id,
+            destination: t.clone(),
+            priority: 4,
+            expires_ms: 0,
+            timestamp_ms: 0,
+            properties: vec![(Bytes::from_static(b"color"), Bytes::from_static(b"blue"))],
+            body: Bytes::from_static(b"tx"),
+        };
+        let mut r = Restorer::new(Arc::new(MemoryUsage::default()), None);
+        r.feed(vec![
+            Record::DurableAdd {
+                topic: "t".into(),
+                sub: all.clone(),
+                selector: None,
+            },
+            Record::DurableAdd {
+                topic: "t".into(),
+                sub: red.clone(),
+                selector: Some("color = 'red'".into()),
+            },
+            // Decided elsewhere, applied by this recovery.
+            blue(100, 10),
+            // Decided, its ACK for `red` stored by an earlier settling
+            // that crashed before its TxDone.
+            blue(200, 20),
+            Record::Ack {
+                destination: t.clone(),
+                sub: Some(red.clone()),
+                id: 20,
+            },
+            // Applied live (TxDone): its ACK for `red` was stored then.
+            blue(300, 30),
+            Record::Ack {
+                destination: t.clone(),
+                sub: Some(red.clone()),
+                id: 30,
+            },
+            Record::TxDone { tx: 300 },
+            // Never decided: dropped.
+            blue(400, 40),
+            // Applied live, its ACK for `red` lost to a torn write.
+            blue(500, 50),
+            Record::TxDone { tx: 500 },
+        ]);
+        let (out, tx) = r.finish(&IdSet::default(), &IdSet::from_iter([100, 200]));
+        let of = |name: &str| {
+            out.subs
+                .iter()
+                .find(|(_, s, _)| &*s.name == name)
+                .map(|(_, _, e)| ids(e))
+                .unwrap()
+        };
+        assert_eq!(of("all"), vec![10, 20, 30, 50]);
+        assert_eq!(
+            of("red"),
+            Vec::<u64>::new(),
+            "its selector passes them over"
+        );
+        let ids: Vec<u64> = tx.passed_over.iter().map(|(_, _, id)| *id).collect();
+        assert_eq!(ids, vec![10, 50], "each holder let go of once");
+        assert!(tx.passed_over.iter().all(|(d, s, _)| *d == t && *s == red));
+        assert_eq!(tx.dropped_sends, vec![40]);
     }
 
     #[test]

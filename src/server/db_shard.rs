@@ -107,7 +107,13 @@ pub fn hold_restored(s: &mut DbShardStore, restored: &Restored, tx: &TxOutcome) 
     // (Once read from an emptied copy of `tx`: the ACKed messages of
     // transactions recovery applied had no holder, their release deleted
     // nothing, and they came back at the next takeover.)
-    for id in &tx.applied_acks {
+    // Likewise the durable subscriptions whose selector passes over a
+    // message of such a transaction (`TxOutcome::passed_over`).
+    for id in tx
+        .applied_acks
+        .iter()
+        .chain(tx.passed_over.iter().map(|(_, _, id)| id))
+    {
         *count.entry(*id).or_default() += 1;
     }
     let entries = restored
@@ -142,6 +148,17 @@ pub async fn settle_transactions(
             s.append(&RecordRef::TxDone { tx: *t }, 0);
         }
         for id in &tx.applied_acks {
+            s.release(*id);
+        }
+        for (topic, sub, id) in &tx.passed_over {
+            s.append(
+                &RecordRef::Ack {
+                    destination: topic,
+                    sub: Some(sub),
+                    id: *id,
+                },
+                0,
+            );
             s.release(*id);
         }
         for id in &tx.dropped_sends {

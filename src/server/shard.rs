@@ -1173,10 +1173,24 @@ pub const START_SPACE_WARN: Duration = Duration::from_secs(30);
 async fn settle_transactions(j: &RefCell<Journal>, tx: &TxOutcome) -> Result<(), String> {
     {
         let mut j = j.borrow_mut();
+        // The selectors' ACKs before the TxDones: after them, a crash
+        // between would leave their holders held for good (the next
+        // recovery finds the transaction done and settles nothing).
+        for (topic, sub, id) in &tx.passed_over {
+            j.append(
+                &RecordRef::Ack {
+                    destination: topic,
+                    sub: Some(sub),
+                    id: *id,
+                },
+                0,
+            );
+        }
         for t in &tx.undone {
             j.append(&RecordRef::TxDone { tx: *t }, 0);
         }
-        for id in &tx.applied_acks {
+        let passed = tx.passed_over.iter().map(|(_, _, id)| id);
+        for id in tx.applied_acks.iter().chain(passed) {
             j.release(*id);
         }
         for id in &tx.dropped_sends {

@@ -180,6 +180,118 @@ pub fn assert_applied(
     v.disconnect();
 }
 
+// ---- durable subscriptions with selectors, a commit applied by recovery ----
+
+/// `/topic/<prefix>N`, the first such name that shard `shard` of 2 owns.
+pub fn topic_on(shard: usize, prefix: &str) -> String {
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| Destination::Topic(n.as_str().into()).owner(2) == shard)
+        .map(|n| format!("/topic/{n}"))
+        .expect("some name hashes to each shard")
+}
+
+/// The client id of the durable subscriptions below.
+const SELECTIVE: &str = "selective";
+
+/// A connection of the durable subscriptions' client.
+fn selective_client(b: &Broker) -> Client {
+    Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("client-id", SELECTIVE)],
+    )
+}
+
+/// Everything waiting for durable subscription `name` on `topic`
+/// (`red`: `color = 'red'`; `all`: no selector), before the SUBSCRIBE's
+/// receipt, unacknowledged.
+fn everything_for(c: &mut Client, topic: &str, name: &str) -> Vec<Frame> {
+    let id = format!("{name}@{topic}");
+    let receipt = format!("sub-{id}");
+    let mut h = vec![
+        ("id", id.as_str()),
+        ("destination", topic),
+        ("ack", "client-individual"),
+        ("activemq.subscriptionName", name),
+        ("activemq.prefetchSize", "1000000"),
+    ];
+    if name == "red" {
+        h.push(("selector", "color = 'red'"));
+    }
+    c.messages_before_receipt("SUBSCRIBE", &h, &receipt)
+}
+
+/// Makes the durable subscriptions `all` and `red` on each of `topics` and
+/// leaves them offline; then, on a broker that kills itself once the
+/// decision is stored (`BROKK_FAULT_TX_CRASH=decided`), commits a
+/// transaction that SENDs a blue and a red message to each topic: the
+/// participant that is not the coordinator dies before it applies its
+/// part, which recovery then applies.
+pub fn commit_to_selective_subscriptions_into_a_crash(b: &mut Broker, topics: &[String; 2]) {
+    let mut s = selective_client(b);
+    for t in topics {
+        for name in ["all", "red"] {
+            assert!(everything_for(&mut s, t, name).is_empty());
+        }
+    }
+    s.disconnect();
+    let mut c = b.client();
+    c.frame("BEGIN", &[("transaction", "t")], b"");
+    for t in topics {
+        for color in ["blue", "red"] {
+            c.frame(
+                "SEND",
+                &[
+                    ("destination", t),
+                    ("transaction", "t"),
+                    ("persistent", "true"),
+                    ("color", color),
+                ],
+                format!("{color}@{t}").as_bytes(),
+            );
+        }
+    }
+    c.frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
+    c.expect_closed_by_peer();
+    let status = b.wait_exit(10);
+    assert!(!status.success(), "the fault switch killed it: {status:?}");
+}
+
+/// After that crash: `red` gets only the red messages, `all` both, on
+/// each topic. With `ack`, all of them are acknowledged; without, none
+/// (they must still be there after another restart).
+pub fn assert_selectors_kept(b: &Broker, topics: &[String; 2], ack: bool) {
+    let mut s = selective_client(b);
+    for t in topics {
+        let red = everything_for(&mut s, t, "red");
+        assert_eq!(
+            bodies(&red),
+            vec![format!("red@{t}")],
+            "a selector passing over the blue message keeps doing so"
+        );
+        let all = everything_for(&mut s, t, "all");
+        assert_eq!(bodies(&all), vec![format!("blue@{t}"), format!("red@{t}")]);
+        if ack {
+            for m in red.iter().chain(&all) {
+                s.ack(m);
+            }
+        }
+    }
+    s.disconnect();
+}
+
+/// Nothing waits for either durable subscription on `topics` any more.
+pub fn assert_selective_consumed(b: &Broker, topics: &[String; 2]) {
+    let mut s = selective_client(b);
+    for t in topics {
+        for name in ["all", "red"] {
+            let left = everything_for(&mut s, t, name);
+            assert!(left.is_empty(), "{name} on {t}: {left:?}");
+        }
+    }
+    s.disconnect();
+}
+
 // ---- repeated kills during multi-destination commits ----
 
 /// A minimal client for the loop that the broker is killed under: it tells
