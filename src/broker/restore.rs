@@ -132,10 +132,12 @@ pub struct Restorer {
     tagged: IdMap<u64>,
     /// Prepared ACKs per transaction, kept aside until it is decided.
     tx_acks: IdMap<Vec<(StoredDestination, Option<StoredSub>, u64)>>,
-    /// Prepared topic SENDs a durable subscription's selector passes over
-    /// (transaction, topic, subscription, message): not staged for it
-    /// (see [`TxOutcome::passed_over`]).
-    passed: Vec<(u64, Arc<str>, StoredSub, u64)>,
+    /// Prepared topic SENDs a durable subscription's selector passes over,
+    /// by message, with no ACK for it read so far: (transaction, topic,
+    /// subscription). Not staged for it (see [`TxOutcome::passed_over`]);
+    /// an ACK read later (the file journal's, written by the live apply)
+    /// takes the entry out, so what stays is what recovery must settle.
+    passed: IdMap<Vec<(u64, Arc<str>, StoredSub)>>,
     /// The durable subscriptions' selectors, parsed when first needed
     /// (None: no selector, or one that no longer parses, which its
     /// SUBSCRIBE would have refused: it takes everything, as the broker's
@@ -166,7 +168,7 @@ impl Restorer {
             max_id_counter: 0,
             tagged: IdMap::default(),
             tx_acks: IdMap::default(),
-            passed: Vec::new(),
+            passed: IdMap::default(),
             parsed: HashMap::new(),
             prepared: IdSet::default(),
             done: IdSet::default(),
@@ -299,6 +301,12 @@ impl Restorer {
                             .insert(id);
                     }
                     (true, Some(s)) => {
+                        if let Some(left) = self.passed.get_mut(&id) {
+                            left.retain(|(_, t, p)| *t != destination.name || *p != s);
+                            if left.is_empty() {
+                                self.passed.remove(&id);
+                            }
+                        }
                         self.sub_acks
                             .entry((destination.name, s))
                             .or_default()
@@ -360,7 +368,7 @@ impl Restorer {
     /// Stages a stored message for its queue, or for the durable
     /// subscriptions of its topic that exist at this point of the journal;
     /// a prepared one (of transaction `tx`) not for those whose selector
-    /// passes it over (a plain SEND's are journaled as ACKs at once).
+    /// passes it over (a plain SEND's are stored as ACKs with it).
     #[allow(clippy::too_many_arguments)]
     fn stage(
         &mut self,
@@ -409,20 +417,30 @@ impl Restorer {
             None => stage(queue_entries(&mut self.run, &mut self.queues, name)),
             Some(subs) => {
                 for sub in subs {
-                    if let Some(tx) = tx {
+                    // Prepared SENDs only: a plain SEND's passed-over ACKs
+                    // are stored with it (in the database modes in the same
+                    // transaction; a torn journal write could lose them,
+                    // but checking every topic message would cost every
+                    // recovery, and in the database modes, which read the
+                    // ack rows last, memory per pending message).
+                    if let (Some(tx), false) = (tx, self.selectors.is_empty()) {
                         let key = (name.clone(), sub.clone());
                         let selectors = &self.selectors;
-                        let selector = self.parsed.entry(key).or_insert_with_key(|k| {
+                        let selector = self.parsed.entry(key.clone()).or_insert_with_key(|k| {
                             selectors.get(k).and_then(|text| Selector::parse(text).ok())
                         });
-                        if !admits(
-                            selector.as_ref(),
-                            &Candidate {
-                                msg: &msg,
-                                redeliveries: 0,
-                            },
-                        ) {
-                            self.passed.push((tx, name.clone(), sub, id));
+                        let subject = Candidate {
+                            msg: &msg,
+                            redeliveries: 0,
+                        };
+                        if !admits(selector.as_ref(), &subject) {
+                            let acked = self.sub_acks.get(&key).is_some_and(|a| a.contains(&id));
+                            if !acked {
+                                self.passed
+                                    .entry(id)
+                                    .or_default()
+                                    .push((tx, name.clone(), sub));
+                            }
                             continue;
                         }
                     }
@@ -597,22 +615,23 @@ impl Restorer {
         // transaction applied live (TxDone here) whose ACK is missing lost
         // it to a torn write: its holder is let go of now, or never.
         let sub_acks = &self.sub_acks;
-        tx.passed_over = std::mem::take(&mut self.passed)
-            .into_iter()
-            .filter(|(t, topic, sub, id)| {
+        let mut passed_over: Vec<(StoredDestination, StoredSub, u64)> = Vec::new();
+        for (id, subs) in std::mem::take(&mut self.passed) {
+            for (t, topic, sub) in subs {
                 let acked = sub_acks
                     .get(&(topic.clone(), sub.clone()))
-                    .is_some_and(|a| a.contains(id));
-                applies(t) && !acked
-            })
-            .map(|(_, topic, sub, id)| {
-                let topic = StoredDestination {
-                    topic: true,
-                    name: topic,
-                };
-                (topic, sub, id)
-            })
-            .collect();
+                    .is_some_and(|a| a.contains(&id));
+                if applies(&t) && !acked {
+                    let topic = StoredDestination {
+                        topic: true,
+                        name: topic,
+                    };
+                    passed_over.push((topic, sub, id));
+                }
+            }
+        }
+        passed_over.sort_by_key(|p| p.2);
+        tx.passed_over = passed_over;
         let dropped: IdSet = self
             .tagged
             .iter()
