@@ -113,10 +113,10 @@ fn a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors(engine:
     let mut b = s.start_env(&[("BROKK_FAULT_TX_CRASH", "decided")]);
     commit_to_selective_subscriptions_into_a_crash(&mut b, &topics);
     let mut b = s.start();
-    assert_selectors_kept(&b, &topics, false);
+    assert_selectors_kept(b.stomp, &topics, false);
     b.kill9();
     let mut b = s.start();
-    assert_selectors_kept(&b, &topics, true);
+    assert_selectors_kept(b.stomp, &topics, true);
     assert_tables_empty(
         &s.db,
         &[
@@ -128,7 +128,7 @@ fn a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors(engine:
     );
     b.kill9();
     let b = s.start();
-    assert_selective_consumed(&b, &topics);
+    assert_selective_consumed(b.stomp, &topics);
 }
 
 /// Ten rounds of a commit loop killed at a random moment (every fourth a

@@ -380,13 +380,13 @@ fn a_commit_applied_by_recovery_keeps_to_durable_subscriptions_selectors() {
     let mut b = start_faulty(dir.path(), "decided");
     commit_to_selective_subscriptions_into_a_crash(&mut b, &topics);
     let mut b = start_on(dir.path());
-    assert_selectors_kept(&b, &topics, false);
+    assert_selectors_kept(b.stomp, &topics, false);
     b.kill9();
     let mut b = start_on(dir.path());
-    assert_selectors_kept(&b, &topics, true);
+    assert_selectors_kept(b.stomp, &topics, true);
     b.kill9();
     let b = start_on(dir.path());
-    assert_selective_consumed(&b, &topics);
+    assert_selective_consumed(b.stomp, &topics);
 }
 
 #[test]

@@ -145,6 +145,11 @@ impl Cluster {
     }
 
     fn start(&self, i: usize) -> Running {
+        self.start_env(i, &[])
+    }
+
+    /// Broker `i` with `env` (fault switches).
+    fn start_env(&self, i: usize, env: &[(&str, &str)]) -> Running {
         let n = &self.nodes[i];
         std::fs::create_dir_all(&n.dir).unwrap();
         let config = format!(
@@ -166,6 +171,7 @@ impl Cluster {
         if std::env::var_os("BROKK_LOG").is_none() {
             cmd.env("BROKK_LOG", "warn");
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .args(["serve", "--shards", "2", "--config"])
             .arg(&cfg)
@@ -521,4 +527,44 @@ fn consumed_messages_leave_no_phantom_and_new_ids_stay_distinct_after_a_takeover
         assert!(!id.contains("18446744073709551615"), "a phantom id: {id}");
         assert!(ids.insert(id.clone()), "id {id} issued twice");
     }
+}
+
+/// A cross-shard transaction whose participant died once the decision was
+/// replicated (`BROKK_FAULT_TX_CRASH=decided` kills the master's process)
+/// is applied by the new master's takeover, and its topic SENDs reach only
+/// the durable subscriptions whose selector takes them, across another
+/// takeover too (as on files and databases: tests/transactions.rs,
+/// tests/db_transactions.rs).
+#[test]
+fn a_commit_applied_by_a_takeover_keeps_to_durable_subscriptions_selectors() {
+    let _zk = shared_ensemble();
+    let c = Cluster::new("quorum_mem");
+    let fault = [("BROKK_FAULT_TX_CRASH", "decided")];
+    let mut running: Vec<Running> = (0..3).map(|i| c.start_env(i, &fault)).collect();
+    for b in &mut running {
+        b.role(60);
+    }
+    let m = c.master(30);
+    let topics = [
+        common::tx::topic_on(0, "sel"),
+        common::tx::topic_on(1, "sel"),
+    ];
+    common::tx::commit_to_selective_subscriptions(c.stomp(m), &topics);
+    let end = Instant::now() + Duration::from_secs(10);
+    while running[m].alive() {
+        assert!(
+            Instant::now() < end,
+            "the fault switch did not end the master"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Back as a standby (no fault switch: it may be master later).
+    running[m] = c.start(m);
+    let next = c.master(30);
+    common::tx::assert_selectors_kept(c.stomp(next), &topics, false);
+    running[next].kill9();
+    let last = c.master(30);
+    assert_ne!(last, next);
+    common::tx::assert_selectors_kept(c.stomp(last), &topics, true);
+    common::tx::assert_selective_consumed(c.stomp(last), &topics);
 }

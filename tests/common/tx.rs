@@ -195,9 +195,9 @@ pub fn topic_on(shard: usize, prefix: &str) -> String {
 const SELECTIVE: &str = "selective";
 
 /// A connection of the durable subscriptions' client.
-fn selective_client(b: &Broker) -> Client {
+fn selective_client(stomp: SocketAddr) -> Client {
     Client::connect(
-        b.stomp,
+        stomp,
         &[("accept-version", "1.2"), ("client-id", SELECTIVE)],
     )
 }
@@ -228,14 +228,22 @@ fn everything_for(c: &mut Client, topic: &str, name: &str) -> Vec<Frame> {
 /// participant that is not the coordinator dies before it applies its
 /// part, which recovery then applies.
 pub fn commit_to_selective_subscriptions_into_a_crash(b: &mut Broker, topics: &[String; 2]) {
-    let mut s = selective_client(b);
+    commit_to_selective_subscriptions(b.stomp, topics);
+    let status = b.wait_exit(10);
+    assert!(!status.success(), "the fault switch killed it: {status:?}");
+}
+
+/// The same on the broker serving at `stomp`, up to the end of the COMMIT's
+/// connection (the caller sees the process go).
+pub fn commit_to_selective_subscriptions(stomp: SocketAddr, topics: &[String; 2]) {
+    let mut s = selective_client(stomp);
     for t in topics {
         for name in ["all", "red"] {
             assert!(everything_for(&mut s, t, name).is_empty());
         }
     }
     s.disconnect();
-    let mut c = b.client();
+    let mut c = Client::connect(stomp, &[("accept-version", "1.2")]);
     c.frame("BEGIN", &[("transaction", "t")], b"");
     for t in topics {
         for color in ["blue", "red"] {
@@ -253,15 +261,13 @@ pub fn commit_to_selective_subscriptions_into_a_crash(b: &mut Broker, topics: &[
     }
     c.frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
     c.expect_closed_by_peer();
-    let status = b.wait_exit(10);
-    assert!(!status.success(), "the fault switch killed it: {status:?}");
 }
 
 /// After that crash: `red` gets only the red messages, `all` both, on
 /// each topic. With `ack`, all of them are acknowledged; without, none
 /// (they must still be there after another restart).
-pub fn assert_selectors_kept(b: &Broker, topics: &[String; 2], ack: bool) {
-    let mut s = selective_client(b);
+pub fn assert_selectors_kept(stomp: SocketAddr, topics: &[String; 2], ack: bool) {
+    let mut s = selective_client(stomp);
     for t in topics {
         let red = everything_for(&mut s, t, "red");
         assert_eq!(
@@ -281,8 +287,8 @@ pub fn assert_selectors_kept(b: &Broker, topics: &[String; 2], ack: bool) {
 }
 
 /// Nothing waits for either durable subscription on `topics` any more.
-pub fn assert_selective_consumed(b: &Broker, topics: &[String; 2]) {
-    let mut s = selective_client(b);
+pub fn assert_selective_consumed(stomp: SocketAddr, topics: &[String; 2]) {
+    let mut s = selective_client(stomp);
     for t in topics {
         for name in ["all", "red"] {
             let left = everything_for(&mut s, t, name);
