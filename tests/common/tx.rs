@@ -18,10 +18,21 @@ use super::{body, frame_bytes, Broker, Client, Rng};
 
 /// `/queue/<prefix>N`, the first such name that shard `shard` of 2 owns.
 pub fn queue_on(shard: usize, prefix: &str) -> String {
+    owned_by(shard, prefix, false)
+}
+
+/// `/queue/<prefix>N` or `/topic/<prefix>N`, the first such name that
+/// shard `shard` of 2 owns.
+fn owned_by(shard: usize, prefix: &str, topic: bool) -> String {
+    let (kind, make): (&str, fn(&str) -> Destination) = if topic {
+        ("topic", |n| Destination::Topic(n.into()))
+    } else {
+        ("queue", Destination::queue)
+    };
     (0..1000)
         .map(|i| format!("{prefix}{i}"))
-        .find(|n| Destination::queue(n).owner(2) == shard)
-        .map(|n| format!("/queue/{n}"))
+        .find(|n| make(n).owner(2) == shard)
+        .map(|n| format!("/{kind}/{n}"))
         .expect("some name hashes to each shard")
 }
 
@@ -36,17 +47,20 @@ pub fn outs_and_srcs() -> ([String; 2], [String; 2]) {
 /// Everything waiting in `dest`, delivered to a new subscription of `c`
 /// (client-individual, unacknowledged) before the SUBSCRIBE's receipt.
 pub fn everything_in(c: &mut Client, id: &str, dest: &str) -> Vec<Frame> {
+    subscribe_for_all(c, id, dest, &[])
+}
+
+/// [`everything_in`] with `extra` SUBSCRIBE headers.
+fn subscribe_for_all(c: &mut Client, id: &str, dest: &str, extra: &[(&str, &str)]) -> Vec<Frame> {
     let receipt = format!("all-{id}");
-    c.messages_before_receipt(
-        "SUBSCRIBE",
-        &[
-            ("id", id),
-            ("destination", dest),
-            ("ack", "client-individual"),
-            ("activemq.prefetchSize", "1000000"),
-        ],
-        &receipt,
-    )
+    let mut h = vec![
+        ("id", id),
+        ("destination", dest),
+        ("ack", "client-individual"),
+        ("activemq.prefetchSize", "1000000"),
+    ];
+    h.extend_from_slice(extra);
+    c.messages_before_receipt("SUBSCRIBE", &h, &receipt)
 }
 
 pub fn bodies(frames: &[Frame]) -> Vec<String> {
@@ -184,11 +198,7 @@ pub fn assert_applied(
 
 /// `/topic/<prefix>N`, the first such name that shard `shard` of 2 owns.
 pub fn topic_on(shard: usize, prefix: &str) -> String {
-    (0..1000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|n| Destination::Topic(n.as_str().into()).owner(2) == shard)
-        .map(|n| format!("/topic/{n}"))
-        .expect("some name hashes to each shard")
+    owned_by(shard, prefix, true)
 }
 
 /// The client id of the durable subscriptions below.
@@ -206,19 +216,11 @@ fn selective_client(stomp: SocketAddr) -> Client {
 /// (`red`: `color = 'red'`; `all`: no selector), before the SUBSCRIBE's
 /// receipt, unacknowledged.
 fn everything_for(c: &mut Client, topic: &str, name: &str) -> Vec<Frame> {
-    let id = format!("{name}@{topic}");
-    let receipt = format!("sub-{id}");
-    let mut h = vec![
-        ("id", id.as_str()),
-        ("destination", topic),
-        ("ack", "client-individual"),
-        ("activemq.subscriptionName", name),
-        ("activemq.prefetchSize", "1000000"),
-    ];
+    let mut extra = vec![("activemq.subscriptionName", name)];
     if name == "red" {
-        h.push(("selector", "color = 'red'"));
+        extra.push(("selector", "color = 'red'"));
     }
-    c.messages_before_receipt("SUBSCRIBE", &h, &receipt)
+    subscribe_for_all(c, &format!("{name}@{topic}"), topic, &extra)
 }
 
 /// Makes the durable subscriptions `all` and `red` on each of `topics` and
