@@ -468,6 +468,12 @@ struct Failover {
     gap_ms: Option<f64>,
     /// From SIGKILL to the standby announcing it serves.
     new_master_ms: Option<f64>,
+    /// The old master's last receipt came this long before the SIGKILL
+    /// (a commit under way when it died stretches the gap from the front).
+    quiet_before_kill_ms: Option<f64>,
+    /// The new master's first receipt came this long after it announced
+    /// it serves (reconnects, the resent window, its first commit).
+    first_receipt_after_serving_ms: Option<f64>,
     killed: String,
     /// When the SIGKILL was sent, seconds into the run (the time base of
     /// the throughput-over-time samples).
@@ -607,9 +613,15 @@ fn kill_masters(
             }
             std::thread::sleep(Duration::from_millis(1));
         };
+        let killed_ns = killed_at.saturating_duration_since(s.start).as_nanos() as u64;
         out.push(Failover {
             gap_ms: first_new.map(|f| f.saturating_sub(last_old) as f64 / 1e6),
             new_master_ms: new_master,
+            quiet_before_kill_ms: (last_old != 0)
+                .then(|| killed_ns.saturating_sub(last_old) as f64 / 1e6),
+            first_receipt_after_serving_ms: first_new
+                .zip(new_master)
+                .map(|(f, m)| (f as f64 - killed_ns as f64) / 1e6 - m),
             killed: s.brokers[old].clone(),
             at_s: killed_at.saturating_duration_since(t0).as_secs_f64(),
         });
@@ -883,10 +895,12 @@ fn report(
     for (k, f) in failover.iter().enumerate() {
         let ms = |v: Option<f64>| v.map_or("?".to_string(), |m| format!("{m:.1}"));
         println!(
-            "  kill {}: failover gap {} ms (last receipt from the old master -> first from the new); new master after {} ms",
+            "  kill {}: failover gap {} ms (last receipt from the old master -> first from the new); new master after {} ms (old master's last receipt {} ms before the kill; new master's first {} ms after it served)",
             k + 1,
             ms(f.gap_ms),
-            ms(f.new_master_ms)
+            ms(f.new_master_ms),
+            ms(f.quiet_before_kill_ms),
+            ms(f.first_receipt_after_serving_ms)
         );
     }
     let json = serde_json::json!({
@@ -898,7 +912,7 @@ fn report(
             (Some(cluster::Mode::Zk), false) => Some(a.sync.unwrap_or(cluster::SyncMode::QuorumMem).name()),
             _ => None,
         },
-        "failover": failover.iter().map(|f| serde_json::json!({"killed": f.killed, "at_s": f.at_s, "gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms})).collect::<Vec<_>>(),
+        "failover": failover.iter().map(|f| serde_json::json!({"killed": f.killed, "at_s": f.at_s, "gap_ms": f.gap_ms, "new_master_ms": f.new_master_ms, "quiet_before_kill_ms": f.quiet_before_kill_ms, "first_receipt_after_serving_ms": f.first_receipt_after_serving_ms})).collect::<Vec<_>>(),
         "broker_restarts": restarts,
         "duration": a.duration,
         "destinations": a.destinations,

@@ -4,6 +4,8 @@
 //! journal. Fenced is final: the process exits (code 3) right after.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -28,11 +30,17 @@ impl Role {
 
 /// The current role, readable from any thread (status endpoint, signals).
 #[derive(Debug)]
-pub struct RoleCell(AtomicU8);
+pub struct RoleCell(AtomicU8, OnceLock<Instant>);
 
 impl RoleCell {
     pub fn new(role: Role) -> RoleCell {
-        RoleCell(AtomicU8::new(role as u8))
+        RoleCell(AtomicU8::new(role as u8), OnceLock::new())
+    }
+
+    /// When this broker won the lock, lease or election and began
+    /// recovering: how long the takeover took is logged against it.
+    pub fn recovering_since(&self) -> Option<Instant> {
+        self.1.get().copied()
     }
 
     pub fn get(&self) -> Role {
@@ -45,6 +53,9 @@ impl RoleCell {
     }
 
     pub fn set(&self, role: Role) {
+        if role == Role::Recovering {
+            let _ = self.1.set(Instant::now());
+        }
         self.0.store(role as u8, Ordering::SeqCst);
     }
 }

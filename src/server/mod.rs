@@ -137,6 +137,9 @@ pub fn serve(mut config: Config) -> Result<()> {
         Arc::new(std::sync::OnceLock::new());
     spawn_signal_thread(role.clone(), controls_slot.clone())?;
 
+    // Before the lock or lease wait: a standby keeps its shards' executors
+    // ready, so that taking over does not start threads (see `shard::run`).
+    let mut executors = Executors::spawn(config.shard_count())?;
     let file_mode = config.store.mode == StoreMode::File;
     if file_mode {
         let dir = &config.store.dir;
@@ -265,40 +268,34 @@ pub fn serve(mut config: Config) -> Result<()> {
             .ok()
             .and_then(|d| Destination::parse(&d).ok()),
     };
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mesh = (shards > 1).then(|| MeshBuilder::full(shards, shard::MESH_CHANNEL_BATCHES));
+    if executors.starts.len() != shards {
+        // The data directory records another shard count than configured:
+        // the executors started for the configured one go.
+        executors.stop();
+        executors = Executors::spawn(shards)?;
+    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut controls = Vec::new();
-    let mut threads = Vec::new();
-    for id in 0..shards {
+    let Executors {
+        starts,
+        threads,
+        mesh: _mesh,
+    } = executors;
+    for (id, start) in starts.into_iter().enumerate() {
         let (ctl_tx, ctl_rx) = flume::unbounded();
         controls.push(ctl_tx);
-        let shared = shared.clone();
-        let mesh = mesh.clone();
-        let ready = ready_tx.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
-            .name(&format!("brokk-shard-{id}"))
-            // Registered DMA buffers: journal writes use their own aligned
-            // buffers, so a small pool is enough.
-            .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || {
-                shard::run(
-                    id,
-                    shared,
-                    shard::ListenAddrs {
-                        stomp,
-                        stomp_tls,
-                        openwire,
-                    },
-                    mesh,
-                    ctl_rx,
-                    ready,
-                )
+        start
+            .send(shard::ShardStart {
+                shared: shared.clone(),
+                addrs: shard::ListenAddrs {
+                    stomp,
+                    stomp_tls,
+                    openwire,
+                },
+                control: ctl_rx,
+                ready: ready_tx.clone(),
             })
-            .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
-        threads.push(handle);
+            .map_err(|_| anyhow!("shard {id} ended before it was started"))?;
     }
     drop(ready_tx);
     for _ in 0..shards {
@@ -317,7 +314,11 @@ pub fn serve(mut config: Config) -> Result<()> {
     let _ = state.controls.set(controls.clone());
     let _ = controls_slot.set(controls);
     role.set(Role::Master);
-    info!(role = "master", %stomp, %openwire, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, "serving");
+    // From the lock or lease won to serving: the broker's part of a failover.
+    let takeover_ms = role
+        .recovering_since()
+        .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+    info!(role = "master", %stomp, %openwire, stomp_tls = ?stomp_tls, admin = %admin_addr, shards, mode = ?config.store.mode, takeover_ms, "serving");
     // A line for scripts and tests that start brokk on port 0.
     let mut tls_field = stomp_tls.map_or(String::new(), |a| format!(" stomp_tls={a}"));
     if let Some(a) = admin_tls_addr {
@@ -336,6 +337,77 @@ pub fn serve(mut config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The shards' executors, started ahead of the takeover (see `shard::run`):
+/// each waits for its [`shard::ShardStart`].
+struct Executors {
+    starts: Vec<flume::Sender<shard::ShardStart>>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Kept until the threads are joined, as before they were started
+    /// early: the builder is shared with them.
+    mesh: Option<MeshBuilder<shard::Batch, glommio::channels::channel_mesh::Full>>,
+}
+
+/// How long the executors may take to start and join their mesh. A thread
+/// that cannot start (no such CPU, no io_uring) ends without a word from
+/// glommio, and its peers would wait in the mesh for it: fail the start
+/// instead, before any lock or lease is taken.
+const EXECUTORS_START: Duration = Duration::from_secs(10);
+
+impl Executors {
+    fn spawn(shards: usize) -> Result<Executors> {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mesh = (shards > 1).then(|| MeshBuilder::full(shards, shard::MESH_CHANNEL_BATCHES));
+        let mut starts = Vec::with_capacity(shards);
+        let mut threads = Vec::with_capacity(shards);
+        let (joined_tx, joined) = std::sync::mpsc::channel();
+        for id in 0..shards {
+            let (start, started) = flume::bounded(1);
+            let mesh = mesh.clone();
+            let joined = joined_tx.clone();
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+                .name(&format!("brokk-shard-{id}"))
+                // Registered DMA buffers: journal writes use their own
+                // aligned buffers, so a small pool is enough.
+                .io_memory(IO_MEMORY_BYTES)
+                .spawn(move || shard::run(id, mesh, joined, started))
+                .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
+            starts.push(start);
+            threads.push(handle);
+        }
+        drop(joined_tx);
+        let deadline = Instant::now() + EXECUTORS_START;
+        for _ in 0..shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match joined.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(anyhow!(e)),
+                Err(_) => {
+                    return Err(anyhow!(
+                        "the shard threads did not start within {} s (a CPU this process may not use, or io_uring unavailable?)",
+                        EXECUTORS_START.as_secs()
+                    ))
+                }
+            }
+        }
+        Ok(Executors {
+            starts,
+            threads,
+            mesh,
+        })
+    }
+
+    /// Ends executors never started: they see their start dropped.
+    fn stop(&mut self) {
+        self.starts.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.mesh = None;
+    }
 }
 
 /// `store.limit_bytes`, or less if the file system cannot hold that much
@@ -503,6 +575,7 @@ fn db_take_over(
     // (see `store::sql::spill`): a table larger than memory is taken over.
     let spill = sql::spill::Spill::create(spool_dir.join("takeover.spill"), page_at_bytes(config))
         .context("cannot make the takeover's spill file (store.spool_dir)")?;
+    let read_started = Instant::now();
     let mut loaded = {
         let db = db.clone();
         // One connection stays for the reads: never wait on each other.
@@ -533,6 +606,7 @@ fn db_take_over(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
         spilled = loaded.spill.as_ref().map_or(0, |s| s.spilled_rows()),
+        read_ms = read_started.elapsed().as_secs_f64() * 1000.0,
         "tables read"
     );
     let writer = writer::spawn(

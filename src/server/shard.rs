@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{spawn_local, timer::sleep};
 use tracing::{info, info_span, warn, Instrument};
@@ -536,30 +536,73 @@ enum Protocol {
     OpenWire,
 }
 
-/// Runs one shard until shutdown. `ready` gets the outcome of binding.
+/// What a shard executor started ahead of the takeover is given once its
+/// broker becomes master (see [`run`]).
+pub struct ShardStart {
+    pub shared: Shared,
+    pub addrs: ListenAddrs,
+    pub control: flume::Receiver<Control>,
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// A shard's executor: started when the process starts, so that a standby
+/// has its threads, io_uring rings and the shard mesh ready before it
+/// takes over (on a busy machine starting them took up to 100 ms of a
+/// failover). It reports on `joined` once the mesh is joined, then waits
+/// for `start`, sent once the broker is master (lock, lease or election
+/// won; in the database and zk modes the store read too), and then
+/// recovers and serves. It ends without serving when `start` is dropped
+/// (another shard count, or the process ends).
 pub async fn run(
+    id: usize,
+    mesh: Option<MeshBuilder<Batch, Full>>,
+    joined: std::sync::mpsc::Sender<Result<(), String>>,
+    start: flume::Receiver<ShardStart>,
+) {
+    // Join the mesh first, on an idle machine: glommio busy-polls while a
+    // shared channel waits for its peer, and a shard that finished its own
+    // recovery would spin a core away from one still recovering.
+    let mesh = match mesh {
+        None => Ok(None),
+        Some(mesh) => mesh
+            .join()
+            .await
+            .map(Some)
+            .map_err(|e| format!("shard {id}: the shard mesh could not be joined: {e}")),
+    };
+    let _ = joined.send(mesh.as_ref().map(|_| ()).map_err(Clone::clone));
+    drop(joined);
+    let Ok(ShardStart {
+        shared,
+        addrs,
+        control,
+        ready,
+    }) = start.recv_async().await
+    else {
+        return;
+    };
+    let mesh = match mesh {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    serve(id, shared, addrs, mesh, control, ready).await
+}
+
+/// Recovers one shard and serves until shutdown. `ready` gets the outcome
+/// of recovering and binding.
+async fn serve(
     id: usize,
     shared: Shared,
     addrs: ListenAddrs,
-    mesh: Option<MeshBuilder<Batch, Full>>,
+    mesh: Option<(Senders<Batch>, Receivers<Batch>)>,
     control: flume::Receiver<Control>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let span = info_span!("shard", role = "master", shard = id);
     async move {
-        // Join the mesh before recovering: glommio busy-polls while a
-        // shared channel waits for its peer, and a shard that finished its
-        // own recovery would spin a core away from one still recovering.
-        let mesh = match mesh {
-            None => None,
-            Some(mesh) => match mesh.join().await {
-                Ok(joined) => Some(joined),
-                Err(e) => {
-                    let _ = ready.send(Err(format!("shard mesh could not be joined: {e}")));
-                    return;
-                }
-            },
-        };
         let usage = shared.usage.clone();
         // Reads ahead of paged messages (the journal's, the spool's) wake
         // the shard through this; one pending wake-up covers every read
