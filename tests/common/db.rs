@@ -289,12 +289,15 @@ impl Producer {
                 let mut n = 0u64;
                 let mut which = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if std::net::TcpStream::connect(brokers[which]).is_err() {
+                    // A broker killed between accepting and answering
+                    // CONNECT is a failover like any other.
+                    let Some(mut p) =
+                        Client::try_connect(brokers[which], &[("accept-version", "1.2")])
+                    else {
                         which = (which + 1) % brokers.len();
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
-                    }
-                    let mut p = Client::connect(brokers[which], &[("accept-version", "1.2")]);
+                    };
                     if !p.is_connected() {
                         which = (which + 1) % brokers.len();
                         continue;

@@ -305,14 +305,21 @@ pub struct Client {
 impl Client {
     /// Connects and sends CONNECT with `headers`; the reply is in `connected`.
     pub fn connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Client {
-        let mut c = Client::raw(addr);
+        Client::try_connect(addr, headers).expect("reply to CONNECT")
+    }
+
+    /// [`Client::connect`], or `None` when the connection is refused or
+    /// closed (or silent for 10 s) before the reply: for clients that
+    /// fail over while a test kills brokers.
+    pub fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Option<Client> {
+        let mut c = Client::try_raw(addr)?;
         let mut f = String::from("CONNECT\nhost:localhost\n");
         for (k, v) in headers {
             f.push_str(&format!("{k}:{v}\n"));
         }
         f.push_str("\n\0");
-        c.write(f.as_bytes());
-        let reply = c.recv().expect("reply to CONNECT");
+        c.stream.write_all(f.as_bytes()).ok()?;
+        let reply = c.recv()?;
         if reply.command == brokk::protocol::stomp::Command::Connected {
             c.version = match reply.header_str("version") {
                 Some("1.1") => Version::V1_1,
@@ -321,21 +328,25 @@ impl Client {
             };
         }
         c.connected = Some(reply);
-        c
+        Some(c)
     }
 
     pub fn raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::try_raw(addr).expect("connect")
+    }
+
+    fn try_raw(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect(addr).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        Client {
+        Some(Client {
             stream,
             buf: BytesMut::new(),
             version: Version::V1_0,
             connected: None,
             held: Default::default(),
-        }
+        })
     }
 
     pub fn is_connected(&self) -> bool {
