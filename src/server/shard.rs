@@ -562,15 +562,21 @@ pub async fn run(
     // Join the mesh first, on an idle machine: glommio busy-polls while a
     // shared channel waits for its peer, and a shard that finished its own
     // recovery would spin a core away from one still recovering.
+    // A failed join fails the process's start (see `Executors::spawn`),
+    // so a shard that could not join is never started.
     let mesh = match mesh {
-        None => Ok(None),
-        Some(mesh) => mesh
-            .join()
-            .await
-            .map(Some)
-            .map_err(|e| format!("shard {id}: the shard mesh could not be joined: {e}")),
+        None => None,
+        Some(mesh) => match mesh.join().await {
+            Ok(joined) => Some(joined),
+            Err(e) => {
+                let _ = joined.send(Err(format!(
+                    "shard {id}: the shard mesh could not be joined: {e}"
+                )));
+                return;
+            }
+        },
     };
-    let _ = joined.send(mesh.as_ref().map(|_| ()).map_err(Clone::clone));
+    let _ = joined.send(Ok(()));
     drop(joined);
     let Ok(ShardStart {
         shared,
@@ -580,13 +586,6 @@ pub async fn run(
     }) = start.recv_async().await
     else {
         return;
-    };
-    let mesh = match mesh {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
     };
     serve(id, shared, addrs, mesh, control, ready).await
 }
