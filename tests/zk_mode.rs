@@ -479,6 +479,12 @@ fn consumed_messages_leave_no_phantom_and_new_ids_stay_distinct_after_a_takeover
                 other => panic!("consumer got {other:?} after {n}"),
             }
         }
+        // Auto acks are journaled as the messages go out and replicated a
+        // moment later: DISCONNECT's receipt says they are durable, so a
+        // SIGKILL after it must not bring any of them back. (Killing right
+        // after the last MESSAGE may legitimately redeliver it: the
+        // at-least-once window.)
+        cl.disconnect();
     });
     let mut p = common::Client::connect(addr, &[("accept-version", "1.2")]);
     for i in 0..3000 {
