@@ -53,6 +53,10 @@ use tracing::{debug, info, warn};
 
 use crate::store::sql::{redact, Dialect, LeaseToken, SqlError};
 
+/// Longest single statement a PostgreSQL standby waits for the session
+/// lock in (see `DbConn::session_lock`).
+const PG_WAIT_STATEMENT: Duration = Duration::from_millis(100);
+
 /// The database's clock in ms since the epoch, MariaDB / MySQL.
 const MY_NOW: &str = "CAST(UNIX_TIMESTAMP(NOW(3))*1000 AS SIGNED)";
 /// The database's clock in ms since the epoch, PostgreSQL. `clock_timestamp`
@@ -824,7 +828,13 @@ impl DbConn {
                         .try_get::<_, bool>(0)
                         .map_err(|e| pg_err("take the session lock", e));
                 }
-                let ms = (wait.as_millis() as u64).max(1);
+                // Waited out in short statements: a statement that waits
+                // holds its snapshot, and PostgreSQL keeps every row deleted
+                // after that snapshot's start from being found dead - by
+                // vacuum, and by the index sweep that readies this standby's
+                // takeover (`store::sql::sweep`).
+                let deadline = Instant::now() + wait;
+                let ms = (wait.min(PG_WAIT_STATEMENT).as_millis() as u64).max(1);
                 if *lock_timeout_ms != ms {
                     client
                         .batch_execute(&format!("SET lock_timeout = {ms}"))
@@ -832,18 +842,22 @@ impl DbConn {
                         .map_err(|e| pg_err("set lock_timeout", e))?;
                     *lock_timeout_ms = ms;
                 }
-                match client
-                    .execute("SELECT pg_advisory_lock($1)", &[&PG_KEY])
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(e)
-                        if e.code()
-                            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                loop {
+                    match client
+                        .execute("SELECT pg_advisory_lock($1)", &[&PG_KEY])
+                        .await
                     {
-                        Ok(false)
+                        Ok(_) => return Ok(true),
+                        Err(e)
+                            if e.code()
+                                == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                        {
+                            if Instant::now() >= deadline {
+                                return Ok(false);
+                            }
+                        }
+                        Err(e) => return Err(pg_err("take the session lock", e)),
                     }
-                    Err(e) => Err(pg_err("take the session lock", e)),
                 }
             }
         }

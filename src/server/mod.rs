@@ -534,7 +534,14 @@ fn db_take_over(
     let lease = {
         let token = token.clone();
         let cfg = lease_cfg.clone();
+        let db = db.clone();
+        let connections = takeover_connections(config);
         side::block_on(async move {
+            // While it waits, a PostgreSQL standby keeps the messages'
+            // index swept, so that its takeover reads only live rows
+            // (see `store::sql::sweep`); dropped once the lease is ours.
+            let sweep = sql::sweep::while_standby(&db, connections);
+            tokio::pin!(sweep);
             let mut said_standby = false;
             let mut warn_at = Instant::now();
             loop {
@@ -547,7 +554,12 @@ fn db_take_over(
                         println!("brokk standby stomp={stomp} admin={admin}");
                     }
                 };
-                match db_lease::acquire(&cfg, &token, waiting).await {
+                let acquired = tokio::select! {
+                    biased;
+                    acquired = db_lease::acquire(&cfg, &token, waiting) => acquired,
+                    never = &mut sweep => match never {},
+                };
+                match acquired {
                     Ok(lease) => return lease,
                     Err(e) => {
                         if Instant::now() >= warn_at {
@@ -578,10 +590,7 @@ fn db_take_over(
     let read_started = Instant::now();
     let mut loaded = {
         let db = db.clone();
-        // One connection stays for the reads: never wait on each other.
-        let lanes = config
-            .shard_count()
-            .min(config.store.pool_size.saturating_sub(1));
+        let lanes = writer_lanes(config);
         side::block_on(async move {
             // The writer lanes' connections open while the tables are read;
             // a login that hangs must not hold the takeover up once the
@@ -630,6 +639,19 @@ fn db_take_over(
         max_statement,
         spool_dir,
     ))
+}
+
+/// The writer lanes whose connections a takeover opens while it reads the
+/// tables. One connection stays for the reads: never wait on each other.
+fn writer_lanes(config: &Config) -> usize {
+    config
+        .shard_count()
+        .min(config.store.pool_size.saturating_sub(1))
+}
+
+/// The connections a takeover uses at once: the reads' and the lanes'.
+fn takeover_connections(config: &Config) -> usize {
+    writer_lanes(config) + 1
 }
 
 /// Puts the rows read at a takeover in send order. Ids carry the issuing

@@ -255,6 +255,12 @@ pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 }
 
 impl PgPool {
+    /// A connection outside the pool (not counted in its size), closed
+    /// when dropped: for work that may be abandoned mid-query.
+    pub async fn open_unpooled(&self) -> Result<PgConn, tokio_postgres::Error> {
+        self.open().await
+    }
+
     async fn open(&self) -> Result<PgConn, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
         let url = self.url.clone();

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, TxOpts};
 
-use super::conn::{my_err, pg_err, Db};
+use super::conn::{my_err, pg_err, Db, PgConn};
 use super::schema::my_take;
 use super::{Loaded, MsgRow, ProducerSeq, Redelivery, SqlError, SubRow, TopicAck, TxAckRow};
 
@@ -53,6 +53,18 @@ const LEASE_MYSQL: &str =
     "SELECT BROKER_NAME, TIME, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) FROM ACTIVEMQ_LOCK WHERE ID = 1";
 const LEASE_PG: &str =
     "SELECT BROKER_NAME, TIME, (extract(epoch from clock_timestamp()) * 1000)::bigint FROM ACTIVEMQ_LOCK WHERE ID = 1";
+
+/// The small tables a PostgreSQL takeover reads side by side, in the
+/// order `load` names their answers.
+const PG_SMALL: [&str; 6] = [SUBS, TOPIC_ACKS, REDELIVERIES, TX_ACKS, TX, PRODUCER_SEQS];
+
+/// Prepares a PostgreSQL takeover's reads on `conn` (pipelined, one round
+/// trip; nothing when they are prepared already).
+pub async fn pg_prepare_reads(conn: &mut PgConn) -> Result<(), tokio_postgres::Error> {
+    let mut all = vec![PG_MSGS];
+    all.extend(PG_SMALL);
+    conn.prepare_all(&all).await
+}
 
 fn damaged(reason: String) -> SqlError {
     SqlError::Query { what: WHAT, reason }
@@ -171,13 +183,11 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
         Db::Postgres(pool) => {
             let mut conn = pool.get().await?;
             let e = pg_err(WHAT);
-            // Prepared at once, pipelined: a takeover waits for this.
-            const SMALL: [&str; 6] = [SUBS, TOPIC_ACKS, REDELIVERIES, TX_ACKS, TX, PRODUCER_SEQS];
-            let mut all = vec![PG_MSGS];
-            all.extend(SMALL);
-            conn.prepare_all(&all).await.map_err(&e)?;
+            // Prepared at once, pipelined: a takeover waits for this (a
+            // waiting standby has them prepared already; see `sweep`).
+            pg_prepare_reads(&mut conn).await.map_err(&e)?;
             let small: Vec<tokio_postgres::Statement> =
-                SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
+                PG_SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
             let page = conn.stmts[PG_MSGS].clone();
             let tx = conn
                 .client
@@ -227,7 +237,7 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
                         what: WHAT,
                         reason: "a small table's answer is missing".into(),
                     })?;
-            // Named, in SMALL's order: each answer is tied to its table.
+            // Named, in PG_SMALL's order: each answer is tied to its table.
             let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers;
             for r in subs.map_err(&e)? {
                 out.subs.push(SubRow {

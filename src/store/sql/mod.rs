@@ -27,6 +27,7 @@ use bytes::Bytes;
 pub mod recover;
 pub mod shard_store;
 pub mod spill;
+pub mod sweep;
 pub mod writer;
 
 /// Which database, from the URL's scheme.

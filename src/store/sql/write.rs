@@ -651,6 +651,12 @@ struct PgStmts {
     subs_remove_acks: tokio_postgres::Statement,
 }
 
+/// Prepares the write statements on `conn` ahead of its first batch (a
+/// waiting standby does, see `sweep`).
+pub async fn pg_prepare_writes(conn: &mut PgConn) -> Result<(), SqlError> {
+    pg_prepare_all(conn).await.map(drop)
+}
+
 async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
     let e = pg_err("prepare the write statements");
     // Once per connection, all at once; then every `prepare` below is a
