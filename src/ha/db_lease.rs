@@ -54,8 +54,11 @@ use tracing::{debug, info, warn};
 use crate::store::sql::{redact, Dialect, LeaseToken, SqlError};
 
 /// Longest single statement a PostgreSQL standby waits for the session
-/// lock in (see `DbConn::session_lock`).
-const PG_WAIT_STATEMENT: Duration = Duration::from_millis(100);
+/// lock in (see `DbConn::session_lock`). Each one that times out is an
+/// ERROR line in PostgreSQL's log ("canceling statement due to lock
+/// timeout"): four a second, the price of a snapshot never older than the
+/// index sweep's period (`store::sql::sweep::EVERY`).
+const PG_WAIT_STATEMENT: Duration = Duration::from_millis(250);
 
 /// The database's clock in ms since the epoch, MariaDB / MySQL.
 const MY_NOW: &str = "CAST(UNIX_TIMESTAMP(NOW(3))*1000 AS SIGNED)";
@@ -618,6 +621,9 @@ enum DbConn {
         closed: watch::Receiver<bool>,
         /// The session's `lock_timeout` as last set, in ms.
         lock_timeout_ms: u64,
+        /// `SELECT pg_advisory_lock`, prepared once: a waiting standby
+        /// runs it several times a second (see `PG_WAIT_STATEMENT`).
+        lock_stmt: Option<tokio_postgres::Statement>,
     },
 }
 
@@ -743,6 +749,7 @@ impl DbConn {
                     pid,
                     closed,
                     lock_timeout_ms,
+                    lock_stmt: None,
                 })
             }
         }
@@ -817,6 +824,7 @@ impl DbConn {
             DbConn::Pg {
                 client,
                 lock_timeout_ms,
+                lock_stmt,
                 ..
             } => {
                 if wait.is_zero() {
@@ -842,11 +850,18 @@ impl DbConn {
                         .map_err(|e| pg_err("set lock_timeout", e))?;
                     *lock_timeout_ms = ms;
                 }
+                let stmt = match lock_stmt {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = client
+                            .prepare("SELECT pg_advisory_lock($1)")
+                            .await
+                            .map_err(|e| pg_err("take the session lock", e))?;
+                        lock_stmt.insert(s).clone()
+                    }
+                };
                 loop {
-                    match client
-                        .execute("SELECT pg_advisory_lock($1)", &[&PG_KEY])
-                        .await
-                    {
+                    match client.execute(&stmt, &[&PG_KEY]).await {
                         Ok(_) => return Ok(true),
                         Err(e)
                             if e.code()

@@ -181,107 +181,137 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
             Ok(out)
         }
         Db::Postgres(pool) => {
-            let mut conn = pool.get().await?;
-            let e = pg_err(WHAT);
-            // Prepared at once, pipelined: a takeover waits for this (a
-            // waiting standby has them prepared already; see `sweep`).
-            pg_prepare_reads(&mut conn).await.map_err(&e)?;
-            let small: Vec<tokio_postgres::Statement> =
-                PG_SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
-            let page = conn.stmts[PG_MSGS].clone();
-            let tx = conn
-                .client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(&e)?;
-            let mut out = Loaded::default();
-            let mut after = i64::MIN;
-            let mut largest = 0;
-            loop {
-                let limit = next_page(largest);
-                largest = 0;
-                let rows = tx.query(&page, &[&after, &limit]).await.map_err(&e)?;
-                let n = rows.len();
-                for r in rows {
-                    let id: i64 = r.try_get(0).map_err(&e)?;
-                    let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
-                    largest = largest.max(msg.map_or(0, <[u8]>::len));
-                    out.messages.push(msg_row(
-                        id,
-                        r.try_get(1).map_err(&e)?,
-                        r.try_get(2).map_err(&e)?,
-                        r.try_get(3).map_err(&e)?,
-                        r.try_get(4).map_err(&e)?,
-                        msg.map(Bytes::copy_from_slice),
-                    )?);
-                    after = id;
+            let first = {
+                let mut conn = pool.get().await?;
+                let loaded = pg_load(&mut conn, spill.as_mut()).await;
+                if loaded.is_err() {
+                    conn.stmts.clear();
                 }
-                if let Some(s) = &mut spill {
-                    let from = out.messages.len() - n;
-                    s.page(&mut out.messages[from..])?;
+                loaded
+            };
+            let mut out = match first {
+                Ok(out) => out,
+                // Once more on statements prepared afresh: those a waiting
+                // standby prepared (maybe days ago, see `sweep`) fail if an
+                // operator changed a column since ("cached plan must not
+                // change result type"). Any other failure is tried again
+                // once too; a second one ends the takeover.
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the tables failed; once more on statements prepared afresh");
+                    let mut conn = pool.get().await?;
+                    conn.stmts.clear();
+                    pg_load(&mut conn, spill.as_mut()).await?
                 }
-                if (n as i64) < limit {
-                    break;
-                }
-            }
-            out.spill = spill.take();
-            // The small tables side by side (pipelined on the connection).
-            let answers: [Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>; 6] =
-                super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
-                    .await
-                    .try_into()
-                    .map_err(|_| SqlError::Query {
-                        what: WHAT,
-                        reason: "a small table's answer is missing".into(),
-                    })?;
-            // Named, in PG_SMALL's order: each answer is tied to its table.
-            let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers;
-            for r in subs.map_err(&e)? {
-                out.subs.push(SubRow {
-                    container: r.try_get(0).map_err(&e)?,
-                    client_id: r.try_get(1).map_err(&e)?,
-                    sub_name: r.try_get(2).map_err(&e)?,
-                    selector: r.try_get(3).map_err(&e)?,
-                });
-            }
-            for r in topic_acks.map_err(&e)? {
-                out.topic_acks.push(TopicAck {
-                    id: r.try_get(0).map_err(&e)?,
-                    client_id: r.try_get(1).map_err(&e)?,
-                    sub_name: r.try_get(2).map_err(&e)?,
-                });
-            }
-            for r in redeliveries.map_err(&e)? {
-                out.redeliveries.push(Redelivery {
-                    id: r.try_get(0).map_err(&e)?,
-                    sub_key: r.try_get(1).map_err(&e)?,
-                    count: r.try_get::<_, Option<i64>>(2).map_err(&e)?.unwrap_or(0),
-                });
-            }
-            for r in tx_acks.map_err(&e)? {
-                out.tx_acks.push(TxAckRow {
-                    tx: r.try_get(0).map_err(&e)?,
-                    id: r.try_get(1).map_err(&e)?,
-                    sub_key: r.try_get(2).map_err(&e)?,
-                });
-            }
-            for r in tx_rows.map_err(&e)? {
-                out.tx_decided.push(r.try_get(0).map_err(&e)?);
-            }
-            for r in seqs.map_err(&e)? {
-                out.producer_seqs.push(ProducerSeq {
-                    container: r.try_get(0).map_err(&e)?,
-                    producer: r.try_get(1).map_err(&e)?,
-                    seq: r.try_get(2).map_err(&e)?,
-                });
-            }
-            tx.commit().await.map_err(&e)?;
+            };
+            out.spill = spill;
             Ok(out)
         }
     }
+}
+
+/// [`load`] on PostgreSQL, on `conn`; the spill (if any) is the caller's
+/// to hand over, so that a second attempt still has it.
+async fn pg_load(
+    conn: &mut PgConn,
+    mut spill: Option<&mut super::spill::Spill>,
+) -> Result<Loaded, SqlError> {
+    let e = pg_err(WHAT);
+    // Prepared at once, pipelined: a takeover waits for this (a
+    // waiting standby has them prepared already; see `sweep`).
+    pg_prepare_reads(conn).await.map_err(&e)?;
+    let small: Vec<tokio_postgres::Statement> =
+        PG_SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
+    let page = conn.stmts[PG_MSGS].clone();
+    let tx = conn
+        .client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(&e)?;
+    let mut out = Loaded::default();
+    let mut after = i64::MIN;
+    let mut largest = 0;
+    loop {
+        let limit = next_page(largest);
+        largest = 0;
+        let rows = tx.query(&page, &[&after, &limit]).await.map_err(&e)?;
+        let n = rows.len();
+        for r in rows {
+            let id: i64 = r.try_get(0).map_err(&e)?;
+            let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
+            largest = largest.max(msg.map_or(0, <[u8]>::len));
+            out.messages.push(msg_row(
+                id,
+                r.try_get(1).map_err(&e)?,
+                r.try_get(2).map_err(&e)?,
+                r.try_get(3).map_err(&e)?,
+                r.try_get(4).map_err(&e)?,
+                msg.map(Bytes::copy_from_slice),
+            )?);
+            after = id;
+        }
+        if let Some(s) = spill.as_deref_mut() {
+            let from = out.messages.len() - n;
+            s.page(&mut out.messages[from..])?;
+        }
+        if (n as i64) < limit {
+            break;
+        }
+    }
+    // The small tables side by side (pipelined on the connection).
+    let answers: [Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>; 6] =
+        super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
+            .await
+            .try_into()
+            .map_err(|_| SqlError::Query {
+                what: WHAT,
+                reason: "a small table's answer is missing".into(),
+            })?;
+    // Named, in PG_SMALL's order: each answer is tied to its table.
+    let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers;
+    for r in subs.map_err(&e)? {
+        out.subs.push(SubRow {
+            container: r.try_get(0).map_err(&e)?,
+            client_id: r.try_get(1).map_err(&e)?,
+            sub_name: r.try_get(2).map_err(&e)?,
+            selector: r.try_get(3).map_err(&e)?,
+        });
+    }
+    for r in topic_acks.map_err(&e)? {
+        out.topic_acks.push(TopicAck {
+            id: r.try_get(0).map_err(&e)?,
+            client_id: r.try_get(1).map_err(&e)?,
+            sub_name: r.try_get(2).map_err(&e)?,
+        });
+    }
+    for r in redeliveries.map_err(&e)? {
+        out.redeliveries.push(Redelivery {
+            id: r.try_get(0).map_err(&e)?,
+            sub_key: r.try_get(1).map_err(&e)?,
+            count: r.try_get::<_, Option<i64>>(2).map_err(&e)?.unwrap_or(0),
+        });
+    }
+    for r in tx_acks.map_err(&e)? {
+        out.tx_acks.push(TxAckRow {
+            tx: r.try_get(0).map_err(&e)?,
+            id: r.try_get(1).map_err(&e)?,
+            sub_key: r.try_get(2).map_err(&e)?,
+        });
+    }
+    for r in tx_rows.map_err(&e)? {
+        out.tx_decided.push(r.try_get(0).map_err(&e)?);
+    }
+    for r in seqs.map_err(&e)? {
+        out.producer_seqs.push(ProducerSeq {
+            container: r.try_get(0).map_err(&e)?,
+            producer: r.try_get(1).map_err(&e)?,
+            seq: r.try_get(2).map_err(&e)?,
+        });
+    }
+    tx.commit().await.map_err(&e)?;
+    Ok(out)
 }
 
 /// Who holds the lease: `(BROKER_NAME, TIME, the database's now in ms)`.

@@ -31,9 +31,10 @@
 //! lock a writer or a takeover waits for; an error only pauses it.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tokio_postgres::CancelToken;
+use tracing::{debug, info, warn};
 
 use super::conn::{join_all, pg_err, pg_reason, Db, PgPool};
 use super::{load, write, SqlError};
@@ -47,6 +48,16 @@ pub const EVERY: Duration = Duration::from_millis(250);
 
 /// Pause after an error (the database down or restarting).
 const AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// A sweep failing this long is worth a warning (once, until it works).
+const WARN_AFTER: Duration = Duration::from_secs(30);
+
+/// The sweep's session: it must walk the index (a sequential scan would
+/// prune heap pages but leave the index entries for the takeover); a step
+/// never runs long (it holds a snapshot, which would keep rows from being
+/// marked, by itself too); operators see what it is in `pg_stat_activity`.
+const SESSION: &str = "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+     SET statement_timeout = 5000; SET application_name = 'brokk-standby-sweep'";
 
 /// One step: the highest ID among the next [`CHUNK`] live rows above
 /// `$1`, and how many there were. An index-only scan on the primary key,
@@ -66,58 +77,116 @@ pub async fn while_standby(db: &Db, connections: usize) -> Infallible {
         return std::future::pending().await;
     };
     let mut after = i64::MIN;
+    let mut health = Health::default();
     loop {
         if let Err(e) = prepare_ahead(pool, connections).await {
             debug!(role = "standby", error = %e, "cannot prepare the takeover's statements ahead");
         }
         // A connection of its own, not the pool's: dropping this future
-        // mid-query closes it, and the takeover's read never queues
-        // behind a step.
+        // closes it (and cancels a step in progress, see `Cancel`), and
+        // the takeover's read never queues behind a step.
         let conn = match pool.open_unpooled().await {
             Ok(c) => c,
             Err(e) => {
-                debug!(role = "standby", error = %pg_reason(&e), "index sweep cannot connect; trying again");
+                health.failed("cannot connect", pg_reason(&e));
                 tokio::time::sleep(AFTER_ERROR).await;
                 continue;
             }
         };
-        // The sweep must walk the index: a sequential scan would prune
-        // heap pages but leave the index entries for the takeover.
         let prepared = async {
-            conn.client
-                .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
-                .await?;
+            conn.client.batch_execute(SESSION).await?;
             conn.client.prepare(STEP).await
         }
         .await;
         let step = match prepared {
             Ok(s) => s,
             Err(e) => {
-                debug!(role = "standby", error = %pg_reason(&e), "index sweep cannot start; trying again");
+                health.failed("cannot start", pg_reason(&e));
                 tokio::time::sleep(AFTER_ERROR).await;
                 continue;
             }
         };
         loop {
-            match conn.client.query_one(&step, &[&after, &CHUNK]).await {
-                Ok(row) => {
-                    let last: Option<i64> = row.get(0);
-                    let n: i64 = row.get(1);
+            let started = Instant::now();
+            let cancel = Cancel(Some(conn.client.cancel_token()));
+            let answer = conn.client.query_one(&step, &[&after, &CHUNK]).await;
+            cancel.disarm();
+            let took = started.elapsed();
+            match answer.and_then(|row| Ok((row.try_get(0)?, row.try_get::<_, i64>(1)?))) {
+                Ok((last, n)) => {
+                    health.ok();
                     // A short chunk reached the end: start over.
                     after = match last {
                         Some(id) if n >= CHUNK => id,
                         _ => i64::MIN,
                     };
-                    tokio::time::sleep(EVERY).await;
+                    // Never more than a fifth of the time: a step slows
+                    // down when entries cannot be marked (an old snapshot
+                    // elsewhere, e.g. a long backup) and each pass walks
+                    // them all again.
+                    tokio::time::sleep(EVERY.max(took * 4)).await;
                 }
                 Err(e) => {
-                    debug!(role = "standby", error = %pg_reason(&e), "index sweep step failed; pausing");
+                    health.failed("a step failed", pg_reason(&e));
                     tokio::time::sleep(AFTER_ERROR).await;
                     if conn.client.is_closed() {
                         break;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether the sweep keeps failing: a warning once it has for
+/// [`WARN_AFTER`], and a line when it works again.
+#[derive(Default)]
+struct Health {
+    failing_since: Option<Instant>,
+    warned: bool,
+}
+
+impl Health {
+    fn failed(&mut self, what: &str, error: String) {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if !self.warned && since.elapsed() >= WARN_AFTER {
+            self.warned = true;
+            warn!(
+                role = "standby",
+                error,
+                "the index sweep has failed for {} s ({what}); a takeover will read more slowly",
+                WARN_AFTER.as_secs()
+            );
+        } else {
+            debug!(role = "standby", error, "index sweep: {what}; trying again");
+        }
+    }
+
+    fn ok(&mut self) {
+        self.failing_since = None;
+        if std::mem::take(&mut self.warned) {
+            info!(role = "standby", "the index sweep works again");
+        }
+    }
+}
+
+/// Cancels the step in progress on the server if dropped armed: a client
+/// that just closes its connection leaves PostgreSQL running the query
+/// until it writes the answer, beside the takeover's read.
+struct Cancel(Option<CancelToken>);
+
+impl Cancel {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let (Some(token), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = token.cancel_query(tokio_postgres::NoTls).await;
+            });
         }
     }
 }

@@ -185,34 +185,50 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
         }
         Db::Postgres(pool) => {
             let mut guard = pool.get().await?;
-            let stmts = pg_prepare_all(&mut guard).await?;
-            let tx = guard
-                .client
-                .transaction()
-                .await
-                .map_err(pg_err("begin a write"))?;
-            let row = tx
-                .query_opt(&stmts.fence, &[])
-                .await
-                .map_err(pg_err("read the lease"))?;
-            let e = pg_err("read the lease");
-            let holder = match row {
-                None => None,
-                Some(r) => Some(Fence {
-                    holder: r.try_get(0).map_err(&e)?,
-                    lease_holder: r.try_get(1).map_err(&e)?,
-                    expiry: r.try_get(2).map_err(&e)?,
-                    now: r.try_get(3).map_err(&e)?,
-                }),
-            };
-            if let Err(e) = check_lease(lease, holder) {
-                let _ = tx.rollback().await;
-                return Err(e);
+            let written = pg_write(&mut guard, lease, &batch).await;
+            if matches!(written, Err(SqlError::Query { .. })) {
+                // The retry prepares afresh: a statement prepared long ago
+                // (by this master, or by a waiting standby) fails for good
+                // once an operator changed a column it returns.
+                guard.stmts.clear();
             }
-            pg_apply(&tx, &stmts, &batch).await?;
-            tx.commit().await.map_err(pg_err("commit a write"))
+            written
         }
     }
+}
+
+/// [`write_batch`] on PostgreSQL, on `guard`.
+async fn pg_write(
+    guard: &mut PgConn,
+    lease: &LeaseToken,
+    batch: &Deduped<'_>,
+) -> Result<(), SqlError> {
+    let stmts = pg_prepare_all(guard).await?;
+    let tx = guard
+        .client
+        .transaction()
+        .await
+        .map_err(pg_err("begin a write"))?;
+    let row = tx
+        .query_opt(&stmts.fence, &[])
+        .await
+        .map_err(pg_err("read the lease"))?;
+    let e = pg_err("read the lease");
+    let holder = match row {
+        None => None,
+        Some(r) => Some(Fence {
+            holder: r.try_get(0).map_err(&e)?,
+            lease_holder: r.try_get(1).map_err(&e)?,
+            expiry: r.try_get(2).map_err(&e)?,
+            now: r.try_get(3).map_err(&e)?,
+        }),
+    };
+    if let Err(e) = check_lease(lease, holder) {
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
+    pg_apply(&tx, &stmts, batch).await?;
+    tx.commit().await.map_err(pg_err("commit a write"))
 }
 
 /// What a write transaction reads before it writes.
