@@ -470,6 +470,85 @@ fn a_postgres_standby_keeps_the_message_index_swept() {
     assert_eq!(got, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
+/// Every connection a broker holds to the database, master's and
+/// standby's, has TCP keepalive after 10 s idle (not the kernel's two hours,
+/// or none): one that a firewall or NAT dropped silently while a standby
+/// waited is noticed and replaced before a takeover sends a query on it.
+/// Seen in the kernel's timers (`ss -o`), per connection.
+fn database_connections_keep_alive(engine: Engine) {
+    let (_db, _dir, _nodes, a, b) = pair(engine);
+    for broker in [&a, &b] {
+        let pid = broker.pid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Local port -> seconds left before the next probe, as last seen.
+        let mut timers = std::collections::HashMap::new();
+        loop {
+            let out = Command::new("ss")
+                .args(["-tnopH"])
+                .output()
+                .expect("ss runs");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(peer)) = (f.get(3), f.get(4)) else {
+                    continue;
+                };
+                if !line.contains(&format!("pid={pid},"))
+                    || !(peer.ends_with(":3306") || peer.ends_with(":5432"))
+                {
+                    continue;
+                }
+                if let Some(left) = keepalive_left(line) {
+                    timers.insert(local.to_string(), left);
+                }
+            }
+            let ports = common::db::client_ports(pid);
+            let all = !ports.is_empty()
+                && ports
+                    .iter()
+                    .all(|p| timers.keys().any(|l| l.ends_with(&format!(":{p}"))));
+            if all {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker {pid}: connections {ports:?}, keepalive timers seen {timers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (local, left) in &timers {
+            assert!(
+                *left <= 10.5,
+                "broker {pid}, connection {local}: next keepalive probe in {left} s"
+            );
+        }
+    }
+}
+
+/// Seconds left on an `ss -o` keepalive timer (`timer:(keepalive,9.5sec,0)`,
+/// `...,950ms,0)`, `...,1min59sec,0)`), if the line has one.
+fn keepalive_left(line: &str) -> Option<f64> {
+    let t = line.split("timer:(keepalive,").nth(1)?.split(',').next()?;
+    let mut secs = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..n].parse().ok()?;
+        let unit_end = rest[n..]
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| n + i);
+        secs += value
+            * match &rest[n..unit_end] {
+                "ms" => 0.001,
+                "sec" => 1.0,
+                "min" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+        rest = &rest[unit_end..];
+    }
+    Some(secs)
+}
+
 /// `/metrics` carries the writer's figures in the database modes.
 fn metrics_show_the_database_writer(engine: Engine) {
     let db = TestDb::new(engine);
@@ -570,5 +649,6 @@ crate::on_both!(
     wrong_password,
     tables_missing_without_create_tables,
     metrics_show_the_database_writer,
-    a_durable_selector_is_kept_in_activemq_acks
+    a_durable_selector_is_kept_in_activemq_acks,
+    database_connections_keep_alive
 );

@@ -681,7 +681,7 @@ impl DbConn {
             Dialect::MySql => {
                 let opts = mysql_async::Opts::from_url(&cfg.url)
                     .map_err(|e| connect_err(e.to_string()))?;
-                let opts = mysql_async::OptsBuilder::from_opts(opts)
+                let opts = crate::store::sql::conn::my_keepalive(&opts)
                     // Stay on TCP: over the unix socket we would be another
                     // account (user@localhost), and KILL works only within
                     // one account.
@@ -718,7 +718,10 @@ impl DbConn {
                 })
             }
             Dialect::Postgres => {
-                let (client, connection) = tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls)
+                let config = crate::store::sql::conn::pg_config(&cfg.url)
+                    .map_err(|e| connect_err(e.to_string()))?;
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 let (tx, closed) = watch::channel(false);

@@ -23,6 +23,48 @@ use super::{redact, Dialect, SqlError};
 /// firewalled host would otherwise hang the start).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TCP keepalive on every database connection: idle this long, then probes
+/// (PostgreSQL: every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`] missed
+/// close it, about 25 s in all; MySQL/MariaDB: the kernel's interval and
+/// count, mysql_async sets only this). A standby's connections may idle
+/// for days before its takeover uses them; a firewall or NAT that dropped
+/// the flow silently would otherwise leave them half-open, and the
+/// takeover's first query would wait out the kernel's retransmissions
+/// (about 15 minutes) while the lease is held. Noticed while idle, a dead
+/// connection is closed and the pool opens another. A URL that sets its
+/// own keepalive options keeps them.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// PostgreSQL: a connection whose sent data stays unacknowledged this long
+/// is closed (a query on a half-open connection fails instead of hanging).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `url`'s PostgreSQL configuration with the connect timeout and the
+/// keepalive settings above (those the URL does not set itself).
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    if !url.contains("keepalives") {
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if !url.contains("tcp_user_timeout") {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    Ok(config)
+}
+
+/// `opts` with TCP keepalive after [`KEEPALIVE_IDLE`], unless the URL set
+/// its own (`tcp_keepalive=`).
+pub fn my_keepalive(opts: &Opts) -> OptsBuilder {
+    let keep = opts.tcp_keepalive().or(Some(KEEPALIVE_IDLE));
+    OptsBuilder::from_opts(opts.clone()).tcp_keepalive(keep)
+}
+
 /// Prepared statements each MySQL connection keeps (the driver's default
 /// is 32): multi-row statements differ by row count, and a batch's last,
 /// shorter chunk should not evict the full-size ones.
@@ -67,7 +109,7 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
             let opts = Opts::from_url(&url).map_err(|e| fail(e.to_string()))?;
             let constraints = PoolConstraints::new(1, pool_size)
                 .ok_or_else(|| fail(format!("bad pool size {pool_size}")))?;
-            let opts = OptsBuilder::from_opts(opts)
+            let opts = my_keepalive(&opts)
                 .pool_opts(
                     PoolOpts::new()
                         .with_constraints(constraints)
@@ -107,9 +149,7 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
             }
         }
         Dialect::Postgres => {
-            let mut config: tokio_postgres::Config =
-                url.parse().map_err(|e| fail(pg_reason(&e)))?;
-            config.connect_timeout(CONNECT_TIMEOUT);
+            let config = pg_config(url).map_err(|e| fail(pg_reason(&e)))?;
             let pool = PgPool {
                 config,
                 url: shown.clone(),
