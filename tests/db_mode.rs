@@ -501,8 +501,10 @@ fn database_connections_keep_alive(engine: Engine) {
                     timers.insert(local.to_string(), left);
                 }
             }
+            // Over TCP at least the lease's two (the pools may use a unix
+            // socket on this machine, which needs no keepalive).
             let ports = common::db::client_ports(pid);
-            let all = !ports.is_empty()
+            let all = ports.len() >= 2
                 && ports
                     .iter()
                     .all(|p| timers.keys().any(|l| l.ends_with(&format!(":{p}"))));
@@ -524,8 +526,9 @@ fn database_connections_keep_alive(engine: Engine) {
     }
 }
 
-/// Seconds left on an `ss -o` keepalive timer (`timer:(keepalive,9.5sec,0)`,
-/// `...,950ms,0)`, `...,1min59sec,0)`), if the line has one.
+/// Seconds left on an `ss -o` keepalive timer (iproute2 6.1, Debian 12:
+/// `timer:(keepalive,9.532sec,0)`, `...,950ms,0)`, `...,119min,0)`), if
+/// the line has one.
 fn keepalive_left(line: &str) -> Option<f64> {
     let t = line.split("timer:(keepalive,").nth(1)?.split(',').next()?;
     let mut secs = 0.0;

@@ -24,42 +24,54 @@ use super::{redact, Dialect, SqlError};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TCP keepalive on every database connection: idle this long, then probes
-/// (PostgreSQL: every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`] missed
-/// close it, about 25 s in all; MySQL/MariaDB: the kernel's interval and
-/// count, mysql_async sets only this). A standby's connections may idle
-/// for days before its takeover uses them; a firewall or NAT that dropped
-/// the flow silently would otherwise leave them half-open, and the
-/// takeover's first query would wait out the kernel's retransmissions
-/// (about 15 minutes) while the lease is held. Noticed while idle, a dead
-/// connection is closed and the pool opens another. A URL that sets its
-/// own keepalive options keeps them.
+/// (PostgreSQL: every [`KEEPALIVE_INTERVAL`], closed after
+/// [`KEEPALIVE_RETRIES`] missed, about 25 s in all; MySQL/MariaDB: at the
+/// kernel's interval and count, as mysql_async sets only the idle time,
+/// about 11 minutes in all, and the probes keep a NAT's entry alive). A
+/// standby's connections may idle for days before its takeover uses them;
+/// a firewall or NAT that dropped the flow silently would otherwise leave
+/// them half-open, and the takeover's first query would wait out the
+/// kernel's retransmissions (about 15 minutes) while the lease is held.
+/// Noticed while idle, a dead connection is closed, and both pools open
+/// another instead of handing it out. Each setting the URL names itself
+/// (`keepalives`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`; MySQL `tcp_keepalive`, in ms) is left as it is.
+/// No `tcp_user_timeout`: a healthy server that stops reading while a long
+/// statement blocks (an I/O stall) would have its connection cut.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 3;
-/// PostgreSQL: a connection whose sent data stays unacknowledged this long
-/// is closed (a query on a half-open connection fails instead of hanging).
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `url`'s PostgreSQL configuration with the connect timeout and the
-/// keepalive settings above (those the URL does not set itself).
+/// Whether `url`'s query string names `key` (`...?key=...&...`).
+fn url_sets(url: &str, key: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|kv| kv.split('=').next() == Some(key)))
+}
+
+/// `url`'s PostgreSQL configuration with a connect timeout and the
+/// keepalive settings above, each where the URL does not set its own.
 pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
-    config.connect_timeout(CONNECT_TIMEOUT);
-    if !url.contains("keepalives") {
-        config
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE_IDLE)
-            .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_RETRIES);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
     }
-    if !url.contains("tcp_user_timeout") {
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    if !url_sets(url, "keepalives") {
+        config.keepalives(true);
+    }
+    if !url_sets(url, "keepalives_idle") {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if !url_sets(url, "keepalives_interval") {
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if !url_sets(url, "keepalives_retries") {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
     }
     Ok(config)
 }
 
 /// `opts` with TCP keepalive after [`KEEPALIVE_IDLE`], unless the URL set
-/// its own (`tcp_keepalive=`).
+/// its own (`tcp_keepalive=`, in ms).
 pub fn my_keepalive(opts: &Opts) -> OptsBuilder {
     let keep = opts.tcp_keepalive().or(Some(KEEPALIVE_IDLE));
     OptsBuilder::from_opts(opts.clone()).tcp_keepalive(keep)
@@ -425,5 +437,36 @@ pub fn my_err(what: &'static str) -> impl Fn(mysql_async::Error) -> SqlError {
     move |e| SqlError::Query {
         what,
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[test]
+    fn postgres_gets_short_keepalives_unless_the_url_sets_them() {
+        let c = pg_config("postgres://u:keepalives_idle@h/db").unwrap();
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let c = pg_config("postgres://u:p@h/db?keepalives_idle=60&connect_timeout=3").unwrap();
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let c = pg_config("postgres://u:p@h/db?keepalives=0").unwrap();
+        assert!(!c.get_keepalives());
+    }
+
+    #[test]
+    fn mysql_gets_a_short_keepalive_unless_the_url_sets_one() {
+        let o = Opts::from(my_keepalive(&Opts::from_url("mysql://u:p@h/db").unwrap()));
+        assert_eq!(o.tcp_keepalive(), Some(KEEPALIVE_IDLE));
+        let o = Opts::from(my_keepalive(
+            &Opts::from_url("mysql://u:p@h/db?tcp_keepalive=60000").unwrap(),
+        ));
+        assert_eq!(o.tcp_keepalive(), Some(Duration::from_secs(60)));
     }
 }
