@@ -180,14 +180,8 @@ fn transactions_across_a_failover(engine: Engine) {
         "BROKK_TX_ACKS",
         "BROKK_TX",
     ] {
-        loop {
-            let rows = db.sql(&format!("SELECT COUNT(*) FROM {table}"));
-            if rows.trim() == "0" {
-                break;
-            }
-            assert!(Instant::now() < end, "{table}: rows left: {rows}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        db.wait_for(&sql, "0", end, &format!("{table}: rows left"));
     }
 }
 
@@ -242,18 +236,12 @@ fn the_longest_names_fit_the_tables(engine: Engine) {
     assert_eq!(body(&c.expect_message()), "m");
     drop(c);
     // The broker notices the close and stores the redelivery count.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = db.sql("SELECT COUNT(*) FROM BROKK_REDELIVERIES");
-        if rows.trim() == "1" {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "the redelivery count was never stored"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_for(
+        "SELECT COUNT(*) FROM BROKK_REDELIVERIES",
+        "1",
+        Instant::now() + Duration::from_secs(10),
+        "the redelivery count was never stored",
+    );
     // Writes go on, on the topic's shard (its lane would be stuck if that
     // row had failed): a receipt needs the next batch committed.
     p.send_sync("/topic/long", "m2", &[("persistent", "true")]);
@@ -429,21 +417,15 @@ fn a_postgres_standby_keeps_the_message_index_swept() {
     // step could mark every consumed row's entry. pg_stat_activity is
     // live (the statistics views lag by up to 10 s).
     let committed = db.sql("SELECT clock_timestamp()").trim().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let swept = db.sql(&format!(
+    db.wait_for(
+        &format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'brokk-standby-sweep' \
              AND state = 'idle' AND query_start > '{committed}'::timestamptz + interval '1 second'"
-        ));
-        if swept.trim() == "1" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no sweep step of the standby within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ),
+        "1",
+        Instant::now() + Duration::from_secs(60),
+        "no sweep step of the standby within 60 s",
+    );
     // The takeover's first page (`store::sql::load`), as it runs it.
     let plan: serde_json::Value = serde_json::from_str(&db.sql(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG \

@@ -61,6 +61,23 @@ impl TestDb {
         self.run_sql(Some(&self.name), sql)
     }
 
+    /// Polls `sql` until it answers `expected` (trimmed); fails the test
+    /// once `deadline` passes, with `what` and the last answer.
+    pub fn wait_for(&self, sql: &str, expected: &str, deadline: Instant, what: &str) {
+        loop {
+            let got = self.sql(sql);
+            if got.trim() == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {sql} answered {:?}, not {expected}",
+                got.trim()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn run_sql(&self, db: Option<&str>, sql: &str) -> String {
         let out = match self.engine {
             Engine::MariaDb => {
