@@ -247,6 +247,59 @@ fn the_longest_names_fit_the_tables(engine: Engine) {
     p.send_sync("/topic/long", "m2", &[("persistent", "true")]);
 }
 
+/// A queue message delivered and left unacknowledged has a redelivery
+/// count row, which its acknowledgement deletes with it, whether the count
+/// was written by this master or found in the tables at takeover. (Most
+/// messages have no side row and their acknowledgement deletes only from
+/// `ACTIVEMQ_MSGS`: the broker must know which have one.)
+fn a_redelivery_count_goes_with_its_message(engine: Engine) {
+    let (db, _dir, _nodes, mut a, mut b) = pair(engine);
+    let q = "/queue/redelivered";
+    let rows = |table: &str, n: &str, what: &str| {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        db.wait_for(&sql, n, Instant::now() + Duration::from_secs(10), what);
+    };
+    let next = |broker: &Broker, expected: &str| {
+        let mut c = broker.client();
+        c.subscribe("s", q, "client-individual", &[]);
+        let m = c.expect_message();
+        assert_eq!(body(&m), expected);
+        (c, m)
+    };
+    // Left unacknowledged: the broker notices the close and stores the
+    // count.
+    let leave = |broker: &Broker, expected: &str| drop(next(broker, expected));
+    let take = |broker: &Broker, expected: &str| {
+        let (mut c, m) = next(broker, expected);
+        c.ack(&m);
+        c.disconnect();
+    };
+    a.client().send_sync(q, "m1", &[("persistent", "true")]);
+    leave(&a, "m1");
+    rows("BROKK_REDELIVERIES", "1", "m1's count, by the first master");
+    a.kill9();
+    b.wait_for_master();
+    // Acknowledged at its first delivery by the new master: only the
+    // tables said it had a count.
+    take(&b, "m1");
+    rows("ACTIVEMQ_MSGS", "0", "an acknowledged message left");
+    rows(
+        "BROKK_REDELIVERIES",
+        "0",
+        "the count found at takeover left",
+    );
+    b.client().send_sync(q, "m2", &[("persistent", "true")]);
+    leave(&b, "m2");
+    rows("BROKK_REDELIVERIES", "1", "m2's count, by the new master");
+    take(&b, "m2");
+    rows("ACTIVEMQ_MSGS", "0", "an acknowledged message left");
+    rows(
+        "BROKK_REDELIVERIES",
+        "0",
+        "the count this master wrote left",
+    );
+}
+
 /// ActiveMQ's JDBC tables, with its column names, made at first start.
 fn activemq_tables(engine: Engine) {
     let db = TestDb::new(engine);
@@ -630,6 +683,7 @@ crate::on_both!(
     transactions_across_a_failover,
     a_late_subscription_gets_no_earlier_message,
     the_longest_names_fit_the_tables,
+    a_redelivery_count_goes_with_its_message,
     activemq_tables,
     wrong_password,
     tables_missing_without_create_tables,

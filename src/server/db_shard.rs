@@ -94,7 +94,13 @@ pub fn restorer(
         r.remember_producer(&Destination::from(&d), p.producer.as_bytes(), seq);
         store.restore_producer(&p.container, &p.producer, p.seq);
     }
-    recover::records(&loaded, mine, id == 0, |batch| r.feed(batch));
+    recover::records(&loaded, mine, id == 0, |batch| {
+        // Only this shard's side rows: they mark messages it will retire.
+        for rec in &batch {
+            store.note_restored(rec);
+        }
+        r.feed(batch)
+    });
     r
 }
 

@@ -13,7 +13,10 @@
 //! - removing a subscription also removes its topic acks, but only those
 //!   naming a message still in `ACTIVEMQ_MSGS` on the subscription's topic
 //!   (the SQL joins the messages: the same client id and name may
-//!   subscribe another topic).
+//!   subscribe another topic);
+//! - except that `msg_deletes` delete a message's side rows too, as
+//!   `deletes` do (the shard sends there only messages no side row names;
+//!   here that costs nothing, and the log carries one list of both).
 //!
 //! Strings compare byte for byte (PostgreSQL's behaviour; MySQL's
 //! `utf8mb4_bin` also ignores trailing spaces, which Brokk's names do not
@@ -128,7 +131,7 @@ impl Tables {
         for &tx in &b.tx_decided {
             self.insert_decided(tx);
         }
-        for &id in &b.deletes {
+        for &id in b.deletes.iter().chain(&b.msg_deletes) {
             self.delete_message(id);
         }
         for id in &b.xid_cleared {
@@ -525,6 +528,19 @@ mod tests {
         t.apply(&b);
         assert_eq!(t, Tables::new());
         assert_eq!(t.message_bytes(), 0);
+    }
+
+    #[test]
+    fn a_delete_of_a_message_alone_takes_it_and_any_side_row() {
+        let mut t = Tables::new();
+        t.apply(&populated());
+        t.apply(&Batch {
+            deletes: vec![1],
+            msg_deletes: vec![2],
+            ..Batch::default()
+        });
+        assert_eq!(t, Tables::new());
+        assert!(t.topic_acks_by_id.is_empty());
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub struct TxAckRow {
 
 /// Changes for one database transaction. Applied in this order: inserts,
 /// topic acks, redeliveries, subscriptions added, prepared acks, decisions,
-/// then deletes, XIDs cleared, prepared acks done, decisions forgotten and
+/// then deletes (`deletes`, then `msg_deletes`), XIDs cleared, prepared acks done, decisions forgotten and
 /// subscriptions removed (a message inserted and deleted
 /// in one batch is never visible).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -152,6 +152,11 @@ pub struct Batch {
     /// Messages retired for good: their `ACTIVEMQ_MSGS` row and every side
     /// row naming them (topic acks, redeliveries, prepared acks).
     pub deletes: Vec<i64>,
+    /// Messages retired for good that no side row ever named (the shard
+    /// knows: it wrote or read every side row): only their `ACTIVEMQ_MSGS`
+    /// row goes. Most retirements are these, and the side tables' three
+    /// deletes by ID cost about as much as the message's own.
+    pub msg_deletes: Vec<i64>,
     /// Prepared SENDs now in effect (their shard applied the transaction):
     /// they lose the `XID`. Per message, not per transaction: every shard
     /// applies its own part, and a transaction is settled only once all
@@ -187,6 +192,7 @@ impl Batch {
             && self.tx_acks.is_empty()
             && self.tx_decided.is_empty()
             && self.deletes.is_empty()
+            && self.msg_deletes.is_empty()
             && self.xid_cleared.is_empty()
             && self.tx_acks_done.is_empty()
             && self.tx_forgotten.is_empty()
@@ -204,6 +210,7 @@ impl Batch {
             + self.tx_acks.len()
             + self.tx_decided.len()
             + self.deletes.len()
+            + self.msg_deletes.len()
             + self.xid_cleared.len()
             + self.tx_acks_done.len()
             + self.tx_forgotten.len()
@@ -252,6 +259,7 @@ impl Batch {
         self.tx_acks.extend(other.tx_acks);
         self.tx_decided.extend(other.tx_decided);
         self.deletes.extend(other.deletes);
+        self.msg_deletes.extend(other.msg_deletes);
         self.xid_cleared.extend(other.xid_cleared);
         self.tx_acks_done.extend(other.tx_acks_done);
         self.tx_forgotten.extend(other.tx_forgotten);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{encoding, Batch, MsgRow, ProducerSeq, Redelivery, SubRow, TopicAck, TxAckRow};
 use crate::idmap::{IdMap, IdSet};
 use crate::store::origin::{origin_of, parse_origin};
-use crate::store::{Durable, RecordRef, Store, StoredDestination, StoredSub};
+use crate::store::{Durable, Record, RecordRef, Store, StoredDestination, StoredSub};
 
 /// `queue://NAME` or `topic://NAME`, as ActiveMQ's JDBC store writes it.
 pub fn container(d: &StoredDestination) -> String {
@@ -72,6 +72,14 @@ pub struct DbShardStore {
     only_acks: bool,
     /// The append sequence number of each entry of `batch.deletes`.
     delete_seqs: Vec<u64>,
+    /// Whether each entry of `batch.deletes` may have side rows (see
+    /// `side_rows`); `take` moves the others to `Batch::msg_deletes`.
+    delete_side: Vec<bool>,
+    /// Messages a side row (topic ack, redelivery count, prepared ack) may
+    /// name: written by this shard, or found at takeover. Their retirement
+    /// deletes from every table; any other message's only from
+    /// `ACTIVEMQ_MSGS`.
+    side_rows: IdSet,
     /// Producers' highest sequences by container (see
     /// `Batch::producer_seqs`), and when each was last sent to: rows idle
     /// for [`PRODUCER_SEQ_KEEP`] are deleted.
@@ -281,6 +289,7 @@ impl DbShardStore {
     fn pre_ack(&mut self, topic: &str, sub: &StoredSub) {
         if let Some(ids) = self.topic_msgs.get(topic) {
             for id in ids {
+                self.side_rows.insert(*id);
                 self.batch.topic_acks.push(TopicAck {
                     id: sql_id(*id),
                     client_id: sub.client_id.to_string(),
@@ -346,6 +355,7 @@ impl DbShardStore {
             // row now would name nothing, for good. One still held has not
             // been released for this ack yet (TxDone comes first).
             if let Some(s) = sub.as_ref().filter(|_| self.holders.contains_key(&id)) {
+                self.side_rows.insert(id);
                 self.batch.topic_acks.push(TopicAck {
                     id: sql_id(id),
                     client_id: s.client_id.to_string(),
@@ -385,15 +395,21 @@ impl DbShardStore {
         if self.only_acks && self.batch.deletes.len() > DELETES_PER_TRANSACTION {
             let rest = self.batch.deletes.split_off(DELETES_PER_TRANSACTION);
             let rest_seqs = self.delete_seqs.split_off(DELETES_PER_TRANSACTION);
+            let rest_side = self.delete_side.split_off(DELETES_PER_TRANSACTION);
             let upto = rest_seqs[0] - 1;
-            let now = std::mem::take(&mut self.batch);
+            let mut now = std::mem::take(&mut self.batch);
+            split_msg_deletes(&mut now, &self.delete_side, &mut self.side_rows);
             self.batch.deletes = rest;
             self.delete_seqs = rest_seqs;
+            self.delete_side = rest_side;
             return (now, upto);
         }
         self.only_acks = true;
         self.delete_seqs.clear();
-        (std::mem::take(&mut self.batch), self.appended)
+        let mut now = std::mem::take(&mut self.batch);
+        split_msg_deletes(&mut now, &self.delete_side, &mut self.side_rows);
+        self.delete_side.clear();
+        (now, self.appended)
     }
 
     /// The batch up to `upto` committed.
@@ -431,7 +447,11 @@ impl DbShardStore {
     }
 
     fn retire(&mut self, id: u64) {
+        // A topic message's rows are always deleted everywhere (its acks
+        // are marked in `side_rows` too; this only makes sure).
+        let mut side = self.side_rows.remove(&id);
         if let Some(topic) = self.topic_of.remove(&id) {
+            side = true;
             if let Some(ids) = self.topic_msgs.get_mut(&topic) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -455,6 +475,22 @@ impl DbShardStore {
         }
         self.batch.deletes.push(sql_id(id));
         self.delete_seqs.push(self.appended);
+        self.delete_side.push(side);
+    }
+
+    /// A record recovery read from the tables for this shard: a side row
+    /// (topic ack, redelivery count, prepared ack) marks its message.
+    pub fn note_restored(&mut self, rec: &Record) {
+        match rec {
+            Record::Ack {
+                sub: Some(_), id, ..
+            }
+            | Record::Redelivered { id, .. }
+            | Record::TxAck { id, .. } => {
+                self.side_rows.insert(*id);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -528,6 +564,7 @@ impl Store for DbShardStore {
             // subscription's is remembered until every holder let go.
             RecordRef::Ack { sub, id, .. } => {
                 if let Some(s) = sub {
+                    self.side_rows.insert(id);
                     self.batch.topic_acks.push(TopicAck {
                         id: sql_id(id),
                         client_id: s.client_id.to_string(),
@@ -536,6 +573,7 @@ impl Store for DbShardStore {
                 }
             }
             RecordRef::Redelivered { sub, id, count, .. } => {
+                self.side_rows.insert(id);
                 self.batch.redeliveries.push(Redelivery {
                     id: sql_id(id),
                     sub_key: sub_key(sub),
@@ -554,6 +592,7 @@ impl Store for DbShardStore {
                 self.batch.remove_sub(sub_row(topic, sub, None))
             }
             RecordRef::TxAck { tx, sub, id, .. } => {
+                self.side_rows.insert(id);
                 self.batch.tx_acks.push(TxAckRow {
                     tx: sql_id(tx),
                     id: sql_id(id),
@@ -598,6 +637,23 @@ impl Store for DbShardStore {
             self.retire(id);
         }
     }
+}
+
+/// Moves the deletes of messages without side rows (`side[i]` false for
+/// `batch.deletes[i]`) to `msg_deletes`. A message marked in `side_rows`
+/// after it retired (a side row later in the same batch: no record does
+/// that today) keeps the full delete, which runs after the batch's
+/// inserts.
+fn split_msg_deletes(batch: &mut Batch, side: &[bool], side_rows: &mut IdSet) {
+    debug_assert_eq!(batch.deletes.len(), side.len());
+    let mut i = 0;
+    let (msg_only, keep): (Vec<i64>, Vec<i64>) = batch.deletes.drain(..).partition(|&id| {
+        i += 1;
+        let side = side.get(i - 1).copied().unwrap_or(true);
+        !side && !side_rows.remove(&(id as u64))
+    });
+    batch.deletes = keep;
+    batch.msg_deletes.extend(msg_only);
 }
 
 /// Drops the tombstones `retire` left in a batch about to be written.
@@ -776,16 +832,17 @@ mod tests {
         let mut taken = Vec::new();
         while s.has_pending() {
             let (b, upto) = s.take();
-            assert!(b.deletes.len() <= DELETES_PER_TRANSACTION);
+            assert!(b.deletes.is_empty(), "no side rows: ACTIVEMQ_MSGS only");
+            assert!(b.msg_deletes.len() <= DELETES_PER_TRANSACTION);
             // Durable up to the record before the first delete still
             // waiting, never past it.
-            let waiting_from = n + 1 + (taken.len() + b.deletes.len()) as u64;
+            let waiting_from = n + 1 + (taken.len() + b.msg_deletes.len()) as u64;
             if s.has_pending() {
                 assert_eq!(upto, waiting_from - 1);
             } else {
                 assert_eq!(upto, all_acked);
             }
-            taken.extend(b.deletes);
+            taken.extend(b.msg_deletes);
             s.committed(upto);
         }
         assert_eq!(taken, (1..=n as i64).collect::<Vec<_>>());
@@ -798,7 +855,7 @@ mod tests {
         let mut s = sent_then_acked(n);
         send(&mut s, n + 1);
         let (b, upto) = s.take();
-        assert_eq!(b.deletes.len(), n as usize);
+        assert_eq!(b.msg_deletes.len(), n as usize);
         assert_eq!(b.inserts.len(), 1);
         assert_eq!(upto, s.appended());
         assert!(!s.has_pending());
@@ -816,7 +873,8 @@ mod tests {
         s.committed(upto);
         s.release(5);
         let (b, _) = s.take();
-        assert_eq!(b.deletes, vec![5]);
+        assert_eq!(b.msg_deletes, vec![5]);
+        assert!(b.deletes.is_empty());
         assert!(b.inserts.is_empty());
     }
 
@@ -829,7 +887,90 @@ mod tests {
         let (mut b, _) = s.take();
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
-        assert!(b.deletes.is_empty());
+        assert!(b.deletes.is_empty() && b.msg_deletes.is_empty());
+    }
+
+    fn redelivered(s: &mut DbShardStore, id: u64) {
+        let d = q();
+        s.append(
+            &RecordRef::Redelivered {
+                destination: &d,
+                sub: None,
+                id,
+                count: 1,
+            },
+            0,
+        );
+    }
+
+    #[test]
+    fn only_a_message_a_side_row_may_name_is_deleted_from_every_table() {
+        let mut s = DbShardStore::new();
+        for id in 1..=4 {
+            send(&mut s, id);
+        }
+        let (_, upto) = s.take();
+        s.committed(upto);
+        // 2: its redelivery count is a row; 3: one was found at takeover.
+        redelivered(&mut s, 2);
+        s.note_restored(&Record::Redelivered {
+            destination: q(),
+            sub: None,
+            id: 3,
+            count: 1,
+        });
+        for id in 1..=4 {
+            ack(&mut s, id);
+        }
+        let (b, _) = s.take();
+        assert_eq!(b.deletes, vec![2, 3]);
+        assert_eq!(b.msg_deletes, vec![1, 4]);
+        assert!(s.side_rows.is_empty(), "a retired message's mark goes");
+    }
+
+    #[test]
+    fn a_side_row_written_after_its_message_retired_in_the_batch_goes_too() {
+        let mut s = DbShardStore::new();
+        send(&mut s, 1);
+        let (_, upto) = s.take();
+        s.committed(upto);
+        ack(&mut s, 1);
+        redelivered(&mut s, 1);
+        let (b, _) = s.take();
+        assert_eq!(b.deletes, vec![1]);
+        assert!(b.msg_deletes.is_empty());
+        assert!(s.side_rows.is_empty());
+    }
+
+    #[test]
+    fn a_split_drain_keeps_each_delete_with_its_side_rows() {
+        let n = DELETES_PER_TRANSACTION as u64 + 20;
+        let mut s = DbShardStore::new();
+        for id in 1..=n {
+            send(&mut s, id);
+        }
+        let (_, upto) = s.take();
+        s.committed(upto);
+        for id in (1..=n).filter(|id| id % 7 == 0) {
+            redelivered(&mut s, id);
+        }
+        let (_, upto) = s.take();
+        s.committed(upto);
+        for id in 1..=n {
+            ack(&mut s, id);
+        }
+        let (mut full, mut msg_only) = (Vec::new(), Vec::new());
+        while s.has_pending() {
+            let (b, upto) = s.take();
+            assert!(b.deletes.len() + b.msg_deletes.len() <= DELETES_PER_TRANSACTION);
+            full.extend(b.deletes);
+            msg_only.extend(b.msg_deletes);
+            s.committed(upto);
+        }
+        let sevens: Vec<i64> = (1..=n as i64).filter(|id| id % 7 == 0).collect();
+        let others: Vec<i64> = (1..=n as i64).filter(|id| id % 7 != 0).collect();
+        assert_eq!(full, sevens);
+        assert_eq!(msg_only, others);
     }
 
     #[test]

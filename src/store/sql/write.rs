@@ -489,6 +489,16 @@ async fn mysql_apply(
         }
         flush_text(tx, &mut sql, false).await?;
     }
+    for chunk in b.msg_deletes.chunks(ROW_CHUNK) {
+        int_list(
+            &mut sql,
+            "DELETE FROM ACTIVEMQ_MSGS WHERE ID IN (",
+            chunk,
+            false,
+        );
+        sql.push_str(");");
+        flush_text(tx, &mut sql, false).await?;
+    }
     for chunk in b.xid_cleared.chunks(ROW_CHUNK) {
         int_list(
             &mut sql,
@@ -609,8 +619,10 @@ const PG_TX_ACKS: &str = "INSERT INTO BROKK_TX_ACKS (TX, ID, SUB_KEY) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::varchar[]) ON CONFLICT DO NOTHING";
 const PG_TX_DECIDED: &str =
     "INSERT INTO BROKK_TX (TX) SELECT * FROM unnest($1::bigint[]) ON CONFLICT DO NOTHING";
+const PG_DELETE_MSGS: &str = "DELETE FROM ACTIVEMQ_MSGS WHERE ID = ANY($1::bigint[])";
+/// A message's rows in every table (see `Batch::deletes`).
 const PG_DELETES: [&str; 4] = [
-    "DELETE FROM ACTIVEMQ_MSGS WHERE ID = ANY($1::bigint[])",
+    PG_DELETE_MSGS,
     "DELETE FROM BROKK_TOPIC_ACKS WHERE ID = ANY($1::bigint[])",
     "DELETE FROM BROKK_REDELIVERIES WHERE ID = ANY($1::bigint[])",
     "DELETE FROM BROKK_TX_ACKS WHERE ID = ANY($1::bigint[])",
@@ -660,6 +672,7 @@ struct PgStmts {
     tx_acks: tokio_postgres::Statement,
     tx_decided: tokio_postgres::Statement,
     deletes: Vec<tokio_postgres::Statement>,
+    delete_msgs: tokio_postgres::Statement,
     tx_forgotten: tokio_postgres::Statement,
     tx_acks_done: tokio_postgres::Statement,
     xid_cleared: tokio_postgres::Statement,
@@ -693,6 +706,7 @@ async fn pg_prepare_all(conn: &mut PgConn) -> Result<PgStmts, SqlError> {
         tx_acks: conn.prepare(PG_TX_ACKS).await.map_err(&e)?,
         tx_decided: conn.prepare(PG_TX_DECIDED).await.map_err(&e)?,
         deletes,
+        delete_msgs: conn.prepare(PG_DELETE_MSGS).await.map_err(&e)?,
         tx_forgotten: conn.prepare(PG_TX_FORGOTTEN).await.map_err(&e)?,
         tx_acks_done: conn.prepare(PG_TX_ACKS_DONE).await.map_err(&e)?,
         xid_cleared: conn.prepare(PG_XID_CLEARED).await.map_err(&e)?,
@@ -812,6 +826,13 @@ async fn pg_apply(
         for stmt in &s.deletes {
             calls.push(("delete messages", stmt, vec![Box::new(chunk.to_vec())]));
         }
+    }
+    for chunk in b.msg_deletes.chunks(ROW_CHUNK) {
+        calls.push((
+            "delete messages",
+            &s.delete_msgs,
+            vec![Box::new(chunk.to_vec())],
+        ));
     }
     for chunk in b.xid_cleared.chunks(ROW_CHUNK) {
         calls.push((
