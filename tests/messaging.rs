@@ -514,3 +514,59 @@ fn an_ack_without_subscription_takes_the_oldest_delivery_of_the_message() {
         .unwrap()
         .contains("unknown message id"));
 }
+
+/// Started with a CPU affinity (`taskset`, systemd's `CPUAffinity=`, a
+/// container's cpuset), the broker pins its shards among the CPUs it was
+/// given, never on one kept for something else (on a two-core machine,
+/// CPU 0 is the one left out here).
+#[test]
+fn shards_stay_on_the_cpus_the_broker_was_given() {
+    let allowed = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap();
+    // The last CPU this test may use, if that is not CPU 0.
+    let last = allowed
+        .split(',')
+        .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    if last == 0 {
+        eprintln!("skipped: only CPU 0 available ({allowed})");
+        return;
+    }
+    let cpu = last.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let args: Vec<String> = ["--shards", "2", "--mode", "memory", "--data", &data]
+        .map(String::from)
+        .to_vec();
+    let b = Broker::spawn_wrapped(&["taskset", "-c", &cpu], &args);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", b.pid())).unwrap();
+    let mut shards = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let name = status.lines().next().unwrap_or_default().to_string();
+        if !name.contains("brokk-shard") {
+            continue;
+        }
+        shards += 1;
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        assert_eq!(
+            cpus, cpu,
+            "{name} runs on CPUs {cpus}, not the broker's {cpu}"
+        );
+    }
+    assert!(shards >= 2, "two shard threads, found {shards}");
+    // And it serves.
+    let mut c = b.client();
+    c.send_sync("/queue/pinned", "m", &[]);
+}

@@ -355,11 +355,34 @@ struct Executors {
 /// instead, before any lock or lease is taken.
 const EXECUTORS_START: Duration = Duration::from_secs(10);
 
+/// The CPUs this process may run on (its affinity mask: `taskset`,
+/// systemd's `CPUAffinity=`, a container's cpuset), in order; shards are
+/// pinned among these, never to a CPU the operator kept for something else
+/// (a database on the same machine) or one the cpuset refuses.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, and
+    // sched_getaffinity writes at most the size it is given.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    let cpus: Vec<usize> = if unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0 {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE, the set's capacity.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n).collect()
+    } else {
+        cpus
+    }
+}
+
 impl Executors {
     fn spawn(shards: usize) -> Result<Executors> {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cpus = allowed_cpus();
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, shard::MESH_CHANNEL_BATCHES));
         let mut starts = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
@@ -368,7 +391,9 @@ impl Executors {
             let (start, started) = flume::bounded(1);
             let mesh = mesh.clone();
             let joined = joined_tx.clone();
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            let cpu = cpus[id % cpus.len()];
+            tracing::debug!(shard = id, cpu, "shard pinned");
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("brokk-shard-{id}"))
                 // Registered DMA buffers: journal writes use their own
                 // aligned buffers, so a small pool is enough.

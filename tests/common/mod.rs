@@ -103,6 +103,32 @@ impl Broker {
     ) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokk"));
         cmd.envs(env.iter().copied());
+        Broker::spawn_command(cmd, config, args, config_dir)
+    }
+
+    /// Starts brokk under `wrapper` (a command that runs the program and
+    /// arguments given after its own, e.g. `taskset -c 1`) and waits for it
+    /// to serve.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> Broker {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_brokk"));
+        let b = Broker::spawn_command(cmd, None, args, None);
+        assert!(
+            b.role_line.starts_with("brokk listening"),
+            "expected a master, got {:?}",
+            b.role_line
+        );
+        b
+    }
+
+    /// Runs `cmd` (brokk, or a wrapper around it) with `serve` and the
+    /// test's listen addresses, returning once it printed its first line.
+    fn spawn_command(
+        mut cmd: Command,
+        config: Option<&str>,
+        args: &[String],
+        config_dir: Option<&std::path::Path>,
+    ) -> Broker {
         if std::env::var_os("BROKK_LOG").is_none() {
             cmd.env("BROKK_LOG", "warn");
         }
