@@ -9,6 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::blackhole::Blackhole;
 use common::db::{
     assert_all_present, assert_tables_empty, drain, is_standby, Engine, Node, Producer, TestDb,
 };
@@ -80,6 +81,35 @@ fn cut_off_master(engine: Engine) {
     b.wait_for_master();
     let status = a.wait_exit(30);
     assert_eq!(status.code(), Some(3), "the old master stops, fenced");
+    producer.wait_more(200);
+    let receipted = producer.finish();
+    assert_all_present(&receipted, &drain(&b));
+}
+
+/// The master is cut off from the database silently (a firewall dropping
+/// its packets: no error, no close) while its clients still reach it: it
+/// stops serving once its lease has run out (exit 3) without a word from
+/// the database, the standby ends its database sessions and takes over,
+/// and nothing receipted is lost.
+fn silently_cut_off_master(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let hole = Blackhole::start(db.server_addr());
+    let nodes = [Node::new(), Node::new()];
+    let mut a = nodes[0].start_at(&db, &db.url_at(hole.addr), dir.path());
+    assert!(!is_standby(&a), "{}", a.role_line);
+    let mut b = nodes[1].start(&db, dir.path());
+    assert!(is_standby(&b), "{}", b.role_line);
+    let producer = Producer::start([nodes[0].addr(), nodes[1].addr()]);
+    producer.wait_more(200);
+    hole.freeze();
+    b.wait_for_master_within(30);
+    let status = a.wait_exit(30);
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the old master stops, its lease run out"
+    );
     producer.wait_more(200);
     let receipted = producer.finish();
     assert_all_present(&receipted, &drain(&b));
@@ -680,6 +710,7 @@ fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
 crate::on_both!(
     kills_under_load,
     cut_off_master,
+    silently_cut_off_master,
     transactions_across_a_failover,
     a_late_subscription_gets_no_earlier_message,
     the_longest_names_fit_the_tables,

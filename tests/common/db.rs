@@ -51,6 +51,29 @@ impl TestDb {
         }
     }
 
+    /// The database server's TCP address.
+    pub fn server_addr(&self) -> SocketAddr {
+        match self.engine {
+            Engine::MariaDb => "127.0.0.1:3306",
+            Engine::Postgres => "127.0.0.1:5432",
+        }
+        .parse()
+        .unwrap()
+    }
+
+    /// This database's URL through `addr` (a relay to the server): over
+    /// TCP only (MySQL's driver would otherwise move to the server's unix
+    /// socket on a loopback address).
+    pub fn url_at(&self, addr: SocketAddr) -> String {
+        match self.engine {
+            Engine::MariaDb => format!(
+                "mysql://brokk:brokk@{addr}/{}?prefer_socket=false",
+                self.name
+            ),
+            Engine::Postgres => format!("postgres://brokk:brokk@{addr}/{}", self.name),
+        }
+    }
+
     /// A statement outside the test database (create, drop, kill).
     pub fn admin_sql(&self, sql: &str) -> String {
         self.run_sql(None, sql)
@@ -127,10 +150,14 @@ impl TestDb {
     /// not the lease, and a short lease only risks a loaded test machine
     /// missing renewals.
     pub fn config(&self, extra: &str) -> String {
+        self.config_at(&self.url(), extra)
+    }
+
+    /// [`TestDb::config`] with another URL for this database.
+    pub fn config_at(&self, url: &str, extra: &str) -> String {
         format!(
-            "[store]\nmode = \"{}\"\nurl = \"{}\"\n{extra}",
-            self.mode(),
-            self.url()
+            "[store]\nmode = \"{}\"\nurl = \"{url}\"\n{extra}",
+            self.mode()
         )
     }
 
@@ -241,6 +268,11 @@ impl Node {
         self.start_env(db, dir, "", &[])
     }
 
+    /// [`Node::start`] with `url` for the database.
+    pub fn start_at(&self, db: &TestDb, url: &str, dir: &std::path::Path) -> Broker {
+        Broker::spawn_env(Some(&db.config_at(url, "")), &self.args(), Some(dir), &[])
+    }
+
     /// [`Node::start`] with more configuration (TOML after the `[store]`
     /// lines) and extra environment variables (fault switches).
     pub fn start_env(
@@ -250,7 +282,11 @@ impl Node {
         config: &str,
         env: &[(&str, &str)],
     ) -> Broker {
-        let args: Vec<String> = [
+        Broker::spawn_env(Some(&db.config(config)), &self.args(), Some(dir), env)
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
             "--stomp",
             &self.stomp,
             "--admin",
@@ -262,8 +298,7 @@ impl Node {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        Broker::spawn_env(Some(&db.config(config)), &args, Some(dir), env)
+        .collect()
     }
 
     pub fn addr(&self) -> SocketAddr {
