@@ -570,3 +570,89 @@ fn shards_stay_on_the_cpus_the_broker_was_given() {
     let mut c = b.client();
     c.send_sync("/queue/pinned", "m", &[]);
 }
+
+/// A durable subscriber that disconnects (DISCONNECT with a receipt) and
+/// subscribes again at once, on a connection it had open already, gets its
+/// subscription and the message it had been given and not acknowledged:
+/// once the receipt came, the old connection's subscription is closed
+/// everywhere. (The close used to follow the receipt, so the new
+/// SUBSCRIBE could reach the topic's shard first and be refused as
+/// "already active".)
+#[test]
+fn a_durable_subscriber_can_subscribe_again_right_after_its_disconnect_receipt() {
+    let b = Broker::start(&["--shards", "2"]);
+    let sub = [("activemq.subscriptionName", "back")];
+    let connect = || Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "c1")]);
+    let mut p = b.client();
+    let mut c = connect();
+    c.subscribe("d", "/topic/back", "client-individual", &sub);
+    for round in 0..200 {
+        p.send_sync(
+            "/topic/back",
+            &format!("m{round}"),
+            &[("persistent", "true")],
+        );
+        let m = c.expect_message();
+        assert_eq!(body(&m), format!("m{round}"));
+        c.ack(&m);
+        p.send_sync(
+            "/topic/back",
+            &format!("away{round}"),
+            &[("persistent", "true")],
+        );
+        // Open before the old one leaves: the SUBSCRIBE goes right after
+        // the receipt.
+        let mut next = connect();
+        c.disconnect();
+        next.subscribe("d", "/topic/back", "client-individual", &sub);
+        let m = next.expect_message();
+        assert_eq!(body(&m), format!("away{round}"), "round {round}");
+        next.ack(&m);
+        c = next;
+    }
+}
+
+/// An auto-acknowledging consumer that says DISCONNECT while the broker is
+/// still writing it a backlog (its socket full) keeps every message it
+/// read before the RECEIPT, and the rest go to the next consumer: none
+/// comes twice, none is lost.
+#[test]
+fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
+    let b = Broker::start(&["--shards", "2"]);
+    let body = "x".repeat(64 * 1024);
+    let mut p = b.client();
+    let n = 1000;
+    for i in 0..n {
+        p.frame(
+            "SEND",
+            &[("destination", "/queue/backlog"), ("seq", &i.to_string())],
+            body.as_bytes(),
+        );
+    }
+    p.send_sync("/queue/backlog-done", "", &[]);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    c.subscribe("s", "/queue/backlog", "auto", &[]);
+    // The broker fills the socket while nothing is read.
+    std::thread::sleep(Duration::from_millis(300));
+    let first: Vec<String> = c
+        .messages_before_receipt("DISCONNECT", &[], "bye")
+        .iter()
+        .map(|m| m.header_str("seq").unwrap().to_string())
+        .collect();
+    let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    d.subscribe("s", "/queue/backlog", "auto", &[]);
+    let mut rest = Vec::new();
+    while let Some(m) = d.recv_timeout(Duration::from_millis(1500)) {
+        rest.push(m.header_str("seq").unwrap().to_string());
+    }
+    let firsts: HashSet<&String> = first.iter().collect();
+    let twice: Vec<&String> = rest.iter().filter(|s| firsts.contains(s)).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(
+        first.len() + rest.len(),
+        n,
+        "{} + {}",
+        first.len(),
+        rest.len()
+    );
+}

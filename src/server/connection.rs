@@ -480,6 +480,16 @@ fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action
                 outbound.push(Outbound::Frame(f));
             }
             Action::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
+            // Through the writer: routed once what is queued before it is
+            // written (see `write_loop`).
+            Action::RouteAfterWrites(shard, op) => {
+                // (Once the writer is gone, nothing waits to be written.)
+                if outbound.is_closed() {
+                    routes.push((shard, ShardMsg::Op(op)));
+                } else {
+                    outbound.push(Outbound::Route(shard, op));
+                }
+            }
             Action::Heartbeat { send_ms, .. } => {
                 if send_ms > 0 {
                     outbound.push(Outbound::HeartbeatEvery(Duration::from_millis(send_ms)));
@@ -507,6 +517,9 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut wbuf = BytesMut::new();
     let mut spare = Vec::new();
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
+    // `Outbound::Route`s: after the batch's acks; routed even if the
+    // write fails (an Unsubscribe must reach its owner in any case).
+    let mut routes: Vec<(usize, ShardMsg)> = Vec::new();
     let mut actions = Vec::new();
     'outer: loop {
         let items = next_batch(&outbound, std::mem::take(&mut spare), heartbeat).await;
@@ -533,6 +546,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Outbound::Fenced(token) => s.fenced(token, &mut actions),
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
+                    Outbound::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
                     Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
                     Outbound::Close => close = true,
                     // Only the OpenWire listener queues these.
@@ -545,7 +559,9 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                             f.encode(version, &mut wbuf)
                         }
                         Action::Close => close = true,
-                        Action::Route(shard, op) => acks.push((shard, ShardMsg::Op(op))),
+                        Action::Route(shard, op) | Action::RouteAfterWrites(shard, op) => {
+                            acks.push((shard, ShardMsg::Op(op)))
+                        }
                         Action::Heartbeat { .. } => {}
                     }
                 }
@@ -553,7 +569,11 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
         }
         spare = items;
         // Auto-acks return prefetch credit only once the bytes are written.
-        if !write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await {
+        let written = write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await;
+        if !routes.is_empty() {
+            ctx.route_all(routes.drain(..));
+        }
+        if !written {
             break 'outer;
         }
         if close {
@@ -561,6 +581,17 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     finish_writer(&outbound, &mut writer, fd).await;
+    let left = outbound
+        .take_now()
+        .into_iter()
+        .filter_map(|item| match item {
+            Outbound::Route(shard, op) => Some((shard, ShardMsg::Op(op))),
+            _ => None,
+        });
+    let left: Vec<_> = left.collect();
+    if !left.is_empty() {
+        ctx.route_all(left);
+    }
 }
 
 /// Everything queued for the writer, in `spare`'s allocation; empty when

@@ -51,6 +51,15 @@ impl<T> Mailbox<T> {
         true
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.inner.borrow().closed
+    }
+
+    /// Takes what is queued now, without waiting (at the end, once closed).
+    pub fn take_now(&self) -> Vec<T> {
+        std::mem::take(&mut self.inner.borrow_mut().items)
+    }
+
     pub fn close(&self) {
         let mut i = self.inner.borrow_mut();
         i.closed = true;

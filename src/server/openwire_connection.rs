@@ -427,6 +427,7 @@ async fn write_loop(
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
                     Outbound::HeartbeatEvery(d) => keepalive = Some(d),
                     Outbound::Close => close = true,
+                    Outbound::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
                     // Only the STOMP listener queues frames.
                     Outbound::Frame(_) => {}
                 }

@@ -175,7 +175,11 @@ def test_durable_subscription_survives_disconnect(broker):
     c, l = connect(broker, client_id="py-client")
     c.subscribe(dest, id="d", ack="client-individual", headers=dict(sub_headers, receipt="s"))
     l.receipt("s")
-    c.disconnect()
+    # Waits for the DISCONNECT's receipt (stomp.py does only when given
+    # one): coming back with the same client id before the broker closed
+    # the subscription would be refused as still active.
+    c.disconnect(receipt="away")
+    l.receipt("away")
     p, pl = connect(broker)
     p.send(dest, "while away", headers={"receipt": "r"})
     pl.receipt("r")

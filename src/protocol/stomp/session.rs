@@ -81,6 +81,10 @@ pub enum Action {
     Write(Frame),
     /// Apply this operation on the shard that owns its destination.
     Route(usize, Op),
+    /// [`Action::Route`], once everything queued for the client before it
+    /// is written, and the auto-acknowledgements of what that delivered
+    /// are routed (they go once their bytes are written).
+    RouteAfterWrites(usize, Op),
     /// Heart-beats agreed on CONNECT: send every `send_ms`, drop the peer
     /// after `read_timeout_ms` of silence (0 = off).
     Heartbeat { send_ms: u64, read_timeout_ms: u64 },
@@ -191,6 +195,9 @@ pub struct Session {
     /// handled); None on an open broker.
     user: Option<Arc<UserInfo>>,
     decisions: Decisions,
+    /// DISCONNECT came (with a receipt, still to be answered): frames
+    /// after it are ignored.
+    disconnecting: bool,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -223,6 +230,7 @@ impl Session {
             next_token: 0,
             user: None,
             decisions: Decisions::default(),
+            disconnecting: false,
         }
     }
 
@@ -258,7 +266,9 @@ impl Session {
 
     /// Handles one frame from the client.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
-        if self.phase == Phase::Closed {
+        // After DISCONNECT nothing more is the client's (STOMP 1.2): a
+        // SUBSCRIBE now would make a closed subscription active again.
+        if self.phase == Phase::Closed || self.disconnecting {
             return;
         }
         let receipt = frame.header_bytes("receipt");
@@ -281,9 +291,27 @@ impl Session {
             },
             (Phase::Open, Command::Abort) => self.abort(&frame),
             (Phase::Open, Command::Disconnect) => {
-                let all: Vec<usize> = (0..self.cfg.shards).collect();
                 match receipt {
-                    Some(r) => self.fence(all, r, true, out),
+                    Some(r) => {
+                        // Every subscription closes now, ahead of the
+                        // receipt's fences on the same paths: once the
+                        // RECEIPT is out, each owner has closed them (a
+                        // durable subscriber that comes straight back is
+                        // not refused as still active elsewhere) and put
+                        // back what they had not acknowledged. Behind what
+                        // is already queued for the client: an
+                        // auto-acknowledged delivery being written goes
+                        // with its acknowledgement, not back to the queue.
+                        let mut ops = Vec::new();
+                        self.close_all_subs(&mut ops);
+                        let all: Vec<usize> = (0..self.cfg.shards).collect();
+                        self.fence(all, r, true, &mut ops);
+                        out.extend(ops.into_iter().map(|a| match a {
+                            Action::Route(shard, op) => Action::RouteAfterWrites(shard, op),
+                            a => a,
+                        }));
+                        self.disconnecting = true;
+                    }
                     None => {
                         self.phase = Phase::Closed;
                         out.push(Action::Close);
@@ -734,6 +762,11 @@ impl Session {
     /// not acknowledged goes back to its queue for redelivery.
     pub fn teardown(&mut self, out: &mut Vec<Action>) {
         self.phase = Phase::Closed;
+        self.close_all_subs(out);
+    }
+
+    /// Closes every subscription (a durable one stays, inactive).
+    fn close_all_subs(&mut self, out: &mut Vec<Action>) {
         let subs: Vec<u64> = self.subs.keys().copied().collect();
         for sub in subs {
             self.close_sub(sub, false, out);
@@ -989,7 +1022,8 @@ impl Session {
         buf: &mut BytesMut,
     ) -> Option<(usize, Op)> {
         let Some(s) = self.subs.get_mut(&sub) else {
-            // Unsubscribed meanwhile: the owner took these back already.
+            // Unsubscribed meanwhile: the owner takes these back when the
+            // Unsubscribe reaches it (they are in flight to this consumer).
             return None;
         };
         let escape = self.version.escaping_for(Command::Message);
@@ -1167,6 +1201,56 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn disconnect_closes_the_subscriptions_ahead_of_its_receipt_and_ends_the_frames() {
+        let mut s = Session::new(
+            Rc::new(SessionConfig::for_tests(2)),
+            Rc::new(MessageIds::new(0, 0)),
+            ConnRef { shard: 0, conn: 1 },
+        );
+        let mut out = Vec::new();
+        s.handle(
+            Frame::new(Command::Connect).with("client-id", "c"),
+            &mut out,
+        );
+        assert!(s.is_open());
+        let subscribe = || {
+            Frame::new(Command::Subscribe)
+                .with("id", "d")
+                .with("destination", "/topic/t")
+                .with("activemq.subscriptionName", "n")
+        };
+        s.handle(subscribe(), &mut out);
+        out.clear();
+        s.handle(
+            Frame::new(Command::Disconnect).with("receipt", "bye"),
+            &mut out,
+        );
+        let ops: Vec<&str> = out
+            .iter()
+            .map(|a| match a {
+                // Behind what is being written to the client (its auto
+                // acknowledgements first).
+                Action::RouteAfterWrites(
+                    _,
+                    Op::Unsubscribe {
+                        destroy_durable, ..
+                    },
+                ) => {
+                    assert!(!destroy_durable, "a durable subscription stays");
+                    "unsubscribe"
+                }
+                Action::RouteAfterWrites(_, Op::Fence { .. }) => "fence",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ops, ["unsubscribe", "fence", "fence"]);
+        // Nothing after DISCONNECT counts: not a subscription made again.
+        out.clear();
+        s.handle(subscribe(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
