@@ -586,7 +586,7 @@ fn a_durable_subscriber_can_subscribe_again_right_after_its_disconnect_receipt()
     let mut p = b.client();
     let mut c = connect();
     c.subscribe("d", "/topic/back", "client-individual", &sub);
-    for round in 0..200 {
+    for round in 0..500 {
         p.send_sync(
             "/topic/back",
             &format!("m{round}"),
@@ -612,6 +612,31 @@ fn a_durable_subscriber_can_subscribe_again_right_after_its_disconnect_receipt()
     }
 }
 
+/// `n` messages of 64 KiB in `queue` (header `seq`: 0..n), then a
+/// consumer subscribed in `ack` mode that has read nothing: after a moment
+/// the broker has filled its socket and is blocked writing to it.
+fn unread_backlog(b: &Broker, queue: &str, n: usize, ack: &str) -> Client {
+    let body = "x".repeat(64 * 1024);
+    let mut p = b.client();
+    for i in 0..n {
+        p.frame(
+            "SEND",
+            &[("destination", queue), ("seq", &i.to_string())],
+            body.as_bytes(),
+        );
+    }
+    p.send_sync("/queue/backlog-done", "", &[]);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    // No receipt: waiting for one would read the deliveries ahead of it.
+    c.frame(
+        "SUBSCRIBE",
+        &[("id", "s"), ("destination", queue), ("ack", ack)],
+        b"",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    c
+}
+
 /// An auto-acknowledging consumer that says DISCONNECT while the broker is
 /// still writing it a backlog (its socket full) keeps every message it
 /// read before the RECEIPT, and the rest go to the next consumer: none
@@ -619,21 +644,8 @@ fn a_durable_subscriber_can_subscribe_again_right_after_its_disconnect_receipt()
 #[test]
 fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
     let b = Broker::start(&["--shards", "2"]);
-    let body = "x".repeat(64 * 1024);
-    let mut p = b.client();
-    let n = 1000;
-    for i in 0..n {
-        p.frame(
-            "SEND",
-            &[("destination", "/queue/backlog"), ("seq", &i.to_string())],
-            body.as_bytes(),
-        );
-    }
-    p.send_sync("/queue/backlog-done", "", &[]);
-    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
-    c.subscribe("s", "/queue/backlog", "auto", &[]);
-    // The broker fills the socket while nothing is read.
-    std::thread::sleep(Duration::from_millis(300));
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/backlog", n, "auto");
     let first: Vec<String> = c
         .messages_before_receipt("DISCONNECT", &[], "bye")
         .iter()
@@ -642,7 +654,16 @@ fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
     let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
     d.subscribe("s", "/queue/backlog", "auto", &[]);
     let mut rest = Vec::new();
-    while let Some(m) = d.recv_timeout(Duration::from_millis(1500)) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.len() + rest.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = d
+            .recv_timeout(left)
+            .unwrap_or_else(|| panic!("{} + {} of {n}", first.len(), rest.len()));
+        rest.push(m.header_str("seq").unwrap().to_string());
+    }
+    // A copy too many would come now.
+    if let Some(m) = d.recv_timeout(Duration::from_millis(500)) {
         rest.push(m.header_str("seq").unwrap().to_string());
     }
     let firsts: HashSet<&String> = first.iter().collect();
@@ -655,4 +676,30 @@ fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
         first.len(),
         rest.len()
     );
+}
+
+/// A consumer that says DISCONNECT and then reads nothing more, leaving
+/// its socket half open, does not keep what it was given: after a grace
+/// period the broker shuts the socket, and the messages it had not
+/// acknowledged go to the next consumer.
+#[test]
+fn a_consumer_that_stops_reading_after_disconnect_gives_its_messages_back() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/stuck", n, "client-individual");
+    c.frame("DISCONNECT", &[("receipt", "bye")], b"");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    d.subscribe("s", "/queue/stuck", "client-individual", &[]);
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = d
+            .recv_timeout(left)
+            .unwrap_or_else(|| panic!("{} of {n} came back", got.len()));
+        got.insert(m.header_str("seq").unwrap().to_string());
+        d.ack(&m);
+    }
+    drop(c);
 }

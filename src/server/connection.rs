@@ -97,6 +97,9 @@ pub async fn run_tls(
     run(ctx, stream, fd, peer).await;
 }
 
+/// How long a connection's writer may go on after its reader ended.
+const WRITER_GRACE: Duration = Duration::from_secs(10);
+
 async fn run<S>(ctx: Rc<ShardContext>, stream: S, fd: i32, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -133,7 +136,32 @@ where
     session.borrow_mut().teardown(&mut actions);
     execute(&ctx, &outbound, actions);
     outbound.push(Outbound::Close);
-    writer_task.await;
+    // A client that stopped reading and left its socket open would hold
+    // the writer for ever, and with it what waits to be routed after its
+    // writes (a DISCONNECT's Unsubscribes: its in-flight messages would
+    // never go back). Past a grace period the socket is shut: the write
+    // fails, those go, and the batch's auto-acks do not (requeued).
+    let mut writer_task = writer_task;
+    let done = futures_lite::future::or(
+        async {
+            (&mut writer_task).await;
+            true
+        },
+        async {
+            sleep(WRITER_GRACE).await;
+            false
+        },
+    )
+    .await;
+    if !done {
+        debug!("the client reads nothing; shutting its socket");
+        // SAFETY: fd stays open until the connection's halves are dropped,
+        // after the writer task ends.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+        writer_task.await;
+    }
     unregister(&ctx, id);
 }
 
@@ -420,7 +448,7 @@ fn is_persistent(f: &Frame) -> bool {
 /// frees memory any more.
 fn must_wait(ctx: &ShardContext, session: &RefCell<Session>, f: &Frame) -> bool {
     f.command == Command::Send
-        && session.borrow().is_open()
+        && session.borrow().accepts_frames()
         && !ctx.shutdown.is_set()
         && over_limit(ctx, is_persistent(f))
 }
@@ -580,18 +608,21 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    finish_writer(&outbound, &mut writer, fd).await;
-    let left = outbound
+    // What waited to be routed after writes that will not happen goes now
+    // (before the flush, which may wait on a client that reads nothing).
+    outbound.close();
+    let left: Vec<_> = outbound
         .take_now()
         .into_iter()
         .filter_map(|item| match item {
             Outbound::Route(shard, op) => Some((shard, ShardMsg::Op(op))),
             _ => None,
-        });
-    let left: Vec<_> = left.collect();
+        })
+        .collect();
     if !left.is_empty() {
         ctx.route_all(left);
     }
+    finish_writer(&outbound, &mut writer, fd).await;
 }
 
 /// Everything queued for the writer, in `spare`'s allocation; empty when
@@ -634,7 +665,11 @@ pub(super) async fn write_batch<W: AsyncWrite + Unpin>(
     }
     if !wbuf.is_empty() {
         ConnectionInfo::add(&info.bytes_out, wbuf.len() as u64);
-        if writer.write_all(wbuf).await.is_err() {
+        // The flush matters with TLS: rustls may keep the tail of the
+        // records when the socket is full, and nothing else would push it
+        // out (a RECEIPT would wait for the next write); on plain TCP it
+        // does nothing.
+        if writer.write_all(wbuf).await.is_err() || writer.flush().await.is_err() {
             return false;
         }
         wbuf.clear();

@@ -81,9 +81,11 @@ pub enum Action {
     Write(Frame),
     /// Apply this operation on the shard that owns its destination.
     Route(usize, Op),
-    /// [`Action::Route`], once everything queued for the client before it
-    /// is written, and the auto-acknowledgements of what that delivered
-    /// are routed (they go once their bytes are written).
+    /// [`Action::Route`], by the connection's writer once the batch it is
+    /// writing is written and that batch's auto-acknowledgements are
+    /// routed (deliveries queued behind it are not written: the session
+    /// drops those of closed subscriptions, and their owner takes them
+    /// back).
     RouteAfterWrites(usize, Op),
     /// Heart-beats agreed on CONNECT: send every `send_ms`, drop the peer
     /// after `read_timeout_ms` of silence (0 = off).
@@ -264,6 +266,11 @@ impl Session {
         self.phase == Phase::Open
     }
 
+    /// Open, and no DISCONNECT yet: the client's frames still count.
+    pub fn accepts_frames(&self) -> bool {
+        self.is_open() && !self.disconnecting
+    }
+
     /// Handles one frame from the client.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
         // After DISCONNECT nothing more is the client's (STOMP 1.2): a
@@ -298,10 +305,10 @@ impl Session {
                         // RECEIPT is out, each owner has closed them (a
                         // durable subscriber that comes straight back is
                         // not refused as still active elsewhere) and put
-                        // back what they had not acknowledged. Behind what
-                        // is already queued for the client: an
-                        // auto-acknowledged delivery being written goes
-                        // with its acknowledgement, not back to the queue.
+                        // back what they had not acknowledged. Behind the
+                        // batch being written to the client: an
+                        // auto-acknowledged delivery in it goes with its
+                        // acknowledgement, not back to the queue.
                         let mut ops = Vec::new();
                         self.close_all_subs(&mut ops);
                         let all: Vec<usize> = (0..self.cfg.shards).collect();
