@@ -72,13 +72,10 @@ pub struct DbShardStore {
     only_acks: bool,
     /// The append sequence number of each entry of `batch.deletes`.
     delete_seqs: Vec<u64>,
-    /// Whether each entry of `batch.deletes` may have side rows (see
-    /// `side_rows`); `take` moves the others to `Batch::msg_deletes`.
-    delete_side: Vec<bool>,
     /// Messages a side row (topic ack, redelivery count, prepared ack) may
-    /// name: written by this shard, or found at takeover. Their retirement
-    /// deletes from every table; any other message's only from
-    /// `ACTIVEMQ_MSGS`.
+    /// name: written by this shard, or found at takeover, and every topic
+    /// message retired. `take` deletes these from every table (and forgets
+    /// them), any other message only from `ACTIVEMQ_MSGS`.
     side_rows: IdSet,
     /// Producers' highest sequences by container (see
     /// `Batch::producer_seqs`), and when each was last sent to: rows idle
@@ -395,20 +392,17 @@ impl DbShardStore {
         if self.only_acks && self.batch.deletes.len() > DELETES_PER_TRANSACTION {
             let rest = self.batch.deletes.split_off(DELETES_PER_TRANSACTION);
             let rest_seqs = self.delete_seqs.split_off(DELETES_PER_TRANSACTION);
-            let rest_side = self.delete_side.split_off(DELETES_PER_TRANSACTION);
             let upto = rest_seqs[0] - 1;
             let mut now = std::mem::take(&mut self.batch);
-            split_msg_deletes(&mut now, &self.delete_side, &mut self.side_rows);
+            split_msg_deletes(&mut now, &mut self.side_rows);
             self.batch.deletes = rest;
             self.delete_seqs = rest_seqs;
-            self.delete_side = rest_side;
             return (now, upto);
         }
         self.only_acks = true;
         self.delete_seqs.clear();
         let mut now = std::mem::take(&mut self.batch);
-        split_msg_deletes(&mut now, &self.delete_side, &mut self.side_rows);
-        self.delete_side.clear();
+        split_msg_deletes(&mut now, &mut self.side_rows);
         (now, self.appended)
     }
 
@@ -447,11 +441,10 @@ impl DbShardStore {
     }
 
     fn retire(&mut self, id: u64) {
-        // A topic message's rows are always deleted everywhere (its acks
-        // are marked in `side_rows` too; this only makes sure).
-        let mut side = self.side_rows.remove(&id);
         if let Some(topic) = self.topic_of.remove(&id) {
-            side = true;
+            // A topic message's rows are always deleted everywhere (its
+            // acks are marked too; this only makes sure).
+            self.side_rows.insert(id);
             if let Some(ids) = self.topic_msgs.get_mut(&topic) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -470,12 +463,12 @@ impl DbShardStore {
                 row.id = -1;
                 self.batch.topic_acks.retain(|a| a.id as u64 != id);
                 self.batch.redeliveries.retain(|r| r.id as u64 != id);
+                self.side_rows.remove(&id);
                 return;
             }
         }
         self.batch.deletes.push(sql_id(id));
         self.delete_seqs.push(self.appended);
-        self.delete_side.push(side);
     }
 
     /// A record recovery read from the tables for this shard: a side row
@@ -639,19 +632,16 @@ impl Store for DbShardStore {
     }
 }
 
-/// Moves the deletes of messages without side rows (`side[i]` false for
-/// `batch.deletes[i]`) to `msg_deletes`. A message marked in `side_rows`
-/// after it retired (a side row later in the same batch: no record does
-/// that today) keeps the full delete, which runs after the batch's
-/// inserts.
-fn split_msg_deletes(batch: &mut Batch, side: &[bool], side_rows: &mut IdSet) {
-    debug_assert_eq!(batch.deletes.len(), side.len());
-    let mut i = 0;
-    let (msg_only, keep): (Vec<i64>, Vec<i64>) = batch.deletes.drain(..).partition(|&id| {
-        i += 1;
-        let side = side.get(i - 1).copied().unwrap_or(true);
-        !side && !side_rows.remove(&(id as u64))
-    });
+/// Moves the deletes of messages not in `side_rows` to `msg_deletes`;
+/// the others keep the full delete, and their marks go. Checked here, not
+/// at retirement, so that a side row written later in the same batch (no
+/// record does that today) is deleted too: the deletes run after the
+/// batch's inserts.
+fn split_msg_deletes(batch: &mut Batch, side_rows: &mut IdSet) {
+    let (keep, msg_only): (Vec<i64>, Vec<i64>) = batch
+        .deletes
+        .drain(..)
+        .partition(|&id| side_rows.remove(&(id as u64)));
     batch.deletes = keep;
     batch.msg_deletes.extend(msg_only);
 }
@@ -883,11 +873,14 @@ mod tests {
         let mut s = DbShardStore::new();
         send(&mut s, 5);
         send(&mut s, 6);
+        redelivered(&mut s, 5);
         s.release(5);
         let (mut b, _) = s.take();
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), vec![6]);
         assert!(b.deletes.is_empty() && b.msg_deletes.is_empty());
+        assert!(b.redeliveries.is_empty());
+        assert!(s.side_rows.is_empty(), "the mark goes with it");
     }
 
     fn redelivered(s: &mut DbShardStore, id: u64) {
