@@ -24,14 +24,59 @@ const MEMORY_LIMIT: usize = 16 * MIB;
 /// much: allocator slack left by 32 KiB messages freed on other threads).
 const FIXED_OVERHEAD: usize = 224 * MIB;
 
-/// Backlog size: 2 GiB unless `BROKK_PAGING_TEST_MIB` says otherwise (a
-/// quick run while developing).
+/// Backlog size: 1 GiB (four times the memory bound below, so a broker
+/// that held its backlog would fail the RSS check many times over), or
+/// `BROKK_PAGING_TEST_MIB` (a quick run while developing). Less when the
+/// disk has less room: a third of the free space, since a database test
+/// holds the backlog about twice (the table with its logs, and the spool),
+/// and a disk that fills holds the producer back for good (the file
+/// store's limit) or stalls the database server (MariaDB waits for space).
+/// Never less than twice the bound, below which the check says nothing.
 fn backlog_bytes() -> usize {
-    std::env::var("BROKK_PAGING_TEST_MIB")
+    if let Some(mib) = std::env::var("BROKK_PAGING_TEST_MIB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(2048)
-        * MIB
+    {
+        return mib * MIB;
+    }
+    let floor = 2 * (MEMORY_LIMIT + FIXED_OVERHEAD);
+    let room = free_disk_bytes() / 3;
+    assert!(
+        room >= floor,
+        "the paging tests need {} MiB free on disk (three times a {} MiB backlog); {} MiB are free",
+        3 * floor / MIB,
+        floor / MIB,
+        free_disk_bytes() / MIB
+    );
+    (1024 * MIB).min(room)
+}
+
+/// Free space where the tests write: the temporary directory (journals,
+/// spools) and the test database servers' data directory, the smaller.
+fn free_disk_bytes() -> usize {
+    let mut dirs = vec![std::env::temp_dir()];
+    let services = std::path::PathBuf::from(
+        std::env::var("BROKK_SERVICES_DIR").unwrap_or_else(|_| "/var/lib/brokk-services".into()),
+    );
+    if services.is_dir() {
+        dirs.push(services);
+    }
+    dirs.iter().map(|d| free_bytes_at(d)).min().unwrap_or(0)
+}
+
+fn free_bytes_at(dir: &std::path::Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    assert_eq!(
+        rc,
+        0,
+        "statvfs {dir:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    (st.f_bavail as usize).saturating_mul(st.f_frsize as usize)
 }
 
 /// The tests here write gigabytes each (journal, spool, tables); side by
