@@ -637,22 +637,11 @@ fn unread_backlog(b: &Broker, queue: &str, n: usize, ack: &str) -> Client {
     c
 }
 
-/// An auto-acknowledging consumer that says DISCONNECT while the broker is
-/// still writing it a backlog (its socket full) keeps every message it
-/// read before the RECEIPT, and the rest go to the next consumer: none
-/// comes twice, none is lost.
-#[test]
-fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
-    let b = Broker::start(&["--shards", "2"]);
-    let n = 200;
-    let mut c = unread_backlog(&b, "/queue/backlog", n, "auto");
-    let first: Vec<String> = c
-        .messages_before_receipt("DISCONNECT", &[], "bye")
-        .iter()
-        .map(|m| m.header_str("seq").unwrap().to_string())
-        .collect();
+/// A new auto-ack consumer of `queue` gets the `n` messages' rest: none
+/// of `first` (what the last consumer read), and every other once.
+fn the_rest_comes_to_the_next_consumer_once(b: &Broker, queue: &str, first: &[String], n: usize) {
     let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
-    d.subscribe("s", "/queue/backlog", "auto", &[]);
+    d.subscribe("s", queue, "auto", &[]);
     let mut rest = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while first.len() + rest.len() < n {
@@ -678,6 +667,207 @@ fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
     );
 }
 
+/// An auto-acknowledging consumer that says DISCONNECT while the broker is
+/// still writing it a backlog (its socket full) keeps every message it
+/// read before the RECEIPT, and the rest go to the next consumer: none
+/// comes twice, none is lost.
+#[test]
+fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/backlog", n, "auto");
+    let first: Vec<String> = c
+        .messages_before_receipt("DISCONNECT", &[], "bye")
+        .iter()
+        .map(|m| m.header_str("seq").unwrap().to_string())
+        .collect();
+    the_rest_comes_to_the_next_consumer_once(&b, "/queue/backlog", &first, n);
+}
+
+/// The same for an UNSUBSCRIBE on a connection that stays: what the client
+/// read before the RECEIPT is its own, nothing of that subscription comes
+/// after it, and the rest goes to the next consumer, none twice. (The
+/// Unsubscribe used to overtake the auto-acknowledgements of the batch
+/// being written: those messages went back to the queue while this client
+/// read them.)
+#[test]
+fn an_auto_ack_consumer_unsubscribing_mid_backlog_gets_no_message_twice() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/backlog", n, "auto");
+    let first: Vec<String> = c
+        .messages_before_receipt("UNSUBSCRIBE", &[("id", "s")], "gone")
+        .iter()
+        .map(|m| m.header_str("seq").unwrap().to_string())
+        .collect();
+    the_rest_comes_to_the_next_consumer_once(&b, "/queue/backlog", &first, n);
+    if let Some(m) = c.recv_timeout(Duration::from_millis(100)) {
+        panic!("a frame after the UNSUBSCRIBE's receipt: {m:?}");
+    }
+}
+
+/// A durable subscriber whose socket is full (the broker is writing it a
+/// backlog) that closes its subscription and opens it again at once, on
+/// the same connection, gets it: the SUBSCRIBE does not overtake the
+/// UNSUBSCRIBE waiting behind the writes (it would be refused as already
+/// active), and every message comes, none lost.
+#[test]
+fn a_durable_subscription_closed_and_opened_again_behind_a_full_socket_is_not_refused() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 100;
+    let sub = ("activemq.subscriptionName", "again");
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "c1")]);
+    c.subscribe("d", "/topic/again", "client-individual", &[sub]);
+    let body = "x".repeat(64 * 1024);
+    let mut p = b.client();
+    for i in 0..n {
+        p.frame(
+            "SEND",
+            &[
+                ("destination", "/topic/again"),
+                ("persistent", "true"),
+                ("seq", &i.to_string()),
+            ],
+            body.as_bytes(),
+        );
+    }
+    p.send_sync("/queue/backlog-done", "", &[]);
+    // The broker fills the socket meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    c.frame("UNSUBSCRIBE", &[("id", "d")], b"");
+    c.frame(
+        "SUBSCRIBE",
+        &[
+            ("id", "e"),
+            ("destination", "/topic/again"),
+            ("ack", "client-individual"),
+            sub,
+            ("receipt", "again"),
+        ],
+        b"",
+    );
+    let mut got = HashSet::new();
+    let mut receipt = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < n || !receipt {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = c
+            .recv_timeout(left)
+            .unwrap_or_else(|| panic!("{} of {n} messages, receipt: {receipt}", got.len()));
+        match f.command.as_str() {
+            "RECEIPT" => receipt = true,
+            "MESSAGE" => {
+                // Those of the closed subscription are given again on the
+                // new one; only the new one's are acknowledged.
+                if f.header_str("subscription") == Some("e") {
+                    got.insert(f.header_str("seq").unwrap().to_string());
+                    c.ack(&f);
+                }
+            }
+            _ => panic!("{f:?}"),
+        }
+    }
+}
+
+/// A plain ACK is applied at once even while an UNSUBSCRIBE of the same
+/// connection waits behind writes its client does not read: the memory it
+/// frees is not held by the client's full socket (its own SENDs may be
+/// waiting for that memory).
+#[test]
+fn an_ack_after_an_unsubscribe_is_applied_while_the_client_reads_nothing() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    p.send_sync("/queue/small", "one", &[]);
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    c.subscribe("a", "/queue/small", "client-individual", &[]);
+    let m = c.expect_message();
+    let body = "x".repeat(64 * 1024);
+    for i in 0..200 {
+        p.frame(
+            "SEND",
+            &[("destination", "/queue/full"), ("seq", &i.to_string())],
+            body.as_bytes(),
+        );
+    }
+    p.send_sync("/queue/full-done", "", &[]);
+    c.frame(
+        "SUBSCRIBE",
+        &[
+            ("id", "b"),
+            ("destination", "/queue/full"),
+            ("ack", "client-individual"),
+        ],
+        b"",
+    );
+    // The broker fills the socket meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    c.frame("UNSUBSCRIBE", &[("id", "b")], b"");
+    c.ack(&m);
+    b.wait_until("the ACK applied", |_| {
+        b.destination("/queue/small")
+            .is_some_and(|d| d["pending"] == 0 && d["in_flight"] == 0)
+    });
+    drop(c);
+}
+
+/// An auto-acknowledging consumer whose connection ends while the broker
+/// is writing it a backlog (here: an ERROR for a bad frame, after which
+/// the client reads to the end) gets no message that another consumer
+/// gets too, and none is lost.
+#[test]
+fn an_auto_ack_consumer_closed_by_an_error_mid_backlog_gets_no_message_twice() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/backlog", n, "auto");
+    c.frame("ACK", &[("id", "no-such-delivery")], b"");
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no ERROR and close within 20 s");
+        match c.recv_timeout(left) {
+            Some(f) if f.command.as_str() == "MESSAGE" => {
+                first.push(f.header_str("seq").unwrap().to_string())
+            }
+            Some(f) if f.command.as_str() == "ERROR" => break,
+            other => panic!("expected MESSAGE or ERROR, got {other:?}"),
+        }
+    }
+    c.expect_closed_by_peer();
+    the_rest_comes_to_the_next_consumer_once(&b, "/queue/backlog", &first, n);
+}
+
+/// A consumer that says DISCONNECT with a receipt and then neither reads
+/// nor closes (no heart-beats agreed, so nothing else would end it) does
+/// not keep what it was given: the broker gives up on it and the messages
+/// go to the next consumer.
+#[test]
+fn a_consumer_silent_after_disconnect_gives_its_messages_back() {
+    let b = Broker::start(&["--shards", "2"]);
+    let n = 200;
+    let mut c = unread_backlog(&b, "/queue/silent", n, "client-individual");
+    c.frame("DISCONNECT", &[("receipt", "bye")], b"");
+    every_message_comes_back(&b, "/queue/silent", n);
+    drop(c);
+}
+
+/// All `n` messages of `queue` come to a new consumer within 40 s (the
+/// broker's 10 s grace periods included).
+fn every_message_comes_back(b: &Broker, queue: &str, n: usize) {
+    let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    d.subscribe("s", queue, "client-individual", &[]);
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = d
+            .recv_timeout(left)
+            .unwrap_or_else(|| panic!("{} of {n} came back", got.len()));
+        got.insert(m.header_str("seq").unwrap().to_string());
+        d.ack(&m);
+    }
+}
+
 /// A consumer that says DISCONNECT and then reads nothing more, leaving
 /// its socket half open, does not keep what it was given: after a grace
 /// period the broker shuts the socket, and the messages it had not
@@ -689,17 +879,6 @@ fn a_consumer_that_stops_reading_after_disconnect_gives_its_messages_back() {
     let mut c = unread_backlog(&b, "/queue/stuck", n, "client-individual");
     c.frame("DISCONNECT", &[("receipt", "bye")], b"");
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
-    d.subscribe("s", "/queue/stuck", "client-individual", &[]);
-    let mut got = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = d
-            .recv_timeout(left)
-            .unwrap_or_else(|| panic!("{} of {n} came back", got.len()));
-        got.insert(m.header_str("seq").unwrap().to_string());
-        d.ack(&m);
-    }
+    every_message_comes_back(&b, "/queue/stuck", n);
     drop(c);
 }

@@ -128,7 +128,7 @@ where
         )
         .instrument(span.clone()),
     );
-    read_loop(&ctx, &session, &outbound, reader, &peer, &info)
+    let grace = read_loop(&ctx, &session, &outbound, reader, &peer, &info)
         .instrument(span)
         .await;
     // Whatever ended the reader, the session's subscriptions end with it.
@@ -140,7 +140,8 @@ where
     // the writer for ever, and with it what waits to be routed after its
     // writes (a DISCONNECT's Unsubscribes: its in-flight messages would
     // never go back). Past a grace period the socket is shut: the write
-    // fails, those go, and the batch's auto-acks do not (requeued).
+    // fails, those go, and the batch's auto-acks do not (requeued). (No
+    // grace is left when the reader gave up waiting after a DISCONNECT.)
     let mut writer_task = writer_task;
     let done = futures_lite::future::or(
         async {
@@ -148,7 +149,7 @@ where
             true
         },
         async {
-            sleep(WRITER_GRACE).await;
+            sleep(grace).await;
             false
         },
     )
@@ -236,6 +237,8 @@ enum Event {
     TimedOut,
 }
 
+/// Reads and handles the client's frames until the connection ends;
+/// returns how long the writer may still go on (see `run`).
 async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ShardContext,
     session: &RefCell<Session>,
@@ -243,7 +246,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut reader: ReadHalf<S>,
     peer: &Peer,
     info: &ConnectionInfo,
-) {
+) -> Duration {
     // Idle connections stay small: the read size starts at 4 KiB and
     // doubles (up to READ_CHUNK) only while reads fill it.
     let mut chunk = 4096;
@@ -254,9 +257,31 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let connect_by = Instant::now() + ctx.shared.connect_timeout;
     let mut actions = Vec::new();
     let mut held = Held::default();
+    // After a DISCONNECT with a receipt the client is expected to read its
+    // RECEIPT and close. One that does neither (its socket full, or just
+    // silent) is given up on once the writer had its grace period: its
+    // subscriptions' messages wait behind those writes (see
+    // `Session::handle`), and nothing else would end the connection when
+    // no heart-beats were agreed.
+    let mut leave_by: Option<Instant> = None;
     loop {
         let timeout = if session.borrow().is_open() {
-            read_timeout
+            if leave_by.is_none() && !session.borrow().accepts_frames() {
+                leave_by = Some(Instant::now() + WRITER_GRACE);
+            }
+            match leave_by {
+                Some(by) if Instant::now() >= by => {
+                    debug!(
+                        "no close after DISCONNECT, and its RECEIPT unread; shutting the socket"
+                    );
+                    return Duration::ZERO;
+                }
+                Some(by) => {
+                    let left = by.saturating_duration_since(Instant::now());
+                    Some(read_timeout.map_or(left, |t| t.min(left)))
+                }
+                None => read_timeout,
+            }
         } else {
             Some(connect_by.saturating_duration_since(Instant::now()))
         };
@@ -273,7 +298,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
-                return;
+                return WRITER_GRACE;
             }
             Event::Read(Ok(n)) => {
                 ConnectionInfo::add(&info.bytes_in, n as u64);
@@ -283,6 +308,10 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Capacity => {}
             Event::TimedOut => {
+                if leave_by.is_some_and(|by| Instant::now() >= by) {
+                    // The loop's top says so and ends it.
+                    continue;
+                }
                 if session.borrow().is_open() {
                     debug!("no heart-beat from the client; dropping it");
                 } else {
@@ -294,7 +323,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     session.borrow_mut().protocol_error(&message, &mut actions);
                     route(ctx, outbound, &mut actions, &mut read_timeout);
                 }
-                return;
+                return WRITER_GRACE;
             }
         }
         // Frames held behind a waiting SEND go first; then what this read brought.
@@ -374,7 +403,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         // One routing pass per read: ops bound for the same shard leave together.
         route(ctx, outbound, &mut actions, &mut read_timeout);
         if session.borrow().is_closed() {
-            return;
+            return WRITER_GRACE;
         }
     }
 }
@@ -599,7 +628,9 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
         // Auto-acks return prefetch credit only once the bytes are written.
         let written = write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await;
         if !routes.is_empty() {
+            let n = routes.len();
             ctx.route_all(routes.drain(..));
+            session.borrow_mut().routed_after_writes(n);
         }
         if !written {
             break 'outer;

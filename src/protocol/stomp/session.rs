@@ -200,6 +200,11 @@ pub struct Session {
     /// DISCONNECT came (with a receipt, still to be answered): frames
     /// after it are ignored.
     disconnecting: bool,
+    /// Ops handed to the writer ([`Action::RouteAfterWrites`]) that it has
+    /// not routed yet (see [`Session::routed_after_writes`]). While any
+    /// is, every later op goes the same way: a connection's ops reach a
+    /// shard in the order its frames came.
+    after_writes: usize,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -233,6 +238,7 @@ impl Session {
             user: None,
             decisions: Decisions::default(),
             disconnecting: false,
+            after_writes: 0,
         }
     }
 
@@ -272,7 +278,61 @@ impl Session {
     }
 
     /// Handles one frame from the client.
+    ///
+    /// An UNSUBSCRIBE, and a DISCONNECT's closing of every subscription,
+    /// go behind the deliveries the writer is writing: an
+    /// auto-acknowledged one being written keeps its acknowledgement ahead
+    /// of the Unsubscribe, instead of being put back in its queue (and
+    /// given to another consumer too) while this client reads it; those
+    /// queued behind are not written (see [`Session::deliver`]) and the
+    /// owner takes them back. Until the writer has routed them, later ops
+    /// follow the same way (a SUBSCRIBE to the same durable subscription
+    /// must not overtake its Unsubscribe), except two kinds that go at
+    /// once: a closed subscription's prefetch of 0 (its owner stops
+    /// dispatching to it meanwhile; before its SUBSCRIBE it is ignored),
+    /// and a plain ACK or NACK (it settles a delivery already written,
+    /// which nothing waiting can create or move, and a client that writes
+    /// without reading must not keep the memory its acknowledgements free:
+    /// its own SENDs may be held for that memory). A receipt's fence
+    /// always keeps its place in line.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
+        let from = out.len();
+        let closes = matches!(frame.command, Command::Unsubscribe | Command::Disconnect);
+        let plain_ack = matches!(frame.command, Command::Ack | Command::Nack)
+            && frame.header("transaction").is_none();
+        self.handle_frame(frame, out);
+        if closes || self.after_writes > 0 {
+            self.route_after_writes(&mut out[from..], plain_ack);
+        }
+    }
+
+    /// Turns `actions`' routes into routes after the writer's writes (but
+    /// see [`Session::handle`]: a prefetch, and with `acks_at_once` all but
+    /// fences, go at once).
+    fn route_after_writes(&mut self, actions: &mut [Action], acks_at_once: bool) {
+        for a in actions {
+            let waits = match a {
+                Action::Route(_, Op::Prefetch { .. }) => false,
+                Action::Route(_, Op::Fence { .. }) => true,
+                Action::Route(..) => !acks_at_once,
+                _ => false,
+            };
+            if waits {
+                let Action::Route(shard, op) = std::mem::replace(a, Action::Close) else {
+                    unreachable!("matched above");
+                };
+                *a = Action::RouteAfterWrites(shard, op);
+                self.after_writes += 1;
+            }
+        }
+    }
+
+    /// The writer routed `n` of the ops it was handed.
+    pub fn routed_after_writes(&mut self, n: usize) {
+        self.after_writes = self.after_writes.saturating_sub(n);
+    }
+
+    fn handle_frame(&mut self, frame: Frame, out: &mut Vec<Action>) {
         // After DISCONNECT nothing more is the client's (STOMP 1.2): a
         // SUBSCRIBE now would make a closed subscription active again.
         if self.phase == Phase::Closed || self.disconnecting {
@@ -309,14 +369,10 @@ impl Session {
                         // batch being written to the client: an
                         // auto-acknowledged delivery in it goes with its
                         // acknowledgement, not back to the queue.
-                        let mut ops = Vec::new();
-                        self.close_all_subs(&mut ops);
+                        // (`handle` sends these after the writes.)
+                        self.close_all_subs(out);
                         let all: Vec<usize> = (0..self.cfg.shards).collect();
-                        self.fence(all, r, true, &mut ops);
-                        out.extend(ops.into_iter().map(|a| match a {
-                            Action::Route(shard, op) => Action::RouteAfterWrites(shard, op),
-                            a => a,
-                        }));
+                        self.fence(all, r, true, out);
                         self.disconnecting = true;
                     }
                     None => {
@@ -754,6 +810,17 @@ impl Session {
             self.release(*id, sub);
         }
         let owner = s.destination.owner(self.cfg.shards);
+        // At once, while the Unsubscribe may wait behind the writes (see
+        // `handle`): nothing more is dispatched to a consumer whose
+        // deliveries would only be dropped and counted as redelivered.
+        out.push(Action::Route(
+            owner,
+            Op::Prefetch {
+                destination: s.destination.clone(),
+                consumer: self.consumer(sub),
+                prefetch: 0,
+            },
+        ));
         out.push(Action::Route(
             owner,
             Op::Unsubscribe {
@@ -766,10 +833,16 @@ impl Session {
     }
 
     /// The connection is gone: every subscription closes, and what it had
-    /// not acknowledged goes back to its queue for redelivery.
+    /// not acknowledged goes back to its queue for redelivery. Behind the
+    /// writes, as an UNSUBSCRIBE (see [`Session::handle`]): the reader may
+    /// end (an ERROR, a DISCONNECT without receipt, a heart-beat missed)
+    /// while the writer still writes deliveries the client will read. The
+    /// writer routes them however it ends, within its grace period.
     pub fn teardown(&mut self, out: &mut Vec<Action>) {
         self.phase = Phase::Closed;
+        let from = out.len();
         self.close_all_subs(out);
+        self.route_after_writes(&mut out[from..], false);
     }
 
     /// Closes every subscription (a durable one stays, inactive).
@@ -1250,14 +1323,76 @@ mod tests {
                     "unsubscribe"
                 }
                 Action::RouteAfterWrites(_, Op::Fence { .. }) => "fence",
+                // At once: nothing more is dispatched to it meanwhile.
+                Action::Route(_, Op::Prefetch { prefetch: 0, .. }) => "prefetch 0",
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert_eq!(ops, ["unsubscribe", "fence", "fence"]);
+        assert_eq!(ops, ["prefetch 0", "unsubscribe", "fence", "fence"]);
         // Nothing after DISCONNECT counts: not a subscription made again.
         out.clear();
         s.handle(subscribe(), &mut out);
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn an_unsubscribe_and_what_follows_it_wait_for_the_writes() {
+        let mut s = session(2);
+        let mut out = Vec::new();
+        let subscribe = |id: &'static str| {
+            Frame::new(Command::Subscribe)
+                .with("id", id)
+                .with("destination", "/queue/q")
+        };
+        s.handle(subscribe("a"), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Subscribe { .. })]),
+            "{out:?}"
+        );
+        out.clear();
+        s.handle(
+            Frame::new(Command::Unsubscribe)
+                .with("id", "a")
+                .with("receipt", "gone"),
+            &mut out,
+        );
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    Action::Route(_, Op::Prefetch { prefetch: 0, .. }),
+                    Action::RouteAfterWrites(_, Op::Unsubscribe { .. }),
+                    Action::RouteAfterWrites(_, Op::Fence { .. })
+                ]
+            ),
+            "{out:?}"
+        );
+        out.clear();
+        // Until the writer routed those two, a SUBSCRIBE must not overtake
+        // them.
+        s.handle(subscribe("b"), &mut out);
+        assert!(
+            matches!(
+                &out[..],
+                [Action::RouteAfterWrites(_, Op::Subscribe { .. })]
+            ),
+            "{out:?}"
+        );
+        out.clear();
+        s.routed_after_writes(2);
+        let send = || Frame::new(Command::Send).with("destination", "/queue/q");
+        s.handle(send(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::RouteAfterWrites(_, Op::Send(_))]),
+            "behind the SUBSCRIBE still in the writer: {out:?}"
+        );
+        out.clear();
+        s.routed_after_writes(2);
+        s.handle(send(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Send(_))]),
+            "{out:?}"
+        );
     }
 
     #[test]
