@@ -687,9 +687,9 @@ fn an_auto_ack_consumer_disconnecting_mid_backlog_gets_no_message_twice() {
 /// The same for an UNSUBSCRIBE on a connection that stays: what the client
 /// read before the RECEIPT is its own, nothing of that subscription comes
 /// after it, and the rest goes to the next consumer, none twice. (The
-/// Unsubscribe used to overtake the auto-acknowledgements of the batch
-/// being written: those messages went back to the queue while this client
-/// read them.)
+/// Unsubscribe used to reach the queue before the auto-acknowledgements of
+/// the batch being written: those messages went back to the queue while
+/// this client read them.)
 #[test]
 fn an_auto_ack_consumer_unsubscribing_mid_backlog_gets_no_message_twice() {
     let b = Broker::start(&["--shards", "2"]);
@@ -709,8 +709,8 @@ fn an_auto_ack_consumer_unsubscribing_mid_backlog_gets_no_message_twice() {
 /// A durable subscriber whose socket is full (the broker is writing it a
 /// backlog) that closes its subscription and opens it again at once, on
 /// the same connection, gets it: the SUBSCRIBE does not overtake the
-/// UNSUBSCRIBE waiting behind the writes (it would be refused as already
-/// active), and every message comes, none lost.
+/// UNSUBSCRIBE (it would be refused as already active), whatever the
+/// writer is doing, and every message comes, none lost.
 #[test]
 fn a_durable_subscription_closed_and_opened_again_behind_a_full_socket_is_not_refused() {
     let b = Broker::start(&["--shards", "2"]);
@@ -769,10 +769,10 @@ fn a_durable_subscription_closed_and_opened_again_behind_a_full_socket_is_not_re
     }
 }
 
-/// A plain ACK is applied at once even while an UNSUBSCRIBE of the same
-/// connection waits behind writes its client does not read: the memory it
-/// frees is not held by the client's full socket (its own SENDs may be
-/// waiting for that memory).
+/// A plain ACK is applied at once after an UNSUBSCRIBE of the same
+/// connection while its client reads nothing (its socket full): the
+/// memory it frees is not held by the client's socket (its own SENDs may
+/// be waiting for that memory).
 #[test]
 fn an_ack_after_an_unsubscribe_is_applied_while_the_client_reads_nothing() {
     let b = Broker::start(&["--shards", "2"]);
@@ -838,9 +838,9 @@ fn an_auto_ack_consumer_closed_by_an_error_mid_backlog_gets_no_message_twice() {
 }
 
 /// A consumer that says DISCONNECT with a receipt and then neither reads
-/// nor closes (no heart-beats agreed, so nothing else would end it) does
-/// not keep what it was given: the broker gives up on it and the messages
-/// go to the next consumer.
+/// nor closes (no heart-beats agreed, so nothing would end the connection)
+/// does not keep what it was given: its subscriptions close at the
+/// DISCONNECT, and the messages go to the next consumer.
 #[test]
 fn a_consumer_silent_after_disconnect_gives_its_messages_back() {
     let b = Broker::start(&["--shards", "2"]);

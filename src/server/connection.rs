@@ -128,7 +128,7 @@ where
         )
         .instrument(span.clone()),
     );
-    let grace = read_loop(&ctx, &session, &outbound, reader, &peer, &info)
+    read_loop(&ctx, &session, &outbound, reader, &peer, &info)
         .instrument(span)
         .await;
     // Whatever ended the reader, the session's subscriptions end with it.
@@ -137,11 +137,9 @@ where
     execute(&ctx, &outbound, actions);
     outbound.push(Outbound::Close);
     // A client that stopped reading and left its socket open would hold
-    // the writer for ever, and with it what waits to be routed after its
-    // writes (a DISCONNECT's Unsubscribes: its in-flight messages would
-    // never go back). Past a grace period the socket is shut: the write
-    // fails, those go, and the batch's auto-acks do not (requeued). (No
-    // grace is left when the reader gave up waiting after a DISCONNECT.)
+    // the writer, and the connection, for ever. Past a grace period the
+    // socket is shut: the write fails, and what it was writing goes back
+    // to its queues (its auto-acknowledgements are dropped).
     let mut writer_task = writer_task;
     let done = futures_lite::future::or(
         async {
@@ -149,7 +147,7 @@ where
             true
         },
         async {
-            sleep(grace).await;
+            sleep(WRITER_GRACE).await;
             false
         },
     )
@@ -237,8 +235,6 @@ enum Event {
     TimedOut,
 }
 
-/// Reads and handles the client's frames until the connection ends;
-/// returns how long the writer may still go on (see `run`).
 async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ShardContext,
     session: &RefCell<Session>,
@@ -246,7 +242,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut reader: ReadHalf<S>,
     peer: &Peer,
     info: &ConnectionInfo,
-) -> Duration {
+) {
     // Idle connections stay small: the read size starts at 4 KiB and
     // doubles (up to READ_CHUNK) only while reads fill it.
     let mut chunk = 4096;
@@ -257,31 +253,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let connect_by = Instant::now() + ctx.shared.connect_timeout;
     let mut actions = Vec::new();
     let mut held = Held::default();
-    // After a DISCONNECT with a receipt the client is expected to read its
-    // RECEIPT and close. One that does neither (its socket full, or just
-    // silent) is given up on once the writer had its grace period: its
-    // subscriptions' messages wait behind those writes (see
-    // `Session::handle`), and nothing else would end the connection when
-    // no heart-beats were agreed.
-    let mut leave_by: Option<Instant> = None;
     loop {
         let timeout = if session.borrow().is_open() {
-            if leave_by.is_none() && !session.borrow().accepts_frames() {
-                leave_by = Some(Instant::now() + WRITER_GRACE);
-            }
-            match leave_by {
-                Some(by) if Instant::now() >= by => {
-                    debug!(
-                        "no close after DISCONNECT, and its RECEIPT unread; shutting the socket"
-                    );
-                    return Duration::ZERO;
-                }
-                Some(by) => {
-                    let left = by.saturating_duration_since(Instant::now());
-                    Some(read_timeout.map_or(left, |t| t.min(left)))
-                }
-                None => read_timeout,
-            }
+            read_timeout
         } else {
             Some(connect_by.saturating_duration_since(Instant::now()))
         };
@@ -298,7 +272,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
-                return WRITER_GRACE;
+                return;
             }
             Event::Read(Ok(n)) => {
                 ConnectionInfo::add(&info.bytes_in, n as u64);
@@ -308,10 +282,6 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Capacity => {}
             Event::TimedOut => {
-                if leave_by.is_some_and(|by| Instant::now() >= by) {
-                    // The loop's top says so and ends it.
-                    continue;
-                }
                 if session.borrow().is_open() {
                     debug!("no heart-beat from the client; dropping it");
                 } else {
@@ -323,7 +293,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     session.borrow_mut().protocol_error(&message, &mut actions);
                     route(ctx, outbound, &mut actions, &mut read_timeout);
                 }
-                return WRITER_GRACE;
+                return;
             }
         }
         // Frames held behind a waiting SEND go first; then what this read brought.
@@ -403,7 +373,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         // One routing pass per read: ops bound for the same shard leave together.
         route(ctx, outbound, &mut actions, &mut read_timeout);
         if session.borrow().is_closed() {
-            return WRITER_GRACE;
+            return;
         }
     }
 }
@@ -537,16 +507,6 @@ fn execute(ctx: &ShardContext, outbound: &Mailbox<Outbound>, actions: Vec<Action
                 outbound.push(Outbound::Frame(f));
             }
             Action::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
-            // Through the writer: routed once what is queued before it is
-            // written (see `write_loop`).
-            Action::RouteAfterWrites(shard, op) => {
-                // (Once the writer is gone, nothing waits to be written.)
-                if outbound.is_closed() {
-                    routes.push((shard, ShardMsg::Op(op)));
-                } else {
-                    outbound.push(Outbound::Route(shard, op));
-                }
-            }
             Action::Heartbeat { send_ms, .. } => {
                 if send_ms > 0 {
                     outbound.push(Outbound::HeartbeatEvery(Duration::from_millis(send_ms)));
@@ -574,9 +534,6 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut wbuf = BytesMut::new();
     let mut spare = Vec::new();
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
-    // `Outbound::Route`s: after the batch's acks; routed even if the
-    // write fails (an Unsubscribe must reach its owner in any case).
-    let mut routes: Vec<(usize, ShardMsg)> = Vec::new();
     let mut actions = Vec::new();
     'outer: loop {
         let items = next_batch(&outbound, std::mem::take(&mut spare), heartbeat).await;
@@ -597,13 +554,10 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Outbound::Deliver(sub, deliveries) => {
                         ConnectionInfo::add(&info.messages_out, deliveries.len() as u64);
-                        if let Some((shard, op)) = s.deliver(sub, deliveries, &mut wbuf) {
-                            acks.push((shard, ShardMsg::Op(op)));
-                        }
+                        s.deliver(sub, deliveries, &mut wbuf);
                     }
                     Outbound::Fenced(token) => s.fenced(token, &mut actions),
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
-                    Outbound::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
                     Outbound::HeartbeatEvery(d) => heartbeat = Some(d),
                     Outbound::Close => close = true,
                     // Only the OpenWire listener queues these.
@@ -616,42 +570,29 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                             f.encode(version, &mut wbuf)
                         }
                         Action::Close => close = true,
-                        Action::Route(shard, op) | Action::RouteAfterWrites(shard, op) => {
-                            acks.push((shard, ShardMsg::Op(op)))
-                        }
+                        Action::Route(shard, op) => acks.push((shard, ShardMsg::Op(op))),
                         Action::Heartbeat { .. } => {}
                     }
                 }
             }
         }
         spare = items;
-        // Auto-acks return prefetch credit only once the bytes are written.
-        let written = write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await;
-        if !routes.is_empty() {
-            let n = routes.len();
-            ctx.route_all(routes.drain(..));
-            session.borrow_mut().routed_after_writes(n);
-        }
-        if !written {
+        // Auto-acks return prefetch credit only once the bytes are written
+        // (the session keeps them meanwhile: see `Session::close_sub`).
+        if !write_batch(&ctx, &mut writer, &mut wbuf, &info, receipts, &mut acks).await {
+            session.borrow_mut().write_failed();
             break 'outer;
+        }
+        session.borrow_mut().written(&mut actions);
+        if !actions.is_empty() {
+            ctx.route_all(actions.drain(..).filter_map(|a| match a {
+                Action::Route(shard, op) => Some((shard, ShardMsg::Op(op))),
+                _ => None,
+            }));
         }
         if close {
             break;
         }
-    }
-    // What waited to be routed after writes that will not happen goes now
-    // (before the flush, which may wait on a client that reads nothing).
-    outbound.close();
-    let left: Vec<_> = outbound
-        .take_now()
-        .into_iter()
-        .filter_map(|item| match item {
-            Outbound::Route(shard, op) => Some((shard, ShardMsg::Op(op))),
-            _ => None,
-        })
-        .collect();
-    if !left.is_empty() {
-        ctx.route_all(left);
     }
     finish_writer(&outbound, &mut writer, fd).await;
 }

@@ -427,8 +427,7 @@ async fn write_loop(
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),
                     Outbound::HeartbeatEvery(d) => keepalive = Some(d),
                     Outbound::Close => close = true,
-                    // Only a STOMP session queues these (and frames).
-                    Outbound::Route(shard, op) => routes.push((shard, ShardMsg::Op(op))),
+                    // Only the STOMP listener queues frames.
                     Outbound::Frame(_) => {}
                 }
                 for a in actions.drain(..) {

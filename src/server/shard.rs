@@ -56,9 +56,6 @@ pub enum Outbound {
     Deliver(u64, Vec<Delivery>),
     Fenced(u64),
     Refused(String),
-    /// An operation the writer routes once everything queued before it is
-    /// written (and the auto-acks that writing releases are routed).
-    Route(usize, Op),
     /// Send a heart-beat after this much write silence.
     HeartbeatEvery(Duration),
     Close,

@@ -81,12 +81,6 @@ pub enum Action {
     Write(Frame),
     /// Apply this operation on the shard that owns its destination.
     Route(usize, Op),
-    /// [`Action::Route`], by the connection's writer once the batch it is
-    /// writing is written and that batch's auto-acknowledgements are
-    /// routed (deliveries queued behind it are not written: the session
-    /// drops those of closed subscriptions, and their owner takes them
-    /// back).
-    RouteAfterWrites(usize, Op),
     /// Heart-beats agreed on CONNECT: send every `send_ms`, drop the peer
     /// after `read_timeout_ms` of silence (0 = off).
     Heartbeat { send_ms: u64, read_timeout_ms: u64 },
@@ -200,11 +194,13 @@ pub struct Session {
     /// DISCONNECT came (with a receipt, still to be answered): frames
     /// after it are ignored.
     disconnecting: bool,
-    /// Ops handed to the writer ([`Action::RouteAfterWrites`]) that it has
-    /// not routed yet (see [`Session::routed_after_writes`]). While any
-    /// is, every later op goes the same way: a connection's ops reach a
-    /// shard in the order its frames came.
-    after_writes: usize,
+    /// The auto-acknowledgements of the deliveries the writer is writing
+    /// (see [`Session::deliver`]): routed once the bytes are written
+    /// ([`Session::written`]), or dropped if the write fails (the
+    /// messages go back when the connection's subscriptions close). A
+    /// subscription the client closes takes its own at once (see
+    /// [`Session::close_sub`]).
+    in_write: Vec<(usize, Op)>,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -238,7 +234,7 @@ impl Session {
             user: None,
             decisions: Decisions::default(),
             disconnecting: false,
-            after_writes: 0,
+            in_write: Vec::new(),
         }
     }
 
@@ -278,61 +274,7 @@ impl Session {
     }
 
     /// Handles one frame from the client.
-    ///
-    /// An UNSUBSCRIBE, and a DISCONNECT's closing of every subscription,
-    /// go behind the deliveries the writer is writing: an
-    /// auto-acknowledged one being written keeps its acknowledgement ahead
-    /// of the Unsubscribe, instead of being put back in its queue (and
-    /// given to another consumer too) while this client reads it; those
-    /// queued behind are not written (see [`Session::deliver`]) and the
-    /// owner takes them back. Until the writer has routed them, later ops
-    /// follow the same way (a SUBSCRIBE to the same durable subscription
-    /// must not overtake its Unsubscribe), except two kinds that go at
-    /// once: a closed subscription's prefetch of 0 (its owner stops
-    /// dispatching to it meanwhile; before its SUBSCRIBE it is ignored),
-    /// and a plain ACK or NACK (it settles a delivery already written,
-    /// which nothing waiting can create or move, and a client that writes
-    /// without reading must not keep the memory its acknowledgements free:
-    /// its own SENDs may be held for that memory). A receipt's fence
-    /// always keeps its place in line.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
-        let from = out.len();
-        let closes = matches!(frame.command, Command::Unsubscribe | Command::Disconnect);
-        let plain_ack = matches!(frame.command, Command::Ack | Command::Nack)
-            && frame.header("transaction").is_none();
-        self.handle_frame(frame, out);
-        if closes || self.after_writes > 0 {
-            self.route_after_writes(&mut out[from..], plain_ack);
-        }
-    }
-
-    /// Turns `actions`' routes into routes after the writer's writes (but
-    /// see [`Session::handle`]: a prefetch, and with `acks_at_once` all but
-    /// fences, go at once).
-    fn route_after_writes(&mut self, actions: &mut [Action], acks_at_once: bool) {
-        for a in actions {
-            let waits = match a {
-                Action::Route(_, Op::Prefetch { .. }) => false,
-                Action::Route(_, Op::Fence { .. }) => true,
-                Action::Route(..) => !acks_at_once,
-                _ => false,
-            };
-            if waits {
-                let Action::Route(shard, op) = std::mem::replace(a, Action::Close) else {
-                    unreachable!("matched above");
-                };
-                *a = Action::RouteAfterWrites(shard, op);
-                self.after_writes += 1;
-            }
-        }
-    }
-
-    /// The writer routed `n` of the ops it was handed.
-    pub fn routed_after_writes(&mut self, n: usize) {
-        self.after_writes = self.after_writes.saturating_sub(n);
-    }
-
-    fn handle_frame(&mut self, frame: Frame, out: &mut Vec<Action>) {
         // After DISCONNECT nothing more is the client's (STOMP 1.2): a
         // SUBSCRIBE now would make a closed subscription active again.
         if self.phase == Phase::Closed || self.disconnecting {
@@ -365,17 +307,14 @@ impl Session {
                         // RECEIPT is out, each owner has closed them (a
                         // durable subscriber that comes straight back is
                         // not refused as still active elsewhere) and put
-                        // back what they had not acknowledged. Behind the
-                        // batch being written to the client: an
-                        // auto-acknowledged delivery in it goes with its
-                        // acknowledgement, not back to the queue.
-                        // (`handle` sends these after the writes.)
-                        self.close_all_subs(out);
+                        // back what they had not acknowledged.
+                        self.close_all_subs(true, out);
                         let all: Vec<usize> = (0..self.cfg.shards).collect();
                         self.fence(all, r, true, out);
                         self.disconnecting = true;
                     }
                     None => {
+                        self.close_all_subs(true, out);
                         self.phase = Phase::Closed;
                         out.push(Action::Close);
                     }
@@ -799,10 +738,23 @@ impl Session {
             ));
         };
         let destroy = durable_name(f).is_some();
-        Ok(vec![self.close_sub(sub, destroy, out)])
+        Ok(vec![self.close_sub(sub, destroy, true, out)])
     }
 
-    fn close_sub(&mut self, sub: u64, destroy_durable: bool, out: &mut Vec<Action>) -> usize {
+    /// Closes subscription `sub`. With `client_reads` (the client closes
+    /// it, or says goodbye, and reads on), the auto-acknowledgements of
+    /// its deliveries being written go first: an `ack:auto` delivery
+    /// counts as consumed once sent (STOMP 1.2), and put back in its
+    /// queue instead it would reach another consumer while this client
+    /// reads it too. Without (the connection ended), they are left to
+    /// the write: if it fails, the Unsubscribe puts them back.
+    fn close_sub(
+        &mut self,
+        sub: u64,
+        destroy_durable: bool,
+        client_reads: bool,
+        out: &mut Vec<Action>,
+    ) -> usize {
         let Some(s) = self.subs.remove(&sub) else {
             return 0;
         };
@@ -810,22 +762,35 @@ impl Session {
             self.release(*id, sub);
         }
         let owner = s.destination.owner(self.cfg.shards);
-        // At once, while the Unsubscribe may wait behind the writes (see
-        // `handle`): nothing more is dispatched to a consumer whose
-        // deliveries would only be dropped and counted as redelivered.
-        out.push(Action::Route(
-            owner,
-            Op::Prefetch {
-                destination: s.destination.clone(),
-                consumer: self.consumer(sub),
-                prefetch: 0,
-            },
-        ));
+        let consumer = self.consumer(sub);
+        if client_reads {
+            let mut acks = self
+                .in_write
+                .extract_if(
+                    ..,
+                    |(_, op)| matches!(op, Op::Ack { consumer: c, .. } if *c == consumer),
+                )
+                .peekable();
+            if acks.peek().is_some() {
+                // First: the acknowledgements must not refill its window
+                // (deliveries the session would drop unwritten, to be put
+                // back as redelivered).
+                out.push(Action::Route(
+                    owner,
+                    Op::Prefetch {
+                        destination: s.destination.clone(),
+                        consumer,
+                        prefetch: 0,
+                    },
+                ));
+                out.extend(acks.map(|(shard, op)| Action::Route(shard, op)));
+            }
+        }
         out.push(Action::Route(
             owner,
             Op::Unsubscribe {
                 destination: s.destination,
-                consumer: self.consumer(sub),
+                consumer,
                 destroy_durable,
             },
         ));
@@ -833,23 +798,20 @@ impl Session {
     }
 
     /// The connection is gone: every subscription closes, and what it had
-    /// not acknowledged goes back to its queue for redelivery. Behind the
-    /// writes, as an UNSUBSCRIBE (see [`Session::handle`]): the reader may
-    /// end (an ERROR, a DISCONNECT without receipt, a heart-beat missed)
-    /// while the writer still writes deliveries the client will read. The
-    /// writer routes them however it ends, within its grace period.
+    /// not acknowledged goes back to its queue for redelivery. After an
+    /// ERROR (the session closed itself) the client may still read what
+    /// is being written; otherwise it may be gone.
     pub fn teardown(&mut self, out: &mut Vec<Action>) {
+        let client_reads = self.phase == Phase::Closed;
         self.phase = Phase::Closed;
-        let from = out.len();
-        self.close_all_subs(out);
-        self.route_after_writes(&mut out[from..], false);
+        self.close_all_subs(client_reads, out);
     }
 
     /// Closes every subscription (a durable one stays, inactive).
-    fn close_all_subs(&mut self, out: &mut Vec<Action>) {
+    fn close_all_subs(&mut self, client_reads: bool, out: &mut Vec<Action>) {
         let subs: Vec<u64> = self.subs.keys().copied().collect();
         for sub in subs {
-            self.close_sub(sub, false, out);
+            self.close_sub(sub, false, client_reads, out);
         }
         self.sub_by_id.clear();
     }
@@ -1092,19 +1054,14 @@ impl Session {
         }
     }
 
-    /// Encodes deliveries for subscription `sub` into `buf`. Returns the
-    /// acknowledgement to send once they are written (auto-ack mode), which
-    /// is also what returns prefetch credit.
-    pub fn deliver(
-        &mut self,
-        sub: u64,
-        deliveries: Vec<Delivery>,
-        buf: &mut BytesMut,
-    ) -> Option<(usize, Op)> {
+    /// Encodes deliveries for subscription `sub` into `buf`. In auto-ack
+    /// mode their acknowledgement, which is also what returns prefetch
+    /// credit, waits for the write (see [`Session::written`]).
+    pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, buf: &mut BytesMut) {
         let Some(s) = self.subs.get_mut(&sub) else {
             // Unsubscribed meanwhile: the owner takes these back when the
             // Unsubscribe reaches it (they are in flight to this consumer).
-            return None;
+            return;
         };
         let escape = self.version.escaping_for(Command::Message);
         let mut auto = Vec::new();
@@ -1153,17 +1110,31 @@ impl Session {
             }
         }
         if auto.is_empty() {
-            return None;
+            return;
         }
         let owner = s.destination.owner(self.cfg.shards);
-        Some((
+        self.in_write.push((
             owner,
             Op::Ack {
                 destination: s.destination.clone(),
                 consumer: self.conn.consumer(sub),
                 ids: auto,
             },
-        ))
+        ));
+    }
+
+    /// What was encoded is written: its auto-acknowledgements go now.
+    pub fn written(&mut self, out: &mut Vec<Action>) {
+        out.extend(
+            self.in_write
+                .drain(..)
+                .map(|(shard, op)| Action::Route(shard, op)),
+        );
+    }
+
+    /// The write failed: its deliveries were not received.
+    pub fn write_failed(&mut self) {
+        self.in_write.clear();
     }
 }
 
@@ -1311,9 +1282,7 @@ mod tests {
         let ops: Vec<&str> = out
             .iter()
             .map(|a| match a {
-                // Behind what is being written to the client (its auto
-                // acknowledgements first).
-                Action::RouteAfterWrites(
+                Action::Route(
                     _,
                     Op::Unsubscribe {
                         destroy_durable, ..
@@ -1322,77 +1291,154 @@ mod tests {
                     assert!(!destroy_durable, "a durable subscription stays");
                     "unsubscribe"
                 }
-                Action::RouteAfterWrites(_, Op::Fence { .. }) => "fence",
-                // At once: nothing more is dispatched to it meanwhile.
-                Action::Route(_, Op::Prefetch { prefetch: 0, .. }) => "prefetch 0",
+                Action::Route(_, Op::Fence { .. }) => "fence",
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert_eq!(ops, ["prefetch 0", "unsubscribe", "fence", "fence"]);
+        assert_eq!(ops, ["unsubscribe", "fence", "fence"]);
         // Nothing after DISCONNECT counts: not a subscription made again.
         out.clear();
         s.handle(subscribe(), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 
+    fn deliveries(ids: &[u64]) -> Vec<Delivery> {
+        let usage = Arc::new(MemoryUsage::default());
+        ids.iter()
+            .map(|&id| Delivery {
+                msg: Arc::new(Message {
+                    id,
+                    destination: Destination::queue("q"),
+                    properties: vec![],
+                    body: Bytes::from_static(b"x"),
+                    priority: 4,
+                    expires_ms: 0,
+                    persistent: false,
+                    timestamp_ms: 0,
+                    charge: usage.charge(1),
+                }),
+                redelivered: false,
+                redeliveries: 0,
+            })
+            .collect()
+    }
+
+    fn acked(out: &[Action]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Route(_, Op::Ack { ids, .. }) => Some(ids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The sub number the session gave the last SUBSCRIBE in `out`.
+    fn sub_of(out: &[Action]) -> u64 {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Route(_, Op::Subscribe(op)) => Some(op.consumer.sub),
+                _ => None,
+            })
+            .expect("a Subscribe")
+    }
+
     #[test]
-    fn an_unsubscribe_and_what_follows_it_wait_for_the_writes() {
+    fn auto_acks_wait_for_the_write_unless_the_client_closes_the_subscription() {
         let mut s = session(2);
         let mut out = Vec::new();
         let subscribe = |id: &'static str| {
             Frame::new(Command::Subscribe)
                 .with("id", id)
                 .with("destination", "/queue/q")
+                .with("ack", "auto")
         };
         s.handle(subscribe("a"), &mut out);
-        assert!(
-            matches!(&out[..], [Action::Route(_, Op::Subscribe { .. })]),
-            "{out:?}"
-        );
+        let a = sub_of(&out);
+        s.handle(subscribe("b"), &mut out);
+        let b = sub_of(&out[1..]);
         out.clear();
+        let mut buf = BytesMut::new();
+        s.deliver(a, deliveries(&[1, 2]), &mut buf);
+        s.deliver(b, deliveries(&[3]), &mut buf);
+        assert!(!buf.is_empty());
+        // Being written: nothing is acknowledged yet.
         s.handle(
             Frame::new(Command::Unsubscribe)
                 .with("id", "a")
                 .with("receipt", "gone"),
             &mut out,
         );
+        let ops: Vec<&str> = out
+            .iter()
+            .map(|a| match a {
+                Action::Route(_, Op::Prefetch { prefetch: 0, .. }) => "prefetch 0",
+                Action::Route(_, Op::Ack { .. }) => "ack",
+                Action::Route(_, Op::Unsubscribe { .. }) => "unsubscribe",
+                Action::Route(_, Op::Fence { .. }) => "fence",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // Its own deliveries being written count as consumed, first.
+        assert_eq!(ops, ["prefetch 0", "ack", "unsubscribe", "fence"]);
+        assert_eq!(acked(&out), [1, 2]);
+        out.clear();
+        // A's deliveries queued behind are not written.
+        let mut later = BytesMut::new();
+        s.deliver(a, deliveries(&[4]), &mut later);
+        assert!(later.is_empty());
+        // The rest waits for the write.
+        s.written(&mut out);
+        assert_eq!(acked(&out), [3]);
+        out.clear();
+        s.written(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // A failed write acknowledges nothing, and the connection's end
+        // puts back what was being written.
+        s.deliver(b, deliveries(&[5]), &mut buf);
+        s.write_failed();
+        s.teardown(&mut out);
+        assert!(acked(&out).is_empty(), "{out:?}");
         assert!(
-            matches!(
-                &out[..],
-                [
-                    Action::Route(_, Op::Prefetch { prefetch: 0, .. }),
-                    Action::RouteAfterWrites(_, Op::Unsubscribe { .. }),
-                    Action::RouteAfterWrites(_, Op::Fence { .. })
-                ]
-            ),
+            matches!(&out[..], [Action::Route(_, Op::Unsubscribe { .. })]),
             "{out:?}"
         );
-        out.clear();
-        // Until the writer routed those two, a SUBSCRIBE must not overtake
-        // them.
-        s.handle(subscribe("b"), &mut out);
-        assert!(
-            matches!(
-                &out[..],
-                [Action::RouteAfterWrites(_, Op::Subscribe { .. })]
-            ),
-            "{out:?}"
+    }
+
+    #[test]
+    fn a_connection_that_ends_leaves_its_writes_unacknowledged_but_an_error_does_not() {
+        let mut s = session(1);
+        let mut out = Vec::new();
+        s.handle(
+            Frame::new(Command::Subscribe)
+                .with("id", "a")
+                .with("destination", "/queue/q")
+                .with("ack", "auto"),
+            &mut out,
         );
-        out.clear();
-        s.routed_after_writes(2);
-        let send = || Frame::new(Command::Send).with("destination", "/queue/q");
-        s.handle(send(), &mut out);
-        assert!(
-            matches!(&out[..], [Action::RouteAfterWrites(_, Op::Send(_))]),
-            "behind the SUBSCRIBE still in the writer: {out:?}"
+        let a = sub_of(&out);
+        let mut ended = session(1);
+        ended.handle(
+            Frame::new(Command::Subscribe)
+                .with("id", "a")
+                .with("destination", "/queue/q")
+                .with("ack", "auto"),
+            &mut Vec::new(),
         );
+        let mut buf = BytesMut::new();
+        s.deliver(a, deliveries(&[1]), &mut buf);
+        ended.deliver(a, deliveries(&[1]), &mut buf);
+        // The peer went away: the write decides.
         out.clear();
-        s.routed_after_writes(2);
-        s.handle(send(), &mut out);
-        assert!(
-            matches!(&out[..], [Action::Route(_, Op::Send(_))]),
-            "{out:?}"
-        );
+        ended.teardown(&mut out);
+        assert!(acked(&out).is_empty(), "{out:?}");
+        // The session closed the connection itself (an ERROR): the client
+        // reads what is being written.
+        out.clear();
+        s.protocol_error("bad frame", &mut out);
+        out.clear();
+        s.teardown(&mut out);
+        assert_eq!(acked(&out), [1]);
     }
 
     #[test]
