@@ -314,7 +314,10 @@ impl Session {
                         self.disconnecting = true;
                     }
                     None => {
-                        self.close_all_subs(true, out);
+                        // A client that waits for no receipt may close at
+                        // once: what is being written is left to the write
+                        // (put back if it fails), as when a peer goes away.
+                        self.close_all_subs(false, out);
                         self.phase = Phase::Closed;
                         out.push(Action::Close);
                     }
@@ -1397,6 +1400,8 @@ mod tests {
         // puts back what was being written.
         s.deliver(b, deliveries(&[5]), &mut buf);
         s.write_failed();
+        s.written(&mut out);
+        assert!(out.is_empty(), "{out:?}");
         s.teardown(&mut out);
         assert!(acked(&out).is_empty(), "{out:?}");
         assert!(
