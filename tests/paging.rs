@@ -61,22 +61,13 @@ fn free_disk_bytes() -> usize {
     if services.is_dir() {
         dirs.push(services);
     }
-    dirs.iter().map(|d| free_bytes_at(d)).min().unwrap_or(0)
-}
-
-fn free_bytes_at(dir: &std::path::Path) -> usize {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    assert_eq!(
-        rc,
-        0,
-        "statvfs {dir:?}: {}",
-        std::io::Error::last_os_error()
-    );
-    (st.f_bavail as usize).saturating_mul(st.f_frsize as usize)
+    dirs.iter()
+        .map(|d| {
+            brokk::store::journal::available_bytes(d)
+                .unwrap_or_else(|e| panic!("free space under {d:?}: {e}")) as usize
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// The tests here write gigabytes each (journal, spool, tables); side by

@@ -51,6 +51,28 @@ impl Message {
                 .map(|(k, v)| k.len() + v.len() + 32)
                 .sum::<usize>()
     }
+
+    /// A small message for unit tests (body `x`, priority 4, no
+    /// properties, charged one byte to `usage`); tests set the rest with
+    /// `..Message::for_tests(..)`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        id: MessageId,
+        destination: Destination,
+        usage: &Arc<MemoryUsage>,
+    ) -> Message {
+        Message {
+            id,
+            destination,
+            properties: Vec::new(),
+            body: Bytes::from_static(b"x"),
+            priority: 4,
+            expires_ms: 0,
+            persistent: false,
+            timestamp_ms: 0,
+            charge: usage.charge(1),
+        }
+    }
 }
 
 pub type SharedMessage = Arc<Message>;

@@ -607,15 +607,10 @@ mod tests {
         let usage = Arc::new(MemoryUsage::default());
         Entry {
             msg: Arc::new(Message {
-                id,
-                destination: Destination::queue("q"),
-                properties: vec![],
                 body: Bytes::new(),
                 priority,
                 expires_ms,
-                persistent: false,
-                timestamp_ms: 0,
-                charge: usage.charge(1),
+                ..Message::for_tests(id, Destination::queue("q"), &usage)
             }),
             redeliveries: 0,
             stored: false,

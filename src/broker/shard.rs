@@ -1490,15 +1490,8 @@ mod tests {
 
     fn message_to(usage: &Arc<MemoryUsage>, q: &str, id: u64, seq: u64) -> SharedMessage {
         Arc::new(Message {
-            id,
-            destination: Destination::queue(q),
             properties: vec![(Bytes::from_static(ORIGIN_PROPERTY.as_bytes()), origin(seq))],
-            body: Bytes::from_static(b"x"),
-            priority: 4,
-            expires_ms: 0,
-            persistent: false,
-            timestamp_ms: 0,
-            charge: usage.charge(1),
+            ..Message::for_tests(id, Destination::queue(q), usage)
         })
     }
 

@@ -534,6 +534,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut wbuf = BytesMut::new();
     let mut spare = Vec::new();
     let mut acks: Vec<(usize, ShardMsg)> = Vec::new();
+    let mut written = Vec::new();
     let mut actions = Vec::new();
     'outer: loop {
         let items = next_batch(&outbound, std::mem::take(&mut spare), heartbeat).await;
@@ -583,12 +584,13 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             session.borrow_mut().write_failed();
             break 'outer;
         }
-        session.borrow_mut().written(&mut actions);
-        if !actions.is_empty() {
-            ctx.route_all(actions.drain(..).filter_map(|a| match a {
-                Action::Route(shard, op) => Some((shard, ShardMsg::Op(op))),
-                _ => None,
-            }));
+        session.borrow_mut().written(&mut written);
+        if !written.is_empty() {
+            ctx.route_all(
+                written
+                    .drain(..)
+                    .map(|(shard, op)| (shard, ShardMsg::Op(op))),
+            );
         }
         if close {
             break;

@@ -2030,15 +2030,10 @@ mod tests {
         let deliveries = (1..=4)
             .map(|id| Delivery {
                 msg: Arc::new(Message {
-                    id,
-                    destination: Destination::queue("q"),
                     properties: vec![property(BODY_KIND_PROPERTY, "bytes")],
                     body: Bytes::from_static(b"text-like"),
-                    priority: 4,
-                    expires_ms: 0,
-                    persistent: false,
                     timestamp_ms: 1,
-                    charge: usage.charge(1),
+                    ..Message::for_tests(id, Destination::queue("q"), &usage)
                 }),
                 redelivered: id == 1,
                 redeliveries: u32::from(id == 1),
@@ -2658,15 +2653,9 @@ mod tests {
         let usage = Arc::new(MemoryUsage::default());
         let browsed = Delivery {
             msg: Arc::new(Message {
-                id: 7,
-                destination: Destination::queue("q"),
-                properties: Vec::new(),
                 body: Bytes::from_static(b"look"),
-                priority: 4,
-                expires_ms: 0,
-                persistent: false,
                 timestamp_ms: 1,
-                charge: usage.charge(1),
+                ..Message::for_tests(7, Destination::queue("q"), &usage)
             }),
             redelivered: false,
             redeliveries: 0,

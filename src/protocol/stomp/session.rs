@@ -1126,13 +1126,10 @@ impl Session {
         ));
     }
 
-    /// What was encoded is written: its auto-acknowledgements go now.
-    pub fn written(&mut self, out: &mut Vec<Action>) {
-        out.extend(
-            self.in_write
-                .drain(..)
-                .map(|(shard, op)| Action::Route(shard, op)),
-        );
+    /// What was encoded is written: its auto-acknowledgements go now, to
+    /// the shard each names.
+    pub fn written(&mut self, out: &mut Vec<(usize, Op)>) {
+        out.append(&mut self.in_write);
     }
 
     /// The write failed: its deliveries were not received.
@@ -1309,17 +1306,7 @@ mod tests {
         let usage = Arc::new(MemoryUsage::default());
         ids.iter()
             .map(|&id| Delivery {
-                msg: Arc::new(Message {
-                    id,
-                    destination: Destination::queue("q"),
-                    properties: vec![],
-                    body: Bytes::from_static(b"x"),
-                    priority: 4,
-                    expires_ms: 0,
-                    persistent: false,
-                    timestamp_ms: 0,
-                    charge: usage.charge(1),
-                }),
+                msg: Arc::new(Message::for_tests(id, Destination::queue("q"), &usage)),
                 redelivered: false,
                 redeliveries: 0,
             })
@@ -1327,9 +1314,16 @@ mod tests {
     }
 
     fn acked(out: &[Action]) -> Vec<u64> {
-        out.iter()
-            .filter_map(|a| match a {
-                Action::Route(_, Op::Ack { ids, .. }) => Some(ids.clone()),
+        acked_ops(out.iter().filter_map(|a| match a {
+            Action::Route(_, op) => Some(op),
+            _ => None,
+        }))
+    }
+
+    fn acked_ops<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<u64> {
+        ops.into_iter()
+            .filter_map(|op| match op {
+                Op::Ack { ids, .. } => Some(ids.clone()),
                 _ => None,
             })
             .flatten()
@@ -1391,17 +1385,18 @@ mod tests {
         s.deliver(a, deliveries(&[4]), &mut later);
         assert!(later.is_empty());
         // The rest waits for the write.
-        s.written(&mut out);
-        assert_eq!(acked(&out), [3]);
-        out.clear();
-        s.written(&mut out);
-        assert!(out.is_empty(), "{out:?}");
+        let mut written = Vec::new();
+        s.written(&mut written);
+        assert_eq!(acked_ops(written.iter().map(|(_, op)| op)), [3]);
+        written.clear();
+        s.written(&mut written);
+        assert!(written.is_empty(), "{written:?}");
         // A failed write acknowledges nothing, and the connection's end
         // puts back what was being written.
         s.deliver(b, deliveries(&[5]), &mut buf);
         s.write_failed();
-        s.written(&mut out);
-        assert!(out.is_empty(), "{out:?}");
+        s.written(&mut written);
+        assert!(written.is_empty(), "{written:?}");
         s.teardown(&mut out);
         assert!(acked(&out).is_empty(), "{out:?}");
         assert!(

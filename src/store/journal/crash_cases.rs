@@ -444,15 +444,8 @@ fn durable_subscriber(
         &mut Vec::new(),
     );
     let msg = Arc::new(Message {
-        id: 4242,
-        destination: topic.clone(),
-        properties: Vec::new(),
-        body: bytes::Bytes::from_static(b"x"),
-        priority: 4,
-        expires_ms: 0,
         persistent: true,
-        timestamp_ms: 0,
-        charge: usage.charge(1),
+        ..Message::for_tests(4242, topic.clone(), &usage)
     });
     (b, topic, key, msg, usage)
 }
