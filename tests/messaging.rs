@@ -308,6 +308,41 @@ fn transactions_apply_sends_and_acks_on_commit_only() {
     assert_eq!(b.destination("/queue/tx2").unwrap()["pending"], 1);
 }
 
+/// An ACK in a transaction counts at its COMMIT even when the client
+/// unsubscribed in between (as ActiveMQ closes a JMS consumer of a
+/// transacted session only when the transaction ends): the message does
+/// not come back. After an ABORT it does.
+#[test]
+fn a_transacted_ack_holds_through_an_unsubscribe_before_its_commit() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    for end in ["COMMIT", "ABORT"] {
+        let q = format!("/queue/tx-unsubscribed-{end}");
+        p.send_sync(&q, "one", &[]);
+        let mut c = b.client();
+        c.subscribe("s", &q, "client-individual", &[]);
+        let m = c.expect_message();
+        let id = m.header_str("ack").unwrap().to_string();
+        c.frame("BEGIN", &[("transaction", "t")], b"");
+        c.frame("ACK", &[("id", &id), ("transaction", "t")], b"");
+        c.frame("UNSUBSCRIBE", &[("id", "s"), ("receipt", "u")], b"");
+        c.expect_receipt("u");
+        c.frame(end, &[("transaction", "t"), ("receipt", "e")], b"");
+        c.expect_receipt("e");
+        send_marker(&mut p, &q);
+        let mut next = b.client();
+        next.subscribe("s", &q, "auto", &[]);
+        let first = next.expect_message();
+        if end == "COMMIT" {
+            assert_eq!(body(&first), "marker", "an acknowledged message came back");
+        } else {
+            assert_eq!(body(&first), "one", "{end}");
+            assert_eq!(first.header_str("redelivered"), Some("true"));
+            assert_eq!(body(&next.expect_message()), "marker");
+        }
+    }
+}
+
 #[test]
 fn expired_messages_are_never_delivered() {
     let b = Broker::start(&[]);

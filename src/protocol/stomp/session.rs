@@ -103,6 +103,17 @@ struct Sub {
     mode: AckMode,
     /// Delivered, not yet acknowledged, in delivery order.
     unacked: VecDeque<MessageId>,
+    /// The client unsubscribed while an open transaction acknowledges
+    /// some of its deliveries: it gets nothing more, and closes at the
+    /// owner once no open transaction names it (see
+    /// [`Session::close_unsubscribed`]).
+    unsubscribed: Option<Unsubscribed>,
+}
+
+/// An UNSUBSCRIBE waiting for the transactions that acknowledge on it.
+#[derive(Debug, Clone, Copy)]
+struct Unsubscribed {
+    destroy_durable: bool,
 }
 
 #[derive(Debug)]
@@ -298,7 +309,7 @@ impl Session {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            (Phase::Open, Command::Abort) => self.abort(&frame),
+            (Phase::Open, Command::Abort) => self.abort(&frame, out),
             (Phase::Open, Command::Disconnect) => {
                 match receipt {
                     Some(r) => {
@@ -703,6 +714,7 @@ impl Session {
                 destination: destination.clone(),
                 mode,
                 unacked: VecDeque::new(),
+                unsubscribed: None,
             },
         );
         out.push(Action::Route(
@@ -741,7 +753,46 @@ impl Session {
             ));
         };
         let destroy = durable_name(f).is_some();
+        if self.acked_in_open_transaction(sub) {
+            // Its acknowledgements count at COMMIT (as ActiveMQ defers a
+            // consumer's close in a transaction): closed at the owner now,
+            // it would put back, for redelivery, messages this client has
+            // acknowledged. It only stops getting messages until then.
+            let consumer = self.consumer(sub);
+            let s = self.subs.get_mut(&sub).expect("sub_by_id names a sub");
+            s.unsubscribed = Some(Unsubscribed {
+                destroy_durable: destroy,
+            });
+            let owner = s.destination.owner(self.cfg.shards);
+            out.push(Action::Route(owner, no_more(&s.destination, consumer)));
+            return Ok(vec![owner]);
+        }
         Ok(vec![self.close_sub(sub, destroy, true, out)])
+    }
+
+    /// Whether an open transaction acknowledges a delivery of `sub`.
+    fn acked_in_open_transaction(&self, sub: u64) -> bool {
+        self.transactions
+            .values()
+            .flatten()
+            .any(|op| matches!(op, TxOp::Ack { sub: s, .. } if *s == sub))
+    }
+
+    /// Closes, at their owners, the subscriptions the client unsubscribed
+    /// that no open transaction acknowledges on any more. Called after a
+    /// COMMIT's parts are routed, so each owner has reserved what the
+    /// COMMIT acknowledges before the Unsubscribe puts the rest back.
+    /// Returns the owners told.
+    fn close_unsubscribed(&mut self, out: &mut Vec<Action>) -> Vec<usize> {
+        let done: Vec<(u64, Unsubscribed)> = self
+            .subs
+            .iter()
+            .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, u)))
+            .filter(|&(sub, _)| !self.acked_in_open_transaction(sub))
+            .collect();
+        done.into_iter()
+            .map(|(sub, u)| self.close_sub(sub, u.destroy_durable, true, out))
+            .collect()
     }
 
     /// Closes subscription `sub`. With `client_reads` (the client closes
@@ -778,14 +829,7 @@ impl Session {
                 // First: the acknowledgements must not refill its window
                 // (deliveries the session would drop unwritten, to be put
                 // back as redelivered).
-                out.push(Action::Route(
-                    owner,
-                    Op::Prefetch {
-                        destination: s.destination.clone(),
-                        consumer,
-                        prefetch: 0,
-                    },
-                ));
+                out.push(Action::Route(owner, no_more(&s.destination, consumer)));
                 out.extend(acks.map(|(shard, op)| Action::Route(shard, op)));
             }
         }
@@ -1006,9 +1050,10 @@ impl Session {
             if let Some(r) = receipt {
                 self.fence(Vec::new(), r, false, out);
             }
-            return Ok(());
+        } else {
+            self.start_commit(parts, receipt, out);
         }
-        self.start_commit(parts, receipt, out);
+        self.close_unsubscribed(out);
         Ok(())
     }
 
@@ -1043,13 +1088,14 @@ impl Session {
         }
     }
 
-    fn abort(&mut self, f: &Frame) -> Result<Vec<usize>, Refusal> {
+    fn abort(&mut self, f: &Frame, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
         let Some(t) = f.header("transaction") else {
             return refuse("ABORT requires a transaction header");
         };
-        // Sends are dropped; acknowledged messages stay unacknowledged.
+        // Sends are dropped; acknowledged messages stay unacknowledged (a
+        // subscription closed meanwhile puts them back now).
         match self.transactions.remove(t) {
-            Some(_) => Ok(vec![]),
+            Some(_) => Ok(self.close_unsubscribed(out)),
             None => refuse(format!(
                 "unknown transaction '{}'",
                 String::from_utf8_lossy(t)
@@ -1061,7 +1107,7 @@ impl Session {
     /// mode their acknowledgement, which is also what returns prefetch
     /// credit, waits for the write (see [`Session::written`]).
     pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, buf: &mut BytesMut) {
-        let Some(s) = self.subs.get_mut(&sub) else {
+        let Some(s) = self.subs.get_mut(&sub).filter(|s| s.unsubscribed.is_none()) else {
             // Unsubscribed meanwhile: the owner takes these back when the
             // Unsubscribe reaches it (they are in flight to this consumer).
             return;
@@ -1193,6 +1239,15 @@ fn is_routing_header(k: &[u8]) -> bool {
             | b"redelivered"
             | b"timestamp"
     )
+}
+
+/// A prefetch of 0: the owner delivers nothing more to `consumer`.
+fn no_more(destination: &Destination, consumer: ConsumerKey) -> Op {
+    Op::Prefetch {
+        destination: destination.clone(),
+        consumer,
+        prefetch: 0,
+    }
 }
 
 fn parse_heartbeat(hb: &str) -> Option<(u64, u64)> {
@@ -1331,6 +1386,19 @@ mod tests {
     }
 
     /// The sub number the session gave the last SUBSCRIBE in `out`.
+    /// Subscribes `s` as `a` to `/queue/q` in mode `ack`.
+    fn subscribed(s: &mut Session, ack: &'static str) -> u64 {
+        let mut out = Vec::new();
+        s.handle(
+            Frame::new(Command::Subscribe)
+                .with("id", "a")
+                .with("destination", "/queue/q")
+                .with("ack", ack),
+            &mut out,
+        );
+        sub_of(&out)
+    }
+
     fn sub_of(out: &[Action]) -> u64 {
         out.iter()
             .find_map(|a| match a {
@@ -1405,26 +1473,71 @@ mod tests {
         );
     }
 
+    /// The ops routed, by kind, in order.
+    fn kinds(out: &[Action]) -> Vec<&'static str> {
+        out.iter()
+            .map(|a| match a {
+                Action::Route(_, Op::Prefetch { prefetch: 0, .. }) => "prefetch 0",
+                Action::Route(_, Op::Unsubscribe { .. }) => "unsubscribe",
+                Action::Route(_, Op::TxPrepare { .. }) => "prepare",
+                Action::Route(_, Op::TxCoordinate { .. }) => "coordinate",
+                Action::Route(_, Op::Fence { .. }) => "fence",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unsubscribe_waits_for_the_transactions_that_acknowledge_on_it() {
+        for end in [Command::Commit, Command::Abort] {
+            let mut s = session(1);
+            let mut out = Vec::new();
+            let a = subscribed(&mut s, "client-individual");
+            let mut buf = BytesMut::new();
+            s.deliver(a, deliveries(&[1, 2]), &mut buf);
+            s.handle(
+                Frame::new(Command::Begin).with("transaction", "t"),
+                &mut out,
+            );
+            s.handle(
+                Frame::new(Command::Ack)
+                    .with("id", format!("{MESSAGE_ID_PREFIX}1-{a}"))
+                    .with("transaction", "t"),
+                &mut out,
+            );
+            s.handle(
+                Frame::new(Command::Unsubscribe)
+                    .with("id", "a")
+                    .with("receipt", "u"),
+                &mut out,
+            );
+            // It gets nothing more, but is not closed at its owner: that
+            // would put back the message the transaction acknowledges.
+            assert_eq!(kinds(&out), ["prefetch 0", "fence"], "{end:?}");
+            out.clear();
+            let mut later = BytesMut::new();
+            s.deliver(a, deliveries(&[3]), &mut later);
+            assert!(later.is_empty(), "nothing written after UNSUBSCRIBE");
+            s.handle(Frame::new(end).with("transaction", "t"), &mut out);
+            let expect: &[&str] = match end {
+                // The owner reserves what the COMMIT acknowledges first.
+                Command::Commit => &["coordinate", "prepare", "unsubscribe"],
+                _ => &["unsubscribe"],
+            };
+            assert_eq!(kinds(&out), expect, "{end:?}");
+            out.clear();
+            s.teardown(&mut out);
+            assert!(out.is_empty(), "closed once: {out:?}");
+        }
+    }
+
     #[test]
     fn a_connection_that_ends_leaves_its_writes_unacknowledged_but_an_error_does_not() {
         let mut s = session(1);
         let mut out = Vec::new();
-        s.handle(
-            Frame::new(Command::Subscribe)
-                .with("id", "a")
-                .with("destination", "/queue/q")
-                .with("ack", "auto"),
-            &mut out,
-        );
-        let a = sub_of(&out);
+        let a = subscribed(&mut s, "auto");
         let mut ended = session(1);
-        ended.handle(
-            Frame::new(Command::Subscribe)
-                .with("id", "a")
-                .with("destination", "/queue/q")
-                .with("ack", "auto"),
-            &mut Vec::new(),
-        );
+        assert_eq!(subscribed(&mut ended, "auto"), a);
         let mut buf = BytesMut::new();
         s.deliver(a, deliveries(&[1]), &mut buf);
         ended.deliver(a, deliveries(&[1]), &mut buf);
