@@ -329,6 +329,13 @@ fn a_transacted_ack_holds_through_an_unsubscribe_before_its_commit() {
         c.expect_receipt("u");
         c.frame(end, &[("transaction", "t"), ("receipt", "e")], b"");
         c.expect_receipt("e");
+        if end == "COMMIT" {
+            // Consumed, and the subscription closed: nothing in flight.
+            b.wait_until("the COMMIT's ACK applied", |_| {
+                b.destination(&q)
+                    .is_some_and(|d| d["pending"] == 0 && d["in_flight"] == 0)
+            });
+        }
         send_marker(&mut p, &q);
         let mut next = b.client();
         next.subscribe("s", &q, "auto", &[]);
@@ -341,6 +348,68 @@ fn a_transacted_ack_holds_through_an_unsubscribe_before_its_commit() {
             assert_eq!(body(&next.expect_message()), "marker");
         }
     }
+}
+
+/// A durable subscription unsubscribed for good while a transaction
+/// acknowledges on it is removed even if the connection ends before the
+/// transaction does; and subscribing to it again on that connection in
+/// the meantime is not refused.
+#[test]
+fn a_durable_subscription_unsubscribed_inside_a_transaction_is_removed_or_reopened() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut p = b.client();
+    let topic = "/topic/tx-durable";
+    let who = [("accept-version", "1.2"), ("client-id", "tx-durable")];
+    let durable = [("activemq.subscriptionName", "d")];
+    let held_in_a_transaction = |c: &mut Client, p: &mut Client| {
+        c.subscribe("s", topic, "client-individual", &durable);
+        p.send_sync(topic, "one", &[]);
+        let m = c.expect_message();
+        let id = m.header_str("ack").unwrap().to_string();
+        c.frame("BEGIN", &[("transaction", "t")], b"");
+        c.frame("ACK", &[("id", &id), ("transaction", "t")], b"");
+    };
+    // Removed (UNSUBSCRIBE naming it), then the connection ends first.
+    let mut c = Client::connect(b.stomp, &who);
+    held_in_a_transaction(&mut c, &mut p);
+    c.frame(
+        "UNSUBSCRIBE",
+        &[
+            ("id", "s"),
+            ("activemq.subscriptionName", "d"),
+            ("receipt", "u"),
+        ],
+        b"",
+    );
+    c.expect_receipt("u");
+    c.disconnect();
+    p.send_sync(topic, "for nobody", &[]);
+    let mut c = Client::connect(b.stomp, &who);
+    c.subscribe("s", topic, "client-individual", &durable);
+    send_marker(&mut p, topic);
+    let first = c.expect_message();
+    assert_eq!(
+        body(&first),
+        "marker",
+        "the removed subscription kept messages"
+    );
+    ack_delivery(&mut c, "1.2", &first, "a1");
+    // Closed (UNSUBSCRIBE without the name), then subscribed again.
+    c.frame("UNSUBSCRIBE", &[("id", "s"), ("receipt", "u1")], b"");
+    c.expect_receipt("u1");
+    held_in_a_transaction(&mut c, &mut p);
+    c.frame("UNSUBSCRIBE", &[("id", "s"), ("receipt", "u2")], b"");
+    c.expect_receipt("u2");
+    c.subscribe("s2", topic, "client-individual", &durable);
+    // It was closed to open it again: what the transaction acknowledged
+    // on it comes back, once.
+    let again = c.expect_message();
+    assert_eq!(body(&again), "one");
+    assert_eq!(again.header_str("redelivered"), Some("true"));
+    c.frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
+    c.expect_receipt("c");
+    send_marker(&mut p, topic);
+    assert_eq!(body(&c.expect_message()), "marker");
 }
 
 #[test]

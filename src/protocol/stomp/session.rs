@@ -106,8 +106,10 @@ struct Sub {
     /// The client unsubscribed while an open transaction acknowledges
     /// some of its deliveries: it gets nothing more, and closes at the
     /// owner once no open transaction names it (see
-    /// [`Session::close_unsubscribed`]).
+    /// [`Session::unsubscribed_done`]).
     unsubscribed: Option<Unsubscribed>,
+    /// Its durable subscription's name, if it is one.
+    durable: Option<String>,
 }
 
 /// An UNSUBSCRIBE waiting for the transactions that acknowledge on it.
@@ -701,6 +703,20 @@ impl Session {
             _ => None,
         };
         let selector = selector(f, durable.is_some())?;
+        if let Some(d) = &durable {
+            // The same durable subscription, unsubscribed here while a
+            // transaction acknowledges on it, is still open at its owner,
+            // which would refuse this one: it closes now, as it did before
+            // transactions held it (what the open transaction acknowledges
+            // on it is then redelivered instead).
+            let waiting: Vec<(u64, Unsubscribed)> = self
+                .subs
+                .iter()
+                .filter(|(_, s)| s.durable.as_deref() == Some(d.name.as_str()))
+                .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, u)))
+                .collect();
+            self.close_subs(waiting, out);
+        }
         let is_topic = destination.is_topic();
         let sub = self.next_sub;
         self.next_sub += 1;
@@ -715,6 +731,7 @@ impl Session {
                 mode,
                 unacked: VecDeque::new(),
                 unsubscribed: None,
+                durable: durable.as_ref().map(|d| d.name.clone()),
             },
         );
         out.push(Action::Route(
@@ -778,19 +795,19 @@ impl Session {
             .any(|op| matches!(op, TxOp::Ack { sub: s, .. } if *s == sub))
     }
 
-    /// Closes, at their owners, the subscriptions the client unsubscribed
-    /// that no open transaction acknowledges on any more. Called after a
-    /// COMMIT's parts are routed, so each owner has reserved what the
-    /// COMMIT acknowledges before the Unsubscribe puts the rest back.
-    /// Returns the owners told.
-    fn close_unsubscribed(&mut self, out: &mut Vec<Action>) -> Vec<usize> {
-        let done: Vec<(u64, Unsubscribed)> = self
-            .subs
+    /// The subscriptions the client unsubscribed that no open transaction
+    /// acknowledges on any more: to be closed at their owners.
+    fn unsubscribed_done(&self) -> Vec<(u64, Unsubscribed)> {
+        self.subs
             .iter()
             .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, u)))
             .filter(|&(sub, _)| !self.acked_in_open_transaction(sub))
-            .collect();
-        done.into_iter()
+            .collect()
+    }
+
+    /// Closes `subs` at their owners; returns the owners told.
+    fn close_subs(&mut self, subs: Vec<(u64, Unsubscribed)>, out: &mut Vec<Action>) -> Vec<usize> {
+        subs.into_iter()
             .map(|(sub, u)| self.close_sub(sub, u.destroy_durable, true, out))
             .collect()
     }
@@ -854,11 +871,16 @@ impl Session {
         self.close_all_subs(client_reads, out);
     }
 
-    /// Closes every subscription (a durable one stays, inactive).
+    /// Closes every subscription (a durable one stays, inactive, unless
+    /// the client unsubscribed it for good while a transaction held it).
     fn close_all_subs(&mut self, client_reads: bool, out: &mut Vec<Action>) {
-        let subs: Vec<u64> = self.subs.keys().copied().collect();
-        for sub in subs {
-            self.close_sub(sub, false, client_reads, out);
+        let subs: Vec<(u64, bool)> = self
+            .subs
+            .iter()
+            .map(|(&sub, s)| (sub, s.unsubscribed.is_some_and(|u| u.destroy_durable)))
+            .collect();
+        for (sub, destroy) in subs {
+            self.close_sub(sub, destroy, client_reads, out);
         }
         self.sub_by_id.clear();
     }
@@ -1046,14 +1068,21 @@ impl Session {
                 }
             }
         }
-        if parts.is_empty() {
-            if let Some(r) = receipt {
-                self.fence(Vec::new(), r, false, out);
-            }
-        } else {
+        let closing = self.unsubscribed_done();
+        if closing.is_empty() && !parts.is_empty() {
             self.start_commit(parts, receipt, out);
+            return Ok(());
         }
-        self.close_unsubscribed(out);
+        if !parts.is_empty() {
+            self.start_commit(parts, None, out);
+        }
+        // After the parts: each owner reserves what the COMMIT acknowledges
+        // before the Unsubscribe puts the rest back. The receipt, a fence
+        // behind the COMMIT, comes once those owners have closed them too.
+        let owners = self.close_subs(closing, out);
+        if let Some(r) = receipt {
+            self.fence(owners, r, false, out);
+        }
         Ok(())
     }
 
@@ -1095,7 +1124,10 @@ impl Session {
         // Sends are dropped; acknowledged messages stay unacknowledged (a
         // subscription closed meanwhile puts them back now).
         match self.transactions.remove(t) {
-            Some(_) => Ok(self.close_unsubscribed(out)),
+            Some(_) => {
+                let closing = self.unsubscribed_done();
+                Ok(self.close_subs(closing, out))
+            }
             None => refuse(format!(
                 "unknown transaction '{}'",
                 String::from_utf8_lossy(t)
@@ -1385,7 +1417,6 @@ mod tests {
             .collect()
     }
 
-    /// The sub number the session gave the last SUBSCRIBE in `out`.
     /// Subscribes `s` as `a` to `/queue/q` in mode `ack`.
     fn subscribed(s: &mut Session, ack: &'static str) -> u64 {
         let mut out = Vec::new();
@@ -1399,6 +1430,7 @@ mod tests {
         sub_of(&out)
     }
 
+    /// The sub number the session gave the last SUBSCRIBE in `out`.
     fn sub_of(out: &[Action]) -> u64 {
         out.iter()
             .find_map(|a| match a {
@@ -1518,11 +1550,17 @@ mod tests {
             let mut later = BytesMut::new();
             s.deliver(a, deliveries(&[3]), &mut later);
             assert!(later.is_empty(), "nothing written after UNSUBSCRIBE");
-            s.handle(Frame::new(end).with("transaction", "t"), &mut out);
+            s.handle(
+                Frame::new(end)
+                    .with("transaction", "t")
+                    .with("receipt", "e"),
+                &mut out,
+            );
             let expect: &[&str] = match end {
-                // The owner reserves what the COMMIT acknowledges first.
-                Command::Commit => &["coordinate", "prepare", "unsubscribe"],
-                _ => &["unsubscribe"],
+                // The owner reserves what the COMMIT acknowledges first;
+                // the receipt waits for the close too.
+                Command::Commit => &["coordinate", "prepare", "unsubscribe", "fence"],
+                _ => &["unsubscribe", "fence"],
             };
             assert_eq!(kinds(&out), expect, "{end:?}");
             out.clear();
