@@ -13,6 +13,7 @@ use brokk::config::{Config, Overrides, StoreMode};
 /// shard that saw them acknowledged: glibc's allocator serialises those
 /// cross-thread frees on its arena locks (measured: 12% of samples under
 /// OpenWire load); mimalloc frees them without a lock.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
