@@ -276,17 +276,83 @@ fn segments_are_reused_and_disk_use_stays_bounded() {
     assert!(files <= 5, "{files} segment files for a 4 MiB limit");
 }
 
+/// A broker of a shared-file pair on `dir`/data, two shards, at these
+/// STOMP and admin addresses.
+fn pair_args(dir: &std::path::Path, stomp: &str, admin: &str) -> Vec<String> {
+    let data = dir.join("data").display().to_string();
+    [
+        "--data", &data, "--stomp", stomp, "--admin", admin, "--shards", "2",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+/// A client that reaches the new master while it recovers waits and is
+/// served once it serves, instead of being refused and left to its
+/// back-off: the client ports open as the takeover begins (here it
+/// stalls, with a test-only switch, to be caught in the act).
+#[test]
+fn a_client_connecting_during_a_takeover_waits_and_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, a1, s2, a2) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let args = |s: &str, a: &str| pair_args(dir.path(), s, a);
+    let mut master = Broker::spawn(None, &args(&s1, &a1), Some(dir.path()));
+    let mut standby = Broker::spawn_env(
+        None,
+        &args(&s2, &a2),
+        Some(dir.path()),
+        &[("BROKK_FAULT_TAKEOVER_PAUSE_MS", "4000")],
+    );
+    assert!(
+        standby.role_line.starts_with("brokk standby"),
+        "{}",
+        standby.role_line
+    );
+    assert!(
+        std::net::TcpStream::connect(&s2).is_err(),
+        "a standby does not listen for clients"
+    );
+    master
+        .client()
+        .send_sync("/queue/across", "kept", &[("persistent", "true")]);
+    master.kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while standby.status()["role"] != "recovering" {
+        assert!(std::time::Instant::now() < deadline, "no takeover began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stream = loop {
+        if let Ok(s) = std::net::TcpStream::connect(&s2) {
+            break s;
+        }
+        assert_eq!(
+            standby.status()["role"],
+            "recovering",
+            "the ports stayed closed while the broker recovered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        standby.status()["role"],
+        "recovering",
+        "connected before serving"
+    );
+    drop(stream);
+    // A whole client now: its CONNECT waits in the queue and is answered.
+    let mut c = Client::try_connect(standby.stomp, &[("accept-version", "1.2")])
+        .expect("a CONNECTED once the new master serves");
+    assert!(c.is_connected(), "{:?}", c.connected);
+    standby.wait_for_master_within(20);
+    c.subscribe("s", "/queue/across", "auto", &[]);
+    assert_eq!(body(&c.expect_message()), "kept");
+}
+
 #[test]
 fn standby_takes_over_when_master_is_killed_and_old_master_stays_standby() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
     let (s1, a1, s2, a2) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let args = |s: &str, a: &str| -> Vec<String> {
-        ["--data", &data, "--stomp", s, "--admin", a, "--shards", "2"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect()
-    };
+    let args = |s: &str, a: &str| pair_args(dir.path(), s, a);
     let mut master = Broker::spawn(None, &args(&s1, &a1), Some(dir.path()));
     let mut standby = Broker::spawn_any(None, &args(&s2, &a2), Some(dir.path()));
     assert!(

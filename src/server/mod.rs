@@ -5,6 +5,7 @@ pub mod admin_send;
 mod connection;
 mod db_shard;
 pub mod latch;
+mod listen;
 pub mod mailbox;
 mod openwire_connection;
 pub mod shard;
@@ -54,6 +55,23 @@ fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
         .as_socket()
         .ok_or_else(|| anyhow!("no socket address"))?;
     Ok((local, Some(sock)))
+}
+
+/// Opens the client ports as a takeover begins (see [`listen`]).
+fn open_client_ports(
+    addrs: listen::ListenAddrs,
+    shards: usize,
+) -> Result<Vec<listen::ShardListeners>> {
+    let listeners = listen::open(addrs, shards)?;
+    // Test-only fault switch: the takeover stalls this long with its ports
+    // open, so that a test can connect before the broker serves.
+    if let Some(ms) = std::env::var("BROKK_FAULT_TAKEOVER_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    Ok(listeners)
 }
 
 /// Per-shard io_uring registered buffer memory. glommio's 10 MiB default
@@ -141,6 +159,14 @@ pub fn serve(mut config: Config) -> Result<()> {
     // ready, so that taking over does not start threads (see `shard::run`).
     let mut executors = Executors::spawn(config.shard_count())?;
     let file_mode = config.store.mode == StoreMode::File;
+    let addrs = listen::ListenAddrs {
+        stomp,
+        stomp_tls,
+        openwire,
+    };
+    // The client ports open as the takeover begins (see `listen`).
+    let mut listeners = None;
+    let mut file_shards = None;
     if file_mode {
         let dir = &config.store.dir;
         let lock = match FileLock::try_acquire(dir)? {
@@ -157,6 +183,9 @@ pub fn serve(mut config: Config) -> Result<()> {
             role = "recovering",
             "lock acquired and epoch raised; recovering the journal"
         );
+        let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
+        listeners = Some(open_client_ports(addrs, n)?);
+        file_shards = Some(n);
     }
     // Only a master pages, and only a master may empty the spool directory
     // (a standby doing so would pull it from under the running master): in
@@ -167,9 +196,19 @@ pub fn serve(mut config: Config) -> Result<()> {
         _ => config.store.spool_dir(),
     };
     let mut max_frame_size = config.limits.max_frame_size;
+    // The database and zk modes open them once the lease or election is won.
+    let mut open_ports = || -> Result<()> {
+        listeners = Some(open_client_ports(addrs, config.shard_count())?);
+        Ok(())
+    };
     let db = if config.store.is_db() {
-        let (db, max_statement, dir) =
-            db_take_over(&config, &role, (stomp, admin_addr), store_usage.clone())?;
+        let (db, max_statement, dir) = db_take_over(
+            &config,
+            &role,
+            (stomp, admin_addr),
+            store_usage.clone(),
+            &mut open_ports,
+        )?;
         spool_dir = dir;
         // A persistent message travels in one INSERT: a frame the database
         // would refuse must be refused at the door, not retried forever;
@@ -194,25 +233,32 @@ pub fn serve(mut config: Config) -> Result<()> {
             &role,
             (stomp, admin_addr),
             state.replication.clone(),
+            &mut open_ports,
         )?;
         spool_dir = dir;
         Some(db)
     } else {
         None
     };
-    let shards = if file_mode {
-        let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
-        if n != config.shard_count() {
-            warn!(
-                recorded = n,
-                configured = config.shard_count(),
-                "the data directory records another shard count; using it"
-            );
+    let shards = match file_shards {
+        Some(n) => {
+            if n != config.shard_count() {
+                warn!(
+                    recorded = n,
+                    configured = config.shard_count(),
+                    "the data directory records another shard count; using it"
+                );
+            }
+            n
         }
-        n
-    } else {
-        config.shard_count()
+        None => config.shard_count(),
     };
+    // Memory mode takes nothing over: its ports open now.
+    let listeners = match listeners {
+        Some(l) => l,
+        None => listen::open(addrs, shards)?,
+    };
+    debug_assert_eq!(listeners.len(), shards, "a listener set per shard");
     store_usage.limit_bytes.store(
         if file_mode {
             capped_store_limit(&config, shards)
@@ -281,17 +327,13 @@ pub fn serve(mut config: Config) -> Result<()> {
         threads,
         mesh: _mesh,
     } = executors;
-    for (id, start) in starts.into_iter().enumerate() {
+    for (id, (start, listeners)) in starts.into_iter().zip(listeners).enumerate() {
         let (ctl_tx, ctl_rx) = flume::unbounded();
         controls.push(ctl_tx);
         start
             .send(shard::ShardStart {
                 shared: shared.clone(),
-                addrs: shard::ListenAddrs {
-                    stomp,
-                    stomp_tls,
-                    openwire,
-                },
+                listeners,
                 control: ctl_rx,
                 ready: ready_tx.clone(),
             })
@@ -532,6 +574,7 @@ fn db_take_over(
     role: &Arc<RoleCell>,
     (stomp, admin): (SocketAddr, SocketAddr),
     usage: Arc<StoreUsage>,
+    open_ports: &mut dyn FnMut() -> Result<()>,
 ) -> Result<(db_shard::DbShared, Option<u64>, std::path::PathBuf)> {
     use crate::ha::db_lease;
     use crate::store::sql::{self, writer};
@@ -600,6 +643,7 @@ fn db_take_over(
     role.set(Role::Recovering);
     let span = ha_span(Role::Recovering, 0);
     let _in = span.enter();
+    open_ports()?;
     info!(url = %sql::redact(&url), "lease taken; reading the tables");
     let mut lease = lease;
     side::handle()?.spawn(async move {

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::admin_send::{AdminSend, SendRefusal};
 use super::connection;
 use super::latch::Latch;
+use super::listen::ShardListeners;
 use super::mailbox::Mailbox;
 use crate::broker::message::MemoryUsage;
 use crate::broker::message_ids::MessageIds;
@@ -522,14 +524,6 @@ impl ShardContext {
     }
 }
 
-/// The client ports every shard accepts on (SO_REUSEPORT).
-#[derive(Debug, Clone, Copy)]
-pub struct ListenAddrs {
-    pub stomp: std::net::SocketAddr,
-    pub stomp_tls: Option<std::net::SocketAddr>,
-    pub openwire: std::net::SocketAddr,
-}
-
 /// What a listener speaks.
 enum Protocol {
     Stomp(Option<TlsListener>),
@@ -540,7 +534,8 @@ enum Protocol {
 /// broker becomes master (see [`run`]).
 pub struct ShardStart {
     pub shared: Shared,
-    pub addrs: ListenAddrs,
+    /// Its listeners, open since the takeover began (see `server::listen`).
+    pub listeners: ShardListeners,
     pub control: flume::Receiver<Control>,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -580,14 +575,14 @@ pub async fn run(
     drop(joined);
     let Ok(ShardStart {
         shared,
-        addrs,
+        listeners,
         control,
         ready,
     }) = start.recv_async().await
     else {
         return;
     };
-    serve(id, shared, addrs, mesh, control, ready).await
+    serve(id, shared, listeners, mesh, control, ready).await
 }
 
 /// Recovers one shard and serves until shutdown. `ready` gets the outcome
@@ -595,7 +590,7 @@ pub async fn run(
 async fn serve(
     id: usize,
     shared: Shared,
-    addrs: ListenAddrs,
+    listeners: ShardListeners,
     mesh: Option<(Senders<Batch>, Receivers<Batch>)>,
     control: flume::Receiver<Control>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -739,37 +734,23 @@ async fn serve(
                 }
             }
         }
-        let ListenAddrs {
+        // Accepting from the sockets opened as the takeover began: the
+        // connections queued meanwhile are served now (see
+        // `server::listen`).
+        let ShardListeners {
             stomp,
-            stomp_tls,
             openwire,
-        } = addrs;
-        let listener = match TcpListener::bind(stomp) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("cannot listen for STOMP on {stomp}: {e}")));
-                return;
-            }
+            stomp_tls,
+        } = listeners;
+        let own = |l: std::net::TcpListener| {
+            // SAFETY: the descriptor is a bound, listening socket that
+            // `into_raw_fd` hands over, so nothing else closes it.
+            unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) }
         };
-        let openwire_listener = match TcpListener::bind(openwire) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!(
-                    "cannot listen for OpenWire on {openwire}: {e}"
-                )));
-                return;
-            }
-        };
+        let listener = own(stomp);
+        let openwire_listener = own(openwire);
         let tls_listener = match (stomp_tls, &shared.tls) {
-            (Some(addr), Some(tls)) => match TcpListener::bind(addr) {
-                Ok(l) => Some((l, tls.clone())),
-                Err(e) => {
-                    let _ = ready.send(Err(format!(
-                        "cannot listen for STOMP over TLS on {addr}: {e}"
-                    )));
-                    return;
-                }
-            },
+            (Some(l), Some(tls)) => Some((own(l), tls.clone())),
             _ => None,
         };
         let outboxes: Vec<Mailbox<ShardMsg>> =

@@ -30,6 +30,7 @@ pub fn zk_take_over(
     role: &Arc<RoleCell>,
     (stomp, admin): (SocketAddr, SocketAddr),
     status: Arc<ReplStatus>,
+    open_ports: &mut dyn FnMut() -> Result<()>,
 ) -> Result<(DbShared, std::path::PathBuf)> {
     let ha = config.ha.clone();
     let dir = config.store.dir.join("replica");
@@ -144,6 +145,7 @@ pub fn zk_take_over(
     role.set(Role::Recovering);
     let span = ha_span(Role::Recovering, epoch);
     let _in = span.enter();
+    open_ports()?;
     crate::ha::fence::set_epoch(epoch);
     crate::protocol::stomp::session::set_cluster_identity(epoch, &repl);
     status.set_epoch(epoch, None);
