@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -322,7 +323,7 @@ fn a_client_connecting_during_a_takeover_waits_and_is_served() {
         assert!(std::time::Instant::now() < deadline, "no takeover began");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let stream = loop {
+    let mut early = loop {
         if let Ok(s) = std::net::TcpStream::connect(&s2) {
             break s;
         }
@@ -338,11 +339,32 @@ fn a_client_connecting_during_a_takeover_waits_and_is_served() {
         "recovering",
         "connected before serving"
     );
-    drop(stream);
-    // A whole client now: its CONNECT waits in the queue and is answered.
-    let mut c = Client::try_connect(standby.stomp, &[("accept-version", "1.2")])
-        .expect("a CONNECTED once the new master serves");
-    assert!(c.is_connected(), "{:?}", c.connected);
+    // Nothing answers it while the broker recovers.
+    early
+        .write_all(b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\0")
+        .unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut first = [0u8; 9];
+    let silent = matches!(
+        early.read(&mut first),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    assert!(silent, "answered while recovering");
+    assert_eq!(
+        standby.status()["role"],
+        "recovering",
+        "the check ran while recovering"
+    );
+    // Its CONNECT waited in the queue: answered once the broker serves.
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    early.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"CONNECTED", "the waiting client is served");
+    drop(early);
+    let mut c = Client::connect(standby.stomp, &[("accept-version", "1.2")]);
     standby.wait_for_master_within(20);
     c.subscribe("s", "/queue/across", "auto", &[]);
     assert_eq!(body(&c.expect_message()), "kept");

@@ -75,9 +75,14 @@ mod tests {
 
     #[test]
     fn a_client_that_connects_before_the_shard_accepts_is_served_once_it_does() {
-        let hold = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = hold.local_addr().unwrap();
-        drop(hold);
+        // A port of our own (bound, not listening, as `serve` holds a
+        // port-0 address) that the shards' sockets share.
+        let hold =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        hold.set_reuse_port(true).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        hold.bind(&any.into()).unwrap();
+        let addr = hold.local_addr().unwrap().as_socket().unwrap();
         let addrs = ListenAddrs {
             stomp: addr,
             stomp_tls: None,

@@ -36,7 +36,7 @@ use shard::{Control, JournalSettings, Shared, TlsListener};
 
 /// Binds a port-0 address to a concrete port first, so that every shard's
 /// SO_REUSEPORT listener shares one port. The returned socket stays bound
-/// (not listening) until the shards listen: dropped at once, the port would
+/// (not listening) until the shards accept: dropped at once, the port would
 /// be free for anyone's outgoing connection to take while a standby waits or
 /// a master recovers, and the shards' bind would then fail.
 fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>)> {
@@ -55,23 +55,6 @@ fn resolve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
         .as_socket()
         .ok_or_else(|| anyhow!("no socket address"))?;
     Ok((local, Some(sock)))
-}
-
-/// Opens the client ports as a takeover begins (see [`listen`]).
-fn open_client_ports(
-    addrs: listen::ListenAddrs,
-    shards: usize,
-) -> Result<Vec<listen::ShardListeners>> {
-    let listeners = listen::open(addrs, shards)?;
-    // Test-only fault switch: the takeover stalls this long with its ports
-    // open, so that a test can connect before the broker serves.
-    if let Some(ms) = std::env::var("BROKK_FAULT_TAKEOVER_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    Ok(listeners)
 }
 
 /// Per-shard io_uring registered buffer memory. glommio's 10 MiB default
@@ -184,8 +167,18 @@ pub fn serve(mut config: Config) -> Result<()> {
             "lock acquired and epoch raised; recovering the journal"
         );
         let n = meta::load_or_init(&config.store.dir, config.shard_count())?;
-        listeners = Some(open_client_ports(addrs, n)?);
+        listeners = Some(listen::open(addrs, n)?);
         file_shards = Some(n);
+        // Test-only fault switch: the takeover stalls this long with its
+        // ports open, so that a test can connect before the broker serves.
+        // File mode only: the database and zk modes would lose their lease
+        // or followers meanwhile.
+        if let Some(ms) = std::env::var("BROKK_FAULT_TAKEOVER_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
     // Only a master pages, and only a master may empty the spool directory
     // (a standby doing so would pull it from under the running master): in
@@ -198,7 +191,7 @@ pub fn serve(mut config: Config) -> Result<()> {
     let mut max_frame_size = config.limits.max_frame_size;
     // The database and zk modes open them once the lease or election is won.
     let mut open_ports = || -> Result<()> {
-        listeners = Some(open_client_ports(addrs, config.shard_count())?);
+        listeners = Some(listen::open(addrs, config.shard_count())?);
         Ok(())
     };
     let db = if config.store.is_db() {
@@ -258,7 +251,12 @@ pub fn serve(mut config: Config) -> Result<()> {
         Some(l) => l,
         None => listen::open(addrs, shards)?,
     };
-    debug_assert_eq!(listeners.len(), shards, "a listener set per shard");
+    if listeners.len() != shards {
+        return Err(anyhow!(
+            "{} sets of client ports opened for {shards} shards",
+            listeners.len()
+        ));
+    }
     store_usage.limit_bytes.store(
         if file_mode {
             capped_store_limit(&config, shards)

@@ -138,7 +138,7 @@ pub struct Shared {
     /// Queues larger than memory: where each shard spools paged messages
     /// (`<dir>/shard-N`), and the held bytes at which queues start paging.
     pub paging: PagingSettings,
-    /// Every shard passes it twice before listening: once its journal is
+    /// Every shard passes it twice before accepting: once its journal is
     /// read (its transaction decisions published), and once the
     /// transactions recovery applied are durable everywhere.
     pub recovered: Arc<std::sync::Barrier>,
@@ -586,7 +586,7 @@ pub async fn run(
 }
 
 /// Recovers one shard and serves until shutdown. `ready` gets the outcome
-/// of recovering and binding.
+/// of recovering.
 async fn serve(
     id: usize,
     shared: Shared,
@@ -657,7 +657,7 @@ async fn serve(
                     }
                 }
             };
-        // Listen only once every shard's state is back: no client sees a
+        // Accept only once every shard's state is back: no client sees a
         // half-recovered broker. Blocking waits, on purpose: nothing else
         // runs on this shard yet, and the thread sleeps instead of polling.
         if let Some((restorer, _)) = &read {
@@ -1163,8 +1163,8 @@ async fn open_journal(
 /// A flush before serving. No space for it (a full copy-on-write file
 /// system allocates even on overwrite) is waited out, with a warning, not
 /// an exit: a standby on the same file system would fail the same way, and
-/// only space freed outside the broker helps (the client ports are not open
-/// yet, so no consumer can free any).
+/// only space freed outside the broker helps (no client is accepted yet,
+/// so no consumer can free any).
 async fn flush_at_start(j: &RefCell<Journal>) -> Result<(), String> {
     let mut warn_at = std::time::Instant::now();
     loop {
