@@ -121,6 +121,11 @@ struct Args {
     /// Give up waiting for consumers after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
+    /// Reconnect as ActiveMQ's failover transport does by default: the
+    /// pause after a failed attempt starts at 10 ms and doubles each time
+    /// (useExponentialBackOff, up to 30 s). Without it every pause is 10 ms.
+    #[arg(long)]
+    reconnect_backoff: bool,
     /// Write summary.json and HDR percentile files (.hgrm) here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -221,6 +226,37 @@ fn histogram() -> Histogram<u64> {
 /// failover transport starts at 10 ms (initialReconnectDelay). A longer
 /// pause would be counted in the failover gap and hide the broker's part.
 const RECONNECT_DELAY: Duration = Duration::from_millis(10);
+/// ActiveMQ's maxReconnectDelay.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// The pauses of one client between failed connection attempts: 10 ms
+/// each, or, with `--reconnect-backoff`, doubling from 10 ms.
+struct Reconnect {
+    backoff: bool,
+    next: Duration,
+}
+
+impl Reconnect {
+    fn new(backoff: bool) -> Reconnect {
+        Reconnect {
+            backoff,
+            next: RECONNECT_DELAY,
+        }
+    }
+
+    /// Sleeps after a failed attempt.
+    fn pause(&mut self) {
+        std::thread::sleep(self.next);
+        if self.backoff {
+            self.next = (self.next * 2).min(MAX_RECONNECT_DELAY);
+        }
+    }
+
+    /// A connection was made: the next failure starts over.
+    fn connected(&mut self) {
+        self.next = RECONNECT_DELAY;
+    }
+}
 
 fn per_producer(messages: u64, producers: usize) -> Vec<u64> {
     let base = messages / producers as u64;
@@ -697,6 +733,7 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
     let mut broker = i;
     let mut signalled = false;
     let mut last_progress = Instant::now();
+    let mut pace = Reconnect::new(a.reconnect_backoff);
     'reconnect: loop {
         let (mut conn, idx) = match Conn::connect(
             &s.brokers,
@@ -714,10 +751,11 @@ fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Result<
                 if last_progress.elapsed() > Duration::from_secs(a.idle_timeout) {
                     break;
                 }
-                std::thread::sleep(RECONNECT_DELAY);
+                pace.pause();
                 continue;
             }
         };
+        pace.connected();
         broker = idx;
         for k in 0..a.destinations {
             // Only the last SUBSCRIBE asks for a receipt: then all are in place.

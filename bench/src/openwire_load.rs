@@ -26,7 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::accounting;
 use crate::openwire::{destination, throwable, Conn};
 use crate::producer::{Failure, Link, Sent};
-use crate::{destination_name, histogram, is_timeout, Shared, RECONNECT_DELAY};
+use crate::{destination_name, histogram, is_timeout, Reconnect, Shared};
 
 /// Property names; the broker turns them into string properties, which is
 /// what a STOMP consumer sees as the `bench-*` headers.
@@ -307,6 +307,7 @@ pub fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Res
     let mut broker = i;
     let mut signalled = false;
     let mut last_progress = Instant::now();
+    let mut pace = Reconnect::new(a.reconnect_backoff);
     'reconnect: loop {
         let (mut conn, idx) = match Conn::connect(&s.brokers, broker, login) {
             Ok(c) => c,
@@ -318,10 +319,11 @@ pub fn consumer(i: usize, s: Arc<Shared>, ready: Arc<std::sync::Barrier>) -> Res
                 if last_progress.elapsed() > Duration::from_secs(a.idle_timeout) {
                     break;
                 }
-                std::thread::sleep(RECONNECT_DELAY);
+                pace.pause();
                 continue;
             }
         };
+        pace.connected();
         broker = idx;
         let mut subs: Vec<Sub> = Vec::with_capacity(a.destinations);
         let mut ready_id = 0;

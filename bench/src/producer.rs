@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::accounting::Receipts;
-use crate::{is_timeout, Schedule, Shared, RECONNECT_DELAY};
+use crate::{is_timeout, Reconnect, Schedule, Shared};
 
 /// A message sent and not yet answered.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +60,7 @@ pub fn run<L: Link>(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
     let deadline = a
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let mut pace = Reconnect::new(a.reconnect_backoff);
     'reconnect: while receipted_upto < n {
         let (mut conn, idx) = match L::open(&s, broker) {
             Ok(c) => c,
@@ -67,11 +68,12 @@ pub fn run<L: Link>(p: usize, n: u64, s: Arc<Shared>) -> Result<()> {
                 if s.start.elapsed() > Duration::from_secs(3600) {
                     return Err(e);
                 }
-                std::thread::sleep(RECONNECT_DELAY);
+                pace.pause();
                 s.reconnects.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
+        pace.connected();
         broker = idx;
         next = next.min(receipted_upto);
         let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(a.window);
