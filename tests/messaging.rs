@@ -741,6 +741,62 @@ fn unread_backlog(b: &Broker, queue: &str, n: usize, ack: &str) -> Client {
     c
 }
 
+/// Deliveries the broker had dispatched to a consumer but not yet written
+/// to it when it unsubscribed (its socket full) go back as they were: not
+/// marked redelivered and not counted toward `max_redeliveries`, so a
+/// client that subscribes and unsubscribes often sends nothing it never
+/// saw to the dead-letter queue. Those written to it come back marked.
+#[test]
+fn deliveries_never_written_to_a_closed_consumer_do_not_count_as_redelivered() {
+    let b = Broker::start(&["--shards", "2"]);
+    // More than loopback's socket buffers hold: the connection's writer is
+    // stuck in this batch ...
+    let first = 300;
+    let mut c = unread_backlog(&b, "/queue/unseen", first, "client-individual");
+    // ... while these are dispatched to it and wait behind, not encoded.
+    let mut p = b.client();
+    let body = "y".repeat(1024);
+    for i in first..first + 100 {
+        p.frame(
+            "SEND",
+            &[("destination", "/queue/unseen"), ("seq", &i.to_string())],
+            body.as_bytes(),
+        );
+    }
+    let n = first + 100;
+    b.wait_until("all dispatched to the first consumer", |_| {
+        b.destination("/queue/unseen")
+            .is_some_and(|d| d["in_flight"] == n)
+    });
+    c.frame("UNSUBSCRIBE", &[("id", "s")], b"");
+    let mut d = Client::connect(b.stomp, &[("accept-version", "1.2")]);
+    d.subscribe("s", "/queue/unseen", "auto", &[]);
+    let (mut marked, mut unmarked) = (HashSet::new(), HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while marked.len() + unmarked.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = d
+            .recv_timeout(left)
+            .unwrap_or_else(|| panic!("{} + {} of {n}", marked.len(), unmarked.len()));
+        let seq = m.header_str("seq").unwrap().to_string();
+        let fresh = match m.header_str("redelivered") {
+            Some("true") => marked.insert(seq),
+            _ => unmarked.insert(seq),
+        };
+        assert!(fresh, "delivered twice");
+    }
+    assert!(
+        !marked.is_empty(),
+        "what was written to the first consumer is marked"
+    );
+    assert!(
+        !unmarked.is_empty(),
+        "what never reached the first consumer came back marked redelivered ({} of {n})",
+        marked.len()
+    );
+    drop(c);
+}
+
 /// A new auto-ack consumer of `queue` gets the `n` messages' rest: none
 /// of `first` (what the last consumer read), and every other once.
 fn the_rest_comes_to_the_next_consumer_once(b: &Broker, queue: &str, first: &[String], n: usize) {

@@ -49,6 +49,41 @@ pub struct SubscribeOp {
     pub no_local: Option<Arc<str>>,
 }
 
+/// Which deliveries of a closing consumer its client may have seen: those
+/// go back to the queue counted as redelivered (toward
+/// `max_redeliveries`). The rest were still on their way to the client
+/// when it closed (prefetched, never written) and go back as they were,
+/// so a client that subscribes and unsubscribes often does not send
+/// messages nobody saw to the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Every one (what the session cannot tell apart).
+    All,
+    /// Only these (see [`Seen::only`]).
+    Only(SeenIds),
+}
+
+/// Message ids, sorted, so that a closing consumer's thousand deliveries
+/// are looked up without a scan each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenIds(Vec<MessageId>);
+
+impl Seen {
+    pub fn only(ids: impl IntoIterator<Item = MessageId>) -> Seen {
+        let mut ids: Vec<MessageId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Seen::Only(SeenIds(ids))
+    }
+
+    pub fn covers(&self, id: MessageId) -> bool {
+        match self {
+            Seen::All => true,
+            Seen::Only(SeenIds(ids)) => ids.binary_search(&id).is_ok(),
+        }
+    }
+}
+
 /// Sent to the shard that owns the destination.
 #[derive(Debug)]
 pub enum Op {
@@ -59,6 +94,8 @@ pub enum Op {
         consumer: ConsumerKey,
         /// Also delete the durable subscription and its messages.
         destroy_durable: bool,
+        /// Which of its deliveries the client may have seen.
+        seen: Seen,
     },
     Ack {
         destination: Destination,

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use super::message::{MessageId, SharedMessage};
+use super::ops::Seen;
 use super::paging::PagedEntry;
 use super::restore::RestoredEntry;
 use super::selector::Selector;
@@ -333,9 +334,14 @@ impl MessageQueue {
     }
 
     /// Removes a consumer; its unacknowledged messages go back to the head of
-    /// the queue as redeliveries. Returns those that exceeded
-    /// `max_redeliveries` (for the dead-letter queue).
-    pub fn remove_consumer(&mut self, key: ConsumerKey, max_redeliveries: u32) -> Requeued {
+    /// the queue, those its client may have `seen` as redeliveries. Returns
+    /// those that exceeded `max_redeliveries` (for the dead-letter queue).
+    pub fn remove_consumer(
+        &mut self,
+        key: ConsumerKey,
+        max_redeliveries: u32,
+        seen: &Seen,
+    ) -> Requeued {
         self.consumers.retain(|c| c.key != key);
         self.selective = self
             .consumers
@@ -353,7 +359,7 @@ impl MessageQueue {
             .collect();
         // Put them back in their original order (ids grow per producer shard).
         ids.sort_unstable();
-        self.requeue(key, &ids, max_redeliveries)
+        self.requeue_seen(key, &ids, max_redeliveries, seen)
     }
 
     /// Hands pending messages to consumers that have prefetch credit.
@@ -503,6 +509,18 @@ impl MessageQueue {
         ids: &[MessageId],
         max_redeliveries: u32,
     ) -> Requeued {
+        self.requeue_seen(key, ids, max_redeliveries, &Seen::All)
+    }
+
+    /// [`MessageQueue::requeue`], counting only what the client may have
+    /// seen: the others go back as they were.
+    fn requeue_seen(
+        &mut self,
+        key: ConsumerKey,
+        ids: &[MessageId],
+        max_redeliveries: u32,
+        seen: &Seen,
+    ) -> Requeued {
         let mut out = Requeued::default();
         let mut back = Vec::new();
         for id in ids {
@@ -512,6 +530,10 @@ impl MessageQueue {
             let Some((_, mut entry)) = self.in_flight.remove(id) else {
                 continue;
             };
+            if !seen.covers(*id) {
+                back.push(entry);
+                continue;
+            }
             entry.redeliveries += 1;
             if entry.redeliveries > max_redeliveries {
                 self.dequeued += 1;
@@ -656,12 +678,12 @@ mod tests {
         assert!(out.deliveries.iter().all(|(k, _)| *k == key(2)), "{out:?}");
         assert_eq!(out.deliveries.len(), 4);
         // The next exclusive one takes over, with what came back.
-        q.remove_consumer(key(2), 10);
+        q.remove_consumer(key(2), 10, &Seen::All);
         let mut out = Dispatched::default();
         q.dispatch(0, &mut out);
         assert_eq!(out.deliveries.len(), 4);
         assert!(out.deliveries.iter().all(|(k, _)| *k == key(3)));
-        q.remove_consumer(key(3), 10);
+        q.remove_consumer(key(3), 10, &Seen::All);
         let mut out = Dispatched::default();
         q.dispatch(0, &mut out);
         assert!(out.deliveries.iter().all(|(k, _)| *k == key(1)));
@@ -773,10 +795,32 @@ mod tests {
             q.dispatch(0, &mut d);
             assert_eq!(ids(&d), vec![(round, 1), (round, 2)]);
             assert_eq!(d.deliveries[0].1.redelivered, round > 1);
-            let back = q.remove_consumer(key(round), 2);
+            let back = q.remove_consumer(key(round), 2, &Seen::All);
             assert_eq!(back.dead.len(), if round == 3 { 2 } else { 0 });
         }
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn only_deliveries_the_client_may_have_seen_count_as_redelivered() {
+        let mut q = MessageQueue::default();
+        for id in 1..=3 {
+            q.enqueue(msg(id, 4, 0));
+        }
+        q.add_consumer(key(1), 10);
+        q.dispatch(0, &mut Dispatched::default());
+        // At most 0 redeliveries: a seen one is dead-lettered at once.
+        let back = q.remove_consumer(key(1), 0, &Seen::only([2]));
+        let dead: Vec<MessageId> = back.dead.iter().map(|e| e.msg.id).collect();
+        assert_eq!(dead, vec![2]);
+        q.add_consumer(key(2), 10);
+        let mut d = Dispatched::default();
+        q.dispatch(0, &mut d);
+        assert_eq!(ids(&d), vec![(2, 1), (2, 3)], "in their order");
+        assert!(
+            d.deliveries.iter().all(|(_, x)| !x.redelivered),
+            "never seen: not marked"
+        );
     }
 
     #[test]
@@ -793,7 +837,7 @@ mod tests {
         assert_eq!(q.pending(), 3);
         // The consumer leaves before the transaction is applied: only the
         // unreserved delivery comes back.
-        let back = q.remove_consumer(key(1), 6);
+        let back = q.remove_consumer(key(1), 6, &Seen::All);
         assert!(back.dead.is_empty());
         q.add_consumer(key(2), 10);
         let mut d = Dispatched::default();

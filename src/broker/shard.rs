@@ -14,7 +14,9 @@ use tracing::{debug, error, warn};
 use super::destination::Destination;
 use super::message::{now_ms, MemoryUsage, Message, SharedMessage};
 use super::message_ids::MessageIds;
-use super::ops::{ConnRef, DurableName, Op, Reply, Retire, ShardMsg, SubscribeOp, TxAck, TxPart};
+use super::ops::{
+    ConnRef, DurableName, Op, Reply, Retire, Seen, ShardMsg, SubscribeOp, TxAck, TxPart,
+};
 use super::paging::{
     PageRef, PagedEntry, Pager, LOOKAHEAD, MIN_WINDOW, PAGE_IN_BATCH, PAGE_IN_BATCH_BYTES,
 };
@@ -265,7 +267,8 @@ impl ShardBroker {
                 destination,
                 consumer,
                 destroy_durable,
-            } => self.unsubscribe(&destination, consumer, destroy_durable, out),
+                seen,
+            } => self.unsubscribe(&destination, consumer, destroy_durable, &seen, out),
             Op::Ack {
                 destination,
                 consumer,
@@ -871,6 +874,7 @@ impl ShardBroker {
         dest: &Destination,
         key: ConsumerKey,
         destroy: bool,
+        seen: &Seen,
         out: &mut Outbox,
     ) {
         let max = self.settings.max_redeliveries;
@@ -880,7 +884,7 @@ impl ShardBroker {
                     return;
                 };
                 // The queue itself stays: it keeps its messages and statistics.
-                let back = q.remove_consumer(key, max);
+                let back = q.remove_consumer(key, max, seen);
                 self.came_back(dest, None, back, out);
             }
             Destination::Topic(name) => {
@@ -893,7 +897,7 @@ impl ShardBroker {
                 let Some(sub) = t.subs.get_mut(&id) else {
                     return;
                 };
-                let back = sub.queue.remove_consumer(key, max);
+                let back = sub.queue.remove_consumer(key, max, seen);
                 sub.consumer = None;
                 let durable = match &id {
                     SubId::Durable(d) => Some(stored_sub(d)),

@@ -72,6 +72,7 @@ mod tests {
     use super::super::tests::{key, msg};
     use super::super::{Entry, MessageQueue};
     use super::*;
+    use crate::broker::ops::Seen;
     use crate::broker::selector::Selector;
 
     fn colored(id: u64, color: &str, priority: u8) -> Entry {
@@ -137,7 +138,7 @@ mod tests {
         q.enqueue(colored(2, "blue", 4));
         assert_eq!(run(&mut q), vec![(1, 1), (2, 2)]);
         // Its unacknowledged message goes back, to the one left.
-        let back = q.remove_consumer(key(1), 5);
+        let back = q.remove_consumer(key(1), 5, &Seen::All);
         assert!(back.dead.is_empty());
         assert_eq!(q.selective, 0);
         assert_eq!(run(&mut q), vec![(2, 1)]);

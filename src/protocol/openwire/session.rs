@@ -25,7 +25,7 @@ use super::properties;
 use crate::broker::destination::{MAX_NAME_BYTES, MAX_SUB_NAME_BYTES, TEMPORARY_PREFIX};
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
+use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, Seen, SubscribeOp, TxAck, TxPart};
 use crate::broker::producer_audit::{origin_of, ORIGIN_PROPERTY};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
@@ -746,6 +746,7 @@ impl Session {
                 destination,
                 consumer,
                 destroy_durable: true,
+                seen: Seen::All,
             },
         ));
         Ok(vec![owner])
@@ -1425,6 +1426,7 @@ impl Session {
                 destination: c.destination,
                 consumer: self.consumer_key(sub),
                 destroy_durable: false,
+                seen: Seen::All,
             },
         ));
         Some(owner)

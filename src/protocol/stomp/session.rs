@@ -13,7 +13,7 @@ use super::frame::{finish_body, put_header, Command, Frame, Version};
 use crate::broker::destination::MAX_SUB_NAME_BYTES;
 use crate::broker::message::{now_ms, MemoryUsage, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
-use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, SubscribeOp, TxAck, TxPart};
+use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, Seen, SubscribeOp, TxAck, TxPart};
 use crate::broker::queue::{ConsumerKey, Delivery};
 use crate::broker::selector::{Selector, MAX_DURABLE_SELECTOR_BYTES};
 use crate::broker::{Destination, Message, MessageId, SharedMessage};
@@ -850,12 +850,23 @@ impl Session {
                 out.extend(acks.map(|(shard, op)| Action::Route(shard, op)));
             }
         }
+        // What was encoded for the client may have reached it: awaiting its
+        // ACK, or an auto-acknowledgement still waiting for the write. The
+        // rest of what the owner sent it never left this side.
+        let being_written = self.in_write.iter().flat_map(|(_, op)| match op {
+            Op::Ack {
+                consumer: c, ids, ..
+            } if *c == consumer => ids.as_slice(),
+            _ => &[],
+        });
+        let seen = Seen::only(s.unacked.iter().chain(being_written).copied());
         out.push(Action::Route(
             owner,
             Op::Unsubscribe {
                 destination: s.destination,
                 consumer,
                 destroy_durable,
+                seen,
             },
         ));
         owner
@@ -1567,6 +1578,39 @@ mod tests {
             s.teardown(&mut out);
             assert!(out.is_empty(), "closed once: {out:?}");
         }
+    }
+
+    /// The `seen` of the Unsubscribe in `out`.
+    fn seen_of(out: &[Action]) -> Seen {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Route(_, Op::Unsubscribe { seen, .. }) => Some(seen.clone()),
+                _ => None,
+            })
+            .expect("an Unsubscribe")
+    }
+
+    #[test]
+    fn a_closing_consumer_names_what_its_client_may_have_seen() {
+        // Awaiting an ACK: seen.
+        let mut s = session(1);
+        let a = subscribed(&mut s, "client-individual");
+        let mut buf = BytesMut::new();
+        s.deliver(a, deliveries(&[1, 2]), &mut buf);
+        let mut out = Vec::new();
+        s.handle(Frame::new(Command::Unsubscribe).with("id", "a"), &mut out);
+        assert_eq!(seen_of(&out), Seen::only([1, 2]));
+        // Being written when the peer went: maybe seen. What comes after
+        // the close is dropped unwritten: not seen.
+        let mut s = session(1);
+        let a = subscribed(&mut s, "auto");
+        s.deliver(a, deliveries(&[3]), &mut buf);
+        out.clear();
+        s.teardown(&mut out);
+        assert_eq!(seen_of(&out), Seen::only([3]));
+        let mut later = BytesMut::new();
+        s.deliver(a, deliveries(&[4]), &mut later);
+        assert!(later.is_empty());
     }
 
     #[test]

@@ -452,7 +452,7 @@ fn durable_subscriber(
 
 #[test]
 fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
-    use crate::broker::ops::{ConnRef, Op, TxPart};
+    use crate::broker::ops::{ConnRef, Op, Seen, TxPart};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_path_buf();
     glommio::LocalExecutor::default().run(async {
@@ -478,6 +478,7 @@ fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
                 destination: topic.clone(),
                 consumer: key,
                 destroy_durable: true,
+                seen: Seen::All,
             },
             &mut out,
         );
@@ -500,7 +501,7 @@ fn a_durable_subscription_destroyed_under_a_prepared_send_lets_go_of_it() {
 
 #[test]
 fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
-    use crate::broker::ops::{ConnRef, Op, TxAck, TxPart};
+    use crate::broker::ops::{ConnRef, Op, Seen, TxAck, TxPart};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_path_buf();
     glommio::LocalExecutor::default().run(async {
@@ -530,6 +531,7 @@ fn a_durable_subscription_destroyed_under_a_prepared_ack_lets_go_of_it() {
                 destination: topic.clone(),
                 consumer: key,
                 destroy_durable: true,
+                seen: Seen::All,
             },
             &mut out,
         );
