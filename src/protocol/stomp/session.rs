@@ -214,6 +214,11 @@ pub struct Session {
     /// subscription the client closes takes its own at once (see
     /// [`Session::close_sub`]).
     in_write: Vec<(usize, Op)>,
+    /// Those of a write that failed: not consumed (their consumer's close
+    /// puts them back), but part of them may have reached the client, so
+    /// they go back counted as redelivered (a message that kills its
+    /// client mid-read still reaches the dead-letter queue).
+    write_failed: Vec<(usize, Op)>,
 }
 
 /// A protocol error: becomes an ERROR frame and closes the connection.
@@ -248,6 +253,7 @@ impl Session {
             decisions: Decisions::default(),
             disconnecting: false,
             in_write: Vec::new(),
+            write_failed: Vec::new(),
         }
     }
 
@@ -853,12 +859,16 @@ impl Session {
         // What was encoded for the client may have reached it: awaiting its
         // ACK, or an auto-acknowledgement still waiting for the write. The
         // rest of what the owner sent it never left this side.
-        let being_written = self.in_write.iter().flat_map(|(_, op)| match op {
-            Op::Ack {
-                consumer: c, ids, ..
-            } if *c == consumer => ids.as_slice(),
-            _ => &[],
-        });
+        let being_written = self
+            .in_write
+            .iter()
+            .chain(&self.write_failed)
+            .flat_map(|(_, op)| match op {
+                Op::Ack {
+                    consumer: c, ids, ..
+                } if *c == consumer => ids.as_slice(),
+                _ => &[],
+            });
         let seen = Seen::only(s.unacked.iter().chain(being_written).copied());
         out.push(Action::Route(
             owner,
@@ -1221,9 +1231,10 @@ impl Session {
         out.append(&mut self.in_write);
     }
 
-    /// The write failed: its deliveries were not received.
+    /// The write failed: its deliveries were not received whole. They are
+    /// not acknowledged, and still count as seen when they go back.
     pub fn write_failed(&mut self) {
-        self.in_write.clear();
+        self.write_failed.append(&mut self.in_write);
     }
 }
 
@@ -1600,14 +1611,18 @@ mod tests {
         let mut out = Vec::new();
         s.handle(Frame::new(Command::Unsubscribe).with("id", "a"), &mut out);
         assert_eq!(seen_of(&out), Seen::only([1, 2]));
-        // Being written when the peer went: maybe seen. What comes after
-        // the close is dropped unwritten: not seen.
+        // In a write that failed, or being written when the peer went:
+        // maybe seen (part of it may have arrived). What comes after the
+        // close is dropped unwritten: not seen.
         let mut s = session(1);
         let a = subscribed(&mut s, "auto");
         s.deliver(a, deliveries(&[3]), &mut buf);
+        s.write_failed();
+        s.deliver(a, deliveries(&[5]), &mut buf);
         out.clear();
         s.teardown(&mut out);
-        assert_eq!(seen_of(&out), Seen::only([3]));
+        assert!(acked(&out).is_empty(), "nothing consumed: {out:?}");
+        assert_eq!(seen_of(&out), Seen::only([3, 5]));
         let mut later = BytesMut::new();
         s.deliver(a, deliveries(&[4]), &mut later);
         assert!(later.is_empty());
