@@ -209,8 +209,9 @@ pub struct Session {
     disconnecting: bool,
     /// The auto-acknowledgements of the deliveries the writer is writing
     /// (see [`Session::deliver`]): routed once the bytes are written
-    /// ([`Session::written`]), or dropped if the write fails (the
-    /// messages go back when the connection's subscriptions close). A
+    /// ([`Session::written`]), or set aside if the write fails (the
+    /// messages go back, counted as redelivered, when the connection's
+    /// subscriptions close). A
     /// subscription the client closes takes its own at once (see
     /// [`Session::close_sub`]).
     in_write: Vec<(usize, Op)>,
