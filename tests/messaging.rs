@@ -720,9 +720,16 @@ fn a_durable_subscriber_can_subscribe_again_right_after_its_disconnect_receipt()
 /// consumer subscribed in `ack` mode that has read nothing: after a moment
 /// the broker has filled its socket and is blocked writing to it.
 fn unread_backlog(b: &Broker, queue: &str, n: usize, ack: &str) -> Client {
-    let body = "x".repeat(64 * 1024);
+    send_backlog(b, queue, 0..n, 64 * 1024);
+    unread_subscriber(b, queue, ack)
+}
+
+/// Messages of `size` bytes in `queue`, header `seq` from `seqs`; in the
+/// queue on return.
+fn send_backlog(b: &Broker, queue: &str, seqs: std::ops::Range<usize>, size: usize) {
+    let body = "x".repeat(size);
     let mut p = b.client();
-    for i in 0..n {
+    for i in seqs {
         p.frame(
             "SEND",
             &[("destination", queue), ("seq", &i.to_string())],
@@ -730,6 +737,11 @@ fn unread_backlog(b: &Broker, queue: &str, n: usize, ack: &str) -> Client {
         );
     }
     p.send_sync("/queue/backlog-done", "", &[]);
+}
+
+/// A consumer of `queue` in `ack` mode that reads nothing: after a
+/// moment the broker, writing it a backlog, is blocked on its full socket.
+fn unread_subscriber(b: &Broker, queue: &str, ack: &str) -> Client {
     let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
     // No receipt: waiting for one would read the deliveries ahead of it.
     c.frame(
@@ -754,16 +766,8 @@ fn deliveries_never_written_to_a_closed_consumer_do_not_count_as_redelivered() {
     let first = 300;
     let mut c = unread_backlog(&b, "/queue/unseen", first, "client-individual");
     // ... while these are dispatched to it and wait behind, not encoded.
-    let mut p = b.client();
-    let body = "y".repeat(1024);
-    for i in first..first + 100 {
-        p.frame(
-            "SEND",
-            &[("destination", "/queue/unseen"), ("seq", &i.to_string())],
-            body.as_bytes(),
-        );
-    }
     let n = first + 100;
+    send_backlog(&b, "/queue/unseen", first..n, 1024);
     b.wait_until("all dispatched to the first consumer", |_| {
         b.destination("/queue/unseen")
             .is_some_and(|d| d["in_flight"] == n)
@@ -808,27 +812,11 @@ fn deliveries_never_written_to_a_closed_consumer_do_not_count_as_redelivered() {
 fn a_message_whose_reader_dies_mid_write_still_reaches_the_dead_letter_queue() {
     let b = Broker::start_with_config(Some("[broker]\nmax_redeliveries = 1\n"), &["--shards", "2"]);
     let queue = "/queue/kills-readers";
-    let body = "z".repeat(64 * 1024);
-    let mut p = b.client();
-    for i in 0..300 {
-        p.frame(
-            "SEND",
-            &[("destination", queue), ("seq", &i.to_string())],
-            body.as_bytes(),
-        );
-    }
-    p.send_sync("/queue/kills-readers-done", "", &[]);
+    send_backlog(&b, queue, 0..300, 64 * 1024);
     for _ in 0..2 {
-        let mut c = Client::connect(b.stomp, &[("accept-version", "1.2")]);
-        // No receipt: waiting for one would read the deliveries ahead of it.
-        c.frame(
-            "SUBSCRIBE",
-            &[("id", "s"), ("destination", queue), ("ack", "auto")],
-            b"",
-        );
         // The broker is writing it a backlog it does not read; then it dies
         // with data unread, so its kernel answers with a reset.
-        std::thread::sleep(Duration::from_millis(300));
+        let c = unread_subscriber(&b, queue, "auto");
         socket2::SockRef::from(&c.stream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();

@@ -717,10 +717,9 @@ impl Session {
             // transactions held it (what the open transaction acknowledges
             // on it is then redelivered instead).
             let waiting: Vec<(u64, Unsubscribed)> = self
-                .subs
-                .iter()
-                .filter(|(_, s)| s.durable.as_deref() == Some(d.name.as_str()))
-                .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, u)))
+                .unsubscribed()
+                .filter(|(_, s, _)| s.durable.as_deref() == Some(d.name.as_str()))
+                .map(|(sub, _, u)| (sub, u))
                 .collect();
             self.close_subs(waiting, out);
         }
@@ -805,11 +804,17 @@ impl Session {
     /// The subscriptions the client unsubscribed that no open transaction
     /// acknowledges on any more: to be closed at their owners.
     fn unsubscribed_done(&self) -> Vec<(u64, Unsubscribed)> {
+        self.unsubscribed()
+            .filter(|&(sub, _, _)| !self.acked_in_open_transaction(sub))
+            .map(|(sub, _, u)| (sub, u))
+            .collect()
+    }
+
+    /// The subscriptions whose UNSUBSCRIBE waits for a transaction.
+    fn unsubscribed(&self) -> impl Iterator<Item = (u64, &Sub, Unsubscribed)> {
         self.subs
             .iter()
-            .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, u)))
-            .filter(|&(sub, _)| !self.acked_in_open_transaction(sub))
-            .collect()
+            .filter_map(|(&sub, s)| s.unsubscribed.map(|u| (sub, s, u)))
     }
 
     /// Closes `subs` at their owners; returns the owners told.
