@@ -159,6 +159,19 @@ fn a_poisoned_message_reaches_the_dead_letter_queue_on_one_shard() {
     java_case_says(&b, "poison", "poisoned message dead-lettered");
 }
 
+/// A JMS consumer that takes one message and closes does not make its
+/// prefetched messages count as redelivered (which, after
+/// `max_redeliveries` such closes, sent messages nobody saw to the DLQ).
+#[test]
+fn a_consumer_closed_after_one_message_gives_back_its_prefetch_unseen() {
+    let b = broker();
+    java_case_says(
+        &b,
+        "close-after-one",
+        "only what the application got counted as redelivered",
+    );
+}
+
 #[test]
 fn a_producer_window_is_given_back_with_producer_acks() {
     let b = broker();

@@ -73,6 +73,7 @@ public class OpenWireListener {
                 case "failover": failover(); break;
                 case "exclusive-no-local": exclusiveNoLocal(); break;
                 case "priority-expiry-dups-ok": priorityExpiryDupsOk(); break;
+                case "close-after-one": closeAfterOne(); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
             }
             System.out.println("ok " + args[0]);
@@ -283,6 +284,15 @@ public class OpenWireListener {
         System.out.println("priority, expiry and dups-ok as JMS says");
     }
 
+    /** Sends `prefix`0 .. `prefix`(n-1) to `q`, persistent, through `s`. */
+    static void sendTexts(Session s, Queue q, String prefix, int n) throws JMSException {
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < n; i++) {
+            p.send(s.createTextMessage(prefix + i));
+        }
+        p.close();
+    }
+
     static TextMessage receiveText(MessageConsumer consumer, String what) throws JMSException {
         Message m = consumer.receive(WAIT_MS);
         check(m != null, "no message within " + WAIT_MS + " ms: " + what);
@@ -324,10 +334,7 @@ public class OpenWireListener {
         Connection c = connect();
         Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
         Queue q = s.createQueue("ow.client-ack");
-        MessageProducer p = s.createProducer(q);
-        for (int i = 0; i < 10; i++) {
-            p.send(s.createTextMessage("c-" + i));
-        }
+        sendTexts(s, q, "c-", 10);
         MessageConsumer consumer = s.createConsumer(q);
         for (int i = 0; i < 10; i++) {
             TextMessage m = receiveText(consumer, "first delivery " + i);
@@ -663,6 +670,53 @@ public class OpenWireListener {
         check(plain.createConsumer(q).receive(500) == null, "a poisoned message stayed in its queue");
         c.close();
         System.out.println("poisoned message dead-lettered");
+    }
+
+    /**
+     * A consumer that takes one message and closes gives its prefetched
+     * rest back unseen (RemoveInfo's lastDeliveredSequenceId): ten such
+     * consumers in turn, more than the broker's max_redeliveries (6), each
+     * get the next message, never marked redelivered, and nothing reaches
+     * the dead-letter queue. A CLIENT_ACKNOWLEDGE consumer closed with two
+     * messages unacknowledged gives those two back redelivered, the rest
+     * as they were.
+     */
+    static void closeAfterOne() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("ow.close-after-one");
+        sendTexts(s, q, "o-", 20);
+        for (int i = 0; i < 10; i++) {
+            MessageConsumer one = s.createConsumer(q);
+            TextMessage m = receiveText(one, "o-" + i);
+            check(m.getText().equals("o-" + i), "expected o-" + i + ", got " + m.getText());
+            check(!m.getJMSRedelivered(), "o-" + i + " marked redelivered, though no consumer before got it");
+            one.close();
+        }
+        Session ca = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer first = ca.createConsumer(q);
+        for (int i = 10; i < 12; i++) {
+            TextMessage m = receiveText(first, "o-" + i);
+            check(m.getText().equals("o-" + i), "expected o-" + i + ", got " + m.getText());
+            check(!m.getJMSRedelivered(), "first delivery of o-" + i + " marked redelivered");
+        }
+        first.close();
+        MessageConsumer second = ca.createConsumer(q);
+        Message last = null;
+        for (int i = 10; i < 20; i++) {
+            TextMessage m = receiveText(second, "o-" + i + " after the close");
+            check(m.getText().equals("o-" + i), "expected o-" + i + ", got " + m.getText());
+            check(m.getJMSRedelivered() == (i < 12),
+                "o-" + i + (i < 12 ? " not marked redelivered, though the closed consumer's application got it"
+                                   : " marked redelivered, though only prefetched by the closed consumer"));
+            last = m;
+        }
+        last.acknowledge();
+        Session plain = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        check(plain.createConsumer(plain.createQueue("ActiveMQ.DLQ")).receive(500) == null,
+            "a message reached the dead-letter queue");
+        c.close();
+        System.out.println("only what the application got counted as redelivered");
     }
 
     /**

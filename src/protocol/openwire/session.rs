@@ -102,6 +102,54 @@ struct Consumer {
     pulling: Option<(u64, bool)>,
 }
 
+/// How far a closing consumer's application got through its deliveries:
+/// what decides which of them come back counted as redelivered (and
+/// toward `max_redeliveries`). A JMS client prefetches (1 000 by default
+/// on a queue); a consumer that takes one message and closes gives the
+/// other 999 back never seen, and counting those would send messages
+/// nobody saw to the dead-letter queue after a few such closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Nothing known (the connection broke, or the client said
+    /// `LAST_DELIVERED_UNKNOWN`): every delivery counts.
+    Unknown,
+    /// ActiveMQ's `RemoveInfo.lastDeliveredSequenceId`: the broker
+    /// sequence id (Brokk's message id) of the last message the
+    /// application received. Deliveries up to it in dispatch order count,
+    /// the rest do not; an id that is not among the consumer's
+    /// unacknowledged deliveries (-1: none delivered; or one already
+    /// acknowledged, as in auto-acknowledge) counts none. ActiveMQ's own
+    /// broker applies the same rule (`Queue.removeSubscription`).
+    UpTo(i64),
+}
+
+impl Delivered {
+    /// ActiveMQ's `RemoveInfo.LAST_DELIVERED_UNKNOWN`.
+    const UNKNOWN: i64 = -2;
+
+    fn from_wire(last_delivered_sequence_id: i64) -> Delivered {
+        if last_delivered_sequence_id == Self::UNKNOWN {
+            Delivered::Unknown
+        } else {
+            Delivered::UpTo(last_delivered_sequence_id)
+        }
+    }
+
+    /// Which of `unacked` (in dispatch order) the application may have seen.
+    fn seen(self, unacked: &VecDeque<MessageId>) -> Seen {
+        match self {
+            Delivered::Unknown => Seen::All,
+            Delivered::UpTo(last) => {
+                let got = unacked
+                    .iter()
+                    .position(|id| i64::try_from(*id) == Ok(last))
+                    .map_or(0, |at| at + 1);
+                Seen::only(unacked.iter().take(got).copied())
+            }
+        }
+    }
+}
+
 impl Consumer {
     /// A dispatch without a message: the end of a browse, or a pull that
     /// got nothing.
@@ -1369,6 +1417,7 @@ impl Session {
     }
 
     fn remove(&mut self, r: RemoveInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
+        let delivered = Delivered::from_wire(r.last_delivered_sequence_id);
         let subs: Vec<u64> = match &r.object_id {
             Some(wire::DataStructure::ConsumerId(id)) => match self.by_consumer_id.get(id) {
                 Some(sub) => vec![*sub],
@@ -1396,7 +1445,7 @@ impl Session {
         };
         let mut shards: Vec<usize> = subs
             .into_iter()
-            .filter_map(|sub| self.close_consumer(sub, out))
+            .filter_map(|sub| self.close_consumer(sub, delivered, out))
             .collect();
         if matches!(r.object_id, Some(wire::DataStructure::ConnectionId(_))) {
             // Its temporary destinations end with it (after its consumers).
@@ -1408,8 +1457,14 @@ impl Session {
     }
 
     /// Closes one consumer; what it had not acknowledged goes back to its
-    /// destination for redelivery. Returns the owner shard.
-    fn close_consumer(&mut self, sub: u64, out: &mut Vec<Action>) -> Option<usize> {
+    /// destination for redelivery, counted as redelivered only where the
+    /// application got it (`delivered`). Returns the owner shard.
+    fn close_consumer(
+        &mut self,
+        sub: u64,
+        delivered: Delivered,
+        out: &mut Vec<Action>,
+    ) -> Option<usize> {
         let c = self.consumers.remove(&sub)?;
         self.by_consumer_id.remove(&c.id);
         if let Some((token, _)) = c.pulling {
@@ -1426,7 +1481,7 @@ impl Session {
                 destination: c.destination,
                 consumer: self.consumer_key(sub),
                 destroy_durable: false,
-                seen: Seen::All,
+                seen: delivered.seen(&c.unacked),
             },
         ));
         Some(owner)
@@ -1439,7 +1494,8 @@ impl Session {
         self.phase = Phase::Closed;
         let subs: Vec<u64> = self.consumers.keys().copied().collect();
         for sub in subs {
-            self.close_consumer(sub, out);
+            // A broken connection says nothing of what its application got.
+            self.close_consumer(sub, Delivered::Unknown, out);
         }
         for (destination, wire_dest) in std::mem::take(&mut self.temporaries) {
             self.remove_temporary(destination, &wire_dest, out);
@@ -2463,6 +2519,48 @@ mod tests {
                 (11, "javax.jms.TransactionRolledBackException")
             );
         }
+    }
+
+    /// A closing consumer's deliveries count as redelivered up to the last
+    /// one its application got (RemoveInfo's lastDeliveredSequenceId), in
+    /// dispatch order; the prefetched rest come back uncounted. A broken
+    /// connection, or a client that says it does not know, counts all.
+    #[test]
+    fn a_closing_consumer_counts_only_what_its_application_got() {
+        let seen_after = |last: Option<i64>, teardown: bool| -> Vec<bool> {
+            let mut s = session();
+            let ids = consumer_with_four(&mut s);
+            let mut out = Vec::new();
+            if teardown {
+                s.teardown(&mut out);
+            } else {
+                let remove = RemoveInfo {
+                    object_id: Some(wire::DataStructure::ConsumerId(consumer_id(1))),
+                    last_delivered_sequence_id: last.unwrap(),
+                    ..RemoveInfo::default()
+                };
+                s.handle(remove.into(), &mut out);
+            }
+            let seen = out
+                .iter()
+                .find_map(|a| match a {
+                    Action::Route(_, Op::Unsubscribe { seen, .. }) => Some(seen),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no Unsubscribe in {out:?}"));
+            ids.iter()
+                .map(|m| seen.covers(m.broker_sequence_id as MessageId))
+                .collect()
+        };
+        // The application got the second of four.
+        assert_eq!(seen_after(Some(2), false), [true, true, false, false]);
+        assert_eq!(seen_after(Some(4), false), [true; 4]);
+        // None delivered (-1), or the last one already acknowledged.
+        assert_eq!(seen_after(Some(-1), false), [false; 4]);
+        assert_eq!(seen_after(Some(99), false), [false; 4]);
+        // LAST_DELIVERED_UNKNOWN, and a broken connection.
+        assert_eq!(seen_after(Some(-2), false), [true; 4]);
+        assert_eq!(seen_after(None, true), [true; 4]);
     }
 
     #[test]
