@@ -172,6 +172,19 @@ fn a_consumer_closed_after_one_message_gives_back_its_prefetch_unseen() {
     );
 }
 
+/// A message the application gives up on by closing without acknowledging
+/// it counts at each close, a consumer's or a whole connection's, and so
+/// still reaches the dead-letter queue.
+#[test]
+fn a_message_given_up_on_at_each_close_reaches_the_dead_letter_queue() {
+    let config = format!("{USERS}\n[broker]\nmax_redeliveries = 2\n");
+    let b = Broker::start_with_config(Some(&config), &["--shards", "1"]);
+    for how in ["consumer", "connection"] {
+        let printed = java_case(&b, "poison-by-close", &[how]);
+        assert!(printed.contains("dead-lettered"), "{printed}");
+    }
+}
+
 #[test]
 fn a_producer_window_is_given_back_with_producer_acks() {
     let b = broker();

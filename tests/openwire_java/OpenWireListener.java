@@ -74,6 +74,7 @@ public class OpenWireListener {
                 case "exclusive-no-local": exclusiveNoLocal(); break;
                 case "priority-expiry-dups-ok": priorityExpiryDupsOk(); break;
                 case "close-after-one": closeAfterOne(); break;
+                case "poison-by-close": poisonByClose(args[2]); break;
                 default: throw new IllegalArgumentException("unknown case " + args[0]);
             }
             System.out.println("ok " + args[0]);
@@ -717,6 +718,54 @@ public class OpenWireListener {
             "a message reached the dead-letter queue");
         c.close();
         System.out.println("only what the application got counted as redelivered");
+    }
+
+    /**
+     * A message the application takes and gives up on, each time closing
+     * without acknowledging it (CLIENT_ACKNOWLEDGE), still reaches the
+     * dead-letter queue: counted at each close whether the close is the
+     * consumer's own (`consumer`) or the whole connection's (`connection`;
+     * its RemoveInfo names the highest id any consumer delivered, here a
+     * message another consumer of that connection took and acknowledged
+     * after it). The broker runs one shard with max_redeliveries = 2, so
+     * later messages have higher ids.
+     */
+    static void poisonByClose(String how) throws Exception {
+        String name = "ow.poison-by-close." + how;
+        Connection setup = connect();
+        Session ss = setup.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = ss.createQueue(name);
+        Queue other = ss.createQueue(name + ".other");
+        ss.createProducer(q).send(ss.createTextMessage("bad"));
+        int deliveries = 0;
+        while (deliveries < 10) {
+            Connection c = connect();
+            Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+            MessageConsumer consumer = s.createConsumer(q);
+            Message m = consumer.receive(2000);
+            if (m == null) {
+                c.close();
+                break;
+            }
+            deliveries++;
+            check(((TextMessage) m).getText().equals("bad"), "got " + m);
+            check(m.getJMSRedelivered() == (deliveries > 1), "delivery " + deliveries + " redelivered " + m.getJMSRedelivered());
+            if (how.equals("consumer")) {
+                consumer.close();
+            } else {
+                // Its own session: CLIENT_ACKNOWLEDGE's acknowledge()
+                // would settle "bad" too.
+                ss.createProducer(other).send(ss.createTextMessage("fine"));
+                Session auto = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+                receiveText(auto.createConsumer(other), "fine");
+            }
+            c.close();
+        }
+        check(deliveries == 3, "delivered " + deliveries + " times, expected 3 (max_redeliveries = 2)");
+        TextMessage dead = receiveText(ss.createConsumer(ss.createQueue("ActiveMQ.DLQ")), "bad in the DLQ");
+        check(dead.getText().equals("bad"), "DLQ got " + dead.getText());
+        setup.close();
+        System.out.println("given up on at each close, dead-lettered");
     }
 
     /**

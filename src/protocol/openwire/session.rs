@@ -113,40 +113,56 @@ enum Delivered {
     /// Nothing known (the connection broke, or the client said
     /// `LAST_DELIVERED_UNKNOWN`): every delivery counts.
     Unknown,
-    /// ActiveMQ's `RemoveInfo.lastDeliveredSequenceId`: the broker
-    /// sequence id (Brokk's message id) of the last message the
-    /// application received. Deliveries up to it in dispatch order count,
-    /// the rest do not; an id that is not among the consumer's
-    /// unacknowledged deliveries (-1: none delivered; or one already
-    /// acknowledged, as in auto-acknowledge) counts none. ActiveMQ's own
-    /// broker applies the same rule (`Queue.removeSubscription`).
+    /// A consumer's own RemoveInfo: ActiveMQ's `lastDeliveredSequenceId`,
+    /// the broker sequence id (Brokk's message id, as the wire carries it)
+    /// of the last message its application received. Deliveries up to it
+    /// in dispatch order count, the rest do not; an id that is not among
+    /// the consumer's unacknowledged deliveries (-1: none delivered; or one
+    /// already acknowledged, as in auto-acknowledge) counts none. ActiveMQ's
+    /// broker applies the same rule to a queue consumer
+    /// (`Queue.removeSubscription`).
     UpTo(i64),
+    /// A session's or connection's RemoveInfo: the client sends no
+    /// consumer's own, only the highest `lastDeliveredSequenceId` over all
+    /// of them (`Math.max`), which names a message of one consumer at most
+    /// (and Brokk's ids are not in time order across shards). The consumer
+    /// holding it counts as [`Delivered::UpTo`]; every other one counts
+    /// the head of what it holds, if the application got anything at all
+    /// (an id above 0): the oldest unacknowledged delivery is what a
+    /// client-acknowledge application had in hand when it gave up, and a
+    /// message that makes it close its connection each time must still
+    /// reach the dead-letter queue. ActiveMQ counts none there, and loops.
+    Highest(i64),
 }
 
 impl Delivered {
     /// ActiveMQ's `RemoveInfo.LAST_DELIVERED_UNKNOWN`.
     const UNKNOWN: i64 = -2;
 
-    fn from_wire(last_delivered_sequence_id: i64) -> Delivered {
-        if last_delivered_sequence_id == Self::UNKNOWN {
-            Delivered::Unknown
-        } else {
-            Delivered::UpTo(last_delivered_sequence_id)
+    /// From a RemoveInfo's `lastDeliveredSequenceId`, for a consumer
+    /// (`own`) or for a session or connection.
+    fn from_wire(last_delivered_sequence_id: i64, own: bool) -> Delivered {
+        match last_delivered_sequence_id {
+            Self::UNKNOWN => Delivered::Unknown,
+            last if own => Delivered::UpTo(last),
+            last => Delivered::Highest(last),
         }
     }
 
     /// Which of `unacked` (in dispatch order) the application may have seen.
     fn seen(self, unacked: &VecDeque<MessageId>) -> Seen {
-        match self {
-            Delivered::Unknown => Seen::All,
-            Delivered::UpTo(last) => {
-                let got = unacked
-                    .iter()
-                    .position(|id| i64::try_from(*id) == Ok(last))
-                    .map_or(0, |at| at + 1);
-                Seen::only(unacked.iter().take(got).copied())
-            }
-        }
+        let (last, otherwise) = match self {
+            Delivered::Unknown => return Seen::All,
+            Delivered::UpTo(last) => (last, 0),
+            Delivered::Highest(last) => (last, usize::from(last > 0)),
+        };
+        // Compared as the wire carries it (`broker_sequence_id`): an id
+        // issued on shard 128 or above is negative there.
+        let got = unacked
+            .iter()
+            .position(|id| *id as i64 == last)
+            .map_or(otherwise, |at| at + 1);
+        Seen::only(unacked.iter().take(got).copied())
     }
 }
 
@@ -1417,7 +1433,8 @@ impl Session {
     }
 
     fn remove(&mut self, r: RemoveInfo, out: &mut Vec<Action>) -> Result<Vec<usize>, Refusal> {
-        let delivered = Delivered::from_wire(r.last_delivered_sequence_id);
+        let own = matches!(r.object_id, Some(wire::DataStructure::ConsumerId(_)));
+        let delivered = Delivered::from_wire(r.last_delivered_sequence_id, own);
         let subs: Vec<u64> = match &r.object_id {
             Some(wire::DataStructure::ConsumerId(id)) => match self.by_consumer_id.get(id) {
                 Some(sub) => vec![*sub],
@@ -1978,7 +1995,7 @@ mod tests {
     use super::*;
     use crate::broker::message::MemoryUsage;
     use crate::protocol::openwire::commands::{
-        ConnectionInfo, LocalTransactionId, XaTransactionId,
+        ConnectionId, ConnectionInfo, LocalTransactionId, SessionId, XaTransactionId,
     };
 
     fn session() -> Session {
@@ -2069,9 +2086,8 @@ mod tests {
         );
     }
 
-    /// A consumer (sub 0) on queue q with messages 1..=4 dispatched (1
-    /// a redelivery): their wire ids.
-    fn consumer_with_four(s: &mut Session) -> Vec<wire::MessageId> {
+    /// Opens consumer 1 (sub 0) on queue q, prefetch 100; what it routed.
+    fn consumer_on_q(s: &mut Session) -> Vec<Action> {
         let mut out = Vec::new();
         let info = ConsumerInfo {
             consumer_id: Some(consumer_id(1)),
@@ -2080,6 +2096,13 @@ mod tests {
             ..ConsumerInfo::default()
         };
         s.handle(info.into(), &mut out);
+        out
+    }
+
+    /// A consumer (sub 0) on queue q with messages 1..=4 dispatched (1
+    /// a redelivery): their wire ids.
+    fn consumer_with_four(s: &mut Session) -> Vec<wire::MessageId> {
+        let out = consumer_on_q(s);
         assert!(
             matches!(&out[..], [Action::Route(_, Op::Subscribe(_))]),
             "{out:?}"
@@ -2523,23 +2546,41 @@ mod tests {
 
     /// A closing consumer's deliveries count as redelivered up to the last
     /// one its application got (RemoveInfo's lastDeliveredSequenceId), in
-    /// dispatch order; the prefetched rest come back uncounted. A broken
+    /// dispatch order (not id order); the prefetched rest come back
+    /// uncounted. A session's or connection's RemoveInfo names only the
+    /// highest such id over its consumers: one that does not hold it
+    /// counts its head, if anything was delivered at all. A broken
     /// connection, or a client that says it does not know, counts all.
     #[test]
     fn a_closing_consumer_counts_only_what_its_application_got() {
-        let seen_after = |last: Option<i64>, teardown: bool| -> Vec<bool> {
+        // Dispatch order, not id order; one id issued on shard 128 (the
+        // wire carries it negative).
+        let high = (1u64 << 63) | 5;
+        let order = [9, 3, high, 7];
+        let seen_after = |object: Option<wire::DataStructure>, last: i64| -> Vec<bool> {
             let mut s = session();
-            let ids = consumer_with_four(&mut s);
-            let mut out = Vec::new();
-            if teardown {
-                s.teardown(&mut out);
-            } else {
-                let remove = RemoveInfo {
-                    object_id: Some(wire::DataStructure::ConsumerId(consumer_id(1))),
-                    last_delivered_sequence_id: last.unwrap(),
-                    ..RemoveInfo::default()
-                };
-                s.handle(remove.into(), &mut out);
+            let mut out = consumer_on_q(&mut s);
+            let usage = Arc::new(MemoryUsage::default());
+            let deliveries = order
+                .iter()
+                .map(|&id| Delivery {
+                    msg: Arc::new(Message::for_tests(id, Destination::queue("q"), &usage)),
+                    redelivered: false,
+                    redeliveries: 0,
+                })
+                .collect();
+            s.deliver(0, deliveries, &mut Vec::new());
+            out.clear();
+            match object {
+                None => s.teardown(&mut out),
+                object_id => {
+                    let remove = RemoveInfo {
+                        object_id,
+                        last_delivered_sequence_id: last,
+                        ..RemoveInfo::default()
+                    };
+                    s.handle(remove.into(), &mut out);
+                }
             }
             let seen = out
                 .iter()
@@ -2548,19 +2589,39 @@ mod tests {
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("no Unsubscribe in {out:?}"));
-            ids.iter()
-                .map(|m| seen.covers(m.broker_sequence_id as MessageId))
-                .collect()
+            order.iter().map(|&id| seen.covers(id)).collect()
         };
-        // The application got the second of four.
-        assert_eq!(seen_after(Some(2), false), [true, true, false, false]);
-        assert_eq!(seen_after(Some(4), false), [true; 4]);
+        let consumer = || Some(wire::DataStructure::ConsumerId(consumer_id(1)));
+        let session = || {
+            Some(wire::DataStructure::SessionId(SessionId {
+                connection_id: Some("ID:c".into()),
+                value: 1,
+            }))
+        };
+        let connection = || {
+            Some(wire::DataStructure::ConnectionId(ConnectionId {
+                value: Some("ID:c".into()),
+            }))
+        };
+        let (t, f) = (true, false);
+        // The consumer's own RemoveInfo.
+        assert_eq!(seen_after(consumer(), 3), [t, t, f, f]);
+        assert_eq!(seen_after(consumer(), high as i64), [t, t, t, f]);
+        assert_eq!(seen_after(consumer(), 7), [t; 4]);
         // None delivered (-1), or the last one already acknowledged.
-        assert_eq!(seen_after(Some(-1), false), [false; 4]);
-        assert_eq!(seen_after(Some(99), false), [false; 4]);
+        assert_eq!(seen_after(consumer(), -1), [f; 4]);
+        assert_eq!(seen_after(consumer(), 99), [f; 4]);
+        // A session's or connection's: the highest over its consumers.
+        for whole in [session(), connection()] {
+            assert_eq!(seen_after(whole.clone(), 3), [t, t, f, f]);
+            assert_eq!(seen_after(whole.clone(), 99), [t, f, f, f]);
+            assert_eq!(seen_after(whole.clone(), -1), [f; 4]);
+            assert_eq!(seen_after(whole, 0), [f; 4]);
+        }
         // LAST_DELIVERED_UNKNOWN, and a broken connection.
-        assert_eq!(seen_after(Some(-2), false), [true; 4]);
-        assert_eq!(seen_after(None, true), [true; 4]);
+        assert_eq!(seen_after(consumer(), -2), [t; 4]);
+        assert_eq!(seen_after(session(), -2), [t; 4]);
+        assert_eq!(seen_after(None, 0), [t; 4]);
     }
 
     #[test]
