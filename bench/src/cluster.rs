@@ -195,7 +195,12 @@ impl Drop for BenchDb {
         } else {
             ""
         };
-        let _ = self.admin(&format!("DROP DATABASE IF EXISTS {}{force}", self.name));
+        // A run's database is gigabytes: say so if it stays (e.g. a
+        // session of another role on it, which FORCE may not end).
+        let sql = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
+        if let Err(e) = self.admin(&sql) {
+            eprintln!("bench: cannot drop the run's database {}: {e:#}", self.name);
+        }
     }
 }
 
