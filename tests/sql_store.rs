@@ -308,7 +308,7 @@ fn schema_is_activemqs_and_creating_twice_is_fine() {
         let (holder, time, now) = lease_holder(&db).await.unwrap();
         assert_eq!((holder, time), (None, 0));
         assert!(now > 1_700_000_000_000, "database now {now}");
-        let empty = load(&db, None, 2).await.unwrap();
+        let empty = load(&db, None).await.unwrap();
         assert!(
             empty.messages.is_empty()
                 && empty.subs.is_empty()
@@ -379,7 +379,7 @@ fn batches_round_trip_and_apply_in_order() {
         )
         .await
         .unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         msgs.sort_by_key(|m| m.id);
         assert_eq!(loaded.messages.len(), 1000);
         assert_eq!(loaded.messages, msgs);
@@ -388,7 +388,7 @@ fn batches_round_trip_and_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let spill =
             brokk::store::sql::spill::Spill::create(dir.path().join("s"), 100 * 1024).unwrap();
-        let spilled = load(&db, Some(spill), 2).await.unwrap();
+        let spilled = load(&db, Some(spill)).await.unwrap();
         let s = spilled.spill.as_ref().unwrap();
         assert!(s.spilled_rows() > 800, "{} spilled", s.spilled_rows());
         for (got, want) in spilled.messages.iter().zip(&msgs) {
@@ -469,7 +469,7 @@ fn batches_round_trip_and_apply_in_order() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages.len(), 997);
         assert_eq!(loaded.messages.first().map(|m| m.id), Some(2));
         assert_eq!(loaded.messages.last().map(|m| m.id), Some(998));
@@ -550,7 +550,7 @@ fn batches_round_trip_and_apply_in_order() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages.len(), 997);
         assert!(loaded.messages.iter().all(|m| m.xid.is_none()));
         assert_eq!(
@@ -591,7 +591,7 @@ fn removing_a_subscription_keeps_the_same_name_on_another_topic() {
             ..Default::default()
         };
         write_batch(&db, &lease(), &remove).await.unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.subs, vec![sub("t2", "c", "s", None)]);
         assert_eq!(loaded.topic_acks, vec![tack(2, "c", "s")]);
         db
@@ -627,7 +627,7 @@ fn names_are_unicode_and_case_sensitive() {
         )
         .await
         .unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages, vec![m]);
         let mut names: Vec<String> = loaded.subs.into_iter().map(|s| s.sub_name).collect();
         names.sort();
@@ -730,7 +730,7 @@ fn producer_sequences_keep_the_highest_and_pruned_rows_go() {
         )
         .await
         .unwrap();
-        let mut got = load(&db, None, 2).await.unwrap().producer_seqs;
+        let mut got = load(&db, None).await.unwrap().producer_seqs;
         got.sort_by(|x, y| (&x.container, &x.producer).cmp(&(&y.container, &y.producer)));
         assert_eq!(
             got,
@@ -755,7 +755,7 @@ fn producer_sequences_keep_the_highest_and_pruned_rows_go() {
         )
         .await
         .unwrap();
-        let mut got = load(&db, None, 2).await.unwrap().producer_seqs;
+        let mut got = load(&db, None).await.unwrap().producer_seqs;
         got.sort_by(|x, y| (&x.container, &x.producer).cmp(&(&y.container, &y.producer)));
         assert_eq!(got, vec![pseq("queue://q", b, 4), pseq("topic://t", a, 9)]);
         db
@@ -776,7 +776,7 @@ fn a_batch_written_twice_is_applied_once() {
         };
         write_batch(&db, &lease(), &batch).await.unwrap();
         write_batch(&db, &lease(), &batch).await.unwrap();
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         let ids: Vec<i64> = loaded.messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![1, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(loaded.topic_acks.len(), 1);
@@ -811,7 +811,7 @@ fn a_batch_failing_midway_commits_nothing() {
             }
             other => panic!("expected a Query error, got {other:?}"),
         }
-        let loaded = load(&db, None, 2).await.unwrap();
+        let loaded = load(&db, None).await.unwrap();
         assert_eq!(loaded.messages, vec![message(500, 10)]);
         assert!(
             loaded.topic_acks.is_empty() && loaded.subs.is_empty() && loaded.tx_decided.is_empty()
@@ -827,7 +827,7 @@ fn a_batch_failing_midway_commits_nothing() {
         )
         .await
         .unwrap();
-        assert!(load(&db, None, 2).await.unwrap().messages.is_empty());
+        assert!(load(&db, None).await.unwrap().messages.is_empty());
         db
     });
 }
@@ -926,70 +926,4 @@ async fn rate(db: &Db, dialect: Dialect, label: &str, base: i64) {
         "{dialect:?} {label}: deletes {:.0} rows/s",
         rows / start.elapsed().as_secs_f64()
     );
-}
-
-/// A PostgreSQL takeover reads the messages on two connections side by
-/// side when one is idle (the key split between the shards' id ranges,
-/// one snapshot): every row comes back once, in ID order, whichever shard
-/// issued its id (a negative one too, from shard 128 up) and wherever the
-/// split falls, and past a spill budget the bodies read back the same.
-/// MariaDB reads on one.
-#[test]
-fn a_takeover_reads_every_shards_messages_once() {
-    on_both(|db, temp| async move {
-        hold_lease(&db).await;
-        let split = 1i64 << 56;
-        let mut ids: Vec<i64> = (1..=300)
-            .flat_map(|n| {
-                [
-                    n,
-                    split + n,
-                    (5 << 56) + n,
-                    ((200u64 << 56) + n as u64) as i64,
-                ]
-            })
-            .collect();
-        ids.extend([split - 1, split, (127 << 56) + 7]);
-        let mut msgs: Vec<MsgRow> = ids.iter().map(|&id| message(id, 512)).collect();
-        write_batch(
-            &db,
-            &lease(),
-            &Batch {
-                inserts: msgs.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        msgs.sort_by_key(|m| m.id);
-        let two = if temp.dialect == Dialect::Postgres {
-            2
-        } else {
-            1
-        };
-        for shards in [1, 2, 4] {
-            // Two idle connections: the read takes one, and the other if
-            // it is idle.
-            brokk::store::sql::write::warm(&db, 2).await;
-            let loaded = load(&db, None, shards).await.unwrap();
-            assert_eq!(loaded.read_connections, two, "shards {shards}");
-            assert_eq!(loaded.messages, msgs, "shards {shards}");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let spill =
-            brokk::store::sql::spill::Spill::create(dir.path().join("s"), 64 * 1024).unwrap();
-        brokk::store::sql::write::warm(&db, 2).await;
-        let spilled = load(&db, Some(spill), 2).await.unwrap();
-        assert_eq!(spilled.read_connections, two);
-        let s = spilled.spill.as_ref().unwrap();
-        assert!(s.spilled_rows() > 1000, "{} spilled", s.spilled_rows());
-        let got: Vec<(i64, Bytes)> = spilled
-            .messages
-            .iter()
-            .map(|m| (m.id, s.msg(m).unwrap()))
-            .collect();
-        let want: Vec<(i64, Bytes)> = msgs.iter().map(|m| (m.id, m.msg.clone())).collect();
-        assert_eq!(got, want);
-        db
-    });
 }

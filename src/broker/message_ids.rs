@@ -13,7 +13,7 @@ use std::cell::Cell;
 use super::message::MessageId;
 
 /// Bits below the shard byte.
-pub const COUNTER_BITS: u32 = 56;
+const COUNTER_BITS: u32 = 56;
 const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
 /// The counter part of an id (without the issuing shard).

@@ -658,7 +658,6 @@ fn db_take_over(
     let mut loaded = {
         let db = db.clone();
         let lanes = writer_lanes(config);
-        let shards = config.shard_count();
         side::block_on(async move {
             // The writer lanes' connections open while the tables are read;
             // a login that hangs must not hold the takeover up once the
@@ -667,7 +666,7 @@ fn db_take_over(
                 let db = db.clone();
                 async move { sql::write::warm(&db, lanes).await }
             });
-            let loaded = sql::load::load(&db, Some(spill), shards).await;
+            let loaded = sql::load::load(&db, Some(spill)).await;
             if tokio::time::timeout(Duration::from_millis(100), &mut warm)
                 .await
                 .is_err()
@@ -683,7 +682,6 @@ fn db_take_over(
         messages = loaded.messages.len(),
         subscriptions = loaded.subs.len(),
         spilled = loaded.spill.as_ref().map_or(0, |s| s.spilled_rows()),
-        connections = loaded.read_connections,
         read_ms = read_started.elapsed().as_secs_f64() * 1000.0,
         "tables read"
     );
@@ -718,12 +716,9 @@ fn writer_lanes(config: &Config) -> usize {
         .min(config.store.pool_size.saturating_sub(1))
 }
 
-/// The connections a takeover uses at once: the lanes' and the reads'
-/// (PostgreSQL reads the messages on two when the pool has room beside
-/// the lanes; see `store::sql::load`).
+/// The connections a takeover uses at once: the reads' and the lanes'.
 fn takeover_connections(config: &Config) -> usize {
-    let lanes = writer_lanes(config);
-    (lanes + 2).min(config.store.pool_size.max(lanes + 1))
+    writer_lanes(config) + 1
 }
 
 /// Puts the rows read at a takeover in send order. Ids carry the issuing

@@ -231,8 +231,6 @@ impl Tables {
             tx_acks,
             tx_decided,
             producer_seqs,
-            // Held here, not read from a database.
-            read_connections: 0,
         }
     }
 

@@ -343,23 +343,6 @@ impl PgPool {
         }
     }
 
-    /// An idle connection if the pool has one and room for it now, without
-    /// waiting or connecting (for work that can do without).
-    pub fn try_get_idle(&self) -> Option<PgGuard<'_>> {
-        let permit = self.permits.try_acquire().ok()?;
-        let conn = loop {
-            let next = self.idle.lock().ok()?.pop()?;
-            if !next.client.is_closed() {
-                break next;
-            }
-        };
-        Some(PgGuard {
-            pool: self,
-            conn: Some(conn),
-            _permit: permit,
-        })
-    }
-
     /// A connection for one use; it goes back to the pool when dropped.
     pub async fn get(&self) -> Result<PgGuard<'_>, SqlError> {
         let permit = self.permits.acquire().await.map_err(|_| SqlError::Query {

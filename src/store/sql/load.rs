@@ -39,10 +39,8 @@ const WHAT: &str = "load the tables";
 
 const MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
      WHERE ID > ? ORDER BY ID LIMIT ?";
-/// A page of one part of the ID range (`$3`: the part's highest ID).
 const PG_MSGS: &str = "SELECT ID, CONTAINER, EXPIRATION, PRIORITY, XID, MSG FROM ACTIVEMQ_MSGS \
-     WHERE ID > $1 AND ID <= $3 ORDER BY ID LIMIT $2";
-const PG_EXPORT: &str = "SELECT pg_export_snapshot()";
+     WHERE ID > $1 ORDER BY ID LIMIT $2";
 const SUBS: &str = "SELECT CONTAINER, CLIENT_ID, SUB_NAME, SELECTOR FROM ACTIVEMQ_ACKS \
      ORDER BY CONTAINER, CLIENT_ID, SUB_NAME";
 const TOPIC_ACKS: &str =
@@ -94,21 +92,14 @@ fn msg_row(
 /// Everything the tables hold; messages ordered by ID. With `spill`, the
 /// `MSG` of rows past its budget go to its file as each page arrives, so a
 /// table larger than memory is read within bounded memory.
-pub async fn load(
-    db: &Db,
-    mut spill: Option<super::spill::Spill>,
-    shards: usize,
-) -> Result<Loaded, SqlError> {
+pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loaded, SqlError> {
     match db {
         Db::MySql(pool) => {
             let mut conn = pool.get_conn().await.map_err(my_err(WHAT))?;
             let mut opts = TxOpts::default();
             opts.with_consistent_snapshot(true).with_readonly(true);
             let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
-            let mut out = Loaded {
-                read_connections: 1,
-                ..Loaded::default()
-            };
+            let mut out = Loaded::default();
             let mut after = i64::MIN;
             let mut largest = 0;
             loop {
@@ -192,16 +183,9 @@ pub async fn load(
         Db::Postgres(pool) => {
             let first = {
                 let mut conn = pool.get().await?;
-                // A second connection only if one is idle now (a waiting
-                // standby readies one, see `sweep`): never wait for it.
-                let mut second = pool.try_get_idle();
-                let loaded =
-                    pg_load(&mut conn, second.as_deref_mut(), spill.as_mut(), shards).await;
+                let loaded = pg_load(&mut conn, spill.as_mut()).await;
                 if loaded.is_err() {
                     conn.stmts.clear();
-                    if let Some(c) = &mut second {
-                        c.stmts.clear();
-                    }
                 }
                 loaded
             };
@@ -216,7 +200,7 @@ pub async fn load(
                     tracing::warn!(error = %e, "reading the tables failed; once more on statements prepared afresh");
                     let mut conn = pool.get().await?;
                     conn.stmts.clear();
-                    pg_load(&mut conn, None, spill.as_mut(), shards).await?
+                    pg_load(&mut conn, spill.as_mut()).await?
                 }
             };
             out.spill = spill;
@@ -225,88 +209,68 @@ pub async fn load(
     }
 }
 
-/// Where a PostgreSQL takeover splits `ACTIVEMQ_MSGS` between its two
-/// connections: the first ID of the upper half of the shards that issue
-/// ids (ids carry their issuing shard in the top byte, so each shard's
-/// messages are a range of the key). A split where the old master's shards
-/// differ from ours is uneven, never wrong: the two parts cover the key.
-fn split_at(shards: usize) -> i64 {
-    let upper_half = shards.div_ceil(2).min(127) as i64;
-    upper_half << crate::broker::message_ids::COUNTER_BITS
-}
-
-/// [`load`] on PostgreSQL, on `conn`, and on `second` too if there is one:
-/// the messages' index is read in two parts side by side, in one snapshot
-/// (exported by `conn`'s transaction, imported by `second`'s). A takeover's
-/// read is mostly PostgreSQL walking the key's entries of rows consumed
-/// since the last vacuum, in each shard's range; two backends walk two
-/// ranges at once, on cores the waiting clients leave idle. The spill (if
-/// any) is the caller's to hand over, so that a second attempt still has
-/// it.
+/// [`load`] on PostgreSQL, on `conn`; the spill (if any) is the caller's
+/// to hand over, so that a second attempt still has it.
 async fn pg_load(
     conn: &mut PgConn,
-    mut second: Option<&mut PgConn>,
-    spill: Option<&mut super::spill::Spill>,
-    shards: usize,
+    mut spill: Option<&mut super::spill::Spill>,
 ) -> Result<Loaded, SqlError> {
     let e = pg_err(WHAT);
     // Prepared at once, pipelined: a takeover waits for this (a
     // waiting standby has them prepared already; see `sweep`).
-    match second.as_deref_mut() {
-        Some(other) => {
-            let (a, b) = tokio::join!(pg_prepare_reads(conn), pg_prepare_reads(other));
-            a.and(b).map_err(&e)?;
-        }
-        None => pg_prepare_reads(conn).await.map_err(&e)?,
-    }
+    pg_prepare_reads(conn).await.map_err(&e)?;
     let small: Vec<tokio_postgres::Statement> =
         PG_SMALL.iter().map(|sql| conn.stmts[sql].clone()).collect();
     let page = conn.stmts[PG_MSGS].clone();
-    fn snapshot(c: &mut PgConn) -> tokio_postgres::TransactionBuilder<'_> {
-        c.client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
+    let tx = conn
+        .client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(&e)?;
+    let mut out = Loaded::default();
+    let mut after = i64::MIN;
+    let mut largest = 0;
+    loop {
+        let limit = next_page(largest);
+        largest = 0;
+        let rows = tx.query(&page, &[&after, &limit]).await.map_err(&e)?;
+        let n = rows.len();
+        for r in rows {
+            let id: i64 = r.try_get(0).map_err(&e)?;
+            let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
+            largest = largest.max(msg.map_or(0, <[u8]>::len));
+            out.messages.push(msg_row(
+                id,
+                r.try_get(1).map_err(&e)?,
+                r.try_get(2).map_err(&e)?,
+                r.try_get(3).map_err(&e)?,
+                r.try_get(4).map_err(&e)?,
+                msg.map(Bytes::copy_from_slice),
+            )?);
+            after = id;
+        }
+        if let Some(s) = spill.as_deref_mut() {
+            let from = out.messages.len() - n;
+            s.page(&mut out.messages[from..])?;
+        }
+        if (n as i64) < limit {
+            break;
+        }
     }
-    let tx = snapshot(conn).start().await.map_err(&e)?;
-    // Shared by the two parts' pages (never held across an await).
-    let spill = std::sync::Mutex::new(spill);
-    let split = second.is_some();
-    let (messages, answers) = match second {
-        Some(other) => {
-            let id: String = tx.query_one(PG_EXPORT, &[]).await.map_err(&e)?.get(0);
-            let other_page = other.stmts[PG_MSGS].clone();
-            let tx2 = snapshot(other).start().await.map_err(&e)?;
-            // Quoted by PostgreSQL itself: an id is hex digits and dashes.
-            tx2.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{id}'"))
-                .await
-                .map_err(&e)?;
-            let at = split_at(shards);
-            let (lower, upper, answers) = tokio::join!(
-                pg_messages(&tx, &page, i64::MIN, at - 1, &spill),
-                pg_messages(&tx2, &other_page, at - 1, i64::MAX, &spill),
-                pg_small(&tx, &small),
-            );
-            tx2.commit().await.map_err(&e)?;
-            let mut messages = lower?;
-            messages.extend(upper?);
-            (messages, answers)
-        }
-        None => {
-            let (messages, answers) = tokio::join!(
-                pg_messages(&tx, &page, i64::MIN, i64::MAX, &spill),
-                pg_small(&tx, &small),
-            );
-            (messages?, answers)
-        }
-    };
-    let mut out = Loaded {
-        messages,
-        read_connections: 1 + usize::from(split),
-        ..Loaded::default()
-    };
+    // The small tables side by side (pipelined on the connection).
+    let answers: [Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>; 6] =
+        super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
+            .await
+            .try_into()
+            .map_err(|_| SqlError::Query {
+                what: WHAT,
+                reason: "a small table's answer is missing".into(),
+            })?;
     // Named, in PG_SMALL's order: each answer is tied to its table.
-    let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers?;
+    let [subs, topic_acks, redeliveries, tx_acks, tx_rows, seqs] = answers;
     for r in subs.map_err(&e)? {
         out.subs.push(SubRow {
             container: r.try_get(0).map_err(&e)?,
@@ -348,66 +312,6 @@ async fn pg_load(
     }
     tx.commit().await.map_err(&e)?;
     Ok(out)
-}
-
-/// The rows of `ACTIVEMQ_MSGS` with `after < ID <= last`, in ID order, in
-/// keyset pages; each page's bodies past the spill's budget go to its file
-/// as the page arrives.
-async fn pg_messages(
-    tx: &tokio_postgres::Transaction<'_>,
-    page: &tokio_postgres::Statement,
-    mut after: i64,
-    last: i64,
-    spill: &std::sync::Mutex<Option<&mut super::spill::Spill>>,
-) -> Result<Vec<MsgRow>, SqlError> {
-    let e = pg_err(WHAT);
-    let mut out = Vec::new();
-    let mut largest = 0;
-    loop {
-        let limit = next_page(largest);
-        largest = 0;
-        let rows = tx.query(page, &[&after, &limit, &last]).await.map_err(&e)?;
-        let n = rows.len();
-        for r in rows {
-            let id: i64 = r.try_get(0).map_err(&e)?;
-            let msg: Option<&[u8]> = r.try_get(5).map_err(&e)?;
-            largest = largest.max(msg.map_or(0, <[u8]>::len));
-            out.push(msg_row(
-                id,
-                r.try_get(1).map_err(&e)?,
-                r.try_get(2).map_err(&e)?,
-                r.try_get(3).map_err(&e)?,
-                r.try_get(4).map_err(&e)?,
-                msg.map(Bytes::copy_from_slice),
-            )?);
-            after = id;
-        }
-        let mut spill = spill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(s) = spill.as_deref_mut() {
-            let from = out.len() - n;
-            s.page(&mut out[from..])?;
-        }
-        if (n as i64) < limit {
-            return Ok(out);
-        }
-    }
-}
-
-/// The small tables' answers, side by side (pipelined on the connection),
-/// in `PG_SMALL`'s order.
-async fn pg_small(
-    tx: &tokio_postgres::Transaction<'_>,
-    small: &[tokio_postgres::Statement],
-) -> Result<[Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>; 6], SqlError> {
-    super::conn::join_all(small.iter().map(|s| tx.query(s, &[])).collect())
-        .await
-        .try_into()
-        .map_err(|_| SqlError::Query {
-            what: WHAT,
-            reason: "a small table's answer is missing".into(),
-        })
 }
 
 /// Who holds the lease: `(BROKER_NAME, TIME, the database's now in ms)`.

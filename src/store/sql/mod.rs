@@ -299,9 +299,6 @@ pub struct Loaded {
     pub tx_acks: Vec<TxAckRow>,
     pub tx_decided: Vec<i64>,
     pub producer_seqs: Vec<ProducerSeq>,
-    /// Connections the messages were read on side by side (PostgreSQL
-    /// reads on two when one is idle; see `load`).
-    pub read_connections: usize,
 }
 
 /// Who holds the master lease: written into `ACTIVEMQ_LOCK.BROKER_NAME`
