@@ -476,8 +476,8 @@ fn a_postgres_standby_keeps_the_message_index_swept() {
     for i in 0..10 {
         p.send_sync("/queue/left", &format!("{i}"), &[("persistent", "true")]);
     }
-    // A sweep step that began well after the last DELETE committed, and
-    // ended: by then no open snapshot predates the DELETEs (the standby
+    // A sweep step (not the standby's vacuum, on the same session) that
+    // began well after the last DELETE committed, and ended: by then no open snapshot predates the DELETEs (the standby
     // waits for the session lock in statements of at most 250 ms), so the
     // step could mark every consumed row's entry. pg_stat_activity is
     // live (the statistics views lag by up to 10 s).
@@ -485,7 +485,8 @@ fn a_postgres_standby_keeps_the_message_index_swept() {
     db.wait_for(
         &format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'brokk-standby-sweep' \
-             AND state = 'idle' AND query_start > '{committed}'::timestamptz + interval '1 second'"
+             AND state = 'idle' AND query LIKE 'SELECT max(ID)%' \
+             AND query_start > '{committed}'::timestamptz + interval '1 second'"
         ),
         "1",
         Instant::now() + Duration::from_secs(60),

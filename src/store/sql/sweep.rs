@@ -42,10 +42,13 @@
 //! autovacuum would do later, in smaller passes. The same run with it:
 //! 70 and 47 ms, the same throughput. `TRUNCATE false`: truncating the
 //! table's empty tail takes a lock that would hold the master's inserts
-//! up. `VACUUM` takes no lock that a read, insert or delete waits for, and
-//! a takeover cancels one in progress (see `Cancel`). A database user that
-//! does not own the table gets a warning from PostgreSQL and no vacuum
-//! (autovacuum's only).
+//! up. `VACUUM` takes no lock that a read, insert or delete waits for, but
+//! DDL on the table waits for it (and the master's writes behind that), so
+//! it never waits for a lock itself (`SKIP_LOCKED`) and is limited to 30 s
+//! ([`VACUUM_TIMEOUT`]). A takeover cancels one in progress (see `Cancel`);
+//! a SIGKILLed standby's runs on until it ends or times out. A database
+//! user that does not own the table does not vacuum it (autovacuum's
+//! only): checked once, said once.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -67,7 +70,7 @@ pub const EVERY: Duration = Duration::from_millis(250);
 pub const VACUUM_EVERY: Duration = Duration::from_secs(5);
 
 /// The standby's vacuum (see the module's comment).
-const VACUUM: &str = "VACUUM (TRUNCATE false) ACTIVEMQ_MSGS";
+const VACUUM: &str = "VACUUM (TRUNCATE false, SKIP_LOCKED) ACTIVEMQ_MSGS";
 
 /// Pause after an error (the database down or restarting).
 const AFTER_ERROR: Duration = Duration::from_secs(1);
@@ -170,35 +173,76 @@ pub async fn while_standby(db: &Db, connections: usize) -> Infallible {
     }
 }
 
-/// When the standby vacuums `ACTIVEMQ_MSGS` next, and whether it can.
+/// When the standby vacuums `ACTIVEMQ_MSGS` next, and whether it may.
 struct Vacuum {
     next: Instant,
-    /// Off after PostgreSQL refused it (an old server without
-    /// `TRUNCATE false`, say): said once, autovacuum's only then.
-    refused: bool,
+    /// Whether this database user owns the table (checked once): one
+    /// that does not gets only a warning from PostgreSQL, every time.
+    owner: Option<bool>,
+    /// Off after PostgreSQL refused it for good (a server before 12,
+    /// without `TRUNCATE false` and `SKIP_LOCKED`; no privilege): said
+    /// once, autovacuum's only then.
+    off: bool,
 }
+
+/// The most a vacuum may run: while it runs, another session's DDL on the
+/// table (an operator's `ALTER TABLE`, `CREATE INDEX`) waits for it, and
+/// the master's writes queue behind that DDL; autovacuum gives way to
+/// such a request, a manual `VACUUM` does not.
+const VACUUM_TIMEOUT: &str = "SET statement_timeout = 30000";
+
+/// Whether this user owns `ACTIVEMQ_MSGS` (a superuser counts).
+const OWNS: &str = "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c \
+     WHERE c.oid = 'activemq_msgs'::regclass";
+
+/// After a vacuum that failed but may work later (cancelled, timed out).
+const VACUUM_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Vacuum {
     fn new() -> Vacuum {
         Vacuum {
             next: Instant::now() + VACUUM_EVERY,
-            refused: false,
+            owner: None,
+            off: false,
         }
     }
 
     fn due(&self) -> bool {
-        !self.refused && Instant::now() >= self.next
+        !self.off && self.owner != Some(false) && Instant::now() >= self.next
     }
 
-    /// One vacuum, without the steps' statement timeout (a table bloated
-    /// before this standby started may take longer than a step may; a
-    /// takeover cancels it). A failure other than a broken connection
-    /// turns vacuuming off.
+    /// One vacuum, with its own statement timeout instead of the steps'
+    /// (a takeover cancels it; `SKIP_LOCKED`: it never waits for a lock,
+    /// e.g. behind another standby's vacuum or an operator's `LOCK`).
     async fn run(&mut self, client: &tokio_postgres::Client) {
+        if self.owner.is_none() {
+            match client.query_one(OWNS, &[]).await {
+                Ok(row) => {
+                    let owns: bool = row.try_get(0).unwrap_or(false);
+                    self.owner = Some(owns);
+                    if !owns {
+                        info!(
+                            role = "standby",
+                            "this database user does not own ACTIVEMQ_MSGS: vacuuming it is left to autovacuum (a takeover after long uptime reads more slowly)"
+                        );
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!(
+                        role = "standby",
+                        error = pg_reason(&e),
+                        "cannot check who owns ACTIVEMQ_MSGS"
+                    );
+                    self.next = Instant::now() + VACUUM_EVERY;
+                    return;
+                }
+            }
+        }
         let started = Instant::now();
         let cancel = Cancel(Some(client.cancel_token()));
         let done = async {
-            client.batch_execute("SET statement_timeout = 0").await?;
+            client.batch_execute(VACUUM_TIMEOUT).await?;
             let vacuumed = client.batch_execute(VACUUM).await;
             client.batch_execute(STEP_TIMEOUT).await?;
             vacuumed
@@ -207,22 +251,39 @@ impl Vacuum {
         cancel.disarm();
         let took = started.elapsed();
         self.next = Instant::now() + VACUUM_EVERY.max(took * 4);
-        match done {
-            Ok(()) => debug!(
-                role = "standby",
-                ms = took.as_secs_f64() * 1000.0,
-                "vacuumed ACTIVEMQ_MSGS"
-            ),
-            // The sweep's next step finds the connection broken too.
-            Err(_) if client.is_closed() => {}
-            Err(e) => {
-                self.refused = true;
-                warn!(
+        let e = match done {
+            Ok(()) => {
+                debug!(
                     role = "standby",
-                    error = pg_reason(&e),
-                    "cannot VACUUM ACTIVEMQ_MSGS; leaving it to autovacuum (a takeover after long uptime reads more slowly)"
+                    ms = took.as_secs_f64() * 1000.0,
+                    "vacuumed ACTIVEMQ_MSGS"
                 );
+                return;
             }
+            // The sweep's next step finds the connection broken too.
+            Err(_) if client.is_closed() => return,
+            Err(e) => e,
+        };
+        use tokio_postgres::error::SqlState;
+        let for_good = [
+            SqlState::SYNTAX_ERROR,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ];
+        if e.code().is_some_and(|c| for_good.contains(c)) {
+            self.off = true;
+            warn!(
+                role = "standby",
+                error = pg_reason(&e),
+                "cannot VACUUM ACTIVEMQ_MSGS; leaving it to autovacuum (a takeover after long uptime reads more slowly)"
+            );
+        } else {
+            self.next = Instant::now() + VACUUM_BACKOFF;
+            debug!(
+                role = "standby",
+                error = pg_reason(&e),
+                "vacuuming ACTIVEMQ_MSGS failed; trying again later"
+            );
         }
     }
 }
