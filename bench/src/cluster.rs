@@ -195,10 +195,21 @@ impl Drop for BenchDb {
         } else {
             ""
         };
-        // A run's database is gigabytes: say so if it stays (e.g. a
-        // session of another role on it, which FORCE may not end).
+        // A run's database is gigabytes. FORCE fails when an autovacuum
+        // worker is in it (another role's process, which bench's role may
+        // not end); a plain DROP makes autovacuum give way, and the
+        // brokers' sessions are gone by now. Said if it stays.
         let sql = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
-        if let Err(e) = self.admin(&sql) {
+        let plain = format!("DROP DATABASE IF EXISTS {}", self.name);
+        let mut result = self.admin(&sql);
+        for _ in 0..5 {
+            if result.is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            result = self.admin(&plain);
+        }
+        if let Err(e) = result {
             eprintln!("bench: cannot drop the run's database {}: {e:#}", self.name);
         }
     }
