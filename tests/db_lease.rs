@@ -133,6 +133,11 @@ impl TestDb {
         rt().block_on(async { self.admin().await.holder().await })
     }
 
+    /// Whom the fence row names (rewritten with the lease row when taken).
+    fn fence_holder(&self) -> Option<String> {
+        rt().block_on(async { self.admin().await.fence_holder().await })
+    }
+
     /// Kills connections by server id, as an operator would; returns when
     /// the first kill was sent.
     fn kill(&self, ids: &[u64]) -> Instant {
@@ -212,6 +217,17 @@ enum Admin {
 }
 
 impl Admin {
+    async fn fence_holder(&mut self) -> Option<String> {
+        const SQL: &str = "SELECT HOLDER FROM BROKK_FENCE WHERE ID = 1";
+        match self {
+            Admin::My(c) => {
+                let r: Option<Option<String>> = c.query_first(SQL).await.expect("read fence");
+                r.flatten()
+            }
+            Admin::Pg(c) => c.query_one(SQL, &[]).await.expect("read fence").get(0),
+        }
+    }
+
     async fn holder(&mut self) -> Option<String> {
         match self {
             Admin::My(c) => {
@@ -464,6 +480,7 @@ fn wait_then_release(d: Dialect) {
     let a = Broker::start(&cfg, "broker-a", true);
     a.acquired(DEADLINE, "first acquire");
     assert_eq!(db.holder().as_deref(), Some("broker-a"));
+    assert_eq!(db.fence_holder().as_deref(), Some("broker-a"));
     let b = Broker::start(&cfg, "broker-b", true);
     b.waiting("second acquire");
     // The first renews; the second must not get in, even after leases.
@@ -485,6 +502,7 @@ fn wait_then_release(d: Dialect) {
         ms(got.saturating_duration_since(released))
     );
     assert_eq!(db.holder().as_deref(), Some("broker-b"));
+    assert_eq!(db.fence_holder().as_deref(), Some("broker-b"));
     b.send(Cmd::Release);
     b.next(DEADLINE, "release b");
 }
@@ -509,6 +527,9 @@ fn crash_takeover(d: Dialect) {
         ms(got.saturating_duration_since(crashed))
     );
     assert_eq!(db.holder().as_deref(), Some("broker-b"));
+    // Fenced: every write of the killed master's from now on commits
+    // nothing (see `store::sql::write`).
+    assert_eq!(db.fence_holder().as_deref(), Some("broker-b"));
 }
 
 /// (c) the server kills the master's connections: the master's keep loop

@@ -76,11 +76,10 @@ const PG_KEY: i64 = 0x6272_6F6B;
 /// in parallel, each get their own. At most 64 characters.
 const MY_LOCK_PREFIX: &str = "brokk-master:";
 
-/// The fence row, rewritten (or made) when the lease is taken.
+/// The fence row, rewritten (or made) when the lease is taken (PostgreSQL:
+/// see [`pg_fenced_take`]).
 const MY_FENCE_TAKE: &str = "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, ?) \
      ON DUPLICATE KEY UPDATE HOLDER = VALUES(HOLDER)";
-const PG_FENCE_TAKE: &str = "INSERT INTO BROKK_FENCE (ID, HOLDER) VALUES (1, $1) \
-     ON CONFLICT (ID) DO UPDATE SET HOLDER = EXCLUDED.HOLDER";
 
 /// How long an UPDATE of the row waits for a row lock before we look at who
 /// holds it (MariaDB's `innodb_lock_wait_timeout` counts whole seconds).
@@ -1257,7 +1256,12 @@ async fn my_lease_update(
     r
 }
 
-/// PostgreSQL: as [`my_lease_update`].
+/// PostgreSQL: as [`my_lease_update`], but one statement: taking the lease
+/// is the UPDATE of the row with the fence row's rewrite in a CTE, so the
+/// fence is rewritten exactly when the UPDATE matched, in one implicit
+/// transaction. A takeover waits for it: as BEGIN, UPDATE, upsert and
+/// COMMIT it cost six round trips (each of the two statements parsed, then
+/// run) on a database whose cores the failover has busy.
 async fn pg_lease_update(
     client: &mut tokio_postgres::Client,
     sql: &str,
@@ -1266,34 +1270,28 @@ async fn pg_lease_update(
     token: &LeaseToken,
     fence: bool,
 ) -> Result<u64, tokio_postgres::Error> {
-    if !fence {
-        return match &pid {
-            Some(pid) => client.execute(sql, &[&lease_ms, &token.0, pid]).await,
-            None => client.execute(sql, &[&lease_ms, &token.0]).await,
-        };
-    }
-    let tx = client.transaction().await?;
-    let n = match &pid {
-        Some(pid) => tx.execute(sql, &[&lease_ms, &token.0, pid]).await,
-        None => tx.execute(sql, &[&lease_ms, &token.0]).await,
+    let fenced;
+    let sql = if fence {
+        fenced = pg_fenced_take(sql);
+        fenced.as_str()
+    } else {
+        sql
     };
-    let n = match n {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-    };
-    if n == 0 {
-        tx.rollback().await?;
-        return Ok(0);
+    match &pid {
+        Some(pid) => client.execute(sql, &[&lease_ms, &token.0, pid]).await,
+        None => client.execute(sql, &[&lease_ms, &token.0]).await,
     }
-    if let Err(e) = tx.execute(PG_FENCE_TAKE, &[&token.0]).await {
-        let _ = tx.rollback().await;
-        return Err(e);
-    }
-    tx.commit().await?;
-    Ok(n)
+}
+
+/// `update` (an UPDATE of the lease row whose `$2` is the taker's token)
+/// with the fence row's rewrite: the rows it counts are the fence row's,
+/// one when the UPDATE matched, none when it did not.
+fn pg_fenced_take(update: &str) -> String {
+    format!(
+        "WITH taken AS ({update} RETURNING 1) \
+         INSERT INTO BROKK_FENCE (ID, HOLDER) SELECT 1, $2 FROM taken \
+         ON CONFLICT (ID) DO UPDATE SET HOLDER = EXCLUDED.HOLDER"
+    )
 }
 
 /// FNV-1a, for a lock name that must fit in 64 characters.
