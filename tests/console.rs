@@ -517,19 +517,45 @@ fn metrics_count_destinations_connections_and_receipts() {
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     assert_eq!(*buckets.last().unwrap(), count, "{m}");
     // The connection is listed with its counters.
-    let cs = http(
-        &b,
+    let cs = connections(&b);
+    let conn = &cs.as_array().unwrap()[0];
+    assert_eq!(conn["protocol"], "stomp");
+    assert_eq!(conn["messages_in"], 3);
+    assert_eq!(conn["messages_out"], 0);
+    assert!(conn["bytes_in"].as_u64().unwrap() > 0);
+    // What a consumer received is what its connection counts as out.
+    c.subscribe("s", "/queue/m", "client-individual", &[]);
+    for _ in 0..3 {
+        let f = c.recv().expect("a MESSAGE");
+        assert_eq!(f.command, brokk::protocol::stomp::Command::Message, "{f:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let cs = connections(&b);
+        let out = cs.as_array().unwrap()[0]["messages_out"].as_u64().unwrap();
+        if out == 3 {
+            break;
+        }
+        assert!(out < 3, "messages_out {out} after 3 deliveries");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages_out stayed {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(c);
+}
+
+/// `/api/connections`, as a viewer.
+fn connections(b: &Broker) -> Value {
+    http(
+        b,
         "GET",
         "/api/connections",
         &[("Authorization", &basic("viewer", "look"))],
         None,
     )
-    .json();
-    let conn = &cs.as_array().unwrap()[0];
-    assert_eq!(conn["protocol"], "stomp");
-    assert_eq!(conn["messages_in"], 3);
-    assert!(conn["bytes_in"].as_u64().unwrap() > 0);
-    drop(c);
+    .json()
 }
 
 fn cli(b: &Broker, args: &[&str], user: (&str, &str)) -> (bool, String, String) {

@@ -554,8 +554,8 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         f.encode(version, &mut wbuf)
                     }
                     Outbound::Deliver(sub, deliveries) => {
-                        ConnectionInfo::add(&info.messages_out, deliveries.len() as u64);
-                        s.deliver(sub, deliveries, &mut wbuf);
+                        let sent = s.deliver(sub, deliveries, &mut wbuf);
+                        ConnectionInfo::add(&info.messages_out, sent as u64);
                     }
                     Outbound::Fenced(token) => s.fenced(token, &mut actions),
                     Outbound::Refused(reason) => s.refused(&reason, &mut actions),

@@ -419,8 +419,8 @@ async fn write_loop(
                 match item {
                     Outbound::OpenWire(c) => commands.push(*c),
                     Outbound::Deliver(sub, deliveries) => {
-                        ConnectionInfo::add(&info.messages_out, deliveries.len() as u64);
-                        s.deliver(sub, deliveries, &mut commands);
+                        let sent = s.deliver(sub, deliveries, &mut commands);
+                        ConnectionInfo::add(&info.messages_out, sent as u64);
                     }
                     Outbound::Fenced(token) => s.fenced(token, &mut actions),
                     Outbound::Timer(token) => s.timer(token, &mut actions),

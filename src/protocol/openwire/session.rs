@@ -1747,11 +1747,18 @@ impl Session {
 
     /// Turns deliveries for consumer `sub` into MessageDispatch commands.
     /// Every delivery waits for the client's MessageAck, which is also
-    /// what returns prefetch credit.
-    pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, out: &mut Vec<Command>) {
+    /// what returns prefetch credit. Returns how many dispatches went into
+    /// `out` (none for a consumer closed meanwhile: those are not sent).
+    pub fn deliver(
+        &mut self,
+        sub: u64,
+        deliveries: Vec<Delivery>,
+        out: &mut Vec<Command>,
+    ) -> usize {
+        let before = out.len();
         let Some(c) = self.consumers.get_mut(&sub) else {
             // Closed meanwhile: the owner took these back already.
-            return;
+            return 0;
         };
         if c.advisory {
             for d in deliveries {
@@ -1763,7 +1770,7 @@ impl Session {
                     announced.and_then(|w| self.advisory_dispatch(sub, &w, made, Some(d.msg.id)));
                 out.extend(cmd);
             }
-            return;
+            return out.len() - before;
         }
         for d in deliveries {
             let m = &d.msg;
@@ -1804,6 +1811,7 @@ impl Session {
                 .into(),
             );
         }
+        out.len() - before
     }
 }
 

@@ -1165,14 +1165,18 @@ impl Session {
     /// Encodes deliveries for subscription `sub` into `buf`. In auto-ack
     /// mode their acknowledgement, which is also what returns prefetch
     /// credit, waits for the write (see [`Session::written`]).
-    pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, buf: &mut BytesMut) {
+    /// Encodes deliveries for subscription `sub` into `buf`; returns how
+    /// many went into it (none when the subscription is gone: those are
+    /// not sent, and the connection's counters must not say they were).
+    pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, buf: &mut BytesMut) -> usize {
         let Some(s) = self.subs.get_mut(&sub).filter(|s| s.unsubscribed.is_none()) else {
             // Unsubscribed meanwhile: the owner takes these back when the
             // Unsubscribe reaches it (they are in flight to this consumer).
-            return;
+            return 0;
         };
         let escape = self.version.escaping_for(Command::Message);
         let mut auto = Vec::new();
+        let encoded = deliveries.len();
         for d in deliveries {
             let m = &d.msg;
             buf.reserve(256 + m.body.len());
@@ -1218,7 +1222,7 @@ impl Session {
             }
         }
         if auto.is_empty() {
-            return;
+            return encoded;
         }
         let owner = s.destination.owner(self.cfg.shards);
         self.in_write.push((
@@ -1229,6 +1233,7 @@ impl Session {
                 ids: auto,
             },
         ));
+        encoded
     }
 
     /// What was encoded is written: its auto-acknowledgements go now, to
@@ -1484,7 +1489,7 @@ mod tests {
         let b = sub_of(&out[1..]);
         out.clear();
         let mut buf = BytesMut::new();
-        s.deliver(a, deliveries(&[1, 2]), &mut buf);
+        assert_eq!(s.deliver(a, deliveries(&[1, 2]), &mut buf), 2);
         s.deliver(b, deliveries(&[3]), &mut buf);
         assert!(!buf.is_empty());
         // Being written: nothing is acknowledged yet.
@@ -1508,9 +1513,10 @@ mod tests {
         assert_eq!(ops, ["prefetch 0", "ack", "unsubscribe", "fence"]);
         assert_eq!(acked(&out), [1, 2]);
         out.clear();
-        // A's deliveries queued behind are not written.
+        // A's deliveries queued behind are not written, nor counted as
+        // sent (the connection's messages_out goes by this).
         let mut later = BytesMut::new();
-        s.deliver(a, deliveries(&[4]), &mut later);
+        assert_eq!(s.deliver(a, deliveries(&[4]), &mut later), 0);
         assert!(later.is_empty());
         // The rest waits for the write.
         let mut written = Vec::new();
