@@ -465,7 +465,13 @@ pub struct Overrides {
     pub shards: Option<usize>,
 }
 
-pub const MAX_SHARDS: usize = 256;
+/// A message id carries its issuing shard in the top byte (see
+/// `broker::message_ids`), and OpenWire (`brokerSequenceId`,
+/// `lastDeliveredSequenceId`) and the database modes (`ACTIVEMQ_MSGS.ID`)
+/// hold ids as signed 64-bit numbers: a shard from 128 up would issue
+/// negative ids, which OpenWire clients use as "none" (-1) and which the
+/// close of a session or connection then counted as nothing delivered.
+pub const MAX_SHARDS: usize = 128;
 
 impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -774,6 +780,12 @@ mod tests {
         let mut c = Config::parse("shards = 0").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("`shards`"), "{e}");
+        // Ids stay positive as signed 64-bit numbers (see MAX_SHARDS).
+        c.shards = Some(129);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`shards`") && e.contains("128"), "{e}");
+        c.shards = Some(128);
+        c.validate().unwrap();
         c.shards = Some(2);
         c.limits.max_connections = 0;
         let e = c.validate().unwrap_err().to_string();
