@@ -1270,13 +1270,8 @@ async fn pg_lease_update(
     token: &LeaseToken,
     fence: bool,
 ) -> Result<u64, tokio_postgres::Error> {
-    let fenced;
-    let sql = if fence {
-        fenced = pg_fenced_take(sql);
-        fenced.as_str()
-    } else {
-        sql
-    };
+    let fenced = fence.then(|| pg_fenced_take(sql));
+    let sql = fenced.as_deref().unwrap_or(sql);
     match &pid {
         Some(pid) => client.execute(sql, &[&lease_ms, &token.0, pid]).await,
         None => client.execute(sql, &[&lease_ms, &token.0]).await,

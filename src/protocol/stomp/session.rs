@@ -1162,12 +1162,11 @@ impl Session {
         }
     }
 
-    /// Encodes deliveries for subscription `sub` into `buf`. In auto-ack
-    /// mode their acknowledgement, which is also what returns prefetch
-    /// credit, waits for the write (see [`Session::written`]).
-    /// Encodes deliveries for subscription `sub` into `buf`; returns how
+    /// Encodes deliveries for subscription `sub` into `buf` and returns how
     /// many went into it (none when the subscription is gone: those are
-    /// not sent, and the connection's counters must not say they were).
+    /// not sent, and the connection's counters must not say they were). In
+    /// auto-ack mode their acknowledgement, which is also what returns
+    /// prefetch credit, waits for the write (see [`Session::written`]).
     pub fn deliver(&mut self, sub: u64, deliveries: Vec<Delivery>, buf: &mut BytesMut) -> usize {
         let Some(s) = self.subs.get_mut(&sub).filter(|s| s.unsubscribed.is_none()) else {
             // Unsubscribed meanwhile: the owner takes these back when the

@@ -40,18 +40,17 @@
 //! standby also runs `VACUUM` on `ACTIVEMQ_MSGS` every [`VACUUM_EVERY`]
 //! (never more than a fifth of the time, as the steps): the work
 //! autovacuum would do later, in smaller passes. The same run with it
-//! (three runs, six takeovers): 47-108 ms, the same throughput. `TRUNCATE false`: truncating the
-//! table's empty tail takes a lock that would hold the master's inserts
-//! up. `VACUUM` takes no lock that a read, insert or delete waits for, but
-//! DDL on the table waits for it (and the master's writes behind that), so
-//! it waits at most 2 s for its lock and runs at most 30 s
-//! ([`VACUUM_LIMITS`]). A takeover cancels one in progress (see `Cancel`);
-//! a SIGKILLed standby's stops within about 10 ms on PostgreSQL 14 and
-//! later on Linux (`client_connection_check_interval`, set on every
-//! connection, see `conn`) and elsewhere runs on until it ends or times
-//! out. A database
-//! user that does not own the table does not vacuum it (autovacuum's
-//! only): checked once, said once.
+//! (three runs, six takeovers): 47-108 ms, the same throughput.
+//! `TRUNCATE false`: truncating the table's empty tail takes a lock that
+//! would hold the master's inserts up. `VACUUM` takes no lock that a read,
+//! insert or delete waits for, but DDL on the table waits for it (and the
+//! master's writes behind that), so it waits at most 2 s for its lock and
+//! runs at most 30 s ([`VACUUM_LIMITS`]). A takeover cancels one in
+//! progress (see `Cancel`); a SIGKILLed standby's stops within about 10 ms
+//! on PostgreSQL 14 and later on Linux (`client_connection_check_interval`,
+//! set on every connection, see `conn`) and elsewhere runs on until it
+//! ends or times out. A database user that does not own the table does
+//! not vacuum it (autovacuum's only): checked once, said once.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
