@@ -203,6 +203,10 @@ fn main() -> ExitCode {
                 }
             };
             exit_on_panic();
+            // Before the broker opens its lock or a socket (ha::keeper).
+            if let Err(e) = brokk::ha::keeper::start() {
+                tracing::warn!(error = %e, "no address-space keeper: a killed broker lets go of its lock only after its memory is freed");
+            }
             match brokk::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if is_bad_store_url(&e) => {

@@ -476,3 +476,83 @@ fn wait_blocked_on_a_lock(b: &Broker) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The live `brokk-keeper` child of `pid` (`ha::keeper`), if any: a
+/// zombie counts as gone (it has exited; its memory is free).
+fn keeper_of(pid: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let k: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{k}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next()?, f.next()?);
+        (comm == "brokk-keeper" && state != "Z" && ppid == pid.to_string()).then_some(k)
+    })
+}
+
+/// Waits until `pid` has no live keeper; fails after 10 s.
+fn wait_keeper_gone(pid: i32, keeper: i32) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while keeper_of(pid).is_some() || is_live(keeper) {
+        assert!(
+            Instant::now() < end,
+            "the keeper {keeper} of broker {pid} outlived it by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `pid` exists and is not a zombie.
+fn is_live(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_masters_keeper_holds_no_lock_or_socket_and_never_outlives_it() {
+    // The keeper shares the broker's memory so that a killed master's lock
+    // and connections close before that memory is freed. It must hold
+    // none of them itself (a standby would wait on a dead master's lock
+    // for ever), and it must go when the broker goes, killed or stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = start_on(dir.path());
+    let mut standby = Broker::spawn_any(Some(CONFIG), &args(dir.path()), Some(dir.path()));
+    let mut p = master.client();
+    p.send_sync("/queue/kept", "1", &[("persistent", "true")]);
+    let keeper = keeper_of(master.pid()).expect("the master has a keeper");
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{keeper}/fd"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        fds,
+        ["anon_inode:[pidfd]"],
+        "the keeper holds only its pidfd"
+    );
+    // SIGKILL: the standby gets the lock, the keeper goes.
+    let pid = master.pid();
+    master.kill9();
+    standby.wait_for_master_within(10);
+    wait_keeper_gone(pid, keeper);
+    assert_eq!(drain(&standby, "/queue/kept"), HashSet::from([1]));
+    // A clean stop takes its keeper along too.
+    let keeper = keeper_of(standby.pid()).expect("the new master has a keeper");
+    let pid = standby.pid();
+    assert!(standby.terminate().success());
+    wait_keeper_gone(pid, keeper);
+}

@@ -7,6 +7,7 @@ pub mod db_lease;
 pub mod epoch;
 pub mod fence;
 pub mod file_lock;
+pub mod keeper;
 pub mod role;
 pub mod zk;
 
