@@ -2,7 +2,7 @@
 """Opens N idle STOMP connections to a broker, holds them, and prints the
 broker's resident memory (VmRSS) before and while they are open.
 
-    bench/idle_connections.py --port 61613 --pid $(pgrep -f 'brokk serve') -n 1000
+    bench/idle_connections.py --port 61613 --pid $(pgrep -x brokk) -n 1000
 """
 import argparse
 import socket
