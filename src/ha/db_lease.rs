@@ -441,6 +441,7 @@ pub async fn acquire(
 ) -> Result<Lease, SqlError> {
     let mut session = DbConn::connect(cfg, Purpose::Session).await?;
     let mut rows = DbConn::connect(cfg, Purpose::Rows).await?;
+    rows.prepare_take().await?;
     let mut own = [session.backend_id(), rows.backend_id()];
     let mut waiting = false;
     loop {
@@ -623,6 +624,9 @@ enum DbConn {
         /// `SELECT pg_advisory_lock`, prepared once: a waiting standby
         /// runs it several times a second (see `PG_WAIT_STATEMENT`).
         lock_stmt: Option<tokio_postgres::Statement>,
+        /// The session-lock holder's take of the lease row, prepared while
+        /// it waits (see [`DbConn::prepare_take`]).
+        take_stmt: Option<tokio_postgres::Statement>,
     },
 }
 
@@ -752,6 +756,7 @@ impl DbConn {
                     closed,
                     lock_timeout_ms,
                     lock_stmt: None,
+                    take_stmt: None,
                 })
             }
         }
@@ -941,22 +946,16 @@ impl DbConn {
         }
     }
 
-    /// The UPDATE of the lease row: Some(rows matched), or None when it
-    /// gave up waiting for a row lock (a transaction holds the fence row,
-    /// or another standby is taking the lease).
-    async fn update_row(
-        &mut self,
-        token: &LeaseToken,
-        lease: Duration,
-        cond: Cond,
-    ) -> Result<Option<u64>, SqlError> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    /// The lease row's UPDATE for `cond` (`$1` the lease in ms, `$2` our
+    /// token, `$3` with [`Cond::Held`] the session-lock holder), and the
+    /// holder it needs.
+    fn update_sql(&self, cond: Cond) -> (String, Option<u64>) {
         let (now, p) = match self {
             DbConn::My { .. } => (MY_NOW, ["?", "?", "?"]),
             DbConn::Pg { .. } => (PG_NOW, ["$1", "$2", "$3"]),
         };
         let set = format!("UPDATE ACTIVEMQ_LOCK SET TIME = {now} + {}", p[0]);
-        let (sql, holder) = match cond {
+        match cond {
             // In one statement with the UPDATE, so that a holder whose
             // session was just killed (the lock not yet passed on) cannot
             // write after the next holder did: the next one's UPDATE
@@ -988,7 +987,52 @@ impl DbConn {
                 format!("{set} WHERE ID = 1 AND BROKER_NAME = {}", p[1]),
                 None,
             ),
-        };
+        }
+    }
+
+    /// Prepares the statement that takes the lease row once the session
+    /// lock is ours (`Cond::Held`, with the fence row's rewrite), so the
+    /// takeover sends it in one round trip, already parsed: at the moment
+    /// of a failover the database is busy and parsing it there cost a
+    /// round trip and 1.2 ms of parse (bench/RESULTS.md, session 21).
+    /// MariaDB keeps it in the connection's statement cache, which the
+    /// take's `exec_drop` finds by its text.
+    async fn prepare_take(&mut self) -> Result<(), SqlError> {
+        const WHAT: &str = "prepare the lease row's takeover";
+        let (sql, _) = self.update_sql(Cond::Held(0));
+        match self {
+            DbConn::My { conn, alive, .. } => {
+                for stmt in [sql.as_str(), MY_FENCE_TAKE] {
+                    conn.prep(stmt)
+                        .await
+                        .map_err(|e| Self::my_fail(alive, WHAT, e))?;
+                }
+                Ok(())
+            }
+            DbConn::Pg {
+                client, take_stmt, ..
+            } => {
+                let stmt = client
+                    .prepare(&pg_fenced_take(&sql))
+                    .await
+                    .map_err(|e| pg_err(WHAT, e))?;
+                *take_stmt = Some(stmt);
+                Ok(())
+            }
+        }
+    }
+
+    /// The UPDATE of the lease row: Some(rows matched), or None when it
+    /// gave up waiting for a row lock (a transaction holds the fence row,
+    /// or another standby is taking the lease).
+    async fn update_row(
+        &mut self,
+        token: &LeaseToken,
+        lease: Duration,
+        cond: Cond,
+    ) -> Result<Option<u64>, SqlError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let (sql, holder) = self.update_sql(cond);
         const WHAT: &str = "update ACTIVEMQ_LOCK";
         // Taking the lease also rewrites the fence row, in the same
         // transaction: that waits for the write transactions in flight
@@ -1005,9 +1049,15 @@ impl DbConn {
                     Err(e) => Err(Self::my_fail(alive, WHAT, e)),
                 }
             }
-            DbConn::Pg { client, .. } => {
+            DbConn::Pg {
+                client, take_stmt, ..
+            } => {
                 let pid = holder.map(|id| i32::try_from(id).unwrap_or_default());
-                match pg_lease_update(client, &sql, pid, lease_ms, token, fence).await {
+                let prepared = match cond {
+                    Cond::Held(_) => take_stmt.as_ref(),
+                    _ => None,
+                };
+                match pg_lease_update(client, &sql, prepared, pid, lease_ms, token, fence).await {
                     Ok(n) => Ok(Some(n)),
                     Err(e)
                         if e.code()
@@ -1265,11 +1315,15 @@ async fn my_lease_update(
 async fn pg_lease_update(
     client: &mut tokio_postgres::Client,
     sql: &str,
+    prepared: Option<&tokio_postgres::Statement>,
     pid: Option<i32>,
     lease_ms: i64,
     token: &LeaseToken,
     fence: bool,
 ) -> Result<u64, tokio_postgres::Error> {
+    if let (Some(stmt), Some(pid), true) = (prepared, &pid, fence) {
+        return client.execute(stmt, &[&lease_ms, &token.0, pid]).await;
+    }
     let fenced = fence.then(|| pg_fenced_take(sql));
     let sql = fenced.as_deref().unwrap_or(sql);
     match &pid {
