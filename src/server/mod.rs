@@ -592,6 +592,13 @@ fn db_take_over(
         let db = db.clone();
         side::block_on(async move { sql::schema::check_tables(&db).await })??;
     }
+    // Read now, not after the takeover's read of the tables: on MariaDB it
+    // is a statement (and maybe a connection) on the failover's path.
+    let max_statement = {
+        let db = db.clone();
+        side::block_on(async move { db.max_statement_bytes().await })?
+            .context("cannot read the database's statement size limit")?
+    };
     let token = sql::LeaseToken(epoch::owner_id());
     let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));
     // A standby outlives database outages (a restart, a network cut): it
@@ -696,11 +703,6 @@ fn db_take_over(
         usage,
         config.shard_count(),
     );
-    let max_statement = {
-        let db = db.clone();
-        side::block_on(async move { db.max_statement_bytes().await })?
-            .context("cannot read the database's statement size limit")?
-    };
     Ok((
         db_shard::DbShared::new(writer, loaded),
         max_statement,
