@@ -602,8 +602,8 @@ fn db_take_over(
     let token = sql::LeaseToken(epoch::owner_id());
     let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));
     // A standby outlives database outages (a restart, a network cut): it
-    // tries again until it holds the lease. Only the first connect above
-    // fails the start (a wrong URL or password).
+    // tries again until it holds the lease. Only the statements above
+    // fail the start (a wrong URL or password, the tables, the limit).
     let lease = {
         let token = token.clone();
         let cfg = lease_cfg.clone();
