@@ -221,12 +221,9 @@ fn signal(b: &Broker, sig: i32) {
     if sig == libc::SIGSTOP {
         // kill(2) returns before the process has stopped: until it has, its
         // keep-alive thread can still notice what the test does next.
-        let stat = format!("/proc/{}/stat", b.pid());
         let end = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let s = std::fs::read_to_string(&stat).unwrap_or_default();
-            let state = s.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-            if state == Some('T') {
+            if proc_stat(b.pid()).is_some_and(|p| p.state == 'T') {
                 return;
             }
             assert!(
@@ -477,16 +474,38 @@ fn wait_blocked_on_a_lock(b: &Broker) {
     }
 }
 
+/// What `/proc/PID/stat` says of a process: its name, state and parent.
+struct ProcStat {
+    comm: String,
+    state: char,
+    ppid: i32,
+}
+
+/// None once the process is gone (or reaped).
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold anything, ") " included.
+    let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+    let mut f = rest.split_whitespace();
+    Some(ProcStat {
+        comm: comm.to_string(),
+        state: f.next()?.chars().next()?,
+        ppid: f.next()?.parse().ok()?,
+    })
+}
+
+/// `pid` exists and is not a zombie.
+fn is_live(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|p| p.state != 'Z')
+}
+
 /// The live `brokk-keeper` child of `pid` (`ha::keeper`), if any: a
 /// zombie counts as gone (it has exited; its memory is free).
 fn keeper_of(pid: i32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.find_map(|e| {
         let k: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{k}/stat")).ok()?;
-        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-        let mut f = rest.split_whitespace();
-        let (state, ppid) = (f.next()?, f.next()?);
-        (comm == "brokk-keeper" && state != "Z" && ppid == pid.to_string()).then_some(k)
+        let p = proc_stat(k)?;
+        (p.comm == "brokk-keeper" && p.state != 'Z' && p.ppid == pid).then_some(k)
     })
 }
 
@@ -500,22 +519,6 @@ fn wait_keeper_gone(pid: i32, keeper: i32) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// `pid` exists and is not a zombie.
-fn is_live(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let state = s
-                .rsplit_once(") ")?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z")
-        })
-        .unwrap_or(false)
 }
 
 #[test]

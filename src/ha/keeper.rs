@@ -91,9 +91,9 @@ pub fn start() -> io::Result<libc::pid_t> {
 }
 
 fn clone_keeper(pidfd: libc::c_int) -> io::Result<libc::pid_t> {
-    // SAFETY: a fresh anonymous mapping, never unmapped (the keeper may
-    // run on it until the broker is gone); its lowest page made
-    // inaccessible.
+    // SAFETY: a fresh anonymous mapping, unmapped only if no keeper runs
+    // on it (one may run on it until the broker is gone); its lowest page
+    // made inaccessible.
     let stack = unsafe {
         let base = libc::mmap(
             std::ptr::null_mut(),
@@ -107,7 +107,9 @@ fn clone_keeper(pidfd: libc::c_int) -> io::Result<libc::pid_t> {
             return Err(io::Error::last_os_error());
         }
         if libc::mprotect(base, GUARD_BYTES, libc::PROT_NONE) != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            libc::munmap(base, GUARD_BYTES + STACK_BYTES);
+            return Err(e);
         }
         base
     };
@@ -143,7 +145,10 @@ fn clone_keeper(pidfd: libc::c_int) -> io::Result<libc::pid_t> {
         )
     };
     let cloned = if pid < 0 {
-        Err(io::Error::last_os_error())
+        let e = io::Error::last_os_error();
+        // SAFETY: our mapping, which no keeper runs on.
+        unsafe { libc::munmap(stack, GUARD_BYTES + STACK_BYTES) };
+        Err(e)
     } else {
         Ok(pid)
     };

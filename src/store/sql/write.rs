@@ -46,8 +46,9 @@ static CHUNK_BUDGET: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(MSG_CHUNK_BYTES);
 
 /// The server's largest statement (MySQL's `max_allowed_packet`, read at
-/// start, before a standby waits): INSERT chunks stay within half of it. A single message larger
-/// than the budget goes alone; the broker caps frames below the limit.
+/// start, before a standby waits): INSERT chunks stay within half of it.
+/// A single message larger than the budget goes alone; the broker caps
+/// frames below the limit.
 pub fn set_statement_limit(limit: u64) {
     let budget = (limit / 2).min(MSG_CHUNK_BYTES as u64).max(1) as usize;
     CHUNK_BUDGET.store(budget, std::sync::atomic::Ordering::Relaxed);
