@@ -740,8 +740,71 @@ fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
     assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
 }
 
+/// A consumer acknowledges 300 messages one by one, only the last ACK
+/// with a receipt. The broker writes an acknowledgement no receipt waits
+/// for without holding later receipts back; the receipt of the last ACK
+/// still covers every earlier one of its connection. Checked while another
+/// session holds the rows locked, so that no delete can commit before it
+/// lets go: the receipt comes only after, the rows are gone once it is in,
+/// and after a SIGKILL the new master redelivers none.
+fn an_acks_receipt_covers_the_acks_before_it(engine: Engine) {
+    let (db, _dir, _nodes, mut a, mut b) = pair(engine);
+    let q = "/queue/acked";
+    let n = 300;
+    let mut p = a.client();
+    for i in 0..n {
+        let body = i.to_string();
+        if i + 1 < n {
+            p.frame(
+                "SEND",
+                &[("destination", q), ("persistent", "true")],
+                body.as_bytes(),
+            );
+        } else {
+            p.send_sync(q, &body, &[("persistent", "true")]);
+        }
+    }
+    let mut c = a.client();
+    c.subscribe(
+        "s",
+        q,
+        "client-individual",
+        &[("activemq.prefetchSize", "1000")],
+    );
+    let acks: Vec<String> = (0..n)
+        .map(|i| {
+            let m = c.expect_message();
+            assert_eq!(body(&m), i.to_string());
+            m.header_str("ack").unwrap().to_string()
+        })
+        .collect();
+    let locker = db.hold_rows_locked("ACTIVEMQ_MSGS", Duration::from_secs(2));
+    for (i, id) in acks.iter().enumerate() {
+        if i + 1 < n {
+            c.frame("ACK", &[("id", id)], b"");
+        } else {
+            c.frame("ACK", &[("id", id), ("receipt", "last")], b"");
+        }
+    }
+    c.expect_receipt("last");
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS").trim(),
+        "0",
+        "rows of acknowledged messages after the ACK's receipt"
+    );
+    locker.wait();
+    a.kill9();
+    b.wait_for_master();
+    let mut c = b.client();
+    c.subscribe("s", q, "client-individual", &[]);
+    if let Some(f) = c.recv_timeout(Duration::from_millis(1500)) {
+        panic!("an acknowledged message came back after the failover: {f:?}");
+    }
+}
+
 crate::on_both!(
     kills_under_load,
+    an_acks_receipt_covers_the_acks_before_it,
     cut_off_master,
     silently_cut_off_master,
     transactions_across_a_failover,

@@ -279,7 +279,7 @@ impl ShardBroker {
                     None => return,
                 };
                 let sub = self.durable_of(&destination, consumer);
-                self.retire(&destination, sub.as_ref(), &acked);
+                self.retire_acked(&destination, sub.as_ref(), &acked);
                 self.dispatch_one(&destination, consumer, out);
             }
             Op::Browse {
@@ -1006,6 +1006,23 @@ impl ShardBroker {
         let mut store = self.store.borrow_mut();
         for e in entries.iter().filter(|e| e.stored) {
             journal_ack(&mut *store, &sd, sub, e.msg.id);
+        }
+    }
+
+    /// Journals what a consumer acknowledged: as `retire`, except that a
+    /// queue's messages may be retired by the store without holding later
+    /// receipts back (see `Store::unreceipted_ack`; a receipt for the ACK
+    /// itself promotes them, see the server's shard).
+    fn retire_acked(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
+        if sub.is_some() || dest.is_topic() {
+            return self.retire(dest, sub, entries);
+        }
+        let sd = stored_dest(dest);
+        let mut store = self.store.borrow_mut();
+        for e in entries.iter().filter(|e| e.stored) {
+            if !store.unreceipted_ack(e.msg.id) {
+                journal_ack(&mut *store, &sd, None, e.msg.id);
+            }
         }
     }
 

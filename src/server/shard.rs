@@ -236,10 +236,19 @@ pub struct ShardContext {
     /// Fence replies waiting for the journal to reach a sequence number.
     deferred: RefCell<VecDeque<(u64, (usize, ShardMsg))>>,
     pub(super) flush_wakeup: Mailbox<()>,
+    /// Connections whose acknowledgements the store took without a
+    /// sequence number since the last promotion (see
+    /// `Store::unreceipted_ack`): a receipt one of them asks for promotes
+    /// them first, so that it covers its ACKs.
+    unreceipted_acks: RefCell<std::collections::HashSet<ConnRef>>,
     /// Transactions this shard coordinates (those committed on its
     /// connections), until every participant has applied them.
     coordinating: RefCell<IdMap<Coordinating>>,
 }
+
+/// Most connections remembered as having acknowledged without a receipt
+/// (see `ShardContext::unreceipted_acks`).
+const MAX_UNRECEIPTED_ACKERS: usize = 4096;
 
 /// A transaction on its way through two-phase commit: every participant
 /// journals its part as prepared records (TxPrepared), then this shard
@@ -289,7 +298,15 @@ impl ShardContext {
             match msg {
                 ShardMsg::Op(Op::Fence { conn, token }) => {
                     // A receipt means durable: hold it until the journal
-                    // has flushed everything appended before it.
+                    // has flushed everything appended before it, this
+                    // connection's acknowledgements included.
+                    if self.unreceipted_acks.borrow_mut().remove(&conn) {
+                        if let Some(d) = &self.durable {
+                            d.borrow_mut().promote_unreceipted();
+                        }
+                        // Every connection's are promoted: none is left.
+                        self.unreceipted_acks.borrow_mut().clear();
+                    }
                     let reply = (
                         conn.shard as usize,
                         ShardMsg::Reply(Reply::Fenced { conn, token }),
@@ -364,7 +381,24 @@ impl ShardContext {
                     crossing += self.tx_answer(applied, &mut work);
                 }
                 ShardMsg::Op(op) => {
+                    let acker = match &op {
+                        Op::Ack { consumer, .. } => Some(ConnRef {
+                            shard: consumer.shard,
+                            conn: consumer.conn,
+                        }),
+                        _ => None,
+                    };
                     self.broker.borrow_mut().apply(op, &mut produced);
+                    if let (Some(conn), Some(d)) = (acker, &self.durable) {
+                        let mut from = self.unreceipted_acks.borrow_mut();
+                        from.insert(conn);
+                        // Closed connections are never removed: past a
+                        // bound, everything is promoted and they go.
+                        if from.len() > MAX_UNRECEIPTED_ACKERS {
+                            d.borrow_mut().promote_unreceipted();
+                            from.clear();
+                        }
+                    }
                     work.extend(produced.drain(..));
                 }
                 ShardMsg::Reply(Reply::Retire(r)) => self.broker.borrow_mut().retire_one(&r),
@@ -776,6 +810,7 @@ async fn serve(
             journal,
             deferred: RefCell::new(VecDeque::new()),
             flush_wakeup: Mailbox::default(),
+            unreceipted_acks: RefCell::default(),
             coordinating: RefCell::new(IdMap::default()),
             outboxes,
             conns: RefCell::new(HashMap::new()),

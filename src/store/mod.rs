@@ -88,6 +88,15 @@ pub trait Store {
     fn last_send_at(&self) -> Option<RecordAt> {
         None
     }
+    /// A consumer acknowledged stored queue message `id`, its last holder,
+    /// and no receipt waits for that yet. A store may then retire it
+    /// without a sequence number, so that later receipts do not wait for
+    /// the retirement (see [`Durable::promote_unreceipted`]); true if it
+    /// did. False: the caller appends the Ack and releases, as for any
+    /// retirement.
+    fn unreceipted_ack(&mut self, _id: u64) -> bool {
+        false
+    }
 }
 
 /// A store that makes appends durable in the background (every mode but
@@ -100,4 +109,9 @@ pub trait Durable: Store {
     fn durable(&self) -> u64;
     /// Appends wait for the flusher.
     fn has_pending(&self) -> bool;
+    /// A receipt is asked for by a connection whose acknowledgements went
+    /// through [`Store::unreceipted_ack`]: every such retirement not yet
+    /// durable gets a sequence number now (one, appended), so that the
+    /// receipt waits for it.
+    fn promote_unreceipted(&mut self) {}
 }

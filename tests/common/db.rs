@@ -101,8 +101,9 @@ impl TestDb {
         }
     }
 
-    pub fn run_sql(&self, db: Option<&str>, sql: &str) -> String {
-        let out = match self.engine {
+    /// The engine's command-line client, to run `sql` in database `db`.
+    fn client(&self, db: Option<&str>, sql: &str) -> Command {
+        match self.engine {
             Engine::MariaDb => {
                 let mut c = Command::new("mariadb");
                 c.args([
@@ -118,25 +119,33 @@ impl TestDb {
                 if let Some(d) = db {
                     c.arg(d);
                 }
-                c.output()
+                c
             }
-            Engine::Postgres => Command::new("psql")
-                .env("PGPASSWORD", "brokk")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    "5432",
-                    "-U",
-                    "brokk",
-                    "-At",
-                    "-F",
-                    "\t",
-                ])
-                .args(["-d", db.unwrap_or("brokk"), "-c", sql])
-                .output(),
+            Engine::Postgres => {
+                let mut c = Command::new("psql");
+                c.env("PGPASSWORD", "brokk")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        "5432",
+                        "-U",
+                        "brokk",
+                        "-At",
+                        "-F",
+                        "\t",
+                    ])
+                    .args(["-d", db.unwrap_or("brokk"), "-c", sql]);
+                c
+            }
         }
-        .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));
+    }
+
+    pub fn run_sql(&self, db: Option<&str>, sql: &str) -> String {
+        let out = self
+            .client(db, sql)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));
         assert!(
             out.status.success(),
             "{:?} refused {sql:?}: {} (is it running? ops/services.sh start mariadb postgres)",
@@ -144,6 +153,37 @@ impl TestDb {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Another session locks every row of `table` (SELECT ... FOR UPDATE)
+    /// and lets go after `hold`; returns once the rows are locked. A write
+    /// that touches them waits until then.
+    pub fn hold_rows_locked(&self, table: &str, hold: Duration) -> RowLock {
+        let secs = hold.as_secs_f64();
+        let (sql, running) = match self.engine {
+            Engine::MariaDb => (
+                format!("BEGIN; SELECT COUNT(*) FROM (SELECT ID FROM {table} FOR UPDATE) t; SELECT SLEEP({secs}); COMMIT;"),
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%' AND DB = DATABASE()",
+            ),
+            Engine::Postgres => (
+                format!("BEGIN; SELECT COUNT(*) FROM (SELECT ID FROM {table} FOR UPDATE) t; SELECT pg_sleep({secs}); COMMIT;"),
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' AND pid <> pg_backend_pid() AND datname = current_database()",
+            ),
+        };
+        let child = self
+            .client(Some(&self.name), &sql)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));
+        // The sleep runs once the lock is taken (the statements run in
+        // order, in one transaction).
+        self.wait_for(
+            running,
+            "1",
+            Instant::now() + Duration::from_secs(10),
+            "the locking session sleeps",
+        );
+        RowLock { child }
     }
 
     /// The default lease (3 s): failovers here come from the session lock,
@@ -477,4 +517,17 @@ pub fn assert_tables_empty(db: &TestDb, tables: &[&str]) {
 
 pub fn is_standby(b: &Broker) -> bool {
     b.role_line.starts_with("brokk standby")
+}
+
+/// A session holding rows locked (see [`TestDb::hold_rows_locked`]).
+pub struct RowLock {
+    child: std::process::Child,
+}
+
+impl RowLock {
+    /// Until the session committed and ended.
+    pub fn wait(mut self) {
+        let status = crate::common::wait_child(&mut self.child, 30, "the locking session");
+        assert!(status.success(), "the locking session failed: {status}");
+    }
 }

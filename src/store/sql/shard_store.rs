@@ -89,6 +89,15 @@ pub struct DbShardStore {
     /// send; the audit keeps no more either).
     producer_order: std::collections::VecDeque<(String, String)>,
     last_prune: Option<std::time::Instant>,
+    /// Acknowledged queue messages whose row is to go without a sequence
+    /// number (see `unreceipted_ack`): no receipt waits for them, so a
+    /// burst of a consumer's acknowledgements does not hold back the
+    /// receipts of the SENDs after it. Each batch carries at most
+    /// [`DELETES_PER_TRANSACTION`] of them, in `msg_deletes`; their rows
+    /// were committed before they came here (an insert still unsent is
+    /// cancelled instead, and the batch in flight commits before the next
+    /// is taken).
+    unreceipted: Vec<i64>,
 }
 
 /// A producer's row as this shard last wrote (or is to write) it.
@@ -403,7 +412,15 @@ impl DbShardStore {
         self.delete_seqs.clear();
         let mut now = std::mem::take(&mut self.batch);
         split_msg_deletes(&mut now, &mut self.side_rows);
+        self.take_unreceipted(&mut now);
         (now, self.appended)
+    }
+
+    /// Up to [`DELETES_PER_TRANSACTION`] of the unreceipted retirements
+    /// ride along in `batch`, oldest first.
+    fn take_unreceipted(&mut self, batch: &mut Batch) {
+        let n = self.unreceipted.len().min(DELETES_PER_TRANSACTION);
+        batch.msg_deletes.extend(self.unreceipted.drain(..n));
     }
 
     /// The batch up to `upto` committed.
@@ -452,8 +469,16 @@ impl DbShardStore {
                 }
             }
         }
-        // Written in this batch and gone again: neither goes out. Nothing
-        // else in the batch names it yet except what retiring cleans up.
+        if self.cancel_unsent(id) {
+            return;
+        }
+        self.batch.deletes.push(sql_id(id));
+        self.delete_seqs.push(self.appended);
+    }
+
+    /// Written in this batch and gone again: neither goes out (true).
+    /// Nothing else in the batch names it yet except what this cleans up.
+    fn cancel_unsent(&mut self, id: u64) -> bool {
         if let Some(i) = self.unsent.remove(&id) {
             let row = &mut self.batch.inserts[i];
             if row.id as u64 == id && row.xid.is_none() {
@@ -464,11 +489,10 @@ impl DbShardStore {
                 self.batch.topic_acks.retain(|a| a.id as u64 != id);
                 self.batch.redeliveries.retain(|r| r.id as u64 != id);
                 self.side_rows.remove(&id);
-                return;
+                return true;
             }
         }
-        self.batch.deletes.push(sql_id(id));
-        self.delete_seqs.push(self.appended);
+        false
     }
 
     /// A record recovery read from the tables for this shard: a side row
@@ -495,7 +519,20 @@ impl Durable for DbShardStore {
         self.durable
     }
     fn has_pending(&self) -> bool {
-        !self.batch.is_empty()
+        !self.batch.is_empty() || !self.unreceipted.is_empty()
+    }
+    fn promote_unreceipted(&mut self) {
+        if self.unreceipted.is_empty() {
+            return;
+        }
+        self.appended += 1;
+        for id in std::mem::take(&mut self.unreceipted) {
+            // Into the batch's sequenced deletes: the next `take` writes
+            // them and makes `appended` durable only once they committed
+            // (a drain is split as any; `split_msg_deletes` files them).
+            self.batch.deletes.push(id);
+            self.delete_seqs.push(self.appended);
+        }
     }
 }
 
@@ -607,6 +644,24 @@ impl Store for DbShardStore {
             }
             RecordRef::TxDone { tx } => self.apply_part(tx),
         }
+    }
+
+    fn unreceipted_ack(&mut self, id: u64) -> bool {
+        // Only a plain queue message's last holder, with no side row, no
+        // transaction decision of that id, and no topic bookkeeping: its
+        // retirement is one `ACTIVEMQ_MSGS` delete and nothing else.
+        if self.holders.get(&id) != Some(&1)
+            || self.side_rows.contains(&id)
+            || self.decisions.contains_key(&id)
+            || self.topic_of.contains_key(&id)
+        {
+            return false;
+        }
+        self.holders.remove(&id);
+        if !self.cancel_unsent(id) {
+            self.unreceipted.push(sql_id(id));
+        }
+        true
     }
 
     fn release(&mut self, id: u64) {
@@ -802,6 +857,11 @@ mod tests {
 
     /// Messages 1..=n sent and committed, then each acknowledged.
     fn sent_then_acked(n: u64) -> DbShardStore {
+        sent_then(n, ack)
+    }
+
+    /// Messages 1..=n sent and committed, then `then` for each.
+    fn sent_then(n: u64, then: impl Fn(&mut DbShardStore, u64)) -> DbShardStore {
         let mut s = DbShardStore::new();
         for id in 1..=n {
             send(&mut s, id);
@@ -809,7 +869,7 @@ mod tests {
         let (_, upto) = s.take();
         s.committed(upto);
         for id in 1..=n {
-            ack(&mut s, id);
+            then(&mut s, id);
         }
         s
     }
@@ -837,6 +897,117 @@ mod tests {
         }
         assert_eq!(taken, (1..=n as i64).collect::<Vec<_>>());
         assert_eq!(s.durable(), all_acked);
+    }
+
+    /// Messages 1..=n sent and committed, then acknowledged without a
+    /// receipt waiting (each taken by `unreceipted_ack`).
+    fn sent_then_acked_unreceipted(n: u64) -> DbShardStore {
+        sent_then(n, |s, id| assert!(s.unreceipted_ack(id)))
+    }
+
+    #[test]
+    fn unreceipted_acks_hold_no_receipt_and_ride_along_in_bounded_shares() {
+        let n = DELETES_PER_TRANSACTION as u64 * 2 + 10;
+        let mut s = sent_then_acked_unreceipted(n);
+        // No sequence number: a receipt asked for now is due at once.
+        assert_eq!(s.appended(), n);
+        assert_eq!(s.durable(), n);
+        assert!(s.has_pending(), "the deletes are still to be written");
+        // A SEND after them is receipted with the first batch, which
+        // carries a bounded share of the deletes beside it.
+        send(&mut s, n + 1);
+        let (b, upto) = s.take();
+        assert_eq!(upto, n + 1);
+        assert_eq!(b.inserts.len(), 1);
+        assert_eq!(b.msg_deletes.len(), DELETES_PER_TRANSACTION);
+        s.committed(upto);
+        let mut deleted = b.msg_deletes;
+        while s.has_pending() {
+            let (b, upto) = s.take();
+            assert!(b.msg_deletes.len() <= DELETES_PER_TRANSACTION);
+            assert_eq!(upto, n + 1, "nothing new to make durable");
+            deleted.extend(b.msg_deletes);
+            s.committed(upto);
+        }
+        assert_eq!(deleted, (1..=n as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_receipt_after_unreceipted_acks_waits_for_their_deletes() {
+        let n = DELETES_PER_TRANSACTION as u64 + 10;
+        let mut s = sent_then_acked_unreceipted(n);
+        s.promote_unreceipted();
+        // The receipt asked for now waits for this sequence number...
+        let receipt_at = s.appended();
+        assert_eq!(receipt_at, n + 1);
+        let mut deleted = Vec::new();
+        while s.has_pending() {
+            let (b, upto) = s.take();
+            deleted.extend(b.msg_deletes);
+            s.committed(upto);
+            // ...which is durable only once every delete committed.
+            assert_eq!(
+                s.durable() >= receipt_at,
+                deleted.len() == n as usize,
+                "durable {} with {} of {n} deleted",
+                s.durable(),
+                deleted.len()
+            );
+        }
+        assert_eq!(deleted.len(), n as usize);
+        // Nothing left to promote: a second receipt needs no new number.
+        s.promote_unreceipted();
+        assert_eq!(s.appended(), receipt_at);
+    }
+
+    #[test]
+    fn an_unreceipted_ack_of_a_message_not_yet_written_cancels_both() {
+        let mut s = DbShardStore::new();
+        send(&mut s, 1);
+        send(&mut s, 2);
+        assert!(s.unreceipted_ack(1));
+        let (mut b, upto) = s.take();
+        compact(&mut b);
+        assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        assert!(b.msg_deletes.is_empty() && b.deletes.is_empty());
+        assert_eq!(upto, 2);
+        // Acknowledged while its batch is in flight: deleted by a later
+        // batch, taken only after that one committed.
+        assert!(s.unreceipted_ack(2));
+        s.committed(upto);
+        let (b, _) = s.take();
+        assert_eq!(b.msg_deletes, [2]);
+    }
+
+    #[test]
+    fn only_a_plain_queue_messages_last_holder_is_acked_unreceipted() {
+        let mut s = DbShardStore::new();
+        let topic = StoredDestination {
+            topic: true,
+            name: "prices".into(),
+        };
+        s.append(
+            &RecordRef::Send {
+                id: 1,
+                destination: &topic,
+                priority: 4,
+                expires_ms: 0,
+                timestamp_ms: 7,
+                properties: &[],
+                body: b"x",
+            },
+            2,
+        );
+        send(&mut s, 2);
+        redelivered(&mut s, 2);
+        send(&mut s, 3);
+        let (_, upto) = s.take();
+        s.committed(upto);
+        assert!(!s.unreceipted_ack(1), "a topic message with two holders");
+        assert!(!s.unreceipted_ack(2), "a side row names it");
+        assert!(!s.unreceipted_ack(9), "not held here");
+        assert!(s.unreceipted_ack(3));
+        assert!(!s.unreceipted_ack(3), "its last holder already let go");
     }
 
     #[test]
