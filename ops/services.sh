@@ -256,11 +256,14 @@ mariadb_start() {
 mariadb_grants() {
   # `brokk%` is a pattern: brokk, brokk_test and any brokk_xxx a test creates.
   # A user may KILL its own (same user name) connections without extra grants.
+  # PROCESS: the tests watch a broker's statement wait for a lock in
+  # information_schema.PROCESSLIST, which hides it from a user without it.
   local host sql="CREATE DATABASE IF NOT EXISTS brokk; CREATE DATABASE IF NOT EXISTS brokk_test;"
   for host in 127.0.0.1 localhost; do
     sql+=" CREATE USER IF NOT EXISTS 'brokk'@'$host' IDENTIFIED BY 'brokk';"
     sql+=" ALTER USER 'brokk'@'$host' IDENTIFIED BY 'brokk';"
     sql+=" GRANT ALL PRIVILEGES ON \`brokk%\`.* TO 'brokk'@'$host';"
+    sql+=" GRANT PROCESS ON *.* TO 'brokk'@'$host';"
   done
   mdb_root_sql "$sql" || die "mariadb: creating database/user brokk failed"
   "$(mdb_bin mariadb)" --no-defaults -h127.0.0.1 -P"$MARIADB_PORT" -ubrokk -pbrokk brokk -Nse 'select 1' >/dev/null ||

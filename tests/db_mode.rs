@@ -13,7 +13,7 @@ use common::blackhole::Blackhole;
 use common::db::{
     assert_all_present, assert_tables_empty, drain, is_standby, Engine, Node, Producer, TestDb,
 };
-use common::{body, Broker, Client, Rng};
+use common::{body, frame_bytes, Broker, Client, Rng};
 
 /// A fresh database and a master/standby pair on it.
 fn pair(engine: Engine) -> (TestDb, tempfile::TempDir, [Node; 2], Broker, Broker) {
@@ -740,71 +740,147 @@ fn a_durable_selector_is_kept_in_activemq_acks(engine: Engine) {
     assert_tables_empty(&db, &["ACTIVEMQ_MSGS", "BROKK_TOPIC_ACKS"]);
 }
 
-/// A consumer acknowledges 300 messages one by one, only the last ACK
-/// with a receipt. The broker writes an acknowledgement no receipt waits
-/// for without holding later receipts back; the receipt of the last ACK
-/// still covers every earlier one of its connection. Checked while another
-/// session holds the rows locked, so that no delete can commit before it
-/// lets go: the receipt comes only after, the rows are gone once it is in,
-/// and after a SIGKILL the new master redelivers none.
-fn an_acks_receipt_covers_the_acks_before_it(engine: Engine) {
+/// How a consumer asks for the receipt that must cover its earlier ACKs.
+#[derive(Clone, Copy, Debug)]
+enum Covering {
+    /// On its last ACK.
+    LastAck,
+    /// On a COMMIT of a transaction sending to the same queue.
+    Commit,
+    /// On its DISCONNECT.
+    Disconnect,
+}
+
+/// A consumer acknowledges every message of a queue one by one without a
+/// receipt, then asks for one (see `Covering`). The broker writes an
+/// acknowledgement no receipt waits for without holding later receipts
+/// back; a receipt the connection asks for still covers every earlier one
+/// of its own. Checked while other sessions hold rows locked, so that
+/// their deletes cannot commit before they let go: once the receipt is
+/// in, every acknowledged row is gone (the receipt waited), and after a
+/// SIGKILL the new master redelivers none of them.
+fn a_receipt_covers_the_acks_before_it(engine: Engine) {
     let (db, _dir, _nodes, mut a, mut b) = pair(engine);
-    let q = "/queue/acked";
-    let n = 300;
-    let mut p = a.client();
-    for i in 0..n {
-        let body = i.to_string();
-        if i + 1 < n {
+    // The deletes go oldest first, at most 256 a transaction: with 300,
+    // the locked ones wait behind others; with 1000, behind the batches
+    // that carry the COMMIT's records; with 5, all are in the batch in
+    // flight when the DISCONNECT comes (waited for).
+    let cases = [
+        (Covering::LastAck, 300),
+        (Covering::Commit, 1000),
+        (Covering::Disconnect, 5),
+    ];
+    for (how, n) in cases {
+        let q = format!("/queue/acked-{how:?}");
+        let container = format!("CONTAINER = 'queue://acked-{how:?}'");
+        let rows = format!("SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE {container}");
+        let mut p = a.client();
+        for i in 0..n {
             p.frame(
                 "SEND",
-                &[("destination", q), ("persistent", "true")],
-                body.as_bytes(),
+                &[("destination", &q), ("persistent", "true")],
+                i.to_string().as_bytes(),
             );
-        } else {
-            p.send_sync(q, &body, &[("persistent", "true")]);
         }
+        p.send_sync(&q, "last", &[("persistent", "true")]);
+        let mut c = a.client();
+        c.subscribe(
+            "s",
+            &q,
+            "client-individual",
+            &[("activemq.prefetchSize", "2000")],
+        );
+        let acks: Vec<String> = (0..=n)
+            .map(|i| {
+                let m = c.expect_message();
+                let expected = if i < n { i.to_string() } else { "last".into() };
+                assert_eq!(body(&m), expected);
+                m.header_str("ack").unwrap().to_string()
+            })
+            .collect();
+        // The oldest row for a second: the first batch of deletes waits
+        // while the broker reads the rest. The newest hundred for three:
+        // what is still to be deleted then waits again. By primary key, so
+        // that each session locks those rows and no others.
+        let id_at = |order: &str, offset: usize| {
+            db.sql(&format!(
+                "SELECT ID FROM ACTIVEMQ_MSGS WHERE {container} ORDER BY ID {order} LIMIT 1 OFFSET {offset}"
+            ))
+            .trim()
+            .to_string()
+        };
+        let (first, hundredth) = (id_at("ASC", 0), id_at("DESC", 99.min(n)));
+        let oldest = db.hold_rows_locked(
+            &format!("SELECT ID FROM ACTIVEMQ_MSGS WHERE ID = {first}"),
+            Duration::from_secs(1),
+        );
+        let newest = db.hold_rows_locked(
+            &format!("SELECT ID FROM ACTIVEMQ_MSGS WHERE ID >= {hundredth}"),
+            Duration::from_secs(3),
+        );
+        // In one write, so that the broker reads them at once: few of the
+        // deletes can have been written before the receipt is asked for.
+        let (last, before) = acks.split_last().unwrap();
+        let mut out: Vec<u8> = before
+            .iter()
+            .flat_map(|id| frame_bytes("ACK", &[("id", id)], b""))
+            .collect();
+        let left = match how {
+            Covering::LastAck => {
+                out.extend(frame_bytes("ACK", &[("id", last), ("receipt", "r")], b""));
+                c.write(&out);
+                c.expect_receipt("r");
+                0
+            }
+            Covering::Commit => {
+                let t = [("transaction", "t")];
+                out.extend(frame_bytes("ACK", &[("id", last)], b""));
+                out.extend(frame_bytes("BEGIN", &t, b""));
+                let send = [("destination", q.as_str()), ("persistent", "true"), t[0]];
+                out.extend(frame_bytes("SEND", &send, b"committed"));
+                out.extend(frame_bytes("COMMIT", &[t[0], ("receipt", "r")], b""));
+                c.write(&out);
+                c.expect_receipt("r");
+                1
+            }
+            Covering::Disconnect => {
+                out.extend(frame_bytes("ACK", &[("id", last)], b""));
+                c.write(&out);
+                db.wait_for_blocked_delete("ACTIVEMQ_MSGS");
+                c.disconnect();
+                0
+            }
+        };
+        assert_eq!(
+            db.sql(&rows).trim(),
+            left.to_string(),
+            "{how:?}: rows of acknowledged messages after the receipt"
+        );
+        oldest.wait();
+        newest.wait();
     }
-    let mut c = a.client();
-    c.subscribe(
-        "s",
-        q,
-        "client-individual",
-        &[("activemq.prefetchSize", "1000")],
-    );
-    let acks: Vec<String> = (0..n)
-        .map(|i| {
-            let m = c.expect_message();
-            assert_eq!(body(&m), i.to_string());
-            m.header_str("ack").unwrap().to_string()
-        })
-        .collect();
-    let locker = db.hold_rows_locked("ACTIVEMQ_MSGS", Duration::from_secs(2));
-    for (i, id) in acks.iter().enumerate() {
-        if i + 1 < n {
-            c.frame("ACK", &[("id", id)], b"");
-        } else {
-            c.frame("ACK", &[("id", id), ("receipt", "last")], b"");
-        }
-    }
-    c.expect_receipt("last");
-    assert_eq!(
-        db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS").trim(),
-        "0",
-        "rows of acknowledged messages after the ACK's receipt"
-    );
-    locker.wait();
     a.kill9();
     b.wait_for_master();
-    let mut c = b.client();
-    c.subscribe("s", q, "client-individual", &[]);
-    if let Some(f) = c.recv_timeout(Duration::from_millis(1500)) {
-        panic!("an acknowledged message came back after the failover: {f:?}");
+    for (how, _) in cases {
+        let mut c = b.client();
+        c.subscribe(
+            "s",
+            &format!("/queue/acked-{how:?}"),
+            "client-individual",
+            &[],
+        );
+        if let Covering::Commit = how {
+            assert_eq!(body(&c.expect_message()), "committed");
+        }
+        if let Some(f) = c.recv_timeout(Duration::from_millis(1000)) {
+            panic!("{how:?}: an acknowledged message came back after the failover: {f:?}");
+        }
     }
 }
 
 crate::on_both!(
     kills_under_load,
-    an_acks_receipt_covers_the_acks_before_it,
+    a_receipt_covers_the_acks_before_it,
     cut_off_master,
     silently_cut_off_master,
     transactions_across_a_failover,

@@ -300,13 +300,7 @@ impl ShardContext {
                     // A receipt means durable: hold it until the journal
                     // has flushed everything appended before it, this
                     // connection's acknowledgements included.
-                    if self.unreceipted_acks.borrow_mut().remove(&conn) {
-                        if let Some(d) = &self.durable {
-                            d.borrow_mut().promote_unreceipted();
-                        }
-                        // Every connection's are promoted: none is left.
-                        self.unreceipted_acks.borrow_mut().clear();
-                    }
+                    self.promote_unreceipted_of(conn);
                     let reply = (
                         conn.shard as usize,
                         ShardMsg::Reply(Reply::Fenced { conn, token }),
@@ -352,6 +346,9 @@ impl ShardContext {
                     part,
                     alone,
                 }) => {
+                    // The COMMIT's receipt waits for this part: it covers
+                    // the connection's earlier acknowledgements here too.
+                    self.promote_unreceipted_of(conn);
                     // Alone, it is applied at once (unless behind an
                     // earlier transaction of its connection): its records
                     // and its TxDone in one flush decide it.
@@ -427,6 +424,21 @@ impl ShardContext {
             if j.borrow().has_pending() {
                 self.flush_wakeup.push(());
             }
+        }
+    }
+
+    /// Before an answer to `conn` that waits for durability: if it
+    /// acknowledged without a receipt here, the store's retirements still
+    /// waiting get a sequence number, so that the answer covers them (see
+    /// `Store::unreceipted_ack`). Every connection's are promoted at once,
+    /// so none is left to remember.
+    fn promote_unreceipted_of(&self, conn: ConnRef) {
+        let mut from = self.unreceipted_acks.borrow_mut();
+        if from.remove(&conn) {
+            if let Some(d) = &self.durable {
+                d.borrow_mut().promote_unreceipted();
+            }
+            from.clear();
         }
     }
 

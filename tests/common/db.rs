@@ -155,35 +155,76 @@ impl TestDb {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Another session locks every row of `table` (SELECT ... FOR UPDATE)
-    /// and lets go after `hold`; returns once the rows are locked. A write
-    /// that touches them waits until then.
-    pub fn hold_rows_locked(&self, table: &str, hold: Duration) -> RowLock {
+    /// Another session locks the rows `rows` selects (`SELECT ID FROM
+    /// ...`, FOR UPDATE added) and lets go after `hold`; returns once they
+    /// are locked. A write that touches them waits until then.
+    pub fn hold_rows_locked(&self, rows: &str, hold: Duration) -> RowLock {
+        let lock = format!("{rows} FOR UPDATE");
         let secs = hold.as_secs_f64();
-        let (sql, running) = match self.engine {
+        // The sleep, seen running on its own, says the lock was taken (the
+        // statements run in order, in one transaction).
+        let (child, sleeping) = match self.engine {
             Engine::MariaDb => (
-                format!("BEGIN; SELECT COUNT(*) FROM (SELECT ID FROM {table} FOR UPDATE) t; SELECT SLEEP({secs}); COMMIT;"),
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%' AND DB = DATABASE()",
+                self.client(
+                    Some(&self.name),
+                    // READ COMMITTED: record locks only; InnoDB's default
+                    // would also lock the gap past the last row, holding
+                    // up the broker's inserts too.
+                    &format!(
+                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                         BEGIN; {lock}; SELECT SLEEP({secs}); COMMIT"
+                    ),
+                ),
+                format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                     WHERE INFO = 'SELECT SLEEP({secs})' AND DB = DATABASE()"
+                ),
             ),
-            Engine::Postgres => (
-                format!("BEGIN; SELECT COUNT(*) FROM (SELECT ID FROM {table} FOR UPDATE) t; SELECT pg_sleep({secs}); COMMIT;"),
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' AND pid <> pg_backend_pid() AND datname = current_database()",
-            ),
+            Engine::Postgres => {
+                let mut c = self.client(Some(&self.name), &lock);
+                c.args(["-1", "-c", &format!("SELECT pg_sleep({secs})")]);
+                (
+                    c,
+                    format!(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep({secs})' \
+                         AND state = 'active' AND datname = current_database()"
+                    ),
+                )
+            }
         };
-        let child = self
-            .client(Some(&self.name), &sql)
+        let mut child = child;
+        let child = child
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));
-        // The sleep runs once the lock is taken (the statements run in
-        // order, in one transaction).
         self.wait_for(
-            running,
+            &sleeping,
             "1",
             Instant::now() + Duration::from_secs(10),
             "the locking session sleeps",
         );
         RowLock { child }
+    }
+
+    /// Waits until a DELETE from `table` waits for a row lock (see
+    /// `hold_rows_locked`): the broker's batch carrying it is in flight.
+    pub fn wait_for_blocked_delete(&self, table: &str) {
+        let sql = match self.engine {
+            Engine::MariaDb => format!(
+                "SELECT COUNT(*) > 0 FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE 'DELETE FROM {table}%' AND DB = DATABASE()"
+            ),
+            Engine::Postgres => format!(
+                "SELECT (COUNT(*) > 0)::int FROM pg_stat_activity WHERE query LIKE 'DELETE FROM {table}%' \
+                 AND wait_event_type = 'Lock' AND datname = current_database()"
+            ),
+        };
+        self.wait_for(
+            &sql,
+            "1",
+            Instant::now() + Duration::from_secs(10),
+            "a DELETE waits for the locked rows",
+        );
     }
 
     /// The default lease (3 s): failovers here come from the session lock,

@@ -128,6 +128,10 @@ const MAX_PRODUCER_BYTES: usize = 300;
 /// took 0.5-0.9 s; 256 stay well under it.
 pub const DELETES_PER_TRANSACTION: usize = 256;
 
+/// Most retirements waiting without a sequence number (see
+/// `DbShardStore::unreceipted`): four transactions' worth.
+const MAX_UNRECEIPTED: usize = 4 * DELETES_PER_TRANSACTION;
+
 /// A transaction's prepared records on one shard.
 #[derive(Debug, Default)]
 pub struct TxPart {
@@ -417,10 +421,17 @@ impl DbShardStore {
     }
 
     /// Up to [`DELETES_PER_TRANSACTION`] of the unreceipted retirements
-    /// ride along in `batch`, oldest first.
+    /// ride along in `batch`, oldest first. If any do, the batch makes a
+    /// sequence number of its own durable: a receipt that must cover them
+    /// (see `promote_unreceipted`) and comes while the batch is in flight
+    /// then waits for it. Receipts of SENDs appended later wait for the
+    /// next batch anyway.
     fn take_unreceipted(&mut self, batch: &mut Batch) {
         let n = self.unreceipted.len().min(DELETES_PER_TRANSACTION);
-        batch.msg_deletes.extend(self.unreceipted.drain(..n));
+        if n > 0 {
+            batch.msg_deletes.extend(self.unreceipted.drain(..n));
+            self.appended += 1;
+        }
     }
 
     /// The batch up to `upto` committed.
@@ -649,8 +660,13 @@ impl Store for DbShardStore {
     fn unreceipted_ack(&mut self, id: u64) -> bool {
         // Only a plain queue message's last holder, with no side row, no
         // transaction decision of that id, and no topic bookkeeping: its
-        // retirement is one `ACTIVEMQ_MSGS` delete and nothing else.
-        if self.holders.get(&id) != Some(&1)
+        // retirement is one `ACTIVEMQ_MSGS` delete and nothing else. And
+        // only while few wait: acknowledgements coming faster than the
+        // batches carry them take the sequenced path again, so the rows
+        // of consumed messages do not pile up and a promotion never makes
+        // one huge transaction.
+        if self.unreceipted.len() >= MAX_UNRECEIPTED
+            || self.holders.get(&id) != Some(&1)
             || self.side_rows.contains(&id)
             || self.decisions.contains_key(&id)
             || self.topic_of.contains_key(&id)
@@ -917,19 +933,49 @@ mod tests {
         // carries a bounded share of the deletes beside it.
         send(&mut s, n + 1);
         let (b, upto) = s.take();
-        assert_eq!(upto, n + 1);
+        assert!(upto > n + 1, "the SEND's number, then the deletes' own");
         assert_eq!(b.inserts.len(), 1);
         assert_eq!(b.msg_deletes.len(), DELETES_PER_TRANSACTION);
         s.committed(upto);
         let mut deleted = b.msg_deletes;
         while s.has_pending() {
+            let before = s.appended();
             let (b, upto) = s.take();
+            assert!(!b.msg_deletes.is_empty());
             assert!(b.msg_deletes.len() <= DELETES_PER_TRANSACTION);
-            assert_eq!(upto, n + 1, "nothing new to make durable");
+            assert_eq!(upto, before + 1, "each share has a number of its own");
             deleted.extend(b.msg_deletes);
             s.committed(upto);
         }
         assert_eq!(deleted, (1..=n as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_receipt_asked_for_while_unreceipted_deletes_are_in_flight_waits_for_them() {
+        let mut s = sent_then_acked_unreceipted(10);
+        let (b, upto) = s.take();
+        assert_eq!(b.msg_deletes.len(), 10);
+        // In flight; a receipt comes: nothing is left to promote, and yet
+        // it must not be due before that batch committed.
+        s.promote_unreceipted();
+        let receipt_at = s.appended();
+        assert!(s.durable() < receipt_at, "due before the deletes committed");
+        assert_eq!(upto, receipt_at);
+        s.committed(upto);
+        assert!(s.durable() >= receipt_at);
+    }
+
+    #[test]
+    fn acknowledgements_past_the_bound_take_the_sequenced_path() {
+        let n = MAX_UNRECEIPTED as u64 + 5;
+        let mut s = sent_then(n, |_, _| {});
+        let upto = s.durable();
+        let taken = (1..=n).filter(|&id| s.unreceipted_ack(id)).count();
+        assert_eq!(taken, MAX_UNRECEIPTED);
+        for id in MAX_UNRECEIPTED as u64 + 1..=n {
+            ack(&mut s, id);
+        }
+        assert_eq!(s.appended(), upto + 5, "the rest have numbers");
     }
 
     #[test]
