@@ -327,6 +327,9 @@ impl ShardContext {
                     token,
                     participants,
                 }) => {
+                    // The COMMIT's receipt waits for the decision written
+                    // here: it covers the connection's earlier ACKs here.
+                    self.promote_unreceipted_of(conn);
                     self.coordinating.borrow_mut().insert(
                         tx,
                         Coordinating {
@@ -1090,6 +1093,10 @@ async fn wait_durable(ctx: &ShardContext) -> bool {
     let Some(j) = ctx.durable.clone() else {
         return true;
     };
+    // What consumers acknowledged without a receipt is covered too: a
+    // queue removed must not come back with consumed messages.
+    j.borrow_mut().promote_unreceipted();
+    ctx.unreceipted_acks.borrow_mut().clear();
     let upto = j.borrow().appended();
     if j.borrow().has_pending() {
         ctx.flush_wakeup.push(());

@@ -129,8 +129,11 @@ const MAX_PRODUCER_BYTES: usize = 300;
 pub const DELETES_PER_TRANSACTION: usize = 256;
 
 /// Most retirements waiting without a sequence number (see
-/// `DbShardStore::unreceipted`): four transactions' worth.
-const MAX_UNRECEIPTED: usize = 4 * DELETES_PER_TRANSACTION;
+/// `DbShardStore::unreceipted`): eight consumers' cumulative ACKs of 500
+/// (bench's, JMS clients' prefetch/2) fit. A promotion puts them all in one
+/// transaction beside whatever else is pending, which is no more than the
+/// same acknowledgements made that transaction before.
+const MAX_UNRECEIPTED: usize = 16 * DELETES_PER_TRANSACTION;
 
 /// A transaction's prepared records on one shard.
 #[derive(Debug, Default)]
