@@ -999,29 +999,34 @@ impl ShardBroker {
 
     /// Journals the retirement of stored entries (ack, expiry, dead-letter).
     fn retire(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
+        self.retire_stored(dest, sub, entries, false);
+    }
+
+    /// Journals what a consumer acknowledged: as `retire`, except that a
+    /// queue's messages may be retired by the store without holding later
+    /// receipts back (see `Store::unreceipted_ack`; a receipt the consumer
+    /// asks for promotes them, see the server's shard).
+    fn retire_acked(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
+        let plain_queue = sub.is_none() && !dest.is_topic();
+        self.retire_stored(dest, sub, entries, plain_queue);
+    }
+
+    /// `unreceipted`: offer each to `Store::unreceipted_ack` first.
+    fn retire_stored(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        entries: &[Entry],
+        unreceipted: bool,
+    ) {
         if !entries.iter().any(|e| e.stored) {
             return;
         }
         let sd = stored_dest(dest);
         let mut store = self.store.borrow_mut();
         for e in entries.iter().filter(|e| e.stored) {
-            journal_ack(&mut *store, &sd, sub, e.msg.id);
-        }
-    }
-
-    /// Journals what a consumer acknowledged: as `retire`, except that a
-    /// queue's messages may be retired by the store without holding later
-    /// receipts back (see `Store::unreceipted_ack`; a receipt for the ACK
-    /// itself promotes them, see the server's shard).
-    fn retire_acked(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
-        if sub.is_some() || dest.is_topic() {
-            return self.retire(dest, sub, entries);
-        }
-        let sd = stored_dest(dest);
-        let mut store = self.store.borrow_mut();
-        for e in entries.iter().filter(|e| e.stored) {
-            if !store.unreceipted_ack(e.msg.id) {
-                journal_ack(&mut *store, &sd, None, e.msg.id);
+            if !(unreceipted && store.unreceipted_ack(e.msg.id)) {
+                journal_ack(&mut *store, &sd, sub, e.msg.id);
             }
         }
     }

@@ -389,15 +389,8 @@ impl ShardContext {
                         _ => None,
                     };
                     self.broker.borrow_mut().apply(op, &mut produced);
-                    if let (Some(conn), Some(d)) = (acker, &self.durable) {
-                        let mut from = self.unreceipted_acks.borrow_mut();
-                        from.insert(conn);
-                        // Closed connections are never removed: past a
-                        // bound, everything is promoted and they go.
-                        if from.len() > MAX_UNRECEIPTED_ACKERS {
-                            d.borrow_mut().promote_unreceipted();
-                            from.clear();
-                        }
+                    if let Some(conn) = acker {
+                        self.note_unreceipted_acker(conn);
                     }
                     work.extend(produced.drain(..));
                 }
@@ -430,19 +423,46 @@ impl ShardContext {
         }
     }
 
+    /// After `conn`'s ACK: if the store holds retirements without a
+    /// sequence number (this one's, maybe), a later answer to `conn` must
+    /// promote them (see `promote_unreceipted_of`).
+    fn note_unreceipted_acker(&self, conn: ConnRef) {
+        if !self
+            .durable
+            .as_ref()
+            .is_some_and(|d| d.borrow().has_unreceipted())
+        {
+            return;
+        }
+        let mut from = self.unreceipted_acks.borrow_mut();
+        from.insert(conn);
+        // Closed connections are never removed: past a bound, everything
+        // is promoted and they go.
+        let full = from.len() > MAX_UNRECEIPTED_ACKERS;
+        drop(from);
+        if full {
+            self.promote_unreceipted();
+        }
+    }
+
     /// Before an answer to `conn` that waits for durability: if it
     /// acknowledged without a receipt here, the store's retirements still
     /// waiting get a sequence number, so that the answer covers them (see
-    /// `Store::unreceipted_ack`). Every connection's are promoted at once,
-    /// so none is left to remember.
+    /// `Store::unreceipted_ack`).
     fn promote_unreceipted_of(&self, conn: ConnRef) {
-        let mut from = self.unreceipted_acks.borrow_mut();
-        if from.remove(&conn) {
-            if let Some(d) = &self.durable {
-                d.borrow_mut().promote_unreceipted();
-            }
-            from.clear();
+        let acked = self.unreceipted_acks.borrow_mut().remove(&conn);
+        if acked {
+            self.promote_unreceipted();
         }
+    }
+
+    /// Every retirement waiting without a sequence number gets one; no
+    /// connection is left to remember.
+    fn promote_unreceipted(&self) {
+        if let Some(d) = &self.durable {
+            d.borrow_mut().promote_unreceipted();
+        }
+        self.unreceipted_acks.borrow_mut().clear();
     }
 
     /// Sends `reply` once the journal has flushed everything appended so
@@ -1095,8 +1115,7 @@ async fn wait_durable(ctx: &ShardContext) -> bool {
     };
     // What consumers acknowledged without a receipt is covered too: a
     // queue removed must not come back with consumed messages.
-    j.borrow_mut().promote_unreceipted();
-    ctx.unreceipted_acks.borrow_mut().clear();
+    ctx.promote_unreceipted();
     let upto = j.borrow().appended();
     if j.borrow().has_pending() {
         ctx.flush_wakeup.push(());

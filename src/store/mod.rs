@@ -114,4 +114,9 @@ pub trait Durable: Store {
     /// durable gets a sequence number now (one, appended), so that the
     /// receipt waits for it.
     fn promote_unreceipted(&mut self) {}
+    /// Retirements wait without a sequence number (see
+    /// [`Store::unreceipted_ack`]).
+    fn has_unreceipted(&self) -> bool {
+        false
+    }
 }

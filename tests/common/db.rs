@@ -163,7 +163,7 @@ impl TestDb {
         let secs = hold.as_secs_f64();
         // The sleep, seen running on its own, says the lock was taken (the
         // statements run in order, in one transaction).
-        let (child, sleeping) = match self.engine {
+        let (mut client, sleeping) = match self.engine {
             Engine::MariaDb => (
                 self.client(
                     Some(&self.name),
@@ -192,8 +192,7 @@ impl TestDb {
                 )
             }
         };
-        let mut child = child;
-        let child = child
+        let child = client
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the {:?} client: {e}", self.engine));

@@ -535,6 +535,9 @@ impl Durable for DbShardStore {
     fn has_pending(&self) -> bool {
         !self.batch.is_empty() || !self.unreceipted.is_empty()
     }
+    fn has_unreceipted(&self) -> bool {
+        !self.unreceipted.is_empty()
+    }
     fn promote_unreceipted(&mut self) {
         if self.unreceipted.is_empty() {
             return;
@@ -664,10 +667,9 @@ impl Store for DbShardStore {
         // Only a plain queue message's last holder, with no side row, no
         // transaction decision of that id, and no topic bookkeeping: its
         // retirement is one `ACTIVEMQ_MSGS` delete and nothing else. And
-        // only while few wait: acknowledgements coming faster than the
-        // batches carry them take the sequenced path again, so the rows
-        // of consumed messages do not pile up and a promotion never makes
-        // one huge transaction.
+        // only up to `MAX_UNRECEIPTED`: acknowledgements coming faster
+        // than the batches carry them take the sequenced path again, so
+        // the rows of consumed messages do not pile up.
         if self.unreceipted.len() >= MAX_UNRECEIPTED
             || self.holders.get(&id) != Some(&1)
             || self.side_rows.contains(&id)
