@@ -24,6 +24,13 @@ impl ConnRef {
             sub,
         }
     }
+
+    /// This connection as one number, for the store (which knows no
+    /// connections): the shard in the top 16 bits, the connection's
+    /// number on it (a counter) below.
+    pub fn key(self) -> u64 {
+        (u64::from(self.shard) << 48) | (self.conn & ((1 << 48) - 1))
+    }
 }
 
 /// A durable topic subscription's identity, as ActiveMQ names it.
@@ -316,4 +323,19 @@ pub struct Retire {
 pub enum ShardMsg {
     Op(Op),
     Reply(Reply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_of_different_shards_have_different_keys() {
+        let a = ConnRef { shard: 0, conn: 5 };
+        let b = ConnRef { shard: 1, conn: 5 };
+        let c = ConnRef { shard: 0, conn: 6 };
+        assert_ne!(a.key(), b.key());
+        assert_ne!(a.key(), c.key());
+        assert_eq!(b.key(), (1 << 48) | 5);
+    }
 }

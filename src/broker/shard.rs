@@ -279,7 +279,11 @@ impl ShardBroker {
                     None => return,
                 };
                 let sub = self.durable_of(&destination, consumer);
-                self.retire_acked(&destination, sub.as_ref(), &acked);
+                let owner = ConnRef {
+                    shard: consumer.shard,
+                    conn: consumer.conn,
+                };
+                self.retire_acked(&destination, sub.as_ref(), &acked, owner);
                 self.dispatch_one(&destination, consumer, out);
             }
             Op::Browse {
@@ -999,25 +1003,32 @@ impl ShardBroker {
 
     /// Journals the retirement of stored entries (ack, expiry, dead-letter).
     fn retire(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
-        self.retire_stored(dest, sub, entries, false);
+        self.retire_stored(dest, sub, entries, None);
     }
 
     /// Journals what a consumer acknowledged: as `retire`, except that a
     /// queue's messages may be retired by the store without holding later
     /// receipts back (see `Store::unreceipted_ack`; a receipt the consumer
     /// asks for promotes them, see the server's shard).
-    fn retire_acked(&mut self, dest: &Destination, sub: Option<&StoredSub>, entries: &[Entry]) {
+    fn retire_acked(
+        &mut self,
+        dest: &Destination,
+        sub: Option<&StoredSub>,
+        entries: &[Entry],
+        by: ConnRef,
+    ) {
         let plain_queue = sub.is_none() && !dest.is_topic();
-        self.retire_stored(dest, sub, entries, plain_queue);
+        self.retire_stored(dest, sub, entries, plain_queue.then_some(by));
     }
 
-    /// `unreceipted`: offer each to `Store::unreceipted_ack` first.
+    /// `unreceipted`: offer each to `Store::unreceipted_ack` first, as
+    /// acknowledged on that connection.
     fn retire_stored(
         &mut self,
         dest: &Destination,
         sub: Option<&StoredSub>,
         entries: &[Entry],
-        unreceipted: bool,
+        unreceipted: Option<ConnRef>,
     ) {
         if !entries.iter().any(|e| e.stored) {
             return;
@@ -1025,7 +1036,8 @@ impl ShardBroker {
         let sd = stored_dest(dest);
         let mut store = self.store.borrow_mut();
         for e in entries.iter().filter(|e| e.stored) {
-            if !(unreceipted && store.unreceipted_ack(e.msg.id)) {
+            let taken = unreceipted.is_some_and(|by| store.unreceipted_ack(e.msg.id, by.key()));
+            if !taken {
                 journal_ack(&mut *store, &sd, sub, e.msg.id);
             }
         }

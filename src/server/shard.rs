@@ -417,8 +417,15 @@ impl ShardContext {
             self.shared.in_flight.fetch_add(crossing, Ordering::SeqCst);
         }
         if let Some(j) = &self.durable {
-            if j.borrow().has_pending() {
+            let j = j.borrow();
+            if j.has_pending() {
                 self.flush_wakeup.push(());
+            }
+            // Nothing waits unsequenced: no acker has anything to promote
+            // (those a batch in flight carries have its number). Forgotten
+            // here, closed connections do not fill the set to its bound.
+            if !j.has_unreceipted() && !self.unreceipted_acks.borrow().is_empty() {
+                self.unreceipted_acks.borrow_mut().clear();
             }
         }
     }
@@ -452,7 +459,13 @@ impl ShardContext {
     fn promote_unreceipted_of(&self, conn: ConnRef) {
         let acked = self.unreceipted_acks.borrow_mut().remove(&conn);
         if acked {
-            self.promote_unreceipted();
+            // Its own only: another connection's acknowledgements keep
+            // holding no receipt back (a JMS client that sends and
+            // consumes on one connection asks for a response per
+            // persistent SEND).
+            if let Some(d) = &self.durable {
+                d.borrow_mut().promote_unreceipted(Some(conn.key()));
+            }
         }
     }
 
@@ -460,7 +473,7 @@ impl ShardContext {
     /// connection is left to remember.
     fn promote_unreceipted(&self) {
         if let Some(d) = &self.durable {
-            d.borrow_mut().promote_unreceipted();
+            d.borrow_mut().promote_unreceipted(None);
         }
         self.unreceipted_acks.borrow_mut().clear();
     }

@@ -88,13 +88,14 @@ pub trait Store {
     fn last_send_at(&self) -> Option<RecordAt> {
         None
     }
-    /// A consumer acknowledged stored queue message `id`, its last holder,
-    /// and no receipt waits for that yet. A store may then retire it
-    /// without a sequence number, so that later receipts do not wait for
-    /// the retirement (see [`Durable::promote_unreceipted`]); true if it
-    /// did. False: the caller appends the Ack and releases, as for any
+    /// A consumer on connection `owner` (a number the caller gives each
+    /// connection) acknowledged stored queue message `id`, its last
+    /// holder, and no receipt waits for that yet. A store may then retire
+    /// it without a sequence number, so that later receipts do not wait
+    /// for the retirement (see [`Durable::promote_unreceipted`]); true if
+    /// it did. False: the caller appends the Ack and releases, as for any
     /// retirement.
-    fn unreceipted_ack(&mut self, _id: u64) -> bool {
+    fn unreceipted_ack(&mut self, _id: u64, _owner: u64) -> bool {
         false
     }
 }
@@ -109,11 +110,12 @@ pub trait Durable: Store {
     fn durable(&self) -> u64;
     /// Appends wait for the flusher.
     fn has_pending(&self) -> bool;
-    /// A receipt is asked for by a connection whose acknowledgements went
-    /// through [`Store::unreceipted_ack`]: every such retirement not yet
-    /// durable gets a sequence number now (one, appended), so that the
-    /// receipt waits for it.
-    fn promote_unreceipted(&mut self) {}
+    /// A receipt is asked for by connection `owner`, whose
+    /// acknowledgements went through [`Store::unreceipted_ack`] (None:
+    /// every connection): each such retirement of its not yet durable gets
+    /// a sequence number now (one, appended), so that the receipt waits
+    /// for it. Other connections' retirements keep waiting without one.
+    fn promote_unreceipted(&mut self, _owner: Option<u64>) {}
     /// Retirements wait without a sequence number (see
     /// [`Store::unreceipted_ack`]).
     fn has_unreceipted(&self) -> bool {

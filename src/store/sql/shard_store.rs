@@ -96,8 +96,9 @@ pub struct DbShardStore {
     /// [`DELETES_PER_TRANSACTION`] of them, in `msg_deletes`; their rows
     /// were committed before they came here (an insert still unsent is
     /// cancelled instead, and the batch in flight commits before the next
-    /// is taken).
-    unreceipted: Vec<i64>,
+    /// is taken). Each with the connection that acknowledged it (see
+    /// `promote_unreceipted`).
+    unreceipted: Vec<(i64, u64)>,
 }
 
 /// A producer's row as this shard last wrote (or is to write) it.
@@ -424,15 +425,20 @@ impl DbShardStore {
     }
 
     /// Up to [`DELETES_PER_TRANSACTION`] of the unreceipted retirements
-    /// ride along in `batch`, oldest first. If any do, the batch makes a
+    /// ride along in `batch`, oldest first, fewer if it deletes others
+    /// already (promoted or sequenced ones). If any do, the batch makes a
     /// sequence number of its own durable: a receipt that must cover them
     /// (see `promote_unreceipted`) and comes while the batch is in flight
     /// then waits for it. Receipts of SENDs appended later wait for the
     /// next batch anyway.
     fn take_unreceipted(&mut self, batch: &mut Batch) {
-        let n = self.unreceipted.len().min(DELETES_PER_TRANSACTION);
+        let room =
+            DELETES_PER_TRANSACTION.saturating_sub(batch.deletes.len() + batch.msg_deletes.len());
+        let n = self.unreceipted.len().min(room);
         if n > 0 {
-            batch.msg_deletes.extend(self.unreceipted.drain(..n));
+            batch
+                .msg_deletes
+                .extend(self.unreceipted.drain(..n).map(|(id, _)| id));
             self.appended += 1;
         }
     }
@@ -538,18 +544,27 @@ impl Durable for DbShardStore {
     fn has_unreceipted(&self) -> bool {
         !self.unreceipted.is_empty()
     }
-    fn promote_unreceipted(&mut self) {
-        if self.unreceipted.is_empty() {
+    fn promote_unreceipted(&mut self, owner: Option<u64>) {
+        let mine = |o: u64| owner.is_none_or(|x| x == o);
+        if !self.unreceipted.iter().any(|&(_, o)| mine(o)) {
             return;
         }
         self.appended += 1;
-        for id in std::mem::take(&mut self.unreceipted) {
+        let seq = self.appended;
+        let (deletes, seqs) = (&mut self.batch.deletes, &mut self.delete_seqs);
+        // In place: a connection that acknowledges and asks for a
+        // response per SEND promotes on every one.
+        self.unreceipted.retain(|&(id, o)| {
+            if !mine(o) {
+                return true;
+            }
             // Into the batch's sequenced deletes: the next `take` writes
-            // them and makes `appended` durable only once they committed
-            // (a drain is split as any; `split_msg_deletes` files them).
-            self.batch.deletes.push(id);
-            self.delete_seqs.push(self.appended);
-        }
+            // them and makes `seq` durable only once they committed (a
+            // drain is split as any; `split_msg_deletes` files them).
+            deletes.push(id);
+            seqs.push(seq);
+            false
+        });
     }
 }
 
@@ -663,7 +678,7 @@ impl Store for DbShardStore {
         }
     }
 
-    fn unreceipted_ack(&mut self, id: u64) -> bool {
+    fn unreceipted_ack(&mut self, id: u64, owner: u64) -> bool {
         // Only a plain queue message's last holder, with no side row, no
         // transaction decision of that id, and no topic bookkeeping: its
         // retirement is one `ACTIVEMQ_MSGS` delete and nothing else. And
@@ -680,7 +695,7 @@ impl Store for DbShardStore {
         }
         self.holders.remove(&id);
         if !self.cancel_unsent(id) {
-            self.unreceipted.push(sql_id(id));
+            self.unreceipted.push((sql_id(id), owner));
         }
         true
     }
@@ -920,10 +935,87 @@ mod tests {
         assert_eq!(s.durable(), all_acked);
     }
 
+    /// The connection the tests' consumers acknowledge on.
+    const OWNER: u64 = 7;
+
+    #[test]
+    fn a_receipt_promotes_its_own_connections_acks_only() {
+        let mut s = sent_then(6, |s, id| {
+            let owner = if id % 2 == 0 { OWNER } else { OWNER + 1 };
+            assert!(s.unreceipted_ack(id, owner));
+        });
+        let before = s.appended();
+        s.promote_unreceipted(Some(OWNER));
+        let receipt_at = s.appended();
+        assert_eq!(receipt_at, before + 1, "one number for the promoted");
+        assert!(s.has_unreceipted(), "the other connection's still wait");
+        // The next batch carries the promoted deletes under that number,
+        // and a bounded share of the others beside them, under their own.
+        let (b, upto) = s.take();
+        let mut promoted = b.deletes.clone();
+        promoted.extend(&b.msg_deletes);
+        promoted.sort_unstable();
+        assert_eq!(promoted, [1, 2, 3, 4, 5, 6]);
+        assert!(upto > receipt_at);
+        s.committed(upto);
+        assert!(s.durable() >= receipt_at);
+    }
+
+    #[test]
+    fn a_connection_with_nothing_waiting_promotes_nothing() {
+        let mut s = sent_then(3, |s, id| assert!(s.unreceipted_ack(id, OWNER + 1)));
+        let at = s.appended();
+        s.promote_unreceipted(Some(OWNER));
+        assert_eq!(s.appended(), at, "no number: the receipt is due at once");
+        assert!(s.batch.deletes.is_empty());
+        assert_eq!(s.unreceipted.len(), 3);
+    }
+
+    #[test]
+    fn a_promotion_of_one_connection_leaves_the_others_unsequenced() {
+        let mut s = sent_then(4, |s, id| {
+            let owner = if id <= 2 { OWNER } else { OWNER + 1 };
+            assert!(s.unreceipted_ack(id, owner));
+        });
+        s.promote_unreceipted(Some(OWNER));
+        let first = s.appended();
+        // Promoted: in the batch's sequenced deletes, under that number.
+        assert_eq!(s.batch.deletes, [1, 2]);
+        assert_eq!(s.delete_seqs, [first, first]);
+        let waiting: Vec<i64> = s.unreceipted.iter().map(|&(id, _)| id).collect();
+        assert_eq!(waiting, [3, 4]);
+        // Everyone's (an operator's purge, the bound): the rest too, under
+        // a later number.
+        s.promote_unreceipted(None);
+        assert!(s.unreceipted.is_empty());
+        assert_eq!(s.batch.deletes, [1, 2, 3, 4]);
+        assert_eq!(s.delete_seqs, [first, first, first + 1, first + 1]);
+    }
+
+    #[test]
+    fn a_share_rides_along_only_in_the_room_other_deletes_leave() {
+        let n = DELETES_PER_TRANSACTION as u64;
+        let mut s = sent_then(n + 10, |s, id| {
+            let owner = if id <= 10 { OWNER } else { OWNER + 1 };
+            assert!(s.unreceipted_ack(id, owner));
+        });
+        s.promote_unreceipted(Some(OWNER));
+        let (b, upto) = s.take();
+        assert_eq!(
+            b.deletes.len() + b.msg_deletes.len(),
+            DELETES_PER_TRANSACTION,
+            "the 10 promoted and {} of the others",
+            DELETES_PER_TRANSACTION - 10
+        );
+        s.committed(upto);
+        let (b, _) = s.take();
+        assert_eq!(b.msg_deletes.len(), 10, "the rest in the next");
+    }
+
     /// Messages 1..=n sent and committed, then acknowledged without a
     /// receipt waiting (each taken by `unreceipted_ack`).
     fn sent_then_acked_unreceipted(n: u64) -> DbShardStore {
-        sent_then(n, |s, id| assert!(s.unreceipted_ack(id)))
+        sent_then(n, |s, id| assert!(s.unreceipted_ack(id, OWNER)))
     }
 
     #[test]
@@ -962,7 +1054,7 @@ mod tests {
         assert_eq!(b.msg_deletes.len(), 10);
         // In flight; a receipt comes: nothing is left to promote, and yet
         // it must not be due before that batch committed.
-        s.promote_unreceipted();
+        s.promote_unreceipted(Some(OWNER));
         let receipt_at = s.appended();
         assert!(s.durable() < receipt_at, "due before the deletes committed");
         assert_eq!(upto, receipt_at);
@@ -975,7 +1067,7 @@ mod tests {
         let n = MAX_UNRECEIPTED as u64 + 5;
         let mut s = sent_then(n, |_, _| {});
         let upto = s.durable();
-        let taken = (1..=n).filter(|&id| s.unreceipted_ack(id)).count();
+        let taken = (1..=n).filter(|&id| s.unreceipted_ack(id, OWNER)).count();
         assert_eq!(taken, MAX_UNRECEIPTED);
         for id in MAX_UNRECEIPTED as u64 + 1..=n {
             ack(&mut s, id);
@@ -987,7 +1079,7 @@ mod tests {
     fn a_receipt_after_unreceipted_acks_waits_for_their_deletes() {
         let n = DELETES_PER_TRANSACTION as u64 + 10;
         let mut s = sent_then_acked_unreceipted(n);
-        s.promote_unreceipted();
+        s.promote_unreceipted(Some(OWNER));
         // The receipt asked for now waits for this sequence number...
         let receipt_at = s.appended();
         assert_eq!(receipt_at, n + 1);
@@ -1007,7 +1099,7 @@ mod tests {
         }
         assert_eq!(deleted.len(), n as usize);
         // Nothing left to promote: a second receipt needs no new number.
-        s.promote_unreceipted();
+        s.promote_unreceipted(Some(OWNER));
         assert_eq!(s.appended(), receipt_at);
     }
 
@@ -1016,7 +1108,7 @@ mod tests {
         let mut s = DbShardStore::new();
         send(&mut s, 1);
         send(&mut s, 2);
-        assert!(s.unreceipted_ack(1));
+        assert!(s.unreceipted_ack(1, OWNER));
         let (mut b, upto) = s.take();
         compact(&mut b);
         assert_eq!(b.inserts.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
@@ -1024,7 +1116,7 @@ mod tests {
         assert_eq!(upto, 2);
         // Acknowledged while its batch is in flight: deleted by a later
         // batch, taken only after that one committed.
-        assert!(s.unreceipted_ack(2));
+        assert!(s.unreceipted_ack(2, OWNER));
         s.committed(upto);
         let (b, _) = s.take();
         assert_eq!(b.msg_deletes, [2]);
@@ -1054,11 +1146,17 @@ mod tests {
         send(&mut s, 3);
         let (_, upto) = s.take();
         s.committed(upto);
-        assert!(!s.unreceipted_ack(1), "a topic message with two holders");
-        assert!(!s.unreceipted_ack(2), "a side row names it");
-        assert!(!s.unreceipted_ack(9), "not held here");
-        assert!(s.unreceipted_ack(3));
-        assert!(!s.unreceipted_ack(3), "its last holder already let go");
+        assert!(
+            !s.unreceipted_ack(1, OWNER),
+            "a topic message with two holders"
+        );
+        assert!(!s.unreceipted_ack(2, OWNER), "a side row names it");
+        assert!(!s.unreceipted_ack(9, OWNER), "not held here");
+        assert!(s.unreceipted_ack(3, OWNER));
+        assert!(
+            !s.unreceipted_ack(3, OWNER),
+            "its last holder already let go"
+        );
     }
 
     #[test]
