@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::message::{MessageId, SharedMessage};
-use super::ops::Seen;
+use super::ops::{ConnRef, Seen};
 use super::paging::PagedEntry;
 use super::restore::RestoredEntry;
 use super::selector::Selector;
@@ -19,6 +19,16 @@ pub struct ConsumerKey {
     pub shard: u16,
     pub conn: u64,
     pub sub: u64,
+}
+
+impl ConsumerKey {
+    /// The connection this subscription belongs to.
+    pub fn conn_ref(self) -> ConnRef {
+        ConnRef {
+            shard: self.shard,
+            conn: self.conn,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

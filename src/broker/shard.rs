@@ -279,11 +279,7 @@ impl ShardBroker {
                     None => return,
                 };
                 let sub = self.durable_of(&destination, consumer);
-                let owner = ConnRef {
-                    shard: consumer.shard,
-                    conn: consumer.conn,
-                };
-                self.retire_acked(&destination, sub.as_ref(), &acked, owner);
+                self.retire_acked(&destination, sub.as_ref(), &acked, consumer.conn_ref());
                 self.dispatch_one(&destination, consumer, out);
             }
             Op::Browse {
@@ -848,10 +844,7 @@ impl ShardBroker {
                 });
                 if let Some(active) = sub.consumer {
                     if active != key {
-                        let conn = ConnRef {
-                            shard: key.shard,
-                            conn: key.conn,
-                        };
+                        let conn = key.conn_ref();
                         let reason = format!(
                             "durable subscription on {} is already active on another connection",
                             s.destination

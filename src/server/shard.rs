@@ -382,10 +382,7 @@ impl ShardContext {
                 }
                 ShardMsg::Op(op) => {
                     let acker = match &op {
-                        Op::Ack { consumer, .. } => Some(ConnRef {
-                            shard: consumer.shard,
-                            conn: consumer.conn,
-                        }),
+                        Op::Ack { consumer, .. } => Some(consumer.conn_ref()),
                         _ => None,
                     };
                     self.broker.borrow_mut().apply(op, &mut produced);
