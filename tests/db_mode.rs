@@ -458,6 +458,52 @@ fn frames_larger_than_mariadbs_packet_limit_are_refused() {
     c.send_sync("/queue/big", "small", &[("persistent", "true")]);
 }
 
+/// The console's Send is held to the same limit: a message MariaDB would
+/// refuse is refused with 413, and the shard's writes go on (a row the
+/// database refuses would be retried for ever, holding every later receipt
+/// of its shard back).
+#[test]
+fn console_sends_larger_than_mariadbs_packet_limit_are_refused() {
+    let db = TestDb::new(Engine::MariaDb);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let users = "[auth]\nallow_plaintext_passwords = true\n\n\
+                 [[users]]\nlogin = \"ops\"\npasscode = \"secret\"\ngroups = [\"admins\"]\n";
+    let b = node.start_env(&db, dir.path(), users, &[]);
+    assert!(!is_standby(&b));
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops:secret")
+    );
+    let send = |body: &str| {
+        let r = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .post(&format!("http://{}/api/send", node.admin))
+            .set("Authorization", &auth)
+            .set("X-Brokk-CSRF", "1")
+            .send_json(serde_json::json!({
+                "destination": "/queue/big", "body": body, "persistent": true
+            }));
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("POST /api/send: {e}"),
+        }
+    };
+    let (code, text) = send(&"x".repeat(17 << 20));
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("limit"), "{text}");
+    let (code, text) = send("small");
+    assert_eq!(code, 200, "{text}");
+    db.wait_for(
+        "SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://big'",
+        "1",
+        Instant::now() + Duration::from_secs(30),
+        "the small message stored after the refused one",
+    );
+}
+
 /// A PostgreSQL standby sweeps `ACTIVEMQ_MSGS`'s primary key while it
 /// waits (`store::sql::sweep`). PostgreSQL keeps a consumed message's index
 /// entry until vacuum, and the first index scan to meet it visits the heap

@@ -223,6 +223,54 @@ fn names_longer_than_the_jdbc_columns_are_refused() {
         .contains("subscription name"));
 }
 
+/// A NUL (or another control character) in a client-id, a durable
+/// subscription name or a selector is refused with an ERROR in every mode:
+/// PostgreSQL refuses a NUL in a text column for good, so a database mode
+/// could never commit the batch that stores the subscription (every later
+/// receipt of that shard would wait behind it).
+#[test]
+fn control_characters_in_stored_names_are_refused() {
+    let b = Broker::start(&[]);
+    let mut c = Client::connect(
+        b.stomp,
+        &[("accept-version", "1.2"), ("client-id", "a\u{0}b")],
+    );
+    let e = c.connected.take().unwrap();
+    assert_eq!(e.command.as_str(), "ERROR");
+    let msg = e.header_str("message").unwrap();
+    assert!(
+        msg.contains("client-id") && msg.contains("control character"),
+        "{msg}"
+    );
+    // The ERROR's message for a durable SUBSCRIBE with `name` and `extra`.
+    let refused = |name: &str, extra: &[(&str, &str)]| {
+        let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "c")]);
+        let mut h = vec![
+            ("id", "1"),
+            ("destination", "/topic/t"),
+            ("activemq.subscriptionName", name),
+        ];
+        h.extend_from_slice(extra);
+        c.frame("SUBSCRIBE", &h, b"");
+        c.expect_error().header_str("message").unwrap().to_string()
+    };
+    let msg = refused("s\u{1}", &[]);
+    assert!(
+        msg.contains("subscription name") && msg.contains("control character"),
+        "{msg}"
+    );
+    let msg = refused("s", &[("selector", "a = 'x\u{0}'")]);
+    assert!(msg.contains("NUL"), "{msg}");
+    // Nothing was stored: the same names, clean, work.
+    let mut c = Client::connect(b.stomp, &[("accept-version", "1.2"), ("client-id", "c")]);
+    c.subscribe(
+        "1",
+        "/topic/t",
+        "auto",
+        &[("activemq.subscriptionName", "s")],
+    );
+}
+
 #[test]
 fn disconnect_receipt_comes_after_everything_sent_before() {
     let b = Broker::start(&["--shards", "2"]);

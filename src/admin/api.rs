@@ -19,6 +19,7 @@ use tracing::info;
 use super::auth::{AuthError, ConsoleRole, Principal, SESSION_COOKIE};
 use super::gather::{self, GatherError, Gathered};
 use super::{cluster, pages, prometheus, AdminState, Peer};
+use crate::broker::message::Message;
 use crate::broker::Destination;
 use crate::ha::Role;
 use crate::security::Right;
@@ -29,7 +30,7 @@ type St = State<Arc<AdminState>>;
 
 pub fn router(state: Arc<AdminState>) -> Router {
     // A Send carries one message body, up to the broker's frame limit.
-    let send_limit = state.max_body_bytes.saturating_add(64 * 1024);
+    let send_limit = state.max_message_bytes().saturating_add(64 * 1024);
     Router::new()
         .route("/", get(pages::index))
         .route("/console.js", get(pages::script))
@@ -639,13 +640,13 @@ async fn send(
             "priority must be 0..=9",
         ));
     }
-    if form.body.len() > state.max_body_bytes {
+    if form.body.len() > state.max_message_bytes() {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "body is {} bytes; the limit is {} (limits.max_frame_size)",
                 form.body.len(),
-                state.max_body_bytes
+                state.max_message_bytes()
             ),
         ));
     }
@@ -684,6 +685,17 @@ async fn send(
             Bytes::copy_from_slice(v.as_bytes()),
         ));
     }
+    let body = Bytes::from(form.body);
+    let size = Message::footprint(&properties, &body);
+    if size > state.max_message_bytes() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the message is {size} bytes with its headers; the limit is {} (limits.max_frame_size, or what the database takes in one statement)",
+                state.max_message_bytes()
+            ),
+        ));
+    }
     let expires_ms = if form.expires_in_ms == 0 {
         0
     } else {
@@ -692,7 +704,7 @@ async fn send(
     let req = AdminSend {
         destination: destination.clone(),
         properties,
-        body: Bytes::from(form.body),
+        body,
         persistent: form.persistent,
         priority: form.priority,
         expires_ms,

@@ -41,8 +41,10 @@ pub struct AdminState {
     /// master).
     pub store_dir: Option<PathBuf>,
     pub stomp: SocketAddr,
-    /// Largest message body the console may send (`limits.max_frame_size`).
-    pub max_body_bytes: usize,
+    /// Largest message the console may send (`limits.max_frame_size`,
+    /// lowered once a database mode learns how much one statement takes:
+    /// see [`AdminState::lower_max_message_bytes`]).
+    max_message_bytes: std::sync::atomic::AtomicUsize,
     pub console: AdminConfig,
     auth: auth::Auth,
     /// Users, authorization and the destinations the broker knows.
@@ -84,13 +86,32 @@ impl AdminState {
             store_usage,
             store_dir: settings.store_dir,
             stomp: settings.stomp,
-            max_body_bytes: settings.max_body_bytes,
+            max_message_bytes: settings.max_body_bytes.into(),
             auth: auth::Auth::new(settings.security.clone(), &settings.console),
             security: settings.security,
             console: settings.console,
             identity: format!("{host}/{}", std::process::id()),
             replication: Arc::default(),
         }
+    }
+}
+
+impl AdminState {
+    /// Largest message (body and headers, as [`Message::footprint`]
+    /// counts them) the console may send.
+    ///
+    /// [`Message::footprint`]: crate::broker::message::Message::footprint
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A database takes less in one statement than `limits.max_frame_size`:
+    /// a bigger message would be retried for ever, holding every later
+    /// receipt of its shard back, so the console refuses it instead.
+    pub fn lower_max_message_bytes(&self, limit: usize) {
+        self.max_message_bytes
+            .fetch_min(limit, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

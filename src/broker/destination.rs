@@ -21,6 +21,21 @@ pub const ADVISORY_PREFIX: &str = "$advisory:";
 /// `CLIENT_ID` and `SUB_NAME` are `varchar(250)`).
 pub const MAX_SUB_NAME_BYTES: usize = 250;
 
+/// Why a client id or durable subscription name cannot be used, if it
+/// cannot: too long for its column, or with a control character. Both are
+/// stored as text in the database modes, where PostgreSQL refuses a NUL
+/// for good (a batch carrying it would never commit); the other control
+/// characters are refused with it, as in destination names.
+pub fn sub_name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_SUB_NAME_BYTES {
+        Some(format!("is longer than {MAX_SUB_NAME_BYTES} bytes"))
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character".to_string())
+    } else {
+        None
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
     Queue(Arc<str>),
@@ -169,6 +184,22 @@ impl From<&crate::store::StoredDestination> for Destination {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_names_are_bounded_and_printable() {
+        use super::{sub_name_problem, MAX_SUB_NAME_BYTES};
+        assert_eq!(sub_name_problem("client-1"), None);
+        assert_eq!(sub_name_problem(&"é".repeat(MAX_SUB_NAME_BYTES / 2)), None);
+        assert!(sub_name_problem(&"c".repeat(MAX_SUB_NAME_BYTES + 1))
+            .unwrap()
+            .contains("longer"));
+        for bad in ["a\u{0}b", "a\nb", "\u{7f}"] {
+            assert!(
+                sub_name_problem(bad).unwrap().contains("control"),
+                "{bad:?}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

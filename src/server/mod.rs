@@ -218,6 +218,7 @@ pub fn serve(mut config: Config) -> Result<()> {
                 );
                 max_frame_size = fits;
             }
+            state.lower_max_message_bytes(fits);
         }
         Some(db)
     } else if config.store.mode == StoreMode::Zk {

@@ -98,6 +98,14 @@ impl Selector {
         if text.len() > MAX_SELECTOR_BYTES {
             return Err(SelectorError::TooLong { len: text.len() });
         }
+        // A durable subscription's selector is stored as text, and
+        // PostgreSQL refuses a NUL in text for good; no selector needs one.
+        if let Some(at) = text.find('\0') {
+            return Err(SelectorError::Syntax {
+                position: text[..at].chars().count() + 1,
+                message: "a NUL character is not allowed".to_string(),
+            });
+        }
         let (body, convert_strings, offset) = match text.strip_prefix(CONVERT_PREFIX) {
             Some(rest) => (rest, true, CONVERT_PREFIX.len()),
             None => (text, false, 0),

@@ -351,6 +351,15 @@ fn bad_selectors_name_position_and_expectation() {
 }
 
 #[test]
+fn a_nul_is_refused_where_it_stands() {
+    let (position, message) = error("a = 'x\u{0}y'");
+    assert_eq!(position, 7);
+    assert!(message.contains("NUL"), "{message}");
+    // Other control characters (a selector over several lines) are fine.
+    assert!(Selector::parse("a = 1\n\tAND b = 2").is_ok());
+}
+
+#[test]
 fn size_and_depth_are_bounded() {
     let long = format!("a = '{}'", "x".repeat(MAX_SELECTOR_BYTES));
     assert_eq!(

@@ -22,7 +22,7 @@ use super::commands::{
 use super::compress;
 use super::primitives::Throwable;
 use super::properties;
-use crate::broker::destination::{MAX_NAME_BYTES, MAX_SUB_NAME_BYTES, TEMPORARY_PREFIX};
+use crate::broker::destination::{sub_name_problem, MAX_NAME_BYTES, TEMPORARY_PREFIX};
 use crate::broker::message::{now_ms, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, Seen, SubscribeOp, TxAck, TxPart};
@@ -707,10 +707,10 @@ impl Session {
 
     fn connect(&mut self, c: &wire::ConnectionInfo) -> Result<Vec<usize>, Refusal> {
         let client_id = c.client_id.as_deref().filter(|id| !id.is_empty());
-        if client_id.is_some_and(|id| id.len() > MAX_SUB_NAME_BYTES) {
+        if let Some(problem) = client_id.and_then(sub_name_problem) {
             return Err(Refusal {
                 class: "javax.jms.InvalidClientIDException",
-                message: format!("the client id is longer than {MAX_SUB_NAME_BYTES} bytes"),
+                message: format!("the client id {problem}"),
                 fatal: true,
             });
         }
@@ -733,10 +733,8 @@ impl Session {
         if !destination.is_topic() {
             return refuse("a durable subscription needs a topic");
         }
-        if name.len() > MAX_SUB_NAME_BYTES {
-            return refuse(format!(
-                "the durable subscription name is longer than {MAX_SUB_NAME_BYTES} bytes"
-            ));
+        if let Some(problem) = sub_name_problem(name) {
+            return refuse(format!("the durable subscription name {problem}"));
         }
         if selector.is_some_and(|s| s.len() > MAX_DURABLE_SELECTOR_BYTES) {
             return refuse(format!(
@@ -1010,6 +1008,16 @@ impl Session {
             .or_else(|e| refuse(format!("cannot read the message's properties: {e}")))?;
         }
         let footprint = Message::footprint(&properties, &body);
+        // The frame was within the limit, but a compressed body inflates
+        // and typed properties grow as text: what is stored must still fit
+        // (a database mode could never write a bigger one, and would hold
+        // every later receipt of the shard behind it).
+        if footprint > self.max_body_bytes {
+            return refuse(format!(
+                "the message is {footprint} bytes once inflated, with its properties; the limit is {} (limits.max_frame_size, or what the database takes in one statement)",
+                self.max_body_bytes
+            ));
+        }
         let msg = Arc::new(Message {
             id: self.ids.next(),
             destination,
@@ -2369,6 +2377,46 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(s.is_open());
+    }
+
+    /// A compressed body is checked once inflated, with the properties
+    /// it will be stored with: what the frame limit let in must still fit
+    /// the store (a database mode could never write a bigger row).
+    #[test]
+    fn a_message_too_large_once_inflated_is_refused() {
+        let mut s = session();
+        let mut out = Vec::new();
+        let text = "x".repeat((1 << 20) - 100);
+        let mut m = wire::Message::new(MessageKind::Text);
+        compress::set_text(&mut m, &text, true);
+        m.destination = Some(wire::Destination::queue("q"));
+        m.persistent = true;
+        m.command_id = 9;
+        m.response_required = true;
+        s.handle(m.into(), &mut out);
+        match &out[..] {
+            [Action::Write(Command::ExceptionResponse(e))] => {
+                assert_eq!(e.correlation_id, 9);
+                let ex = e.exception.as_ref().unwrap();
+                assert!(
+                    ex.message.as_deref().unwrap().contains("once inflated"),
+                    "{ex:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.is_open());
+        // The same text a little shorter goes through.
+        out.clear();
+        let mut m = wire::Message::new(MessageKind::Text);
+        compress::set_text(&mut m, &text[..text.len() - 1024], true);
+        m.destination = Some(wire::Destination::queue("q"));
+        m.command_id = 10;
+        s.handle(m.into(), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Route(_, Op::Send(_))]),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{finish_body, put_header, Command, Frame, Version};
-use crate::broker::destination::MAX_SUB_NAME_BYTES;
+use crate::broker::destination::sub_name_problem;
 use crate::broker::message::{now_ms, MemoryUsage, Property, MESSAGE_ID_PREFIX};
 use crate::broker::message_ids::MessageIds;
 use crate::broker::ops::{commit_ops, ConnRef, DurableName, Op, Seen, SubscribeOp, TxAck, TxPart};
@@ -515,10 +515,8 @@ impl Session {
         let send_ms = if cy > 0 { cy.max(min) } else { 0 };
         let recv_ms = if cx > 0 { cx.max(min) } else { 0 };
         let client_id = f.header_str("client-id").filter(|c| !c.is_empty());
-        if client_id.is_some_and(|c| c.len() > MAX_SUB_NAME_BYTES) {
-            return refuse(format!(
-                "client-id is longer than {MAX_SUB_NAME_BYTES} bytes"
-            ));
+        if let Some(problem) = client_id.and_then(sub_name_problem) {
+            return refuse(format!("client-id {problem}"));
         }
         self.version = version;
         self.client_id = client_id.map(str::to_string);
@@ -693,10 +691,9 @@ impl Session {
             },
         };
         let durable = match durable_name(f) {
-            Some(name) if name.len() > MAX_SUB_NAME_BYTES => {
-                return refuse(format!(
-                    "the durable subscription name is longer than {MAX_SUB_NAME_BYTES} bytes"
-                ))
+            Some(name) if sub_name_problem(name).is_some() => {
+                let problem = sub_name_problem(name).unwrap_or_default();
+                return refuse(format!("the durable subscription name {problem}"));
             }
             Some(name) if destination.is_topic() => match &self.client_id {
                 Some(client_id) => Some(DurableName {
