@@ -284,11 +284,39 @@ struct OpenWrite {
 impl OpenWrite {
     /// Returns once the transaction holds its locks.
     fn start(d: Dialect, url: String) -> OpenWrite {
+        Self::start_on(d, url, None)
+    }
+
+    /// [`OpenWrite::start`] on a connection of the broker's own MySQL
+    /// pool, set up as a broker with lease `lease` sets it up.
+    fn start_in_pool(url: String, lease: Duration) -> OpenWrite {
+        Self::start_on(Dialect::MySql, url, Some(lease))
+    }
+
+    fn start_on(d: Dialect, url: String, pool: Option<Duration>) -> OpenWrite {
         let (locked_tx, locked) = mpsc::channel();
         let (finish, finished) = tokio::sync::oneshot::channel::<()>();
         let (committed_tx, committed) = mpsc::channel();
         let thread = on_thread(move || async move {
-            let mut w = admin_at(d, &url).await;
+            // Kept to the end: the pool's connection lives in it.
+            let mut _db = None;
+            let mut w = match pool {
+                None => admin_at(d, &url).await,
+                Some(lease) => {
+                    let idle = brokk::store::sql::conn::idle_transaction_limit(lease);
+                    let db = brokk::store::sql::conn::connect(&url, 1, idle)
+                        .await
+                        .expect("the broker's pool");
+                    let conn = match &db {
+                        brokk::store::sql::conn::Db::MySql(p) => {
+                            p.get_conn().await.expect("a pool connection")
+                        }
+                        brokk::store::sql::conn::Db::Postgres(_) => unreachable!("MySQL only"),
+                    };
+                    _db = Some(db);
+                    Admin::My(conn)
+                }
+            };
             w.lock_fence_shared().await;
             let _ = locked_tx.send(());
             let _ = finished.await;
@@ -451,6 +479,11 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.cmds.send(Cmd::Crash);
+        // A broker still waiting for the lease obeys no command: after a
+        // failed expectation, joining it would turn the failure into a hang.
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -626,6 +659,18 @@ fn hung_writer(d: Dialect) {
     );
 }
 
+/// `cfg` as another MariaDB account sees it (`brokk@localhost`, over the
+/// unix socket that ops/services.sh keeps in its state directory): neither
+/// may kill the other's sessions.
+fn other_account(cfg: &LeaseConfig, db: &TestDb) -> LeaseConfig {
+    let state = std::env::var("BROKK_SERVICES_DIR")
+        .unwrap_or_else(|_| "/var/lib/brokk-services".to_string());
+    let socket = format!("{state}/mariadb/sock");
+    let mut other = cfg.clone();
+    other.url = format!("mysql://brokk:brokk@localhost/{}?socket={socket}", db.name);
+    other
+}
+
 /// A hung master of another database account (MariaDB `brokk@localhost`
 /// over the unix socket): its session-lock connection cannot be killed, so
 /// the waiter takes the expired row without the session lock, and picks the
@@ -634,12 +679,7 @@ fn hung_writer(d: Dialect) {
 fn mysql_hung_master_other_account() {
     let db = TestDb::new(Dialect::MySql, "account");
     let cfg = cfg(&db, 1000, 250);
-    // ops/services.sh keeps MariaDB's socket in its state directory.
-    let state = std::env::var("BROKK_SERVICES_DIR")
-        .unwrap_or_else(|_| "/var/lib/brokk-services".to_string());
-    let socket = format!("{state}/mariadb/sock");
-    let mut other = cfg.clone();
-    other.url = format!("mysql://brokk:brokk@localhost/{}?socket={socket}", db.name);
+    let other = other_account(&cfg, &db);
     let a = Broker::start(&other, "broker-a", false);
     a.acquired(DEADLINE, "first acquire (unix socket account)");
     let b = Broker::start(&cfg, "broker-b", false);
@@ -686,6 +726,34 @@ fn mysql_hung_master_other_account() {
             other => panic!("expected the session lock by the deadline, got {other:?}"),
         }
     }
+}
+
+/// The same hung master of another account, in the middle of a write
+/// transaction on a connection of its pool (the fence row share-locked): the
+/// waiter may kill neither its session-lock connection nor its writer, and
+/// would wait on the fence row until MariaDB's `wait_timeout` (8 hours). The
+/// broker's connections have MariaDB end a transaction idle for a lease
+/// (`idle_transaction_timeout`), so the waiter takes over.
+#[test]
+fn mysql_hung_writer_other_account() {
+    let db = TestDb::new(Dialect::MySql, "acctw");
+    let cfg = cfg(&db, 1000, 250);
+    let other = other_account(&cfg, &db);
+    let a = Broker::start(&other, "broker-a", false);
+    a.acquired(DEADLINE, "first acquire (unix socket account)");
+    let writer = OpenWrite::start_in_pool(other.url.clone(), cfg.lease);
+    let b = Broker::start(&cfg, "broker-b", false);
+    b.waiting("second acquire");
+    b.acquired(
+        cfg.lease * 3 + DEADLINE,
+        "takeover past a hung writer we may not kill",
+    );
+    assert_eq!(db.holder().as_deref(), Some("broker-b"));
+    assert!(
+        !writer.commit(),
+        "MariaDB should have ended the hung writer's transaction"
+    );
+    drop(a);
 }
 
 #[test]

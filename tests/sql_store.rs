@@ -6,12 +6,12 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use brokk::store::sql::conn::{connect, Db};
 use brokk::store::sql::load::{lease_holder, load};
 use brokk::store::sql::schema::{check_tables, columns, create_tables, Indexes};
-use brokk::store::sql::write::write_batch;
+use brokk::store::sql::write::{fence_query, write_batch};
 use brokk::store::sql::{
     encoding, Batch, Dialect, LeaseToken, MsgRow, ProducerSeq, Redelivery, SqlError, SubRow,
     TopicAck, TxAckRow,
@@ -63,7 +63,7 @@ impl TempDb {
         let admin = admin_url(dialect);
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         runtime().block_on(async {
-            let db = connect(admin, 1).await.unwrap_or_else(|e| {
+            let db = connect(admin, 1, Duration::from_secs(3)).await.unwrap_or_else(|e| {
                 panic!("{dialect:?} is not reachable ({e}): run `ops/services.sh start mariadb postgres`")
             });
             exec(&db, &format!("CREATE DATABASE {name}")).await;
@@ -80,7 +80,7 @@ impl Drop for TempDb {
             Dialect::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
         };
         runtime().block_on(async {
-            match connect(admin_url(self.dialect), 1).await {
+            match connect(admin_url(self.dialect), 1, Duration::from_secs(3)).await {
                 Ok(db) => {
                     // Not fatal: PostgreSQL refuses WITH (FORCE) while an
                     // autovacuum worker is in the database (seen once); a
@@ -111,7 +111,7 @@ where
     for dialect in [Dialect::MySql, Dialect::Postgres] {
         let temp = TempDb::new(dialect);
         runtime().block_on(async {
-            let db = connect(&temp.url, 2)
+            let db = connect(&temp.url, 2, Duration::from_secs(3))
                 .await
                 .expect("connect to the test database");
             assert_eq!(db.dialect(), dialect);
@@ -637,6 +637,54 @@ fn names_are_unicode_and_case_sensitive() {
     });
 }
 
+/// A master hung in the middle of a write transaction holds the fence row
+/// share-locked, and a standby's takeover waits for it. The standby kills
+/// such sessions where the database lets it (one account), but it may not
+/// (another account, a PostgreSQL superuser, MySQL without the privilege):
+/// the broker's connections ask the database itself to end a transaction
+/// idle for a lease, so the takeover goes on. Checked with a transaction
+/// begun as the writer begins its own, on a connection of the broker's
+/// pool, left idle, while another session takes the fence row; and every
+/// connection reads the database's clock in UTC.
+#[test]
+fn a_write_transaction_left_idle_is_ended_by_the_database() {
+    on_both(|db, t| async move {
+        let idle = Duration::from_millis(600);
+        let hung = connect(&t.url, 1, idle).await.expect("connect");
+        const TAKE: &str = "UPDATE BROKK_FENCE SET HOLDER = 'taker' WHERE ID = 1";
+        let taken = match &hung {
+            Db::MySql(pool) => {
+                let mut w = pool.get_conn().await.unwrap();
+                let tz: Option<String> = w.query_first("SELECT @@session.time_zone").await.unwrap();
+                assert_eq!(tz.as_deref(), Some("+00:00"));
+                w.query_drop("START TRANSACTION").await.unwrap();
+                w.query_drop(fence_query(Dialect::MySql)).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(20), exec(&db, TAKE))
+                    .await
+                    .expect("the fence row is free within 20 s");
+                w.query_drop("COMMIT").await.is_ok()
+            }
+            Db::Postgres(pool) => {
+                let w = pool.get().await.unwrap();
+                w.client
+                    .batch_execute(&format!("BEGIN; {}", fence_query(Dialect::Postgres)))
+                    .await
+                    .unwrap();
+                tokio::time::timeout(Duration::from_secs(20), exec(&db, TAKE))
+                    .await
+                    .expect("the fence row is free within 20 s");
+                w.client.batch_execute("COMMIT").await.is_ok()
+            }
+        };
+        // The take waited (20 s is well below MariaDB's lock wait timeout
+        // of 50 s and PostgreSQL's none) until the database ended the hung
+        // session: its COMMIT fails.
+        assert!(!taken, "the hung transaction was ended by the database");
+        hung.disconnect().await;
+        db
+    });
+}
+
 #[test]
 fn a_lease_not_ours_or_expired_fences_and_commits_nothing() {
     on_both(|db, _| async move {
@@ -836,7 +884,7 @@ fn a_batch_failing_midway_commits_nothing() {
 fn a_wrong_password_fails_at_connect_without_showing_it() {
     on_both(|db, t| async move {
         let url = t.url.replacen("brokk:brokk@", "brokk:s3cret-wrong@", 1);
-        match connect(&url, 1).await {
+        match connect(&url, 1, Duration::from_secs(3)).await {
             Err(e @ SqlError::Connect { .. }) => {
                 let text = e.to_string();
                 let shown = t.url.replacen("brokk:brokk@", "brokk:***@", 1);

@@ -704,12 +704,26 @@ impl DbConn {
                 if lock.len() > 64 {
                     lock = format!("{MY_LOCK_PREFIX}{:016x}", fnv64(db.as_bytes()));
                 }
+                // The lease's clock is the database's, read in UTC (see
+                // `conn::MY_UTC`).
+                conn.query_drop(crate::store::sql::conn::MY_UTC)
+                    .await
+                    .map_err(|e| my_err("set the session's time zone", e))?;
                 if purpose == Purpose::Rows {
                     conn.query_drop(format!(
                         "SET SESSION innodb_lock_wait_timeout = {ROW_LOCK_WAIT_S}"
                     ))
                     .await
                     .map_err(|e| my_err("set innodb_lock_wait_timeout", e))?;
+                    // A take is a transaction on the fence row: one left
+                    // open by a broker hung half-way must not hold the
+                    // next standby up.
+                    let idle = crate::store::sql::conn::idle_transaction_limit(cfg.lease);
+                    conn.query_drop(crate::store::sql::conn::my_idle_transaction(
+                        idle.as_millis().div_ceil(1000) as u64,
+                    ))
+                    .await
+                    .map_err(|e| my_err("set idle_transaction_timeout", e))?;
                 }
                 let id = conn.id();
                 debug!(purpose = ?purpose, id, lock = %lock, "lease connection open");
@@ -738,8 +752,16 @@ impl DbConn {
                     Purpose::Rows => ROW_LOCK_WAIT_S * 1000,
                     Purpose::Session => 0,
                 };
+                let idle = match purpose {
+                    // See the MySQL branch.
+                    Purpose::Rows => crate::store::sql::conn::idle_transaction_limit(cfg.lease),
+                    Purpose::Session => Duration::ZERO,
+                };
                 client
-                    .batch_execute(&format!("SET lock_timeout = {lock_timeout_ms}"))
+                    .batch_execute(&format!(
+                        "SET lock_timeout = {lock_timeout_ms}; {}",
+                        crate::store::sql::conn::pg_idle_transaction(idle.as_millis() as u64)
+                    ))
                     .await
                     .map_err(|e| pg_err("set lock_timeout", e))?;
                 let row = client
@@ -1170,7 +1192,8 @@ impl DbConn {
                         "SELECT p.ID FROM information_schema.PROCESSLIST p \
                          WHERE p.USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
                          AND p.DB = DATABASE() AND p.COMMAND = 'Sleep' \
-                         AND p.TIME_MS >= {idle_ms} AND p.ID NOT IN ({own_list}) \
+                         AND COALESCE(/*M! p.TIME_MS, */ p.TIME * 1000) >= {idle_ms} \
+                         AND p.ID NOT IN ({own_list}) \
                          AND EXISTS (SELECT 1 FROM ACTIVEMQ_LOCK a WHERE a.ID = 1 \
                                      AND (a.TIME IS NULL OR a.TIME <= {MY_NOW}))"
                     ))

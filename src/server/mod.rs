@@ -581,7 +581,8 @@ fn db_take_over(
     let pool = config.store.pool_size;
     let db = {
         let url = url.clone();
-        side::block_on(async move { sql::conn::connect(&url, pool).await })??
+        let idle = sql::conn::idle_transaction_limit(Duration::from_millis(config.ha.lease_ms));
+        side::block_on(async move { sql::conn::connect(&url, pool, idle).await })??
     };
     let db = Arc::new(db);
     if config.store.create_tables {

@@ -77,6 +77,50 @@ pub fn my_keepalive(opts: &Opts) -> OptsBuilder {
     OptsBuilder::from_opts(opts.clone()).tcp_keepalive(keep)
 }
 
+/// What every MySQL/MariaDB connection of a broker states at connect (the
+/// pool's and the lease's). The database's clock is read as
+/// `UNIX_TIMESTAMP(NOW(3))`, which goes through the session's time zone:
+/// in a zone with daylight saving, the hour repeated in autumn would make
+/// it jump back and forth by an hour (every lease expiring at once, or
+/// lasting an hour longer), so the session runs in UTC.
+pub const MY_UTC: &str = "SET time_zone = '+00:00'";
+
+/// MariaDB ends a session whose transaction stays idle `seconds` (with its
+/// locks: a hung master's write transaction holds the fence row, which a
+/// standby's takeover waits for, and the standby may not be allowed to
+/// kill it). MySQL has no such setting and skips it (MariaDB's executable
+/// comment); there the standby's KILL is the only way (one account for
+/// both brokers). `@brokk_idle_transaction` keeps the value, so that a
+/// long read can lift the limit and put it back (see
+/// [`MY_IDLE_TRANSACTION_OFF`]).
+pub fn my_idle_transaction(seconds: u64) -> String {
+    format!(
+        "SET @brokk_idle_transaction = {seconds} \
+         /*M!100300 , SESSION idle_transaction_timeout = {seconds} */"
+    )
+}
+
+/// Lifts [`my_idle_transaction`]'s limit for a read that holds its
+/// snapshot between pages (a takeover's load, which spills to disk there).
+pub const MY_IDLE_TRANSACTION_OFF: &str =
+    "SET @brokk_unused = 0 /*M!100300 , SESSION idle_transaction_timeout = 0 */";
+
+/// Puts [`my_idle_transaction`]'s limit back.
+pub const MY_IDLE_TRANSACTION_ON: &str = "SET @brokk_unused = 0 \
+     /*M!100300 , SESSION idle_transaction_timeout = @brokk_idle_transaction */";
+
+/// The same limit on PostgreSQL (ms): the server ends the session.
+pub fn pg_idle_transaction(ms: u64) -> String {
+    format!("SET idle_in_transaction_session_timeout = {ms}")
+}
+
+/// How long a write transaction may stay idle before the database ends
+/// it: the lease. A master that cannot send its transaction's next
+/// statement for that long has lost its lease by then anyway.
+pub fn idle_transaction_limit(lease: Duration) -> Duration {
+    lease.max(Duration::from_millis(1))
+}
+
 /// Prepared statements each MySQL connection keeps (the driver's default
 /// is 32): multi-row statements differ by row count, and a batch's last,
 /// shorter chunk should not evict the full-size ones.
@@ -104,7 +148,11 @@ const MYSQL_IDLE_TTL: Duration = Duration::from_secs(300);
 /// Connects to `url` (`mysql://` or `postgres://`) with at most
 /// `pool_size` connections, and really opens one, so that a wrong address
 /// or password fails here, at start, rather than at the first write.
-pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
+pub async fn connect(
+    url: &str,
+    pool_size: usize,
+    idle_transaction: Duration,
+) -> Result<Db, SqlError> {
     let shown = redact(url);
     let fail = |reason: String| SqlError::Connect {
         url: shown.clone(),
@@ -140,7 +188,9 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
                 // row too (InnoDB turns plain reads into locking ones), and
                 // the renewal would wait for them again (see ha::db_lease).
                 .init(vec![
-                    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_string(),
+                    MY_UTC.to_string(),
+                    my_idle_transaction(idle_transaction.as_millis().div_ceil(1000) as u64),
                 ]);
             let pool = mysql_async::Pool::new(opts);
             let first = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn()).await;
@@ -167,6 +217,7 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<Db, SqlError> {
                 url: shown.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(pool_size),
+                idle_transaction_ms: idle_transaction.as_millis() as u64,
             };
             let conn = pool.open().await.map_err(|e| fail(pg_reason(&e)))?;
             pool.put_back(conn);
@@ -238,6 +289,8 @@ pub struct PgPool {
     url: String,
     idle: Mutex<Vec<PgConn>>,
     permits: Semaphore,
+    /// See [`pg_idle_transaction`].
+    idle_transaction_ms: u64,
 }
 
 /// One PostgreSQL connection and the statements prepared on it.
@@ -334,14 +387,20 @@ impl PgPool {
         // later on Linux; a server that refuses it (older: no such setting;
         // Windows, BSD: only 0) does without, said once in the debug log.
         const CHECK: &str = "SET client_connection_check_interval = 10";
-        if let Err(e) = client.batch_execute(&format!("{ISOLATION}; {CHECK}")).await {
-            // A refusal by the server (both SETs undone: one implicit
+        let idle = pg_idle_transaction(self.idle_transaction_ms);
+        if let Err(e) = client
+            .batch_execute(&format!("{ISOLATION}; {idle}; {CHECK}"))
+            .await
+        {
+            // A refusal by the server (every SET undone: one implicit
             // transaction); anything else is a broken connection.
             if e.as_db_error().is_none() {
                 return Err(e);
             }
             tracing::debug!(reason = %pg_reason(&e), "the server refuses client_connection_check_interval; connecting without it");
-            client.batch_execute(ISOLATION).await?;
+            client
+                .batch_execute(&format!("{ISOLATION}; {idle}"))
+                .await?;
         }
         Ok(PgConn {
             client,

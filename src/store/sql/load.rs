@@ -66,7 +66,11 @@ const LEASE_PG: &str =
 /// standby's sweep has marked the dead entries; see `sweep`). `LOCAL`:
 /// the read's transaction only; the connection goes back to the pool.
 /// (A sequential scan off covers the parallel one too.)
-const PG_READ_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
+/// The read also holds its snapshot while it spills a page to disk: the
+/// write transactions' idle limit (`conn::pg_idle_transaction`) is lifted
+/// for it.
+const PG_READ_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+     SET LOCAL idle_in_transaction_session_timeout = 0";
 /// The planner's own choice again, for the small tables read after the
 /// messages (as configured for the server, database or role, not
 /// necessarily `on`).
@@ -76,6 +80,96 @@ const PG_READ_PLAN_END: &str =
 /// The small tables a PostgreSQL takeover reads side by side, in the
 /// order `load` names their answers.
 const PG_SMALL: [&str; 6] = [SUBS, TOPIC_ACKS, REDELIVERIES, TX_ACKS, TX, PRODUCER_SEQS];
+
+/// [`load`] on MySQL/MariaDB: one consistent snapshot.
+async fn my_load(
+    conn: &mut mysql_async::Conn,
+    mut spill: Option<super::spill::Spill>,
+) -> Result<Loaded, SqlError> {
+    let mut opts = TxOpts::default();
+    opts.with_consistent_snapshot(true).with_readonly(true);
+    let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
+    let mut out = Loaded::default();
+    let mut after = i64::MIN;
+    let mut largest = 0;
+    loop {
+        let limit = next_page(largest);
+        largest = 0;
+        let rows: Vec<Row> = tx.exec(MSGS, (after, limit)).await.map_err(my_err(WHAT))?;
+        let n = rows.len();
+        for mut r in rows {
+            let id: i64 = my_take(&mut r, 0, WHAT)?;
+            let msg: Option<Vec<u8>> = my_take(&mut r, 5, WHAT)?;
+            largest = largest.max(msg.as_ref().map_or(0, Vec::len));
+            out.messages.push(msg_row(
+                id,
+                my_take(&mut r, 1, WHAT)?,
+                my_take(&mut r, 2, WHAT)?,
+                my_take(&mut r, 3, WHAT)?,
+                my_take(&mut r, 4, WHAT)?,
+                msg.map(Bytes::from),
+            )?);
+            after = id;
+        }
+        if let Some(s) = &mut spill {
+            let from = out.messages.len() - n;
+            s.page(&mut out.messages[from..])?;
+        }
+        if (n as i64) < limit {
+            break;
+        }
+    }
+    out.spill = spill.take();
+    for mut r in tx.query::<Row, _>(SUBS).await.map_err(my_err(WHAT))? {
+        out.subs.push(SubRow {
+            container: my_take(&mut r, 0, WHAT)?,
+            client_id: my_take(&mut r, 1, WHAT)?,
+            sub_name: my_take(&mut r, 2, WHAT)?,
+            selector: my_take(&mut r, 3, WHAT)?,
+        });
+    }
+    for mut r in tx.query::<Row, _>(TOPIC_ACKS).await.map_err(my_err(WHAT))? {
+        out.topic_acks.push(TopicAck {
+            id: my_take(&mut r, 0, WHAT)?,
+            client_id: my_take(&mut r, 1, WHAT)?,
+            sub_name: my_take(&mut r, 2, WHAT)?,
+        });
+    }
+    for mut r in tx
+        .query::<Row, _>(REDELIVERIES)
+        .await
+        .map_err(my_err(WHAT))?
+    {
+        out.redeliveries.push(Redelivery {
+            id: my_take(&mut r, 0, WHAT)?,
+            sub_key: my_take(&mut r, 1, WHAT)?,
+            count: my_take::<Option<i64>>(&mut r, 2, WHAT)?.unwrap_or(0),
+        });
+    }
+    for mut r in tx.query::<Row, _>(TX_ACKS).await.map_err(my_err(WHAT))? {
+        out.tx_acks.push(TxAckRow {
+            tx: my_take(&mut r, 0, WHAT)?,
+            id: my_take(&mut r, 1, WHAT)?,
+            sub_key: my_take(&mut r, 2, WHAT)?,
+        });
+    }
+    for mut r in tx.query::<Row, _>(TX).await.map_err(my_err(WHAT))? {
+        out.tx_decided.push(my_take(&mut r, 0, WHAT)?);
+    }
+    for mut r in tx
+        .query::<Row, _>(PRODUCER_SEQS)
+        .await
+        .map_err(my_err(WHAT))?
+    {
+        out.producer_seqs.push(ProducerSeq {
+            container: my_take(&mut r, 0, WHAT)?,
+            producer: my_take(&mut r, 1, WHAT)?,
+            seq: my_take(&mut r, 2, WHAT)?,
+        });
+    }
+    tx.commit().await.map_err(my_err(WHAT))?;
+    Ok(out)
+}
 
 /// Prepares a PostgreSQL takeover's reads on `conn` (pipelined, one round
 /// trip; nothing when they are prepared already).
@@ -115,89 +209,25 @@ pub async fn load(db: &Db, mut spill: Option<super::spill::Spill>) -> Result<Loa
     match db {
         Db::MySql(pool) => {
             let mut conn = pool.get_conn().await.map_err(my_err(WHAT))?;
-            let mut opts = TxOpts::default();
-            opts.with_consistent_snapshot(true).with_readonly(true);
-            let mut tx = conn.start_transaction(opts).await.map_err(my_err(WHAT))?;
-            let mut out = Loaded::default();
-            let mut after = i64::MIN;
-            let mut largest = 0;
-            loop {
-                let limit = next_page(largest);
-                largest = 0;
-                let rows: Vec<Row> = tx.exec(MSGS, (after, limit)).await.map_err(my_err(WHAT))?;
-                let n = rows.len();
-                for mut r in rows {
-                    let id: i64 = my_take(&mut r, 0, WHAT)?;
-                    let msg: Option<Vec<u8>> = my_take(&mut r, 5, WHAT)?;
-                    largest = largest.max(msg.as_ref().map_or(0, Vec::len));
-                    out.messages.push(msg_row(
-                        id,
-                        my_take(&mut r, 1, WHAT)?,
-                        my_take(&mut r, 2, WHAT)?,
-                        my_take(&mut r, 3, WHAT)?,
-                        my_take(&mut r, 4, WHAT)?,
-                        msg.map(Bytes::from),
-                    )?);
-                    after = id;
-                }
-                if let Some(s) = &mut spill {
-                    let from = out.messages.len() - n;
-                    s.page(&mut out.messages[from..])?;
-                }
-                if (n as i64) < limit {
-                    break;
-                }
-            }
-            out.spill = spill.take();
-            for mut r in tx.query::<Row, _>(SUBS).await.map_err(my_err(WHAT))? {
-                out.subs.push(SubRow {
-                    container: my_take(&mut r, 0, WHAT)?,
-                    client_id: my_take(&mut r, 1, WHAT)?,
-                    sub_name: my_take(&mut r, 2, WHAT)?,
-                    selector: my_take(&mut r, 3, WHAT)?,
-                });
-            }
-            for mut r in tx.query::<Row, _>(TOPIC_ACKS).await.map_err(my_err(WHAT))? {
-                out.topic_acks.push(TopicAck {
-                    id: my_take(&mut r, 0, WHAT)?,
-                    client_id: my_take(&mut r, 1, WHAT)?,
-                    sub_name: my_take(&mut r, 2, WHAT)?,
-                });
-            }
-            for mut r in tx
-                .query::<Row, _>(REDELIVERIES)
+            // It holds its snapshot while it spills a page to disk: no idle
+            // limit for it (see `conn::my_idle_transaction`), put back
+            // before the connection goes back to the pool; one that failed
+            // half-way is closed instead.
+            conn.query_drop(super::conn::MY_IDLE_TRANSACTION_OFF)
                 .await
-                .map_err(my_err(WHAT))?
-            {
-                out.redeliveries.push(Redelivery {
-                    id: my_take(&mut r, 0, WHAT)?,
-                    sub_key: my_take(&mut r, 1, WHAT)?,
-                    count: my_take::<Option<i64>>(&mut r, 2, WHAT)?.unwrap_or(0),
-                });
+                .map_err(my_err(WHAT))?;
+            match my_load(&mut conn, spill).await {
+                Ok(out) => {
+                    conn.query_drop(super::conn::MY_IDLE_TRANSACTION_ON)
+                        .await
+                        .map_err(my_err(WHAT))?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    let _ = conn.disconnect().await;
+                    Err(e)
+                }
             }
-            for mut r in tx.query::<Row, _>(TX_ACKS).await.map_err(my_err(WHAT))? {
-                out.tx_acks.push(TxAckRow {
-                    tx: my_take(&mut r, 0, WHAT)?,
-                    id: my_take(&mut r, 1, WHAT)?,
-                    sub_key: my_take(&mut r, 2, WHAT)?,
-                });
-            }
-            for mut r in tx.query::<Row, _>(TX).await.map_err(my_err(WHAT))? {
-                out.tx_decided.push(my_take(&mut r, 0, WHAT)?);
-            }
-            for mut r in tx
-                .query::<Row, _>(PRODUCER_SEQS)
-                .await
-                .map_err(my_err(WHAT))?
-            {
-                out.producer_seqs.push(ProducerSeq {
-                    container: my_take(&mut r, 0, WHAT)?,
-                    producer: my_take(&mut r, 1, WHAT)?,
-                    seq: my_take(&mut r, 2, WHAT)?,
-                });
-            }
-            tx.commit().await.map_err(my_err(WHAT))?;
-            Ok(out)
         }
         Db::Postgres(pool) => {
             let first = {
