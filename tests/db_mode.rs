@@ -924,7 +924,50 @@ fn a_receipt_covers_the_acks_before_it(engine: Engine) {
     }
 }
 
+/// A row the new master cannot read (here a `MSG` of another layout, as
+/// ActiveMQ writes) is left in the table, and no id the broker issues
+/// afterwards is at or below it: an id issued again would make the new
+/// message's INSERT a duplicate the database ignores (receipted, never
+/// stored).
+fn a_row_it_cannot_read_is_left_and_its_id_never_reused(engine: Engine) {
+    let (db, _dir, _nodes, mut a, mut b) = pair(engine);
+    a.client()
+        .send_sync("/queue/before", "m", &[("persistent", "true")]);
+    let counter = |id: &str| id.trim().parse::<u64>().unwrap() & ((1 << 56) - 1);
+    let first: u64 = db
+        .sql("SELECT MAX(ID) FROM ACTIVEMQ_MSGS")
+        .trim()
+        .parse()
+        .unwrap();
+    // Far ahead of the clock the broker's ids start from.
+    let foreign = first + (1 << 40);
+    let blob = match engine {
+        Engine::MariaDb => "X'00'",
+        Engine::Postgres => "'\\x00'::bytea",
+    };
+    db.sql(&format!(
+        "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY) \
+         VALUES ({foreign}, 'queue://foreign', NULL, NULL, 0, {blob}, 0)"
+    ));
+    a.kill9();
+    b.wait_for_master();
+    b.client()
+        .send_sync("/queue/after", "m", &[("persistent", "true")]);
+    let after = db.sql("SELECT ID FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://after'");
+    assert!(
+        counter(&after) > counter(&foreign.to_string()),
+        "a new id {after} at or below the unread row's {foreign}"
+    );
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://foreign'")
+            .trim(),
+        "1",
+        "the row it cannot read stays"
+    );
+}
+
 crate::on_both!(
+    a_row_it_cannot_read_is_left_and_its_id_never_reused,
     kills_under_load,
     a_receipt_covers_the_acks_before_it,
     cut_off_master,

@@ -51,6 +51,21 @@ impl DbShared {
             .unwrap_or_default()
     }
 
+    /// The highest id counter among the rows read at takeover, every row
+    /// (those restored count through the restorer too): new ids start
+    /// above it. A row the broker could not read (another writer's, or
+    /// damaged) stays in the table, so an id issued again would make a new
+    /// message's INSERT a duplicate that is ignored: receipted, never
+    /// stored.
+    pub fn max_id_counter(&self) -> u64 {
+        self.loaded()
+            .messages
+            .iter()
+            .map(|m| crate::broker::message_ids::counter(m.id as u64))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every shard has restored its part: the rows can go.
     pub fn forget_loaded(&self) {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).take();

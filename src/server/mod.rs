@@ -268,6 +268,7 @@ pub fn serve(mut config: Config) -> Result<()> {
     );
     let shared_db = db.clone();
     let temporary = Arc::new(crate::broker::temporary::TempDestinations::default());
+    let loaded_max_id = db.as_ref().map_or(0, db_shard::DbShared::max_id_counter);
     let shared = Shared {
         shards,
         settings: BrokerSettings {
@@ -302,7 +303,7 @@ pub fn serve(mut config: Config) -> Result<()> {
             page_at_bytes: page_at_bytes(&config),
         },
         recovered: Arc::new(std::sync::Barrier::new(shards)),
-        recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        recovered_max_id: Arc::new(std::sync::atomic::AtomicU64::new(loaded_max_id)),
         recovered_commits: Arc::default(),
         openwire_client_ids: Arc::default(),
         temporary,
