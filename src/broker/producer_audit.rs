@@ -15,7 +15,10 @@
 //! windows have gaps (the producer's other sends went elsewhere): a window
 //! is a set of the last [`WINDOW`] sequences, not a high-water mark. A
 //! sequence older than the window is let through, a possible duplicate
-//! rather than a possible loss.
+//! rather than a possible loss. What a takeover reads back is the highest
+//! sequence a producer's sends to a destination reached (see
+//! [`ProducerAudit::note`]): below it, within the window, everything counts
+//! as seen.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -70,6 +73,18 @@ impl Window {
         self.seen[w] |= b;
     }
 
+    /// Marks every sequence of the window up to `seq` seen.
+    fn seen_through(&mut self, seq: u64) {
+        if seq >= self.high {
+            self.seen = [u64::MAX; WORDS];
+            return;
+        }
+        let low = self.high.saturating_sub(WINDOW - 1);
+        for s in low..=seq {
+            self.set(s);
+        }
+    }
+
     /// Records `seq`; true if it was seen already.
     fn record(&mut self, seq: u64) -> bool {
         if seq > self.high {
@@ -106,10 +121,24 @@ impl ProducerAudit {
         self.record(destination, producer, seq)
     }
 
-    /// Records that `producer` sent `seq` to `destination` (a store's
-    /// record of its highest sequence there).
+    /// Records that `producer` sent `seq` to `destination` and, within
+    /// the window, every sequence below it (a store's record of its
+    /// highest sequence there, read back at a takeover). Those below are
+    /// not gaps: a producer's sends to one destination arrive in order on
+    /// its one connection, and the destination's shard writes them in
+    /// order, so one below the highest written was written too (or
+    /// consumed before its batch left). Without them, a failover resend of
+    /// messages consumed and acknowledged before the crash, which left no
+    /// row, would be stored and delivered again.
     pub fn note(&mut self, destination: &Destination, producer: &[u8], seq: u64) {
         self.record(destination, producer, seq);
+        if let Some(w) = self
+            .windows
+            .get_mut(destination)
+            .and_then(|d| d.get_mut(producer))
+        {
+            w.seen_through(seq);
+        }
     }
 
     fn record(&mut self, destination: &Destination, producer: &[u8], seq: u64) -> bool {
@@ -243,6 +272,26 @@ mod tests {
         assert_eq!(a.producers(), MAX_PRODUCERS);
         assert!(!a.repeat(&q(), &origin("0", 1)), "forgotten");
         assert!(a.repeat(&q(), &origin(&MAX_PRODUCERS.to_string(), 1)));
+    }
+
+    #[test]
+    fn a_stored_highest_sequence_covers_those_below_it() {
+        let mut a = ProducerAudit::default();
+        let high = 5000;
+        a.note(&q(), b"ID:host-1-2-3:1:1", high);
+        for s in [high, high - 1, high - 60, high - WINDOW + 1] {
+            assert!(a.repeat(&q(), &origin("1", s)), "{s} is a resend");
+        }
+        // Too old to tell: let through, never dropped.
+        assert!(!a.repeat(&q(), &origin("1", high - WINDOW)));
+        assert!(!a.repeat(&q(), &origin("1", high + 1)), "a new sequence");
+        assert!(!a.repeat(&q(), &origin("2", 50)), "another producer");
+        // A note below what was seen live marks only up to it.
+        let mut b = ProducerAudit::default();
+        assert!(!b.repeat(&q(), &origin("1", 200)));
+        b.note(&q(), b"ID:host-1-2-3:1:1", 150);
+        assert!(b.repeat(&q(), &origin("1", 140)));
+        assert!(!b.repeat(&q(), &origin("1", 180)), "never seen");
     }
 
     #[test]
