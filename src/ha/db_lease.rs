@@ -362,8 +362,12 @@ impl Lease {
 pub async fn keep(lease: &mut Lease) -> Lost {
     let mut next = Instant::now() + lease.cfg.renew_every;
     loop {
+        // Renewals that fail fast (the database refusing connections)
+        // leave `valid_until` where it was: wake for it too, not only at
+        // the next renewal, which may come after it.
+        let wake = next.min(lease.valid_until);
         tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = lease.session.closed() => {
                 let lost = Lost::SessionDied("connection closed".into());
                 warn!(role = "master", token = %lease.token.0, reason = %lost, "master lease lost");
@@ -371,11 +375,11 @@ pub async fn keep(lease: &mut Lease) -> Lost {
             }
         }
         let started = Instant::now();
-        next = started + lease.cfg.renew_every;
         if started >= lease.valid_until {
             warn!(role = "master", token = %lease.token.0, reason = %Lost::Expired, "master lease lost");
             return Lost::Expired;
         }
+        next = started + lease.cfg.renew_every;
         let deadline = lease.valid_until;
         let lost = match tokio::time::timeout_at(deadline.into(), lease.renew_inner()).await {
             Ok(Ok(())) => continue,

@@ -654,10 +654,12 @@ fn db_take_over(
     open_ports()?;
     info!(url = %sql::redact(&url), "lease taken; reading the tables");
     let mut lease = lease;
+    let keeper_role = role.clone();
     side::handle()?.spawn(async move {
         let lost = db_lease::keep(&mut lease).await;
-        error!(role = "master", reason = %lost, "lost the master lease; stopping now, without draining");
-        std::process::exit(3);
+        // As in file mode: `_exit`, no exit handlers while the shards
+        // still serve (and this thread's destructors never run).
+        fenced(&keeper_role, 0, &format!("lost the master lease: {lost}"));
     });
     let spool_dir = fresh_spool_dir(&config.store.spool_dir())?;
     // Past the paging point, loaded bodies wait in a file, not in memory

@@ -147,7 +147,10 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
             }
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
-                std::process::exit(3);
+                // `_exit` (exit code 3, as `server::fenced`): no exit
+                // handlers or destructors while the shards still serve.
+                // SAFETY: _exit has no preconditions and never returns.
+                unsafe { libc::_exit(3) }
             }
             Err(e) => {
                 failures += 1;
