@@ -316,7 +316,13 @@ pg_configure() {
   # listen_addresses goes into a conf.d file (read after postgresql.conf, so
   # it wins): `pg_conftool set listen_addresses 127.0.0.1` would write the
   # value unquoted (it looks numeric), which PostgreSQL rejects.
-  local want="listen_addresses = '127.0.0.1'   # ops/services.sh: loopback only"
+  # max_wal_size: with the default 1 GB a broker's write volume (about 70
+  # MB/s of WAL at 70k msg/s) forces a checkpoint every few seconds, and a
+  # checkpoint's fsyncs stall every commit for up to half a second: a
+  # failover that lands in one took 240-470 ms instead of 50-70
+  # (bench/RESULTS.md, 2026-11-28).
+  local want="listen_addresses = '127.0.0.1'   # ops/services.sh: loopback only
+max_wal_size = '8GB'   # ops/services.sh: fewer checkpoints under a broker's writes"
   mkdir -p "$conf_d"
   if [ "$(cat "$conf_d/brokk-services.conf" 2>/dev/null)" != "$want" ]; then
     echo "$want" >"$conf_d/brokk-services.conf"
