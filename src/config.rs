@@ -645,6 +645,11 @@ impl Config {
             if self.ha.lease_ms < 200 {
                 return Err(invalid("ha.lease_ms", "must be at least 200"));
             }
+            // Ten of them go to the database as a timeout in ms (see
+            // `store::sql::conn::idle_transaction_limit`).
+            if self.ha.lease_ms > 3_600_000 {
+                return Err(invalid("ha.lease_ms", "must be at most 3600000 (an hour)"));
+            }
         }
         if matches!(self.store.mode, StoreMode::Zk) {
             self.validate_zk()?;
@@ -803,6 +808,26 @@ mod tests {
         let c = Config::parse("[ha]\nlock_keepalive_ms = 5\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("ha.lock_keepalive_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_database_lease_is_bounded_both_ways() {
+        let db = "[store]\nmode = \"postgres\"\nurl = \"postgres://u:p@h/d\"\n[ha]\n";
+        for (ms, ok) in [
+            (199, false),
+            (200, true),
+            (3_600_000, true),
+            (3_600_001, false),
+        ] {
+            let c = Config::parse(&format!("{db}lease_ms = {ms}\n")).unwrap();
+            match c.validate() {
+                Ok(()) => assert!(ok, "{ms} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{ms} refused: {e}");
+                    assert!(e.to_string().contains("ha.lease_ms"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

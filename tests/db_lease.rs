@@ -732,8 +732,8 @@ fn mysql_hung_master_other_account() {
 /// transaction on a connection of its pool (the fence row share-locked): the
 /// waiter may kill neither its session-lock connection nor its writer, and
 /// would wait on the fence row until MariaDB's `wait_timeout` (8 hours). The
-/// broker's connections have MariaDB end a transaction idle for a lease
-/// (`idle_transaction_timeout`), so the waiter takes over.
+/// broker's connections have MariaDB end a transaction idle for ten leases
+/// or 30 s (`idle_transaction_timeout`), so the waiter takes over then.
 #[test]
 fn mysql_hung_writer_other_account() {
     let db = TestDb::new(Dialect::MySql, "acctw");
@@ -745,7 +745,7 @@ fn mysql_hung_writer_other_account() {
     let b = Broker::start(&cfg, "broker-b", false);
     b.waiting("second acquire");
     b.acquired(
-        cfg.lease * 3 + DEADLINE,
+        brokk::store::sql::conn::idle_transaction_limit(cfg.lease) + cfg.lease * 3 + DEADLINE,
         "takeover past a hung writer we may not kill",
     );
     assert_eq!(db.holder().as_deref(), Some("broker-b"));

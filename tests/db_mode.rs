@@ -945,10 +945,15 @@ fn a_row_it_cannot_read_is_left_and_its_id_never_reused(engine: Engine) {
         Engine::MariaDb => "X'00'",
         Engine::Postgres => "'\\x00'::bytea",
     };
-    db.sql(&format!(
-        "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY) \
-         VALUES ({foreign}, 'queue://foreign', NULL, NULL, 0, {blob}, 0)"
-    ));
+    // And one whose id no clock reaches: it must not pin the ids at the
+    // counter's top (they would spill into the next shard's).
+    let absurd: u64 = (1 << 56) - 1;
+    for id in [foreign, absurd] {
+        db.sql(&format!(
+            "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY) \
+             VALUES ({id}, 'queue://foreign', NULL, NULL, 0, {blob}, 0)"
+        ));
+    }
     a.kill9();
     b.wait_for_master();
     b.client()
@@ -958,11 +963,15 @@ fn a_row_it_cannot_read_is_left_and_its_id_never_reused(engine: Engine) {
         counter(&after) > counter(&foreign.to_string()),
         "a new id {after} at or below the unread row's {foreign}"
     );
+    assert!(
+        counter(&after) < 1 << 55,
+        "a new id {after} pinned at the absurd row's"
+    );
     assert_eq!(
         db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://foreign'")
             .trim(),
-        "1",
-        "the row it cannot read stays"
+        "2",
+        "the rows it cannot read stay"
     );
 }
 

@@ -680,6 +680,17 @@ fn a_write_transaction_left_idle_is_ended_by_the_database() {
         // of 50 s and PostgreSQL's none) until the database ended the hung
         // session: its COMMIT fails.
         assert!(!taken, "the hung transaction was ended by the database");
+        // The takeover's read lifts the limit for itself (it holds its
+        // snapshot while it spills) and puts it back on the connection.
+        if let Db::MySql(pool) = &hung {
+            load(&hung, None).await.expect("load");
+            let mut c = pool.get_conn().await.unwrap();
+            let limit: Option<u64> = c
+                .query_first("SELECT @@session.idle_transaction_timeout")
+                .await
+                .unwrap();
+            assert_eq!(limit, Some(1), "the limit is back after the read");
+        }
         hung.disconnect().await;
         db
     });

@@ -57,11 +57,18 @@ impl DbShared {
     /// damaged) stays in the table, so an id issued again would make a new
     /// message's INSERT a duplicate that is ignored: receipted, never
     /// stored.
+    ///
+    /// Counters far past any clock (2^55 µs is the year 3111) are left
+    /// out: a foreign row's id near the counter's top would otherwise pin
+    /// every shard's ids at it, and a broker's ids never reach it.
     pub fn max_id_counter(&self) -> u64 {
+        const FAR_FUTURE: u64 = 1 << 55;
         self.loaded()
             .messages
             .iter()
+            .filter(|m| m.id >= 0)
             .map(|m| crate::broker::message_ids::counter(m.id as u64))
+            .filter(|c| *c < FAR_FUTURE)
             .max()
             .unwrap_or(0)
     }

@@ -115,10 +115,15 @@ pub fn pg_idle_transaction(ms: u64) -> String {
 }
 
 /// How long a write transaction may stay idle before the database ends
-/// it: the lease. A master that cannot send its transaction's next
-/// statement for that long has lost its lease by then anyway.
+/// it: ten leases, and at least 30 s. Far beyond any pause of a live
+/// master (it would have lost its lease after one), and beyond the upload
+/// of one large statement, which PostgreSQL counts as idle until it has
+/// read it all (a message of `limits.max_frame_size`, 100 MiB, on a slow
+/// link: were that cut, the batch would be retried and cut for ever).
+/// Only a takeover behind a hung writer that the standby may not kill
+/// waits this long.
 pub fn idle_transaction_limit(lease: Duration) -> Duration {
-    lease.max(Duration::from_millis(1))
+    (lease * 10).max(Duration::from_secs(30))
 }
 
 /// Prepared statements each MySQL connection keeps (the driver's default
