@@ -975,7 +975,29 @@ fn a_row_it_cannot_read_is_left_and_its_id_never_reused(engine: Engine) {
     );
 }
 
+/// A master paused past its lease (SIGSTOP) while a standby takes over,
+/// then continued, answers nothing more: a SEND with a receipt written
+/// while it was stopped gets no RECEIPT (not even a non-persistent one,
+/// which needs no commit), and the broker exits 3 once its keeper finds
+/// the lease taken.
+fn a_master_continued_after_its_lease_answers_nothing(engine: Engine) {
+    let (_db, _dir, _nodes, mut a, mut b) = pair(engine);
+    let mut c = a.client();
+    c.send_sync("/queue/paused", "before", &[]);
+    common::signal(&a, libc::SIGSTOP);
+    b.wait_for_master_within(30);
+    c.frame(
+        "SEND",
+        &[("destination", "/queue/paused"), ("receipt", "after")],
+        b"after",
+    );
+    common::signal(&a, libc::SIGCONT);
+    c.expect_closed_by_peer();
+    assert_eq!(a.wait_exit(30).code(), Some(3), "the old master stops");
+}
+
 crate::on_both!(
+    a_master_continued_after_its_lease_answers_nothing,
     a_row_it_cannot_read_is_left_and_its_id_never_reused,
     kills_under_load,
     a_receipt_covers_the_acks_before_it,

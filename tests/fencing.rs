@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use brokk::protocol::stomp::{parse, Limits, Parsed, Version};
 use bytes::BytesMut;
-use common::{body, Broker};
+use common::{body, proc_stat, signal, Broker};
 
 /// Exit code of a fenced broker (`brokk::server::EXIT_FENCED`).
 const FENCED: i32 = 3;
@@ -213,27 +213,6 @@ fn drain(b: &Broker, queue: &str) -> HashSet<u64> {
     }
     c.disconnect();
     got
-}
-
-fn signal(b: &Broker, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(b.pid(), sig) }, 0);
-    if sig == libc::SIGSTOP {
-        // kill(2) returns before the process has stopped: until it has, its
-        // keep-alive thread can still notice what the test does next.
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if proc_stat(b.pid()).is_some_and(|p| p.state == 'T') {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < end,
-                "pid {} did not stop",
-                b.pid()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 }
 
 fn assert_all_present(what: &str, receipted: &[u64], got: &HashSet<u64>) {
@@ -472,26 +451,6 @@ fn wait_blocked_on_a_lock(b: &Broker) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// What `/proc/PID/stat` says of a process: its name, state and parent.
-struct ProcStat {
-    comm: String,
-    state: char,
-    ppid: i32,
-}
-
-/// None once the process is gone (or reaped).
-fn proc_stat(pid: i32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name is in parentheses and may hold anything, ") " included.
-    let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-    let mut f = rest.split_whitespace();
-    Some(ProcStat {
-        comm: comm.to_string(),
-        state: f.next()?.chars().next()?,
-        ppid: f.next()?.parse().ok()?,
-    })
 }
 
 /// `pid` exists and is not a zombie.

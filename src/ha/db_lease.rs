@@ -211,6 +211,7 @@ impl Lease {
         // Counted from before the request leaves: the database sets the
         // expiry from its clock when it runs the UPDATE, which is later.
         let sent = Instant::now();
+        let sent_boot = super::fence::now_ns();
         let updated = self.update_own_row().await;
         if let Ok(0) = updated {
             let holder = match self.rows.as_mut() {
@@ -248,7 +249,12 @@ impl Lease {
                 Err(e) => return Err(RenewFail::Error(e)),
             }
         }
-        self.valid_until = sent + self.cfg.lease.saturating_sub(self.cfg.margin());
+        let validity = self.cfg.lease.saturating_sub(self.cfg.margin());
+        self.valid_until = sent + validity;
+        // The process's answer gate (armed by a database-mode server; a
+        // no-op otherwise), on CLOCK_BOOTTIME: it keeps running while the
+        // host is suspended, where `Instant` stops.
+        super::fence::renew(sent_boot, validity);
         Ok(())
     }
 
@@ -506,6 +512,11 @@ fn won(
 ) -> Lease {
     info!(role = "master", token = %token.0, session = session.backend_id(), rows = rows.backend_id(),
         has_session_lock, url = %redact(&cfg.url), "master lease taken");
+    // The answer gate (see `Lease::renew_inner`), from when the take was
+    // sent, on the boot clock.
+    let validity = cfg.lease.saturating_sub(cfg.margin());
+    let sent_boot = super::fence::now_ns().saturating_sub(sent.elapsed().as_nanos() as u64);
+    super::fence::renew(sent_boot, validity);
     Lease {
         cfg: cfg.clone(),
         token: token.clone(),

@@ -96,7 +96,7 @@ pub async fn hold() {
     let started = now_ns();
     if !HOLDING.swap(true, Ordering::AcqRel) {
         warn!(
-            "no good mastership check within ha.lock_keepalive_ms (paused, or the store is slow); holding journal writes and receipts"
+            "no good mastership check in time (ha.lock_keepalive_ms in file mode, the lease in the database modes: paused, or the store is slow); holding store writes and answers"
         );
     }
     while !fresh() {

@@ -604,6 +604,12 @@ fn db_take_over(
     };
     let token = sql::LeaseToken(epoch::owner_id());
     let lease_cfg = db_lease::LeaseConfig::new(&url, Duration::from_millis(config.ha.lease_ms));
+    // Receipts and responses go out only while the lease is valid on our
+    // side (`ha::fence`, opened by the take and by every renewal): a master
+    // paused past its lease (SIGSTOP, a suspended host) and continued
+    // answers nothing before its keeper finds the lease taken. Commits are
+    // fenced by the database anyway; this covers what needs none.
+    fence::arm();
     // A standby outlives database outages (a restart, a network cut): it
     // tries again until it holds the lease. Only the statements above
     // fail the start (a wrong URL or password, the tables, the limit).

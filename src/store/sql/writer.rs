@@ -147,8 +147,10 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
             }
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
-                // `_exit` (exit code 3, as `server::fenced`): no exit
-                // handlers or destructors while the shards still serve.
+                // As `server::fenced`: the answer gate closed first, then
+                // `_exit` (exit code 3), no exit handlers or destructors
+                // while the shards still serve.
+                crate::ha::fence::revoke();
                 // SAFETY: _exit has no preconditions and never returns.
                 unsafe { libc::_exit(3) }
             }
