@@ -131,6 +131,12 @@ impl LeaseConfig {
         self.lease / 5
     }
 
+    /// How long after a renewal (or the take) was sent the lease counts as
+    /// ours locally.
+    fn validity(&self) -> Duration {
+        self.lease.saturating_sub(self.margin())
+    }
+
     /// How long one blocking wait for the session lock lasts before a
     /// waiting standby looks at the row again.
     fn wait_step(&self) -> Duration {
@@ -249,7 +255,7 @@ impl Lease {
                 Err(e) => return Err(RenewFail::Error(e)),
             }
         }
-        let validity = self.cfg.lease.saturating_sub(self.cfg.margin());
+        let validity = self.cfg.validity();
         self.valid_until = sent + validity;
         // The process's answer gate (armed by a database-mode server; a
         // no-op otherwise), on CLOCK_BOOTTIME: it keeps running while the
@@ -514,7 +520,7 @@ fn won(
         has_session_lock, url = %redact(&cfg.url), "master lease taken");
     // The answer gate (see `Lease::renew_inner`), from when the take was
     // sent, on the boot clock.
-    let validity = cfg.lease.saturating_sub(cfg.margin());
+    let validity = cfg.validity();
     let sent_boot = super::fence::now_ns().saturating_sub(sent.elapsed().as_nanos() as u64);
     super::fence::renew(sent_boot, validity);
     Lease {
@@ -523,7 +529,7 @@ fn won(
         session,
         has_session_lock,
         rows: Some(rows),
-        valid_until: sent + cfg.lease.saturating_sub(cfg.margin()),
+        valid_until: sent + validity,
     }
 }
 
@@ -734,11 +740,9 @@ impl DbConn {
                     // open by a broker hung half-way must not hold the
                     // next standby up.
                     let idle = crate::store::sql::conn::idle_transaction_limit(cfg.lease);
-                    conn.query_drop(crate::store::sql::conn::my_idle_transaction(
-                        idle.as_millis().div_ceil(1000) as u64,
-                    ))
-                    .await
-                    .map_err(|e| my_err("set idle_transaction_timeout", e))?;
+                    conn.query_drop(crate::store::sql::conn::my_idle_transaction(idle))
+                        .await
+                        .map_err(|e| my_err("set idle_transaction_timeout", e))?;
                 }
                 let id = conn.id();
                 debug!(purpose = ?purpose, id, lock = %lock, "lease connection open");
@@ -775,7 +779,7 @@ impl DbConn {
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = {lock_timeout_ms}; {}",
-                        crate::store::sql::conn::pg_idle_transaction(idle.as_millis() as u64)
+                        crate::store::sql::conn::pg_idle_transaction(idle)
                     ))
                     .await
                     .map_err(|e| pg_err("set lock_timeout", e))?;

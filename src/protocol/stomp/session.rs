@@ -690,11 +690,10 @@ impl Session {
                 }
             },
         };
+        if let Some(problem) = durable_name(f).and_then(sub_name_problem) {
+            return refuse(format!("the durable subscription name {problem}"));
+        }
         let durable = match durable_name(f) {
-            Some(name) if sub_name_problem(name).is_some() => {
-                let problem = sub_name_problem(name).unwrap_or_default();
-                return refuse(format!("the durable subscription name {problem}"));
-            }
             Some(name) if destination.is_topic() => match &self.client_id {
                 Some(client_id) => Some(DurableName {
                     client_id: client_id.clone(),

@@ -93,7 +93,9 @@ pub const MY_UTC: &str = "SET time_zone = '+00:00'";
 /// both brokers). `@brokk_idle_transaction` keeps the value, so that a
 /// long read can lift the limit and put it back (see
 /// [`MY_IDLE_TRANSACTION_OFF`]).
-pub fn my_idle_transaction(seconds: u64) -> String {
+pub fn my_idle_transaction(limit: Duration) -> String {
+    // Whole seconds, rounded up.
+    let seconds = limit.as_millis().div_ceil(1000);
     format!(
         "SET @brokk_idle_transaction = {seconds} \
          /*M!100300 , SESSION idle_transaction_timeout = {seconds} */"
@@ -109,9 +111,12 @@ pub const MY_IDLE_TRANSACTION_OFF: &str =
 pub const MY_IDLE_TRANSACTION_ON: &str = "SET @brokk_unused = 0 \
      /*M!100300 , SESSION idle_transaction_timeout = @brokk_idle_transaction */";
 
-/// The same limit on PostgreSQL (ms): the server ends the session.
-pub fn pg_idle_transaction(ms: u64) -> String {
-    format!("SET idle_in_transaction_session_timeout = {ms}")
+/// The same limit on PostgreSQL (0: none): the server ends the session.
+pub fn pg_idle_transaction(limit: Duration) -> String {
+    format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        limit.as_millis()
+    )
 }
 
 /// How long a write transaction may stay idle before the database ends
@@ -195,7 +200,7 @@ pub async fn connect(
                 .init(vec![
                     "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_string(),
                     MY_UTC.to_string(),
-                    my_idle_transaction(idle_transaction.as_millis().div_ceil(1000) as u64),
+                    my_idle_transaction(idle_transaction),
                 ]);
             let pool = mysql_async::Pool::new(opts);
             let first = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn()).await;
@@ -222,7 +227,7 @@ pub async fn connect(
                 url: shown.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(pool_size),
-                idle_transaction_ms: idle_transaction.as_millis() as u64,
+                idle_transaction,
             };
             let conn = pool.open().await.map_err(|e| fail(pg_reason(&e)))?;
             pool.put_back(conn);
@@ -295,7 +300,7 @@ pub struct PgPool {
     idle: Mutex<Vec<PgConn>>,
     permits: Semaphore,
     /// See [`pg_idle_transaction`].
-    idle_transaction_ms: u64,
+    idle_transaction: Duration,
 }
 
 /// One PostgreSQL connection and the statements prepared on it.
@@ -392,7 +397,7 @@ impl PgPool {
         // later on Linux; a server that refuses it (older: no such setting;
         // Windows, BSD: only 0) does without, said once in the debug log.
         const CHECK: &str = "SET client_connection_check_interval = 10";
-        let idle = pg_idle_transaction(self.idle_transaction_ms);
+        let idle = pg_idle_transaction(self.idle_transaction);
         if let Err(e) = client
             .batch_execute(&format!("{ISOLATION}; {idle}; {CHECK}"))
             .await
