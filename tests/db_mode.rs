@@ -975,6 +975,63 @@ fn a_row_it_cannot_read_is_left_and_its_id_never_reused(engine: Engine) {
     );
 }
 
+/// A row under the id the master issues next, written by another program
+/// while it serves (an operator's `MAX(ID) + 1`, a second broker on the
+/// same tables): the master must not receipt a message it could not store.
+/// It sends no RECEIPT, stops (exit 3), and the standby takes over with
+/// ids above that row, where the message sent again is stored.
+fn a_row_under_the_next_id_stops_the_master_without_a_receipt(engine: Engine) {
+    let (db, _dir, _nodes, mut a, mut b) = pair(engine);
+    let mut c = a.client();
+    c.send_sync("/queue/clash", "first", &[("persistent", "true")]);
+    let last: u64 = db
+        .sql("SELECT MAX(ID) FROM ACTIVEMQ_MSGS")
+        .trim()
+        .parse()
+        .unwrap();
+    let blob = match engine {
+        Engine::MariaDb => "X'00'",
+        Engine::Postgres => "'\\x00'::bytea",
+    };
+    for id in last + 1..=last + 3 {
+        db.sql(&format!(
+            "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY) \
+             VALUES ({id}, 'queue://foreign', NULL, NULL, 0, {blob}, 0)"
+        ));
+    }
+    c.frame(
+        "SEND",
+        &[
+            ("destination", "/queue/clash"),
+            ("persistent", "true"),
+            ("receipt", "second"),
+        ],
+        b"second",
+    );
+    c.expect_closed_by_peer();
+    assert_eq!(a.wait_exit(30).code(), Some(3), "the master stops");
+    b.wait_for_master();
+    b.client()
+        .send_sync("/queue/clash", "second", &[("persistent", "true")]);
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://clash'")
+            .trim(),
+        "2"
+    );
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE CONTAINER = 'queue://foreign'")
+            .trim(),
+        "3",
+        "the other program's rows stay"
+    );
+    let mut r = b.client();
+    r.subscribe("s", "/queue/clash", "auto", &[]);
+    for want in ["first", "second"] {
+        let m = r.expect_message();
+        assert_eq!(body(&m), want);
+    }
+}
+
 /// A master paused past its lease (SIGSTOP) while a standby takes over,
 /// then continued, answers nothing more: a SEND with a receipt written
 /// while it was stopped gets no RECEIPT (not even a non-persistent one,
@@ -997,6 +1054,7 @@ fn a_master_continued_after_its_lease_answers_nothing(engine: Engine) {
 }
 
 crate::on_both!(
+    a_row_under_the_next_id_stops_the_master_without_a_receipt,
     a_master_continued_after_its_lease_answers_nothing,
     a_row_it_cannot_read_is_left_and_its_id_never_reused,
     kills_under_load,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use brokk::store::sql::conn::{connect, Db};
 use brokk::store::sql::load::{lease_holder, load};
 use brokk::store::sql::schema::{check_tables, columns, create_tables, Indexes};
-use brokk::store::sql::write::{fence_query, write_batch};
+use brokk::store::sql::write::{fence_query, write_batch, write_batch_as, Attempt};
 use brokk::store::sql::{
     encoding, Batch, Dialect, LeaseToken, MsgRow, ProducerSeq, Redelivery, SqlError, SubRow,
     TopicAck, TxAckRow,
@@ -839,6 +839,50 @@ fn a_batch_written_twice_is_applied_once() {
         let ids: Vec<i64> = loaded.messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![1, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(loaded.topic_acks.len(), 1);
+        db
+    });
+}
+
+/// A batch's first attempt cannot meet its own rows (its ids are new), so
+/// a row already there under one of them is someone else's: writing over
+/// or skipping it would receipt a message never stored. The attempt fails
+/// whole (the writer then stops the broker), where a later attempt, after
+/// a COMMIT whose answer was lost, skips rows already there.
+#[test]
+fn a_first_attempt_meeting_a_row_it_did_not_write_commits_nothing() {
+    on_both(|db, _| async move {
+        hold_lease(&db).await;
+        insert_one(&db, 2).await;
+        let batch = Batch {
+            inserts: vec![message(1, 100), message(2, 100), message(3, 100)],
+            msg_deletes: vec![7],
+            ..Batch::default()
+        };
+        match write_batch_as(&db, &lease(), &batch, Attempt::First).await {
+            Err(SqlError::IdTaken(why)) => assert!(why.contains("1..=3"), "{why}"),
+            other => panic!("expected IdTaken, got {other:?}"),
+        }
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM ACTIVEMQ_MSGS WHERE ID IN (1, 3)").await,
+            0,
+            "nothing of the failed attempt is stored"
+        );
+        // Without the foreign row, the first attempt goes through.
+        let fresh = Batch {
+            inserts: vec![message(4, 100), message(5, 100)],
+            ..Batch::default()
+        };
+        write_batch_as(&db, &lease(), &fresh, Attempt::First)
+            .await
+            .expect("a first attempt");
+        // A later attempt skips what is there.
+        write_batch_as(&db, &lease(), &batch, Attempt::Again)
+            .await
+            .expect("a later attempt");
+        write_batch_as(&db, &lease(), &fresh, Attempt::Again)
+            .await
+            .expect("a later attempt of a committed batch");
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM ACTIVEMQ_MSGS").await, 5);
         db
     });
 }

@@ -71,10 +71,14 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Er
 }
 
 /// `opts` with TCP keepalive after [`KEEPALIVE_IDLE`], unless the URL set
-/// its own (`tcp_keepalive=`, in ms).
+/// its own (`tcp_keepalive=`, in ms), and `CLIENT_FOUND_ROWS` off.
 pub fn my_keepalive(opts: &Opts) -> OptsBuilder {
     let keep = opts.tcp_keepalive().or(Some(KEEPALIVE_IDLE));
-    OptsBuilder::from_opts(opts.clone()).tcp_keepalive(keep)
+    OptsBuilder::from_opts(opts.clone())
+        .tcp_keepalive(keep)
+        // Stated, whatever the URL says: a first write counts the rows it
+        // inserted, and a row already there must count 0 (`write::Attempt`).
+        .client_found_rows(false)
 }
 
 /// What every MySQL/MariaDB connection of a broker states at connect (the

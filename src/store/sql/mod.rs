@@ -320,6 +320,13 @@ pub enum SqlError {
     /// and this broker must stop serving.
     #[error("the master lease is no longer ours: {0}")]
     Fenced(String),
+    /// A new message's id is already in `ACTIVEMQ_MSGS`, a row this
+    /// broker did not write (another program writes into its tables):
+    /// nothing was committed, and this broker must stop serving so that
+    /// the next master starts its ids above every row (see
+    /// `write::Attempt`).
+    #[error("message ids already in ACTIVEMQ_MSGS, not written by this broker: {0}")]
+    IdTaken(String),
     /// Tables are missing and `store.create_tables = false` forbids making
     /// them (a setting to fix, or DDL for the operator to run).
     #[error("the database lacks {0}; create it (README, High availability (shared database)) or set store.create_tables = true")]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::conn::Db;
+use super::write::Attempt;
 use super::{shard_store, Batch, LeaseToken, SqlError};
 use crate::store::journal::StoreUsage;
 
@@ -107,9 +108,13 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let stats = &lane.usage.db;
+    let mut attempt = Attempt::First;
     loop {
         let started = std::time::Instant::now();
-        let result = super::write::write_batch(&lane.db, &lane.lease, batch).await;
+        let result = super::write::write_batch_as(&lane.db, &lane.lease, batch, attempt).await;
+        // Whatever happened, the transaction may have committed unheard
+        // of: from now on every statement skips what is there.
+        attempt = Attempt::Again;
         match result {
             Ok(()) => {
                 let took = started.elapsed();
@@ -145,6 +150,16 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
                 stats.conflicts.fetch_add(1, Relaxed);
                 continue;
             }
+            Err(SqlError::IdTaken(why)) => {
+                // Skipping the row would receipt a message never stored;
+                // the next master (the standby, or this one restarted)
+                // reads every row and starts its ids above them, and
+                // producers resend what was not receipted.
+                error!(role = "master", reason = %why, "another program writes into ACTIVEMQ_MSGS; stopping now, without draining");
+                crate::ha::fence::revoke();
+                // SAFETY: _exit has no preconditions and never returns.
+                unsafe { libc::_exit(3) }
+            }
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
                 // As `server::fenced`: the answer gate closed first, then
@@ -178,8 +193,34 @@ const SLOW_TRANSACTION: Duration = Duration::from_millis(500);
 /// A deadlock or serialization failure (MySQL/MariaDB 1213, PostgreSQL
 /// 40P01 / 40001): the transaction was chosen to abort, and may go again.
 fn is_conflict(reason: &str) -> bool {
-    reason.contains("1213")
-        || reason.contains("Deadlock")
-        || reason.contains("40P01")
-        || reason.contains("40001")
+    // As mysql_async ("ERROR 1213 (40001): ...") and `conn::pg_reason`
+    // ("... (SQLSTATE 40P01)") put them: a message that merely contains
+    // the digits is not retried without a pause.
+    reason.contains("ERROR 1213 (")
+        || reason.contains("SQLSTATE 40P01")
+        || reason.contains("SQLSTATE 40001")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_told_from_other_failures() {
+        // As `conn::pg_reason` and mysql_async put them.
+        assert!(is_conflict("ERROR: deadlock detected (SQLSTATE 40P01)"));
+        assert!(is_conflict(
+            "ERROR: could not serialize access due to concurrent update (SQLSTATE 40001)"
+        ));
+        assert!(is_conflict(
+            "Server error: `ERROR 1213 (40001): Deadlock found when trying to get lock; try restarting transaction'"
+        ));
+        assert!(!is_conflict(
+            "Server error: `ERROR 1062 (23000): Duplicate entry '1213' for key 'PRIMARY''"
+        ));
+        assert!(!is_conflict(
+            "ERROR: value 40001 out of range (SQLSTATE 22003)"
+        ));
+        assert!(!is_conflict("Input/output error: broken pipe"));
+    }
 }
