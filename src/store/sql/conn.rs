@@ -557,5 +557,10 @@ mod keepalive_tests {
             &Opts::from_url("mysql://u:p@h/db?tcp_keepalive=60000").unwrap(),
         ));
         assert_eq!(o.tcp_keepalive(), Some(Duration::from_secs(60)));
+        // A first write counts rows inserted (`write::Attempt`).
+        let o = Opts::from(my_keepalive(
+            &Opts::from_url("mysql://u:p@h/db?client_found_rows=true").unwrap(),
+        ));
+        assert!(!o.client_found_rows());
     }
 }

@@ -156,6 +156,10 @@ pub async fn write_batch(db: &Db, lease: &LeaseToken, batch: &Batch) -> Result<(
     write_batch_as(db, lease, batch, Attempt::Again).await
 }
 
+/// What a failed COMMIT of a write is called ([`SqlError::Query::what`]):
+/// the one failure after which a batch may have committed unheard of.
+pub const COMMIT: &str = "commit a write";
+
 /// Whether a batch may already be (partly) in the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -215,7 +219,7 @@ pub async fn write_batch_as(
                 return Err(e);
             }
             mysql_apply(&mut tx, &batch, attempt).await?;
-            tx.commit().await.map_err(my_err("commit a write"))
+            tx.commit().await.map_err(my_err(COMMIT))
         }
         Db::Postgres(pool) => {
             let mut guard = pool.get().await?;
@@ -226,7 +230,10 @@ pub async fn write_batch_as(
                     reason,
                 }) = &written
                 {
-                    if reason.contains("SQLSTATE 23505") {
+                    // The primary key's (PostgreSQL names it so unless
+                    // an operator renamed it); a unique index an operator
+                    // added stays a query error, retried as before.
+                    if reason.contains("SQLSTATE 23505") && reason.contains("activemq_msgs_pkey") {
                         written = Err(SqlError::IdTaken(format!(
                             "{} ({reason})",
                             id_range(&batch.b.inserts)
@@ -277,7 +284,7 @@ async fn pg_write(
         return Err(e);
     }
     pg_apply(&tx, &stmts, batch, attempt).await?;
-    tx.commit().await.map_err(pg_err("commit a write"))
+    tx.commit().await.map_err(pg_err(COMMIT))
 }
 
 /// The ids of `rows`, for an error.

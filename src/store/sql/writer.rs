@@ -112,9 +112,7 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
     loop {
         let started = std::time::Instant::now();
         let result = super::write::write_batch_as(&lane.db, &lane.lease, batch, attempt).await;
-        // Whatever happened, the transaction may have committed unheard
-        // of: from now on every statement skips what is there.
-        attempt = Attempt::Again;
+        attempt = next_attempt(attempt, &result);
         match result {
             Ok(()) => {
                 let took = started.elapsed();
@@ -187,6 +185,20 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
     }
 }
 
+/// How the batch goes next after `result`. Only a COMMIT that failed
+/// leaves its outcome unknown (it may have committed unheard of); every
+/// other failure (no connection, BEGIN, the lease read, a statement, a
+/// deadlock) rolled the transaction back, so the next attempt is still a
+/// first one and still finds a foreign row under its ids (review: going
+/// [`Attempt::Again`] after a deadlock would have skipped it and receipted
+/// the message).
+fn next_attempt(attempt: Attempt, result: &Result<(), SqlError>) -> Attempt {
+    match result {
+        Err(SqlError::Query { what, .. }) if *what == super::write::COMMIT => Attempt::Again,
+        _ => attempt,
+    }
+}
+
 /// A write transaction this slow is logged.
 const SLOW_TRANSACTION: Duration = Duration::from_millis(500);
 
@@ -204,6 +216,40 @@ fn is_conflict(reason: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_commit_makes_the_next_attempt_skip_rows() {
+        let q = |what: &'static str| -> Result<(), SqlError> {
+            Err(SqlError::Query {
+                what,
+                reason: "ERROR: deadlock detected (SQLSTATE 40P01)".into(),
+            })
+        };
+        let first = Attempt::First;
+        assert_eq!(
+            next_attempt(first, &q(super::super::write::COMMIT)),
+            Attempt::Again
+        );
+        for what in [
+            "connect for a write",
+            "begin a write",
+            "read the lease",
+            "insert messages",
+            "delete messages",
+        ] {
+            assert_eq!(next_attempt(first, &q(what)), Attempt::First, "{what}");
+        }
+        let down: Result<(), SqlError> = Err(SqlError::Connect {
+            url: "u".into(),
+            reason: "refused".into(),
+        });
+        assert_eq!(next_attempt(first, &down), Attempt::First);
+        assert_eq!(next_attempt(first, &Ok(())), Attempt::First);
+        assert_eq!(
+            next_attempt(Attempt::Again, &q("insert messages")),
+            Attempt::Again
+        );
+    }
 
     #[test]
     fn conflicts_are_told_from_other_failures() {
