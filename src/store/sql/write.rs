@@ -667,14 +667,17 @@ async fn flush_text(
 
 // ----------------------------------------------------------- PostgreSQL
 
-const PG_INSERT_MSGS: &str = "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) \
-     SELECT id, c, 'brokk', id, e, m, p, x \
-     FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x) \
-     ON CONFLICT (ID) DO NOTHING";
+/// The messages' INSERT, as a literal both forms below extend.
+macro_rules! pg_insert_msgs {
+    () => {
+        "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) \
+         SELECT id, c, 'brokk', id, e, m, p, x \
+         FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x)"
+    };
+}
+const PG_INSERT_MSGS: &str = concat!(pg_insert_msgs!(), " ON CONFLICT (ID) DO NOTHING");
 /// [`PG_INSERT_MSGS`] for a batch's first attempt (see [`Attempt`]).
-const PG_INSERT_NEW_MSGS: &str = "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) \
-     SELECT id, c, 'brokk', id, e, m, p, x \
-     FROM unnest($1::bigint[], $2::varchar[], $3::bigint[], $4::bytea[], $5::bigint[], $6::varchar[]) AS t(id, c, e, m, p, x)";
+const PG_INSERT_NEW_MSGS: &str = pg_insert_msgs!();
 const PG_TOPIC_ACKS: &str = "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NAME) \
      SELECT * FROM unnest($1::bigint[], $2::varchar[], $3::varchar[]) ON CONFLICT DO NOTHING";
 const PG_REDELIVERIES: &str = "INSERT INTO BROKK_REDELIVERIES (ID, SUB_KEY, COUNT) \

@@ -154,18 +154,11 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
                 // reads every row and starts its ids above them, and
                 // producers resend what was not receipted.
                 error!(role = "master", reason = %why, "another program writes into ACTIVEMQ_MSGS; stopping now, without draining");
-                crate::ha::fence::revoke();
-                // SAFETY: _exit has no preconditions and never returns.
-                unsafe { libc::_exit(3) }
+                stop_serving()
             }
             Err(SqlError::Fenced(why)) => {
                 error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
-                // As `server::fenced`: the answer gate closed first, then
-                // `_exit` (exit code 3), no exit handlers or destructors
-                // while the shards still serve.
-                crate::ha::fence::revoke();
-                // SAFETY: _exit has no preconditions and never returns.
-                unsafe { libc::_exit(3) }
+                stop_serving()
             }
             Err(e) => {
                 failures += 1;
@@ -183,6 +176,14 @@ async fn write_until_done(lane: &Lane, batch: &Batch) {
             }
         }
     }
+}
+
+/// As `server::fenced`: the answer gate closed first, then `_exit` (exit
+/// code 3), no exit handlers or destructors while the shards still serve.
+fn stop_serving() -> ! {
+    crate::ha::fence::revoke();
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { libc::_exit(3) }
 }
 
 /// How the batch goes next after `result`. Only a COMMIT that failed
