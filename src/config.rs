@@ -287,6 +287,11 @@ pub struct StoreConfig {
     /// writer is idle (microseconds; 0 = write at once). Under load batches
     /// form by themselves while the previous transaction commits.
     pub linger_us: u64,
+    /// Database modes: whether a transaction begins while the one before
+    /// it commits: `auto` (when the database's round trip, measured at
+    /// start, is 200 us or more: on another host), `always`, `never`.
+    /// Needs `pool_size` above twice the shards.
+    pub overlap: crate::store::sql::writer::Overlap,
     /// zk mode: when a persistent message counts as stored (see
     /// [`SyncMode`]).
     pub sync: SyncMode,
@@ -443,11 +448,12 @@ impl Default for StoreConfig {
             limit_bytes: 8 * 1024 * 1024 * 1024,
             skip_corrupt: false,
             url: None,
-            pool_size: 4,
+            pool_size: 8,
             create_tables: true,
             indexes: crate::store::sql::schema::Indexes::Minimal,
             batch_max_rows: 4096,
             linger_us: 0,
+            overlap: crate::store::sql::writer::Overlap::Auto,
             sync: SyncMode::QuorumMem,
             spool_dir: None,
         }

@@ -60,6 +60,9 @@ pub struct Options {
     /// For `mysql`/`postgres`: the database to use instead of a fresh one
     /// on the local server (started through `ops/services.sh`).
     pub db_url: Option<String>,
+    /// For `mysql`/`postgres` without `db_url`: the brokers reach the
+    /// database through [`crate::relay`], this round trip late.
+    pub db_rtt: Option<Duration>,
     /// Every broker also listens for STOMP over TLS (bench's own
     /// certificate), and `brokers()` names those listeners.
     pub tls: bool,
@@ -165,8 +168,16 @@ impl BenchDb {
 
     fn url(&self) -> String {
         match self.mode {
-            Mode::Mysql => format!("mysql://brokk:brokk@127.0.0.1:3306/{}", self.name),
-            _ => format!("postgres://brokk:brokk@127.0.0.1:5432/{}", self.name),
+            Mode::Mysql => format!("mysql://brokk:brokk@{}/{}", self.address(), self.name),
+            _ => format!("postgres://brokk:brokk@{}/{}", self.address(), self.name),
+        }
+    }
+
+    /// Where the local server listens (ops/services.sh).
+    fn address(&self) -> &'static str {
+        match self.mode {
+            Mode::Mysql => "127.0.0.1:3306",
+            _ => "127.0.0.1:5432",
         }
     }
 
@@ -281,7 +292,13 @@ impl Cluster {
                     Some(u) => u,
                     None => {
                         let db = BenchDb::make(mode)?;
-                        let url = db.url();
+                        let url = match opts.db_rtt {
+                            Some(rtt) => {
+                                let port = crate::relay::start(db.address().parse()?, rtt / 2)?;
+                                db.url().replace(db.address(), &format!("127.0.0.1:{port}"))
+                            }
+                            None => db.url(),
+                        };
                         cluster.made_db = Some(db);
                         url
                     }

@@ -11,6 +11,7 @@ mod drain;
 mod openwire;
 mod openwire_load;
 mod producer;
+mod relay;
 mod report;
 mod sink;
 mod stomp;
@@ -68,6 +69,11 @@ struct Args {
     /// on the local server (started through ops/services.sh).
     #[arg(long)]
     db_url: Option<String>,
+    /// With --mode mysql|postgres and no --db-url: the brokers reach the
+    /// database through a relay that holds bytes back half of this in
+    /// each direction, as if it ran on another host.
+    #[arg(long)]
+    db_rtt_us: Option<u64>,
     /// SIGKILL the current master once this many messages are receipted
     /// (needs --mode file, mysql, postgres or zk without --brokers); reports
     /// the failover gap.
@@ -296,6 +302,15 @@ fn run(args: Args) -> Result<()> {
     if args.producers == 0 || args.window == 0 {
         bail!("--producers and --window must be at least 1");
     }
+    if args.db_rtt_us.is_some()
+        && (!matches!(
+            args.mode,
+            Some(cluster::Mode::Mysql | cluster::Mode::Postgres)
+        ) || args.brokers.is_some()
+            || args.db_url.is_some())
+    {
+        bail!("--db-rtt-us needs --mode mysql or postgres, without --brokers or --db-url");
+    }
     if args.sync.is_some() && (args.mode != Some(cluster::Mode::Zk) || args.brokers.is_some()) {
         bail!("--sync needs --mode zk and no --brokers");
     }
@@ -305,6 +320,7 @@ fn run(args: Args) -> Result<()> {
             &cluster::Options {
                 shards: args.shards,
                 db_url: args.db_url.clone(),
+                db_rtt: args.db_rtt_us.map(Duration::from_micros),
                 tls: args.tls,
                 sync: args.sync,
             },

@@ -212,6 +212,7 @@ async fn metrics(State(state): St) -> Response {
                 rows: d.rows.load(Ordering::Relaxed),
                 commit_us: d.commit_us.load(Ordering::Relaxed),
                 conflicts: d.conflicts.load(Ordering::Relaxed),
+                overlapped: d.overlapped.load(Ordering::Relaxed),
                 failures: d.failures.load(Ordering::Relaxed),
                 unavailable_lanes: state.store_usage.unavailable.load(Ordering::Relaxed) as u64,
             }

@@ -34,6 +34,7 @@ pub struct DbFigures {
     pub rows: u64,
     pub commit_us: u64,
     pub conflicts: u64,
+    pub overlapped: u64,
     pub failures: u64,
     pub unavailable_lanes: u64,
 }
@@ -183,10 +184,11 @@ impl Collector for SnapshotCollector {
         }
 
         if let Some(db) = &s.db {
-            let counters: [(&str, &str, u64); 4] = [
+            let counters: [(&str, &str, u64); 5] = [
                 ("db_transactions", "Write transactions the database writer committed", db.transactions),
                 ("db_rows", "Rows those transactions wrote or deleted", db.rows),
                 ("db_conflicts", "Transactions the database aborted as deadlock or serialization victims, written again at once", db.conflicts),
+                ("db_overlapped_transactions", "Transactions that began while the one before them on their lane was still committing", db.overlapped),
                 ("db_write_failures", "Failed writes (database unreachable, an error), retried until they succeed", db.failures),
             ];
             for (name, help, v) in counters {
@@ -195,7 +197,7 @@ impl Collector for SnapshotCollector {
             }
             let m = enc.encode_descriptor(
                 "db_commit_seconds",
-                "Time spent writing and committing those transactions",
+                "Time spent writing and committing those transactions (overlapped ones each count their own)",
                 None,
                 MetricType::Counter,
             )?;

@@ -1,9 +1,10 @@
 //! A shard in a database mode: its state rebuilt from the tables at
 //! takeover, and its flusher, which hands each batch of rows to its lane of
 //! the writer on the side runtime and releases the receipts that waited for
-//! it once it committed. One batch in flight per shard: what arrives
-//! meanwhile joins the next one (the lanes of all shards commit side by
-//! side, and the database groups their commits).
+//! it once it committed. One batch in flight per shard, and while it
+//! commits the next one (see [`flusher`]): what arrives meanwhile joins
+//! the next one (the lanes of all shards commit side by side, and the
+//! database groups their commits).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -230,47 +231,165 @@ async fn write_pending(
     s: &Rc<RefCell<DbShardStore>>,
     writer: &flume::Sender<WriteRequest>,
 ) -> bool {
+    let Some(flight) = hand_over(s, writer).await else {
+        return false;
+    };
+    if flight.done.recv_async().await.is_err() {
+        return false;
+    }
+    s.borrow_mut().committed(flight.upto);
+    true
+}
+
+/// A batch handed to the writer, not answered yet.
+struct Flight {
+    /// The sequence number it makes durable.
+    upto: u64,
+    /// Fires once its transaction is about to COMMIT (a lane that
+    /// overlaps its transactions, see `writer`); closes unfired otherwise.
+    committing: Option<flume::Receiver<()>>,
+    /// Whether `committing` fired: the lane may begin the next batch.
+    next_welcome: bool,
+    /// Fires once it committed; closes if the writer is gone.
+    done: flume::Receiver<()>,
+}
+
+/// Hands what is pending now to the writer. None when nothing is pending
+/// (or the writer is gone, which only happens when the process ends).
+async fn hand_over(
+    s: &Rc<RefCell<DbShardStore>>,
+    writer: &flume::Sender<WriteRequest>,
+) -> Option<Flight> {
     let (batch, upto) = {
         let mut s = s.borrow_mut();
         if !s.has_pending() {
-            return false;
+            return None;
         }
         s.take()
     };
     let (reply, done) = flume::bounded(1);
-    if writer
-        .send_async(WriteRequest { batch, reply })
+    let (committing, committing_rx) = flume::bounded(1);
+    writer
+        .send_async(WriteRequest {
+            batch,
+            reply,
+            committing,
+        })
         .await
-        .is_err()
-    {
-        // The writer is gone only when the process ends.
-        return false;
-    }
-    if done.recv_async().await.is_err() {
-        return false;
-    }
-    s.borrow_mut().committed(upto);
-    true
+        .ok()?;
+    Some(Flight {
+        upto,
+        committing: Some(committing_rx),
+        next_welcome: false,
+        done,
+    })
 }
 
-/// The database mode's flusher: a batch at a time, receipts after COMMIT.
+/// What the flusher waits for.
+enum Event {
+    /// The oldest batch in flight committed (false: the writer is gone).
+    Answered(bool),
+    /// The oldest batch is about to COMMIT (false: it will not say).
+    Committing(bool),
+    /// More to write (empty: the shard closes).
+    Woken(Vec<()>),
+}
+
+/// The database mode's flusher: a batch at a time, receipts after COMMIT,
+/// and while one commits, the next one. A batch is whatever came since the
+/// one before was taken, so batches grow with load; the next one is taken
+/// only once the lane says the one in flight is about to COMMIT (it begins
+/// the next one then, see `writer`): taken sooner it would be smaller, and
+/// a message sent and consumed before its batch is taken costs the
+/// database nothing (measured: at the closed-loop peak handing batches over
+/// as they came cost 15-20% of the throughput). A lane that does not
+/// overlap (or zk mode's leader) never says so: one batch at a time.
 pub async fn flusher(
     ctx: Rc<ShardContext>,
     s: Rc<RefCell<DbShardStore>>,
     writer: flume::Sender<WriteRequest>,
 ) {
     let mut spare = Vec::new();
+    let mut in_flight: std::collections::VecDeque<Flight> = std::collections::VecDeque::new();
+    let mut closing = false;
     loop {
-        let woken = ctx.flush_wakeup.take_all(spare).await;
-        let closing = woken.is_empty();
-        spare = woken;
-        spare.clear();
-        while write_pending(&s, &writer).await {
-            let durable = s.borrow().durable();
-            release_durable(&ctx, durable);
+        let may_hand_over = match in_flight.len() {
+            0 => true,
+            1 => in_flight[0].next_welcome,
+            _ => false,
+        };
+        if may_hand_over {
+            if let Some(flight) = hand_over(&s, &writer).await {
+                in_flight.push_back(flight);
+                continue;
+            }
         }
-        if closing {
-            return;
+        let Some(oldest) = in_flight.front() else {
+            if closing {
+                return;
+            }
+            let woken = ctx.flush_wakeup.take_all(std::mem::take(&mut spare)).await;
+            closing = woken.is_empty();
+            spare = woken;
+            continue;
+        };
+        let answered = async { Event::Answered(oldest.done.recv_async().await.is_ok()) };
+        let committing = async {
+            match oldest.committing.as_ref() {
+                Some(c) if in_flight.len() == 1 && !oldest.next_welcome => {
+                    Event::Committing(c.recv_async().await.is_ok())
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        let listen = may_hand_over && !closing;
+        let spare_now = if listen {
+            std::mem::take(&mut spare)
+        } else {
+            Vec::new()
+        };
+        let woken = async {
+            if listen {
+                Event::Woken(ctx.flush_wakeup.take_all(spare_now).await)
+            } else {
+                std::future::pending().await
+            }
+        };
+        let event =
+            futures_lite::future::or(answered, futures_lite::future::or(committing, woken)).await;
+        match event {
+            Event::Woken(woken) => {
+                closing = woken.is_empty();
+                spare = woken;
+            }
+            Event::Committing(said) => {
+                if let Some(f) = in_flight.front_mut() {
+                    if said {
+                        f.next_welcome = true;
+                    } else {
+                        f.committing = None;
+                    }
+                }
+            }
+            Event::Answered(false) => return,
+            Event::Answered(true) => {
+                // Both answered at once (the lane merged them) or one after
+                // the other: one release for all that are in.
+                let mut upto = in_flight.pop_front().map_or(0, |f| f.upto);
+                if let Some(f) = in_flight.front() {
+                    match f.done.try_recv() {
+                        Ok(()) => {
+                            upto = f.upto;
+                            in_flight.pop_front();
+                        }
+                        Err(flume::TryRecvError::Empty) => {}
+                        Err(flume::TryRecvError::Disconnected) => return,
+                    }
+                }
+                s.borrow_mut().committed(upto);
+                let durable = s.borrow().durable();
+                release_durable(&ctx, durable);
+            }
         }
     }
 }

@@ -586,6 +586,21 @@ fn db_take_over(
         side::block_on(async move { sql::conn::connect(&url, pool, idle).await })??
     };
     let db = Arc::new(db);
+    let overlap = {
+        let db = db.clone();
+        // At start, not on the failover's path; the least of a few.
+        let round_trip = side::block_on(async move { sql::conn::round_trip(&db).await })?;
+        let overlap = config.store.overlap.decide(
+            config.store.pool_size,
+            config.shard_count(),
+            round_trip.unwrap_or_default(),
+        );
+        info!(
+            round_trip_us = round_trip.map_or(0, |d| d.as_micros() as u64),
+            overlap, "database round trip measured"
+        );
+        overlap
+    };
     if config.store.create_tables {
         let db = db.clone();
         let indexes = config.store.indexes;
@@ -617,7 +632,7 @@ fn db_take_over(
         let token = token.clone();
         let cfg = lease_cfg.clone();
         let db = db.clone();
-        let connections = takeover_connections(config);
+        let connections = takeover_connections(config, overlap);
         side::block_on(async move {
             // While it waits, a PostgreSQL standby keeps the messages'
             // index swept, so that its takeover reads only live rows
@@ -675,14 +690,14 @@ fn db_take_over(
     let read_started = Instant::now();
     let mut loaded = {
         let db = db.clone();
-        let lanes = writer_lanes(config);
+        let connections = writer_connections(config, overlap);
         side::block_on(async move {
             // The writer lanes' connections open while the tables are read;
             // a login that hangs must not hold the takeover up once the
             // tables are read (dropping a half-warmed connection is safe).
             let mut warm = tokio::spawn({
                 let db = db.clone();
-                async move { sql::write::warm(&db, lanes).await }
+                async move { sql::write::warm(&db, connections).await }
             });
             let loaded = sql::load::load(&db, Some(spill)).await;
             if tokio::time::timeout(Duration::from_millis(100), &mut warm)
@@ -710,6 +725,7 @@ fn db_take_over(
         writer::WriterConfig {
             max_rows: config.store.batch_max_rows,
             linger: Duration::from_micros(config.store.linger_us),
+            overlap,
         },
         usage,
         config.shard_count(),
@@ -721,17 +737,17 @@ fn db_take_over(
     ))
 }
 
-/// The writer lanes whose connections a takeover opens while it reads the
-/// tables. One connection stays for the reads: never wait on each other.
-fn writer_lanes(config: &Config) -> usize {
-    config
-        .shard_count()
-        .min(config.store.pool_size.saturating_sub(1))
+/// The writer's connections a takeover opens while it reads the tables:
+/// one a lane, two when lanes overlap. One connection stays for the
+/// reads: never wait on each other.
+fn writer_connections(config: &Config, overlap: bool) -> usize {
+    let per_lane = if overlap { 2 } else { 1 };
+    (config.shard_count() * per_lane).min(config.store.pool_size.saturating_sub(1))
 }
 
-/// The connections a takeover uses at once: the reads' and the lanes'.
-fn takeover_connections(config: &Config) -> usize {
-    writer_lanes(config) + 1
+/// The connections a takeover uses at once: the reads' and the writer's.
+fn takeover_connections(config: &Config, overlap: bool) -> usize {
+    writer_connections(config, overlap) + 1
 }
 
 /// Puts the rows read at a takeover in send order. Ids carry the issuing

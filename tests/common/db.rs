@@ -412,28 +412,24 @@ impl Producer {
 
     /// Follows whichever of `brokers` serves (zk mode has three).
     pub fn start_any(brokers: Vec<SocketAddr>) -> Producer {
+        Producer::start_from(brokers, 0)
+    }
+
+    /// [`Producer::start_any`], numbering its messages from `first` (so
+    /// that several producers' never meet).
+    pub fn start_from(brokers: Vec<SocketAddr>, first: u64) -> Producer {
         let receipted: Arc<Mutex<Vec<u64>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let receipted = receipted.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut n = 0u64;
+                let mut n = first;
                 let mut which = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    // A broker killed between accepting and answering
-                    // CONNECT is a failover like any other.
-                    let Some(mut p) =
-                        Client::try_connect(brokers[which], &[("accept-version", "1.2")])
-                    else {
-                        which = (which + 1) % brokers.len();
-                        std::thread::sleep(Duration::from_millis(20));
+                    let Some(mut p) = connect_serving(&brokers, &mut which) else {
                         continue;
                     };
-                    if !p.is_connected() {
-                        which = (which + 1) % brokers.len();
-                        continue;
-                    }
                     while !stop.load(Ordering::Relaxed) {
                         let id = n.to_string();
                         p.frame(
@@ -492,6 +488,81 @@ impl Producer {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         self.receipted.lock().unwrap().clone()
+    }
+}
+
+/// A STOMP session with `brokers[*which]`, or None (and `which` moves on
+/// to the next) when it does not serve. A broker killed between accepting
+/// and answering CONNECT is a failover like any other.
+fn connect_serving(brokers: &[SocketAddr], which: &mut usize) -> Option<Client> {
+    match Client::try_connect(brokers[*which], &[("accept-version", "1.2")]) {
+        Some(c) if c.is_connected() => Some(c),
+        other => {
+            *which = (*which + 1) % brokers.len();
+            if other.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        }
+    }
+}
+
+/// Consumes `/queue/ha` as it fills, acknowledging each message, and
+/// follows whichever of `brokers` serves; what it got is in `got` (a
+/// message may come twice: one whose ACK a failover lost).
+pub struct Consumer {
+    pub got: Arc<Mutex<HashSet<u64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    pub fn start(brokers: [SocketAddr; 2]) -> Consumer {
+        let got: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let got = got.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut which = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(mut c) = connect_serving(&brokers, &mut which) else {
+                        continue;
+                    };
+                    c.subscribe(
+                        "live",
+                        "/queue/ha",
+                        "client-individual",
+                        &[("activemq.prefetchSize", "100")],
+                    );
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.recv_timeout(Duration::from_millis(500)) {
+                            Some(m) if m.command.as_str() == "MESSAGE" => {
+                                got.lock().unwrap().insert(body(&m).parse().unwrap());
+                                c.ack(&m);
+                            }
+                            // Nothing for a while: quiet, or the broker
+                            // is gone; look elsewhere.
+                            _ => {
+                                which = 1 - which;
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Consumer {
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> HashSet<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.got.lock().unwrap().clone()
     }
 }
 

@@ -152,6 +152,9 @@ pub struct DbWriteStats {
     /// Transactions the database aborted as deadlock or serialization
     /// victims, and that went again at once.
     pub conflicts: AtomicU64,
+    /// Transactions that began while the one before them was still
+    /// committing (see `store::sql::writer`).
+    pub overlapped: AtomicU64,
     /// Writes that failed (database unreachable, an error), then retried.
     pub failures: AtomicU64,
 }

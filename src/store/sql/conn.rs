@@ -241,6 +241,36 @@ pub async fn connect(
     }
 }
 
+/// The database's round trip: the least of a few trivial queries on one
+/// connection (least, not mean: what the network and the server cost, not
+/// what a busy machine's scheduler adds). None when the database does not
+/// answer.
+pub async fn round_trip(db: &Db) -> Option<Duration> {
+    const TRIES: usize = 20;
+    let mut least: Option<Duration> = None;
+    match db {
+        Db::MySql(pool) => {
+            let mut conn = pool.get_conn().await.ok()?;
+            for _ in 0..TRIES {
+                let t = std::time::Instant::now();
+                mysql_async::prelude::Queryable::query_drop(&mut conn, "SELECT 1")
+                    .await
+                    .ok()?;
+                least = Some(least.map_or(t.elapsed(), |l| l.min(t.elapsed())));
+            }
+        }
+        Db::Postgres(pool) => {
+            let conn = pool.get().await.ok()?;
+            for _ in 0..TRIES {
+                let t = std::time::Instant::now();
+                conn.client.simple_query("SELECT 1").await.ok()?;
+                least = Some(least.map_or(t.elapsed(), |l| l.min(t.elapsed())));
+            }
+        }
+    }
+    least
+}
+
 impl Db {
     pub fn dialect(&self) -> Dialect {
         match self {

@@ -188,7 +188,28 @@ pub async fn write_batch_as(
     batch: &Batch,
     attempt: Attempt,
 ) -> Result<(), SqlError> {
-    let batch = Deduped::new(batch);
+    write_after(db, lease, batch, attempt, async {}, || {}).await
+}
+
+/// [`write_batch_as`] overlapping the transaction before it (a writer
+/// lane's, see `writer`): the batch's new messages are inserted at once,
+/// while that one commits; only then is `before` awaited (it resolves once
+/// that transaction committed), and the rest of the batch (its deletes may
+/// name rows the previous one inserted), the lease check and the COMMIT
+/// follow. `committing` is called just before the COMMIT is sent.
+///
+/// The lease is read after `before`, right before the COMMIT, as in a
+/// transaction of its own: its share lock on the fence row is what a
+/// takeover waits for, and an expiry is judged by the database's clock at
+/// that moment, not when the inserts went out.
+pub async fn write_after(
+    db: &Db,
+    lease: &LeaseToken,
+    batch: &Batch,
+    attempt: Attempt,
+    before: impl std::future::Future<Output = ()>,
+    committing: impl FnOnce(),
+) -> Result<(), SqlError> {
     match db {
         Db::MySql(pool) => {
             let mut conn = pool
@@ -199,6 +220,8 @@ pub async fn write_batch_as(
                 .start_transaction(TxOpts::default())
                 .await
                 .map_err(my_err("begin a write"))?;
+            my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
+            before.await;
             // Prepared (once per connection): as text, its parse was
             // 100 of the 150 us it took of every transaction.
             let fence: Option<Row> = tx
@@ -218,29 +241,13 @@ pub async fn write_batch_as(
                 let _ = tx.rollback().await;
                 return Err(e);
             }
-            mysql_apply(&mut tx, &batch, attempt).await?;
+            my_apply_rest(&mut tx, &Deduped::new(batch)).await?;
+            committing();
             tx.commit().await.map_err(my_err(COMMIT))
         }
         Db::Postgres(pool) => {
             let mut guard = pool.get().await?;
-            let mut written = pg_write(&mut guard, lease, &batch, attempt).await;
-            if attempt == Attempt::First {
-                if let Err(SqlError::Query {
-                    what: "insert messages",
-                    reason,
-                }) = &written
-                {
-                    // The primary key's (PostgreSQL names it so unless
-                    // an operator renamed it); a unique index an operator
-                    // added stays a query error, retried as before.
-                    if reason.contains("SQLSTATE 23505") && reason.contains("activemq_msgs_pkey") {
-                        written = Err(SqlError::IdTaken(format!(
-                            "{} ({reason})",
-                            id_range(&batch.b.inserts)
-                        )));
-                    }
-                }
-            }
+            let written = pg_write(&mut guard, lease, batch, attempt, before, committing).await;
             if matches!(written, Err(SqlError::Query { .. })) {
                 // The retry prepares afresh: a statement prepared long ago
                 // (by this master, or by a waiting standby) fails for good
@@ -252,12 +259,16 @@ pub async fn write_batch_as(
     }
 }
 
-/// [`write_batch`] on PostgreSQL, on `guard`.
+/// [`write_after`] on PostgreSQL, on `guard`: BEGIN and the inserts (one
+/// round trip once BEGIN answered), then the lease read pipelined with the
+/// rest of the batch, then the COMMIT.
 async fn pg_write(
     guard: &mut PgConn,
     lease: &LeaseToken,
-    batch: &Deduped<'_>,
+    batch: &Batch,
     attempt: Attempt,
+    before: impl std::future::Future<Output = ()>,
+    committing: impl FnOnce(),
 ) -> Result<(), SqlError> {
     let stmts = pg_prepare_all(guard).await?;
     let tx = guard
@@ -265,11 +276,17 @@ async fn pg_write(
         .transaction()
         .await
         .map_err(pg_err("begin a write"))?;
-    let row = tx
-        .query_opt(&stmts.fence, &[])
-        .await
-        .map_err(pg_err("read the lease"))?;
+    let inserts = pg_insert_calls(&stmts, &batch.inserts, attempt);
+    if let Err(e) = pg_run(&tx, &inserts).await {
+        return Err(pg_id_taken(e, &batch.inserts, attempt));
+    }
+    drop(inserts);
+    before.await;
+    let batch = Deduped::new(batch);
+    let rest = pg_rest_calls(&stmts, &batch);
+    let (row, applied) = join2(tx.query_opt(&stmts.fence, &[]), pg_run(&tx, &rest)).await;
     let e = pg_err("read the lease");
+    let row = row.map_err(&e)?;
     let holder = match row {
         None => None,
         Some(r) => Some(Fence {
@@ -279,12 +296,69 @@ async fn pg_write(
             now: r.try_get(3).map_err(&e)?,
         }),
     };
+    // The lease first: a statement that failed because another broker
+    // is master now (it deleted our rows, say) is reported as that.
     if let Err(e) = check_lease(lease, holder) {
         let _ = tx.rollback().await;
         return Err(e);
     }
-    pg_apply(&tx, &stmts, batch, attempt).await?;
+    applied?;
+    committing();
     tx.commit().await.map_err(pg_err(COMMIT))
+}
+
+/// A failed first insert of `rows`: PostgreSQL's unique violation of the
+/// primary key means a row already there under one of our new ids
+/// ([`SqlError::IdTaken`]).
+fn pg_id_taken(e: SqlError, rows: &[MsgRow], attempt: Attempt) -> SqlError {
+    if attempt == Attempt::First {
+        if let SqlError::Query {
+            what: "insert messages",
+            reason,
+        } = &e
+        {
+            // The primary key's (PostgreSQL names it so unless an operator
+            // renamed it); a unique index an operator added stays a query
+            // error, retried as before.
+            if reason.contains("SQLSTATE 23505") && reason.contains("activemq_msgs_pkey") {
+                return SqlError::IdTaken(format!("{} ({reason})", id_range(rows)));
+            }
+        }
+    }
+    e
+}
+
+/// Polls `a`, then `b`, until both are done: requests they send go out in
+/// that order (pipelined on one PostgreSQL connection).
+async fn join2<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    match (ra, rb) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("poll_fn returns only once both are done"),
+    }
 }
 
 /// The ids of `rows`, for an error.
@@ -421,13 +495,13 @@ async fn my_exec(
         .map_err(my_err(what))
 }
 
-async fn mysql_apply(
+/// A batch's messages, first in its transaction (see [`write_after`]).
+async fn my_insert_msgs(
     tx: &mut mysql_async::Transaction<'_>,
-    d: &Deduped<'_>,
+    inserts: &[MsgRow],
     attempt: Attempt,
 ) -> Result<(), SqlError> {
-    let b = d.b;
-    for chunk in msg_chunks(&b.inserts) {
+    for chunk in msg_chunks(inserts) {
         let sql = values_sql(
             "INSERT INTO ACTIVEMQ_MSGS (ID, CONTAINER, MSGID_PROD, MSGID_SEQ, EXPIRATION, MSG, PRIORITY, XID) VALUES ",
             "(?,?,'brokk',?,?,?,?,?)",
@@ -454,6 +528,15 @@ async fn mysql_apply(
             return Err(SqlError::IdTaken(id_range(chunk)));
         }
     }
+    Ok(())
+}
+
+/// Everything in a batch but its messages, in [`Batch`]'s order.
+async fn my_apply_rest(
+    tx: &mut mysql_async::Transaction<'_>,
+    d: &Deduped<'_>,
+) -> Result<(), SqlError> {
+    let b = d.b;
     for chunk in b.topic_acks.chunks(ROW_CHUNK) {
         let sql = values_sql(
             "INSERT INTO BROKK_TOPIC_ACKS (ID, CLIENT_ID, SUB_NAME) VALUES ",
@@ -806,15 +889,13 @@ fn tx_ack_columns(chunk: &[TxAckRow]) -> Params {
     vec![Box::new(txs), Box::new(ids), Box::new(keys)]
 }
 
-async fn pg_apply(
-    tx: &tokio_postgres::Transaction<'_>,
-    s: &PgStmts,
-    d: &Deduped<'_>,
-    attempt: Attempt,
-) -> Result<(), SqlError> {
-    let b = d.b;
-    let mut calls: Vec<(&'static str, &tokio_postgres::Statement, Params)> = Vec::new();
-    for chunk in msg_chunks(&b.inserts) {
+/// One statement to send: what it does (for an error), and its arguments.
+type PgCall<'s> = (&'static str, &'s tokio_postgres::Statement, Params);
+
+/// A batch's messages (see [`write_after`]).
+fn pg_insert_calls<'s>(s: &'s PgStmts, inserts: &[MsgRow], attempt: Attempt) -> Vec<PgCall<'s>> {
+    let mut calls: Vec<PgCall<'s>> = Vec::new();
+    for chunk in msg_chunks(inserts) {
         let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
         let containers: Vec<String> = chunk.iter().map(|m| m.container.clone()).collect();
         let exps: Vec<i64> = chunk.iter().map(|m| m.expiration).collect();
@@ -839,6 +920,13 @@ async fn pg_apply(
             ],
         ));
     }
+    calls
+}
+
+/// Everything in a batch but its messages, in [`Batch`]'s order.
+fn pg_rest_calls<'s>(s: &'s PgStmts, d: &Deduped<'_>) -> Vec<PgCall<'s>> {
+    let b = d.b;
+    let mut calls: Vec<PgCall<'s>> = Vec::new();
     for chunk in b.topic_acks.chunks(ROW_CHUNK) {
         let ids: Vec<i64> = chunk.iter().map(|a| a.id).collect();
         let cids: Vec<String> = chunk.iter().map(|a| a.client_id.clone()).collect();
@@ -958,6 +1046,14 @@ async fn pg_apply(
             vec![Box::new(cs), Box::new(cids), Box::new(names)],
         ));
     }
+    calls
+}
+
+/// Sends `calls` on `tx`.
+async fn pg_run(
+    tx: &tokio_postgres::Transaction<'_>,
+    calls: &[PgCall<'_>],
+) -> Result<(), SqlError> {
     // Pipelined: every request is written before the first answer is
     // awaited; the server runs them in order, and after a failure the
     // rest fail too ("current transaction is aborted"): the first error

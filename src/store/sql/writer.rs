@@ -3,12 +3,14 @@
 //! checked inside, see [`super::write`]), and answers once it committed. While a
 //! transaction is in flight the next batches queue up, so batches grow with
 //! load by themselves (group commit); `linger_us` lets an idle writer wait
-//! a little for company.
+//! a little for company. A lane's next transaction may begin while the one
+//! before it commits (see [`run`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::conn::Db;
@@ -20,22 +22,67 @@ use crate::store::journal::StoreUsage;
 pub struct WriteRequest {
     pub batch: Batch,
     pub reply: flume::Sender<()>,
+    /// Told when the transaction carrying the batch is about to COMMIT,
+    /// if the lane overlaps its transactions: the shard may hand over the
+    /// next batch then (see `server::db_shard::flusher`).
+    pub committing: flume::Sender<()>,
 }
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub max_rows: usize,
     pub linger: Duration,
+    /// Whether a lane's next transaction may begin while the one before
+    /// it commits (two of the pool's connections a lane; see [`run`]).
+    pub overlap: bool,
+}
+
+/// `store.overlap`: whether a lane's next transaction begins while the one
+/// before it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// When the database's round trip is at least [`OVERLAP_FROM`]
+    /// (measured at start).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The round trip from which `auto` overlaps. Overlapping hides a
+/// transaction's BEGIN and INSERT round trips behind the COMMIT before
+/// it, but makes more, smaller transactions. Measured here (PostgreSQL,
+/// 8 producers at 20 000 msg/s through `bench --db-rtt-us 500`): p50 10.8
+/// -> 7.7 ms, p99 16.0 -> 12.5 ms; on loopback (a round trip of 30-60 us)
+/// 28% more transactions at 40 500 msg/s, p50 2.1-2.3 -> 2.5-2.8 ms, and
+/// 5-10% less closed-loop peak.
+pub const OVERLAP_FROM: Duration = Duration::from_micros(200);
+
+impl Overlap {
+    /// Whether `lanes` lanes overlap, given `pool_size` connections and
+    /// the database's `round_trip`. The pool must have two connections a
+    /// lane and one more for whatever else runs (recovery, reading spilled
+    /// messages back): with fewer a failed transaction, which goes again
+    /// on a fresh connection, could wait for one held by the transaction
+    /// after it, which waits for it.
+    pub fn decide(self, pool_size: usize, lanes: usize, round_trip: Duration) -> bool {
+        pool_size > 2 * lanes.max(1)
+            && match self {
+                Overlap::Auto => round_trip >= OVERLAP_FROM,
+                Overlap::Always => true,
+                Overlap::Never => false,
+            }
+    }
 }
 
 /// Starts the writer on the side runtime: `lanes` of it, one per shard,
-/// each writing its shard's batches in order, one transaction at a time,
-/// the lanes side by side (their transactions commit together in the
-/// database's group commit). Shards' rows are disjoint (a destination
-/// belongs to one shard), and what crosses shards (a transaction's parts
-/// and decision, a dead-letter copy and its original) waits for the other
-/// side to be durable before it goes on, so the lanes need no order
-/// between them.
+/// each writing its shard's batches in order, the lanes side by side
+/// (their transactions commit together in the database's group commit).
+/// Shards' rows are disjoint (a destination belongs to one shard), and
+/// what crosses shards (a transaction's parts and decision, a dead-letter
+/// copy and its original) waits for the other side to be durable before
+/// it goes on, so the lanes need no order between them.
 pub fn spawn(
     rt: &tokio::runtime::Handle,
     db: Arc<Db>,
@@ -47,11 +94,11 @@ pub fn spawn(
     (0..lanes.max(1))
         .map(|_| {
             let (tx, rx) = flume::unbounded();
-            let lane = Lane {
+            let lane = Arc::new(Lane {
                 db: db.clone(),
                 lease: lease.clone(),
                 usage: usage.clone(),
-            };
+            });
             rt.spawn(run(rx, lane, cfg.clone()));
             tx
         })
@@ -65,9 +112,30 @@ struct Lane {
     usage: Arc<StoreUsage>,
 }
 
-async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
+/// The lane's transaction before the one being gathered.
+struct Previous {
+    /// Fires (or closes) once it sent its COMMIT, or ended.
+    committing: oneshot::Receiver<()>,
+    /// Fires once it committed and answered; closes only if its task died.
+    done: oneshot::Receiver<()>,
+}
+
+/// One lane. A batch is gathered from whatever queued while the previous
+/// transaction ran, so batches grow with load (group commit). With
+/// `overlap`, gathering starts as soon as the previous transaction sends
+/// its COMMIT, and the next one inserts its messages while that COMMIT is
+/// on its way to disk (about a third of a transaction's time on
+/// PostgreSQL here); its other statements, whose deletes may name the
+/// previous one's rows, wait until that one committed. Not sooner: on
+/// MariaDB the previous one's deletes may lock every row (a full scan
+/// under REPEATABLE READ), and would wait for ours, which wait for them.
+async fn run(rx: flume::Receiver<WriteRequest>, lane: Arc<Lane>, cfg: WriterConfig) {
     let mut held: Option<WriteRequest> = None;
+    let mut previous: Option<Previous> = None;
     loop {
+        if let Some(p) = previous.as_mut() {
+            let _ = (&mut p.committing).await;
+        }
         let first = match held.take() {
             Some(r) => r,
             None => match rx.recv_async().await {
@@ -81,6 +149,7 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
         let mut rows = first.batch.rows();
         let mut merged = first.batch;
         let mut replies = vec![first.reply];
+        let mut told = vec![first.committing];
         while let Ok(r) = rx.try_recv() {
             if rows + r.batch.rows() > cfg.max_rows {
                 held = Some(r);
@@ -89,12 +158,154 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
             rows += r.batch.rows();
             merged.extend(r.batch);
             replies.push(r.reply);
+            told.push(r.committing);
         }
         shard_store::compact(&mut merged);
-        write_until_done(&lane, &merged).await;
-        for r in replies {
-            let _ = r.send(());
+        if replies.len() > 1 {
+            shard_store::cancel_merged(&mut merged);
         }
+        if !cfg.overlap {
+            // Never told: the shard waits for the answer.
+            drop(told);
+            write_until_done(&lane, &merged, Attempt::First).await;
+            for r in replies {
+                let _ = r.send(());
+            }
+            continue;
+        }
+        let (committing_tx, committing) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let before = previous.take().map(|p| p.done);
+        tokio::spawn(transaction(
+            lane.clone(),
+            merged,
+            replies,
+            before,
+            Committing {
+                lane: committing_tx,
+                shard: told,
+            },
+            done_tx,
+        ));
+        previous = Some(Previous { committing, done });
+    }
+}
+
+/// One overlapped transaction (see [`run`]): first as described there; if
+/// that fails for any reason but a lost lease or a foreign row, the batch
+/// goes again on its own, after the previous one, as without overlap.
+/// Answers its shard, then lets the next transaction go on.
+async fn transaction(
+    lane: Arc<Lane>,
+    batch: Batch,
+    replies: Vec<flume::Sender<()>>,
+    mut before: Option<oneshot::Receiver<()>>,
+    committing: Committing,
+    done: oneshot::Sender<()>,
+) {
+    let mut committing = Some(committing);
+    let started = std::time::Instant::now();
+    let result = super::write::write_after(
+        &lane.db,
+        &lane.lease,
+        &batch,
+        Attempt::First,
+        async {
+            match before.as_mut().map(|b| b.try_recv()) {
+                // Committed already (a received value is gone: not awaited again).
+                Some(Ok(())) => before = None,
+                Some(Err(oneshot::error::TryRecvError::Empty)) => {
+                    lane.usage.db.overlapped.fetch_add(1, Relaxed);
+                }
+                // Its task died (`wait_for` stops the broker), or none.
+                Some(Err(oneshot::error::TryRecvError::Closed)) | None => {}
+            }
+            wait_for(&mut before).await
+        },
+        || {
+            if let Some(c) = committing.take() {
+                c.tell();
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => lane.committed(&batch, started),
+        Err(e) => {
+            stop_if_final(&e);
+            let attempt = attempt_after(Attempt::First, &e);
+            if matches!(&e, SqlError::Query { reason, .. } if is_conflict(reason)) {
+                lane.usage.db.conflicts.fetch_add(1, Relaxed);
+            } else {
+                warn!(role = "master", error = %e, "database write failed; writing the batch again on its own");
+            }
+            wait_for(&mut before).await;
+            write_until_done(&lane, &batch, attempt).await;
+        }
+    }
+    for r in replies {
+        let _ = r.send(());
+    }
+    drop(committing);
+    let _ = done.send(());
+}
+
+/// Who learns that a transaction is about to COMMIT: the lane, which then
+/// gathers the next one, and the shards whose batches it carries, which
+/// then hand over their next (the order matters little: the lane waits
+/// for the shard's batch, which is on a longer way).
+struct Committing {
+    lane: oneshot::Sender<()>,
+    shard: Vec<flume::Sender<()>>,
+}
+
+impl Committing {
+    fn tell(self) {
+        // The shards first: the next batch travels from them.
+        for s in self.shard {
+            let _ = s.try_send(());
+        }
+        let _ = self.lane.send(());
+    }
+}
+
+/// Waits until the previous transaction committed (once; nothing if none).
+async fn wait_for(before: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = before.take() {
+        if rx.await.is_err() {
+            // Its task ended without committing, which only a panic does:
+            // our deletes might name rows that were never written. The
+            // next master reads the tables as they are; producers resend
+            // what was not receipted.
+            error!(
+                role = "master",
+                "a database write ended without committing; stopping now"
+            );
+            stop_serving()
+        }
+    }
+}
+
+impl Lane {
+    /// Counts a committed transaction that began at `started`.
+    fn committed(&self, batch: &Batch, started: std::time::Instant) {
+        let took = started.elapsed();
+        if took >= SLOW_TRANSACTION {
+            // A transaction holds its share of the fence row until it
+            // commits: slow ones delay a standby's takeover (never our
+            // own lease renewal).
+            warn!(
+                role = "master",
+                took_ms = took.as_millis() as u64,
+                rows = batch.rows(),
+                bytes = batch.bytes(),
+                "slow database write transaction"
+            );
+        }
+        let stats = &self.usage.db;
+        stats.transactions.fetch_add(1, Relaxed);
+        stats.rows.fetch_add(batch.rows() as u64, Relaxed);
+        stats.commit_us.fetch_add(took.as_micros() as u64, Relaxed);
     }
 }
 
@@ -104,77 +315,64 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Lane, cfg: WriterConfig) {
 /// idempotent, so a COMMIT whose answer was lost may be repeated). A lease
 /// that is no longer ours ends the process (exit 3): another broker is
 /// master now.
-async fn write_until_done(lane: &Lane, batch: &Batch) {
+async fn write_until_done(lane: &Lane, batch: &Batch, first: Attempt) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let stats = &lane.usage.db;
-    let mut attempt = Attempt::First;
+    let mut attempt = first;
     loop {
         let started = std::time::Instant::now();
         let result = super::write::write_batch_as(&lane.db, &lane.lease, batch, attempt).await;
         attempt = next_attempt(attempt, &result);
-        match result {
+        let e = match result {
             Ok(()) => {
-                let took = started.elapsed();
-                if took >= SLOW_TRANSACTION {
-                    // A transaction holds its share of the fence row until
-                    // it commits: slow ones delay a standby's takeover
-                    // (never our own lease renewal).
-                    warn!(
-                        role = "master",
-                        took_ms = took.as_millis() as u64,
-                        rows = batch.rows(),
-                        bytes = batch.bytes(),
-                        "slow database write transaction"
-                    );
-                }
-                stats.transactions.fetch_add(1, Relaxed);
-                stats.rows.fetch_add(batch.rows() as u64, Relaxed);
-                stats
-                    .commit_us
-                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                lane.committed(batch, started);
                 if failures > 0 {
-                    lane.usage
-                        .unavailable
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    lane.usage.unavailable.fetch_sub(1, Relaxed);
                     info!(role = "master", failures, "database writes succeed again");
                 }
                 return;
             }
-            // Lanes lock rows of the same tables: the database may pick one
-            // transaction to abort. Nothing is wrong with the database;
-            // the batch (idempotent) goes again at once.
-            Err(SqlError::Query { ref reason, .. }) if is_conflict(reason) => {
-                stats.conflicts.fetch_add(1, Relaxed);
-                continue;
-            }
-            Err(SqlError::IdTaken(why)) => {
-                // Skipping the row would receipt a message never stored;
-                // the next master (the standby, or this one restarted)
-                // reads every row and starts its ids above them, and
-                // producers resend what was not receipted.
-                error!(role = "master", reason = %why, "another program writes into ACTIVEMQ_MSGS; stopping now, without draining");
-                stop_serving()
-            }
-            Err(SqlError::Fenced(why)) => {
-                error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
-                stop_serving()
-            }
-            Err(e) => {
-                failures += 1;
-                stats.failures.fetch_add(1, Relaxed);
-                if failures == 1 {
-                    lane.usage
-                        .unavailable
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(role = "master", error = %e, "database write failed; producers held back, retrying until it succeeds");
-                } else if failures.is_power_of_two() {
-                    warn!(role = "master", error = %e, failures, "database write still failing");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+            Err(e) => e,
+        };
+        stop_if_final(&e);
+        // Lanes lock rows of the same tables: the database may pick one
+        // transaction to abort. Nothing is wrong with the database; the
+        // batch goes again at once.
+        if matches!(&e, SqlError::Query { reason, .. } if is_conflict(reason)) {
+            stats.conflicts.fetch_add(1, Relaxed);
+            continue;
         }
+        failures += 1;
+        stats.failures.fetch_add(1, Relaxed);
+        if failures == 1 {
+            lane.usage.unavailable.fetch_add(1, Relaxed);
+            warn!(role = "master", error = %e, "database write failed; producers held back, retrying until it succeeds");
+        } else if failures.is_power_of_two() {
+            warn!(role = "master", error = %e, failures, "database write still failing");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Stops the process on a failure no retry can mend: the lease is
+/// another broker's, or another program writes under our ids.
+fn stop_if_final(e: &SqlError) {
+    match e {
+        SqlError::IdTaken(why) => {
+            // Skipping the row would receipt a message never stored; the
+            // next master (the standby, or this one restarted) reads every
+            // row and starts its ids above them, and producers resend what
+            // was not receipted.
+            error!(role = "master", reason = %why, "another program writes into ACTIVEMQ_MSGS; stopping now, without draining");
+            stop_serving()
+        }
+        SqlError::Fenced(why) => {
+            error!(role = "master", reason = %why, "lost the master lease; stopping now, without draining");
+            stop_serving()
+        }
+        _ => {}
     }
 }
 
@@ -195,7 +393,15 @@ fn stop_serving() -> ! {
 /// the message).
 fn next_attempt(attempt: Attempt, result: &Result<(), SqlError>) -> Attempt {
     match result {
-        Err(SqlError::Query { what, .. }) if *what == super::write::COMMIT => Attempt::Again,
+        Err(e) => attempt_after(attempt, e),
+        Ok(()) => attempt,
+    }
+}
+
+/// [`next_attempt`] after `e`.
+fn attempt_after(attempt: Attempt, e: &SqlError) -> Attempt {
+    match e {
+        SqlError::Query { what, .. } if *what == super::write::COMMIT => Attempt::Again,
         _ => attempt,
     }
 }
@@ -250,6 +456,21 @@ mod tests {
             next_attempt(Attempt::Again, &q("insert messages")),
             Attempt::Again
         );
+    }
+
+    #[test]
+    fn lanes_overlap_only_with_room_in_the_pool_and_as_configured() {
+        let far = OVERLAP_FROM;
+        let near = OVERLAP_FROM - Duration::from_micros(1);
+        assert!(Overlap::Auto.decide(8, 2, far));
+        assert!(!Overlap::Auto.decide(8, 2, near), "loopback");
+        assert!(Overlap::Always.decide(8, 2, near));
+        assert!(!Overlap::Never.decide(8, 2, far));
+        // Two connections a lane and one more, or none overlap.
+        assert!(!Overlap::Always.decide(4, 2, far));
+        assert!(Overlap::Always.decide(5, 2, far));
+        assert!(!Overlap::Always.decide(2, 1, far));
+        assert!(Overlap::Always.decide(3, 1, far));
     }
 
     #[test]
