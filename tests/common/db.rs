@@ -529,17 +529,26 @@ impl Consumer {
                     let Some(mut c) = connect_serving(&brokers, &mut which) else {
                         continue;
                     };
-                    c.subscribe(
-                        "live",
-                        "/queue/ha",
-                        "client-individual",
-                        &[("activemq.prefetchSize", "100")],
+                    // The broker may die at any point: every write may fail.
+                    let subscribed = c.try_frame(
+                        "SUBSCRIBE",
+                        &[
+                            ("id", "live"),
+                            ("destination", "/queue/ha"),
+                            ("ack", "client-individual"),
+                            ("activemq.prefetchSize", "100"),
+                        ],
+                        b"",
                     );
-                    while !stop.load(Ordering::Relaxed) {
+                    while subscribed && !stop.load(Ordering::Relaxed) {
                         match c.recv_timeout(Duration::from_millis(500)) {
                             Some(m) if m.command.as_str() == "MESSAGE" => {
                                 got.lock().unwrap().insert(body(&m).parse().unwrap());
-                                c.ack(&m);
+                                let id = m.header_str("ack").unwrap_or_default().to_string();
+                                if !c.try_frame("ACK", &[("id", &id)], b"") {
+                                    which = 1 - which;
+                                    break;
+                                }
                             }
                             // Nothing for a while: quiet, or the broker
                             // is gone; look elsewhere.

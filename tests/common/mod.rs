@@ -389,6 +389,13 @@ impl Client {
         self.write(&frame_bytes(command, headers, body));
     }
 
+    /// [`Client::frame`] to a broker that may be gone: false if it is.
+    pub fn try_frame(&mut self, command: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.stream
+            .write_all(&frame_bytes(command, headers, body))
+            .is_ok()
+    }
+
     pub fn send(&mut self, dest: &str, body: &str) {
         self.frame("SEND", &[("destination", dest)], body.as_bytes());
     }
