@@ -33,13 +33,22 @@ pub struct DbShared {
     /// with these rows, so keeping the rows would keep every restored body
     /// alive after consumers are done with it.
     pub loaded: Arc<std::sync::Mutex<Option<Arc<Loaded>>>>,
+    /// See [`DbShared::new`].
+    pub overlap: bool,
 }
 
 impl DbShared {
-    pub fn new(writer: Vec<flume::Sender<WriteRequest>>, loaded: Loaded) -> DbShared {
+    /// `overlap`: whether the lanes begin a transaction while the one
+    /// before commits, and so say when it is about to (see [`flusher`]).
+    pub fn new(
+        writer: Vec<flume::Sender<WriteRequest>>,
+        loaded: Loaded,
+        overlap: bool,
+    ) -> DbShared {
         DbShared {
             writer,
             loaded: Arc::new(std::sync::Mutex::new(Some(Arc::new(loaded)))),
+            overlap,
         }
     }
 
@@ -231,7 +240,7 @@ async fn write_pending(
     s: &Rc<RefCell<DbShardStore>>,
     writer: &flume::Sender<WriteRequest>,
 ) -> bool {
-    let Some(flight) = hand_over(s, writer).await else {
+    let Some(flight) = hand_over(s, writer, false).await else {
         return false;
     };
     if flight.done.recv_async().await.is_err() {
@@ -259,6 +268,7 @@ struct Flight {
 async fn hand_over(
     s: &Rc<RefCell<DbShardStore>>,
     writer: &flume::Sender<WriteRequest>,
+    overlap: bool,
 ) -> Option<Flight> {
     let (batch, upto) = {
         let mut s = s.borrow_mut();
@@ -268,7 +278,15 @@ async fn hand_over(
         s.take()
     };
     let (reply, done) = flume::bounded(1);
-    let (committing, committing_rx) = flume::bounded(1);
+    // Asked only of a lane that overlaps: one that does not would only
+    // drop it, and that wake-up across cores costs as much as the answer.
+    let (committing, committing_rx) = match overlap {
+        true => {
+            let (tx, rx) = flume::bounded(1);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     writer
         .send_async(WriteRequest {
             batch,
@@ -279,7 +297,7 @@ async fn hand_over(
         .ok()?;
     Some(Flight {
         upto,
-        committing: Some(committing_rx),
+        committing: committing_rx,
         next_welcome: false,
         done,
     })
@@ -302,12 +320,13 @@ enum Event {
 /// the next one then, see `writer`): taken sooner it would be smaller, and
 /// a message sent and consumed before its batch is taken costs the
 /// database nothing (measured: at the closed-loop peak handing batches over
-/// as they came cost 15-20% of the throughput). A lane that does not
-/// overlap (or zk mode's leader) never says so: one batch at a time.
+/// as they came cost 15-20% of the throughput). Without `overlap` (or in
+/// zk mode, whose leader never says so): one batch at a time.
 pub async fn flusher(
     ctx: Rc<ShardContext>,
     s: Rc<RefCell<DbShardStore>>,
     writer: flume::Sender<WriteRequest>,
+    overlap: bool,
 ) {
     let mut spare = Vec::new();
     let mut in_flight: std::collections::VecDeque<Flight> = std::collections::VecDeque::new();
@@ -319,7 +338,7 @@ pub async fn flusher(
             _ => false,
         };
         if may_hand_over {
-            if let Some(flight) = hand_over(&s, &writer).await {
+            if let Some(flight) = hand_over(&s, &writer, overlap).await {
                 in_flight.push_back(flight);
                 continue;
             }

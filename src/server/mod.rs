@@ -731,7 +731,7 @@ fn db_take_over(
         config.shard_count(),
     );
     Ok((
-        db_shard::DbShared::new(writer, loaded),
+        db_shard::DbShared::new(writer, loaded, overlap),
         max_statement,
         spool_dir,
     ))

@@ -904,6 +904,7 @@ async fn serve(
                 ctx.clone(),
                 s.clone(),
                 db.lane(id).clone(),
+                db.overlap,
             ))),
             _ => None,
         };

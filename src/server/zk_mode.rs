@@ -201,5 +201,5 @@ pub fn zk_take_over(
     let lanes = (0..config.shard_count())
         .map(|_| requests.clone())
         .collect();
-    Ok((DbShared::new(lanes, loaded), spool_dir))
+    Ok((DbShared::new(lanes, loaded, false), spool_dir))
 }

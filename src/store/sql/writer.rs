@@ -23,9 +23,9 @@ pub struct WriteRequest {
     pub batch: Batch,
     pub reply: flume::Sender<()>,
     /// Told when the transaction carrying the batch is about to COMMIT,
-    /// if the lane overlaps its transactions: the shard may hand over the
-    /// next batch then (see `server::db_shard::flusher`).
-    pub committing: flume::Sender<()>,
+    /// when the lanes overlap their transactions: the shard may hand over
+    /// the next batch then (see `server::db_shard::flusher`).
+    pub committing: Option<flume::Sender<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,13 +256,13 @@ async fn transaction(
 /// for the shard's batch, which is on a longer way).
 struct Committing {
     lane: oneshot::Sender<()>,
-    shard: Vec<flume::Sender<()>>,
+    shard: Vec<Option<flume::Sender<()>>>,
 }
 
 impl Committing {
     fn tell(self) {
         // The shards first: the next batch travels from them.
-        for s in self.shard {
+        for s in self.shard.into_iter().flatten() {
             let _ = s.try_send(());
         }
         let _ = self.lane.send(());
