@@ -130,6 +130,45 @@ fn kill_masters(
     master
 }
 
+/// With `store.overlap = "always"` and every seventh COMMIT failing
+/// (`BROKK_FAULT_COMMIT_FAILS_EVERY`, rolled back and reported as a failed
+/// COMMIT, outcome unknown): a transaction that began while the failed one
+/// committed rolls back, the failed one goes again on its own, then the
+/// next. Under four producers and a live consumer: progress goes on (a wait
+/// with a deadline), nothing receipted is lost, no row is left.
+fn failed_commits_under_overlapped_load(engine: Engine) {
+    let db = TestDb::new(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let b = node.start_env(
+        &db,
+        dir.path(),
+        "overlap = \"always\"\n",
+        &[("BROKK_FAULT_COMMIT_FAILS_EVERY", "7")],
+    );
+    let addrs = [node.addr(), node.addr()];
+    let producers: Vec<Producer> = (0..4)
+        .map(|i| Producer::start_from(addrs.to_vec(), i * 1_000_000))
+        .collect();
+    let consumer = Consumer::start(addrs);
+    for _ in 0..4 {
+        producers[0].wait_more(200);
+    }
+    assert!(
+        metric(&b, "brokk_db_overlapped_transactions_total") > 0.0,
+        "no transaction began while another committed"
+    );
+    assert!(
+        metric(&b, "brokk_db_write_failures_total") > 0.0,
+        "no COMMIT failed"
+    );
+    let receipted: Vec<u64> = producers.into_iter().flat_map(Producer::finish).collect();
+    let mut got = consumer.finish();
+    got.extend(drain(&b));
+    assert_all_present(&receipted, &got);
+    assert_tables_empty(&db, &MESSAGE_TABLES);
+}
+
 /// One figure of `b`'s `/metrics`.
 fn metric(b: &Broker, name: &str) -> f64 {
     let mut s = std::net::TcpStream::connect(b.admin).unwrap();
@@ -1122,6 +1161,7 @@ crate::on_both!(
     a_row_it_cannot_read_is_left_and_its_id_never_reused,
     kills_under_load,
     kills_under_overlapped_load,
+    failed_commits_under_overlapped_load,
     a_receipt_covers_the_acks_before_it,
     cut_off_master,
     silently_cut_off_master,

@@ -599,6 +599,14 @@ fn db_take_over(
             round_trip_us = round_trip.map_or(0, |d| d.as_micros() as u64),
             overlap, "database round trip measured"
         );
+        if !overlap && config.store.overlap.wanted(round_trip.unwrap_or_default()) {
+            warn!(
+                pool_size = config.store.pool_size,
+                shards = config.shard_count(),
+                "write transactions do not overlap: that needs store.pool_size {} or more",
+                2 * config.shard_count() + 1
+            );
+        }
         overlap
     };
     if config.store.create_tables {

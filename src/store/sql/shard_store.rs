@@ -742,30 +742,6 @@ pub fn compact(batch: &mut Batch) {
     batch.inserts.retain(|r| r.id >= 0);
 }
 
-/// In batches a shard handed over one after another and the writer merged
-/// into one transaction: a message inserted by one and retired for good by
-/// a later one, with no side row ever (`msg_deletes`) and no transaction
-/// (`XID`), needs neither statement; as `cancel_unsent` does within one
-/// batch. Both commit together or not at all, so nothing a receipt or an
-/// acknowledgement relies on changes.
-pub fn cancel_merged(batch: &mut Batch) {
-    if batch.inserts.is_empty() || batch.msg_deletes.is_empty() {
-        return;
-    }
-    let deleted: std::collections::HashSet<i64> = batch.msg_deletes.iter().copied().collect();
-    let mut gone = std::collections::HashSet::new();
-    batch.inserts.retain(|r| {
-        let cancel = r.xid.is_none() && deleted.contains(&r.id);
-        if cancel {
-            gone.insert(r.id);
-        }
-        !cancel
-    });
-    if !gone.is_empty() {
-        batch.msg_deletes.retain(|id| !gone.contains(id));
-    }
-}
-
 fn sub_row(topic: &str, sub: &StoredSub, selector: Option<&str>) -> SubRow {
     SubRow {
         container: format!("topic://{topic}"),
@@ -1069,43 +1045,6 @@ mod tests {
             s.committed(upto);
         }
         assert_eq!(deleted, (1..=n as i64).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn merged_batches_drop_a_message_inserted_by_one_and_deleted_by_a_later_one() {
-        let mut s = DbShardStore::default();
-        for id in 1..=3 {
-            send(&mut s, id);
-        }
-        let (mut merged, _) = s.take();
-        // In flight: retired now, so deleted by the next batch.
-        for id in [1, 3] {
-            ack(&mut s, id);
-        }
-        let (next, _) = s.take();
-        assert_eq!(next.msg_deletes, vec![1, 3]);
-        merged.extend(next);
-        cancel_merged(&mut merged);
-        let ids: Vec<i64> = merged.inserts.iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec![2]);
-        assert!(merged.msg_deletes.is_empty());
-        // A prepared SEND's row stays (its transaction names it), and so
-        // does its delete.
-        let mut b = Batch {
-            inserts: vec![MsgRow {
-                id: 7,
-                container: "queue://q".into(),
-                expiration: 0,
-                priority: 4,
-                xid: Some("x".into()),
-                msg: Bytes::from_static(b"m"),
-            }],
-            msg_deletes: vec![7],
-            ..Batch::default()
-        };
-        cancel_merged(&mut b);
-        assert_eq!(b.inserts.len(), 1);
-        assert_eq!(b.msg_deletes, vec![7]);
     }
 
     #[test]

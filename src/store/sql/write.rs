@@ -188,26 +188,38 @@ pub async fn write_batch_as(
     batch: &Batch,
     attempt: Attempt,
 ) -> Result<(), SqlError> {
-    write_after(db, lease, batch, attempt, async {}, || {}).await
+    write_after(db, lease, batch, attempt, async { Ok(Waited::No) }, || {}).await
+}
+
+/// What the transaction before did, as `write_after`'s `before` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// It had committed already (or there was none).
+    No,
+    /// It committed while we waited.
+    Yes,
 }
 
 /// [`write_batch_as`] overlapping the transaction before it (a writer
-/// lane's, see `writer`): the batch's new messages are inserted at once,
-/// while that one commits; only then is `before` awaited (it resolves once
-/// that transaction committed), and the rest of the batch (its deletes may
-/// name rows the previous one inserted), the lease check and the COMMIT
-/// follow. `committing` is called just before the COMMIT is sent.
+/// lane's, see `writer`): the fence row is share-locked and checked and the
+/// batch's new messages are inserted at once, while that one commits; only
+/// then is `before` awaited (it resolves once that transaction committed,
+/// or fails, and then this one rolls back: that one goes again on its own
+/// and its statements could wait for our rows). The rest of the batch (its
+/// deletes may name rows the previous one inserted) and the COMMIT follow.
+/// `committing` is called just before the COMMIT is sent.
 ///
-/// The lease is read after `before`, right before the COMMIT, as in a
-/// transaction of its own: its share lock on the fence row is what a
-/// takeover waits for, and an expiry is judged by the database's clock at
-/// that moment, not when the inserts went out.
+/// The fence row is share-locked from the start, as every write
+/// transaction's: a takeover waits for it (and kills it if it hangs, see
+/// `ha::db_lease`). If `before` made us wait, the lease is read again right
+/// before the COMMIT: its expiry is judged by the database's clock at that
+/// moment, not when the inserts went out.
 pub async fn write_after(
     db: &Db,
     lease: &LeaseToken,
     batch: &Batch,
     attempt: Attempt,
-    before: impl std::future::Future<Output = ()>,
+    before: impl std::future::Future<Output = Result<Waited, SqlError>>,
     committing: impl FnOnce(),
 ) -> Result<(), SqlError> {
     match db {
@@ -220,29 +232,30 @@ pub async fn write_after(
                 .start_transaction(TxOpts::default())
                 .await
                 .map_err(my_err("begin a write"))?;
-            my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
-            before.await;
-            // Prepared (once per connection): as text, its parse was
-            // 100 of the 150 us it took of every transaction.
-            let fence: Option<Row> = tx
-                .exec_first(MYSQL_FENCE, ())
-                .await
-                .map_err(my_err("read the lease"))?;
-            let holder = match fence {
-                None => None,
-                Some(mut r) => Some(Fence {
-                    holder: my_take(&mut r, 0, "read the lease")?,
-                    lease_holder: my_take(&mut r, 1, "read the lease")?,
-                    expiry: my_take(&mut r, 2, "read the lease")?,
-                    now: my_take(&mut r, 3, "read the lease")?,
-                }),
-            };
-            if let Err(e) = check_lease(lease, holder) {
+            if let Err(e) = my_check_lease(&mut tx, lease).await {
                 let _ = tx.rollback().await;
                 return Err(e);
             }
+            my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
+            match before.await {
+                Ok(Waited::No) => {}
+                Ok(Waited::Yes) => {
+                    if let Err(e) = my_check_lease(&mut tx, lease).await {
+                        let _ = tx.rollback().await;
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            }
             my_apply_rest(&mut tx, &Deduped::new(batch)).await?;
             committing();
+            if fault_commit_fails() {
+                let _ = tx.rollback().await;
+                return Err(faulty_commit());
+            }
             tx.commit().await.map_err(my_err(COMMIT))
         }
         Db::Postgres(pool) => {
@@ -259,15 +272,39 @@ pub async fn write_after(
     }
 }
 
-/// [`write_after`] on PostgreSQL, on `guard`: BEGIN and the inserts (one
-/// round trip once BEGIN answered), then the lease read pipelined with the
-/// rest of the batch, then the COMMIT.
+/// Reads the fence row (share-locking it) and the lease row, and checks
+/// that both are ours; MySQL/MariaDB.
+async fn my_check_lease(
+    tx: &mut mysql_async::Transaction<'_>,
+    lease: &LeaseToken,
+) -> Result<(), SqlError> {
+    // Prepared (once per connection): as text, its parse was 100 of the
+    // 150 us it took of every transaction.
+    let fence: Option<Row> = tx
+        .exec_first(MYSQL_FENCE, ())
+        .await
+        .map_err(my_err("read the lease"))?;
+    let holder = match fence {
+        None => None,
+        Some(mut r) => Some(Fence {
+            holder: my_take(&mut r, 0, "read the lease")?,
+            lease_holder: my_take(&mut r, 1, "read the lease")?,
+            expiry: my_take(&mut r, 2, "read the lease")?,
+            now: my_take(&mut r, 3, "read the lease")?,
+        }),
+    };
+    check_lease(lease, holder)
+}
+
+/// [`write_after`] on PostgreSQL, on `guard`: BEGIN; the fence read
+/// pipelined with the inserts; the rest of the batch, pipelined (with the
+/// fence read again if `before` made us wait); the COMMIT.
 async fn pg_write(
     guard: &mut PgConn,
     lease: &LeaseToken,
     batch: &Batch,
     attempt: Attempt,
-    before: impl std::future::Future<Output = ()>,
+    before: impl std::future::Future<Output = Result<Waited, SqlError>>,
     committing: impl FnOnce(),
 ) -> Result<(), SqlError> {
     let stmts = pg_prepare_all(guard).await?;
@@ -277,17 +314,77 @@ async fn pg_write(
         .await
         .map_err(pg_err("begin a write"))?;
     let inserts = pg_insert_calls(&stmts, &batch.inserts, attempt);
-    if let Err(e) = pg_run(&tx, &inserts).await {
+    let (fence, inserted) = join2(tx.query_opt(&stmts.fence, &[]), pg_run(&tx, &inserts)).await;
+    // The lease first: an insert that failed because another broker is
+    // master now is reported as that.
+    if let Err(e) = pg_check_lease(lease, fence) {
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
+    if let Err(e) = inserted {
         return Err(pg_id_taken(e, &batch.inserts, attempt));
     }
     drop(inserts);
-    before.await;
+    let waited = match before.await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
     let batch = Deduped::new(batch);
     let rest = pg_rest_calls(&stmts, &batch);
-    let (row, applied) = join2(tx.query_opt(&stmts.fence, &[]), pg_run(&tx, &rest)).await;
+    let applied = match waited {
+        Waited::No => pg_run(&tx, &rest).await,
+        Waited::Yes => {
+            let (fence, applied) = join2(tx.query_opt(&stmts.fence, &[]), pg_run(&tx, &rest)).await;
+            if let Err(e) = pg_check_lease(lease, fence) {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            applied
+        }
+    };
+    applied?;
+    committing();
+    if fault_commit_fails() {
+        let _ = tx.rollback().await;
+        return Err(faulty_commit());
+    }
+    tx.commit().await.map_err(pg_err(COMMIT))
+}
+
+/// Test-only fault switch (`BROKK_FAULT_COMMIT_FAILS_EVERY=n`): every
+/// n-th write transaction rolls back instead of committing and reports a
+/// failed COMMIT, whose outcome the writer must take as unknown.
+fn fault_commit_fails() -> bool {
+    static EVERY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let every = EVERY.get_or_init(|| {
+        std::env::var("BROKK_FAULT_COMMIT_FAILS_EVERY")
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+    });
+    every.is_some_and(|n| COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1)
+}
+
+/// The error of a COMMIT [`fault_commit_fails`] failed.
+fn faulty_commit() -> SqlError {
+    SqlError::Query {
+        what: COMMIT,
+        reason: "BROKK_FAULT_COMMIT_FAILS_EVERY: rolled back instead".into(),
+    }
+}
+
+/// Checks the fence read's answer (PostgreSQL).
+fn pg_check_lease(
+    lease: &LeaseToken,
+    row: Result<Option<tokio_postgres::Row>, tokio_postgres::Error>,
+) -> Result<(), SqlError> {
     let e = pg_err("read the lease");
-    let row = row.map_err(&e)?;
-    let holder = match row {
+    let holder = match row.map_err(&e)? {
         None => None,
         Some(r) => Some(Fence {
             holder: r.try_get(0).map_err(&e)?,
@@ -296,15 +393,7 @@ async fn pg_write(
             now: r.try_get(3).map_err(&e)?,
         }),
     };
-    // The lease first: a statement that failed because another broker
-    // is master now (it deleted our rows, say) is reported as that.
-    if let Err(e) = check_lease(lease, holder) {
-        let _ = tx.rollback().await;
-        return Err(e);
-    }
-    applied?;
-    committing();
-    tx.commit().await.map_err(pg_err(COMMIT))
+    check_lease(lease, holder)
 }
 
 /// A failed first insert of `rows`: PostgreSQL's unique violation of the

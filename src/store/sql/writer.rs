@@ -67,12 +67,17 @@ impl Overlap {
     /// on a fresh connection, could wait for one held by the transaction
     /// after it, which waits for it.
     pub fn decide(self, pool_size: usize, lanes: usize, round_trip: Duration) -> bool {
-        pool_size > 2 * lanes.max(1)
-            && match self {
-                Overlap::Auto => round_trip >= OVERLAP_FROM,
-                Overlap::Always => true,
-                Overlap::Never => false,
-            }
+        pool_size > 2 * lanes.max(1) && self.wanted(round_trip)
+    }
+
+    /// Whether the setting asks for it with this `round_trip`, whatever
+    /// the pool.
+    pub fn wanted(self, round_trip: Duration) -> bool {
+        match self {
+            Overlap::Auto => round_trip >= OVERLAP_FROM,
+            Overlap::Always => true,
+            Overlap::Never => false,
+        }
     }
 }
 
@@ -116,9 +121,29 @@ struct Lane {
 struct Previous {
     /// Fires (or closes) once it sent its COMMIT, or ended.
     committing: oneshot::Receiver<()>,
+    /// What the next one waits for.
+    before: Before,
+}
+
+/// What a transaction learns of the one before it on its lane.
+struct Before {
     /// Fires once it committed and answered; closes only if its task died.
     done: oneshot::Receiver<()>,
+    /// Fires if it failed and goes again on its own: the next one rolls
+    /// back then (its rows could hold up that one's statements, on MySQL
+    /// where a DELETE's scan locks every row it reads, with neither the
+    /// database nor the lane seeing the cycle). Closes unfired otherwise.
+    again: Option<oneshot::Receiver<()>>,
 }
+
+/// What the transaction after learns: see [`Before`].
+struct After {
+    done: oneshot::Sender<()>,
+    again: oneshot::Sender<()>,
+}
+
+/// The error a transaction ends with when the one before it goes again.
+const BEFORE_GOES_AGAIN: &str = "wait for the transaction before";
 
 /// One lane. A batch is gathered from whatever queued while the previous
 /// transaction ran, so batches grow with load (group commit). With
@@ -161,9 +186,6 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Arc<Lane>, cfg: WriterConf
             told.push(r.committing);
         }
         shard_store::compact(&mut merged);
-        if replies.len() > 1 {
-            shard_store::cancel_merged(&mut merged);
-        }
         if !cfg.overlap {
             // Never told: the shard waits for the answer.
             drop(told);
@@ -175,8 +197,9 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Arc<Lane>, cfg: WriterConf
         }
         let (committing_tx, committing) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        let before = previous.take().map(|p| p.done);
-        tokio::spawn(transaction(
+        let (again_tx, again) = oneshot::channel();
+        let before = previous.take().map(|p| p.before);
+        let task = transaction(
             lane.clone(),
             merged,
             replies,
@@ -185,9 +208,31 @@ async fn run(rx: flume::Receiver<WriteRequest>, lane: Arc<Lane>, cfg: WriterConf
                 lane: committing_tx,
                 shard: told,
             },
-            done_tx,
-        ));
-        previous = Some(Previous { committing, done });
+            After {
+                done: done_tx,
+                again: again_tx,
+            },
+        );
+        tokio::spawn(async move {
+            use futures_lite::FutureExt;
+            if std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                // Its shard would wait for the answer for ever, holding
+                // producers back while this broker keeps the lease.
+                error!(role = "master", "a database write panicked; stopping now");
+                stop_serving()
+            }
+        });
+        previous = Some(Previous {
+            committing,
+            before: Before {
+                done,
+                again: Some(again),
+            },
+        });
     }
 }
 
@@ -199,9 +244,9 @@ async fn transaction(
     lane: Arc<Lane>,
     batch: Batch,
     replies: Vec<flume::Sender<()>>,
-    mut before: Option<oneshot::Receiver<()>>,
+    mut before: Option<Before>,
     committing: Committing,
-    done: oneshot::Sender<()>,
+    after: After,
 ) {
     let mut committing = Some(committing);
     let started = std::time::Instant::now();
@@ -210,18 +255,7 @@ async fn transaction(
         &lane.lease,
         &batch,
         Attempt::First,
-        async {
-            match before.as_mut().map(|b| b.try_recv()) {
-                // Committed already (a received value is gone: not awaited again).
-                Some(Ok(())) => before = None,
-                Some(Err(oneshot::error::TryRecvError::Empty)) => {
-                    lane.usage.db.overlapped.fetch_add(1, Relaxed);
-                }
-                // Its task died (`wait_for` stops the broker), or none.
-                Some(Err(oneshot::error::TryRecvError::Closed)) | None => {}
-            }
-            wait_for(&mut before).await
-        },
+        wait_before(&mut before, &lane),
         || {
             if let Some(c) = committing.take() {
                 c.tell();
@@ -233,11 +267,18 @@ async fn transaction(
         Ok(()) => lane.committed(&batch, started),
         Err(e) => {
             stop_if_final(&e);
+            // The next one (if it began) rolls back: see `Before::again`.
+            let _ = after.again.send(());
             let attempt = attempt_after(Attempt::First, &e);
-            if matches!(&e, SqlError::Query { reason, .. } if is_conflict(reason)) {
-                lane.usage.db.conflicts.fetch_add(1, Relaxed);
-            } else {
-                warn!(role = "master", error = %e, "database write failed; writing the batch again on its own");
+            match &e {
+                SqlError::Query { reason, .. } if is_conflict(reason) => {
+                    lane.usage.db.conflicts.fetch_add(1, Relaxed);
+                }
+                SqlError::Query { what, .. } if *what == BEFORE_GOES_AGAIN => {}
+                _ => {
+                    lane.usage.db.failures.fetch_add(1, Relaxed);
+                    warn!(role = "master", error = %e, "database write failed; writing the batch again on its own")
+                }
             }
             wait_for(&mut before).await;
             write_until_done(&lane, &batch, attempt).await;
@@ -247,7 +288,52 @@ async fn transaction(
         let _ = r.send(());
     }
     drop(committing);
-    let _ = done.send(());
+    let _ = after.done.send(());
+}
+
+/// `write_after`'s wait for the transaction before (if any): whether it
+/// made us wait, or an error if that one goes again on its own.
+async fn wait_before(
+    slot: &mut Option<Before>,
+    lane: &Lane,
+) -> Result<super::write::Waited, SqlError> {
+    use super::write::Waited;
+    let Some(b) = slot.as_mut() else {
+        return Ok(Waited::No);
+    };
+    match b.done.try_recv() {
+        Ok(()) => {
+            // Received: never polled again.
+            *slot = None;
+            return Ok(Waited::No);
+        }
+        Err(oneshot::error::TryRecvError::Empty) => {
+            lane.usage.db.overlapped.fetch_add(1, Relaxed);
+        }
+        // Its task died: `wait_for` stops the broker.
+        Err(oneshot::error::TryRecvError::Closed) => {}
+    }
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut b.done => {
+                if done.is_err() {
+                    previous_died()
+                }
+                *slot = None;
+                return Ok(Waited::Yes);
+            }
+            again = async { b.again.as_mut().expect("checked by the guard").await }, if b.again.is_some() => {
+                b.again = None;
+                if again.is_ok() {
+                    return Err(SqlError::Query {
+                        what: BEFORE_GOES_AGAIN,
+                        reason: "it failed and goes again on its own".into(),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Who learns that a transaction is about to COMMIT: the lane, which then
@@ -270,20 +356,24 @@ impl Committing {
 }
 
 /// Waits until the previous transaction committed (once; nothing if none).
-async fn wait_for(before: &mut Option<oneshot::Receiver<()>>) {
-    if let Some(rx) = before.take() {
-        if rx.await.is_err() {
-            // Its task ended without committing, which only a panic does:
-            // our deletes might name rows that were never written. The
-            // next master reads the tables as they are; producers resend
-            // what was not receipted.
-            error!(
-                role = "master",
-                "a database write ended without committing; stopping now"
-            );
-            stop_serving()
+async fn wait_for(before: &mut Option<Before>) {
+    if let Some(b) = before.take() {
+        if b.done.await.is_err() {
+            previous_died()
         }
     }
+}
+
+/// The transaction before ended without committing, which only a panic
+/// does: our deletes might name rows that were never written. The next
+/// master reads the tables as they are; producers resend what was not
+/// receipted.
+fn previous_died() -> ! {
+    error!(
+        role = "master",
+        "a database write ended without committing; stopping now"
+    );
+    stop_serving()
 }
 
 impl Lane {
