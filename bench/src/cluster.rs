@@ -295,7 +295,14 @@ impl Cluster {
                         let url = match opts.db_rtt {
                             Some(rtt) => {
                                 let port = crate::relay::start(db.address().parse()?, rtt / 2)?;
-                                db.url().replace(db.address(), &format!("127.0.0.1:{port}"))
+                                let url =
+                                    db.url().replace(db.address(), &format!("127.0.0.1:{port}"));
+                                // mysql_async would otherwise move to the
+                                // server's Unix socket, around the relay.
+                                match mode {
+                                    Mode::Mysql => format!("{url}?prefer_socket=false"),
+                                    _ => url,
+                                }
                             }
                             None => db.url(),
                         };

@@ -94,9 +94,10 @@ pub struct DbShardStore {
     /// burst of a consumer's acknowledgements does not hold back the
     /// receipts of the SENDs after it. Each batch carries at most
     /// [`DELETES_PER_TRANSACTION`] of them, in `msg_deletes`; their rows
-    /// were committed before they came here (an insert still unsent is
-    /// cancelled instead, and the batch in flight commits before the next
-    /// is taken). Each with the connection that acknowledged it (see
+    /// were committed before they are deleted (an insert still unsent is
+    /// cancelled instead, and a batch's deletes run only once the batch
+    /// before it committed, even when the lane begins it earlier: see
+    /// `writer`). Each with the connection that acknowledged it (see
     /// `promote_unreceipted`).
     unreceipted: Vec<(i64, u64)>,
 }
@@ -122,8 +123,8 @@ const MAX_PRODUCER_ROWS: usize = 8192;
 const MAX_PRODUCER_BYTES: usize = 300;
 
 /// Most deletes one write transaction carries when a batch holds nothing
-/// else. A transaction holds its share lock on the lease row until it
-/// commits, and deleting large rows is slow: measured here on MariaDB,
+/// else. A transaction holds its share lock on the fence row until it
+/// commits (once the lease row), and deleting large rows is slow: measured here on MariaDB,
 /// 4864 rows of 32 KiB took 1.7 s, past the lease renewal's 1 s lock wait,
 /// and the master lost its lease while a consumer drained a backlog; 1024
 /// took 0.5-0.9 s; 256 stay well under it.

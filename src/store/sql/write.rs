@@ -104,6 +104,8 @@ const MYSQL_FENCE: &str = "SELECT f.HOLDER, \
      (SELECT l.TIME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
      CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
      FROM BROKK_FENCE f WHERE f.ID = 1 LOCK IN SHARE MODE";
+/// [`MYSQL_FENCE`]'s locking part alone (see [`write_after`]).
+const MYSQL_FENCE_HOLDER: &str = "SELECT HOLDER FROM BROKK_FENCE WHERE ID = 1 LOCK IN SHARE MODE";
 const PG_FENCE: &str = "SELECT f.HOLDER, l.BROKER_NAME, l.TIME, \
      (extract(epoch from clock_timestamp()) * 1000)::bigint \
      FROM BROKK_FENCE f LEFT JOIN ACTIVEMQ_LOCK l ON l.ID = 1 WHERE f.ID = 1 FOR SHARE OF f";
@@ -188,7 +190,8 @@ pub async fn write_batch_as(
     batch: &Batch,
     attempt: Attempt,
 ) -> Result<(), SqlError> {
-    write_after(db, lease, batch, attempt, async { Ok(Waited::No) }, || {}).await
+    let alone: Option<std::future::Ready<Result<Waited, SqlError>>> = None;
+    write_after(db, lease, batch, attempt, alone, || {}).await
 }
 
 /// What the transaction before did, as `write_after`'s `before` says.
@@ -213,13 +216,18 @@ pub enum Waited {
 /// transaction's: a takeover waits for it (and kills it if it hangs, see
 /// `ha::db_lease`). If `before` made us wait, the lease is read again right
 /// before the COMMIT: its expiry is judged by the database's clock at that
-/// moment, not when the inserts went out.
+/// moment, not when the inserts went out. On MySQL/MariaDB, whose
+/// REPEATABLE READ would show that read the lease row as the first plain
+/// read found it (a renewal since would go unseen, and a healthy master
+/// take itself for fenced), an overlapped transaction's first read is the
+/// fence row's alone, and the lease is read once, after the wait. Without
+/// `before` the transaction is on its own: nothing waits.
 pub async fn write_after(
     db: &Db,
     lease: &LeaseToken,
     batch: &Batch,
     attempt: Attempt,
-    before: impl std::future::Future<Output = Result<Waited, SqlError>>,
+    before: Option<impl std::future::Future<Output = Result<Waited, SqlError>>>,
     committing: impl FnOnce(),
 ) -> Result<(), SqlError> {
     match db {
@@ -232,26 +240,28 @@ pub async fn write_after(
                 .start_transaction(TxOpts::default())
                 .await
                 .map_err(my_err("begin a write"))?;
-            if let Err(e) = my_check_lease(&mut tx, lease).await {
+            let checked = match before {
+                None => my_check_lease(&mut tx, lease).await,
+                Some(_) => my_check_fence(&mut tx, lease).await,
+            };
+            if let Err(e) = checked {
                 let _ = tx.rollback().await;
                 return Err(e);
             }
             my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
-            match before.await {
-                Ok(Waited::No) => {}
-                Ok(Waited::Yes) => {
-                    if let Err(e) = my_check_lease(&mut tx, lease).await {
-                        let _ = tx.rollback().await;
-                        return Err(e);
-                    }
-                }
-                Err(e) => {
+            if let Some(before) = before {
+                let checked = match before.await {
+                    Ok(_) => my_check_lease(&mut tx, lease).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = checked {
                     let _ = tx.rollback().await;
                     return Err(e);
                 }
             }
             my_apply_rest(&mut tx, &Deduped::new(batch)).await?;
             committing();
+            fault_slow_commit().await;
             if fault_commit_fails() {
                 let _ = tx.rollback().await;
                 return Err(faulty_commit());
@@ -296,6 +306,29 @@ async fn my_check_lease(
     check_lease(lease, holder)
 }
 
+/// The fence row alone (share-locking it: a locking read, which takes no
+/// snapshot), checked to name us; MySQL/MariaDB.
+async fn my_check_fence(
+    tx: &mut mysql_async::Transaction<'_>,
+    lease: &LeaseToken,
+) -> Result<(), SqlError> {
+    let holder: Option<Option<String>> = tx
+        .exec_first(MYSQL_FENCE_HOLDER, ())
+        .await
+        .map_err(my_err("read the lease"))?;
+    let Some(holder) = holder else {
+        return Err(SqlError::Fenced("BROKK_FENCE has no row ID=1".into()));
+    };
+    if holder.as_deref() != Some(lease.0.as_str()) {
+        return Err(SqlError::Fenced(format!(
+            "BROKK_FENCE names {}, not {}",
+            holder.as_deref().unwrap_or("nobody"),
+            lease.0
+        )));
+    }
+    Ok(())
+}
+
 /// [`write_after`] on PostgreSQL, on `guard`: BEGIN; the fence read
 /// pipelined with the inserts; the rest of the batch, pipelined (with the
 /// fence read again if `before` made us wait); the COMMIT.
@@ -304,7 +337,7 @@ async fn pg_write(
     lease: &LeaseToken,
     batch: &Batch,
     attempt: Attempt,
-    before: impl std::future::Future<Output = Result<Waited, SqlError>>,
+    before: Option<impl std::future::Future<Output = Result<Waited, SqlError>>>,
     committing: impl FnOnce(),
 ) -> Result<(), SqlError> {
     let stmts = pg_prepare_all(guard).await?;
@@ -325,12 +358,15 @@ async fn pg_write(
         return Err(pg_id_taken(e, &batch.inserts, attempt));
     }
     drop(inserts);
-    let waited = match before.await {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
+    let waited = match before {
+        None => Waited::No,
+        Some(before) => match before.await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        },
     };
     let batch = Deduped::new(batch);
     let rest = pg_rest_calls(&stmts, &batch);
@@ -347,6 +383,7 @@ async fn pg_write(
     };
     applied?;
     committing();
+    fault_slow_commit().await;
     if fault_commit_fails() {
         let _ = tx.rollback().await;
         return Err(faulty_commit());
@@ -368,6 +405,24 @@ fn fault_commit_fails() -> bool {
             .filter(|&n| n > 0)
     });
     every.is_some_and(|n| COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1)
+}
+
+/// Test-only fault switch (`BROKK_FAULT_SLOW_COMMIT_EVERY=n:ms`): every
+/// n-th write transaction waits `ms` before its COMMIT, as one stalled in
+/// the database would.
+async fn fault_slow_commit() {
+    static EVERY: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let every = EVERY.get_or_init(|| {
+        let v = std::env::var("BROKK_FAULT_SLOW_COMMIT_EVERY").ok()?;
+        let (n, ms) = v.split_once(':')?;
+        Some((n.parse().ok().filter(|&n| n > 0)?, ms.parse().ok()?))
+    });
+    if let Some((n, ms)) = *every {
+        if COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
 }
 
 /// The error of a COMMIT [`fault_commit_fails`] failed.

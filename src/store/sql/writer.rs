@@ -255,7 +255,7 @@ async fn transaction(
         &lane.lease,
         &batch,
         Attempt::First,
-        wait_before(&mut before, &lane),
+        Some(wait_before(&mut before, &lane)),
         || {
             if let Some(c) = committing.take() {
                 c.tell();
@@ -310,8 +310,8 @@ async fn wait_before(
         Err(oneshot::error::TryRecvError::Empty) => {
             lane.usage.db.overlapped.fetch_add(1, Relaxed);
         }
-        // Its task died: `wait_for` stops the broker.
-        Err(oneshot::error::TryRecvError::Closed) => {}
+        // Its task died (a closed receiver is not polled again).
+        Err(oneshot::error::TryRecvError::Closed) => previous_died(),
     }
     loop {
         tokio::select! {
