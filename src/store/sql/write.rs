@@ -104,8 +104,6 @@ const MYSQL_FENCE: &str = "SELECT f.HOLDER, \
      (SELECT l.TIME FROM ACTIVEMQ_LOCK l WHERE l.ID = 1), \
      CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
      FROM BROKK_FENCE f WHERE f.ID = 1 LOCK IN SHARE MODE";
-/// [`MYSQL_FENCE`]'s locking part alone (see [`write_after`]).
-const MYSQL_FENCE_HOLDER: &str = "SELECT HOLDER FROM BROKK_FENCE WHERE ID = 1 LOCK IN SHARE MODE";
 const PG_FENCE: &str = "SELECT f.HOLDER, l.BROKER_NAME, l.TIME, \
      (extract(epoch from clock_timestamp()) * 1000)::bigint \
      FROM BROKK_FENCE f LEFT JOIN ACTIVEMQ_LOCK l ON l.ID = 1 WHERE f.ID = 1 FOR SHARE OF f";
@@ -217,11 +215,11 @@ pub enum Waited {
 /// `ha::db_lease`). If `before` made us wait, the lease is read again right
 /// before the COMMIT: its expiry is judged by the database's clock at that
 /// moment, not when the inserts went out. On MySQL/MariaDB, whose
-/// REPEATABLE READ would show that read the lease row as the first plain
-/// read found it (a renewal since would go unseen, and a healthy master
-/// take itself for fenced), an overlapped transaction's first read is the
-/// fence row's alone, and the lease is read once, after the wait. Without
-/// `before` the transaction is on its own: nothing waits.
+/// REPEATABLE READ would show that read the lease row as the first read
+/// found it (a renewal since would go unseen, and a healthy master take
+/// itself for fenced), the first read's expiry is counted down on our
+/// clock instead, and a transaction that waited past it goes again.
+/// Without `before` the transaction is on its own: nothing waits.
 pub async fn write_after(
     db: &Db,
     lease: &LeaseToken,
@@ -240,23 +238,35 @@ pub async fn write_after(
                 .start_transaction(TxOpts::default())
                 .await
                 .map_err(my_err("begin a write"))?;
-            let checked = match before {
-                None => my_check_lease(&mut tx, lease).await,
-                Some(_) => my_check_fence(&mut tx, lease).await,
-            };
-            if let Err(e) = checked {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-            my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
-            if let Some(before) = before {
-                let checked = match before.await {
-                    Ok(_) => my_check_lease(&mut tx, lease).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = checked {
+            let read_at = std::time::Instant::now();
+            let left = match my_check_lease(&mut tx, lease).await {
+                Ok(left) => left,
+                Err(e) => {
                     let _ = tx.rollback().await;
                     return Err(e);
+                }
+            };
+            my_insert_msgs(&mut tx, &batch.inserts, attempt).await?;
+            if let Some(before) = before {
+                let waited = match before.await {
+                    Ok(waited) => waited,
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        return Err(e);
+                    }
+                };
+                // Read again, the lease row would show what the first read
+                // saw (REPEATABLE READ): renewals since go unseen. What it
+                // said still holds until `left` has passed on our clock
+                // (renewals only push the expiry out, and a takeover must
+                // first rewrite the fence row, share-locked here since),
+                // counted from before the read.
+                if waited == Waited::Yes && read_at.elapsed() >= left {
+                    let _ = tx.rollback().await;
+                    return Err(SqlError::Query {
+                        what: "read the lease",
+                        reason: "the lease read at BEGIN may have run out while the transaction before committed; going again".into(),
+                    });
                 }
             }
             my_apply_rest(&mut tx, &Deduped::new(batch)).await?;
@@ -287,7 +297,7 @@ pub async fn write_after(
 async fn my_check_lease(
     tx: &mut mysql_async::Transaction<'_>,
     lease: &LeaseToken,
-) -> Result<(), SqlError> {
+) -> Result<std::time::Duration, SqlError> {
     // Prepared (once per connection): as text, its parse was 100 of the
     // 150 us it took of every transaction.
     let fence: Option<Row> = tx
@@ -304,29 +314,6 @@ async fn my_check_lease(
         }),
     };
     check_lease(lease, holder)
-}
-
-/// The fence row alone (share-locking it: a locking read, which takes no
-/// snapshot), checked to name us; MySQL/MariaDB.
-async fn my_check_fence(
-    tx: &mut mysql_async::Transaction<'_>,
-    lease: &LeaseToken,
-) -> Result<(), SqlError> {
-    let holder: Option<Option<String>> = tx
-        .exec_first(MYSQL_FENCE_HOLDER, ())
-        .await
-        .map_err(my_err("read the lease"))?;
-    let Some(holder) = holder else {
-        return Err(SqlError::Fenced("BROKK_FENCE has no row ID=1".into()));
-    };
-    if holder.as_deref() != Some(lease.0.as_str()) {
-        return Err(SqlError::Fenced(format!(
-            "BROKK_FENCE names {}, not {}",
-            holder.as_deref().unwrap_or("nobody"),
-            lease.0
-        )));
-    }
-    Ok(())
 }
 
 /// [`write_after`] on PostgreSQL, on `guard`: BEGIN; the fence read
@@ -448,7 +435,7 @@ fn pg_check_lease(
             now: r.try_get(3).map_err(&e)?,
         }),
     };
-    check_lease(lease, holder)
+    check_lease(lease, holder).map(drop)
 }
 
 /// A failed first insert of `rows`: PostgreSQL's unique violation of the
@@ -524,7 +511,7 @@ struct Fence {
 }
 
 /// Whether the fence (and the lease row) name us, unexpired.
-fn check_lease(lease: &LeaseToken, fence: Option<Fence>) -> Result<(), SqlError> {
+fn check_lease(lease: &LeaseToken, fence: Option<Fence>) -> Result<std::time::Duration, SqlError> {
     let Some(f) = fence else {
         return Err(SqlError::Fenced("BROKK_FENCE has no row ID=1".into()));
     };
@@ -547,7 +534,7 @@ fn check_lease(lease: &LeaseToken, fence: Option<Fence>) -> Result<(), SqlError>
             f.now - expiry
         )));
     }
-    Ok(())
+    Ok(std::time::Duration::from_millis((expiry - f.now) as u64))
 }
 
 /// The batch with repeated keys collapsed where a statement could not take
