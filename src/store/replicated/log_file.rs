@@ -571,6 +571,14 @@ mod tests {
             r.apply_upto(2);
             log.compact(&r);
             wait_synced(&log, 4).await;
+            // The appends alone may have synced index 4 before the writer
+            // took the compaction: wait for it too (a barrier is answered
+            // after everything sent before it is written).
+            let (done, written) = std::sync::mpsc::channel();
+            log.tx.send(Cmd::Barrier(done)).unwrap();
+            written
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("compacted within 10 s");
         });
         let (log, mut r) = LocalLog::open(dir.path(), false).unwrap();
         assert_eq!(r.applied(), Pos { epoch: 1, index: 2 });
