@@ -392,8 +392,8 @@ pub async fn flusher(
             }
             Event::Answered(false) => return,
             Event::Answered(true) => {
-                // Both answered at once (the lane merged them) or one after
-                // the other: one release for all that are in.
+                // The next one may be answered already (it commits right
+                // after): one release for both.
                 let mut upto = in_flight.pop_front().map_or(0, |f| f.upto);
                 if let Some(f) = in_flight.front() {
                     match f.done.try_recv() {

@@ -271,10 +271,9 @@ pub async fn write_after(
             }
             my_apply_rest(&mut tx, &Deduped::new(batch)).await?;
             committing();
-            fault_slow_commit().await;
-            if fault_commit_fails() {
+            if let Err(e) = commit_faults().await {
                 let _ = tx.rollback().await;
-                return Err(faulty_commit());
+                return Err(e);
             }
             tx.commit().await.map_err(my_err(COMMIT))
         }
@@ -370,53 +369,53 @@ async fn pg_write(
     };
     applied?;
     committing();
-    fault_slow_commit().await;
-    if fault_commit_fails() {
+    if let Err(e) = commit_faults().await {
         let _ = tx.rollback().await;
-        return Err(faulty_commit());
+        return Err(e);
     }
     tx.commit().await.map_err(pg_err(COMMIT))
 }
 
-/// Test-only fault switch (`BROKK_FAULT_COMMIT_FAILS_EVERY=n`): every
-/// n-th write transaction rolls back instead of committing and reports a
-/// failed COMMIT, whose outcome the writer must take as unknown.
-fn fault_commit_fails() -> bool {
-    static EVERY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+/// Test-only fault switches, just before a write transaction's COMMIT
+/// (the n-th counts transactions that got this far):
+/// - `BROKK_FAULT_SLOW_COMMIT_EVERY=n:ms`: every n-th waits `ms` first, as
+///   one stalled in the database would;
+/// - `BROKK_FAULT_COMMIT_FAILS_EVERY=n`: every n-th ends in an error as a
+///   failed COMMIT (the caller rolls back), whose outcome the writer must
+///   take as unknown.
+async fn commit_faults() -> Result<(), SqlError> {
+    struct Faults {
+        slow: Option<(u64, u64)>,
+        fail: Option<u64>,
+    }
+    static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let every = EVERY.get_or_init(|| {
-        std::env::var("BROKK_FAULT_COMMIT_FAILS_EVERY")
-            .ok()?
-            .parse()
+    let faults = FAULTS.get_or_init(|| Faults {
+        slow: std::env::var("BROKK_FAULT_SLOW_COMMIT_EVERY")
             .ok()
-            .filter(|&n| n > 0)
+            .and_then(|v| {
+                let (n, ms) = v.split_once(':')?;
+                Some((n.parse().ok().filter(|&n| n > 0)?, ms.parse().ok()?))
+            }),
+        fail: std::env::var("BROKK_FAULT_COMMIT_FAILS_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok().filter(|&n| n > 0)),
     });
-    every.is_some_and(|n| COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1)
-}
-
-/// Test-only fault switch (`BROKK_FAULT_SLOW_COMMIT_EVERY=n:ms`): every
-/// n-th write transaction waits `ms` before its COMMIT, as one stalled in
-/// the database would.
-async fn fault_slow_commit() {
-    static EVERY: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let every = EVERY.get_or_init(|| {
-        let v = std::env::var("BROKK_FAULT_SLOW_COMMIT_EVERY").ok()?;
-        let (n, ms) = v.split_once(':')?;
-        Some((n.parse().ok().filter(|&n| n > 0)?, ms.parse().ok()?))
-    });
-    if let Some((n, ms)) = *every {
-        if COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1 {
+    if faults.slow.is_none() && faults.fail.is_none() {
+        return Ok(());
+    }
+    let nth = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if let Some((every, ms)) = faults.slow {
+        if nth.is_multiple_of(every) {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
-}
-
-/// The error of a COMMIT [`fault_commit_fails`] failed.
-fn faulty_commit() -> SqlError {
-    SqlError::Query {
-        what: COMMIT,
-        reason: "BROKK_FAULT_COMMIT_FAILS_EVERY: rolled back instead".into(),
+    match faults.fail {
+        Some(every) if nth.is_multiple_of(every) => Err(SqlError::Query {
+            what: COMMIT,
+            reason: "BROKK_FAULT_COMMIT_FAILS_EVERY: rolled back instead".into(),
+        }),
+        _ => Ok(()),
     }
 }
 
