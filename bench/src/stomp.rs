@@ -1,6 +1,7 @@
 //! A blocking STOMP connection for load generation: batched writes, one
 //! read buffer, Brokk's zero-copy frame parser.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -178,26 +179,25 @@ pub fn first_that_accepts<C>(
     Err(last.unwrap_or_else(|| anyhow!("no brokers given")))
 }
 
-/// Appends what one read gives to `rbuf` (at least 64 KiB of room, so a
-/// burst of frames lands in one read); a closed connection is an error.
+/// Appends what one read gives to `rbuf`; a closed connection is an error.
+/// The read goes into this thread's scratch buffer, zeroed once, and only
+/// the bytes it brought are copied: reading into `rbuf` straight needs its
+/// spare room zeroed before every read (`resize`), which cost 64-256 KiB
+/// of `memset` a read, bench's largest cost under load on the cores it
+/// shares with the brokers it measures.
 pub fn read_more(stream: &mut impl Read, rbuf: &mut BytesMut) -> Result<()> {
-    let len = rbuf.len();
-    if rbuf.capacity() - len < 64 * 1024 {
-        rbuf.reserve(256 * 1024);
+    thread_local! {
+        // 64 KiB: a burst of frames still lands in one read.
+        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
     }
-    rbuf.resize(rbuf.capacity(), 0);
-    let n = match stream.read(&mut rbuf[len..]) {
-        Ok(n) => n,
-        Err(e) => {
-            rbuf.truncate(len);
-            return Err(e.into());
+    SCRATCH.with_borrow_mut(|scratch| {
+        let n = stream.read(scratch)?;
+        if n == 0 {
+            bail!("connection closed by broker");
         }
-    };
-    rbuf.truncate(len + n);
-    if n == 0 {
-        bail!("connection closed by broker");
-    }
-    Ok(())
+        rbuf.extend_from_slice(&scratch[..n]);
+        Ok(())
+    })
 }
 
 /// A STOMP producer: every SEND asks a RECEIPT named by its sequence, so a

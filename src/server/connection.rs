@@ -17,15 +17,13 @@ use glommio::{spawn_local, timer::sleep};
 use tracing::{debug, debug_span, Instrument};
 
 use super::mailbox::Mailbox;
+use super::read_size::{self, ReadSize};
 use super::shard::{Outbound, ShardContext};
 use crate::broker::message::now_ms;
 use crate::broker::ops::{ConnRef, ShardMsg};
 use crate::metrics::ConnectionInfo;
 use crate::protocol::stomp::session::{Action, Session};
 use crate::protocol::stomp::{parse, Command, Frame, Parsed};
-
-/// Read granularity: large enough that a burst of small SENDs is one read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Answers a connection over `limits.max_connections` with an ERROR frame.
 pub async fn refuse(mut stream: TcpStream, max: usize) {
@@ -201,7 +199,7 @@ pub(super) fn unregister(ctx: &ShardContext, id: u64) {
 /// bytes past it, so that ACKs the client wrote after that SEND are seen
 /// and applied (they are what frees the memory), while TCP still pushes
 /// back on a client that only produces.
-const LOOKAHEAD: usize = READ_CHUNK;
+const LOOKAHEAD: usize = read_size::MAX;
 
 /// Frames read behind a SEND that waits for memory, that SEND first.
 #[derive(Default)]
@@ -243,9 +241,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &Peer,
     info: &ConnectionInfo,
 ) {
-    // Idle connections stay small: the read size starts at 4 KiB and
-    // doubles (up to READ_CHUNK) only while reads fill it.
-    let mut chunk = 4096;
+    let mut chunk = ReadSize::default();
     let mut buf = BytesMut::new();
     let mut read_timeout: Option<Duration> = None;
     // Counted from the accept, not per read: a peer that trickles bytes
@@ -259,7 +255,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             Some(connect_by.saturating_duration_since(Instant::now()))
         };
-        let event = next_event(ctx, &mut reader, &mut buf, chunk, &held, timeout).await;
+        let event = next_event(ctx, &mut reader, &mut buf, chunk.get(), &held, timeout).await;
         match event {
             Event::Read(Ok(0)) | Event::Read(Err(_)) => {
                 // Flow control delays a SEND, it never drops one: what the
@@ -276,9 +272,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Read(Ok(n)) => {
                 ConnectionInfo::add(&info.bytes_in, n as u64);
-                if n == chunk {
-                    chunk = (chunk * 2).min(READ_CHUNK);
-                }
+                chunk.after(n);
             }
             Event::Capacity => {}
             Event::TimedOut => {

@@ -8,6 +8,7 @@ pub mod latch;
 mod listen;
 pub mod mailbox;
 mod openwire_connection;
+mod read_size;
 pub mod shard;
 mod zk_mode;
 

@@ -23,6 +23,7 @@ use super::connection::{
     finish_writer, next_batch, over_limit, unregister, write_batch, Registered,
 };
 use super::mailbox::Mailbox;
+use super::read_size::ReadSize;
 use super::shard::{Outbound, ShardContext};
 use crate::broker::ops::ShardMsg;
 use crate::metrics::ConnectionInfo;
@@ -31,9 +32,6 @@ use crate::protocol::openwire::commands::{
 };
 use crate::protocol::openwire::session::{Action, Session};
 use crate::protocol::openwire::{Codec, Command, WireFormat, WireFormatOptions};
-
-/// Read granularity: large enough that a burst of small sends is one read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// A connection on the OpenWire listener.
 pub async fn run(ctx: Rc<ShardContext>, stream: TcpStream, addr: Option<SocketAddr>) {
@@ -168,9 +166,7 @@ enum Event {
 impl Io<'_> {
     async fn read_loop(&self, mut reader: ReadHalf<TcpStream>) {
         let ctx = self.ctx;
-        // Idle connections stay small: the read size starts at 4 KiB and
-        // doubles (up to READ_CHUNK) only while reads fill it.
-        let mut chunk = 4096;
+        let mut chunk = ReadSize::default();
         let mut buf = BytesMut::new();
         // Counted from the accept: the handshake and ConnectionInfo must
         // come within limits.connect_timeout_ms.
@@ -186,7 +182,7 @@ impl Io<'_> {
                 Some(connect_by.saturating_duration_since(Instant::now()))
             };
             let filled = buf.len();
-            buf.resize(filled + chunk, 0);
+            buf.resize(filled + chunk.get(), 0);
             let read = async { Event::Read(reader.read(&mut buf[filled..]).await) };
             let event = match timeout {
                 None => read.await,
@@ -217,9 +213,7 @@ impl Io<'_> {
             };
             buf.truncate(filled + n);
             ConnectionInfo::add(&self.info.bytes_in, n as u64);
-            if n == chunk {
-                chunk = (chunk * 2).min(READ_CHUNK);
-            }
+            chunk.after(n);
             while !self.session.borrow().is_closed() {
                 let decoded = self.codec.borrow_mut().decode(&mut buf);
                 let cmd = match decoded {
