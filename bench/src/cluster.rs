@@ -129,7 +129,7 @@ pub struct Cluster {
 
 /// A fresh database for a database-mode run, on the local server that
 /// `ops/services.sh` starts.
-struct BenchDb {
+pub(crate) struct BenchDb {
     mode: Mode,
     name: String,
 }
@@ -151,7 +151,7 @@ fn start_service(service: &str) -> Result<()> {
 }
 
 impl BenchDb {
-    fn make(mode: Mode) -> Result<BenchDb> {
+    pub(crate) fn make(mode: Mode) -> Result<BenchDb> {
         start_service(if mode == Mode::Mysql {
             "mariadb"
         } else {
@@ -166,7 +166,7 @@ impl BenchDb {
         Ok(db)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self.mode {
             Mode::Mysql => format!("mysql://brokk:brokk@{}/{}", self.address(), self.name),
             _ => format!("postgres://brokk:brokk@{}/{}", self.address(), self.name),

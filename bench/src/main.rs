@@ -7,6 +7,7 @@ mod accounting;
 mod audit;
 mod cluster;
 mod compare;
+mod db_floor;
 mod drain;
 mod openwire;
 mod openwire_load;
@@ -189,6 +190,10 @@ enum Sub {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         load: Vec<String>,
     },
+    /// The database alone under a database-mode master's writes at a fixed
+    /// rate (no broker, no clients): the least a receipt could take through
+    /// it on this machine; e.g. `bench db-floor --mode mysql --rate 24400`.
+    DbFloor(db_floor::FloorArgs),
 }
 
 struct Shared {
@@ -277,6 +282,7 @@ fn main() {
     let result = match &args.command {
         Some(Sub::Sink { listen }) => sink::run(&listen.clone()),
         Some(Sub::Compare { modes, out, load }) => compare::run(modes, out, load),
+        Some(Sub::DbFloor(floor)) => db_floor::run(floor),
         None => run(args),
     };
     if let Err(e) = result {

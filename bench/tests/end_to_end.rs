@@ -249,3 +249,44 @@ fn compare_runs_each_mode_and_reports_missing_ones_as_skipped() {
         .contains("<svg"));
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// `bench db-floor` writes through the broker's own write path into a
+/// fresh database on each server: every message that arrived after the
+/// warm-up is counted, and the table holds exactly the ones not consumed
+/// yet (bench fails otherwise).
+#[test]
+fn db_floor_writes_every_message_on_both_databases() {
+    for mode in ["mysql", "postgres"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args([
+                "db-floor",
+                "--mode",
+                mode,
+                "--rate",
+                "2000",
+                "--duration",
+                "3",
+            ])
+            .output()
+            .expect("bench runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "db-floor {mode} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON line in {stdout}"));
+        // 2 s of arrivals at 2 000/s after the first second.
+        let messages = summary["messages"].as_u64().unwrap();
+        assert!((3_900..=4_001).contains(&messages), "{summary}");
+        assert!(summary["transactions"].as_u64().unwrap() > 0, "{summary}");
+        // Consumed 150 ms after arrival: about 300 left, and exactly those.
+        let left = summary["rows_left"].as_i64().unwrap();
+        assert!((1..=1_000).contains(&left), "{summary}");
+        assert_eq!(summary["rows_left"], summary["unconsumed"], "{summary}");
+        assert!(summary["arrival_to_commit"]["p99_ms"].as_f64().unwrap() > 0.0);
+    }
+}
