@@ -54,6 +54,12 @@ pub struct FloorArgs {
     /// (inserts only).
     #[arg(long, default_value_t = 150)]
     pub consume_after_ms: u64,
+    /// Deletes go in groups of this many messages, as the acknowledgements
+    /// of consumers that acknowledge cumulatively every N messages arrive
+    /// (bench's STOMP consumers: every prefetch/2, 500, each; eight in step
+    /// make 4 000); 1: one by one, as they are consumed.
+    #[arg(long, default_value_t = 1)]
+    pub ack_every: i64,
 }
 
 pub fn run(args: &FloorArgs) -> Result<()> {
@@ -120,6 +126,8 @@ async fn measure(args: &FloorArgs, url: &str) -> Result<()> {
         if consume_after > 0.0 {
             // Consumed by now, and committed by an earlier batch.
             let consumed_to = (((now - consume_after).max(0.0) * rate) as i64 + 1).min(ids.start);
+            let every = args.ack_every.max(1);
+            let consumed_to = (consumed_to - 1) / every * every + 1;
             batch.msg_deletes = (deleted_to..consumed_to).collect();
             deleted_to = deleted_to.max(consumed_to);
         }
