@@ -1,17 +1,24 @@
 //! `bench db-floor`: the database alone, written as a database-mode master
 //! writes it, at a fixed rate, with no broker and no clients on the cores.
 //!
-//! Messages "arrive" at `--rate` on the clock; whenever the previous
-//! transaction has committed, every message that arrived since goes in one
-//! batch through the broker's own write path
+//! Messages "arrive" at `--rate` on the clock, dealt in turn to
+//! `--lanes` writers (a broker's shards each have one). Whenever a lane's
+//! previous transaction has committed, every message of its own that
+//! arrived since goes in one batch, on its own connection, through the
+//! broker's own write path
 //! (`brokk::store::sql::write::write_batch_as`: the fence check, the
 //! multi-row INSERTs, the DELETEs by id, COMMIT), on the tables the broker
 //! creates, under a lease set up as a takeover leaves it. A message is
 //! consumed `--consume-after-ms` after it arrived: its DELETE joins the
 //! next batch. The report is each message's arrival -> COMMIT time, the
 //! least a receipt could take through that database on this machine with
-//! a broker that cost nothing, and each transaction's time.
+//! a broker that cost nothing and wrote with as many lanes, and each
+//! transaction's time. Each lane runs on a thread of its own and sleeps
+//! until its next arrival (a runtime timer would wake it up to a
+//! millisecond late), so the clients take next to no CPU from the database.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -60,6 +67,10 @@ pub struct FloorArgs {
     /// make 4 000); 1: one by one, as they are consumed.
     #[arg(long, default_value_t = 1)]
     pub ack_every: i64,
+    /// Writers side by side, each with its own connection and every
+    /// `lanes`-th message (a broker writes with one lane per shard).
+    #[arg(long, default_value_t = 1)]
+    pub lanes: usize,
 }
 
 pub fn run(args: &FloorArgs) -> Result<()> {
@@ -68,115 +79,257 @@ pub fn run(args: &FloorArgs) -> Result<()> {
     }
     let rate_ok = args.rate.is_finite() && args.rate > 0.0;
     let duration_ok = args.duration.is_finite() && args.duration > WARM_UP;
-    if !rate_ok || !duration_ok {
-        bail!("db-floor needs --rate above 0 and --duration above {WARM_UP} s");
+    if !rate_ok || !duration_ok || args.lanes == 0 {
+        bail!("db-floor needs --rate above 0, --duration above {WARM_UP} s and --lanes above 0");
     }
-    // Dropped (with its database) after the runtime below is gone.
+    // Ctrl-C ends the run early, and the database is dropped as after a
+    // whole run.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    // Dropped (with its database) last.
     let fresh = BenchDb::make(args.mode)?;
     let url = fresh.url();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(measure(args, &url))
+    block_on(async {
+        let db = conn::connect(&url, 1, CONNECTION_IDLE).await?;
+        schema::create_tables(&db, Indexes::Minimal).await?;
+        take_lease(&db).await?;
+        db.disconnect().await;
+        Ok(())
+    })?;
+    // Every lane's clock: message k arrives at start + k / rate. Lanes
+    // connect in the meantime.
+    let start = Instant::now() + Duration::from_millis(500);
+    let lanes: Vec<_> = (0..args.lanes)
+        .map(|lane| {
+            let (args, url, stop) = (args.clone(), url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                block_on(write_lane(
+                    &args,
+                    &url,
+                    Lane {
+                        index: lane as i64,
+                        of: args.lanes as i64,
+                    },
+                    start,
+                    &stop,
+                ))
+            })
+        })
+        .collect();
+    let mut total = Written::default();
+    for lane in lanes {
+        let written = lane
+            .join()
+            .map_err(|_| anyhow::anyhow!("a lane panicked"))??;
+        total.add(&written)?;
+    }
+    // What the table holds now: the messages not yet consumed, no more, no
+    // less (the check that every batch really went in).
+    let rows_left = block_on(async {
+        let db = conn::connect(&url, 1, CONNECTION_IDLE).await?;
+        let n = count_messages(&db).await;
+        db.disconnect().await;
+        n
+    })?;
+    report(args, &total, rows_left);
+    if rows_left != total.unconsumed {
+        bail!(
+            "ACTIVEMQ_MSGS holds {rows_left} rows, {} messages were not consumed",
+            total.unconsumed
+        );
+    }
+    Ok(())
 }
 
-async fn measure(args: &FloorArgs, url: &str) -> Result<()> {
-    let db = conn::connect(url, 1, Duration::from_secs(30)).await?;
-    schema::create_tables(&db, Indexes::Minimal).await?;
-    take_lease(&db).await?;
+/// Longest a write transaction may sit idle on the server (the broker
+/// derives it from its lease; nothing here waits that long).
+const CONNECTION_IDLE: Duration = Duration::from_secs(30);
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// One writer's share: the messages `k` with `k % of == index`.
+#[derive(Debug, Clone, Copy)]
+struct Lane {
+    index: i64,
+    of: i64,
+}
+
+impl Lane {
+    /// How many of this lane's messages are among the first `k` (0-based
+    /// message numbers below `k`).
+    fn among_first(self, k: i64) -> i64 {
+        if k <= self.index {
+            0
+        } else {
+            (k - self.index - 1) / self.of + 1
+        }
+    }
+
+    /// The message number of this lane's `j`-th message (from 0).
+    fn message(self, j: i64) -> i64 {
+        j * self.of + self.index
+    }
+}
+
+/// What lanes wrote, and how long it took.
+struct Written {
+    latency: Histogram<u64>,
+    transactions: Histogram<u64>,
+    /// Messages arrived after the warm-up, all committed.
+    messages: u64,
+    /// Messages committed and not deleted.
+    unconsumed: i64,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Written {
+            latency: histogram(),
+            transactions: histogram(),
+            messages: 0,
+            unconsumed: 0,
+        }
+    }
+}
+
+impl Written {
+    fn add(&mut self, other: &Written) -> Result<()> {
+        self.latency.add(&other.latency)?;
+        self.transactions.add(&other.transactions)?;
+        self.messages += other.messages;
+        self.unconsumed += other.unconsumed;
+        Ok(())
+    }
+}
+
+/// One lane: message `k` (from 0, id `k + 1`) arrives at `start + k /
+/// rate`; the lane writes its own until `--duration` (or a stop), then
+/// once more for what arrived before the end.
+async fn write_lane(
+    args: &FloorArgs,
+    url: &str,
+    lane: Lane,
+    start: Instant,
+    stop: &AtomicBool,
+) -> Result<Written> {
+    let db = conn::connect(url, 1, CONNECTION_IDLE).await?;
     let lease = LeaseToken(HOLDER.to_string());
     let template = message_blob(args.size);
     let rate = args.rate;
     let consume_after = args.consume_after_ms as f64 / 1000.0;
-    let arrival = |id: i64| (id - 1) as f64 / rate;
+    let every = args.ack_every.max(1);
+    let arrival = |k: i64| k as f64 / rate;
+    // Messages arrived strictly before `t` seconds: k / rate < t.
+    let arrived_before = |t: f64| if t > 0.0 { (t * rate).ceil() as i64 } else { 0 };
 
-    let mut latency = histogram();
-    let mut transactions = histogram();
-    let mut next_id: i64 = 1;
-    let mut deleted_to: i64 = 1;
-    let mut messages = 0u64;
-    let start = Instant::now();
+    let mut out = Written::default();
+    // This lane's messages sent, and deleted, so far (counts, from 0).
+    let (mut sent, mut deleted) = (0i64, 0i64);
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
     loop {
-        let now = start.elapsed().as_secs_f64();
-        if now >= args.duration {
-            break;
+        let elapsed = start.elapsed().as_secs_f64();
+        let last = elapsed >= args.duration || stop.load(Ordering::Relaxed);
+        let now = elapsed.min(args.duration);
+        let arrived = lane.among_first(arrived_before(now));
+        let mut batch = Batch::default();
+        if consume_after > 0.0 {
+            // Consumed by now, and committed by an earlier batch; in
+            // groups of `every`, as cumulative acknowledgements come.
+            let consumed = lane
+                .among_first(arrived_before(now - consume_after))
+                .min(sent);
+            let consumed = consumed / every * every;
+            if consumed > deleted {
+                batch.msg_deletes = (deleted..consumed).map(|j| lane.message(j) + 1).collect();
+                deleted = consumed;
+            }
         }
-        // Ids below `arrived` have arrived.
-        let arrived = (now * rate) as i64 + 1;
-        if arrived <= next_id {
-            tokio::time::sleep(Duration::from_micros(100)).await;
+        let new = sent..arrived;
+        batch.inserts = new
+            .clone()
+            .map(|j| MsgRow {
+                id: lane.message(j) + 1,
+                container: "queue://DEST.0".into(),
+                expiration: 0,
+                priority: 4,
+                xid: None,
+                msg: template.clone(),
+            })
+            .collect();
+        if batch.inserts.is_empty() && batch.msg_deletes.is_empty() {
+            if last {
+                break;
+            }
+            // Until this lane's next message arrives.
+            let next = start + Duration::from_secs_f64(arrival(lane.message(sent)));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
             continue;
         }
-        let ids = next_id..arrived;
-        next_id = arrived;
-        let mut batch = Batch {
-            inserts: ids
-                .clone()
-                .map(|id| MsgRow {
-                    id,
-                    container: "queue://DEST.0".into(),
-                    expiration: 0,
-                    priority: 4,
-                    xid: None,
-                    msg: template.clone(),
-                })
-                .collect(),
-            ..Batch::default()
-        };
-        if consume_after > 0.0 {
-            // Consumed by now, and committed by an earlier batch.
-            let consumed_to = (((now - consume_after).max(0.0) * rate) as i64 + 1).min(ids.start);
-            let every = args.ack_every.max(1);
-            let consumed_to = (consumed_to - 1) / every * every + 1;
-            batch.msg_deletes = (deleted_to..consumed_to).collect();
-            deleted_to = deleted_to.max(consumed_to);
-        }
+        sent = arrived;
         let began = Instant::now();
         write_batch_as(&db, &lease, &batch, Attempt::First)
             .await
             .context("a batch failed")?;
         let committed = start.elapsed().as_secs_f64();
-        transactions.saturating_record(micros(began.elapsed().as_secs_f64()));
-        for id in ids.filter(|&id| arrival(id) >= WARM_UP) {
-            latency.saturating_record(micros(committed - arrival(id)));
-            messages += 1;
+        out.transactions
+            .saturating_record(micros(began.elapsed().as_secs_f64()));
+        for k in new
+            .map(|j| lane.message(j))
+            .filter(|&k| arrival(k) >= WARM_UP)
+        {
+            out.latency
+                .saturating_record(micros(committed - arrival(k)));
+            out.messages += 1;
+        }
+        if last {
+            break;
         }
     }
-    // What the tables hold now: the messages not yet consumed, no more, no
-    // less (the check that every batch really went in).
-    let rows_left = count_messages(&db).await?;
-    let unconsumed = next_id - deleted_to;
+    out.unconsumed = sent - deleted;
+    db.disconnect().await;
+    Ok(out)
+}
+
+fn report(args: &FloorArgs, total: &Written, rows_left: i64) {
     let kind = if args.mode == Mode::Mysql {
         "mysql"
     } else {
         "postgres"
     };
+    let transactions = total.transactions.len();
     println!(
-        "db-floor {kind} at {rate} msg/s, {} B, consumed after {} ms: {} transactions ({:.0}/s), {messages} messages after the first second",
+        "db-floor {kind} at {} msg/s, {} lane(s), {} B, consumed after {} ms: {transactions} transactions ({:.0}/s), {} messages after the first second",
+        args.rate,
+        args.lanes,
         args.size,
         args.consume_after_ms,
-        transactions.len(),
-        transactions.len() as f64 / args.duration,
+        transactions as f64 / args.duration,
+        total.messages,
     );
-    let (latency, transactions_ms) = (percentiles(&latency), percentiles(&transactions));
+    let (latency, transactions_ms) = (
+        percentiles(&total.latency),
+        percentiles(&total.transactions),
+    );
     println!("  arrival -> COMMIT ms: {}", shown(&latency));
     println!("  transaction ms:       {}", shown(&transactions_ms));
     println!(
         "{}",
         serde_json::json!({
-            "mode": kind, "rate": rate, "size": args.size,
-            "consume_after_ms": args.consume_after_ms,
-            "transactions": transactions.len(), "messages": messages,
-            "rows_left": rows_left, "unconsumed": unconsumed,
+            "mode": kind, "rate": args.rate, "lanes": args.lanes, "size": args.size,
+            "consume_after_ms": args.consume_after_ms, "ack_every": args.ack_every,
+            "transactions": transactions, "messages": total.messages,
+            "rows_left": rows_left, "unconsumed": total.unconsumed,
             "arrival_to_commit": latency,
             "transaction": transactions_ms,
         })
     );
-    db.disconnect().await;
-    if rows_left != unconsumed {
-        bail!("ACTIVEMQ_MSGS holds {rows_left} rows, {unconsumed} messages were not consumed");
-    }
-    Ok(())
 }
 
 fn histogram() -> Histogram<u64> {
