@@ -31,6 +31,7 @@ use hdrhistogram::Histogram;
 use mysql_async::prelude::Queryable;
 
 use crate::cluster::{BenchDb, Mode};
+use crate::histogram;
 
 /// The lease the batches are written under (as a takeover leaves it).
 const HOLDER: &str = "bench-db-floor";
@@ -330,10 +331,6 @@ fn report(args: &FloorArgs, total: &Written, rows_left: i64) {
             "transaction": transactions_ms,
         })
     );
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// p50, p90, p99 and max in ms.
